@@ -1,1 +1,33 @@
-pub fn x(){}
+//! `nexus-gateway`: the regional gateway that adapters connect to.
+//!
+//! A message's path through this crate:
+//! 1. [`service`] accepts a gRPC `Session` (or a unary call) and spawns a [`session`] task.
+//! 2. The session validates each frame ([`subject`], limits from [`config`]) and hands it to
+//!    the [`router`].
+//! 3. The router matches the subject in the lock-free [`subject_table`] and, for queue
+//!    groups and requests, asks the group's [`balancer`] (P2C over Peak-EWMA, with outlier
+//!    ejection) for one member. Streams are linked by [`streams`].
+//! 4. Each delivery is queued on the target session's [`outbound`] queue, bounded in bytes,
+//!    where the slow-consumer policy applies; its response stream batches frames out.
+//!
+//! [`metrics`] holds the Prometheus series, [`http`] serves them, [`trace`] carries W3C
+//! trace context in message headers, [`server`] starts and gracefully stops it all.
+//! The subject table and balancer are sans-I/O: plain data structures with injected time.
+
+pub mod balancer;
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod metrics;
+pub mod outbound;
+pub mod router;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod streams;
+pub mod subject;
+pub mod subject_table;
+pub mod trace;
+
+pub use config::{GatewayConfig, SlowConsumerPolicy};
+pub use server::{RunningGateway, ServerError, start};

@@ -1,0 +1,364 @@
+//! `GatewayConfig`: the one typed source of truth for a gateway's settings.
+//!
+//! Values come from defaults, then an optional TOML file, then command-line flags and
+//! environment variables (applied by the binary). `validate` names the offending field in
+//! every error. `docs/operations.md` lists every setting.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::balancer::BalancerConfig;
+
+/// Errors loading or validating configuration; each names the field or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid value for `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// What the gateway does when a subscriber's outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumerPolicy {
+    /// The publisher waits (up to `max_wait_ms`) for room; if the subscriber still has not
+    /// drained by then it is disconnected. Nothing is dropped silently.
+    Backpressure,
+    /// The message is dropped for that subscriber only, counted, and the subscriber is told
+    /// with a SLOW_CONSUMER error frame.
+    Drop,
+    /// The subscriber's session is closed at once.
+    Disconnect,
+}
+
+impl SlowConsumerPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backpressure => "backpressure",
+            Self::Drop => "drop",
+            Self::Disconnect => "disconnect",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Region this gateway serves, e.g. `us-east`.
+    pub region: String,
+    /// Stable id of this gateway; generated when empty.
+    pub gateway_id: String,
+    /// gRPC listen address for adapters.
+    pub listen: SocketAddr,
+    /// HTTP listen address for `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_listen: SocketAddr,
+    /// Default request timeout when a request does not carry one.
+    pub request_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests to finish.
+    pub shutdown_grace_ms: u64,
+    pub limits: LimitsConfig,
+    pub slow_consumer: SlowConsumerConfig,
+    pub balancer: BalancerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest payload accepted, in bytes.
+    pub max_payload: u64,
+    /// Most subscriptions one session may hold.
+    pub max_subscriptions: u32,
+    /// Most concurrent sessions.
+    pub max_connections: u32,
+    /// Most requests one session may have outstanding.
+    pub max_pending_requests: u32,
+    /// Most open streams per session.
+    pub max_streams: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlowConsumerConfig {
+    pub policy: SlowConsumerPolicy,
+    /// Bytes queued towards one session before the policy applies.
+    pub max_pending_bytes: u64,
+    /// For `backpressure`: how long a publisher waits before the subscriber is disconnected.
+    pub max_wait_ms: u64,
+}
+
+/// Balancer knobs in config-file units (milliseconds, percent).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalancerSettings {
+    pub default_rtt_ms: u64,
+    pub decay_ms: u64,
+    pub consecutive_failures: u32,
+    pub base_ejection_ms: u64,
+    pub max_ejection_ms: u64,
+    pub max_ejection_percent: u8,
+    pub latency_factor: f64,
+    pub latency_min_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            region: "local".into(),
+            gateway_id: String::new(),
+            listen: "127.0.0.1:7422".parse().expect("static address"),
+            metrics_listen: "127.0.0.1:7480".parse().expect("static address"),
+            request_timeout_ms: 5_000,
+            shutdown_grace_ms: 5_000,
+            limits: LimitsConfig::default(),
+            slow_consumer: SlowConsumerConfig::default(),
+            balancer: BalancerSettings::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_payload: 1024 * 1024,
+            max_subscriptions: 10_000,
+            max_connections: 10_000,
+            max_pending_requests: 10_000,
+            max_streams: 1_000,
+        }
+    }
+}
+
+impl Default for SlowConsumerConfig {
+    fn default() -> Self {
+        Self {
+            policy: SlowConsumerPolicy::Backpressure,
+            max_pending_bytes: 16 * 1024 * 1024,
+            max_wait_ms: 2_000,
+        }
+    }
+}
+
+impl Default for BalancerSettings {
+    fn default() -> Self {
+        let d = BalancerConfig::default();
+        Self {
+            default_rtt_ms: d.default_rtt.as_millis() as u64,
+            decay_ms: d.decay.as_millis() as u64,
+            consecutive_failures: d.consecutive_failures,
+            base_ejection_ms: d.base_ejection.as_millis() as u64,
+            max_ejection_ms: d.max_ejection.as_millis() as u64,
+            max_ejection_percent: d.max_ejection_percent,
+            latency_factor: d.latency_factor,
+            latency_min_ms: d.latency_min.as_millis() as u64,
+        }
+    }
+}
+
+impl BalancerSettings {
+    pub fn to_balancer_config(&self) -> BalancerConfig {
+        BalancerConfig {
+            default_rtt: Duration::from_millis(self.default_rtt_ms),
+            decay: Duration::from_millis(self.decay_ms),
+            consecutive_failures: self.consecutive_failures,
+            base_ejection: Duration::from_millis(self.base_ejection_ms),
+            max_ejection: Duration::from_millis(self.max_ejection_ms),
+            max_ejection_percent: self.max_ejection_percent,
+            latency_factor: self.latency_factor,
+            latency_min: Duration::from_millis(self.latency_min_ms),
+            ..BalancerConfig::default()
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Reads a TOML file; unknown fields and wrong types are errors naming the field.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<inline>".into(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// Checks every field; the first problem found is returned, naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(field: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.into(),
+            })
+        }
+        let region_ok = !self.region.is_empty()
+            && self.region.len() <= 63
+            && self
+                .region
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !self.region.starts_with('-')
+            && !self.region.ends_with('-');
+        if !region_ok {
+            return invalid(
+                "region",
+                format!(
+                    "{:?} must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-' (it becomes a DNS label)",
+                    self.region
+                ),
+            );
+        }
+        if self.listen == self.metrics_listen && self.listen.port() != 0 {
+            return invalid(
+                "metrics_listen",
+                format!("{} is the same address as `listen`", self.metrics_listen),
+            );
+        }
+        if self.request_timeout_ms == 0 || self.request_timeout_ms > 3_600_000 {
+            return invalid("request_timeout_ms", "must be between 1 and 3600000");
+        }
+        if self.shutdown_grace_ms > 600_000 {
+            return invalid("shutdown_grace_ms", "must be at most 600000 (10 minutes)");
+        }
+        let l = &self.limits;
+        if l.max_payload == 0 || l.max_payload > 64 * 1024 * 1024 {
+            return invalid(
+                "limits.max_payload",
+                format!("{} must be between 1 and 67108864 (64 MiB)", l.max_payload),
+            );
+        }
+        if l.max_subscriptions == 0 {
+            return invalid("limits.max_subscriptions", "must be at least 1");
+        }
+        if l.max_connections == 0 {
+            return invalid("limits.max_connections", "must be at least 1");
+        }
+        if l.max_pending_requests == 0 {
+            return invalid("limits.max_pending_requests", "must be at least 1");
+        }
+        if l.max_streams == 0 {
+            return invalid("limits.max_streams", "must be at least 1");
+        }
+        let s = &self.slow_consumer;
+        if s.max_pending_bytes < l.max_payload + 1024 {
+            return invalid(
+                "slow_consumer.max_pending_bytes",
+                format!(
+                    "{} must be larger than limits.max_payload + 1024 ({}), or a single message could never be queued",
+                    s.max_pending_bytes,
+                    l.max_payload + 1024
+                ),
+            );
+        }
+        if s.max_pending_bytes > u32::MAX as u64 {
+            return invalid("slow_consumer.max_pending_bytes", "must be below 4 GiB");
+        }
+        let b = &self.balancer;
+        if b.default_rtt_ms == 0 {
+            return invalid("balancer.default_rtt_ms", "must be at least 1");
+        }
+        if b.decay_ms == 0 {
+            return invalid("balancer.decay_ms", "must be at least 1");
+        }
+        if b.consecutive_failures == 0 {
+            return invalid("balancer.consecutive_failures", "must be at least 1");
+        }
+        if b.max_ejection_ms < b.base_ejection_ms {
+            return invalid(
+                "balancer.max_ejection_ms",
+                "must be at least balancer.base_ejection_ms",
+            );
+        }
+        if b.max_ejection_percent > 100 {
+            return invalid("balancer.max_ejection_percent", "must be between 0 and 100");
+        }
+        if !(b.latency_factor.is_finite() && b.latency_factor > 1.0) {
+            return invalid("balancer.latency_factor", "must be a number above 1.0");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        GatewayConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn parses_toml_with_partial_sections() {
+        let c = GatewayConfig::from_toml(
+            r#"
+            region = "eu-west"
+            listen = "127.0.0.1:9000"
+            [limits]
+            max_payload = 2048
+            [slow_consumer]
+            policy = "drop"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.region, "eu-west");
+        assert_eq!(c.limits.max_payload, 2048);
+        assert_eq!(c.limits.max_subscriptions, 10_000);
+        assert_eq!(c.slow_consumer.policy, SlowConsumerPolicy::Drop);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_name_the_field() {
+        let e = GatewayConfig::from_toml("[limits]\nmax_paylod = 5\n").unwrap_err();
+        assert!(e.to_string().contains("max_paylod"), "{e}");
+        let e = GatewayConfig::from_toml("[slow_consumer]\npolicy = \"explode\"\n").unwrap_err();
+        assert!(e.to_string().contains("explode"), "{e}");
+        let mut c = GatewayConfig::default();
+        c.region = "US East".into();
+        assert!(c.validate().unwrap_err().to_string().contains("`region`"));
+        let mut c = GatewayConfig::default();
+        c.limits.max_payload = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("limits.max_payload")
+        );
+        let mut c = GatewayConfig::default();
+        c.slow_consumer.max_pending_bytes = 10;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("slow_consumer.max_pending_bytes")
+        );
+    }
+}

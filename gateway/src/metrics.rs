@@ -1,0 +1,250 @@
+//! `GatewayMetrics`: the Prometheus series a gateway exports on `/metrics`.
+//!
+//! Each mechanism increments its own series (sessions, routing, balancing, delivery); they are
+//! gathered here so the set is documented in one place. Label values are static enums, so
+//! recording a sample never allocates.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Messaging pattern a message belongs to.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Pattern {
+    Pub,
+    Request,
+    Reply,
+    Stream,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrafficLabels {
+    pub pattern: Pattern,
+    pub direction: Direction,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RequestOutcome {
+    Ok,
+    NoResponders,
+    Timeout,
+    ServiceError,
+    Cancelled,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: RequestOutcome,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum EjectionReason {
+    ConsecutiveFailures,
+    Latency,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EjectionLabels {
+    pub reason: EjectionReason,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum SlowConsumerAction {
+    Waited,
+    Dropped,
+    Disconnected,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlowConsumerLabels {
+    pub action: SlowConsumerAction,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Limit {
+    MaxPayload,
+    MaxSubscriptions,
+    MaxConnections,
+    MaxPendingRequests,
+    MaxStreams,
+    StreamCredit,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: Limit,
+}
+
+/// Every series the gateway exports.
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub subscriptions: Gauge,
+    pub messages: Family<TrafficLabels, Counter>,
+    pub bytes: Family<TrafficLabels, Counter>,
+    pub requests: Family<OutcomeLabels, Counter>,
+    pub request_duration: Histogram,
+    pub balancer_picks: Counter,
+    pub balancer_ejections: Family<EjectionLabels, Counter>,
+    pub slow_consumer: Family<SlowConsumerLabels, Counter>,
+    pub limit_violations: Family<LimitLabels, Counter>,
+    pub protocol_errors: Counter,
+    pub late_replies: Counter,
+    /// Pre-resolved (messages, bytes) counters per pattern and direction, so the hot path is
+    /// two atomic adds without the family's lock.
+    traffic_counters: [[(Counter, Counter); 2]; 4],
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GatewayMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("nexus");
+        let m = Self {
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            subscriptions: Gauge::default(),
+            messages: Family::default(),
+            bytes: Family::default(),
+            requests: Family::default(),
+            // 50 µs .. ~52 s
+            request_duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 21)),
+            balancer_picks: Counter::default(),
+            balancer_ejections: Family::default(),
+            slow_consumer: Family::default(),
+            limit_violations: Family::default(),
+            protocol_errors: Counter::default(),
+            late_replies: Counter::default(),
+            registry: Registry::default(),
+            traffic_counters: Default::default(),
+        };
+        registry.register(
+            "connections",
+            "Open adapter sessions",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_opened",
+            "Adapter sessions opened since start",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Live subscriptions across all sessions",
+            m.subscriptions.clone(),
+        );
+        registry.register(
+            "messages",
+            "Messages through the gateway by pattern and direction",
+            m.messages.clone(),
+        );
+        registry.register(
+            "payload_bytes",
+            "Payload bytes through the gateway by pattern and direction",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "requests",
+            "Completed requests by outcome",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request entering the gateway to its reply leaving it",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "balancer_picks",
+            "Responder or queue member choices made by the balancer",
+            m.balancer_picks.clone(),
+        );
+        registry.register(
+            "balancer_ejections",
+            "Members ejected by outlier detection, by reason",
+            m.balancer_ejections.clone(),
+        );
+        registry.register(
+            "slow_consumer_events",
+            "Times a session's outbound queue was full, by the action taken",
+            m.slow_consumer.clone(),
+        );
+        registry.register(
+            "limit_violations",
+            "Frames or calls refused because they exceeded a configured limit",
+            m.limit_violations.clone(),
+        );
+        registry.register(
+            "protocol_errors",
+            "Malformed or out-of-order frames received",
+            m.protocol_errors.clone(),
+        );
+        registry.register(
+            "late_replies",
+            "Replies that arrived after their request had completed or timed out",
+            m.late_replies.clone(),
+        );
+        let traffic_counters = [
+            Pattern::Pub,
+            Pattern::Request,
+            Pattern::Reply,
+            Pattern::Stream,
+        ]
+        .map(|pattern| {
+            [Direction::In, Direction::Out].map(|direction| {
+                let labels = TrafficLabels { pattern, direction };
+                (
+                    m.messages.get_or_create(&labels).clone(),
+                    m.bytes.get_or_create(&labels).clone(),
+                )
+            })
+        });
+        Self {
+            registry,
+            traffic_counters,
+            ..m
+        }
+    }
+
+    /// Counts one message of `pattern` crossing the gateway in `direction`.
+    #[inline]
+    pub fn traffic(&self, pattern: Pattern, direction: Direction, payload_len: usize) {
+        let (messages, bytes) = &self.traffic_counters[pattern as usize][direction as usize];
+        messages.inc();
+        bytes.inc_by(payload_len as u64);
+    }
+
+    pub fn limit(&self, limit: Limit) {
+        self.limit_violations
+            .get_or_create(&LimitLabels { limit })
+            .inc();
+    }
+
+    pub fn request_done(&self, outcome: RequestOutcome) {
+        self.requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Prometheus text exposition of every series.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,271 @@
+//! `Outbound`: a session's bounded queue of frames towards its adapter, and the response
+//! stream that drains it into batches.
+//!
+//! The queue is bounded in bytes, not messages, by a semaphore whose permits are bytes: a
+//! frame takes permits when queued and gives them back when it is handed to the transport.
+//! That is what keeps a slow consumer from growing the gateway's memory without bound. The
+//! draining side coalesces every frame that is ready into one `Batch`, so batches grow under
+//! load and stay single-frame (no added latency) when idle.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use nexus_proto::v1::{Batch, Frame};
+use parking_lot::Mutex;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::Status;
+
+/// Fixed per-frame overhead charged against the byte budget besides the payload.
+pub const FRAME_OVERHEAD: u32 = 64;
+/// Most frames coalesced into one outbound batch.
+const MAX_BATCH_FRAMES: usize = 512;
+/// Most payload bytes coalesced into one outbound batch (one frame may exceed it alone).
+const MAX_BATCH_BYTES: u32 = 512 * 1024;
+
+struct Queued {
+    frame: Frame,
+    cost: u32,
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug)]
+pub enum EnqueueError {
+    /// The byte budget is used up; the frame is handed back.
+    Full(Frame),
+    /// The session is closed.
+    Closed,
+}
+
+/// The sending half, shared by every task that delivers to this session.
+pub struct Outbound {
+    tx: mpsc::UnboundedSender<Queued>,
+    budget: Arc<Semaphore>,
+    max_bytes: u32,
+    queued_frames: Arc<AtomicU32>,
+    closed: CancellationToken,
+    close_status: Arc<Mutex<Option<Status>>>,
+}
+
+impl Outbound {
+    /// Creates the queue and the response stream that drains it.
+    pub fn new(max_bytes: u32) -> (Self, OutboundStream) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(max_bytes as usize));
+        let queued_frames = Arc::new(AtomicU32::new(0));
+        let closed = CancellationToken::new();
+        let close_status = Arc::new(Mutex::new(None));
+        let stream = OutboundStream {
+            rx,
+            budget: budget.clone(),
+            queued_frames: queued_frames.clone(),
+            closed: Box::pin(closed.clone().cancelled_owned()),
+            close_status: close_status.clone(),
+            finished: false,
+        };
+        (
+            Self {
+                tx,
+                budget,
+                max_bytes,
+                queued_frames,
+                closed,
+                close_status,
+            },
+            stream,
+        )
+    }
+
+    /// Budget cost of a frame carrying `payload_len` payload bytes.
+    pub fn cost(&self, payload_len: usize) -> u32 {
+        (payload_len as u64 + FRAME_OVERHEAD as u64).min(self.max_bytes as u64) as u32
+    }
+
+    /// Frames queued and not yet handed to the transport; the balancer adds it to a member's
+    /// load so a member that reads slowly gets less work.
+    pub fn depth(&self) -> u32 {
+        self.queued_frames.load(Ordering::Relaxed)
+    }
+
+    /// Queues `frame` if the budget has room, without waiting.
+    pub fn try_send(&self, frame: Frame, cost: u32) -> Result<(), EnqueueError> {
+        if self.closed.is_cancelled() {
+            return Err(EnqueueError::Closed);
+        }
+        match self.budget.try_acquire_many(cost) {
+            Ok(permit) => {
+                permit.forget();
+                self.push(frame, cost)
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(EnqueueError::Full(frame)),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(EnqueueError::Closed),
+        }
+    }
+
+    /// Queues `frame`, waiting up to `max_wait` for budget. Returns the frame back on timeout.
+    pub async fn send_wait(
+        &self,
+        frame: Frame,
+        cost: u32,
+        max_wait: Duration,
+    ) -> Result<(), EnqueueError> {
+        let acquire = self.budget.acquire_many(cost);
+        tokio::select! {
+            permit = acquire => match permit {
+                Ok(permit) => {
+                    permit.forget();
+                    self.push(frame, cost)
+                }
+                Err(_) => Err(EnqueueError::Closed),
+            },
+            _ = self.closed.cancelled() => Err(EnqueueError::Closed),
+            _ = tokio::time::sleep(max_wait) => Err(EnqueueError::Full(frame)),
+        }
+    }
+
+    fn push(&self, frame: Frame, cost: u32) -> Result<(), EnqueueError> {
+        self.queued_frames.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(Queued { frame, cost }).map_err(|_| {
+            self.queued_frames.fetch_sub(1, Ordering::Relaxed);
+            EnqueueError::Closed
+        })
+    }
+
+    /// Ends the session: the response stream yields `status` (if given) and then ends.
+    /// Frames still queued are discarded. Idempotent; the first status wins.
+    pub fn close(&self, status: Option<Status>) {
+        {
+            let mut slot = self.close_status.lock();
+            if slot.is_none() && !self.closed.is_cancelled() {
+                *slot = status;
+            }
+        }
+        self.closed.cancel();
+        self.budget.close();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Resolves when the session has been closed.
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.closed.cancelled()
+    }
+}
+
+/// The gRPC response stream of a session: drains the queue into batches.
+pub struct OutboundStream {
+    rx: mpsc::UnboundedReceiver<Queued>,
+    budget: Arc<Semaphore>,
+    queued_frames: Arc<AtomicU32>,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    close_status: Arc<Mutex<Option<Status>>>,
+    finished: bool,
+}
+
+impl Stream for OutboundStream {
+    type Item = Result<Batch, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if this.closed.as_mut().poll(cx).is_ready() {
+            this.finished = true;
+            return Poll::Ready(this.close_status.lock().take().map(Err));
+        }
+        let mut frames = Vec::new();
+        let mut bytes = 0u32;
+        let mut released = 0usize;
+        while frames.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(q)) => {
+                    bytes = bytes.saturating_add(q.cost);
+                    released += q.cost as usize;
+                    frames.push(q.frame);
+                }
+                Poll::Ready(None) => {
+                    if frames.is_empty() {
+                        this.finished = true;
+                        return Poll::Ready(None);
+                    }
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if frames.is_empty() {
+            return Poll::Pending;
+        }
+        this.queued_frames
+            .fetch_sub(frames.len() as u32, Ordering::Relaxed);
+        // The frames now belong to the transport, which applies HTTP/2 flow control; giving
+        // the budget back here keeps at most one batch per session outside the bound.
+        this.budget.add_permits(released);
+        Poll::Ready(Some(Ok(Batch { frames })))
+    }
+}
+
+use std::future::Future;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use nexus_proto::v1::{Ping, frame::Kind};
+
+    fn ping(n: u64) -> Frame {
+        Frame {
+            kind: Some(Kind::Ping(Ping { nonce: n })),
+        }
+    }
+
+    #[tokio::test]
+    async fn coalesces_ready_frames_and_bounds_bytes() {
+        let (out, mut stream) = Outbound::new(1000);
+        for i in 0..10 {
+            out.try_send(ping(i), 100).unwrap();
+        }
+        assert!(matches!(
+            out.try_send(ping(99), 100),
+            Err(EnqueueError::Full(_))
+        ));
+        assert_eq!(out.depth(), 10);
+        let batch = stream.next().await.unwrap().unwrap();
+        assert_eq!(batch.frames.len(), 10);
+        assert_eq!(out.depth(), 0);
+        out.try_send(ping(11), 1000).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_wait_times_out_then_succeeds_after_drain() {
+        let (out, mut stream) = Outbound::new(100);
+        out.try_send(ping(1), 100).unwrap();
+        let r = out.send_wait(ping(2), 100, Duration::from_millis(50)).await;
+        assert!(matches!(r, Err(EnqueueError::Full(_))));
+        stream.next().await.unwrap().unwrap();
+        out.send_wait(ping(3), 100, Duration::from_millis(50))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn close_yields_status_then_ends() {
+        let (out, mut stream) = Outbound::new(100);
+        out.try_send(ping(1), 10).unwrap();
+        out.close(Some(Status::resource_exhausted("slow consumer")));
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(err.message(), "slow consumer");
+        assert!(stream.next().await.is_none());
+        assert!(matches!(
+            out.try_send(ping(2), 10),
+            Err(EnqueueError::Closed)
+        ));
+    }
+}

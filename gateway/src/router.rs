@@ -1,0 +1,625 @@
+//! `Router`: the gateway's shared routing state and the operations every session uses.
+//!
+//! - Subscriptions are grouped by (pattern, queue group) into `Group`s, indexed by a
+//!   persistent `SubjectTable` that publishers read without locks (`ArcSwap`). Subscribing
+//!   changes only the group's member list unless the group is new; those writes are
+//!   serialised by one mutex that publishing never touches.
+//! - A publish goes to every member of each matching plain group and to one member of each
+//!   matching queue group, chosen by that group's `Balancer`.
+//! - A request goes to one member of one matching group; its latency or failure feeds the
+//!   balancer. Pending requests live in a sharded map keyed by a gateway sequence number,
+//!   which is also the responder's reply inbox (`$nexus.inbox.<seq>`).
+//! - Delivery applies the slow-consumer policy when a session's outbound budget is full.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use nexus_proto::v1::{self, ErrorCode, Frame, Header, frame::Kind};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::balancer::{Balancer, BalancerConfig, EjectReason, Ejection, MemberId};
+use crate::config::{GatewayConfig, SlowConsumerPolicy};
+use crate::connection::Connection;
+use crate::metrics::{
+    Direction, EjectionLabels, EjectionReason, GatewayMetrics, Pattern, RequestOutcome,
+    SlowConsumerAction, SlowConsumerLabels,
+};
+use crate::outbound::EnqueueError;
+use crate::subject_table::SubjectTable;
+
+/// Prefix of the reply subjects the gateway hands responders.
+pub const INBOX_PREFIX: &str = "$nexus.inbox.";
+const PENDING_SHARDS: usize = 32;
+
+/// Subscribers of one pattern sharing one queue group (or none: a plain fan-out group).
+pub struct Group {
+    pub pattern: Box<str>,
+    pub queue: Option<Box<str>>,
+    members: ArcSwap<Vec<Arc<Member>>>,
+    balancer: Mutex<Balancer>,
+}
+
+/// One subscription: a session's `sid` in a group.
+pub struct Member {
+    pub id: MemberId,
+    pub sid: u64,
+    pub conn: Arc<Connection>,
+}
+
+/// Handle a session keeps for each of its subscriptions.
+#[derive(Clone)]
+pub struct Subscription {
+    pub group: Arc<Group>,
+    pub member: MemberId,
+}
+
+/// A message being published, shared by all its deliveries.
+pub struct Delivery {
+    pub subject: String,
+    pub reply_to: String,
+    pub headers: Vec<Header>,
+    pub payload: Bytes,
+    pub id: Bytes,
+}
+
+/// The answer a requester gets.
+pub type ReplyResult = Result<(Vec<Header>, Bytes), v1::Error>;
+
+/// Where a request's answer goes.
+pub enum Waiter {
+    /// A session: the completion is sent to the session task, which owns the request timer.
+    Session {
+        tx: mpsc::UnboundedSender<Completion>,
+        req_id: u64,
+    },
+    /// A unary `Request` call.
+    Unary(oneshot::Sender<ReplyResult>),
+}
+
+/// A finished request, delivered to the requesting session.
+pub struct Completion {
+    pub req_id: u64,
+    pub seq: u64,
+    pub result: ReplyResult,
+}
+
+struct Pending {
+    waiter: Waiter,
+    group: Arc<Group>,
+    member: MemberId,
+    responder: Arc<Connection>,
+    started: Instant,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("no responders for subject {0:?}")]
+    NoResponders(String),
+    #[error("responder could not take the request: {0}")]
+    Undeliverable(String),
+    #[error("gateway is shutting down")]
+    Draining,
+}
+
+pub struct Router {
+    cfg: Arc<GatewayConfig>,
+    balancer_cfg: BalancerConfig,
+    pub metrics: Arc<GatewayMetrics>,
+    table: ArcSwap<SubjectTable<Arc<Group>>>,
+    groups: Mutex<HashMap<(Box<str>, Box<str>), Arc<Group>>>,
+    pending: Box<[Mutex<HashMap<u64, Pending>>]>,
+    pending_count: AtomicU64,
+    next_id: AtomicU64,
+    started: Instant,
+    draining: AtomicBool,
+}
+
+pub fn error(code: ErrorCode, message: impl Into<String>, ref_id: u64) -> v1::Error {
+    v1::Error {
+        code: code as i32,
+        message: message.into(),
+        ref_id,
+    }
+}
+
+pub fn frame(kind: Kind) -> Frame {
+    Frame { kind: Some(kind) }
+}
+
+// === impl Group ===
+
+impl Group {
+    pub fn members(&self) -> arc_swap::Guard<Arc<Vec<Arc<Member>>>> {
+        self.members.load()
+    }
+
+    pub fn is_queue(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Chooses one member with the balancer; `None` when the group is empty.
+    fn pick(&self, now: Instant) -> Option<Arc<Member>> {
+        let members = self.members.load();
+        match members.len() {
+            0 => return None,
+            1 => return Some(members[0].clone()),
+            _ => {}
+        }
+        let id = {
+            let mut rng = rand::rng();
+            let depth = |id: MemberId| {
+                members
+                    .iter()
+                    .find(|m| m.id == id)
+                    .map_or(0, |m| m.conn.outbound.depth())
+            };
+            self.balancer.lock().pick(now.into_std(), &mut rng, depth)?
+        };
+        members.iter().find(|m| m.id == id).cloned()
+    }
+
+    /// Balancer state for metrics and debugging.
+    pub fn balancer_snapshot(&self) -> Vec<crate::balancer::MemberSnapshot> {
+        self.balancer.lock().snapshot(Instant::now().into_std())
+    }
+}
+
+// === impl Router ===
+
+impl Router {
+    pub fn new(cfg: Arc<GatewayConfig>, metrics: Arc<GatewayMetrics>) -> Self {
+        let balancer_cfg = cfg.balancer.to_balancer_config();
+        Self {
+            cfg,
+            balancer_cfg,
+            metrics,
+            table: ArcSwap::from_pointee(SubjectTable::default()),
+            groups: Mutex::new(HashMap::new()),
+            pending: (0..PENDING_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            pending_count: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
+    /// A fresh id, unique for the life of the gateway (connections, members, requests).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn pending_requests(&self) -> u64 {
+        self.pending_count.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    // --- subscriptions ---
+
+    pub fn subscribe(
+        &self,
+        conn: &Arc<Connection>,
+        sid: u64,
+        pattern: &str,
+        queue: &str,
+    ) -> Subscription {
+        let key: (Box<str>, Box<str>) = (pattern.into(), queue.into());
+        let member = Arc::new(Member {
+            id: self.next_id(),
+            sid,
+            conn: conn.clone(),
+        });
+        let now = Instant::now().into_std();
+        let mut groups = self.groups.lock();
+        let group = match groups.get(&key) {
+            Some(group) => group.clone(),
+            None => {
+                let group = Arc::new(Group {
+                    pattern: pattern.into(),
+                    queue: (!queue.is_empty()).then(|| queue.into()),
+                    members: ArcSwap::from_pointee(Vec::new()),
+                    balancer: Mutex::new(Balancer::new(self.balancer_cfg.clone())),
+                });
+                groups.insert(key, group.clone());
+                let table = self.table.load();
+                self.table
+                    .store(Arc::new(table.insert(pattern, group.clone())));
+                group
+            }
+        };
+        let mut members = Vec::clone(&group.members.load());
+        members.push(member.clone());
+        group.members.store(Arc::new(members));
+        group.balancer.lock().add(member.id, now);
+        self.metrics.subscriptions.inc();
+        Subscription {
+            group,
+            member: member.id,
+        }
+    }
+
+    pub fn unsubscribe(&self, sub: &Subscription) {
+        let mut groups = self.groups.lock();
+        let group = &sub.group;
+        let mut members = Vec::clone(&group.members.load());
+        let before = members.len();
+        members.retain(|m| m.id != sub.member);
+        if members.len() == before {
+            return;
+        }
+        self.metrics.subscriptions.dec();
+        group.balancer.lock().remove(sub.member);
+        let empty = members.is_empty();
+        group.members.store(Arc::new(members));
+        if empty {
+            let key: (Box<str>, Box<str>) = (
+                group.pattern.clone(),
+                group.queue.clone().unwrap_or_default(),
+            );
+            groups.remove(&key);
+            let table = self.table.load();
+            let (table, _) = table.remove(&group.pattern, |g| Arc::ptr_eq(g, group));
+            self.table.store(Arc::new(table));
+        }
+    }
+
+    /// Groups whose pattern matches `subject`.
+    pub fn matching_groups(&self, subject: &str, out: &mut Vec<Arc<Group>>) {
+        self.table
+            .load()
+            .for_each_match(subject, |g| out.push(g.clone()));
+    }
+
+    // --- publish ---
+
+    /// Routes a message to every matching subscription; returns how many received it.
+    pub async fn publish(&self, msg: &Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
+        scratch.clear();
+        let now = Instant::now();
+        {
+            let table = self.table.load();
+            table.for_each_match(&msg.subject, |group| {
+                if group.is_queue() {
+                    if let Some(m) = group.pick(now) {
+                        self.metrics.balancer_picks.inc();
+                        scratch.push(m);
+                    }
+                } else {
+                    scratch.extend(group.members.load().iter().cloned());
+                }
+            });
+        }
+        let mut delivered = 0;
+        for member in scratch.drain(..) {
+            let f = frame(Kind::Msg(v1::Msg {
+                sid: member.sid,
+                subject: msg.subject.clone(),
+                reply_to: msg.reply_to.clone(),
+                headers: msg.headers.clone(),
+                payload: msg.payload.clone(),
+                id: msg.id.clone(),
+                deadline_ms: 0,
+            }));
+            if self
+                .deliver(&member.conn, f, msg.payload.len(), Some(member.sid))
+                .await
+            {
+                self.metrics
+                    .traffic(Pattern::Pub, Direction::Out, msg.payload.len());
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Queues a frame to a connection, applying the slow-consumer policy when its budget is
+    /// full. Returns whether the frame was queued.
+    pub async fn deliver(
+        &self,
+        conn: &Arc<Connection>,
+        frame: Frame,
+        payload_len: usize,
+        sid: Option<u64>,
+    ) -> bool {
+        let cost = conn.outbound.cost(payload_len);
+        let frame = match conn.outbound.try_send(frame, cost) {
+            Ok(()) => return true,
+            Err(EnqueueError::Closed) => return false,
+            Err(EnqueueError::Full(frame)) => frame,
+        };
+        let sc = &self.cfg.slow_consumer;
+        match sc.policy {
+            SlowConsumerPolicy::Drop => {
+                self.slow_consumer_event(SlowConsumerAction::Dropped);
+                self.notify_slow_consumer(conn, sid.unwrap_or(0));
+                false
+            }
+            SlowConsumerPolicy::Disconnect => {
+                self.disconnect_slow_consumer(conn);
+                false
+            }
+            SlowConsumerPolicy::Backpressure => {
+                self.slow_consumer_event(SlowConsumerAction::Waited);
+                let wait = Duration::from_millis(sc.max_wait_ms);
+                match conn.outbound.send_wait(frame, cost, wait).await {
+                    Ok(()) => true,
+                    Err(EnqueueError::Closed) => false,
+                    Err(EnqueueError::Full(_)) => {
+                        self.disconnect_slow_consumer(conn);
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    fn slow_consumer_event(&self, action: SlowConsumerAction) {
+        self.metrics
+            .slow_consumer
+            .get_or_create(&SlowConsumerLabels { action })
+            .inc();
+    }
+
+    fn disconnect_slow_consumer(&self, conn: &Arc<Connection>) {
+        if conn.outbound.is_closed() {
+            return;
+        }
+        self.slow_consumer_event(SlowConsumerAction::Disconnected);
+        tracing::warn!(conn = conn.id, name = %conn.name.lock(), "disconnecting slow consumer");
+        conn.outbound.close(Some(tonic::Status::resource_exhausted(format!(
+            "slow consumer: more than slow_consumer.max_pending_bytes ({} bytes) queued for this session for longer than {} ms (policy {})",
+            self.cfg.slow_consumer.max_pending_bytes,
+            self.cfg.slow_consumer.max_wait_ms,
+            self.cfg.slow_consumer.policy.as_str(),
+        ))));
+    }
+
+    /// Tells a subscriber that messages were dropped for it, at most once a second. The
+    /// notice bypasses the budget check only when there is room; otherwise the next one
+    /// will carry the news.
+    fn notify_slow_consumer(&self, conn: &Arc<Connection>, sid: u64) {
+        let now = self.elapsed_ms().max(1);
+        let last = conn.last_slow_notice_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < 1000 {
+            return;
+        }
+        conn.last_slow_notice_ms.store(now, Ordering::Relaxed);
+        let f = frame(Kind::Error(error(
+            ErrorCode::SlowConsumer,
+            format!(
+                "messages for subscription {sid} were dropped: more than slow_consumer.max_pending_bytes ({} bytes) queued (policy drop)",
+                self.cfg.slow_consumer.max_pending_bytes
+            ),
+            sid,
+        )));
+        let _ = conn.outbound.try_send(f, crate::outbound::FRAME_OVERHEAD);
+    }
+
+    // --- requests ---
+
+    /// Picks a responder for `subject` and delivers the request to it. The answer arrives
+    /// through `waiter`; the returned sequence number identifies the request for `timeout`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn request(
+        &self,
+        waiter: Waiter,
+        subject: &str,
+        headers: Vec<Header>,
+        payload: Bytes,
+        id: Bytes,
+        timeout: Duration,
+    ) -> Result<u64, (Waiter, RouteError)> {
+        if self.is_draining() {
+            return Err((waiter, RouteError::Draining));
+        }
+        let now = Instant::now();
+        let Some((group, member)) = self.pick_responder(subject, now) else {
+            self.metrics.request_done(RequestOutcome::NoResponders);
+            return Err((waiter, RouteError::NoResponders(subject.to_owned())));
+        };
+        let seq = self.next_id();
+        member.conn.serving.lock().insert(seq);
+        group.balancer.lock().start(member.id);
+        self.pending_shard(seq).lock().insert(
+            seq,
+            Pending {
+                waiter,
+                group: group.clone(),
+                member: member.id,
+                responder: member.conn.clone(),
+                started: now,
+            },
+        );
+        self.pending_count.fetch_add(1, Ordering::Relaxed);
+        let payload_len = payload.len();
+        let f = frame(Kind::Msg(v1::Msg {
+            sid: member.sid,
+            subject: subject.to_owned(),
+            reply_to: format!("{INBOX_PREFIX}{seq}"),
+            headers,
+            payload,
+            id,
+            deadline_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
+        }));
+        if self
+            .deliver(&member.conn, f, payload_len, Some(member.sid))
+            .await
+        {
+            self.metrics
+                .traffic(Pattern::Request, Direction::Out, payload_len);
+        } else {
+            self.complete(
+                seq,
+                None,
+                Err(error(
+                    ErrorCode::ServiceError,
+                    "the chosen responder could not take the request (its session closed or is a slow consumer)",
+                    0,
+                )),
+            );
+        }
+        Ok(seq)
+    }
+
+    /// One member of one group matching `subject`: a group chosen at random among the
+    /// matching ones, then a member by that group's balancer.
+    fn pick_responder(&self, subject: &str, now: Instant) -> Option<(Arc<Group>, Arc<Member>)> {
+        let mut groups = Vec::new();
+        self.matching_groups(subject, &mut groups);
+        groups.retain(|g| !g.members.load().is_empty());
+        while !groups.is_empty() {
+            let i = if groups.len() == 1 {
+                0
+            } else {
+                rand::Rng::random_range(&mut rand::rng(), 0..groups.len())
+            };
+            let group = groups.swap_remove(i);
+            if let Some(member) = group.pick(now) {
+                self.metrics.balancer_picks.inc();
+                return Some((group, member));
+            }
+        }
+        None
+    }
+
+    fn pending_shard(&self, seq: u64) -> &Mutex<HashMap<u64, Pending>> {
+        &self.pending[(seq % PENDING_SHARDS as u64) as usize]
+    }
+
+    /// Parses the sequence number out of an inbox subject.
+    pub fn inbox_seq(reply_to: &str) -> Option<u64> {
+        reply_to.strip_prefix(INBOX_PREFIX)?.parse().ok()
+    }
+
+    /// Finishes request `seq`. `from` is the connection answering; a reply from any other
+    /// connection than the one the request was given to is ignored (returns false).
+    pub fn complete(&self, seq: u64, from: Option<u64>, result: ReplyResult) -> bool {
+        let pending = {
+            let mut shard = self.pending_shard(seq).lock();
+            match shard.get(&seq) {
+                Some(p) if from.is_none_or(|id| id == p.responder.id) => shard.remove(&seq),
+                _ => None,
+            }
+        };
+        let Some(p) = pending else {
+            self.metrics.late_replies.inc();
+            return false;
+        };
+        self.pending_count.fetch_sub(1, Ordering::Relaxed);
+        p.responder.serving.lock().remove(&seq);
+        let elapsed = p.started.elapsed();
+        let now = Instant::now().into_std();
+        let (outcome, ejection) = match &result {
+            Ok(_) => (
+                RequestOutcome::Ok,
+                p.group.balancer.lock().success(p.member, elapsed, now),
+            ),
+            Err(e) if e.code == ErrorCode::Timeout as i32 => (
+                RequestOutcome::Timeout,
+                p.group.balancer.lock().failure(p.member, now),
+            ),
+            Err(_) => (
+                RequestOutcome::ServiceError,
+                p.group.balancer.lock().failure(p.member, now),
+            ),
+        };
+        if let Some(ejection) = ejection {
+            self.record_ejection(&p.group, &ejection);
+        }
+        self.metrics.request_done(outcome);
+        self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        match p.waiter {
+            Waiter::Session { tx, req_id } => {
+                let _ = tx.send(Completion {
+                    req_id,
+                    seq,
+                    result,
+                });
+            }
+            Waiter::Unary(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+        true
+    }
+
+    /// The requester went away: forget the request without charging the responder.
+    pub fn cancel(&self, seq: u64) {
+        let Some(p) = self.pending_shard(seq).lock().remove(&seq) else {
+            return;
+        };
+        self.pending_count.fetch_sub(1, Ordering::Relaxed);
+        p.responder.serving.lock().remove(&seq);
+        p.group.balancer.lock().cancel(p.member);
+        self.metrics.request_done(RequestOutcome::Cancelled);
+    }
+
+    fn record_ejection(&self, group: &Group, ejection: &Ejection) {
+        let reason = match ejection.reason {
+            EjectReason::ConsecutiveFailures => EjectionReason::ConsecutiveFailures,
+            EjectReason::Latency => EjectionReason::Latency,
+        };
+        tracing::warn!(
+            pattern = %group.pattern,
+            queue = group.queue.as_deref().unwrap_or(""),
+            member = ejection.member,
+            period_ms = ejection.period.as_millis() as u64,
+            ?reason,
+            "balancer ejected a member"
+        );
+        self.metrics
+            .balancer_ejections
+            .get_or_create(&EjectionLabels { reason })
+            .inc();
+    }
+
+    /// A session ended: fail the requests it was serving, so their requesters learn at once.
+    pub fn connection_gone(&self, conn: &Arc<Connection>) {
+        let serving: Vec<u64> = conn.serving.lock().drain().collect();
+        for seq in serving {
+            self.complete(
+                seq,
+                None,
+                Err(error(
+                    ErrorCode::ServiceError,
+                    "the responder disconnected before answering",
+                    0,
+                )),
+            );
+        }
+        crate::streams::connection_gone(self, conn);
+    }
+
+    /// Picks a responder for a stream open; shares the request path's choice.
+    pub fn pick_stream_acceptor(&self, subject: &str) -> Option<(Arc<Group>, Arc<Member>)> {
+        self.pick_responder(subject, Instant::now())
+            .inspect(|(g, m)| g.balancer.lock().start(m.id))
+    }
+
+    pub fn stream_finished(&self, group: &Group, member: MemberId) {
+        group.balancer.lock().cancel(member);
+    }
+}

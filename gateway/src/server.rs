@@ -1,0 +1,199 @@
+//! Starting and stopping a gateway: binds the gRPC and HTTP listeners, serves until told
+//! to stop, then shuts down gracefully.
+//!
+//! Shutdown order: stop admitting work (`/readyz` turns 503, new sessions and requests are
+//! refused), wait up to `shutdown_grace_ms` for in-flight requests to be answered, then close
+//! every session with UNAVAILABLE so adapters reconnect elsewhere, and stop the listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use nexus_proto::v1::gateway_server::GatewayServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GatewayConfig;
+use crate::metrics::GatewayMetrics;
+use crate::router::Router;
+use crate::service::GatewayService;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC reflection setup failed: {0}")]
+    Reflection(String),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A running gateway. Dropping it does not stop it; call `shutdown`.
+pub struct RunningGateway {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub gateway_id: String,
+    pub router: Arc<Router>,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningGateway {
+    /// Begins graceful shutdown and waits for it to finish.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.stop.cancel();
+        self.wait().await
+    }
+
+    /// A token that starts graceful shutdown when cancelled.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Waits until the gateway stopped (after `stop_token()` was cancelled).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(ServerError::Reflection(format!(
+                "gateway task panicked: {e}"
+            ))),
+        }
+    }
+}
+
+/// Validates `cfg`, binds both listeners and starts serving.
+pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError> {
+    cfg.validate()?;
+    if cfg.gateway_id.is_empty() {
+        cfg.gateway_id = format!(
+            "{}-{}",
+            cfg.region,
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+    }
+    let grpc = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "gRPC listen",
+            addr: cfg.listen,
+            source,
+        })?;
+    let http = TcpListener::bind(cfg.metrics_listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "metrics_listen",
+            addr: cfg.metrics_listen,
+            source,
+        })?;
+    let grpc_addr = grpc.local_addr().map_err(|source| ServerError::Bind {
+        what: "gRPC listen",
+        addr: cfg.listen,
+        source,
+    })?;
+    let metrics_addr = http.local_addr().map_err(|source| ServerError::Bind {
+        what: "metrics_listen",
+        addr: cfg.metrics_listen,
+        source,
+    })?;
+
+    let cfg = Arc::new(cfg);
+    let metrics = Arc::new(GatewayMetrics::new());
+    let router = Arc::new(Router::new(cfg.clone(), metrics));
+    let stop = CancellationToken::new();
+    let close_all = CancellationToken::new();
+    let gateway_id: Arc<str> = cfg.gateway_id.as_str().into();
+
+    let service = GatewayService {
+        router: router.clone(),
+        gateway_id: gateway_id.clone(),
+        connections: Arc::new(AtomicU32::new(0)),
+        close_all: close_all.clone(),
+    };
+    // A batch may hold many frames; one frame may carry a max_payload payload.
+    let max_message = (cfg.limits.max_payload as usize)
+        .saturating_mul(2)
+        .max(4 << 20)
+        + (64 << 10);
+    let grpc_service = GatewayServer::new(service)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+    let http_stop = close_all.clone();
+    let http_app = crate::http::routes(router.clone());
+    let http_task = tokio::spawn(async move {
+        let _ = axum::serve(http, http_app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await;
+    });
+
+    let grpc_stop = close_all.clone();
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(grpc_service)
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                grpc_stop.cancelled().await
+            }),
+    );
+
+    let task = {
+        let router = router.clone();
+        let stop = stop.clone();
+        let grace = cfg.shutdown_grace();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            tracing::info!("gateway draining");
+            router.start_draining();
+            let deadline = tokio::time::Instant::now() + grace;
+            while router.pending_requests() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let left = router.pending_requests();
+            if left > 0 {
+                tracing::warn!(left, "shutdown grace elapsed with requests still in flight");
+            }
+            close_all.cancel();
+            // Sessions end as their streams close; don't let a stuck connection hold us.
+            let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+            match tokio::time::timeout(Duration::from_secs(5), grpc_task).await {
+                Ok(Ok(result)) => result.map_err(ServerError::from),
+                Ok(Err(e)) => Err(ServerError::Reflection(format!("gRPC task failed: {e}"))),
+                Err(_) => {
+                    tracing::warn!("gRPC connections did not close within 5 s of shutdown");
+                    Ok(())
+                }
+            }
+        })
+    };
+
+    tracing::info!(
+        region = %cfg.region,
+        gateway = %gateway_id,
+        grpc = %grpc_addr,
+        metrics = %metrics_addr,
+        "gateway listening"
+    );
+    Ok(RunningGateway {
+        grpc_addr,
+        metrics_addr,
+        gateway_id: gateway_id.to_string(),
+        router,
+        stop,
+        task,
+    })
+}

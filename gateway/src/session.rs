@@ -1,0 +1,551 @@
+//! The session task: reads an adapter's batches, applies each frame, and owns everything
+//! the session created (subscriptions, outstanding requests and their timers, streams) so
+//! that all of it is released when the session ends, however it ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use nexus_proto::v1::{self, ErrorCode, Frame, frame::Kind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::{DelayQueue, delay_queue};
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+
+use crate::connection::Connection;
+use crate::metrics::{Direction, Limit, Pattern};
+use crate::router::{Completion, Delivery, Member, Router, Subscription, Waiter, error, frame};
+use crate::subject::{self, validate_pattern, validate_subject};
+use crate::{streams, trace};
+
+/// Protocol version this gateway speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest accepted queue group name.
+const MAX_QUEUE_GROUP_LEN: usize = 256;
+/// Longest request timeout a client may ask for.
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
+pub struct Session {
+    router: Arc<Router>,
+    conn: Arc<Connection>,
+    gateway_id: Arc<str>,
+    hello: bool,
+    subs: HashMap<u64, Subscription>,
+    /// Requests this session made: gateway seq -> (client req_id, timer).
+    requests: HashMap<u64, (u64, delay_queue::Key)>,
+    timers: DelayQueue<u64>,
+    completions_tx: mpsc::UnboundedSender<Completion>,
+    completions_rx: mpsc::UnboundedReceiver<Completion>,
+    scratch: Vec<Arc<Member>>,
+}
+
+/// What to do after a frame.
+enum Flow {
+    Continue,
+    /// End the session with this status.
+    Close(Status),
+}
+
+impl Session {
+    pub fn new(router: Arc<Router>, conn: Arc<Connection>, gateway_id: Arc<str>) -> Self {
+        let (completions_tx, completions_rx) = mpsc::unbounded_channel();
+        Self {
+            router,
+            conn,
+            gateway_id,
+            hello: false,
+            subs: HashMap::new(),
+            requests: HashMap::new(),
+            timers: DelayQueue::new(),
+            completions_tx,
+            completions_rx,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Runs until the adapter goes away, the session is closed (slow consumer), or
+    /// `close_all` fires at shutdown.
+    pub async fn run(mut self, mut inbound: Streaming<v1::Batch>, close_all: CancellationToken) {
+        let conn = self.conn.clone();
+        let outcome: Option<Status> = loop {
+            tokio::select! {
+                biased;
+                _ = conn.outbound.closed() => break None,
+                _ = close_all.cancelled() => {
+                    self.send_control(Kind::Error(error(
+                        ErrorCode::Unavailable,
+                        "gateway is shutting down",
+                        0,
+                    )));
+                    break Some(Status::unavailable("gateway is shutting down; reconnect to another gateway"));
+                }
+                Some(done) = self.completions_rx.recv() => self.on_completion(done).await,
+                Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
+                    let seq = expired.into_inner();
+                    if self.requests.remove(&seq).is_some() {
+                        self.router.complete(seq, None, Err(error(ErrorCode::Timeout, "request timed out", 0)));
+                        // The completion comes back through the channel with the req_id.
+                    }
+                }
+                batch = inbound.next() => match batch {
+                    Some(Ok(batch)) => {
+                        let mut close = None;
+                        for f in batch.frames {
+                            if let Flow::Close(status) = self.on_frame(f).await {
+                                close = Some(status);
+                                break;
+                            }
+                        }
+                        if let Some(status) = close {
+                            break Some(status);
+                        }
+                    }
+                    Some(Err(status)) => {
+                        tracing::debug!(conn = conn.id, %status, "session stream failed");
+                        break None;
+                    }
+                    None => break None,
+                },
+            }
+        };
+        self.finish(outcome);
+    }
+
+    fn finish(mut self, outcome: Option<Status>) {
+        for sub in self.subs.values() {
+            self.router.unsubscribe(sub);
+        }
+        self.subs.clear();
+        for seq in self.requests.keys() {
+            self.router.cancel(*seq);
+        }
+        self.router.connection_gone(&self.conn);
+        self.conn.outbound.close(outcome);
+        self.router.metrics.connections.dec();
+        // Late completions for requests cancelled above are dropped with the receiver.
+        self.completions_rx.close();
+        tracing::debug!(conn = self.conn.id, "session ended");
+    }
+
+    fn send_control(&self, kind: Kind) {
+        let f = frame(kind);
+        let cost = self.conn.outbound.cost(0);
+        // A client that does not even read its own acks and errors is cut off by the budget:
+        // when it is full the frame is dropped and the slow-consumer policy on deliveries
+        // will close the session.
+        let _ = self.conn.outbound.try_send(f, cost);
+    }
+
+    fn refuse(&self, code: ErrorCode, message: String, ref_id: u64, ack_id: u64) {
+        if code == ErrorCode::Invalid {
+            self.router.metrics.protocol_errors.inc();
+        }
+        let e = error(code, message, ref_id);
+        if ack_id != 0 {
+            self.send_control(Kind::Nack(v1::Nack {
+                ack_id,
+                reply_to: String::new(),
+                error: Some(e),
+            }));
+        } else {
+            self.send_control(Kind::Error(e));
+        }
+    }
+
+    async fn on_frame(&mut self, f: Frame) -> Flow {
+        let Some(kind) = f.kind else {
+            self.refuse(ErrorCode::Invalid, "empty frame (no kind set)".into(), 0, 0);
+            return Flow::Continue;
+        };
+        if !self.hello {
+            return match kind {
+                Kind::Hello(h) => self.on_hello(h),
+                _ => {
+                    self.router.metrics.protocol_errors.inc();
+                    Flow::Close(Status::invalid_argument(
+                        "the first frame of a session must be Hello",
+                    ))
+                }
+            };
+        }
+        match kind {
+            Kind::Hello(_) => self.refuse(
+                ErrorCode::Invalid,
+                "Hello was already received on this session".into(),
+                0,
+                0,
+            ),
+            Kind::Sub(s) => self.on_sub(s),
+            Kind::Unsub(u) => self.on_unsub(u),
+            Kind::Pub(p) => self.on_pub(p).await,
+            Kind::Req(r) => self.on_req(r).await,
+            Kind::Reply(r) => self.on_reply(r),
+            Kind::Nack(n) => self.on_nack(n),
+            Kind::Ping(p) => self.send_control(Kind::Pong(v1::Pong { nonce: p.nonce })),
+            Kind::Pong(_) | Kind::Ack(_) => {}
+            Kind::StreamOpen(o) => {
+                let id = o.stream_id;
+                if let Err(e) = streams::open(&self.router, &self.conn, o).await {
+                    self.send_control(Kind::StreamClose(v1::StreamClose {
+                        stream_id: id,
+                        error: Some(e),
+                    }));
+                }
+            }
+            Kind::StreamData(d) => {
+                if let Err(e) = self.check_payload(d.payload.len(), d.stream_id) {
+                    self.send_control(Kind::Error(e));
+                } else if let Err(e) = streams::data(&self.router, &self.conn, d).await {
+                    self.send_control(Kind::Error(e));
+                }
+            }
+            Kind::Credit(c) => {
+                if let Err(e) = streams::credit(&self.router, &self.conn, c).await {
+                    self.send_control(Kind::Error(e));
+                }
+            }
+            Kind::StreamClose(c) => {
+                if let Err(e) = streams::close(&self.router, &self.conn, c).await {
+                    self.send_control(Kind::Error(e));
+                }
+            }
+            Kind::Welcome(_) | Kind::Msg(_) | Kind::Error(_) => self.refuse(
+                ErrorCode::Invalid,
+                "Welcome, Msg and Error frames are sent by the gateway, not to it".into(),
+                0,
+                0,
+            ),
+        }
+        Flow::Continue
+    }
+
+    fn on_hello(&mut self, h: v1::Hello) -> Flow {
+        if h.protocol > PROTOCOL_VERSION {
+            return Flow::Close(Status::failed_precondition(format!(
+                "adapter speaks protocol {} but this gateway speaks up to {PROTOCOL_VERSION}",
+                h.protocol
+            )));
+        }
+        self.hello = true;
+        *self.conn.name.lock() = if h.client_name.is_empty() {
+            format!("{}-{}", h.language, self.conn.id)
+        } else {
+            h.client_name.clone()
+        };
+        tracing::debug!(
+            conn = self.conn.id,
+            client = %h.client_name,
+            language = %h.language,
+            version = %h.version,
+            "session hello"
+        );
+        let cfg = self.router.config();
+        self.send_control(Kind::Welcome(v1::Welcome {
+            session_id: self.conn.id.to_string(),
+            gateway_id: self.gateway_id.to_string(),
+            region: cfg.region.clone(),
+            max_payload: cfg.limits.max_payload,
+            max_subscriptions: cfg.limits.max_subscriptions,
+            protocol: PROTOCOL_VERSION,
+        }));
+        Flow::Continue
+    }
+
+    fn on_sub(&mut self, s: v1::Sub) {
+        if let Err(e) = validate_pattern(&s.subject) {
+            return self.refuse(ErrorCode::Invalid, e.to_string(), s.sid, s.ack_id);
+        }
+        if s.queue_group.len() > MAX_QUEUE_GROUP_LEN
+            || s.queue_group
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return self.refuse(
+                ErrorCode::Invalid,
+                format!(
+                    "queue group {:?} must be at most {MAX_QUEUE_GROUP_LEN} bytes without whitespace or control characters",
+                    s.queue_group
+                ),
+                s.sid,
+                s.ack_id,
+            );
+        }
+        if self.subs.contains_key(&s.sid) {
+            return self.refuse(
+                ErrorCode::Invalid,
+                format!("sid {} is already in use on this session", s.sid),
+                s.sid,
+                s.ack_id,
+            );
+        }
+        let max = self.router.config().limits.max_subscriptions;
+        if self.subs.len() >= max as usize {
+            self.router.metrics.limit(Limit::MaxSubscriptions);
+            return self.refuse(
+                ErrorCode::Limit,
+                format!("limits.max_subscriptions ({max}) reached for this session"),
+                s.sid,
+                s.ack_id,
+            );
+        }
+        let sub = self
+            .router
+            .subscribe(&self.conn, s.sid, &s.subject, &s.queue_group);
+        self.subs.insert(s.sid, sub);
+        if s.ack_id != 0 {
+            self.send_control(Kind::Ack(v1::Ack {
+                ack_id: s.ack_id,
+                delivered: 0,
+            }));
+        }
+    }
+
+    fn on_unsub(&mut self, u: v1::Unsub) {
+        match self.subs.remove(&u.sid) {
+            Some(sub) => self.router.unsubscribe(&sub),
+            None => self.refuse(
+                ErrorCode::Invalid,
+                format!("unsub: no subscription with sid {}", u.sid),
+                u.sid,
+                0,
+            ),
+        }
+    }
+
+    fn check_payload(&self, len: usize, ref_id: u64) -> Result<(), v1::Error> {
+        let max = self.router.config().limits.max_payload;
+        if len as u64 > max {
+            self.router.metrics.limit(Limit::MaxPayload);
+            return Err(error(
+                ErrorCode::Limit,
+                format!("payload of {len} bytes exceeds limits.max_payload ({max} bytes)"),
+                ref_id,
+            ));
+        }
+        Ok(())
+    }
+
+    async fn on_pub(&mut self, mut p: v1::Pub) {
+        if p.subject.starts_with(crate::router::INBOX_PREFIX) {
+            // A responder answering with a plain publish to its reply inbox.
+            return self.answer(&p.subject, Ok((p.headers, p.payload)), p.ack_id);
+        }
+        if let Err(e) = validate_subject(&p.subject) {
+            return self.refuse(ErrorCode::Invalid, e.to_string(), p.ack_id, p.ack_id);
+        }
+        if !p.reply_to.is_empty() {
+            if let Err(e) = subject::validate_reply_subject(&p.reply_to) {
+                return self.refuse(
+                    ErrorCode::Invalid,
+                    format!("reply_to: {e}"),
+                    p.ack_id,
+                    p.ack_id,
+                );
+            }
+        }
+        if let Err(e) = self.check_payload(p.payload.len(), p.ack_id) {
+            return self.refuse(ErrorCode::Limit, e.message, p.ack_id, p.ack_id);
+        }
+        if self.router.is_draining() {
+            return self.refuse(
+                ErrorCode::Unavailable,
+                "gateway is shutting down".into(),
+                p.ack_id,
+                p.ack_id,
+            );
+        }
+        self.router
+            .metrics
+            .traffic(Pattern::Pub, Direction::In, p.payload.len());
+        let span = tracing::debug_span!("nexus.publish", subject = %p.subject, conn = self.conn.id);
+        trace::link_span(&span, &mut p.headers);
+        let delivery = Delivery {
+            id: message_id(p.id),
+            subject: p.subject,
+            reply_to: p.reply_to,
+            headers: p.headers,
+            payload: p.payload,
+        };
+        let delivered = self
+            .router
+            .publish(&delivery, &mut self.scratch)
+            .instrument(span)
+            .await;
+        if p.ack_id != 0 {
+            self.send_control(Kind::Ack(v1::Ack {
+                ack_id: p.ack_id,
+                delivered,
+            }));
+        }
+    }
+
+    async fn on_req(&mut self, mut r: v1::Req) {
+        let refuse = |this: &Self, code: ErrorCode, message: String| {
+            this.send_reply(r.req_id, Err(error(code, message, r.req_id)));
+        };
+        if let Err(e) = validate_subject(&r.subject) {
+            self.router.metrics.protocol_errors.inc();
+            return refuse(self, ErrorCode::Invalid, e.to_string());
+        }
+        if let Err(e) = self.check_payload(r.payload.len(), r.req_id) {
+            return refuse(self, ErrorCode::Limit, e.message);
+        }
+        let max = self.router.config().limits.max_pending_requests;
+        if self.requests.len() >= max as usize {
+            self.router.metrics.limit(Limit::MaxPendingRequests);
+            return refuse(
+                self,
+                ErrorCode::Limit,
+                format!(
+                    "limits.max_pending_requests ({max}) requests are already outstanding on this session"
+                ),
+            );
+        }
+        let timeout = match r.timeout_ms {
+            0 => self.router.config().request_timeout(),
+            ms => Duration::from_millis(ms as u64).min(MAX_REQUEST_TIMEOUT),
+        };
+        self.router
+            .metrics
+            .traffic(Pattern::Request, Direction::In, r.payload.len());
+        let span = tracing::debug_span!("nexus.request", subject = %r.subject, conn = self.conn.id);
+        trace::link_span(&span, &mut r.headers);
+        let waiter = Waiter::Session {
+            tx: self.completions_tx.clone(),
+            req_id: r.req_id,
+        };
+        let routed = self
+            .router
+            .request(
+                waiter,
+                &r.subject,
+                r.headers,
+                r.payload,
+                message_id(r.id),
+                timeout,
+            )
+            .instrument(span)
+            .await;
+        match routed {
+            Ok(seq) => {
+                let key = self.timers.insert(seq, timeout);
+                self.requests.insert(seq, (r.req_id, key));
+            }
+            Err((_, e)) => {
+                let code = match e {
+                    crate::router::RouteError::NoResponders(_) => ErrorCode::NoResponders,
+                    crate::router::RouteError::Draining => ErrorCode::Unavailable,
+                    crate::router::RouteError::Undeliverable(_) => ErrorCode::ServiceError,
+                };
+                self.send_reply(r.req_id, Err(error(code, e.to_string(), r.req_id)));
+            }
+        }
+    }
+
+    async fn on_completion(&mut self, done: Completion) {
+        if let Some((_, key)) = self.requests.remove(&done.seq) {
+            self.timers.try_remove(&key);
+        }
+        let result = done.result.map_err(|e| v1::Error {
+            ref_id: done.req_id,
+            ..e
+        });
+        self.send_reply(done.req_id, result);
+    }
+
+    fn send_reply(&self, req_id: u64, result: crate::router::ReplyResult) {
+        let (headers, payload, error) = match result {
+            Ok((h, p)) => (h, p, None),
+            Err(e) => (Vec::new(), Bytes::new(), Some(e)),
+        };
+        let len = payload.len();
+        let f = frame(Kind::Reply(v1::Reply {
+            req_id,
+            reply_to: String::new(),
+            headers,
+            payload,
+            error,
+        }));
+        let cost = self.conn.outbound.cost(len);
+        // The requester asked for this reply and its pending requests are bounded, so the
+        // reply is queued even past the budget rather than lost.
+        if self.conn.outbound.try_send(f, cost).is_ok() {
+            self.router
+                .metrics
+                .traffic(Pattern::Reply, Direction::Out, len);
+        } else {
+            tracing::debug!(
+                conn = self.conn.id,
+                req_id,
+                "reply not queued: requester's queue is full or closed"
+            );
+        }
+    }
+
+    fn on_reply(&mut self, r: v1::Reply) {
+        if let Err(e) = self.check_payload(r.payload.len(), 0) {
+            let seq_err = error(
+                ErrorCode::ServiceError,
+                format!("the responder's reply was refused: {}", e.message),
+                0,
+            );
+            self.answer(&r.reply_to, Err(seq_err), 0);
+            return self.send_control(Kind::Error(e));
+        }
+        let result = match r.error {
+            Some(e) => Err(error(ErrorCode::ServiceError, e.message, 0)),
+            None => Ok((r.headers, r.payload)),
+        };
+        self.answer(&r.reply_to, result, 0);
+    }
+
+    fn on_nack(&mut self, n: v1::Nack) {
+        let message = n
+            .error
+            .map(|e| e.message)
+            .unwrap_or_else(|| "the responder refused the request".into());
+        self.answer(
+            &n.reply_to,
+            Err(error(ErrorCode::ServiceError, message, 0)),
+            n.ack_id,
+        );
+    }
+
+    /// Completes the request behind inbox `reply_to` with `result` from this responder.
+    fn answer(&mut self, reply_to: &str, result: crate::router::ReplyResult, ack_id: u64) {
+        let Some(seq) = Router::inbox_seq(reply_to) else {
+            return self.refuse(
+                ErrorCode::Invalid,
+                format!("{reply_to:?} is not a reply inbox this gateway issued"),
+                0,
+                ack_id,
+            );
+        };
+        if let Ok((_, payload)) = &result {
+            self.router
+                .metrics
+                .traffic(Pattern::Reply, Direction::In, payload.len());
+        }
+        // A reply for a request that already timed out is counted (late_replies) and
+        // dropped; it is not an error for the responder.
+        let _ = self.router.complete(seq, Some(self.conn.id), result);
+        if ack_id != 0 {
+            self.send_control(Kind::Ack(v1::Ack {
+                ack_id,
+                delivered: 1,
+            }));
+        }
+    }
+}
+
+/// The message id from the client, or a fresh ULID when it sent none (or not 16 bytes).
+fn message_id(id: Bytes) -> Bytes {
+    if id.len() == 16 {
+        id
+    } else {
+        Bytes::copy_from_slice(&ulid::Ulid::new().to_bytes())
+    }
+}

@@ -1,0 +1,205 @@
+//! Subject syntax: validation of publish subjects and subscription patterns.
+//!
+//! A subject is a non-empty sequence of dot-separated tokens. Patterns may use `*` (exactly one
+//! token) and `>` (one or more tokens, last position only). Subjects under `$nexus.` are
+//! reserved for the gateway (request inboxes). The rules are specified in `docs/protocol.md`.
+
+use std::fmt;
+
+/// Longest subject or pattern accepted, in bytes.
+pub const MAX_SUBJECT_LEN: usize = 512;
+/// Prefix reserved for gateway-generated subjects such as request inboxes.
+pub const RESERVED_PREFIX: &str = "$nexus.";
+
+/// Why a subject or pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    #[error("subject is empty")]
+    Empty,
+    #[error("subject is {len} bytes, longer than the {max}-byte limit")]
+    TooLong { len: usize, max: usize },
+    #[error("subject {subject:?} has an empty token at position {position}")]
+    EmptyToken { subject: String, position: usize },
+    #[error(
+        "subject {subject:?} contains {ch:?}, which is not allowed (whitespace and control characters are not)"
+    )]
+    InvalidChar { subject: String, ch: char },
+    #[error("subject {subject:?} contains a wildcard; wildcards are only allowed in subscriptions")]
+    WildcardInPublish { subject: String },
+    #[error("pattern {subject:?} has '>' before the last token")]
+    FullWildcardNotLast { subject: String },
+    #[error("pattern {subject:?} has token {token:?} mixing a wildcard with other characters")]
+    PartialWildcard { subject: String, token: String },
+    #[error("subject {subject:?} is reserved: the '$nexus.' prefix belongs to the gateway")]
+    Reserved { subject: String },
+}
+
+/// Whether the subject is in the gateway's reserved namespace.
+pub fn is_reserved(subject: &str) -> bool {
+    subject.starts_with(RESERVED_PREFIX)
+}
+
+/// Checks a subject used for publishing or requests: no wildcards, not reserved.
+pub fn validate_subject(subject: &str) -> Result<(), SubjectError> {
+    check(subject, false)?;
+    if is_reserved(subject) {
+        return Err(SubjectError::Reserved {
+            subject: subject.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a subscription pattern: wildcards allowed as whole tokens, not reserved.
+pub fn validate_pattern(pattern: &str) -> Result<(), SubjectError> {
+    check(pattern, true)?;
+    if is_reserved(pattern) {
+        return Err(SubjectError::Reserved {
+            subject: pattern.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks an inbox subject the gateway generated (used when a responder publishes a reply).
+pub fn validate_reply_subject(subject: &str) -> Result<(), SubjectError> {
+    check(subject, false)
+}
+
+fn check(subject: &str, wildcards: bool) -> Result<(), SubjectError> {
+    if subject.is_empty() {
+        return Err(SubjectError::Empty);
+    }
+    if subject.len() > MAX_SUBJECT_LEN {
+        return Err(SubjectError::TooLong {
+            len: subject.len(),
+            max: MAX_SUBJECT_LEN,
+        });
+    }
+    let mut tokens = subject.split('.').enumerate().peekable();
+    while let Some((position, token)) = tokens.next() {
+        if token.is_empty() {
+            return Err(SubjectError::EmptyToken {
+                subject: subject.to_owned(),
+                position,
+            });
+        }
+        if let Some(ch) = token.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(SubjectError::InvalidChar {
+                subject: subject.to_owned(),
+                ch,
+            });
+        }
+        let has_wildcard = token.contains(['*', '>']);
+        if !has_wildcard {
+            continue;
+        }
+        if !wildcards {
+            return Err(SubjectError::WildcardInPublish {
+                subject: subject.to_owned(),
+            });
+        }
+        match token {
+            "*" => {}
+            ">" if tokens.peek().is_none() => {}
+            ">" => {
+                return Err(SubjectError::FullWildcardNotLast {
+                    subject: subject.to_owned(),
+                });
+            }
+            _ => {
+                return Err(SubjectError::PartialWildcard {
+                    subject: subject.to_owned(),
+                    token: token.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Display helper that quotes a subject in logs without allocating.
+pub struct Quoted<'a>(pub &'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_subjects() {
+        for s in ["a", "orders.created", "a.b.c.d", "ünïcode.ok", "$other.ok"] {
+            assert_eq!(validate_subject(s), Ok(()), "{s}");
+        }
+    }
+
+    #[test]
+    fn accepts_patterns() {
+        for s in ["a.*", "*", ">", "a.>", "*.b.>", "a.*.c"] {
+            assert_eq!(validate_pattern(s), Ok(()), "{s}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_subjects() {
+        assert_eq!(validate_subject(""), Err(SubjectError::Empty));
+        assert!(matches!(
+            validate_subject("a..b"),
+            Err(SubjectError::EmptyToken { position: 1, .. })
+        ));
+        assert!(matches!(
+            validate_subject(".a"),
+            Err(SubjectError::EmptyToken { position: 0, .. })
+        ));
+        assert!(matches!(
+            validate_subject("a."),
+            Err(SubjectError::EmptyToken { .. })
+        ));
+        assert!(matches!(
+            validate_subject("a b"),
+            Err(SubjectError::InvalidChar { ch: ' ', .. })
+        ));
+        assert!(matches!(
+            validate_subject("a\tb"),
+            Err(SubjectError::InvalidChar { .. })
+        ));
+        assert!(matches!(
+            validate_subject("a.*"),
+            Err(SubjectError::WildcardInPublish { .. })
+        ));
+        assert!(matches!(
+            validate_subject("$nexus.inbox.1"),
+            Err(SubjectError::Reserved { .. })
+        ));
+        let long = "a".repeat(MAX_SUBJECT_LEN + 1);
+        assert!(matches!(
+            validate_subject(&long),
+            Err(SubjectError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_patterns() {
+        assert!(matches!(
+            validate_pattern("a.>.b"),
+            Err(SubjectError::FullWildcardNotLast { .. })
+        ));
+        assert!(matches!(
+            validate_pattern("a.b*"),
+            Err(SubjectError::PartialWildcard { .. })
+        ));
+        assert!(matches!(
+            validate_pattern("a.>>"),
+            Err(SubjectError::PartialWildcard { .. })
+        ));
+        assert!(matches!(
+            validate_pattern("$nexus.>"),
+            Err(SubjectError::Reserved { .. })
+        ));
+    }
+}

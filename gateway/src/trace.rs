@@ -1,0 +1,131 @@
+//! W3C trace context on messages: every message carries a `traceparent` header, and each
+//! gateway hop gets a `tracing` span linked to it.
+//!
+//! Adapters create the header; the gateway creates one only when a client sent none (e.g. a
+//! unary call from a generic gRPC tool). When OpenTelemetry export is on, the hop's span is
+//! made a child of the incoming context and the header is rewritten to the hop's own span,
+//! so the next hop (a subscriber, a responder, another region) continues the same trace.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nexus_proto::v1::Header;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+pub const TRACEPARENT: &str = "traceparent";
+
+static OTEL_ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Called by the binary once it installed an OpenTelemetry layer.
+pub fn enable_otel() {
+    OTEL_ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// A fresh `traceparent` value with random ids, sampled.
+pub fn new_traceparent() -> String {
+    let trace: u128 = rand::random::<u128>().max(1);
+    let span: u64 = rand::random::<u64>().max(1);
+    format!("00-{trace:032x}-{span:016x}-01")
+}
+
+/// Whether `value` is a syntactically valid version-00 traceparent.
+pub fn is_valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1] != "00000000000000000000000000000000"
+        && parts[2] != "0000000000000000"
+}
+
+/// Makes sure `headers` carries a valid traceparent; a missing or malformed one is replaced.
+pub fn ensure_traceparent(headers: &mut Vec<Header>) {
+    match headers.iter_mut().find(|h| h.key == TRACEPARENT) {
+        Some(h) if is_valid_traceparent(&h.value) => {}
+        Some(h) => h.value = new_traceparent(),
+        None => headers.push(Header {
+            key: TRACEPARENT.into(),
+            value: new_traceparent(),
+        }),
+    }
+}
+
+struct HeaderCarrier<'a>(&'a mut Vec<Header>);
+
+impl Extractor for HeaderCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case(key))
+            .map(|h| h.value.as_str())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|h| h.key.as_str()).collect()
+    }
+}
+
+impl Injector for HeaderCarrier<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        match self.0.iter_mut().find(|h| h.key.eq_ignore_ascii_case(key)) {
+            Some(h) => h.value = value,
+            None => self.0.push(Header {
+                key: key.to_owned(),
+                value,
+            }),
+        }
+    }
+}
+
+/// Links `span` to the trace in `headers` and, with export on, rewrites the header so the
+/// next hop becomes a child of `span`.
+pub fn link_span(span: &tracing::Span, headers: &mut Vec<Header>) {
+    ensure_traceparent(headers);
+    if !OTEL_ENABLED.load(Ordering::Relaxed) || span.is_disabled() {
+        return;
+    }
+    let propagator = TraceContextPropagator::new();
+    let parent = propagator.extract(&HeaderCarrier(headers));
+    let _ = span.set_parent(parent);
+    let cx = span.context();
+    if cx.span().span_context().is_valid() {
+        propagator.inject_context(&cx, &mut HeaderCarrier(headers));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_traceparents_are_valid() {
+        for _ in 0..100 {
+            assert!(is_valid_traceparent(&new_traceparent()));
+        }
+        assert!(!is_valid_traceparent("00-abc-def-01"));
+        assert!(!is_valid_traceparent(
+            "00-00000000000000000000000000000000-0000000000000001-01"
+        ));
+    }
+
+    #[test]
+    fn ensure_keeps_valid_and_replaces_invalid() {
+        let good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut h = vec![Header {
+            key: TRACEPARENT.into(),
+            value: good.into(),
+        }];
+        ensure_traceparent(&mut h);
+        assert_eq!(h[0].value, good);
+        h[0].value = "garbage".into();
+        ensure_traceparent(&mut h);
+        assert!(is_valid_traceparent(&h[0].value));
+        let mut empty = Vec::new();
+        ensure_traceparent(&mut empty);
+        assert_eq!(empty.len(), 1);
+    }
+}

@@ -1,0 +1,59 @@
+//! Layering of gateway configuration for the binaries: defaults, then a TOML file, then
+//! flags and environment variables (clap reads both; a flag beats its variable).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use nexus_gateway::GatewayConfig;
+
+/// Flags shared by `nexus gateway` (and reused by `nexus dev`).
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// TOML config file; flags and environment variables override its values.
+    #[arg(long, env = "NEXUS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Region this gateway serves (a DNS label such as `us-east`).
+    #[arg(long, env = "NEXUS_REGION")]
+    pub region: Option<String>,
+    /// gRPC address adapters connect to.
+    #[arg(long, env = "NEXUS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "NEXUS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Stable gateway id (generated when absent).
+    #[arg(long, env = "NEXUS_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+    /// Largest payload accepted, in bytes.
+    #[arg(long, env = "NEXUS_MAX_PAYLOAD")]
+    pub max_payload: Option<u64>,
+}
+
+impl GatewayArgs {
+    /// Builds the effective configuration and validates it.
+    pub fn resolve(&self, base: GatewayConfig) -> anyhow::Result<GatewayConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => GatewayConfig::from_file(path)?,
+            None => base,
+        };
+        if let Some(v) = &self.region {
+            cfg.region = v.clone();
+        }
+        if let Some(v) = self.listen {
+            cfg.listen = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            cfg.metrics_listen = v;
+        }
+        if let Some(v) = &self.gateway_id {
+            cfg.gateway_id = v.clone();
+        }
+        if let Some(v) = self.max_payload {
+            cfg.limits.max_payload = v;
+        }
+        cfg.validate().context("gateway configuration is invalid")?;
+        Ok(cfg)
+    }
+}

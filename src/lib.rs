@@ -1,0 +1,8 @@
+//! The `nexus` package: the wiring behind the `nexus` and `nexusctl` binaries.
+//!
+//! The binaries stay thin: argument parsing lives in `src/bin/`, shared set-up (logging,
+//! tracing export, configuration layering) lives here, and everything that routes messages
+//! lives in the workspace crates (`nexus-gateway`, `nexus-proto`, `nexus-client`).
+
+pub mod cli_config;
+pub mod telemetry;
