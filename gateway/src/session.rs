@@ -105,7 +105,21 @@ impl Session {
                     }
                     Some(Err(status)) => {
                         tracing::debug!(conn = conn.id, %status, "session stream failed");
-                        break None;
+                        // Usually the adapter is gone; if it is still there (a message over
+                        // the transport limit, say) it learns why its session ended.
+                        let message = if status.code() == tonic::Code::OutOfRange {
+                            format!(
+                                "session input refused: {} (the gateway's gRPC message limit is 2 x limits.max_payload, at least 4 MiB, plus 64 KiB)",
+                                status.message()
+                            )
+                        } else {
+                            format!("session input failed: {}", status.message())
+                        };
+                        let code = match status.code() {
+                            tonic::Code::OutOfRange => tonic::Code::ResourceExhausted,
+                            code => code,
+                        };
+                        break Some(Status::new(code, message));
                     }
                     None => break None,
                 },

@@ -1,0 +1,316 @@
+//! Test harness: real `nexus gateway` processes on loopback ports, plus a raw protocol
+//! session for tests that need to misbehave in ways a well-written adapter never would.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nexus_proto::v1::{self, Batch, Frame, frame::Kind, gateway_client::GatewayClient};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// A gateway child process. Killed when dropped.
+pub struct Gateway {
+    child: Option<Child>,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    config: Option<PathBuf>,
+    _dir: Option<tempdir::Dir>,
+}
+
+pub mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "nexus-test-{tag}-{}-{}",
+                std::process::id(),
+                rand_suffix()
+            ));
+            std::fs::create_dir_all(&p).expect("create temp dir");
+            Self(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl Gateway {
+    /// Starts `nexus gateway` on free loopback ports with default settings.
+    pub fn start() -> Self {
+        Self::spawn(None, "127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Starts a gateway with extra TOML configuration.
+    pub fn start_with_config(toml: &str) -> Self {
+        let dir = tempdir::Dir::new("gw");
+        let path = dir.0.join("gateway.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let mut g = Self::spawn(
+            Some(path),
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        );
+        g._dir = Some(dir);
+        g
+    }
+
+    fn spawn(config: Option<PathBuf>, grpc: SocketAddr, metrics: SocketAddr) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nexus"));
+        cmd.arg("gateway")
+            .arg("--region")
+            .arg("test")
+            .arg("--listen")
+            .arg(grpc.to_string())
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
+            .env("RUST_LOG", "warn")
+            .env_remove("NEXUS_CONFIG")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(c) = &config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd.spawn().expect("spawn nexus gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout);
+        let mut line = String::new();
+        // The gateway prints its bound addresses once both listeners are up.
+        let (grpc, metrics) = loop {
+            line.clear();
+            let n = lines.read_line(&mut line).expect("read gateway stdout");
+            assert!(n > 0, "gateway exited before it was ready");
+            if let Some(rest) = line.trim().split(" listening on ").nth(1) {
+                let mut parts = rest.split(", metrics on ");
+                let grpc: SocketAddr = parts.next().unwrap().parse().unwrap();
+                let metrics: SocketAddr = parts.next().unwrap().parse().unwrap();
+                break (grpc, metrics);
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = lines.read_to_end(&mut sink);
+        });
+        let g = Self {
+            child: Some(child),
+            grpc,
+            metrics,
+            config,
+            _dir: None,
+        };
+        g.wait_ready();
+        g
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = http_get(self.metrics, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gateway did not become ready");
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM (graceful shutdown) and returns the child to wait on.
+    pub fn terminate(&mut self) -> Child {
+        let c = self.child.take().expect("gateway running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        c
+    }
+
+    /// Starts a new process on the same ports (after `kill`).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The port may take a moment to be free again.
+            if std::net::TcpListener::bind(self.grpc).is_ok() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let fresh = Self::spawn(self.config.clone(), self.grpc, self.metrics);
+        self.child = fresh.child_take();
+    }
+
+    fn child_take(mut self) -> Option<Child> {
+        self.child.take()
+    }
+
+    /// Resident memory of the gateway process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("gateway running").id();
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// The current Prometheus exposition.
+    pub fn metrics_text(&self) -> String {
+        http_get(self.metrics, "/metrics").expect("GET /metrics").1
+    }
+
+    /// Sum of every sample of `name` whose labels contain all of `labels` (`k="v"` pairs).
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        metric_value(&self.metrics_text(), name, labels)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let metric = l.split(['{', ' ']).next().unwrap_or("");
+            metric == name && labels.iter().all(|lbl| l.contains(lbl))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Minimal HTTP/1.0 GET, enough for /metrics and /readyz without another dependency.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((status, body))
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A session driven frame by frame, bypassing the adapter.
+pub struct RawSession {
+    pub tx: mpsc::Sender<Batch>,
+    pub rx: tonic::Streaming<Batch>,
+    buffered: std::collections::VecDeque<Kind>,
+}
+
+pub fn frame(kind: Kind) -> Frame {
+    Frame { kind: Some(kind) }
+}
+
+pub fn hello() -> Frame {
+    frame(Kind::Hello(v1::Hello {
+        client_name: "raw-test".into(),
+        language: "test".into(),
+        version: "0".into(),
+        protocol: 1,
+        ..Default::default()
+    }))
+}
+
+impl RawSession {
+    /// Opens a session and sends `first` as the first batch (without waiting for Welcome).
+    pub async fn open(url: &str, first: Vec<Frame>) -> Result<Self, tonic::Status> {
+        let mut client = GatewayClient::connect(url.to_string())
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(Batch { frames: first }).await.unwrap();
+        let resp = client.session(ReceiverStream::new(rx)).await?;
+        Ok(Self {
+            tx,
+            rx: resp.into_inner(),
+            buffered: Default::default(),
+        })
+    }
+
+    /// Opens a session with Hello and consumes the Welcome.
+    pub async fn connect(url: &str) -> Self {
+        let mut s = Self::open(url, vec![hello()]).await.expect("open session");
+        match s.next_frame().await {
+            Some(Kind::Welcome(_)) => {}
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+        s
+    }
+
+    pub async fn send(&self, frames: Vec<Frame>) {
+        self.tx.send(Batch { frames }).await.expect("session open");
+    }
+
+    /// Next frame, or `None` when the stream ended or failed. Waits at most 5 s.
+    pub async fn next_frame(&mut self) -> Option<Kind> {
+        self.next_result().await.ok().flatten()
+    }
+
+    /// Next frame or the status the stream ended with.
+    pub async fn next_result(&mut self) -> Result<Option<Kind>, tonic::Status> {
+        loop {
+            if let Some(k) = self.buffered.pop_front() {
+                return Ok(Some(k));
+            }
+            match tokio::time::timeout(Duration::from_secs(5), self.rx.next()).await {
+                Err(_) => return Err(tonic::Status::deadline_exceeded("no frame within 5 s")),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(s))) => return Err(s),
+                Ok(Some(Ok(batch))) => {
+                    self.buffered
+                        .extend(batch.frames.into_iter().filter_map(|f| f.kind));
+                }
+            }
+        }
+    }
+}
