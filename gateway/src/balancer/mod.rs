@@ -111,10 +111,10 @@ struct Member {
 }
 
 impl Member {
-    fn new(id: MemberId, cfg: &BalancerConfig, now: Instant) -> Self {
+    fn new(id: MemberId, cfg: &BalancerConfig, initial: Duration, now: Instant) -> Self {
         Self {
             id,
-            ewma: PeakEwma::new(cfg.default_rtt, cfg.decay, now),
+            ewma: PeakEwma::new(initial, cfg.decay, now),
             pending: 0,
             samples: 0,
             consecutive_failures: 0,
@@ -181,15 +181,33 @@ impl Balancer {
         self.index.contains_key(&id)
     }
 
-    /// Adds a member at `default_rtt`, in rotation. Adding an existing member
+    /// Adds a member, in rotation. Its first estimate is the lower median of the
+    /// in-rotation members that have samples, capped at `default_rtt` (just
+    /// `default_rtt` in a group with no samples yet): a newcomer to a group of fast
+    /// members would otherwise look slow and never be picked, and so never learn its
+    /// real latency. Its first sample replaces the guess. Adding an existing member
     /// is a no-op so that repeated announcements don't reset what was learned.
     pub fn add(&mut self, id: MemberId, now: Instant) {
         self.tick(now);
         if self.index.contains_key(&id) {
             return;
         }
+        self.scratch.clear();
+        self.scratch.extend(
+            self.members
+                .iter()
+                .filter(|m| !m.is_ejected() && m.samples > 0)
+                .map(|m| m.ewma.estimate_ns(now)),
+        );
+        let initial = if self.scratch.is_empty() {
+            self.cfg.default_rtt
+        } else {
+            let mid = (self.scratch.len() - 1) / 2;
+            let (_, median, _) = self.scratch.select_nth_unstable_by(mid, f64::total_cmp);
+            Duration::from_nanos(*median as u64).min(self.cfg.default_rtt)
+        };
         self.index.insert(id, self.members.len());
-        self.members.push(Member::new(id, &self.cfg, now));
+        self.members.push(Member::new(id, &self.cfg, initial, now));
     }
 
     /// Removes a member; its in-flight completions will then be ignored.
