@@ -146,7 +146,8 @@ async fn a_failing_member_is_ejected_and_comes_back_after_its_period() {
     r.run(100, 1).await;
     // A healthy member starts failing every request.
     r.behaviour.lock().insert("bad", Behaviour::Fail);
-    r.run(200, 1).await;
+    let served = r.run(200, 1).await;
+    assert!(served["bad"] >= 5, "{served:?}");
     assert!(
         r.router
             .metrics

@@ -152,6 +152,8 @@ pub struct Balancer {
     scratch: Vec<f64>,
     /// Latest instant seen, for the rare calls that carry no `now`.
     clock: Option<Instant>,
+    /// Whether some member still has no latency sample (see `success`).
+    has_priors: bool,
 }
 
 impl Balancer {
@@ -162,6 +164,7 @@ impl Balancer {
             index: HashMap::new(),
             scratch: Vec::new(),
             clock: None,
+            has_priors: false,
         }
     }
 
@@ -208,6 +211,7 @@ impl Balancer {
         };
         self.index.insert(id, self.members.len());
         self.members.push(Member::new(id, &self.cfg, initial, now));
+        self.has_priors = true;
     }
 
     /// Removes a member; its in-flight completions will then be ignored.
@@ -295,12 +299,24 @@ impl Balancer {
         self.tick(now);
         self.release_expired(now);
         let idx = *self.index.get(&id)?;
-        let cfg = &self.cfg;
         let m = self.members.get_mut(idx)?;
         m.pending = m.pending.saturating_sub(1);
         m.ewma.observe(latency, now);
         m.samples = m.samples.saturating_add(1);
         m.consecutive_failures = 0;
+        if self.has_priors {
+            // Members never measured would otherwise keep the default estimate
+            // and lose every comparison against measured fast peers, so they
+            // would never be measured; assume they are as fast as this sample.
+            let mut any = false;
+            for other in self.members.iter_mut().filter(|o| o.ewma.is_prior()) {
+                other.ewma.lower_prior(latency, now);
+                any = true;
+            }
+            self.has_priors = any;
+        }
+        let cfg = &self.cfg;
+        let m = self.members.get_mut(idx)?;
         // Cheap per-member checks first; the median is computed only for a
         // member that is already suspicious.
         if m.is_ejected() || m.samples < cfg.latency_min_samples {

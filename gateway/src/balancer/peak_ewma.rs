@@ -65,6 +65,25 @@ impl PeakEwma {
         }
     }
 
+    /// Whether the estimate is still the initial guess (no sample yet).
+    pub fn is_prior(&self) -> bool {
+        self.prior
+    }
+
+    /// Lowers a not-yet-measured estimate to `to` (a peer's fresh sample), so a
+    /// member that has never been picked looks as fast as its fastest peer and is
+    /// tried soon; its own first sample then replaces the guess. No effect once
+    /// the member has been measured, or when `to` is not lower.
+    pub fn lower_prior(&mut self, to: Duration, now: Instant) {
+        let to_ns = nanos(to);
+        if self.prior && to_ns < self.estimate_ns(now) {
+            self.value_ns = to_ns;
+            if now > self.stamp {
+                self.stamp = now;
+            }
+        }
+    }
+
     /// The estimate P2C should use at `now`: the last value relaxed toward zero
     /// for the time since the last sample.
     pub fn estimate(&self, now: Instant) -> Duration {
