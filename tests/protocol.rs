@@ -83,22 +83,30 @@ async fn malformed_frames_get_errors_and_the_session_survives() {
     let e = expect_nack(&mut s, 9).await;
     assert!(e.message.contains("wildcard"), "{}", e.message);
 
-    s.send(vec![publish("$nexus.secret", Bytes::new(), 10)]).await;
+    s.send(vec![publish("$nexus.secret", Bytes::new(), 10)])
+        .await;
     let e = expect_nack(&mut s, 10).await;
-    assert!(e.message.contains("reserved") || e.message.contains("inbox"), "{}", e.message);
+    assert!(
+        e.message.contains("reserved") || e.message.contains("inbox"),
+        "{}",
+        e.message
+    );
 
-    s.send(vec![frame(Kind::Unsub(v1::Unsub { sid: 99 }))]).await;
+    s.send(vec![frame(Kind::Unsub(v1::Unsub { sid: 99 }))])
+        .await;
     match s.next_frame().await {
         Some(Kind::Error(e)) => assert!(e.message.contains("sid 99"), "{}", e.message),
         other => panic!("{other:?}"),
     }
 
-    s.send(vec![sub(3, "ok.subject", 11), sub(3, "other", 12)]).await;
+    s.send(vec![sub(3, "ok.subject", 11), sub(3, "other", 12)])
+        .await;
     expect_ack(&mut s, 11).await;
     let e = expect_nack(&mut s, 12).await;
     assert!(e.message.contains("already in use"), "{}", e.message);
 
-    s.send(vec![frame(Kind::Ping(v1::Ping { nonce: 42 }))]).await;
+    s.send(vec![frame(Kind::Ping(v1::Ping { nonce: 42 }))])
+        .await;
     assert!(matches!(s.next_frame().await, Some(Kind::Pong(p)) if p.nonce == 42));
     assert!(gw.metric("nexus_protocol_errors_total", &[]) >= 5.0);
 }
@@ -114,7 +122,11 @@ async fn oversized_payloads_are_refused_naming_the_limit() {
         .await;
     let e = expect_nack(&mut s, 2).await;
     assert_eq!(e.code, ErrorCode::Limit as i32);
-    assert!(e.message.contains("limits.max_payload (1024 bytes)"), "{}", e.message);
+    assert!(
+        e.message.contains("limits.max_payload (1024 bytes)"),
+        "{}",
+        e.message
+    );
 
     // The same session keeps working, and a payload at the limit goes through.
     s.send(vec![publish("big", Bytes::from(vec![1u8; 1024]), 3)])
@@ -146,7 +158,11 @@ async fn oversized_payloads_are_refused_naming_the_limit() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-    assert!(status.message().contains("limits.max_payload"), "{}", status.message());
+    assert!(
+        status.message().contains("limits.max_payload"),
+        "{}",
+        status.message()
+    );
 
     // A gRPC message beyond the transport limit ends only that session.
     let mut huge = RawSession::connect(&gw.url()).await;
@@ -154,7 +170,10 @@ async fn oversized_payloads_are_refused_naming_the_limit() {
         .await;
     let status = huge.next_result().await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-    assert!(status.message().contains("limits.max_payload"), "{status:?}");
+    assert!(
+        status.message().contains("limits.max_payload"),
+        "{status:?}"
+    );
     s.send(vec![frame(Kind::Ping(v1::Ping { nonce: 5 }))]).await;
     assert!(matches!(s.next_frame().await, Some(Kind::Pong(_))));
     assert!(gw.metric("nexus_limit_violations_total", &["MaxPayload"]) >= 2.0);
@@ -162,9 +181,7 @@ async fn oversized_payloads_are_refused_naming_the_limit() {
 
 #[tokio::test]
 async fn subscription_and_connection_limits() {
-    let gw = Gateway::start_with_config(
-        "[limits]\nmax_subscriptions = 2\nmax_connections = 2\n",
-    );
+    let gw = Gateway::start_with_config("[limits]\nmax_subscriptions = 2\nmax_connections = 2\n");
     let mut s = RawSession::connect(&gw.url()).await;
     s.send(vec![sub(1, "a", 1), sub(2, "b", 2), sub(3, "c", 3)])
         .await;
@@ -172,7 +189,11 @@ async fn subscription_and_connection_limits() {
     expect_ack(&mut s, 2).await;
     let e = expect_nack(&mut s, 3).await;
     assert_eq!(e.code, ErrorCode::Limit as i32);
-    assert!(e.message.contains("limits.max_subscriptions (2)"), "{}", e.message);
+    assert!(
+        e.message.contains("limits.max_subscriptions (2)"),
+        "{}",
+        e.message
+    );
 
     let _second = RawSession::connect(&gw.url()).await;
     let third = RawSession::open(&gw.url(), vec![hello()]).await;
@@ -181,12 +202,19 @@ async fn subscription_and_connection_limits() {
         Ok(mut s) => s.next_result().await.unwrap_err(),
     };
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-    assert!(status.message().contains("limits.max_connections (2)"), "{}", status.message());
+    assert!(
+        status.message().contains("limits.max_connections (2)"),
+        "{}",
+        status.message()
+    );
 
     // Closing a session frees its slot.
     drop(s);
     assert!(
-        eventually(Duration::from_secs(5), || gw.metric("nexus_connections", &[]) < 2.0).await
+        eventually(Duration::from_secs(5), || gw
+            .metric("nexus_connections", &[])
+            < 2.0)
+        .await
     );
     RawSession::connect(&gw.url()).await;
 }
@@ -254,7 +282,11 @@ async fn slow_consumer_drop_policy_bounds_memory_and_counts_drops() {
     .await
     .expect("publisher was never blocked");
     assert_eq!(acked, 5000);
-    assert_eq!(fast.await.unwrap(), 5000, "the fast subscriber lost nothing");
+    assert_eq!(
+        fast.await.unwrap(),
+        5000,
+        "the fast subscriber lost nothing"
+    );
     let dropped = gw.metric("nexus_slow_consumer_events_total", &["Dropped"]);
     assert!(dropped > 1000.0, "dropped {dropped}");
     let growth = gw.rss_kib().saturating_sub(rss_before);
@@ -286,10 +318,9 @@ async fn slow_consumer_disconnect_policy_closes_only_the_slow_session() {
     let acked = flood(&gw.url(), "firehose", 3000, 4000, None).await;
     assert_eq!(acked, 3000);
     assert!(
-        eventually(Duration::from_secs(5), || gw.metric(
-            "nexus_slow_consumer_events_total",
-            &["Disconnected"]
-        ) >= 1.0)
+        eventually(Duration::from_secs(5), || gw
+            .metric("nexus_slow_consumer_events_total", &["Disconnected"])
+            >= 1.0)
         .await
     );
     // Reading now, the slow session finds its stream ended with a status naming the policy.
@@ -301,9 +332,16 @@ async fn slow_consumer_disconnect_policy_closes_only_the_slow_session() {
         }
     };
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-    assert!(status.message().contains("slow consumer"), "{}", status.message());
     assert!(
-        eventually(Duration::from_secs(5), || gw.metric("nexus_subscriptions", &[]) == 0.0).await
+        status.message().contains("slow consumer"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .metric("nexus_subscriptions", &[])
+            == 0.0)
+        .await
     );
 }
 
@@ -343,7 +381,11 @@ async fn unary_publish_and_request() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
-    assert!(status.message().contains("no responders"), "{}", status.message());
+    assert!(
+        status.message().contains("no responders"),
+        "{}",
+        status.message()
+    );
 
     // A raw responder answering with Reply to the inbox it was given.
     let mut responder = RawSession::connect(&gw.url()).await;

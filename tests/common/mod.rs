@@ -51,7 +51,11 @@ pub mod tempdir {
 impl Gateway {
     /// Starts `nexus gateway` on free loopback ports with default settings.
     pub fn start() -> Self {
-        Self::spawn(None, "127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap())
+        Self::spawn(
+            None,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
     }
 
     /// Starts a gateway with extra TOML configuration.
