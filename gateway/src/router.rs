@@ -296,7 +296,9 @@ impl Router {
     // --- publish ---
 
     /// Routes a message to every matching subscription; returns how many received it.
-    pub async fn publish(&self, msg: &Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
+    /// The last delivery takes the message's strings by move, so a message with one
+    /// subscriber is routed without copying anything.
+    pub async fn publish(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
         scratch.clear();
         let now = Instant::now();
         {
@@ -312,23 +314,39 @@ impl Router {
                 }
             });
         }
+        let payload_len = msg.payload.len();
+        let mut msg = Some(msg);
         let mut delivered = 0;
-        for member in scratch.drain(..) {
-            let f = frame(Kind::Msg(v1::Msg {
-                sid: member.sid,
-                subject: msg.subject.clone(),
-                reply_to: msg.reply_to.clone(),
-                headers: msg.headers.clone(),
-                payload: msg.payload.clone(),
-                id: msg.id.clone(),
-                deadline_ms: 0,
-            }));
+        let count = scratch.len();
+        for (i, member) in scratch.drain(..).enumerate() {
+            let m = if i + 1 == count {
+                let Some(m) = msg.take() else { break };
+                v1::Msg {
+                    sid: member.sid,
+                    subject: m.subject,
+                    reply_to: m.reply_to,
+                    headers: m.headers,
+                    payload: m.payload,
+                    id: m.id,
+                    deadline_ms: 0,
+                }
+            } else {
+                let Some(m) = msg.as_ref() else { break };
+                v1::Msg {
+                    sid: member.sid,
+                    subject: m.subject.clone(),
+                    reply_to: m.reply_to.clone(),
+                    headers: m.headers.clone(),
+                    payload: m.payload.clone(),
+                    id: m.id.clone(),
+                    deadline_ms: 0,
+                }
+            };
             if self
-                .deliver(&member.conn, f, msg.payload.len(), Some(member.sid))
+                .deliver(&member.conn, frame(Kind::Msg(m)), payload_len, Some(member.sid))
                 .await
             {
-                self.metrics
-                    .traffic(Pattern::Pub, Direction::Out, msg.payload.len());
+                self.metrics.traffic(Pattern::Pub, Direction::Out, payload_len);
                 delivered += 1;
             }
         }

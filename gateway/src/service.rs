@@ -127,7 +127,7 @@ impl Gateway for GatewayService {
             id: id.clone(),
         };
         let mut scratch = Vec::new();
-        let delivered = self.router.publish(&delivery, &mut scratch).await;
+        let delivered = self.router.publish(delivery, &mut scratch).await;
         Ok(Response::new(v1::PublishResponse { id, delivered }))
     }
 

@@ -385,7 +385,7 @@ impl Session {
         };
         let delivered = self
             .router
-            .publish(&delivery, &mut self.scratch)
+            .publish(delivery, &mut self.scratch)
             .instrument(span)
             .await;
         if p.ack_id != 0 {

@@ -30,17 +30,17 @@ pub fn new_traceparent() -> String {
     format!("00-{trace:032x}-{span:016x}-01")
 }
 
-/// Whether `value` is a syntactically valid version-00 traceparent.
+/// Whether `value` is a syntactically valid version-00 traceparent
+/// (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, ids not all zero). Runs on every
+/// message, so it checks positions in place instead of splitting.
 pub fn is_valid_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-        && parts[1] != "00000000000000000000000000000000"
-        && parts[2] != "0000000000000000"
+    let b = value.as_bytes();
+    if b.len() != 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return false;
+    }
+    let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
+    let nonzero = |r: std::ops::Range<usize>| b[r].iter().any(|&c| c != b'0');
+    hex(0..2) && hex(3..35) && hex(36..52) && hex(53..55) && nonzero(3..35) && nonzero(36..52)
 }
 
 /// Makes sure `headers` carries a valid traceparent; a missing or malformed one is replaced.
