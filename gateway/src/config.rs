@@ -341,8 +341,10 @@ mod tests {
         assert!(e.to_string().contains("max_paylod"), "{e}");
         let e = GatewayConfig::from_toml("[slow_consumer]\npolicy = \"explode\"\n").unwrap_err();
         assert!(e.to_string().contains("explode"), "{e}");
-        let mut c = GatewayConfig::default();
-        c.region = "US East".into();
+        let c = GatewayConfig {
+            region: "US East".into(),
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("`region`"));
         let mut c = GatewayConfig::default();
         c.limits.max_payload = 0;

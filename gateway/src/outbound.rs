@@ -6,6 +6,15 @@
 //! That is what keeps a slow consumer from growing the gateway's memory without bound. The
 //! draining side coalesces every frame that is ready into one `Batch`, so batches grow under
 //! load and stay single-frame (no added latency) when idle.
+//!
+//! Control frames (acks, errors, pongs, stream credit and close) are never subject to the
+//! slow-consumer policy, since losing one would break the protocol; they bypass the byte
+//! budget, but a session may have at most `MAX_CONTROL_FRAMES` of them queued, after which it
+//! is closed as a slow consumer. So every kind of frame is bounded.
+//!
+//! Returning the frame by value in `EnqueueError::Full` lets the caller retry without
+//! cloning or boxing on the hot path, hence the allowed large error type.
+#![allow(clippy::result_large_err)]
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,9 +35,12 @@ pub const FRAME_OVERHEAD: u32 = 64;
 const MAX_BATCH_FRAMES: usize = 512;
 /// Most payload bytes coalesced into one outbound batch (one frame may exceed it alone).
 const MAX_BATCH_BYTES: u32 = 512 * 1024;
+/// Most control frames queued for one session; see the module docs.
+pub const MAX_CONTROL_FRAMES: u32 = 65_536;
 
 struct Queued {
     frame: Frame,
+    /// Budget permits taken; 0 for a control frame.
     cost: u32,
 }
 
@@ -47,8 +59,10 @@ pub struct Outbound {
     budget: Arc<Semaphore>,
     max_bytes: u32,
     queued_frames: Arc<AtomicU32>,
+    queued_control: Arc<AtomicU32>,
     closed: CancellationToken,
     close_status: Arc<Mutex<Option<Status>>>,
+    flush_on_close: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Outbound {
@@ -57,14 +71,18 @@ impl Outbound {
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(max_bytes as usize));
         let queued_frames = Arc::new(AtomicU32::new(0));
+        let queued_control = Arc::new(AtomicU32::new(0));
         let closed = CancellationToken::new();
         let close_status = Arc::new(Mutex::new(None));
+        let flush_on_close = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stream = OutboundStream {
             rx,
             budget: budget.clone(),
             queued_frames: queued_frames.clone(),
+            queued_control: queued_control.clone(),
             closed: Box::pin(closed.clone().cancelled_owned()),
             close_status: close_status.clone(),
+            flush_on_close: flush_on_close.clone(),
             finished: false,
         };
         (
@@ -73,16 +91,41 @@ impl Outbound {
                 budget,
                 max_bytes,
                 queued_frames,
+                queued_control,
                 closed,
                 close_status,
+                flush_on_close,
             },
             stream,
         )
     }
 
-    /// Budget cost of a frame carrying `payload_len` payload bytes.
+    /// Budget cost of a frame carrying `payload_len` bytes of payload (plus headers and
+    /// subject, when the caller includes them).
     pub fn cost(&self, payload_len: usize) -> u32 {
         (payload_len as u64 + FRAME_OVERHEAD as u64).min(self.max_bytes as u64) as u32
+    }
+
+    /// Queues a control frame outside the byte budget. Returns false (and closes the
+    /// session as a slow consumer) when the session already has `MAX_CONTROL_FRAMES`
+    /// control frames waiting, i.e. it has stopped reading.
+    pub fn send_control(&self, frame: Frame) -> bool {
+        if self.closed.is_cancelled() {
+            return false;
+        }
+        let queued = self.queued_control.fetch_add(1, Ordering::Relaxed);
+        if queued >= MAX_CONTROL_FRAMES {
+            self.queued_control.fetch_sub(1, Ordering::Relaxed);
+            self.close(Some(Status::resource_exhausted(format!(
+                "slow consumer: {MAX_CONTROL_FRAMES} acks, errors and stream control frames queued and unread"
+            ))));
+            return false;
+        }
+        if self.push(frame, 0).is_err() {
+            self.queued_control.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Frames queued and not yet handed to the transport; the balancer adds it to a member's
@@ -135,6 +178,13 @@ impl Outbound {
         })
     }
 
+    /// Ends the session after the frames already queued have been sent (used at shutdown,
+    /// so the final UNAVAILABLE error frame reaches the adapter).
+    pub fn close_after_flush(&self, status: Option<Status>) {
+        self.flush_on_close.store(true, Ordering::Relaxed);
+        self.close(status);
+    }
+
     /// Ends the session: the response stream yields `status` (if given) and then ends.
     /// Frames still queued are discarded. Idempotent; the first status wins.
     pub fn close(&self, status: Option<Status>) {
@@ -163,9 +213,49 @@ pub struct OutboundStream {
     rx: mpsc::UnboundedReceiver<Queued>,
     budget: Arc<Semaphore>,
     queued_frames: Arc<AtomicU32>,
+    queued_control: Arc<AtomicU32>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
     close_status: Arc<Mutex<Option<Status>>>,
+    flush_on_close: Arc<std::sync::atomic::AtomicBool>,
     finished: bool,
+}
+
+impl OutboundStream {
+    /// Takes whatever is queued, up to the batch limits, without waiting.
+    fn collect(&mut self, cx: &mut Context<'_>) -> (Vec<Frame>, bool) {
+        let mut frames = Vec::new();
+        let mut bytes = 0u32;
+        let mut released = 0usize;
+        let mut control = 0u32;
+        let mut ended = false;
+        while frames.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(q)) => {
+                    if q.cost == 0 {
+                        control += 1;
+                    }
+                    bytes = bytes.saturating_add(q.cost.max(FRAME_OVERHEAD));
+                    released += q.cost as usize;
+                    frames.push(q.frame);
+                }
+                Poll::Ready(None) => {
+                    ended = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if !frames.is_empty() {
+            self.queued_frames
+                .fetch_sub(frames.len() as u32, Ordering::Relaxed);
+            self.queued_control.fetch_sub(control, Ordering::Relaxed);
+            // The frames now belong to the transport, which applies HTTP/2 flow control;
+            // giving the budget back here keeps at most one batch per session outside
+            // the bound.
+            self.budget.add_permits(released);
+        }
+        (frames, ended)
+    }
 }
 
 impl Stream for OutboundStream {
@@ -177,37 +267,23 @@ impl Stream for OutboundStream {
             return Poll::Ready(None);
         }
         if this.closed.as_mut().poll(cx).is_ready() {
+            if this.flush_on_close.load(Ordering::Relaxed) {
+                let (frames, _) = this.collect(cx);
+                if !frames.is_empty() {
+                    return Poll::Ready(Some(Ok(Batch { frames })));
+                }
+            }
             this.finished = true;
             return Poll::Ready(this.close_status.lock().take().map(Err));
         }
-        let mut frames = Vec::new();
-        let mut bytes = 0u32;
-        let mut released = 0usize;
-        while frames.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
-            match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(q)) => {
-                    bytes = bytes.saturating_add(q.cost);
-                    released += q.cost as usize;
-                    frames.push(q.frame);
-                }
-                Poll::Ready(None) => {
-                    if frames.is_empty() {
-                        this.finished = true;
-                        return Poll::Ready(None);
-                    }
-                    break;
-                }
-                Poll::Pending => break,
-            }
-        }
+        let (frames, ended) = this.collect(cx);
         if frames.is_empty() {
+            if ended {
+                this.finished = true;
+                return Poll::Ready(None);
+            }
             return Poll::Pending;
         }
-        this.queued_frames
-            .fetch_sub(frames.len() as u32, Ordering::Relaxed);
-        // The frames now belong to the transport, which applies HTTP/2 flow control; giving
-        // the budget back here keeps at most one batch per session outside the bound.
-        this.budget.add_permits(released);
         Poll::Ready(Some(Ok(Batch { frames })))
     }
 }
@@ -253,6 +329,36 @@ mod tests {
         out.send_wait(ping(3), 100, Duration::from_millis(50))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn control_frames_bypass_the_budget_but_are_capped() {
+        let (out, mut stream) = Outbound::new(100);
+        out.try_send(ping(0), 100).unwrap();
+        assert!(out.send_control(ping(1)));
+        let batch = stream.next().await.unwrap().unwrap();
+        assert_eq!(batch.frames.len(), 2);
+        for i in 0..MAX_CONTROL_FRAMES {
+            assert!(out.send_control(ping(i as u64)));
+        }
+        assert!(
+            !out.send_control(ping(0)),
+            "one past the cap closes the session"
+        );
+        assert!(out.is_closed());
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert!(err.message().contains("slow consumer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn close_after_flush_delivers_queued_frames_first() {
+        let (out, mut stream) = Outbound::new(100);
+        assert!(out.send_control(ping(7)));
+        out.close_after_flush(Some(Status::unavailable("bye")));
+        let batch = stream.next().await.unwrap().unwrap();
+        assert_eq!(batch.frames.len(), 1);
+        assert_eq!(stream.next().await.unwrap().unwrap_err().message(), "bye");
+        assert!(stream.next().await.is_none());
     }
 
     #[tokio::test]

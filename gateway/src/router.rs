@@ -97,15 +97,33 @@ struct Pending {
     started: Instant,
 }
 
-/// Why a subscription was refused.
+/// Why a request could not be routed.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("no responders for subject {0:?}")]
     NoResponders(String),
-    #[error("responder could not take the request: {0}")]
-    Undeliverable(String),
     #[error("gateway is shutting down")]
     Draining,
+}
+
+/// Groups are keyed by (pattern, queue group name; empty for plain subscriptions).
+type GroupKey = (Box<str>, Box<str>);
+
+/// Bytes a message occupies in a session's outbound budget besides the fixed overhead:
+/// payload, subject, reply subject and headers.
+pub fn message_size(
+    subject: &str,
+    reply_to: &str,
+    headers: &[Header],
+    payload_len: usize,
+) -> usize {
+    payload_len
+        + subject.len()
+        + reply_to.len()
+        + headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len() + 4)
+            .sum::<usize>()
 }
 
 pub struct Router {
@@ -113,7 +131,7 @@ pub struct Router {
     balancer_cfg: BalancerConfig,
     pub metrics: Arc<GatewayMetrics>,
     table: ArcSwap<SubjectTable<Arc<Group>>>,
-    groups: Mutex<HashMap<(Box<str>, Box<str>), Arc<Group>>>,
+    groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
     pending: Box<[Mutex<HashMap<u64, Pending>>]>,
     pending_count: AtomicU64,
     next_id: AtomicU64,
@@ -226,7 +244,7 @@ impl Router {
         pattern: &str,
         queue: &str,
     ) -> Subscription {
-        let key: (Box<str>, Box<str>) = (pattern.into(), queue.into());
+        let key: GroupKey = (pattern.into(), queue.into());
         let member = Arc::new(Member {
             id: self.next_id(),
             sid,
@@ -275,7 +293,7 @@ impl Router {
         let empty = members.is_empty();
         group.members.store(Arc::new(members));
         if empty {
-            let key: (Box<str>, Box<str>) = (
+            let key: GroupKey = (
                 group.pattern.clone(),
                 group.queue.clone().unwrap_or_default(),
             );
@@ -315,6 +333,7 @@ impl Router {
             });
         }
         let payload_len = msg.payload.len();
+        let size = message_size(&msg.subject, &msg.reply_to, &msg.headers, payload_len);
         let mut msg = Some(msg);
         let mut delivered = 0;
         let count = scratch.len();
@@ -343,26 +362,27 @@ impl Router {
                 }
             };
             if self
-                .deliver(&member.conn, frame(Kind::Msg(m)), payload_len, Some(member.sid))
+                .deliver(&member.conn, frame(Kind::Msg(m)), size, Some(member.sid))
                 .await
             {
-                self.metrics.traffic(Pattern::Pub, Direction::Out, payload_len);
+                self.metrics
+                    .traffic(Pattern::Pub, Direction::Out, payload_len);
                 delivered += 1;
             }
         }
         delivered
     }
 
-    /// Queues a frame to a connection, applying the slow-consumer policy when its budget is
-    /// full. Returns whether the frame was queued.
+    /// Queues a message for a subscriber, applying the slow-consumer policy when its budget
+    /// is full. `size` is from `message_size`. Returns whether the frame was queued.
     pub async fn deliver(
         &self,
         conn: &Arc<Connection>,
         frame: Frame,
-        payload_len: usize,
+        size: usize,
         sid: Option<u64>,
     ) -> bool {
-        let cost = conn.outbound.cost(payload_len);
+        let cost = conn.outbound.cost(size);
         let frame = match conn.outbound.try_send(frame, cost) {
             Ok(()) => return true,
             Err(EnqueueError::Closed) => return false,
@@ -390,6 +410,29 @@ impl Router {
                         false
                     }
                 }
+            }
+        }
+    }
+
+    /// Queues a frame the receiver asked for (a reply to its request, stream data within
+    /// the credit it granted): never dropped under any policy. When the budget is full it
+    /// waits up to `slow_consumer.max_wait_ms`, then closes the receiver as a slow consumer
+    /// and returns false.
+    pub async fn deliver_owed(&self, conn: &Arc<Connection>, frame: Frame, size: usize) -> bool {
+        let cost = conn.outbound.cost(size);
+        let frame = match conn.outbound.try_send(frame, cost) {
+            Ok(()) => return true,
+            Err(EnqueueError::Closed) => return false,
+            Err(EnqueueError::Full(frame)) => frame,
+        };
+        self.slow_consumer_event(SlowConsumerAction::Waited);
+        let wait = Duration::from_millis(self.cfg.slow_consumer.max_wait_ms);
+        match conn.outbound.send_wait(frame, cost, wait).await {
+            Ok(()) => true,
+            Err(EnqueueError::Closed) => false,
+            Err(EnqueueError::Full(_)) => {
+                self.disconnect_slow_consumer(conn);
+                false
             }
         }
     }
@@ -433,7 +476,7 @@ impl Router {
             ),
             sid,
         )));
-        let _ = conn.outbound.try_send(f, crate::outbound::FRAME_OVERHEAD);
+        conn.outbound.send_control(f);
     }
 
     // --- requests ---
@@ -473,19 +516,18 @@ impl Router {
         );
         self.pending_count.fetch_add(1, Ordering::Relaxed);
         let payload_len = payload.len();
+        let reply_to = format!("{INBOX_PREFIX}{seq}");
+        let size = message_size(subject, &reply_to, &headers, payload_len);
         let f = frame(Kind::Msg(v1::Msg {
             sid: member.sid,
             subject: subject.to_owned(),
-            reply_to: format!("{INBOX_PREFIX}{seq}"),
+            reply_to,
             headers,
             payload,
             id,
             deadline_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
         }));
-        if self
-            .deliver(&member.conn, f, payload_len, Some(member.sid))
-            .await
-        {
+        if self.deliver(&member.conn, f, size, Some(member.sid)).await {
             self.metrics
                 .traffic(Pattern::Request, Direction::Out, payload_len);
         } else {
@@ -539,11 +581,18 @@ impl Router {
             let mut shard = self.pending_shard(seq).lock();
             match shard.get(&seq) {
                 Some(p) if from.is_none_or(|id| id == p.responder.id) => shard.remove(&seq),
-                _ => None,
+                Some(_) => {
+                    // An answer from a session the request was not given to.
+                    self.metrics.protocol_errors.inc();
+                    return false;
+                }
+                None => None,
             }
         };
         let Some(p) = pending else {
-            self.metrics.late_replies.inc();
+            if from.is_some() {
+                self.metrics.late_replies.inc();
+            }
             return false;
         };
         self.pending_count.fetch_sub(1, Ordering::Relaxed);

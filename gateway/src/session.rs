@@ -36,6 +36,8 @@ pub struct Session {
     subs: HashMap<u64, Subscription>,
     /// Requests this session made: gateway seq -> (client req_id, timer).
     requests: HashMap<u64, (u64, delay_queue::Key)>,
+    /// Client req_ids outstanding, to refuse a duplicate whose reply would be ambiguous.
+    req_ids: std::collections::HashSet<u64>,
     timers: DelayQueue<u64>,
     completions_tx: mpsc::UnboundedSender<Completion>,
     completions_rx: mpsc::UnboundedReceiver<Completion>,
@@ -59,6 +61,7 @@ impl Session {
             hello: false,
             subs: HashMap::new(),
             requests: HashMap::new(),
+            req_ids: std::collections::HashSet::new(),
             timers: DelayQueue::new(),
             completions_tx,
             completions_rx,
@@ -80,7 +83,11 @@ impl Session {
                         "gateway is shutting down",
                         0,
                     )));
-                    break Some(Status::unavailable("gateway is shutting down; reconnect to another gateway"));
+                    // Let the error frame and anything else queued reach the adapter.
+                    conn.outbound.close_after_flush(Some(Status::unavailable(
+                        "gateway is shutting down; reconnect to another gateway",
+                    )));
+                    break None;
                 }
                 Some(done) = self.completions_rx.recv() => self.on_completion(done).await,
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
@@ -144,13 +151,9 @@ impl Session {
         tracing::debug!(conn = self.conn.id, "session ended");
     }
 
+    /// Queues an ack, error, pong or similar; never dropped (see `Outbound::send_control`).
     fn send_control(&self, kind: Kind) {
-        let f = frame(kind);
-        let cost = self.conn.outbound.cost(0);
-        // A client that does not even read its own acks and errors is cut off by the budget:
-        // when it is full the frame is dropped and the slow-consumer policy on deliveries
-        // will close the session.
-        let _ = self.conn.outbound.try_send(f, cost);
+        self.conn.outbound.send_control(frame(kind));
     }
 
     fn refuse(&self, code: ErrorCode, message: String, ref_id: u64, ack_id: u64) {
@@ -171,6 +174,12 @@ impl Session {
 
     async fn on_frame(&mut self, f: Frame) -> Flow {
         let Some(kind) = f.kind else {
+            if !self.hello {
+                self.router.metrics.protocol_errors.inc();
+                return Flow::Close(Status::invalid_argument(
+                    "the first frame of a session must be Hello (got an empty frame)",
+                ));
+            }
             self.refuse(ErrorCode::Invalid, "empty frame (no kind set)".into(), 0, 0);
             return Flow::Continue;
         };
@@ -203,6 +212,7 @@ impl Session {
             Kind::StreamOpen(o) => {
                 let id = o.stream_id;
                 if let Err(e) = streams::open(&self.router, &self.conn, o).await {
+                    self.count_invalid(&e);
                     self.send_control(Kind::StreamClose(v1::StreamClose {
                         stream_id: id,
                         error: Some(e),
@@ -210,21 +220,19 @@ impl Session {
                 }
             }
             Kind::StreamData(d) => {
-                if let Err(e) = self.check_payload(d.payload.len(), d.stream_id) {
-                    self.send_control(Kind::Error(e));
-                } else if let Err(e) = streams::data(&self.router, &self.conn, d).await {
-                    self.send_control(Kind::Error(e));
-                }
+                let result = match self.check_payload(d.payload.len(), d.stream_id) {
+                    Ok(()) => streams::data(&self.router, &self.conn, d).await,
+                    Err(e) => Err(e),
+                };
+                self.stream_result(result);
             }
             Kind::Credit(c) => {
-                if let Err(e) = streams::credit(&self.router, &self.conn, c).await {
-                    self.send_control(Kind::Error(e));
-                }
+                let result = streams::credit(&self.router, &self.conn, c);
+                self.stream_result(result);
             }
             Kind::StreamClose(c) => {
-                if let Err(e) = streams::close(&self.router, &self.conn, c).await {
-                    self.send_control(Kind::Error(e));
-                }
+                let result = streams::close(&self.router, &self.conn, c);
+                self.stream_result(result);
             }
             Kind::Welcome(_) | Kind::Msg(_) | Kind::Error(_) => self.refuse(
                 ErrorCode::Invalid,
@@ -234,6 +242,19 @@ impl Session {
             ),
         }
         Flow::Continue
+    }
+
+    fn count_invalid(&self, e: &v1::Error) {
+        if e.code == ErrorCode::Invalid as i32 {
+            self.router.metrics.protocol_errors.inc();
+        }
+    }
+
+    fn stream_result(&self, result: streams::StreamResult) {
+        if let Err(e) = result {
+            self.count_invalid(&e);
+            self.send_control(Kind::Error(e));
+        }
     }
 
     fn on_hello(&mut self, h: v1::Hello) -> Flow {
@@ -345,20 +366,29 @@ impl Session {
     async fn on_pub(&mut self, mut p: v1::Pub) {
         if p.subject.starts_with(crate::router::INBOX_PREFIX) {
             // A responder answering with a plain publish to its reply inbox.
+            if let Err(e) = self.check_payload(p.payload.len(), p.ack_id) {
+                let refused = error(
+                    ErrorCode::ServiceError,
+                    format!("the responder's reply was refused: {}", e.message),
+                    0,
+                );
+                self.answer(&p.subject, Err(refused), 0);
+                return self.refuse(ErrorCode::Limit, e.message, p.ack_id, p.ack_id);
+            }
             return self.answer(&p.subject, Ok((p.headers, p.payload)), p.ack_id);
         }
         if let Err(e) = validate_subject(&p.subject) {
             return self.refuse(ErrorCode::Invalid, e.to_string(), p.ack_id, p.ack_id);
         }
-        if !p.reply_to.is_empty() {
-            if let Err(e) = subject::validate_reply_subject(&p.reply_to) {
-                return self.refuse(
-                    ErrorCode::Invalid,
-                    format!("reply_to: {e}"),
-                    p.ack_id,
-                    p.ack_id,
-                );
-            }
+        if !p.reply_to.is_empty()
+            && let Err(e) = subject::validate_reply_subject(&p.reply_to)
+        {
+            return self.refuse(
+                ErrorCode::Invalid,
+                format!("reply_to: {e}"),
+                p.ack_id,
+                p.ack_id,
+            );
         }
         if let Err(e) = self.check_payload(p.payload.len(), p.ack_id) {
             return self.refuse(ErrorCode::Limit, e.message, p.ack_id, p.ack_id);
@@ -407,6 +437,14 @@ impl Session {
         if let Err(e) = self.check_payload(r.payload.len(), r.req_id) {
             return refuse(self, ErrorCode::Limit, e.message);
         }
+        if self.req_ids.contains(&r.req_id) {
+            self.router.metrics.protocol_errors.inc();
+            return refuse(
+                self,
+                ErrorCode::Invalid,
+                format!("req_id {} is already outstanding on this session", r.req_id),
+            );
+        }
         let max = self.router.config().limits.max_pending_requests;
         if self.requests.len() >= max as usize {
             self.router.metrics.limit(Limit::MaxPendingRequests);
@@ -447,12 +485,12 @@ impl Session {
             Ok(seq) => {
                 let key = self.timers.insert(seq, timeout);
                 self.requests.insert(seq, (r.req_id, key));
+                self.req_ids.insert(r.req_id);
             }
             Err((_, e)) => {
                 let code = match e {
                     crate::router::RouteError::NoResponders(_) => ErrorCode::NoResponders,
                     crate::router::RouteError::Draining => ErrorCode::Unavailable,
-                    crate::router::RouteError::Undeliverable(_) => ErrorCode::ServiceError,
                 };
                 self.send_reply(r.req_id, Err(error(code, e.to_string(), r.req_id)));
             }
@@ -463,40 +501,45 @@ impl Session {
         if let Some((_, key)) = self.requests.remove(&done.seq) {
             self.timers.try_remove(&key);
         }
-        let result = done.result.map_err(|e| v1::Error {
-            ref_id: done.req_id,
-            ..e
-        });
-        self.send_reply(done.req_id, result);
+        self.req_ids.remove(&done.req_id);
+        match done.result {
+            Err(e) => self.send_reply(
+                done.req_id,
+                Err(v1::Error {
+                    ref_id: done.req_id,
+                    ..e
+                }),
+            ),
+            Ok((headers, payload)) => {
+                let len = payload.len();
+                let size = crate::router::message_size("", "", &headers, len);
+                let f = frame(Kind::Reply(v1::Reply {
+                    req_id: done.req_id,
+                    reply_to: String::new(),
+                    headers,
+                    payload,
+                    error: None,
+                }));
+                // The requester asked for this reply: it is never dropped, only delayed
+                // (or the requester cut off as a slow consumer if it stopped reading).
+                if self.router.deliver_owed(&self.conn, f, size).await {
+                    self.router
+                        .metrics
+                        .traffic(Pattern::Reply, Direction::Out, len);
+                }
+            }
+        }
     }
 
+    /// Sends an error reply (small, so it goes as a control frame).
     fn send_reply(&self, req_id: u64, result: crate::router::ReplyResult) {
-        let (headers, payload, error) = match result {
-            Ok((h, p)) => (h, p, None),
-            Err(e) => (Vec::new(), Bytes::new(), Some(e)),
-        };
-        let len = payload.len();
-        let f = frame(Kind::Reply(v1::Reply {
+        self.send_control(Kind::Reply(v1::Reply {
             req_id,
             reply_to: String::new(),
-            headers,
-            payload,
-            error,
+            headers: Vec::new(),
+            payload: Bytes::new(),
+            error: result.err(),
         }));
-        let cost = self.conn.outbound.cost(len);
-        // The requester asked for this reply and its pending requests are bounded, so the
-        // reply is queued even past the budget rather than lost.
-        if self.conn.outbound.try_send(f, cost).is_ok() {
-            self.router
-                .metrics
-                .traffic(Pattern::Reply, Direction::Out, len);
-        } else {
-            tracing::debug!(
-                conn = self.conn.id,
-                req_id,
-                "reply not queued: requester's queue is full or closed"
-            );
-        }
     }
 
     fn on_reply(&mut self, r: v1::Reply) {

@@ -5,6 +5,11 @@
 //! The gateway keeps the credit counters, relays grants, and aborts a stream whose sender
 //! overruns them, so the gateway never holds more than the granted frames for a stream:
 //! backpressure reaches the producing application instead of piling up here.
+//!
+//! Stream frames are never dropped by the slow-consumer policy: data was asked for with
+//! credit, and credit and close frames are control frames. A receiver that stops reading
+//! makes the sender wait; past `slow_consumer.max_wait_ms` the receiver is cut off, and the
+//! sender learns it from a StreamClose with an error.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -43,8 +48,22 @@ impl StreamEnd {
 pub type StreamResult = Result<(), v1::Error>;
 
 /// Opens a stream for `opener`. On failure the opener gets `StreamClose{error}`.
-pub async fn open(router: &Router, opener: &Arc<Connection>, open: v1::StreamOpen) -> StreamResult {
+pub async fn open(
+    router: &Router,
+    opener: &Arc<Connection>,
+    mut open: v1::StreamOpen,
+) -> StreamResult {
     let id = open.stream_id;
+    if let Err(e) = crate::subject::validate_subject(&open.subject) {
+        return Err(error(ErrorCode::Invalid, e.to_string(), id));
+    }
+    if router.is_draining() {
+        return Err(error(
+            ErrorCode::Unavailable,
+            "gateway is shutting down",
+            id,
+        ));
+    }
     if id >= crate::connection::GATEWAY_STREAM_ID_BASE {
         return Err(error(
             ErrorCode::Invalid,
@@ -81,6 +100,18 @@ pub async fn open(router: &Router, opener: &Arc<Connection>, open: v1::StreamOpe
         ));
     };
     let acceptor = member.conn.clone();
+    let max = router.config().limits.max_streams;
+    if acceptor.streams.lock().len() >= max as usize {
+        router.stream_finished(&group, member.id);
+        router.metrics.limit(Limit::MaxStreams);
+        return Err(error(
+            ErrorCode::Limit,
+            format!("the chosen responder already has limits.max_streams ({max}) streams open"),
+            id,
+        ));
+    }
+    let span = tracing::debug_span!("nexus.stream", subject = %open.subject, conn = opener.id);
+    crate::trace::link_span(&span, &mut open.headers);
     let acceptor_id = acceptor.next_gateway_stream_id();
     let link = Arc::new(StreamLink {
         ends: [(opener.clone(), id), (acceptor.clone(), acceptor_id)],
@@ -107,7 +138,7 @@ pub async fn open(router: &Router, opener: &Arc<Connection>, open: v1::StreamOpe
         credits: open.credits,
         sid: member.sid,
     }));
-    if !router.deliver(&acceptor, f, 0, Some(member.sid)).await {
+    if !acceptor.outbound.send_control(f) {
         if let Some(end) = acceptor.streams.lock().remove(&acceptor_id) {
             router.stream_finished(&end.link.group, end.link.member);
         }
@@ -154,25 +185,37 @@ pub async fn data(router: &Router, conn: &Arc<Connection>, data: v1::StreamData)
             ),
             data.stream_id,
         );
-        abort(router, &end, e.clone()).await;
+        abort(router, &end, e.clone());
         return Err(e);
     }
     let (peer, peer_id) = end.peer();
     let len = data.payload.len();
     router.metrics.traffic(Pattern::Stream, Direction::In, len);
+    let size = crate::router::message_size("", "", &data.headers, len);
     let f = frame(Kind::StreamData(v1::StreamData {
         stream_id: *peer_id,
         payload: data.payload,
         headers: data.headers,
     }));
-    if router.deliver(peer, f, len, None).await {
+    if router.deliver_owed(peer, f, size).await {
         router.metrics.traffic(Pattern::Stream, Direction::Out, len);
+        return Ok(());
     }
-    Ok(())
+    // The receiver was cut off (or is gone): tell the sender instead of losing data.
+    forget(router, &end);
+    Err(error(
+        ErrorCode::SlowConsumer,
+        format!(
+            "stream {}: the receiving side stopped reading and was disconnected; stream aborted",
+            data.stream_id
+        ),
+        data.stream_id,
+    ))
 }
 
 /// Relays a credit grant from `conn` to its peer.
-pub async fn credit(router: &Router, conn: &Arc<Connection>, credit: v1::Credit) -> StreamResult {
+pub fn credit(router: &Router, conn: &Arc<Connection>, credit: v1::Credit) -> StreamResult {
+    let _ = router;
     let end = lookup(conn, credit.stream_id)?;
     let peer_side = 1 - end.side;
     let _ = end.link.credits[peer_side].fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
@@ -183,19 +226,15 @@ pub async fn credit(router: &Router, conn: &Arc<Connection>, credit: v1::Credit)
         stream_id: *peer_id,
         credits: credit.credits,
     }));
-    router.deliver(peer, f, 0, None).await;
+    peer.outbound.send_control(f);
     Ok(())
 }
 
 /// Half-closes (no error) or aborts (error) a stream from `conn`'s side.
-pub async fn close(
-    router: &Router,
-    conn: &Arc<Connection>,
-    close: v1::StreamClose,
-) -> StreamResult {
+pub fn close(router: &Router, conn: &Arc<Connection>, close: v1::StreamClose) -> StreamResult {
     let end = lookup(conn, close.stream_id)?;
     if let Some(e) = close.error {
-        abort(router, &end, e).await;
+        abort(router, &end, e);
         return Ok(());
     }
     end.link.finished[end.side].store(true, Ordering::Release);
@@ -204,7 +243,7 @@ pub async fn close(
         stream_id: *peer_id,
         error: None,
     }));
-    router.deliver(peer, f, 0, None).await;
+    peer.outbound.send_control(f);
     if end.link.finished[1 - end.side].load(Ordering::Acquire) {
         forget(router, &end);
     }
@@ -212,7 +251,7 @@ pub async fn close(
 }
 
 /// Removes the stream from both sessions and tells the peer why.
-async fn abort(router: &Router, end: &StreamEnd, e: v1::Error) {
+fn abort(router: &Router, end: &StreamEnd, e: v1::Error) {
     forget(router, end);
     let (peer, peer_id) = end.peer();
     let f = frame(Kind::StreamClose(v1::StreamClose {
@@ -222,7 +261,7 @@ async fn abort(router: &Router, end: &StreamEnd, e: v1::Error) {
             ..e
         }),
     }));
-    router.deliver(peer, f, 0, None).await;
+    peer.outbound.send_control(f);
 }
 
 fn forget(router: &Router, end: &StreamEnd) {
@@ -250,8 +289,6 @@ pub fn connection_gone(router: &Router, conn: &Arc<Connection>) {
                 *peer_id,
             )),
         }));
-        // Never wait here: this runs while a session is being torn down.
-        let cost = peer.outbound.cost(0);
-        let _ = peer.outbound.try_send(f, cost);
+        peer.outbound.send_control(f);
     }
 }

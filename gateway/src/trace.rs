@@ -35,17 +35,24 @@ pub fn new_traceparent() -> String {
 /// message, so it checks positions in place instead of splitting.
 pub fn is_valid_traceparent(value: &str) -> bool {
     let b = value.as_bytes();
-    if b.len() != 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+    if b.len() != 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' || &b[0..2] == b"ff" {
         return false;
     }
-    let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
+    // W3C allows lowercase hex only.
+    let hex = |r: std::ops::Range<usize>| {
+        b[r].iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
     let nonzero = |r: std::ops::Range<usize>| b[r].iter().any(|&c| c != b'0');
     hex(0..2) && hex(3..35) && hex(36..52) && hex(53..55) && nonzero(3..35) && nonzero(36..52)
 }
 
 /// Makes sure `headers` carries a valid traceparent; a missing or malformed one is replaced.
 pub fn ensure_traceparent(headers: &mut Vec<Header>) {
-    match headers.iter_mut().find(|h| h.key == TRACEPARENT) {
+    match headers
+        .iter_mut()
+        .find(|h| h.key.eq_ignore_ascii_case(TRACEPARENT))
+    {
         Some(h) if is_valid_traceparent(&h.value) => {}
         Some(h) => h.value = new_traceparent(),
         None => headers.push(Header {
@@ -107,6 +114,12 @@ mod tests {
             assert!(is_valid_traceparent(&new_traceparent()));
         }
         assert!(!is_valid_traceparent("00-abc-def-01"));
+        assert!(!is_valid_traceparent(
+            "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01"
+        ));
+        assert!(!is_valid_traceparent(
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        ));
         assert!(!is_valid_traceparent(
             "00-00000000000000000000000000000000-0000000000000001-01"
         ));

@@ -47,7 +47,10 @@ async fn run_gateway(args: GatewayArgs, dev: bool) -> anyhow::Result<()> {
     if dev && args.region.is_none() {
         base.region = "dev".into();
     }
-    let cfg = args.resolve(base)?;
+    let mut cfg = args.resolve(base)?;
+    if dev && args.region.is_none() && cfg.region == GatewayConfig::default().region {
+        cfg.region = "dev".into();
+    }
     let gateway = nexus_gateway::start(cfg.clone()).await?;
     if dev {
         println!("Nexus dev cluster is up (stop with Ctrl-C)");

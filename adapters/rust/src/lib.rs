@@ -1,1 +1,94 @@
-pub fn x(){}
+//! # nexus-client
+//!
+//! The Rust adapter for Nexus, a polyglot message router. A [`Client`]
+//! keeps one gRPC session (`nexus.v1.Gateway/Session`) with a regional gateway and offers:
+//!
+//! * publish / subscribe with subject wildcards (`*` one token, trailing `>` the rest) and
+//!   queue groups,
+//! * request / reply ([`Client::request`], [`Client::serve`]),
+//! * bidirectional streams with end-to-end credit-based flow control
+//!   ([`Client::open_stream`], [`Client::listen_streams`]),
+//! * automatic reconnection (exponential backoff with jitter) that re-creates subscriptions,
+//! * invisible batching: frames queued at the same time travel in one gRPC message.
+//!
+//! Every publish, request and stream open carries a W3C `traceparent` header (generated when
+//! absent); see [`Message::traceparent`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use nexus_client::{Client, ServiceError};
+//!
+//! # async fn demo() -> nexus_client::Result<()> {
+//! let client = Client::builder("http://127.0.0.1:7422")
+//!     .name("orders-service")
+//!     .request_timeout(Duration::from_secs(2))
+//!     .connect()
+//!     .await?;
+//!
+//! // Publish / subscribe.
+//! let mut sub = client.subscribe("orders.*.created").await?;
+//! client.publish("orders.eu.created", "order #1").await?;
+//! let msg = sub.next_message().await.expect("subscription open");
+//! println!("{} -> {:?}", msg.subject, msg.payload);
+//!
+//! // Request / reply.
+//! let _svc = client
+//!     .serve("math.double", Some("workers"), |m| async move {
+//!         let n: u64 = std::str::from_utf8(&m.payload)
+//!             .ok()
+//!             .and_then(|s| s.parse().ok())
+//!             .ok_or_else(|| ServiceError::new("not a number"))?;
+//!         Ok((n * 2).to_string().into())
+//!     })
+//!     .await?;
+//! let reply = client.request("math.double", "21").await?;
+//! assert_eq!(&reply.payload[..], b"42");
+//!
+//! client.close().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Backpressure
+//!
+//! Nothing is buffered without bound. Each subscription has a bounded buffer; when the
+//! application falls behind, the client stops reading from the gateway and HTTP/2 flow
+//! control pushes back on it (the gateway then applies its slow-consumer policy, reported by
+//! [`Subscription::dropped`]). `publish()` waits when the outbound queue is full, which
+//! happens when the gateway or network cannot keep up. Streams use credits, so
+//! [`BiStream::send`] waits until the receiver consumed enough.
+//!
+//! ## Reconnection
+//!
+//! When the session breaks, in-flight requests, acked publishes, flushes and open streams fail
+//! with [`Error::Disconnected`]; plain publishes stay queued and are sent after reconnecting;
+//! subscriptions are re-sent with the same ids and keep delivering.
+
+#![warn(missing_docs)]
+
+mod batch;
+mod client;
+mod connection;
+mod credit;
+mod error;
+mod headers;
+mod message;
+mod service;
+mod stream;
+mod subject;
+mod subscription;
+
+#[cfg(test)]
+mod mock_tests;
+
+pub use bytes::Bytes;
+pub use client::{Client, ClientBuilder, ServerInfo};
+pub use error::{Error, Result, ServiceError};
+pub use headers::{Headers, TRACEPARENT, is_valid_traceparent, new_traceparent};
+pub use message::{Message, OutgoingMessage};
+pub use service::Service;
+pub use stream::{BiStream, StreamListener, StreamReceiver, StreamSender};
+pub use subject::{
+    RESERVED_PREFIX, subject_matches, validate_publish_subject, validate_subscribe_subject,
+};
+pub use subscription::Subscription;

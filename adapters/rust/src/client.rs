@@ -1,0 +1,807 @@
+//! [`Client`] and [`ClientBuilder`]: connecting, publishing, subscribing, requests and flush.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use nexus_proto::v1 as pb;
+use nexus_proto::v1::frame::Kind;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::Endpoint;
+
+use crate::batch::{BatchLimits, Outbound};
+use crate::connection::{self, AckWaiter, Config, Shared, SubEntry, SubKind};
+use crate::error::{Error, Result, ServiceError};
+use crate::headers::{Headers, TRACEPARENT};
+use crate::message::{Message, OutgoingMessage};
+use crate::service::Service;
+use crate::stream::{BiStream, StreamListener};
+use crate::subject::{
+    validate_pub_subject, validate_publish_subject, validate_queue_group, validate_reply_to,
+    validate_subscribe_subject,
+};
+use crate::subscription::Subscription;
+
+/// Extra time the client waits beyond a request's timeout before giving up on its own (in
+/// case the gateway vanished without answering).
+const CLIENT_GRACE: Duration = Duration::from_secs(1);
+
+/// A connection to a Nexus gateway. Cheap to clone (all clones share one session).
+///
+/// The session is closed by [`close`](Client::close), or when the last `Client` clone and the
+/// last handle created from it ([`Subscription`], [`Service`], [`BiStream`],
+/// [`StreamListener`], which each hold a clone) are dropped.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<ClientInner>,
+}
+
+pub(crate) struct ClientInner {
+    pub(crate) shared: Arc<Shared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.shared.shutdown.send_replace(true);
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.shared().config.name)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+/// What the gateway said in its Welcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Session id assigned by the gateway.
+    pub session_id: String,
+    /// The gateway instance.
+    pub gateway_id: String,
+    /// The gateway's region.
+    pub region: String,
+    /// Largest payload accepted (0 = not announced).
+    pub max_payload: u64,
+    /// Most subscriptions allowed per session (0 = not announced).
+    pub max_subscriptions: u32,
+    /// Protocol version.
+    pub protocol: u32,
+}
+
+/// Configures and connects a [`Client`]; see [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    addr: String,
+    name: String,
+    api_key: String,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    backoff: (Duration, Duration),
+    max_batch_frames: usize,
+    max_batch_bytes: usize,
+    outbound_capacity: usize,
+    subscription_capacity: usize,
+    stream_window: u32,
+    listener_backlog: usize,
+    max_concurrent_handlers: usize,
+}
+
+impl ClientBuilder {
+    fn new(addr: &str) -> Self {
+        ClientBuilder {
+            addr: normalize_addr(addr),
+            name: "nexus-rust".into(),
+            api_key: String::new(),
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            max_batch_frames: 256,
+            max_batch_bytes: 256 * 1024,
+            outbound_capacity: 8192,
+            subscription_capacity: 8192,
+            stream_window: 256,
+            listener_backlog: 256,
+            max_concurrent_handlers: 1024,
+        }
+    }
+
+    /// Client name reported in Hello (default `nexus-rust`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// API key sent in Hello.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = key.into();
+        self
+    }
+
+    /// Default timeout of [`Client::request`], subscribe/ack round trips and stream opens
+    /// (default 5 s).
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.request_timeout = t;
+        self
+    }
+
+    /// Timeout of the TCP connect and the Hello/Welcome handshake (default 5 s).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Reconnect delays: starting at `min`, doubling up to `max`, with jitter (default
+    /// 100 ms to 5 s).
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = (min, max);
+        self
+    }
+
+    /// Most frames per outbound batch (default 256).
+    pub fn max_batch_frames(mut self, n: usize) -> Self {
+        self.max_batch_frames = n.max(1);
+        self
+    }
+
+    /// Approximate most encoded bytes per outbound batch (default 256 KiB).
+    pub fn max_batch_bytes(mut self, n: usize) -> Self {
+        self.max_batch_bytes = n.max(1);
+        self
+    }
+
+    /// Capacity of the outbound queue in frames (default 8192). When full, `publish()` waits.
+    pub fn outbound_capacity(mut self, n: usize) -> Self {
+        self.outbound_capacity = n.max(1);
+        self
+    }
+
+    /// Buffered deliveries per subscription (default 8192). When full, the client stops
+    /// reading from the gateway until the application catches up.
+    pub fn subscription_capacity(mut self, n: usize) -> Self {
+        self.subscription_capacity = n.max(1);
+        self
+    }
+
+    /// Receive window of each stream in frames (default 256).
+    pub fn stream_window(mut self, n: u32) -> Self {
+        self.stream_window = n.max(1);
+        self
+    }
+
+    /// Incoming streams buffered per [`StreamListener`] before new ones are refused
+    /// (default 256).
+    pub fn listener_backlog(mut self, n: usize) -> Self {
+        self.listener_backlog = n.max(1);
+        self
+    }
+
+    /// Most handler invocations running at once per [`Service`] (default 1024).
+    pub fn max_concurrent_handlers(mut self, n: usize) -> Self {
+        self.max_concurrent_handlers = n.max(1);
+        self
+    }
+
+    /// Connects and performs the Hello/Welcome handshake. Fails if the gateway cannot be
+    /// reached or refuses the session (e.g. [`Error::Denied`]); later disconnects are
+    /// handled by reconnecting.
+    pub async fn connect(self) -> Result<Client> {
+        let endpoint = Endpoint::from_shared(self.addr.clone())?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let config = Config {
+            name: self.name,
+            api_key: self.api_key,
+            request_timeout: self.request_timeout,
+            connect_timeout: self.connect_timeout,
+            backoff_min: self.backoff.0,
+            backoff_max: self.backoff.1,
+            limits: BatchLimits {
+                max_frames: self.max_batch_frames,
+                max_bytes: self.max_batch_bytes,
+            },
+            subscription_capacity: self.subscription_capacity,
+            stream_window: self.stream_window,
+            listener_backlog: self.listener_backlog,
+            max_concurrent_handlers: self.max_concurrent_handlers,
+        };
+        let (out_tx, out_rx) = mpsc::channel(self.outbound_capacity);
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let inner = Arc::new_cyclic(|weak| ClientInner {
+            shared: Arc::new(Shared::new(
+                config,
+                endpoint,
+                out_tx,
+                ctl_tx,
+                shutdown_tx,
+                weak.clone(),
+            )),
+            task: Mutex::new(None),
+        });
+        let (first_tx, first_rx) = oneshot::channel();
+        let task = tokio::spawn(connection::run(
+            inner.shared.clone(),
+            out_rx,
+            ctl_rx,
+            shutdown_rx,
+            first_tx,
+        ));
+        *inner.task.lock() = Some(task);
+        match first_rx.await {
+            Ok(Ok(())) => Ok(Client { inner }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+}
+
+/// `127.0.0.1:7422` -> `http://127.0.0.1:7422`.
+pub(crate) fn normalize_addr(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// A fresh ULID as the 16 raw bytes the protocol carries.
+fn new_id() -> Bytes {
+    Bytes::copy_from_slice(&ulid::Ulid::new().to_bytes())
+}
+
+fn duration_ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl Client {
+    /// Connects with default settings. `addr` is `http://host:port`; a bare `host:port` gets
+    /// `http://`.
+    pub async fn connect(addr: &str) -> Result<Client> {
+        Self::builder(addr).connect().await
+    }
+
+    /// A builder to configure the connection.
+    pub fn builder(addr: &str) -> ClientBuilder {
+        ClientBuilder::new(addr)
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.shared().config.request_timeout
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shared().closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn check_payload(&self, len: usize) -> Result<()> {
+        let max = self.shared().max_payload.load(Ordering::Relaxed);
+        if max > 0 && len as u64 > max {
+            return Err(Error::Limit {
+                message: format!("payload of {len} bytes exceeds max_payload {max}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues a frame, waiting for room in the outbound queue.
+    pub(crate) async fn enqueue(&self, o: Outbound) -> Result<()> {
+        self.check_open()?;
+        self.shared()
+            .out_tx
+            .send(o)
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Current epoch (read under the state lock by callers registering waiters).
+    fn register<T>(&self, f: impl FnOnce(&mut connection::State) -> T) -> (T, u64) {
+        let mut st = self.shared().state.lock();
+        let t = f(&mut st);
+        (t, st.epoch)
+    }
+
+    /// Publishes `payload` on `subject` (fire and forget). Waits only if the outbound queue
+    /// is full. While disconnected, publishes queue up and are sent after reconnecting.
+    pub async fn publish(&self, subject: &str, payload: impl Into<Bytes>) -> Result<()> {
+        validate_pub_subject(subject)?;
+        let payload = payload.into();
+        self.check_payload(payload.len())?;
+        let mut headers = Headers::with_capacity(1);
+        headers.ensure_traceparent();
+        self.enqueue(Outbound::any(Kind::Pub(pb::Pub {
+            subject: subject.to_owned(),
+            reply_to: String::new(),
+            headers: headers.into_inner(),
+            payload,
+            id: new_id(),
+            ack_id: 0,
+        })))
+        .await
+    }
+
+    /// Publishes a message with headers and/or a reply subject.
+    pub async fn publish_message(&self, msg: OutgoingMessage) -> Result<()> {
+        let frame = self.pub_frame(msg, 0)?;
+        self.enqueue(Outbound::any(frame)).await
+    }
+
+    fn pub_frame(&self, msg: OutgoingMessage, ack_id: u64) -> Result<Kind> {
+        validate_pub_subject(&msg.subject)?;
+        if let Some(r) = &msg.reply_to {
+            validate_reply_to(r)?;
+        }
+        self.check_payload(msg.payload.len())?;
+        let mut headers = msg.headers;
+        headers.ensure_traceparent();
+        Ok(Kind::Pub(pb::Pub {
+            subject: msg.subject,
+            reply_to: msg.reply_to.unwrap_or_default(),
+            headers: headers.into_inner(),
+            payload: msg.payload,
+            id: new_id(),
+            ack_id,
+        }))
+    }
+
+    /// Publishes and waits until the gateway routed the message; returns how many
+    /// subscriptions received it. Fails with the gateway's refusal (e.g. [`Error::Limit`]).
+    pub async fn publish_acked(&self, subject: &str, payload: impl Into<Bytes>) -> Result<u32> {
+        self.publish_message_acked(OutgoingMessage::new(subject, payload))
+            .await
+    }
+
+    /// [`publish_acked`](Self::publish_acked) for a full [`OutgoingMessage`].
+    pub async fn publish_message_acked(&self, msg: OutgoingMessage) -> Result<u32> {
+        let subject = msg.subject.clone();
+        let ack_id = self.shared().next_id();
+        let frame = self.pub_frame(msg, ack_id)?;
+        let (tx, rx) = oneshot::channel();
+        let ((), epoch) = self.register(|st| {
+            st.acks.insert(ack_id, AckWaiter { tx, sid: None });
+        });
+        self.await_ack(ack_id, Outbound::in_epoch(frame, epoch), rx, &subject)
+            .await
+    }
+
+    async fn await_ack(
+        &self,
+        ack_id: u64,
+        o: Outbound,
+        rx: oneshot::Receiver<std::result::Result<u32, crate::error::Fail>>,
+        subject: &str,
+    ) -> Result<u32> {
+        let t = self.request_timeout();
+        if let Err(e) = self.enqueue(o).await {
+            self.shared().state.lock().acks.remove(&ack_id);
+            return Err(e);
+        }
+        match tokio::time::timeout(t + CLIENT_GRACE, rx).await {
+            Ok(Ok(Ok(n))) => Ok(n),
+            Ok(Ok(Err(f))) => Err(f.into_error(subject, t)),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => {
+                self.shared().state.lock().acks.remove(&ack_id);
+                Err(Error::Timeout {
+                    subject: subject.to_owned(),
+                    after: t,
+                })
+            }
+        }
+    }
+
+    /// Registers a subscription and waits for the gateway's Ack. Returns the sid.
+    pub(crate) async fn add_sub(
+        &self,
+        subject: &str,
+        group: &str,
+        kind: SubKind,
+    ) -> Result<(u64, Arc<AtomicU64>)> {
+        validate_subscribe_subject(subject)?;
+        if !group.is_empty() {
+            validate_queue_group(group)?;
+        }
+        self.check_open()?;
+        let sid = self.shared().next_id();
+        let ack_id = self.shared().next_id();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = oneshot::channel();
+        let ((), epoch) = self.register(|st| {
+            st.subs.insert(
+                sid,
+                SubEntry {
+                    subject: subject.to_owned(),
+                    queue_group: group.to_owned(),
+                    kind,
+                    confirmed: false,
+                    dropped: dropped.clone(),
+                },
+            );
+            st.acks.insert(ack_id, AckWaiter { tx, sid: Some(sid) });
+        });
+        let frame = Kind::Sub(pb::Sub {
+            sid,
+            subject: subject.to_owned(),
+            queue_group: group.to_owned(),
+            ack_id,
+        });
+        match self
+            .await_ack(ack_id, Outbound::in_epoch(frame, epoch), rx, subject)
+            .await
+        {
+            Ok(_) => Ok((sid, dropped)),
+            Err(e) => {
+                // If it was applied after all (timeout), the Unsub undoes it.
+                let entry = self.shared().state.lock().subs.remove(&sid);
+                drop(entry);
+                if matches!(e, Error::Timeout { .. }) {
+                    self.shared()
+                        .send_ctl(Outbound::in_epoch(Kind::Unsub(pb::Unsub { sid }), epoch));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Subscribes to `subject` (a pattern with optional `*` / trailing `>`). Returns after the
+    /// gateway confirmed it, so refusals (invalid subject, subscription limit) are reported
+    /// here.
+    pub async fn subscribe(&self, subject: &str) -> Result<Subscription> {
+        self.subscribe_inner(subject, "").await
+    }
+
+    /// Like [`subscribe`](Self::subscribe) but in queue group `group`: each message goes to
+    /// one member of the group.
+    pub async fn queue_subscribe(&self, subject: &str, group: &str) -> Result<Subscription> {
+        validate_queue_group(group)?;
+        self.subscribe_inner(subject, group).await
+    }
+
+    pub(crate) async fn subscribe_inner(&self, subject: &str, group: &str) -> Result<Subscription> {
+        let (tx, rx) = mpsc::channel(self.shared().config.subscription_capacity);
+        let (sid, dropped) = self.add_sub(subject, group, SubKind::Messages(tx)).await?;
+        Ok(Subscription::new(
+            self.clone(),
+            sid,
+            subject.to_owned(),
+            rx,
+            dropped,
+        ))
+    }
+
+    /// Sends a request and waits for one reply, using the default request timeout.
+    pub async fn request(&self, subject: &str, payload: impl Into<Bytes>) -> Result<Message> {
+        self.request_with(
+            subject,
+            Headers::new(),
+            payload.into(),
+            self.request_timeout(),
+        )
+        .await
+    }
+
+    /// Sends a request with headers and an explicit timeout (zero = the default). The reply's
+    /// `subject` is the request subject.
+    pub async fn request_with(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Message> {
+        validate_publish_subject(subject)?;
+        self.check_payload(payload.len())?;
+        let timeout = if timeout.is_zero() {
+            self.request_timeout()
+        } else {
+            timeout
+        };
+        let mut headers = headers;
+        headers.ensure_traceparent();
+        let req_id = self.shared().next_id();
+        let (tx, rx) = oneshot::channel();
+        let ((), epoch) = self.register(|st| {
+            st.requests.insert(req_id, tx);
+        });
+        let frame = Kind::Req(pb::Req {
+            req_id,
+            subject: subject.to_owned(),
+            headers: headers.into_inner(),
+            payload,
+            timeout_ms: duration_ms(timeout).max(1),
+            id: new_id(),
+        });
+        if let Err(e) = self.enqueue(Outbound::in_epoch(frame, epoch)).await {
+            self.shared().state.lock().requests.remove(&req_id);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout + CLIENT_GRACE, rx).await {
+            Ok(Ok(Ok(reply))) => match reply.error {
+                Some(e) if e.code != 0 || !e.message.is_empty() => {
+                    Err(Error::from_gateway(e, subject, timeout))
+                }
+                _ => Ok(Message::from_parts(
+                    subject.to_owned(),
+                    reply.headers,
+                    reply.payload,
+                )),
+            },
+            Ok(Ok(Err(f))) => Err(f.into_error(subject, timeout)),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => {
+                self.shared().state.lock().requests.remove(&req_id);
+                Err(Error::Timeout {
+                    subject: subject.to_owned(),
+                    after: timeout,
+                })
+            }
+        }
+    }
+
+    /// Answers a request received on a subscription (a message with `reply_to`). The reply
+    /// carries the request's `traceparent`. [`serve`](Self::serve) does this for you.
+    pub async fn reply(&self, request: &Message, payload: impl Into<Bytes>) -> Result<()> {
+        let reply_to = request.reply_to.as_deref().ok_or_else(|| Error::Invalid {
+            message: "message has no reply_to".into(),
+        })?;
+        let payload = payload.into();
+        self.check_payload(payload.len())?;
+        self.enqueue(Outbound::any(reply_frame(
+            request.traceparent(),
+            reply_to.to_owned(),
+            Ok(payload),
+        )))
+        .await
+    }
+
+    /// Refuses a request received on a subscription; the requester gets
+    /// [`Error::Service`] with `error.message`.
+    pub async fn reply_error(&self, request: &Message, error: ServiceError) -> Result<()> {
+        let reply_to = request.reply_to.as_deref().ok_or_else(|| Error::Invalid {
+            message: "message has no reply_to".into(),
+        })?;
+        self.enqueue(Outbound::any(reply_frame(
+            request.traceparent(),
+            reply_to.to_owned(),
+            Err(error),
+        )))
+        .await
+    }
+
+    /// Subscribes to `subject` (optionally in a queue group) and answers every request with
+    /// `handler`, running handlers concurrently on spawned tasks (at most
+    /// [`max_concurrent_handlers`](ClientBuilder::max_concurrent_handlers) at once).
+    /// `Ok(payload)` is sent as the reply, `Err(ServiceError)` as a refusal; a panicking
+    /// handler is reported as a refusal too. Messages without `reply_to` run the handler and
+    /// the result is discarded. Runs until [`Service::stop`] or the `Service` is dropped.
+    pub async fn serve<F, Fut>(
+        &self,
+        subject: &str,
+        queue_group: Option<&str>,
+        handler: F,
+    ) -> Result<Service>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Bytes, ServiceError>> + Send + 'static,
+    {
+        let group = queue_group.unwrap_or("");
+        if queue_group.is_some() {
+            validate_queue_group(group)?;
+        }
+        let sub = self.subscribe_inner(subject, group).await?;
+        Ok(Service::start(self.clone(), sub, handler))
+    }
+
+    /// Opens a bidirectional stream to one responder listening on `subject`. Returns once the
+    /// responder accepted (first credit, data or close), or fails with
+    /// [`Error::NoResponders`] / [`Error::Timeout`].
+    pub async fn open_stream(&self, subject: &str) -> Result<BiStream> {
+        self.open_stream_with(subject, Headers::new()).await
+    }
+
+    /// [`open_stream`](Self::open_stream) with headers (delivered to the acceptor).
+    pub async fn open_stream_with(&self, subject: &str, headers: Headers) -> Result<BiStream> {
+        validate_publish_subject(subject)?;
+        self.check_open()?;
+        let mut headers = headers;
+        headers.ensure_traceparent();
+        let id = self.shared().next_id();
+        let window = self.shared().config.stream_window;
+        let (opened_tx, opened_rx) = oneshot::channel();
+        let (stream, epoch) = {
+            let mut st = self.shared().state.lock();
+            let epoch = st.epoch;
+            let (stream, entry) = BiStream::new_parts(
+                self.clone(),
+                id,
+                subject.to_owned(),
+                headers.clone(),
+                0,
+                window,
+                epoch,
+                Some(opened_tx),
+            );
+            st.streams.insert(id, entry);
+            (stream, epoch)
+        };
+        let frame = Kind::StreamOpen(pb::StreamOpen {
+            stream_id: id,
+            subject: subject.to_owned(),
+            headers: headers.into_inner(),
+            credits: window,
+            sid: 0,
+        });
+        self.enqueue(Outbound::in_epoch(frame, epoch)).await?;
+        let t = self.request_timeout();
+        match tokio::time::timeout(t, opened_rx).await {
+            Ok(Ok(Ok(()))) => Ok(stream),
+            Ok(Ok(Err(f))) => Err(f.into_error(subject, t)),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout {
+                subject: subject.to_owned(),
+                after: t,
+            }),
+        }
+    }
+
+    /// Accepts streams opened on `subject` (optionally balanced within a queue group).
+    pub async fn listen_streams(
+        &self,
+        subject: &str,
+        queue_group: Option<&str>,
+    ) -> Result<StreamListener> {
+        let group = queue_group.unwrap_or("");
+        if queue_group.is_some() {
+            validate_queue_group(group)?;
+        }
+        let (tx, rx) = mpsc::channel(self.shared().config.listener_backlog);
+        let (sid, _) = self.add_sub(subject, group, SubKind::Streams(tx)).await?;
+        Ok(StreamListener::new(
+            self.clone(),
+            sid,
+            subject.to_owned(),
+            rx,
+        ))
+    }
+
+    /// Waits until everything queued before this call has been handed to the transport and
+    /// processed by the gateway (a Ping/Pong round trip behind it). While disconnected it
+    /// waits for the reconnect; it has no timeout of its own.
+    pub async fn flush(&self) -> Result<()> {
+        let nonce = self.shared().next_id();
+        let (tx, rx) = oneshot::channel();
+        let ((), epoch) = self.register(|st| {
+            st.pings.insert(nonce, tx);
+        });
+        if let Err(e) = self
+            .enqueue(Outbound::in_epoch(Kind::Ping(pb::Ping { nonce }), epoch))
+            .await
+        {
+            self.shared().state.lock().pings.remove(&nonce);
+            return Err(e);
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(f)) => Err(f.into_error("", Duration::ZERO)),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
+    /// True while a session with the gateway is established.
+    pub fn is_connected(&self) -> bool {
+        self.shared().connected.load(Ordering::Acquire)
+    }
+
+    /// The gateway's Welcome of the current (or last) session.
+    pub fn server_info(&self) -> Option<ServerInfo> {
+        self.shared()
+            .state
+            .lock()
+            .welcome
+            .as_ref()
+            .map(|w| ServerInfo {
+                session_id: w.session_id.clone(),
+                gateway_id: w.gateway_id.clone(),
+                region: w.region.clone(),
+                max_payload: w.max_payload,
+                max_subscriptions: w.max_subscriptions,
+                protocol: w.protocol,
+            })
+    }
+
+    /// Flushes (bounded by the request timeout), then ends the session. Pending operations
+    /// fail with [`Error::Closed`], subscriptions end, later calls return `Error::Closed`.
+    pub async fn close(&self) {
+        if self.is_connected() && !self.shared().closed.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(self.request_timeout(), self.flush()).await;
+        }
+        self.shared().closed.store(true, Ordering::Release);
+        self.shared().shutdown.send_replace(true);
+        let task = self.inner.task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Builds the Reply (or Nack) frame answering `request`.
+pub(crate) fn reply_frame(
+    traceparent: Option<&str>,
+    reply_to: String,
+    result: std::result::Result<Bytes, ServiceError>,
+) -> Kind {
+    match result {
+        Ok(payload) => {
+            let headers = match traceparent {
+                Some(tp) => vec![pb::Header {
+                    key: TRACEPARENT.to_owned(),
+                    value: tp.to_owned(),
+                }],
+                None => Vec::new(),
+            };
+            Kind::Reply(pb::Reply {
+                req_id: 0,
+                reply_to,
+                headers,
+                payload,
+                error: None,
+            })
+        }
+        Err(e) => Kind::Nack(pb::Nack {
+            ack_id: 0,
+            reply_to,
+            error: Some(pb::Error {
+                code: pb::ErrorCode::ServiceError as i32,
+                message: e.message,
+                ref_id: 0,
+            }),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(normalize_addr("127.0.0.1:7422"), "http://127.0.0.1:7422");
+        assert_eq!(normalize_addr("http://h:1"), "http://h:1");
+        assert_eq!(normalize_addr("https://h:1"), "https://h:1");
+    }
+
+    #[test]
+    fn millis_saturate() {
+        assert_eq!(duration_ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(duration_ms(Duration::from_secs(u64::MAX)), u32::MAX);
+    }
+
+    #[tokio::test]
+    async fn connect_refused_fails_fast() {
+        // Nothing listens on port 1.
+        let r = Client::builder("127.0.0.1:1")
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await;
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,730 @@
+//! The connection task: session establishment (Hello/Welcome), the writer (batching), the
+//! reader (routing inbound frames), and reconnection with exponential backoff.
+//!
+//! One task per [`Client`](crate::Client) owns the outbound queue receivers. Each session runs
+//! a reader and a writer concurrently inside that task. Shared state (subscriptions, pending
+//! acks, requests, pings and streams) lives in [`Shared`] behind a `parking_lot` mutex that is
+//! never held across an `.await`.
+//!
+//! **Backpressure.** Deliveries go into a bounded per-subscription channel. When it is full the
+//! reader *awaits*, so it stops reading from the gRPC stream; HTTP/2 flow control then pushes
+//! back on the gateway, which applies its slow-consumer policy. Outbound, `publish()` awaits a
+//! slot in the bounded outbound queue, and the writer feeds the gRPC request stream through a
+//! 2-slot channel, so HTTP/2 backpressure reaches publishers. A consequence: a subscription
+//! handler that publishes while the application stops draining a *full* subscription can stall
+//! both directions; drain subscriptions from their own tasks.
+//!
+//! **Epochs.** Every session has an epoch number. Frames that only make sense within one
+//! session (requests, acked publishes, subscribes, stream frames, pings) are tagged with the
+//! epoch in which their caller registered; when a session ends all such callers fail with
+//! [`Error::Disconnected`](crate::Error::Disconnected), the epoch advances, and the writer
+//! drops stale frames still queued. Plain publishes are untagged and survive reconnects.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use nexus_proto::v1 as pb;
+use nexus_proto::v1::frame::Kind;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tracing::{debug, info, warn};
+
+use crate::batch::{BatchLimits, Coalescer, Outbound};
+use crate::client::{Client, ClientInner};
+use crate::credit::SendCredit;
+use crate::error::{Error, Fail, Result};
+use crate::headers::Headers;
+use crate::message::Message;
+use crate::stream::{BiStream, StreamEvent};
+
+/// Protocol version spoken by this adapter.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+/// Largest inbound batch accepted from the gateway.
+const MAX_DECODING_BYTES: usize = 64 << 20;
+/// Bound on the set of sids for which an `Unsub` was already sent.
+const MAX_HEALED: usize = 16 * 1024;
+
+/// Settings fixed at connect time.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) name: String,
+    pub(crate) api_key: String,
+    pub(crate) request_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) limits: BatchLimits,
+    pub(crate) subscription_capacity: usize,
+    pub(crate) stream_window: u32,
+    pub(crate) listener_backlog: usize,
+    pub(crate) max_concurrent_handlers: usize,
+}
+
+/// Where deliveries for a subscription go.
+pub(crate) enum SubKind {
+    Messages(mpsc::Sender<Message>),
+    Streams(mpsc::Sender<BiStream>),
+}
+
+pub(crate) struct SubEntry {
+    pub(crate) subject: String,
+    pub(crate) queue_group: String,
+    pub(crate) kind: SubKind,
+    /// Acked by the gateway at least once: re-sent after a reconnect.
+    pub(crate) confirmed: bool,
+    /// SLOW_CONSUMER notices received for this subscription.
+    pub(crate) dropped: Arc<AtomicU64>,
+}
+
+pub(crate) struct AckWaiter {
+    pub(crate) tx: oneshot::Sender<std::result::Result<u32, Fail>>,
+    /// Set when the ack confirms a subscription.
+    pub(crate) sid: Option<u64>,
+}
+
+pub(crate) struct StreamEntry {
+    pub(crate) events: mpsc::UnboundedSender<StreamEvent>,
+    pub(crate) credit: Arc<SendCredit>,
+    /// Opener side: resolved by the first Credit, StreamData or StreamClose.
+    pub(crate) opened: Option<oneshot::Sender<std::result::Result<(), Fail>>>,
+    pub(crate) local_finished: bool,
+    pub(crate) remote_finished: bool,
+}
+
+impl StreamEntry {
+    fn resolve_opened(&mut self, r: std::result::Result<(), Fail>) {
+        if let Some(tx) = self.opened.take() {
+            let _ = tx.send(r);
+        }
+    }
+
+    fn fail(mut self, why: Fail) {
+        self.credit.close(why.clone());
+        self.resolve_opened(Err(why.clone()));
+        let _ = self.events.send(StreamEvent::Closed(Some(why)));
+    }
+}
+
+/// State shared by the API handles and the connection task.
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) epoch: u64,
+    pub(crate) subs: HashMap<u64, SubEntry>,
+    pub(crate) acks: HashMap<u64, AckWaiter>,
+    pub(crate) requests: HashMap<u64, oneshot::Sender<std::result::Result<pb::Reply, Fail>>>,
+    pub(crate) pings: HashMap<u64, oneshot::Sender<std::result::Result<(), Fail>>>,
+    pub(crate) streams: HashMap<u64, StreamEntry>,
+    /// Sids for which an Unsub was sent in this epoch (avoids repeating it for late Msgs).
+    healed: HashSet<u64>,
+    pub(crate) welcome: Option<pb::Welcome>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) out_tx: mpsc::Sender<Outbound>,
+    /// Unbounded, prioritised queue for small control frames produced where we must not
+    /// await (Pong, Credit, Unsub, aborts from `Drop`).
+    pub(crate) ctl_tx: mpsc::UnboundedSender<Outbound>,
+    pub(crate) state: Mutex<State>,
+    /// Mirror of `State::epoch` for the writer's lock-free staleness check.
+    epoch: AtomicU64,
+    /// One counter for sids, ack ids, request ids, stream ids and ping nonces, so a gateway
+    /// `Error.ref_id` is unambiguous.
+    next_id: AtomicU64,
+    pub(crate) connected: AtomicBool,
+    pub(crate) closed: AtomicBool,
+    pub(crate) max_payload: AtomicU64,
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// The client handle, to give accepted streams a `Client` without a reference cycle.
+    pub(crate) handle: Weak<ClientInner>,
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: Config,
+        endpoint: Endpoint,
+        out_tx: mpsc::Sender<Outbound>,
+        ctl_tx: mpsc::UnboundedSender<Outbound>,
+        shutdown: watch::Sender<bool>,
+        handle: Weak<ClientInner>,
+    ) -> Self {
+        Shared {
+            config,
+            endpoint,
+            out_tx,
+            ctl_tx,
+            state: Mutex::new(State {
+                epoch: 1,
+                ..State::default()
+            }),
+            epoch: AtomicU64::new(1),
+            next_id: AtomicU64::new(1),
+            connected: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            max_payload: AtomicU64::new(0),
+            shutdown,
+            handle,
+        }
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues a control frame (never blocks).
+    pub(crate) fn send_ctl(&self, o: Outbound) {
+        let _ = self.ctl_tx.send(o);
+    }
+
+    /// Forgets a subscription and tells the gateway (if this session knows it).
+    pub(crate) fn remove_sub(&self, sid: u64) {
+        let mut st = self.state.lock();
+        let entry = st.subs.remove(&sid);
+        let epoch = st.epoch;
+        if st.healed.len() >= MAX_HEALED {
+            st.healed.clear();
+        }
+        st.healed.insert(sid);
+        drop(st);
+        let was_sent = entry.as_ref().is_some_and(|e| e.confirmed);
+        drop(entry);
+        // While disconnected the next session simply won't resubscribe it.
+        if was_sent && self.connected.load(Ordering::Acquire) {
+            self.send_ctl(Outbound::in_epoch(Kind::Unsub(pb::Unsub { sid }), epoch));
+        }
+    }
+
+    /// Fails everything in flight with `why` and starts a new epoch.
+    fn sweep(&self, why: Fail, drop_subs: bool) {
+        let mut st = self.state.lock();
+        st.epoch += 1;
+        self.epoch.store(st.epoch, Ordering::Release);
+        st.healed.clear();
+        for (_, w) in st.acks.drain() {
+            let _ = w.tx.send(Err(why.clone()));
+        }
+        for (_, tx) in st.requests.drain() {
+            let _ = tx.send(Err(why.clone()));
+        }
+        for (_, tx) in st.pings.drain() {
+            let _ = tx.send(Err(why.clone()));
+        }
+        let streams: Vec<StreamEntry> = st.streams.drain().map(|(_, e)| e).collect();
+        let subs = if drop_subs {
+            std::mem::take(&mut st.subs)
+        } else {
+            HashMap::new()
+        };
+        drop(st);
+        for e in streams {
+            e.fail(why.clone());
+        }
+        drop(subs);
+    }
+
+    fn client(&self) -> Option<Client> {
+        self.handle.upgrade().map(|inner| Client { inner })
+    }
+}
+
+/// Exponential backoff with jitter: each delay is uniformly drawn from `[d/2, d]`, with `d`
+/// doubling from `min` up to `max`.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    cur: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        let min = min.max(Duration::from_millis(1));
+        let max = max.max(min);
+        Backoff { min, max, cur: min }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.cur = self.min;
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let d = self.cur;
+        self.cur = (self.cur * 2).min(self.max);
+        let half = d / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+}
+
+struct Session {
+    req_tx: mpsc::Sender<pb::Batch>,
+    inbound: tonic::Streaming<pb::Batch>,
+    leftover: Vec<pb::Frame>,
+}
+
+enum SessionEnd {
+    Shutdown,
+    Failed(String),
+}
+
+/// Runs the connection until shutdown. `first` receives the outcome of the first attempt;
+/// if it fails the task ends (the caller's `connect()` returns the error).
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut out_rx: mpsc::Receiver<Outbound>,
+    mut ctl_rx: mpsc::UnboundedReceiver<Outbound>,
+    mut shutdown: watch::Receiver<bool>,
+    first: oneshot::Sender<Result<()>>,
+) {
+    let mut first = Some(first);
+    let mut backoff = Backoff::new(shared.config.backoff_min, shared.config.backoff_max);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let attempt = tokio::select! {
+            r = establish(&shared) => r,
+            _ = shutdown.wait_for(|v| *v) => break,
+        };
+        match attempt {
+            Ok(session) => {
+                backoff.reset();
+                shared.connected.store(true, Ordering::Release);
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Ok(()));
+                } else {
+                    info!("nexus: reconnected");
+                }
+                let end =
+                    run_session(&shared, session, &mut out_rx, &mut ctl_rx, &mut shutdown).await;
+                shared.connected.store(false, Ordering::Release);
+                match end {
+                    SessionEnd::Shutdown => break,
+                    SessionEnd::Failed(why) => {
+                        warn!(reason = %why, "nexus: session lost, reconnecting");
+                        shared.sweep(Fail::Disconnected, false);
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+                warn!(error = %e, "nexus: reconnect attempt failed");
+            }
+        }
+        let delay = backoff.next_delay();
+        debug!(?delay, "nexus: backing off");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|v| *v) => break,
+        }
+    }
+    shared.closed.store(true, Ordering::Release);
+    shared.connected.store(false, Ordering::Release);
+    shared.sweep(Fail::Closed, true);
+}
+
+/// Connects, sends Hello, waits for Welcome and re-sends confirmed subscriptions.
+async fn establish(shared: &Shared) -> Result<Session> {
+    let cfg = &shared.config;
+    let channel = shared.endpoint.connect().await?;
+    let mut grpc = pb::gateway_client::GatewayClient::new(channel)
+        .max_decoding_message_size(MAX_DECODING_BYTES);
+    let (req_tx, req_rx) = mpsc::channel::<pb::Batch>(2);
+    let hello = pb::Frame {
+        kind: Some(Kind::Hello(pb::Hello {
+            api_key: cfg.api_key.clone(),
+            client_name: cfg.name.clone(),
+            language: "rust".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            protocol: PROTOCOL_VERSION,
+        })),
+    };
+    req_tx
+        .try_send(pb::Batch {
+            frames: vec![hello],
+        })
+        .map_err(|_| Error::Protocol("request channel full".into()))?;
+    let handshake = async {
+        let resp = grpc.session(ReceiverStream::new(req_rx)).await?;
+        let mut inbound = resp.into_inner();
+        let batch = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Error::Protocol("gateway ended the session before Welcome".into()))?;
+        Ok::<_, Error>((inbound, batch))
+    };
+    let (inbound, batch) = tokio::time::timeout(cfg.connect_timeout, handshake)
+        .await
+        .map_err(|_| Error::Timeout {
+            subject: "<handshake>".into(),
+            after: cfg.connect_timeout,
+        })??;
+    let mut frames = batch.frames.into_iter();
+    let welcome = match frames.next().and_then(|f| f.kind) {
+        Some(Kind::Welcome(w)) => w,
+        Some(Kind::Error(e)) => return Err(Error::from_gateway(e, "", cfg.connect_timeout)),
+        other => {
+            return Err(Error::Protocol(format!(
+                "expected Welcome as the first frame, got {other:?}"
+            )));
+        }
+    };
+    if welcome.protocol != 0 && welcome.protocol != PROTOCOL_VERSION {
+        warn!(
+            protocol = welcome.protocol,
+            "nexus: gateway speaks another protocol version"
+        );
+    }
+    debug!(session = %welcome.session_id, gateway = %welcome.gateway_id, region = %welcome.region, "nexus: welcome");
+    shared
+        .max_payload
+        .store(welcome.max_payload, Ordering::Relaxed);
+    let resubs: Vec<pb::Frame> = {
+        let mut st = shared.state.lock();
+        st.welcome = Some(welcome);
+        st.subs
+            .iter()
+            .filter(|(_, s)| s.confirmed)
+            .map(|(&sid, s)| pb::Frame {
+                kind: Some(Kind::Sub(pb::Sub {
+                    sid,
+                    subject: s.subject.clone(),
+                    queue_group: s.queue_group.clone(),
+                    ack_id: 0,
+                })),
+            })
+            .collect()
+    };
+    if !resubs.is_empty() {
+        debug!(count = resubs.len(), "nexus: resubscribing");
+    }
+    let chunk = cfg.limits.max_frames.max(1);
+    let mut resubs = resubs.into_iter().peekable();
+    while resubs.peek().is_some() {
+        let frames: Vec<_> = resubs.by_ref().take(chunk).collect();
+        req_tx
+            .send(pb::Batch { frames })
+            .await
+            .map_err(|_| Error::Disconnected)?;
+    }
+    Ok(Session {
+        req_tx,
+        inbound,
+        leftover: frames.collect(),
+    })
+}
+
+async fn run_session(
+    shared: &Arc<Shared>,
+    session: Session,
+    out_rx: &mut mpsc::Receiver<Outbound>,
+    ctl_rx: &mut mpsc::UnboundedReceiver<Outbound>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let Session {
+        req_tx,
+        mut inbound,
+        leftover,
+    } = session;
+    let reader = async {
+        for f in leftover {
+            handle_frame(shared, f).await;
+        }
+        loop {
+            match inbound.message().await {
+                Ok(Some(batch)) => {
+                    for f in batch.frames {
+                        handle_frame(shared, f).await;
+                    }
+                }
+                Ok(None) => return SessionEnd::Failed("gateway ended the session".into()),
+                Err(s) => return SessionEnd::Failed(s.to_string()),
+            }
+        }
+    };
+    let writer = write_loop(shared, out_rx, ctl_rx, req_tx);
+    tokio::select! {
+        e = reader => e,
+        e = writer => e,
+        _ = shutdown.wait_for(|v| *v) => SessionEnd::Shutdown,
+    }
+}
+
+/// Drains the outbound queues into batches (see [`crate::batch`]).
+async fn write_loop(
+    shared: &Shared,
+    out_rx: &mut mpsc::Receiver<Outbound>,
+    ctl_rx: &mut mpsc::UnboundedReceiver<Outbound>,
+    req_tx: mpsc::Sender<pb::Batch>,
+) -> SessionEnd {
+    let mut co = Coalescer::new(shared.config.limits);
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(o) = ctl_rx.recv() => o,
+            o = out_rx.recv() => match o {
+                Some(o) => o,
+                None => return SessionEnd::Shutdown,
+            },
+        };
+        let epoch = shared.epoch.load(Ordering::Acquire);
+        let keep = |o: Outbound| (o.epoch == 0 || o.epoch == epoch).then_some(o.frame);
+        if let Some(f) = keep(first) {
+            co.push(f);
+        }
+        co.fill(|| {
+            loop {
+                let o = match ctl_rx.try_recv() {
+                    Ok(o) => o,
+                    Err(_) => out_rx.try_recv().ok()?,
+                };
+                if let Some(f) = keep(o) {
+                    return Some(f);
+                }
+            }
+        });
+        if co.is_empty() {
+            continue;
+        }
+        if req_tx.send(co.take()).await.is_err() {
+            return SessionEnd::Failed("request stream closed".into());
+        }
+    }
+}
+
+/// Routes one inbound frame.
+async fn handle_frame(shared: &Arc<Shared>, frame: pb::Frame) {
+    match frame.kind {
+        Some(Kind::Msg(m)) => deliver(shared, m).await,
+        Some(Kind::Reply(r)) => {
+            let tx = shared.state.lock().requests.remove(&r.req_id);
+            match tx {
+                Some(tx) => {
+                    let _ = tx.send(Ok(r));
+                }
+                None => debug!(req_id = r.req_id, "nexus: reply for unknown request"),
+            }
+        }
+        Some(Kind::Ack(a)) => {
+            let mut st = shared.state.lock();
+            if let Some(w) = st.acks.remove(&a.ack_id) {
+                if let Some(sub) = w.sid.and_then(|sid| st.subs.get_mut(&sid)) {
+                    sub.confirmed = true;
+                }
+                let _ = w.tx.send(Ok(a.delivered));
+            }
+        }
+        Some(Kind::Nack(n)) => {
+            let w = shared.state.lock().acks.remove(&n.ack_id);
+            if let Some(w) = w {
+                let _ = w.tx.send(Err(Fail::from_pb(n.error)));
+            }
+        }
+        Some(Kind::Credit(c)) => {
+            let mut st = shared.state.lock();
+            if let Some(e) = st.streams.get_mut(&c.stream_id) {
+                e.resolve_opened(Ok(()));
+                e.credit.grant(c.credits);
+            }
+        }
+        Some(Kind::Error(e)) => on_error(shared, e),
+        Some(Kind::Ping(p)) => {
+            shared.send_ctl(Outbound::any(Kind::Pong(pb::Pong { nonce: p.nonce })))
+        }
+        Some(Kind::Pong(p)) => {
+            let tx = shared.state.lock().pings.remove(&p.nonce);
+            if let Some(tx) = tx {
+                let _ = tx.send(Ok(()));
+            }
+        }
+        Some(Kind::StreamOpen(o)) => accept_stream(shared, o),
+        Some(Kind::StreamData(d)) => {
+            let mut st = shared.state.lock();
+            if let Some(e) = st.streams.get_mut(&d.stream_id) {
+                e.resolve_opened(Ok(()));
+                let msg = Message::from_parts(String::new(), d.headers, d.payload);
+                let _ = e.events.send(StreamEvent::Data(msg));
+            }
+        }
+        Some(Kind::StreamClose(c)) => {
+            let mut st = shared.state.lock();
+            match c.error {
+                Some(err) => {
+                    let entry = st.streams.remove(&c.stream_id);
+                    drop(st);
+                    if let Some(entry) = entry {
+                        entry.fail(Fail::from_pb(Some(err)));
+                    }
+                }
+                None => {
+                    if let Some(e) = st.streams.get_mut(&c.stream_id) {
+                        e.resolve_opened(Ok(()));
+                        e.remote_finished = true;
+                        let _ = e.events.send(StreamEvent::Closed(None));
+                        if e.local_finished {
+                            st.streams.remove(&c.stream_id);
+                        }
+                    }
+                }
+            }
+        }
+        Some(Kind::Welcome(_)) => debug!("nexus: ignoring repeated Welcome"),
+        Some(other) => debug!(frame = ?other, "nexus: ignoring unexpected frame"),
+        None => {}
+    }
+}
+
+async fn deliver(shared: &Shared, m: pb::Msg) {
+    let sid = m.sid;
+    let (tx, msg) = {
+        let mut st = shared.state.lock();
+        match st.subs.get(&sid) {
+            Some(SubEntry {
+                kind: SubKind::Messages(tx),
+                ..
+            }) => match tx.try_send(Message::from_msg(m)) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(msg)) => (tx.clone(), msg),
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            },
+            Some(_) => {
+                debug!(sid, "nexus: message for a stream listener ignored");
+                return;
+            }
+            None => {
+                // Not ours (e.g. unsubscribed while its Sub was in flight): stop it once.
+                if st.healed.len() >= MAX_HEALED {
+                    st.healed.clear();
+                }
+                if st.healed.insert(sid) {
+                    let epoch = st.epoch;
+                    drop(st);
+                    shared.send_ctl(Outbound::in_epoch(Kind::Unsub(pb::Unsub { sid }), epoch));
+                }
+                return;
+            }
+        }
+    };
+    // The subscription's buffer is full: wait, which backpressures the gateway.
+    let _ = tx.send(msg).await;
+}
+
+fn on_error(shared: &Shared, e: pb::Error) {
+    let code = pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Unspecified);
+    warn!(code = code.as_str_name(), message = %e.message, ref_id = e.ref_id, "nexus: gateway error");
+    if e.ref_id == 0 {
+        return;
+    }
+    let mut st = shared.state.lock();
+    if code == pb::ErrorCode::SlowConsumer {
+        if let Some(sub) = st.subs.get(&e.ref_id) {
+            sub.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
+    // Ids come from one counter, so ref_id names at most one pending operation.
+    if let Some(tx) = st.requests.remove(&e.ref_id) {
+        let _ = tx.send(Err(Fail::from_pb(Some(e))));
+    } else if let Some(w) = st.acks.remove(&e.ref_id) {
+        let _ = w.tx.send(Err(Fail::from_pb(Some(e))));
+    } else if let Some(entry) = st.streams.remove(&e.ref_id) {
+        drop(st);
+        entry.fail(Fail::from_pb(Some(e)));
+    }
+}
+
+fn reject_stream(shared: &Shared, stream_id: u64, code: pb::ErrorCode, message: &str) {
+    shared.send_ctl(Outbound::any(Kind::StreamClose(pb::StreamClose {
+        stream_id,
+        error: Some(pb::Error {
+            code: code as i32,
+            message: message.to_owned(),
+            ref_id: stream_id,
+        }),
+    })));
+}
+
+/// A StreamOpen for one of our stream listeners.
+fn accept_stream(shared: &Shared, o: pb::StreamOpen) {
+    let listener = {
+        let st = shared.state.lock();
+        match st.subs.get(&o.sid) {
+            Some(SubEntry {
+                kind: SubKind::Streams(tx),
+                ..
+            }) => Some((tx.clone(), st.epoch)),
+            _ => None,
+        }
+    };
+    let Some((listener, epoch)) = listener else {
+        reject_stream(
+            shared,
+            o.stream_id,
+            pb::ErrorCode::ServiceError,
+            "subscription does not accept streams",
+        );
+        return;
+    };
+    let Some(client) = shared.client() else {
+        reject_stream(
+            shared,
+            o.stream_id,
+            pb::ErrorCode::Unavailable,
+            "client closing",
+        );
+        return;
+    };
+    let window = shared.config.stream_window;
+    let (stream, entry) = BiStream::new_parts(
+        client,
+        o.stream_id,
+        o.subject,
+        Headers(o.headers),
+        o.credits,
+        window,
+        epoch,
+        None,
+    );
+    shared.state.lock().streams.insert(o.stream_id, entry);
+    shared.send_ctl(Outbound::in_epoch(
+        Kind::Credit(pb::Credit {
+            stream_id: o.stream_id,
+            credits: window,
+        }),
+        epoch,
+    ));
+    if let Err(e) = listener.try_send(stream) {
+        warn!(
+            stream_id = o.stream_id,
+            "nexus: stream listener backlog full or closed, refusing stream"
+        );
+        // Dropping the stream aborts it (outside the state lock).
+        drop(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut nominal = Duration::from_millis(100);
+        for _ in 0..12 {
+            let d = b.next_delay();
+            assert!(d >= nominal / 2 && d <= nominal, "{d:?} vs {nominal:?}");
+            nominal = (nominal * 2).min(Duration::from_secs(5));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

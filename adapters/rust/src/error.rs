@@ -1,0 +1,238 @@
+//! Error type of the adapter and the mapping from gateway error codes.
+
+use std::time::Duration;
+
+use nexus_proto::v1 as pb;
+
+/// Result alias used throughout the crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong talking to a Nexus gateway.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The subject (or subscription pattern) is malformed or reserved. Checked locally before
+    /// anything is sent; the gateway applies the same rules (and is authoritative).
+    #[error("invalid subject {subject:?}: {reason}")]
+    InvalidSubject {
+        /// The offending subject.
+        subject: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// No subscription matched a request or stream open.
+    #[error("no responders for {subject:?}")]
+    NoResponders {
+        /// The request subject.
+        subject: String,
+    },
+    /// A request (or stream open) got no answer in time.
+    #[error("request to {subject:?} timed out after {after:?}")]
+    Timeout {
+        /// The request subject.
+        subject: String,
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// The responder refused the request (`ServiceError`) or vanished before answering.
+    #[error("service error: {message}")]
+    Service {
+        /// The responder's (or gateway's) message.
+        message: String,
+    },
+    /// A configured limit was hit (payload size, subscriptions, credit...).
+    #[error("limit exceeded: {message}")]
+    Limit {
+        /// Which limit, as reported by the gateway.
+        message: String,
+    },
+    /// The gateway considered a frame or field malformed.
+    #[error("invalid: {message}")]
+    Invalid {
+        /// The gateway's explanation.
+        message: String,
+    },
+    /// Authentication or authorization failure.
+    #[error("denied: {message}")]
+    Denied {
+        /// The gateway's explanation.
+        message: String,
+    },
+    /// The gateway is shutting down.
+    #[error("gateway unavailable: {message}")]
+    Unavailable {
+        /// The gateway's explanation.
+        message: String,
+    },
+    /// Any other error code the gateway sent.
+    #[error("gateway error {code}: {message}")]
+    Gateway {
+        /// Raw `nexus.v1.ErrorCode` value.
+        code: i32,
+        /// The gateway's explanation.
+        message: String,
+    },
+    /// The gateway did not follow the protocol (e.g. no Welcome after Hello).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The session to the gateway broke while the operation was in flight. The client
+    /// reconnects on its own; the operation may be retried.
+    #[error("disconnected from the gateway")]
+    Disconnected,
+    /// The client (or this handle, e.g. a finished stream) was closed.
+    #[error("client closed")]
+    Closed,
+    /// A gRPC status from the transport.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::Status),
+    /// Connecting to the gateway failed.
+    #[error("connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+}
+
+impl Error {
+    /// Maps a gateway `Error` frame to an [`Error`]. `subject` and `after` give context for
+    /// `NO_RESPONDERS` and `TIMEOUT`.
+    pub(crate) fn from_gateway(e: pb::Error, subject: &str, after: Duration) -> Error {
+        from_code(e.code, e.message, subject, after)
+    }
+
+    /// True for errors after which retrying the same operation may succeed
+    /// (`Disconnected`, `Timeout`, `NoResponders`, `Unavailable`, transport errors).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Disconnected
+                | Error::Timeout { .. }
+                | Error::NoResponders { .. }
+                | Error::Unavailable { .. }
+                | Error::Transport(_)
+                | Error::Connect(_)
+        )
+    }
+}
+
+pub(crate) fn from_code(code: i32, message: String, subject: &str, after: Duration) -> Error {
+    use pb::ErrorCode as C;
+    match C::try_from(code) {
+        Ok(C::Invalid) => Error::Invalid { message },
+        Ok(C::Limit) => Error::Limit { message },
+        Ok(C::NoResponders) => Error::NoResponders {
+            subject: subject.to_owned(),
+        },
+        Ok(C::Timeout) => Error::Timeout {
+            subject: subject.to_owned(),
+            after,
+        },
+        Ok(C::ServiceError) => Error::Service { message },
+        Ok(C::Denied) => Error::Denied { message },
+        Ok(C::Unavailable) => Error::Unavailable { message },
+        _ => Error::Gateway { code, message },
+    }
+}
+
+/// Why an in-flight operation failed, recorded by the connection task and turned into an
+/// [`Error`] by the waiting caller (which knows the subject and timeout).
+#[derive(Debug, Clone)]
+pub(crate) enum Fail {
+    Gateway { code: i32, message: String },
+    Disconnected,
+    Closed,
+}
+
+impl Fail {
+    pub(crate) fn from_pb(e: Option<pb::Error>) -> Fail {
+        match e {
+            Some(e) => Fail::Gateway {
+                code: e.code,
+                message: e.message,
+            },
+            None => Fail::Gateway {
+                code: pb::ErrorCode::Unspecified as i32,
+                message: "unspecified error".into(),
+            },
+        }
+    }
+
+    pub(crate) fn into_error(self, subject: &str, after: Duration) -> Error {
+        match self {
+            Fail::Gateway { code, message } => from_code(code, message, subject, after),
+            Fail::Disconnected => Error::Disconnected,
+            Fail::Closed => Error::Closed,
+        }
+    }
+}
+
+/// The error a [`serve`](crate::Client::serve) handler returns to refuse a request. The
+/// requester receives [`Error::Service`] carrying `message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceError {
+    /// Sent to the requester.
+    pub message: String,
+}
+
+impl ServiceError {
+    /// A service error with the given message.
+    pub fn new(message: impl Into<String>) -> Self {
+        ServiceError {
+            message: message.into(),
+        }
+    }
+
+    /// Wraps any displayable error.
+    pub fn from_error(e: impl std::fmt::Display) -> Self {
+        ServiceError {
+            message: e.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ServiceError {}
+
+impl From<&str> for ServiceError {
+    fn from(s: &str) -> Self {
+        ServiceError::new(s)
+    }
+}
+
+impl From<String> for ServiceError {
+    fn from(s: String) -> Self {
+        ServiceError::new(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_variants() {
+        let d = Duration::from_secs(1);
+        let e = |c: pb::ErrorCode| from_code(c as i32, "m".into(), "a.b", d);
+        assert!(
+            matches!(e(pb::ErrorCode::NoResponders), Error::NoResponders { subject } if subject == "a.b")
+        );
+        assert!(matches!(e(pb::ErrorCode::Timeout), Error::Timeout { after, .. } if after == d));
+        assert!(matches!(
+            e(pb::ErrorCode::ServiceError),
+            Error::Service { .. }
+        ));
+        assert!(matches!(e(pb::ErrorCode::Limit), Error::Limit { .. }));
+        assert!(matches!(e(pb::ErrorCode::Invalid), Error::Invalid { .. }));
+        assert!(matches!(e(pb::ErrorCode::Denied), Error::Denied { .. }));
+        assert!(matches!(
+            e(pb::ErrorCode::Unavailable),
+            Error::Unavailable { .. }
+        ));
+        assert!(matches!(
+            from_code(99, "x".into(), "s", d),
+            Error::Gateway { code: 99, .. }
+        ));
+    }
+}

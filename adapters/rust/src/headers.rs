@@ -1,0 +1,238 @@
+//! Message headers and W3C trace context (`traceparent`) generation.
+//!
+//! [`Headers`] is an ordered multi-map of string pairs stored directly in the wire
+//! representation, so sending and receiving headers needs no conversion. Key lookups are
+//! ASCII case-insensitive.
+
+use std::fmt::Write as _;
+
+use nexus_proto::v1 as pb;
+
+/// Header key of the W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Ordered message headers (keys may repeat).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub(crate) Vec<pb::Header>);
+
+impl Headers {
+    /// No headers (does not allocate).
+    pub const fn new() -> Self {
+        Headers(Vec::new())
+    }
+
+    /// Empty headers with room for `n` entries.
+    pub fn with_capacity(n: usize) -> Self {
+        Headers(Vec::with_capacity(n))
+    }
+
+    /// Sets `key` to `value`, replacing every existing value of `key`.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        let key = key.into();
+        self.0.retain(|h| !h.key.eq_ignore_ascii_case(&key));
+        self.0.push(pb::Header {
+            key,
+            value: value.into(),
+        });
+        self
+    }
+
+    /// Adds `key: value`, keeping existing values of `key`.
+    pub fn append(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.0.push(pb::Header {
+            key: key.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    /// Builder-style [`insert`](Self::insert).
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.insert(key, value);
+        self
+    }
+
+    /// The first value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case(key))
+            .map(|h| h.value.as_str())
+    }
+
+    /// Every value of `key`, in order.
+    pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |h| h.key.eq_ignore_ascii_case(key))
+            .map(|h| h.value.as_str())
+    }
+
+    /// True if `key` is present.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Removes every value of `key`; returns whether any was present.
+    pub fn remove(&mut self, key: &str) -> bool {
+        let before = self.0.len();
+        self.0.retain(|h| !h.key.eq_ignore_ascii_case(key));
+        before != self.0.len()
+    }
+
+    /// `(key, value)` pairs in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|h| (h.key.as_str(), h.value.as_str()))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True if there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The `traceparent` header, if any.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.get(TRACEPARENT)
+    }
+
+    /// Adds a freshly generated `traceparent` unless one is present. The key is normalised to
+    /// lowercase, as the gateway's presence check is case-sensitive.
+    pub(crate) fn ensure_traceparent(&mut self) {
+        let mut found = false;
+        for h in &mut self.0 {
+            if h.key.eq_ignore_ascii_case(TRACEPARENT) {
+                if h.key != TRACEPARENT {
+                    h.key = TRACEPARENT.to_owned();
+                }
+                found = true;
+            }
+        }
+        if !found {
+            self.0.push(pb::Header {
+                key: TRACEPARENT.to_owned(),
+                value: new_traceparent(),
+            });
+        }
+    }
+
+    pub(crate) fn into_inner(self) -> Vec<pb::Header> {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Headers(
+            iter.into_iter()
+                .map(|(k, v)| pb::Header {
+                    key: k.into(),
+                    value: v.into(),
+                })
+                .collect(),
+        )
+    }
+}
+
+impl From<Vec<pb::Header>> for Headers {
+    fn from(v: Vec<pb::Header>) -> Self {
+        Headers(v)
+    }
+}
+
+/// A new W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-01`) with random, non-zero
+/// ids.
+pub fn new_traceparent() -> String {
+    let mut trace: u128 = rand::random();
+    let mut span: u64 = rand::random();
+    // All-zero ids are invalid per the spec.
+    if trace == 0 {
+        trace = 1;
+    }
+    if span == 0 {
+        span = 1;
+    }
+    let mut s = String::with_capacity(55);
+    // Writing to a String cannot fail.
+    let _ = write!(s, "00-{trace:032x}-{span:016x}-01");
+    s
+}
+
+/// True if `v` is a syntactically valid version-00 `traceparent`.
+pub fn is_valid_traceparent(v: &str) -> bool {
+    let b = v.as_bytes();
+    if b.len() != 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return false;
+    }
+    let hex = |r: std::ops::Range<usize>| {
+        b[r].iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let nonzero = |r: std::ops::Range<usize>| b[r].iter().any(|&c| c != b'0');
+    &v[0..2] == "00"
+        && hex(3..35)
+        && hex(36..52)
+        && hex(53..55)
+        && nonzero(3..35)
+        && nonzero(36..52)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_format() {
+        for _ in 0..100 {
+            let t = new_traceparent();
+            assert_eq!(t.len(), 55, "{t}");
+            assert!(is_valid_traceparent(&t), "{t}");
+            assert!(t.starts_with("00-") && t.ends_with("-01"));
+        }
+        assert_ne!(new_traceparent(), new_traceparent());
+        assert!(!is_valid_traceparent(
+            "00-00000000000000000000000000000000-0000000000000001-01"
+        ));
+        assert!(!is_valid_traceparent(
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"
+        ));
+        assert!(is_valid_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        ));
+    }
+
+    #[test]
+    fn ensure_traceparent_keeps_existing() {
+        let mut h = Headers::new().with("TraceParent", "keep");
+        h.ensure_traceparent();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.iter().next(), Some(("traceparent", "keep")));
+        let mut h = Headers::new();
+        h.ensure_traceparent();
+        assert!(is_valid_traceparent(h.traceparent().unwrap()));
+    }
+
+    #[test]
+    fn header_ops() {
+        let mut h = Headers::new();
+        h.append("a", "1").append("A", "2").append("b", "3");
+        assert_eq!(h.get("a"), Some("1"));
+        assert_eq!(h.get_all("a").collect::<Vec<_>>(), ["1", "2"]);
+        h.insert("a", "x");
+        assert_eq!(h.iter().collect::<Vec<_>>(), [("b", "3"), ("a", "x")]);
+        assert!(h.remove("B"));
+        assert!(!h.contains_key("b"));
+        let h: Headers = [("k", "v")].into_iter().collect();
+        assert_eq!(format!("{h:?}"), r#"{"k": "v"}"#);
+    }
+}
