@@ -72,7 +72,26 @@ impl Gateway {
         g
     }
 
+    /// Starts a gateway with extra environment variables.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        Self::spawn_with(
+            None,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            env,
+        )
+    }
+
     fn spawn(config: Option<PathBuf>, grpc: SocketAddr, metrics: SocketAddr) -> Self {
+        Self::spawn_with(config, grpc, metrics, &[])
+    }
+
+    fn spawn_with(
+        config: Option<PathBuf>,
+        grpc: SocketAddr,
+        metrics: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nexus"));
         cmd.arg("gateway")
             .arg("--region")
@@ -88,6 +107,9 @@ impl Gateway {
             .stderr(Stdio::inherit());
         if let Some(c) = &config {
             cmd.arg("--config").arg(c);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn nexus gateway");
         let stdout = child.stdout.take().expect("stdout");
