@@ -294,7 +294,7 @@ async fn streams_carry_data_both_ways_with_backpressure() {
             let m = m.expect("stream data");
             total += m.payload.len() as u64;
             n += 1;
-            if n % 100 == 0 {
+            if n.is_multiple_of(100) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
