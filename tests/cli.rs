@@ -5,7 +5,6 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::{http_get, tempdir};
 
