@@ -458,9 +458,8 @@ impl Router {
         ))));
     }
 
-    /// Tells a subscriber that messages were dropped for it, at most once a second. The
-    /// notice bypasses the budget check only when there is room; otherwise the next one
-    /// will carry the news.
+    /// Tells a subscriber that messages were dropped for it, at most once a second, as a
+    /// control frame (so the notice itself is never dropped).
     fn notify_slow_consumer(&self, conn: &Arc<Connection>, sid: u64) {
         let now = self.elapsed_ms().max(1);
         let last = conn.last_slow_notice_ms.load(Ordering::Relaxed);

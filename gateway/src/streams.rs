@@ -8,8 +8,8 @@
 //!
 //! Stream frames are never dropped by the slow-consumer policy: data was asked for with
 //! credit, and credit and close frames are control frames. A receiver that stops reading
-//! makes the sender wait; past `slow_consumer.max_wait_ms` the receiver is cut off, and the
-//! sender learns it from a StreamClose with an error.
+//! makes the sender wait; past `slow_consumer.max_wait_ms` the receiver is cut off, the
+//! stream is aborted, and the sender gets an Error{SLOW_CONSUMER} naming the stream.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
