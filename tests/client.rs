@@ -214,8 +214,8 @@ async fn request_reply_timeouts_no_responders_and_service_errors() {
     for c in calls {
         c.await.unwrap();
     }
-    assert!(gw.metric("nexus_requests_total", &["Ok"]) >= 201.0);
-    assert!(gw.metric("nexus_requests_total", &["Timeout"]) >= 1.0);
+    assert!(gw.metric("nexus_requests_total", &["\"ok\""]) >= 201.0);
+    assert!(gw.metric("nexus_requests_total", &["\"timeout\""]) >= 1.0);
     assert!(gw.metric("nexus_request_duration_seconds_count", &[]) >= 203.0);
 }
 
@@ -322,7 +322,7 @@ async fn streams_carry_data_both_ways_with_backpressure() {
     assert_eq!(&summary.payload[..], b"2000 frames, 1024000 bytes");
     assert_eq!(acceptor.await.unwrap(), (2000, 1_024_000));
     assert_eq!(
-        gw.metric("nexus_limit_violations_total", &["StreamCredit"]),
+        gw.metric("nexus_limit_violations_total", &["\"stream_credit\""]),
         0.0,
         "the adapter never overran its credit"
     );

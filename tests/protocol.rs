@@ -176,7 +176,7 @@ async fn oversized_payloads_are_refused_naming_the_limit() {
     );
     s.send(vec![frame(Kind::Ping(v1::Ping { nonce: 5 }))]).await;
     assert!(matches!(s.next_frame().await, Some(Kind::Pong(_))));
-    assert!(gw.metric("nexus_limit_violations_total", &["MaxPayload"]) >= 2.0);
+    assert!(gw.metric("nexus_limit_violations_total", &["\"max_payload\""]) >= 2.0);
 }
 
 #[tokio::test]
@@ -287,7 +287,7 @@ async fn slow_consumer_drop_policy_bounds_memory_and_counts_drops() {
         5000,
         "the fast subscriber lost nothing"
     );
-    let dropped = gw.metric("nexus_slow_consumer_events_total", &["Dropped"]);
+    let dropped = gw.metric("nexus_slow_consumer_events_total", &["\"dropped\""]);
     assert!(dropped > 1000.0, "dropped {dropped}");
     let growth = gw.rss_kib().saturating_sub(rss_before);
     assert!(
@@ -319,7 +319,7 @@ async fn slow_consumer_disconnect_policy_closes_only_the_slow_session() {
     assert_eq!(acked, 3000);
     assert!(
         eventually(Duration::from_secs(5), || gw
-            .metric("nexus_slow_consumer_events_total", &["Disconnected"])
+            .metric("nexus_slow_consumer_events_total", &["\"disconnected\""])
             >= 1.0)
         .await
     );
@@ -360,10 +360,10 @@ async fn slow_consumer_backpressure_policy_slows_the_publisher_then_cuts_the_con
     .await
     .expect("the publisher is released once the consumer is cut off");
     assert_eq!(acked, 3000);
-    assert!(gw.metric("nexus_slow_consumer_events_total", &["Waited"]) >= 1.0);
-    assert!(gw.metric("nexus_slow_consumer_events_total", &["Disconnected"]) >= 1.0);
+    assert!(gw.metric("nexus_slow_consumer_events_total", &["\"waited\""]) >= 1.0);
+    assert!(gw.metric("nexus_slow_consumer_events_total", &["\"disconnected\""]) >= 1.0);
     assert_eq!(
-        gw.metric("nexus_slow_consumer_events_total", &["Dropped"]),
+        gw.metric("nexus_slow_consumer_events_total", &["\"dropped\""]),
         0.0
     );
 }

@@ -4,26 +4,46 @@
 //! gathered here so the set is documented in one place. Label values are static enums, so
 //! recording a sample never allocates.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Messaging pattern a message belongs to.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Pattern {
-    Pub,
-    Request,
-    Reply,
-    Stream,
+/// Defines a label-value enum whose exported values are snake_case, as Prometheus
+/// conventions expect (the derive would export the Rust variant names).
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $value:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $value),+
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    };
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Direction {
-    In,
-    Out,
+label_enum! {
+    /// Messaging pattern a message belongs to.
+    Pattern { Pub => "pub", Request => "request", Reply => "reply", Stream => "stream" }
+}
+
+label_enum! {
+    Direction { In => "in", Out => "out" }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,13 +52,8 @@ pub struct TrafficLabels {
     pub direction: Direction,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum RequestOutcome {
-    Ok,
-    NoResponders,
-    Timeout,
-    ServiceError,
-    Cancelled,
+label_enum! {
+    RequestOutcome { Ok => "ok", NoResponders => "no_responders", Timeout => "timeout", ServiceError => "service_error", Cancelled => "cancelled" }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,10 +61,8 @@ pub struct OutcomeLabels {
     pub outcome: RequestOutcome,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum EjectionReason {
-    ConsecutiveFailures,
-    Latency,
+label_enum! {
+    EjectionReason { ConsecutiveFailures => "consecutive_failures", Latency => "latency" }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,11 +70,8 @@ pub struct EjectionLabels {
     pub reason: EjectionReason,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum SlowConsumerAction {
-    Waited,
-    Dropped,
-    Disconnected,
+label_enum! {
+    SlowConsumerAction { Waited => "waited", Dropped => "dropped", Disconnected => "disconnected" }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -69,14 +79,8 @@ pub struct SlowConsumerLabels {
     pub action: SlowConsumerAction,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Limit {
-    MaxPayload,
-    MaxSubscriptions,
-    MaxConnections,
-    MaxPendingRequests,
-    MaxStreams,
-    StreamCredit,
+label_enum! {
+    Limit { MaxPayload => "max_payload", MaxSubscriptions => "max_subscriptions", MaxConnections => "max_connections", MaxPendingRequests => "max_pending_requests", MaxStreams => "max_streams", StreamCredit => "stream_credit" }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -20,7 +20,7 @@
 //! [`Error::Disconnected`](crate::Error::Disconnected), the epoch advances, and the writer
 //! drops stale frames still queued. Plain publishes are untagged and survive reconnects.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -45,8 +45,8 @@ use crate::stream::{BiStream, StreamEvent};
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
 /// Largest inbound batch accepted from the gateway.
 const MAX_DECODING_BYTES: usize = 64 << 20;
-/// Bound on the set of sids for which an `Unsub` was already sent.
-const MAX_HEALED: usize = 16 * 1024;
+/// How many sids [`Unsubscribed`] remembers per session (oldest forgotten first).
+const MAX_UNSUBSCRIBED: usize = 16 * 1024;
 
 /// Settings fixed at connect time.
 #[derive(Debug, Clone)]
@@ -81,9 +81,63 @@ pub(crate) struct SubEntry {
 }
 
 pub(crate) struct AckWaiter {
-    pub(crate) tx: oneshot::Sender<std::result::Result<u32, Fail>>,
+    /// `None` once the caller gave up waiting (a subscribe that timed out): if the gateway
+    /// acks the `Sub` after all, the subscription is removed again with an `Unsub`.
+    pub(crate) tx: Option<oneshot::Sender<std::result::Result<u32, Fail>>>,
     /// Set when the ack confirms a subscription.
     pub(crate) sid: Option<u64>,
+}
+
+impl AckWaiter {
+    pub(crate) fn new(
+        tx: oneshot::Sender<std::result::Result<u32, Fail>>,
+        sid: Option<u64>,
+    ) -> Self {
+        AckWaiter { tx: Some(tx), sid }
+    }
+
+    fn fail(self, why: Fail) {
+        if let Some(tx) = self.tx {
+            let _ = tx.send(Err(why));
+        }
+    }
+}
+
+/// Sids this client sent an `Unsub` for in the current session. `Msg` frames the gateway
+/// queued before it processed the `Unsub` may still arrive; they are dropped silently. A
+/// second `Unsub` for such a sid would be refused with `Error{INVALID}` (and counted as a
+/// protocol error by the gateway), so none is sent. Bounded: the oldest sids are forgotten
+/// first, long after their late deliveries can still be in flight.
+#[derive(Default)]
+pub(crate) struct Unsubscribed {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl Unsubscribed {
+    /// Records `sid`; returns false if it was already recorded.
+    pub(crate) fn insert(&mut self, sid: u64) -> bool {
+        if !self.set.insert(sid) {
+            return false;
+        }
+        self.order.push_back(sid);
+        if self.order.len() > MAX_UNSUBSCRIBED
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+
+    #[cfg(test)]
+    pub(crate) fn contains(&self, sid: u64) -> bool {
+        self.set.contains(&sid)
+    }
+
+    fn clear(&mut self) {
+        self.set.clear();
+        self.order.clear();
+    }
 }
 
 pub(crate) struct StreamEntry {
@@ -118,9 +172,23 @@ pub(crate) struct State {
     pub(crate) requests: HashMap<u64, oneshot::Sender<std::result::Result<pb::Reply, Fail>>>,
     pub(crate) pings: HashMap<u64, oneshot::Sender<std::result::Result<(), Fail>>>,
     pub(crate) streams: HashMap<u64, StreamEntry>,
-    /// Sids for which an Unsub was sent in this epoch (avoids repeating it for late Msgs).
-    healed: HashSet<u64>,
+    /// Sids for which an Unsub was sent in this epoch's session.
+    pub(crate) unsubscribed: Unsubscribed,
+    /// The gateway session of this epoch knows every confirmed subscription: set when
+    /// [`establish`] takes the snapshot of subscriptions to re-send, cleared when the session
+    /// ends. An `Unsub` is only sent while it is set (otherwise the next session simply does
+    /// not re-subscribe), so the gateway never sees an `Unsub` for a sid it does not know.
+    pub(crate) live: bool,
     pub(crate) welcome: Option<pb::Welcome>,
+}
+
+impl State {
+    /// Queues an `Unsub` for `sid` in this session unless one was already sent; returns the
+    /// frame to send (outside the lock).
+    fn unsub_once(&mut self, sid: u64) -> Option<Outbound> {
+        (self.live && self.unsubscribed.insert(sid))
+            .then(|| Outbound::in_epoch(Kind::Unsub(pb::Unsub { sid }), self.epoch))
+    }
 }
 
 pub(crate) struct Shared {
@@ -186,18 +254,34 @@ impl Shared {
     pub(crate) fn remove_sub(&self, sid: u64) {
         let mut st = self.state.lock();
         let entry = st.subs.remove(&sid);
-        let epoch = st.epoch;
-        if st.healed.len() >= MAX_HEALED {
-            st.healed.clear();
-        }
-        st.healed.insert(sid);
+        // Only a confirmed subscription is known to the gateway (an unconfirmed one is still
+        // waiting for its Ack, see `Client::add_sub`). While disconnected the next session
+        // simply won't re-subscribe it.
+        let unsub = if entry.as_ref().is_some_and(|e| e.confirmed) {
+            st.unsub_once(sid)
+        } else {
+            None
+        };
         drop(st);
-        let was_sent = entry.as_ref().is_some_and(|e| e.confirmed);
         drop(entry);
-        // While disconnected the next session simply won't resubscribe it.
-        if was_sent && self.connected.load(Ordering::Acquire) {
-            self.send_ctl(Outbound::in_epoch(Kind::Unsub(pb::Unsub { sid }), epoch));
+        if let Some(o) = unsub {
+            self.send_ctl(o);
         }
+    }
+
+    /// A `Msg` or `StreamOpen` arrived for a sid we do not (or no longer) know. If this client
+    /// already unsubscribed it in this session the frame was simply queued before the gateway
+    /// processed the `Unsub`; otherwise the gateway holds a subscription we do not know (a
+    /// subscribe we gave up on whose Ack was lost), which one `Unsub` removes.
+    fn unknown_sid(&self, st: &mut State, sid: u64) -> Option<Outbound> {
+        let o = st.unsub_once(sid);
+        if o.is_some() {
+            debug!(
+                sid,
+                "nexus: delivery for an unknown subscription, unsubscribing"
+            );
+        }
+        o
     }
 
     /// Fails everything in flight with `why` and starts a new epoch.
@@ -205,9 +289,10 @@ impl Shared {
         let mut st = self.state.lock();
         st.epoch += 1;
         self.epoch.store(st.epoch, Ordering::Release);
-        st.healed.clear();
+        st.live = false;
+        st.unsubscribed.clear();
         for (_, w) in st.acks.drain() {
-            let _ = w.tx.send(Err(why.clone()));
+            w.fail(why.clone());
         }
         for (_, tx) in st.requests.drain() {
             let _ = tx.send(Err(why.clone()));
@@ -390,6 +475,7 @@ async fn establish(shared: &Shared) -> Result<Session> {
     let resubs: Vec<pb::Frame> = {
         let mut st = shared.state.lock();
         st.welcome = Some(welcome);
+        st.live = true;
         st.subs
             .iter()
             .filter(|(_, s)| s.confirmed)
@@ -410,10 +496,11 @@ async fn establish(shared: &Shared) -> Result<Session> {
     let mut resubs = resubs.into_iter().peekable();
     while resubs.peek().is_some() {
         let frames: Vec<_> = resubs.by_ref().take(chunk).collect();
-        req_tx
-            .send(pb::Batch { frames })
-            .await
-            .map_err(|_| Error::Disconnected)?;
+        if req_tx.send(pb::Batch { frames }).await.is_err() {
+            // This epoch's session was live (Unsubs may be queued for it): retire it.
+            shared.sweep(Fail::Disconnected, false);
+            return Err(Error::Disconnected);
+        }
     }
     Ok(Session {
         req_tx,
@@ -513,19 +600,11 @@ async fn handle_frame(shared: &Arc<Shared>, frame: pb::Frame) {
                 None => debug!(req_id = r.req_id, "nexus: reply for unknown request"),
             }
         }
-        Some(Kind::Ack(a)) => {
-            let mut st = shared.state.lock();
-            if let Some(w) = st.acks.remove(&a.ack_id) {
-                if let Some(sub) = w.sid.and_then(|sid| st.subs.get_mut(&sid)) {
-                    sub.confirmed = true;
-                }
-                let _ = w.tx.send(Ok(a.delivered));
-            }
-        }
+        Some(Kind::Ack(a)) => on_ack(shared, a),
         Some(Kind::Nack(n)) => {
             let w = shared.state.lock().acks.remove(&n.ack_id);
             if let Some(w) = w {
-                let _ = w.tx.send(Err(Fail::from_pb(n.error)));
+                w.fail(Fail::from_pb(n.error));
             }
         }
         Some(Kind::Credit(c)) => {
@@ -600,14 +679,10 @@ async fn deliver(shared: &Shared, m: pb::Msg) {
                 return;
             }
             None => {
-                // Not ours (e.g. unsubscribed while its Sub was in flight): stop it once.
-                if st.healed.len() >= MAX_HEALED {
-                    st.healed.clear();
-                }
-                if st.healed.insert(sid) {
-                    let epoch = st.epoch;
-                    drop(st);
-                    shared.send_ctl(Outbound::in_epoch(Kind::Unsub(pb::Unsub { sid }), epoch));
+                let unsub = shared.unknown_sid(&mut st, sid);
+                drop(st);
+                if let Some(o) = unsub {
+                    shared.send_ctl(o);
                 }
                 return;
             }
@@ -617,6 +692,58 @@ async fn deliver(shared: &Shared, m: pb::Msg) {
     let _ = tx.send(msg).await;
 }
 
+fn on_ack(shared: &Shared, a: pb::Ack) {
+    let mut st = shared.state.lock();
+    let Some(w) = st.acks.remove(&a.ack_id) else {
+        return;
+    };
+    let unconfirmed = match (w.tx, w.sid) {
+        (Some(tx), sid) => {
+            if let Some(sub) = sid.and_then(|sid| st.subs.get_mut(&sid)) {
+                sub.confirmed = true;
+            }
+            // The subscribe call went away before its Ack (cancelled): undo it.
+            tx.send(Ok(a.delivered)).err().and(sid)
+        }
+        // The subscribe timed out locally but the gateway applied it after all: undo it.
+        (None, sid) => sid,
+    };
+    let Some(sid) = unconfirmed else {
+        return;
+    };
+    let entry = st.subs.remove(&sid);
+    let unsub = st.unsub_once(sid);
+    drop(st);
+    drop(entry);
+    if let Some(o) = unsub {
+        shared.send_ctl(o);
+    }
+}
+
+/// What a gateway `Error` about one of our streams means for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamErrorEffect {
+    /// The frame was refused but the stream stays open at the gateway.
+    FrameRefused,
+    /// The gateway no longer has the stream: fail it locally.
+    StreamGone,
+}
+
+/// Classifies an `Error{ref_id: stream id}` (protocol §8.3/§8.4).
+fn stream_error_effect(code: pb::ErrorCode) -> StreamErrorEffect {
+    match code {
+        // A StreamData over max_payload is refused without spending credit and the stream
+        // stays open. (The other LIMIT, data sent without credit, aborts the stream, but this
+        // client never sends without credit: it spends a local credit for every frame and the
+        // gateway's count is never lower than ours.)
+        pb::ErrorCode::Limit => StreamErrorEffect::FrameRefused,
+        // INVALID "stream N is not open on this session" (it ended on the gateway, e.g. a
+        // frame that crossed an abort), SLOW_CONSUMER "the receiving side ... was
+        // disconnected; stream aborted", or anything else: the stream is over.
+        _ => StreamErrorEffect::StreamGone,
+    }
+}
+
 fn on_error(shared: &Shared, e: pb::Error) {
     let code = pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Unspecified);
     warn!(code = code.as_str_name(), message = %e.message, ref_id = e.ref_id, "nexus: gateway error");
@@ -624,20 +751,31 @@ fn on_error(shared: &Shared, e: pb::Error) {
         return;
     }
     let mut st = shared.state.lock();
-    if code == pb::ErrorCode::SlowConsumer {
-        if let Some(sub) = st.subs.get(&e.ref_id) {
-            sub.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+    if code == pb::ErrorCode::SlowConsumer
+        && let Some(sub) = st.subs.get(&e.ref_id)
+    {
+        sub.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
     // Ids come from one counter, so ref_id names at most one pending operation.
     if let Some(tx) = st.requests.remove(&e.ref_id) {
         let _ = tx.send(Err(Fail::from_pb(Some(e))));
     } else if let Some(w) = st.acks.remove(&e.ref_id) {
-        let _ = w.tx.send(Err(Fail::from_pb(Some(e))));
-    } else if let Some(entry) = st.streams.remove(&e.ref_id) {
-        drop(st);
-        entry.fail(Fail::from_pb(Some(e)));
+        w.fail(Fail::from_pb(Some(e)));
+    } else if let Some(entry) = st.streams.get(&e.ref_id) {
+        match stream_error_effect(code) {
+            StreamErrorEffect::FrameRefused => {
+                // The refused frame spent a local credit but no credit at the gateway.
+                entry.credit.grant(1);
+            }
+            StreamErrorEffect::StreamGone => {
+                let entry = st.streams.remove(&e.ref_id);
+                drop(st);
+                if let Some(entry) = entry {
+                    entry.fail(Fail::from_pb(Some(e)));
+                }
+            }
+        }
     }
 }
 
@@ -665,6 +803,17 @@ fn accept_stream(shared: &Shared, o: pb::StreamOpen) {
         }
     };
     let Some((listener, epoch)) = listener else {
+        let unsub = {
+            let mut st = shared.state.lock();
+            if st.subs.contains_key(&o.sid) {
+                None
+            } else {
+                shared.unknown_sid(&mut st, o.sid)
+            }
+        };
+        if let Some(u) = unsub {
+            shared.send_ctl(u);
+        }
         reject_stream(
             shared,
             o.stream_id,
@@ -714,6 +863,242 @@ fn accept_stream(shared: &Shared, o: pb::StreamOpen) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `Shared` with no connection behind it, and the receiving end of its control queue.
+    fn shared() -> (Arc<Shared>, mpsc::UnboundedReceiver<Outbound>) {
+        let config = Config {
+            name: "test".into(),
+            api_key: String::new(),
+            request_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(2),
+            limits: BatchLimits {
+                max_frames: 8,
+                max_bytes: 1024,
+            },
+            subscription_capacity: 4,
+            stream_window: 4,
+            listener_backlog: 4,
+            max_concurrent_handlers: 4,
+        };
+        let (out_tx, _out_rx) = mpsc::channel(8);
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (shutdown, _) = watch::channel(false);
+        let shared = Shared::new(
+            config,
+            Endpoint::from_static("http://127.0.0.1:1"),
+            out_tx,
+            ctl_tx,
+            shutdown,
+            Weak::new(),
+        );
+        shared.state.lock().live = true;
+        (Arc::new(shared), ctl_rx)
+    }
+
+    fn add_sub(shared: &Shared, sid: u64) -> mpsc::Receiver<Message> {
+        let (tx, rx) = mpsc::channel(4);
+        shared.state.lock().subs.insert(
+            sid,
+            SubEntry {
+                subject: "a.b".into(),
+                queue_group: String::new(),
+                kind: SubKind::Messages(tx),
+                confirmed: true,
+                dropped: Arc::new(AtomicU64::new(0)),
+            },
+        );
+        rx
+    }
+
+    fn msg(sid: u64) -> pb::Frame {
+        pb::Frame {
+            kind: Some(Kind::Msg(pb::Msg {
+                sid,
+                subject: "a.b".into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn unsubs(ctl: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<u64> {
+        let mut v = Vec::new();
+        while let Ok(o) = ctl.try_recv() {
+            if let Some(Kind::Unsub(u)) = o.frame.kind {
+                v.push(u.sid);
+            }
+        }
+        v
+    }
+
+    fn error_frame(code: pb::ErrorCode, ref_id: u64) -> pb::Frame {
+        pb::Frame {
+            kind: Some(Kind::Error(pb::Error {
+                code: code as i32,
+                message: "test".into(),
+                ref_id,
+            })),
+        }
+    }
+
+    fn add_stream(
+        shared: &Shared,
+        id: u64,
+        credit: u32,
+    ) -> (Arc<SendCredit>, mpsc::UnboundedReceiver<StreamEvent>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let credit = Arc::new(SendCredit::new(credit));
+        shared.state.lock().streams.insert(
+            id,
+            StreamEntry {
+                events,
+                credit: credit.clone(),
+                opened: None,
+                local_finished: false,
+                remote_finished: false,
+            },
+        );
+        (credit, rx)
+    }
+
+    #[tokio::test]
+    async fn late_msg_after_unsubscribe_sends_no_second_unsub() {
+        let (shared, mut ctl) = shared();
+        let mut rx = add_sub(&shared, 5);
+        handle_frame(&shared, msg(5)).await;
+        assert!(rx.try_recv().is_ok());
+        shared.remove_sub(5);
+        assert_eq!(unsubs(&mut ctl), vec![5]);
+        // Msgs the gateway queued before it processed the Unsub: dropped, no second Unsub.
+        handle_frame(&shared, msg(5)).await;
+        handle_frame(&shared, msg(5)).await;
+        assert_eq!(unsubs(&mut ctl), Vec::<u64>::new());
+        // Removing it again (e.g. close after unsubscribe) sends nothing either.
+        shared.remove_sub(5);
+        assert_eq!(unsubs(&mut ctl), Vec::<u64>::new());
+    }
+
+    #[tokio::test]
+    async fn msg_for_a_sid_never_unsubscribed_sends_one_unsub() {
+        let (shared, mut ctl) = shared();
+        handle_frame(&shared, msg(9)).await;
+        handle_frame(&shared, msg(9)).await;
+        assert_eq!(unsubs(&mut ctl), vec![9]);
+    }
+
+    #[tokio::test]
+    async fn no_unsub_while_the_session_is_down() {
+        let (shared, mut ctl) = shared();
+        let _rx = add_sub(&shared, 5);
+        shared.sweep(Fail::Disconnected, false);
+        assert!(!shared.state.lock().live);
+        // The next session will not re-subscribe it, so the gateway will not know the sid.
+        shared.remove_sub(5);
+        assert_eq!(unsubs(&mut ctl), Vec::<u64>::new());
+        assert!(shared.state.lock().subs.is_empty());
+    }
+
+    #[test]
+    fn unconfirmed_subscription_is_not_unsubscribed() {
+        let (shared, mut ctl) = shared();
+        let _rx = add_sub(&shared, 5);
+        shared.state.lock().subs.get_mut(&5).unwrap().confirmed = false;
+        shared.remove_sub(5);
+        assert_eq!(unsubs(&mut ctl), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn unsubscribed_is_bounded_and_forgets_oldest_first() {
+        let mut u = Unsubscribed::default();
+        assert!(u.insert(1));
+        assert!(!u.insert(1));
+        for sid in 2..=(MAX_UNSUBSCRIBED as u64 + 1) {
+            assert!(u.insert(sid));
+        }
+        assert!(!u.contains(1), "oldest evicted");
+        assert!(u.contains(2) && u.contains(MAX_UNSUBSCRIBED as u64 + 1));
+        assert_eq!(u.set.len(), MAX_UNSUBSCRIBED);
+        assert_eq!(u.order.len(), MAX_UNSUBSCRIBED);
+    }
+
+    #[tokio::test]
+    async fn late_ack_of_abandoned_subscribe_unsubscribes() {
+        let (shared, mut ctl) = shared();
+        // A subscribe that timed out locally (its waiter's `tx` was taken).
+        shared.state.lock().acks.insert(
+            7,
+            AckWaiter {
+                tx: None,
+                sid: Some(6),
+            },
+        );
+        let ack = |ack_id| pb::Frame {
+            kind: Some(Kind::Ack(pb::Ack {
+                ack_id,
+                delivered: 0,
+            })),
+        };
+        handle_frame(&shared, ack(7)).await;
+        assert_eq!(unsubs(&mut ctl), vec![6]);
+        // Its deliveries, if any were queued, are then dropped silently.
+        handle_frame(&shared, msg(6)).await;
+        assert_eq!(unsubs(&mut ctl), Vec::<u64>::new());
+
+        // A subscribe whose caller went away before the Ack is undone too.
+        let _sub = add_sub(&shared, 8);
+        shared.state.lock().subs.get_mut(&8).unwrap().confirmed = false;
+        let (tx, rx) = oneshot::channel();
+        shared
+            .state
+            .lock()
+            .acks
+            .insert(10, AckWaiter::new(tx, Some(8)));
+        drop(rx);
+        handle_frame(&shared, ack(10)).await;
+        assert_eq!(unsubs(&mut ctl), vec![8]);
+        assert!(shared.state.lock().subs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn oversize_stream_data_refusal_keeps_the_stream_open() {
+        let (shared, _ctl) = shared();
+        let (credit, mut events) = add_stream(&shared, 3, 1);
+        credit.take().await.unwrap(); // the refused frame spent a local credit
+        handle_frame(&shared, error_frame(pb::ErrorCode::Limit, 3)).await;
+        assert!(shared.state.lock().streams.contains_key(&3));
+        assert!(events.try_recv().is_err(), "no close event");
+        assert_eq!(credit.available(), 1, "credit refunded");
+        assert!(matches!(credit.try_take(), Some(Ok(()))));
+    }
+
+    #[tokio::test]
+    async fn stream_errors_that_end_the_stream_fail_it() {
+        let (shared, _ctl) = shared();
+        for (id, code) in [
+            (3, pb::ErrorCode::Invalid),
+            (4, pb::ErrorCode::SlowConsumer),
+            (5, pb::ErrorCode::ServiceError),
+        ] {
+            let (credit, mut events) = add_stream(&shared, id, 1);
+            handle_frame(&shared, error_frame(code, id)).await;
+            assert!(!shared.state.lock().streams.contains_key(&id), "{code:?}");
+            assert!(matches!(
+                events.try_recv(),
+                Ok(StreamEvent::Closed(Some(_)))
+            ));
+            assert!(matches!(credit.try_take(), Some(Err(_))));
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_consumer_for_a_sid_is_counted() {
+        let (shared, _ctl) = shared();
+        let _rx = add_sub(&shared, 5);
+        handle_frame(&shared, error_frame(pb::ErrorCode::SlowConsumer, 5)).await;
+        let dropped = shared.state.lock().subs[&5].dropped.load(Ordering::Relaxed);
+        assert_eq!(dropped, 1);
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_caps() {

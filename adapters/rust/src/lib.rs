@@ -78,9 +78,6 @@ mod stream;
 mod subject;
 mod subscription;
 
-#[cfg(test)]
-mod mock_tests;
-
 pub use bytes::Bytes;
 pub use client::{Client, ClientBuilder, ServerInfo};
 pub use error::{Error, Result, ServiceError};

@@ -42,6 +42,28 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// A queue group fed only by publishes never measures latency: members joined at
+    /// different times must still share the work evenly (by load, ties broken at random).
+    #[test]
+    fn unmeasured_members_share_evenly_whenever_they_joined() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(BalancerConfig::default());
+        b.add(1, t0);
+        b.add(2, t0 + 5 * MS);
+        b.add(3, t0 + 900 * MS);
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut counts: HashMap<MemberId, u32> = HashMap::new();
+        for i in 0..3000u32 {
+            let now = t0 + Duration::from_secs(1) + MS * i;
+            let id = b.pick(now, &mut rng, |_| 0).unwrap();
+            *counts.entry(id).or_default() += 1;
+        }
+        for id in 1..=3 {
+            let c = counts.get(&id).copied().unwrap_or(0);
+            assert!((800..1200).contains(&c), "member {id}: {counts:?}");
+        }
+    }
+
     #[test]
     fn two_distinct_is_distinct_and_covers_all_pairs() {
         let mut rng = StdRng::seed_from_u64(1);

@@ -12,6 +12,8 @@
 //! so its estimate could never recover; relaxing guarantees that an idle member
 //! is eventually probed. The un-relaxed value ([`PeakEwma::last`]) is kept for
 //! outlier detection, where "has been idle" must not count as "is fast".
+//! A prior (no sample yet) does not relax: it is a guess, not a peak to recover from, and
+//! relaxing it would rank never-measured members by when they joined.
 //!
 //! The initial value is a prior, not an observation: the first real sample
 //! replaces it outright. Otherwise a member faster than the default would need
@@ -96,6 +98,12 @@ impl PeakEwma {
     }
 
     pub(crate) fn estimate_ns(&self, now: Instant) -> f64 {
+        // A prior is not a measurement, so there is nothing to recover from: it does not
+        // relax. Otherwise members that are never measured (a queue group fed only by
+        // publishes) would differ only by when they joined, and the oldest would always win.
+        if self.prior {
+            return self.value_ns;
+        }
         self.value_ns * self.weight(now)
     }
 
@@ -188,6 +196,13 @@ mod tests {
     }
 
     #[test]
+    fn a_prior_does_not_relax() {
+        let t0 = Instant::now();
+        let e = PeakEwma::new(100 * MS, DECAY, t0);
+        assert_eq!(e.estimate(t0 + 3 * DECAY), 100 * MS);
+    }
+
+    #[test]
     fn one_fast_sample_barely_moves_a_slow_estimate() {
         let t0 = Instant::now();
         let mut e = PeakEwma::new(100 * MS, DECAY, t0);
@@ -199,7 +214,8 @@ mod tests {
     #[test]
     fn idle_reading_relaxes_toward_zero() {
         let t0 = Instant::now();
-        let e = PeakEwma::new(100 * MS, DECAY, t0);
+        let mut e = PeakEwma::new(100 * MS, DECAY, t0);
+        e.observe(100 * MS, t0);
         let later = e.estimate(t0 + 3 * DECAY);
         assert!(later < 6 * MS && later > 4 * MS, "{later:?}");
         // The un-relaxed value is what outlier detection compares.
