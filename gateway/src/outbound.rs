@@ -16,6 +16,7 @@
 //! cloning or boxing on the hot path, hence the allowed large error type.
 #![allow(clippy::result_large_err)]
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -287,8 +288,6 @@ impl Stream for OutboundStream {
         Poll::Ready(Some(Ok(Batch { frames })))
     }
 }
-
-use std::future::Future;
 
 #[cfg(test)]
 mod tests {

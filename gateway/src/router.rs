@@ -388,8 +388,7 @@ impl Router {
             Err(EnqueueError::Closed) => return false,
             Err(EnqueueError::Full(frame)) => frame,
         };
-        let sc = &self.cfg.slow_consumer;
-        match sc.policy {
+        match self.cfg.slow_consumer.policy {
             SlowConsumerPolicy::Drop => {
                 self.slow_consumer_event(SlowConsumerAction::Dropped);
                 self.notify_slow_consumer(conn, sid.unwrap_or(0));
@@ -399,18 +398,7 @@ impl Router {
                 self.disconnect_slow_consumer(conn);
                 false
             }
-            SlowConsumerPolicy::Backpressure => {
-                self.slow_consumer_event(SlowConsumerAction::Waited);
-                let wait = Duration::from_millis(sc.max_wait_ms);
-                match conn.outbound.send_wait(frame, cost, wait).await {
-                    Ok(()) => true,
-                    Err(EnqueueError::Closed) => false,
-                    Err(EnqueueError::Full(_)) => {
-                        self.disconnect_slow_consumer(conn);
-                        false
-                    }
-                }
-            }
+            SlowConsumerPolicy::Backpressure => self.wait_or_disconnect(conn, frame, cost).await,
         }
     }
 
@@ -420,11 +408,16 @@ impl Router {
     /// and returns false.
     pub async fn deliver_owed(&self, conn: &Arc<Connection>, frame: Frame, size: usize) -> bool {
         let cost = conn.outbound.cost(size);
-        let frame = match conn.outbound.try_send(frame, cost) {
-            Ok(()) => return true,
-            Err(EnqueueError::Closed) => return false,
-            Err(EnqueueError::Full(frame)) => frame,
-        };
+        match conn.outbound.try_send(frame, cost) {
+            Ok(()) => true,
+            Err(EnqueueError::Closed) => false,
+            Err(EnqueueError::Full(frame)) => self.wait_or_disconnect(conn, frame, cost).await,
+        }
+    }
+
+    /// Waits up to `slow_consumer.max_wait_ms` for room in a full budget; if none came,
+    /// closes the receiver as a slow consumer. Returns whether the frame was queued.
+    async fn wait_or_disconnect(&self, conn: &Arc<Connection>, frame: Frame, cost: u32) -> bool {
         self.slow_consumer_event(SlowConsumerAction::Waited);
         let wait = Duration::from_millis(self.cfg.slow_consumer.max_wait_ms);
         match conn.outbound.send_wait(frame, cost, wait).await {

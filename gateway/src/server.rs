@@ -35,6 +35,8 @@ pub enum ServerError {
     Reflection(String),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("gateway task failed: {0}")]
+    Task(String),
 }
 
 /// A running gateway. Dropping it does not stop it; call `shutdown`.
@@ -63,9 +65,7 @@ impl RunningGateway {
     pub async fn wait(self) -> Result<(), ServerError> {
         match self.task.await {
             Ok(result) => result,
-            Err(e) => Err(ServerError::Reflection(format!(
-                "gateway task panicked: {e}"
-            ))),
+            Err(e) => Err(ServerError::Task(e.to_string())),
         }
     }
 }
@@ -172,7 +172,7 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
             let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
             match tokio::time::timeout(Duration::from_secs(5), grpc_task).await {
                 Ok(Ok(result)) => result.map_err(ServerError::from),
-                Ok(Err(e)) => Err(ServerError::Reflection(format!("gRPC task failed: {e}"))),
+                Ok(Err(e)) => Err(ServerError::Task(format!("gRPC server task: {e}"))),
                 Err(_) => {
                     tracing::warn!("gRPC connections did not close within 5 s of shutdown");
                     Ok(())
