@@ -4,7 +4,11 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["nexus/v1/gateway.proto"];
+    let protos = [
+        "nexus/v1/gateway.proto",
+        "nexus/v1/admin.proto",
+        "nexus/v1/config.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -5,4 +5,5 @@
 //! lives in the workspace crates (`nexus-gateway`, `nexus-proto`, `nexus-client`).
 
 pub mod cli_config;
+pub mod ctl;
 pub mod telemetry;

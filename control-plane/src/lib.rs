@@ -1,5 +1,20 @@
 //! `nexus-control-plane`: holds schemas, routes and keys and pushes them to gateways.
 //!
-//! [`store`] is the durable state (etcd or the embedded store).
+//! - [`store`]: durable state, on etcd or the embedded store, behind one trait.
+//! - [`routes`], [`keys`], [`regions`], [`schemas`]: the records operators manage, each
+//!   validated before anything is written; [`schema`] holds the sans-I/O schema rules.
+//! - [`admin`]: the `nexus.v1.Admin` gRPC service over them.
+//! - [`names`] fixes the key layout under `/nexus/v1/`; [`records`] encodes records.
 
+pub mod admin;
+pub mod dns;
+pub mod error;
+pub mod keys;
+pub mod names;
+pub mod records;
+pub mod regions;
+pub mod routes;
+pub mod schema;
+pub mod schemas;
+pub mod server;
 pub mod store;

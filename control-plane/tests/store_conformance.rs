@@ -79,7 +79,10 @@ impl Etcd {
         };
         // Ready when a client can talk to it.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await.is_err() {
+        while EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+            .await
+            .is_err()
+        {
             assert!(tokio::time::Instant::now() < deadline, "etcd did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -338,10 +341,11 @@ async fn embedded_store_survives_a_restart_but_leases_do_not() {
 async fn etcd_unreachable_is_a_clear_error() {
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let err = EtcdStore::connect_with_retry(std::slice::from_ref(&endpoint), Duration::from_millis(500))
-        .await
-        .err()
-        .expect("no etcd there");
+    let err =
+        EtcdStore::connect_with_retry(std::slice::from_ref(&endpoint), Duration::from_millis(500))
+            .await
+            .err()
+            .expect("no etcd there");
     let msg = err.to_string();
     assert!(msg.contains(&endpoint), "{msg}");
 }

@@ -25,9 +25,11 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod streams;
-pub mod subject;
 pub mod subject_table;
 pub mod trace;
+
+/// Subject syntax lives with the protocol (`nexus-proto`), shared with the control plane.
+pub use nexus_proto::subject;
 
 pub use config::{GatewayConfig, SlowConsumerPolicy};
 pub use server::{RunningGateway, ServerError, start};

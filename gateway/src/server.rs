@@ -25,11 +25,11 @@ use crate::service::GatewayService;
 pub enum ServerError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what}): {error}")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("gRPC reflection setup failed: {0}")]
     Reflection(String),
@@ -82,27 +82,27 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
     }
     let grpc = TcpListener::bind(cfg.listen)
         .await
-        .map_err(|source| ServerError::Bind {
+        .map_err(|error| ServerError::Bind {
             what: "gRPC listen",
             addr: cfg.listen,
-            source,
+            error,
         })?;
     let http = TcpListener::bind(cfg.metrics_listen)
         .await
-        .map_err(|source| ServerError::Bind {
+        .map_err(|error| ServerError::Bind {
             what: "metrics_listen",
             addr: cfg.metrics_listen,
-            source,
+            error,
         })?;
-    let grpc_addr = grpc.local_addr().map_err(|source| ServerError::Bind {
+    let grpc_addr = grpc.local_addr().map_err(|error| ServerError::Bind {
         what: "gRPC listen",
         addr: cfg.listen,
-        source,
+        error,
     })?;
-    let metrics_addr = http.local_addr().map_err(|source| ServerError::Bind {
+    let metrics_addr = http.local_addr().map_err(|error| ServerError::Bind {
         what: "metrics_listen",
         addr: cfg.metrics_listen,
-        source,
+        error,
     })?;
 
     let cfg = Arc::new(cfg);

@@ -1,7 +1,12 @@
-//! `nexus-proto`: the `nexus.v1` adapter protocol, generated from `proto/nexus/v1/*.proto`.
+//! `nexus-proto`: the `nexus.v1` protocol, generated from `proto/nexus/v1/*.proto`, plus
+//! the few rules every party must apply identically: subject syntax ([`subject`]) and the
+//! API key token format ([`keys`]).
 //!
 //! The `.proto` files are the polyglot contract; every adapter (Rust, Python, Java,
 //! TypeScript) is generated from them. `docs/protocol.md` describes the semantics.
+
+pub mod keys;
+pub mod subject;
 
 /// Generated types and gRPC stubs for package `nexus.v1`.
 pub mod v1 {

@@ -1,13 +1,13 @@
-//! `nexusctl`: the operator's command line. Today it talks to a gateway: publish, subscribe,
-//! request, and show what the gateway says about itself. Route, schema and key management
-//! arrive with the control plane.
+//! `nexusctl`: the operator's command line. Gateway commands (pub, sub, req, info) go
+//! through the Rust adapter; management commands (routes, schemas, keys, regions, gateways,
+//! topology) go to the control plane's Admin API. The commands live in `nexus::ctl`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
-use nexus_client::{Client, Headers, Message, OutgoingMessage};
+use clap::{Parser, Subcommand};
+use nexus::ctl::{Output, admin, messaging, parse_duration};
 
 #[derive(Parser)]
 #[command(
@@ -15,15 +15,22 @@ use nexus_client::{Client, Headers, Message, OutgoingMessage};
     version,
     about = "Operate Nexus from the command line",
     long_about = "Operate Nexus from the command line.\n\n\
-Examples:\n  \
-nexusctl sub 'orders.>'                      print every message under orders.\n  \
-nexusctl pub orders.eu.created '{\"id\":1}'   publish one message\n  \
-nexusctl req math.double 21 --timeout 2s     call a service and print its reply\n  \
-nexusctl info                                show the gateway's region, id and limits\n\n\
-The gateway address comes from --gateway or NEXUS_URL (default http://127.0.0.1:7422)."
+Messaging (talks to a gateway, --gateway or NEXUS_URL, default http://127.0.0.1:7422):\n  \
+nexusctl sub 'orders.>'                          print every message under orders.\n  \
+nexusctl pub orders.eu.created '{\"id\":1}'       publish one message\n  \
+nexusctl req math.double 21 --timeout 2s         call a service and print its reply\n\n\
+Management (talks to the control plane, --control-plane or NEXUS_CONTROL_PLANE,\n\
+default http://127.0.0.1:7400):\n  \
+nexusctl routes apply -f orders.toml             create or update a route from a file\n  \
+nexusctl schemas register orders.created -f order.json\n  \
+nexusctl schemas check orders.created -f order-v2.json\n  \
+nexusctl keys create billing --publish 'billing.>' --subscribe 'billing.>'\n  \
+nexusctl topology                                regions and their live gateways\n\n\
+Add -o json to any command for output meant for scripts. Failures exit non-zero with\n\
+a message naming what is wrong."
 )]
 struct Cli {
-    /// Gateway to talk to.
+    /// Gateway for messaging commands.
     #[arg(
         long,
         global = true,
@@ -31,17 +38,22 @@ struct Cli {
         default_value = "http://127.0.0.1:7422"
     )]
     gateway: String,
+    /// Control plane for management commands.
+    #[arg(
+        long,
+        global = true,
+        env = "NEXUS_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:7400"
+    )]
+    control_plane: String,
+    /// API key presented to the gateway.
+    #[arg(long, global = true, env = "NEXUS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -81,100 +93,150 @@ enum Command {
     },
     /// Show the gateway's region, id, protocol and limits.
     Info,
+    /// Manage routes: where a subject's messages may go, and with which consistency.
+    #[command(subcommand)]
+    Routes(RoutesCmd),
+    /// Manage the schema registry.
+    #[command(subcommand)]
+    Schemas(SchemasCmd),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// List or create regions.
+    #[command(subcommand)]
+    Regions(RegionsCmd),
+    /// List live gateways.
+    Gateways {
+        /// Only this region.
+        #[arg(long, default_value = "")]
+        region: String,
+    },
+    /// Show regions and their live gateways.
+    Topology,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "ms"));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 2s or 1m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    }
+#[derive(Subcommand)]
+enum RoutesCmd {
+    /// List every route.
+    List,
+    /// Show one route.
+    Get { name: String },
+    /// Create or replace a route from a TOML or JSON file.
+    ///
+    /// File fields: name, subjects, policy (local_first | nearest | pinned | weighted |
+    /// broadcast), pinned_region, weights (region = weight), failover (regions in order),
+    /// consistency (local | best_effort | async | sync), sync_quorum, description.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Only apply if the route is still at this version (-1: must not exist).
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        expect_version: i64,
+    },
+    /// Delete a route.
+    Delete {
+        name: String,
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        expect_version: i64,
+    },
 }
 
-fn parse_headers(raw: &[String]) -> anyhow::Result<Headers> {
-    let mut headers = Headers::new();
-    for h in raw {
-        let Some((k, v)) = h.split_once('=') else {
-            bail!("header {h:?} must look like key=value");
-        };
-        headers.append(k.trim(), v);
-    }
-    Ok(headers)
+#[derive(Subcommand)]
+enum SchemasCmd {
+    /// Register a new version for a subject (refused if incompatible).
+    Register {
+        subject: String,
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// json or protobuf (default: from the file extension).
+        #[arg(long)]
+        format: Option<String>,
+        /// Protobuf: the fully-qualified message name payloads are encoded as.
+        #[arg(long)]
+        message: Option<String>,
+    },
+    /// Check a draft against the registered versions without registering it; exits 1 if
+    /// incompatible.
+    Check {
+        subject: String,
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long)]
+        message: Option<String>,
+    },
+    /// List subjects with their versions and settings.
+    List,
+    /// Show a version (latest by default).
+    Get {
+        subject: String,
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+    /// Delete one version, or every version of the subject.
+    Delete {
+        subject: String,
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+    /// Set the compatibility mode of a subject, or the default with --default.
+    SetCompatibility {
+        /// NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL or
+        /// FULL_TRANSITIVE.
+        mode: String,
+        #[arg(long, conflicts_with = "default")]
+        subject: Option<String>,
+        #[arg(long)]
+        default: bool,
+    },
+    /// Set publish-time enforcement for a subject: off, warn or reject.
+    SetEnforcement {
+        subject: String,
+        enforcement: String,
+    },
 }
 
-fn read_payload(arg: &str) -> anyhow::Result<Vec<u8>> {
-    if arg == "-" {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("reading stdin")?;
-        Ok(buf)
-    } else {
-        Ok(arg.as_bytes().to_vec())
-    }
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key; its secret is printed once.
+    Create {
+        name: String,
+        /// Subject pattern the key may publish and request on; repeatable.
+        #[arg(long)]
+        publish: Vec<String>,
+        /// Subject pattern the key may subscribe and serve on; repeatable.
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// May use the Admin API.
+        #[arg(long)]
+        admin: bool,
+        /// Expire after this long, e.g. 90d.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Issue a new secret; the old one works for --overlap more (default 1h).
+    Rotate {
+        id: String,
+        #[arg(long, value_parser = parse_duration)]
+        overlap: Option<Duration>,
+    },
+    /// Revoke a key at once.
+    Revoke { id: String },
 }
 
-fn print_message(msg: &Message, output: Output) {
-    match output {
-        Output::Text => {
-            let payload = String::from_utf8_lossy(&msg.payload);
-            println!("[{}] {}", msg.subject, payload);
-        }
-        Output::Json => {
-            let headers: Vec<String> = msg
-                .headers
-                .iter()
-                .map(|(k, v)| format!("[{},{}]", json_str(k), json_str(v)))
-                .collect();
-            println!(
-                "{{\"subject\":{},\"reply_to\":{},\"id\":{},\"headers\":[{}],\"payload\":{}}}",
-                json_str(&msg.subject),
-                msg.reply_to
-                    .as_deref()
-                    .map(json_str)
-                    .unwrap_or_else(|| "null".into()),
-                msg.id
-                    .map(|id| json_str(&id.to_string()))
-                    .unwrap_or_else(|| "null".into()),
-                headers.join(","),
-                json_str(&String::from_utf8_lossy(&msg.payload)),
-            );
-        }
-    }
+#[derive(Subcommand)]
+enum RegionsCmd {
+    /// List regions.
+    List,
+    /// Create a region (gateways also create theirs when they register).
+    Create { name: String },
 }
 
-/// Minimal JSON string encoding (keeps the binary free of a JSON dependency for one line).
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::builder(&cli.gateway)
-        .name("nexusctl")
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the gateway at {}", cli.gateway))?;
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let out = cli.output;
     match cli.command {
         Command::Pub {
             subject,
@@ -182,56 +244,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             headers,
             count,
         } => {
-            let headers = parse_headers(&headers)?;
-            let payload = bytes::Bytes::from(read_payload(&payload)?);
-            let mut delivered = 0u64;
-            for _ in 0..count {
-                let msg = OutgoingMessage {
-                    subject: subject.clone(),
-                    reply_to: None,
-                    headers: headers.clone(),
-                    payload: payload.clone(),
-                };
-                delivered += client.publish_message_acked(msg).await? as u64;
-            }
-            match cli.output {
-                Output::Text => {
-                    println!("published {count} message(s) to {subject}: {delivered} deliveries")
-                }
-                Output::Json => println!(
-                    "{{\"subject\":{},\"published\":{count},\"delivered\":{delivered}}}",
-                    json_str(&subject)
-                ),
-            }
+            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref()).await?;
+            let headers = messaging::parse_headers(&headers)?;
+            let payload = messaging::read_payload(&payload)?;
+            messaging::publish(&c, &subject, payload, headers, count, out).await?;
+            c.close().await;
         }
         Command::Sub {
             pattern,
             queue,
             count,
         } => {
-            let mut sub = match &queue {
-                Some(q) => client.queue_subscribe(&pattern, q).await?,
-                None => client.subscribe(&pattern).await?,
-            };
-            if cli.output == Output::Text {
-                eprintln!("listening on {pattern} (Ctrl-C to stop)");
-            }
-            let mut seen = 0u64;
-            loop {
-                tokio::select! {
-                    msg = sub.next_message() => match msg {
-                        Some(msg) => {
-                            print_message(&msg, cli.output);
-                            seen += 1;
-                            if count.is_some_and(|c| seen >= c) {
-                                break;
-                            }
-                        }
-                        None => bail!("the subscription ended"),
-                    },
-                    _ = tokio::signal::ctrl_c() => break,
-                }
-            }
+            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref()).await?;
+            messaging::subscribe(&c, &pattern, queue.as_deref(), count, out).await?;
+            c.close().await;
         }
         Command::Req {
             subject,
@@ -239,47 +265,138 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             headers,
             timeout,
         } => {
-            let headers = parse_headers(&headers)?;
-            let payload = bytes::Bytes::from(read_payload(&payload)?);
-            let reply = client
-                .request_with(&subject, headers, payload, timeout)
-                .await?;
-            print_message(&reply, cli.output);
+            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref()).await?;
+            let headers = messaging::parse_headers(&headers)?;
+            let payload = messaging::read_payload(&payload)?;
+            messaging::request(&c, &subject, payload, headers, timeout, out).await?;
+            c.close().await;
         }
         Command::Info => {
-            let info = client
-                .server_info()
-                .context("the gateway sent no Welcome")?;
-            match cli.output {
-                Output::Text => {
-                    println!("gateway            {}", info.gateway_id);
-                    println!("region             {}", info.region);
-                    println!("session            {}", info.session_id);
-                    println!("protocol           {}", info.protocol);
-                    println!("max payload        {} bytes", info.max_payload);
-                    println!("max subscriptions  {}", info.max_subscriptions);
-                }
-                Output::Json => println!(
-                    "{{\"gateway_id\":{},\"region\":{},\"session_id\":{},\"protocol\":{},\"max_payload\":{},\"max_subscriptions\":{}}}",
-                    json_str(&info.gateway_id),
-                    json_str(&info.region),
-                    json_str(&info.session_id),
-                    info.protocol,
-                    info.max_payload,
-                    info.max_subscriptions
-                ),
+            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref()).await?;
+            messaging::info(&c, out)?;
+            c.close().await;
+        }
+        Command::Routes(cmd) => {
+            let mut a = admin::connect(&cli.control_plane).await?;
+            match cmd {
+                RoutesCmd::List => admin::routes_list(&mut a, out).await?,
+                RoutesCmd::Get { name } => admin::routes_get(&mut a, &name, out).await?,
+                RoutesCmd::Apply {
+                    file,
+                    expect_version,
+                } => admin::routes_apply(&mut a, &file, expect_version, out).await?,
+                RoutesCmd::Delete {
+                    name,
+                    expect_version,
+                } => admin::routes_delete(&mut a, &name, expect_version, out).await?,
             }
         }
+        Command::Schemas(cmd) => {
+            let mut a = admin::connect(&cli.control_plane).await?;
+            match cmd {
+                SchemasCmd::Register {
+                    subject,
+                    file,
+                    format,
+                    message,
+                } => {
+                    let input = admin::SchemaInput {
+                        subject: &subject,
+                        file: &file,
+                        format: format.as_deref(),
+                        message: message.as_deref(),
+                    };
+                    admin::schemas_register(&mut a, input, out).await?
+                }
+                SchemasCmd::Check {
+                    subject,
+                    file,
+                    format,
+                    message,
+                } => {
+                    let input = admin::SchemaInput {
+                        subject: &subject,
+                        file: &file,
+                        format: format.as_deref(),
+                        message: message.as_deref(),
+                    };
+                    if !admin::schemas_check(&mut a, input, out).await? {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+                SchemasCmd::List => admin::schemas_list(&mut a, out).await?,
+                SchemasCmd::Get { subject, version } => {
+                    admin::schemas_get(&mut a, &subject, version, out).await?
+                }
+                SchemasCmd::Delete { subject, version } => {
+                    admin::schemas_delete(&mut a, &subject, version, out).await?
+                }
+                SchemasCmd::SetCompatibility {
+                    mode,
+                    subject,
+                    default,
+                } => {
+                    let subject = match (subject, default) {
+                        (Some(s), false) => s,
+                        (None, true) => String::new(),
+                        _ => anyhow::bail!("pass --subject <subject> or --default"),
+                    };
+                    let mode = admin::compatibility_from(&mode)?;
+                    admin::schemas_set_config(&mut a, &subject, Some(mode), None, out).await?
+                }
+                SchemasCmd::SetEnforcement {
+                    subject,
+                    enforcement,
+                } => {
+                    let e = admin::enforcement_from(&enforcement)?;
+                    admin::schemas_set_config(&mut a, &subject, None, Some(e), out).await?
+                }
+            }
+        }
+        Command::Keys(cmd) => {
+            let mut a = admin::connect(&cli.control_plane).await?;
+            match cmd {
+                KeysCmd::Create {
+                    name,
+                    publish,
+                    subscribe,
+                    admin: is_admin,
+                    expires_in,
+                } => {
+                    admin::keys_create(&mut a, &name, publish, subscribe, is_admin, expires_in, out)
+                        .await?
+                }
+                KeysCmd::List => admin::keys_list(&mut a, out).await?,
+                KeysCmd::Rotate { id, overlap } => {
+                    admin::keys_rotate(&mut a, &id, overlap, out).await?
+                }
+                KeysCmd::Revoke { id } => admin::keys_revoke(&mut a, &id, out).await?,
+            }
+        }
+        Command::Regions(cmd) => {
+            let mut a = admin::connect(&cli.control_plane).await?;
+            match cmd {
+                RegionsCmd::List => admin::regions_list(&mut a, out).await?,
+                RegionsCmd::Create { name } => admin::regions_create(&mut a, &name, out).await?,
+            }
+        }
+        Command::Gateways { region } => {
+            let mut a = admin::connect(&cli.control_plane).await?;
+            admin::gateways_list(&mut a, &region, out).await?
+        }
+        Command::Topology => {
+            let mut a = admin::connect(&cli.control_plane).await?;
+            admin::topology(&mut a, out).await?
+        }
     }
-    client.close().await;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("nexusctl: error: {e:#}");
             ExitCode::FAILURE

@@ -1,0 +1,167 @@
+//! API keys: issuing (the secret is returned once and only its hash is stored), rotation
+//! with an overlap window, and revocation. Gateways verify tokens against the stored hashes
+//! they receive through config push; the token format is `nexus_proto::keys`.
+
+use nexus_proto::keys::{issue, new_key_id};
+use nexus_proto::subject::validate_pattern;
+use nexus_proto::v1::{ApiKey, KeyScopes, StoredKey};
+
+use crate::error::AdminError;
+use crate::names::{KEYS, key_key, now_ms, validate_name};
+use crate::records::{conflict, encode, get, list};
+use crate::store::{Compare, Op, Store, Txn};
+
+/// Default time the previous secret keeps working after a rotation.
+pub const DEFAULT_OVERLAP_SECS: u64 = 3600;
+const MAX_PATTERNS: usize = 256;
+
+fn validate_scopes(scopes: &KeyScopes) -> Result<(), AdminError> {
+    for (field, patterns) in [
+        ("scopes.publish", &scopes.publish),
+        ("scopes.subscribe", &scopes.subscribe),
+    ] {
+        if patterns.len() > MAX_PATTERNS {
+            return Err(AdminError::invalid(
+                field,
+                format!("at most {MAX_PATTERNS} patterns"),
+            ));
+        }
+        for (i, p) in patterns.iter().enumerate() {
+            validate_pattern(p)
+                .map_err(|e| AdminError::invalid(format!("{field}[{i}]"), e.to_string()))?;
+        }
+    }
+    if scopes.publish.is_empty() && scopes.subscribe.is_empty() && !scopes.admin {
+        return Err(AdminError::invalid(
+            "scopes",
+            "a key needs at least one publish or subscribe pattern, or admin",
+        ));
+    }
+    Ok(())
+}
+
+/// Issues a new key; the returned token is the only copy of its secret.
+pub async fn create(
+    store: &dyn Store,
+    name: &str,
+    scopes: KeyScopes,
+    expires_at_ms: i64,
+) -> Result<(ApiKey, String), AdminError> {
+    validate_name("name", name)?;
+    validate_scopes(&scopes)?;
+    let now = now_ms();
+    if expires_at_ms != 0 && expires_at_ms <= now {
+        return Err(AdminError::invalid(
+            "expires_at_ms",
+            "must be in the future (or 0 for never)",
+        ));
+    }
+    let id = new_key_id();
+    let issued = issue(&id);
+    let key = ApiKey {
+        id: id.clone(),
+        name: name.to_owned(),
+        scopes: Some(scopes),
+        created_at_ms: now,
+        expires_at_ms,
+        ..Default::default()
+    };
+    let stored = StoredKey {
+        key: Some(key.clone()),
+        secret_sha256: issued.secret_sha256.into(),
+        previous_secret_sha256: Default::default(),
+    };
+    let record = key_key(&id);
+    let txn = Txn::new()
+        .when(Compare::Version(record.clone(), 0))
+        .then(Op::put(record.clone(), encode(&stored)));
+    if !store.txn(txn).await?.succeeded {
+        return Err(AdminError::AlreadyExists {
+            what: format!("key {id}"),
+        });
+    }
+    Ok((ApiKey { version: 1, ..key }, issued.token))
+}
+
+async fn load(store: &dyn Store, id: &str) -> Result<(StoredKey, i64), AdminError> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(AdminError::invalid("id", format!("{id:?} is not a key id")));
+    }
+    get::<StoredKey>(store, &key_key(id))
+        .await?
+        .ok_or_else(|| AdminError::not_found(format!("key {id}")))
+}
+
+fn public(stored: &StoredKey, version: i64) -> ApiKey {
+    ApiKey {
+        version,
+        ..stored.key.clone().unwrap_or_default()
+    }
+}
+
+pub async fn list_keys(store: &dyn Store) -> Result<Vec<ApiKey>, AdminError> {
+    let (records, _) = list::<StoredKey>(store, KEYS).await?;
+    Ok(records.iter().map(|(s, v)| public(s, *v)).collect())
+}
+
+/// Every stored key with hashes, for config push to gateways.
+pub async fn stored_keys(store: &dyn Store) -> Result<Vec<StoredKey>, AdminError> {
+    Ok(list::<StoredKey>(store, KEYS)
+        .await?
+        .0
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect())
+}
+
+/// Issues a new secret; the old one keeps working for `overlap_secs`.
+pub async fn rotate(
+    store: &dyn Store,
+    id: &str,
+    overlap_secs: u64,
+) -> Result<(ApiKey, String), AdminError> {
+    let (mut stored, version) = load(store, id).await?;
+    let mut key = stored.key.clone().unwrap_or_default();
+    if key.revoked {
+        return Err(AdminError::invalid(
+            "id",
+            format!("key {id} is revoked; create a new one"),
+        ));
+    }
+    let overlap = if overlap_secs == 0 {
+        DEFAULT_OVERLAP_SECS
+    } else {
+        overlap_secs.min(30 * 86_400)
+    };
+    let issued = issue(id);
+    stored.previous_secret_sha256 =
+        std::mem::replace(&mut stored.secret_sha256, issued.secret_sha256.into());
+    key.previous_valid_until_ms = now_ms() + overlap as i64 * 1000;
+    stored.key = Some(key);
+    let record = key_key(id);
+    let txn = Txn::new()
+        .when(Compare::Version(record.clone(), version))
+        .then(Op::put(record.clone(), encode(&stored)));
+    if !store.txn(txn).await?.succeeded {
+        return Err(conflict(store, &record, &format!("key {id}"), version).await);
+    }
+    Ok((public(&stored, version + 1), issued.token))
+}
+
+/// Revokes a key: every secret stops working as soon as gateways see the change.
+pub async fn revoke(store: &dyn Store, id: &str) -> Result<ApiKey, AdminError> {
+    let (mut stored, version) = load(store, id).await?;
+    let mut key = stored.key.clone().unwrap_or_default();
+    key.revoked = true;
+    key.previous_valid_until_ms = 0;
+    stored.key = Some(key);
+    stored.previous_secret_sha256.clear();
+    let record = key_key(id);
+    let txn = Txn::new()
+        .when(Compare::Version(record.clone(), version))
+        .then(Op::put(record.clone(), encode(&stored)));
+    if !store.txn(txn).await?.succeeded {
+        return Err(conflict(store, &record, &format!("key {id}"), version).await);
+    }
+    Ok(public(&stored, version + 1))
+}
