@@ -24,7 +24,9 @@ impl Drop for Telemetry {
 /// Installs the global subscriber. `service` names this process in exported traces.
 pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr; stdout carries the short "listening on" lines scripts read.
     let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
         .with_target(false)
         .with_filter(filter);
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")

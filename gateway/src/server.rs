@@ -70,15 +70,17 @@ impl RunningGateway {
     }
 }
 
+/// A short random id (`gw-` and 8 hex digits): it becomes a DNS label in SRV answers, and
+/// short labels let eight gateways fit a plain 512-byte UDP answer.
+fn new_gateway_id() -> String {
+    format!("gw-{:08x}", rand::random::<u32>())
+}
+
 /// Validates `cfg`, binds both listeners and starts serving.
 pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError> {
     cfg.validate()?;
     if cfg.gateway_id.is_empty() {
-        cfg.gateway_id = format!(
-            "{}-{}",
-            cfg.region,
-            ulid::Ulid::new().to_string().to_lowercase()
-        );
+        cfg.gateway_id = new_gateway_id();
     }
     let grpc = TcpListener::bind(cfg.listen)
         .await

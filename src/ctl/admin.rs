@@ -177,6 +177,8 @@ fn print_routes(routes: &[Route], output: Output) {
                             "weighted({})",
                             r.weights
                                 .iter()
+                                .collect::<BTreeMap<_, _>>()
+                                .into_iter()
                                 .map(|(k, v)| format!("{k}={v}"))
                                 .collect::<Vec<_>>()
                                 .join(",")

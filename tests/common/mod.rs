@@ -340,3 +340,143 @@ impl RawSession {
         }
     }
 }
+
+/// A real etcd server (Debian's `etcd-server`) on free loopback ports, in a temporary
+/// directory; killed on drop.
+pub struct Etcd {
+    child: Child,
+    pub endpoint: String,
+    _dir: tempdir::Dir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    pub fn start() -> Self {
+        let dir = tempdir::Dir::new("etcd");
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", dir.0.join("data").display()))
+            .arg(format!("--listen-client-urls={endpoint}"))
+            .arg(format!("--advertise-client-urls={endpoint}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=test={peer_url}"))
+            .arg("--log-level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd binary (Debian package etcd-server; scripts/test installs it)");
+        let etcd = Self {
+            child,
+            endpoint,
+            _dir: dir,
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{client}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // etcd answers /health over the client port once it has a leader.
+        while !matches!(http_get(addr, "/health"), Ok((200, body)) if body.contains("true")) {
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        etcd
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `nexus control-plane` process; killed on drop.
+pub struct ControlPlane {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    args: Vec<String>,
+}
+
+impl ControlPlane {
+    /// Starts with the embedded store in `data_dir`.
+    pub fn embedded(data_dir: &std::path::Path) -> Self {
+        Self::spawn(vec!["--data-dir".into(), data_dir.display().to_string()])
+    }
+
+    /// Starts on an etcd cluster.
+    pub fn etcd(endpoint: &str) -> Self {
+        Self::spawn(vec!["--etcd".into(), endpoint.into()])
+    }
+
+    fn spawn(args: Vec<String>) -> Self {
+        let (child, addr) = Self::launch(&args, "127.0.0.1:0");
+        Self {
+            child: Some(child),
+            addr,
+            args,
+        }
+    }
+
+    fn launch(args: &[String], listen: &str) -> (Child, SocketAddr) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
+            .arg("control-plane")
+            .arg("--listen")
+            .arg(listen)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn nexus control-plane");
+        let mut lines = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(
+                lines.read_line(&mut line).unwrap() > 0,
+                "control plane exited before it was ready"
+            );
+            if let Some(rest) = line.split(" listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = lines.read_to_end(&mut sink);
+        });
+        (child, addr)
+    }
+
+    /// Stops the process and starts it again on the same address with the same store.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let (child, addr) = Self::launch(&self.args, &self.addr.to_string());
+        assert_eq!(addr, self.addr);
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
