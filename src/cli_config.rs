@@ -29,6 +29,18 @@ pub struct GatewayArgs {
     /// Largest payload accepted, in bytes.
     #[arg(long, env = "NEXUS_MAX_PAYLOAD")]
     pub max_payload: Option<u64>,
+    /// Control plane to register with and take config from, e.g. http://127.0.0.1:7400.
+    #[arg(long, env = "NEXUS_CONTROL_PLANE")]
+    pub control_plane: Option<String>,
+    /// Directory for the last good config snapshot.
+    #[arg(long, env = "NEXUS_STATE_DIR")]
+    pub state_dir: Option<String>,
+    /// API keys: `required` (default) or `off` (anyone may do anything; development only).
+    #[arg(long, env = "NEXUS_AUTH", value_parser = ["required", "off"])]
+    pub auth: Option<String>,
+    /// Address registered for adapters to reach this gateway (default: --listen).
+    #[arg(long, env = "NEXUS_ADVERTISE")]
+    pub advertise: Option<SocketAddr>,
 }
 
 impl GatewayArgs {
@@ -52,6 +64,22 @@ impl GatewayArgs {
         }
         if let Some(v) = self.max_payload {
             cfg.limits.max_payload = v;
+        }
+        if let Some(v) = &self.control_plane {
+            cfg.control_plane = v.clone();
+        }
+        if let Some(v) = &self.state_dir {
+            cfg.state_dir = v.clone();
+        }
+        if let Some(v) = &self.auth {
+            cfg.auth = if v == "off" {
+                nexus_gateway::AuthMode::Off
+            } else {
+                nexus_gateway::AuthMode::Required
+            };
+        }
+        if let Some(v) = self.advertise {
+            cfg.advertise = Some(v);
         }
         cfg.validate().context("gateway configuration is invalid")?;
         Ok(cfg)

@@ -13,6 +13,8 @@ fn nexus() -> Command {
     c.env("RUST_LOG", "warn")
         .env_remove("NEXUS_CONFIG")
         .env_remove("NEXUS_REGION")
+        .env_remove("NEXUS_CONTROL_PLANE")
+        .env_remove("NEXUS_AUTH")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
     c
 }
@@ -49,6 +51,7 @@ fn addr_after(text: &str, label: &str) -> std::net::SocketAddr {
 
 #[test]
 fn nexus_dev_prints_where_it_listens_and_stops_on_ctrl_c() {
+    let dir = tempdir::Dir::new("dev");
     let mut child = nexus()
         .args([
             "dev",
@@ -56,7 +59,13 @@ fn nexus_dev_prints_where_it_listens_and_stops_on_ctrl_c() {
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--control-plane-listen",
+            "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--dev-dir",
         ])
+        .arg(&dir.0)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -68,6 +77,11 @@ fn nexus_dev_prints_where_it_listens_and_stops_on_ctrl_c() {
         "dev mode says loudly that auth is off: {banner}"
     );
     let metrics = addr_after(&banner, "metrics");
+    assert!(banner.contains("control plane"), "{banner}");
+    assert!(
+        banner.contains("discovery     nexus+srv://dev.nexus.local?dns="),
+        "{banner}"
+    );
     let (status, body) = http_get(metrics, "/healthz").unwrap();
     assert_eq!((status, body.trim()), (200, "ok"));
     let (status, _) = http_get(metrics, "/readyz").unwrap();
@@ -93,7 +107,7 @@ fn configuration_comes_from_file_then_env_then_flags() {
     )
     .unwrap();
     let mut child = nexus()
-        .args(["gateway", "--config"])
+        .args(["gateway", "--auth", "off", "--config"])
         .arg(&file)
         .env("NEXUS_REGION", "from-env")
         .stdout(Stdio::piped())
@@ -106,7 +120,14 @@ fn configuration_comes_from_file_then_env_then_flags() {
     let _ = child.wait();
 
     let mut child = nexus()
-        .args(["gateway", "--region", "from-flag", "--config"])
+        .args([
+            "gateway",
+            "--auth",
+            "off",
+            "--region",
+            "from-flag",
+            "--config",
+        ])
         .arg(&file)
         .env("NEXUS_REGION", "from-env")
         .stdout(Stdio::piped())

@@ -2,7 +2,8 @@
 //!
 //! - [`store`]: durable state, on etcd or the embedded store, behind one trait.
 //! - [`routes`], [`keys`], [`regions`], [`schemas`]: the records operators manage, each
-//!   validated before anything is written; [`schema`] holds the sans-I/O schema rules.
+//!   validated before anything is written; [`schema`] (crate `nexus-schema`) holds the
+//!   sans-I/O schema rules.
 //! - [`admin`]: the `nexus.v1.Admin` gRPC service over them.
 //! - [`names`] fixes the key layout under `/nexus/v1/`; [`records`] encodes records.
 
@@ -11,10 +12,13 @@ pub mod dns;
 pub mod error;
 pub mod keys;
 pub mod names;
+pub mod push;
 pub mod records;
 pub mod regions;
 pub mod routes;
-pub mod schema;
 pub mod schemas;
 pub mod server;
 pub mod store;
+
+/// The schema rules (sans-I/O), shared with gateways for enforcement at publish time.
+pub use nexus_schema as schema;

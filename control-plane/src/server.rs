@@ -9,7 +9,6 @@ use std::time::Duration;
 use nexus_proto::v1::admin_server::AdminServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminService;
@@ -32,6 +31,28 @@ pub struct ControlPlaneConfig {
     pub store: StoreConfig,
     /// How long to keep retrying an unreachable etcd at start.
     pub store_connect_timeout: Duration,
+    /// UDP and TCP address for DNS discovery; `None` serves no DNS.
+    pub dns_listen: Option<SocketAddr>,
+    /// DNS zone, e.g. `nexus.local`: adapters resolve `_nexus._tcp.<region>.<zone>`.
+    pub dns_zone: String,
+    pub dns_ttl: Duration,
+    /// TTL of gateway registrations; gateways heartbeat at a third of it.
+    pub lease_ttl: Duration,
+}
+
+impl ControlPlaneConfig {
+    /// Defaults for everything but where to listen and store.
+    pub fn new(listen: SocketAddr, store: StoreConfig) -> Self {
+        Self {
+            listen,
+            store,
+            store_connect_timeout: Duration::from_secs(30),
+            dns_listen: None,
+            dns_zone: "nexus.local".into(),
+            dns_ttl: crate::dns::DEFAULT_TTL,
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,13 +67,19 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error("gRPC reflection setup failed: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    Admin(#[from] crate::error::AdminError),
+    #[error("DNS: {0}")]
+    Dns(#[from] crate::dns::DnsError),
     #[error("control plane task failed: {0}")]
     Task(String),
 }
 
 pub struct RunningControlPlane {
     pub grpc_addr: SocketAddr,
+    pub dns_addr: Option<SocketAddr>,
     pub store: Arc<dyn Store>,
+    pub view: Arc<crate::push::ClusterView>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -106,21 +133,72 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
     })
     .max_decoding_message_size(4 << 20);
     let stop = CancellationToken::new();
+    let view =
+        crate::push::ClusterView::start(store.clone(), cfg.lease_ttl / 3, stop.clone()).await?;
+    let push = nexus_proto::v1::config_push_server::ConfigPushServer::new(
+        crate::push::ConfigPushService {
+            view: view.clone(),
+            store: store.clone(),
+            lease_ttl: cfg.lease_ttl,
+        },
+    );
+    let dns = match cfg.dns_listen {
+        Some(addr) => {
+            let udp =
+                tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .map_err(|error| ServerError::Bind {
+                        what: "DNS (UDP)",
+                        addr,
+                        error,
+                    })?;
+            let bound = udp.local_addr().map_err(|error| ServerError::Bind {
+                what: "DNS (UDP)",
+                addr,
+                error,
+            })?;
+            let tcp = TcpListener::bind(bound)
+                .await
+                .map_err(|error| ServerError::Bind {
+                    what: "DNS (TCP)",
+                    addr: bound,
+                    error,
+                })?;
+            let source: Arc<dyn crate::dns::DiscoverySource> = view.clone();
+            Some(
+                crate::dns::serve(udp, Some(tcp), cfg.dns_zone.clone(), source, cfg.dns_ttl)
+                    .await?,
+            )
+        }
+        None => None,
+    };
+    let dns_addr = dns.as_ref().map(|d| d.udp_addr());
     let grpc_stop = stop.clone();
     let task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .add_service(admin)
+            .add_service(push)
             .add_service(reflection)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                grpc_stop.cancelled().await
-            })
+            .serve_with_incoming_shutdown(
+                // Small frames (acks, replies) must not wait on Nagle's algorithm.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async move { grpc_stop.cancelled().await },
+            )
             .await
-            .map_err(|e| ServerError::Task(e.to_string()))
+            .map_err(|e| ServerError::Task(e.to_string()));
+        if let Some(dns) = dns
+            && let Err(e) = dns.shutdown().await
+        {
+            tracing::warn!(error = %e, "DNS responder did not stop cleanly");
+        }
+        served
     });
-    tracing::info!(grpc = %grpc_addr, "control plane listening");
+    tracing::info!(grpc = %grpc_addr, dns = ?dns_addr, "control plane listening");
     Ok(RunningControlPlane {
         grpc_addr,
+        dns_addr,
         store,
+        view,
         stop,
         task,
     })

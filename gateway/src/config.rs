@@ -47,6 +47,16 @@ impl SlowConsumerPolicy {
     }
 }
 
+/// Whether sessions must present an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Every session presents a key the control plane issued; scopes are enforced.
+    Required,
+    /// Anyone may connect and do anything (development only).
+    Off,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
@@ -62,6 +72,15 @@ pub struct GatewayConfig {
     pub request_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests to finish.
     pub shutdown_grace_ms: u64,
+    /// Control plane to register with and take config from (`http://host:port`); empty
+    /// runs standalone.
+    pub control_plane: String,
+    /// Where the last good config snapshot is kept across restarts.
+    pub state_dir: String,
+    /// Address registered for adapters to reach this gateway; defaults to `listen`.
+    pub advertise: Option<SocketAddr>,
+    /// `required` (default) or `off`.
+    pub auth: AuthMode,
     pub limits: LimitsConfig,
     pub slow_consumer: SlowConsumerConfig,
     pub balancer: BalancerSettings,
@@ -115,6 +134,10 @@ impl Default for GatewayConfig {
             metrics_listen: "127.0.0.1:7480".parse().expect("static address"),
             request_timeout_ms: 5_000,
             shutdown_grace_ms: 5_000,
+            control_plane: String::new(),
+            state_dir: "nexus-state".into(),
+            advertise: None,
+            auth: AuthMode::Required,
             limits: LimitsConfig::default(),
             slow_consumer: SlowConsumerConfig::default(),
             balancer: BalancerSettings::default(),
@@ -240,6 +263,19 @@ impl GatewayConfig {
         }
         if self.request_timeout_ms == 0 || self.request_timeout_ms > 3_600_000 {
             return invalid("request_timeout_ms", "must be between 1 and 3600000");
+        }
+        let cp = &self.control_plane;
+        if !(cp.is_empty() || cp.starts_with("http://") || cp.starts_with("https://")) {
+            return invalid(
+                "control_plane",
+                format!(
+                    "{:?} must be an http:// or https:// URL",
+                    self.control_plane
+                ),
+            );
+        }
+        if self.state_dir.is_empty() {
+            return invalid("state_dir", "must name a directory");
         }
         if self.shutdown_grace_ms > 600_000 {
             return invalid("shutdown_grace_ms", "must be at most 600000 (10 minutes)");

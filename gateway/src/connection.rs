@@ -8,9 +8,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
 use crate::outbound::Outbound;
+use crate::policy::Grant;
 use crate::streams::StreamEnd;
 
 pub struct Connection {
@@ -28,6 +30,8 @@ pub struct Connection {
     pub last_slow_notice_ms: AtomicU64,
     /// Counter for gateway-assigned stream ids (`2^63 + n`).
     next_stream_id: AtomicU64,
+    /// What the session's API key allows; `None` when authentication is off.
+    pub grant: ArcSwapOption<Grant>,
 }
 
 /// Stream ids the gateway assigns have the top bit set, so they never collide with the ids
@@ -44,6 +48,7 @@ impl Connection {
             streams: Mutex::new(HashMap::new()),
             last_slow_notice_ms: AtomicU64::new(0),
             next_stream_id: AtomicU64::new(0),
+            grant: ArcSwapOption::empty(),
         }
     }
 

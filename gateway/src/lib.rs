@@ -17,9 +17,11 @@
 pub mod balancer;
 pub mod config;
 pub mod connection;
+pub mod control;
 pub mod http;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod router;
 pub mod server;
 pub mod service;
@@ -31,5 +33,13 @@ pub mod trace;
 /// Subject syntax lives with the protocol (`nexus-proto`), shared with the control plane.
 pub use nexus_proto::subject;
 
-pub use config::{GatewayConfig, SlowConsumerPolicy};
+pub use config::{AuthMode, GatewayConfig, SlowConsumerPolicy};
+
+/// Wall-clock milliseconds since the Unix epoch, the time base of key expiry.
+pub fn policy_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 pub use server::{RunningGateway, ServerError, start};

@@ -83,6 +83,15 @@ label_enum! {
     Limit { MaxPayload => "max_payload", MaxSubscriptions => "max_subscriptions", MaxConnections => "max_connections", MaxPendingRequests => "max_pending_requests", MaxStreams => "max_streams", StreamCredit => "stream_credit" }
 }
 
+label_enum! {
+    SchemaAction { Warned => "warned", Rejected => "rejected" }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SchemaLabels {
+    pub action: SchemaAction,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub limit: Limit,
@@ -104,6 +113,11 @@ pub struct GatewayMetrics {
     pub limit_violations: Family<LimitLabels, Counter>,
     pub protocol_errors: Counter,
     pub late_replies: Counter,
+    pub auth_failures: Counter,
+    pub sessions_revoked: Counter,
+    pub schema_violations: Family<SchemaLabels, Counter>,
+    pub config_version: Gauge,
+    pub config_updates: Counter,
     /// Pre-resolved (messages, bytes) counters per pattern and direction, so the hot path is
     /// two atomic adds without the family's lock.
     traffic_counters: [[(Counter, Counter); 2]; 4],
@@ -133,6 +147,11 @@ impl GatewayMetrics {
             limit_violations: Family::default(),
             protocol_errors: Counter::default(),
             late_replies: Counter::default(),
+            auth_failures: Counter::default(),
+            sessions_revoked: Counter::default(),
+            schema_violations: Family::default(),
+            config_version: Gauge::default(),
+            config_updates: Counter::default(),
             registry: Registry::default(),
             traffic_counters: Default::default(),
         };
@@ -200,6 +219,31 @@ impl GatewayMetrics {
             "late_replies",
             "Replies that arrived after their request had completed or timed out",
             m.late_replies.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Sessions refused at Hello for a missing, unknown, revoked, expired or wrong API key",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "sessions_revoked",
+            "Sessions closed because their API key was revoked, expired or deleted",
+            m.sessions_revoked.clone(),
+        );
+        registry.register(
+            "schema_violations",
+            "Publishes whose payload did not match the subject's enforced schema, by action",
+            m.schema_violations.clone(),
+        );
+        registry.register(
+            "config_version",
+            "Version of the config snapshot applied (0: none)",
+            m.config_version.clone(),
+        );
+        registry.register(
+            "config_updates",
+            "Config snapshots applied",
+            m.config_updates.clone(),
         );
         let traffic_counters = [
             Pattern::Pub,

@@ -31,6 +31,7 @@ use crate::metrics::{
     SlowConsumerAction, SlowConsumerLabels,
 };
 use crate::outbound::EnqueueError;
+use crate::policy::Policy;
 use crate::subject_table::SubjectTable;
 
 /// Prefix of the reply subjects the gateway hands responders.
@@ -137,6 +138,10 @@ pub struct Router {
     next_id: AtomicU64,
     started: Instant,
     draining: AtomicBool,
+    /// Keys, scopes and enforced schemas from the control plane.
+    policy: ArcSwap<Policy>,
+    /// Sessions that authenticated with a key, re-checked whenever the policy changes.
+    authenticated: Mutex<HashMap<u64, std::sync::Weak<Connection>>>,
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>, ref_id: u64) -> v1::Error {
@@ -207,6 +212,122 @@ impl Router {
             next_id: AtomicU64::new(1),
             started: Instant::now(),
             draining: AtomicBool::new(false),
+            policy: ArcSwap::from_pointee(Policy::default()),
+            authenticated: Mutex::new(HashMap::new()),
+        }
+    }
+
+    // --- policy: keys, scopes, schemas ---
+
+    pub fn auth_required(&self) -> bool {
+        self.cfg.auth == crate::config::AuthMode::Required
+    }
+
+    pub fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
+        self.policy.load()
+    }
+
+    /// Installs a new policy and re-checks every authenticated session against it: a
+    /// session whose key was revoked, expired or deleted is closed at once; the others
+    /// get their (possibly changed) scopes.
+    pub fn apply_policy(&self, policy: Policy) {
+        self.metrics.config_version.set(policy.version);
+        self.metrics.config_updates.inc();
+        self.policy.store(Arc::new(policy));
+        self.recheck_sessions(crate::policy_now_ms());
+    }
+
+    /// Re-checks authenticated sessions (also run periodically, for expiry).
+    pub fn recheck_sessions(&self, now_ms: i64) {
+        let policy = self.policy.load();
+        let mut sessions = self.authenticated.lock();
+        sessions.retain(|_, weak| {
+            let Some(conn) = weak.upgrade() else {
+                return false;
+            };
+            let Some(grant) = conn.grant.load_full() else {
+                return false;
+            };
+            match policy.recheck(&grant.key_id, now_ms) {
+                Ok(fresh) => {
+                    if *fresh != *grant {
+                        conn.grant.store(Some(fresh));
+                    }
+                    true
+                }
+                Err(e) => {
+                    self.metrics.sessions_revoked.inc();
+                    tracing::info!(conn = conn.id, reason = %e, "closing session: API key no longer valid");
+                    conn.outbound.send_control(frame(Kind::Error(error(
+                        ErrorCode::Denied,
+                        e.to_string(),
+                        0,
+                    ))));
+                    conn.outbound
+                        .close_after_flush(Some(tonic::Status::permission_denied(e.to_string())));
+                    false
+                }
+            }
+        });
+    }
+
+    pub fn track_authenticated(&self, conn: &Arc<Connection>) {
+        self.authenticated
+            .lock()
+            .insert(conn.id, Arc::downgrade(conn));
+    }
+
+    pub fn untrack(&self, conn: &Connection) {
+        self.authenticated.lock().remove(&conn.id);
+    }
+
+    /// Checks a payload against the subject's enforced schema. `Err` carries the message
+    /// for a rejected publisher; violations under `warn` are logged and counted only.
+    pub fn check_schema(&self, subject: &str, payload: &[u8]) -> Result<(), String> {
+        let policy = self.policy.load();
+        let Some(enforced) = policy.schemas.get(subject) else {
+            return Ok(());
+        };
+        let Err(violations) = enforced.schema.validate(payload) else {
+            return Ok(());
+        };
+        let detail: Vec<String> = violations
+            .iter()
+            .take(5)
+            .map(|v| {
+                if v.path.is_empty() {
+                    v.message.clone()
+                } else {
+                    format!("{}: {}", v.path, v.message)
+                }
+            })
+            .collect();
+        let message = format!(
+            "payload does not match schema {subject:?} version {}: {}",
+            enforced.version,
+            detail.join("; ")
+        );
+        match enforced.enforcement {
+            nexus_proto::v1::Enforcement::Reject => {
+                self.metrics
+                    .schema_violations
+                    .get_or_create(&crate::metrics::SchemaLabels {
+                        action: crate::metrics::SchemaAction::Rejected,
+                    })
+                    .inc();
+                Err(message)
+            }
+            nexus_proto::v1::Enforcement::Warn => {
+                self.metrics
+                    .schema_violations
+                    .get_or_create(&crate::metrics::SchemaLabels {
+                        action: crate::metrics::SchemaAction::Warned,
+                    })
+                    .inc();
+                tracing::warn!(%subject, "{message}");
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 

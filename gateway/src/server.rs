@@ -13,7 +13,6 @@ use std::time::Duration;
 use nexus_proto::v1::gateway_server::GatewayServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
@@ -112,6 +111,27 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
     let router = Arc::new(Router::new(cfg.clone(), metrics));
     let stop = CancellationToken::new();
     let close_all = CancellationToken::new();
+    if !cfg.control_plane.is_empty() {
+        let state_dir = std::path::PathBuf::from(&cfg.state_dir);
+        crate::control::load_saved(&router, &state_dir);
+        let advertise = cfg.advertise.unwrap_or(grpc_addr);
+        let info = nexus_proto::v1::GatewayInfo {
+            id: cfg.gateway_id.clone(),
+            region: cfg.region.clone(),
+            adapter_addr: advertise.to_string(),
+            metrics_addr: metrics_addr.to_string(),
+            federation_addr: String::new(),
+            started_at_ms: crate::policy_now_ms(),
+            config_version: 0,
+        };
+        tokio::spawn(crate::control::run(
+            router.clone(),
+            cfg.control_plane.clone(),
+            info,
+            state_dir,
+            close_all.clone(),
+        ));
+    }
     let gateway_id: Arc<str> = cfg.gateway_id.as_str().into();
 
     let service = GatewayService {
@@ -148,9 +168,11 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(grpc_service)
             .add_service(reflection)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
-                grpc_stop.cancelled().await
-            }),
+            .serve_with_incoming_shutdown(
+                // Small frames (acks, replies) must not wait on Nagle's algorithm.
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                async move { grpc_stop.cancelled().await },
+            ),
     );
 
     let task = {

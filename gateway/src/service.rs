@@ -51,8 +51,26 @@ fn status_for(code: i32, message: String) -> Status {
 }
 
 impl GatewayService {
-    fn check_unary(&self, subject: &str, payload_len: usize) -> Result<(), Status> {
+    fn check_unary(&self, api_key: &str, subject: &str, payload: &[u8]) -> Result<(), Status> {
         validate_subject(subject).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let payload_len = payload.len();
+        if self.router.auth_required() {
+            let grant = self
+                .router
+                .policy()
+                .authenticate(api_key, crate::policy_now_ms())
+                .map_err(|e| {
+                    self.router.metrics.auth_failures.inc();
+                    Status::unauthenticated(e.to_string())
+                })?;
+            if !grant.may_publish(subject) {
+                return Err(Status::permission_denied(format!(
+                    "API key {} may not publish to {subject:?} (its publish scopes: {})",
+                    grant.key_id,
+                    grant.publish.join(", ")
+                )));
+            }
+        }
         let max = self.router.config().limits.max_payload;
         if payload_len as u64 > max {
             self.router.metrics.limit(Limit::MaxPayload);
@@ -63,7 +81,9 @@ impl GatewayService {
         if self.router.is_draining() {
             return Err(Status::unavailable("gateway is shutting down"));
         }
-        Ok(())
+        self.router
+            .check_schema(subject, payload)
+            .map_err(Status::invalid_argument)
     }
 }
 
@@ -112,7 +132,7 @@ impl Gateway for GatewayService {
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
         let mut p = request.into_inner();
-        self.check_unary(&p.subject, p.payload.len())?;
+        self.check_unary(&p.api_key, &p.subject, &p.payload)?;
         self.router
             .metrics
             .traffic(Pattern::Pub, Direction::In, p.payload.len());
@@ -136,7 +156,7 @@ impl Gateway for GatewayService {
         request: Request<v1::RequestRequest>,
     ) -> Result<Response<v1::RequestResponse>, Status> {
         let mut r = request.into_inner();
-        self.check_unary(&r.subject, r.payload.len())?;
+        self.check_unary(&r.api_key, &r.subject, &r.payload)?;
         self.router
             .metrics
             .traffic(Pattern::Request, Direction::In, r.payload.len());

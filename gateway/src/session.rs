@@ -136,6 +136,7 @@ impl Session {
     }
 
     fn finish(mut self, outcome: Option<Status>) {
+        self.router.untrack(&self.conn);
         for sub in self.subs.values() {
             self.router.unsubscribe(sub);
         }
@@ -211,7 +212,12 @@ impl Session {
             Kind::Pong(_) | Kind::Ack(_) => {}
             Kind::StreamOpen(o) => {
                 let id = o.stream_id;
-                if let Err(e) = streams::open(&self.router, &self.conn, o).await {
+                if let Some(message) = self.may_publish(&o.subject) {
+                    self.send_control(Kind::StreamClose(v1::StreamClose {
+                        stream_id: id,
+                        error: Some(error(ErrorCode::Denied, message, id)),
+                    }));
+                } else if let Err(e) = streams::open(&self.router, &self.conn, o).await {
                     self.count_invalid(&e);
                     self.send_control(Kind::StreamClose(v1::StreamClose {
                         stream_id: id,
@@ -244,6 +250,20 @@ impl Session {
         Flow::Continue
     }
 
+    /// `Some(reason)` when the session's key may not publish (or request, or open a stream)
+    /// on `subject`.
+    fn may_publish(&self, subject: &str) -> Option<String> {
+        let grant = self.conn.grant.load();
+        let grant = grant.as_ref()?;
+        (!grant.may_publish(subject)).then(|| {
+            format!(
+                "API key {} may not publish to {subject:?} (its publish scopes: {})",
+                grant.key_id,
+                grant.publish.join(", ")
+            )
+        })
+    }
+
     fn count_invalid(&self, e: &v1::Error) {
         if e.code == ErrorCode::Invalid as i32 {
             self.router.metrics.protocol_errors.inc();
@@ -263,6 +283,27 @@ impl Session {
                 "adapter speaks protocol {} but this gateway speaks up to {PROTOCOL_VERSION}",
                 h.protocol
             )));
+        }
+        if self.router.auth_required() {
+            match self
+                .router
+                .policy()
+                .authenticate(&h.api_key, crate::policy_now_ms())
+            {
+                Ok(grant) => {
+                    self.conn.grant.store(Some(grant));
+                    self.router.track_authenticated(&self.conn);
+                }
+                Err(e) => {
+                    self.router.metrics.auth_failures.inc();
+                    tracing::info!(conn = self.conn.id, client = %h.client_name, reason = %e, "session refused");
+                    self.send_control(Kind::Error(error(ErrorCode::Denied, e.to_string(), 0)));
+                    self.conn
+                        .outbound
+                        .close_after_flush(Some(Status::unauthenticated(e.to_string())));
+                    return Flow::Close(Status::unauthenticated(e.to_string()));
+                }
+            }
         }
         self.hello = true;
         *self.conn.name.lock() = if h.client_name.is_empty() {
@@ -303,6 +344,21 @@ impl Session {
                 format!(
                     "queue group {:?} must be at most {MAX_QUEUE_GROUP_LEN} bytes without whitespace or control characters",
                     s.queue_group
+                ),
+                s.sid,
+                s.ack_id,
+            );
+        }
+        if let Some(grant) = self.conn.grant.load().as_ref()
+            && !grant.may_subscribe(&s.subject)
+        {
+            return self.refuse(
+                ErrorCode::Denied,
+                format!(
+                    "API key {} may not subscribe to {:?} (its subscribe scopes: {})",
+                    grant.key_id,
+                    s.subject,
+                    grant.subscribe.join(", ")
                 ),
                 s.sid,
                 s.ack_id,
@@ -393,6 +449,12 @@ impl Session {
         if let Err(e) = self.check_payload(p.payload.len(), p.ack_id) {
             return self.refuse(ErrorCode::Limit, e.message, p.ack_id, p.ack_id);
         }
+        if let Some(message) = self.may_publish(&p.subject) {
+            return self.refuse(ErrorCode::Denied, message, p.ack_id, p.ack_id);
+        }
+        if let Err(message) = self.router.check_schema(&p.subject, &p.payload) {
+            return self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id);
+        }
         if self.router.is_draining() {
             return self.refuse(
                 ErrorCode::Unavailable,
@@ -436,6 +498,12 @@ impl Session {
         }
         if let Err(e) = self.check_payload(r.payload.len(), r.req_id) {
             return refuse(self, ErrorCode::Limit, e.message);
+        }
+        if let Some(message) = self.may_publish(&r.subject) {
+            return refuse(self, ErrorCode::Denied, message);
+        }
+        if let Err(message) = self.router.check_schema(&r.subject, &r.payload) {
+            return refuse(self, ErrorCode::Invalid, message);
         }
         if self.req_ids.contains(&r.req_id) {
             self.router.metrics.protocol_errors.inc();

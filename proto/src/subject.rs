@@ -118,6 +118,39 @@ fn check(subject: &str, wildcards: bool) -> Result<(), SubjectError> {
     Ok(())
 }
 
+/// Whether literal `subject` matches `pattern` (`*` one token, trailing `>` one or more).
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every subject matched by `pattern` is also matched by `scope`: the check that
+/// a key allowed to subscribe to `scope` may subscribe to `pattern`.
+pub fn covers(scope: &str, pattern: &str) -> bool {
+    let mut sc = scope.split('.');
+    let mut p = pattern.split('.');
+    loop {
+        match (sc.next(), p.next()) {
+            // `>` covers one or more remaining tokens, whatever they are.
+            (Some(">"), Some(_)) => return true,
+            // `*` covers any single token, including a `*`, but not `>` (many tokens).
+            (Some("*"), Some(t)) if t != ">" => {}
+            (Some(a), Some(b)) if a == b && a != "*" && a != ">" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Display helper that quotes a subject in logs without allocating.
 pub struct Quoted<'a>(pub &'a str);
 
@@ -181,6 +214,23 @@ mod tests {
             validate_subject(&long),
             Err(SubjectError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn matching_and_covering() {
+        assert!(matches("a.*.c", "a.b.c"));
+        assert!(matches("a.>", "a.b.c"));
+        assert!(!matches("a.>", "a"));
+        assert!(!matches("a.*", "a.b.c"));
+        assert!(matches(">", "x"));
+        assert!(covers("billing.>", "billing.*.created"));
+        assert!(covers("billing.>", "billing.>"));
+        assert!(covers("billing.*", "billing.*"));
+        assert!(!covers("billing.*", "billing.>"));
+        assert!(!covers("billing.*.x", "billing.>"));
+        assert!(!covers("billing.a", "billing.*"));
+        assert!(!covers("billing.>", "billing"));
+        assert!(covers(">", "anything.>"));
     }
 
     #[test]

@@ -42,6 +42,18 @@ struct ControlPlaneArgs {
     /// How long to retry an unreachable etcd at start before giving up.
     #[arg(long, default_value = "30s", value_parser = nexus::ctl::parse_duration)]
     etcd_connect_timeout: std::time::Duration,
+    /// UDP/TCP address for DNS discovery (SRV records of live gateways); off when absent.
+    #[arg(long, env = "NEXUS_DNS_LISTEN")]
+    dns_listen: Option<std::net::SocketAddr>,
+    /// DNS zone: adapters resolve _nexus._tcp.<region>.<zone>.
+    #[arg(long, env = "NEXUS_DNS_ZONE", default_value = "nexus.local")]
+    dns_zone: String,
+    /// TTL of DNS answers (at least 1s).
+    #[arg(long, default_value = "5s", value_parser = nexus::ctl::parse_duration)]
+    dns_ttl: std::time::Duration,
+    /// A gateway that stops heartbeating disappears from discovery after this long.
+    #[arg(long, default_value = "10s", value_parser = nexus::ctl::parse_duration)]
+    lease_ttl: std::time::Duration,
 }
 
 #[derive(clap::Args)]
@@ -51,6 +63,9 @@ struct DevArgs {
     /// Control plane Admin API address.
     #[arg(long, default_value = "127.0.0.1:7400")]
     control_plane_listen: std::net::SocketAddr,
+    /// Control plane DNS address (SRV discovery of the dev gateways).
+    #[arg(long, default_value = "127.0.0.1:7453")]
+    dns_listen: std::net::SocketAddr,
     /// Where the dev cluster keeps its state (default: $XDG_DATA_HOME/nexus/dev).
     #[arg(long, env = "NEXUS_DEV_DIR")]
     dev_dir: Option<std::path::PathBuf>,
@@ -92,12 +107,19 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     } else {
         nexus_control_plane::server::StoreConfig::Etcd(args.etcd.clone())
     };
-    let cp = nexus_control_plane::server::start(nexus_control_plane::server::ControlPlaneConfig {
-        listen: args.listen,
-        store: store.clone(),
-        store_connect_timeout: args.etcd_connect_timeout,
-    })
-    .await?;
+    let mut cfg = nexus_control_plane::server::ControlPlaneConfig::new(args.listen, store.clone());
+    cfg.store_connect_timeout = args.etcd_connect_timeout;
+    cfg.dns_listen = args.dns_listen;
+    cfg.dns_zone = args.dns_zone.clone();
+    cfg.dns_ttl = args.dns_ttl;
+    if args.lease_ttl < std::time::Duration::from_secs(1) {
+        anyhow::bail!("--lease-ttl must be at least 1s");
+    }
+    cfg.lease_ttl = args.lease_ttl;
+    let cp = nexus_control_plane::server::start(cfg).await?;
+    if let Some(dns) = cp.dns_addr {
+        println!("nexus control plane DNS on {dns} (zone {})", args.dns_zone);
+    }
     match &store {
         nexus_control_plane::server::StoreConfig::Etcd(e) => println!(
             "nexus control plane listening on {} (store: etcd {})",
@@ -120,39 +142,58 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+struct DevCluster {
+    control_plane_listen: std::net::SocketAddr,
+    dns_listen: std::net::SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+async fn run_dev(mut args: DevArgs) -> anyhow::Result<()> {
     let dir = dev_dir(args.dev_dir.clone());
     std::fs::create_dir_all(&dir)
         .map_err(|e| anyhow::anyhow!("cannot create the dev directory {}: {e}", dir.display()))?;
-    run_gateway(args.gateway, Some((args.control_plane_listen, dir))).await
+    if args.gateway.auth.is_none() {
+        args.gateway.auth = Some("off".into());
+    }
+    if args.gateway.state_dir.is_none() {
+        args.gateway.state_dir = Some(dir.join("gateway-state").display().to_string());
+    }
+    let dev = DevCluster {
+        control_plane_listen: args.control_plane_listen,
+        dns_listen: args.dns_listen,
+        dir,
+    };
+    run_gateway(args.gateway, Some(dev)).await
 }
 
-async fn run_gateway(
-    args: GatewayArgs,
-    dev: Option<(std::net::SocketAddr, std::path::PathBuf)>,
-) -> anyhow::Result<()> {
+async fn run_gateway(args: GatewayArgs, dev: Option<DevCluster>) -> anyhow::Result<()> {
     let _telemetry = nexus::telemetry::init(if dev.is_some() {
         "nexus-dev"
     } else {
         "nexus-gateway"
     })?;
     let control_plane = match &dev {
-        Some((listen, dir)) => Some(
-            nexus_control_plane::server::start(nexus_control_plane::server::ControlPlaneConfig {
-                listen: *listen,
-                store: nexus_control_plane::server::StoreConfig::Embedded(
-                    dir.join("control-plane.redb"),
+        Some(d) => {
+            let mut cfg = nexus_control_plane::server::ControlPlaneConfig::new(
+                d.control_plane_listen,
+                nexus_control_plane::server::StoreConfig::Embedded(
+                    d.dir.join("control-plane.redb"),
                 ),
-                store_connect_timeout: std::time::Duration::from_secs(5),
-            })
-            .await?,
-        ),
+            );
+            cfg.dns_listen = Some(d.dns_listen);
+            Some(nexus_control_plane::server::start(cfg).await?)
+        }
         None => None,
     };
     let dev = dev.is_some();
     let mut base = GatewayConfig::default();
     if dev && args.region.is_none() {
         base.region = "dev".into();
+    }
+    if let Some(cp) = &control_plane
+        && args.control_plane.is_none()
+    {
+        base.control_plane = format!("http://{}", cp.grpc_addr);
     }
     let mut cfg = args.resolve(base)?;
     if dev && args.region.is_none() && cfg.region == GatewayConfig::default().region {
@@ -174,7 +215,19 @@ async fn run_gateway(
             "  control plane http://{}   (NEXUS_CONTROL_PLANE; embedded store)",
             cp.grpc_addr
         );
-        println!("  auth          OFF: any client may publish and subscribe (development only)");
+        if let Some(dns) = cp.dns_addr {
+            println!(
+                "  discovery     nexus+srv://{}.nexus.local?dns={dns}",
+                cfg.region
+            );
+        }
+        if cfg.auth == nexus_gateway::AuthMode::Off {
+            println!(
+                "  auth          OFF: any client may publish and subscribe (development only)"
+            );
+        } else {
+            println!("  auth          required: create keys with `nexusctl keys create`");
+        }
     } else {
         println!(
             "nexus gateway {} (region {}) listening on {}, metrics on {}",

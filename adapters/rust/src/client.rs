@@ -1,6 +1,7 @@
 //! [`Client`] and [`ClientBuilder`]: connecting, publishing, subscribing, requests and flush.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,10 +12,10 @@ use nexus_proto::v1::frame::Kind;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::Endpoint;
 
 use crate::batch::{BatchLimits, Outbound};
-use crate::connection::{self, AckWaiter, Config, Shared, SubEntry, SubKind};
+use crate::connection::{self, AckWaiter, Config, Gateways, Shared, SubEntry, SubKind};
+use crate::discovery::{DNS_SERVER_ENV, Discovery, Target, choose_dns_server, parse_target};
 use crate::error::{Error, Result, ServiceError};
 use crate::headers::{Headers, TRACEPARENT};
 use crate::message::{Message, OutgoingMessage};
@@ -81,6 +82,7 @@ pub struct ServerInfo {
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     addr: String,
+    dns_server: Option<SocketAddr>,
     name: String,
     api_key: String,
     request_timeout: Duration,
@@ -98,7 +100,8 @@ pub struct ClientBuilder {
 impl ClientBuilder {
     fn new(addr: &str) -> Self {
         ClientBuilder {
-            addr: normalize_addr(addr),
+            addr: addr.to_owned(),
+            dns_server: None,
             name: "nexus-rust".into(),
             api_key: String::new(),
             request_timeout: Duration::from_secs(5),
@@ -112,6 +115,15 @@ impl ClientBuilder {
             listener_backlog: 256,
             max_concurrent_handlers: 1024,
         }
+    }
+
+    /// The DNS server that resolves a `nexus+srv://` address (e.g. `127.0.0.1:5353`). Takes
+    /// precedence over the address's `?dns=` and the `NEXUS_DNS_SERVER` environment
+    /// variable; without any of them the name servers of `/etc/resolv.conf` are used.
+    /// Ignored for `http://` addresses.
+    pub fn dns_server(mut self, addr: SocketAddr) -> Self {
+        self.dns_server = Some(addr);
+        self
     }
 
     /// Client name reported in Hello (default `nexus-rust`).
@@ -193,13 +205,22 @@ impl ClientBuilder {
     /// Connects and performs the Hello/Welcome handshake. Fails if the gateway cannot be
     /// reached or refuses the session (e.g. [`Error::Denied`]); later disconnects are
     /// handled by reconnecting.
+    ///
+    /// With a `nexus+srv://` address the gateways are discovered first and tried in
+    /// RFC 2782 order until one accepts; the errors are then [`Error::InvalidAddress`],
+    /// [`Error::Discovery`] (e.g. NXDOMAIN) or [`Error::NoGateway`] listing every gateway
+    /// tried and why it failed.
     pub async fn connect(self) -> Result<Client> {
-        let endpoint = Endpoint::from_shared(self.addr.clone())?
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
+        let gateways = match parse_target(&self.addr)? {
+            Target::Direct(url) => {
+                Gateways::Direct(Box::new(connection::endpoint(url, self.connect_timeout)?))
+            }
+            Target::Srv(target) => {
+                let env = std::env::var(DNS_SERVER_ENV).ok();
+                let dns = choose_dns_server(self.dns_server, target.dns_server, env.as_deref())?;
+                Gateways::Discovered(Arc::new(Discovery::new(target, dns)?))
+            }
+        };
         let config = Config {
             name: self.name,
             api_key: self.api_key,
@@ -222,7 +243,7 @@ impl ClientBuilder {
         let inner = Arc::new_cyclic(|weak| ClientInner {
             shared: Arc::new(Shared::new(
                 config,
-                endpoint,
+                gateways,
                 out_tx,
                 ctl_tx,
                 shutdown_tx,
@@ -266,8 +287,10 @@ fn duration_ms(d: Duration) -> u32 {
 }
 
 impl Client {
-    /// Connects with default settings. `addr` is `http://host:port`; a bare `host:port` gets
-    /// `http://`.
+    /// Connects with default settings. `addr` is `http://host:port` (a bare `host:port`
+    /// gets `http://`), or a discovery name `nexus+srv://<region>.<zone>[?dns=ip[:port]]`
+    /// whose gateways are found through the DNS SRV records of `_nexus._tcp.<region>.<zone>`
+    /// (see [`ClientBuilder::connect`] and the crate docs).
     pub async fn connect(addr: &str) -> Result<Client> {
         Self::builder(addr).connect().await
     }
@@ -726,7 +749,8 @@ impl Client {
         self.shared().connected.load(Ordering::Acquire)
     }
 
-    /// The gateway's Welcome of the current (or last) session.
+    /// The gateway's Welcome of the current (or last) session. With discovery this is the
+    /// gateway in use now (it changes when the client fails over).
     pub fn server_info(&self) -> Option<ServerInfo> {
         self.shared()
             .state

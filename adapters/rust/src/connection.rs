@@ -21,6 +21,7 @@
 //! drops stale frames still queued. Plain publishes are untagged and survive reconnects.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -36,7 +37,8 @@ use tracing::{debug, info, warn};
 use crate::batch::{BatchLimits, Coalescer, Outbound};
 use crate::client::{Client, ClientInner};
 use crate::credit::SendCredit;
-use crate::error::{Error, Fail, Result};
+use crate::discovery::Discovery;
+use crate::error::{Error, Fail, GatewayAttempt, Result, describe};
 use crate::headers::Headers;
 use crate::message::Message;
 use crate::stream::{BiStream, StreamEvent};
@@ -191,9 +193,27 @@ impl State {
     }
 }
 
+/// Where sessions are opened.
+pub(crate) enum Gateways {
+    /// One gateway (`http://host:port`).
+    Direct(Box<Endpoint>),
+    /// The gateways discovered through DNS SRV (`nexus+srv://name`), tried in order.
+    Discovered(Arc<Discovery>),
+}
+
+/// The transport endpoint for `url` with the adapter's settings.
+pub(crate) fn endpoint(url: String, connect_timeout: Duration) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(url)?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) endpoint: Endpoint,
+    pub(crate) gateways: Gateways,
     pub(crate) out_tx: mpsc::Sender<Outbound>,
     /// Unbounded, prioritised queue for small control frames produced where we must not
     /// await (Pong, Credit, Unsub, aborts from `Drop`).
@@ -216,7 +236,7 @@ impl Shared {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: Config,
-        endpoint: Endpoint,
+        gateways: Gateways,
         out_tx: mpsc::Sender<Outbound>,
         ctl_tx: mpsc::UnboundedSender<Outbound>,
         shutdown: watch::Sender<bool>,
@@ -224,7 +244,7 @@ impl Shared {
     ) -> Self {
         Shared {
             config,
-            endpoint,
+            gateways,
             out_tx,
             ctl_tx,
             state: Mutex::new(State {
@@ -373,11 +393,11 @@ pub(crate) async fn run(
             break;
         }
         let attempt = tokio::select! {
-            r = establish(&shared) => r,
+            r = connect_round(&shared) => r,
             _ = shutdown.wait_for(|v| *v) => break,
         };
         match attempt {
-            Ok(session) => {
+            Ok((session, addr)) => {
                 backoff.reset();
                 shared.connected.store(true, Ordering::Release);
                 if let Some(tx) = first.take() {
@@ -392,6 +412,9 @@ pub(crate) async fn run(
                     SessionEnd::Shutdown => break,
                     SessionEnd::Failed(why) => {
                         warn!(reason = %why, "nexus: session lost, reconnecting");
+                        if let (Some(addr), Gateways::Discovered(d)) = (addr, &shared.gateways) {
+                            d.demote(addr);
+                        }
                         shared.sweep(Fail::Disconnected, false);
                     }
                 }
@@ -416,10 +439,60 @@ pub(crate) async fn run(
     shared.sweep(Fail::Closed, true);
 }
 
+/// One connection round: the direct gateway, or each discovered gateway in order until one
+/// accepts a session. Returns the session and, with discovery, the gateway's address.
+async fn connect_round(shared: &Shared) -> Result<(Session, Option<SocketAddr>)> {
+    let discovery = match &shared.gateways {
+        Gateways::Direct(endpoint) => return Ok((establish(shared, endpoint).await?, None)),
+        Gateways::Discovered(d) => d,
+    };
+    let candidates = discovery.candidates().await?;
+    let mut attempts = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        let addr = match c.addr {
+            Ok(addr) => addr,
+            Err(error) => {
+                warn!(gateway = %c.gateway, %error, "nexus: discovered gateway has no address");
+                attempts.push(GatewayAttempt {
+                    gateway: c.gateway,
+                    addr: None,
+                    error,
+                });
+                continue;
+            }
+        };
+        let result = match endpoint(format!("http://{addr}"), shared.config.connect_timeout) {
+            Ok(ep) => establish(shared, &ep).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(session) => {
+                info!(gateway = %c.gateway, %addr, "nexus: session established with a discovered gateway");
+                return Ok((session, Some(addr)));
+            }
+            Err(e) => {
+                let error = describe(&e);
+                discovery.demote(addr);
+                warn!(gateway = %c.gateway, %addr, %error, "nexus: gateway did not accept a session, trying the next");
+                attempts.push(GatewayAttempt {
+                    gateway: c.gateway,
+                    addr: Some(addr),
+                    error,
+                });
+            }
+        }
+    }
+    discovery.mark_all_failed();
+    Err(Error::NoGateway {
+        target: discovery.url().to_owned(),
+        attempts,
+    })
+}
+
 /// Connects, sends Hello, waits for Welcome and re-sends confirmed subscriptions.
-async fn establish(shared: &Shared) -> Result<Session> {
+async fn establish(shared: &Shared, endpoint: &Endpoint) -> Result<Session> {
     let cfg = &shared.config;
-    let channel = shared.endpoint.connect().await?;
+    let channel = endpoint.connect().await?;
     let mut grpc = pb::gateway_client::GatewayClient::new(channel)
         .max_decoding_message_size(MAX_DECODING_BYTES);
     let (req_tx, req_rx) = mpsc::channel::<pb::Batch>(2);
@@ -887,7 +960,7 @@ mod tests {
         let (shutdown, _) = watch::channel(false);
         let shared = Shared::new(
             config,
-            Endpoint::from_static("http://127.0.0.1:1"),
+            Gateways::Direct(Box::new(Endpoint::from_static("http://127.0.0.1:1"))),
             out_tx,
             ctl_tx,
             shutdown,

@@ -88,6 +88,77 @@ pub enum Error {
     /// Connecting to the gateway failed.
     #[error("connect: {0}")]
     Connect(#[from] tonic::transport::Error),
+    /// The address given to [`Client::connect`](crate::Client::connect) or
+    /// [`Client::builder`](crate::Client::builder) (or the `NEXUS_DNS_SERVER` value) is
+    /// malformed.
+    #[error("invalid gateway address {addr:?}: {reason}")]
+    InvalidAddress {
+        /// The address as given.
+        addr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Gateway discovery through DNS failed: the SRV name does not exist (NXDOMAIN: unknown
+    /// region or zone, or no live gateway in it), has no records, or the DNS server did
+    /// not answer. The message names the SRV name and the DNS server asked.
+    #[error("gateway discovery: {0}")]
+    Discovery(String),
+    /// Every gateway discovered for a `nexus+srv://` name was tried and none accepted a
+    /// session.
+    #[error("no gateway for {target} accepted a session: {}", format_attempts(.attempts))]
+    NoGateway {
+        /// The discovery address (`nexus+srv://...`).
+        target: String,
+        /// Each gateway tried, in order, and why it failed.
+        attempts: Vec<GatewayAttempt>,
+    },
+}
+
+/// One gateway tried while connecting through discovery (see [`Error::NoGateway`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayAttempt {
+    /// The gateway's name from DNS (its id, the first label of the SRV target).
+    pub gateway: String,
+    /// The address tried, if the target resolved to one.
+    pub addr: Option<std::net::SocketAddr>,
+    /// Why it failed.
+    pub error: String,
+}
+
+impl std::fmt::Display for GatewayAttempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.addr {
+            Some(a) => write!(f, "{} ({a}): {}", self.gateway, self.error),
+            None => write!(f, "{}: {}", self.gateway, self.error),
+        }
+    }
+}
+
+fn format_attempts(attempts: &[GatewayAttempt]) -> String {
+    if attempts.is_empty() {
+        return "no gateway to try".into();
+    }
+    attempts
+        .iter()
+        .map(GatewayAttempt::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `e` followed by its sources, e.g. "connect: transport error: tcp connect error:
+/// Connection refused (os error 111)", skipping sources whose text is already included.
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 impl Error {
@@ -98,7 +169,8 @@ impl Error {
     }
 
     /// True for errors after which retrying the same operation may succeed
-    /// (`Disconnected`, `Timeout`, `NoResponders`, `Unavailable`, transport errors).
+    /// (`Disconnected`, `Timeout`, `NoResponders`, `Unavailable`, transport errors, and
+    /// discovery failures: a region without live gateways is NXDOMAIN until one starts).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -108,6 +180,8 @@ impl Error {
                 | Error::Unavailable { .. }
                 | Error::Transport(_)
                 | Error::Connect(_)
+                | Error::Discovery(_)
+                | Error::NoGateway { .. }
         )
     }
 }

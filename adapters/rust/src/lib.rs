@@ -1,7 +1,9 @@
 //! # nexus-client
 //!
 //! The Rust adapter for Nexus, a polyglot message router. A [`Client`]
-//! keeps one gRPC session (`nexus.v1.Gateway/Session`) with a regional gateway and offers:
+//! keeps one gRPC session (`nexus.v1.Gateway/Session`) with a regional gateway, given by
+//! address or discovered through DNS SRV (see [below](#gateway-discovery-dns-srv)), and
+//! offers:
 //!
 //! * publish / subscribe with subject wildcards (`*` one token, trailing `>` the rest) and
 //!   queue groups,
@@ -9,6 +11,7 @@
 //! * bidirectional streams with end-to-end credit-based flow control
 //!   ([`Client::open_stream`], [`Client::listen_streams`]),
 //! * automatic reconnection (exponential backoff with jitter) that re-creates subscriptions,
+//!   failing over to another discovered gateway when the current one goes away,
 //! * invisible batching: frames queued at the same time travel in one gRPC message.
 //!
 //! Every publish, request and stream open carries a W3C `traceparent` header (generated when
@@ -63,6 +66,38 @@
 //! When the session breaks, in-flight requests, acked publishes, flushes and open streams fail
 //! with [`Error::Disconnected`]; plain publishes stay queued and are sent after reconnecting;
 //! subscriptions are re-sent with the same ids and keep delivering.
+//!
+//! ## Gateway discovery (DNS SRV)
+//!
+//! Besides `http://host:port`, [`Client::connect`] and [`Client::builder`] accept a discovery
+//! name, `nexus+srv://<region>.<zone>[?dns=ip[:port]]`. The client looks up the SRV records
+//! of `_nexus._tcp.<region>.<zone>` (published by the control plane's DNS responder), orders
+//! them per RFC 2782 (lowest priority first, weighted random order within a priority),
+//! resolves each target (A/AAAA glue, else A/AAAA lookups) and tries the gateways in that
+//! order until one accepts the session.
+//!
+//! * The DNS server is, by precedence, [`ClientBuilder::dns_server`], the URL's `?dns=`,
+//!   the [`NEXUS_DNS_SERVER`](DNS_SERVER_ENV) environment variable, then the name servers
+//!   of `/etc/resolv.conf`.
+//! * Errors: [`Error::InvalidAddress`] for a malformed address, [`Error::Discovery`] when
+//!   the name does not resolve (e.g. NXDOMAIN for an unknown region, naming the SRV name),
+//!   [`Error::NoGateway`] when no gateway accepted, listing each one tried
+//!   ([`GatewayAttempt`]) and why.
+//! * After a session breaks, reconnecting tries the other gateways first (the failed one
+//!   and any that refused are moved to the end), re-resolving when the cached answer is
+//!   older than its TTL or when no gateway of it accepted; rounds are separated by the
+//!   reconnect backoff. [`Client::server_info`] shows the gateway in use.
+//!
+//! ```no_run
+//! # async fn demo() -> nexus_client::Result<()> {
+//! let client = nexus_client::Client::builder("nexus+srv://us-east.nexus.local")
+//!     .dns_server("127.0.0.1:5353".parse().unwrap())
+//!     .connect()
+//!     .await?;
+//! println!("connected to {}", client.server_info().unwrap().gateway_id);
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
@@ -70,6 +105,7 @@ mod batch;
 mod client;
 mod connection;
 mod credit;
+mod discovery;
 mod error;
 mod headers;
 mod message;
@@ -80,7 +116,8 @@ mod subscription;
 
 pub use bytes::Bytes;
 pub use client::{Client, ClientBuilder, ServerInfo};
-pub use error::{Error, Result, ServiceError};
+pub use discovery::DNS_SERVER_ENV;
+pub use error::{Error, GatewayAttempt, Result, ServiceError};
 pub use headers::{Headers, TRACEPARENT, is_valid_traceparent, new_traceparent};
 pub use message::{Message, OutgoingMessage};
 pub use service::Service;

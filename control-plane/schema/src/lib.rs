@@ -1,4 +1,5 @@
-//! Schema core of the control plane's schema registry (sans-I/O).
+//! `nexus-schema`: the schema rules shared by the control plane's registry and the
+//! gateways' publish-time enforcement (sans-I/O).
 //!
 //! This module parses schema definitions, validates payloads against them and
 //! decides whether a new schema version is compatible with the versions already

@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Nexus vs NATS on this machine: builds release binaries, starts nats-server and a Nexus
+# gateway on free loopback ports, runs the comparison suite (128-byte messages), records the
+# gateway's RSS over a sustained run and the memory per idle connection of both servers, and
+# writes the results into docs/benchmarks.md (between the GENERATED markers; the text around
+# them is kept). Everything it starts is stopped on exit. Traffic goes only to 127.0.0.1.
+#
+# Knobs (environment): DURATION (s per scenario, default 5), SUSTAIN (s, default 60),
+# SUSTAIN_RATE (msgs/s of the sustained run, default 0 = as fast as possible), IDLE (idle
+# connections, default 1000), OPEN_RATE (requests/s of the open loop, default 2000),
+# PAYLOAD (bytes, default 128), OUT (default docs/benchmarks.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-5}"
+SUSTAIN="${SUSTAIN:-60}"
+SUSTAIN_RATE="${SUSTAIN_RATE:-0}"
+IDLE="${IDLE:-1000}"
+OPEN_RATE="${OPEN_RATE:-2000}"
+PAYLOAD="${PAYLOAD:-128}"
+OUT="${OUT:-docs/benchmarks.md}"
+export NEXUS_CACHE="${NEXUS_CACHE:-$HOME/.cache/nexus}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$NEXUS_CACHE/target}"
+BIN="$CARGO_TARGET_DIR/release"
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+# Enough file descriptors for the idle-connection measurement (inherited by the servers).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+
+find_nats() { command -v nats-server || ls /usr/sbin/nats-server /usr/bin/nats-server 2>/dev/null | head -n1 || true; }
+NATS_BIN="$(find_nats)"
+if [ -z "$NATS_BIN" ]; then
+  step "installing nats-server"
+  SUDO=""; [ "$(id -u)" != 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server
+  NATS_BIN="$(find_nats)"
+fi
+[ -n "$NATS_BIN" ] || { echo "nats-server not found after installing it" >&2; exit 1; }
+
+step "building release binaries (nexus, nexus-load)"
+cargo build --release --quiet -p nexus -p nexus-load --bin nexus --bin nexus-load
+
+# wait_for FILE PATTERN: waits up to 15 s for a line matching PATTERN, prints it.
+wait_for() {
+  local i
+  for i in $(seq 1 150); do
+    if grep -m1 -E "$2" "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "timed out waiting for '$2' in $1:" >&2; cat "$1" >&2; return 1
+}
+
+# start_gateway NAME: starts a gateway on free ports; sets GW_PID and GW_ADDR.
+start_gateway() {
+  RUST_LOG=warn "$BIN/nexus" gateway --auth off --region bench --listen 127.0.0.1:0 \
+    --metrics-listen 127.0.0.1:0 >"$WORK/$1.out" 2>"$WORK/$1.err" &
+  GW_PID=$!; PIDS+=("$GW_PID")
+  GW_ADDR="$(wait_for "$WORK/$1.out" ' listening on ' | sed -E 's/.* listening on ([^,]+),.*/\1/')"
+}
+
+# start_nats NAME: starts nats-server on a free port; sets NATS_PID and NATS_ADDR.
+start_nats() {
+  "$NATS_BIN" -a 127.0.0.1 -p -1 >"$WORK/$1.log" 2>&1 &
+  NATS_PID=$!; PIDS+=("$NATS_PID")
+  NATS_ADDR="$(wait_for "$WORK/$1.log" 'Listening for client connections on' | sed -E 's/.*connections on ([0-9.:]+).*/\1/')"
+}
+
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+step "starting nats-server and a Nexus gateway"
+start_gateway gw
+start_nats nats
+echo "nexus gateway on $GW_ADDR (pid $GW_PID), nats-server on $NATS_ADDR (pid $NATS_PID)" >&2
+
+step "comparison suite: ${DURATION}s per scenario, ${PAYLOAD}-byte payloads"
+"$BIN/nexus-load" compare --nexus "nexus://$GW_ADDR" --nats "nats://$NATS_ADDR" \
+  --duration "$DURATION" --payload "$PAYLOAD" --open-rate "$OPEN_RATE" \
+  --json-out "$WORK/compare.json" | tee "$WORK/compare.md"
+
+# sustained SERVER_PID TARGET NAME: pub/sub 1:1 for SUSTAIN seconds, RSS sampled each second.
+sustained() {
+  local pid=$1 target=$2 name=$3 rate_args=()
+  [ "$SUSTAIN_RATE" != 0 ] && rate_args=(--rate "$SUSTAIN_RATE")
+  : >"$WORK/$name.rss"
+  "$BIN/nexus-load" pubsub --target "$target" --duration "$SUSTAIN" --payload "$PAYLOAD" \
+    "${rate_args[@]}" --json-out "$WORK/$name.json" >"$WORK/$name.md" &
+  local load=$!
+  while kill -0 "$load" 2>/dev/null; do
+    rss_kb "$pid" >>"$WORK/$name.rss"
+    sleep 1
+  done
+  wait "$load"
+}
+
+# summary of an RSS series (kB): first, 10 s in, min, max, last, last-minus-10s-in
+rss_summary() {
+  awk '{v[NR]=$1; if (NR==1||$1<mn) mn=$1; if ($1>mx) mx=$1}
+       END {w = (NR > 10) ? v[11] : v[1];
+            printf "samples %d; first %.1f MB, after 10 s %.1f MB, min %.1f MB, max %.1f MB, last %.1f MB; drift after warm-up %+.1f MB",
+              NR, v[1]/1024, w/1024, mn/1024, mx/1024, v[NR]/1024, (v[NR]-w)/1024}' "$1"
+}
+
+step "sustained pub/sub 1:1 for ${SUSTAIN}s against the gateway, RSS each second"
+sustained "$GW_PID" "nexus://$GW_ADDR" sustained-nexus
+cat "$WORK/sustained-nexus.md"
+step "sustained pub/sub 1:1 for ${SUSTAIN}s against nats-server, RSS each second"
+sustained "$NATS_PID" "nats://$NATS_ADDR" sustained-nats
+cat "$WORK/sustained-nats.md"
+
+# idle_memory PID TARGET: RSS delta per connection (bytes) for IDLE idle connections.
+idle_memory() {
+  local pid=$1 target=$2 before after
+  sleep 1
+  before="$(rss_kb "$pid")"
+  "$BIN/nexus-load" idle --target "$target" --connections "$IDLE" --hold 4 >"$WORK/idle.out" 2>&1 &
+  local load=$!
+  wait_for "$WORK/idle.out" '^ready' >/dev/null
+  sleep 2
+  after="$(rss_kb "$pid")"
+  wait "$load"
+  echo "$before $after" | awk -v n="$IDLE" '{printf "%.1f MB -> %.1f MB: %.1f KiB per connection", $1/1024, $2/1024, ($2-$1)/n}'
+}
+
+step "memory per idle connection ($IDLE connections), on fresh servers"
+stop "$GW_PID"; stop "$NATS_PID"
+start_gateway gw-idle
+IDLE_NEXUS="$(idle_memory "$GW_PID" "nexus://$GW_ADDR")"
+start_nats nats-idle
+IDLE_NATS="$(idle_memory "$NATS_PID" "nats://$NATS_ADDR")"
+echo "nexus: $IDLE_NEXUS; nats: $IDLE_NATS" >&2
+
+step "writing $OUT"
+CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+MEM="$(awk '/^MemTotal:/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+NATS_VERSION="$("$NATS_BIN" --version 2>&1 | head -n1)"
+{
+  echo "<!-- BEGIN GENERATED by load-tests/run-comparison.sh; edits inside are overwritten -->"
+  echo "## Results ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+  echo
+  echo "- Machine: $(nproc) CPUs ($CPU), $MEM RAM, $(uname -sr)"
+  echo "- Versions: $(rustc --version), nexus $(git describe --always --dirty 2>/dev/null || echo '?'), $NATS_VERSION"
+  echo "- Load: ${PAYLOAD}-byte payloads, ${DURATION} s per scenario, one gateway and one nats-server"
+  echo "  with default settings, load generator on the same machine; open loop at ${OPEN_RATE} requests/s."
+  echo
+  echo "### Comparison suite"
+  echo
+  echo "Latency is from the send time stamped in the payload to delivery (pub/sub) or from the"
+  echo "request to its reply; for the open loop, from the intended send time. Ratio rows are"
+  echo "nexus/nats: above 1× Nexus is faster for msgs/s and MB/s, slower for latencies."
+  echo
+  cat "$WORK/compare.md"
+  echo
+  echo "### Sustained pub/sub 1:1 (${SUSTAIN} s), server RSS sampled every second"
+  echo
+  echo "- Nexus gateway: $(rss_summary "$WORK/sustained-nexus.rss")"
+  echo "- nats-server: $(rss_summary "$WORK/sustained-nats.rss")"
+  echo
+  cat "$WORK/sustained-nexus.md"
+  tail -n +3 "$WORK/sustained-nats.md"
+  echo
+  echo "Gateway RSS series (MB, one sample per second):"
+  echo
+  echo '```'
+  awk '{printf "%.1f ", $1/1024} END {print ""}' "$WORK/sustained-nexus.rss" | fold -s -w 96
+  echo '```'
+  echo
+  echo "### Memory per idle connection ($IDLE connections, fresh server)"
+  echo
+  echo "- Nexus gateway: $IDLE_NEXUS"
+  echo "- nats-server: $IDLE_NATS"
+  echo "<!-- END GENERATED -->"
+} >"$WORK/generated.md"
+
+if [ -f "$OUT" ] && grep -q '^<!-- BEGIN GENERATED' "$OUT"; then
+  awk -v gen="$WORK/generated.md" '
+    /^<!-- BEGIN GENERATED/ {while ((getline l < gen) > 0) print l; skip=1; next}
+    /^<!-- END GENERATED/ {skip=0; next}
+    !skip {print}' "$OUT" >"$WORK/out.md"
+  cp "$WORK/out.md" "$OUT"
+else
+  { echo "# Benchmarks: Nexus and NATS"; echo; cat "$WORK/generated.md"; } >"$OUT"
+fi
+echo "wrote $OUT" >&2
