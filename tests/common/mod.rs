@@ -19,6 +19,8 @@ pub struct Gateway {
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
     config: Option<PathBuf>,
+    /// Extra arguments, kept for `restart`.
+    extra: Vec<String>,
     _dir: Option<tempdir::Dir>,
 }
 
@@ -72,6 +74,19 @@ impl Gateway {
         g
     }
 
+    /// Starts a gateway with extra command-line arguments (e.g. `--control-plane`).
+    pub fn start_with_args(args: &[&str]) -> Self {
+        let mut g = Self::spawn_full(
+            None,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            &[],
+            args,
+        );
+        g.extra = args.iter().map(|a| a.to_string()).collect();
+        g
+    }
+
     /// Starts a gateway with extra environment variables.
     pub fn start_with_env(env: &[(&str, &str)]) -> Self {
         Self::spawn_with(
@@ -92,6 +107,16 @@ impl Gateway {
         metrics: SocketAddr,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn_full(config, grpc, metrics, env, &[])
+    }
+
+    fn spawn_full(
+        config: Option<PathBuf>,
+        grpc: SocketAddr,
+        metrics: SocketAddr,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nexus"));
         cmd.arg("gateway")
             .arg("--region")
@@ -110,11 +135,12 @@ impl Gateway {
         if let Some(c) = &config {
             cmd.arg("--config").arg(c);
         }
+        cmd.args(extra);
         for (k, v) in env {
             cmd.env(k, v);
         }
         // Open unless a test asks for keys (the binary's default is `required`).
-        if !env.iter().any(|(k, _)| *k == "NEXUS_AUTH") {
+        if !env.iter().any(|(k, _)| *k == "NEXUS_AUTH") && !extra.contains(&"--auth") {
             cmd.arg("--auth").arg("off");
         }
         let mut child = cmd.spawn().expect("spawn nexus gateway");
@@ -143,6 +169,7 @@ impl Gateway {
             grpc,
             metrics,
             config,
+            extra: Vec::new(),
             _dir: None,
         };
         g.wait_ready();
@@ -193,7 +220,8 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let fresh = Self::spawn(self.config.clone(), self.grpc, self.metrics);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let fresh = Self::spawn_full(self.config.clone(), self.grpc, self.metrics, &[], &extra);
         self.child = fresh.child_take();
     }
 
@@ -409,6 +437,8 @@ impl Drop for Etcd {
 pub struct ControlPlane {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// DNS address when started with `--dns-listen`.
+    pub dns: Option<SocketAddr>,
     args: Vec<String>,
 }
 
@@ -423,16 +453,37 @@ impl ControlPlane {
         Self::spawn(vec!["--etcd".into(), endpoint.into()])
     }
 
+    /// Starts with the embedded store, DNS on a free port and the given lease TTL.
+    pub fn embedded_with_dns(data_dir: &std::path::Path, lease_ttl: &str) -> Self {
+        Self::spawn(vec![
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--dns-listen".into(),
+            "127.0.0.1:0".into(),
+            "--lease-ttl".into(),
+            lease_ttl.into(),
+        ])
+    }
+
     fn spawn(args: Vec<String>) -> Self {
-        let (child, addr) = Self::launch(&args, "127.0.0.1:0");
+        let (child, addr, dns) = Self::launch(&args, "127.0.0.1:0");
         Self {
             child: Some(child),
             addr,
+            dns,
             args,
         }
     }
 
-    fn launch(args: &[String], listen: &str) -> (Child, SocketAddr) {
+    /// Kills the process (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn launch(args: &[String], listen: &str) -> (Child, SocketAddr, Option<SocketAddr>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
             .arg("control-plane")
             .arg("--listen")
@@ -445,21 +496,33 @@ impl ControlPlane {
             .expect("spawn nexus control-plane");
         let mut lines = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        let addr = loop {
+        let wants_dns = args.iter().any(|a| a == "--dns-listen");
+        let mut dns = None;
+        let addr: SocketAddr = loop {
             line.clear();
             assert!(
                 lines.read_line(&mut line).unwrap() > 0,
                 "control plane exited before it was ready"
             );
+            if let Some(rest) = line.split(" DNS on ").nth(1) {
+                dns = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+            }
             if let Some(rest) = line.split(" listening on ").nth(1) {
                 break rest.split_whitespace().next().unwrap().parse().unwrap();
             }
         };
+        if wants_dns && dns.is_none() {
+            line.clear();
+            lines.read_line(&mut line).unwrap();
+            if let Some(rest) = line.split(" DNS on ").nth(1) {
+                dns = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+            }
+        }
         std::thread::spawn(move || {
             let mut sink = Vec::new();
             let _ = lines.read_to_end(&mut sink);
         });
-        (child, addr)
+        (child, addr, dns)
     }
 
     /// Stops the process and starts it again on the same address with the same store.
@@ -468,9 +531,10 @@ impl ControlPlane {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let (child, addr) = Self::launch(&self.args, &self.addr.to_string());
+        let (child, addr, dns) = Self::launch(&self.args, &self.addr.to_string());
         assert_eq!(addr, self.addr);
         self.child = Some(child);
+        self.dns = dns;
     }
 
     pub fn url(&self) -> String {
