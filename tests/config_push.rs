@@ -16,6 +16,7 @@ fn ctl(cp: &ControlPlane, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_nexusctl"))
         .args(args)
         .env("NEXUS_CONTROL_PLANE", cp.url())
+        .env("NEXUS_ADMIN_KEY", &cp.admin_key)
         .output()
         .expect("run nexusctl");
     assert!(

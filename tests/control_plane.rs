@@ -18,6 +18,7 @@ fn ctl(cp: &ControlPlane, args: &[&str]) -> Out {
     let out = Command::new(env!("CARGO_BIN_EXE_nexusctl"))
         .args(args)
         .env("NEXUS_CONTROL_PLANE", cp.url())
+        .env("NEXUS_ADMIN_KEY", &cp.admin_key)
         .output()
         .expect("run nexusctl");
     Out {
@@ -361,7 +362,19 @@ fn bad_input_is_refused_with_clear_errors_and_nothing_is_written() {
     );
     fails(&cp, &["keys", "revoke", "0123456789abcdef"], &["not found"]);
     fails(&cp, &["keys", "revoke", "../etc"], &["not a key id"]);
-    assert_eq!(ok(&cp, &["keys", "list", "-o", "json"]).trim(), "[]");
+    let keys: serde_json::Value =
+        serde_json::from_str(&ok(&cp, &["keys", "list", "-o", "json"])).unwrap();
+    let names: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["bootstrap-admin"],
+        "no key was written by the refused calls"
+    );
 }
 
 #[test]
@@ -379,11 +392,13 @@ fn concurrent_edits_are_serialised_by_compare_and_swap() {
     let handles: Vec<_> = (0..8)
         .map(|_| {
             let url = cp.url();
+            let key = cp.admin_key.clone();
             let route = route.clone();
             std::thread::spawn(move || {
                 Command::new(env!("CARGO_BIN_EXE_nexusctl"))
                     .args(["routes", "apply", "-f", &route, "--expect-version", "1"])
                     .env("NEXUS_CONTROL_PLANE", url)
+                    .env("NEXUS_ADMIN_KEY", key)
                     .output()
                     .unwrap()
             })
@@ -428,6 +443,51 @@ fn etcd_unreachable_at_start_is_retried_then_reported() {
         stderr.contains("etcd not reachable yet"),
         "retries are logged: {stderr}"
     );
+}
+
+#[test]
+fn the_admin_api_requires_an_admin_key() {
+    let data = tempdir::Dir::new("cp-admin");
+    let cp = ControlPlane::embedded(&data.0);
+    let run = |key: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nexusctl"));
+        c.args(["routes", "list"])
+            .env("NEXUS_CONTROL_PLANE", cp.url());
+        match key {
+            Some(k) => c.env("NEXUS_ADMIN_KEY", k),
+            None => c.env_remove("NEXUS_ADMIN_KEY"),
+        };
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok_, err) = run(None);
+    assert!(!ok_ && err.contains("needs an admin key"), "{err}");
+    let (ok_, err) = run(Some(
+        "nxk_0123456789abcdef_0000000000000000000000000000000000000000000000000000000000000000",
+    ));
+    assert!(!ok_ && err.contains("unknown"), "{err}");
+    // A key without the admin scope may not manage anything.
+    let out = ok(
+        &cp,
+        &["keys", "create", "app", "--publish", "app.>", "-o", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The new key reaches the control plane's in-memory snapshot within moments.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let err = loop {
+        let (ok_, err) = run(v["secret"].as_str());
+        assert!(!ok_);
+        if err.contains("does not have the admin scope") || std::time::Instant::now() > deadline {
+            break err;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(err.contains("does not have the admin scope"), "{err}");
+    let (ok_, _) = run(Some(&cp.admin_key));
+    assert!(ok_);
 }
 
 #[test]

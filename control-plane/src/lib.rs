@@ -8,6 +8,7 @@
 //! - [`names`] fixes the key layout under `/nexus/v1/`; [`records`] encodes records.
 
 pub mod admin;
+pub mod admin_auth;
 pub mod dns;
 pub mod error;
 pub mod keys;

@@ -38,6 +38,10 @@ pub struct ControlPlaneConfig {
     pub dns_ttl: Duration,
     /// TTL of gateway registrations; gateways heartbeat at a third of it.
     pub lease_ttl: Duration,
+    /// Whether Admin API calls must carry a key with the admin scope.
+    pub admin_auth: bool,
+    /// Where the bootstrap admin key is written when no admin key exists yet.
+    pub admin_key_file: Option<PathBuf>,
 }
 
 impl ControlPlaneConfig {
@@ -51,6 +55,8 @@ impl ControlPlaneConfig {
             dns_zone: "nexus.local".into(),
             dns_ttl: crate::dns::DEFAULT_TTL,
             lease_ttl: Duration::from_secs(10),
+            admin_auth: true,
+            admin_key_file: None,
         }
     }
 }
@@ -128,13 +134,22 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
         .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
-    let admin = AdminServer::new(AdminService {
-        store: store.clone(),
-    })
-    .max_decoding_message_size(4 << 20);
     let stop = CancellationToken::new();
+    if cfg.admin_auth {
+        crate::admin_auth::bootstrap(&*store, cfg.admin_key_file.as_deref()).await?;
+    }
     let view =
         crate::push::ClusterView::start(store.clone(), cfg.lease_ttl / 3, stop.clone()).await?;
+    let admin = tonic::service::interceptor::InterceptedService::new(
+        AdminServer::new(AdminService {
+            store: store.clone(),
+        })
+        .max_decoding_message_size(4 << 20),
+        crate::admin_auth::AdminAuth {
+            view: view.clone(),
+            required: cfg.admin_auth,
+        },
+    );
     let push = nexus_proto::v1::config_push_server::ConfigPushServer::new(
         crate::push::ConfigPushService {
             view: view.clone(),

@@ -54,6 +54,14 @@ struct ControlPlaneArgs {
     /// A gateway that stops heartbeating disappears from discovery after this long.
     #[arg(long, default_value = "10s", value_parser = nexus::ctl::parse_duration)]
     lease_ttl: std::time::Duration,
+    /// Admin API calls need a key with the admin scope (`required`) or anyone may manage
+    /// everything (`off`, development only).
+    #[arg(long, env = "NEXUS_ADMIN_AUTH", default_value = "required", value_parser = ["required", "off"])]
+    admin_auth: String,
+    /// Where the bootstrap admin key is written if no admin key exists (default:
+    /// <data-dir>/admin.key).
+    #[arg(long, env = "NEXUS_ADMIN_KEY_FILE")]
+    admin_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -116,7 +124,23 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         anyhow::bail!("--lease-ttl must be at least 1s");
     }
     cfg.lease_ttl = args.lease_ttl;
+    cfg.admin_auth = args.admin_auth == "required";
+    let key_file = args
+        .admin_key_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("admin.key"));
+    cfg.admin_key_file = Some(key_file.clone());
     let cp = nexus_control_plane::server::start(cfg).await?;
+    if args.admin_auth == "required" {
+        println!(
+            "nexus control plane admin API requires an admin key (bootstrap key file: {})",
+            key_file.display()
+        );
+    } else {
+        println!(
+            "nexus control plane admin API is OPEN (--admin-auth off): anyone can manage everything"
+        );
+    }
     if let Some(dns) = cp.dns_addr {
         println!("nexus control plane DNS on {dns} (zone {})", args.dns_zone);
     }
@@ -181,6 +205,8 @@ async fn run_gateway(args: GatewayArgs, dev: Option<DevCluster>) -> anyhow::Resu
                 ),
             );
             cfg.dns_listen = Some(d.dns_listen);
+            // Development: the Admin API is open, and the banner says so.
+            cfg.admin_auth = false;
             Some(nexus_control_plane::server::start(cfg).await?)
         }
         None => None,
@@ -228,6 +254,7 @@ async fn run_gateway(args: GatewayArgs, dev: Option<DevCluster>) -> anyhow::Resu
         } else {
             println!("  auth          required: create keys with `nexusctl keys create`");
         }
+        println!("  admin API     OPEN: no admin key needed (development only)");
     } else {
         println!(
             "nexus gateway {} (region {}) listening on {}, metrics on {}",

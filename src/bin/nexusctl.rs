@@ -49,6 +49,9 @@ struct Cli {
     /// API key presented to the gateway.
     #[arg(long, global = true, env = "NEXUS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Key with the admin scope, for management commands.
+    #[arg(long, global = true, env = "NEXUS_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -277,7 +280,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             c.close().await;
         }
         Command::Routes(cmd) => {
-            let mut a = admin::connect(&cli.control_plane).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref()).await?;
             match cmd {
                 RoutesCmd::List => admin::routes_list(&mut a, out).await?,
                 RoutesCmd::Get { name } => admin::routes_get(&mut a, &name, out).await?,
@@ -292,7 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Schemas(cmd) => {
-            let mut a = admin::connect(&cli.control_plane).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref()).await?;
             match cmd {
                 SchemasCmd::Register {
                     subject,
@@ -354,7 +357,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Keys(cmd) => {
-            let mut a = admin::connect(&cli.control_plane).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref()).await?;
             match cmd {
                 KeysCmd::Create {
                     name,
@@ -374,18 +377,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Regions(cmd) => {
-            let mut a = admin::connect(&cli.control_plane).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref()).await?;
             match cmd {
                 RegionsCmd::List => admin::regions_list(&mut a, out).await?,
                 RegionsCmd::Create { name } => admin::regions_create(&mut a, &name, out).await?,
             }
         }
         Command::Gateways { region } => {
-            let mut a = admin::connect(&cli.control_plane).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref()).await?;
             admin::gateways_list(&mut a, &region, out).await?
         }
         Command::Topology => {
-            let mut a = admin::connect(&cli.control_plane).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref()).await?;
             admin::topology(&mut a, out).await?
         }
     }

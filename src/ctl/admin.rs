@@ -15,9 +15,31 @@ use tonic::transport::Channel;
 
 use super::{Output, format_ms, print_json, print_table};
 
-pub type Admin = AdminClient<Channel>;
+/// Adds `authorization: Bearer <admin key>` to every Admin API call.
+#[derive(Clone)]
+pub struct AdminKey(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
-pub async fn connect(addr: &str) -> anyhow::Result<Admin> {
+impl tonic::service::Interceptor for AdminKey {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+pub type Admin = AdminClient<tonic::service::interceptor::InterceptedService<Channel, AdminKey>>;
+
+/// Connects to the control plane; `admin_key` is sent with every call.
+pub async fn connect(addr: &str, admin_key: Option<&str>) -> anyhow::Result<Admin> {
+    let key = match admin_key {
+        Some(k) => Some(
+            format!("Bearer {}", k.trim())
+                .parse()
+                .context("the admin key contains characters that cannot be sent")?,
+        ),
+        None => None,
+    };
     let url = if addr.contains("://") {
         addr.to_owned()
     } else {
@@ -30,7 +52,7 @@ pub async fn connect(addr: &str) -> anyhow::Result<Admin> {
         .connect()
         .await
         .with_context(|| format!("cannot reach the control plane at {url}"))?;
-    Ok(AdminClient::new(channel))
+    Ok(AdminClient::with_interceptor(channel, AdminKey(key)))
 }
 
 /// Turns a gRPC status into an error whose text is the server's explanation.

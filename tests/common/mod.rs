@@ -439,7 +439,10 @@ pub struct ControlPlane {
     pub addr: SocketAddr,
     /// DNS address when started with `--dns-listen`.
     pub dns: Option<SocketAddr>,
+    /// The bootstrap admin key the control plane wrote.
+    pub admin_key: String,
     args: Vec<String>,
+    _keys: tempdir::Dir,
 }
 
 impl ControlPlane {
@@ -465,13 +468,23 @@ impl ControlPlane {
         ])
     }
 
-    fn spawn(args: Vec<String>) -> Self {
+    fn spawn(mut args: Vec<String>) -> Self {
+        let keys = tempdir::Dir::new("admin-key");
+        let key_file = keys.0.join("admin.key");
+        args.push("--admin-key-file".into());
+        args.push(key_file.display().to_string());
         let (child, addr, dns) = Self::launch(&args, "127.0.0.1:0");
+        let admin_key = std::fs::read_to_string(&key_file)
+            .expect("the control plane wrote its bootstrap admin key")
+            .trim()
+            .to_owned();
         Self {
             child: Some(child),
             addr,
             dns,
+            admin_key,
             args,
+            _keys: keys,
         }
     }
 
