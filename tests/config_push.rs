@@ -274,3 +274,95 @@ async fn keys_scopes_revocation_schemas_persistence_registration_and_dns() {
         "DNS no longer lists the dead gateway"
     );
 }
+
+/// The same path on a real etcd, with a protobuf schema (a FileDescriptorSet) enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_schema_enforcement_with_the_etcd_store() {
+    use prost::Message;
+    let etcd = common::Etcd::start();
+    let cp = ControlPlane::etcd(&etcd.endpoint);
+    let state = tempdir::Dir::new("push-etcd-gw");
+    let state_dir = state.0.display().to_string();
+    let cp_url = cp.url();
+    let gw = Gateway::start_with_args(&[
+        "--control-plane",
+        &cp_url,
+        "--auth",
+        "required",
+        "--state-dir",
+        &state_dir,
+    ]);
+    let (_, secret) = create_key(&cp, "routes-feed", "routes.>", "routes.>");
+    let client = wait_accepted(&gw, &secret).await;
+
+    let files = tempdir::Dir::new("push-etcd-files");
+    let protoset = files.0.join("nexus.protoset");
+    std::fs::write(&protoset, nexus_proto::FILE_DESCRIPTOR_SET).unwrap();
+    ctl(
+        &cp,
+        &[
+            "schemas",
+            "register",
+            "routes.changed",
+            "-f",
+            protoset.to_str().unwrap(),
+            "--message",
+            "nexus.v1.Route",
+        ],
+    );
+    ctl(
+        &cp,
+        &["schemas", "set-enforcement", "routes.changed", "reject"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let message = loop {
+        match client
+            .publish_acked("routes.changed", vec![0xffu8, 0xff, 0xff])
+            .await
+        {
+            Err(Error::Invalid { message }) => break message,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("malformed protobuf not rejected: {other:?}"),
+        }
+    };
+    assert!(message.contains("routes.changed"), "{message}");
+    let route = nexus_proto::v1::Route {
+        name: "orders".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    };
+    let mut sub = client.subscribe("routes.changed").await.unwrap();
+    assert_eq!(
+        client
+            .publish_acked("routes.changed", route.encode_to_vec())
+            .await
+            .unwrap(),
+        1
+    );
+    let got = sub.next_message().await.unwrap();
+    assert_eq!(
+        nexus_proto::v1::Route::decode(got.payload).unwrap().name,
+        "orders"
+    );
+    // Warn mode lets a bad payload through and counts it.
+    ctl(
+        &cp,
+        &["schemas", "set-enforcement", "routes.changed", "warn"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match client
+            .publish_acked("routes.changed", vec![0xffu8, 0xff, 0xff])
+            .await
+        {
+            Ok(_) => break,
+            Err(Error::Invalid { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(gw.metric("nexus_schema_violations_total", &["\"warned\""]) >= 1.0);
+}
