@@ -366,3 +366,37 @@ async fn protobuf_schema_enforcement_with_the_etcd_store() {
     }
     assert!(gw.metric("nexus_schema_violations_total", &["\"warned\""]) >= 1.0);
 }
+
+/// SIGTERM stops a control plane promptly even while gateways hold Sync streams open, and
+/// the gateways keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_shuts_down_cleanly_with_gateways_connected() {
+    let data = tempdir::Dir::new("push-stop");
+    let state = tempdir::Dir::new("push-stop-gw");
+    let mut cp = ControlPlane::embedded(&data.0);
+    let state_dir = state.0.display().to_string();
+    let cp_url = cp.url();
+    let gw = Gateway::start_with_args(&["--control-plane", &cp_url, "--state-dir", &state_dir]);
+    assert!(
+        eventually(Duration::from_secs(5), || ctl(
+            &cp,
+            &["gateways", "-o", "json"]
+        )
+        .contains(&gw.grpc.to_string()))
+        .await
+    );
+    let mut child = cp.terminate();
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let c = connect(&gw, None).await.expect("the gateway still serves");
+    c.close().await;
+}

@@ -197,6 +197,8 @@ pub struct ConfigPushService {
     pub store: Arc<dyn Store>,
     /// Lease TTL of registrations; a gateway that stops heartbeating disappears after it.
     pub lease_ttl: Duration,
+    /// Ends every Sync stream at shutdown, so graceful shutdown does not wait on gateways.
+    pub stop: CancellationToken,
 }
 
 type SnapshotStream =
@@ -307,12 +309,17 @@ impl ConfigPush for ConfigPushService {
         }
 
         let mut updates = self.view.subscribe();
+        let stop = self.stop.clone();
         let stream = async_stream::stream! {
             let current = updates.borrow_and_update().clone();
             yield Ok((*current).clone());
             loop {
                 tokio::select! {
                     _ = done.cancelled() => break,
+                    _ = stop.cancelled() => {
+                        yield Err(Status::unavailable("control plane is shutting down"));
+                        break;
+                    }
                     changed = updates.changed() => {
                         if changed.is_err() {
                             break;

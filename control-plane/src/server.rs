@@ -155,6 +155,7 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
             view: view.clone(),
             store: store.clone(),
             lease_ttl: cfg.lease_ttl,
+            stop: stop.clone(),
         },
     );
     let dns = match cfg.dns_listen {

@@ -496,6 +496,16 @@ impl ControlPlane {
         }
     }
 
+    /// Sends SIGTERM and returns the child to wait on.
+    pub fn terminate(&mut self) -> Child {
+        let c = self.child.take().expect("control plane running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        c
+    }
+
     fn launch(args: &[String], listen: &str) -> (Child, SocketAddr, Option<SocketAddr>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
             .arg("control-plane")

@@ -32,9 +32,9 @@
 //! hickory's own encoder, which needs room for each name in full before compressing it,
 //! so the last record costs ~30 bytes more than its final size. Measured with zone
 //! `nexus.local` and region `us-east`: 8 SRV records fit a plain 512-byte answer for
-//! gateway ids of up to 11 bytes; with the gateway's generated ids (`<region>-<ulid>`, 34
-//! bytes) a 512-byte client gets the best 5, while EDNS clients (dig, and hickory-resolver
-//! by default, both 1232 bytes) get all 8 with glue. TCP answers carry everything (up to
+//! gateway ids of up to 11 bytes, which is why gateways generate `gw-<8 hex digits>` ids;
+//! with longer configured ids a 512-byte client gets the best ones that fit, while EDNS
+//! clients (dig, and hickory-resolver by default, both 1232 bytes) get all 8 with glue. TCP answers carry everything (up to
 //! 64 KiB).
 //!
 //! # Robustness
