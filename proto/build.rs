@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "nexus/v1/gateway.proto",
         "nexus/v1/admin.proto",
         "nexus/v1/config.proto",
+        "nexus/v1/federation.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -1,0 +1,457 @@
+//! QUIC links between regions: one connection per region pair, a control stream (hello,
+//! interest) and a data stream per direction (forwarded messages), so interest changes
+//! never queue behind bulk data. Links are re-dialled with backoff when they drop; the
+//! owner learns about it through [`LinkEvent`]s and resynchronises (sends its full interest)
+//! on every `Up`.
+//!
+//! Which side dials: the region whose name sorts first dials the other. Both sides may list
+//! each other as peers; exactly one connection results, with no races to resolve.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_proto::v1::{Forward, InterestUpdate, LinkFrame, LinkHello, link_frame::Kind};
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::tls::{Identity, TlsError, server_name};
+
+/// Protocol version of the link.
+pub const LINK_PROTOCOL: u32 = 1;
+/// Largest frame accepted from a peer.
+pub const MAX_FRAME: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot bind federation endpoint on {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("no link to region {0:?}")]
+    NotConnected(String),
+    #[error("link to {peer}: {reason}")]
+    Link { peer: String, reason: String },
+}
+
+/// What happens on links, for the owner (the gateway) to act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkEvent {
+    Up {
+        region: String,
+        gateway_id: String,
+    },
+    Interest {
+        region: String,
+        update: InterestUpdate,
+    },
+    Forward {
+        region: String,
+        forward: Forward,
+    },
+    Down {
+        region: String,
+        reason: String,
+    },
+}
+
+struct Link {
+    conn: quinn::Connection,
+    control: mpsc::Sender<LinkFrame>,
+    data: mpsc::Sender<Forward>,
+}
+
+/// A gateway's federation endpoint.
+pub struct Federation {
+    endpoint: quinn::Endpoint,
+    region: String,
+    gateway_id: String,
+    client: quinn::ClientConfig,
+    events: mpsc::Sender<LinkEvent>,
+    links: Mutex<HashMap<String, Link>>,
+    stop: CancellationToken,
+}
+
+fn link_err(peer: &str, e: impl std::fmt::Display) -> LinkError {
+    LinkError::Link {
+        peer: peer.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+async fn write_frame(send: &mut quinn::SendStream, frame: &LinkFrame) -> Result<(), String> {
+    send.write_all(&frame.encode_length_delimited_to_vec())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<LinkFrame>, String> {
+    let mut len: u64 = 0;
+    for i in 0..10 {
+        let b = match recv.read_u8().await {
+            Ok(b) => b,
+            Err(e) if i == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        len |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            break;
+        }
+        if i == 9 {
+            return Err("malformed frame length".into());
+        }
+    }
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len > MAX_FRAME {
+        return Err(format!(
+            "frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    LinkFrame::decode(buf.as_slice())
+        .map(Some)
+        .map_err(|e| format!("malformed frame: {e}"))
+}
+
+impl Federation {
+    /// Binds the QUIC endpoint and starts accepting links.
+    pub async fn bind(
+        listen: SocketAddr,
+        identity: &Identity,
+        region: &str,
+        gateway_id: &str,
+    ) -> Result<(Arc<Self>, mpsc::Receiver<LinkEvent>), LinkError> {
+        let mut endpoint =
+            quinn::Endpoint::server(identity.server_config()?, listen).map_err(|error| {
+                LinkError::Bind {
+                    addr: listen,
+                    error,
+                }
+            })?;
+        let client = identity.client_config()?;
+        endpoint.set_default_client_config(client.clone());
+        let (events, rx) = mpsc::channel(4096);
+        let fed = Arc::new(Self {
+            endpoint,
+            region: region.to_owned(),
+            gateway_id: gateway_id.to_owned(),
+            client,
+            events,
+            links: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(fed.clone().accept_loop());
+        Ok((fed, rx))
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Keeps a link to `peer_region` at `addr` up: dials, and re-dials with exponential
+    /// backoff (100 ms doubling to 5 s) whenever it drops. Does nothing when the peer's
+    /// name sorts first (it dials us).
+    pub fn maintain(self: &Arc<Self>, addr: SocketAddr, peer_region: &str) {
+        if peer_region <= self.region.as_str() {
+            return;
+        }
+        let fed = self.clone();
+        let peer = peer_region.to_owned();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if fed.stop.is_cancelled() {
+                    return;
+                }
+                let started = tokio::time::Instant::now();
+                match fed.dial(addr, &peer).await {
+                    Ok(conn) => {
+                        let reason = tokio::select! {
+                            e = conn.closed() => e.to_string(),
+                            _ = fed.stop.cancelled() => return,
+                        };
+                        tracing::warn!(peer = %peer, %reason, "federation link down; re-dialling");
+                        if started.elapsed() > Duration::from_secs(10) {
+                            backoff = Duration::from_millis(100);
+                        }
+                    }
+                    Err(e) => tracing::debug!(peer = %peer, error = %e, "federation dial failed"),
+                }
+                tokio::select! {
+                    _ = fed.stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    /// One dial attempt; on success the link is registered and `Up` emitted.
+    pub async fn dial(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        peer_region: &str,
+    ) -> Result<quinn::Connection, LinkError> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.client.clone(), addr, &server_name(peer_region))
+            .map_err(|e| link_err(peer_region, e))?;
+        let conn = connecting.await.map_err(|e| link_err(peer_region, e))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| link_err(peer_region, e))?;
+        write_frame(&mut send, &self.hello())
+            .await
+            .map_err(|e| link_err(peer_region, e))?;
+        let hello = match read_frame(&mut recv).await {
+            Ok(Some(LinkFrame {
+                kind: Some(Kind::Hello(h)),
+            })) => h,
+            Ok(_) => return Err(link_err(peer_region, "peer did not send a hello")),
+            Err(e) => return Err(link_err(peer_region, e)),
+        };
+        if hello.region != peer_region {
+            conn.close(1u32.into(), b"unexpected region");
+            return Err(link_err(
+                peer_region,
+                format!("answered as region {:?}", hello.region),
+            ));
+        }
+        self.start_link(conn.clone(), send, recv, hello).await?;
+        Ok(conn)
+    }
+
+    fn hello(&self) -> LinkFrame {
+        LinkFrame {
+            kind: Some(Kind::Hello(LinkHello {
+                region: self.region.clone(),
+                gateway_id: self.gateway_id.clone(),
+                protocol: LINK_PROTOCOL,
+            })),
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        loop {
+            let incoming = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                i = self.endpoint.accept() => i,
+            };
+            let Some(incoming) = incoming else { return };
+            let fed = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                if let Err(e) = fed.accept_one(incoming).await {
+                    tracing::warn!(%remote, error = %e, "federation link refused");
+                }
+            });
+        }
+    }
+
+    async fn accept_one(self: &Arc<Self>, incoming: quinn::Incoming) -> Result<(), LinkError> {
+        let remote = incoming.remote_address().to_string();
+        let conn = incoming.await.map_err(|e| link_err(&remote, e))?;
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| link_err(&remote, e))?;
+        let hello = match read_frame(&mut recv).await {
+            Ok(Some(LinkFrame {
+                kind: Some(Kind::Hello(h)),
+            })) => h,
+            Ok(_) => return Err(link_err(&remote, "first frame was not a hello")),
+            Err(e) => return Err(link_err(&remote, e)),
+        };
+        if hello.protocol > LINK_PROTOCOL || hello.region == self.region || hello.region.is_empty()
+        {
+            conn.close(2u32.into(), b"bad hello");
+            return Err(link_err(
+                &remote,
+                format!(
+                    "bad hello: region {:?}, protocol {}",
+                    hello.region, hello.protocol
+                ),
+            ));
+        }
+        write_frame(&mut send, &self.hello())
+            .await
+            .map_err(|e| link_err(&remote, e))?;
+        self.start_link(conn, send, recv, hello).await
+    }
+
+    async fn start_link(
+        self: &Arc<Self>,
+        conn: quinn::Connection,
+        mut control_send: quinn::SendStream,
+        mut control_recv: quinn::RecvStream,
+        hello: LinkHello,
+    ) -> Result<(), LinkError> {
+        let region = hello.region.clone();
+        let mut data_send = conn.open_uni().await.map_err(|e| link_err(&region, e))?;
+        // A QUIC stream becomes visible to the peer with its first bytes: announce ours
+        // before waiting for theirs, or both sides would wait forever.
+        let announce = LinkFrame {
+            kind: Some(Kind::Ping(nexus_proto::v1::LinkPing { nonce: 0 })),
+        };
+        write_frame(&mut data_send, &announce)
+            .await
+            .map_err(|e| link_err(&region, e))?;
+        let mut data_recv = conn.accept_uni().await.map_err(|e| link_err(&region, e))?;
+        let (control_tx, mut control_rx) = mpsc::channel::<LinkFrame>(256);
+        let (data_tx, mut data_rx) = mpsc::channel::<Forward>(4096);
+        let previous = self.links.lock().insert(
+            region.clone(),
+            Link {
+                conn: conn.clone(),
+                control: control_tx,
+                data: data_tx,
+            },
+        );
+        if let Some(old) = previous {
+            old.conn.close(3u32.into(), b"replaced");
+        }
+        // Writers.
+        tokio::spawn(async move {
+            while let Some(f) = control_rx.recv().await {
+                if write_frame(&mut control_send, &f).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(fwd) = data_rx.recv().await {
+                let frame = LinkFrame {
+                    kind: Some(Kind::Forward(fwd)),
+                };
+                if write_frame(&mut data_send, &frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Readers: control and data; the link ends when the connection does.
+        let fed = self.clone();
+        let r = region.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(f)) = read_frame(&mut control_recv).await {
+                if let Some(Kind::Interest(update)) = f.kind {
+                    let _ = fed
+                        .events
+                        .send(LinkEvent::Interest {
+                            region: r.clone(),
+                            update,
+                        })
+                        .await;
+                }
+            }
+        });
+        let fed = self.clone();
+        let r = region.clone();
+        let watched = conn.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                match read_frame(&mut data_recv).await {
+                    Ok(Some(LinkFrame {
+                        kind: Some(Kind::Forward(forward)),
+                    })) => {
+                        let _ = fed
+                            .events
+                            .send(LinkEvent::Forward {
+                                region: r.clone(),
+                                forward,
+                            })
+                            .await;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break "peer closed the data stream".to_owned(),
+                    Err(e) => break e,
+                }
+            };
+            let reason = watched
+                .close_reason()
+                .map(|c| c.to_string())
+                .unwrap_or(reason);
+            let removed = {
+                let mut links = fed.links.lock();
+                match links.get(&r) {
+                    Some(l) if l.conn.stable_id() == watched.stable_id() => {
+                        links.remove(&r).is_some()
+                    }
+                    _ => false,
+                }
+            };
+            if removed {
+                let _ = fed.events.send(LinkEvent::Down { region: r, reason }).await;
+            }
+        });
+        tracing::info!(peer = %region, gateway = %hello.gateway_id, "federation link up");
+        let _ = self
+            .events
+            .send(LinkEvent::Up {
+                region,
+                gateway_id: hello.gateway_id,
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Sends an interest update to one region; false if there is no link.
+    pub fn send_interest(&self, region: &str, update: InterestUpdate) -> bool {
+        let links = self.links.lock();
+        let Some(link) = links.get(region) else {
+            return false;
+        };
+        link.control
+            .try_send(LinkFrame {
+                kind: Some(Kind::Interest(update)),
+            })
+            .is_ok()
+    }
+
+    /// Sends an interest update on every link.
+    pub fn broadcast_interest(&self, update: &InterestUpdate) {
+        for link in self.links.lock().values() {
+            let _ = link.control.try_send(LinkFrame {
+                kind: Some(Kind::Interest(update.clone())),
+            });
+        }
+    }
+
+    /// Queues a message for `region`, waiting for room (backpressure) while the link is up.
+    pub async fn forward(&self, region: &str, forward: Forward) -> Result<(), LinkError> {
+        let tx = self
+            .links
+            .lock()
+            .get(region)
+            .map(|l| l.data.clone())
+            .ok_or_else(|| LinkError::NotConnected(region.to_owned()))?;
+        tx.send(forward)
+            .await
+            .map_err(|_| LinkError::NotConnected(region.to_owned()))
+    }
+
+    /// Round-trip time of the link to `region`, as QUIC measures it continuously.
+    pub fn rtt(&self, region: &str) -> Option<Duration> {
+        self.links.lock().get(region).map(|l| l.conn.rtt())
+    }
+
+    pub fn connected_regions(&self) -> Vec<String> {
+        let mut r: Vec<String> = self.links.lock().keys().cloned().collect();
+        r.sort();
+        r
+    }
+
+    /// Closes every link and stops accepting and re-dialling.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.endpoint.close(0u32.into(), b"shutdown");
+        self.links.lock().clear();
+        self.endpoint.wait_idle().await;
+    }
+}

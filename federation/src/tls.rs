@@ -1,0 +1,186 @@
+//! Mutual TLS for federation links: a federation CA signs every gateway's certificate, and
+//! both ends of a link must present one (QUIC is always TLS 1.3; ALPN `nexus-fed/1`).
+//!
+//! `nexus dev` generates a development CA and certificates itself
+//! ([`FederationCa::generate`]); production loads PEM files ([`Identity::from_pem_files`]).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+/// ALPN protocol of federation links.
+pub const ALPN: &[u8] = b"nexus-fed/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration is invalid: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path} holds no {what}")]
+    Missing { path: String, what: &'static str },
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+    #[error("QUIC crypto setup: {0}")]
+    Quic(String),
+}
+
+/// The name a gateway's certificate carries for its region; dialers verify it.
+pub fn server_name(region: &str) -> String {
+    format!("{region}.fed.nexus")
+}
+
+/// A gateway's TLS identity: its certificate chain and key, and the CA it trusts.
+#[derive(Debug)]
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub ca: CertificateDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            ca: self.ca.clone(),
+        }
+    }
+}
+
+/// A development CA that issues gateway certificates.
+pub struct FederationCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+}
+
+impl FederationCa {
+    pub fn generate(name: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A certificate for a gateway of `region`, valid as both TLS server and client.
+    pub fn issue(&self, region: &str, gateway_id: &str) -> Result<Identity, TlsError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![
+            server_name(region),
+            format!("{gateway_id}.{}", server_name(region)),
+        ])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{gateway_id} ({region})"));
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Identity {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            ca: self.cert_der.clone(),
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|error| TlsError::Read {
+        path: path.display().to_string(),
+        error,
+    })
+}
+
+impl Identity {
+    /// Loads PEM files: the gateway's certificate chain, its private key, the CA.
+    pub fn from_pem_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, TlsError> {
+        use rustls::pki_types::pem::PemObject;
+        let missing = |path: &Path, what| TlsError::Missing {
+            path: path.display().to_string(),
+            what,
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
+            .filter_map(Result::ok)
+            .collect();
+        if chain.is_empty() {
+            return Err(missing(cert, "certificate"));
+        }
+        let key =
+            PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|_| missing(key, "private key"))?;
+        let ca = CertificateDer::pem_slice_iter(&read(ca)?)
+            .find_map(Result::ok)
+            .ok_or_else(|| missing(ca, "CA certificate"))?;
+        Ok(Self { chain, key, ca })
+    }
+
+    fn roots(&self) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone())?;
+        Ok(Arc::new(roots))
+    }
+
+    fn transport() -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        // Keep-alives keep NAT bindings and RTT estimates fresh on idle links; the idle
+        // timeout bounds how long a vanished peer goes unnoticed.
+        t.keep_alive_interval(Some(Duration::from_secs(2)));
+        t.max_idle_timeout(Some(
+            Duration::from_secs(10)
+                .try_into()
+                .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))),
+        ));
+        Arc::new(t)
+    }
+
+    /// Server side: requires a client certificate signed by the CA.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| TlsError::Quic(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Self::transport());
+        Ok(config)
+    }
+
+    /// Client side: presents this identity and trusts only the CA.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| TlsError::Quic(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Self::transport());
+        Ok(config)
+    }
+}
