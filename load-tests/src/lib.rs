@@ -20,6 +20,7 @@ pub mod report;
 pub mod scenarios;
 pub mod suite;
 pub mod target;
+pub mod wan;
 
 pub use report::{Comparison, Latency, ScenarioResult};
 pub use scenarios::{Kind, Workload};

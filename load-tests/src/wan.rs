@@ -1,0 +1,309 @@
+//! WAN emulator: a UDP proxy that adds one-way delay, jitter and loss between regions, and
+//! cuts the link on command, so federation tests and demos can shape the network between
+//! gateways on one machine (QUIC runs over it unchanged).
+//!
+//! [`Impairment`] is the sans-I/O core: given the current time and a random source it
+//! decides when a datagram arrives, or that it never does. [`WanProxy`] is the shell: it
+//! relays datagrams between clients and one target, each direction through its own delay
+//! queue, and can be reconfigured while running (in process, or over the small HTTP control
+//! API served by `nexus-wan`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How one direction of a link misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Impairment {
+    /// One-way delay added to every datagram.
+    pub delay: Duration,
+    /// Each datagram's delay varies uniformly by up to this much either way.
+    pub jitter: Duration,
+    /// Probability (0..=1) that a datagram is dropped.
+    pub loss: f64,
+    /// Everything is dropped while cut.
+    pub cut: bool,
+}
+
+impl Default for Impairment {
+    fn default() -> Self {
+        Self {
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            cut: false,
+        }
+    }
+}
+
+impl Impairment {
+    /// When a datagram sent at `now` arrives, or `None` if it is lost.
+    pub fn schedule(&self, now: Instant, rng: &mut impl Rng) -> Option<Instant> {
+        if self.cut || (self.loss > 0.0 && rng.random::<f64>() < self.loss) {
+            return None;
+        }
+        let jitter = self.jitter.as_secs_f64();
+        let offset = if jitter > 0.0 {
+            rng.random_range(-jitter..=jitter)
+        } else {
+            0.0
+        };
+        let delay = (self.delay.as_secs_f64() + offset).max(0.0);
+        Some(now + Duration::from_secs_f64(delay))
+    }
+}
+
+/// Counters of what the proxy did, for tests and the control API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WanStats {
+    pub forwarded: u64,
+    pub dropped: u64,
+}
+
+struct Shared {
+    impairment: Mutex<Impairment>,
+    stats: Mutex<WanStats>,
+}
+
+/// A running proxy: clients send to `listen_addr`, datagrams reach `target` and back.
+pub struct WanProxy {
+    pub listen_addr: SocketAddr,
+    pub target: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+struct Delayed {
+    at: Instant,
+    data: Vec<u8>,
+    to: SocketAddr,
+    via: Arc<UdpSocket>,
+}
+
+impl WanProxy {
+    pub async fn start(
+        listen: SocketAddr,
+        target: SocketAddr,
+        impairment: Impairment,
+    ) -> std::io::Result<Self> {
+        let front = Arc::new(UdpSocket::bind(listen).await?);
+        let listen_addr = front.local_addr()?;
+        let shared = Arc::new(Shared {
+            impairment: Mutex::new(impairment),
+            stats: Mutex::new(WanStats::default()),
+        });
+        let stop = CancellationToken::new();
+        let (tx, rx) = mpsc::unbounded_channel::<Delayed>();
+        tokio::spawn(deliver(rx, stop.clone()));
+        tokio::spawn(relay(front, target, shared.clone(), tx, stop.clone()));
+        Ok(Self {
+            listen_addr,
+            target,
+            shared,
+            stop,
+        })
+    }
+
+    pub fn set(&self, impairment: Impairment) {
+        *self.shared.impairment.lock() = impairment;
+    }
+
+    pub fn impairment(&self) -> Impairment {
+        *self.shared.impairment.lock()
+    }
+
+    pub fn cut(&self) {
+        self.shared.impairment.lock().cut = true;
+    }
+
+    pub fn heal(&self) {
+        self.shared.impairment.lock().cut = false;
+    }
+
+    pub fn stats(&self) -> WanStats {
+        *self.shared.stats.lock()
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for WanProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Schedules a datagram through the impairment (or counts it dropped).
+fn submit(
+    shared: &Shared,
+    tx: &mpsc::UnboundedSender<Delayed>,
+    data: &[u8],
+    to: SocketAddr,
+    via: &Arc<UdpSocket>,
+) {
+    let at = shared
+        .impairment
+        .lock()
+        .schedule(Instant::now(), &mut rand::rng());
+    let mut stats = shared.stats.lock();
+    match at {
+        Some(at) => {
+            stats.forwarded += 1;
+            let _ = tx.send(Delayed {
+                at,
+                data: data.to_vec(),
+                to,
+                via: via.clone(),
+            });
+        }
+        None => stats.dropped += 1,
+    }
+}
+
+/// Client -> target: one upstream socket per client, so replies find their way back.
+async fn relay(
+    front: Arc<UdpSocket>,
+    target: SocketAddr,
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Delayed>,
+    stop: CancellationToken,
+) {
+    let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, client) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = front.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(_) => continue,
+            },
+        };
+        let upstream = match upstreams.get(&client) {
+            Some(u) => u.clone(),
+            None => {
+                let bind: SocketAddr = if target.is_ipv4() {
+                    "127.0.0.1:0".parse().expect("static address")
+                } else {
+                    "[::1]:0".parse().expect("static address")
+                };
+                let Ok(u) = UdpSocket::bind(bind).await else {
+                    continue;
+                };
+                let u = Arc::new(u);
+                upstreams.insert(client, u.clone());
+                // Target -> this client, through the front socket.
+                let (u2, front2, shared2, tx2, stop2) = (
+                    u.clone(),
+                    front.clone(),
+                    shared.clone(),
+                    tx.clone(),
+                    stop.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65_536];
+                    loop {
+                        let n = tokio::select! {
+                            _ = stop2.cancelled() => return,
+                            r = u2.recv(&mut buf) => match r {
+                                Ok(n) => n,
+                                Err(_) => continue,
+                            },
+                        };
+                        submit(&shared2, &tx2, &buf[..n], client, &front2);
+                    }
+                });
+                u
+            }
+        };
+        submit(&shared, &tx, &buf[..n], target, &upstream);
+    }
+}
+
+/// Sends each datagram at its scheduled time (earliest first).
+async fn deliver(mut rx: mpsc::UnboundedReceiver<Delayed>, stop: CancellationToken) {
+    let mut queue: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64)>> =
+        std::collections::BinaryHeap::new();
+    let mut items: HashMap<u64, Delayed> = HashMap::new();
+    let mut seq = 0u64;
+    loop {
+        let next = queue.peek().map(|r| r.0.0);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            d = rx.recv() => match d {
+                Some(d) => {
+                    seq += 1;
+                    queue.push(std::cmp::Reverse((d.at, seq)));
+                    items.insert(seq, d);
+                }
+                None => return,
+            },
+            _ = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                let now = Instant::now();
+                while let Some(std::cmp::Reverse((at, id))) = queue.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    queue.pop();
+                    if let Some(d) = items.remove(&id) {
+                        let _ = d.via.send_to(&d.data, d.to).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn impairment_schedules_delay_jitter_loss_and_cuts() {
+        let now = Instant::now();
+        let mut rng = StdRng::seed_from_u64(1);
+        let clean = Impairment::default();
+        assert_eq!(clean.schedule(now, &mut rng), Some(now));
+        let slow = Impairment {
+            delay: Duration::from_millis(40),
+            jitter: Duration::from_millis(5),
+            ..Default::default()
+        };
+        for _ in 0..1000 {
+            let at = slow.schedule(now, &mut rng).unwrap();
+            let d = at - now;
+            assert!(
+                d >= Duration::from_millis(35) && d <= Duration::from_millis(45),
+                "{d:?}"
+            );
+        }
+        let lossy = Impairment {
+            loss: 0.25,
+            ..Default::default()
+        };
+        let lost = (0..10_000)
+            .filter(|_| lossy.schedule(now, &mut rng).is_none())
+            .count();
+        assert!((2_200..2_800).contains(&lost), "{lost}");
+        let cut = Impairment {
+            cut: true,
+            ..Default::default()
+        };
+        assert_eq!(cut.schedule(now, &mut rng), None);
+    }
+}
