@@ -109,10 +109,23 @@ impl EmbeddedStore {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let p = path.clone();
-        let inner = tokio::task::spawn_blocking(move || Self::open_blocking(p))
-            .await
-            .map_err(internal)??;
+        // Reopening in the same process can race with the previous instance's last
+        // background task still holding the file lock for a moment; wait it out briefly.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let inner = loop {
+            let p = path.clone();
+            match tokio::task::spawn_blocking(move || Self::open_blocking(p))
+                .await
+                .map_err(internal)?
+            {
+                Err(StoreError::Unavailable(m))
+                    if m.contains("already open") && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => break other?,
+            }
+        };
         let inner = Arc::new(inner);
         tokio::spawn(expire_leases(Arc::downgrade(&inner)));
         tracing::debug!(path = %path.display(), "embedded store open");
