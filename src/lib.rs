@@ -6,4 +6,5 @@
 
 pub mod cli_config;
 pub mod ctl;
+pub mod federation;
 pub mod telemetry;

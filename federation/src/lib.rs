@@ -4,7 +4,9 @@
 //! - [`interest`]: which subjects each region wants (sans-I/O); only those cross the WAN.
 //! - [`link`]: QUIC links between gateways: the link protocol (`nexus.v1.LinkFrame`),
 //!   reconnection with backoff and resynchronisation, and RTT per link.
+//! - [`bridge`]: joins a gateway's router to its links (interest out, forwards in and out).
 
+pub mod bridge;
 pub mod interest;
 pub mod link;
 pub mod tls;

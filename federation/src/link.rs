@@ -436,6 +436,15 @@ impl Federation {
             .map_err(|_| LinkError::NotConnected(region.to_owned()))
     }
 
+    /// Queues a message for `region` without waiting: `false` when there is no link or
+    /// its queue is full (the caller decides whether that is a drop or an error).
+    pub fn try_forward(&self, region: &str, forward: Forward) -> bool {
+        self.links
+            .lock()
+            .get(region)
+            .is_some_and(|l| l.data.try_send(forward).is_ok())
+    }
+
     /// Round-trip time of the link to `region`, as QUIC measures it continuously.
     pub fn rtt(&self, region: &str) -> Option<Duration> {
         self.links.lock().get(region).map(|l| l.conn.rtt())

@@ -61,6 +61,12 @@ pub struct FederationCa {
     cert_pem: String,
 }
 
+/// A certificate and key in PEM, for writing to files.
+pub struct PemPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 impl FederationCa {
     pub fn generate(name: &str) -> Result<Self, TlsError> {
         let key = KeyPair::generate()?;
@@ -82,6 +88,16 @@ impl FederationCa {
 
     /// A certificate for a gateway of `region`, valid as both TLS server and client.
     pub fn issue(&self, region: &str, gateway_id: &str) -> Result<Identity, TlsError> {
+        self.issue_with_pem(region, gateway_id)
+            .map(|(identity, _)| identity)
+    }
+
+    /// Like `issue`, also returning the certificate and key as PEM.
+    pub fn issue_with_pem(
+        &self,
+        region: &str,
+        gateway_id: &str,
+    ) -> Result<(Identity, PemPair), TlsError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![
             server_name(region),
@@ -95,11 +111,18 @@ impl FederationCa {
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
         ];
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Identity {
-            chain: vec![cert.der().clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            ca: self.cert_der.clone(),
-        })
+        let pem = PemPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        Ok((
+            Identity {
+                chain: vec![cert.der().clone()],
+                key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                ca: self.cert_der.clone(),
+            },
+            pem,
+        ))
     }
 }
 
@@ -140,14 +163,13 @@ impl Identity {
 
     fn transport() -> Arc<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
-        // Keep-alives keep NAT bindings and RTT estimates fresh on idle links; the idle
-        // timeout bounds how long a vanished peer goes unnoticed.
-        t.keep_alive_interval(Some(Duration::from_secs(2)));
-        t.max_idle_timeout(Some(
-            Duration::from_secs(10)
-                .try_into()
-                .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))),
-        ));
+        // Keep-alives keep NAT bindings and RTT estimates fresh on idle links. A peer that
+        // restarted cannot reset our old connection (its reset key is new), so the idle
+        // timeout is what notices it: 1 s keep-alives, gone after 5 s of silence.
+        t.keep_alive_interval(Some(Duration::from_secs(1)));
+        t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+            5_000,
+        ))));
         Arc::new(t)
     }
 

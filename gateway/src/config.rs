@@ -81,6 +81,9 @@ pub struct GatewayConfig {
     pub advertise: Option<SocketAddr>,
     /// `required` (default) or `off`.
     pub auth: AuthMode,
+    /// Federation (QUIC) address registered for other regions; set by the binary when
+    /// federation is on.
+    pub federation_addr: Option<SocketAddr>,
     pub limits: LimitsConfig,
     pub slow_consumer: SlowConsumerConfig,
     pub balancer: BalancerSettings,
@@ -138,6 +141,7 @@ impl Default for GatewayConfig {
             state_dir: "nexus-state".into(),
             advertise: None,
             auth: AuthMode::Required,
+            federation_addr: None,
             limits: LimitsConfig::default(),
             slow_consumer: SlowConsumerConfig::default(),
             balancer: BalancerSettings::default(),

@@ -22,6 +22,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod remote;
 pub mod router;
 pub mod server;
 pub mod service;

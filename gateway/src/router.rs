@@ -142,6 +142,8 @@ pub struct Router {
     policy: ArcSwap<Policy>,
     /// Sessions that authenticated with a key, re-checked whenever the policy changes.
     authenticated: Mutex<HashMap<u64, std::sync::Weak<Connection>>>,
+    /// Other regions, when federation is configured.
+    remote: std::sync::OnceLock<Arc<dyn crate::remote::Remote>>,
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>, ref_id: u64) -> v1::Error {
@@ -214,6 +216,18 @@ impl Router {
             draining: AtomicBool::new(false),
             policy: ArcSwap::from_pointee(Policy::default()),
             authenticated: Mutex::new(HashMap::new()),
+            remote: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Connects the router to other regions; current local interest is announced at once.
+    /// Only the first call has an effect.
+    pub fn set_remote(&self, remote: Arc<dyn crate::remote::Remote>) {
+        let groups = self.groups.lock();
+        if self.remote.set(remote.clone()).is_ok() {
+            for (pattern, _) in groups.keys() {
+                remote.interest_changed(pattern, true);
+            }
         }
     }
 
@@ -383,6 +397,9 @@ impl Router {
                     balancer: Mutex::new(Balancer::new(self.balancer_cfg.clone())),
                 });
                 groups.insert(key, group.clone());
+                if let Some(remote) = self.remote.get() {
+                    remote.interest_changed(pattern, true);
+                }
                 let table = self.table.load();
                 self.table
                     .store(Arc::new(table.insert(pattern, group.clone())));
@@ -419,6 +436,9 @@ impl Router {
                 group.queue.clone().unwrap_or_default(),
             );
             groups.remove(&key);
+            if let Some(remote) = self.remote.get() {
+                remote.interest_changed(&group.pattern, false);
+            }
             let table = self.table.load();
             let (table, _) = table.remove(&group.pattern, |g| Arc::ptr_eq(g, group));
             self.table.store(Arc::new(table));
@@ -438,6 +458,18 @@ impl Router {
     /// The last delivery takes the message's strings by move, so a message with one
     /// subscriber is routed without copying anything.
     pub async fn publish(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
+        if let Some(remote) = self.remote.get() {
+            remote.publish(&msg);
+        }
+        self.publish_local(msg, scratch).await
+    }
+
+    /// Delivers a message that came from another region to local subscribers only.
+    pub async fn deliver_from_region(&self, msg: Delivery) -> u32 {
+        self.publish_local(msg, &mut Vec::new()).await
+    }
+
+    async fn publish_local(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
         scratch.clear();
         let now = Instant::now();
         {

@@ -120,7 +120,10 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
             region: cfg.region.clone(),
             adapter_addr: advertise.to_string(),
             metrics_addr: metrics_addr.to_string(),
-            federation_addr: String::new(),
+            federation_addr: cfg
+                .federation_addr
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             started_at_ms: crate::policy_now_ms(),
             config_version: 0,
         };

@@ -20,7 +20,21 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one regional gateway.
-    Gateway(GatewayArgs),
+    Gateway {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        #[command(flatten)]
+        federation: nexus::federation::FederationArgs,
+    },
+    /// Write a development federation CA and a certificate per region (PEM files).
+    FederationCerts {
+        /// Directory to write ca.pem, <region>.pem and <region>-key.pem into.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Regions, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        regions: Vec<String>,
+    },
     /// Run the control plane: Admin API over etcd or the embedded store.
     ControlPlane(ControlPlaneArgs),
     /// Run a local development cluster (control plane with the embedded store, and a
@@ -83,7 +97,19 @@ struct DevArgs {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Gateway(args) => run_gateway(args, None).await,
+        Command::Gateway {
+            gateway,
+            federation,
+        } => run_gateway(gateway, None, federation).await,
+        Command::FederationCerts { out, regions } => {
+            nexus::federation::write_dev_certs(&out, &regions).map(|()| {
+                println!(
+                    "wrote ca.pem and certificates for {} to {}",
+                    regions.join(", "),
+                    out.display()
+                )
+            })
+        }
         Command::ControlPlane(args) => run_control_plane(args).await,
         Command::Dev(args) => run_dev(args).await,
     };
@@ -187,10 +213,14 @@ async fn run_dev(mut args: DevArgs) -> anyhow::Result<()> {
         dns_listen: args.dns_listen,
         dir,
     };
-    run_gateway(args.gateway, Some(dev)).await
+    run_gateway(args.gateway, Some(dev), Default::default()).await
 }
 
-async fn run_gateway(args: GatewayArgs, dev: Option<DevCluster>) -> anyhow::Result<()> {
+async fn run_gateway(
+    args: GatewayArgs,
+    dev: Option<DevCluster>,
+    federation: nexus::federation::FederationArgs,
+) -> anyhow::Result<()> {
     let _telemetry = nexus::telemetry::init(if dev.is_some() {
         "nexus-dev"
     } else {
@@ -225,7 +255,24 @@ async fn run_gateway(args: GatewayArgs, dev: Option<DevCluster>) -> anyhow::Resu
     if dev && args.region.is_none() && cfg.region == GatewayConfig::default().region {
         cfg.region = "dev".into();
     }
+    if cfg.gateway_id.is_empty() {
+        cfg.gateway_id = format!("gw-{:08x}", rand_id());
+    }
+    let pending =
+        nexus::federation::bind_from_args(&federation, &cfg.region, &cfg.gateway_id).await?;
+    if let Some(p) = &pending {
+        cfg.federation_addr = Some(p.addr()?);
+    }
     let gateway = nexus_gateway::start(cfg.clone()).await?;
+    let _bridge = pending.map(|p| {
+        if let Some(addr) = cfg.federation_addr {
+            println!(
+                "nexus federation for region {} on {addr} (QUIC)",
+                cfg.region
+            );
+        }
+        p.attach(gateway.router.clone())
+    });
     if let Some(cp) = &control_plane {
         nexus_control_plane::regions::ensure(&*cp.store, &cfg.region).await?;
         println!("Nexus dev cluster is up (stop with Ctrl-C)");
@@ -273,6 +320,19 @@ async fn run_gateway(args: GatewayArgs, dev: Option<DevCluster>) -> anyhow::Resu
     }
     println!("nexus: stopped");
     Ok(())
+}
+
+/// A random 32-bit id for generated gateway ids.
+fn rand_id() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
 }
 
 async fn shutdown_signal() {

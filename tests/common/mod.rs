@@ -21,6 +21,8 @@ pub struct Gateway {
     config: Option<PathBuf>,
     /// Extra arguments, kept for `restart`.
     extra: Vec<String>,
+    /// Federation (QUIC) address, when started with `--federation-listen`.
+    pub federation: Option<SocketAddr>,
     _dir: Option<tempdir::Dir>,
 }
 
@@ -118,10 +120,11 @@ impl Gateway {
         extra: &[&str],
     ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nexus"));
-        cmd.arg("gateway")
-            .arg("--region")
-            .arg("test")
-            .arg("--listen")
+        cmd.arg("gateway");
+        if !extra.contains(&"--region") {
+            cmd.arg("--region").arg("test");
+        }
+        cmd.arg("--listen")
             .arg(grpc.to_string())
             .arg("--metrics-listen")
             .arg(metrics.to_string())
@@ -148,10 +151,18 @@ impl Gateway {
         let mut lines = BufReader::new(stdout);
         let mut line = String::new();
         // The gateway prints its bound addresses once both listeners are up.
+        let mut federation = None;
         let (grpc, metrics) = loop {
             line.clear();
             let n = lines.read_line(&mut line).expect("read gateway stdout");
             assert!(n > 0, "gateway exited before it was ready");
+            if line.starts_with("nexus federation") {
+                federation = line
+                    .split(" on ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|a| a.parse().ok());
+            }
             if let Some(rest) = line.trim().split(" listening on ").nth(1) {
                 let mut parts = rest.split(", metrics on ");
                 let grpc: SocketAddr = parts.next().unwrap().parse().unwrap();
@@ -170,6 +181,7 @@ impl Gateway {
             metrics,
             config,
             extra: Vec::new(),
+            federation,
             _dir: None,
         };
         g.wait_ready();
@@ -220,7 +232,15 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let mut extra: Vec<String> = self.extra.clone();
+        // Come back on the same federation address too.
+        if let (Some(addr), Some(i)) = (
+            self.federation,
+            extra.iter().position(|a| a == "--federation-listen"),
+        ) {
+            extra[i + 1] = addr.to_string();
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let fresh = Self::spawn_full(self.config.clone(), self.grpc, self.metrics, &[], &extra);
         self.child = fresh.child_take();
     }

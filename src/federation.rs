@@ -1,0 +1,120 @@
+//! Wiring federation into a gateway process: flags, certificate files, binding the QUIC
+//! endpoint before the gateway starts (so its address can be registered), and joining the
+//! links to the gateway's router once it runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use nexus_federation::bridge::RegionRouter;
+use nexus_federation::link::{Federation, LinkEvent};
+use nexus_federation::tls::{FederationCa, Identity};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct FederationArgs {
+    /// UDP address for federation links with other regions (QUIC); off when absent.
+    #[arg(long, env = "NEXUS_FEDERATION_LISTEN")]
+    pub federation_listen: Option<SocketAddr>,
+    /// A peer region's federation address, as REGION=HOST:PORT; repeatable.
+    #[arg(long = "peer", value_parser = parse_peer)]
+    pub peers: Vec<(String, SocketAddr)>,
+    /// This gateway's certificate (PEM), signed by the federation CA.
+    #[arg(long, env = "NEXUS_FEDERATION_CERT")]
+    pub federation_cert: Option<PathBuf>,
+    /// This gateway's private key (PEM).
+    #[arg(long, env = "NEXUS_FEDERATION_KEY")]
+    pub federation_key: Option<PathBuf>,
+    /// The federation CA certificate (PEM).
+    #[arg(long, env = "NEXUS_FEDERATION_CA")]
+    pub federation_ca: Option<PathBuf>,
+}
+
+fn parse_peer(s: &str) -> Result<(String, SocketAddr), String> {
+    let (region, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} must look like REGION=HOST:PORT"))?;
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} in --peer {s} is not HOST:PORT with an IP address"))?;
+    Ok((region.to_owned(), addr))
+}
+
+/// A bound federation endpoint waiting for its gateway.
+pub struct Pending {
+    pub fed: Arc<Federation>,
+    events: mpsc::Receiver<LinkEvent>,
+    peers: Vec<(String, SocketAddr)>,
+}
+
+impl Pending {
+    pub fn addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.fed.local_addr()?)
+    }
+
+    /// Joins the links to the running gateway and starts dialling peers.
+    pub fn attach(self, router: Arc<nexus_gateway::router::Router>) -> Arc<RegionRouter> {
+        let bridge = RegionRouter::start(router, self.fed.clone(), self.events);
+        for (region, addr) in &self.peers {
+            self.fed.maintain(*addr, region);
+        }
+        bridge
+    }
+}
+
+/// Binds federation with certificate files, if configured.
+pub async fn bind_from_args(
+    args: &FederationArgs,
+    region: &str,
+    gateway_id: &str,
+) -> anyhow::Result<Option<Pending>> {
+    let Some(listen) = args.federation_listen else {
+        if !args.peers.is_empty() {
+            bail!("--peer needs --federation-listen");
+        }
+        return Ok(None);
+    };
+    let (Some(cert), Some(key), Some(ca)) = (
+        &args.federation_cert,
+        &args.federation_key,
+        &args.federation_ca,
+    ) else {
+        bail!(
+            "federation needs --federation-cert, --federation-key and --federation-ca (create development ones with `nexus federation-certs`)"
+        );
+    };
+    let identity = Identity::from_pem_files(cert, key, ca)?;
+    Ok(Some(
+        bind(listen, &identity, region, gateway_id, args.peers.clone()).await?,
+    ))
+}
+
+pub async fn bind(
+    listen: SocketAddr,
+    identity: &Identity,
+    region: &str,
+    gateway_id: &str,
+    peers: Vec<(String, SocketAddr)>,
+) -> anyhow::Result<Pending> {
+    let (fed, events) = Federation::bind(listen, identity, region, gateway_id).await?;
+    Ok(Pending { fed, events, peers })
+}
+
+/// Writes a development federation CA and one certificate per region into `dir`.
+pub fn write_dev_certs(dir: &Path, regions: &[String]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ca = FederationCa::generate("Nexus development federation CA")?;
+    let write = |name: String, text: &str| -> anyhow::Result<()> {
+        let p = dir.join(name);
+        std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
+    };
+    write("ca.pem".into(), ca.cert_pem())?;
+    for region in regions {
+        let (_, pem) = ca.issue_with_pem(region, &format!("{region}-gateway"))?;
+        write(format!("{region}.pem"), &pem.cert_pem)?;
+        write(format!("{region}-key.pem"), &pem.key_pem)?;
+    }
+    Ok(())
+}
