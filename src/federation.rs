@@ -46,7 +46,8 @@ fn parse_peer(s: &str) -> Result<(String, SocketAddr), String> {
 pub struct Pending {
     pub fed: Arc<Federation>,
     events: mpsc::Receiver<LinkEvent>,
-    peers: Vec<(String, SocketAddr)>,
+    /// Regions to keep links to, with their federation addresses.
+    pub peers: Vec<(String, SocketAddr)>,
 }
 
 impl Pending {

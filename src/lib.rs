@@ -6,5 +6,6 @@
 
 pub mod cli_config;
 pub mod ctl;
+pub mod dev;
 pub mod federation;
 pub mod telemetry;

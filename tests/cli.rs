@@ -35,22 +35,32 @@ fn read_until(reader: &mut impl BufRead, needle: &str) -> String {
     }
 }
 
-fn addr_after(text: &str, label: &str) -> std::net::SocketAddr {
-    let line = text
+
+/// The address after `label` ("adapters", "metrics", "federation") on the banner line of
+/// `region`.
+fn region_addr(banner: &str, region: &str, label: &str) -> std::net::SocketAddr {
+    let line = banner
         .lines()
-        .find(|l| l.trim_start().starts_with(label))
-        .unwrap();
-    let url = line.split_whitespace().nth(1).unwrap();
-    url.trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+        .find(|l| l.trim_start().starts_with(&format!("region {region} ")))
+        .unwrap_or_else(|| panic!("no line for region {region}: {banner}"));
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == label {
+            let v = words.next().unwrap();
+            return v
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+    }
+    panic!("no {label} on {line}")
 }
 
-#[test]
-fn nexus_dev_prints_where_it_listens_and_stops_on_ctrl_c() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nexus_dev_runs_three_federated_regions_and_stops_on_ctrl_c() {
     let dir = tempdir::Dir::new("dev");
     let mut child = nexus()
         .args([
@@ -70,31 +80,66 @@ fn nexus_dev_prints_where_it_listens_and_stops_on_ctrl_c() {
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let banner = read_until(&mut out, "auth");
-    assert!(banner.contains("region        dev"), "{banner}");
+    let banner = read_until(&mut out, "admin API");
     assert!(
         banner.contains("OFF"),
         "dev mode says loudly that auth is off: {banner}"
     );
-    let metrics = addr_after(&banner, "metrics");
     assert!(banner.contains("control plane"), "{banner}");
     assert!(
-        banner.contains("discovery     nexus+srv://dev.nexus.local?dns="),
+        banner.contains("discovery     nexus+srv://us-east.nexus.local?dns="),
         "{banner}"
     );
-    let (status, body) = http_get(metrics, "/healthz").unwrap();
-    assert_eq!((status, body.trim()), (200, "ok"));
-    let (status, _) = http_get(metrics, "/readyz").unwrap();
-    assert_eq!(status, 200);
+    for region in ["us-east", "eu-west", "ap-south"] {
+        let metrics = region_addr(&banner, region, "metrics");
+        let (status, body) = http_get(metrics, "/healthz").unwrap();
+        assert_eq!((status, body.trim()), (200, "ok"));
+        assert_eq!(http_get(metrics, "/readyz").unwrap().0, 200);
+    }
+    // A subscriber in ap-south gets what us-east publishes.
+    let east = nexus_client::Client::connect(&format!(
+        "http://{}",
+        region_addr(&banner, "us-east", "adapters")
+    ))
+    .await
+    .unwrap();
+    let south = nexus_client::Client::connect(&format!(
+        "http://{}",
+        region_addr(&banner, "ap-south", "adapters")
+    ))
+    .await
+    .unwrap();
+    let mut sub = south.subscribe("dev.>").await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        east.publish("dev.hello", "from us-east").await.unwrap();
+        match tokio::time::timeout(std::time::Duration::from_millis(100), sub.next_message()).await
+        {
+            Ok(Some(m)) => {
+                assert_eq!(&m.payload[..], b"from us-east");
+                break;
+            }
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "nothing crossed regions"
+            ),
+        }
+    }
+    east.close().await;
+    south.close().await;
 
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    let rest = read_until(&mut out, "stopped");
-    assert!(rest.contains("nexus: stopped"));
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    let rest = tokio::task::spawn_blocking(move || {
+        let rest = read_until(&mut out, "stopped");
+        (rest, child.wait().unwrap())
+    })
+    .await
+    .unwrap();
+    assert!(rest.0.contains("nexus: stopped"));
+    assert!(rest.1.success(), "{:?}", rest.1);
 }
 
 #[test]

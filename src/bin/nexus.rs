@@ -80,8 +80,19 @@ struct ControlPlaneArgs {
 
 #[derive(clap::Args)]
 struct DevArgs {
-    #[command(flatten)]
-    gateway: GatewayArgs,
+    /// Regions to run, comma-separated; each gets a gateway, all federated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "us-east,eu-west,ap-south"
+    )]
+    regions: Vec<String>,
+    /// First region's adapter address; region i listens on port + 10 i.
+    #[arg(long, default_value = "127.0.0.1:7422")]
+    listen: std::net::SocketAddr,
+    /// First region's metrics address; region i uses port + i.
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    metrics_listen: std::net::SocketAddr,
     /// Control plane Admin API address.
     #[arg(long, default_value = "127.0.0.1:7400")]
     control_plane_listen: std::net::SocketAddr,
@@ -91,6 +102,9 @@ struct DevArgs {
     /// Where the dev cluster keeps its state (default: $XDG_DATA_HOME/nexus/dev).
     #[arg(long, env = "NEXUS_DEV_DIR")]
     dev_dir: Option<std::path::PathBuf>,
+    /// API keys on the gateways: off (default for dev) or required.
+    #[arg(long, default_value = "off", value_parser = ["required", "off"])]
+    auth: String,
 }
 
 #[tokio::main]
@@ -100,7 +114,7 @@ async fn main() -> std::process::ExitCode {
         Command::Gateway {
             gateway,
             federation,
-        } => run_gateway(gateway, None, federation).await,
+        } => run_gateway(gateway, federation).await,
         Command::FederationCerts { out, regions } => {
             nexus::federation::write_dev_certs(&out, &regions).map(|()| {
                 println!(
@@ -192,70 +206,31 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct DevCluster {
-    control_plane_listen: std::net::SocketAddr,
-    dns_listen: std::net::SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-async fn run_dev(mut args: DevArgs) -> anyhow::Result<()> {
-    let dir = dev_dir(args.dev_dir.clone());
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| anyhow::anyhow!("cannot create the dev directory {}: {e}", dir.display()))?;
-    if args.gateway.auth.is_none() {
-        args.gateway.auth = Some("off".into());
-    }
-    if args.gateway.state_dir.is_none() {
-        args.gateway.state_dir = Some(dir.join("gateway-state").display().to_string());
-    }
-    let dev = DevCluster {
-        control_plane_listen: args.control_plane_listen,
-        dns_listen: args.dns_listen,
-        dir,
-    };
-    run_gateway(args.gateway, Some(dev), Default::default()).await
+async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let _telemetry = nexus::telemetry::init("nexus-dev")?;
+    nexus::dev::run(
+        nexus::dev::DevOptions {
+            regions: args.regions,
+            listen: args.listen,
+            metrics_listen: args.metrics_listen,
+            control_plane_listen: args.control_plane_listen,
+            dns_listen: args.dns_listen,
+            dir: dev_dir(args.dev_dir),
+            auth_required: args.auth == "required",
+        },
+        shutdown_signal(),
+    )
+    .await
 }
 
 async fn run_gateway(
     args: GatewayArgs,
-    dev: Option<DevCluster>,
     federation: nexus::federation::FederationArgs,
 ) -> anyhow::Result<()> {
-    let _telemetry = nexus::telemetry::init(if dev.is_some() {
-        "nexus-dev"
-    } else {
-        "nexus-gateway"
-    })?;
-    let control_plane = match &dev {
-        Some(d) => {
-            let mut cfg = nexus_control_plane::server::ControlPlaneConfig::new(
-                d.control_plane_listen,
-                nexus_control_plane::server::StoreConfig::Embedded(
-                    d.dir.join("control-plane.redb"),
-                ),
-            );
-            cfg.dns_listen = Some(d.dns_listen);
-            // Development: the Admin API is open, and the banner says so.
-            cfg.admin_auth = false;
-            Some(nexus_control_plane::server::start(cfg).await?)
-        }
-        None => None,
-    };
-    let dev = dev.is_some();
-    let mut base = GatewayConfig::default();
-    if dev && args.region.is_none() {
-        base.region = "dev".into();
-    }
-    if let Some(cp) = &control_plane
-        && args.control_plane.is_none()
-    {
-        base.control_plane = format!("http://{}", cp.grpc_addr);
-    }
-    let mut cfg = args.resolve(base)?;
-    if dev && args.region.is_none() && cfg.region == GatewayConfig::default().region {
-        cfg.region = "dev".into();
-    }
+    let _telemetry = nexus::telemetry::init("nexus-gateway")?;
+    let mut cfg = args.resolve(GatewayConfig::default())?;
     if cfg.gateway_id.is_empty() {
+        // Chosen here rather than in the gateway so federation can use it too.
         cfg.gateway_id = format!("gw-{:08x}", rand_id());
     }
     let pending =
@@ -273,41 +248,10 @@ async fn run_gateway(
         }
         p.attach(gateway.router.clone())
     });
-    if let Some(cp) = &control_plane {
-        nexus_control_plane::regions::ensure(&*cp.store, &cfg.region).await?;
-        println!("Nexus dev cluster is up (stop with Ctrl-C)");
-        println!("  region        {}", cfg.region);
-        println!("  gateway       {}", gateway.gateway_id);
-        println!("  adapters      http://{}   (NEXUS_URL)", gateway.grpc_addr);
-        println!("  metrics       http://{}/metrics", gateway.metrics_addr);
-        println!(
-            "  health        http://{}/healthz  /readyz",
-            gateway.metrics_addr
-        );
-        println!(
-            "  control plane http://{}   (NEXUS_CONTROL_PLANE; embedded store)",
-            cp.grpc_addr
-        );
-        if let Some(dns) = cp.dns_addr {
-            println!(
-                "  discovery     nexus+srv://{}.nexus.local?dns={dns}",
-                cfg.region
-            );
-        }
-        if cfg.auth == nexus_gateway::AuthMode::Off {
-            println!(
-                "  auth          OFF: any client may publish and subscribe (development only)"
-            );
-        } else {
-            println!("  auth          required: create keys with `nexusctl keys create`");
-        }
-        println!("  admin API     OPEN: no admin key needed (development only)");
-    } else {
-        println!(
-            "nexus gateway {} (region {}) listening on {}, metrics on {}",
-            gateway.gateway_id, cfg.region, gateway.grpc_addr, gateway.metrics_addr
-        );
-    }
+    println!(
+        "nexus gateway {} (region {}) listening on {}, metrics on {}",
+        gateway.gateway_id, cfg.region, gateway.grpc_addr, gateway.metrics_addr
+    );
     let stop = gateway.stop_token();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -315,9 +259,6 @@ async fn run_gateway(
         stop.cancel();
     });
     gateway.wait().await?;
-    if let Some(cp) = control_plane {
-        cp.shutdown().await?;
-    }
     println!("nexus: stopped");
     Ok(())
 }

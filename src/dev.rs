@@ -1,0 +1,139 @@
+//! `nexus dev`: a whole multi-region Nexus on loopback in one process — a control plane on
+//! the embedded store with its DNS responder, and one gateway per region (us-east, eu-west
+//! and ap-south by default), federated over QUIC with certificates from a development CA
+//! generated at start. Nothing needs installing; Ctrl-C stops everything cleanly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use nexus_control_plane::server::{ControlPlaneConfig, StoreConfig};
+use nexus_federation::tls::FederationCa;
+use nexus_gateway::{AuthMode, GatewayConfig};
+
+pub struct DevOptions {
+    pub regions: Vec<String>,
+    /// First region's adapter address; region i uses port + 10 i (0 stays 0).
+    pub listen: SocketAddr,
+    /// First region's metrics address; region i uses port + i.
+    pub metrics_listen: SocketAddr,
+    pub control_plane_listen: SocketAddr,
+    pub dns_listen: SocketAddr,
+    pub dir: PathBuf,
+    pub auth_required: bool,
+}
+
+fn shifted(addr: SocketAddr, by: u16) -> SocketAddr {
+    if addr.port() == 0 {
+        addr
+    } else {
+        SocketAddr::new(addr.ip(), addr.port().saturating_add(by))
+    }
+}
+
+pub async fn run(
+    opts: DevOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if opts.regions.is_empty() {
+        anyhow::bail!("--regions needs at least one region");
+    }
+    std::fs::create_dir_all(&opts.dir)
+        .with_context(|| format!("cannot create the dev directory {}", opts.dir.display()))?;
+    let mut cp_cfg = ControlPlaneConfig::new(
+        opts.control_plane_listen,
+        StoreConfig::Embedded(opts.dir.join("control-plane.redb")),
+    );
+    cp_cfg.dns_listen = Some(opts.dns_listen);
+    // Development: the Admin API is open, and the banner says so.
+    cp_cfg.admin_auth = false;
+    let cp = nexus_control_plane::server::start(cp_cfg).await?;
+    let ca = FederationCa::generate("Nexus dev federation CA")?;
+
+    // Bind every federation endpoint first, so each gateway can be told its peers.
+    let mut pending = Vec::new();
+    for (i, region) in opts.regions.iter().enumerate() {
+        nexus_control_plane::regions::ensure(&*cp.store, region).await?;
+        let id = format!("gw-{region}");
+        let identity = ca.issue(region, &id)?;
+        let fed_listen = shifted(opts.listen, 10 * i as u16 + 2);
+        let p = crate::federation::bind(fed_listen, &identity, region, &id, Vec::new())
+            .await
+            .with_context(|| format!("federation endpoint for {region}"))?;
+        pending.push((region.clone(), id, p));
+    }
+    let peers: Vec<(String, SocketAddr)> = pending
+        .iter()
+        .map(|(r, _, p)| Ok((r.clone(), p.addr()?)))
+        .collect::<anyhow::Result<_>>()?;
+
+    let mut gateways = Vec::new();
+    let mut bridges = Vec::new();
+    for (i, (region, id, mut p)) in pending.into_iter().enumerate() {
+        let cfg = GatewayConfig {
+            region: region.clone(),
+            gateway_id: id,
+            listen: shifted(opts.listen, 10 * i as u16),
+            metrics_listen: shifted(opts.metrics_listen, i as u16),
+            control_plane: format!("http://{}", cp.grpc_addr),
+            state_dir: opts
+                .dir
+                .join(format!("gateway-{region}"))
+                .display()
+                .to_string(),
+            auth: if opts.auth_required {
+                AuthMode::Required
+            } else {
+                AuthMode::Off
+            },
+            federation_addr: Some(p.addr()?),
+            ..Default::default()
+        };
+        let fed_addr = p.addr()?;
+        p.peers = peers
+            .iter()
+            .filter(|(r, _)| *r != region)
+            .cloned()
+            .collect();
+        let gw = nexus_gateway::start(cfg)
+            .await
+            .with_context(|| format!("gateway for {region}"))?;
+        bridges.push(p.attach(gw.router.clone()));
+        gateways.push((region, fed_addr, gw));
+    }
+
+    println!("Nexus dev cluster is up (stop with Ctrl-C)");
+    println!(
+        "  control plane http://{}   (NEXUS_CONTROL_PLANE; embedded store in {})",
+        cp.grpc_addr,
+        opts.dir.display()
+    );
+    if let Some(dns) = cp.dns_addr {
+        println!("  dns           {dns}   (zone nexus.local)");
+    }
+    for (region, fed, gw) in &gateways {
+        println!(
+            "  region {region:<9} adapters http://{}  metrics http://{}/metrics  federation {fed}",
+            gw.grpc_addr, gw.metrics_addr
+        );
+    }
+    if let (Some(dns), Some((first, _, _))) = (cp.dns_addr, gateways.first()) {
+        println!("  discovery     nexus+srv://{first}.nexus.local?dns={dns}");
+    }
+    if opts.auth_required {
+        println!("  auth          required: create keys with `nexusctl keys create`");
+    } else {
+        println!("  auth          OFF: any client may publish and subscribe (development only)");
+    }
+    println!("  admin API     OPEN: no admin key needed (development only)");
+
+    shutdown.await;
+    tracing::info!("shutdown requested");
+    for (_, _, gw) in gateways {
+        gw.shutdown().await?;
+    }
+    drop(bridges);
+    cp.shutdown().await?;
+    println!("nexus: stopped");
+    Ok(())
+}
