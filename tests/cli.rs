@@ -35,7 +35,6 @@ fn read_until(reader: &mut impl BufRead, needle: &str) -> String {
     }
 }
 
-
 /// The address after `label` ("adapters", "metrics", "federation") on the banner line of
 /// `region`.
 fn region_addr(banner: &str, region: &str, label: &str) -> std::net::SocketAddr {

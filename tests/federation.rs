@@ -98,8 +98,33 @@ async fn three_regions_exchange_messages_by_interest_and_survive_a_restart() {
     in_b.publish("local.only", "x").await.unwrap();
     assert!(b_local.next_message().await.is_some());
 
+    // b-west goes away: best effort drops what a-east publishes for it, and says so.
+    let mut b_cut = in_b.subscribe("cut.>").await.unwrap();
+    publish_until_received(&in_a, "cut.before", &mut b_cut).await;
+    b.kill();
+    assert!(
+        common::eventually(Duration::from_secs(10), || a
+            .metric("nexus_federation_links", &[])
+            == 1.0)
+        .await,
+        "a-east noticed the link to b-west is gone"
+    );
+    let dropped_before = a.metric("nexus_federation_messages_total", &["\"dropped\""]);
+    for _ in 0..5 {
+        in_a.publish("cut.during", "lost").await.unwrap();
+    }
+    in_a.flush().await.unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(5), || a
+            .metric("nexus_federation_messages_total", &["\"dropped\""])
+            >= dropped_before + 5.0)
+        .await,
+        "the metrics count what best effort dropped"
+    );
+
     // b-west restarts on the same addresses; links come back and interest is resent.
     drop(b_local);
+    drop(b_cut);
     b.restart();
     let in_b = Client::connect(&b.url()).await.unwrap();
     let mut b_orders = in_b.subscribe("orders.>").await.unwrap();

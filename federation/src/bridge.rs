@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nexus_gateway::metrics::{FederationOutcome, GatewayMetrics};
 use nexus_gateway::remote::Remote;
 use nexus_gateway::router::{Delivery, Router};
 use nexus_proto::v1::Forward;
@@ -29,6 +30,7 @@ pub struct BridgeStats {
 
 pub struct RegionRouter {
     fed: Arc<Federation>,
+    metrics: Arc<GatewayMetrics>,
     local: Mutex<LocalInterest>,
     remote: Mutex<RemoteInterest>,
     pub stats: BridgeStats,
@@ -43,6 +45,7 @@ impl RegionRouter {
     ) -> Arc<Self> {
         let bridge = Arc::new(Self {
             fed,
+            metrics: router.metrics.clone(),
             local: Mutex::new(LocalInterest::default()),
             remote: Mutex::new(RemoteInterest::default()),
             stats: BridgeStats::default(),
@@ -60,6 +63,9 @@ impl RegionRouter {
     async fn on_event(&self, router: &Router, event: LinkEvent) {
         match event {
             LinkEvent::Up { region, .. } => {
+                self.metrics
+                    .federation_links
+                    .set(self.fed.connected_regions().len() as i64);
                 // A new or returning peer: tell it everything we want.
                 let full = self.local.lock().full();
                 self.fed.send_interest(&region, full);
@@ -72,6 +78,7 @@ impl RegionRouter {
             }
             LinkEvent::Forward { region, forward } => {
                 self.stats.received.fetch_add(1, Ordering::Relaxed);
+                self.metrics.federation(FederationOutcome::Received);
                 let msg = Delivery {
                     subject: forward.subject,
                     reply_to: forward.reply_to,
@@ -87,7 +94,11 @@ impl RegionRouter {
             }
             LinkEvent::Down { region, reason } => {
                 tracing::warn!(%region, %reason, "federation link down");
-                self.remote.lock().forget(&region);
+                self.metrics
+                    .federation_links
+                    .set(self.fed.connected_regions().len() as i64);
+                // The region's interest is kept: what it would have received while the
+                // link is down is counted as dropped. A full update replaces it on Up.
             }
         }
     }
@@ -126,8 +137,10 @@ impl Remote for RegionRouter {
             };
             if self.fed.try_forward(&region, forward) {
                 self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                self.metrics.federation(FederationOutcome::Forwarded);
             } else {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.federation(FederationOutcome::Dropped);
             }
         }
     }

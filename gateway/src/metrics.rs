@@ -87,6 +87,16 @@ label_enum! {
     SchemaAction { Warned => "warned", Rejected => "rejected" }
 }
 
+label_enum! {
+    /// What happened to a message at a federation link.
+    FederationOutcome { Forwarded => "forwarded", Dropped => "dropped", Received => "received" }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FederationLabels {
+    pub outcome: FederationOutcome,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SchemaLabels {
     pub action: SchemaAction,
@@ -118,6 +128,10 @@ pub struct GatewayMetrics {
     pub schema_violations: Family<SchemaLabels, Counter>,
     pub config_version: Gauge,
     pub config_updates: Counter,
+    /// Messages crossing regions, by outcome (recorded by the federation bridge).
+    pub federation_messages: Family<FederationLabels, Counter>,
+    /// Federation links currently up.
+    pub federation_links: Gauge,
     /// Pre-resolved (messages, bytes) counters per pattern and direction, so the hot path is
     /// two atomic adds without the family's lock.
     traffic_counters: [[(Counter, Counter); 2]; 4],
@@ -152,6 +166,8 @@ impl GatewayMetrics {
             schema_violations: Family::default(),
             config_version: Gauge::default(),
             config_updates: Counter::default(),
+            federation_messages: Family::default(),
+            federation_links: Gauge::default(),
             registry: Registry::default(),
             traffic_counters: Default::default(),
         };
@@ -245,6 +261,16 @@ impl GatewayMetrics {
             "Config snapshots applied",
             m.config_updates.clone(),
         );
+        registry.register(
+            "federation_messages",
+            "Messages at federation links: forwarded to, dropped for (link down or full), or received from other regions",
+            m.federation_messages.clone(),
+        );
+        registry.register(
+            "federation_links",
+            "Federation links to other regions that are up",
+            m.federation_links.clone(),
+        );
         let traffic_counters = [
             Pattern::Pub,
             Pattern::Request,
@@ -273,6 +299,12 @@ impl GatewayMetrics {
         let (messages, bytes) = &self.traffic_counters[pattern as usize][direction as usize];
         messages.inc();
         bytes.inc_by(payload_len as u64);
+    }
+
+    pub fn federation(&self, outcome: FederationOutcome) {
+        self.federation_messages
+            .get_or_create(&FederationLabels { outcome })
+            .inc();
     }
 
     pub fn limit(&self, limit: Limit) {
