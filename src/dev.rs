@@ -98,7 +98,8 @@ pub async fn run(
         let gw = nexus_gateway::start(cfg)
             .await
             .with_context(|| format!("gateway for {region}"))?;
-        bridges.push(p.attach(gw.router.clone()));
+        let fed = p.fed.clone();
+        bridges.push((fed, p.attach(gw.router.clone())));
         gateways.push((region, fed_addr, gw));
     }
 
@@ -132,7 +133,9 @@ pub async fn run(
     for (_, _, gw) in gateways {
         gw.shutdown().await?;
     }
-    drop(bridges);
+    for (fed, _bridge) in bridges {
+        fed.shutdown().await;
+    }
     cp.shutdown().await?;
     println!("nexus: stopped");
     Ok(())

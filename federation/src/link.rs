@@ -23,8 +23,9 @@ use crate::tls::{Identity, TlsError, server_name};
 
 /// Protocol version of the link.
 pub const LINK_PROTOCOL: u32 = 1;
-/// Largest frame accepted from a peer.
-pub const MAX_FRAME: usize = 16 << 20;
+/// Largest frame accepted from a peer: room for the largest payload a gateway can be
+/// configured to accept (64 MiB) plus its envelope.
+pub const MAX_FRAME: usize = 80 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

@@ -82,7 +82,8 @@ pub struct GatewayConfig {
     /// `required` (default) or `off`.
     pub auth: AuthMode,
     /// Federation (QUIC) address registered for other regions; set by the binary when
-    /// federation is on.
+    /// federation is on, never from a config file.
+    #[serde(skip)]
     pub federation_addr: Option<SocketAddr>,
     pub limits: LimitsConfig,
     pub slow_consumer: SlowConsumerConfig,

@@ -37,8 +37,8 @@ enum Command {
     },
     /// Run the control plane: Admin API over etcd or the embedded store.
     ControlPlane(ControlPlaneArgs),
-    /// Run a local development cluster (control plane with the embedded store, and a
-    /// gateway) and print where everything listens.
+    /// Run a local development cluster: a control plane with the embedded store and DNS,
+    /// and one gateway per region, federated; prints where everything listens.
     Dev(DevArgs),
 }
 
@@ -239,14 +239,15 @@ async fn run_gateway(
         cfg.federation_addr = Some(p.addr()?);
     }
     let gateway = nexus_gateway::start(cfg.clone()).await?;
-    let _bridge = pending.map(|p| {
+    let links = pending.map(|p| {
         if let Some(addr) = cfg.federation_addr {
             println!(
                 "nexus federation for region {} on {addr} (QUIC)",
                 cfg.region
             );
         }
-        p.attach(gateway.router.clone())
+        let fed = p.fed.clone();
+        (fed, p.attach(gateway.router.clone()))
     });
     println!(
         "nexus gateway {} (region {}) listening on {}, metrics on {}",
@@ -259,6 +260,10 @@ async fn run_gateway(
         stop.cancel();
     });
     gateway.wait().await?;
+    if let Some((fed, _bridge)) = links {
+        // Close links now so peers notice at once rather than after the idle timeout.
+        fed.shutdown().await;
+    }
     println!("nexus: stopped");
     Ok(())
 }

@@ -115,7 +115,11 @@ async fn control(listener: TcpListener, proxy: Arc<WanProxy>) {
             };
             let reply = format!(
                 "HTTP/1.0 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                if status == 200 { "OK" } else { "Bad Request" },
+                match status {
+                    200 => "OK",
+                    404 => "Not Found",
+                    _ => "Bad Request",
+                },
                 body.len()
             );
             let _ = s.write_all(reply.as_bytes()).await;
