@@ -41,6 +41,11 @@ pub fn is_reserved(subject: &str) -> bool {
 
 /// Checks a subject used for publishing or requests: no wildcards, not reserved.
 pub fn validate_subject(subject: &str) -> Result<(), SubjectError> {
+    // Every published message is validated: decide the usual all-ASCII valid subject in one
+    // byte scan; anything else takes the full path, whose errors name the exact problem.
+    if is_valid_ascii_subject(subject) {
+        return Ok(());
+    }
     check(subject, false)?;
     if is_reserved(subject) {
         return Err(SubjectError::Reserved {
@@ -48,6 +53,32 @@ pub fn validate_subject(subject: &str) -> Result<(), SubjectError> {
         });
     }
     Ok(())
+}
+
+/// True only for a subject `validate_subject` accepts: 1..=MAX_SUBJECT_LEN bytes, no empty
+/// token, printable ASCII without wildcards, not under the reserved prefix.
+fn is_valid_ascii_subject(subject: &str) -> bool {
+    let b = subject.as_bytes();
+    if b.is_empty()
+        || b.len() > MAX_SUBJECT_LEN
+        || b[0] == b'.'
+        || b[b.len() - 1] == b'.'
+        || is_reserved(subject)
+    {
+        return false;
+    }
+    let mut after_dot = false;
+    for &c in b {
+        match c {
+            b'.' if after_dot => return false,
+            b'.' => after_dot = true,
+            // ASCII whitespace and control characters are all <= 0x20 or DEL; bytes >= 0x80
+            // are non-ASCII text, left to the full (Unicode) check.
+            0..=0x20 | 0x7f..=0xff | b'*' | b'>' => return false,
+            _ => after_dot = false,
+        }
+    }
+    true
 }
 
 /// Checks a subscription pattern: wildcards allowed as whole tokens, not reserved.
@@ -214,6 +245,53 @@ mod tests {
             validate_subject(&long),
             Err(SubjectError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_full_check() {
+        let long = "a".repeat(MAX_SUBJECT_LEN);
+        let too_long = "a".repeat(MAX_SUBJECT_LEN + 1);
+        let cases = [
+            "a",
+            "a.b.c",
+            "orders.eu-west.created",
+            "$nexus.inbox.1",
+            "$nexus",
+            "$nexusx.a",
+            "",
+            ".",
+            ".a",
+            "a.",
+            "a..b",
+            "a b",
+            "a\tb",
+            "a\u{7f}b",
+            "a\u{1}b",
+            "a.*",
+            "a.>",
+            "a*b",
+            "caf\u{e9}.x",
+            "a\u{a0}b",
+            "a\u{85}b",
+            "a\u{2028}b",
+            long.as_str(),
+            too_long.as_str(),
+        ];
+        for case in cases {
+            let full = check(case, false).and_then(|()| {
+                if is_reserved(case) {
+                    Err(SubjectError::Reserved {
+                        subject: case.to_owned(),
+                    })
+                } else {
+                    Ok(())
+                }
+            });
+            assert_eq!(validate_subject(case), full, "{case:?}");
+            if is_valid_ascii_subject(case) {
+                assert!(full.is_ok(), "{case:?}");
+            }
+        }
     }
 
     #[test]
