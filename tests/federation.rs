@@ -98,6 +98,36 @@ async fn three_regions_exchange_messages_by_interest_and_survive_a_restart() {
     in_b.publish("local.only", "x").await.unwrap();
     assert!(b_local.next_message().await.is_some());
 
+    // Request/reply across regions: a service only in c-south answers callers elsewhere.
+    let _svc = in_c
+        .serve("svc.where", Some("svc"), |m| async move {
+            Ok(bytes::Bytes::from(format!(
+                "c-south got {}",
+                String::from_utf8_lossy(&m.payload)
+            )))
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        match in_a.request("svc.where", "a question").await {
+            Ok(r) => break r,
+            Err(nexus_client::Error::NoResponders { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(&reply.payload[..], b"c-south got a question");
+    assert_eq!(
+        &in_b.request("svc.where", "b").await.unwrap().payload[..],
+        b"c-south got b"
+    );
+    assert!(matches!(
+        in_a.request("svc.nowhere", "x").await,
+        Err(nexus_client::Error::NoResponders { .. })
+    ));
+
     // b-west goes away: best effort drops what a-east publishes for it, and says so.
     let mut b_cut = in_b.subscribe("cut.>").await.unwrap();
     publish_until_received(&in_a, "cut.before", &mut b_cut).await;

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_proto::v1::{Forward, InterestUpdate, LinkFrame, LinkHello, link_frame::Kind};
+use nexus_proto::v1::{
+    Forward, InterestUpdate, LinkFrame, LinkHello, RemoteReply, RemoteRequest, link_frame::Kind,
+};
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::io::AsyncReadExt;
@@ -57,6 +59,14 @@ pub enum LinkEvent {
         region: String,
         forward: Forward,
     },
+    Request {
+        region: String,
+        request: RemoteRequest,
+    },
+    Reply {
+        region: String,
+        reply: RemoteReply,
+    },
     Down {
         region: String,
         reason: String,
@@ -66,7 +76,7 @@ pub enum LinkEvent {
 struct Link {
     conn: quinn::Connection,
     control: mpsc::Sender<LinkFrame>,
-    data: mpsc::Sender<Forward>,
+    data: mpsc::Sender<LinkFrame>,
 }
 
 /// A gateway's federation endpoint.
@@ -306,7 +316,7 @@ impl Federation {
             .map_err(|e| link_err(&region, e))?;
         let mut data_recv = conn.accept_uni().await.map_err(|e| link_err(&region, e))?;
         let (control_tx, mut control_rx) = mpsc::channel::<LinkFrame>(256);
-        let (data_tx, mut data_rx) = mpsc::channel::<Forward>(4096);
+        let (data_tx, mut data_rx) = mpsc::channel::<LinkFrame>(4096);
         let previous = self.links.lock().insert(
             region.clone(),
             Link {
@@ -327,10 +337,7 @@ impl Federation {
             }
         });
         tokio::spawn(async move {
-            while let Some(fwd) = data_rx.recv().await {
-                let frame = LinkFrame {
-                    kind: Some(Kind::Forward(fwd)),
-                };
+            while let Some(frame) = data_rx.recv().await {
                 if write_frame(&mut data_send, &frame).await.is_err() {
                     return;
                 }
@@ -366,6 +373,28 @@ impl Federation {
                             .send(LinkEvent::Forward {
                                 region: r.clone(),
                                 forward,
+                            })
+                            .await;
+                    }
+                    Ok(Some(LinkFrame {
+                        kind: Some(Kind::Request(request)),
+                    })) => {
+                        let _ = fed
+                            .events
+                            .send(LinkEvent::Request {
+                                region: r.clone(),
+                                request,
+                            })
+                            .await;
+                    }
+                    Ok(Some(LinkFrame {
+                        kind: Some(Kind::Reply(reply)),
+                    })) => {
+                        let _ = fed
+                            .events
+                            .send(LinkEvent::Reply {
+                                region: r.clone(),
+                                reply,
                             })
                             .await;
                     }
@@ -432,18 +461,25 @@ impl Federation {
             .get(region)
             .map(|l| l.data.clone())
             .ok_or_else(|| LinkError::NotConnected(region.to_owned()))?;
-        tx.send(forward)
-            .await
-            .map_err(|_| LinkError::NotConnected(region.to_owned()))
+        tx.send(LinkFrame {
+            kind: Some(Kind::Forward(forward)),
+        })
+        .await
+        .map_err(|_| LinkError::NotConnected(region.to_owned()))
     }
 
     /// Queues a message for `region` without waiting: `false` when there is no link or
     /// its queue is full (the caller decides whether that is a drop or an error).
     pub fn try_forward(&self, region: &str, forward: Forward) -> bool {
+        self.try_send_data(region, Kind::Forward(forward))
+    }
+
+    /// Queues a request or reply (or any data frame) for `region` without waiting.
+    pub fn try_send_data(&self, region: &str, kind: Kind) -> bool {
         self.links
             .lock()
             .get(region)
-            .is_some_and(|l| l.data.try_send(forward).is_ok())
+            .is_some_and(|l| l.data.try_send(LinkFrame { kind: Some(kind) }).is_ok())
     }
 
     /// Round-trip time of the link to `region`, as QUIC measures it continuously.

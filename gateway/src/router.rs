@@ -642,11 +642,84 @@ impl Router {
         id: Bytes,
         timeout: Duration,
     ) -> Result<u64, (Waiter, RouteError)> {
+        self.request_inner(waiter, subject, headers, payload, id, timeout, true)
+            .await
+    }
+
+    /// A request that arrived from another region: served by local responders only, so a
+    /// request crosses at most one region hop and can never loop.
+    pub async fn request_from_region(
+        &self,
+        waiter: Waiter,
+        subject: &str,
+        headers: Vec<Header>,
+        payload: Bytes,
+        id: Bytes,
+        timeout: Duration,
+    ) -> Result<u64, (Waiter, RouteError)> {
+        self.request_inner(waiter, subject, headers, payload, id, timeout, false)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn request_inner(
+        &self,
+        waiter: Waiter,
+        subject: &str,
+        headers: Vec<Header>,
+        payload: Bytes,
+        id: Bytes,
+        timeout: Duration,
+        allow_remote: bool,
+    ) -> Result<u64, (Waiter, RouteError)> {
         if self.is_draining() {
             return Err((waiter, RouteError::Draining));
         }
         let now = Instant::now();
         let Some((group, member)) = self.pick_responder(subject, now) else {
+            // No local responder: another region may have one.
+            if allow_remote
+                && let Some(remote) = self.remote.get()
+                && let Some(rx) = remote.request(subject, headers.clone(), payload.clone(), timeout)
+            {
+                let seq = self.next_id();
+                let metrics = self.metrics.clone();
+                tokio::spawn(async move {
+                    let result = match tokio::time::timeout(timeout, rx).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => Err(error(
+                            ErrorCode::ServiceError,
+                            "the federation link went away before the reply",
+                            0,
+                        )),
+                        Err(_) => Err(error(ErrorCode::Timeout, "request timed out", 0)),
+                    };
+                    metrics.request_done(match &result {
+                        Ok(_) => RequestOutcome::Ok,
+                        Err(e) if e.code == ErrorCode::Timeout as i32 => RequestOutcome::Timeout,
+                        Err(e) if e.code == ErrorCode::NoResponders as i32 => {
+                            RequestOutcome::NoResponders
+                        }
+                        Err(_) => RequestOutcome::ServiceError,
+                    });
+                    metrics
+                        .request_duration
+                        .observe(now.elapsed().as_secs_f64());
+                    match waiter {
+                        Waiter::Session { tx, req_id } => {
+                            let _ = tx.send(Completion {
+                                req_id,
+                                seq,
+                                result,
+                            });
+                        }
+                        Waiter::Unary(tx) => {
+                            let _ = tx.send(result);
+                        }
+                    }
+                });
+                return Ok(seq);
+            }
             self.metrics.request_done(RequestOutcome::NoResponders);
             return Err((waiter, RouteError::NoResponders(subject.to_owned())));
         };
