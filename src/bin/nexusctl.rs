@@ -147,28 +147,10 @@ enum RoutesCmd {
 #[derive(Subcommand)]
 enum SchemasCmd {
     /// Register a new version for a subject (refused if incompatible).
-    Register {
-        subject: String,
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
-        /// json or protobuf (default: from the file extension).
-        #[arg(long)]
-        format: Option<String>,
-        /// Protobuf: the fully-qualified message name payloads are encoded as.
-        #[arg(long)]
-        message: Option<String>,
-    },
+    Register(SchemaFile),
     /// Check a draft against the registered versions without registering it; exits 1 if
     /// incompatible.
-    Check {
-        subject: String,
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
-        #[arg(long)]
-        format: Option<String>,
-        #[arg(long)]
-        message: Option<String>,
-    },
+    Check(SchemaFile),
     /// List subjects with their versions and settings.
     List,
     /// Show a version (latest by default).
@@ -198,6 +180,31 @@ enum SchemasCmd {
         subject: String,
         enforcement: String,
     },
+}
+
+/// A schema definition named on the command line (register and check take the same).
+#[derive(clap::Args)]
+struct SchemaFile {
+    subject: String,
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// json or protobuf (default: from the file extension).
+    #[arg(long)]
+    format: Option<String>,
+    /// Protobuf: the fully-qualified message name payloads are encoded as.
+    #[arg(long)]
+    message: Option<String>,
+}
+
+impl SchemaFile {
+    fn input(&self) -> admin::SchemaInput<'_> {
+        admin::SchemaInput {
+            subject: &self.subject,
+            file: &self.file,
+            format: self.format.as_deref(),
+            message: self.message.as_deref(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -297,33 +304,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schemas(cmd) => {
             let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref()).await?;
             match cmd {
-                SchemasCmd::Register {
-                    subject,
-                    file,
-                    format,
-                    message,
-                } => {
-                    let input = admin::SchemaInput {
-                        subject: &subject,
-                        file: &file,
-                        format: format.as_deref(),
-                        message: message.as_deref(),
-                    };
-                    admin::schemas_register(&mut a, input, out).await?
-                }
-                SchemasCmd::Check {
-                    subject,
-                    file,
-                    format,
-                    message,
-                } => {
-                    let input = admin::SchemaInput {
-                        subject: &subject,
-                        file: &file,
-                        format: format.as_deref(),
-                        message: message.as_deref(),
-                    };
-                    if !admin::schemas_check(&mut a, input, out).await? {
+                SchemasCmd::Register(f) => admin::schemas_register(&mut a, f.input(), out).await?,
+                SchemasCmd::Check(f) => {
+                    if !admin::schemas_check(&mut a, f.input(), out).await? {
                         return Ok(ExitCode::FAILURE);
                     }
                 }
