@@ -185,7 +185,10 @@ enum SchemasCmd {
 /// A schema definition named on the command line (register and check take the same).
 #[derive(clap::Args)]
 struct SchemaFile {
+    /// The message subject the schema describes (no wildcards).
     subject: String,
+    /// The schema: a JSON Schema document (.json) or a FileDescriptorSet (.pb, .desc,
+    /// .binpb, .protoset).
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
     /// json or protobuf (default: from the file extension).
