@@ -1,0 +1,1 @@
+"""Protobuf messages of nexus.v1, generated from proto/nexus/v1/gateway.proto."""

@@ -1,0 +1,158 @@
+"""Gateway addresses: ``http://host:port`` or DNS SRV discovery names.
+
+``nexus+srv://<region>.<zone>[?dns=ip[:port]]`` looks up ``_nexus._tcp.<region>.<zone>``
+(published by the control plane's DNS responder), orders the records per RFC 2782 (lowest
+priority first, weighted random order within a priority) and resolves each target (A/AAAA
+glue of the answer, else A lookups). The answer is cached until its TTL runs out or a round
+in which no gateway accepted a session.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import dns.asyncresolver
+import dns.exception
+import dns.rdatatype
+import dns.resolver
+
+from .errors import DiscoveryError, InvalidAddressError
+
+SRV_SCHEME = "nexus+srv"
+DNS_SERVER_ENV = "NEXUS_DNS_SERVER"
+
+
+@dataclass
+class Endpoint:
+    """One gateway to try: its name (from DNS, or the address) and ``host:port``."""
+
+    name: str
+    address: str
+
+
+def _parse_dns_server(value: str, addr: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    if not host:
+        host, port = value, ""
+    try:
+        return host, int(port) if port else 53
+    except ValueError:
+        raise InvalidAddressError(f"invalid gateway address {addr!r}: bad DNS server {value!r}")
+
+
+class Target:
+    """What the application asked to connect to; yields gateways to try, in order."""
+
+    def __init__(self, addr: str, dns_server: str | None = None) -> None:
+        self.url = addr.strip()
+        self.srv_name: str | None = None
+        self.dns: tuple[str, int] | None = None
+        self._cache: list[Endpoint] = []
+        self._expires = 0.0
+        if "://" in self.url:
+            scheme, rest = self.url.split("://", 1)
+        else:
+            scheme, rest = "http", self.url
+        if scheme == SRV_SCHEME:
+            parts = urlsplit(self.url)
+            name = parts.hostname or ""
+            if not name or "." not in name:
+                raise InvalidAddressError(
+                    f"invalid gateway address {addr!r}: expected nexus+srv://<region>.<zone>"
+                )
+            self.srv_name = f"_nexus._tcp.{name}."
+            q = parse_qs(parts.query)
+            server = dns_server or (q.get("dns") or [None])[0] or os.environ.get(DNS_SERVER_ENV)
+            if server:
+                self.dns = _parse_dns_server(server, addr)
+        elif scheme in ("http", "grpc"):
+            hostport = rest.rstrip("/")
+            if ":" not in hostport:
+                raise InvalidAddressError(f"invalid gateway address {addr!r}: missing port")
+            self._cache = [Endpoint(hostport, hostport)]
+        else:
+            raise InvalidAddressError(f"invalid gateway address {addr!r}: unknown scheme {scheme!r}")
+
+    @property
+    def is_srv(self) -> bool:
+        return self.srv_name is not None
+
+    def forget(self) -> None:
+        """Drops the cached answer so that the next round asks DNS again."""
+        self._expires = 0.0
+
+    def demote(self, name: str) -> None:
+        """Moves a gateway that failed (or that we lost) to the end of the order."""
+        hit = [e for e in self._cache if e.name == name]
+        self._cache = [e for e in self._cache if e.name != name] + hit
+
+    async def endpoints(self) -> list[Endpoint]:
+        """The gateways to try, in order (resolving when the cached answer expired)."""
+        if not self.is_srv or (self._cache and time.monotonic() < self._expires):
+            return list(self._cache)
+        self._cache, ttl = await self._resolve()
+        self._expires = time.monotonic() + ttl
+        return list(self._cache)
+
+    async def _resolve(self) -> tuple[list[Endpoint], float]:
+        resolver = dns.asyncresolver.Resolver(configure=self.dns is None)
+        if self.dns is not None:
+            resolver.nameservers = [self.dns[0]]
+            resolver.port = self.dns[1]
+        resolver.lifetime = 4.0
+        resolver.timeout = 2.0
+        server = f"{self.dns[0]}:{self.dns[1]}" if self.dns else "the system resolver"
+        try:
+            answer = await resolver.resolve(self.srv_name, "SRV")
+        except dns.resolver.NXDOMAIN:
+            raise DiscoveryError(
+                f"{self.srv_name} does not exist (NXDOMAIN from {server}): "
+                "unknown region or zone, or no live gateway"
+            )
+        except dns.resolver.NoAnswer:
+            raise DiscoveryError(f"{self.srv_name} has no SRV records ({server})")
+        except dns.exception.DNSException as e:
+            raise DiscoveryError(f"looking up {self.srv_name} at {server}: {e}")
+        glue: dict[str, list[str]] = {}
+        for rrset in answer.response.additional:
+            if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                glue.setdefault(rrset.name.to_text(), []).extend(r.address for r in rrset)
+        records = sorted(answer, key=lambda r: r.priority)
+        ordered = []
+        for prio in sorted({r.priority for r in records}):
+            group = [r for r in records if r.priority == prio]
+            while group:
+                total = sum(r.weight for r in group)
+                pick = group[0]
+                if total > 0:
+                    point, acc = random.uniform(0, total), 0
+                    for r in group:
+                        acc += r.weight
+                        if acc >= point:
+                            pick = r
+                            break
+                else:
+                    pick = random.choice(group)
+                group.remove(pick)
+                ordered.append(pick)
+        out = []
+        for r in ordered:
+            target = r.target.to_text()
+            addrs = glue.get(target)
+            if not addrs:
+                try:
+                    a = await resolver.resolve(target, "A")
+                    addrs = [x.address for x in a]
+                except dns.exception.DNSException:
+                    addrs = []
+            name = target.split(".")[0]
+            for ip in addrs[:1]:
+                host = f"[{ip}]" if ":" in ip else ip
+                out.append(Endpoint(name, f"{host}:{r.port}"))
+        if not out:
+            raise DiscoveryError(f"{self.srv_name}: no SRV target resolved to an address")
+        return out, float(max(1, answer.rrset.ttl))
