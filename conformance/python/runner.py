@@ -1,0 +1,298 @@
+"""Conformance runner for the Python adapter: reads conformance/cases.json and runs every case
+against real gateway processes (see conformance/README.md for the step language).
+
+Usage: python runner.py [--cases PATH] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import nexus_client as nx  # noqa: E402
+from harness import Environment  # noqa: E402
+
+ERRORS = {
+    "invalid_subject": nx.InvalidSubjectError,
+    "no_responders": nx.NoRespondersError,
+    "timeout": nx.RequestTimeoutError,
+    "service": nx.ServiceError,
+    "limit": nx.LimitError,
+    "denied": nx.DeniedError,
+    "discovery": nx.DiscoveryError,
+    "invalid": nx.InvalidError,
+    "disconnected": nx.DisconnectedError,
+    "unavailable": nx.UnavailableError,
+}
+
+
+class CaseFailed(Exception):
+    pass
+
+
+def payload_of(step: dict, prefix: str = "") -> bytes:
+    if "payload_size" in step:
+        return b"x" * step["payload_size"]
+    return step.get("payload", "").encode()
+
+
+def handler_for(spec: str):
+    async def handler(msg: nx.Message):
+        if spec == "echo":
+            return msg.payload
+        if spec.startswith("prefix:"):
+            return spec[len("prefix:"):].encode() + msg.payload
+        if spec.startswith("error:"):
+            raise nx.ServiceError(spec[len("error:"):])
+        if spec == "silent":
+            await asyncio.sleep(3600)
+        if spec == "traceparent":
+            return (msg.traceparent or "").encode()
+        raise nx.ServiceError(f"unknown handler {spec}")
+    return handler
+
+
+class Runner:
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+        self.clients: dict[str, nx.Client] = {}
+        self.subs: dict[str, nx.Subscription] = {}
+        self.keep: list = []
+
+    async def close(self) -> None:
+        for c in self.clients.values():
+            await c.close()
+
+    async def expect_error(self, step: dict, coro) -> None:
+        kind = step.get("expect_error")
+        start = time.monotonic()
+        if kind is None:
+            return await coro
+        try:
+            await coro
+        except nx.NexusError as e:
+            if not isinstance(e, ERRORS[kind]):
+                raise CaseFailed(f"{step['op']}: expected {kind}, got {type(e).__name__}: {e}")
+            if "error_contains" in step and step["error_contains"] not in str(e):
+                raise CaseFailed(f"{step['op']}: error {e!r} does not contain {step['error_contains']!r}")
+            if "max_elapsed_ms" in step and (time.monotonic() - start) * 1000 > step["max_elapsed_ms"]:
+                raise CaseFailed(f"{step['op']}: error came after {(time.monotonic() - start):.2f}s")
+            return None
+        raise CaseFailed(f"{step['op']}: expected a {kind} error, got success")
+
+    async def retrying(self, step: dict, make):
+        deadline = time.monotonic() + step.get("retry_ms", 0) / 1000
+        while True:
+            try:
+                return await make()
+            except nx.NexusError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def step(self, s: dict) -> None:
+        op = s["op"]
+        if op == "connect":
+            key = self.env.keys.get(s.get("key", "none"), "")
+            url = self.env.srv_url(s.get("region")) if s.get("via") == "srv" else self.env.gateway.url
+
+            async def make():
+                return await nx.Client.connect(url, api_key=key, name=f"conformance-{s['client']}",
+                                               connect_timeout=3.0, reconnect_backoff=(0.05, 0.5))
+            if "expect_error" in s:
+                await self.expect_error(s, make())
+            else:
+                self.clients[s["client"]] = await self.retrying(s, make)
+        elif op == "close":
+            await self.clients.pop(s["client"]).close()
+        elif op == "subscribe":
+            c = self.clients[s["client"]]
+
+            async def sub():
+                self.subs[s["sub"]] = await c.subscribe(s["subject"], s.get("queue", ""))
+            await self.expect_error(s, sub())
+        elif op == "publish":
+            c = self.clients[s["client"]]
+            await self.expect_error(s, c.publish(s["subject"], payload_of(s), headers=s.get("headers")))
+        elif op == "publish_many":
+            c = self.clients[s["client"]]
+            for i in range(s["count"]):
+                await c.publish(s["subject"], f"{s['prefix']}-{i}")
+        elif op == "flush":
+            await self.clients[s["client"]].flush()
+        elif op == "expect_message":
+            m = await self.next(s["sub"], s.get("timeout_ms", 5000))
+            if "subject" in s and m.subject != s["subject"]:
+                raise CaseFailed(f"expected subject {s['subject']}, got {m.subject}")
+            if ("payload" in s or "payload_size" in s) and m.payload != payload_of(s):
+                raise CaseFailed(f"expected payload {payload_of(s)[:40]!r}, got {m.payload[:40]!r}")
+            for k, v in s.get("headers", {}).items():
+                if m.header(k) != v:
+                    raise CaseFailed(f"header {k}: expected {v!r}, got {m.header(k)!r}")
+            if s.get("has_traceparent") and not nx.is_valid_traceparent(m.traceparent or ""):
+                raise CaseFailed(f"no valid traceparent: {m.headers}")
+        elif op == "expect_no_message":
+            try:
+                m = await self.subs[s["sub"]].next_message(s["within_ms"] / 1000)
+            except asyncio.TimeoutError:
+                return
+            raise CaseFailed(f"{s['sub']}: unexpected message on {m.subject}: {m.payload[:40]!r}")
+        elif op == "expect_all":
+            for i in range(s["count"]):
+                m = await self.next(s["sub"], s.get("timeout_ms", 10000))
+                want = f"{s['prefix']}-{i}".encode()
+                if m.payload != want:
+                    raise CaseFailed(f"{s['sub']}: expected {want!r} (in order), got {m.payload!r}")
+        elif op == "expect_exclusive":
+            seen: dict[bytes, str] = {}
+            deadline = time.monotonic() + s.get("timeout_ms", 10000) / 1000
+            while len(seen) < s["count"]:
+                if time.monotonic() > deadline:
+                    raise CaseFailed(f"only {len(seen)} of {s['count']} messages reached the group")
+                for name in s["subs"]:
+                    try:
+                        m = await self.subs[name].next_message(0.02)
+                    except asyncio.TimeoutError:
+                        continue
+                    if m.payload in seen:
+                        raise CaseFailed(f"{m.payload!r} delivered to {seen[m.payload]} and {name}")
+                    seen[m.payload] = name
+            for name in s["subs"]:
+                try:
+                    m = await self.subs[name].next_message(0.1)
+                    raise CaseFailed(f"extra delivery {m.payload!r} to {name}")
+                except asyncio.TimeoutError:
+                    pass
+            want = {f"{s['prefix']}-{i}".encode() for i in range(s["count"])}
+            if set(seen) != want:
+                raise CaseFailed("the group received other messages than those published")
+        elif op == "serve":
+            c = self.clients[s["client"]]
+            self.keep.append(await c.serve(s["subject"], handler_for(s["handler"]), s.get("queue", "")))
+        elif op == "request":
+            c = self.clients[s["client"]]
+            timeout = s["timeout_ms"] / 1000 if "timeout_ms" in s else None
+
+            async def req():
+                return await c.request(s["subject"], payload_of(s), headers=s.get("headers"), timeout=timeout)
+            if "expect_error" in s:
+                await self.expect_error(s, req())
+                return
+            m = await self.retrying(s, req)
+            if "expect_payload" in s and m.payload != s["expect_payload"].encode():
+                raise CaseFailed(f"expected reply {s['expect_payload']!r}, got {m.payload[:60]!r}")
+            if "expect_payload_size" in s and len(m.payload) != s["expect_payload_size"]:
+                raise CaseFailed(f"expected a reply of {s['expect_payload_size']} bytes, got {len(m.payload)}")
+        elif op == "listen_streams":
+            c = self.clients[s["client"]]
+            listener = await c.listen_streams(s["subject"], s.get("queue", ""))
+
+            async def echo_all():
+                async for st in listener:
+                    async def echo(st=st):
+                        async for m in st:
+                            await st.send(m.payload)
+                        await st.finish()
+                    self.keep.append(asyncio.create_task(echo()))
+            self.keep.append(asyncio.create_task(echo_all()))
+        elif op == "stream":
+            c = self.clients[s["client"]]
+            if "expect_error" in s:
+                await self.expect_error(s, c.open_stream(s["subject"]))
+                return
+            st = await c.open_stream(s["subject"])
+
+            async def send_all():
+                for i in range(s["count"]):
+                    await st.send(f"{s['prefix']}-{i}")
+                await st.finish()
+            sender = asyncio.create_task(send_all())
+            got = 0
+            async for m in st:
+                want = f"{s['prefix']}-{got}".encode()
+                if m.payload != want:
+                    raise CaseFailed(f"stream: expected {want!r}, got {m.payload!r}")
+                got += 1
+            await sender
+            if got != s["count"]:
+                raise CaseFailed(f"stream: {got} of {s['count']} frames came back")
+        elif op == "restart_gateway":
+            self.env.gateway.restart()
+        elif op == "expect_eventually":
+            c, sub = self.clients[s["client"]], self.subs[s["sub"]]
+            deadline = time.monotonic() + s.get("timeout_ms", 10000) / 1000
+            while True:
+                try:
+                    await c.publish(s["subject"], s["payload"])
+                    m = await sub.next_message(0.1)
+                    if m.payload == s["payload"].encode():
+                        return
+                except (asyncio.TimeoutError, nx.NexusError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise CaseFailed(f"{s['sub']} never received {s['payload']!r}")
+        else:
+            raise CaseFailed(f"unknown op {op}")
+
+    async def next(self, sub: str, timeout_ms: int) -> nx.Message:
+        try:
+            m = await self.subs[sub].next_message(timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            raise CaseFailed(f"{sub}: no message within {timeout_ms} ms")
+        if m is None:
+            raise CaseFailed(f"{sub}: subscription ended")
+        return m
+
+
+async def run_case(doc: dict, case: dict) -> None:
+    env = Environment(doc["environments"][case["env"]])
+    runner = Runner(env)
+    try:
+        env.start()
+        for i, s in enumerate(case["steps"]):
+            try:
+                await asyncio.wait_for(runner.step(s), 60)
+            except CaseFailed as e:
+                raise CaseFailed(f"step {i + 1} ({s['op']}): {e}")
+            except Exception as e:
+                raise CaseFailed(f"step {i + 1} ({s['op']}): {type(e).__name__}: {e}")
+    finally:
+        for t in runner.keep:
+            if isinstance(t, asyncio.Task):
+                t.cancel()
+        await runner.close()
+        env.stop()
+
+
+async def main() -> int:
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--cases", default=os.path.join(here, "..", "cases.json"))
+    ap.add_argument("--only", action="append")
+    args = ap.parse_args()
+    with open(args.cases) as f:
+        doc = json.load(f)
+    passed = failed = 0
+    for case in doc["cases"]:
+        if args.only and case["name"] not in args.only:
+            continue
+        start = time.monotonic()
+        try:
+            await run_case(doc, case)
+            passed += 1
+            print(f"PASS {case['name']} ({(time.monotonic() - start) * 1000:.0f} ms)", flush=True)
+        except Exception as e:
+            failed += 1
+            print(f"FAIL {case['name']}: {e}", flush=True)
+    print(f"python conformance: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
