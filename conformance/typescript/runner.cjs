@@ -1,0 +1,254 @@
+// Conformance runner for the TypeScript adapter: reads conformance/cases.json and runs every
+// case against real gateway processes (step language: conformance/README.md).
+// Usage: node runner.cjs [--cases PATH] [--only NAME]...   (NEXUS_TS_CLIENT: the package dir)
+"use strict";
+const fs = require("node:fs");
+const path = require("node:path");
+const nx = require(process.env.NEXUS_TS_CLIENT || "nexus-client");
+const { Environment } = require("./harness.cjs");
+
+const ERRORS = {
+  invalid_subject: nx.InvalidSubjectError, no_responders: nx.NoRespondersError, timeout: nx.TimeoutError,
+  service: nx.ServiceError, limit: nx.LimitError, denied: nx.DeniedError, discovery: nx.DiscoveryError,
+  invalid: nx.InvalidError, disconnected: nx.DisconnectedError, unavailable: nx.UnavailableError,
+};
+
+class CaseFailed extends Error {}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const payloadOf = (s) => ("payload_size" in s ? Buffer.alloc(s.payload_size, "x") : Buffer.from(s.payload ?? ""));
+
+function handlerFor(spec) {
+  return async (msg) => {
+    if (spec === "echo") return msg.payload;
+    if (spec.startsWith("prefix:")) return Buffer.concat([Buffer.from(spec.slice(7)), msg.payload]);
+    if (spec.startsWith("error:")) throw new nx.ServiceError(spec.slice(6));
+    if (spec === "silent") return new Promise(() => undefined);
+    if (spec === "traceparent") return msg.traceparent ?? "";
+    throw new nx.ServiceError(`unknown handler ${spec}`);
+  };
+}
+
+class Runner {
+  constructor(env) {
+    this.env = env;
+    this.clients = {};
+    this.subs = {};
+  }
+  async expectError(s, fn) {
+    const kind = s.expect_error;
+    const start = Date.now();
+    try {
+      await fn();
+    } catch (e) {
+      if (!(e instanceof nx.NexusError)) throw e;
+      if (!(e instanceof ERRORS[kind])) throw new CaseFailed(`expected ${kind}, got ${e.name}: ${e.message}`);
+      if (s.error_contains && !e.message.includes(s.error_contains)) throw new CaseFailed(`error ${e.message} does not contain ${s.error_contains}`);
+      if (s.max_elapsed_ms && Date.now() - start > s.max_elapsed_ms) throw new CaseFailed(`error came after ${Date.now() - start} ms`);
+      return;
+    }
+    throw new CaseFailed(`expected a ${kind} error, got success`);
+  }
+  async retrying(s, fn) {
+    const deadline = Date.now() + (s.retry_ms ?? 0);
+    for (;;) {
+      try {
+        return await fn();
+      } catch (e) {
+        if (!(e instanceof nx.NexusError) || Date.now() >= deadline) throw e;
+        await sleep(100);
+      }
+    }
+  }
+  async next(sub, timeoutMs) {
+    let m;
+    try {
+      m = await this.subs[sub].next(timeoutMs);
+    } catch {
+      throw new CaseFailed(`${sub}: no message within ${timeoutMs} ms`);
+    }
+    if (!m) throw new CaseFailed(`${sub}: subscription ended`);
+    return m;
+  }
+  async step(s) {
+    const c = this.clients[s.client];
+    switch (s.op) {
+      case "connect": {
+        const key = this.env.keys[s.key ?? "none"] ?? "";
+        const url = s.via === "srv" ? this.env.srvUrl(s.region) : this.env.gateway.url;
+        const make = () => nx.Client.connect(url, { apiKey: key, name: `conformance-${s.client}`, connectTimeoutMs: 3000, reconnectBackoffMs: [50, 500] });
+        if (s.expect_error) return this.expectError(s, make);
+        this.clients[s.client] = await this.retrying(s, make);
+        return;
+      }
+      case "close":
+        await c.close();
+        delete this.clients[s.client];
+        return;
+      case "subscribe": {
+        const sub = async () => (this.subs[s.sub] = await c.subscribe(s.subject, { queue: s.queue }));
+        return s.expect_error ? this.expectError(s, sub) : sub();
+      }
+      case "publish": {
+        const pub = () => c.publish(s.subject, payloadOf(s), { headers: s.headers });
+        return s.expect_error ? this.expectError(s, pub) : pub();
+      }
+      case "publish_many":
+        for (let i = 0; i < s.count; i++) await c.publish(s.subject, `${s.prefix}-${i}`);
+        return;
+      case "flush":
+        return c.flush();
+      case "expect_message": {
+        const m = await this.next(s.sub, s.timeout_ms ?? 5000);
+        if (s.subject && m.subject !== s.subject) throw new CaseFailed(`expected subject ${s.subject}, got ${m.subject}`);
+        if (("payload" in s || "payload_size" in s) && !m.payload.equals(payloadOf(s))) throw new CaseFailed(`unexpected payload ${m.payload.toString().slice(0, 40)}`);
+        for (const [k, v] of Object.entries(s.headers ?? {})) if (m.header(k) !== v) throw new CaseFailed(`header ${k}: expected ${v}, got ${m.header(k)}`);
+        if (s.has_traceparent && !nx.isValidTraceparent(m.traceparent ?? "")) throw new CaseFailed("no valid traceparent");
+        return;
+      }
+      case "expect_no_message": {
+        let m;
+        try {
+          m = await this.subs[s.sub].next(s.within_ms);
+        } catch {
+          return;
+        }
+        throw new CaseFailed(`${s.sub}: unexpected message on ${m?.subject}`);
+      }
+      case "expect_all":
+        for (let i = 0; i < s.count; i++) {
+          const m = await this.next(s.sub, s.timeout_ms ?? 10000);
+          if (m.text !== `${s.prefix}-${i}`) throw new CaseFailed(`${s.sub}: expected ${s.prefix}-${i} (in order), got ${m.text}`);
+        }
+        return;
+      case "expect_exclusive": {
+        const seen = new Map();
+        const deadline = Date.now() + (s.timeout_ms ?? 10000);
+        while (seen.size < s.count) {
+          if (Date.now() > deadline) throw new CaseFailed(`only ${seen.size} of ${s.count} messages reached the group`);
+          for (const name of s.subs) {
+            let m;
+            try {
+              m = await this.subs[name].next(20);
+            } catch {
+              continue;
+            }
+            if (seen.has(m.text)) throw new CaseFailed(`${m.text} delivered to ${seen.get(m.text)} and ${name}`);
+            seen.set(m.text, name);
+          }
+        }
+        for (const name of s.subs) {
+          const extra = await this.subs[name].next(100).catch(() => undefined);
+          if (extra) throw new CaseFailed(`extra delivery ${extra.text} to ${name}`);
+        }
+        for (let i = 0; i < s.count; i++) if (!seen.has(`${s.prefix}-${i}`)) throw new CaseFailed(`${s.prefix}-${i} never reached the group`);
+        return;
+      }
+      case "serve":
+        await c.serve(s.subject, handlerFor(s.handler), { queue: s.queue });
+        return;
+      case "request": {
+        const req = () => c.request(s.subject, payloadOf(s), { headers: s.headers, timeoutMs: s.timeout_ms });
+        if (s.expect_error) return this.expectError(s, req);
+        const m = await this.retrying(s, req);
+        if ("expect_payload" in s && m.text !== s.expect_payload) throw new CaseFailed(`expected reply ${s.expect_payload}, got ${m.text.slice(0, 60)}`);
+        if ("expect_payload_size" in s && m.payload.length !== s.expect_payload_size) throw new CaseFailed(`reply of ${m.payload.length} bytes`);
+        return;
+      }
+      case "listen_streams": {
+        const listener = await c.listenStreams(s.subject, { queue: s.queue });
+        (async () => {
+          for await (const st of listener) {
+            (async () => {
+              for await (const m of st) await st.send(m.payload);
+              await st.finish();
+            })().catch(() => undefined);
+          }
+        })();
+        return;
+      }
+      case "stream": {
+        if (s.expect_error) return this.expectError(s, () => c.openStream(s.subject));
+        const st = await c.openStream(s.subject);
+        const sender = (async () => {
+          for (let i = 0; i < s.count; i++) await st.send(`${s.prefix}-${i}`);
+          await st.finish();
+        })();
+        let got = 0;
+        for await (const m of st) {
+          if (m.text !== `${s.prefix}-${got}`) throw new CaseFailed(`stream: expected ${s.prefix}-${got}, got ${m.text}`);
+          got++;
+        }
+        await sender;
+        if (got !== s.count) throw new CaseFailed(`stream: ${got} of ${s.count} frames came back`);
+        return;
+      }
+      case "restart_gateway":
+        return this.env.gateway.restart();
+      case "expect_eventually": {
+        const deadline = Date.now() + (s.timeout_ms ?? 10000);
+        for (;;) {
+          try {
+            await c.publish(s.subject, s.payload);
+            const m = await this.subs[s.sub].next(100);
+            if (m && m.text === s.payload) return;
+          } catch {
+            // not yet
+          }
+          if (Date.now() > deadline) throw new CaseFailed(`${s.sub} never received ${s.payload}`);
+        }
+      }
+      default:
+        throw new CaseFailed(`unknown op ${s.op}`);
+    }
+  }
+}
+
+async function runCase(doc, kase) {
+  const env = new Environment(doc.environments[kase.env]);
+  const runner = new Runner(env);
+  try {
+    await env.start();
+    for (const [i, s] of kase.steps.entries()) {
+      try {
+        let t;
+        await Promise.race([runner.step(s), new Promise((_, rej) => (t = setTimeout(() => rej(new CaseFailed("step took over 60 s")), 60000)))]).finally(() => clearTimeout(t));
+      } catch (e) {
+        throw new CaseFailed(`step ${i + 1} (${s.op}): ${e.name}: ${e.message}`);
+      }
+    }
+  } finally {
+    for (const c of Object.values(runner.clients)) await c.close();
+    await env.stop();
+  }
+}
+
+async function main() {
+  const args = process.argv.slice(2);
+  let casesPath = path.join(__dirname, "..", "cases.json");
+  const only = [];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === "--cases") casesPath = args[++i];
+    else if (args[i] === "--only") only.push(args[++i]);
+  }
+  const doc = JSON.parse(fs.readFileSync(casesPath, "utf8"));
+  let passed = 0, failed = 0;
+  for (const kase of doc.cases) {
+    if (only.length && !only.includes(kase.name)) continue;
+    const start = Date.now();
+    try {
+      await runCase(doc, kase);
+      passed++;
+      console.log(`PASS ${kase.name} (${Date.now() - start} ms)`);
+    } catch (e) {
+      failed++;
+      console.log(`FAIL ${kase.name}: ${e.message}`);
+    }
+  }
+  console.log(`typescript conformance: ${passed} passed, ${failed} failed`);
+  process.exit(failed ? 1 : 0);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(2);
+});
