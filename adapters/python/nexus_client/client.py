@@ -304,7 +304,7 @@ class Client:
         kept = []
         while not self._out.empty():
             item = self._out.get_nowait()
-            if item.plain_pub:
+            if self._still_wanted(item):
                 kept.append(item)
         for item in kept:
             self._out.put_nowait(item)
@@ -312,6 +312,23 @@ class Client:
         session.tasks = [asyncio.create_task(self._writer(session)),
                          asyncio.create_task(self._reader(session))]
         self._connected.set()
+
+    def _still_wanted(self, item: _Out) -> bool:
+        """Whether a queued frame can go on a new session: plain publishes, and operations
+        queued after the old session was failed whose callers still wait."""
+        if item.plain_pub:
+            return True
+        f = item.frame
+        kind = f.WhichOneof("kind")
+        if kind == "req":
+            return f.req.req_id in self._reqs
+        if kind == "ping":
+            return f.ping.nonce in self._pings
+        if kind == "pub":
+            return f.pub.ack_id in self._acks
+        if kind == "stream_open":
+            return f.stream_open.stream_id in self._streams
+        return False
 
     async def _supervise(self) -> None:
         lo, hi = self._backoff

@@ -334,13 +334,24 @@ export class Client {
 
   private start(s: Session): void {
     // Frames queued for an earlier session carry stale ids; only plain publishes survive.
-    this.out.filter((o) => o.plainPub);
+    this.out.filter((o) => this.stillWanted(o));
     this.session = s;
     void this.writer(s);
     void this.reader(s);
     const w = this.connectedWaiters;
     this.connectedWaiters = [];
     w.forEach((r) => r());
+  }
+
+  /** Plain publishes, and operations queued after the old session was failed whose callers still wait. */
+  private stillWanted(o: Out): boolean {
+    const f = o.frame;
+    if (o.plainPub) return true;
+    if (f.req) return this.reqs.has(String(f.req.reqId));
+    if (f.ping) return this.pings.has(String(f.ping.nonce));
+    if (f.pub) return this.acks.has(String(f.pub.ackId));
+    if (f.streamOpen) return this.streams.has(String(f.streamOpen.streamId));
+    return false;
   }
 
   private async supervise(): Promise<void> {
@@ -391,7 +402,7 @@ export class Client {
         const first = await this.out.shift();
         if (!first.frame) return; // woken because the session ended
         if (this.session !== s) {
-          if (first.plainPub) this.out.pushNow(first);
+          this.out.pushNow(first); // the next session decides whether it is still wanted
           return;
         }
         const frames = [first.frame];

@@ -1,0 +1,8 @@
+package io.nexus.client;
+
+/** The session broke while the operation was in flight; the client reconnects on its own. */
+public class DisconnectedException extends NexusException {
+    public DisconnectedException(String message) {
+        super(message);
+    }
+}

@@ -1,0 +1,8 @@
+package io.nexus.client;
+
+/** The subject or pattern is malformed or reserved (checked locally before sending). */
+public class InvalidSubjectException extends NexusException {
+    public InvalidSubjectException(String message) {
+        super(message);
+    }
+}

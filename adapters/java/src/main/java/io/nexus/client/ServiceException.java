@@ -1,0 +1,8 @@
+package io.nexus.client;
+
+/** The responder refused the request or vanished; handlers throw it to answer with an error. */
+public class ServiceException extends NexusException {
+    public ServiceException(String message) {
+        super(message);
+    }
+}

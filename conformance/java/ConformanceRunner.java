@@ -1,0 +1,413 @@
+import com.google.gson.JsonArray;
+import com.google.gson.JsonElement;
+import com.google.gson.JsonObject;
+import com.google.gson.JsonParser;
+import io.nexus.client.BiStream;
+import io.nexus.client.Client;
+import io.nexus.client.DeniedException;
+import io.nexus.client.DisconnectedException;
+import io.nexus.client.DiscoveryException;
+import io.nexus.client.InvalidException;
+import io.nexus.client.InvalidSubjectException;
+import io.nexus.client.LimitException;
+import io.nexus.client.Message;
+import io.nexus.client.NexusException;
+import io.nexus.client.NoRespondersException;
+import io.nexus.client.RequestTimeoutException;
+import io.nexus.client.ServiceException;
+import io.nexus.client.StreamListener;
+import io.nexus.client.Subscription;
+import io.nexus.client.Tracing;
+import io.nexus.client.UnavailableException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.Callable;
+import java.util.concurrent.atomic.AtomicReference;
+
+/**
+ * Conformance runner for the Java adapter: reads conformance/cases.json and runs every case
+ * against real gateway processes (step language: conformance/README.md).
+ * Usage: java ConformanceRunner [--cases PATH] [--only NAME]...
+ */
+public final class ConformanceRunner {
+    private static final Map<String, Class<? extends NexusException>> ERRORS = Map.of(
+            "invalid_subject", InvalidSubjectException.class, "no_responders", NoRespondersException.class,
+            "timeout", RequestTimeoutException.class, "service", ServiceException.class, "limit", LimitException.class,
+            "denied", DeniedException.class, "discovery", DiscoveryException.class, "invalid", InvalidException.class,
+            "disconnected", DisconnectedException.class, "unavailable", UnavailableException.class);
+
+    static final class CaseFailed extends RuntimeException {
+        CaseFailed(String m) {
+            super(m);
+        }
+    }
+
+    private final Harness.Environment env;
+    private final Map<String, Client> clients = new HashMap<>();
+    private final Map<String, Subscription> subs = new HashMap<>();
+    private final List<Thread> threads = new ArrayList<>();
+
+    ConformanceRunner(Harness.Environment env) {
+        this.env = env;
+    }
+
+    private static String str(JsonObject s, String k, String dflt) {
+        return s.has(k) ? s.get(k).getAsString() : dflt;
+    }
+
+    private static long num(JsonObject s, String k, long dflt) {
+        return s.has(k) ? s.get(k).getAsLong() : dflt;
+    }
+
+    private static byte[] payloadOf(JsonObject s) {
+        if (s.has("payload_size")) {
+            byte[] b = new byte[s.get("payload_size").getAsInt()];
+            Arrays.fill(b, (byte) 'x');
+            return b;
+        }
+        return str(s, "payload", "").getBytes(StandardCharsets.UTF_8);
+    }
+
+    private static Map<String, String> headersOf(JsonObject s) {
+        Map<String, String> h = new LinkedHashMap<>();
+        if (s.has("headers")) {
+            for (var e : s.getAsJsonObject("headers").entrySet()) {
+                h.put(e.getKey(), e.getValue().getAsString());
+            }
+        }
+        return h;
+    }
+
+    private static io.nexus.client.Service.Handler handlerFor(String spec) {
+        return m -> {
+            if (spec.equals("echo")) {
+                return m.payload();
+            }
+            if (spec.startsWith("prefix:")) {
+                byte[] p = spec.substring(7).getBytes(StandardCharsets.UTF_8);
+                byte[] out = Arrays.copyOf(p, p.length + m.payload().length);
+                System.arraycopy(m.payload(), 0, out, p.length, m.payload().length);
+                return out;
+            }
+            if (spec.startsWith("error:")) {
+                throw new ServiceException(spec.substring(6));
+            }
+            if (spec.equals("silent")) {
+                Thread.sleep(3_600_000);
+            }
+            if (spec.equals("traceparent")) {
+                return (m.traceparent() == null ? "" : m.traceparent()).getBytes(StandardCharsets.UTF_8);
+            }
+            throw new ServiceException("unknown handler " + spec);
+        };
+    }
+
+    private void expectError(JsonObject s, Callable<?> body) throws Exception {
+        String kind = s.get("expect_error").getAsString();
+        long start = System.currentTimeMillis();
+        try {
+            body.call();
+        } catch (NexusException e) {
+            if (!ERRORS.get(kind).isInstance(e)) {
+                throw new CaseFailed("expected " + kind + ", got " + e.getClass().getSimpleName() + ": " + e.getMessage());
+            }
+            if (s.has("error_contains") && !String.valueOf(e.getMessage()).contains(s.get("error_contains").getAsString())) {
+                throw new CaseFailed("error " + e.getMessage() + " does not contain " + s.get("error_contains").getAsString());
+            }
+            if (s.has("max_elapsed_ms") && System.currentTimeMillis() - start > s.get("max_elapsed_ms").getAsLong()) {
+                throw new CaseFailed("error came after " + (System.currentTimeMillis() - start) + " ms");
+            }
+            return;
+        }
+        throw new CaseFailed("expected a " + kind + " error, got success");
+    }
+
+    private <T> T retrying(JsonObject s, Callable<T> body) throws Exception {
+        long deadline = System.currentTimeMillis() + num(s, "retry_ms", 0);
+        while (true) {
+            try {
+                return body.call();
+            } catch (NexusException e) {
+                if (System.currentTimeMillis() >= deadline) {
+                    throw e;
+                }
+                Thread.sleep(100);
+            }
+        }
+    }
+
+    private Message next(String sub, long timeoutMs) {
+        Message m = subs.get(sub).next(Duration.ofMillis(timeoutMs));
+        if (m == null) {
+            throw new CaseFailed(sub + ": no message within " + timeoutMs + " ms");
+        }
+        return m;
+    }
+
+    void step(JsonObject s) throws Exception {
+        String op = s.get("op").getAsString();
+        Client c = s.has("client") ? clients.get(s.get("client").getAsString()) : null;
+        switch (op) {
+            case "connect" -> {
+                String key = env.keys.getOrDefault(str(s, "key", "none"), "");
+                String url = "srv".equals(str(s, "via", "direct")) ? env.srvUrl(str(s, "region", null)) : env.gateway.url();
+                Callable<Client> make = () -> Client.builder(url).apiKey(key).name("conformance-" + s.get("client").getAsString())
+                        .connectTimeout(Duration.ofSeconds(3)).reconnectBackoff(Duration.ofMillis(50), Duration.ofMillis(500)).connect();
+                if (s.has("expect_error")) {
+                    expectError(s, make);
+                } else {
+                    clients.put(s.get("client").getAsString(), retrying(s, make));
+                }
+            }
+            case "close" -> clients.remove(s.get("client").getAsString()).close();
+            case "subscribe" -> {
+                Callable<Object> sub = () -> subs.put(s.get("sub").getAsString(), c.subscribe(s.get("subject").getAsString(), str(s, "queue", "")));
+                if (s.has("expect_error")) {
+                    expectError(s, sub);
+                } else {
+                    sub.call();
+                }
+            }
+            case "publish" -> {
+                Callable<Object> pub = () -> {
+                    c.publish(s.get("subject").getAsString(), payloadOf(s), headersOf(s));
+                    return null;
+                };
+                if (s.has("expect_error")) {
+                    expectError(s, pub);
+                } else {
+                    pub.call();
+                }
+            }
+            case "publish_many" -> {
+                for (int i = 0; i < s.get("count").getAsInt(); i++) {
+                    c.publish(s.get("subject").getAsString(), s.get("prefix").getAsString() + "-" + i);
+                }
+            }
+            case "flush" -> c.flush();
+            case "expect_message" -> {
+                Message m = next(s.get("sub").getAsString(), num(s, "timeout_ms", 5000));
+                if (s.has("subject") && !m.subject().equals(s.get("subject").getAsString())) {
+                    throw new CaseFailed("expected subject " + s.get("subject").getAsString() + ", got " + m.subject());
+                }
+                if ((s.has("payload") || s.has("payload_size")) && !Arrays.equals(m.payload(), payloadOf(s))) {
+                    throw new CaseFailed("unexpected payload " + m.text());
+                }
+                for (var h : headersOf(s).entrySet()) {
+                    if (!h.getValue().equals(m.header(h.getKey()))) {
+                        throw new CaseFailed("header " + h.getKey() + ": expected " + h.getValue() + ", got " + m.header(h.getKey()));
+                    }
+                }
+                if (s.has("has_traceparent") && s.get("has_traceparent").getAsBoolean() && !Tracing.isValid(m.traceparent())) {
+                    throw new CaseFailed("no valid traceparent");
+                }
+            }
+            case "expect_no_message" -> {
+                Message m = subs.get(s.get("sub").getAsString()).next(Duration.ofMillis(s.get("within_ms").getAsLong()));
+                if (m != null) {
+                    throw new CaseFailed("unexpected message on " + m.subject());
+                }
+            }
+            case "expect_all" -> {
+                for (int i = 0; i < s.get("count").getAsInt(); i++) {
+                    Message m = next(s.get("sub").getAsString(), num(s, "timeout_ms", 10000));
+                    String want = s.get("prefix").getAsString() + "-" + i;
+                    if (!m.text().equals(want)) {
+                        throw new CaseFailed("expected " + want + " (in order), got " + m.text());
+                    }
+                }
+            }
+            case "expect_exclusive" -> {
+                Map<String, String> seen = new HashMap<>();
+                int count = s.get("count").getAsInt();
+                long deadline = System.currentTimeMillis() + num(s, "timeout_ms", 10000);
+                JsonArray names = s.getAsJsonArray("subs");
+                while (seen.size() < count) {
+                    if (System.currentTimeMillis() > deadline) {
+                        throw new CaseFailed("only " + seen.size() + " of " + count + " messages reached the group");
+                    }
+                    for (JsonElement n : names) {
+                        Message m = subs.get(n.getAsString()).next(Duration.ofMillis(20));
+                        if (m == null) {
+                            continue;
+                        }
+                        if (seen.containsKey(m.text())) {
+                            throw new CaseFailed(m.text() + " delivered to " + seen.get(m.text()) + " and " + n.getAsString());
+                        }
+                        seen.put(m.text(), n.getAsString());
+                    }
+                }
+                for (JsonElement n : names) {
+                    Message m = subs.get(n.getAsString()).next(Duration.ofMillis(100));
+                    if (m != null) {
+                        throw new CaseFailed("extra delivery " + m.text() + " to " + n.getAsString());
+                    }
+                }
+                for (int i = 0; i < count; i++) {
+                    if (!seen.containsKey(s.get("prefix").getAsString() + "-" + i)) {
+                        throw new CaseFailed("message " + i + " never reached the group");
+                    }
+                }
+            }
+            case "serve" -> c.serve(s.get("subject").getAsString(), str(s, "queue", ""), handlerFor(s.get("handler").getAsString()));
+            case "request" -> {
+                Duration timeout = s.has("timeout_ms") ? Duration.ofMillis(s.get("timeout_ms").getAsLong()) : null;
+                Callable<Message> req = () -> c.request(s.get("subject").getAsString(), payloadOf(s), headersOf(s), timeout);
+                if (s.has("expect_error")) {
+                    expectError(s, req);
+                    return;
+                }
+                Message m = retrying(s, req);
+                if (s.has("expect_payload") && !m.text().equals(s.get("expect_payload").getAsString())) {
+                    throw new CaseFailed("expected reply " + s.get("expect_payload").getAsString() + ", got " + m.text());
+                }
+                if (s.has("expect_payload_size") && m.payload().length != s.get("expect_payload_size").getAsInt()) {
+                    throw new CaseFailed("reply of " + m.payload().length + " bytes");
+                }
+            }
+            case "listen_streams" -> {
+                StreamListener l = c.listenStreams(s.get("subject").getAsString(), str(s, "queue", ""));
+                Thread t = new Thread(() -> {
+                    while (true) {
+                        BiStream st = l.accept(Duration.ofDays(1));
+                        if (st == null) {
+                            return;
+                        }
+                        Thread echo = new Thread(() -> {
+                            try {
+                                for (Message m : st) {
+                                    st.send(m.payload());
+                                }
+                                st.finish();
+                            } catch (NexusException e) {
+                                // the stream ended
+                            }
+                        });
+                        echo.setDaemon(true);
+                        echo.start();
+                    }
+                });
+                t.setDaemon(true);
+                t.start();
+                threads.add(t);
+            }
+            case "stream" -> {
+                if (s.has("expect_error")) {
+                    expectError(s, () -> c.openStream(s.get("subject").getAsString(), Map.of()));
+                    return;
+                }
+                BiStream st = c.openStream(s.get("subject").getAsString(), Map.of());
+                int count = s.get("count").getAsInt();
+                String prefix = s.get("prefix").getAsString();
+                AtomicReference<Throwable> sendError = new AtomicReference<>();
+                Thread sender = new Thread(() -> {
+                    try {
+                        for (int i = 0; i < count; i++) {
+                            st.send((prefix + "-" + i).getBytes(StandardCharsets.UTF_8));
+                        }
+                        st.finish();
+                    } catch (Throwable e) {
+                        sendError.set(e);
+                    }
+                });
+                sender.start();
+                int got = 0;
+                for (Message m : st) {
+                    if (!m.text().equals(prefix + "-" + got)) {
+                        throw new CaseFailed("stream: expected " + prefix + "-" + got + ", got " + m.text());
+                    }
+                    got++;
+                }
+                sender.join();
+                if (sendError.get() != null) {
+                    throw new CaseFailed("stream send: " + sendError.get());
+                }
+                if (got != count) {
+                    throw new CaseFailed("stream: " + got + " of " + count + " frames came back");
+                }
+            }
+            case "restart_gateway" -> env.gateway.restart();
+            case "expect_eventually" -> {
+                long deadline = System.currentTimeMillis() + num(s, "timeout_ms", 10000);
+                String payload = s.get("payload").getAsString();
+                while (true) {
+                    try {
+                        c.publish(s.get("subject").getAsString(), payload);
+                        Message m = subs.get(s.get("sub").getAsString()).next(Duration.ofMillis(100));
+                        if (m != null && m.text().equals(payload)) {
+                            return;
+                        }
+                    } catch (NexusException e) {
+                        // not yet
+                    }
+                    if (System.currentTimeMillis() > deadline) {
+                        throw new CaseFailed("never received " + payload);
+                    }
+                }
+            }
+            default -> throw new CaseFailed("unknown op " + op);
+        }
+    }
+
+    static void runCase(JsonObject doc, JsonObject kase) throws Exception {
+        Harness.Environment env = new Harness.Environment(doc.getAsJsonObject("environments").getAsJsonObject(kase.get("env").getAsString()));
+        ConformanceRunner r = new ConformanceRunner(env);
+        try {
+            env.start();
+            JsonArray steps = kase.getAsJsonArray("steps");
+            for (int i = 0; i < steps.size(); i++) {
+                JsonObject s = steps.get(i).getAsJsonObject();
+                try {
+                    r.step(s);
+                } catch (Exception e) {
+                    throw new CaseFailed("step " + (i + 1) + " (" + s.get("op").getAsString() + "): " + e.getClass().getSimpleName() + ": " + e.getMessage());
+                }
+            }
+        } finally {
+            for (Client c : r.clients.values()) {
+                c.close();
+            }
+            env.stop();
+        }
+    }
+
+    public static void main(String[] args) throws Exception {
+        String cases = "conformance/cases.json";
+        List<String> only = new ArrayList<>();
+        for (int i = 0; i < args.length; i++) {
+            if (args[i].equals("--cases")) {
+                cases = args[++i];
+            } else if (args[i].equals("--only")) {
+                only.add(args[++i]);
+            }
+        }
+        JsonObject doc = JsonParser.parseString(Files.readString(Path.of(cases))).getAsJsonObject();
+        int passed = 0, failed = 0;
+        for (JsonElement e : doc.getAsJsonArray("cases")) {
+            JsonObject kase = e.getAsJsonObject();
+            String name = kase.get("name").getAsString();
+            if (!only.isEmpty() && !only.contains(name)) {
+                continue;
+            }
+            long start = System.currentTimeMillis();
+            try {
+                runCase(doc, kase);
+                passed++;
+                System.out.println("PASS " + name + " (" + (System.currentTimeMillis() - start) + " ms)");
+            } catch (Exception ex) {
+                failed++;
+                System.out.println("FAIL " + name + ": " + ex.getMessage());
+            }
+        }
+        System.out.println("java conformance: " + passed + " passed, " + failed + " failed");
+        System.exit(failed > 0 ? 1 : 0);
+    }
+}

@@ -1,0 +1,242 @@
+import com.google.gson.JsonObject;
+import com.google.gson.JsonParser;
+import java.io.BufferedReader;
+import java.io.File;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.net.HttpURLConnection;
+import java.net.URL;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import java.util.stream.Stream;
+
+/**
+ * Real Nexus processes for the Java conformance runner: a gateway (and, for the auth cases, a
+ * control plane with DNS discovery) on free loopback ports, readiness by polling /readyz, and
+ * cleanup that kills every process started.
+ */
+final class Harness {
+    private Harness() {}
+
+    static String nexusBin() {
+        String b = System.getenv("NEXUS_BIN");
+        if (b != null && !b.isEmpty()) {
+            return b;
+        }
+        String cache = System.getenv().getOrDefault("NEXUS_CACHE", System.getProperty("user.home") + "/.cache/nexus");
+        return System.getenv().getOrDefault("CARGO_TARGET_DIR", cache + "/target") + "/debug/nexus";
+    }
+
+    static String nexusctlBin() {
+        String b = System.getenv("NEXUSCTL_BIN");
+        return b != null && !b.isEmpty() ? b : new File(nexusBin()).getParent() + "/nexusctl";
+    }
+
+    /** A started process and the stdout lines read until it was ready. */
+    record Started(Process proc, List<String> lines) {}
+
+    static Started spawnUntil(List<String> args, String marker, File log) throws IOException {
+        List<String> cmd = new ArrayList<>();
+        cmd.add(nexusBin());
+        cmd.addAll(args);
+        ProcessBuilder pb = new ProcessBuilder(cmd).redirectError(ProcessBuilder.Redirect.appendTo(log));
+        for (String k : List.of("NEXUS_CONTROL_PLANE", "NEXUS_AUTH", "NEXUS_CONFIG", "OTEL_EXPORTER_OTLP_ENDPOINT")) {
+            pb.environment().remove(k);
+        }
+        pb.environment().put("RUST_LOG", "warn");
+        Process p = pb.start();
+        BufferedReader r = new BufferedReader(new InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8));
+        List<String> lines = new ArrayList<>();
+        String line;
+        while ((line = r.readLine()) != null) {
+            lines.add(line);
+            if (line.contains(marker)) {
+                Thread drain = new Thread(() -> {
+                    try {
+                        while (r.readLine() != null) {
+                            // keep the pipe from filling up
+                        }
+                    } catch (IOException e) {
+                        // process gone
+                    }
+                });
+                drain.setDaemon(true);
+                drain.start();
+                return new Started(p, lines);
+            }
+        }
+        p.destroyForcibly();
+        throw new IOException("process exited before printing '" + marker + "': " + lines);
+    }
+
+    static void waitReady(String metrics) throws Exception {
+        long deadline = System.currentTimeMillis() + 15000;
+        while (System.currentTimeMillis() < deadline) {
+            try {
+                HttpURLConnection c = (HttpURLConnection) new URL("http://" + metrics + "/readyz").openConnection();
+                c.setConnectTimeout(1000);
+                c.setReadTimeout(1000);
+                if (c.getResponseCode() == 200) {
+                    return;
+                }
+            } catch (IOException e) {
+                // not yet
+            }
+            Thread.sleep(20);
+        }
+        throw new IllegalStateException("gateway with metrics on " + metrics + " did not become ready");
+    }
+
+    static void kill(Process p) {
+        if (p != null) {
+            p.destroyForcibly();
+            try {
+                p.waitFor();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+    }
+
+    /** One `nexus gateway` process; restart comes back on the same addresses. */
+    static final class Gateway {
+        private final List<String> args;
+        private final File log;
+        Process proc;
+        String grpc;
+        String metrics;
+
+        Gateway(List<String> args, File log) {
+            this.args = new ArrayList<>(args);
+            this.log = log;
+        }
+
+        void start() throws Exception {
+            List<String> a = new ArrayList<>(args);
+            if (grpc != null) {
+                a.set(a.indexOf("--listen") + 1, grpc);
+                a.set(a.indexOf("--metrics-listen") + 1, metrics);
+            }
+            long deadline = System.currentTimeMillis() + 10000;
+            while (true) {
+                try {
+                    List<String> cmd = new ArrayList<>(List.of("gateway"));
+                    cmd.addAll(a);
+                    Started s = spawnUntil(cmd, " listening on ", log);
+                    proc = s.proc();
+                    Matcher m = Pattern.compile(" listening on (\\S+), metrics on (\\S+)").matcher(s.lines().get(s.lines().size() - 1));
+                    if (!m.find()) {
+                        throw new IOException("unexpected gateway banner");
+                    }
+                    grpc = m.group(1);
+                    metrics = m.group(2);
+                    break;
+                } catch (IOException e) {
+                    if (System.currentTimeMillis() > deadline) {
+                        throw e; // the old port may take a moment to free up
+                    }
+                    Thread.sleep(100);
+                }
+            }
+            waitReady(metrics);
+        }
+
+        String url() {
+            return "http://" + grpc;
+        }
+
+        void restart() throws Exception {
+            kill(proc);
+            start();
+        }
+    }
+
+    /** What a case runs against. */
+    static final class Environment {
+        final JsonObject spec;
+        final Path dir;
+        final Map<String, String> keys = new HashMap<>();
+        final String region = "conformance";
+        final String zone = "nexus.local";
+        Gateway gateway;
+        Process controlPlane;
+        String dns;
+
+        Environment(JsonObject spec) throws IOException {
+            this.spec = spec;
+            this.dir = Files.createTempDirectory("nexus-conformance-");
+            keys.put("bad", "nxk_3f9a1c2b4d5e6f70_0123456789abcdef0123456789abcdef");
+        }
+
+        void start() throws Exception {
+            JsonObject gw = spec.has("gateway") ? spec.getAsJsonObject("gateway") : new JsonObject();
+            List<String> args = new ArrayList<>(List.of("--region", region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                    "--auth", gw.has("auth") ? gw.get("auth").getAsString() : "off"));
+            if (gw.has("max_payload")) {
+                args.addAll(List.of("--max-payload", gw.get("max_payload").getAsString()));
+            }
+            if (spec.has("control_plane") && spec.get("control_plane").getAsBoolean()) {
+                Path keyFile = dir.resolve("admin.key");
+                Started s = spawnUntil(List.of("control-plane", "--listen", "127.0.0.1:0", "--data-dir", dir.resolve("data").toString(),
+                        "--dns-listen", "127.0.0.1:0", "--admin-key-file", keyFile.toString(), "--lease-ttl", "3s", "--dns-ttl", "1s"),
+                        " listening on ", dir.resolve("control-plane.log").toFile());
+                controlPlane = s.proc();
+                String cpAddr = null;
+                for (String l : s.lines()) {
+                    Matcher d = Pattern.compile(" DNS on (\\S+)").matcher(l);
+                    if (d.find()) {
+                        dns = d.group(1);
+                    }
+                    Matcher a = Pattern.compile(" listening on (\\S+)").matcher(l);
+                    if (a.find()) {
+                        cpAddr = a.group(1);
+                    }
+                }
+                String adminKey = Files.readString(keyFile).trim();
+                if (spec.has("keys")) {
+                    for (var e : spec.getAsJsonObject("keys").entrySet()) {
+                        JsonObject scopes = e.getValue().getAsJsonObject();
+                        ProcessBuilder pb = new ProcessBuilder(nexusctlBin(), "keys", "create", e.getKey(), "--publish",
+                                scopes.get("publish").getAsString(), "--subscribe", scopes.get("subscribe").getAsString(), "-o", "json");
+                        pb.environment().put("NEXUS_CONTROL_PLANE", "http://" + cpAddr);
+                        pb.environment().put("NEXUS_ADMIN_KEY", adminKey);
+                        pb.redirectError(ProcessBuilder.Redirect.INHERIT);
+                        Process p = pb.start();
+                        String outText = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+                        if (p.waitFor() != 0) {
+                            throw new IllegalStateException("nexusctl keys create failed");
+                        }
+                        keys.put(e.getKey(), JsonParser.parseString(outText).getAsJsonObject().get("secret").getAsString());
+                    }
+                }
+                args.addAll(List.of("--control-plane", "http://" + cpAddr, "--state-dir", dir.resolve("gw-state").toString()));
+            }
+            gateway = new Gateway(args, dir.resolve("gateway.log").toFile());
+            gateway.start();
+        }
+
+        String srvUrl(String regionOverride) {
+            return "nexus+srv://" + (regionOverride != null ? regionOverride : region) + "." + zone + "?dns=" + (dns != null ? dns : "127.0.0.1:1");
+        }
+
+        void stop() {
+            if (gateway != null) {
+                kill(gateway.proc);
+            }
+            kill(controlPlane);
+            try (Stream<Path> walk = Files.walk(dir)) {
+                walk.sorted(Comparator.reverseOrder()).map(Path::toFile).forEach(File::delete);
+            } catch (IOException e) {
+                // best effort
+            }
+        }
+    }
+}
