@@ -1,0 +1,973 @@
+//! The cross-language conformance suite, run with the Rust adapter: reads
+//! `conformance/cases.json` (the cases every adapter runs; step language in
+//! `conformance/README.md`) and executes each case against real `nexus gateway` (and, for the
+//! auth and discovery cases, `nexus control-plane`) processes on loopback ports.
+//!
+//! The `nexus` binary belongs to another package, so it is found as `$NEXUS_BIN`, else next to
+//! this test's target directory (`target/debug/nexus`, built by `cargo build --workspace
+//! --bins` or by `cargo test --workspace`).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nexus_client::{Bytes, Client, Error, Headers, Message, OutgoingMessage, Subscription};
+
+// === a small JSON reader (the cases file is plain JSON; no extra dependency needed) ===
+
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+impl Json {
+    fn get(&self, key: &str) -> Option<&Json> {
+        match self {
+            Json::Obj(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+    fn str(&self, key: &str) -> Option<&str> {
+        match self.get(key) {
+            Some(Json::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+    fn num(&self, key: &str) -> Option<u64> {
+        match self.get(key) {
+            Some(Json::Num(n)) => Some(*n as u64),
+            _ => None,
+        }
+    }
+    fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some(Json::Bool(true)))
+    }
+    fn items(&self) -> &[Json] {
+        match self {
+            Json::Arr(v) => v,
+            _ => &[],
+        }
+    }
+    fn fields(&self) -> &[(String, Json)] {
+        match self {
+            Json::Obj(v) => v,
+            _ => &[],
+        }
+    }
+}
+
+struct JsonParser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl JsonParser<'_> {
+    fn parse(text: &str) -> Result<Json, String> {
+        let mut p = JsonParser {
+            s: text.as_bytes(),
+            i: 0,
+        };
+        let v = p.value()?;
+        p.ws();
+        if p.i != p.s.len() {
+            return Err(format!("trailing characters at byte {}", p.i));
+        }
+        Ok(v)
+    }
+    fn ws(&mut self) {
+        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
+            self.i += 1;
+        }
+    }
+    fn eat(&mut self, c: u8) -> Result<(), String> {
+        self.ws();
+        if self.s.get(self.i) == Some(&c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(format!("expected '{}' at byte {}", c as char, self.i))
+        }
+    }
+    fn value(&mut self) -> Result<Json, String> {
+        self.ws();
+        match self.s.get(self.i) {
+            Some(b'{') => {
+                self.i += 1;
+                let mut fields = Vec::new();
+                self.ws();
+                if self.s.get(self.i) == Some(&b'}') {
+                    self.i += 1;
+                    return Ok(Json::Obj(fields));
+                }
+                loop {
+                    self.ws();
+                    let k = self.string()?;
+                    self.eat(b':')?;
+                    fields.push((k, self.value()?));
+                    self.ws();
+                    match self.s.get(self.i) {
+                        Some(b',') => self.i += 1,
+                        Some(b'}') => {
+                            self.i += 1;
+                            return Ok(Json::Obj(fields));
+                        }
+                        _ => return Err(format!("bad object at byte {}", self.i)),
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.i += 1;
+                let mut items = Vec::new();
+                self.ws();
+                if self.s.get(self.i) == Some(&b']') {
+                    self.i += 1;
+                    return Ok(Json::Arr(items));
+                }
+                loop {
+                    items.push(self.value()?);
+                    self.ws();
+                    match self.s.get(self.i) {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(Json::Arr(items));
+                        }
+                        _ => return Err(format!("bad array at byte {}", self.i)),
+                    }
+                }
+            }
+            Some(b'"') => Ok(Json::Str(self.string()?)),
+            Some(b't') if self.s[self.i..].starts_with(b"true") => {
+                self.i += 4;
+                Ok(Json::Bool(true))
+            }
+            Some(b'f') if self.s[self.i..].starts_with(b"false") => {
+                self.i += 5;
+                Ok(Json::Bool(false))
+            }
+            Some(b'n') if self.s[self.i..].starts_with(b"null") => {
+                self.i += 4;
+                Ok(Json::Null)
+            }
+            Some(_) => {
+                let start = self.i;
+                while self.i < self.s.len() && b"+-0123456789.eE".contains(&self.s[self.i]) {
+                    self.i += 1;
+                }
+                std::str::from_utf8(&self.s[start..self.i])
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .map(Json::Num)
+                    .ok_or_else(|| format!("bad value at byte {start}"))
+            }
+            None => Err("unexpected end of input".into()),
+        }
+    }
+    fn string(&mut self) -> Result<String, String> {
+        if self.s.get(self.i) != Some(&b'"') {
+            return Err(format!("expected a string at byte {}", self.i));
+        }
+        self.i += 1;
+        let mut out = String::new();
+        loop {
+            let rest = std::str::from_utf8(&self.s[self.i..]).map_err(|e| e.to_string())?;
+            let mut chars = rest.chars();
+            let c = chars.next().ok_or("unterminated string")?;
+            self.i += c.len_utf8();
+            match c {
+                '"' => return Ok(out),
+                '\\' => {
+                    let e = self.s.get(self.i).copied().ok_or("bad escape")?;
+                    self.i += 1;
+                    match e {
+                        b'n' => out.push('\n'),
+                        b't' => out.push('\t'),
+                        b'r' => out.push('\r'),
+                        b'u' => {
+                            let hex = std::str::from_utf8(&self.s[self.i..self.i + 4])
+                                .map_err(|e| e.to_string())?;
+                            let code = u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
+                            out.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+                            self.i += 4;
+                        }
+                        other => out.push(other as char),
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+    }
+}
+
+// === real processes ===
+
+fn nexus_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NEXUS_BIN") {
+        return p.into();
+    }
+    // target/debug/deps/conformance-<hash> -> target/debug/nexus
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("nexus"))
+        .expect("target directory")
+}
+
+fn nexusctl_bin() -> PathBuf {
+    std::env::var_os("NEXUSCTL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| nexus_bin().with_file_name("nexusctl"))
+}
+
+/// Kills the process on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `nexus <args>` and returns it with the stdout lines up to the first one containing
+/// `marker`; the rest of stdout is drained in the background.
+fn spawn_until(args: &[String], marker: &str, log: &Path) -> Result<(Proc, Vec<String>), String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| e.to_string())?;
+    let mut child = Command::new(nexus_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("NEXUS_CONTROL_PLANE")
+        .env_remove("NEXUS_AUTH")
+        .env_remove("NEXUS_CONFIG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", nexus_bin().display()))?;
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let proc = Proc(child);
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            return Err(format!("exited before printing {marker:?}: {lines:?}"));
+        }
+        let done = line.contains(marker);
+        lines.push(line.trim_end().to_owned());
+        if done {
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+    });
+    Ok((proc, lines))
+}
+
+fn ready(metrics: &str) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(metrics) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if write!(s, "GET /readyz HTTP/1.0\r\nHost: {metrics}\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200")
+}
+
+struct Gateway {
+    args: Vec<String>,
+    log: PathBuf,
+    proc: Option<Proc>,
+    grpc: String,
+    metrics: String,
+}
+
+impl Gateway {
+    fn start(&mut self) -> Result<(), String> {
+        let mut args = self.args.clone();
+        if !self.grpc.is_empty() {
+            let i = args.iter().position(|a| a == "--listen").unwrap();
+            args[i + 1] = self.grpc.clone();
+            let i = args.iter().position(|a| a == "--metrics-listen").unwrap();
+            args[i + 1] = self.metrics.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (proc, lines) = loop {
+            match spawn_until(&args, " listening on ", &self.log) {
+                Ok(r) => break r,
+                // A restarted gateway's old port may take a moment to free up.
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let last = lines.last().cloned().unwrap_or_default();
+        let rest = last.split(" listening on ").nth(1).ok_or("no banner")?;
+        let mut parts = rest.split(", metrics on ");
+        self.grpc = parts.next().unwrap_or_default().trim().to_owned();
+        self.metrics = parts.next().unwrap_or_default().trim().to_owned();
+        self.proc = Some(proc);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !ready(&self.metrics) {
+            if Instant::now() > deadline {
+                return Err("gateway did not become ready".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+    fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+}
+
+/// What a case runs against: a gateway, maybe a control plane, API keys by name.
+struct Environment {
+    dir: PathBuf,
+    gateway: Gateway,
+    control_plane: Option<Proc>,
+    dns: String,
+    keys: HashMap<String, String>,
+}
+
+const REGION: &str = "conformance";
+const ZONE: &str = "nexus.local";
+
+impl Environment {
+    fn start(spec: &Json, tag: &str) -> Result<Self, String> {
+        let dir =
+            std::env::temp_dir().join(format!("nexus-conformance-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let gw = spec.get("gateway").cloned().unwrap_or(Json::Null);
+        let mut args: Vec<String> = [
+            "gateway",
+            "--region",
+            REGION,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--auth",
+            gw.str("auth").unwrap_or("off"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(max) = gw.num("max_payload") {
+            args.extend(["--max-payload".into(), max.to_string()]);
+        }
+        let mut keys = HashMap::new();
+        keys.insert(
+            "bad".to_owned(),
+            "nxk_3f9a1c2b4d5e6f70_0123456789abcdef0123456789abcdef".to_owned(),
+        );
+        let mut control_plane = None;
+        let mut dns = "127.0.0.1:1".to_owned();
+        if spec.flag("control_plane") {
+            let key_file = dir.join("admin.key");
+            let cp_args: Vec<String> = vec![
+                "control-plane".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--data-dir".into(),
+                dir.join("data").display().to_string(),
+                "--dns-listen".into(),
+                "127.0.0.1:0".into(),
+                "--admin-key-file".into(),
+                key_file.display().to_string(),
+                "--lease-ttl".into(),
+                "3s".into(),
+                "--dns-ttl".into(),
+                "1s".into(),
+            ];
+            let (proc, lines) = spawn_until(&cp_args, " listening on ", &dir.join("cp.log"))?;
+            control_plane = Some(proc);
+            let mut cp_addr = String::new();
+            for l in &lines {
+                if let Some(r) = l.split(" DNS on ").nth(1) {
+                    dns = r.split_whitespace().next().unwrap_or_default().to_owned();
+                }
+                if let Some(r) = l.split(" listening on ").nth(1) {
+                    cp_addr = r.split_whitespace().next().unwrap_or_default().to_owned();
+                }
+            }
+            let admin = std::fs::read_to_string(&key_file).map_err(|e| e.to_string())?;
+            for (name, scopes) in spec.get("keys").map(Json::fields).unwrap_or_default() {
+                let out = Command::new(nexusctl_bin())
+                    .args(["keys", "create", name, "--publish"])
+                    .arg(scopes.str("publish").unwrap_or(">"))
+                    .arg("--subscribe")
+                    .arg(scopes.str("subscribe").unwrap_or(">"))
+                    .args(["-o", "json"])
+                    .env("NEXUS_CONTROL_PLANE", format!("http://{cp_addr}"))
+                    .env("NEXUS_ADMIN_KEY", admin.trim())
+                    .output()
+                    .map_err(|e| format!("nexusctl: {e}"))?;
+                let v = JsonParser::parse(&String::from_utf8_lossy(&out.stdout))?;
+                keys.insert(
+                    name.clone(),
+                    v.str("secret")
+                        .ok_or("no secret in nexusctl output")?
+                        .to_owned(),
+                );
+            }
+            args.extend([
+                "--control-plane".into(),
+                format!("http://{cp_addr}"),
+                "--state-dir".into(),
+                dir.join("gw-state").display().to_string(),
+            ]);
+        }
+        let mut gateway = Gateway {
+            args,
+            log: dir.join("gateway.log"),
+            proc: None,
+            grpc: String::new(),
+            metrics: String::new(),
+        };
+        gateway.start()?;
+        Ok(Self {
+            dir,
+            gateway,
+            control_plane,
+            dns,
+            keys,
+        })
+    }
+
+    fn srv_url(&self, region: Option<&str>) -> String {
+        format!(
+            "nexus+srv://{}.{ZONE}?dns={}",
+            region.unwrap_or(REGION),
+            self.dns
+        )
+    }
+}
+
+impl Drop for Environment {
+    fn drop(&mut self) {
+        self.gateway.proc = None;
+        self.control_plane = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// === the step interpreter ===
+
+fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidSubject { .. } => "invalid_subject",
+        Error::NoResponders { .. } => "no_responders",
+        Error::Timeout { .. } => "timeout",
+        Error::Service { .. } => "service",
+        Error::Limit { .. } => "limit",
+        Error::Denied { .. } => "denied",
+        Error::Discovery(_) => "discovery",
+        Error::Invalid { .. } => "invalid",
+        Error::Disconnected => "disconnected",
+        Error::Unavailable { .. } => "unavailable",
+        _ => "other",
+    }
+}
+
+fn payload_of(s: &Json) -> Bytes {
+    match s.num("payload_size") {
+        Some(n) => Bytes::from(vec![b'x'; n as usize]),
+        None => Bytes::from(s.str("payload").unwrap_or("").to_owned()),
+    }
+}
+
+fn headers_of(s: &Json) -> Headers {
+    let mut h = Headers::new();
+    for (k, v) in s.get("headers").map(Json::fields).unwrap_or_default() {
+        if let Json::Str(v) = v {
+            h.insert(k.clone(), v.clone());
+        }
+    }
+    h
+}
+
+fn check_error<T>(s: &Json, r: Result<T, Error>, started: Instant) -> Result<(), String> {
+    let kind = s.str("expect_error").unwrap_or_default();
+    match r {
+        Ok(_) => Err(format!("expected a {kind} error, got success")),
+        Err(e) if error_kind(&e) != kind => Err(format!("expected {kind}, got {e}")),
+        Err(e) => {
+            if let Some(want) = s.str("error_contains")
+                && !e.to_string().contains(want)
+            {
+                return Err(format!("error {e} does not contain {want:?}"));
+            }
+            if let Some(max) = s.num("max_elapsed_ms")
+                && started.elapsed() > Duration::from_millis(max)
+            {
+                return Err(format!("error came after {:?}", started.elapsed()));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn handler(spec: String, m: Message) -> Result<Bytes, nexus_client::ServiceError> {
+    if spec == "echo" {
+        Ok(m.payload)
+    } else if let Some(p) = spec.strip_prefix("prefix:") {
+        let mut out = p.as_bytes().to_vec();
+        out.extend_from_slice(&m.payload);
+        Ok(out.into())
+    } else if let Some(e) = spec.strip_prefix("error:") {
+        Err(nexus_client::ServiceError::new(e))
+    } else if spec == "silent" {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(Bytes::new())
+    } else if spec == "traceparent" {
+        Ok(Bytes::from(m.traceparent().unwrap_or("").to_owned()))
+    } else {
+        Err(nexus_client::ServiceError::new(format!(
+            "unknown handler {spec}"
+        )))
+    }
+}
+
+struct Runner {
+    env: Environment,
+    clients: HashMap<String, Client>,
+    subs: HashMap<String, Subscription>,
+    services: Vec<nexus_client::Service>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Runner {
+    async fn next(&mut self, sub: &str, ms: u64) -> Result<Message, String> {
+        let s = self
+            .subs
+            .get_mut(sub)
+            .ok_or(format!("no subscription {sub}"))?;
+        match tokio::time::timeout(Duration::from_millis(ms), s.next_message()).await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(format!("{sub}: subscription ended")),
+            Err(_) => Err(format!("{sub}: no message within {ms} ms")),
+        }
+    }
+
+    fn client(&self, s: &Json) -> Result<Client, String> {
+        let name = s.str("client").unwrap_or_default();
+        self.clients
+            .get(name)
+            .cloned()
+            .ok_or(format!("no client {name}"))
+    }
+
+    async fn step(&mut self, s: &Json) -> Result<(), String> {
+        let op = s.str("op").unwrap_or_default();
+        let started = Instant::now();
+        let retry = Duration::from_millis(s.num("retry_ms").unwrap_or(0));
+        match op {
+            "connect" => {
+                let key = s
+                    .str("key")
+                    .and_then(|k| self.env.keys.get(k))
+                    .cloned()
+                    .unwrap_or_default();
+                let url = if s.str("via") == Some("srv") {
+                    self.env.srv_url(s.str("region"))
+                } else {
+                    self.env.gateway.url()
+                };
+                let name = s.str("client").unwrap_or_default().to_owned();
+                let connect = || {
+                    Client::builder(&url)
+                        .api_key(key.clone())
+                        .name(format!("conformance-{name}"))
+                        .connect_timeout(Duration::from_secs(3))
+                        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+                        .connect()
+                };
+                if s.get("expect_error").is_some() {
+                    return check_error(s, connect().await, started);
+                }
+                let c = loop {
+                    match connect().await {
+                        Ok(c) => break c,
+                        Err(_) if started.elapsed() < retry => {
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                };
+                self.clients.insert(name, c);
+            }
+            "close" => {
+                if let Some(c) = self.clients.remove(s.str("client").unwrap_or_default()) {
+                    c.close().await;
+                }
+            }
+            "subscribe" => {
+                let c = self.client(s)?;
+                let subject = s.str("subject").unwrap_or_default();
+                let r = match s.str("queue") {
+                    Some(q) => c.queue_subscribe(subject, q).await,
+                    None => c.subscribe(subject).await,
+                };
+                if s.get("expect_error").is_some() {
+                    return check_error(s, r, started);
+                }
+                self.subs.insert(
+                    s.str("sub").unwrap_or_default().to_owned(),
+                    r.map_err(|e| e.to_string())?,
+                );
+            }
+            "publish" => {
+                let c = self.client(s)?;
+                let msg = OutgoingMessage::new(s.str("subject").unwrap_or_default(), payload_of(s))
+                    .with_headers(headers_of(s));
+                let r = c.publish_message(msg).await;
+                if s.get("expect_error").is_some() {
+                    return check_error(s, r, started);
+                }
+                r.map_err(|e| e.to_string())?;
+            }
+            "publish_many" => {
+                let c = self.client(s)?;
+                let prefix = s.str("prefix").unwrap_or_default();
+                for i in 0..s.num("count").unwrap_or(0) {
+                    c.publish(
+                        s.str("subject").unwrap_or_default(),
+                        format!("{prefix}-{i}"),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                }
+            }
+            "flush" => self.client(s)?.flush().await.map_err(|e| e.to_string())?,
+            "expect_message" => {
+                let m = self
+                    .next(
+                        s.str("sub").unwrap_or_default(),
+                        s.num("timeout_ms").unwrap_or(5000),
+                    )
+                    .await?;
+                if let Some(subject) = s.str("subject")
+                    && m.subject != subject
+                {
+                    return Err(format!("expected subject {subject}, got {}", m.subject));
+                }
+                if (s.get("payload").is_some() || s.get("payload_size").is_some())
+                    && m.payload != payload_of(s)
+                {
+                    return Err(format!("unexpected payload {:?}", m.payload));
+                }
+                for (k, v) in s.get("headers").map(Json::fields).unwrap_or_default() {
+                    if let Json::Str(v) = v
+                        && m.headers.get(k) != Some(v.as_str())
+                    {
+                        return Err(format!(
+                            "header {k}: expected {v}, got {:?}",
+                            m.headers.get(k)
+                        ));
+                    }
+                }
+                if s.flag("has_traceparent")
+                    && !nexus_client::is_valid_traceparent(m.traceparent().unwrap_or(""))
+                {
+                    return Err("no valid traceparent".into());
+                }
+            }
+            "expect_no_message" => {
+                let sub = s.str("sub").unwrap_or_default();
+                let within = s.num("within_ms").unwrap_or(100);
+                let sub_ref = self.subs.get_mut(sub).ok_or("no such subscription")?;
+                if let Ok(Some(m)) =
+                    tokio::time::timeout(Duration::from_millis(within), sub_ref.next_message())
+                        .await
+                {
+                    return Err(format!("{sub}: unexpected message on {}", m.subject));
+                }
+            }
+            "expect_all" => {
+                let prefix = s.str("prefix").unwrap_or_default();
+                for i in 0..s.num("count").unwrap_or(0) {
+                    let m = self
+                        .next(
+                            s.str("sub").unwrap_or_default(),
+                            s.num("timeout_ms").unwrap_or(10_000),
+                        )
+                        .await?;
+                    let want = format!("{prefix}-{i}");
+                    if m.payload != want.as_bytes() {
+                        return Err(format!("expected {want} (in order), got {:?}", m.payload));
+                    }
+                }
+            }
+            "expect_exclusive" => {
+                let count = s.num("count").unwrap_or(0) as usize;
+                let names: Vec<String> = s
+                    .get("subs")
+                    .map(Json::items)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|j| match j {
+                        Json::Str(x) => Some(x.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let mut seen: HashMap<Bytes, String> = HashMap::new();
+                let deadline =
+                    Instant::now() + Duration::from_millis(s.num("timeout_ms").unwrap_or(10_000));
+                while seen.len() < count {
+                    if Instant::now() > deadline {
+                        return Err(format!(
+                            "only {} of {count} messages reached the group",
+                            seen.len()
+                        ));
+                    }
+                    for n in &names {
+                        if let Ok(m) = self.next(n, 20).await
+                            && let Some(prev) = seen.insert(m.payload.clone(), n.clone())
+                        {
+                            return Err(format!("{:?} delivered to {prev} and {n}", m.payload));
+                        }
+                    }
+                }
+                for n in &names {
+                    if let Ok(m) = self.next(n, 100).await {
+                        return Err(format!("extra delivery {:?} to {n}", m.payload));
+                    }
+                }
+                let prefix = s.str("prefix").unwrap_or_default();
+                for i in 0..count {
+                    if !seen.contains_key(format!("{prefix}-{i}").as_bytes()) {
+                        return Err(format!("{prefix}-{i} never reached the group"));
+                    }
+                }
+            }
+            "serve" => {
+                let c = self.client(s)?;
+                let spec = s.str("handler").unwrap_or_default().to_owned();
+                let svc = c
+                    .serve(
+                        s.str("subject").unwrap_or_default(),
+                        s.str("queue"),
+                        move |m| handler(spec.clone(), m),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.services.push(svc);
+            }
+            "request" => {
+                let c = self.client(s)?;
+                let timeout = Duration::from_millis(s.num("timeout_ms").unwrap_or(0));
+                let subject = s.str("subject").unwrap_or_default();
+                let r = loop {
+                    let r = c
+                        .request_with(subject, headers_of(s), payload_of(s), timeout)
+                        .await;
+                    match r {
+                        Err(_) if s.get("expect_error").is_none() && started.elapsed() < retry => {
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
+                        r => break r,
+                    }
+                };
+                if s.get("expect_error").is_some() {
+                    return check_error(s, r, started);
+                }
+                let m = r.map_err(|e| e.to_string())?;
+                if let Some(want) = s.str("expect_payload")
+                    && m.payload != want.as_bytes()
+                {
+                    return Err(format!("expected reply {want:?}, got {:?}", m.payload));
+                }
+                if let Some(n) = s.num("expect_payload_size")
+                    && m.payload.len() as u64 != n
+                {
+                    return Err(format!("reply of {} bytes", m.payload.len()));
+                }
+            }
+            "listen_streams" => {
+                let c = self.client(s)?;
+                let mut listener = c
+                    .listen_streams(s.str("subject").unwrap_or_default(), s.str("queue"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.tasks.push(tokio::spawn(async move {
+                    while let Some(mut st) = listener.accept().await {
+                        tokio::spawn(async move {
+                            while let Some(Ok(m)) = st.recv().await {
+                                if st.send(m.payload).await.is_err() {
+                                    return;
+                                }
+                            }
+                            let _ = st.finish().await;
+                        });
+                    }
+                }));
+            }
+            "stream" => {
+                let c = self.client(s)?;
+                let subject = s.str("subject").unwrap_or_default();
+                if s.get("expect_error").is_some() {
+                    return check_error(s, c.open_stream(subject).await, started);
+                }
+                let st = c.open_stream(subject).await.map_err(|e| e.to_string())?;
+                let (mut tx, mut rx) = st.split();
+                let count = s.num("count").unwrap_or(0);
+                let prefix = s.str("prefix").unwrap_or_default().to_owned();
+                let p = prefix.clone();
+                let sender = tokio::spawn(async move {
+                    for i in 0..count {
+                        tx.send(format!("{p}-{i}")).await?;
+                    }
+                    tx.finish().await?;
+                    Ok::<_, Error>(tx)
+                });
+                let mut got = 0;
+                while let Some(m) = rx.recv().await {
+                    let m = m.map_err(|e| e.to_string())?;
+                    if m.payload != format!("{prefix}-{got}").as_bytes() {
+                        return Err(format!(
+                            "stream: expected {prefix}-{got}, got {:?}",
+                            m.payload
+                        ));
+                    }
+                    got += 1;
+                }
+                let _tx = sender
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                if got != count {
+                    return Err(format!("stream: {got} of {count} frames came back"));
+                }
+            }
+            "restart_gateway" => {
+                self.env.gateway.proc = None;
+                self.env.gateway.start()?;
+            }
+            "expect_eventually" => {
+                let c = self.client(s)?;
+                let payload = s.str("payload").unwrap_or_default().to_owned();
+                let deadline =
+                    Instant::now() + Duration::from_millis(s.num("timeout_ms").unwrap_or(10_000));
+                loop {
+                    let _ = c
+                        .publish(s.str("subject").unwrap_or_default(), payload.clone())
+                        .await;
+                    if let Ok(m) = self.next(s.str("sub").unwrap_or_default(), 100).await
+                        && m.payload == payload.as_bytes()
+                    {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("never received {payload}"));
+                    }
+                }
+            }
+            other => return Err(format!("unknown op {other}")),
+        }
+        Ok(())
+    }
+}
+
+async fn run_case(doc: &Json, case: &Json) -> Result<(), String> {
+    let env_name = case.str("env").unwrap_or("open");
+    let spec = doc
+        .get("environments")
+        .and_then(|e| e.get(env_name))
+        .ok_or(format!("unknown environment {env_name}"))?;
+    let name = case.str("name").unwrap_or_default().to_owned();
+    let env = tokio::task::spawn_blocking({
+        let spec = spec.clone();
+        move || Environment::start(&spec, &name)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let mut runner = Runner {
+        env,
+        clients: HashMap::new(),
+        subs: HashMap::new(),
+        services: Vec::new(),
+        tasks: Vec::new(),
+    };
+    let mut result = Ok(());
+    for (i, s) in case
+        .get("steps")
+        .map(Json::items)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let op = s.str("op").unwrap_or_default();
+        match tokio::time::timeout(Duration::from_secs(60), runner.step(s)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                result = Err(format!("step {} ({op}): {e}", i + 1));
+                break;
+            }
+            Err(_) => {
+                result = Err(format!("step {} ({op}): took over 60 s", i + 1));
+                break;
+            }
+        }
+    }
+    for t in runner.tasks.drain(..) {
+        t.abort();
+    }
+    runner.services.clear();
+    for (_, c) in runner.clients.drain() {
+        c.close().await;
+    }
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_cases() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/cases.json");
+    let text = std::fs::read_to_string(&path).expect("conformance/cases.json");
+    let doc = JsonParser::parse(&text).expect("cases.json is valid JSON");
+    assert!(
+        nexus_bin().exists(),
+        "{} not found: build it with `cargo build --bin nexus --bin nexusctl` (or set NEXUS_BIN)",
+        nexus_bin().display()
+    );
+    let mut failures = Vec::new();
+    let cases = doc.get("cases").map(Json::items).unwrap_or_default();
+    for case in cases {
+        let name = case.str("name").unwrap_or_default();
+        let started = Instant::now();
+        match run_case(&doc, case).await {
+            Ok(()) => println!("PASS {name} ({} ms)", started.elapsed().as_millis()),
+            Err(e) => {
+                println!("FAIL {name}: {e}");
+                failures.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    println!(
+        "rust conformance: {} passed, {} failed",
+        cases.len() - failures.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
+}
