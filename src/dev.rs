@@ -21,6 +21,10 @@ pub struct DevOptions {
     pub dns_listen: SocketAddr,
     pub dir: PathBuf,
     pub auth_required: bool,
+    /// The web console's address (None: no console).
+    pub console_listen: Option<SocketAddr>,
+    /// The console's browser bundle (None: the default, $NEXUS_CACHE/console-site).
+    pub console_site: Option<PathBuf>,
 }
 
 fn shifted(addr: SocketAddr, by: u16) -> SocketAddr {
@@ -103,6 +107,33 @@ pub async fn run(
         gateways.push((region, fed_addr, gw));
     }
 
+    // The web console, against this control plane (its Admin API is open: any key logs in).
+    let console = match opts.console_listen {
+        Some(listen) => Some(
+            crate::console::bind(listen, cp.grpc_addr.to_string(), None, opts.console_site)
+                .await
+                .context("web console")?,
+        ),
+        None => None,
+    };
+    let console_line = console.as_ref().map(|c| {
+        format!(
+            "  console       http://{}   (any key logs in: the admin API is open){}",
+            c.local_addr(),
+            if c.hydrates() {
+                ""
+            } else {
+                "; not hydrated: run scripts/build-console"
+            }
+        )
+    });
+    let (console_stop, console_stopped) = tokio::sync::oneshot::channel::<()>();
+    let console_task = console.map(|c| {
+        tokio::spawn(c.run(async move {
+            let _ = console_stopped.await;
+        }))
+    });
+
     println!("Nexus dev cluster is up (stop with Ctrl-C)");
     println!(
         "  control plane http://{}   (NEXUS_CONTROL_PLANE; embedded store in {})",
@@ -127,9 +158,16 @@ pub async fn run(
         println!("  auth          OFF: any client may publish and subscribe (development only)");
     }
     println!("  admin API     OPEN: no admin key needed (development only)");
+    if let Some(line) = console_line {
+        println!("{line}");
+    }
 
     shutdown.await;
     tracing::info!("shutdown requested");
+    let _ = console_stop.send(());
+    if let Some(task) = console_task {
+        task.await.context("web console task")??;
+    }
     for (_, _, gw) in gateways {
         gw.shutdown().await?;
     }

@@ -5,6 +5,7 @@
 //! lives in the workspace crates (`nexus-gateway`, `nexus-proto`, `nexus-client`).
 
 pub mod cli_config;
+pub mod console;
 pub mod ctl;
 pub mod dev;
 pub mod federation;

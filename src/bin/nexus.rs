@@ -40,6 +40,8 @@ enum Command {
     /// Run a local development cluster: a control plane with the embedded store and DNS,
     /// and one gateway per region, federated; prints where everything listens.
     Dev(DevArgs),
+    /// Run the web console for operators (docs/console.md).
+    Console(nexus::console::ConsoleArgs),
 }
 
 #[derive(clap::Args)]
@@ -105,6 +107,12 @@ struct DevArgs {
     /// API keys on the gateways: off (default for dev) or required.
     #[arg(long, default_value = "off", value_parser = ["required", "off"])]
     auth: String,
+    /// Web console address ("off": no console).
+    #[arg(long, default_value = "127.0.0.1:7490")]
+    console_listen: String,
+    /// The console's browser bundle (default: $NEXUS_CACHE/console-site).
+    #[arg(long, env = "NEXUS_CONSOLE_SITE")]
+    console_site: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -126,6 +134,12 @@ async fn main() -> std::process::ExitCode {
         }
         Command::ControlPlane(args) => run_control_plane(args).await,
         Command::Dev(args) => run_dev(args).await,
+        Command::Console(args) => {
+            match nexus::telemetry::init("nexus-console") {
+                Ok(_telemetry) => nexus::console::run(args, shutdown_signal()).await,
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -217,6 +231,13 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             dns_listen: args.dns_listen,
             dir: dev_dir(args.dev_dir),
             auth_required: args.auth == "required",
+            console_listen: match args.console_listen.as_str() {
+                "off" => None,
+                a => Some(a.parse().map_err(|e| {
+                    anyhow::anyhow!("--console-listen {a:?} is not an address: {e}")
+                })?),
+            },
+            console_site: args.console_site,
         },
         shutdown_signal(),
     )

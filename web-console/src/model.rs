@@ -1,0 +1,341 @@
+//! The data the pages show, shared by the server (which fills it from the Admin API and the
+//! gateways' `/v1/status`) and the browser (which receives it serialized, at hydration and over
+//! the topology event stream). Plain serde types: nothing here does I/O.
+
+use serde::{Deserialize, Serialize};
+
+// === gateway status (the gateways' `GET /v1/status` contract) ===
+
+/// What a gateway reports at `GET http://<metrics_addr>/v1/status`. Every field has a default
+/// so that a gateway reporting less (an older version) still parses.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayStatus {
+    pub gateway_id: String,
+    pub region: String,
+    pub uptime_s: u64,
+    pub sessions: u64,
+    pub subscriptions: u64,
+    pub messages: MessageCounts,
+    /// Top subjects by subscribers.
+    pub subjects: Vec<SubjectStat>,
+    pub balancer: Vec<BalancerGroup>,
+    pub links: Vec<LinkStatus>,
+    pub routes: Vec<RouteStatus>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MessageCounts {
+    pub published: u64,
+    pub delivered: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubjectStat {
+    pub pattern: String,
+    pub subscribers: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BalancerGroup {
+    pub subject: String,
+    pub group: String,
+    pub members: Vec<BalancerMember>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BalancerMember {
+    pub session: String,
+    pub cost_us: f64,
+    pub in_flight: u64,
+    pub ejected: bool,
+}
+
+/// One federation link as seen from the reporting gateway's side.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LinkStatus {
+    /// The region at the other end.
+    pub region: String,
+    /// `up` or `down`.
+    pub state: String,
+    pub rtt_ms: Option<f64>,
+    pub forwarded: u64,
+    pub dropped: u64,
+    pub received: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RouteStatus {
+    pub route: String,
+    pub consistency: String,
+    pub spool_depth: u64,
+    pub replication_lag_ms: Option<f64>,
+}
+
+// === topology (the map) ===
+
+/// Health of a gateway, a region or a link, as drawn on the map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Up,
+    Down,
+    /// Nothing says either way (e.g. the gateways do not report links yet).
+    Unknown,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Down => "down",
+            Health::Unknown => "unknown",
+        }
+    }
+}
+
+/// One snapshot of the whole system, as pushed to open topology pages.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TopologyView {
+    pub regions: Vec<RegionView>,
+    pub links: Vec<LinkView>,
+    pub config_version: i64,
+    /// Wall-clock time of the poll (UTC, formatted on the server).
+    pub polled_at: String,
+    /// Problems reaching the control plane (empty when it answered).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionView {
+    pub name: String,
+    pub health: Health,
+    pub gateways: Vec<GatewayView>,
+    pub msgs_per_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayView {
+    pub id: String,
+    pub region: String,
+    pub adapter_addr: String,
+    pub metrics_addr: String,
+    pub federation_addr: String,
+    pub config_version: i64,
+    pub health: Health,
+    /// Whether the gateway serves `/v1/status` (false: only liveness is known).
+    pub has_status: bool,
+    /// Why it is not healthy, when it is not.
+    pub problem: Option<String>,
+    pub sessions: u64,
+    pub subscriptions: u64,
+    pub uptime_s: u64,
+    pub published_per_s: f64,
+    pub delivered_per_s: f64,
+}
+
+/// A federation link between two regions (`a` < `b`), merged from both ends' reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkView {
+    pub a: String,
+    pub b: String,
+    pub health: Health,
+    pub rtt_ms: Option<f64>,
+    pub msgs_per_s: f64,
+    pub dropped: u64,
+    /// Why it is drawn the way it is.
+    pub note: String,
+}
+
+impl LinkView {
+    /// The DOM id of the link on the map.
+    pub fn dom_id(&self) -> String {
+        format!("link-{}-{}", self.a, self.b)
+    }
+}
+
+/// Everything the region page shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionDetail {
+    pub region: RegionView,
+    pub links: Vec<LinkView>,
+    /// Per gateway: its full status, when it reports one.
+    pub statuses: Vec<(String, Option<GatewayStatus>)>,
+}
+
+// === routes ===
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteRow {
+    pub name: String,
+    pub subjects: Vec<String>,
+    /// e.g. `local_first`, `pinned(eu-west)`, `weighted(a=1,b=2)`.
+    pub policy: String,
+    pub failover: Vec<String>,
+    /// e.g. `best_effort`, `sync(quorum 2)`.
+    pub consistency: String,
+    pub description: String,
+    pub version: i64,
+    pub updated: String,
+    /// Measured at the gateways (max over those that report the route).
+    pub replication_lag_ms: Option<f64>,
+    pub spool_depth: Option<u64>,
+    /// How many gateways report measurements for this route.
+    pub reporting_gateways: usize,
+}
+
+/// Values of the route form, kept across a failed submission.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteForm {
+    pub name: String,
+    pub subjects: String,
+    pub policy: String,
+    pub pinned_region: String,
+    pub weights: String,
+    pub failover: String,
+    pub consistency: String,
+    pub sync_quorum: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoutesPage {
+    pub routes: Vec<RouteRow>,
+    pub regions: Vec<String>,
+    pub csrf: String,
+    pub flash: Option<Flash>,
+}
+
+// === schemas ===
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaSubjectRow {
+    pub subject: String,
+    pub latest_version: u32,
+    pub versions: Vec<u32>,
+    pub format: String,
+    pub compatibility: String,
+    pub enforcement: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemasPage {
+    pub subjects: Vec<SchemaSubjectRow>,
+    pub default_compatibility: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaVersionView {
+    pub version: u32,
+    pub format: String,
+    pub message: String,
+    pub created: String,
+    /// JSON Schema: the document, pretty-printed. Protobuf: a one-line summary.
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaSubjectPage {
+    pub subject: SchemaSubjectRow,
+    pub versions: Vec<SchemaVersionView>,
+    pub csrf: String,
+    pub flash: Option<Flash>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckOutcome {
+    pub compatible: bool,
+    pub mode: String,
+    /// (path, reason, version)
+    pub incompatibilities: Vec<(String, String, u32)>,
+}
+
+// === keys ===
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRow {
+    pub id: String,
+    pub name: String,
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    pub admin: bool,
+    pub created: String,
+    pub expires: String,
+    pub revoked: bool,
+    /// While a rotation overlaps: until when the previous secret still works.
+    pub previous_valid_until: Option<String>,
+    pub version: i64,
+}
+
+/// A key operation waiting for the operator's confirmation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PendingKeyAction {
+    Create {
+        name: String,
+        publish: Vec<String>,
+        subscribe: Vec<String>,
+        admin: bool,
+        expires_in_days: u32,
+    },
+    Rotate {
+        id: String,
+        name: String,
+        overlap_seconds: u64,
+    },
+    Revoke {
+        id: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeysPage {
+    pub keys: Vec<KeyRow>,
+    pub csrf: String,
+    pub flash: Option<Flash>,
+    pub pending: Option<PendingKeyAction>,
+}
+
+// === session ===
+
+/// A one-time message for the next page the operator sees (post/redirect/get).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Flash {
+    Notice(String),
+    Error(String),
+    /// A key was created or rotated: the full secret, shown this once.
+    KeySecret {
+        id: String,
+        name: String,
+        secret: String,
+    },
+    /// A failed route form, with what was typed.
+    RouteFormError {
+        error: String,
+        form: RouteForm,
+    },
+    /// The result of checking a draft schema, with the draft.
+    SchemaCheck {
+        subject: String,
+        format: String,
+        message: String,
+        draft: String,
+        outcome: Result<CheckOutcome, String>,
+    },
+}
+
+/// Who is logged in, for the navigation bar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub logged_in: bool,
+    pub csrf: String,
+    /// The control plane's Admin API does not check keys.
+    pub open_control_plane: bool,
+    pub key_id: Option<String>,
+}

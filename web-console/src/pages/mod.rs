@@ -1,0 +1,9 @@
+//! One module per page of the console.
+
+pub mod keys;
+pub mod login;
+pub mod region;
+pub mod routes;
+pub mod schemas;
+pub mod topology;
+pub mod trace;

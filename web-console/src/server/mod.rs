@@ -1,0 +1,273 @@
+//! The console's server: an axum application serving the Leptos pages (rendered on the
+//! server, hydrated when the site has the wasm), the server functions they load data with,
+//! the CSRF-checked form actions, the topology event stream, and the browser bundle.
+//!
+//! Layout: [`session`] (login sessions, cookies, the access middleware), [`admin`] (the Admin
+//! API client and the translation of its records), [`monitor`] (polls the control plane and
+//! every gateway, computes rates and link health, pushes snapshots), [`api`] (the server
+//! functions' bodies), [`actions`] (the forms' POST handlers).
+
+pub mod actions;
+pub mod admin;
+pub mod api;
+pub mod monitor;
+pub mod session;
+pub mod time;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{FromRef, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use leptos::prelude::*;
+use leptos_axum::{LeptosRoutes, generate_route_list};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, shell};
+
+/// The name of the browser bundle: `pkg/nexus_console.js` and its wasm. scripts/build-console
+/// runs wasm-bindgen with this `--out-name`.
+pub const OUTPUT_NAME: &str = "nexus_console";
+
+/// The stylesheet, compiled in so the console looks right even without a built site.
+const CSS: &str = include_str!("../../style/console.css");
+
+/// How `nexus console` (and `nexus dev`) run the console.
+#[derive(Debug, Clone)]
+pub struct ConsoleOptions {
+    /// Where to serve HTTP.
+    pub listen: SocketAddr,
+    /// The control plane's Admin API (gRPC), `host:port` or a URL.
+    pub control_plane: String,
+    /// The console's own admin key, used for the background topology poll. Without it the
+    /// poll uses the key of the most recent login (or none, when the Admin API is open).
+    pub admin_key: Option<String>,
+    /// The built site: `pkg/nexus_console.js` and its wasm (scripts/build-console).
+    pub site_root: PathBuf,
+    /// How often the control plane and the gateways are polled.
+    pub poll_interval: Duration,
+}
+
+impl ConsoleOptions {
+    pub fn new(listen: SocketAddr, control_plane: impl Into<String>, site_root: PathBuf) -> Self {
+        Self {
+            listen,
+            control_plane: control_plane.into(),
+            admin_key: None,
+            site_root,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub leptos_options: LeptosOptions,
+    pub admin: admin::AdminConnector,
+    pub sessions: Arc<session::Sessions>,
+    pub monitor: Arc<monitor::Monitor>,
+    pub site_root: PathBuf,
+    pub shutdown: CancellationToken,
+}
+
+impl FromRef<AppState> for LeptosOptions {
+    fn from_ref(s: &AppState) -> Self {
+        s.leptos_options.clone()
+    }
+}
+
+/// The file name the hydration script asks for: wasm-bindgen's `<name>_bg.wasm`, unless
+/// `LEPTOS_OUTPUT_NAME` was set when this was compiled (as cargo-leptos does), in which case
+/// Leptos asks for `<name>.wasm`. scripts/build-console writes both.
+pub fn wasm_file_name() -> String {
+    if option_env!("LEPTOS_OUTPUT_NAME").is_none() {
+        format!("{OUTPUT_NAME}_bg.wasm")
+    } else {
+        format!("{OUTPUT_NAME}.wasm")
+    }
+}
+
+/// Whether `site_root` holds the browser bundle the pages will ask for.
+pub fn site_has_wasm(site_root: &std::path::Path) -> bool {
+    let pkg = site_root.join("pkg");
+    pkg.join(format!("{OUTPUT_NAME}.js")).is_file() && pkg.join(wasm_file_name()).is_file()
+}
+
+/// A console bound to its address, not yet serving.
+pub struct Console {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    hydrate: bool,
+    poll_interval: Duration,
+}
+
+impl Console {
+    /// Binds the listener and prepares the Admin API client (connected lazily).
+    pub async fn bind(opts: ConsoleOptions) -> anyhow::Result<Self> {
+        let admin = admin::AdminConnector::new(&opts.control_plane)?;
+        let hydrate = site_has_wasm(&opts.site_root);
+        if !hydrate {
+            tracing::warn!(
+                site = %opts.site_root.display(),
+                "the console site has no pkg/{OUTPUT_NAME}.js and pkg/{}: pages render on the server \
+                 but will not hydrate (no live map, no click interactions); build it with scripts/build-console",
+                wasm_file_name()
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .with_context(|| format!("cannot listen for the console on {}", opts.listen))?;
+        let leptos_options = LeptosOptions::builder()
+            .output_name(OUTPUT_NAME)
+            .site_root(opts.site_root.display().to_string())
+            .site_pkg_dir("pkg")
+            .site_addr(listener.local_addr()?)
+            .build();
+        let monitor = Arc::new(monitor::Monitor::new(admin.clone(), opts.admin_key.clone()));
+        Ok(Self {
+            listener,
+            state: AppState {
+                leptos_options,
+                admin,
+                sessions: Arc::new(session::Sessions::default()),
+                monitor,
+                site_root: opts.site_root,
+                shutdown: CancellationToken::new(),
+            },
+            hydrate,
+            poll_interval: opts.poll_interval,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    /// Whether the pages will hydrate (the site has the wasm).
+    pub fn hydrates(&self) -> bool {
+        self.hydrate
+    }
+
+    /// Serves until `shutdown` completes, then closes open event streams and returns.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Console {
+            listener,
+            state,
+            hydrate,
+            poll_interval,
+        } = self;
+        let stop = state.shutdown.clone();
+        let poller = tokio::spawn(
+            state
+                .monitor
+                .clone()
+                .run(poll_interval, state.shutdown.clone()),
+        );
+        let sweeper = tokio::spawn(session::sweep(state.sessions.clone(), stop.clone()));
+        let app = router(state.clone(), hydrate);
+        tracing::info!(addr = %listener.local_addr()?, hydrate, "console listening");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Ends the event streams too, which would otherwise keep the shutdown waiting.
+                stop.cancel();
+            })
+            .await
+            .context("console server")?;
+        state.shutdown.cancel();
+        let _ = poller.await;
+        let _ = sweeper.await;
+        Ok(())
+    }
+}
+
+/// Binds and serves the console until `shutdown` completes.
+pub async fn serve(
+    opts: ConsoleOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Console::bind(opts).await?.run(shutdown).await
+}
+
+fn router(state: AppState, hydrate: bool) -> Router {
+    let routes = generate_route_list(App);
+    let options = state.leptos_options.clone();
+    Router::new()
+        .leptos_routes(&state, routes, move || shell(options.clone(), hydrate))
+        .route("/actions/login", post(actions::login))
+        .route("/actions/logout", post(actions::logout))
+        .route("/actions/routes/create", post(actions::create_route))
+        .route("/actions/keys/create", post(actions::create_key))
+        .route("/actions/keys/rotate", post(actions::rotate_key))
+        .route("/actions/keys/revoke", post(actions::revoke_key))
+        .route("/actions/keys/confirm", post(actions::confirm_key_action))
+        .route("/actions/keys/cancel", post(actions::cancel_key_action))
+        .route("/actions/schemas/check", post(actions::check_schema))
+        .route("/events/topology", get(monitor::events))
+        .route("/console.css", get(css))
+        .route("/pkg/{file}", get(pkg_file))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::access,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        axum::response::Html(
+            "<!DOCTYPE html><title>Not found</title><h1>Not found</h1><p><a href=\"/\">Back to the console</a></p>",
+        ),
+    )
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CSS,
+    )
+}
+
+/// Serves the browser bundle from `<site>/pkg`: flat file names only.
+async fn pkg_file(State(state): State<AppState>, Path(file): Path<String>) -> impl IntoResponse {
+    let valid = !file.is_empty()
+        && !file.starts_with('.')
+        && file
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    let content_type = match file.rsplit('.').next() {
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("wasm") => "application/wasm",
+        Some("css") => "text/css; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    if !valid {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    match tokio::fs::read(state.site_root.join("pkg").join(&file)).await {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
