@@ -179,7 +179,8 @@ final class Harness {
         void start() throws Exception {
             JsonObject gw = spec.has("gateway") ? spec.getAsJsonObject("gateway") : new JsonObject();
             List<String> args = new ArrayList<>(List.of("--region", region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-                    "--auth", gw.has("auth") ? gw.get("auth").getAsString() : "off"));
+                    "--auth", gw.has("auth") ? gw.get("auth").getAsString() : "off",
+                    "--state-dir", dir.resolve("gw-state").toString())); // config snapshot and spool, per gateway
             if (gw.has("max_payload")) {
                 args.addAll(List.of("--max-payload", gw.get("max_payload").getAsString()));
             }
@@ -217,7 +218,7 @@ final class Harness {
                         keys.put(e.getKey(), JsonParser.parseString(outText).getAsJsonObject().get("secret").getAsString());
                     }
                 }
-                args.addAll(List.of("--control-plane", "http://" + cpAddr, "--state-dir", dir.resolve("gw-state").toString()));
+                args.addAll(List.of("--control-plane", "http://" + cpAddr));
             }
             gateway = new Gateway(args, dir.resolve("gateway.log").toFile());
             gateway.start();

@@ -183,14 +183,15 @@ class Environment:
 
     def start(self) -> None:
         gw = self.spec.get("gateway", {})
+        # Every gateway gets its own state directory (config snapshot, spool) in the temp dir.
         args = ["--region", self.region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-                "--auth", gw.get("auth", "off")]
+                "--auth", gw.get("auth", "off"), "--state-dir", os.path.join(self.dir, "gw-state")]
         if "max_payload" in gw:
             args += ["--max-payload", str(gw["max_payload"])]
         if self.spec.get("control_plane"):
             self.control_plane = ControlPlane(self.dir)
             self.control_plane.start()
-            args += ["--control-plane", self.control_plane.url, "--state-dir", os.path.join(self.dir, "gw-state")]
+            args += ["--control-plane", self.control_plane.url]
             for name, scopes in self.spec.get("keys", {}).items():
                 self.keys[name] = self.control_plane.create_key(name, scopes["publish"], scopes["subscribe"])
         self.keys.setdefault("bad", "nxk_3f9a1c2b4d5e6f70_0123456789abcdef0123456789abcdef")

@@ -126,7 +126,8 @@ class Environment {
   }
   async start() {
     const gw = this.spec.gateway || {};
-    const args = ["--region", this.region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--auth", gw.auth || "off"];
+    const args = ["--region", this.region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--auth", gw.auth || "off",
+      "--state-dir", path.join(this.dir, "gw-state")]; // config snapshot and spool, per gateway
     if (gw.max_payload) args.push("--max-payload", String(gw.max_payload));
     if (this.spec.control_plane) {
       const keyFile = path.join(this.dir, "admin.key");
@@ -149,7 +150,7 @@ class Environment {
         });
         this.keys[name] = JSON.parse(out.toString()).secret;
       }
-      args.push("--control-plane", `http://${this.cpAddr}`, "--state-dir", path.join(this.dir, "gw-state"));
+      args.push("--control-plane", `http://${this.cpAddr}`);
     }
     this.gateway = new Gateway(args, path.join(this.dir, "gateway.log"));
     await this.gateway.start();

@@ -370,6 +370,11 @@ impl Environment {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Every gateway gets its own state directory (config snapshot, spool).
+        args.extend([
+            "--state-dir".into(),
+            dir.join("gw-state").display().to_string(),
+        ]);
         if let Some(max) = gw.num("max_payload") {
             args.extend(["--max-payload".into(), max.to_string()]);
         }
@@ -428,12 +433,7 @@ impl Environment {
                         .to_owned(),
                 );
             }
-            args.extend([
-                "--control-plane".into(),
-                format!("http://{cp_addr}"),
-                "--state-dir".into(),
-                dir.join("gw-state").display().to_string(),
-            ]);
+            args.extend(["--control-plane".into(), format!("http://{cp_addr}")]);
         }
         let mut gateway = Gateway {
             args,
