@@ -54,6 +54,7 @@ public final class ConformanceRunner {
     private final Map<String, Client> clients = new HashMap<>();
     private final Map<String, Subscription> subs = new HashMap<>();
     private final List<Thread> threads = new ArrayList<>();
+    private String killed = "";
 
     ConformanceRunner(Harness.Environment env) {
         this.env = env;
@@ -332,6 +333,18 @@ public final class ConformanceRunner {
                 }
                 if (got != count) {
                     throw new CaseFailed("stream: " + got + " of " + count + " frames came back");
+                }
+            }
+            case "kill_connected_gateway" -> {
+                if (c.serverInfo() == null) {
+                    throw new CaseFailed("the client is not connected");
+                }
+                killed = c.serverInfo().gatewayId();
+                env.killGateway(killed);
+            }
+            case "expect_other_gateway" -> {
+                if (c.serverInfo() == null || c.serverInfo().gatewayId().equals(killed)) {
+                    throw new CaseFailed("expected a gateway other than " + killed + ", got " + c.serverInfo());
                 }
             }
             case "restart_gateway" -> env.gateway.restart();

@@ -166,6 +166,7 @@ final class Harness {
         final Map<String, String> keys = new HashMap<>();
         final String region = "conformance";
         final String zone = "nexus.local";
+        final List<Gateway> gateways = new ArrayList<>();
         Gateway gateway;
         Process controlPlane;
         String dns;
@@ -179,8 +180,7 @@ final class Harness {
         void start() throws Exception {
             JsonObject gw = spec.has("gateway") ? spec.getAsJsonObject("gateway") : new JsonObject();
             List<String> args = new ArrayList<>(List.of("--region", region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-                    "--auth", gw.has("auth") ? gw.get("auth").getAsString() : "off",
-                    "--state-dir", dir.resolve("gw-state").toString())); // config snapshot and spool, per gateway
+                    "--auth", gw.has("auth") ? gw.get("auth").getAsString() : "off"));
             if (gw.has("max_payload")) {
                 args.addAll(List.of("--max-payload", gw.get("max_payload").getAsString()));
             }
@@ -220,8 +220,27 @@ final class Harness {
                 }
                 args.addAll(List.of("--control-plane", "http://" + cpAddr));
             }
-            gateway = new Gateway(args, dir.resolve("gateway.log").toFile());
-            gateway.start();
+            int n = spec.has("gateways") ? spec.get("gateways").getAsInt() : 1;
+            for (int i = 0; i < n; i++) {
+                // Every gateway gets its own id and state directory (config snapshot, spool).
+                List<String> a = new ArrayList<>(args);
+                a.addAll(List.of("--gateway-id", "conformance-gw-" + i, "--state-dir", dir.resolve("gw-state-" + i).toString()));
+                Gateway g = new Gateway(a, dir.resolve("gateway-" + i + ".log").toFile());
+                g.start();
+                gateways.add(g);
+            }
+            gateway = gateways.get(0);
+        }
+
+        /** Kills the gateway started with {@code --gateway-id id}. */
+        void killGateway(String id) {
+            for (int i = 0; i < gateways.size(); i++) {
+                if (("conformance-gw-" + i).equals(id)) {
+                    kill(gateways.get(i).proc);
+                    return;
+                }
+            }
+            throw new IllegalStateException("no gateway " + id + " in this environment");
         }
 
         String srvUrl(String regionOverride) {
@@ -229,8 +248,8 @@ final class Harness {
         }
 
         void stop() {
-            if (gateway != null) {
-                kill(gateway.proc);
+            for (Gateway g : gateways) {
+                kill(g.proc);
             }
             kill(controlPlane);
             try (Stream<Path> walk = Files.walk(dir)) {

@@ -175,7 +175,7 @@ class Environment:
 
     spec: dict
     dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="nexus-conformance-"))
-    gateway: Gateway | None = None
+    gateways: list[Gateway] = field(default_factory=list)
     control_plane: ControlPlane | None = None
     keys: dict[str, str] = field(default_factory=dict)
     region: str = "conformance"
@@ -183,9 +183,8 @@ class Environment:
 
     def start(self) -> None:
         gw = self.spec.get("gateway", {})
-        # Every gateway gets its own state directory (config snapshot, spool) in the temp dir.
         args = ["--region", self.region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-                "--auth", gw.get("auth", "off"), "--state-dir", os.path.join(self.dir, "gw-state")]
+                "--auth", gw.get("auth", "off")]
         if "max_payload" in gw:
             args += ["--max-payload", str(gw["max_payload"])]
         if self.spec.get("control_plane"):
@@ -195,16 +194,34 @@ class Environment:
             for name, scopes in self.spec.get("keys", {}).items():
                 self.keys[name] = self.control_plane.create_key(name, scopes["publish"], scopes["subscribe"])
         self.keys.setdefault("bad", "nxk_3f9a1c2b4d5e6f70_0123456789abcdef0123456789abcdef")
-        self.gateway = Gateway(args, os.path.join(self.dir, "gateway.log"))
-        self.gateway.start()
+        for i in range(self.spec.get("gateways", 1)):
+            # Every gateway gets its own id and state directory (config snapshot, spool).
+            g = Gateway(args + ["--gateway-id", f"conformance-gw-{i}",
+                                "--state-dir", os.path.join(self.dir, f"gw-state-{i}")],
+                        os.path.join(self.dir, f"gateway-{i}.log"))
+            g.start()
+            self.gateways.append(g)
+
+    @property
+    def gateway(self) -> Gateway:
+        """The first gateway (the only one, in most environments)."""
+        return self.gateways[0]
+
+    def kill_gateway(self, gateway_id: str) -> None:
+        """Kills the gateway started with ``--gateway-id gateway_id``."""
+        for i, g in enumerate(self.gateways):
+            if f"conformance-gw-{i}" == gateway_id:
+                g.kill()
+                return
+        raise RuntimeError(f"no gateway {gateway_id!r} in this environment")
 
     def srv_url(self, region: str | None = None) -> str:
         dns = self.control_plane.dns if self.control_plane else "127.0.0.1:1"
         return f"nexus+srv://{region or self.region}.{self.zone}?dns={dns}"
 
     def stop(self) -> None:
-        if self.gateway:
-            self.gateway.kill()
+        for g in self.gateways:
+            g.kill()
         if self.control_plane:
             self.control_plane.kill()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -64,6 +64,7 @@ class Runner:
         self.clients: dict[str, nx.Client] = {}
         self.subs: dict[str, nx.Subscription] = {}
         self.keep: list = []
+        self.killed = ""
 
     async def close(self) -> None:
         for c in self.clients.values():
@@ -222,6 +223,16 @@ class Runner:
             await sender
             if got != s["count"]:
                 raise CaseFailed(f"stream: {got} of {s['count']} frames came back")
+        elif op == "kill_connected_gateway":
+            info = self.clients[s["client"]].server_info
+            if info is None:
+                raise CaseFailed("the client is not connected")
+            self.killed = info.gateway_id
+            self.env.kill_gateway(info.gateway_id)
+        elif op == "expect_other_gateway":
+            info = self.clients[s["client"]].server_info
+            if info is None or info.gateway_id == self.killed:
+                raise CaseFailed(f"expected a gateway other than {self.killed}, got {info}")
         elif op == "restart_gateway":
             self.env.gateway.restart()
         elif op == "expect_eventually":

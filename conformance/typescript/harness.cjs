@@ -126,8 +126,7 @@ class Environment {
   }
   async start() {
     const gw = this.spec.gateway || {};
-    const args = ["--region", this.region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--auth", gw.auth || "off",
-      "--state-dir", path.join(this.dir, "gw-state")]; // config snapshot and spool, per gateway
+    const args = ["--region", this.region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--auth", gw.auth || "off"];
     if (gw.max_payload) args.push("--max-payload", String(gw.max_payload));
     if (this.spec.control_plane) {
       const keyFile = path.join(this.dir, "admin.key");
@@ -152,14 +151,30 @@ class Environment {
       }
       args.push("--control-plane", `http://${this.cpAddr}`);
     }
-    this.gateway = new Gateway(args, path.join(this.dir, "gateway.log"));
-    await this.gateway.start();
+    this.gateways = [];
+    for (let i = 0; i < (this.spec.gateways || 1); i++) {
+      // Every gateway gets its own id and state directory (config snapshot, spool).
+      const g = new Gateway([...args, "--gateway-id", `conformance-gw-${i}`, "--state-dir", path.join(this.dir, `gw-state-${i}`)],
+        path.join(this.dir, `gateway-${i}.log`));
+      await g.start();
+      this.gateways.push(g);
+    }
+  }
+  /** The first gateway (the only one, in most environments). */
+  get gateway() {
+    return this.gateways[0];
+  }
+  /** Kills the gateway started with `--gateway-id id`. */
+  async killGateway(id) {
+    const i = this.gateways.findIndex((_, n) => `conformance-gw-${n}` === id);
+    if (i < 0) throw new Error(`no gateway ${id} in this environment`);
+    await this.gateways[i].kill();
   }
   srvUrl(region) {
     return `nexus+srv://${region || this.region}.${this.zone}?dns=${this.dns || "127.0.0.1:1"}`;
   }
   async stop() {
-    if (this.gateway) await this.gateway.kill();
+    for (const g of this.gateways || []) await g.kill();
     await kill(this.cp);
     fs.rmSync(this.dir, { recursive: true, force: true });
   }

@@ -182,6 +182,17 @@ class Runner {
         if (got !== s.count) throw new CaseFailed(`stream: ${got} of ${s.count} frames came back`);
         return;
       }
+      case "kill_connected_gateway": {
+        const info = c.serverInfo;
+        if (!info) throw new CaseFailed("the client is not connected");
+        this.killed = info.gatewayId;
+        return this.env.killGateway(info.gatewayId);
+      }
+      case "expect_other_gateway": {
+        const info = c.serverInfo;
+        if (!info || info.gatewayId === this.killed) throw new CaseFailed(`expected a gateway other than ${this.killed}, got ${info?.gatewayId}`);
+        return;
+      }
       case "restart_gateway":
         return this.env.gateway.restart();
       case "expect_eventually": {

@@ -105,10 +105,9 @@ class Subscription:
 
     def _end(self) -> None:
         self._closed = True
-        try:
-            self._queue.put_nowait(_END)
-        except asyncio.QueueFull:
-            pass
+        if self._queue.full():  # make room for the end marker; the subscription is over anyway
+            self._queue.get_nowait()
+        self._queue.put_nowait(_END)
 
 
 Handler = Callable[[Message], Awaitable[Any]]
@@ -412,8 +411,16 @@ class Client:
             sub = self._subs.get(m.sid)
             if sub is None or sub._closed:
                 return
-            await sub._queue.put(Message(m.subject, m.payload, [(h.key, h.value) for h in m.headers],
-                                         m.reply_to, m.id, m.sid, m.deadline_ms))
+            msg = Message(m.subject, m.payload, [(h.key, h.value) for h in m.headers],
+                          m.reply_to, m.id, m.sid, m.deadline_ms)
+            # A full buffer stops this reader (backpressure to the gateway) until the
+            # application reads, or unsubscribes.
+            while not sub._closed:
+                try:
+                    await asyncio.wait_for(sub._queue.put(msg), 0.1)
+                    return
+                except asyncio.TimeoutError:
+                    continue
         elif kind == "reply":
             fut = self._reqs.pop(f.reply.req_id, None)
             if fut is not None and not fut.done():

@@ -340,7 +340,8 @@ impl Gateway {
 /// What a case runs against: a gateway, maybe a control plane, API keys by name.
 struct Environment {
     dir: PathBuf,
-    gateway: Gateway,
+    /// `gateways[0]` is the one `restart_gateway` acts on.
+    gateways: Vec<Gateway>,
     control_plane: Option<Proc>,
     dns: String,
     keys: HashMap<String, String>,
@@ -370,11 +371,6 @@ impl Environment {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        // Every gateway gets its own state directory (config snapshot, spool).
-        args.extend([
-            "--state-dir".into(),
-            dir.join("gw-state").display().to_string(),
-        ]);
         if let Some(max) = gw.num("max_payload") {
             args.extend(["--max-payload".into(), max.to_string()]);
         }
@@ -435,17 +431,29 @@ impl Environment {
             }
             args.extend(["--control-plane".into(), format!("http://{cp_addr}")]);
         }
-        let mut gateway = Gateway {
-            args,
-            log: dir.join("gateway.log"),
-            proc: None,
-            grpc: String::new(),
-            metrics: String::new(),
-        };
-        gateway.start()?;
+        let mut gateways = Vec::new();
+        for i in 0..spec.num("gateways").unwrap_or(1) {
+            // Every gateway gets its own id and state directory (config snapshot, spool).
+            let mut args = args.clone();
+            args.extend([
+                "--gateway-id".into(),
+                format!("conformance-gw-{i}"),
+                "--state-dir".into(),
+                dir.join(format!("gw-state-{i}")).display().to_string(),
+            ]);
+            let mut gateway = Gateway {
+                args,
+                log: dir.join(format!("gateway-{i}.log")),
+                proc: None,
+                grpc: String::new(),
+                metrics: String::new(),
+            };
+            gateway.start()?;
+            gateways.push(gateway);
+        }
         Ok(Self {
             dir,
-            gateway,
+            gateways,
             control_plane,
             dns,
             keys,
@@ -463,7 +471,9 @@ impl Environment {
 
 impl Drop for Environment {
     fn drop(&mut self) {
-        self.gateway.proc = None;
+        for g in &mut self.gateways {
+            g.proc = None;
+        }
         self.control_plane = None;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -552,6 +562,8 @@ struct Runner {
     subs: HashMap<String, Subscription>,
     services: Vec<nexus_client::Service>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The gateway id `kill_connected_gateway` killed.
+    killed: String,
 }
 
 impl Runner {
@@ -589,7 +601,7 @@ impl Runner {
                 let url = if s.str("via") == Some("srv") {
                     self.env.srv_url(s.str("region"))
                 } else {
-                    self.env.gateway.url()
+                    self.env.gateways[0].url()
                 };
                 let name = s.str("client").unwrap_or_default().to_owned();
                 let connect = || {
@@ -858,8 +870,29 @@ impl Runner {
                 }
             }
             "restart_gateway" => {
-                self.env.gateway.proc = None;
-                self.env.gateway.start()?;
+                self.env.gateways[0].proc = None;
+                self.env.gateways[0].start()?;
+            }
+            "kill_connected_gateway" => {
+                let info = self
+                    .client(s)?
+                    .server_info()
+                    .ok_or("the client is not connected")?;
+                let i = (0..self.env.gateways.len())
+                    .find(|i| format!("conformance-gw-{i}") == info.gateway_id)
+                    .ok_or(format!("no gateway {} here", info.gateway_id))?;
+                self.env.gateways[i].proc = None;
+                self.killed = info.gateway_id;
+            }
+            "expect_other_gateway" => {
+                let info = self.client(s)?.server_info();
+                if info.as_ref().is_none_or(|i| i.gateway_id == self.killed) {
+                    return Err(format!(
+                        "expected a gateway other than {}, got {:?}",
+                        self.killed,
+                        info.map(|i| i.gateway_id)
+                    ));
+                }
             }
             "expect_eventually" => {
                 let c = self.client(s)?;
@@ -905,6 +938,7 @@ async fn run_case(doc: &Json, case: &Json) -> Result<(), String> {
         subs: HashMap::new(),
         services: Vec::new(),
         tasks: Vec::new(),
+        killed: String::new(),
     };
     let mut result = Ok(());
     for (i, s) in case

@@ -102,9 +102,13 @@ export class Subscription implements AsyncIterable<Message> {
   dropped = 0;
   /** @internal */
   closed = false;
+  /** @internal Resolves when the subscription ends. */
+  readonly ended: Promise<void>;
+  private markEnded!: () => void;
   /** @internal */
   constructor(private readonly client: Client, readonly sid: string, readonly subject: string, readonly queueGroup: string, capacity: number) {
     this.queue = new AsyncQueue(capacity);
+    this.ended = new Promise((r) => (this.markEnded = r));
   }
   /** The next message, `undefined` once unsubscribed; rejects with TimeoutError after `timeoutMs`. */
   async next(timeoutMs?: number): Promise<Message | undefined> {
@@ -132,6 +136,7 @@ export class Subscription implements AsyncIterable<Message> {
   _end(): void {
     this.closed = true;
     this.queue.pushNow(END);
+    this.markEnded();
   }
 }
 
@@ -442,7 +447,9 @@ export class Client {
         const m = f.msg;
         const sub = this.subs.get(m.sid);
         if (!sub || sub.closed) return;
-        await sub.queue.push(new Message(m.subject, m.payload, fromWire(m.headers), m.replyTo, m.id, m.sid, m.deadlineMs));
+        // A full buffer stops this reader (backpressure to the gateway) until the
+        // application reads, or unsubscribes.
+        await Promise.race([sub.queue.push(new Message(m.subject, m.payload, fromWire(m.headers), m.replyTo, m.id, m.sid, m.deadlineMs)), sub.ended]);
         return;
       }
       case "reply": {

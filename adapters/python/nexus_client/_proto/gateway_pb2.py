@@ -4,7 +4,6 @@
 # source: gateway.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-"""Generated from proto/nexus/v1/gateway.proto by grpc_tools.protoc (see adapters/python/README.md)."""
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
