@@ -55,6 +55,7 @@ public final class ConformanceRunner {
     private final Map<String, Subscription> subs = new HashMap<>();
     private final List<Thread> threads = new ArrayList<>();
     private String killed = "";
+    private final List<BiStream> held = java.util.Collections.synchronizedList(new ArrayList<>());
 
     ConformanceRunner(Harness.Environment env) {
         this.env = env;
@@ -160,8 +161,14 @@ public final class ConformanceRunner {
             case "connect" -> {
                 String key = env.keys.getOrDefault(str(s, "key", "none"), "");
                 String url = "srv".equals(str(s, "via", "direct")) ? env.srvUrl(str(s, "region", null)) : env.gateway.url();
-                Callable<Client> make = () -> Client.builder(url).apiKey(key).name("conformance-" + s.get("client").getAsString())
-                        .connectTimeout(Duration.ofSeconds(3)).reconnectBackoff(Duration.ofMillis(50), Duration.ofMillis(500)).connect();
+                Callable<Client> make = () -> {
+                    Client.Builder b = Client.builder(url).apiKey(key).name("conformance-" + s.get("client").getAsString())
+                            .connectTimeout(Duration.ofSeconds(3)).reconnectBackoff(Duration.ofMillis(50), Duration.ofMillis(500));
+                    if (s.has("stream_window")) {
+                        b.streamWindow(s.get("stream_window").getAsInt());
+                    }
+                    return b.connect();
+                };
                 if (s.has("expect_error")) {
                     expectError(s, make);
                 } else {
@@ -282,6 +289,10 @@ public final class ConformanceRunner {
                         if (st == null) {
                             return;
                         }
+                        if (s.get("handler").getAsString().equals("hold")) {
+                            held.add(st);
+                            continue;
+                        }
                         Thread echo = new Thread(() -> {
                             try {
                                 for (Message m : st) {
@@ -345,6 +356,31 @@ public final class ConformanceRunner {
             case "expect_other_gateway" -> {
                 if (c.serverInfo() == null || c.serverInfo().gatewayId().equals(killed)) {
                     throw new CaseFailed("expected a gateway other than " + killed + ", got " + c.serverInfo());
+                }
+            }
+            case "stream_blocks" -> {
+                BiStream st = c.openStream(s.get("subject").getAsString(), Map.of());
+                int expect = s.get("expect_sent").getAsInt();
+                long blockMs = s.get("block_ms").getAsLong();
+                java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newSingleThreadExecutor();
+                int sent = 0;
+                try {
+                    while (sent <= expect) {
+                        byte[] frame = ("frame-" + sent).getBytes(StandardCharsets.UTF_8);
+                        java.util.concurrent.Future<?> f = pool.submit(() -> st.send(frame));
+                        try {
+                            f.get(blockMs, java.util.concurrent.TimeUnit.MILLISECONDS);
+                        } catch (java.util.concurrent.TimeoutException e) {
+                            break;
+                        }
+                        sent++;
+                    }
+                } finally {
+                    st.abort("conformance: done"); // wakes a send still waiting for credit
+                    pool.shutdown();
+                }
+                if (sent != expect) {
+                    throw new CaseFailed(sent + " sends completed before one waited, expected " + expect);
                 }
             }
             case "restart_gateway" -> env.gateway.restart();

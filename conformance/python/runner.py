@@ -104,8 +104,9 @@ class Runner:
             url = self.env.srv_url(s.get("region")) if s.get("via") == "srv" else self.env.gateway.url
 
             async def make():
+                extra = {"stream_window": s["stream_window"]} if "stream_window" in s else {}
                 return await nx.Client.connect(url, api_key=key, name=f"conformance-{s['client']}",
-                                               connect_timeout=3.0, reconnect_backoff=(0.05, 0.5))
+                                               connect_timeout=3.0, reconnect_backoff=(0.05, 0.5), **extra)
             if "expect_error" in s:
                 await self.expect_error(s, make())
             else:
@@ -196,6 +197,9 @@ class Runner:
 
             async def echo_all():
                 async for st in listener:
+                    if s["handler"] == "hold":
+                        self.keep.append(st)
+                        continue
                     async def echo(st=st):
                         async for m in st:
                             await st.send(m.payload)
@@ -233,6 +237,20 @@ class Runner:
             info = self.clients[s["client"]].server_info
             if info is None or info.gateway_id == self.killed:
                 raise CaseFailed(f"expected a gateway other than {self.killed}, got {info}")
+        elif op == "stream_blocks":
+            st = await self.clients[s["client"]].open_stream(s["subject"])
+            sent = 0
+            try:
+                while sent <= s["expect_sent"]:
+                    try:
+                        await asyncio.wait_for(st.send(f"frame-{sent}"), s["block_ms"] / 1000)
+                    except asyncio.TimeoutError:
+                        break
+                    sent += 1
+            finally:
+                st.abort("conformance: done")
+            if sent != s["expect_sent"]:
+                raise CaseFailed(f"{sent} sends completed before one waited, expected {s['expect_sent']}")
         elif op == "restart_gateway":
             self.env.gateway.restart()
         elif op == "expect_eventually":

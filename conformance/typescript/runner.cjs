@@ -75,7 +75,9 @@ class Runner {
       case "connect": {
         const key = this.env.keys[s.key ?? "none"] ?? "";
         const url = s.via === "srv" ? this.env.srvUrl(s.region) : this.env.gateway.url;
-        const make = () => nx.Client.connect(url, { apiKey: key, name: `conformance-${s.client}`, connectTimeoutMs: 3000, reconnectBackoffMs: [50, 500] });
+        const opts = { apiKey: key, name: `conformance-${s.client}`, connectTimeoutMs: 3000, reconnectBackoffMs: [50, 500] };
+        if (s.stream_window) opts.streamWindow = s.stream_window;
+        const make = () => nx.Client.connect(url, opts);
         if (s.expect_error) return this.expectError(s, make);
         this.clients[s.client] = await this.retrying(s, make);
         return;
@@ -158,6 +160,10 @@ class Runner {
         const listener = await c.listenStreams(s.subject, { queue: s.queue });
         (async () => {
           for await (const st of listener) {
+            if (s.handler === "hold") {
+              this.held = [...(this.held ?? []), st];
+              continue;
+            }
             (async () => {
               for await (const m of st) await st.send(m.payload);
               await st.finish();
@@ -191,6 +197,25 @@ class Runner {
       case "expect_other_gateway": {
         const info = c.serverInfo;
         if (!info || info.gatewayId === this.killed) throw new CaseFailed(`expected a gateway other than ${this.killed}, got ${info?.gatewayId}`);
+        return;
+      }
+      case "stream_blocks": {
+        const st = await c.openStream(s.subject);
+        let sent = 0;
+        try {
+          while (sent <= s.expect_sent) {
+            let timer;
+            const send = st.send(`frame-${sent}`);
+            send.catch(() => undefined); // a send still waiting fails when the stream is aborted
+            const done = await Promise.race([send.then(() => true), new Promise((r) => (timer = setTimeout(() => r(false), s.block_ms)))]);
+            clearTimeout(timer);
+            if (!done) break;
+            sent++;
+          }
+        } finally {
+          st.abort("conformance: done");
+        }
+        if (sent !== s.expect_sent) throw new CaseFailed(`${sent} sends completed before one waited, expected ${s.expect_sent}`);
         return;
       }
       case "restart_gateway":

@@ -189,7 +189,7 @@ class Client:
                  connect_timeout: float = 5.0, dns_server: str | None = None,
                  reconnect_backoff: tuple[float, float] = (0.1, 5.0), max_batch_frames: int = 256,
                  max_batch_bytes: int = 256 * 1024, outbound_capacity: int = 1024,
-                 subscription_capacity: int = 1024, stream_window: int = 64,
+                 subscription_capacity: int = 1024, stream_window: int = 256,
                  max_concurrent_handlers: int = 64) -> None:
         self._target = Target(url, dns_server)
         self._api_key = api_key or os.environ.get("NEXUS_API_KEY", "")

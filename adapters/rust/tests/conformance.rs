@@ -604,13 +604,17 @@ impl Runner {
                     self.env.gateways[0].url()
                 };
                 let name = s.str("client").unwrap_or_default().to_owned();
+                let window = s.num("stream_window");
                 let connect = || {
-                    Client::builder(&url)
+                    let mut b = Client::builder(&url)
                         .api_key(key.clone())
                         .name(format!("conformance-{name}"))
                         .connect_timeout(Duration::from_secs(3))
-                        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
-                        .connect()
+                        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500));
+                    if let Some(w) = window {
+                        b = b.stream_window(w as u32);
+                    }
+                    b.connect()
                 };
                 if s.get("expect_error").is_some() {
                     return check_error(s, connect().await, started);
@@ -819,8 +823,14 @@ impl Runner {
                     .listen_streams(s.str("subject").unwrap_or_default(), s.str("queue"))
                     .await
                     .map_err(|e| e.to_string())?;
+                let hold = s.str("handler") == Some("hold");
                 self.tasks.push(tokio::spawn(async move {
+                    let mut held = Vec::new();
                     while let Some(mut st) = listener.accept().await {
+                        if hold {
+                            held.push(st); // accepted, kept open, never read
+                            continue;
+                        }
                         tokio::spawn(async move {
                             while let Some(Ok(m)) = st.recv().await {
                                 if st.send(m.payload).await.is_err() {
@@ -867,6 +877,29 @@ impl Runner {
                     .map_err(|e| e.to_string())?;
                 if got != count {
                     return Err(format!("stream: {got} of {count} frames came back"));
+                }
+            }
+            "stream_blocks" => {
+                let c = self.client(s)?;
+                let mut st = c
+                    .open_stream(s.str("subject").unwrap_or_default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let expect = s.num("expect_sent").unwrap_or(0);
+                let block = Duration::from_millis(s.num("block_ms").unwrap_or(300));
+                let mut sent = 0;
+                while sent <= expect {
+                    match tokio::time::timeout(block, st.send(format!("frame-{sent}"))).await {
+                        Ok(r) => r.map_err(|e| e.to_string())?,
+                        Err(_) => break,
+                    }
+                    sent += 1;
+                }
+                st.abort("conformance: done");
+                if sent != expect {
+                    return Err(format!(
+                        "{sent} sends completed before one waited, expected {expect}"
+                    ));
                 }
             }
             "restart_gateway" => {

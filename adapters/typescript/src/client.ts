@@ -247,7 +247,7 @@ export class Client {
       maxBatchBytes: options.maxBatchBytes ?? 256 * 1024,
       outboundCapacity: options.outboundCapacity ?? 1024,
       subscriptionCapacity: options.subscriptionCapacity ?? 1024,
-      streamWindow: options.streamWindow ?? 64,
+      streamWindow: options.streamWindow ?? 256,
     };
     this.out = new AsyncQueue(this.opts.outboundCapacity);
   }

@@ -74,7 +74,7 @@ public final class Client implements AutoCloseable {
         private int maxBatchBytes = 256 * 1024;
         private int outboundCapacity = 1024;
         private int subscriptionCapacity = 1024;
-        private int streamWindow = 64;
+        private int streamWindow = 256;
 
         private Builder(String url) {
             this.url = url;
