@@ -31,4 +31,8 @@ javac -nowarn -encoding UTF-8 --release 17 -d "$out/classes" -cp "$cp" \
   $(find "$out/gen" "$here/src/main/java" -name '*.java') 2>&1 | { grep -v '^Note:' || true; }
 jar --create --file "$out/nexus-client.jar" -C "$out/classes" .
 echo "$out/nexus-client.jar:$cp" > "$out/classpath"
+# The unit tests (a plain main) need package access, so they compile against the classes.
+rm -rf "$out/test-classes" && mkdir -p "$out/test-classes"
+javac -nowarn -encoding UTF-8 --release 17 -d "$out/test-classes" -cp "$out/classes:$cp" \
+  $(find "$here/src/test/java" -name '*.java')
 echo "built $out/nexus-client.jar"

@@ -44,6 +44,28 @@ def _parse_dns_server(value: str, addr: str) -> tuple[str, int]:
         raise InvalidAddressError(f"invalid gateway address {addr!r}: bad DNS server {value!r}")
 
 
+def order_srv(records: list, rng: random.Random | None = None) -> list:
+    """Orders SRV records per RFC 2782: lowest priority first; within a priority, a weighted
+    random order (a record of weight 0 comes first only by chance when all weights are 0)."""
+    rng = rng or random.Random()
+    ordered = []
+    for prio in sorted({r.priority for r in records}):
+        group = [r for r in records if r.priority == prio]
+        while group:
+            total = sum(r.weight for r in group)
+            pick = rng.choice(group)
+            if total > 0:
+                point, acc = rng.uniform(0, total), 0
+                for r in group:
+                    acc += r.weight
+                    if r.weight > 0 and acc >= point:
+                        pick = r
+                        break
+            group.remove(pick)
+            ordered.append(pick)
+    return ordered
+
+
 class Target:
     """What the application asked to connect to; yields gateways to try, in order."""
 
@@ -121,24 +143,7 @@ class Target:
         for rrset in answer.response.additional:
             if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
                 glue.setdefault(rrset.name.to_text(), []).extend(r.address for r in rrset)
-        records = sorted(answer, key=lambda r: r.priority)
-        ordered = []
-        for prio in sorted({r.priority for r in records}):
-            group = [r for r in records if r.priority == prio]
-            while group:
-                total = sum(r.weight for r in group)
-                pick = group[0]
-                if total > 0:
-                    point, acc = random.uniform(0, total), 0
-                    for r in group:
-                        acc += r.weight
-                        if acc >= point:
-                            pick = r
-                            break
-                else:
-                    pick = random.choice(group)
-                group.remove(pick)
-                ordered.append(pick)
+        ordered = order_srv(list(answer))
         out = []
         for r in ordered:
             target = r.target.to_text()

@@ -18,6 +18,28 @@ export interface Endpoint {
   address: string;
 }
 
+/**
+ * Orders SRV records per RFC 2782: lowest priority first; within a priority, a weighted random
+ * order (weight-0 records come after the weighted ones unless all weights are 0).
+ */
+export function orderSrv<T extends { priority: number; weight: number }>(records: T[], random: () => number = Math.random): T[] {
+  const ordered: T[] = [];
+  for (const prio of [...new Set(records.map((r) => r.priority))].sort((a, b) => a - b)) {
+    const group = records.filter((r) => r.priority === prio);
+    while (group.length) {
+      const total = group.reduce((s, r) => s + r.weight, 0);
+      let pick = Math.floor(random() * group.length);
+      if (total > 0) {
+        let point = random() * total;
+        pick = group.findIndex((r) => r.weight > 0 && (point -= r.weight) <= 0);
+        if (pick < 0) pick = group.findIndex((r) => r.weight > 0);
+      }
+      ordered.push(group.splice(pick, 1)[0]);
+    }
+  }
+  return ordered;
+}
+
 export class Target {
   readonly url: string;
   readonly srvName?: string;
@@ -84,20 +106,7 @@ export class Target {
       if (code === "ENODATA") throw new DiscoveryError(`${this.srvName} has no SRV records (${server})`);
       throw new DiscoveryError(`looking up ${this.srvName} at ${server}: ${(e as Error).message}`);
     }
-    const ordered: typeof records = [];
-    for (const prio of [...new Set(records.map((r) => r.priority))].sort((a, b) => a - b)) {
-      const group = records.filter((r) => r.priority === prio);
-      while (group.length) {
-        const total = group.reduce((s, r) => s + r.weight, 0);
-        let pick = Math.floor(Math.random() * group.length);
-        if (total > 0) {
-          let point = Math.random() * total;
-          pick = group.findIndex((r) => (point -= r.weight) <= 0);
-          if (pick < 0) pick = group.length - 1;
-        }
-        ordered.push(group.splice(pick, 1)[0]);
-      }
-    }
+    const ordered = orderSrv(records);
     const out: Endpoint[] = [];
     for (const r of ordered) {
       let ip: string | undefined;

@@ -11,4 +11,4 @@ export { TRACEPARENT, Headers, HeadersInit, isValidTraceparent, newTraceparent, 
 export { Message, ServerInfo } from "./message";
 export { BiStream, StreamListener } from "./stream";
 export { RESERVED_PREFIX, subjectMatches, validatePattern, validatePublishSubject } from "./subject";
-export { DNS_SERVER_ENV } from "./discovery";
+export { DNS_SERVER_ENV, orderSrv } from "./discovery";

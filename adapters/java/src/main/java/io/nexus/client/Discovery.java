@@ -27,7 +27,45 @@ final class Discovery {
     /** One gateway to try. */
     record Endpoint(String name, String address) {}
 
-    private record Srv(int priority, int weight, int port, String target) {}
+    /** One SRV record. */
+    record Srv(int priority, int weight, int port, String target) {}
+
+    /**
+     * Orders SRV records per RFC 2782: lowest priority first; within a priority, a weighted
+     * random order (weight-0 records come after the weighted ones unless all weights are 0).
+     */
+    static List<Srv> orderSrv(List<Srv> input, java.util.Random random) {
+        List<Srv> records = new ArrayList<>(input);
+        records.sort(Comparator.comparingInt(Srv::priority));
+        List<Srv> ordered = new ArrayList<>();
+        int i = 0;
+        while (i < records.size()) {
+            int prio = records.get(i).priority();
+            List<Srv> group = new ArrayList<>();
+            while (i < records.size() && records.get(i).priority() == prio) {
+                group.add(records.get(i++));
+            }
+            while (!group.isEmpty()) {
+                int total = group.stream().mapToInt(Srv::weight).sum();
+                int pick = random.nextInt(group.size());
+                if (total > 0) {
+                    double point = random.nextDouble() * total;
+                    for (int j = 0; j < group.size(); j++) {
+                        if (group.get(j).weight() == 0) {
+                            continue;
+                        }
+                        pick = j;
+                        point -= group.get(j).weight();
+                        if (point <= 0) {
+                            break;
+                        }
+                    }
+                }
+                ordered.add(group.remove(pick));
+            }
+        }
+        return ordered;
+    }
 
     final String url;
     final String srvName;
@@ -122,31 +160,7 @@ final class Discovery {
         } catch (NamingException e) {
             throw new DiscoveryException("looking up " + srvName + " at " + server + ": " + e);
         }
-        records.sort(Comparator.comparingInt(Srv::priority));
-        List<Srv> ordered = new ArrayList<>();
-        int i = 0;
-        while (i < records.size()) {
-            int prio = records.get(i).priority();
-            List<Srv> group = new ArrayList<>();
-            while (i < records.size() && records.get(i).priority() == prio) {
-                group.add(records.get(i++));
-            }
-            while (!group.isEmpty()) {
-                int total = group.stream().mapToInt(Srv::weight).sum();
-                int pick = ThreadLocalRandom.current().nextInt(group.size());
-                if (total > 0) {
-                    double point = ThreadLocalRandom.current().nextDouble(total);
-                    for (int j = 0; j < group.size(); j++) {
-                        point -= group.get(j).weight();
-                        if (point <= 0) {
-                            pick = j;
-                            break;
-                        }
-                    }
-                }
-                ordered.add(group.remove(pick));
-            }
-        }
+        List<Srv> ordered = orderSrv(records, ThreadLocalRandom.current());
         List<Endpoint> out = new ArrayList<>();
         for (Srv r : ordered) {
             String target = r.target().endsWith(".") ? r.target().substring(0, r.target().length() - 1) : r.target();
