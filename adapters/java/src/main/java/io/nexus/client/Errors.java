@@ -34,6 +34,9 @@ final class Errors {
     static NexusException fromStatus(Throwable t, String address) {
         Status s = Status.fromThrowable(t);
         String d = s.getDescription() == null ? s.getCode().name() : s.getDescription();
+        if (s.getCause() != null && s.getCause().getMessage() != null) {
+            d = d + " (" + s.getCause().getMessage() + ")"; // e.g. "io exception (Connection refused ...)"
+        }
         switch (s.getCode()) {
             case UNAUTHENTICATED:
             case PERMISSION_DENIED:
