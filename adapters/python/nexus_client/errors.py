@@ -26,7 +26,7 @@ class NoRespondersError(NexusError):
     """No subscription matched a request or stream open."""
 
     def __init__(self, subject: str, message: str = "") -> None:
-        super().__init__(f"no responders for {subject!r}" + (f": {message}" if message else ""))
+        super().__init__(message or f"no responders for {subject!r}")
         self.subject = subject
 
 

@@ -18,7 +18,7 @@ export class InvalidAddressError extends NexusError {}
 /** No subscription matched a request or stream open. */
 export class NoRespondersError extends NexusError {
   constructor(readonly subject: string, detail = "") {
-    super(`no responders for ${JSON.stringify(subject)}${detail ? ": " + detail : ""}`);
+    super(detail || `no responders for ${JSON.stringify(subject)}`);
   }
 }
 /** A request got no answer in time. */

@@ -11,7 +11,7 @@ final class Errors {
         String m = e.getMessage();
         switch (e.getCodeValue()) {
             case GatewayOuterClass.ErrorCode.NO_RESPONDERS_VALUE:
-                return new NoRespondersException("no responders for \"" + subject + "\": " + m);
+                return new NoRespondersException(m.isEmpty() ? "no responders for \"" + subject + "\"" : m);
             case GatewayOuterClass.ErrorCode.TIMEOUT_VALUE:
                 return new RequestTimeoutException("request to \"" + subject + "\" timed out: " + m);
             case GatewayOuterClass.ErrorCode.SERVICE_ERROR_VALUE:
