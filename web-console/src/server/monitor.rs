@@ -86,7 +86,13 @@ pub struct Monitor {
 struct PollState {
     previous: HashMap<String, Previous>,
     known_links: BTreeSet<(String, String)>,
+    /// Every gateway seen, with when it was last registered: one that disappears from the
+    /// control plane (its lease expired) stays on the map as down for [`REMEMBER_GONE`].
+    seen: HashMap<String, (GatewayInfo, Instant)>,
 }
+
+/// How long a gateway that is no longer registered is still shown (as down).
+const REMEMBER_GONE: Duration = Duration::from_secs(600);
 
 impl Monitor {
     pub fn new(admin: AdminConnector, own_key: Option<String>) -> Self {
@@ -244,6 +250,27 @@ fn build(
     config_version: i64,
     now: Instant,
 ) -> Snapshot {
+    let mut gateways = gateways;
+    for (info, _) in &gateways {
+        state.seen.insert(info.id.clone(), (info.clone(), now));
+    }
+    state
+        .seen
+        .retain(|_, (_, at)| now.duration_since(*at) < REMEMBER_GONE);
+    let mut gone: Vec<_> = state
+        .seen
+        .values()
+        .filter(|(info, _)| !gateways.iter().any(|(g, _)| g.id == info.id))
+        .map(|(info, at)| {
+            let why = format!(
+                "no longer registered with the control plane (last seen {} s ago)",
+                now.duration_since(*at).as_secs()
+            );
+            (info.clone(), Probe::Down(why))
+        })
+        .collect();
+    gone.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    gateways.extend(gone);
     let mut statuses = HashMap::new();
     let mut views: Vec<GatewayView> = Vec::new();
     let mut previous = HashMap::new();
@@ -344,7 +371,10 @@ fn build(
             RegionView {
                 name: name.clone(),
                 health,
-                msgs_per_s: gateways.iter().map(|g| g.published_per_s).sum(),
+                msgs_per_s: gateways
+                    .iter()
+                    .map(|g| g.published_per_s)
+                    .fold(0.0, |a, b| a + b),
                 gateways,
             }
         })
@@ -381,7 +411,10 @@ fn build(
                 .chain(reports.get(&(b.clone(), a.clone())))
                 .flatten()
                 .collect();
-            let msgs_per_s = ends.iter().map(|e| e.forwarded_per_s).sum();
+            let msgs_per_s = ends
+                .iter()
+                .map(|e| e.forwarded_per_s)
+                .fold(0.0, |a, b| a + b);
             let dropped = ends.iter().map(|e| e.dropped).sum();
             let up: Vec<_> = ends.iter().filter(|e| e.state == "up").collect();
             let rtt_ms = up
@@ -417,8 +450,9 @@ fn build(
             LinkView {
                 a: a.clone(),
                 b: b.clone(),
+                // An RTT measured before the link went down would mislead.
+                rtt_ms: if health == Health::Up { rtt_ms } else { None },
                 health,
-                rtt_ms,
                 msgs_per_s,
                 dropped,
                 note,
@@ -539,6 +573,15 @@ mod tests {
         );
         assert_eq!(s.view.links.len(), 1);
         assert_eq!(s.view.links[0].health, Health::Down);
+        assert_eq!(s.view.links[0].rtt_ms, None);
+        let gb = &s.view.regions[1].gateways[0];
+        assert_eq!((gb.id.as_str(), gb.health), ("gb", Health::Down));
+        assert!(
+            gb.problem
+                .as_deref()
+                .unwrap()
+                .contains("no longer registered")
+        );
     }
 
     #[test]

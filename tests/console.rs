@@ -1,0 +1,709 @@
+//! The web console in a real browser: headless Chromium, driven over chromedriver's HTTP
+//! WebDriver API, against a real `nexus console` talking to a real `nexus control-plane` (admin
+//! keys required) and three federated `nexus gateway` processes. Nothing is faked.
+//!
+//! Checks: login with the bootstrap admin key; the topology shows every region and link, and
+//! the wasm has hydrated (the live stream is open, and clicking a region on the map shows its
+//! details, which only the wasm can do); killing a gateway turns its region and links unhealthy
+//! on the already-open page within seconds, without a reload (the client-side selection
+//! survives); a route created with the form is listed by `nexusctl routes list`; a key created
+//! through the confirmation step shows its secret once. Screenshots go to
+//! `$NEXUS_CACHE/artifacts/console/`.
+//!
+//! Needs the browser bundle (`scripts/build-console`, which also installs chromium and
+//! chromium-driver); `scripts/test` builds it before `cargo test`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+// === processes ===
+
+/// A child process killed (and reaped) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("nexus-console-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts `nexus <args>` and reads its stdout until `ready` returns a value (what it printed
+/// once listening); the rest of its output is drained in the background.
+fn start<T>(
+    args: &[&str],
+    mut ready: impl FnMut(&str, &mut Vec<String>) -> Option<T>,
+) -> (Proc, T) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("NEXUS_CONTROL_PLANE")
+        .env_remove("NEXUS_CONSOLE_SITE")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn nexus");
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    let value = loop {
+        let mut line = String::new();
+        let n = lines.read_line(&mut line).expect("read stdout");
+        assert!(n > 0, "nexus {args:?} exited before it was ready: {seen:?}");
+        seen.push(line.trim().to_owned());
+        if let Some(v) = ready(line.trim(), &mut seen) {
+            break v;
+        }
+    };
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = lines.read_to_end(&mut sink);
+    });
+    (Proc(child), value)
+}
+
+/// The address after `marker` in `line`, up to the next space, comma or parenthesis.
+fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = line.split(marker).nth(1)?;
+    let end = rest.find([' ', ',', '(']).unwrap_or(rest.len());
+    rest[..end].trim_start_matches("http://").parse().ok()
+}
+
+struct Gateway {
+    proc: Proc,
+    federation: SocketAddr,
+}
+
+fn gateway(
+    dir: &Path,
+    certs: &Path,
+    cp: SocketAddr,
+    region: &str,
+    peers: &[(&str, SocketAddr)],
+) -> Gateway {
+    let c = |f: &str| certs.join(f).display().to_string();
+    let state = dir.join(format!("state-{region}")).display().to_string();
+    let mut args: Vec<String> = [
+        "gateway",
+        "--region",
+        region,
+        "--gateway-id",
+        &format!("gw-{region}"),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--auth",
+        "off",
+        "--control-plane",
+        &format!("http://{cp}"),
+        "--state-dir",
+        &state,
+        "--federation-listen",
+        "127.0.0.1:0",
+        "--federation-cert",
+        &c(&format!("{region}.pem")),
+        "--federation-key",
+        &c(&format!("{region}-key.pem")),
+        "--federation-ca",
+        &c("ca.pem"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (peer, addr) in peers {
+        args.push("--peer".into());
+        args.push(format!("{peer}={addr}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut federation = None;
+    let (proc, ()) = start(&args, |line, _| {
+        if line.starts_with("nexus federation") {
+            federation = addr_after(line, " on ");
+        }
+        line.contains(" listening on ").then_some(())
+    });
+    Gateway {
+        proc,
+        federation: federation.expect("gateway printed its federation address"),
+    }
+}
+
+// === a minimal HTTP/1.1 client (chromedriver speaks plain HTTP on loopback) ===
+
+fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+        payload.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    // Read the headers, then exactly the body: chromedriver keeps the connection open.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16384];
+    let split = loop {
+        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = s.read(&mut buf).expect("read response");
+        assert!(n > 0, "connection closed before the response headers");
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let mut body = raw[split + 4..].to_vec();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let chunked = head.contains("transfer-encoding: chunked");
+    loop {
+        let complete = match length {
+            Some(n) => body.len() >= n,
+            None if chunked => body.windows(5).any(|w| w == b"0\r\n\r\n"),
+            None => false,
+        };
+        if complete {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read response body: {e}"),
+        }
+    }
+    if chunked {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+    out
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// === WebDriver ===
+
+/// The key of an element reference in WebDriver responses.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Browser {
+    driver: SocketAddr,
+    session: String,
+    artifacts: PathBuf,
+    _chromedriver: Proc,
+    _profile: TempDir,
+}
+
+impl Browser {
+    fn start(artifacts: PathBuf) -> Self {
+        let port = free_port();
+        let driver: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let chromedriver = Proc(
+            Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver (Debian chromium-driver; scripts/build-console installs it)"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if TcpStream::connect(driver).is_ok() {
+                let (code, body) = http(driver, "GET", "/status", None);
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if code == 200 && v["value"]["ready"] == json!(true) {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = TempDir::new("chromium-profile");
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--window-size=1400,1100",
+                    format!("--user-data-dir={}", profile.0.display()),
+                ]
+            }
+        }}});
+        let (code, body) = http(driver, "POST", "/session", Some(&caps));
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(code, 200, "new session: {v}");
+        let session = v["value"]["sessionId"].as_str().unwrap().to_owned();
+        std::fs::create_dir_all(&artifacts).unwrap();
+        Self {
+            driver,
+            session,
+            artifacts,
+            _chromedriver: chromedriver,
+            _profile: profile,
+        }
+    }
+
+    fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (code, raw) = http(
+            self.driver,
+            method,
+            &format!("/session/{}{path}", self.session),
+            body.as_ref(),
+        );
+        let v: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        assert_eq!(code, 200, "{method} {path}: {v}");
+        v["value"].clone()
+    }
+
+    fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    fn url(&self) -> String {
+        self.cmd("GET", "/url", None)
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// Runs `script` in the page and returns its result.
+    fn js(&self, script: &str) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [] })),
+        )
+    }
+
+    fn element(&self, css: &str) -> String {
+        let v = self.cmd(
+            "POST",
+            "/element",
+            Some(json!({ "using": "css selector", "value": css })),
+        );
+        v[ELEMENT].as_str().expect("element id").to_owned()
+    }
+
+    fn click(&self, css: &str) {
+        let id = self.element(css);
+        self.cmd("POST", &format!("/element/{id}/click"), Some(json!({})));
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css);
+        self.cmd("POST", &format!("/element/{id}/clear"), Some(json!({})));
+        self.cmd(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        );
+    }
+
+    /// The text of the first element matching `css` (empty when there is none).
+    fn text(&self, css: &str) -> String {
+        self.js(&format!(
+            "const e = document.querySelector({}); return e ? e.textContent : '';",
+            json!(css)
+        ))
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+    }
+
+    fn attr(&self, css: &str, name: &str) -> String {
+        self.js(&format!(
+            "const e = document.querySelector({}); return e ? (e.getAttribute({}) || '') : '';",
+            json!(css),
+            json!(name)
+        ))
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+    }
+
+    /// Polls `check` until it holds or `within` passes; on timeout, saves a screenshot and
+    /// fails with `what`.
+    fn wait(&self, within: Duration, what: &str, mut check: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + within;
+        loop {
+            if check(self) {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.screenshot(&format!("failed-{}", what.replace(' ', "-")));
+                panic!("timed out after {within:?} waiting for: {what}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn screenshot(&self, name: &str) {
+        let b64 = self.cmd("GET", "/screenshot", None);
+        let png = base64_decode(b64.as_str().unwrap_or(""));
+        let path = self.artifacts.join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap();
+        eprintln!("screenshot: {}", path.display());
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = http(
+            self.driver,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            None,
+        );
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let clean: Vec<u8> = s
+        .bytes()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        .collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let v: Vec<u32> = chunk.iter().map(|&c| u32::from(val(c))).collect();
+        let n = v.iter().fold(0u32, |acc, x| (acc << 6) | x) << (6 * (4 - v.len()));
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..v.len().saturating_sub(1)]);
+    }
+    out
+}
+
+fn nexus_cache() -> PathBuf {
+    std::env::var_os("NEXUS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/nexus"))
+}
+
+// === the tests ===
+
+/// The browser tests run one at a time: each has its own cluster and browser, and two at
+/// once on a small machine would only make their timing checks flaky.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn console_in_chromium_against_a_live_federated_cluster() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = nexus_cache();
+    let site = cache.join("console-site");
+    assert!(
+        site.join("pkg/nexus_console.js").is_file(),
+        "no console site in {}: run scripts/build-console first",
+        site.display()
+    );
+    let artifacts = cache.join("artifacts/console");
+    let dir = TempDir::new("cluster");
+    let d = |p: &str| dir.0.join(p).display().to_string();
+
+    // Control plane with admin keys required: the console logs in with the bootstrap key.
+    let (_cp, cp) = start(
+        &[
+            "control-plane",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &d("cp"),
+            "--lease-ttl",
+            "3s",
+        ],
+        |line, _| addr_after(line, "listening on "),
+    );
+    let admin_key = std::fs::read_to_string(dir.0.join("cp/admin.key"))
+        .expect("bootstrap admin key")
+        .trim()
+        .to_owned();
+
+    let certs = dir.0.join("certs");
+    let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["federation-certs", "--out", &d("certs"), "--regions"])
+        .arg("a-east,b-west,c-south")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each region dials those after it, so start from the last.
+    let c = gateway(&dir.0, &certs, cp, "c-south", &[]);
+    let b = gateway(&dir.0, &certs, cp, "b-west", &[("c-south", c.federation)]);
+    let a = gateway(
+        &dir.0,
+        &certs,
+        cp,
+        "a-east",
+        &[("b-west", b.federation), ("c-south", c.federation)],
+    );
+
+    let (_console, console) = start(
+        &[
+            "console",
+            "--listen",
+            "127.0.0.1:0",
+            "--control-plane",
+            &cp.to_string(),
+            "--site",
+            &site.display().to_string(),
+        ],
+        |line, _| addr_after(line, "nexus console on http://"),
+    );
+    let base = format!("http://{console}");
+
+    let browser = Browser::start(artifacts);
+
+    // Everything needs a login; a wrong key is refused.
+    browser.goto(&format!("{base}/"));
+    browser.wait(Duration::from_secs(10), "login page", |b| {
+        b.url().ends_with("/login")
+    });
+    browser.type_into("input[name=key]", "nxk_0000000000000000_wrong");
+    browser.click("#login");
+    browser.wait(Duration::from_secs(10), "wrong key refused", |b| {
+        b.text("#flash").contains("does not know that key")
+    });
+    browser.type_into("input[name=key]", &admin_key);
+    browser.click("#login");
+    browser.wait(Duration::from_secs(10), "topology after login", |b| {
+        b.text("h1") == "Global topology"
+    });
+
+    // Every region and every link, up, with an RTT.
+    let regions = ["a-east", "b-west", "c-south"];
+    let links = [
+        "link-a-east-b-west",
+        "link-a-east-c-south",
+        "link-b-west-c-south",
+    ];
+    browser.wait(Duration::from_secs(20), "all regions and links up", |b| {
+        regions
+            .iter()
+            .all(|r| b.attr(&format!("#region-{r}"), "data-state") == "up")
+            && links
+                .iter()
+                .all(|l| b.attr(&format!("#{l}"), "data-state") == "up")
+    });
+    assert!(
+        browser.text("#map").contains(" ms"),
+        "link RTTs on the map: {}",
+        browser.text("#map")
+    );
+
+    // Hydration: the wasm opens the live stream, and a click on the map shows a region's
+    // details beside it (a server-rendered page without the wasm ignores the click).
+    browser.wait(Duration::from_secs(20), "live updates (hydrated)", |b| {
+        b.attr("#live", "data-live") == "live"
+    });
+    assert!(browser.text("#selection").contains("Click a region"));
+    browser.click("#region-b-west circle");
+    browser.wait(
+        Duration::from_secs(5),
+        "the clicked region's details",
+        |b| b.text("#selection h2") == "Selected region: b-west",
+    );
+    browser.screenshot("1-topology-hydrated");
+
+    // Cut b-west off: its region and both its links turn unhealthy on the open page.
+    let url_before = browser.url();
+    drop(b.proc);
+    let cut = Instant::now();
+    browser.wait(Duration::from_secs(10), "b-west and its links down", |b| {
+        b.attr("#region-b-west", "data-state") == "down"
+            && b.attr("#link-a-east-b-west", "data-state") == "down"
+            && b.attr("#link-b-west-c-south", "data-state") == "down"
+            && b.attr("#link-a-east-c-south", "data-state") == "up"
+    });
+    eprintln!("the page showed the cut after {:?}", cut.elapsed());
+    // No reload happened: same URL, and the client-side selection is still there.
+    assert_eq!(browser.url(), url_before);
+    assert_eq!(browser.text("#selection h2"), "Selected region: b-west");
+    browser.screenshot("2-topology-region-down");
+
+    // The region page, then the routes page through the navigation bar: after hydration
+    // these are client-side navigations that load their data from the server functions.
+    browser.click("#selection a");
+    browser.wait(Duration::from_secs(10), "region page", |b| {
+        b.text("h1") == "Region b-west"
+    });
+    assert!(
+        browser.text("main").contains("no longer registered")
+            || browser.text("main").contains("unreachable"),
+        "the dead gateway is shown as such: {}",
+        browser.text("main")
+    );
+    browser.click("header nav a[href='/routes']");
+    browser.wait(Duration::from_secs(10), "routes page", |b| {
+        b.text("h1") == "Routes" && !b.text("#route-form").is_empty()
+    });
+    assert_eq!(browser.url(), format!("{base}/routes"));
+
+    // A route created with the form is visible through nexusctl.
+    browser.type_into("#route-form input[name=name]", "console-orders");
+    browser.type_into("#route-form input[name=subjects]", "orders.>");
+    browser.type_into("#route-form input[name=failover]", "c-south, a-east");
+    browser.type_into("#route-form input[name=description]", "made in the console");
+    browser.click("#route-create");
+    browser.wait(Duration::from_secs(10), "route created", |b| {
+        b.text("#flash").contains("Route console-orders created")
+    });
+    assert!(browser.text("#routes").contains("c-south → a-east"));
+    browser.screenshot("3-route-created");
+    let listed = Command::new(env!("CARGO_BIN_EXE_nexusctl"))
+        .args(["--control-plane", &cp.to_string(), "routes", "list"])
+        .env("NEXUS_ADMIN_KEY", &admin_key)
+        .output()
+        .unwrap();
+    let listed_text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success() && listed_text.contains("console-orders"),
+        "nexusctl routes list: {listed_text} {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(listed_text.contains("c-south,a-east"), "{listed_text}");
+
+    // A key: the form asks for confirmation, then shows the secret once.
+    browser.goto(&format!("{base}/keys"));
+    browser.wait(Duration::from_secs(10), "keys page", |b| {
+        b.text("h1") == "API keys"
+    });
+    browser.type_into("#key-form input[name=name]", "console-billing");
+    browser.type_into("#key-form input[name=publish]", "billing.>");
+    browser.click("#key-create");
+    browser.wait(Duration::from_secs(10), "confirmation", |b| {
+        b.text("#confirm")
+            .contains("Create key \"console-billing\"")
+    });
+    browser.click("#confirm-yes");
+    browser.wait(Duration::from_secs(10), "secret shown", |b| {
+        b.text("#new-secret").starts_with("nxk_")
+    });
+    browser.screenshot("4-key-created");
+    browser.goto(&format!("{base}/keys"));
+    browser.wait(Duration::from_secs(10), "secret gone on reload", |b| {
+        b.text("h1") == "API keys" && b.text("#new-secret").is_empty()
+    });
+    assert!(browser.text("#keys").contains("console-billing"));
+
+    drop(a);
+    drop(c);
+}
+
+/// `nexus dev` starts the console too: its admin API is open, so an empty key logs in, and
+/// the map shows the three dev regions and their links.
+#[test]
+fn nexus_dev_serves_the_console() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = nexus_cache();
+    let site = cache.join("console-site");
+    assert!(
+        site.join("pkg/nexus_console.js").is_file(),
+        "no console site in {}: run scripts/build-console first",
+        site.display()
+    );
+    let dir = TempDir::new("dev");
+    let any = "127.0.0.1:0";
+    let (_dev, console) = start(
+        &[
+            "dev",
+            "--listen",
+            any,
+            "--metrics-listen",
+            any,
+            "--control-plane-listen",
+            any,
+            "--dns-listen",
+            any,
+            "--console-listen",
+            any,
+            "--console-site",
+            &site.display().to_string(),
+            "--dev-dir",
+            &dir.0.display().to_string(),
+        ],
+        |line, _| addr_after(line, "console       http://"),
+    );
+    let browser = Browser::start(cache.join("artifacts/console"));
+    browser.goto(&format!("http://{console}/login"));
+    browser.click("#login");
+    browser.wait(Duration::from_secs(10), "topology", |b| {
+        b.text("h1") == "Global topology"
+    });
+    assert!(browser.text("header").contains("admin API open"));
+    browser.wait(Duration::from_secs(20), "dev regions and links up", |b| {
+        ["us-east", "eu-west", "ap-south"]
+            .iter()
+            .all(|r| b.attr(&format!("#region-{r}"), "data-state") == "up")
+            && [
+                "link-ap-south-eu-west",
+                "link-ap-south-us-east",
+                "link-eu-west-us-east",
+            ]
+            .iter()
+            .all(|l| b.attr(&format!("#{l}"), "data-state") == "up")
+            && b.attr("#live", "data-live") == "live"
+    });
+    browser.screenshot("5-nexus-dev-topology");
+}
