@@ -32,7 +32,7 @@ pub struct GatewayArgs {
     /// Control plane to register with and take config from, e.g. http://127.0.0.1:7400.
     #[arg(long, env = "NEXUS_CONTROL_PLANE")]
     pub control_plane: Option<String>,
-    /// Directory for the last good config snapshot.
+    /// Directory for the last good config snapshot and the replication spool.
     #[arg(long, env = "NEXUS_STATE_DIR")]
     pub state_dir: Option<String>,
     /// API keys: `required` (default) or `off` (anyone may do anything; development only).

@@ -103,7 +103,14 @@ pub async fn run(
             .await
             .with_context(|| format!("gateway for {region}"))?;
         let fed = p.fed.clone();
-        bridges.push((fed, p.attach(gw.router.clone())));
+        let spool = nexus_federation::bridge::SpoolConfig {
+            path: opts
+                .dir
+                .join(format!("gateway-{region}"))
+                .join("spool.redb"),
+            limits: Default::default(),
+        };
+        bridges.push((fed, p.attach(gw.router.clone(), spool)?));
         gateways.push((region, fed_addr, gw));
     }
 

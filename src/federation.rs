@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use nexus_federation::bridge::RegionRouter;
+use nexus_federation::bridge::{RegionRouter, SpoolConfig};
 use nexus_federation::link::{Federation, LinkEvent};
+use nexus_federation::spool::Limits;
 use nexus_federation::tls::{FederationCa, Identity};
 use tokio::sync::mpsc;
 
@@ -30,6 +31,36 @@ pub struct FederationArgs {
     /// The federation CA certificate (PEM).
     #[arg(long, env = "NEXUS_FEDERATION_CA")]
     pub federation_ca: Option<PathBuf>,
+    /// The replication spool of async/sync routes (a redb file); default
+    /// <state_dir>/spool.redb.
+    #[arg(long, env = "NEXUS_SPOOL_PATH")]
+    pub spool_path: Option<PathBuf>,
+    /// Largest total size of the spool, in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub spool_max_bytes: u64,
+    /// Spooled messages older than this many seconds are deleted unsent (and counted).
+    #[arg(long, default_value_t = 86_400)]
+    pub spool_max_age_s: u64,
+    /// When the spool is full: `reject` new publishes with an error, or `drop_oldest`.
+    #[arg(long, default_value = "reject")]
+    pub spool_overflow: nexus_federation::spool::Overflow,
+}
+
+impl FederationArgs {
+    /// The spool settings, with the file under `state_dir` unless given.
+    pub fn spool(&self, state_dir: &Path) -> SpoolConfig {
+        SpoolConfig {
+            path: self
+                .spool_path
+                .clone()
+                .unwrap_or_else(|| state_dir.join("spool.redb")),
+            limits: Limits {
+                max_bytes: self.spool_max_bytes,
+                max_age_ms: (self.spool_max_age_s.min(i64::MAX as u64 / 1000) * 1000) as i64,
+                overflow: self.spool_overflow,
+            },
+        }
+    }
 }
 
 fn parse_peer(s: &str) -> Result<(String, SocketAddr), String> {
@@ -55,13 +86,19 @@ impl Pending {
         Ok(self.fed.local_addr()?)
     }
 
-    /// Joins the links to the running gateway and starts dialling peers.
-    pub fn attach(self, router: Arc<nexus_gateway::router::Router>) -> Arc<RegionRouter> {
-        let bridge = RegionRouter::start(router, self.fed.clone(), self.events);
+    /// Joins the links to the running gateway (opening or recovering its spool) and starts
+    /// dialling peers.
+    pub fn attach(
+        self,
+        router: Arc<nexus_gateway::router::Router>,
+        spool: SpoolConfig,
+    ) -> anyhow::Result<Arc<RegionRouter>> {
+        let bridge = RegionRouter::start(router, self.fed.clone(), self.events, spool)
+            .context("cannot open the replication spool")?;
         for (region, addr) in &self.peers {
             self.fed.maintain(*addr, region);
         }
-        bridge
+        Ok(bridge)
     }
 }
 

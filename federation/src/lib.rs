@@ -4,9 +4,16 @@
 //! - [`interest`]: which subjects each region wants (sans-I/O); only those cross the WAN.
 //! - [`link`]: QUIC links between gateways: the link protocol (`nexus.v1.LinkFrame`),
 //!   reconnection with backoff and resynchronisation, and RTT per link.
-//! - [`bridge`]: joins a gateway's router to its links (interest out, forwards in and out).
+//! - [`routes`]: which route governs a subject and which regions its policy picks
+//!   (sans-I/O, with damping against flapping).
+//! - [`spool`]: the durable replication spool of `async` / `sync` routes (sans-I/O queues and
+//!   quorum bookkeeping, redb on disk).
+//! - [`bridge`]: joins a gateway's router to its links (interest out, forwards in and out,
+//!   spool pumps, remote requests).
 
 pub mod bridge;
 pub mod interest;
 pub mod link;
+pub mod routes;
+pub mod spool;
 pub mod tls;

@@ -67,6 +67,16 @@ pub enum LinkEvent {
         region: String,
         reply: RemoteReply,
     },
+    /// A message of an `async` / `sync` route from `region`'s spool.
+    Spooled {
+        region: String,
+        spooled: nexus_proto::v1::Spooled,
+    },
+    /// `region` recorded our spooled messages up to `up_to`.
+    SpoolAck {
+        region: String,
+        up_to: u64,
+    },
     Down {
         region: String,
         reason: String,
@@ -87,6 +97,8 @@ pub struct Federation {
     client: quinn::ClientConfig,
     events: mpsc::Sender<LinkEvent>,
     links: Mutex<HashMap<String, Link>>,
+    /// Regions configured as peers (dialled by one side or the other).
+    peers: Mutex<std::collections::BTreeSet<String>>,
     stop: CancellationToken,
 }
 
@@ -157,6 +169,7 @@ impl Federation {
             client,
             events,
             links: Mutex::new(HashMap::new()),
+            peers: Mutex::new(Default::default()),
             stop: CancellationToken::new(),
         });
         tokio::spawn(fed.clone().accept_loop());
@@ -175,6 +188,7 @@ impl Federation {
     /// backoff (100 ms doubling to 5 s) whenever it drops. Does nothing when the peer's
     /// name sorts first (it dials us).
     pub fn maintain(self: &Arc<Self>, addr: SocketAddr, peer_region: &str) {
+        self.peers.lock().insert(peer_region.to_owned());
         if peer_region <= self.region.as_str() {
             return;
         }
@@ -182,6 +196,7 @@ impl Federation {
         let peer = peer_region.to_owned();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
+            let mut failures = 0u32;
             loop {
                 if fed.stop.is_cancelled() {
                     return;
@@ -189,6 +204,7 @@ impl Federation {
                 let started = tokio::time::Instant::now();
                 match fed.dial(addr, &peer).await {
                     Ok(conn) => {
+                        failures = 0;
                         let reason = tokio::select! {
                             e = conn.closed() => e.to_string(),
                             _ = fed.stop.cancelled() => return,
@@ -198,7 +214,15 @@ impl Federation {
                             backoff = Duration::from_millis(100);
                         }
                     }
-                    Err(e) => tracing::debug!(peer = %peer, error = %e, "federation dial failed"),
+                    Err(e) => {
+                        // Loud once per outage, quiet while it lasts.
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(peer = %peer, %addr, error = %e, "federation dial failed; retrying with backoff");
+                        } else {
+                            tracing::debug!(peer = %peer, error = %e, failures, "federation dial failed");
+                        }
+                    }
                 }
                 tokio::select! {
                     _ = fed.stop.cancelled() => return,
@@ -348,15 +372,18 @@ impl Federation {
         let r = region.clone();
         tokio::spawn(async move {
             while let Ok(Some(f)) = read_frame(&mut control_recv).await {
-                if let Some(Kind::Interest(update)) = f.kind {
-                    let _ = fed
-                        .events
-                        .send(LinkEvent::Interest {
-                            region: r.clone(),
-                            update,
-                        })
-                        .await;
-                }
+                let event = match f.kind {
+                    Some(Kind::Interest(update)) => LinkEvent::Interest {
+                        region: r.clone(),
+                        update,
+                    },
+                    Some(Kind::SpoolAck(ack)) => LinkEvent::SpoolAck {
+                        region: r.clone(),
+                        up_to: ack.up_to,
+                    },
+                    _ => continue,
+                };
+                let _ = fed.events.send(event).await;
             }
         });
         let fed = self.clone();
@@ -384,6 +411,17 @@ impl Federation {
                             .send(LinkEvent::Request {
                                 region: r.clone(),
                                 request,
+                            })
+                            .await;
+                    }
+                    Ok(Some(LinkFrame {
+                        kind: Some(Kind::Spooled(spooled)),
+                    })) => {
+                        let _ = fed
+                            .events
+                            .send(LinkEvent::Spooled {
+                                region: r.clone(),
+                                spooled,
                             })
                             .await;
                     }
@@ -482,9 +520,24 @@ impl Federation {
             .is_some_and(|l| l.data.try_send(LinkFrame { kind: Some(kind) }).is_ok())
     }
 
+    /// Queues a control frame (small, never behind data) for `region` without waiting.
+    pub fn try_send_control(&self, region: &str, kind: Kind) -> bool {
+        self.links
+            .lock()
+            .get(region)
+            .is_some_and(|l| l.control.try_send(LinkFrame { kind: Some(kind) }).is_ok())
+    }
+
     /// Round-trip time of the link to `region`, as QUIC measures it continuously.
     pub fn rtt(&self, region: &str) -> Option<Duration> {
         self.links.lock().get(region).map(|l| l.conn.rtt())
+    }
+
+    /// Regions this endpoint keeps dialling (its configured peers).
+    pub fn peers(&self) -> Vec<String> {
+        let mut r: Vec<String> = self.peers.lock().iter().cloned().collect();
+        r.sort();
+        r
     }
 
     pub fn connected_regions(&self) -> Vec<String> {

@@ -10,7 +10,7 @@
 //! 4. Each delivery is queued on the target session's [`outbound`] queue, bounded in bytes,
 //!    where the slow-consumer policy applies; its response stream batches frames out.
 //!
-//! [`metrics`] holds the Prometheus series, [`http`] serves them, [`trace`] carries W3C
+//! [`metrics`] holds the Prometheus series, [`http`] serves them and the JSON [`status`], [`trace`] carries W3C
 //! trace context in message headers, [`server`] starts and gracefully stops it all.
 //! The subject table and balancer are sans-I/O: plain data structures with injected time.
 
@@ -27,6 +27,7 @@ pub mod router;
 pub mod server;
 pub mod service;
 pub mod session;
+pub mod status;
 pub mod streams;
 pub mod subject_table;
 pub mod trace;

@@ -89,7 +89,32 @@ label_enum! {
 
 label_enum! {
     /// What happened to a message at a federation link.
-    FederationOutcome { Forwarded => "forwarded", Dropped => "dropped", Received => "received" }
+    FederationOutcome {
+        Forwarded => "forwarded",
+        Dropped => "dropped",
+        Received => "received",
+        Spooled => "spooled",
+        Duplicate => "duplicate",
+    }
+}
+
+label_enum! {
+    /// Why spooled messages were deleted without delivery.
+    SpoolLoss { Overflow => "overflow", Expired => "expired" }
+}
+
+/// Replication spool series are per (route, region): label values come from the control
+/// plane's route names and region names, so they are strings.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpoolLabels {
+    pub route: String,
+    pub region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpoolLossLabels {
+    pub region: String,
+    pub reason: SpoolLoss,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,6 +157,14 @@ pub struct GatewayMetrics {
     pub federation_messages: Family<FederationLabels, Counter>,
     /// Federation links currently up.
     pub federation_links: Gauge,
+    /// Messages in the replication spool not yet confirmed by their region.
+    pub spool_depth: Family<SpoolLabels, Gauge>,
+    /// Age of the oldest unconfirmed spooled message, in milliseconds.
+    pub replication_lag_ms: Family<SpoolLabels, Gauge>,
+    /// Spooled messages deleted without delivery (overflow policy drop_oldest, age limit).
+    pub spool_lost: Family<SpoolLossLabels, Counter>,
+    /// Bytes in the replication spool.
+    pub spool_bytes: Gauge,
     /// Pre-resolved (messages, bytes) counters per pattern and direction, so the hot path is
     /// two atomic adds without the family's lock.
     traffic_counters: [[(Counter, Counter); 2]; 4],
@@ -168,6 +201,10 @@ impl GatewayMetrics {
             config_updates: Counter::default(),
             federation_messages: Family::default(),
             federation_links: Gauge::default(),
+            spool_depth: Family::default(),
+            replication_lag_ms: Family::default(),
+            spool_lost: Family::default(),
+            spool_bytes: Gauge::default(),
             registry: Registry::default(),
             traffic_counters: Default::default(),
         };
@@ -263,13 +300,33 @@ impl GatewayMetrics {
         );
         registry.register(
             "federation_messages",
-            "Messages at federation links: forwarded to, dropped for (link down or full), or received from other regions",
+            "Messages at federation links: forwarded to, dropped for (link down or full), received from other regions, spooled for them (async/sync), or duplicates discarded on arrival",
             m.federation_messages.clone(),
         );
         registry.register(
             "federation_links",
             "Federation links to other regions that are up",
             m.federation_links.clone(),
+        );
+        registry.register(
+            "spool_depth",
+            "Messages of async/sync routes spooled for a region and not yet confirmed by it",
+            m.spool_depth.clone(),
+        );
+        registry.register(
+            "replication_lag_ms",
+            "Age in milliseconds of the oldest spooled message a region has not confirmed",
+            m.replication_lag_ms.clone(),
+        );
+        registry.register(
+            "spool_lost",
+            "Spooled messages deleted without delivery, by reason (overflow, expired)",
+            m.spool_lost.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes held in the replication spool",
+            m.spool_bytes.clone(),
         );
         let traffic_counters = [
             Pattern::Pub,
@@ -299,6 +356,13 @@ impl GatewayMetrics {
         let (messages, bytes) = &self.traffic_counters[pattern as usize][direction as usize];
         messages.inc();
         bytes.inc_by(payload_len as u64);
+    }
+
+    /// Messages of `pattern` counted so far in `direction`.
+    pub fn traffic_count(&self, pattern: Pattern, direction: Direction) -> u64 {
+        self.traffic_counters[pattern as usize][direction as usize]
+            .0
+            .get()
     }
 
     pub fn federation(&self, outcome: FederationOutcome) {

@@ -366,6 +366,49 @@ impl Router {
         self.draining.load(Ordering::Relaxed)
     }
 
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Every subscription group, for status output.
+    pub fn groups(&self) -> Vec<Arc<Group>> {
+        self.groups.lock().values().cloned().collect()
+    }
+
+    /// The federation hook, when this gateway is federated.
+    pub fn remote(&self) -> Option<&Arc<dyn crate::remote::Remote>> {
+        self.remote.get()
+    }
+
+    /// Whether any local subscription matches `subject`.
+    pub fn has_local_interest(&self, subject: &str) -> bool {
+        let mut any = false;
+        self.table.load().for_each_match(subject, |g| {
+            any |= !g.members().is_empty();
+        });
+        any
+    }
+
+    /// Where a message on `subject` published here would go now, and why (JSON).
+    pub fn explain(&self, subject: &str) -> serde_json::Value {
+        let mut local = Vec::new();
+        self.table.load().for_each_match(subject, |g| {
+            local.push(serde_json::json!({
+                "pattern": &*g.pattern,
+                "queue_group": g.queue.as_deref(),
+                "members": g.members().len(),
+            }));
+        });
+        let local_interest = !local.is_empty();
+        serde_json::json!({
+            "region": self.cfg.region,
+            "gateway_id": self.cfg.gateway_id,
+            "subject": subject,
+            "local": local,
+            "federation": self.remote.get().map(|r| r.explain(subject, local_interest)),
+        })
+    }
+
     fn elapsed_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -454,41 +497,54 @@ impl Router {
 
     // --- publish ---
 
-    /// Routes a message to every matching subscription; returns how many received it.
+    /// Routes a message to every matching subscription and hands it to the federation hook;
+    /// returns how many local subscriptions received it, and the receipt to wait for before
+    /// acknowledging the publisher when the subject's route replicates durably.
     /// The last delivery takes the message's strings by move, so a message with one
     /// subscriber is routed without copying anything.
-    pub async fn publish(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
-        if let Some(remote) = self.remote.get() {
-            remote.publish(&msg);
-        }
-        self.publish_local(msg, scratch).await
+    pub async fn publish(
+        &self,
+        msg: Delivery,
+        scratch: &mut Vec<Arc<Member>>,
+    ) -> (u32, Option<crate::remote::PublishReceipt>) {
+        self.collect_members(&msg.subject, scratch);
+        let receipt = match self.remote.get() {
+            Some(remote) => remote.publish(&msg, !scratch.is_empty()),
+            None => None,
+        };
+        (self.deliver_to(msg, scratch).await, receipt)
     }
 
     /// Delivers a message that came from another region to local subscribers only.
     pub async fn deliver_from_region(&self, msg: Delivery) -> u32 {
-        self.publish_local(msg, &mut Vec::new()).await
+        let mut scratch = Vec::new();
+        self.collect_members(&msg.subject, &mut scratch);
+        self.deliver_to(msg, &mut scratch).await
     }
 
-    async fn publish_local(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
+    /// The members a message on `subject` goes to: every member of plain groups, one
+    /// balancer-chosen member of each queue group.
+    fn collect_members(&self, subject: &str, scratch: &mut Vec<Arc<Member>>) {
         scratch.clear();
         // The clock is read only when a queue group's balancer needs it: plain
         // subscriptions (the common case) never do, and `clock_gettime` per message was
         // ~2 % of the pub/sub profile.
         let mut now = None;
-        {
-            let table = self.table.load();
-            table.for_each_match(&msg.subject, |group| {
-                if group.is_queue() {
-                    let now = *now.get_or_insert_with(Instant::now);
-                    if let Some(m) = group.pick(now) {
-                        self.metrics.balancer_picks.inc();
-                        scratch.push(m);
-                    }
-                } else {
-                    scratch.extend(group.members.load().iter().cloned());
+        let table = self.table.load();
+        table.for_each_match(subject, |group| {
+            if group.is_queue() {
+                let now = *now.get_or_insert_with(Instant::now);
+                if let Some(m) = group.pick(now) {
+                    self.metrics.balancer_picks.inc();
+                    scratch.push(m);
                 }
-            });
-        }
+            } else {
+                scratch.extend(group.members.load().iter().cloned());
+            }
+        });
+    }
+
+    async fn deliver_to(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
         let payload_len = msg.payload.len();
         let size = message_size(&msg.subject, &msg.reply_to, &msg.headers, payload_len);
         let mut msg = Some(msg);

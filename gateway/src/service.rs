@@ -147,7 +147,14 @@ impl Gateway for GatewayService {
             id: id.clone(),
         };
         let mut scratch = Vec::new();
-        let delivered = self.router.publish(delivery, &mut scratch).await;
+        let (delivered, receipt) = self.router.publish(delivery, &mut scratch).await;
+        if let Some(receipt) = receipt {
+            match receipt.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(status_for(e.code, e.message)),
+                Err(_) => return Err(Status::unavailable("gateway is shutting down")),
+            }
+        }
         Ok(Response::new(v1::PublishResponse { id, delivered }))
     }
 

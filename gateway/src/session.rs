@@ -475,16 +475,43 @@ impl Session {
             headers: p.headers,
             payload: p.payload,
         };
-        let delivered = self
+        let (delivered, receipt) = self
             .router
             .publish(delivery, &mut self.scratch)
             .instrument(span)
             .await;
-        if p.ack_id != 0 {
-            self.send_control(Kind::Ack(v1::Ack {
-                ack_id: p.ack_id,
-                delivered,
-            }));
+        let ack_id = p.ack_id;
+        match receipt {
+            None if ack_id != 0 => self.send_control(Kind::Ack(v1::Ack { ack_id, delivered })),
+            None => {}
+            // The route replicates durably: acknowledge once the spool (async) or the
+            // regions (sync) have it, without holding up this session's other frames. A
+            // publish without ack_id that fails its contract still gets an Error frame.
+            Some(receipt) => {
+                let conn = self.conn.clone();
+                tokio::spawn(async move {
+                    let result = receipt.await.unwrap_or_else(|_| {
+                        Err(error(ErrorCode::Unavailable, "gateway is shutting down", 0))
+                    });
+                    let kind = match result {
+                        Ok(()) if ack_id == 0 => return,
+                        Ok(()) => Kind::Ack(v1::Ack { ack_id, delivered }),
+                        Err(mut e) => {
+                            e.ref_id = ack_id;
+                            if ack_id == 0 {
+                                Kind::Error(e)
+                            } else {
+                                Kind::Nack(v1::Nack {
+                                    ack_id,
+                                    reply_to: String::new(),
+                                    error: Some(e),
+                                })
+                            }
+                        }
+                    };
+                    conn.outbound.send_control(frame(kind));
+                });
+            }
         }
     }
 

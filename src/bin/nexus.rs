@@ -134,12 +134,10 @@ async fn main() -> std::process::ExitCode {
         }
         Command::ControlPlane(args) => run_control_plane(args).await,
         Command::Dev(args) => run_dev(args).await,
-        Command::Console(args) => {
-            match nexus::telemetry::init("nexus-console") {
-                Ok(_telemetry) => nexus::console::run(args, shutdown_signal()).await,
-                Err(e) => Err(e),
-            }
-        }
+        Command::Console(args) => match nexus::telemetry::init("nexus-console") {
+            Ok(_telemetry) => nexus::console::run(args, shutdown_signal()).await,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -268,8 +266,10 @@ async fn run_gateway(
             );
         }
         let fed = p.fed.clone();
-        (fed, p.attach(gateway.router.clone()))
+        let spool = federation.spool(std::path::Path::new(&cfg.state_dir));
+        p.attach(gateway.router.clone(), spool).map(|b| (fed, b))
     });
+    let links = links.transpose()?;
     println!(
         "nexus gateway {} (region {}) listening on {}, metrics on {}",
         gateway.gateway_id, cfg.region, gateway.grpc_addr, gateway.metrics_addr

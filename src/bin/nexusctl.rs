@@ -142,6 +142,15 @@ enum RoutesCmd {
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         expect_version: i64,
     },
+    /// Where a message on SUBJECT published in a region would go now, and why: the route
+    /// that applies, each region's interest, link state, RTT and cost, and the choice.
+    Explain {
+        subject: String,
+        /// The region the message would be published in (asks one of its live gateways);
+        /// may be left out when there is only one region.
+        #[arg(long)]
+        from: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -302,6 +311,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     name,
                     expect_version,
                 } => admin::routes_delete(&mut a, &name, expect_version, out).await?,
+                RoutesCmd::Explain { subject, from } => {
+                    admin::routes_explain(&mut a, &subject, from.as_deref(), out).await?
+                }
             }
         }
         Command::Schemas(cmd) => {

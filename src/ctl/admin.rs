@@ -80,6 +80,9 @@ pub struct RouteSpec {
     pub consistency: String,
     #[serde(default)]
     pub sync_quorum: u32,
+    /// Sync: how long a publish waits for its quorum (default 5000 ms).
+    #[serde(default)]
+    pub sync_timeout_ms: u32,
     #[serde(default)]
     pub description: String,
 }
@@ -140,6 +143,7 @@ impl RouteSpec {
             failover: self.failover,
             consistency: consistency_from(&self.consistency)? as i32,
             sync_quorum: self.sync_quorum,
+            sync_timeout_ms: self.sync_timeout_ms,
             description: self.description,
             ..Default::default()
         })
@@ -171,6 +175,7 @@ fn route_json(r: &Route) -> serde_json::Value {
         "failover": r.failover,
         "consistency": consistency_name(r.consistency),
         "sync_quorum": r.sync_quorum,
+        "sync_timeout_ms": r.sync_timeout_ms,
         "description": r.description,
         "version": r.version,
         "updated_at_ms": r.updated_at_ms,
@@ -866,4 +871,247 @@ pub async fn topology(c: &mut Admin, output: Output) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+// === route explain ===
+
+/// Percent-encodes a subject for a query string.
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A plain HTTP/1.1 GET of a gateway's operator endpoint; returns (status, body).
+async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("connecting to gateway {addr} timed out"))?
+    .with_context(|| format!("cannot connect to gateway {addr}"))?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut raw),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("gateway {addr} did not answer within 10 s"))??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("malformed HTTP answer from gateway {addr}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("malformed HTTP status from gateway {addr}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub async fn routes_explain(
+    c: &mut Admin,
+    subject: &str,
+    from: Option<&str>,
+    output: Output,
+) -> anyhow::Result<()> {
+    nexus_proto::subject::validate_subject(subject).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gateways = call(
+        c.list_gateways(ListGatewaysRequest {
+            region: from.unwrap_or_default().into(),
+        })
+        .await,
+    )?
+    .gateways;
+    let gw = match from {
+        Some(region) => gateways.first().ok_or_else(|| {
+            anyhow::anyhow!(
+                "region {region:?} has no live gateway registered with the control plane"
+            )
+        })?,
+        None => {
+            let mut regions: Vec<&str> = gateways.iter().map(|g| g.region.as_str()).collect();
+            regions.sort();
+            regions.dedup();
+            match regions.len() {
+                0 => bail!("no live gateway is registered with the control plane"),
+                1 => &gateways[0],
+                _ => bail!(
+                    "gateways run in several regions ({}): choose one with --from",
+                    regions.join(", ")
+                ),
+            }
+        }
+    };
+    if gw.metrics_addr.is_empty() {
+        bail!(
+            "gateway {} did not register an HTTP (metrics) address",
+            gw.id
+        );
+    }
+    let (status, body) = http_get(
+        &gw.metrics_addr,
+        &format!("/v1/explain?subject={}", query_escape(subject)),
+    )
+    .await?;
+    if status != 200 {
+        bail!("gateway {} refused: {}", gw.id, body.trim());
+    }
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .with_context(|| format!("gateway {} sent malformed JSON", gw.id))?;
+    match output {
+        Output::Json => print_json(&v),
+        Output::Text => print_explain(&v),
+    }
+    Ok(())
+}
+
+fn print_explain(v: &serde_json::Value) {
+    let s = |x: &serde_json::Value| match x {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.1}"),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    };
+    println!(
+        "subject {} published in {} (gateway {})",
+        s(&v["subject"]),
+        s(&v["region"]),
+        s(&v["gateway_id"])
+    );
+    let local = v["local"].as_array().cloned().unwrap_or_default();
+    if local.is_empty() {
+        println!("local subscriptions: none");
+    } else {
+        for l in &local {
+            println!(
+                "local subscription {} {}({} member(s))",
+                s(&l["pattern"]),
+                match &l["queue_group"] {
+                    serde_json::Value::String(q) => format!("queue {q} "),
+                    _ => String::new(),
+                },
+                s(&l["members"])
+            );
+        }
+    }
+    let f = &v["federation"];
+    if f.is_null() {
+        println!("federation: off (this gateway has no links to other regions)");
+        return;
+    }
+    let r = &f["route"];
+    println!(
+        "route {} (version {}, pattern {}): policy {}, consistency {}, failover [{}]",
+        s(&r["name"]),
+        s(&r["version"]),
+        s(&r["matched_pattern"]),
+        s(&r["policy"]),
+        s(&r["consistency"]),
+        r["failover"]
+            .as_array()
+            .map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    );
+    println!("config version {}", s(&f["config_version"]));
+    let rows: Vec<Vec<String>> = f["regions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            vec![
+                s(&c["region"]),
+                if c["interest"] == true { "yes" } else { "no" }.into(),
+                s(&c["link"]),
+                s(&c["rtt_ms"]),
+                s(&c["service_ms"]),
+                s(&c["in_flight"]),
+                s(&c["cost_ms"]),
+                s(&c["spool_depth"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no other regions known");
+    } else {
+        print_table(
+            &[
+                "REGION",
+                "INTEREST",
+                "LINK",
+                "RTT_MS",
+                "SERVICE_MS",
+                "IN_FLIGHT",
+                "COST_MS",
+                "SPOOLED",
+            ],
+            &rows,
+        );
+    }
+    let targets = |x: &serde_json::Value| {
+        let r: Vec<String> = x["regions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(s)
+            .collect();
+        if r.is_empty() {
+            "no other region".to_owned()
+        } else {
+            r.join(", ")
+        }
+    };
+    println!(
+        "publish: {}{} — {}",
+        if f["publish"]["local"] == true {
+            "local subscribers, "
+        } else {
+            ""
+        },
+        targets(&f["publish"]),
+        s(&f["publish"]["reason"])
+    );
+    println!(
+        "request with no local responder: {} — {}",
+        targets(&f["request_without_local_responder"]),
+        s(&f["request_without_local_responder"]["reason"])
+    );
 }

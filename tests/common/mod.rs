@@ -78,14 +78,27 @@ impl Gateway {
 
     /// Starts a gateway with extra command-line arguments (e.g. `--control-plane`).
     pub fn start_with_args(args: &[&str]) -> Self {
+        // Each gateway gets its own state directory (config snapshot, replication spool),
+        // kept across `restart`, unless the test names one.
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let dir = if args.iter().any(|a| a == "--state-dir") {
+            None
+        } else {
+            let d = tempdir::Dir::new("gw-state");
+            args.push("--state-dir".into());
+            args.push(d.0.display().to_string());
+            Some(d)
+        };
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut g = Self::spawn_full(
             None,
             "127.0.0.1:0".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
             &[],
-            args,
+            &refs,
         );
-        g.extra = args.iter().map(|a| a.to_string()).collect();
+        g.extra = args;
+        g._dir = dir;
         g
     }
 
@@ -128,7 +141,11 @@ impl Gateway {
             .arg(grpc.to_string())
             .arg("--metrics-listen")
             .arg(metrics.to_string())
-            .env("RUST_LOG", "warn")
+            // NEXUS_TEST_GATEWAY_LOG raises the gateways' log level when debugging a test.
+            .env(
+                "RUST_LOG",
+                std::env::var("NEXUS_TEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env_remove("NEXUS_CONTROL_PLANE")
             .env_remove("NEXUS_AUTH")
             .env_remove("NEXUS_CONFIG")

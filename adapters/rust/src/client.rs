@@ -438,6 +438,7 @@ impl Client {
                 return Err(Error::Timeout {
                     subject: subject.to_owned(),
                     after: t,
+                    detail: None,
                 });
             }
         };
@@ -590,6 +591,7 @@ impl Client {
                 Err(Error::Timeout {
                     subject: subject.to_owned(),
                     after: timeout,
+                    detail: None,
                 })
             }
         }
@@ -697,6 +699,7 @@ impl Client {
             Err(_) => Err(Error::Timeout {
                 subject: subject.to_owned(),
                 after: t,
+                detail: None,
             }),
         }
     }

@@ -524,6 +524,7 @@ async fn establish(shared: &Shared, endpoint: &Endpoint) -> Result<Session> {
         .map_err(|_| Error::Timeout {
             subject: "<handshake>".into(),
             after: cfg.connect_timeout,
+            detail: None,
         })??;
     let mut frames = batch.frames.into_iter();
     let welcome = match frames.next().and_then(|f| f.kind) {

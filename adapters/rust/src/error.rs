@@ -27,12 +27,15 @@ pub enum Error {
         subject: String,
     },
     /// A request (or stream open) got no answer in time.
-    #[error("request to {subject:?} timed out after {after:?}")]
+    #[error("request to {subject:?} timed out after {after:?}{}", .detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
     Timeout {
         /// The request subject.
         subject: String,
         /// The timeout that elapsed.
         after: Duration,
+        /// The gateway's explanation, when the timeout was its verdict (for example a
+        /// `sync` route whose regions did not confirm in time).
+        detail: Option<String>,
     },
     /// The responder refused the request (`ServiceError`) or vanished before answering.
     #[error("service error: {message}")]
@@ -197,6 +200,7 @@ pub(crate) fn from_code(code: i32, message: String, subject: &str, after: Durati
         Ok(C::Timeout) => Error::Timeout {
             subject: subject.to_owned(),
             after,
+            detail: (!message.is_empty()).then_some(message),
         },
         Ok(C::ServiceError) => Error::Service { message },
         Ok(C::Denied) => Error::Denied { message },
