@@ -345,6 +345,16 @@ impl Browser {
         self.cmd("POST", &format!("/element/{id}/click"), Some(json!({})));
     }
 
+    fn click_xpath(&self, xpath: &str) {
+        let v = self.cmd(
+            "POST",
+            "/element",
+            Some(json!({ "using": "xpath", "value": xpath })),
+        );
+        let id = v[ELEMENT].as_str().expect("element id").to_owned();
+        self.cmd("POST", &format!("/element/{id}/click"), Some(json!({})));
+    }
+
     fn type_into(&self, css: &str, text: &str) {
         let id = self.element(css);
         self.cmd("POST", &format!("/element/{id}/clear"), Some(json!({})));
@@ -656,6 +666,72 @@ fn console_in_chromium_against_a_live_federated_cluster() {
     });
     assert!(browser.text("#keys").contains("console-billing"));
 
+    // Revoking it takes a confirmation too.
+    browser.click_xpath("//tr[td[text()='console-billing']]//button[contains(., 'Revoke')]");
+    browser.wait(Duration::from_secs(10), "revoke confirmation", |b| {
+        b.text("#confirm").contains("Revoke key console-billing")
+    });
+    browser.click("#confirm-yes");
+    browser.wait(Duration::from_secs(10), "key revoked", |b| {
+        b.text("#flash").contains("revoked")
+            && b.js("return [...document.querySelectorAll('#keys tr')].some(r => r.textContent.includes('console-billing') && r.textContent.includes('revoked'))") == json!(true)
+    });
+
+    // Schemas: two versions registered with nexusctl, their diff, and a draft checked.
+    let nexusctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_nexusctl"))
+            .args(["--control-plane", &cp.to_string()])
+            .args(args)
+            .env("NEXUS_ADMIN_KEY", &admin_key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nexusctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let v1 = dir.0.join("v1.json");
+    let v2 = dir.0.join("v2.json");
+    std::fs::write(
+        &v1,
+        r#"{"type":"object","properties":{"id":{"type":"integer"}},"required":["id"]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        &v2,
+        r#"{"type":"object","properties":{"id":{"type":"integer"},"note":{}},"required":["id"]}"#,
+    )
+    .unwrap();
+    for f in [&v1, &v2] {
+        nexusctl(&[
+            "schemas",
+            "register",
+            "orders.created",
+            "-f",
+            &f.display().to_string(),
+        ]);
+    }
+    browser.goto(&format!("{base}/schemas/orders.created"));
+    browser.wait(Duration::from_secs(10), "schema page with a diff", |b| {
+        b.text("h1") == "Schema orders.created"
+            && b.js("return [...document.querySelectorAll('#diff .added')].some(e => e.textContent.includes('\"note\"'))") == json!(true)
+    });
+    browser.type_into(
+        "#check-form textarea[name=draft]",
+        r#"{"type":"object","properties":{"id":{"type":"string"}},"required":["id"]}"#,
+    );
+    browser.click("#check-submit");
+    browser.wait(
+        Duration::from_secs(10),
+        "incompatible draft explained",
+        |b| {
+            let r = b.text("#check-result");
+            r.contains("Not compatible") && r.contains("/properties/id")
+        },
+    );
+    browser.screenshot("5-schema-check");
+
     drop(a);
     drop(c);
 }
@@ -728,5 +804,5 @@ fn nexus_dev_serves_the_console() {
             .all(|l| b.attr(&format!("#{l}"), "data-state") == link_up)
             && b.attr("#live", "data-live") == "live"
     });
-    browser.screenshot("5-nexus-dev-topology");
+    browser.screenshot("6-nexus-dev-topology");
 }
