@@ -274,6 +274,7 @@ impl Browser {
         let profile = TempDir::new("chromium-profile");
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
                 "args": [
@@ -400,6 +401,24 @@ impl Browser {
                 panic!("timed out after {within:?} waiting for: {what}");
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Fails if the page's wasm panicked (console_error_panic_hook logs "panicked at") or a
+    /// hydration error was logged; prints every error the browser logged.
+    fn assert_no_client_errors(&self) {
+        let logs = self.cmd("POST", "/se/log", Some(json!({ "type": "browser" })));
+        for entry in logs.as_array().into_iter().flatten() {
+            let level = entry["level"].as_str().unwrap_or("");
+            let message = entry["message"].as_str().unwrap_or("");
+            if level == "SEVERE" {
+                eprintln!("browser: {message}");
+            }
+            assert!(
+                !message.contains("panicked at")
+                    && !message.to_lowercase().contains("hydration error"),
+                "the browser logged: {message}"
+            );
         }
     }
 
@@ -731,6 +750,7 @@ fn console_in_chromium_against_a_live_federated_cluster() {
         },
     );
     browser.screenshot("5-schema-check");
+    browser.assert_no_client_errors();
 
     drop(a);
     drop(c);
@@ -805,4 +825,5 @@ fn nexus_dev_serves_the_console() {
             && b.attr("#live", "data-live") == "live"
     });
     browser.screenshot("6-nexus-dev-topology");
+    browser.assert_no_client_errors();
 }
