@@ -608,3 +608,80 @@ async fn kill_9_during_async_replication_loses_and_duplicates_nothing() {
     );
     eprintln!("duplicates discarded at the receiver after the restart: {dups}");
 }
+
+/// Collects what a subscription received until `quiet` passes without a message.
+async fn drain(sub: &mut nexus_client::Subscription, quiet: Duration) -> Vec<u32> {
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(quiet, sub.next_message()).await {
+        out.push(u32::from_be_bytes(m.payload[..4].try_into().unwrap()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_groups_span_regions_local_members_first_then_the_cheapest_region() {
+    // A-B 2 ms, A-C 40 ms.
+    let cl = Cluster::start(2, 40, 2).await;
+    let wb = client(&cl.b).await;
+    let mut worker_b = wb.queue_subscribe("jobs.>", "workers").await.unwrap();
+    wb.flush().await.unwrap();
+    let wc = client(&cl.c).await;
+    let mut worker_c = wc.queue_subscribe("jobs.>", "workers").await.unwrap();
+    let mut audit_c = wc.subscribe("jobs.>").await.unwrap();
+    wc.flush().await.unwrap();
+    for region in [B, C] {
+        interest_known(&cl.a, region, "jobs.resize").await;
+    }
+    let publisher = client(&cl.a).await;
+    const N: u32 = 200;
+    for i in 0..N {
+        publisher
+            .publish("jobs.resize", i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
+    let quiet = Duration::from_millis(700);
+    let (got_b, got_c, audit) = tokio::join!(
+        drain(&mut worker_b, quiet),
+        drain(&mut worker_c, quiet),
+        drain(&mut audit_c, quiet)
+    );
+    // Each job to exactly one worker in one region: the cheaper one, B.
+    assert_eq!(
+        got_b.len() + got_c.len(),
+        N as usize,
+        "b {} c {}",
+        got_b.len(),
+        got_c.len()
+    );
+    assert_eq!(got_b, (0..N).collect::<Vec<_>>(), "B is 2 ms away, C 40 ms");
+    // Plain subscribers elsewhere still get everything.
+    assert_eq!(audit, (0..N).collect::<Vec<_>>());
+
+    // A local member appears: it takes the group's messages, no other region does.
+    let wa = client(&cl.a).await;
+    let mut worker_a = wa.queue_subscribe("jobs.>", "workers").await.unwrap();
+    wa.flush().await.unwrap();
+    for i in N..2 * N {
+        publisher
+            .publish("jobs.resize", i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
+    let (got_a, got_b, got_c, audit) = tokio::join!(
+        drain(&mut worker_a, quiet),
+        drain(&mut worker_b, quiet),
+        drain(&mut worker_c, quiet),
+        drain(&mut audit_c, quiet)
+    );
+    assert_eq!(got_a, (N..2 * N).collect::<Vec<_>>());
+    assert!(
+        got_b.is_empty() && got_c.is_empty(),
+        "b {} c {}",
+        got_b.len(),
+        got_c.len()
+    );
+    assert_eq!(audit.len(), N as usize);
+}

@@ -31,7 +31,7 @@ use nexus_proto::v1::{
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::interest::{LocalInterest, RemoteInterest};
+use crate::interest::{Interested, LocalInterest, RemoteInterest, interest_key};
 use crate::link::{Federation, LinkEvent};
 use crate::routes::{Candidate, Choice, Damping, Mode, RouteTable, Rule, Traffic, choose};
 use crate::spool::quorum::Quorum;
@@ -252,8 +252,9 @@ impl RegionRouter {
                     .received
                     .fetch_add(1, Ordering::Relaxed);
                 self.metrics.federation(FederationOutcome::Received);
+                let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
                 if let Some(msg) = delivery(&region, forward) {
-                    self.router.deliver_from_region(msg).await;
+                    self.router.deliver_from_region(msg, plain, &groups).await;
                 }
             }
             LinkEvent::Spooled { region, spooled } => self.on_spooled(region, spooled).await,
@@ -343,10 +344,11 @@ impl RegionRouter {
             .received
             .fetch_add(1, Ordering::Relaxed);
         self.metrics.federation(FederationOutcome::Received);
-        if let Some(forward) = spooled.forward
-            && let Some(msg) = delivery(&origin, forward)
-        {
-            self.router.deliver_from_region(msg).await;
+        if let Some(forward) = spooled.forward {
+            let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
+            if let Some(msg) = delivery(&origin, forward) {
+                self.router.deliver_from_region(msg, plain, &groups).await;
+            }
         }
         self.spool
             .received
@@ -548,8 +550,13 @@ impl RegionRouter {
     /// Every region this gateway knows of, as a candidate for `subject`.
     fn candidates(&self, subject: &str, spooled: bool) -> Vec<Candidate> {
         let interested = self.remote.lock().regions_for(subject);
+        self.candidates_among(&interested, spooled)
+    }
+
+    /// Every region this gateway knows of, `interested` ones marked, with link state and cost.
+    fn candidates_among(&self, interested: &[String], spooled: bool) -> Vec<Candidate> {
         let mut regions: Vec<String> = self.fed.connected_regions();
-        for r in &interested {
+        for r in interested {
             if !regions.contains(r) {
                 regions.push(r.clone());
             }
@@ -590,16 +597,103 @@ impl RegionRouter {
         )
     }
 
+    /// Which regions get a copy of a message on `subject`, and for whom there: the route's
+    /// policy picks the regions whose plain subscribers get it; each queue group with no
+    /// local members goes to the one region the policy picks among those that have it
+    /// (local members always win, so a queue group never gets a message twice).
+    fn targets(
+        &self,
+        rule: &Rule,
+        subject: &str,
+        local_interest: bool,
+        matches: &[Interested],
+    ) -> Vec<Target> {
+        let assume_up = rule.mode.spooled() || rule.policy == crate::routes::Policy::Broadcast;
+        let mut plain: Vec<String> = matches
+            .iter()
+            .filter(|m| m.queue.is_none())
+            .map(|m| m.region.clone())
+            .collect();
+        plain.dedup();
+        let mut targets: Vec<Target> = Vec::new();
+        if !plain.is_empty() {
+            let candidates = self.candidates_among(&plain, assume_up);
+            let choice = choose(
+                rule,
+                Traffic::Publish,
+                local_interest,
+                &candidates,
+                &mut self.damping.lock(),
+                &mut rand::rng(),
+            );
+            if choice.regions.is_empty() && !choice.local {
+                // Wanted elsewhere, but no region the policy allows is reachable.
+                self.metrics.federation(FederationOutcome::Dropped);
+            }
+            targets.extend(choice.regions.into_iter().map(|region| Target {
+                region,
+                plain: true,
+                queue_groups: Vec::new(),
+            }));
+        }
+        let mut groups: Vec<&str> = matches.iter().filter_map(|m| m.queue.as_deref()).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        if groups.is_empty() {
+            return targets;
+        }
+        let local_groups = self.router.local_queue_groups(subject);
+        for group in groups {
+            if local_groups.iter().any(|g| g == group) {
+                continue;
+            }
+            let having: Vec<String> = matches
+                .iter()
+                .filter(|m| m.queue.as_deref() == Some(group))
+                .map(|m| m.region.clone())
+                .collect();
+            let candidates = self.candidates_among(&having, rule.mode.spooled());
+            // One region takes the group's message, as with a request.
+            let choice = choose(
+                rule,
+                Traffic::Request,
+                false,
+                &candidates,
+                &mut self.damping.lock(),
+                &mut rand::rng(),
+            );
+            let Some(region) = choice.regions.into_iter().next() else {
+                self.metrics.federation(FederationOutcome::Dropped);
+                continue;
+            };
+            match targets.iter_mut().find(|t| t.region == region) {
+                Some(t) => t.queue_groups.push(group.to_owned()),
+                None => targets.push(Target {
+                    region,
+                    plain: false,
+                    queue_groups: vec![group.to_owned()],
+                }),
+            }
+        }
+        targets
+    }
+
     /// Writes `msg` to the spool for `regions`; the receipt resolves per the mode.
-    fn spool_publish(&self, rule: &Rule, regions: Vec<String>, msg: &Delivery) -> PublishReceipt {
+    fn spool_publish(&self, rule: &Rule, targets: Vec<Target>, msg: &Delivery) -> PublishReceipt {
         let (tx, rx) = oneshot::channel();
         let now = now_ms();
-        let mut ops = Vec::with_capacity(regions.len());
-        let mut seqs: Vec<(String, u64)> = Vec::with_capacity(regions.len());
+        let mut ops = Vec::with_capacity(targets.len());
+        let mut seqs: Vec<(String, u64)> = Vec::with_capacity(targets.len());
         {
             let mut spool = self.spool.spool.lock();
-            for region in &regions {
-                match spool.append(region, &rule.name, forward_of(msg, self.fed.region()), now) {
+            for target in &targets {
+                let region = &target.region;
+                match spool.append(
+                    region,
+                    &rule.name,
+                    target.forward(msg, self.fed.region()),
+                    now,
+                ) {
                     Ok((spooled, removed)) => {
                         if let Some(r) = removed {
                             self.metrics
@@ -629,14 +723,14 @@ impl RegionRouter {
                     }
                 }
             }
-            for _ in &regions {
+            for _ in &targets {
                 self.metrics.federation(FederationOutcome::Spooled);
             }
             // Sent under the spool lock, so the writer sees each region's messages in
             // `seq` order and commits them in that order.
             let needed = match rule.sync_quorum as usize {
-                0 => regions.len(),
-                q => q.min(regions.len()),
+                0 => targets.len(),
+                q => q.min(targets.len()),
             };
             let sync =
                 (rule.mode == Mode::Sync).then(|| (needed, now + i64::from(rule.sync_timeout_ms)));
@@ -743,14 +837,28 @@ fn delivery(region: &str, forward: Forward) -> Option<Delivery> {
     })
 }
 
-fn forward_of(msg: &Delivery, origin: &str) -> Forward {
-    Forward {
-        subject: msg.subject.clone(),
-        reply_to: String::new(),
-        headers: msg.headers.clone(),
-        payload: msg.payload.clone(),
-        id: msg.id.clone(),
-        origin_region: origin.to_owned(),
+/// One region a message goes to, and whom it is for there.
+#[derive(Debug, Clone, PartialEq)]
+struct Target {
+    region: String,
+    /// Its plain subscriptions.
+    plain: bool,
+    /// Its queue groups the message was assigned to.
+    queue_groups: Vec<String>,
+}
+
+impl Target {
+    fn forward(&self, msg: &Delivery, origin: &str) -> Forward {
+        Forward {
+            subject: msg.subject.clone(),
+            reply_to: String::new(),
+            headers: msg.headers.clone(),
+            payload: msg.payload.clone(),
+            id: msg.id.clone(),
+            origin_region: origin.to_owned(),
+            skip_plain: !self.plain,
+            queue_groups: self.queue_groups.clone(),
+        }
     }
 }
 
@@ -817,13 +925,14 @@ impl Remote for RegionRouter {
         Some(rx)
     }
 
-    fn interest_changed(&self, pattern: &str, present: bool) {
+    fn interest_changed(&self, pattern: &str, queue: Option<&str>, present: bool) {
+        let key = interest_key(pattern, queue);
         let delta = {
             let mut local = self.local.lock();
             if present {
-                local.add(pattern)
+                local.add(&key)
             } else {
-                local.remove(pattern)
+                local.remove(&key)
             }
         };
         if let Some(delta) = delta {
@@ -837,26 +946,23 @@ impl Remote for RegionRouter {
         if rule.mode == Mode::Local {
             return None;
         }
+        let matches = self.remote.lock().matches(&msg.subject);
         // Fast path: nobody elsewhere wants it.
-        if self.remote.lock().regions_for(&msg.subject).is_empty() {
+        if matches.is_empty() {
             return None;
         }
-        let choice = self.choose(rule, Traffic::Publish, local_interest, &msg.subject);
-        if choice.regions.is_empty() {
-            if !choice.local {
-                // Wanted elsewhere, but no region the policy allows is reachable.
-                self.metrics.federation(FederationOutcome::Dropped);
-            }
+        let targets = self.targets(rule, &msg.subject, local_interest, &matches);
+        if targets.is_empty() {
             return None;
         }
         if rule.mode.spooled() {
-            return Some(self.spool_publish(rule, choice.regions, msg));
+            return Some(self.spool_publish(rule, targets, msg));
         }
-        for region in choice.regions {
-            let counters = self.counters(&region);
+        for t in targets {
+            let counters = self.counters(&t.region);
             if self
                 .fed
-                .try_forward(&region, forward_of(msg, self.fed.region()))
+                .try_forward(&t.region, t.forward(msg, self.fed.region()))
             {
                 counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 self.metrics.federation(FederationOutcome::Forwarded);

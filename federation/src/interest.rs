@@ -58,13 +58,41 @@ impl LocalInterest {
     }
 }
 
+/// The interest key of a subscription group: the pattern, or "pattern queue_group".
+pub fn interest_key(pattern: &str, queue: Option<&str>) -> String {
+    match queue {
+        Some(q) if !q.is_empty() => format!("{pattern} {q}"),
+        _ => pattern.to_owned(),
+    }
+}
+
+/// Splits an interest key into its pattern and queue group; `None` if the pattern is
+/// invalid or the key has more than one space.
+fn parse_key(key: &str) -> Option<(&str, Option<&str>)> {
+    let (pattern, queue) = match key.split_once(' ') {
+        Some((p, q)) if !q.is_empty() && !q.contains(char::is_whitespace) => (p, Some(q)),
+        Some(_) => return None,
+        None => (key, None),
+    };
+    nexus_proto::subject::validate_pattern(pattern).ok()?;
+    Some((pattern, queue))
+}
+
+/// One region's interest in a subject: its plain subscriptions, or one of its queue groups.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Interested {
+    pub region: String,
+    /// `None` for plain subscriptions.
+    pub queue: Option<String>,
+}
+
 /// What each remote region advertised.
 #[derive(Default, Clone)]
 pub struct RemoteInterest {
     by_region: HashMap<String, BTreeSet<String>>,
-    /// Pattern -> region, for matching subjects; rebuilt on change (changes are rare
-    /// compared with lookups).
-    table: SubjectTable<String>,
+    /// Pattern -> (region, queue group), for matching subjects; rebuilt on change (changes
+    /// are rare compared with lookups).
+    table: SubjectTable<Interested>,
 }
 
 impl RemoteInterest {
@@ -80,7 +108,7 @@ impl RemoteInterest {
             set.remove(p);
         }
         for p in &update.add {
-            if nexus_proto::subject::validate_pattern(p).is_ok() {
+            if parse_key(p).is_some() {
                 set.insert(p.clone());
             } else {
                 rejected.push(p.clone());
@@ -99,16 +127,34 @@ impl RemoteInterest {
 
     fn rebuild(&mut self) {
         let mut table = SubjectTable::default();
-        for (region, patterns) in &self.by_region {
-            for p in patterns {
-                table = table.insert(p, region.clone());
+        for (region, keys) in &self.by_region {
+            for key in keys {
+                if let Some((pattern, queue)) = parse_key(key) {
+                    table = table.insert(
+                        pattern,
+                        Interested {
+                            region: region.clone(),
+                            queue: queue.map(str::to_owned),
+                        },
+                    );
+                }
             }
         }
         self.table = table;
     }
 
     /// Regions with at least one pattern matching `subject`, sorted, without duplicates.
+    /// Regions with any interest (plain or a queue group) in `subject`.
     pub fn regions_for(&self, subject: &str) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        self.table.for_each_match(subject, |r| {
+            out.insert(r.region.clone());
+        });
+        out.into_iter().collect()
+    }
+
+    /// Every (region, plain or queue group) interested in `subject`, sorted, no repeats.
+    pub fn matches(&self, subject: &str) -> Vec<Interested> {
         let mut out = BTreeSet::new();
         self.table.for_each_match(subject, |r| {
             out.insert(r.clone());
@@ -141,6 +187,35 @@ mod tests {
         let full = l.full();
         assert!(full.full);
         assert_eq!(full.add, vec!["a.*", "b"]);
+    }
+
+    #[test]
+    fn queue_groups_are_told_apart_from_plain_interest() {
+        let mut r = RemoteInterest::default();
+        let update = InterestUpdate {
+            full: true,
+            add: vec![
+                interest_key("jobs.*", Some("workers")),
+                interest_key("jobs.>", None),
+                "bad key here".into(),
+            ],
+            remove: Vec::new(),
+        };
+        assert_eq!(r.apply("eu-west", &update), vec!["bad key here"]);
+        assert_eq!(
+            r.matches("jobs.resize"),
+            vec![
+                Interested {
+                    region: "eu-west".into(),
+                    queue: None
+                },
+                Interested {
+                    region: "eu-west".into(),
+                    queue: Some("workers".into())
+                },
+            ]
+        );
+        assert_eq!(r.regions_for("jobs.resize"), vec!["eu-west"]);
     }
 
     #[test]

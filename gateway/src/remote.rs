@@ -18,8 +18,9 @@ use crate::router::{Delivery, ReplyResult};
 pub type PublishReceipt = oneshot::Receiver<Result<(), v1::Error>>;
 
 pub trait Remote: Send + Sync + 'static {
-    /// `pattern` gained its first local subscription group (`present`) or lost its last.
-    fn interest_changed(&self, pattern: &str, present: bool);
+    /// A local subscription group appeared (`present`) or went away: plain subscriptions
+    /// to `pattern` (`queue` is `None`), or the queue group `queue` on `pattern`.
+    fn interest_changed(&self, pattern: &str, queue: Option<&str>, present: bool);
     /// A message published in this region, for the regions that want it; `local_interest`
     /// says whether a local subscription matched it. `None` when nothing needs waiting for
     /// before the publisher is acknowledged.

@@ -225,8 +225,8 @@ impl Router {
     pub fn set_remote(&self, remote: Arc<dyn crate::remote::Remote>) {
         let groups = self.groups.lock();
         if self.remote.set(remote.clone()).is_ok() {
-            for (pattern, _) in groups.keys() {
-                remote.interest_changed(pattern, true);
+            for (pattern, queue) in groups.keys() {
+                remote.interest_changed(pattern, (!queue.is_empty()).then_some(&**queue), true);
             }
         }
     }
@@ -441,7 +441,7 @@ impl Router {
                 });
                 groups.insert(key, group.clone());
                 if let Some(remote) = self.remote.get() {
-                    remote.interest_changed(pattern, true);
+                    remote.interest_changed(pattern, (!queue.is_empty()).then_some(queue), true);
                 }
                 let table = self.table.load();
                 self.table
@@ -480,7 +480,7 @@ impl Router {
             );
             groups.remove(&key);
             if let Some(remote) = self.remote.get() {
-                remote.interest_changed(&group.pattern, false);
+                remote.interest_changed(&group.pattern, group.queue.as_deref(), false);
             }
             let table = self.table.load();
             let (table, _) = table.remove(&group.pattern, |g| Arc::ptr_eq(g, group));
@@ -515,11 +515,54 @@ impl Router {
         (self.deliver_to(msg, scratch).await, receipt)
     }
 
-    /// Delivers a message that came from another region to local subscribers only.
-    pub async fn deliver_from_region(&self, msg: Delivery) -> u32 {
+    /// Delivers a message that came from another region to local subscribers only: plain
+    /// subscriptions if `plain`, and only the queue groups named in `queue_groups` (the
+    /// sending region chose this region for those; it never forwards again).
+    pub async fn deliver_from_region(
+        &self,
+        msg: Delivery,
+        plain: bool,
+        queue_groups: &[String],
+    ) -> u32 {
         let mut scratch = Vec::new();
-        self.collect_members(&msg.subject, &mut scratch);
+        let mut now = None;
+        self.table
+            .load()
+            .for_each_match(&msg.subject, |group| match &group.queue {
+                Some(q) if queue_groups.iter().any(|g| **g == **q) => {
+                    let now = *now.get_or_insert_with(Instant::now);
+                    if let Some(m) = group.pick(now) {
+                        self.metrics.balancer_picks.inc();
+                        scratch.push(m);
+                    }
+                }
+                None if plain => scratch.extend(group.members.load().iter().cloned()),
+                _ => {}
+            });
         self.deliver_to(msg, &mut scratch).await
+    }
+
+    /// Names of the local queue groups with members matching `subject`.
+    pub fn local_queue_groups(&self, subject: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        self.table.load().for_each_match(subject, |g| {
+            if let Some(q) = &g.queue
+                && !g.members().is_empty()
+                && !out.iter().any(|o: &String| **o == **q)
+            {
+                out.push(q.to_string());
+            }
+        });
+        out
+    }
+
+    /// Whether a local plain subscription matches `subject`.
+    pub fn has_local_plain_interest(&self, subject: &str) -> bool {
+        let mut any = false;
+        self.table.load().for_each_match(subject, |g| {
+            any |= g.queue.is_none() && !g.members().is_empty();
+        });
+        any
     }
 
     /// The members a message on `subject` goes to: every member of plain groups, one
