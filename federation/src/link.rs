@@ -315,6 +315,12 @@ impl Federation {
                 ),
             ));
         }
+        // The client certificate was signed by the federation CA (checked in the
+        // handshake); it must also be issued for the region the peer claims to be.
+        if let Err(reason) = crate::tls::peer_is_region(&conn, &hello.region) {
+            conn.close(4u32.into(), b"certificate does not match region");
+            return Err(link_err(&remote, reason));
+        }
         write_frame(&mut send, &self.hello())
             .await
             .map_err(|e| link_err(&remote, e))?;

@@ -31,9 +31,32 @@ pub enum TlsError {
     Quic(String),
 }
 
-/// The name a gateway's certificate carries for its region; dialers verify it.
+/// The name a gateway's certificate carries for its region; dialers verify it, and the
+/// accepting side checks the dialer's client certificate for it ([`peer_is_region`]).
 pub fn server_name(region: &str) -> String {
     format!("{region}.fed.nexus")
+}
+
+/// Whether the peer's (already CA-verified) certificate was issued for `region`, so a
+/// gateway of one region cannot claim to be another in its hello.
+pub fn peer_is_region(conn: &quinn::Connection, region: &str) -> Result<(), String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| "peer presented no client certificate".to_owned())?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| "peer presented an empty certificate chain".to_owned())?;
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("peer certificate cannot be parsed: {e:?}"))?;
+    let name = rustls::pki_types::ServerName::try_from(server_name(region))
+        .map_err(|e| format!("region {region:?} is not a valid name: {e}"))?;
+    cert.verify_is_valid_for_subject_name(&name).map_err(|_| {
+        format!(
+            "peer claims region {region:?} but its certificate is not issued for {}",
+            server_name(region)
+        )
+    })
 }
 
 /// A gateway's TLS identity: its certificate chain and key, and the CA it trusts.

@@ -1,5 +1,6 @@
 //! Federation links over real QUIC on loopback with mutual TLS: hello, interest exchange,
-//! ordered forwarding with backpressure, RTT, refusal of a foreign CA, and re-dialling
+//! ordered forwarding with backpressure, RTT, refusal of a foreign CA and of a region the
+//! certificate does not name, and re-dialling
 //! after the peer restarts.
 
 use std::net::SocketAddr;
@@ -135,6 +136,37 @@ async fn a_certificate_from_another_ca_is_refused() {
         .expect_err("the handshake must fail");
     assert!(err.to_string().contains("b-west"), "{err}");
     assert!(ours.connected_regions().is_empty());
+}
+
+#[tokio::test]
+async fn a_gateway_cannot_claim_another_region_than_its_certificate_names() {
+    let ca = FederationCa::generate("ours").unwrap();
+    let (ours, mut events) = Federation::bind(
+        loopback(),
+        &ca.issue("c-south", "gw-c").unwrap(),
+        "c-south",
+        "gw-c",
+    )
+    .await
+    .unwrap();
+    // A genuine certificate for b-west, but the hello says a-east.
+    let (impostor, _e) = Federation::bind(
+        loopback(),
+        &ca.issue("b-west", "gw-b").unwrap(),
+        "a-east",
+        "gw-b",
+    )
+    .await
+    .unwrap();
+    let result = impostor.dial(ours.local_addr().unwrap(), "c-south").await;
+    assert!(result.is_err(), "the link must be refused");
+    assert!(ours.connected_regions().is_empty());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.recv())
+            .await
+            .is_err(),
+        "no link event for a refused peer"
+    );
 }
 
 #[tokio::test]
