@@ -487,3 +487,62 @@ pub async fn check_schema(
         Redirect::to("/schemas").into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_form_becomes_a_route() {
+        let form = RouteForm {
+            name: "orders".into(),
+            subjects: "orders.>, audit.*".into(),
+            policy: "weighted".into(),
+            weights: "us-east=3, eu-west=1".into(),
+            failover: "eu-west,us-east".into(),
+            consistency: "sync".into(),
+            sync_quorum: "2".into(),
+            ..Default::default()
+        };
+        let r = route_from(&form).unwrap();
+        assert_eq!(r.subjects, ["orders.>", "audit.*"]);
+        assert_eq!(r.policy, RoutePolicy::Weighted as i32);
+        assert_eq!(r.weights.get("us-east"), Some(&3));
+        assert_eq!(r.failover, ["eu-west", "us-east"]);
+        assert_eq!(
+            (r.consistency, r.sync_quorum),
+            (Consistency::Sync as i32, 2)
+        );
+    }
+
+    #[test]
+    fn route_form_errors_name_the_field() {
+        let bad = |f: RouteForm| route_from(&f).unwrap_err();
+        let base = RouteForm {
+            policy: "local_first".into(),
+            consistency: "local".into(),
+            ..Default::default()
+        };
+        assert!(
+            bad(RouteForm {
+                policy: "closest".into(),
+                ..base.clone()
+            })
+            .contains("policy")
+        );
+        assert!(
+            bad(RouteForm {
+                weights: "a".into(),
+                ..base.clone()
+            })
+            .contains("region=weight")
+        );
+        assert!(
+            bad(RouteForm {
+                sync_quorum: "x".into(),
+                ..base
+            })
+            .contains("quorum")
+        );
+    }
+}

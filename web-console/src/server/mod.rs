@@ -271,3 +271,20 @@ async fn pkg_file(State(state): State<AppState>, Path(file): Path<String>) -> im
         Err(_) => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_site_without_the_bundle_does_not_hydrate() {
+        let dir = std::env::temp_dir().join(format!("nexus-console-site-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("pkg")).unwrap();
+        assert!(!site_has_wasm(&dir));
+        std::fs::write(dir.join("pkg").join(format!("{OUTPUT_NAME}.js")), "").unwrap();
+        assert!(!site_has_wasm(&dir), "the js alone is not enough");
+        std::fs::write(dir.join("pkg").join(wasm_file_name()), "").unwrap();
+        assert!(site_has_wasm(&dir));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
