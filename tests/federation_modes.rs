@@ -685,3 +685,37 @@ async fn queue_groups_span_regions_local_members_first_then_the_cheapest_region(
     );
     assert_eq!(audit.len(), N as usize);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_find_their_peers_through_control_plane_registrations() {
+    let certs = certs();
+    let cp_dir = tempdir::Dir::new("fed-registry-cp");
+    let cp = ControlPlane::embedded(&cp_dir.0);
+    // No --peer at all: each gateway learns the others' federation addresses from the
+    // control plane.
+    let gws: Vec<Gateway> = [A, B, C]
+        .iter()
+        .map(|r| gateway(&certs, &cp, r, &[]))
+        .collect();
+    for gw in &gws {
+        assert!(
+            eventually(Duration::from_secs(20), || links_up(gw) == 2).await,
+            "links did not come up from registrations: {}",
+            status(gw)
+        );
+    }
+    let sub_client = client(&gws[2]).await;
+    let mut sub = sub_client.subscribe("hello.>").await.unwrap();
+    sub_client.flush().await.unwrap();
+    interest_known(&gws[0], C, "hello.world").await;
+    client(&gws[0])
+        .await
+        .publish_acked("hello.world", b"via registry".to_vec())
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next_message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"via registry");
+}

@@ -14,7 +14,8 @@ use arc_swap::ArcSwap;
 use futures::StreamExt;
 use nexus_proto::v1::config_push_server::ConfigPush;
 use nexus_proto::v1::{
-    ConfigSnapshot, EnforcedSchema, GatewayInfo, GatewayReport, gateway_report::Kind,
+    ConfigSnapshot, EnforcedSchema, FederationPeer, GatewayInfo, GatewayReport,
+    gateway_report::Kind,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -72,7 +73,17 @@ impl ClusterView {
     /// Reads the gateway registrations again.
     async fn refresh_gateways(&self) -> Result<(), AdminError> {
         let gateways = regions::gateways(&*self.store, "").await?;
+        let peers = federation_peers(&gateways);
         self.gateways.store(Arc::new(gateways));
+        // Peers travel with the config, but a change to them is not a config change: the
+        // snapshot is re-sent with the same version.
+        if self.snapshot.borrow().peers != peers {
+            self.snapshot.send_modify(|s| {
+                let mut next = (**s).clone();
+                next.peers = peers;
+                *s = Arc::new(next);
+            });
+        }
         Ok(())
     }
 
@@ -99,6 +110,7 @@ impl ClusterView {
             keys,
             schemas,
             heartbeat_interval_ms: self.heartbeat.as_millis() as u32,
+            peers: federation_peers(&self.gateways.load()),
         };
         self.snapshot.send_replace(Arc::new(snapshot));
         Ok(revision)
@@ -165,6 +177,25 @@ impl ClusterView {
             }
         }
     }
+}
+
+/// One federation endpoint per region (the gateway with the lowest id), sorted by region.
+fn federation_peers(gateways: &[GatewayInfo]) -> Vec<FederationPeer> {
+    let mut by_region: std::collections::BTreeMap<&str, &GatewayInfo> = Default::default();
+    for g in gateways.iter().filter(|g| !g.federation_addr.is_empty()) {
+        let e = by_region.entry(g.region.as_str()).or_insert(g);
+        if g.id < e.id {
+            *e = g;
+        }
+    }
+    by_region
+        .into_values()
+        .map(|g| FederationPeer {
+            region: g.region.clone(),
+            gateway_id: g.id.clone(),
+            addr: g.federation_addr.clone(),
+        })
+        .collect()
 }
 
 impl DiscoverySource for ClusterView {

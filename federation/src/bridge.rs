@@ -112,6 +112,8 @@ pub struct RegionRouter {
     routes: Mutex<(i64, Arc<RouteTable>)>,
     damping: Mutex<Damping>,
     spool: Arc<SpoolState>,
+    /// The registered peers last handed to the links.
+    peers_seen: Mutex<Vec<v1::FederationPeer>>,
 }
 
 fn now_ms() -> i64 {
@@ -164,6 +166,7 @@ impl RegionRouter {
             costs: Mutex::new(HashMap::new()),
             routes: Mutex::new((-1, Arc::new(RouteTable::new(&[])))),
             damping: Mutex::new(Damping::default()),
+            peers_seen: Mutex::new(Vec::new()),
             spool: Arc::new(SpoolState {
                 spool: Mutex::new(spool),
                 writer,
@@ -453,6 +456,7 @@ impl RegionRouter {
 
     fn chores(&self) {
         let now = now_ms();
+        self.follow_peers();
         let expired = self.spool.spool.lock().expire(now);
         for r in expired {
             tracing::warn!(region = %r.region, count = r.seqs.len(), "spooled messages expired unsent");
@@ -506,6 +510,28 @@ impl RegionRouter {
                     .set((now - oldest).max(0));
             }
         }
+    }
+
+    /// Keeps links to the peers the control plane pushed with the config, when they change.
+    fn follow_peers(&self) {
+        let policy = self.router.policy();
+        let mut seen = self.peers_seen.lock();
+        if *seen == policy.peers {
+            return;
+        }
+        *seen = policy.peers.clone();
+        let peers: Vec<(String, std::net::SocketAddr)> = policy
+            .peers
+            .iter()
+            .filter_map(|p| match p.addr.parse() {
+                Ok(addr) => Some((p.region.clone(), addr)),
+                Err(_) => {
+                    tracing::warn!(region = %p.region, addr = %p.addr, "registered federation address is not HOST:PORT; ignoring it");
+                    None
+                }
+            })
+            .collect();
+        self.fed.follow_registered(&peers);
     }
 
     async fn serve_remote(&self, request: RemoteRequest) -> RemoteReply {

@@ -99,6 +99,10 @@ pub struct Federation {
     links: Mutex<HashMap<String, Link>>,
     /// Regions configured as peers (dialled by one side or the other).
     peers: Mutex<std::collections::BTreeSet<String>>,
+    /// Peers from configuration; registrations never override them.
+    static_peers: Mutex<std::collections::HashSet<String>>,
+    /// Peers from the control plane's registrations: address and what stops dialling it.
+    registered: Mutex<HashMap<String, (SocketAddr, CancellationToken)>>,
     stop: CancellationToken,
 }
 
@@ -170,6 +174,8 @@ impl Federation {
             events,
             links: Mutex::new(HashMap::new()),
             peers: Mutex::new(Default::default()),
+            static_peers: Mutex::new(Default::default()),
+            registered: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
         });
         tokio::spawn(fed.clone().accept_loop());
@@ -189,16 +195,60 @@ impl Federation {
     /// name sorts first (it dials us).
     pub fn maintain(self: &Arc<Self>, addr: SocketAddr, peer_region: &str) {
         self.peers.lock().insert(peer_region.to_owned());
-        if peer_region <= self.region.as_str() {
-            return;
+        self.static_peers.lock().insert(peer_region.to_owned());
+        self.keep_dialling(addr, peer_region);
+    }
+
+    /// Follows the peers the control plane knows (its gateway registrations): starts
+    /// keeping links to new ones, re-targets a region whose address changed, and stops
+    /// dialling regions that left. Peers given with [`Federation::maintain`] (configuration)
+    /// take precedence over registrations for the same region.
+    pub fn follow_registered(self: &Arc<Self>, peers: &[(String, SocketAddr)]) {
+        let statics = self.static_peers.lock().clone();
+        let wanted: HashMap<&str, SocketAddr> = peers
+            .iter()
+            .filter(|(r, _)| *r != self.region && !statics.contains(r))
+            .map(|(r, a)| (r.as_str(), *a))
+            .collect();
+        let mut registered = self.registered.lock();
+        registered.retain(|region, (addr, stop)| {
+            let keep = wanted.get(region.as_str()) == Some(addr);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for (region, addr) in wanted {
+            if registered.contains_key(region) {
+                continue;
+            }
+            tracing::info!(peer = %region, %addr, "federation peer from the control plane");
+            self.peers.lock().insert(region.to_owned());
+            if let Some(stop) = self.keep_dialling(addr, region) {
+                registered.insert(region.to_owned(), (addr, stop));
+            }
         }
+    }
+
+    /// Dials `peer_region` at `addr` until stopped (when this side is the dialer); the
+    /// returned token stops it.
+    fn keep_dialling(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        peer_region: &str,
+    ) -> Option<CancellationToken> {
+        if peer_region <= self.region.as_str() {
+            return None;
+        }
+        let stop = self.stop.child_token();
         let fed = self.clone();
         let peer = peer_region.to_owned();
+        let token = stop.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             let mut failures = 0u32;
             loop {
-                if fed.stop.is_cancelled() {
+                if stop.is_cancelled() {
                     return;
                 }
                 let started = tokio::time::Instant::now();
@@ -207,7 +257,10 @@ impl Federation {
                         failures = 0;
                         let reason = tokio::select! {
                             e = conn.closed() => e.to_string(),
-                            _ = fed.stop.cancelled() => return,
+                            _ = stop.cancelled() => {
+                                conn.close(0u32.into(), b"peer left the registry");
+                                return;
+                            }
                         };
                         tracing::warn!(peer = %peer, %reason, "federation link down; re-dialling");
                         if started.elapsed() > Duration::from_secs(10) {
@@ -225,12 +278,13 @@ impl Federation {
                     }
                 }
                 tokio::select! {
-                    _ = fed.stop.cancelled() => return,
+                    _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         });
+        Some(token)
     }
 
     /// One dial attempt; on success the link is registered and `Up` emitted.

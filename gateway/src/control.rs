@@ -172,7 +172,10 @@ async fn session(
                         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     }
                 }
-                if snapshot.version != *applied || router.policy().version == 0 {
+                if snapshot.version != *applied
+                    || router.policy().version == 0
+                    || snapshot.peers != router.policy().peers
+                {
                     apply(router, &snapshot);
                     *applied = snapshot.version;
                     if let Err(e) = save(state_dir, &snapshot) {

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use nexus_proto::keys;
 use nexus_proto::subject::{covers, matches};
-use nexus_proto::v1::{ConfigSnapshot, Enforcement, Route, SchemaFormat, StoredKey};
+use nexus_proto::v1::{
+    ConfigSnapshot, Enforcement, FederationPeer, Route, SchemaFormat, StoredKey,
+};
 use nexus_schema::ParsedSchema;
 
 /// What an authenticated session may do.
@@ -62,6 +64,8 @@ pub struct Policy {
     keys: HashMap<String, StoredKey>,
     pub schemas: HashMap<String, EnforcedSchema>,
     pub routes: Vec<Route>,
+    /// Other regions' federation endpoints, from the control plane's registrations.
+    pub peers: Vec<FederationPeer>,
 }
 
 impl Policy {
@@ -109,6 +113,7 @@ impl Policy {
                 keys,
                 schemas,
                 routes: snapshot.routes.clone(),
+                peers: snapshot.peers.clone(),
             },
             problems,
         )
