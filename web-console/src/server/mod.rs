@@ -215,6 +215,8 @@ fn router(state: AppState, hydrate: bool) -> Router {
         .route("/actions/schemas/check", post(actions::check_schema))
         .route("/events/topology", get(monitor::events))
         .route("/console.css", get(css))
+        // No icon; an empty answer keeps browsers from logging a 404 on every page.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/pkg/{file}", get(pkg_file))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
