@@ -682,13 +682,36 @@ fn console_in_chromium_against_a_live_federated_cluster() {
         b.text("#new-secret").starts_with("nxk_")
     });
     browser.screenshot("4-key-created");
+    let first_secret = browser.text("#new-secret");
     browser.goto(&format!("{base}/keys"));
     browser.wait(Duration::from_secs(10), "secret gone on reload", |b| {
         b.text("h1") == "API keys" && b.text("#new-secret").is_empty()
     });
     assert!(browser.text("#keys").contains("console-billing"));
 
-    // Revoking it takes a confirmation too.
+    // Rotating it: confirmation, then a new secret, once; the old one overlaps for an hour.
+    browser.click_xpath("//tr[td[text()='console-billing']]//button[contains(., 'Rotate')]");
+    browser.wait(Duration::from_secs(10), "rotate confirmation", |b| {
+        b.text("#confirm").contains("Rotate key console-billing")
+    });
+    browser.click("#confirm-yes");
+    browser.wait(Duration::from_secs(10), "rotated secret shown", |b| {
+        let s = b.text("#new-secret");
+        s.starts_with("nxk_") && s != first_secret
+    });
+    assert!(browser.text("#keys").contains("rotating"));
+
+    // Revoking it takes a confirmation too; cancelling changes nothing.
+    browser.click_xpath("//tr[td[text()='console-billing']]//button[contains(., 'Revoke')]");
+    browser.wait(
+        Duration::from_secs(10),
+        "revoke confirmation to cancel",
+        |b| b.text("#confirm").contains("Revoke key console-billing"),
+    );
+    browser.click("#confirm-no");
+    browser.wait(Duration::from_secs(10), "cancelled", |b| {
+        b.text("#flash").contains("Cancelled") && b.text("#confirm").is_empty()
+    });
     browser.click_xpath("//tr[td[text()='console-billing']]//button[contains(., 'Revoke')]");
     browser.wait(Duration::from_secs(10), "revoke confirmation", |b| {
         b.text("#confirm").contains("Revoke key console-billing")
