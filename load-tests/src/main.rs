@@ -6,6 +6,7 @@
 //! nexus-load request-open --target nats://127.0.0.1:4222 --rate 5000
 //! nexus-load compare  --nexus nexus://127.0.0.1:7422 --nats nats://127.0.0.1:4222 --json
 //! nexus-load smoke    --target nexus://127.0.0.1:7422
+//! nexus-load pubsub   --target nexus://127.0.0.1:7422 --remote nexus://127.0.0.1:7432
 //! ```
 //!
 //! With two `--target`s (one Nexus, one NATS) a scenario command prints both side by side.
@@ -129,6 +130,11 @@ struct ScenarioArgs {
     /// nexus://host:port or nats://host:port; give one of each to compare.
     #[arg(long = "target", required = true)]
     targets: Vec<Target>,
+    /// Cross-region: subscribers, workers or responders connect to this gateway (another
+    /// region's, federated with --target's) while publishers and requesters use --target.
+    /// For pubsub, fanout, queue and request.
+    #[arg(long)]
+    remote: Option<Target>,
     #[command(flatten)]
     shape: Shape,
 }
@@ -260,6 +266,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     };
     let w = args.shape.workload(pubs, subs);
     let mut results = Vec::new();
+    if let Some(remote) = &args.remote {
+        if args.targets.len() != 1 || !matches!(kind, Kind::Pubsub | Kind::Queue | Kind::Request) {
+            bail!("--remote takes one --target, with pubsub, fanout, queue or request");
+        }
+        let mut r = scenarios::run_between(kind, &args.targets[0], remote, &w).await?;
+        r.scenario = format!("{} cross-region", r.scenario);
+        results.push(r);
+        write_json(json_out, &results)?;
+        return output(json, &results).map(|()| ExitCode::SUCCESS);
+    }
     for t in &args.targets {
         results.push(scenarios::run(kind, t, &w).await?);
     }

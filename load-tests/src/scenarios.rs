@@ -91,12 +91,24 @@ pub fn scenario_name(kind: Kind, w: &Workload) -> String {
 
 /// Runs one scenario against one target.
 pub async fn run(kind: Kind, target: &Target, w: &Workload) -> Result<ScenarioResult> {
+    run_between(kind, target, target, w).await
+}
+
+/// Runs one scenario with publishers (requesters) on `target` and subscribers (responders)
+/// on `remote`: with two federated gateways of different regions, the cross-region shape.
+/// Pub/sub, queue and closed-loop requests support two targets; the others use `target`.
+pub async fn run_between(
+    kind: Kind,
+    target: &Target,
+    remote: &Target,
+    w: &Workload,
+) -> Result<ScenarioResult> {
     payload::epoch();
     let name = scenario_name(kind, w);
     let mut result = match kind {
-        Kind::Pubsub => pubsub(target, w, false).await,
-        Kind::Queue => pubsub(target, w, true).await,
-        Kind::Request => request_closed(target, w).await,
+        Kind::Pubsub => pubsub(target, remote, w, false).await,
+        Kind::Queue => pubsub(target, remote, w, true).await,
+        Kind::Request => request_closed(target, remote, w).await,
         Kind::RequestOpen => request_open(target, w).await,
         Kind::Stream if !target.supports_streams() => {
             return Ok(ScenarioResult::skipped(
@@ -216,14 +228,22 @@ struct PubOutcome {
     errors: Errors,
 }
 
-async fn pubsub(target: &Target, w: &Workload, queue: bool) -> Result<ScenarioResult> {
+async fn pubsub(
+    target: &Target,
+    sub_target: &Target,
+    w: &Workload,
+    queue: bool,
+) -> Result<ScenarioResult> {
     let subject = unique_subject(if queue { "queue" } else { "pubsub" });
-    let sub_conns = connect_all(target, "sub", w.subscribers, w).await?;
+    let sub_conns = connect_all(sub_target, "sub", w.subscribers, w).await?;
     let mut subs = Vec::with_capacity(w.subscribers);
     for c in &sub_conns {
         subs.push(c.subscribe(&subject, queue.then_some("workers")).await?);
     }
     let pub_conns = connect_all(target, "pub", w.publishers, w).await?;
+    if target != sub_target {
+        wait_for_interest(&pub_conns[0], &subject, &mut subs, queue, w.request_timeout).await?;
+    }
     let progress = Arc::new(Progress {
         published: AtomicU64::new(0),
         done: AtomicBool::new(false),
@@ -393,6 +413,48 @@ async fn pubsub(target: &Target, w: &Workload, queue: bool) -> Result<ScenarioRe
     Ok(result)
 }
 
+/// Publishes short probes (which carry no stamp) until every subscriber has one, so that a
+/// measured run does not start before the subscribers' interest reached the publishers'
+/// region; then discards any further probes.
+async fn wait_for_interest(
+    publisher: &Conn,
+    subject: &str,
+    subs: &mut [crate::target::Sub],
+    queue: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    // Plain subscribers each need the probe; a queue group's probe goes to one of them.
+    let mut waiting: Vec<usize> = (0..subs.len()).collect();
+    while !waiting.is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "subscribers' interest in {subject} did not reach the publishers' gateway within {timeout:?}"
+        );
+        publisher
+            .publish(subject, bytes::Bytes::from_static(b"?"))
+            .await?;
+        publisher.flush().await?;
+        let mut got = Vec::new();
+        for &i in &waiting {
+            if let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(30), subs[i].next()).await
+            {
+                got.push(i);
+            }
+        }
+        if queue && !got.is_empty() {
+            break;
+        }
+        waiting.retain(|i| !got.contains(i));
+    }
+    for sub in subs.iter_mut() {
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+        }
+    }
+    Ok(())
+}
+
 /// Starts `w.subscribers` echo responders in queue group `responders`; abort the returned
 /// set to stop them.
 async fn start_responders(
@@ -448,10 +510,40 @@ impl ReqOutcome {
     }
 }
 
-async fn request_closed(target: &Target, w: &Workload) -> Result<ScenarioResult> {
+async fn request_closed(
+    target: &Target,
+    responder_target: &Target,
+    w: &Workload,
+) -> Result<ScenarioResult> {
     let subject = unique_subject("req");
-    let (resp_conns, responders) = start_responders(target, &subject, w).await?;
+    let (resp_conns, responders) = start_responders(responder_target, &subject, w).await?;
     let req_conns = connect_all(target, "requester", w.publishers, w).await?;
+    if target != responder_target {
+        // The responders' interest reaches the requesters' region about one RTT later.
+        let deadline = Instant::now() + w.request_timeout;
+        while req_conns[0]
+            .request(
+                &subject,
+                payload::encode(
+                    Stamp {
+                        publisher: u32::MAX,
+                        seq: 0,
+                        sent_ns: 0,
+                    },
+                    w.payload,
+                ),
+            )
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no responder on {subject} became reachable from the requesters' gateway within {:?}",
+                w.request_timeout
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let concurrency = w.concurrency.max(1);
     let start = Instant::now();
     let mut tasks = JoinSet::new();
