@@ -62,6 +62,16 @@ fn gateway(
     region: &str,
     peers: &[(&str, SocketAddr)],
 ) -> Gateway {
+    gateway_with(certs, cp, region, peers, &[])
+}
+
+fn gateway_with(
+    certs: &tempdir::Dir,
+    cp: &ControlPlane,
+    region: &str,
+    peers: &[(&str, SocketAddr)],
+    extra: &[&str],
+) -> Gateway {
     let d = certs.0.display().to_string();
     let mut args: Vec<String> = vec![
         "--region".into(),
@@ -81,6 +91,7 @@ fn gateway(
         args.push("--peer".into());
         args.push(format!("{peer}={addr}"));
     }
+    args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Gateway::start_with_args(&args)
 }
@@ -95,6 +106,11 @@ fn delay(ms: u64) -> Impairment {
 impl Cluster {
     /// One-way delays on A-B, A-C and B-C.
     async fn start(ab_ms: u64, ac_ms: u64, bc_ms: u64) -> Self {
+        Self::start_with(ab_ms, ac_ms, bc_ms, &[]).await
+    }
+
+    /// Like `start`, with extra arguments for A's gateway.
+    async fn start_with(ab_ms: u64, ac_ms: u64, bc_ms: u64, a_args: &[&str]) -> Self {
         let certs = certs();
         let cp_dir = tempdir::Dir::new("fed-modes-cp");
         let cp = ControlPlane::embedded(&cp_dir.0);
@@ -114,7 +130,13 @@ impl Cluster {
         )
         .await
         .unwrap();
-        let a = gateway(&certs, &cp, A, &[(B, ab.listen_addr), (C, ac.listen_addr)]);
+        let a = gateway_with(
+            &certs,
+            &cp,
+            A,
+            &[(B, ab.listen_addr), (C, ac.listen_addr)],
+            a_args,
+        );
         let cluster = Cluster {
             _certs: certs,
             _cp_dir: cp_dir,
@@ -762,5 +784,58 @@ async fn load_harness_cross_region_scenarios_run_through_the_emulator() {
     assert!(
         req.latency.p50_us >= 20_000.0,
         "a round trip is 2 x 10 ms: {req:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_refuses_publishes_with_a_clear_error_and_keeps_what_it_has() {
+    // 64 KiB of spool, overflow policy reject (the default).
+    let cl = Cluster::start_with(2, 2, 2, &["--spool-max-bytes", "65536"]).await;
+    cl.route(
+        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
+        "orders",
+        "orders.new",
+    )
+    .await;
+    let sub_client = client(&cl.c).await;
+    let mut sub = sub_client.subscribe("orders.>").await.unwrap();
+    sub_client.flush().await.unwrap();
+    interest_known(&cl.a, C, "orders.new").await;
+    cl.cut_c(true);
+    assert!(eventually(Duration::from_secs(15), || link_state(&cl.a, C) == "down").await);
+    let publisher = client(&cl.a).await;
+    let mut accepted = 0u32;
+    let err = loop {
+        match publisher
+            .publish_acked(
+                "orders.new",
+                [accepted.to_be_bytes().to_vec(), vec![0u8; 1000]].concat(),
+            )
+            .await
+        {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 1000, "64 KiB cannot hold 1000 messages of 1 KB");
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("replication spool is full") && text.contains("us-east"),
+        "{text}"
+    );
+    assert!(accepted > 10, "{accepted}");
+    // What was accepted is delivered after healing, and nothing else.
+    cl.cut_c(false);
+    for i in 0..accepted {
+        let m = tokio::time::timeout(Duration::from_secs(30), sub.next_message())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} of {accepted} did not arrive"))
+            .unwrap();
+        assert_eq!(u32::from_be_bytes(m.payload[..4].try_into().unwrap()), i);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sub.next_message())
+            .await
+            .is_err()
     );
 }
