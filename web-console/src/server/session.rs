@@ -194,7 +194,16 @@ pub async fn access(State(state): State<AppState>, mut req: Request, next: Next)
         && state.sessions.touch(&id)
     {
         req.extensions_mut().insert(SessionId(id));
-        return next.run(req).await;
+        let mut resp = next.run(req).await;
+        // Pages may carry a new key's secret or a CSRF token: keep them out of caches and
+        // the back-forward history.
+        if !is_public(&path) {
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            );
+        }
+        return resp;
     }
     if is_public(&path) {
         return next.run(req).await;
