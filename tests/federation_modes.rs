@@ -839,3 +839,33 @@ async fn a_full_spool_refuses_publishes_with_a_clear_error_and_keeps_what_it_has
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_requests_go_to_their_region_then_fail_over_then_fall_back_to_local() {
+    let cl = Cluster::start(2, 2, 2).await;
+    cl.route(
+        "name = \"billing\"\nsubjects = [\"billing.>\"]\npolicy = \"pinned\"\npinned_region = \"us-east\"\nfailover = [\"eu-west\"]\nconsistency = \"best_effort\"\n",
+        "billing",
+        "billing.charge",
+    )
+    .await;
+    let (_ra, _ta) = responder(&cl.a, "billing.charge", A).await;
+    let (_rb, _tb) = responder(&cl.b, "billing.charge", B).await;
+    let (_rc, _tc) = responder(&cl.c, "billing.charge", C).await;
+    interest_known(&cl.a, B, "billing.charge").await;
+    interest_known(&cl.a, C, "billing.charge").await;
+    let caller = client(&cl.a).await;
+    assert_eq!(
+        majority(&caller, "billing.charge", 10).await,
+        C,
+        "pinned to us-east although ap-south has a responder"
+    );
+    // us-east unreachable: the failover region.
+    cl.cut_c(true);
+    assert!(eventually(Duration::from_secs(15), || link_state(&cl.a, C) == "down").await);
+    assert_eq!(majority(&caller, "billing.charge", 10).await, B);
+    // Every listed region unreachable: this region's own responders.
+    cl.ab.cut();
+    assert!(eventually(Duration::from_secs(15), || link_state(&cl.a, B) == "down").await);
+    assert_eq!(majority(&caller, "billing.charge", 10).await, A);
+}

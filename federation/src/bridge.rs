@@ -951,6 +951,26 @@ impl Remote for RegionRouter {
         Some(rx)
     }
 
+    fn prefers_remote_responders(&self, subject: &str) -> bool {
+        let table = self.route_table();
+        let (rule, _) = table.resolve(subject);
+        let here = self.fed.region();
+        match &rule.policy {
+            crate::routes::Policy::Pinned(r) => r != here,
+            // Weighted: this region takes its share only if it is listed.
+            crate::routes::Policy::Weighted(w) => {
+                let total: u64 = w.iter().map(|(_, w)| u64::from(*w)).sum();
+                let mine: u64 = w
+                    .iter()
+                    .filter(|(r, _)| r == here)
+                    .map(|(_, w)| u64::from(*w))
+                    .sum();
+                total > 0 && rand::random_range(0..total) >= mine
+            }
+            _ => false,
+        }
+    }
+
     fn interest_changed(&self, pattern: &str, queue: Option<&str>, present: bool) {
         let key = interest_key(pattern, queue);
         let delta = {

@@ -193,6 +193,12 @@ impl Identity {
         t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
             5_000,
         ))));
+        // Links are long, fat pipes: one data stream per direction must be able to keep a
+        // WAN round trip's worth of data in flight (quinn's defaults suit ~100 ms at tens of
+        // Mb/s). 32 MiB covers 1 Gb/s at 250 ms.
+        t.stream_receive_window(quinn::VarInt::from_u32(32 << 20));
+        t.receive_window(quinn::VarInt::from_u32(64 << 20));
+        t.send_window(64 << 20);
         Arc::new(t)
     }
 

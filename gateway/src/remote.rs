@@ -35,6 +35,12 @@ pub trait Remote: Send + Sync + 'static {
         payload: Bytes,
         timeout: Duration,
     ) -> Option<oneshot::Receiver<ReplyResult>>;
+    /// Whether requests on `subject` should go to another region even when this region has
+    /// responders (a route pinned to, or weighted towards, other regions).
+    fn prefers_remote_responders(&self, subject: &str) -> bool {
+        let _ = subject;
+        false
+    }
     /// Federation links, for `/v1/status`.
     fn links(&self) -> Vec<LinkStatus> {
         Vec::new()

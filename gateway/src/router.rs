@@ -775,8 +775,20 @@ impl Router {
             return Err((waiter, RouteError::Draining));
         }
         let now = Instant::now();
-        let Some((group, member)) = self.pick_responder(subject, now) else {
-            // No local responder: another region may have one.
+        // A route pinned (or weighted) to other regions sends requests there even when this
+        // region has responders; otherwise local responders come first.
+        let remote_first = allow_remote
+            && self
+                .remote
+                .get()
+                .is_some_and(|r| r.prefers_remote_responders(subject));
+        let mut picked = if remote_first {
+            None
+        } else {
+            self.pick_responder(subject, now)
+        };
+        if picked.is_none() {
+            // No local responder (or the route prefers another region): ask the others.
             if allow_remote
                 && let Some(remote) = self.remote.get()
                 && let Some(rx) = remote.request(subject, headers.clone(), payload.clone(), timeout)
@@ -819,6 +831,12 @@ impl Router {
                 });
                 return Ok(seq);
             }
+            if remote_first {
+                // The preferred regions are unreachable: local responders after all.
+                picked = self.pick_responder(subject, now);
+            }
+        }
+        let Some((group, member)) = picked else {
             self.metrics.request_done(RequestOutcome::NoResponders);
             return Err((waiter, RouteError::NoResponders(subject.to_owned())));
         };
