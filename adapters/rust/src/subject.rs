@@ -36,6 +36,9 @@ fn check(
     if !allow_reserved && subject.starts_with(RESERVED_PREFIX) {
         return Err("subjects starting with `$nexus.` are reserved for the gateway");
     }
+    if is_plain_ascii_subject(subject.as_bytes()) {
+        return Ok(());
+    }
     let mut tokens = subject.split('.').peekable();
     while let Some(tok) = tokens.next() {
         if tok.is_empty() {
@@ -71,6 +74,21 @@ fn check(
         }
     }
     Ok(())
+}
+
+/// One pass over the bytes accepting the usual subject: printable ASCII without wildcards,
+/// no empty token. It runs on every publish, so it avoids `split` and per-char decoding;
+/// anything it does not accept takes the full check, which gives the reason.
+fn is_plain_ascii_subject(b: &[u8]) -> bool {
+    let mut prev_dot = true;
+    for &c in b {
+        let dot = c == b'.';
+        if (dot && prev_dot) || !c.is_ascii_graphic() || c == b'*' || c == b'>' {
+            return false;
+        }
+        prev_dot = dot;
+    }
+    !prev_dot
 }
 
 /// Validates a subject to publish, request or open a stream on (no wildcards, not reserved).
@@ -174,6 +192,25 @@ mod tests {
         assert!(validate_pub_subject("a.*").is_err());
         assert!(validate_reply_to("$nexus.x.y").is_ok());
         assert!(validate_reply_to("a.>").is_err());
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_full_check() {
+        for s in [
+            "a", "a.b.c", "a..b", ".a", "a.", ".", "a*", "a.>", "a b", "ü.x", "a\u{7f}", "x_y.Z-9",
+            "$nexus.x", "a.$b",
+        ] {
+            if is_plain_ascii_subject(s.as_bytes()) {
+                assert!(
+                    validate_publish_subject(s).is_ok() || s.starts_with(RESERVED_PREFIX),
+                    "{s}"
+                );
+            }
+        }
+        assert!(is_plain_ascii_subject(b"orders.eu-west.1"));
+        assert!(!is_plain_ascii_subject(b"a..b"));
+        assert!(!is_plain_ascii_subject(b"a."));
+        assert!(!is_plain_ascii_subject(b""));
     }
 
     #[test]
