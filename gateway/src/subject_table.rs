@@ -187,8 +187,9 @@ fn remove_at<'a, V: Clone>(
 }
 
 fn match_at<V>(node: &Node<V>, subject: &str, f: &mut impl FnMut(&V)) {
-    let (token, rest) = match subject.split_once('.') {
-        Some((token, rest)) => (token, Some(rest)),
+    // A byte search: subjects are short, and `split_once(char)` sets up a `memchr` per token.
+    let (token, rest) = match subject.bytes().position(|b| b == b'.') {
+        Some(dot) => (&subject[..dot], Some(&subject[dot + 1..])),
         None => (subject, None),
     };
     // `>` matches this token and everything after it.
