@@ -9,23 +9,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ControlPlane, Gateway, eventually, tempdir};
+use common::{ControlPlane, Gateway, eventually, nexusctl, tempdir};
 use nexus_client::{Client, Error};
-
-fn ctl(cp: &ControlPlane, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_nexusctl"))
-        .args(args)
-        .env("NEXUS_CONTROL_PLANE", cp.url())
-        .env("NEXUS_ADMIN_KEY", &cp.admin_key)
-        .output()
-        .expect("run nexusctl");
-    assert!(
-        out.status.success(),
-        "nexusctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 async fn connect(gw: &Gateway, key: Option<&str>) -> Result<Client, Error> {
     let mut b = Client::builder(&gw.url())
@@ -38,7 +23,7 @@ async fn connect(gw: &Gateway, key: Option<&str>) -> Result<Client, Error> {
 }
 
 fn create_key(cp: &ControlPlane, name: &str, publish: &str, subscribe: &str) -> (String, String) {
-    let out = ctl(
+    let out = nexusctl(
         cp,
         &[
             "keys",
@@ -108,7 +93,7 @@ async fn keys_scopes_revocation_schemas_persistence_registration_and_dns() {
 
     // Registration and DNS.
     assert!(
-        eventually(Duration::from_secs(5), || ctl(
+        eventually(Duration::from_secs(5), || nexusctl(
             &cp,
             &["gateways", "-o", "json"]
         )
@@ -167,7 +152,7 @@ async fn keys_scopes_revocation_schemas_persistence_registration_and_dns() {
         r#"{"type":"object","properties":{"id":{"type":"integer"}},"required":["id"]}"#,
     )
     .unwrap();
-    ctl(
+    nexusctl(
         &cp,
         &[
             "schemas",
@@ -177,7 +162,7 @@ async fn keys_scopes_revocation_schemas_persistence_registration_and_dns() {
             schema.to_str().unwrap(),
         ],
     );
-    ctl(
+    nexusctl(
         &cp,
         &["schemas", "set-enforcement", "orders.created", "reject"],
     );
@@ -212,7 +197,7 @@ async fn keys_scopes_revocation_schemas_persistence_registration_and_dns() {
     let (_, secret2) = create_key(&cp, "reader", "orders.>", "orders.>");
     drop(wait_accepted(&gw, &secret2).await);
     let revoked_at = Instant::now();
-    ctl(&cp, &["keys", "revoke", &id]);
+    nexusctl(&cp, &["keys", "revoke", &id]);
     assert!(
         eventually(Duration::from_secs(2), || !client.is_connected()).await,
         "revocation reached the connected session"
@@ -244,7 +229,7 @@ async fn keys_scopes_revocation_schemas_persistence_registration_and_dns() {
     // within the lease TTL (2 s here).
     cp.restart();
     assert!(
-        eventually(Duration::from_secs(10), || ctl(
+        eventually(Duration::from_secs(10), || nexusctl(
             &cp,
             &["gateways", "-o", "json"]
         )
@@ -254,7 +239,7 @@ async fn keys_scopes_revocation_schemas_persistence_registration_and_dns() {
     );
     gw.kill();
     assert!(
-        eventually(Duration::from_secs(5), || !ctl(
+        eventually(Duration::from_secs(5), || !nexusctl(
             &cp,
             &["gateways", "-o", "json"]
         )
@@ -298,7 +283,7 @@ async fn protobuf_schema_enforcement_with_the_etcd_store() {
     let files = tempdir::Dir::new("push-etcd-files");
     let protoset = files.0.join("nexus.protoset");
     std::fs::write(&protoset, nexus_proto::FILE_DESCRIPTOR_SET).unwrap();
-    ctl(
+    nexusctl(
         &cp,
         &[
             "schemas",
@@ -310,7 +295,7 @@ async fn protobuf_schema_enforcement_with_the_etcd_store() {
             "nexus.v1.Route",
         ],
     );
-    ctl(
+    nexusctl(
         &cp,
         &["schemas", "set-enforcement", "routes.changed", "reject"],
     );
@@ -347,7 +332,7 @@ async fn protobuf_schema_enforcement_with_the_etcd_store() {
         "orders"
     );
     // Warn mode lets a bad payload through and counts it.
-    ctl(
+    nexusctl(
         &cp,
         &["schemas", "set-enforcement", "routes.changed", "warn"],
     );
@@ -378,7 +363,7 @@ async fn control_plane_shuts_down_cleanly_with_gateways_connected() {
     let cp_url = cp.url();
     let gw = Gateway::start_with_args(&["--control-plane", &cp_url, "--state-dir", &state_dir]);
     assert!(
-        eventually(Duration::from_secs(5), || ctl(
+        eventually(Duration::from_secs(5), || nexusctl(
             &cp,
             &["gateways", "-o", "json"]
         )

@@ -4,28 +4,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Gateway, tempdir};
+use common::{Gateway, federation_certs, tempdir};
 use nexus_client::Client;
-
-fn certs(regions: &[&str]) -> tempdir::Dir {
-    let dir = tempdir::Dir::new("fed-certs");
-    let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(["federation-certs", "--out"])
-        .arg(&dir.0)
-        .arg("--regions")
-        .arg(regions.join(","))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
 
 fn region_gateway(certs: &tempdir::Dir, region: &str, peers: &[(&str, &Gateway)]) -> Gateway {
     let d = certs.0.display().to_string();
@@ -73,7 +55,7 @@ async fn publish_until_received(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_regions_exchange_messages_by_interest_and_survive_a_restart() {
-    let certs = certs(&["a-east", "b-west", "c-south"]);
+    let certs = federation_certs(&["a-east", "b-west", "c-south"]);
     // Regions dial the ones whose names sort after theirs, so start from the last.
     let c = region_gateway(&certs, "c-south", &[]);
     let mut b = region_gateway(&certs, "b-west", &[("c-south", &c)]);

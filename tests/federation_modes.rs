@@ -15,10 +15,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ControlPlane, Gateway, eventually, http_get, tempdir};
+use common::{ControlPlane, Gateway, eventually, federation_certs, http_get, nexusctl, tempdir};
 use nexus_client::Client;
 use nexus_load::wan::{Impairment, WanProxy};
 
@@ -41,19 +40,7 @@ struct Cluster {
 }
 
 fn certs() -> tempdir::Dir {
-    let dir = tempdir::Dir::new("fed-modes-certs");
-    let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(["federation-certs", "--out"])
-        .arg(&dir.0)
-        .args(["--regions", &format!("{A},{B},{C}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
+    federation_certs(&[A, B, C])
 }
 
 fn gateway(
@@ -159,18 +146,7 @@ impl Cluster {
     }
 
     fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_nexusctl"))
-            .args(args)
-            .env("NEXUS_CONTROL_PLANE", self.cp.url())
-            .env("NEXUS_ADMIN_KEY", &self.cp.admin_key)
-            .output()
-            .expect("run nexusctl");
-        assert!(
-            out.status.success(),
-            "nexusctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        nexusctl(&self.cp, args)
     }
 
     /// Applies a route and waits until every gateway uses it.
@@ -190,6 +166,21 @@ impl Cluster {
                 explain(gw, subject)
             );
         }
+    }
+
+    /// A responder for `subject` in every region, each answering with its region's name,
+    /// once A knows about B's and C's.
+    async fn responders_everywhere(
+        &self,
+        subject: &str,
+    ) -> Vec<(Client, tokio::task::JoinHandle<()>)> {
+        let mut out = Vec::new();
+        for (gw, region) in [(&self.a, A), (&self.b, B), (&self.c, C)] {
+            out.push(responder(gw, subject, region).await);
+        }
+        interest_known(&self.a, B, subject).await;
+        interest_known(&self.a, C, subject).await;
+        out
     }
 
     /// Cuts (or heals) both of C's links.
@@ -298,11 +289,8 @@ async fn local_first_requests_go_to_the_nearest_region_and_follow_delay_changes(
         "svc.echo",
     )
     .await;
-    let (local, local_task) = responder(&cl.a, "svc.echo", A).await;
-    let (_rb, _tb) = responder(&cl.b, "svc.echo", B).await;
-    let (_rc, _tc) = responder(&cl.c, "svc.echo", C).await;
-    interest_known(&cl.a, B, "svc.echo").await;
-    interest_known(&cl.a, C, "svc.echo").await;
+    let mut responders = cl.responders_everywhere("svc.echo").await;
+    let (local, local_task) = responders.remove(0);
     let caller = client(&cl.a).await;
     assert_eq!(
         majority(&caller, "svc.echo", 20).await,
@@ -849,11 +837,7 @@ async fn pinned_requests_go_to_their_region_then_fail_over_then_fall_back_to_loc
         "billing.charge",
     )
     .await;
-    let (_ra, _ta) = responder(&cl.a, "billing.charge", A).await;
-    let (_rb, _tb) = responder(&cl.b, "billing.charge", B).await;
-    let (_rc, _tc) = responder(&cl.c, "billing.charge", C).await;
-    interest_known(&cl.a, B, "billing.charge").await;
-    interest_known(&cl.a, C, "billing.charge").await;
+    let _responders = cl.responders_everywhere("billing.charge").await;
     let caller = client(&cl.a).await;
     assert_eq!(
         majority(&caller, "billing.charge", 10).await,

@@ -610,3 +610,37 @@ impl Drop for ControlPlane {
         }
     }
 }
+
+/// A development federation CA and a certificate per region (`nexus federation-certs`).
+pub fn federation_certs(regions: &[&str]) -> tempdir::Dir {
+    let dir = tempdir::Dir::new("fed-certs");
+    let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["federation-certs", "--out"])
+        .arg(&dir.0)
+        .arg("--regions")
+        .arg(regions.join(","))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// Runs `nexusctl` against `cp` with its admin key; panics (with stderr) unless it succeeds.
+pub fn nexusctl(cp: &ControlPlane, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_nexusctl"))
+        .args(args)
+        .env("NEXUS_CONTROL_PLANE", cp.url())
+        .env("NEXUS_ADMIN_KEY", &cp.admin_key)
+        .output()
+        .expect("run nexusctl");
+    assert!(
+        out.status.success(),
+        "nexusctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
