@@ -271,7 +271,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             bail!("--remote takes one --target, with pubsub, fanout, queue or request");
         }
         let mut r = scenarios::run_between(kind, &args.targets[0], remote, &w).await?;
-        r.scenario = format!("{} cross-region", r.scenario);
+        r.scenario = match w.rate {
+            Some(rate) if kind != Kind::Request => {
+                format!("{} cross-region at {rate:.0}/s", r.scenario)
+            }
+            _ => format!("{} cross-region", r.scenario),
+        };
         results.push(r);
         write_json(json_out, &results)?;
         return output(json, &results).map(|()| ExitCode::SUCCESS);
