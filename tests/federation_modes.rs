@@ -853,3 +853,36 @@ async fn pinned_requests_go_to_their_region_then_fail_over_then_fall_back_to_loc
     assert!(eventually(Duration::from_secs(15), || link_state(&cl.a, B) == "down").await);
     assert_eq!(majority(&caller, "billing.charge", 10).await, A);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interest_changes_reach_other_regions_within_a_second() {
+    let cl = Cluster::start(20, 20, 20).await;
+    let knows = |gw: &Gateway, region: &str, subject: &str| {
+        explain(gw, subject)["federation"]["regions"]
+            .as_array()
+            .is_some_and(|r| {
+                r.iter()
+                    .any(|c| c["region"] == region && c["interest"] == true)
+            })
+    };
+    let c = client(&cl.c).await;
+    let started = Instant::now();
+    let sub = c.subscribe("prices.>").await.unwrap();
+    c.flush().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || knows(&cl.a, C, "prices.eur")).await,
+        "a subscription in us-east was not known in ap-south within 1 s (20 ms links)"
+    );
+    let appeared = started.elapsed();
+    let started = Instant::now();
+    sub.unsubscribe().await.unwrap();
+    c.flush().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || !knows(&cl.a, C, "prices.eur")).await,
+        "an unsubscription in us-east was not known in ap-south within 1 s"
+    );
+    eprintln!(
+        "interest appeared after {appeared:?}, went after {:?}",
+        started.elapsed()
+    );
+}
