@@ -183,6 +183,24 @@ impl Cluster {
         out
     }
 
+    /// An `async` route "orders" (orders.>), a subscriber to it in C known to A, and C then
+    /// cut off (A sees its link down).
+    async fn async_subscriber_in_c_cut_off(&self) -> (Client, nexus_client::Subscription) {
+        self.route(
+            "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
+            "orders",
+            "orders.new",
+        )
+        .await;
+        let sub_client = client(&self.c).await;
+        let sub = sub_client.subscribe("orders.>").await.unwrap();
+        sub_client.flush().await.unwrap();
+        interest_known(&self.a, C, "orders.new").await;
+        self.cut_c(true);
+        assert!(eventually(Duration::from_secs(15), || link_state(&self.a, C) == "down").await);
+        (sub_client, sub)
+    }
+
     /// Cuts (or heals) both of C's links.
     fn cut_c(&self, cut: bool) {
         for w in [&self.ac, &self.bc] {
@@ -348,19 +366,7 @@ async fn local_first_requests_go_to_the_nearest_region_and_follow_delay_changes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_messages_published_during_a_cut_arrive_once_in_order_after_healing() {
     let cl = Cluster::start(2, 2, 2).await;
-    cl.route(
-        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
-        "orders",
-        "orders.new",
-    )
-    .await;
-    let sub_client = client(&cl.c).await;
-    let mut sub = sub_client.subscribe("orders.>").await.unwrap();
-    sub_client.flush().await.unwrap();
-    interest_known(&cl.a, C, "orders.new").await;
-
-    cl.cut_c(true);
-    assert!(eventually(Duration::from_secs(15), || link_state(&cl.a, C) == "down").await);
+    let (_sub_client, mut sub) = cl.async_subscriber_in_c_cut_off().await;
     let publisher = client(&cl.a).await;
     const N: u32 = 10_000;
     // In order; the last one is acknowledged, which (the spool commits in order) means
@@ -779,18 +785,7 @@ async fn load_harness_cross_region_scenarios_run_through_the_emulator() {
 async fn a_full_spool_refuses_publishes_with_a_clear_error_and_keeps_what_it_has() {
     // 64 KiB of spool, overflow policy reject (the default).
     let cl = Cluster::start_with(2, 2, 2, &["--spool-max-bytes", "65536"]).await;
-    cl.route(
-        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
-        "orders",
-        "orders.new",
-    )
-    .await;
-    let sub_client = client(&cl.c).await;
-    let mut sub = sub_client.subscribe("orders.>").await.unwrap();
-    sub_client.flush().await.unwrap();
-    interest_known(&cl.a, C, "orders.new").await;
-    cl.cut_c(true);
-    assert!(eventually(Duration::from_secs(15), || link_state(&cl.a, C) == "down").await);
+    let (_sub_client, mut sub) = cl.async_subscriber_in_c_cut_off().await;
     let publisher = client(&cl.a).await;
     let mut accepted = 0u32;
     let err = loop {
