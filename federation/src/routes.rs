@@ -475,45 +475,18 @@ mod tests {
     fn damping_keeps_the_current_region_until_a_challenger_is_clearly_cheaper() {
         let r = rule(Policy::Nearest, Mode::BestEffort);
         let mut d = Damping::default();
-        let ch = choose(
-            &r,
-            Traffic::Request,
-            false,
-            &[cand("a", true, true, 10.0), cand("b", true, true, 12.0)],
-            &mut d,
-            &mut rng(),
-        );
-        assert_eq!(ch.regions, vec!["a"]);
+        // (a's link up, a's cost, b's cost) -> the region requests go to.
+        let mut pick = |a_up: bool, a_ms: f64, b_ms: f64| {
+            let c = [cand("a", true, a_up, a_ms), cand("b", true, true, b_ms)];
+            choose(&r, Traffic::Request, false, &c, &mut d, &mut rng()).regions
+        };
+        assert_eq!(pick(true, 10.0, 12.0), vec!["a"]);
         // b is now a bit cheaper: not enough to switch.
-        let ch = choose(
-            &r,
-            Traffic::Request,
-            false,
-            &[cand("a", true, true, 10.0), cand("b", true, true, 9.0)],
-            &mut d,
-            &mut rng(),
-        );
-        assert_eq!(ch.regions, vec!["a"]);
+        assert_eq!(pick(true, 10.0, 9.0), vec!["a"]);
         // b is much cheaper: switch.
-        let ch = choose(
-            &r,
-            Traffic::Request,
-            false,
-            &[cand("a", true, true, 10.0), cand("b", true, true, 5.0)],
-            &mut d,
-            &mut rng(),
-        );
-        assert_eq!(ch.regions, vec!["b"]);
+        assert_eq!(pick(true, 10.0, 5.0), vec!["b"]);
         // a's link goes down: b regardless.
-        let ch = choose(
-            &r,
-            Traffic::Request,
-            false,
-            &[cand("a", true, false, 1.0), cand("b", true, true, 5.0)],
-            &mut d,
-            &mut rng(),
-        );
-        assert_eq!(ch.regions, vec!["b"]);
+        assert_eq!(pick(false, 1.0, 5.0), vec!["b"]);
     }
 
     #[test]
