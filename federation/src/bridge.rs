@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use nexus_gateway::metrics::{
     FederationOutcome, GatewayMetrics, SpoolLabels, SpoolLoss, SpoolLossLabels,
@@ -103,13 +104,16 @@ pub struct RegionRouter {
     metrics: Arc<GatewayMetrics>,
     router: Arc<Router>,
     local: Mutex<LocalInterest>,
-    remote: Mutex<RemoteInterest>,
+    /// What other regions want; read on every publish without a lock, replaced whole by
+    /// the event task (the only writer) on each interest update.
+    remote: ArcSwap<RemoteInterest>,
     /// Requests sent to other regions, by id: (region, when, where the answer goes).
     requests: Mutex<HashMap<u64, OutstandingRequest>>,
     next_request: AtomicU64,
     counters: Mutex<HashMap<String, Arc<LinkCounters>>>,
     costs: Mutex<HashMap<String, RegionCost>>,
-    routes: Mutex<(i64, Arc<RouteTable>)>,
+    /// The route table and the config version it was built from.
+    routes: ArcSwap<(i64, Arc<RouteTable>)>,
     damping: Mutex<Damping>,
     spool: Arc<SpoolState>,
     /// The registered peers last handed to the links.
@@ -159,12 +163,12 @@ impl RegionRouter {
             metrics: router.metrics.clone(),
             router: router.clone(),
             local: Mutex::new(LocalInterest::default()),
-            remote: Mutex::new(remote),
+            remote: ArcSwap::from_pointee(remote),
             requests: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             counters: Mutex::new(HashMap::new()),
             costs: Mutex::new(HashMap::new()),
-            routes: Mutex::new((-1, Arc::new(RouteTable::new(&[])))),
+            routes: ArcSwap::from_pointee((-1, Arc::new(RouteTable::new(&[])))),
             damping: Mutex::new(Damping::default()),
             peers_seen: Mutex::new(Vec::new()),
             spool: Arc::new(SpoolState {
@@ -204,11 +208,13 @@ impl RegionRouter {
     /// The route table, rebuilt when the control plane's config changes.
     fn route_table(&self) -> Arc<RouteTable> {
         let policy = self.router.policy();
-        let mut cached = self.routes.lock();
-        if cached.0 != policy.version {
-            *cached = (policy.version, Arc::new(RouteTable::new(&policy.routes)));
+        let cached = self.routes.load();
+        if cached.0 == policy.version {
+            return cached.1.clone();
         }
-        cached.1.clone()
+        let table = Arc::new(RouteTable::new(&policy.routes));
+        self.routes.store(Arc::new((policy.version, table.clone())));
+        table
     }
 
     async fn on_event(self: &Arc<Self>, event: LinkEvent) {
@@ -235,11 +241,10 @@ impl RegionRouter {
                 self.spool.wake.notify_one();
             }
             LinkEvent::Interest { region, update } => {
-                let (rejected, patterns) = {
-                    let mut remote = self.remote.lock();
-                    let rejected = remote.apply(&region, &update);
-                    (rejected, remote.patterns(&region))
-                };
+                let mut remote = RemoteInterest::clone(&self.remote.load());
+                let rejected = remote.apply(&region, &update);
+                let patterns = remote.patterns(&region);
+                self.remote.store(Arc::new(remote));
                 if !rejected.is_empty() {
                     tracing::warn!(%region, ?rejected, "peer advertised invalid patterns");
                 }
@@ -575,7 +580,7 @@ impl RegionRouter {
 
     /// Every region this gateway knows of, as a candidate for `subject`.
     fn candidates(&self, subject: &str, spooled: bool) -> Vec<Candidate> {
-        let interested = self.remote.lock().regions_for(subject);
+        let interested = self.remote.load().regions_for(subject);
         self.candidates_among(&interested, spooled)
     }
 
@@ -992,7 +997,7 @@ impl Remote for RegionRouter {
         if rule.mode == Mode::Local {
             return None;
         }
-        let matches = self.remote.lock().matches(&msg.subject);
+        let matches = self.remote.load().matches(&msg.subject);
         // Fast path: nobody elsewhere wants it.
         if matches.is_empty() {
             return None;

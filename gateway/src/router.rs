@@ -380,15 +380,6 @@ impl Router {
         self.remote.get()
     }
 
-    /// Whether any local subscription matches `subject`.
-    pub fn has_local_interest(&self, subject: &str) -> bool {
-        let mut any = false;
-        self.table.load().for_each_match(subject, |g| {
-            any |= !g.members().is_empty();
-        });
-        any
-    }
-
     /// Where a message on `subject` published here would go now, and why (JSON).
     pub fn explain(&self, subject: &str) -> serde_json::Value {
         let mut local = Vec::new();
@@ -507,7 +498,7 @@ impl Router {
         msg: Delivery,
         scratch: &mut Vec<Arc<Member>>,
     ) -> (u32, Option<crate::remote::PublishReceipt>) {
-        self.collect_members(&msg.subject, scratch);
+        self.collect_members(&msg.subject, scratch, |_| true);
         let receipt = match self.remote.get() {
             Some(remote) => remote.publish(&msg, !scratch.is_empty()),
             None => None,
@@ -525,20 +516,10 @@ impl Router {
         queue_groups: &[String],
     ) -> u32 {
         let mut scratch = Vec::new();
-        let mut now = None;
-        self.table
-            .load()
-            .for_each_match(&msg.subject, |group| match &group.queue {
-                Some(q) if queue_groups.iter().any(|g| **g == **q) => {
-                    let now = *now.get_or_insert_with(Instant::now);
-                    if let Some(m) = group.pick(now) {
-                        self.metrics.balancer_picks.inc();
-                        scratch.push(m);
-                    }
-                }
-                None if plain => scratch.extend(group.members.load().iter().cloned()),
-                _ => {}
-            });
+        self.collect_members(&msg.subject, &mut scratch, |group| match &group.queue {
+            Some(q) => queue_groups.iter().any(|g| **g == **q),
+            None => plain,
+        });
         self.deliver_to(msg, &mut scratch).await
     }
 
@@ -556,18 +537,15 @@ impl Router {
         out
     }
 
-    /// Whether a local plain subscription matches `subject`.
-    pub fn has_local_plain_interest(&self, subject: &str) -> bool {
-        let mut any = false;
-        self.table.load().for_each_match(subject, |g| {
-            any |= g.queue.is_none() && !g.members().is_empty();
-        });
-        any
-    }
-
     /// The members a message on `subject` goes to: every member of plain groups, one
     /// balancer-chosen member of each queue group.
-    fn collect_members(&self, subject: &str, scratch: &mut Vec<Arc<Member>>) {
+    /// Only groups for which `wanted` is true are considered.
+    fn collect_members(
+        &self,
+        subject: &str,
+        scratch: &mut Vec<Arc<Member>>,
+        wanted: impl Fn(&Group) -> bool,
+    ) {
         scratch.clear();
         // The clock is read only when a queue group's balancer needs it: plain
         // subscriptions (the common case) never do, and `clock_gettime` per message was
@@ -575,6 +553,9 @@ impl Router {
         let mut now = None;
         let table = self.table.load();
         table.for_each_match(subject, |group| {
+            if !wanted(group) {
+                return;
+            }
             if group.is_queue() {
                 let now = *now.get_or_insert_with(Instant::now);
                 if let Some(m) = group.pick(now) {
