@@ -19,6 +19,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("nexus_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+    // The per-message frames are written by hand (src/hot_frames.rs) so that their strings
+    // share the receive buffer instead of being copied into `String`s.
+    let mut config = tonic_prost_build::configure()
+        .bytes(".")
+        .codec_path("crate::codec::ExactSizeCodec");
+    for message in ["Batch", "Header", "Pub", "Msg", "Req", "Reply"] {
+        config = config.extern_path(
+            format!(".nexus.v1.{message}"),
+            format!("crate::hot_frames::{message}"),
+        );
+    }
+    config.compile_fds(fds)?;
     Ok(())
 }

@@ -412,7 +412,7 @@ async fn async_messages_published_during_a_cut_arrive_once_in_order_after_healin
             .expect("subscription open");
         let i = u32::from_be_bytes(m.payload[..4].try_into().unwrap());
         assert!(seen.insert(i), "message {i} arrived twice");
-        let prev = last.entry(m.subject.clone()).or_default();
+        let prev = last.entry(m.subject.to_string()).or_default();
         assert!(
             prev.is_none_or(|p| i > p),
             "out of order on {}: {i} after {prev:?}",

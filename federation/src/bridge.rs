@@ -860,8 +860,8 @@ fn delivery(region: &str, forward: Forward) -> Option<Delivery> {
         return None;
     }
     Some(Delivery {
-        subject: forward.subject,
-        reply_to: forward.reply_to,
+        subject: forward.subject.into(),
+        reply_to: forward.reply_to.into(),
         headers: forward.headers,
         payload: forward.payload,
         id: forward.id,
@@ -881,7 +881,7 @@ struct Target {
 impl Target {
     fn forward(&self, msg: &Delivery, origin: &str) -> Forward {
         Forward {
-            subject: msg.subject.clone(),
+            subject: msg.subject.to_string(),
             reply_to: String::new(),
             headers: msg.headers.clone(),
             payload: msg.payload.clone(),

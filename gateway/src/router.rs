@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use nexus_proto::ByteString;
 use nexus_proto::v1::{self, ErrorCode, Frame, Header, frame::Kind};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -62,8 +63,8 @@ pub struct Subscription {
 
 /// A message being published, shared by all its deliveries.
 pub struct Delivery {
-    pub subject: String,
-    pub reply_to: String,
+    pub subject: ByteString,
+    pub reply_to: ByteString,
     pub headers: Vec<Header>,
     pub payload: Bytes,
     pub id: Bytes,
@@ -840,8 +841,8 @@ impl Router {
         let size = message_size(subject, &reply_to, &headers, payload_len);
         let f = frame(Kind::Msg(v1::Msg {
             sid: member.sid,
-            subject: subject.to_owned(),
-            reply_to,
+            subject: subject.into(),
+            reply_to: reply_to.into(),
             headers,
             payload,
             id,

@@ -140,8 +140,8 @@ impl Gateway for GatewayService {
         trace::link_span(&span, &mut p.headers);
         let id = bytes::Bytes::copy_from_slice(&ulid::Ulid::new().to_bytes());
         let delivery = Delivery {
-            subject: p.subject,
-            reply_to: String::new(),
+            subject: p.subject.into(),
+            reply_to: Default::default(),
             headers: p.headers,
             payload: p.payload,
             id: id.clone(),

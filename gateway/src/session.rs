@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use nexus_proto::ByteString;
 use nexus_proto::v1::{self, ErrorCode, Frame, frame::Kind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -610,7 +611,7 @@ impl Session {
                 let size = crate::router::message_size("", "", &headers, len);
                 let f = frame(Kind::Reply(v1::Reply {
                     req_id: done.req_id,
-                    reply_to: String::new(),
+                    reply_to: ByteString::new(),
                     headers,
                     payload,
                     error: None,
@@ -630,7 +631,7 @@ impl Session {
     fn send_reply(&self, req_id: u64, result: crate::router::ReplyResult) {
         self.send_control(Kind::Reply(v1::Reply {
             req_id,
-            reply_to: String::new(),
+            reply_to: ByteString::new(),
             headers: Vec::new(),
             payload: Bytes::new(),
             error: result.err(),

@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use nexus_proto::ByteString;
 use nexus_proto::v1::Header;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
@@ -32,19 +33,25 @@ pub fn new_traceparent() -> String {
 
 /// Whether `value` is a syntactically valid version-00 traceparent
 /// (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, ids not all zero). Runs on every
-/// message, so it checks positions in place instead of splitting.
+/// message, so it checks positions in place, and the hex test has no early exit: a loop
+/// without branches per byte is one the compiler vectorises.
 pub fn is_valid_traceparent(value: &str) -> bool {
     let b = value.as_bytes();
     if b.len() != 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' || &b[0..2] == b"ff" {
         return false;
     }
     // W3C allows lowercase hex only.
-    let hex = |r: std::ops::Range<usize>| {
-        b[r].iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    let hex = |s: &[u8]| {
+        s.iter().fold(true, |ok, &c| {
+            ok & ((c.wrapping_sub(b'0') < 10) | (c.wrapping_sub(b'a') < 6))
+        })
     };
-    let nonzero = |r: std::ops::Range<usize>| b[r].iter().any(|&c| c != b'0');
-    hex(0..2) && hex(3..35) && hex(36..52) && hex(53..55) && nonzero(3..35) && nonzero(36..52)
+    hex(&b[0..2])
+        & hex(&b[3..35])
+        & hex(&b[36..52])
+        & hex(&b[53..55])
+        & (b[3..35] != [b'0'; 32])
+        & (b[36..52] != [b'0'; 16])
 }
 
 /// Makes sure `headers` carries a valid traceparent; a missing or malformed one is replaced.
@@ -54,10 +61,10 @@ pub fn ensure_traceparent(headers: &mut Vec<Header>) {
         .find(|h| h.key.eq_ignore_ascii_case(TRACEPARENT))
     {
         Some(h) if is_valid_traceparent(&h.value) => {}
-        Some(h) => h.value = new_traceparent(),
+        Some(h) => h.value = new_traceparent().into(),
         None => headers.push(Header {
-            key: TRACEPARENT.into(),
-            value: new_traceparent(),
+            key: ByteString::from_static(TRACEPARENT),
+            value: new_traceparent().into(),
         }),
     }
 }
@@ -69,20 +76,20 @@ impl Extractor for HeaderCarrier<'_> {
         self.0
             .iter()
             .find(|h| h.key.eq_ignore_ascii_case(key))
-            .map(|h| h.value.as_str())
+            .map(|h| &*h.value)
     }
     fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|h| h.key.as_str()).collect()
+        self.0.iter().map(|h| &*h.key).collect()
     }
 }
 
 impl Injector for HeaderCarrier<'_> {
     fn set(&mut self, key: &str, value: String) {
         match self.0.iter_mut().find(|h| h.key.eq_ignore_ascii_case(key)) {
-            Some(h) => h.value = value,
+            Some(h) => h.value = value.into(),
             None => self.0.push(Header {
-                key: key.to_owned(),
-                value,
+                key: key.into(),
+                value: value.into(),
             }),
         }
     }
@@ -122,6 +129,18 @@ mod tests {
         ));
         assert!(!is_valid_traceparent(
             "00-00000000000000000000000000000000-0000000000000001-01"
+        ));
+        for bad in [
+            "00-0af7651916cd43dd8448eb211c80319g-b7ad6b7169203331-01", // 'g'
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", // zero span id
+            "00-0af7651916cd43dd8448eb211c80319c_b7ad6b7169203331-01", // separator
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0/", // '/' is below '0'
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 ", // length
+        ] {
+            assert!(!is_valid_traceparent(bad), "{bad}");
+        }
+        assert!(is_valid_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
         ));
     }
 

@@ -18,6 +18,10 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use nexus_load::report::{self, Comparison, ScenarioResult};
 use nexus_load::scenarios::{self, Kind, Workload};
+
+/// The same allocator as the `nexus` binary, for both targets' clients (Nexus and NATS).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use nexus_load::suite;
 use nexus_load::target::Target;
 

@@ -5,13 +5,18 @@
 //! The `.proto` files are the polyglot contract; every adapter (Rust, Python, Java,
 //! TypeScript) is generated from them. `docs/protocol.md` describes the semantics.
 
+pub mod codec;
+pub mod hot_frames;
 pub mod keys;
 pub mod subject;
+
+pub use bytestring::ByteString;
 
 /// Generated types and gRPC stubs for package `nexus.v1`.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("nexus.v1");
+    pub use crate::hot_frames::{Batch, Header, Msg, Pub, Reply, Req};
 }
 
 /// Encoded `FileDescriptorSet` of every nexus proto, for gRPC server reflection.

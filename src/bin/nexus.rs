@@ -5,6 +5,14 @@ use clap::{Parser, Subcommand};
 use nexus::cli_config::GatewayArgs;
 use nexus_gateway::GatewayConfig;
 
+/// mimalloc instead of glibc's allocator: on the message path one task allocates a frame and
+/// another frees it, and glibc's cross-thread frees (`_int_free`, `malloc_consolidate`) were
+/// ~6 % of the gateway's instructions (docs/benchmarks.md). Built with `no_thp`: with
+/// transparent huge pages mimalloc's arenas fill 2 MiB at a time, and the gateway's resident
+/// memory grew by 25 MiB instead of < 12 MiB in the slow-consumer test (tests/protocol.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "nexus",

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use nexus_proto::ByteString;
 use nexus_proto::v1 as pb;
 use nexus_proto::v1::frame::Kind;
 use parking_lot::Mutex;
@@ -367,8 +368,8 @@ impl Client {
         let mut headers = Headers::with_capacity(1);
         headers.ensure_traceparent();
         self.enqueue(Outbound::any(Kind::Pub(pb::Pub {
-            subject: subject.to_owned(),
-            reply_to: String::new(),
+            subject: subject.into(),
+            reply_to: ByteString::new(),
             headers: headers.into_inner(),
             payload,
             id: new_id(),
@@ -392,8 +393,8 @@ impl Client {
         let mut headers = msg.headers;
         headers.ensure_traceparent();
         Ok(Kind::Pub(pb::Pub {
-            subject: msg.subject,
-            reply_to: msg.reply_to.unwrap_or_default(),
+            subject: msg.subject.into(),
+            reply_to: msg.reply_to.map(ByteString::from).unwrap_or_default(),
             headers: headers.into_inner(),
             payload: msg.payload,
             id: new_id(),
@@ -578,7 +579,7 @@ impl Client {
         });
         let frame = Kind::Req(pb::Req {
             req_id,
-            subject: subject.to_owned(),
+            subject: subject.into(),
             headers: headers.into_inner(),
             payload,
             timeout_ms: duration_ms(timeout).max(1),
@@ -615,14 +616,14 @@ impl Client {
     /// Answers a request received on a subscription (a message with `reply_to`). The reply
     /// carries the request's `traceparent`. [`serve`](Self::serve) does this for you.
     pub async fn reply(&self, request: &Message, payload: impl Into<Bytes>) -> Result<()> {
-        let reply_to = request.reply_to.as_deref().ok_or_else(|| Error::Invalid {
+        let reply_to = request.reply_to.clone().ok_or_else(|| Error::Invalid {
             message: "message has no reply_to".into(),
         })?;
         let payload = payload.into();
         self.check_payload(payload.len())?;
         self.enqueue(Outbound::any(reply_frame(
             request.traceparent(),
-            reply_to.to_owned(),
+            reply_to,
             Ok(payload),
         )))
         .await
@@ -631,12 +632,12 @@ impl Client {
     /// Refuses a request received on a subscription; the requester gets
     /// [`Error::Service`] with `error.message`.
     pub async fn reply_error(&self, request: &Message, error: ServiceError) -> Result<()> {
-        let reply_to = request.reply_to.as_deref().ok_or_else(|| Error::Invalid {
+        let reply_to = request.reply_to.clone().ok_or_else(|| Error::Invalid {
             message: "message has no reply_to".into(),
         })?;
         self.enqueue(Outbound::any(reply_frame(
             request.traceparent(),
-            reply_to.to_owned(),
+            reply_to,
             Err(error),
         )))
         .await
@@ -803,15 +804,15 @@ impl Client {
 /// Builds the Reply (or Nack) frame answering `request`.
 pub(crate) fn reply_frame(
     traceparent: Option<&str>,
-    reply_to: String,
+    reply_to: ByteString,
     result: std::result::Result<Bytes, ServiceError>,
 ) -> Kind {
     match result {
         Ok(payload) => {
             let headers = match traceparent {
                 Some(tp) => vec![pb::Header {
-                    key: TRACEPARENT.to_owned(),
-                    value: tp.to_owned(),
+                    key: ByteString::from_static(TRACEPARENT),
+                    value: tp.into(),
                 }],
                 None => Vec::new(),
             };
@@ -825,7 +826,7 @@ pub(crate) fn reply_frame(
         }
         Err(e) => Kind::Nack(pb::Nack {
             ack_id: 0,
-            reply_to,
+            reply_to: reply_to.to_string(),
             error: Some(pb::Error {
                 code: pb::ErrorCode::ServiceError as i32,
                 message: e.message,

@@ -4,6 +4,7 @@
 //! representation, so sending and receiving headers needs no conversion. Key lookups are
 //! ASCII case-insensitive.
 
+use nexus_proto::ByteString;
 use nexus_proto::v1 as pb;
 
 /// Header key of the W3C trace context.
@@ -29,8 +30,8 @@ impl Headers {
         let key = key.into();
         self.0.retain(|h| !h.key.eq_ignore_ascii_case(&key));
         self.0.push(pb::Header {
-            key,
-            value: value.into(),
+            key: key.into(),
+            value: value.into().into(),
         });
         self
     }
@@ -38,8 +39,8 @@ impl Headers {
     /// Adds `key: value`, keeping existing values of `key`.
     pub fn append(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
         self.0.push(pb::Header {
-            key: key.into(),
-            value: value.into(),
+            key: key.into().into(),
+            value: value.into().into(),
         });
         self
     }
@@ -55,7 +56,7 @@ impl Headers {
         self.0
             .iter()
             .find(|h| h.key.eq_ignore_ascii_case(key))
-            .map(|h| h.value.as_str())
+            .map(|h| &*h.value)
     }
 
     /// Every value of `key`, in order.
@@ -63,7 +64,7 @@ impl Headers {
         self.0
             .iter()
             .filter(move |h| h.key.eq_ignore_ascii_case(key))
-            .map(|h| h.value.as_str())
+            .map(|h| &*h.value)
     }
 
     /// True if `key` is present.
@@ -80,7 +81,7 @@ impl Headers {
 
     /// `(key, value)` pairs in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|h| (h.key.as_str(), h.value.as_str()))
+        self.0.iter().map(|h| (&*h.key, &*h.value))
     }
 
     /// Number of entries.
@@ -105,15 +106,15 @@ impl Headers {
         for h in &mut self.0 {
             if h.key.eq_ignore_ascii_case(TRACEPARENT) {
                 if h.key != TRACEPARENT {
-                    h.key = TRACEPARENT.to_owned();
+                    h.key = ByteString::from_static(TRACEPARENT);
                 }
                 found = true;
             }
         }
         if !found {
             self.0.push(pb::Header {
-                key: TRACEPARENT.to_owned(),
-                value: new_traceparent(),
+                key: ByteString::from_static(TRACEPARENT),
+                value: new_traceparent().into(),
             });
         }
     }
@@ -134,8 +135,8 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
         Headers(
             iter.into_iter()
                 .map(|(k, v)| pb::Header {
-                    key: k.into(),
-                    value: v.into(),
+                    key: k.into().into(),
+                    value: v.into().into(),
                 })
                 .collect(),
         )

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use nexus_proto::ByteString;
 use nexus_proto::v1 as pb;
 
 use crate::headers::Headers;
@@ -14,9 +15,9 @@ use crate::headers::Headers;
 pub struct Message {
     /// The subject it was published on. For stream frames this is empty (see
     /// [`BiStream::subject`](crate::BiStream::subject)); for replies it is the request subject.
-    pub subject: String,
+    pub subject: ByteString,
     /// Where to send the answer if this is a request.
-    pub reply_to: Option<String>,
+    pub reply_to: Option<ByteString>,
     /// Headers (including `traceparent`).
     pub headers: Headers,
     /// The payload.
@@ -49,9 +50,13 @@ impl Message {
         }
     }
 
-    pub(crate) fn from_parts(subject: String, headers: Vec<pb::Header>, payload: Bytes) -> Message {
+    pub(crate) fn from_parts(
+        subject: impl Into<ByteString>,
+        headers: Vec<pb::Header>,
+        payload: Bytes,
+    ) -> Message {
         Message {
-            subject,
+            subject: subject.into(),
             reply_to: None,
             headers: Headers(headers),
             payload,
@@ -61,7 +66,7 @@ impl Message {
     }
 }
 
-fn non_empty(s: String) -> Option<String> {
+fn non_empty(s: ByteString) -> Option<ByteString> {
     (!s.is_empty()).then_some(s)
 }
 
@@ -122,7 +127,7 @@ mod tests {
         let m = Message::from_msg(pb::Msg {
             sid: 1,
             subject: "a.b".into(),
-            reply_to: String::new(),
+            reply_to: Default::default(),
             headers: vec![pb::Header {
                 key: "traceparent".into(),
                 value: "t".into(),

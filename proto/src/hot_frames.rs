@@ -1,0 +1,651 @@
+//! The per-message frames (`Pub`, `Msg`, `Req`, `Reply` and their `Header`s) and the `Batch`
+//! that carries them, written by hand instead of generated, so that their string fields are
+//! [`ByteString`]s: reference-counted slices of the buffer the frame was received in.
+//!
+//! prost decodes a `string` field into a freshly allocated `String` (one `malloc` and one copy
+//! per subject, reply subject, header key and header value), and copies it again when a
+//! gateway forwards the message. These frames are on the path of every message, so here a
+//! decoded string shares the receive buffer the way a `bytes` field (`Bytes`) already does,
+//! and forwarding it is a reference-count increment. The wire format is exactly that of
+//! `nexus/v1/gateway.proto` (which stays the contract for every other adapter); the build
+//! script maps these five messages here with `extern_path`, so the generated `Frame` oneof and
+//! the federation messages use them, and tests check that both encodings agree byte for byte.
+//!
+//! A string that is not UTF-8 is refused with the same decode error as a generated message.
+//!
+//! [`Batch`] differs from the generated one only in sizing its `frames` vector once, from a
+//! scan of the frame lengths, instead of growing it by doubling (a batch holds up to a few
+//! hundred frames of ~200 bytes each, and every doubling copied them).
+
+use bytes::{Buf, BufMut, Bytes};
+pub use bytestring::ByteString;
+use prost::DecodeError;
+use prost::encoding::{
+    DecodeContext, WireType, bytes as pbytes, decode_varint, encode_key, encode_varint,
+    encoded_len_varint, key_len, message, skip_field, uint32, uint64,
+};
+
+use super::v1::{Error, Frame};
+
+/// A batch of frames (`nexus.v1.Batch`); frames in a batch are processed in order.
+#[derive(Clone, PartialEq, Default, Debug)]
+pub struct Batch {
+    pub frames: Vec<Frame>,
+}
+
+/// At most this many frames are reserved up front; a larger batch grows as usual.
+const MAX_PRESIZED_FRAMES: usize = 4096;
+
+/// How many `frames` records follow, counting the one whose key was just read: `chunk` starts
+/// at that record's length. Reads only keys and lengths, and stops at anything else or at the
+/// end of `chunk`; only used to size the vector, so a wrong count costs a reallocation, never
+/// a wrong decode.
+fn frames_ahead(mut chunk: &[u8]) -> usize {
+    let mut n = 0;
+    while n < MAX_PRESIZED_FRAMES {
+        let Ok(len) = decode_varint(&mut chunk) else {
+            break;
+        };
+        n += 1;
+        match usize::try_from(len).ok().and_then(|len| chunk.get(len..)) {
+            Some([0x0a, next @ ..]) => chunk = next,
+            _ => break,
+        }
+    }
+    n.max(1)
+}
+
+/// A message header (`nexus.v1.Header`), e.g. `traceparent`.
+#[derive(Clone, PartialEq, Eq, Default, Debug)]
+pub struct Header {
+    pub key: ByteString,
+    pub value: ByteString,
+}
+
+/// Client -> gateway: publish (`nexus.v1.Pub`).
+#[derive(Clone, PartialEq, Default, Debug)]
+pub struct Pub {
+    pub subject: ByteString,
+    pub reply_to: ByteString,
+    pub headers: Vec<Header>,
+    pub payload: Bytes,
+    /// 16-byte ULID; the gateway assigns one when empty.
+    pub id: Bytes,
+    pub ack_id: u64,
+}
+
+/// Gateway -> client: a delivery for subscription `sid` (`nexus.v1.Msg`).
+#[derive(Clone, PartialEq, Default, Debug)]
+pub struct Msg {
+    pub sid: u64,
+    pub subject: ByteString,
+    pub reply_to: ByteString,
+    pub headers: Vec<Header>,
+    pub payload: Bytes,
+    pub id: Bytes,
+    /// For requests: milliseconds left before the requester gives up.
+    pub deadline_ms: u32,
+}
+
+/// Client -> gateway: a request (`nexus.v1.Req`).
+#[derive(Clone, PartialEq, Default, Debug)]
+pub struct Req {
+    pub req_id: u64,
+    pub subject: ByteString,
+    pub headers: Vec<Header>,
+    pub payload: Bytes,
+    /// 0 means the gateway default (request_timeout).
+    pub timeout_ms: u32,
+    pub id: Bytes,
+}
+
+/// Both directions: the answer to a request (`nexus.v1.Reply`).
+#[derive(Clone, PartialEq, Default, Debug)]
+pub struct Reply {
+    pub req_id: u64,
+    pub reply_to: ByteString,
+    pub headers: Vec<Header>,
+    pub payload: Bytes,
+    pub error: Option<Error>,
+}
+
+/// `string` fields as [`ByteString`], with proto3's rule that an empty string is not sent.
+mod text {
+    use super::*;
+
+    pub(super) fn encode(tag: u32, value: &ByteString, buf: &mut impl BufMut) {
+        if !value.is_empty() {
+            encode_key(tag, WireType::LengthDelimited, buf);
+            encode_varint(value.len() as u64, buf);
+            buf.put_slice(value.as_bytes());
+        }
+    }
+
+    pub(super) fn encoded_len(tag: u32, value: &ByteString) -> usize {
+        if value.is_empty() {
+            0
+        } else {
+            key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
+        }
+    }
+
+    /// Takes the field's bytes out of `buf` without copying (when `buf` is backed by `Bytes`
+    /// or `BytesMut`) and checks they are UTF-8.
+    pub(super) fn merge(
+        wire_type: WireType,
+        value: &mut ByteString,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        let mut raw = Bytes::new();
+        pbytes::merge(wire_type, &mut raw, buf, ctx)?;
+        *value = ByteString::try_from(raw).map_err(|_| {
+            #[allow(deprecated)] // prost keeps its error kinds private
+            DecodeError::new("invalid string value: data is not UTF-8 encoded")
+        })?;
+        Ok(())
+    }
+}
+
+fn encode_bytes(tag: u32, value: &Bytes, buf: &mut impl BufMut) {
+    if !value.is_empty() {
+        pbytes::encode(tag, value, buf);
+    }
+}
+
+fn bytes_len(tag: u32, value: &Bytes) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        pbytes::encoded_len(tag, value)
+    }
+}
+
+fn encode_u64(tag: u32, value: u64, buf: &mut impl BufMut) {
+    if value != 0 {
+        uint64::encode(tag, &value, buf);
+    }
+}
+
+fn u64_len(tag: u32, value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        uint64::encoded_len(tag, &value)
+    }
+}
+
+fn encode_u32(tag: u32, value: u32, buf: &mut impl BufMut) {
+    if value != 0 {
+        uint32::encode(tag, &value, buf);
+    }
+}
+
+fn u32_len(tag: u32, value: u32) -> usize {
+    if value == 0 {
+        0
+    } else {
+        uint32::encoded_len(tag, &value)
+    }
+}
+
+impl prost::Message for Batch {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        message::encode_repeated(1, &self.frames, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => {
+                if self.frames.capacity() == 0 {
+                    self.frames.reserve_exact(frames_ahead(buf.chunk()));
+                }
+                message::merge_repeated(wire_type, &mut self.frames, buf, ctx)
+            }
+            _ => skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        message::encoded_len_repeated(1, &self.frames)
+    }
+
+    fn clear(&mut self) {
+        self.frames.clear();
+    }
+}
+
+impl prost::Message for Header {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        text::encode(1, &self.key, buf);
+        text::encode(2, &self.value, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => text::merge(wire_type, &mut self.key, buf, ctx),
+            2 => text::merge(wire_type, &mut self.value, buf, ctx),
+            _ => skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        text::encoded_len(1, &self.key) + text::encoded_len(2, &self.value)
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+impl prost::Message for Pub {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        text::encode(1, &self.subject, buf);
+        text::encode(2, &self.reply_to, buf);
+        message::encode_repeated(3, &self.headers, buf);
+        encode_bytes(4, &self.payload, buf);
+        encode_bytes(5, &self.id, buf);
+        encode_u64(6, self.ack_id, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => text::merge(wire_type, &mut self.subject, buf, ctx),
+            2 => text::merge(wire_type, &mut self.reply_to, buf, ctx),
+            3 => message::merge_repeated(wire_type, &mut self.headers, buf, ctx),
+            4 => pbytes::merge(wire_type, &mut self.payload, buf, ctx),
+            5 => pbytes::merge(wire_type, &mut self.id, buf, ctx),
+            6 => uint64::merge(wire_type, &mut self.ack_id, buf, ctx),
+            _ => skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        text::encoded_len(1, &self.subject)
+            + text::encoded_len(2, &self.reply_to)
+            + message::encoded_len_repeated(3, &self.headers)
+            + bytes_len(4, &self.payload)
+            + bytes_len(5, &self.id)
+            + u64_len(6, self.ack_id)
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+impl prost::Message for Msg {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        encode_u64(1, self.sid, buf);
+        text::encode(2, &self.subject, buf);
+        text::encode(3, &self.reply_to, buf);
+        message::encode_repeated(4, &self.headers, buf);
+        encode_bytes(5, &self.payload, buf);
+        encode_bytes(6, &self.id, buf);
+        encode_u32(7, self.deadline_ms, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => uint64::merge(wire_type, &mut self.sid, buf, ctx),
+            2 => text::merge(wire_type, &mut self.subject, buf, ctx),
+            3 => text::merge(wire_type, &mut self.reply_to, buf, ctx),
+            4 => message::merge_repeated(wire_type, &mut self.headers, buf, ctx),
+            5 => pbytes::merge(wire_type, &mut self.payload, buf, ctx),
+            6 => pbytes::merge(wire_type, &mut self.id, buf, ctx),
+            7 => uint32::merge(wire_type, &mut self.deadline_ms, buf, ctx),
+            _ => skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        u64_len(1, self.sid)
+            + text::encoded_len(2, &self.subject)
+            + text::encoded_len(3, &self.reply_to)
+            + message::encoded_len_repeated(4, &self.headers)
+            + bytes_len(5, &self.payload)
+            + bytes_len(6, &self.id)
+            + u32_len(7, self.deadline_ms)
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+impl prost::Message for Req {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        encode_u64(1, self.req_id, buf);
+        text::encode(2, &self.subject, buf);
+        message::encode_repeated(3, &self.headers, buf);
+        encode_bytes(4, &self.payload, buf);
+        encode_u32(5, self.timeout_ms, buf);
+        encode_bytes(6, &self.id, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => uint64::merge(wire_type, &mut self.req_id, buf, ctx),
+            2 => text::merge(wire_type, &mut self.subject, buf, ctx),
+            3 => message::merge_repeated(wire_type, &mut self.headers, buf, ctx),
+            4 => pbytes::merge(wire_type, &mut self.payload, buf, ctx),
+            5 => uint32::merge(wire_type, &mut self.timeout_ms, buf, ctx),
+            6 => pbytes::merge(wire_type, &mut self.id, buf, ctx),
+            _ => skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        u64_len(1, self.req_id)
+            + text::encoded_len(2, &self.subject)
+            + message::encoded_len_repeated(3, &self.headers)
+            + bytes_len(4, &self.payload)
+            + u32_len(5, self.timeout_ms)
+            + bytes_len(6, &self.id)
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+impl prost::Message for Reply {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        encode_u64(1, self.req_id, buf);
+        text::encode(2, &self.reply_to, buf);
+        message::encode_repeated(3, &self.headers, buf);
+        encode_bytes(4, &self.payload, buf);
+        if let Some(e) = &self.error {
+            message::encode(5, e, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => uint64::merge(wire_type, &mut self.req_id, buf, ctx),
+            2 => text::merge(wire_type, &mut self.reply_to, buf, ctx),
+            3 => message::merge_repeated(wire_type, &mut self.headers, buf, ctx),
+            4 => pbytes::merge(wire_type, &mut self.payload, buf, ctx),
+            5 => message::merge(
+                wire_type,
+                self.error.get_or_insert_with(Error::default),
+                buf,
+                ctx,
+            ),
+            _ => skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        u64_len(1, self.req_id)
+            + text::encoded_len(2, &self.reply_to)
+            + message::encoded_len_repeated(3, &self.headers)
+            + bytes_len(4, &self.payload)
+            + self
+                .error
+                .as_ref()
+                .map_or(0, |e| message::encoded_len(5, e))
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+    use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage as _, Value};
+
+    use crate::v1::{ErrorCode, Frame, frame::Kind};
+
+    /// The generated view of the same `.proto`, to check the hand-written encoding against.
+    fn dynamic(name: &str, wire: &[u8]) -> DynamicMessage {
+        let pool = DescriptorPool::decode(crate::FILE_DESCRIPTOR_SET).unwrap();
+        let desc = pool.get_message_by_name(name).unwrap();
+        DynamicMessage::decode(desc, wire).unwrap()
+    }
+
+    fn headers() -> Vec<Header> {
+        vec![
+            Header {
+                key: "traceparent".into(),
+                value: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            },
+            Header {
+                key: "ключ".into(),
+                value: "värde ✓".into(),
+            },
+        ]
+    }
+
+    /// Encodes `ours`, decodes it through the descriptor, re-encodes that: both encodings
+    /// must be byte-identical and decode back to `ours`.
+    fn round_trip<M: prost::Message + Default + PartialEq + std::fmt::Debug>(
+        name: &str,
+        ours: &M,
+    ) -> DynamicMessage {
+        let wire = ours.encode_to_vec();
+        assert_eq!(wire.len(), ours.encoded_len());
+        let dynamic = dynamic(name, &wire);
+        assert_eq!(dynamic.encode_to_vec(), wire, "{name}: encodings differ");
+        assert_eq!(&M::decode(Bytes::from(wire)).unwrap(), ours);
+        dynamic
+    }
+
+    fn text(d: &DynamicMessage, field: &str) -> String {
+        d.get_field_by_name(field)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn every_field_encodes_as_the_proto_says() {
+        let p = Pub {
+            subject: "orders.eu.created".into(),
+            reply_to: "_INBOX.x".into(),
+            headers: headers(),
+            payload: Bytes::from_static(b"\x00\x01payload"),
+            id: Bytes::from_static(&[7; 16]),
+            ack_id: 300,
+        };
+        let d = round_trip("nexus.v1.Pub", &p);
+        assert_eq!(text(&d, "subject"), "orders.eu.created");
+        assert_eq!(text(&d, "reply_to"), "_INBOX.x");
+        assert_eq!(d.get_field_by_name("ack_id").unwrap().as_u64(), Some(300));
+        let Value::List(h) = &*d.get_field_by_name("headers").unwrap() else {
+            panic!("headers is not a list")
+        };
+        assert_eq!(h.len(), 2);
+        assert_eq!(text(h[1].as_message().unwrap(), "value"), "värde ✓");
+
+        let m = Msg {
+            sid: u64::MAX,
+            subject: "a.b".into(),
+            reply_to: "r".into(),
+            headers: headers(),
+            payload: Bytes::from_static(b"p"),
+            id: Bytes::from_static(&[1; 16]),
+            deadline_ms: 1500,
+        };
+        let d = round_trip("nexus.v1.Msg", &m);
+        assert_eq!(d.get_field_by_name("sid").unwrap().as_u64(), Some(u64::MAX));
+        assert_eq!(
+            d.get_field_by_name("deadline_ms").unwrap().as_u32(),
+            Some(1500)
+        );
+
+        let r = Req {
+            req_id: 9,
+            subject: "svc.echo".into(),
+            headers: headers(),
+            payload: Bytes::from_static(b"q"),
+            timeout_ms: 250,
+            id: Bytes::from_static(&[2; 16]),
+        };
+        let d = round_trip("nexus.v1.Req", &r);
+        assert_eq!(
+            d.get_field_by_name("timeout_ms").unwrap().as_u32(),
+            Some(250)
+        );
+
+        let reply = Reply {
+            req_id: 9,
+            reply_to: "_INBOX.1".into(),
+            headers: headers(),
+            payload: Bytes::from_static(b"a"),
+            error: Some(Error {
+                code: ErrorCode::Timeout as i32,
+                message: "late".into(),
+                ref_id: 9,
+            }),
+        };
+        let d = round_trip("nexus.v1.Reply", &reply);
+        let e = d.get_field_by_name("error").unwrap();
+        assert_eq!(text(e.as_message().unwrap(), "message"), "late");
+
+        // Defaults are not sent, as proto3 requires.
+        round_trip("nexus.v1.Pub", &Pub::default());
+        assert!(Msg::default().encode_to_vec().is_empty());
+        round_trip("nexus.v1.Reply", &Reply::default());
+    }
+
+    #[test]
+    fn inside_a_batch_the_frames_decode_unchanged() {
+        let batch = crate::v1::Batch {
+            frames: vec![
+                Frame {
+                    kind: Some(Kind::Pub(Pub {
+                        subject: "a".into(),
+                        headers: headers(),
+                        ..Default::default()
+                    })),
+                },
+                Frame {
+                    kind: Some(Kind::Msg(Msg {
+                        sid: 1,
+                        subject: "b".into(),
+                        ..Default::default()
+                    })),
+                },
+            ],
+        };
+        let wire = batch.encode_to_vec();
+        let d = dynamic("nexus.v1.Batch", &wire);
+        assert_eq!(d.encode_to_vec(), wire);
+        assert_eq!(crate::v1::Batch::decode(&wire[..]).unwrap(), batch);
+        assert_eq!(d.descriptor().full_name(), "nexus.v1.Batch");
+    }
+
+    #[test]
+    fn a_batch_is_sized_once_from_its_frame_lengths() {
+        let frame = |i: u64| Frame {
+            kind: Some(Kind::Msg(Msg {
+                sid: i,
+                subject: "a.b".into(),
+                payload: Bytes::from(vec![0; (i as usize * 37) % 300]),
+                ..Default::default()
+            })),
+        };
+        for n in [1, 2, 300] {
+            let batch = Batch {
+                frames: (0..n).map(frame).collect(),
+            };
+            let decoded = Batch::decode(Bytes::from(batch.encode_to_vec())).unwrap();
+            assert_eq!(decoded, batch);
+            assert_eq!(decoded.frames.capacity(), n as usize, "{n} frames");
+        }
+        // Cut short or followed by garbage: the count is only a size hint, decoding decides.
+        let wire = Batch {
+            frames: (0..10).map(frame).collect(),
+        }
+        .encode_to_vec();
+        for cut in 0..wire.len() {
+            let _ = Batch::decode(&wire[..cut]);
+        }
+        let mut garbage = wire.clone();
+        garbage.extend([
+            0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ]);
+        assert!(Batch::decode(&garbage[..]).is_err());
+        assert_eq!(frames_ahead(&[0x80]), 1);
+        assert_eq!(frames_ahead(&[]), 1);
+    }
+
+    #[test]
+    fn decoded_strings_share_the_receive_buffer() {
+        let wire = Bytes::from(
+            Pub {
+                subject: "orders.created".into(),
+                headers: headers(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let range = wire.as_ptr_range();
+        let p = Pub::decode(wire.clone()).unwrap();
+        assert!(range.contains(&p.subject.as_ptr()), "subject was copied");
+        assert!(
+            range.contains(&p.headers[0].value.as_ptr()),
+            "header was copied"
+        );
+    }
+
+    #[test]
+    fn a_string_that_is_not_utf8_is_refused() {
+        // Pub.subject (field 1, length-delimited) = 0xff 0xfe.
+        let err = Pub::decode(&[0x0a, 0x02, 0xff, 0xfe][..]).unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+        // A length past the end of the buffer.
+        assert!(Pub::decode(&[0x0a, 0x09, b'a'][..]).is_err());
+        // Unknown fields are skipped, as in generated code.
+        let mut wire = vec![0xa0, 0x06, 0x01]; // field 100, varint 1
+        wire.extend(
+            Pub {
+                subject: "x".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        assert_eq!(Pub::decode(&wire[..]).unwrap().subject, "x");
+    }
+}
