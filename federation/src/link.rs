@@ -28,6 +28,17 @@ pub const LINK_PROTOCOL: u32 = 1;
 /// Largest frame accepted from a peer: room for the largest payload a gateway can be
 /// configured to accept (64 MiB) plus its envelope.
 pub const MAX_FRAME: usize = 80 << 20;
+/// The data writer coalesces queued frames into writes of up to this many bytes. quinn keeps
+/// every write as one segment of the stream's send buffer and finds the bytes of each packet
+/// it builds by scanning those segments from the oldest unacknowledged one, so one write per
+/// small frame made that scan (tens of thousands of segments with a WAN round trip's worth of
+/// data in flight) the sender's main cost, and under overload the link starved for CPU.
+pub const WRITE_BATCH: usize = 64 << 10;
+/// Socket buffers asked for the federation endpoint's UDP socket (the kernel caps them at
+/// `net.core.rmem_max` / `wmem_max`). With the usual 208 KiB default, a receiving gateway
+/// that is off the CPU for ~15 ms at 13 MB/s overflows its socket, and QUIC reads the
+/// dropped datagrams as congestion and shrinks its window.
+pub const SOCKET_BUFFER: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -119,6 +130,52 @@ async fn write_frame(send: &mut quinn::SendStream, frame: &LinkFrame) -> Result<
         .map_err(|e| e.to_string())
 }
 
+/// Writes the data stream: each frame taken from the queue is sent together with whatever
+/// else is queued behind it (up to [`WRITE_BATCH`] bytes), in one write.
+async fn data_writer(mut rx: mpsc::Receiver<LinkFrame>, mut send: quinn::SendStream) {
+    let mut buf = Vec::with_capacity(WRITE_BATCH + 1024);
+    while let Some(frame) = rx.recv().await {
+        frame
+            .encode_length_delimited(&mut buf)
+            .expect("a Vec grows as needed");
+        while buf.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(f) => f
+                    .encode_length_delimited(&mut buf)
+                    .expect("a Vec grows as needed"),
+                Err(_) => break,
+            }
+        }
+        if send.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+        if buf.capacity() > 4 * WRITE_BATCH {
+            // One large frame grew it: do not keep that much per link.
+            buf = Vec::with_capacity(WRITE_BATCH + 1024);
+        }
+    }
+}
+
+/// The federation endpoint's UDP socket, with receive and send buffers enlarged to
+/// [`SOCKET_BUFFER`] where the kernel allows it.
+fn federation_socket(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(listen)?;
+    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+    if let Err(e) = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "cannot enlarge the federation socket's receive buffer");
+    }
+    if let Err(e) = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "cannot enlarge the federation socket's send buffer");
+    }
+    tracing::debug!(
+        recv = ?state.recv_buffer_size((&socket).into()),
+        send = ?state.send_buffer_size((&socket).into()),
+        "federation socket buffers"
+    );
+    Ok(socket)
+}
+
 async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<LinkFrame>, String> {
     let mut len: u64 = 0;
     for i in 0..10 {
@@ -156,13 +213,18 @@ impl Federation {
         region: &str,
         gateway_id: &str,
     ) -> Result<(Arc<Self>, mpsc::Receiver<LinkEvent>), LinkError> {
-        let mut endpoint =
-            quinn::Endpoint::server(identity.server_config()?, listen).map_err(|error| {
-                LinkError::Bind {
-                    addr: listen,
-                    error,
-                }
-            })?;
+        let bind_err = |error| LinkError::Bind {
+            addr: listen,
+            error,
+        };
+        let socket = federation_socket(listen).map_err(bind_err)?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(identity.server_config()?),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_err)?;
         let client = identity.client_config()?;
         endpoint.set_default_client_config(client.clone());
         let (events, rx) = mpsc::channel(4096);
@@ -400,7 +462,7 @@ impl Federation {
             .map_err(|e| link_err(&region, e))?;
         let mut data_recv = conn.accept_uni().await.map_err(|e| link_err(&region, e))?;
         let (control_tx, mut control_rx) = mpsc::channel::<LinkFrame>(256);
-        let (data_tx, mut data_rx) = mpsc::channel::<LinkFrame>(4096);
+        let (data_tx, data_rx) = mpsc::channel::<LinkFrame>(4096);
         let previous = self.links.lock().insert(
             region.clone(),
             Link {
@@ -420,13 +482,7 @@ impl Federation {
                 }
             }
         });
-        tokio::spawn(async move {
-            while let Some(frame) = data_rx.recv().await {
-                if write_frame(&mut data_send, &frame).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(data_writer(data_rx, data_send));
         // Readers: control and data; the link ends when the connection does.
         let fed = self.clone();
         let r = region.clone();
@@ -518,6 +574,34 @@ impl Federation {
                 let _ = fed.events.send(LinkEvent::Down { region: r, reason }).await;
             }
         });
+        // Transport health once a second at debug level (`RUST_LOG=nexus_federation::link=debug`):
+        // what QUIC's congestion control and loss recovery see on this link.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let watched = conn.clone();
+            let r = region.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = watched.closed() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let s = watched.stats();
+                    tracing::debug!(
+                        peer = %r,
+                        rtt_ms = s.path.rtt.as_secs_f64() * 1e3,
+                        cwnd = s.path.cwnd,
+                        congestion_events = s.path.congestion_events,
+                        lost_packets = s.path.lost_packets,
+                        sent_packets = s.path.sent_packets,
+                        udp_tx_bytes = s.udp_tx.bytes,
+                        udp_rx_bytes = s.udp_rx.bytes,
+                        stream_data_blocked = s.frame_tx.stream_data_blocked,
+                        "federation link transport"
+                    );
+                }
+            });
+        }
         tracing::info!(peer = %region, gateway = %hello.gateway_id, "federation link up");
         let _ = self
             .events

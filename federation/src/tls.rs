@@ -195,9 +195,9 @@ impl Identity {
         ))));
         // Links are long, fat pipes: one data stream per direction must be able to keep a
         // WAN round trip's worth of data in flight (quinn's defaults suit ~100 ms at tens of
-        // Mb/s; 8 MiB is 650 Mb/s at 100 ms). The send side is bounded as tightly, so that
-        // under overload best-effort messages are dropped at the link queue (and counted)
-        // rather than waiting seconds in a send buffer.
+        // Mb/s; 8 MiB is 650 Mb/s at 100 ms). The send side is bounded as tightly: under
+        // overload best-effort messages are dropped at the link queue (and counted), and
+        // those accepted wait at most the 8 MiB window (a few hundred ms at the link's rate).
         t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
         t.receive_window(quinn::VarInt::from_u32(16 << 20));
         t.send_window(8 << 20);

@@ -94,6 +94,7 @@ impl WanProxy {
         impairment: Impairment,
     ) -> std::io::Result<Self> {
         let front = Arc::new(UdpSocket::bind(listen).await?);
+        enlarge_buffers(&front);
         let listen_addr = front.local_addr()?;
         let shared = Arc::new(Shared {
             impairment: Mutex::new(impairment),
@@ -141,6 +142,46 @@ impl Drop for WanProxy {
         self.stop.cancel();
     }
 }
+
+/// Socket buffers asked for the proxy's sockets (capped by the kernel at
+/// `net.core.rmem_max` / `wmem_max`). The proxy must not add loss of its own: with the usual
+/// 208 KiB default, a proxy that is off the CPU for ~15 ms while a link sends 13 MB/s
+/// overflows its socket, and QUIC takes the dropped datagrams for congestion.
+const SOCKET_BUFFER: i32 = 8 << 20;
+
+/// Enlarges a socket's receive and send buffers to [`SOCKET_BUFFER`] (best effort).
+#[cfg(target_os = "linux")]
+fn enlarge_buffers(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    unsafe extern "C" {
+        fn setsockopt(
+            fd: i32,
+            level: i32,
+            name: i32,
+            value: *const std::ffi::c_void,
+            len: u32,
+        ) -> i32;
+    }
+    const SOL_SOCKET: i32 = 1;
+    const SO_SNDBUF: i32 = 7;
+    const SO_RCVBUF: i32 = 8;
+    for name in [SO_RCVBUF, SO_SNDBUF] {
+        // SAFETY: the descriptor is a live socket owned by `socket`, and the value points at
+        // an `i32` of the length given. A failure only leaves the default size.
+        unsafe {
+            setsockopt(
+                socket.as_raw_fd(),
+                SOL_SOCKET,
+                name,
+                (&SOCKET_BUFFER as *const i32).cast(),
+                size_of::<i32>() as u32,
+            );
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn enlarge_buffers(_socket: &UdpSocket) {}
 
 /// Schedules a datagram through the impairment (or counts it dropped).
 fn submit(
@@ -198,6 +239,7 @@ async fn relay(
                 let Ok(u) = UdpSocket::bind(bind).await else {
                     continue;
                 };
+                enlarge_buffers(&u);
                 let u = Arc::new(u);
                 upstreams.insert(client, u.clone());
                 // Target -> this client, through the front socket.
