@@ -147,41 +147,15 @@ impl Drop for WanProxy {
 /// `net.core.rmem_max` / `wmem_max`). The proxy must not add loss of its own: with the usual
 /// 208 KiB default, a proxy that is off the CPU for ~15 ms while a link sends 13 MB/s
 /// overflows its socket, and QUIC takes the dropped datagrams for congestion.
-const SOCKET_BUFFER: i32 = 8 << 20;
+const SOCKET_BUFFER: usize = 8 << 20;
 
-/// Enlarges a socket's receive and send buffers to [`SOCKET_BUFFER`] (best effort).
-#[cfg(target_os = "linux")]
+/// Enlarges a socket's receive and send buffers to [`SOCKET_BUFFER`] (best effort: a
+/// refusal leaves the default size, which only matters under heavy load).
 fn enlarge_buffers(socket: &UdpSocket) {
-    use std::os::fd::AsRawFd;
-    unsafe extern "C" {
-        fn setsockopt(
-            fd: i32,
-            level: i32,
-            name: i32,
-            value: *const std::ffi::c_void,
-            len: u32,
-        ) -> i32;
-    }
-    const SOL_SOCKET: i32 = 1;
-    const SO_SNDBUF: i32 = 7;
-    const SO_RCVBUF: i32 = 8;
-    for name in [SO_RCVBUF, SO_SNDBUF] {
-        // SAFETY: the descriptor is a live socket owned by `socket`, and the value points at
-        // an `i32` of the length given. A failure only leaves the default size.
-        unsafe {
-            setsockopt(
-                socket.as_raw_fd(),
-                SOL_SOCKET,
-                name,
-                (&SOCKET_BUFFER as *const i32).cast(),
-                size_of::<i32>() as u32,
-            );
-        }
-    }
+    let socket = socket2::SockRef::from(socket);
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
 }
-
-#[cfg(not(target_os = "linux"))]
-fn enlarge_buffers(_socket: &UdpSocket) {}
 
 /// Schedules a datagram through the impairment (or counts it dropped).
 fn submit(
