@@ -120,6 +120,9 @@ pub use discovery::DNS_SERVER_ENV;
 pub use error::{Error, GatewayAttempt, Result, ServiceError};
 pub use headers::{Headers, TRACEPARENT, is_valid_traceparent, new_traceparent};
 pub use message::{Message, OutgoingMessage};
+/// The string type of [`Message::subject`] and [`Message::reply_to`]: a UTF-8 slice of the
+/// buffer the message arrived in (it derefs to `&str`).
+pub use nexus_proto::ByteString;
 pub use service::Service;
 pub use stream::{BiStream, StreamListener, StreamReceiver, StreamSender};
 pub use subject::{
