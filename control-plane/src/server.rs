@@ -160,26 +160,7 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
     );
     let dns = match cfg.dns_listen {
         Some(addr) => {
-            let udp =
-                tokio::net::UdpSocket::bind(addr)
-                    .await
-                    .map_err(|error| ServerError::Bind {
-                        what: "DNS (UDP)",
-                        addr,
-                        error,
-                    })?;
-            let bound = udp.local_addr().map_err(|error| ServerError::Bind {
-                what: "DNS (UDP)",
-                addr,
-                error,
-            })?;
-            let tcp = TcpListener::bind(bound)
-                .await
-                .map_err(|error| ServerError::Bind {
-                    what: "DNS (TCP)",
-                    addr: bound,
-                    error,
-                })?;
+            let (udp, tcp) = bind_dns(addr).await?;
             let source: Arc<dyn crate::dns::DiscoverySource> = view.clone();
             Some(
                 crate::dns::serve(udp, Some(tcp), cfg.dns_zone.clone(), source, cfg.dns_ttl)
@@ -218,4 +199,72 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
         stop,
         task,
     })
+}
+
+/// Binds the DNS server's UDP socket and a TCP listener on the same port. With port 0 the
+/// UDP socket gets a free port that TCP may already use (another process's connection, say),
+/// so that case retries with a new port instead of failing.
+async fn bind_dns(
+    addr: std::net::SocketAddr,
+) -> Result<(tokio::net::UdpSocket, TcpListener), ServerError> {
+    const ATTEMPTS_FOR_ANY_PORT: usize = 16;
+    let mut attempt = 1;
+    loop {
+        let udp = tokio::net::UdpSocket::bind(addr)
+            .await
+            .map_err(|error| ServerError::Bind {
+                what: "DNS (UDP)",
+                addr,
+                error,
+            })?;
+        let bound = udp.local_addr().map_err(|error| ServerError::Bind {
+            what: "DNS (UDP)",
+            addr,
+            error,
+        })?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(error)
+                if addr.port() == 0
+                    && error.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < ATTEMPTS_FOR_ANY_PORT =>
+            {
+                attempt += 1;
+            }
+            Err(error) => {
+                return Err(ServerError::Bind {
+                    what: "DNS (TCP)",
+                    addr: bound,
+                    error,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dns_gets_one_port_for_udp_and_tcp() {
+        let (udp, tcp) = bind_dns("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        assert_eq!(udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_explicit_dns_port_whose_tcp_side_is_taken_is_refused_by_name() {
+        // Hold a TCP port, then ask for DNS on it: UDP binds, TCP cannot, and with an
+        // explicit port there is no retry.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        if std::net::UdpSocket::bind(addr).is_err() {
+            return; // the UDP side of that port is in use too: nothing to check here
+        }
+        let err = bind_dns(addr).await.unwrap_err().to_string();
+        assert!(
+            err.contains("DNS (TCP)") && err.contains(&addr.to_string()),
+            "{err}"
+        );
+    }
 }
