@@ -26,19 +26,21 @@ fn loopback() -> SocketAddr {
 #[tokio::test]
 async fn linked_regions_exchange_interest_and_forward_in_order() {
     let ca = FederationCa::generate("test federation").unwrap();
-    let (a, mut a_events) = Federation::bind(
+    let (a, mut a_events) = Federation::bind_with_events(
         loopback(),
         &ca.issue("a-east", "gw-a").unwrap(),
         "a-east",
         "gw-a",
+        Default::default(),
     )
     .await
     .unwrap();
-    let (b, mut b_events) = Federation::bind(
+    let (b, mut b_events) = Federation::bind_with_events(
         loopback(),
         &ca.issue("b-west", "gw-b").unwrap(),
         "b-west",
         "gw-b",
+        Default::default(),
     )
     .await
     .unwrap();
@@ -114,19 +116,21 @@ async fn linked_regions_exchange_interest_and_forward_in_order() {
 async fn a_certificate_from_another_ca_is_refused() {
     let ca = FederationCa::generate("ours").unwrap();
     let rogue = FederationCa::generate("theirs").unwrap();
-    let (ours, _events) = Federation::bind(
+    let (ours, _events) = Federation::bind_with_events(
         loopback(),
         &ca.issue("b-west", "gw-b").unwrap(),
         "b-west",
         "gw-b",
+        Default::default(),
     )
     .await
     .unwrap();
-    let (intruder, _e) = Federation::bind(
+    let (intruder, _e) = Federation::bind_with_events(
         loopback(),
         &rogue.issue("a-east", "gw-x").unwrap(),
         "a-east",
         "gw-x",
+        Default::default(),
     )
     .await
     .unwrap();
@@ -141,20 +145,22 @@ async fn a_certificate_from_another_ca_is_refused() {
 #[tokio::test]
 async fn a_gateway_cannot_claim_another_region_than_its_certificate_names() {
     let ca = FederationCa::generate("ours").unwrap();
-    let (ours, mut events) = Federation::bind(
+    let (ours, mut events) = Federation::bind_with_events(
         loopback(),
         &ca.issue("c-south", "gw-c").unwrap(),
         "c-south",
         "gw-c",
+        Default::default(),
     )
     .await
     .unwrap();
     // A genuine certificate for b-west, but the hello says a-east.
-    let (impostor, _e) = Federation::bind(
+    let (impostor, _e) = Federation::bind_with_events(
         loopback(),
         &ca.issue("b-west", "gw-b").unwrap(),
         "a-east",
         "gw-b",
+        Default::default(),
     )
     .await
     .unwrap();
@@ -172,18 +178,25 @@ async fn a_gateway_cannot_claim_another_region_than_its_certificate_names() {
 #[tokio::test]
 async fn links_are_redialled_after_the_peer_restarts() {
     let ca = FederationCa::generate("test").unwrap();
-    let (a, mut a_events) = Federation::bind(
+    let (a, mut a_events) = Federation::bind_with_events(
         loopback(),
         &ca.issue("a-east", "gw-a").unwrap(),
         "a-east",
         "gw-a",
+        Default::default(),
     )
     .await
     .unwrap();
     let b_identity = ca.issue("b-west", "gw-b").unwrap();
-    let (b, _b_events) = Federation::bind(loopback(), &b_identity, "b-west", "gw-b")
-        .await
-        .unwrap();
+    let (b, _b_events) = Federation::bind_with_events(
+        loopback(),
+        &b_identity,
+        "b-west",
+        "gw-b",
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let b_addr = b.local_addr().unwrap();
     a.maintain(b_addr, "b-west");
     assert!(matches!(next(&mut a_events).await, LinkEvent::Up { .. }));
@@ -194,7 +207,15 @@ async fn links_are_redialled_after_the_peer_restarts() {
     // is re-established by itself.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let (b2, mut b2_events) = loop {
-        match Federation::bind(b_addr, &b_identity, "b-west", "gw-b2").await {
+        match Federation::bind_with_events(
+            b_addr,
+            &b_identity,
+            "b-west",
+            "gw-b2",
+            Default::default(),
+        )
+        .await
+        {
             Ok(x) => break x,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 let _ = e;
