@@ -234,3 +234,47 @@ async fn links_are_redialled_after_the_peer_restarts() {
     a.shutdown().await;
     b2.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_second_gateway_of_a_region_is_refused_while_the_first_is_linked() {
+    let ca = FederationCa::generate("test").unwrap();
+    let bind = |region: &'static str, id: &'static str| {
+        let identity = ca.issue(region, id).unwrap();
+        async move {
+            Federation::bind_with_events(loopback(), &identity, region, id, Default::default())
+                .await
+                .unwrap()
+        }
+    };
+    let (b, mut b_events) = bind("b-west", "gw-b").await;
+    let (a1, mut a1_events) = bind("a-east", "gw-a1").await;
+    let (a2, mut a2_events) = bind("a-east", "gw-a2").await;
+    a1.maintain(b.local_addr().unwrap(), "b-west");
+    assert!(matches!(next(&mut a1_events).await, LinkEvent::Up { .. }));
+    assert_eq!(
+        next(&mut b_events).await,
+        LinkEvent::Up {
+            region: "a-east".into(),
+            gateway_id: "gw-a1".into()
+        }
+    );
+    // The second gateway of a-east is refused, again and again, and never displaces the
+    // first: no flapping.
+    a2.maintain(b.local_addr().unwrap(), "b-west");
+    let quiet = tokio::time::timeout(Duration::from_secs(2), b_events.recv()).await;
+    assert!(quiet.is_err(), "b saw {quiet:?}");
+    assert!(a2_events.try_recv().is_err());
+    assert_eq!(b.connected_regions(), vec!["a-east"]);
+    // When the first goes, the second gets the link.
+    a1.shutdown().await;
+    assert!(matches!(next(&mut b_events).await, LinkEvent::Down { .. }));
+    assert_eq!(
+        next(&mut b_events).await,
+        LinkEvent::Up {
+            region: "a-east".into(),
+            gateway_id: "gw-a2".into()
+        }
+    );
+    a2.shutdown().await;
+    b.shutdown().await;
+}

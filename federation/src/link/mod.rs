@@ -343,6 +343,12 @@ impl Federation {
                 ),
             ));
         }
+        if let Some(reason) =
+            session::region_taken(&self.links.lock(), &hello.region, &hello.gateway_id)
+        {
+            conn.close(7u32.into(), reason.as_bytes());
+            return Err(link_err(peer_region, reason));
+        }
         session::start(
             self,
             conn.clone(),
@@ -412,6 +418,12 @@ impl Federation {
         // handshake); it must also be issued for the region the peer claims to be.
         if let Err(reason) = crate::tls::peer_is_region(&conn, &hello.region) {
             conn.close(4u32.into(), b"certificate does not match region");
+            return Err(link_err(&remote, reason));
+        }
+        if let Some(reason) =
+            session::region_taken(&self.links.lock(), &hello.region, &hello.gateway_id)
+        {
+            conn.close(7u32.into(), reason.as_bytes());
             return Err(link_err(&remote, reason));
         }
         write_frame(&mut send, &self.hello())

@@ -134,6 +134,24 @@ impl Link {
     }
 }
 
+/// One federating gateway per region until regional clusters land: a link from a second
+/// gateway of a region that already has a live link is refused (it retries, and gets the link
+/// once the first gateway's is gone), instead of the two displacing each other. The reason to
+/// refuse with, if any.
+pub fn region_taken(
+    links: &std::collections::HashMap<String, Arc<Link>>,
+    region: &str,
+    gateway_id: &str,
+) -> Option<String> {
+    let current = links.get(region)?;
+    (current.info.gateway_id != gateway_id).then(|| {
+        format!(
+            "region {region} is already linked through gateway {}; run one federating gateway per region (regional clusters are not built yet)",
+            current.info.gateway_id
+        )
+    })
+}
+
 /// Starts a link whose hellos are exchanged: opens the data streams, registers it (ending
 /// the one it replaces), tells the owner, then starts its tasks.
 pub async fn start(
@@ -192,7 +210,15 @@ pub async fn start(
         conn.close(6u32.into(), b"not ready");
         return Err(link_err(&region, "this gateway is not ready for links yet"));
     };
-    let previous = fed.links.lock().insert(region.clone(), link.clone());
+    let previous = {
+        let mut links = fed.links.lock();
+        if let Some(reason) = region_taken(&links, &region, &link.info.gateway_id) {
+            drop(links);
+            conn.close(7u32.into(), reason.as_bytes());
+            return Err(link_err(&region, reason));
+        }
+        links.insert(region.clone(), link.clone())
+    };
     if let Some(old) = previous {
         old.end(fed, DownReason::Replaced, "replaced by a newer link");
     }
