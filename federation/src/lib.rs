@@ -13,8 +13,10 @@
 //! - [`bridge`]: joins a gateway's router to its links (interest out, forwards in and out,
 //!   the replication shell, remote requests, status).
 //! - [`metrics`]: federation's Prometheus series, attached to the gateway's `/metrics`.
+//! - [`cluster`]: regional clusters (being built, docs/cluster.md): membership and homes.
 
 pub mod bridge;
+pub mod cluster;
 pub mod interest;
 pub mod link;
 pub mod metrics;
