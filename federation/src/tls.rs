@@ -59,6 +59,31 @@ pub fn peer_is_region(conn: &quinn::Connection, region: &str) -> Result<(), Stri
     })
 }
 
+/// Whether the peer's (already CA-verified) certificate was issued for gateway `gateway_id` of
+/// `region` (`<gateway-id>.<region>.fed.nexus`), so a gateway cannot join its region's cluster
+/// under another gateway's id.
+pub fn peer_is_gateway(
+    conn: &quinn::Connection,
+    region: &str,
+    gateway_id: &str,
+) -> Result<(), String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| "peer presented no client certificate".to_owned())?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| "peer presented an empty certificate chain".to_owned())?;
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("peer certificate cannot be parsed: {e:?}"))?;
+    let expected = format!("{gateway_id}.{}", server_name(region));
+    let name = rustls::pki_types::ServerName::try_from(expected.clone())
+        .map_err(|e| format!("gateway id {gateway_id:?} is not a valid name: {e}"))?;
+    cert.verify_is_valid_for_subject_name(&name).map_err(|_| {
+        format!("peer claims to be gateway {gateway_id:?} of region {region:?} but its certificate is not issued for {expected}")
+    })
+}
+
 /// A gateway's TLS identity: its certificate chain and key, and the CA it trusts.
 #[derive(Debug)]
 pub struct Identity {

@@ -19,6 +19,17 @@ async fn next(rx: &mut mpsc::Receiver<LinkEvent>) -> LinkEvent {
         .expect("events open")
 }
 
+async fn common_eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
@@ -135,7 +146,7 @@ async fn a_certificate_from_another_ca_is_refused() {
     .await
     .unwrap();
     let err = intruder
-        .dial(ours.local_addr().unwrap(), "b-west")
+        .dial_region(ours.local_addr().unwrap(), "b-west")
         .await
         .expect_err("the handshake must fail");
     assert!(err.to_string().contains("b-west"), "{err}");
@@ -164,7 +175,9 @@ async fn a_gateway_cannot_claim_another_region_than_its_certificate_names() {
     )
     .await
     .unwrap();
-    let result = impostor.dial(ours.local_addr().unwrap(), "c-south").await;
+    let result = impostor
+        .dial_region(ours.local_addr().unwrap(), "c-south")
+        .await;
     assert!(result.is_err(), "the link must be refused");
     assert!(ours.connected_regions().is_empty());
     assert!(
@@ -236,7 +249,7 @@ async fn links_are_redialled_after_the_peer_restarts() {
 }
 
 #[tokio::test]
-async fn a_second_gateway_of_a_region_is_refused_while_the_first_is_linked() {
+async fn gateways_of_one_region_keep_their_own_links_and_one_cluster_link() {
     let ca = FederationCa::generate("test").unwrap();
     let bind = |region: &'static str, id: &'static str| {
         let identity = ca.issue(region, id).unwrap();
@@ -249,32 +262,77 @@ async fn a_second_gateway_of_a_region_is_refused_while_the_first_is_linked() {
     let (b, mut b_events) = bind("b-west", "gw-b").await;
     let (a1, mut a1_events) = bind("a-east", "gw-a1").await;
     let (a2, mut a2_events) = bind("a-east", "gw-a2").await;
+    // Both gateways of a-east link to b-west; neither displaces the other.
     a1.maintain(b.local_addr().unwrap(), "b-west");
-    assert!(matches!(next(&mut a1_events).await, LinkEvent::Up { .. }));
-    assert_eq!(
-        next(&mut b_events).await,
-        LinkEvent::Up {
-            region: "a-east".into(),
-            gateway_id: "gw-a1".into()
-        }
-    );
-    // The second gateway of a-east is refused, again and again, and never displaces the
-    // first: no flapping.
     a2.maintain(b.local_addr().unwrap(), "b-west");
-    let quiet = tokio::time::timeout(Duration::from_secs(2), b_events.recv()).await;
-    assert!(quiet.is_err(), "b saw {quiet:?}");
-    assert!(a2_events.try_recv().is_err());
-    assert_eq!(b.connected_regions(), vec!["a-east"]);
-    // When the first goes, the second gets the link.
-    a1.shutdown().await;
-    assert!(matches!(next(&mut b_events).await, LinkEvent::Down { .. }));
-    assert_eq!(
-        next(&mut b_events).await,
-        LinkEvent::Up {
-            region: "a-east".into(),
-            gateway_id: "gw-a2".into()
+    let mut ups = Vec::new();
+    for _ in 0..2 {
+        match next(&mut b_events).await {
+            LinkEvent::Up { gateway_id, .. } => ups.push(gateway_id),
+            other => panic!("{other:?}"),
         }
+    }
+    ups.sort();
+    assert_eq!(ups, vec!["gw-a1", "gw-a2"]);
+    assert!(matches!(next(&mut a1_events).await, LinkEvent::Up { .. }));
+    assert!(matches!(next(&mut a2_events).await, LinkEvent::Up { .. }));
+    // They also list each other as cluster peers and dial at once: one link is kept (the
+    // one gw-a1 dialled), and it stays.
+    a1.maintain_cluster_peer(a2.local_addr().unwrap());
+    a2.maintain_cluster_peer(a1.local_addr().unwrap());
+    assert!(
+        common_eventually(|| a1.cluster_peers().len() == 1 && a2.cluster_peers().len() == 1).await
     );
+    // Let the second connection's end be reported, then nothing more may happen.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while a1_events.try_recv().is_ok() || a2_events.try_recv().is_ok() {}
+    let quiet = tokio::time::timeout(Duration::from_secs(2), async {
+        tokio::select! {
+            e = b_events.recv() => e,
+            e = a1_events.recv() => e,
+            e = a2_events.recv() => e,
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "links flapped: {quiet:?}");
+    assert_eq!(a1.cluster_peers().len(), 1);
+    assert_eq!(a1.connected_regions(), vec!["b-west"]);
+    a1.shutdown().await;
     a2.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_gateway_cannot_join_its_region_under_another_gateways_id() {
+    let ca = FederationCa::generate("test").unwrap();
+    let (ours, mut events) = Federation::bind_with_events(
+        loopback(),
+        &ca.issue("a-east", "gw-a1").unwrap(),
+        "a-east",
+        "gw-a1",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    // A certificate for gw-a3, a hello claiming gw-a2.
+    let (impostor, _e) = Federation::bind_with_events(
+        loopback(),
+        &ca.issue("a-east", "gw-a3").unwrap(),
+        "a-east",
+        "gw-a2",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let result = impostor
+        .dial_region(ours.local_addr().unwrap(), "a-east")
+        .await;
+    assert!(result.is_err(), "an impostor joined the cluster");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), events.recv())
+            .await
+            .is_err()
+    );
+    ours.shutdown().await;
+    impostor.shutdown().await;
 }

@@ -4,6 +4,8 @@
 //! requests no local responder could take, and hands messages from other regions to the
 //! local router. It is the links' [`LinkHandler`] and the gateway's [`Remote`].
 //!
+//! - [`cluster`]: the region's other gateways: their interest, what this gateway advertises,
+//!   who gets a message inside the region (one hop).
 //! - [`plan`]: which regions a message or request goes to.
 //! - [`replication`]: `async` / `sync` routes through the durable spool (the shell around
 //!   [`crate::replication`]).
@@ -14,6 +16,7 @@
 //! it is up and has room, else dropped and counted (and confirmed by the region, or counted
 //! lost with its link); `async` / `sync` go through the spool.
 
+mod cluster;
 mod plan;
 mod remote_requests;
 pub mod replication;
@@ -31,12 +34,14 @@ use nexus_proto::v1::{self, Forward, Header, InterestUpdate, link_frame::Kind};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::interest::{LocalInterest, RemoteInterest, interest_key};
-use crate::link::{Federation, LinkHandler, LinkInfo};
+use crate::cluster::membership::Member;
+use crate::interest::{RemoteInterest, interest_key};
+use crate::link::{Federation, LinkHandler, LinkInfo, LinkKind};
 use crate::metrics::{FederationMetrics, Outcome};
 use crate::replication::dedup::Seen;
 use crate::routes::{Damping, Mode, RouteTable, Traffic};
-use remote_requests::RemoteRequests;
+use cluster::Cluster;
+use remote_requests::{RemoteRequests, Via};
 use replication::Replication;
 pub use replication::SpoolConfig;
 
@@ -45,7 +50,8 @@ pub struct RegionRouter {
     fed: Arc<Federation>,
     metrics: Arc<FederationMetrics>,
     router: Arc<Router>,
-    local: Mutex<LocalInterest>,
+    /// The other gateways of this region, and the interest this gateway advertises.
+    cluster: Cluster,
     /// What other regions want; read on every publish without a lock, replaced whole on each
     /// interest update.
     remote: ArcSwap<RemoteInterest>,
@@ -88,7 +94,7 @@ impl RegionRouter {
             fed: fed.clone(),
             metrics,
             router: router.clone(),
-            local: Mutex::new(LocalInterest::default()),
+            cluster: Cluster::default(),
             remote: ArcSwap::from_pointee(remote),
             requests: RemoteRequests::default(),
             routes: ArcSwap::from_pointee((-1, Arc::new(RouteTable::new(&[])))),
@@ -128,18 +134,17 @@ impl RegionRouter {
             return;
         }
         *seen = policy.peers.clone();
-        let peers: Vec<(String, std::net::SocketAddr)> = policy
+        let members = policy
             .peers
             .iter()
-            .filter_map(|p| match p.addr.parse() {
-                Ok(addr) => Some((p.region.clone(), addr)),
-                Err(_) => {
-                    tracing::warn!(region = %p.region, addr = %p.addr, "registered federation address is not HOST:PORT; ignoring it");
-                    None
-                }
+            .map(|p| Member {
+                gateway_id: p.gateway_id.clone(),
+                region: p.region.clone(),
+                addr: p.addr.clone(),
             })
             .collect();
-        self.fed.follow_registered(&peers);
+        drop(seen);
+        self.fed.follow_membership(members);
     }
 
     fn on_interest(&self, region: &str, update: InterestUpdate) {
@@ -155,33 +160,154 @@ impl RegionRouter {
         self.replication.store_interest(region.to_owned(), patterns);
     }
 
-    async fn on_forward(&self, region: &str, forward: Forward) {
+    /// A best-effort message from `link`: delivered here, and when it came from another
+    /// region, relayed to the cluster peers that want it (one hop, never further).
+    async fn on_forward(&self, link: &LinkInfo, forward: Forward) {
         self.metrics.outcome(Outcome::Received);
         let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
-        if let Some(msg) = delivery(region, forward) {
-            self.router.deliver_from_region(msg, plain, &groups).await;
+        let Some(msg) = delivery(&link.region, forward) else {
+            return;
+        };
+        if link.region != self.fed.region() {
+            for t in self.relay_targets(&msg.subject, plain, &groups) {
+                self.fed
+                    .try_forward_to(&t.gateway_id, t.forward(&msg, &link.region));
+            }
+        }
+        self.router.deliver_from_region(msg, plain, &groups).await;
+    }
+
+    /// The cluster peers a message from another region goes on to.
+    fn relay_targets(
+        &self,
+        subject: &str,
+        plain: bool,
+        groups: &[String],
+    ) -> Vec<cluster::PeerTarget> {
+        let local_groups = self.router.local_queue_groups(subject);
+        self.cluster
+            .targets(subject, plain, Some(groups), &local_groups, |gw| {
+                self.fed.rtt_to(gw)
+            })
+    }
+
+    /// A spooled message relayed by a cluster peer (the home of its stream in this region):
+    /// delivered here unless this gateway has it already.
+    async fn on_relayed_spooled(&self, link: &LinkInfo, spooled: nexus_proto::v1::Spooled) {
+        let stream = crate::replication::StreamId::from(spooled.stream.as_str());
+        if !self.cluster.accept_relayed(&stream, spooled.seq) {
+            self.metrics.outcome(Outcome::Duplicate);
+            return;
+        }
+        if let Some(forward) = spooled.forward {
+            let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
+            if let Some(msg) = delivery(&link.region, forward) {
+                self.router.deliver_from_region(msg, plain, &groups).await;
+            }
+        }
+    }
+
+    /// Serves a request that came over `link`: with local responders, and when it came from
+    /// another region and none is here, through the nearest cluster peer that has one.
+    async fn serve(self: Arc<Self>, link: LinkInfo, request: nexus_proto::v1::RemoteRequest) {
+        let from_region = link.region != self.fed.region();
+        let mut reply = remote_requests::serve(&self.router, request.clone()).await;
+        let no_responders = reply
+            .error
+            .as_ref()
+            .is_some_and(|e| e.code == nexus_proto::v1::ErrorCode::NoResponders as i32);
+        if from_region
+            && no_responders
+            && let Some(peer) = self
+                .cluster
+                .responder(&request.subject, |gw| self.fed.rtt_to(gw))
+            && let Some(rx) = self.requests.send(
+                &self.fed,
+                Via::Gateway(peer),
+                &request.subject,
+                request.headers,
+                request.payload,
+                Duration::from_millis(u64::from(request.deadline_ms.max(1))),
+            )
+        {
+            let result = rx.await.unwrap_or_else(|_| {
+                Err(nexus_gateway::router::error(
+                    nexus_proto::v1::ErrorCode::ServiceError,
+                    "request was dropped",
+                    0,
+                ))
+            });
+            reply = match result {
+                Ok((headers, payload)) => nexus_proto::v1::RemoteReply {
+                    id: request.id,
+                    headers,
+                    payload,
+                    error: None,
+                },
+                Err(e) => nexus_proto::v1::RemoteReply {
+                    id: request.id,
+                    headers: Vec::new(),
+                    payload: Bytes::new(),
+                    error: Some(e),
+                },
+            };
+        }
+        if self
+            .fed
+            .try_send_data_to(&link.gateway_id, Kind::Reply(reply))
+            .is_none()
+        {
+            tracing::warn!(peer = %link.gateway_id, "could not send a reply back over the link");
+        }
+    }
+
+    /// Sends an interest change to other regions.
+    fn tell_regions(&self, update: Option<InterestUpdate>) {
+        if let Some(update) = update {
+            self.fed.broadcast_interest(LinkKind::Federation, &update);
         }
     }
 }
 
 impl LinkHandler for RegionRouter {
     fn up(&self, link: &LinkInfo) {
-        // A new or returning peer: tell it everything we want, confirm again what we
-        // recorded from it, and let the pump resend what it has not confirmed.
-        let full = self.local.lock().full();
-        self.fed.send_interest(&link.region, full);
-        self.replication.link_up(&self.fed, link);
+        // A new or returning peer: tell it everything we want (our own subscriptions to a
+        // cluster peer, the region's to another region), confirm again what we recorded from
+        // it, and let the pump resend what it has not confirmed.
+        let cluster_link = link.region == self.fed.region();
+        let full = if cluster_link {
+            self.cluster.local_full()
+        } else {
+            self.cluster.region_full()
+        };
+        self.fed
+            .try_send_control_to(&link.gateway_id, Kind::Interest(full));
+        if !cluster_link {
+            self.replication.link_up(&self.fed, link);
+        }
     }
 
     fn down(&self, link: &LinkInfo, reason: &str) {
         self.requests.link_down(link, reason);
-        // The region's interest is kept: best-effort messages it would have received are
+        if link.region == self.fed.region() {
+            // A cluster peer's subscribers are gone with its link.
+            let update = self.cluster.peer_gone(&link.gateway_id);
+            self.tell_regions(update);
+        }
+        // Another region's interest is kept: best-effort messages it would have received are
         // counted as dropped, spooled ones wait for it.
         self.replication.wake();
     }
 
     fn control(&self, link: &LinkInfo, frame: Kind) {
         match frame {
+            Kind::Interest(update) if link.region == self.fed.region() => {
+                let (rejected, for_regions) = self.cluster.peer_update(&link.gateway_id, &update);
+                if !rejected.is_empty() {
+                    tracing::warn!(peer = %link.gateway_id, ?rejected, "cluster peer advertised invalid patterns");
+                }
+                self.tell_regions(for_regions);
+            }
             Kind::Interest(update) => self.on_interest(&link.region, update),
             Kind::SpoolAck(ack) => self.replication.on_ack(&link.region, ack),
             Kind::SpoolNack(nack) => self.replication.on_nack(link, nack),
@@ -191,26 +317,36 @@ impl LinkHandler for RegionRouter {
 
     fn data<'a>(&'a self, link: &'a LinkInfo, frame: Kind) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            let from_cluster = link.region == self.fed.region();
             match frame {
-                Kind::Forward(forward) => self.on_forward(&link.region, forward).await,
+                Kind::Forward(forward) => self.on_forward(link, forward).await,
+                Kind::Spooled(spooled) if from_cluster => {
+                    self.on_relayed_spooled(link, spooled).await
+                }
                 Kind::Spooled(spooled) => {
+                    let relay = |s: &nexus_proto::v1::Spooled| {
+                        let Some(f) = &s.forward else { return };
+                        for t in self.relay_targets(&f.subject, !f.skip_plain, &f.queue_groups) {
+                            let mut copy = s.clone();
+                            if let Some(f) = copy.forward.as_mut() {
+                                f.skip_plain = !t.plain;
+                                f.queue_groups = t.queue_groups.clone();
+                            }
+                            self.fed
+                                .try_send_data_to(&t.gateway_id, Kind::Spooled(copy));
+                        }
+                    };
                     self.replication
-                        .on_spooled(&self.fed, &self.router, link, spooled)
+                        .on_spooled(&self.fed, &self.router, link, spooled, relay)
                         .await
                 }
                 Kind::Request(request) => {
                     // Served like a local request, with the budget the requester has left.
-                    let (Some(me), region) = (self.me.upgrade(), link.region.clone()) else {
-                        return;
-                    };
-                    tokio::spawn(async move {
-                        let reply = remote_requests::serve(&me.router, request).await;
-                        if me.fed.try_send_data(&region, Kind::Reply(reply)).is_none() {
-                            tracing::warn!(%region, "could not send a reply back across the link");
-                        }
-                    });
+                    if let Some(me) = self.me.upgrade() {
+                        tokio::spawn(me.serve(link.clone(), request));
+                    }
                 }
-                Kind::Reply(reply) => self.requests.on_reply(&self.fed, &link.region, reply),
+                Kind::Reply(reply) => self.requests.on_reply(&self.fed, link, reply),
                 _ => {}
             }
         })
@@ -241,12 +377,31 @@ impl Remote for RegionRouter {
         payload: Bytes,
         timeout: Duration,
     ) -> Option<oneshot::Receiver<ReplyResult>> {
+        // Another gateway of this region first, unless the route sends requests elsewhere.
+        if !self.prefers_remote_responders(subject)
+            && let Some(peer) = self.cluster.responder(subject, |gw| self.fed.rtt_to(gw))
+        {
+            return self.requests.send(
+                &self.fed,
+                Via::Gateway(peer),
+                subject,
+                headers,
+                payload,
+                timeout,
+            );
+        }
         let table = self.route_table();
         let (rule, _) = table.resolve(subject);
         let choice = self.choose(rule, Traffic::Request, false, subject);
         let region = choice.regions.into_iter().next()?;
-        self.requests
-            .send(&self.fed, region, subject, headers, payload, timeout)
+        self.requests.send(
+            &self.fed,
+            Via::Region(region),
+            subject,
+            headers,
+            payload,
+            timeout,
+        )
     }
 
     fn prefers_remote_responders(&self, subject: &str) -> bool {
@@ -271,24 +426,38 @@ impl Remote for RegionRouter {
 
     fn interest_changed(&self, pattern: &str, queue: Option<&str>, present: bool) {
         let key = interest_key(pattern, queue);
-        let delta = {
-            let mut local = self.local.lock();
-            if present {
-                local.add(&key)
-            } else {
-                local.remove(&key)
-            }
-        };
-        if let Some(delta) = delta {
-            self.fed.broadcast_interest(&delta);
+        let (for_peers, for_regions) = self.cluster.local_changed(&key, present);
+        if let Some(update) = for_peers {
+            self.fed.broadcast_interest(LinkKind::Cluster, &update);
         }
+        self.tell_regions(for_regions);
     }
 
     fn publish(&self, msg: &Delivery, local_interest: bool) -> PublishOutcome {
         let mut outcome = PublishOutcome::default();
         let table = self.route_table();
         let (rule, _) = table.resolve(&msg.subject);
+        // The other gateways of this region get it like local subscribers do (one hop, best
+        // effort, whatever the route's mode towards other regions); a retried durable publish
+        // is checked first, so a duplicate goes nowhere.
+        let forward_in_region = |outcome: &PublishOutcome| {
+            if outcome.duplicate {
+                return;
+            }
+            let local_groups = self.router.local_queue_groups(&msg.subject);
+            let origin = self.fed.region();
+            for t in self
+                .cluster
+                .targets(&msg.subject, true, None, &local_groups, |gw| {
+                    self.fed.rtt_to(gw)
+                })
+            {
+                self.fed
+                    .try_forward_to(&t.gateway_id, t.forward(msg, origin));
+            }
+        };
         if rule.mode == Mode::Local {
+            forward_in_region(&outcome);
             return outcome;
         }
         // Idempotent publishing on durable routes: a message id seen before is answered with
@@ -310,6 +479,7 @@ impl Remote for RegionRouter {
                 }
             }
         }
+        forward_in_region(&outcome);
         let matches = self.remote.load().matches(&msg.subject);
         let targets = if matches.is_empty() {
             Vec::new()

@@ -113,7 +113,10 @@ impl RegionRouter {
         if groups.is_empty() {
             return targets;
         }
-        let local_groups = self.router.local_queue_groups(subject);
+        // Groups with members anywhere in this region (this gateway or a cluster peer) are
+        // served here.
+        let mut local_groups = self.router.local_queue_groups(subject);
+        local_groups.extend(self.cluster.groups(subject));
         for group in groups {
             if local_groups.iter().any(|g| g == group) {
                 continue;

@@ -34,8 +34,25 @@ impl RegionCost {
     }
 }
 
-/// A request sent to another region.
+/// Where a request goes: the region's home link, or one gateway of this region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Via {
+    Region(String),
+    Gateway(String),
+}
+
+impl Via {
+    fn name(&self) -> &str {
+        match self {
+            Via::Region(r) => r,
+            Via::Gateway(g) => g,
+        }
+    }
+}
+
+/// A request sent to another region or gateway.
 struct Outstanding {
+    /// The region or gateway it went to (costs are kept per name).
     region: String,
     link: LinkId,
     sent: Instant,
@@ -50,17 +67,21 @@ pub(super) struct RemoteRequests {
 }
 
 impl RemoteRequests {
-    /// Sends a request to `region` with what is left of `timeout` after the round trip.
+    /// Sends a request to `via` with what is left of `timeout` after the round trip.
     pub(super) fn send(
         &self,
         fed: &Federation,
-        region: String,
+        via: Via,
         subject: &str,
         headers: Vec<Header>,
         payload: Bytes,
         timeout: Duration,
     ) -> Option<oneshot::Receiver<ReplyResult>> {
-        let rtt = fed.rtt(&region)?;
+        let rtt = match &via {
+            Via::Region(r) => fed.rtt(r),
+            Via::Gateway(g) => fed.rtt_to(g),
+        }?;
+        let region = via.name().to_owned();
         let (tx, rx) = oneshot::channel();
         // The remote side gets what is left after the round trip it costs to get there
         // and back.
@@ -86,7 +107,11 @@ impl RemoteRequests {
         };
         // Registered on the link it goes on before it can be answered, so a link that ends
         // from here on fails it.
-        let Some(link) = fed.current(&region) else {
+        let link = match &via {
+            Via::Region(r) => fed.current(r),
+            Via::Gateway(g) => fed.link_to(g),
+        };
+        let Some(link) = link else {
             let _ = tx.send(Err(error(
                 ErrorCode::ServiceError,
                 format!("the link to region {region} is down"),
@@ -108,7 +133,11 @@ impl RemoteRequests {
             .entry(region.clone())
             .or_default()
             .in_flight += 1;
-        if fed.send_on(&region, link, Kind::Request(request)) != Sent::Queued {
+        let sent = match &via {
+            Via::Region(r) => fed.send_on(r, link, Kind::Request(request)),
+            Via::Gateway(g) => fed.send_on_to(g, link, Kind::Request(request)),
+        };
+        if sent != Sent::Queued {
             self.fail(id, format!("the link to region {region} is down or full"));
         }
         Some(rx)
@@ -126,12 +155,12 @@ impl RemoteRequests {
             .send(Err(error(ErrorCode::ServiceError, message, 0)));
     }
 
-    /// A reply from `region`.
-    pub(super) fn on_reply(&self, fed: &Federation, region: &str, reply: RemoteReply) {
+    /// A reply that came over `link`.
+    pub(super) fn on_reply(&self, fed: &Federation, link: &LinkInfo, reply: RemoteReply) {
         let Some(o) = self.outstanding.lock().remove(&reply.id) else {
             return;
         };
-        let rtt = fed.rtt(region).unwrap_or_default();
+        let rtt = fed.rtt_to(&link.gateway_id).unwrap_or_default();
         let service = o.sent.elapsed().saturating_sub(rtt);
         {
             let mut costs = self.costs.lock();

@@ -515,6 +515,7 @@ impl Replication {
         router: &Router,
         link: &LinkInfo,
         spooled: Spooled,
+        relay: impl Fn(&Spooled),
     ) {
         let stream = StreamId::from(spooled.stream.as_str());
         let lock = self
@@ -564,6 +565,9 @@ impl Replication {
                         region: link.region.clone(),
                     })
                     .inc();
+                // The other gateways of this region get it first (one hop, with its stream and
+                // seq, so a gateway that had it through an earlier home drops it).
+                relay(&spooled);
                 if let Some(forward) = spooled.forward {
                     let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
                     if let Some(msg) = delivery(&link.region, forward) {

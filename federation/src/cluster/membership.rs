@@ -5,8 +5,10 @@
 //! gateways that used it), which links it must keep, and which of them it dials.
 //!
 //! Every gateway computes the same answers from the same list, so two gateways agree on
-//! whether a link between them is wanted (by either side) and on which side dials it (the
-//! one whose id sorts first), and exactly one connection results.
+//! whether a link between them is wanted (by either side) and on which side dials it, and
+//! exactly one connection results: inside a region the gateway whose id sorts first dials;
+//! between regions the gateway of the region whose name sorts first dials (as between single
+//! gateways with static `--peer` entries, so both kinds of configuration agree).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,8 +42,19 @@ pub enum LinkKind {
 pub struct WantedLink {
     pub peer: Member,
     pub kind: LinkKind,
-    /// This side dials (its id sorts first); the other waits to be dialled.
+    /// This side dials ([`dials`]); the other waits to be dialled.
     pub dial: bool,
+}
+
+/// Whether gateway `me` of `my_region` dials the link to `peer` of `peer_region`: inside a
+/// region the lower gateway id dials, between regions the gateway of the region that sorts
+/// first.
+pub fn dials(me: &str, my_region: &str, peer: &str, peer_region: &str) -> bool {
+    if my_region == peer_region {
+        me < peer
+    } else {
+        my_region < peer_region
+    }
 }
 
 /// The rendezvous weight of `candidate` for `chooser`: a 64-bit FNV-1a hash of both ids.
@@ -103,7 +116,7 @@ impl Membership {
     /// it is.
     pub fn wanted(&self, me: &str, my_region: &str) -> Vec<WantedLink> {
         let mut out = BTreeSet::new();
-        let dial = |peer: &Member| me < peer.gateway_id.as_str();
+        let dial = |peer: &Member| dials(me, my_region, &peer.gateway_id, &peer.region);
         for peer in self.members(my_region) {
             if peer.gateway_id != me {
                 out.insert(WantedLink {
@@ -249,7 +262,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec!["b1", "c1"]
         );
-        assert!(w.iter().all(|l| l.dial), "a1 sorts first");
+        assert!(w.iter().all(|l| l.dial), "region a sorts first");
         assert!(ms.wanted("c1", "c").iter().all(|l| !l.dial));
     }
 }

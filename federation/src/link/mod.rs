@@ -2,37 +2,46 @@
 //! interest, confirmations, liveness) and a data stream per direction (forwarded and spooled
 //! messages, requests and replies), so control traffic never queues behind bulk data.
 //!
-//! - [`Federation`] (here): the endpoint. Binds the QUIC socket, dials the peers this side
-//!   should dial (re-dialling with backoff), accepts the others, checks hellos and
-//!   certificates, and offers sending by region.
+//! - [`Federation`] (here): the endpoint. Binds the QUIC socket, accepts links, checks hellos
+//!   and certificates, keeps one link per peer **gateway** (cluster links to the gateways of
+//!   its own region, federation links to its home in every other region and to the gateways
+//!   whose home it is, [`crate::cluster::membership`]), and offers sending by region (through
+//!   the region's home link) or to one gateway.
+//! - [`dialer`]: the links this side dials, re-dialled with backoff.
 //! - [`session`]: one link's streams, tasks, accounting and its single end.
 //! - [`liveness`]: failure detection (sans-I/O): a peer silent for the detection time is dead.
 //! - [`events`]: what links tell their owner ([`LinkHandler`]).
 //! - [`wire`]: frames on the streams.
 //!
-//! Which side dials: the region whose name sorts first dials the other. Both sides may list
-//! each other as peers; exactly one connection results, with no races to resolve.
+//! Which side dials: of two gateways the membership links, the one whose id sorts first; of two
+//! regions linked by static `--peer` entries, the one whose name sorts first. When both sides
+//! dial anyway (static cluster peers), the connection dialled by the lower gateway id is kept.
 
+pub mod dialer;
 pub mod events;
 pub mod liveness;
 pub mod session;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use nexus_proto::v1::{Forward, InterestUpdate, LinkFrame, LinkHello, link_frame::Kind};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::cluster::membership::LinkKind;
 pub use events::{EventChannel, LinkEvent, LinkHandler, LinkId, LinkInfo};
 pub use wire::{MAX_FRAME, WRITE_BATCH};
 
+use crate::cluster::membership::{Member, Membership};
 use crate::metrics::{DropReason, FederationMetrics};
 use crate::tls::{Identity, TlsError, server_name};
+use dialer::{DialKey, DialTarget, Dialing};
 use session::Link;
 use wire::{read_frame, write_frame};
 
@@ -76,16 +85,18 @@ pub struct Federation {
     client: quinn::ClientConfig,
     /// The owner, set by [`Federation::start`]; links are refused before it.
     handler: OnceLock<Arc<dyn LinkHandler>>,
+    /// Live links by peer gateway id.
     links: Mutex<HashMap<String, Arc<Link>>>,
+    /// This gateway's home in each other region (by the membership), read on every send to a
+    /// region.
+    homes: ArcSwap<HashMap<String, String>>,
+    membership: Mutex<Membership>,
+    /// Regions given with `--peer` (they take precedence over the membership).
+    static_regions: Mutex<BTreeSet<String>>,
+    dialing: Mutex<Dialing>,
     next_link: AtomicU64,
     dead_after: Option<Duration>,
     metrics: Arc<FederationMetrics>,
-    /// Regions configured as peers (dialled by one side or the other).
-    peers: Mutex<std::collections::BTreeSet<String>>,
-    /// Peers from configuration; registrations never override them.
-    static_peers: Mutex<std::collections::HashSet<String>>,
-    /// Peers from the control plane's registrations: address and what stops dialling it.
-    registered: Mutex<HashMap<String, (SocketAddr, CancellationToken)>>,
     stop: CancellationToken,
 }
 
@@ -121,12 +132,11 @@ pub enum Sent {
     Queued,
     /// The link's queue is full: try again later.
     Full,
-    /// That link is no longer the region's current one.
+    /// That link is no longer the current one.
     Gone,
 }
 
 impl Federation {
-    /// Binds the QUIC endpoint and starts accepting links.
     /// Binds the QUIC endpoint. Links are accepted and dialled once [`Federation::start`]
     /// names their owner.
     pub async fn bind(
@@ -157,12 +167,13 @@ impl Federation {
             client,
             handler: OnceLock::new(),
             links: Mutex::new(HashMap::new()),
+            homes: ArcSwap::from_pointee(HashMap::new()),
+            membership: Mutex::new(Membership::default()),
+            static_regions: Mutex::new(BTreeSet::new()),
+            dialing: Mutex::new(Dialing::default()),
             next_link: AtomicU64::new(1),
             dead_after: settings.dead_after.filter(|d| !d.is_zero()),
             metrics: Arc::new(FederationMetrics::default()),
-            peers: Mutex::new(Default::default()),
-            static_peers: Mutex::new(Default::default()),
-            registered: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
         }))
     }
@@ -207,158 +218,188 @@ impl Federation {
         &self.region
     }
 
-    /// Keeps a link to `peer_region` at `addr` up: dials, and re-dials with exponential
-    /// backoff (100 ms doubling to 5 s) whenever it drops. Does nothing when the peer's
-    /// name sorts first (it dials us).
-    pub fn maintain(self: &Arc<Self>, addr: SocketAddr, peer_region: &str) {
-        self.peers.lock().insert(peer_region.to_owned());
-        self.static_peers.lock().insert(peer_region.to_owned());
-        self.keep_dialling(addr, peer_region);
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway_id
     }
 
-    /// Follows the peers the control plane knows (its gateway registrations): starts
-    /// keeping links to new ones, re-targets a region whose address changed, and stops
-    /// dialling regions that left. Peers given with [`Federation::maintain`] (configuration)
-    /// take precedence over registrations for the same region.
-    pub fn follow_registered(self: &Arc<Self>, peers: &[(String, SocketAddr)]) {
-        let statics = self.static_peers.lock().clone();
-        let wanted: HashMap<&str, SocketAddr> = peers
-            .iter()
-            .filter(|(r, _)| *r != self.region && !statics.contains(r))
-            .map(|(r, a)| (r.as_str(), *a))
+    // === who to link to ===
+
+    /// Keeps a link to `peer_region` at `addr` up (`--peer`): dials, and re-dials with
+    /// backoff whenever it drops. Does nothing when the peer's region sorts first (it dials
+    /// us). Static peers take precedence over the membership for their region.
+    pub fn maintain(self: &Arc<Self>, addr: SocketAddr, peer_region: &str) {
+        self.static_regions.lock().insert(peer_region.to_owned());
+        if peer_region <= self.region.as_str() {
+            return;
+        }
+        let key = DialKey::StaticRegion(peer_region.to_owned());
+        let target = DialTarget {
+            addr,
+            region: peer_region.to_owned(),
+            gateway_id: None,
+        };
+        let mut dialing = self.dialing.lock();
+        let mut wanted: HashMap<DialKey, DialTarget> = dialing
+            .targets()
+            .into_iter()
+            .filter(|(k, _)| matches!(k, DialKey::StaticRegion(_)))
             .collect();
-        let mut registered = self.registered.lock();
-        registered.retain(|region, (addr, stop)| {
-            let keep = wanted.get(region.as_str()) == Some(addr);
-            if !keep {
-                stop.cancel();
-            }
-            keep
-        });
-        for (region, addr) in wanted {
-            if registered.contains_key(region) {
+        wanted.insert(key, target);
+        dialing.follow(self, |k| matches!(k, DialKey::StaticRegion(_)), wanted);
+    }
+
+    /// Keeps links to gateways of this region given by address (`--cluster-peer`), for
+    /// setups without a control plane. Both sides may list each other.
+    pub fn maintain_cluster_peer(self: &Arc<Self>, addr: SocketAddr) {
+        let mut dialing = self.dialing.lock();
+        let mut wanted: HashMap<DialKey, DialTarget> = dialing
+            .targets()
+            .into_iter()
+            .filter(|(k, _)| matches!(k, DialKey::StaticCluster(_)))
+            .collect();
+        wanted.insert(
+            DialKey::StaticCluster(addr),
+            DialTarget {
+                addr,
+                region: self.region.clone(),
+                gateway_id: None,
+            },
+        );
+        dialing.follow(self, |k| matches!(k, DialKey::StaticCluster(_)), wanted);
+    }
+
+    /// Follows the live gateways the control plane knows (its registrations): keeps a link to
+    /// every other gateway of this region, to this gateway's home in every other region (not
+    /// given with `--peer`) and to the gateways whose home it is, dialling those whose id
+    /// sorts after ours; stops dialling gateways that left.
+    pub fn follow_membership(self: &Arc<Self>, members: Vec<Member>) {
+        let statics = self.static_regions.lock().clone();
+        let members: Vec<Member> = members
+            .into_iter()
+            .filter(|m| !statics.contains(&m.region) && m.gateway_id != self.gateway_id)
+            .chain(std::iter::once(Member {
+                gateway_id: self.gateway_id.clone(),
+                region: self.region.clone(),
+                addr: String::new(),
+            }))
+            .collect();
+        let membership = Membership::new(members);
+        let homes: HashMap<String, String> = membership
+            .regions()
+            .filter(|r| *r != self.region)
+            .filter_map(|r| {
+                membership
+                    .home(&self.gateway_id, r)
+                    .map(|m| (r.to_owned(), m.gateway_id.clone()))
+            })
+            .collect();
+        let mut wanted = HashMap::new();
+        for l in membership.wanted(&self.gateway_id, &self.region) {
+            if !l.dial {
                 continue;
             }
-            tracing::info!(peer = %region, %addr, "federation peer from the control plane");
-            self.peers.lock().insert(region.to_owned());
-            if let Some(stop) = self.keep_dialling(addr, region) {
-                registered.insert(region.to_owned(), (addr, stop));
+            match l.peer.addr.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    wanted.insert(
+                        DialKey::Gateway(l.peer.gateway_id.clone()),
+                        DialTarget {
+                            addr,
+                            region: l.peer.region.clone(),
+                            gateway_id: Some(l.peer.gateway_id.clone()),
+                        },
+                    );
+                }
+                Err(_) => tracing::warn!(
+                    gateway = %l.peer.gateway_id,
+                    addr = %l.peer.addr,
+                    "registered address is not IP:PORT; not linking to it"
+                ),
             }
         }
+        self.homes.store(Arc::new(homes));
+        *self.membership.lock() = membership;
+        self.dialing
+            .lock()
+            .follow(self, |k| matches!(k, DialKey::Gateway(_)), wanted);
     }
 
-    /// Dials `peer_region` at `addr` until stopped (when this side is the dialer); the
-    /// returned token stops it.
-    fn keep_dialling(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        peer_region: &str,
-    ) -> Option<CancellationToken> {
-        if peer_region <= self.region.as_str() {
-            return None;
-        }
-        let stop = self.stop.child_token();
-        let fed = self.clone();
-        let peer = peer_region.to_owned();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            let mut failures = 0u32;
-            loop {
-                if stop.is_cancelled() {
-                    return;
-                }
-                let started = tokio::time::Instant::now();
-                match fed.dial(addr, &peer).await {
-                    Ok(conn) => {
-                        failures = 0;
-                        let reason = tokio::select! {
-                            e = conn.closed() => e.to_string(),
-                            _ = stop.cancelled() => {
-                                conn.close(0u32.into(), b"peer left the registry");
-                                return;
-                            }
-                        };
-                        tracing::warn!(peer = %peer, %reason, "federation link down; re-dialling");
-                        if started.elapsed() > Duration::from_secs(10) {
-                            backoff = Duration::from_millis(100);
-                        }
-                    }
-                    Err(e) => {
-                        // Loud once per outage, quiet while it lasts.
-                        failures += 1;
-                        if failures == 1 {
-                            tracing::warn!(peer = %peer, %addr, error = %e, "federation dial failed; retrying with backoff");
-                        } else {
-                            tracing::debug!(peer = %peer, error = %e, failures, "federation dial failed");
-                        }
-                    }
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        });
-        Some(token)
-    }
+    // === dialling and accepting ===
 
-    /// One dial attempt; on success the link is registered and `Up` emitted.
+    /// One dial attempt; on success the link is registered and the owner told.
     pub async fn dial(
         self: &Arc<Self>,
-        addr: SocketAddr,
-        peer_region: &str,
+        target: &DialTarget,
     ) -> Result<quinn::Connection, LinkError> {
+        let peer = target.gateway_id.as_deref().unwrap_or(&target.region);
+        // A known gateway of this region (a cluster peer) must present a certificate naming
+        // it; a gateway of another region, one naming its region.
+        let name = match &target.gateway_id {
+            Some(id) if target.region == self.region => {
+                format!("{id}.{}", server_name(&target.region))
+            }
+            _ => server_name(&target.region),
+        };
         let connecting = self
             .endpoint
-            .connect_with(self.client.clone(), addr, &server_name(peer_region))
-            .map_err(|e| link_err(peer_region, e))?;
-        let conn = connecting.await.map_err(|e| link_err(peer_region, e))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| link_err(peer_region, e))?;
+            .connect_with(self.client.clone(), target.addr, &name)
+            .map_err(|e| link_err(peer, e))?;
+        let conn = connecting.await.map_err(|e| link_err(peer, e))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| link_err(peer, e))?;
         write_frame(&mut send, &self.hello())
             .await
-            .map_err(|e| link_err(peer_region, e))?;
+            .map_err(|e| link_err(peer, e))?;
         let hello = match read_frame(&mut recv).await {
             Ok(Some(LinkFrame {
                 kind: Some(Kind::Hello(h)),
             })) => h,
-            Ok(_) => return Err(link_err(peer_region, "peer did not send a hello")),
-            Err(e) => return Err(link_err(peer_region, e)),
+            Ok(_) => return Err(link_err(peer, "peer did not send a hello")),
+            Err(e) => {
+                let reason = conn.close_reason().map_or(e, |r| r.to_string());
+                return Err(link_err(peer, reason));
+            }
         };
-        if hello.region != peer_region {
-            conn.close(1u32.into(), b"unexpected region");
+        let unexpected = hello.region != target.region
+            || target
+                .gateway_id
+                .as_ref()
+                .is_some_and(|id| *id != hello.gateway_id)
+            || hello.gateway_id == self.gateway_id;
+        if unexpected {
+            conn.close(1u32.into(), b"unexpected peer");
             return Err(link_err(
-                peer_region,
-                format!("answered as region {:?}", hello.region),
+                peer,
+                format!(
+                    "answered as gateway {:?} of region {:?}",
+                    hello.gateway_id, hello.region
+                ),
             ));
         }
         if hello.protocol != LINK_PROTOCOL {
             conn.close(2u32.into(), b"link protocol mismatch");
             return Err(link_err(
-                peer_region,
+                peer,
                 format!(
                     "the peer speaks link protocol {}, this gateway {LINK_PROTOCOL}: run the same Nexus version on every federated gateway",
                     hello.protocol
                 ),
             ));
         }
-        if let Some(reason) =
-            session::region_taken(&self.links.lock(), &hello.region, &hello.gateway_id)
-        {
-            conn.close(7u32.into(), reason.as_bytes());
-            return Err(link_err(peer_region, reason));
-        }
-        session::start(
-            self,
-            conn.clone(),
-            send,
-            recv,
-            hello.region,
-            hello.gateway_id,
-        )
-        .await?;
+        session::start(self, conn.clone(), send, recv, hello, true).await?;
         Ok(conn)
+    }
+
+    /// One dial attempt to a gateway of `region` at `addr`, whatever its id.
+    pub async fn dial_region(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        region: &str,
+    ) -> Result<quinn::Connection, LinkError> {
+        self.dial(&DialTarget {
+            addr,
+            region: region.to_owned(),
+            gateway_id: None,
+        })
+        .await
     }
 
     fn hello(&self) -> LinkFrame {
@@ -382,7 +423,7 @@ impl Federation {
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 if let Err(e) = fed.accept_one(incoming).await {
-                    tracing::warn!(%remote, error = %e, "federation link refused");
+                    tracing::warn!(%remote, error = %e, "link refused");
                 }
             });
         }
@@ -399,11 +440,17 @@ impl Federation {
             Ok(_) => return Err(link_err(&remote, "first frame was not a hello")),
             Err(e) => return Err(link_err(&remote, e)),
         };
-        if hello.region == self.region || hello.region.is_empty() {
+        if hello.region.is_empty()
+            || hello.gateway_id.is_empty()
+            || hello.gateway_id == self.gateway_id
+        {
             conn.close(2u32.into(), b"bad hello");
             return Err(link_err(
                 &remote,
-                format!("bad hello: region {:?}", hello.region),
+                format!(
+                    "bad hello: gateway {:?} of region {:?}",
+                    hello.gateway_id, hello.region
+                ),
             ));
         }
         if hello.protocol != LINK_PROTOCOL {
@@ -414,37 +461,82 @@ impl Federation {
             conn.close(2u32.into(), reason.as_bytes());
             return Err(link_err(&remote, reason));
         }
-        // The client certificate was signed by the federation CA (checked in the
-        // handshake); it must also be issued for the region the peer claims to be.
-        if let Err(reason) = crate::tls::peer_is_region(&conn, &hello.region) {
-            conn.close(4u32.into(), b"certificate does not match region");
-            return Err(link_err(&remote, reason));
-        }
-        if let Some(reason) =
-            session::region_taken(&self.links.lock(), &hello.region, &hello.gateway_id)
-        {
-            conn.close(7u32.into(), reason.as_bytes());
+        // The client certificate was signed by the CA (checked in the handshake); it must
+        // also be issued for the region the peer claims, and a gateway of this region (a
+        // cluster peer) must present one naming its gateway id.
+        let named = if hello.region == self.region {
+            crate::tls::peer_is_gateway(&conn, &hello.region, &hello.gateway_id)
+        } else {
+            crate::tls::peer_is_region(&conn, &hello.region)
+        };
+        if let Err(reason) = named {
+            conn.close(4u32.into(), b"certificate does not match the hello");
             return Err(link_err(&remote, reason));
         }
         write_frame(&mut send, &self.hello())
             .await
             .map_err(|e| link_err(&remote, e))?;
-        session::start(self, conn, send, recv, hello.region, hello.gateway_id).await
+        session::start(self, conn, send, recv, hello, false).await
     }
 
-    /// The current link to `region`, if one is up.
+    // === sending ===
+
+    /// The link messages for `region` go through: this gateway's home there when linked,
+    /// otherwise any link to a gateway of that region (the lowest id).
+    fn route(&self, region: &str) -> Option<Arc<Link>> {
+        let home = self.homes.load().get(region).cloned();
+        let links = self.links.lock();
+        if let Some(l) = home.as_ref().and_then(|h| links.get(h)) {
+            return Some(l.clone());
+        }
+        links
+            .values()
+            .filter(|l| l.info.region == region)
+            .min_by(|a, b| a.info.gateway_id.cmp(&b.info.gateway_id))
+            .cloned()
+    }
+
+    /// The link `region`'s messages go through now, if any.
     pub fn current(&self, region: &str) -> Option<LinkId> {
-        self.links.lock().get(region).map(|l| l.info.id)
+        self.route(region).map(|l| l.info.id)
     }
 
-    /// Sends an interest update to one region; false if there is no link.
+    /// The link to one gateway, if it is up.
+    pub fn link_to(&self, gateway_id: &str) -> Option<LinkId> {
+        self.links.lock().get(gateway_id).map(|l| l.info.id)
+    }
+
+    /// Queues a data frame on one particular link to one gateway.
+    pub fn send_on_to(&self, gateway_id: &str, link: LinkId, kind: Kind) -> Sent {
+        let l = self.links.lock().get(gateway_id).cloned();
+        match l {
+            Some(l) if l.info.id == link => match l.data.try_send(LinkFrame { kind: Some(kind) }) {
+                Ok(()) => Sent::Queued,
+                Err(_) => Sent::Full,
+            },
+            _ => Sent::Gone,
+        }
+    }
+
+    /// Sends an interest update on the link `region`'s messages go through, and on every
+    /// other link to that region; false if there is none.
     pub fn send_interest(&self, region: &str, update: InterestUpdate) -> bool {
-        self.try_send_control(region, Kind::Interest(update))
+        let links = self.links.lock();
+        let mut sent = false;
+        for l in links.values().filter(|l| l.info.region == region) {
+            sent |= l
+                .control
+                .try_send(LinkFrame {
+                    kind: Some(Kind::Interest(update.clone())),
+                })
+                .is_ok();
+        }
+        sent
     }
 
-    /// Sends an interest update on every link.
-    pub fn broadcast_interest(&self, update: &InterestUpdate) {
-        for link in self.links.lock().values() {
+    /// Sends an interest update on every link of one kind.
+    pub fn broadcast_interest(&self, kind: LinkKind, update: &InterestUpdate) {
+        for link in self.links.lock().values().filter(|l| l.kind == kind) {
             let _ = link.control.try_send(LinkFrame {
                 kind: Some(Kind::Interest(update.clone())),
             });
@@ -455,10 +547,7 @@ impl Federation {
     /// want backpressure rather than drops).
     pub async fn forward(&self, region: &str, forward: Forward) -> Result<(), LinkError> {
         let link = self
-            .links
-            .lock()
-            .get(region)
-            .cloned()
+            .route(region)
             .ok_or_else(|| LinkError::NotConnected(region.to_owned()))?;
         link.forward(LinkFrame {
             kind: Some(Kind::Forward(forward)),
@@ -471,8 +560,7 @@ impl Federation {
     /// link or its queue is full. Either way it is counted: forwarded (and later confirmed
     /// or lost with the link), or dropped with the reason.
     pub fn try_forward(&self, region: &str, forward: Forward) -> bool {
-        let link = self.links.lock().get(region).cloned();
-        match link {
+        match self.route(region) {
             Some(link) => link.try_forward(LinkFrame {
                 kind: Some(Kind::Forward(forward)),
             }),
@@ -483,22 +571,40 @@ impl Federation {
         }
     }
 
+    /// Queues a best-effort message for one gateway (a cluster peer) without waiting.
+    pub fn try_forward_to(&self, gateway_id: &str, forward: Forward) -> bool {
+        let link = self.links.lock().get(gateway_id).cloned();
+        match link {
+            Some(link) => link.try_forward(LinkFrame {
+                kind: Some(Kind::Forward(forward)),
+            }),
+            None => false,
+        }
+    }
+
     /// Queues a request or reply (or any data frame) for `region` without waiting; the link
     /// it went on, or `None` when there is no link or its queue is full.
     pub fn try_send_data(&self, region: &str, kind: Kind) -> Option<LinkId> {
-        let links = self.links.lock();
-        let link = links.get(region)?;
+        let link = self.route(region)?;
         link.data
             .try_send(LinkFrame { kind: Some(kind) })
             .ok()
             .map(|_| link.info.id)
     }
 
-    /// Queues a data frame on one particular link (the spool pump's, which must never
-    /// continue on a link other than the one its cursor belongs to).
+    /// Queues a data frame for one gateway without waiting; the link it went on.
+    pub fn try_send_data_to(&self, gateway_id: &str, kind: Kind) -> Option<LinkId> {
+        let link = self.links.lock().get(gateway_id).cloned()?;
+        link.data
+            .try_send(LinkFrame { kind: Some(kind) })
+            .ok()
+            .map(|_| link.info.id)
+    }
+
+    /// Queues a data frame on one particular link to `region` (the spool pump's, which must
+    /// never continue on a link other than the one its cursor belongs to).
     pub fn send_on(&self, region: &str, link: LinkId, kind: Kind) -> Sent {
-        let links = self.links.lock();
-        match links.get(region) {
+        match self.route(region) {
             Some(l) if l.info.id == link => match l.data.try_send(LinkFrame { kind: Some(kind) }) {
                 Ok(()) => Sent::Queued,
                 Err(_) => Sent::Full,
@@ -509,15 +615,28 @@ impl Federation {
 
     /// Queues a control frame (small, never behind data) for `region` without waiting.
     pub fn try_send_control(&self, region: &str, kind: Kind) -> bool {
-        self.links
-            .lock()
-            .get(region)
+        self.route(region)
             .is_some_and(|l| l.control.try_send(LinkFrame { kind: Some(kind) }).is_ok())
     }
 
-    /// Round-trip time of the link to `region`, as QUIC measures it continuously.
+    /// Queues a control frame for one gateway without waiting.
+    pub fn try_send_control_to(&self, gateway_id: &str, kind: Kind) -> bool {
+        self.links
+            .lock()
+            .get(gateway_id)
+            .is_some_and(|l| l.control.try_send(LinkFrame { kind: Some(kind) }).is_ok())
+    }
+
+    // === state ===
+
+    /// Round-trip time of the link `region`'s messages go through, as QUIC measures it.
     pub fn rtt(&self, region: &str) -> Option<Duration> {
-        self.links.lock().get(region).map(|l| l.conn.rtt())
+        self.route(region).map(|l| l.conn.rtt())
+    }
+
+    /// Round-trip time of the link to one gateway.
+    pub fn rtt_to(&self, gateway_id: &str) -> Option<Duration> {
+        self.links.lock().get(gateway_id).map(|l| l.conn.rtt())
     }
 
     /// The detection time of the link to `region` now (configured, or derived from its RTT).
@@ -526,17 +645,63 @@ impl Federation {
         Some(liveness::Liveness::new(self.dead_after, Duration::ZERO).dead_after(rtt))
     }
 
-    /// Regions this endpoint keeps dialling (its configured peers).
-    pub fn peers(&self) -> Vec<String> {
-        let mut r: Vec<String> = self.peers.lock().iter().cloned().collect();
-        r.sort();
-        r
+    /// A live link with the gateway listening at `addr`, if any.
+    fn link_at(&self, addr: SocketAddr) -> Option<quinn::Connection> {
+        self.links
+            .lock()
+            .values()
+            .find(|l| l.conn.remote_address() == addr)
+            .map(|l| l.conn.clone())
     }
 
+    /// Other regions this endpoint links to or is configured to (peers and membership).
+    pub fn peers(&self) -> Vec<String> {
+        let mut r: BTreeSet<String> = self.static_regions.lock().clone();
+        r.extend(
+            self.membership
+                .lock()
+                .regions()
+                .filter(|x| *x != self.region)
+                .map(str::to_owned),
+        );
+        r.into_iter().collect()
+    }
+
+    /// Other regions with at least one live link.
     pub fn connected_regions(&self) -> Vec<String> {
-        let mut r: Vec<String> = self.links.lock().keys().cloned().collect();
-        r.sort();
-        r
+        let r: BTreeSet<String> = self
+            .links
+            .lock()
+            .values()
+            .filter(|l| l.kind == LinkKind::Federation)
+            .map(|l| l.info.region.clone())
+            .collect();
+        r.into_iter().collect()
+    }
+
+    /// Live links to gateways of this region.
+    pub fn cluster_peers(&self) -> Vec<LinkInfo> {
+        let mut v: Vec<LinkInfo> = self
+            .links
+            .lock()
+            .values()
+            .filter(|l| l.kind == LinkKind::Cluster)
+            .map(|l| l.info.clone())
+            .collect();
+        v.sort_by(|a, b| a.gateway_id.cmp(&b.gateway_id));
+        v
+    }
+
+    /// Every live link, for status.
+    pub fn links(&self) -> Vec<(LinkInfo, LinkKind, Duration)> {
+        let mut v: Vec<_> = self
+            .links
+            .lock()
+            .values()
+            .map(|l| (l.info.clone(), l.kind, l.conn.rtt()))
+            .collect();
+        v.sort_by(|a, b| a.0.gateway_id.cmp(&b.0.gateway_id));
+        v
     }
 
     /// Closes every link and stops accepting and re-dialling.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use nexus_proto::v1::{LinkFrame, LinkPing, LinkPong, LinkReceipt, link_frame::Kind};
+use nexus_proto::v1::{LinkFrame, LinkHello, LinkPing, LinkPong, LinkReceipt, link_frame::Kind};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::events::LinkInfo;
 use super::liveness::{Liveness, Probe};
 use super::wire::{data_writer, read_frame, write_frame};
-use super::{Federation, LinkError, link_err};
+use super::{Federation, LinkError, LinkKind, link_err};
 use crate::metrics::{DownLabels, DownReason, DropReason, RegionLabels};
 
 /// Frames a link queues for its data stream before best-effort messages are refused.
@@ -27,6 +27,9 @@ pub const RECEIPT_EVERY: Duration = Duration::from_millis(25);
 /// A live link, as the endpoint keeps it.
 pub struct Link {
     pub info: LinkInfo,
+    pub kind: LinkKind,
+    /// This side dialled it.
+    pub dialed: bool,
     pub conn: quinn::Connection,
     pub control: mpsc::Sender<LinkFrame>,
     pub data: mpsc::Sender<LinkFrame>,
@@ -90,8 +93,10 @@ impl Link {
         }
         let was_current = {
             let mut links = fed.links.lock();
-            match links.get(&self.info.region) {
-                Some(l) if l.info.id == self.info.id => links.remove(&self.info.region).is_some(),
+            match links.get(&self.info.gateway_id) {
+                Some(l) if l.info.id == self.info.id => {
+                    links.remove(&self.info.gateway_id).is_some()
+                }
                 _ => false,
             }
         };
@@ -122,34 +127,16 @@ impl Link {
         fed.metrics.links.set(fed.links.lock().len() as i64);
         match reason {
             DownReason::Replaced => {
-                tracing::info!(peer = %self.info.region, link = %self.info.id, lost, "federation link replaced by a newer one")
+                tracing::info!(region = %self.info.region, peer = %self.info.gateway_id, link = %self.info.id, lost, "link replaced by a newer one")
             }
             _ => {
-                tracing::warn!(peer = %self.info.region, link = %self.info.id, reason = %detail, unconfirmed_best_effort = lost, "federation link down")
+                tracing::warn!(region = %self.info.region, peer = %self.info.gateway_id, link = %self.info.id, kind = ?self.kind, reason = %detail, unconfirmed_best_effort = lost, "link down")
             }
         }
         if let Some(handler) = fed.handler.get() {
             handler.down(&self.info, detail);
         }
     }
-}
-
-/// One federating gateway per region until regional clusters land: a link from a second
-/// gateway of a region that already has a live link is refused (it retries, and gets the link
-/// once the first gateway's is gone), instead of the two displacing each other. The reason to
-/// refuse with, if any.
-pub fn region_taken(
-    links: &std::collections::HashMap<String, Arc<Link>>,
-    region: &str,
-    gateway_id: &str,
-) -> Option<String> {
-    let current = links.get(region)?;
-    (current.info.gateway_id != gateway_id).then(|| {
-        format!(
-            "region {region} is already linked through gateway {}; run one federating gateway per region (regional clusters are not built yet)",
-            current.info.gateway_id
-        )
-    })
 }
 
 /// Starts a link whose hellos are exchanged: opens the data streams, registers it (ending
@@ -159,10 +146,17 @@ pub async fn start(
     conn: quinn::Connection,
     mut control_send: quinn::SendStream,
     mut control_recv: quinn::RecvStream,
-    info_region: String,
-    gateway_id: String,
+    hello: LinkHello,
+    dialed: bool,
 ) -> Result<(), LinkError> {
-    let region = info_region;
+    let LinkHello {
+        region, gateway_id, ..
+    } = hello;
+    let kind = if region == fed.region {
+        LinkKind::Cluster
+    } else {
+        LinkKind::Federation
+    };
     let mut data_send = conn.open_uni().await.map_err(|e| link_err(&region, e))?;
     // A QUIC stream becomes visible to the peer with its first bytes: announce ours before
     // waiting for theirs, or both sides would wait forever.
@@ -183,8 +177,10 @@ pub async fn start(
         info: LinkInfo {
             id: fed.next_link_id(),
             region: region.clone(),
-            gateway_id,
+            gateway_id: gateway_id.clone(),
         },
+        kind,
+        dialed,
         conn: conn.clone(),
         control: control_tx,
         data: data_tx,
@@ -212,18 +208,23 @@ pub async fn start(
     };
     let previous = {
         let mut links = fed.links.lock();
-        if let Some(reason) = region_taken(&links, &region, &link.info.gateway_id) {
+        if let Some(current) = links.get(&gateway_id)
+            && !replaces(fed, &link, current)
+        {
             drop(links);
-            conn.close(7u32.into(), reason.as_bytes());
-            return Err(link_err(&region, reason));
+            conn.close(7u32.into(), b"duplicate link");
+            return Err(link_err(
+                &gateway_id,
+                "a link with this gateway exists already (the one dialled by the lower gateway id is kept)",
+            ));
         }
-        links.insert(region.clone(), link.clone())
+        links.insert(gateway_id.clone(), link.clone())
     };
     if let Some(old) = previous {
         old.end(fed, DownReason::Replaced, "replaced by a newer link");
     }
     m.links.set(fed.links.lock().len() as i64);
-    tracing::info!(peer = %region, gateway = %link.info.gateway_id, link = %link.info.id, "federation link up");
+    tracing::info!(%region, peer = %link.info.gateway_id, link = %link.info.id, ?kind, "link up");
     handler.up(&link.info);
 
     // Writers.
@@ -278,6 +279,22 @@ pub async fn start(
     });
     tokio::spawn(watchdog(fed.clone(), link));
     Ok(())
+}
+
+/// Whether a new link with a gateway replaces the one that exists: the connection dialled by
+/// the side that should dial ([`crate::cluster::membership::dials`]) is kept (both sides
+/// decide alike, so two gateways that dialled each other at once end with one link); between
+/// two of the same kind, the newer wins (a peer that restarted reconnects before its old link
+/// is found dead).
+fn replaces(fed: &Federation, new: &Link, old: &Link) -> bool {
+    let we_dial = crate::cluster::membership::dials(
+        &fed.gateway_id,
+        &fed.region,
+        &new.info.gateway_id,
+        &new.info.region,
+    );
+    let canonical = |l: &Link| l.dialed == we_dial;
+    canonical(new) || !canonical(old)
 }
 
 /// Failure detection and receipts for one link, until it ends.

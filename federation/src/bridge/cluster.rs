@@ -1,0 +1,325 @@
+//! The region's other gateways (its cluster, docs/cluster.md): their interest; what this
+//! gateway advertises to them (its own subscriptions) and to other regions (the union over
+//! the region); which of them get a message published here or arriving from another region
+//! (one hop, never further); which one takes a queue group's message or a request; and the
+//! per-stream marks that keep relayed spooled messages from being delivered twice.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use nexus_gateway::router::Delivery;
+use nexus_proto::v1::{Forward, InterestUpdate};
+use parking_lot::Mutex;
+
+use crate::interest::{Interested, LocalInterest, RemoteInterest};
+use crate::replication::StreamId;
+
+/// Interest inside the region.
+#[derive(Default)]
+struct State {
+    /// This gateway's own subscription groups (advertised to cluster peers).
+    local: LocalInterest,
+    /// The region's: one count per gateway that has a key (advertised to other regions).
+    region: LocalInterest,
+    /// What each cluster peer advertised.
+    sets: HashMap<String, BTreeSet<String>>,
+}
+
+/// A cluster peer a message goes to, and whom it is for there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PeerTarget {
+    pub(super) gateway_id: String,
+    pub(super) plain: bool,
+    pub(super) queue_groups: Vec<String>,
+}
+
+impl PeerTarget {
+    pub(super) fn forward(&self, msg: &Delivery, origin_region: &str) -> Forward {
+        Forward {
+            subject: msg.subject.to_string(),
+            reply_to: String::new(),
+            headers: msg.headers.clone(),
+            payload: msg.payload.clone(),
+            id: msg.id.clone(),
+            origin_region: origin_region.to_owned(),
+            skip_plain: !self.plain,
+            queue_groups: self.queue_groups.clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Cluster {
+    state: Mutex<State>,
+    /// Cluster peers' interest by gateway id, read on every publish without a lock.
+    peers: ArcSwap<RemoteInterest>,
+    /// Per stream, the highest spooled message delivered here that a cluster peer relayed.
+    marks: Mutex<HashMap<StreamId, u64>>,
+}
+
+/// An update carrying only changes, or `None` when there are none.
+fn delta(add: Vec<String>, remove: Vec<String>) -> Option<InterestUpdate> {
+    (!add.is_empty() || !remove.is_empty()).then_some(InterestUpdate {
+        full: false,
+        add,
+        remove,
+    })
+}
+
+impl Cluster {
+    /// This gateway gained (`present`) or lost its last subscription group on `key`: the
+    /// update for cluster peers and the update for other regions, if any.
+    pub(super) fn local_changed(
+        &self,
+        key: &str,
+        present: bool,
+    ) -> (Option<InterestUpdate>, Option<InterestUpdate>) {
+        let mut st = self.state.lock();
+        let for_peers = if present {
+            st.local.add(key)
+        } else {
+            st.local.remove(key)
+        };
+        let for_regions = match &for_peers {
+            Some(_) if present => st.region.add(key),
+            Some(_) => st.region.remove(key),
+            None => None,
+        };
+        (for_peers, for_regions)
+    }
+
+    /// Cluster peer `gateway` advertised `update`; returns the patterns refused and the update
+    /// for other regions, if the region's interest changed.
+    pub(super) fn peer_update(
+        &self,
+        gateway: &str,
+        update: &InterestUpdate,
+    ) -> (Vec<String>, Option<InterestUpdate>) {
+        let mut peers = RemoteInterest::clone(&self.peers.load());
+        let rejected = peers.apply(gateway, update);
+        let now: BTreeSet<String> = peers.patterns(gateway).into_iter().collect();
+        self.peers.store(Arc::new(peers));
+        (rejected, self.replace_set(gateway, now))
+    }
+
+    /// Cluster peer `gateway` is gone: its interest leaves the region's.
+    pub(super) fn peer_gone(&self, gateway: &str) -> Option<InterestUpdate> {
+        let mut peers = RemoteInterest::clone(&self.peers.load());
+        peers.forget(gateway);
+        self.peers.store(Arc::new(peers));
+        self.replace_set(gateway, BTreeSet::new())
+    }
+
+    fn replace_set(&self, gateway: &str, now: BTreeSet<String>) -> Option<InterestUpdate> {
+        let mut st = self.state.lock();
+        let before = st.sets.remove(gateway).unwrap_or_default();
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for k in now.difference(&before) {
+            if let Some(d) = st.region.add(k) {
+                add.extend(d.add);
+            }
+        }
+        for k in before.difference(&now) {
+            if let Some(d) = st.region.remove(k) {
+                remove.extend(d.remove);
+            }
+        }
+        if !now.is_empty() {
+            st.sets.insert(gateway.to_owned(), now);
+        }
+        delta(add, remove)
+    }
+
+    /// Everything this gateway wants, for a cluster link that came up.
+    pub(super) fn local_full(&self) -> InterestUpdate {
+        self.state.lock().local.full()
+    }
+
+    /// Everything the region wants, for a link from another region that came up.
+    pub(super) fn region_full(&self) -> InterestUpdate {
+        self.state.lock().region.full()
+    }
+
+    /// Queue groups on `subject` with members on cluster peers.
+    pub(super) fn groups(&self, subject: &str) -> Vec<String> {
+        let mut g: Vec<String> = self
+            .peers
+            .load()
+            .matches(subject)
+            .into_iter()
+            .filter_map(|m| m.queue)
+            .collect();
+        g.sort();
+        g.dedup();
+        g
+    }
+
+    /// Which cluster peers get a message on `subject`: those with plain subscriptions (when
+    /// `plain`), and for each queue group (`groups`, or every group when `None`) that this
+    /// gateway has no member of (`local_groups`), the nearest peer that has one.
+    pub(super) fn targets(
+        &self,
+        subject: &str,
+        plain: bool,
+        groups: Option<&[String]>,
+        local_groups: &[String],
+        rtt: impl Fn(&str) -> Option<Duration>,
+    ) -> Vec<PeerTarget> {
+        let matches = self.peers.load().matches(subject);
+        if matches.is_empty() {
+            return Vec::new();
+        }
+        let mut out: Vec<PeerTarget> = Vec::new();
+        let target = |out: &mut Vec<PeerTarget>, gw: &str| -> usize {
+            match out.iter().position(|t| t.gateway_id == gw) {
+                Some(i) => i,
+                None => {
+                    out.push(PeerTarget {
+                        gateway_id: gw.to_owned(),
+                        plain: false,
+                        queue_groups: Vec::new(),
+                    });
+                    out.len() - 1
+                }
+            }
+        };
+        if plain {
+            for m in matches.iter().filter(|m| m.queue.is_none()) {
+                let i = target(&mut out, &m.region);
+                out[i].plain = true;
+            }
+        }
+        let mut wanted: Vec<&str> = matches.iter().filter_map(|m| m.queue.as_deref()).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        for group in wanted {
+            if local_groups.iter().any(|g| g == group)
+                || groups.is_some_and(|g| !g.iter().any(|x| x == group))
+            {
+                continue;
+            }
+            let nearest = matches
+                .iter()
+                .filter(|m: &&Interested| m.queue.as_deref() == Some(group))
+                .filter_map(|m| rtt(&m.region).map(|r| (r, &m.region)))
+                .min();
+            if let Some((_, gw)) = nearest {
+                let i = target(&mut out, gw);
+                out[i].queue_groups.push(group.to_owned());
+            }
+        }
+        out
+    }
+
+    /// The nearest cluster peer with a subscriber (plain or in a queue group) on `subject`,
+    /// for a request no local responder took.
+    pub(super) fn responder(
+        &self,
+        subject: &str,
+        rtt: impl Fn(&str) -> Option<Duration>,
+    ) -> Option<String> {
+        self.peers
+            .load()
+            .matches(subject)
+            .iter()
+            .filter_map(|m| rtt(&m.region).map(|r| (r, m.region.clone())))
+            .min()
+            .map(|(_, gw)| gw)
+    }
+
+    /// A spooled message a cluster peer relayed: deliver it only if it is newer than what this
+    /// gateway delivered of its stream (the home that relays it may have changed).
+    pub(super) fn accept_relayed(&self, stream: &StreamId, seq: u64) -> bool {
+        let mut marks = self.marks.lock();
+        let mark = marks.entry(stream.clone()).or_default();
+        if seq <= *mark {
+            return false;
+        }
+        *mark = seq;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(add: &[&str]) -> InterestUpdate {
+        InterestUpdate {
+            full: true,
+            add: add.iter().map(|s| s.to_string()).collect(),
+            remove: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_region_advertises_the_union_of_its_gateways_edges_only() {
+        let c = Cluster::default();
+        let (peers, regions) = c.local_changed("orders.>", true);
+        assert_eq!(peers.unwrap().add, vec!["orders.>"]);
+        assert_eq!(regions.unwrap().add, vec!["orders.>"]);
+        // A peer with the same pattern changes nothing for other regions.
+        let (_, regions) = c.peer_update("gw-2", &full(&["orders.>", "jobs.* workers"]));
+        assert_eq!(regions.unwrap().add, vec!["jobs.* workers"]);
+        // This gateway's last subscriber leaves: the peer still wants it.
+        let (peers, regions) = c.local_changed("orders.>", false);
+        assert_eq!(peers.unwrap().remove, vec!["orders.>"]);
+        assert!(regions.is_none());
+        // The peer goes: the region wants nothing any more.
+        let mut gone = c.peer_gone("gw-2").unwrap().remove;
+        gone.sort();
+        assert_eq!(gone, vec!["jobs.* workers", "orders.>"]);
+        assert!(c.region_full().add.is_empty());
+    }
+
+    #[test]
+    fn plain_subscribers_everywhere_and_each_queue_group_once_at_the_nearest_peer() {
+        let c = Cluster::default();
+        c.peer_update("gw-2", &full(&["orders.>", "orders.* workers"]));
+        c.peer_update("gw-3", &full(&["orders.* workers", "orders.new"]));
+        let rtt = |gw: &str| {
+            Some(Duration::from_micros(match gw {
+                "gw-2" => 300,
+                _ => 100,
+            }))
+        };
+        let t = c.targets("orders.new", true, None, &[], rtt);
+        assert_eq!(
+            t,
+            vec![
+                PeerTarget {
+                    gateway_id: "gw-2".into(),
+                    plain: true,
+                    queue_groups: vec![]
+                },
+                PeerTarget {
+                    gateway_id: "gw-3".into(),
+                    plain: true,
+                    queue_groups: vec!["workers".into()]
+                },
+            ]
+        );
+        // A local member takes the group; a message from another region for plain
+        // subscribers only does not touch the group.
+        let t = c.targets("orders.new", true, None, &["workers".into()], rtt);
+        assert!(t.iter().all(|t| t.queue_groups.is_empty()));
+        let t = c.targets("orders.new", true, Some(&[]), &[], rtt);
+        assert!(t.iter().all(|t| t.queue_groups.is_empty()));
+        assert_eq!(c.responder("orders.new", rtt).as_deref(), Some("gw-3"));
+    }
+
+    #[test]
+    fn relayed_spooled_messages_are_delivered_once_per_stream() {
+        let c = Cluster::default();
+        let s = StreamId::from("gw-a.1");
+        assert!(c.accept_relayed(&s, 1));
+        assert!(c.accept_relayed(&s, 2));
+        assert!(
+            !c.accept_relayed(&s, 2),
+            "the same message through a new home"
+        );
+        assert!(c.accept_relayed(&StreamId::from("gw-b.1"), 1));
+    }
+}
