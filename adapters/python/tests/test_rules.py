@@ -29,11 +29,16 @@ class SubjectRules(unittest.TestCase):
 
     def test_matching_table_of_the_protocol(self):
         table = [
-            ("orders.created", "orders.created", True), ("orders.created", "orders.created.eu", False),
-            ("orders.created", "Orders.created", False), ("orders.*", "orders.x", True),
-            ("orders.*", "orders", False), ("orders.*", "orders.a.b", False),
-            ("orders.>", "orders.a.b.c", True), ("orders.>", "orders", False),
-            ("*.created.>", "orders.created.eu", True), ("*.created.>", "orders.created", False),
+            ("orders.created", "orders.created", True),
+            ("orders.created", "orders.created.eu", False),
+            ("orders.created", "Orders.created", False),
+            ("orders.*", "orders.x", True),
+            ("orders.*", "orders", False),
+            ("orders.*", "orders.a.b", False),
+            ("orders.>", "orders.a.b.c", True),
+            ("orders.>", "orders", False),
+            ("*.created.>", "orders.created.eu", True),
+            ("*.created.>", "orders.created", False),
             (">", "anything.at.all", True),
         ]
         for pattern, subject, want in table:
@@ -47,10 +52,13 @@ class Traceparent(unittest.TestCase):
 
     def test_validity(self):
         self.assertTrue(nx.is_valid_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
-        for bad in ["", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-                    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-                    "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-                    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]:
+        for bad in [
+            "",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ]:
             self.assertFalse(nx.is_valid_traceparent(bad), bad)
 
     def test_kept_when_given_and_child_of_the_current_context(self):
@@ -58,7 +66,7 @@ class Traceparent(unittest.TestCase):
         self.assertEqual(with_traceparent(given), given)
         token = nx.current_traceparent.set("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         try:
-            (key, value), = with_traceparent([])
+            ((key, value),) = with_traceparent([])
             self.assertEqual(key, "traceparent")
             self.assertEqual(value.split("-")[1], "4bf92f3577b34da6a3ce929d0e0e4736")
             self.assertNotEqual(value.split("-")[2], "00f067aa0ba902b7")
