@@ -32,6 +32,10 @@ use crate::subscription::Subscription;
 /// case the gateway vanished without answering).
 const CLIENT_GRACE: Duration = Duration::from_secs(1);
 
+/// Default of [`ClientBuilder::publish_retry_timeout`]: well inside the gateway's 120 s
+/// de-duplication window.
+pub const DEFAULT_PUBLISH_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A connection to a Nexus gateway. Cheap to clone (all clones share one session).
 ///
 /// The session is closed by [`close`](Client::close), or when the last `Client` clone and the
@@ -96,6 +100,8 @@ pub struct ClientBuilder {
     stream_window: u32,
     listener_backlog: usize,
     max_concurrent_handlers: usize,
+    publish_retry_timeout: Duration,
+    local_payload_check: bool,
 }
 
 impl ClientBuilder {
@@ -115,6 +121,8 @@ impl ClientBuilder {
             stream_window: 256,
             listener_backlog: 256,
             max_concurrent_handlers: 1024,
+            publish_retry_timeout: DEFAULT_PUBLISH_RETRY_TIMEOUT,
+            local_payload_check: true,
         }
     }
 
@@ -203,6 +211,32 @@ impl ClientBuilder {
         self
     }
 
+    /// How long a confirmed publish ([`Client::publish_acked`]) keeps retrying after the
+    /// session was lost before the gateway's answer came (default 30 s). Each retry goes out
+    /// on the next session with the **same** message id, so the gateway answers it with the
+    /// original outcome instead of delivering it twice (it remembers ids on `async` and
+    /// `sync` routes for 120 s by default). When the time runs out the publish fails with
+    /// [`Error::NotConfirmed`]. `Duration::ZERO` turns retrying off. Fire-and-forget
+    /// publishes are never retried.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = nexus_client::Client::builder("http://127.0.0.1:7422")
+    ///     .publish_retry_timeout(Duration::from_secs(10));
+    /// ```
+    pub fn publish_retry_timeout(mut self, t: Duration) -> Self {
+        self.publish_retry_timeout = t;
+        self
+    }
+
+    /// Whether payloads are checked against the gateway's `max_payload` before sending
+    /// (default true: an oversized payload fails at once with [`Error::Limit`]). With
+    /// `false` the gateway's own check answers, with the same error.
+    pub fn local_payload_check(mut self, on: bool) -> Self {
+        self.local_payload_check = on;
+        self
+    }
+
     /// Connects and performs the Hello/Welcome handshake. Fails if the gateway cannot be
     /// reached or refuses the session (e.g. [`Error::Denied`]); later disconnects are
     /// handled by reconnecting.
@@ -237,6 +271,8 @@ impl ClientBuilder {
             stream_window: self.stream_window,
             listener_backlog: self.listener_backlog,
             max_concurrent_handlers: self.max_concurrent_handlers,
+            publish_retry_timeout: self.publish_retry_timeout,
+            local_payload_check: self.local_payload_check,
         };
         let (out_tx, out_rx) = mpsc::channel(self.outbound_capacity);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
@@ -333,6 +369,9 @@ impl Client {
     }
 
     pub(crate) fn check_payload(&self, len: usize) -> Result<()> {
+        if !self.shared().config.local_payload_check {
+            return Ok(());
+        }
         let max = self.shared().max_payload.load(Ordering::Relaxed);
         if max > 0 && len as u64 > max {
             return Err(Error::Limit {
@@ -404,6 +443,12 @@ impl Client {
 
     /// Publishes and waits until the gateway routed the message; returns how many
     /// subscriptions received it. Fails with the gateway's refusal (e.g. [`Error::Limit`]).
+    ///
+    /// If the session is lost before the answer came, the publish is sent again on the next
+    /// session with the same message id, for up to
+    /// [`publish_retry_timeout`](ClientBuilder::publish_retry_timeout); the gateway
+    /// de-duplicates it on `async` and `sync` routes. When that time runs out the error is
+    /// [`Error::NotConfirmed`].
     pub async fn publish_acked(&self, subject: &str, payload: impl Into<Bytes>) -> Result<u32> {
         self.publish_message_acked(OutgoingMessage::new(subject, payload))
             .await
@@ -412,14 +457,55 @@ impl Client {
     /// [`publish_acked`](Self::publish_acked) for a full [`OutgoingMessage`].
     pub async fn publish_message_acked(&self, msg: OutgoingMessage) -> Result<u32> {
         let subject = msg.subject.clone();
-        let ack_id = self.shared().next_id();
-        let frame = self.pub_frame(msg, ack_id)?;
-        let (tx, rx) = oneshot::channel();
-        let ((), epoch) = self.register(|st| {
-            st.acks.insert(ack_id, AckWaiter::new(tx, None));
-        });
-        self.await_ack(ack_id, Outbound::in_epoch(frame, epoch), rx, &subject)
-            .await
+        let Kind::Pub(publish) = self.pub_frame(msg, 0)? else {
+            unreachable!("pub_frame builds a Pub")
+        };
+        let budget = self.shared().config.publish_retry_timeout;
+        let started = tokio::time::Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            if !budget.is_zero() && !self.is_connected() {
+                let left = budget.saturating_sub(started.elapsed());
+                let _ = tokio::time::timeout(left, self.wait_connected()).await;
+            }
+            let ack_id = self.shared().next_id();
+            let frame = Kind::Pub(pb::Pub {
+                ack_id,
+                ..publish.clone()
+            });
+            let (tx, rx) = oneshot::channel();
+            let ((), epoch) = self.register(|st| {
+                st.acks.insert(ack_id, AckWaiter::new(tx, None));
+            });
+            match self
+                .await_ack(ack_id, Outbound::in_epoch(frame, epoch), rx, &subject)
+                .await
+            {
+                Err(Error::Disconnected) => {
+                    let elapsed = started.elapsed();
+                    if budget.is_zero() || elapsed >= budget {
+                        return Err(Error::NotConfirmed {
+                            subject,
+                            id: ulid::Ulid::from_bytes(
+                                publish.id[..].try_into().unwrap_or_default(),
+                            )
+                            .to_string(),
+                            attempts,
+                            elapsed,
+                            retry_timeout: budget,
+                        });
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits until a session with a gateway is up (at once when it is).
+    pub(crate) async fn wait_connected(&self) {
+        let mut up = self.shared().up.subscribe();
+        let _ = up.wait_for(|up| *up).await;
     }
 
     async fn await_ack(
@@ -784,6 +870,50 @@ impl Client {
                 max_subscriptions: w.max_subscriptions,
                 protocol: w.protocol,
             })
+    }
+
+    /// Closes gracefully, the way NATS clients drain: every subscription is unsubscribed
+    /// without losing what the gateway already sent for it (buffered messages stay readable,
+    /// then the subscription ends), services answer the requests they received, everything
+    /// queued is sent and processed by the gateway, then the session ends. Bounded by the
+    /// request timeout; later calls fail with [`Error::Closed`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) {
+    /// client.publish("orders.created", "last one").await.unwrap();
+    /// client.drain().await; // the publish above reaches the gateway first
+    /// # }
+    /// ```
+    pub async fn drain(&self) {
+        if !self.shared().closed.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(self.request_timeout(), self.drain_in_flight()).await;
+        }
+        self.close().await;
+    }
+
+    async fn drain_in_flight(&self) {
+        // Unsubscribe, but keep routing deliveries until the gateway confirmed it.
+        let unsubs: Vec<Outbound> = {
+            let mut st = self.shared().state.lock();
+            let sids: Vec<u64> = st
+                .subs
+                .iter()
+                .filter(|(_, s)| s.confirmed)
+                .map(|(&sid, _)| sid)
+                .collect();
+            sids.into_iter().filter_map(|sid| st.unsub_once(sid)).collect()
+        };
+        for o in unsubs {
+            self.shared().send_ctl(o);
+        }
+        // The Pong comes after every Msg the gateway queued before it took the Unsubs.
+        let _ = self.flush().await;
+        // Each subscription now yields what it buffered, then ends.
+        let subs = std::mem::take(&mut self.shared().state.lock().subs);
+        drop(subs);
+        let mut busy = self.shared().busy.subscribe();
+        let _ = busy.wait_for(|n| *n == 0).await;
+        let _ = self.flush().await;
     }
 
     /// Flushes (bounded by the request timeout), then ends the session. Pending operations

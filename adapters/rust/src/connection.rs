@@ -64,6 +64,8 @@ pub(crate) struct Config {
     pub(crate) stream_window: u32,
     pub(crate) listener_backlog: usize,
     pub(crate) max_concurrent_handlers: usize,
+    pub(crate) publish_retry_timeout: Duration,
+    pub(crate) local_payload_check: bool,
 }
 
 /// Where deliveries for a subscription go.
@@ -187,7 +189,7 @@ pub(crate) struct State {
 impl State {
     /// Queues an `Unsub` for `sid` in this session unless one was already sent; returns the
     /// frame to send (outside the lock).
-    fn unsub_once(&mut self, sid: u64) -> Option<Outbound> {
+    pub(crate) fn unsub_once(&mut self, sid: u64) -> Option<Outbound> {
         (self.live && self.unsubscribed.insert(sid))
             .then(|| Outbound::in_epoch(Kind::Unsub(pb::Unsub { sid }), self.epoch))
     }
@@ -225,6 +227,10 @@ pub(crate) struct Shared {
     /// `Error.ref_id` is unambiguous.
     next_id: AtomicU64,
     pub(crate) connected: AtomicBool,
+    /// True while a session is up; confirmed publishes waiting to retry watch it.
+    pub(crate) up: watch::Sender<bool>,
+    /// Service loops and their in-flight handlers; [`Client::drain`] waits for zero.
+    pub(crate) busy: watch::Sender<usize>,
     pub(crate) closed: AtomicBool,
     pub(crate) max_payload: AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -254,6 +260,8 @@ impl Shared {
             epoch: AtomicU64::new(1),
             next_id: AtomicU64::new(1),
             connected: AtomicBool::new(false),
+            up: watch::Sender::new(false),
+            busy: watch::Sender::new(0),
             closed: AtomicBool::new(false),
             max_payload: AtomicU64::new(0),
             shutdown,
@@ -400,6 +408,7 @@ pub(crate) async fn run(
             Ok((session, addr)) => {
                 backoff.reset();
                 shared.connected.store(true, Ordering::Release);
+                shared.up.send_replace(true);
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok(()));
                 } else {
@@ -408,6 +417,7 @@ pub(crate) async fn run(
                 let end =
                     run_session(&shared, session, &mut out_rx, &mut ctl_rx, &mut shutdown).await;
                 shared.connected.store(false, Ordering::Release);
+                shared.up.send_replace(false);
                 match end {
                     SessionEnd::Shutdown => break,
                     SessionEnd::Failed(why) => {
@@ -955,6 +965,8 @@ mod tests {
             stream_window: 4,
             listener_backlog: 4,
             max_concurrent_handlers: 4,
+            publish_retry_timeout: Duration::from_secs(1),
+            local_payload_check: true,
         };
         let (out_tx, _out_rx) = mpsc::channel(8);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();

@@ -115,7 +115,7 @@ mod subject;
 mod subscription;
 
 pub use bytes::Bytes;
-pub use client::{Client, ClientBuilder, ServerInfo};
+pub use client::{Client, ClientBuilder, DEFAULT_PUBLISH_RETRY_TIMEOUT, ServerInfo};
 pub use discovery::DNS_SERVER_ENV;
 pub use error::{Error, GatewayAttempt, Result, ServiceError};
 pub use headers::{Headers, TRACEPARENT, is_valid_traceparent, new_traceparent};
