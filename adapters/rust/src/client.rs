@@ -465,23 +465,16 @@ impl Client {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            if !budget.is_zero() && !self.is_connected() {
+            let up = budget.is_zero() || self.is_connected() || {
                 let left = budget.saturating_sub(started.elapsed());
-                let _ = tokio::time::timeout(left, self.wait_connected()).await;
-            }
-            let ack_id = self.shared().next_id();
-            let frame = Kind::Pub(pb::Pub {
-                ack_id,
-                ..publish.clone()
-            });
-            let (tx, rx) = oneshot::channel();
-            let ((), epoch) = self.register(|st| {
-                st.acks.insert(ack_id, AckWaiter::new(tx, None));
-            });
-            match self
-                .await_ack(ack_id, Outbound::in_epoch(frame, epoch), rx, &subject)
-                .await
-            {
+                tokio::time::timeout(left, self.wait_connected()).await.is_ok()
+            };
+            let answer = if up {
+                self.publish_attempt(&publish, &subject).await
+            } else {
+                Err(Error::Disconnected)
+            };
+            match answer {
                 Err(Error::Disconnected) => {
                     let elapsed = started.elapsed();
                     if budget.is_zero() || elapsed >= budget {
@@ -500,6 +493,21 @@ impl Client {
                 other => return other,
             }
         }
+    }
+
+    /// One attempt of a confirmed publish: a fresh ack id, the same message (and id).
+    async fn publish_attempt(&self, publish: &pb::Pub, subject: &str) -> Result<u32> {
+        let ack_id = self.shared().next_id();
+        let frame = Kind::Pub(pb::Pub {
+            ack_id,
+            ..publish.clone()
+        });
+        let (tx, rx) = oneshot::channel();
+        let ((), epoch) = self.register(|st| {
+            st.acks.insert(ack_id, AckWaiter::new(tx, None));
+        });
+        self.await_ack(ack_id, Outbound::in_epoch(frame, epoch), rx, subject)
+            .await
     }
 
     /// Waits until a session with a gateway is up (at once when it is).
