@@ -446,6 +446,7 @@ public final class ConformanceRunner {
                 }
             }
             case "await_interest" -> env.awaitInterest(s.get("subject").getAsString());
+            case "await_replicated" -> env.awaitReplicated();
             case "mark_metrics" -> {
                 markBatches = env.metric("nexus_session_batches_received_total");
                 markPubs = env.metric("nexus_messages_total", "pattern=\"pub\"", "direction=\"in\"");

@@ -366,6 +366,29 @@ final class Harness {
             }, 10000, remoteRegion + "'s interest in " + subject + " did not reach the first gateway");
         }
 
+        /** Waits until the first gateway's link to the remote region is up and nothing it spooled for it is unconfirmed. */
+        void awaitReplicated() throws Exception {
+            String remoteRegion = spec.get("remote_region").getAsString();
+            waitFor(() -> {
+                JsonObject st = getJson(gateway.metrics, "/v1/status");
+                boolean up = false;
+                for (var l : st.getAsJsonArray("links")) {
+                    JsonObject o = l.getAsJsonObject();
+                    up |= o.get("region").getAsString().equals(remoteRegion) && o.get("state").getAsString().equals("up");
+                }
+                long depth = 0;
+                if (st.has("routes")) {
+                    for (var r : st.getAsJsonArray("routes")) {
+                        JsonObject o = r.getAsJsonObject();
+                        if (o.get("region").getAsString().equals(remoteRegion) && o.has("spool_depth")) {
+                            depth += o.get("spool_depth").getAsLong();
+                        }
+                    }
+                }
+                return up && depth == 0;
+            }, 20000, "the first gateway did not finish replicating to " + remoteRegion);
+        }
+
         /** A series of the first gateway's /metrics whose labels include all of {@code labels} (0 when absent). */
         double metric(String name, String... labels) throws IOException {
             for (String line : httpGet(gateway.metrics, "/metrics").split("\n")) {

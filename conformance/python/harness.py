@@ -345,6 +345,18 @@ class Environment:
             return any(r.get("region") == region and r.get("interest") is True for r in regions)
         wait_for(known, timeout, f"{region}'s interest in {subject} did not reach the first gateway")
 
+    def await_replicated(self, timeout: float = 20) -> None:
+        """Waits until the first gateway's link to the remote region is up and nothing it
+        spooled for that region is unconfirmed (so a duplicate would have arrived by now)."""
+        region = self.spec["remote_region"]
+
+        def done() -> bool:
+            st = get_json(self.gateway.metrics, "/v1/status")
+            up = any(lk.get("region") == region and lk.get("state") == "up" for lk in st.get("links", []))
+            depth = sum(r.get("spool_depth", 0) for r in st.get("routes", []) if r.get("region") == region)
+            return up and depth == 0
+        wait_for(done, timeout, f"the first gateway did not finish replicating to {region}")
+
     def metric(self, name: str, **labels: str) -> float:
         """The value of a series on the first gateway's /metrics (0 when absent)."""
         with urllib.request.urlopen(f"http://{self.gateway.metrics}/metrics", timeout=5) as r:

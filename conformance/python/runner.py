@@ -159,6 +159,8 @@ class Runner:
                 if time.monotonic() > deadline:
                     raise CaseFailed(f"{s['client']} still connected")
                 await asyncio.sleep(0.02)
+        elif op == "await_replicated":
+            await asyncio.to_thread(self.env.await_replicated)
         elif op == "await_interest":
             await asyncio.to_thread(self.env.await_interest, s["subject"])
         elif op == "mark_metrics":

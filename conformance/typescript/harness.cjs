@@ -294,6 +294,16 @@ class Environment {
     await waitFor(async () => (JSON.parse(await httpGet(this.gateway.metrics, `/v1/explain?subject=${subject}`)).federation?.regions || [])
       .some((r) => r.region === region && r.interest === true), 10000, `${region}'s interest in ${subject} did not reach the first gateway`);
   }
+  /** Waits until the first gateway's link to the remote region is up and nothing it spooled for it is unconfirmed. */
+  async awaitReplicated() {
+    const region = this.spec.remote_region;
+    await waitFor(async () => {
+      const st = JSON.parse(await httpGet(this.gateway.metrics, "/v1/status"));
+      const up = (st.links || []).some((l) => l.region === region && l.state === "up");
+      const depth = (st.routes || []).filter((r) => r.region === region).reduce((n, r) => n + (r.spool_depth || 0), 0);
+      return up && depth === 0;
+    }, 20000, `the first gateway did not finish replicating to ${region}`);
+  }
   /** A series of the first gateway's /metrics whose labels include all of `labels` (0 when absent). */
   async metric(name, labels = {}) {
     const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);

@@ -128,6 +128,8 @@ class Runner {
         }
         return;
       }
+      case "await_replicated":
+        return this.env.awaitReplicated();
       case "await_interest":
         return this.env.awaitInterest(s.subject);
       case "mark_metrics":

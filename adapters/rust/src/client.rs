@@ -467,7 +467,9 @@ impl Client {
             attempts += 1;
             let up = budget.is_zero() || self.is_connected() || {
                 let left = budget.saturating_sub(started.elapsed());
-                tokio::time::timeout(left, self.wait_connected()).await.is_ok()
+                tokio::time::timeout(left, self.wait_connected())
+                    .await
+                    .is_ok()
             };
             let answer = if up {
                 self.publish_attempt(&publish, &subject).await
@@ -909,7 +911,9 @@ impl Client {
                 .filter(|(_, s)| s.confirmed)
                 .map(|(&sid, _)| sid)
                 .collect();
-            sids.into_iter().filter_map(|sid| st.unsub_once(sid)).collect()
+            sids.into_iter()
+                .filter_map(|sid| st.unsub_once(sid))
+                .collect()
         };
         for o in unsubs {
             self.shared().send_ctl(o);

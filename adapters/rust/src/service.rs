@@ -106,7 +106,10 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.shared().busy.send_modify(|n| *n = n.saturating_sub(1));
+        self.0
+            .shared()
+            .busy
+            .send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

@@ -354,7 +354,11 @@ impl Gateway {
             if l.contains("nexus federation")
                 && let Some(addr) = l.rsplit(" on ").next()
             {
-                self.federation = addr.split_whitespace().next().unwrap_or_default().to_owned();
+                self.federation = addr
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
             }
         }
         let last = lines.last().cloned().unwrap_or_default();
@@ -648,6 +652,34 @@ impl Environment {
         .map_err(|_| format!("{region}'s interest in {subject} did not reach the first gateway"))
     }
 
+    /// Waits until the first gateway's link to the remote region is up and nothing it spooled
+    /// for that region is unconfirmed (so a duplicate would have arrived by now).
+    fn await_replicated(&self) -> Result<(), String> {
+        let region = self.remote_region.clone().ok_or("no remote region")?;
+        wait_until(Duration::from_secs(20), || {
+            let Ok(st) = http_json(&self.gateways[0].metrics, "/v1/status") else {
+                return false;
+            };
+            let up = st.get("links").is_some_and(|l| {
+                l.items().iter().any(|l| {
+                    l.str("region") == Some(region.as_str()) && l.str("state") == Some("up")
+                })
+            });
+            let depth: u64 = st
+                .get("routes")
+                .map(|r| {
+                    r.items()
+                        .iter()
+                        .filter(|r| r.str("region") == Some(region.as_str()))
+                        .map(|r| r.num("spool_depth").unwrap_or(0))
+                        .sum()
+                })
+                .unwrap_or(0);
+            up && depth == 0
+        })
+        .map_err(|_| format!("the first gateway did not finish replicating to {region}"))
+    }
+
     /// A series of the first gateway's /metrics whose labels include all of `labels`.
     fn metric(&self, name: &str, labels: &[&str]) -> Result<f64, String> {
         let text = http_get(&self.gateways[0].metrics, "/metrics")?;
@@ -929,6 +961,7 @@ impl Runner {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
+            "await_replicated" => tokio::task::block_in_place(|| self.env.await_replicated())?,
             "await_interest" => {
                 let subject = s.str("subject").unwrap_or_default().to_owned();
                 tokio::task::block_in_place(|| self.env.await_interest(&subject))?;
@@ -970,7 +1003,9 @@ impl Runner {
                 match tokio::time::timeout(Duration::from_millis(ms), sub_ref.next_message()).await
                 {
                     Ok(None) => {}
-                    Ok(Some(m)) => return Err(format!("{sub}: expected the end, got {:?}", m.payload)),
+                    Ok(Some(m)) => {
+                        return Err(format!("{sub}: expected the end, got {:?}", m.payload));
+                    }
                     Err(_) => return Err(format!("{sub} did not end")),
                 }
             }
@@ -1282,7 +1317,11 @@ async fn run_case(doc: &Json, case: &Json) -> Result<(), String> {
     let mut env = env;
     if spec.flag("relay") {
         let upstream = env.gateways[0].grpc.clone();
-        env.relay = Some(relay::Relay::start(upstream).await.map_err(|e| e.to_string())?);
+        env.relay = Some(
+            relay::Relay::start(upstream)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
     let mut runner = Runner {
         env,

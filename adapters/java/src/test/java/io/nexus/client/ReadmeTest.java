@@ -17,15 +17,28 @@ import java.util.regex.Pattern;
 import org.junit.jupiter.api.Test;
 
 /**
- * The README's hello world, run as written against a real gateway process: the first java
- * code block of adapters/java/README.md is put in a class with the gateway's address in place
- * of 127.0.0.1:7422 and started with the single-file source launcher on this test's classpath.
- * The gateway is the `nexus` binary ($NEXUS_BIN, else $CARGO_TARGET_DIR/debug/nexus).
+ * The READMEs' hello worlds, run as written against a real gateway process: the first java
+ * code block of adapters/java/README.md, and the one of the repository README (whose imports
+ * are in a comment), put in a class with the gateway's address in place of 127.0.0.1:7422 and
+ * started with the single-file source launcher on this test's classpath. The gateway is the
+ * `nexus` binary ($NEXUS_BIN, else $CARGO_TARGET_DIR/debug/nexus).
  */
 class ReadmeTest {
     @Test
-    void helloWorldRunsAsWritten() throws Exception {
-        String readme = Files.readString(Path.of(System.getProperty("nexus.readme", "README.md")));
+    void adapterReadmeHelloWorld() throws Exception {
+        String out = runHelloWorld(Path.of(System.getProperty("nexus.readme", "README.md")), "");
+        assertTrue(out.contains("hello"), out);
+    }
+
+    @Test
+    void repositoryReadmeHelloWorld() throws Exception {
+        String out = runHelloWorld(Path.of(System.getProperty("nexus.root.readme", "../../README.md")),
+                "import io.nexus.client.*;\nimport java.time.Duration;\n");
+        assertEquals("hello", out.strip());
+    }
+
+    private static String runHelloWorld(Path readmePath, String imports0) throws Exception {
+        String readme = Files.readString(readmePath);
         Matcher block = Pattern.compile("```java\\n(.*?)```", Pattern.DOTALL).matcher(readme);
         assertTrue(block.find(), "README.md has a java code block");
         String bin = System.getenv().getOrDefault("NEXUS_BIN",
@@ -51,7 +64,7 @@ class ReadmeTest {
             waitReady(m.group(2));
             String body = block.group(1).replace("127.0.0.1:7422", grpc);
             Path src = dir.resolve("Hello.java");
-            StringBuilder imports = new StringBuilder();
+            StringBuilder imports = new StringBuilder(imports0);
             StringBuilder code = new StringBuilder();
             for (String line : body.split("\n")) {
                 (line.startsWith("import ") ? imports : code).append(line).append('\n');
@@ -64,7 +77,7 @@ class ReadmeTest {
             assertTrue(hello.waitFor(60, TimeUnit.SECONDS), "hello world finished");
             String printed = new String(hello.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
             assertEquals(0, hello.exitValue(), printed);
-            assertTrue(printed.contains("hello"), printed);
+            return printed;
         } finally {
             gateway.destroyForcibly().waitFor();
             try (var walk = Files.walk(dir)) {
