@@ -27,6 +27,7 @@ use crate::subject::{
     validate_subscribe_subject,
 };
 use crate::subscription::Subscription;
+use crate::tls::TlsSettings;
 
 /// Extra time the client waits beyond a request's timeout before giving up on its own (in
 /// case the gateway vanished without answering).
@@ -102,6 +103,7 @@ pub struct ClientBuilder {
     max_concurrent_handlers: usize,
     publish_retry_timeout: Duration,
     local_payload_check: bool,
+    tls: TlsSettings,
 }
 
 impl ClientBuilder {
@@ -123,6 +125,7 @@ impl ClientBuilder {
             max_concurrent_handlers: 1024,
             publish_retry_timeout: DEFAULT_PUBLISH_RETRY_TIMEOUT,
             local_payload_check: true,
+            tls: TlsSettings::default(),
         }
     }
 
@@ -237,6 +240,56 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects to discovered gateways (`nexus+srv://`) over TLS too. (A `https://` address
+    /// always uses TLS.) See the crate docs, [TLS](crate#tls), for what is verified.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls.srv = on;
+        self
+    }
+
+    /// Trusts these PEM CA certificates (one or more) for the gateway's certificate, instead
+    /// of the system's trust store.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> nexus_client::Result<()> {
+    /// let ca = std::fs::read("ca.pem").expect("the CA certificate");
+    /// let client = nexus_client::Client::builder("https://gateway.example:7422")
+    ///     .tls_ca_pem(ca)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// [`tls_ca_pem`](Self::tls_ca_pem) from a file; fails with [`Error::InvalidAddress`]
+    /// naming the file when it cannot be read.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_ca_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|e| Error::InvalidAddress {
+            addr: self.addr.clone(),
+            reason: format!("reading the CA file {}: {e}", path.display()),
+        })?;
+        Ok(self.tls_ca_pem(pem))
+    }
+
+    /// The name the gateway's certificate must carry, instead of the host of the address
+    /// (useful when connecting by IP address or through discovery).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_domain(mut self, name: impl Into<String>) -> Self {
+        self.tls.domain = Some(name.into());
+        self
+    }
+
     /// Connects and performs the Hello/Welcome handshake. Fails if the gateway cannot be
     /// reached or refuses the session (e.g. [`Error::Denied`]); later disconnects are
     /// handled by reconnecting.
@@ -247,9 +300,11 @@ impl ClientBuilder {
     /// tried and why it failed.
     pub async fn connect(self) -> Result<Client> {
         let gateways = match parse_target(&self.addr)? {
-            Target::Direct(url) => {
-                Gateways::Direct(Box::new(connection::endpoint(url, self.connect_timeout)?))
-            }
+            Target::Direct(url) => Gateways::Direct(Box::new(connection::endpoint(
+                url,
+                self.connect_timeout,
+                &self.tls,
+            )?)),
             Target::Srv(target) => {
                 let env = std::env::var(DNS_SERVER_ENV).ok();
                 let dns = choose_dns_server(self.dns_server, target.dns_server, env.as_deref())?;
@@ -273,6 +328,7 @@ impl ClientBuilder {
             max_concurrent_handlers: self.max_concurrent_handlers,
             publish_retry_timeout: self.publish_retry_timeout,
             local_payload_check: self.local_payload_check,
+            tls: self.tls,
         };
         let (out_tx, out_rx) = mpsc::channel(self.outbound_capacity);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();

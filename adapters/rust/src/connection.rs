@@ -42,6 +42,7 @@ use crate::error::{Error, Fail, GatewayAttempt, Result, describe};
 use crate::headers::Headers;
 use crate::message::Message;
 use crate::stream::{BiStream, StreamEvent};
+use crate::tls::TlsSettings;
 
 /// Protocol version spoken by this adapter.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
@@ -66,6 +67,7 @@ pub(crate) struct Config {
     pub(crate) max_concurrent_handlers: usize,
     pub(crate) publish_retry_timeout: Duration,
     pub(crate) local_payload_check: bool,
+    pub(crate) tls: TlsSettings,
 }
 
 /// Where deliveries for a subscription go.
@@ -203,14 +205,19 @@ pub(crate) enum Gateways {
     Discovered(Arc<Discovery>),
 }
 
-/// The transport endpoint for `url` with the adapter's settings.
-pub(crate) fn endpoint(url: String, connect_timeout: Duration) -> Result<Endpoint> {
-    Ok(Endpoint::from_shared(url)?
+/// The transport endpoint for `url` with the adapter's settings (TLS for `https://`).
+pub(crate) fn endpoint(
+    url: String,
+    connect_timeout: Duration,
+    tls: &TlsSettings,
+) -> Result<Endpoint> {
+    let ep = Endpoint::from_shared(url.clone())?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    tls.apply(ep, &url)
 }
 
 pub(crate) struct Shared {
@@ -471,7 +478,8 @@ async fn connect_round(shared: &Shared) -> Result<(Session, Option<SocketAddr>)>
                 continue;
             }
         };
-        let result = match endpoint(format!("http://{addr}"), shared.config.connect_timeout) {
+        let url = format!("{}://{addr}", shared.config.tls.srv_scheme());
+        let result = match endpoint(url, shared.config.connect_timeout, &shared.config.tls) {
             Ok(ep) => establish(shared, &ep).await,
             Err(e) => Err(e),
         };
@@ -967,6 +975,7 @@ mod tests {
             max_concurrent_handlers: 4,
             publish_retry_timeout: Duration::from_secs(1),
             local_payload_check: true,
+            tls: TlsSettings::default(),
         };
         let (out_tx, _out_rx) = mpsc::channel(8);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();

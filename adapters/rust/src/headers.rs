@@ -99,8 +99,9 @@ impl Headers {
         self.get(TRACEPARENT)
     }
 
-    /// Adds a freshly generated `traceparent` unless one is present. The key is normalised to
-    /// lowercase, as the gateway's presence check is case-sensitive.
+    /// Adds a `traceparent` unless one is present: a child of the current trace context
+    /// ([`crate::trace`]), else a fresh one. The key is normalised to lowercase, as the
+    /// gateway's presence check is case-sensitive.
     pub(crate) fn ensure_traceparent(&mut self) {
         let mut found = false;
         for h in &mut self.0 {
@@ -114,7 +115,7 @@ impl Headers {
         if !found {
             self.0.push(pb::Header {
                 key: ByteString::from_static(TRACEPARENT),
-                value: new_traceparent().into(),
+                value: crate::trace::outgoing().into(),
             });
         }
     }

@@ -54,7 +54,13 @@ impl Service {
                 tokio::spawn(async move {
                     let reply_to = msg.reply_to.clone();
                     let traceparent = msg.traceparent().map(str::to_owned);
-                    let result = AssertUnwindSafe(handler(msg)).catch_unwind().await;
+                    let subject = msg.subject.clone();
+                    let result = crate::trace::in_request(
+                        traceparent.clone(),
+                        &subject,
+                        AssertUnwindSafe(handler(msg)).catch_unwind(),
+                    )
+                    .await;
                     if let Some(reply_to) = reply_to {
                         let result = match result {
                             Ok(r) => r,
