@@ -399,11 +399,29 @@ impl Client {
     /// gets `http://`), or a discovery name `nexus+srv://<region>.<zone>[?dns=ip[:port]]`
     /// whose gateways are found through the DNS SRV records of `_nexus._tcp.<region>.<zone>`
     /// (see [`ClientBuilder::connect`] and the crate docs).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> nexus_client::Result<()> {
+    /// let client = nexus_client::Client::connect("http://127.0.0.1:7422").await?;
+    /// println!("connected to {:?}", client.server_info());
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(addr: &str) -> Result<Client> {
         Self::builder(addr).connect().await
     }
 
     /// A builder to configure the connection.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> nexus_client::Result<()> {
+    /// use std::time::Duration;
+    /// let client = nexus_client::Client::builder("nexus+srv://us-east.nexus.local")
+    ///     .api_key("nxk_...")
+    ///     .request_timeout(Duration::from_secs(2))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn builder(addr: &str) -> ClientBuilder {
         ClientBuilder::new(addr)
     }
@@ -456,6 +474,12 @@ impl Client {
 
     /// Publishes `payload` on `subject` (fire and forget). Waits only if the outbound queue
     /// is full. While disconnected, publishes queue up and are sent after reconnecting.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// client.publish("orders.created", "order #1").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn publish(&self, subject: &str, payload: impl Into<Bytes>) -> Result<()> {
         validate_pub_subject(subject)?;
         let payload = payload.into();
@@ -474,6 +498,16 @@ impl Client {
     }
 
     /// Publishes a message with headers and/or a reply subject.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// use nexus_client::OutgoingMessage;
+    /// let msg = OutgoingMessage::new("orders.created", "order #1")
+    ///     .with_header("x-tenant", "acme")
+    ///     .with_reply_to("orders.replies");
+    /// client.publish_message(msg).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn publish_message(&self, msg: OutgoingMessage) -> Result<()> {
         let frame = self.pub_frame(msg, 0)?;
         self.enqueue(Outbound::any(frame)).await
@@ -505,6 +539,16 @@ impl Client {
     /// [`publish_retry_timeout`](ClientBuilder::publish_retry_timeout); the gateway
     /// de-duplicates it on `async` and `sync` routes. When that time runs out the error is
     /// [`Error::NotConfirmed`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// match client.publish_acked("orders.created", "order #1").await {
+    ///     Ok(n) => println!("delivered to {n} subscriptions"),
+    ///     Err(nexus_client::Error::NotConfirmed { id, .. }) => eprintln!("{id} may not have arrived"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn publish_acked(&self, subject: &str, payload: impl Into<Bytes>) -> Result<u32> {
         self.publish_message_acked(OutgoingMessage::new(subject, payload))
             .await
@@ -672,12 +716,29 @@ impl Client {
     /// Subscribes to `subject` (a pattern with optional `*` / trailing `>`). Returns after the
     /// gateway confirmed it, so refusals (invalid subject, subscription limit) are reported
     /// here.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// let mut sub = client.subscribe("orders.*.created").await?;
+    /// while let Some(msg) = sub.next_message().await {
+    ///     println!("{}: {:?}", msg.subject, msg.payload);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn subscribe(&self, subject: &str) -> Result<Subscription> {
         self.subscribe_inner(subject, "").await
     }
 
     /// Like [`subscribe`](Self::subscribe) but in queue group `group`: each message goes to
     /// one member of the group.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// // Each message goes to one of the subscribers in "resizers".
+    /// let mut jobs = client.queue_subscribe("images.resize", "resizers").await?;
+    /// let job = jobs.next_message().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn queue_subscribe(&self, subject: &str, group: &str) -> Result<Subscription> {
         validate_queue_group(group)?;
         self.subscribe_inner(subject, group).await
@@ -696,6 +757,16 @@ impl Client {
     }
 
     /// Sends a request and waits for one reply, using the default request timeout.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// match client.request("math.double", "21").await {
+    ///     Ok(reply) => println!("{:?}", reply.payload),
+    ///     Err(nexus_client::Error::NoResponders { .. }) => eprintln!("nobody serves math.double"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn request(&self, subject: &str, payload: impl Into<Bytes>) -> Result<Message> {
         self.request_with(
             subject,
@@ -708,6 +779,17 @@ impl Client {
 
     /// Sends a request with headers and an explicit timeout (zero = the default). The reply's
     /// `subject` is the request subject.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// use std::time::Duration;
+    /// use nexus_client::{Bytes, Headers};
+    /// let headers = Headers::new().with("x-tenant", "acme");
+    /// let reply = client
+    ///     .request_with("math.double", headers, Bytes::from("21"), Duration::from_millis(500))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn request_with(
         &self,
         subject: &str,
@@ -767,6 +849,15 @@ impl Client {
 
     /// Answers a request received on a subscription (a message with `reply_to`). The reply
     /// carries the request's `traceparent`. [`serve`](Self::serve) does this for you.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// let mut sub = client.subscribe("time.now").await?;
+    /// while let Some(req) = sub.next_message().await {
+    ///     client.reply(&req, "12:00").await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn reply(&self, request: &Message, payload: impl Into<Bytes>) -> Result<()> {
         let reply_to = request.reply_to.clone().ok_or_else(|| Error::Invalid {
             message: "message has no reply_to".into(),
@@ -801,6 +892,23 @@ impl Client {
     /// `Ok(payload)` is sent as the reply, `Err(ServiceError)` as a refusal; a panicking
     /// handler is reported as a refusal too. Messages without `reply_to` run the handler and
     /// the result is discarded. Runs until [`Service::stop`] or the `Service` is dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// use nexus_client::ServiceError;
+    /// let svc = client
+    ///     .serve("math.double", Some("math"), |m| async move {
+    ///         let n: u64 = std::str::from_utf8(&m.payload)
+    ///             .ok()
+    ///             .and_then(|s| s.parse().ok())
+    ///             .ok_or_else(|| ServiceError::new("not a number"))?;
+    ///         Ok((n * 2).to_string().into())
+    ///     })
+    ///     .await?;
+    /// // ... later
+    /// svc.stop().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn serve<F, Fut>(
         &self,
         subject: &str,
@@ -822,6 +930,17 @@ impl Client {
     /// Opens a bidirectional stream to one responder listening on `subject`. Returns once the
     /// responder accepted (first credit, data or close), or fails with
     /// [`Error::NoResponders`] / [`Error::Timeout`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// let (mut tx, mut rx) = client.open_stream("upper").await?.split();
+    /// tx.send("hello").await?;
+    /// tx.finish().await?;
+    /// while let Some(frame) = rx.recv().await {
+    ///     println!("{:?}", frame?.payload);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn open_stream(&self, subject: &str) -> Result<BiStream> {
         self.open_stream_with(subject, Headers::new()).await
     }
@@ -873,6 +992,20 @@ impl Client {
     }
 
     /// Accepts streams opened on `subject` (optionally balanced within a queue group).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// let mut listener = client.listen_streams("upper", None).await?;
+    /// while let Some(mut stream) = listener.accept().await {
+    ///     tokio::spawn(async move {
+    ///         while let Some(Ok(frame)) = stream.recv().await {
+    ///             let _ = stream.send(frame.payload.to_ascii_uppercase()).await;
+    ///         }
+    ///         let _ = stream.finish().await;
+    ///     });
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn listen_streams(
         &self,
         subject: &str,
@@ -895,6 +1028,15 @@ impl Client {
     /// Waits until everything queued before this call has been handed to the transport and
     /// processed by the gateway (a Ping/Pong round trip behind it). While disconnected it
     /// waits for the reconnect; it has no timeout of its own.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// for i in 0..1000 {
+    ///     client.publish("metrics.tick", i.to_string()).await?;
+    /// }
+    /// client.flush().await?; // the gateway has processed all 1000
+    /// # Ok(()) }
+    /// ```
     pub async fn flush(&self) -> Result<()> {
         let nonce = self.shared().next_id();
         let (tx, rx) = oneshot::channel();

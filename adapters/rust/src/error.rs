@@ -191,6 +191,12 @@ impl Error {
     /// True for errors after which retrying the same operation may succeed
     /// (`Disconnected`, `NotConfirmed`, `Timeout`, `NoResponders`, `Unavailable`, transport errors, and
     /// discovery failures: a region without live gateways is NXDOMAIN until one starts).
+    ///
+    /// ```
+    /// assert!(nexus_client::Error::Disconnected.is_transient());
+    /// let refused = nexus_client::Error::Denied { message: "no such key".into() };
+    /// assert!(!refused.is_transient());
+    /// ```
     pub fn is_transient(&self) -> bool {
         matches!(
             self,

@@ -26,6 +26,13 @@ impl Headers {
     }
 
     /// Sets `key` to `value`, replacing every existing value of `key`.
+    ///
+    /// ```
+    /// let mut h = nexus_client::Headers::new();
+    /// h.insert("x-tenant", "acme").insert("X-Tenant", "globex");
+    /// assert_eq!(h.get("x-tenant"), Some("globex"));
+    /// assert_eq!(h.len(), 1);
+    /// ```
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
         let key = key.into();
         self.0.retain(|h| !h.key.eq_ignore_ascii_case(&key));
