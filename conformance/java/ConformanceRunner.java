@@ -434,6 +434,9 @@ public final class ConformanceRunner {
             }
             case "relay_hold" -> env.relay.hold();
             case "relay_cut" -> env.relay.cut();
+            case "relay_block" -> env.relay.blocked = true;
+            case "relay_pass" -> env.relay.blocked = false;
+            case "await_route" -> env.awaitRoute(s.get("name").getAsString(), s.get("subject").getAsString());
             case "kill_gateway" -> Harness.kill(env.gateway.proc);
             case "start_gateway" -> env.gateway.start();
             case "expect_disconnected" -> {

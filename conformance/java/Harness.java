@@ -366,6 +366,22 @@ final class Harness {
             }, 10000, remoteRegion + "'s interest in " + subject + " did not reach the first gateway");
         }
 
+        /** Waits until the first gateway routes {@code subject} by route {@code name} and its link to the remote region is up. */
+        void awaitRoute(String name, String subject) throws Exception {
+            String remoteRegion = spec.get("remote_region").getAsString();
+            waitFor(() -> {
+                JsonObject fed = getJson(gateway.metrics, "/v1/explain?subject=" + subject).getAsJsonObject("federation");
+                boolean routed = fed != null && fed.has("route") && fed.get("route").isJsonObject()
+                        && name.equals(fed.getAsJsonObject("route").get("name").getAsString());
+                boolean up = false;
+                for (var l : getJson(gateway.metrics, "/v1/status").getAsJsonArray("links")) {
+                    JsonObject o = l.getAsJsonObject();
+                    up |= o.get("region").getAsString().equals(remoteRegion) && o.get("state").getAsString().equals("up");
+                }
+                return routed && up;
+            }, 20000, "the first gateway does not route " + subject + " by " + name + " with its link up");
+        }
+
         /** Waits until the first gateway's link to the remote region is up and nothing it spooled for it is unconfirmed. */
         void awaitReplicated() throws Exception {
             String remoteRegion = spec.get("remote_region").getAsString();

@@ -13,7 +13,8 @@ import java.util.concurrent.CopyOnWriteArrayList;
  * gateway's answers. It forwards both ways until told to {@link #hold}: from then on, what the
  * gateway sends on the connections open at that moment is swallowed (an answer lost in the
  * network) while the client's bytes still reach the gateway; {@link #cut} then breaks those
- * connections. New connections always pass.
+ * connections. New connections pass, unless {@link #blocked} (then they are closed at once, as
+ * by a gateway that is not there).
  */
 final class Relay implements AutoCloseable {
     private static final class Conn {
@@ -41,6 +42,7 @@ final class Relay implements AutoCloseable {
     private final String upstream;
     private final ServerSocket server;
     private final List<Conn> conns = new CopyOnWriteArrayList<>();
+    volatile boolean blocked;
 
     Relay(String upstream) throws IOException {
         this.upstream = upstream;
@@ -58,6 +60,11 @@ final class Relay implements AutoCloseable {
         while (!server.isClosed()) {
             try {
                 Socket client = server.accept();
+                if (blocked) {
+                    client.setSoLinger(true, 0);
+                    client.close();
+                    continue;
+                }
                 int colon = upstream.lastIndexOf(':');
                 Socket gateway = new Socket();
                 try {

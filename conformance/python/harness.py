@@ -205,13 +205,15 @@ class Relay:
     """A TCP relay on a free loopback port in front of a gateway. It forwards both ways until
     told to ``hold``: from then on, what the gateway sends on the connections open at that
     moment is swallowed (an answer lost in the network), while the client's bytes still
-    reach the gateway; ``cut`` then breaks those connections. New connections always pass."""
+    reach the gateway; ``cut`` then breaks those connections. New connections pass, unless
+    ``blocked`` (then they are closed at once, as by a gateway that is not there)."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.addr = ""
         self._server: asyncio.base_events.Server | None = None
         self._conns: list[dict] = []
+        self.blocked = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -223,6 +225,9 @@ class Relay:
         return f"http://{self.addr}"
 
     async def _serve(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            cwriter.transport.abort()
+            return
         host, port = self.upstream.rsplit(":", 1)
         try:
             ureader, uwriter = await asyncio.open_connection(host, int(port))
@@ -344,6 +349,18 @@ class Environment:
                        or {}).get("regions") or []
             return any(r.get("region") == region and r.get("interest") is True for r in regions)
         wait_for(known, timeout, f"{region}'s interest in {subject} did not reach the first gateway")
+
+    def await_route(self, name: str, subject: str, timeout: float = 20) -> None:
+        """Waits until the first gateway routes ``subject`` by route ``name`` and its link to
+        the remote region is up."""
+        region = self.spec["remote_region"]
+
+        def ready() -> bool:
+            fed = get_json(self.gateway.metrics, f"/v1/explain?subject={subject}").get("federation") or {}
+            links = get_json(self.gateway.metrics, "/v1/status").get("links", [])
+            up = any(lk.get("region") == region and lk.get("state") == "up" for lk in links)
+            return (fed.get("route") or {}).get("name") == name and up
+        wait_for(ready, timeout, f"the first gateway does not route {subject} by {name} with its link up")
 
     def await_replicated(self, timeout: float = 20) -> None:
         """Waits until the first gateway's link to the remote region is up and nothing it

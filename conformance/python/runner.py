@@ -149,6 +149,12 @@ class Runner:
             self.env.relay.hold()
         elif op == "relay_cut":
             self.env.relay.cut()
+        elif op == "relay_block":
+            self.env.relay.blocked = True
+        elif op == "relay_pass":
+            self.env.relay.blocked = False
+        elif op == "await_route":
+            await asyncio.to_thread(self.env.await_route, s["name"], s["subject"])
         elif op == "kill_gateway":
             self.env.gateway.kill()
         elif op == "start_gateway":

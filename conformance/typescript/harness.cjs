@@ -91,7 +91,8 @@ async function waitFor(cond, ms, what) {
  * A TCP relay on a free loopback port in front of a gateway. It forwards both ways until told
  * to `hold`: from then on, what the gateway sends on the connections open at that moment is
  * swallowed (an answer lost in the network) while the client's bytes still reach the gateway;
- * `cut` then breaks those connections. New connections always pass.
+ * `cut` then breaks those connections. New connections pass, unless `blocked` (then they are
+ * closed at once, as by a gateway that is not there).
  */
 class Relay {
   constructor(upstream) {
@@ -100,6 +101,10 @@ class Relay {
   }
   start() {
     this.server = net.createServer((client) => {
+      if (this.blocked) {
+        client.resetAndDestroy();
+        return;
+      }
       const [host, port] = this.upstream.split(/:(?=\d+$)/);
       const gateway = net.connect(Number(port), host);
       const conn = { held: false, client, gateway };
@@ -293,6 +298,15 @@ class Environment {
     const region = this.spec.remote_region;
     await waitFor(async () => (JSON.parse(await httpGet(this.gateway.metrics, `/v1/explain?subject=${subject}`)).federation?.regions || [])
       .some((r) => r.region === region && r.interest === true), 10000, `${region}'s interest in ${subject} did not reach the first gateway`);
+  }
+  /** Waits until the first gateway routes `subject` by route `name` and its link to the remote region is up. */
+  async awaitRoute(name, subject) {
+    const region = this.spec.remote_region;
+    await waitFor(async () => {
+      const fed = JSON.parse(await httpGet(this.gateway.metrics, `/v1/explain?subject=${subject}`)).federation;
+      const st = JSON.parse(await httpGet(this.gateway.metrics, "/v1/status"));
+      return fed?.route?.name === name && (st.links || []).some((l) => l.region === region && l.state === "up");
+    }, 20000, `the first gateway does not route ${subject} by ${name} with its link up`);
   }
   /** Waits until the first gateway's link to the remote region is up and nothing it spooled for it is unconfirmed. */
   async awaitReplicated() {

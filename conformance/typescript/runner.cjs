@@ -116,6 +116,14 @@ class Runner {
         return this.env.relay.hold();
       case "relay_cut":
         return this.env.relay.cut();
+      case "relay_block":
+        this.env.relay.blocked = true;
+        return;
+      case "relay_pass":
+        this.env.relay.blocked = false;
+        return;
+      case "await_route":
+        return this.env.awaitRoute(s.name, s.subject);
       case "kill_gateway":
         return this.env.gateway.kill();
       case "start_gateway":

@@ -652,6 +652,34 @@ impl Environment {
         .map_err(|_| format!("{region}'s interest in {subject} did not reach the first gateway"))
     }
 
+    /// Waits until the first gateway routes `subject` by route `name` and its link to the
+    /// remote region is up.
+    fn await_route(&self, name: &str, subject: &str) -> Result<(), String> {
+        let region = self.remote_region.clone().ok_or("no remote region")?;
+        let metrics = &self.gateways[0].metrics;
+        wait_until(Duration::from_secs(20), || {
+            let routed = http_json(metrics, &format!("/v1/explain?subject={subject}"))
+                .ok()
+                .and_then(|v| {
+                    v.get("federation")
+                        .and_then(|f| f.get("route"))
+                        .and_then(|r| r.str("name").map(|n| n == name))
+                })
+                .unwrap_or(false);
+            let up = http_json(metrics, "/v1/status").ok().is_some_and(|st| {
+                st.get("links").is_some_and(|l| {
+                    l.items().iter().any(|l| {
+                        l.str("region") == Some(region.as_str()) && l.str("state") == Some("up")
+                    })
+                })
+            });
+            routed && up
+        })
+        .map_err(|_| {
+            format!("the first gateway does not route {subject} by {name} with its link up")
+        })
+    }
+
     /// Waits until the first gateway's link to the remote region is up and nothing it spooled
     /// for that region is unconfirmed (so a duplicate would have arrived by now).
     fn await_replicated(&self) -> Result<(), String> {
@@ -928,6 +956,15 @@ impl Runner {
             }
             "relay_hold" => self.env.relay.as_ref().ok_or("no relay")?.hold(),
             "relay_cut" => self.env.relay.as_ref().ok_or("no relay")?.cut(),
+            "relay_block" => self.env.relay.as_ref().ok_or("no relay")?.block(true),
+            "relay_pass" => self.env.relay.as_ref().ok_or("no relay")?.block(false),
+            "await_route" => {
+                let (name, subject) = (
+                    s.str("name").unwrap_or_default().to_owned(),
+                    s.str("subject").unwrap_or_default().to_owned(),
+                );
+                tokio::task::block_in_place(|| self.env.await_route(&name, &subject))?;
+            }
             "kill_gateway" => self.env.gateways[0].proc = None,
             "start_gateway" => {
                 let mut g = std::mem::replace(

@@ -2,7 +2,8 @@
 //! gateway's answers. It forwards both ways until told to [`hold`](Relay::hold): from then
 //! on, what the gateway sends on the connections open at that moment is swallowed (an answer
 //! lost in the network) while the client's bytes still reach the gateway; [`cut`](Relay::cut)
-//! then breaks those connections. New connections always pass.
+//! then breaks those connections. New connections pass, unless [`block`](Relay::block)ed (then
+//! they are closed at once, as by a gateway that is not there).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ struct Conn {
 pub struct Relay {
     pub addr: SocketAddr,
     conns: Arc<Mutex<Vec<Conn>>>,
+    blocked: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -30,8 +32,13 @@ impl Relay {
         let addr = listener.local_addr()?;
         let conns: Arc<Mutex<Vec<Conn>>> = Arc::default();
         let list = conns.clone();
+        let blocked = Arc::new(AtomicBool::new(false));
+        let refuse = blocked.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if refuse.load(Ordering::Acquire) {
+                    continue; // dropping `client` closes it
+                }
                 let Ok(gateway) = TcpStream::connect(&upstream).await else {
                     continue; // dropping `client` closes it: the gateway is down
                 };
@@ -45,11 +52,20 @@ impl Relay {
                 tokio::spawn(relay(client, gateway, held, cut_rx));
             }
         });
-        Ok(Relay { addr, conns, task })
+        Ok(Relay {
+            addr,
+            conns,
+            blocked,
+            task,
+        })
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn block(&self, on: bool) {
+        self.blocked.store(on, Ordering::Release);
     }
 
     pub fn hold(&self) {
