@@ -61,9 +61,16 @@ pub async fn run(
         let id = format!("gw-{region}");
         let identity = ca.issue(region, &id)?;
         let fed_listen = shifted(opts.listen, 10 * i as u16 + 2);
-        let p = crate::federation::bind(fed_listen, &identity, region, &id, Vec::new())
-            .await
-            .with_context(|| format!("federation endpoint for {region}"))?;
+        let p = crate::federation::bind(
+            fed_listen,
+            &identity,
+            region,
+            &id,
+            Vec::new(),
+            Default::default(),
+        )
+        .await
+        .with_context(|| format!("federation endpoint for {region}"))?;
         pending.push((region.clone(), id, p));
     }
     let peers: Vec<(String, SocketAddr)> = pending
@@ -103,13 +110,12 @@ pub async fn run(
             .await
             .with_context(|| format!("gateway for {region}"))?;
         let fed = p.fed.clone();
-        let spool = nexus_federation::bridge::SpoolConfig {
-            path: opts
-                .dir
+        let spool = nexus_federation::bridge::SpoolConfig::new(
+            opts.dir
                 .join(format!("gateway-{region}"))
                 .join("spool.redb"),
-            limits: Default::default(),
-        };
+            Default::default(),
+        );
         bridges.push((fed, p.attach(gw.router.clone(), spool)?));
         gateways.push((region, fed_addr, gw));
     }

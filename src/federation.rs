@@ -9,10 +9,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 use nexus_federation::bridge::{RegionRouter, SpoolConfig};
-use nexus_federation::link::{Federation, LinkEvent};
-use nexus_federation::spool::Limits;
+use nexus_federation::link::{Federation, LinkSettings};
+use nexus_federation::replication::Limits;
 use nexus_federation::tls::{FederationCa, Identity};
-use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct FederationArgs {
@@ -43,22 +42,44 @@ pub struct FederationArgs {
     pub spool_max_age_s: u64,
     /// When the spool is full: `reject` new publishes with an error, or `drop_oldest`.
     #[arg(long, default_value = "reject")]
-    pub spool_overflow: nexus_federation::spool::Overflow,
+    pub spool_overflow: nexus_federation::replication::Overflow,
+    /// Idempotent publishing on async/sync routes: how long (seconds) a publish's message id
+    /// is remembered, so a retry with the same id is not a second message.
+    #[arg(long, default_value_t = 120)]
+    pub dedup_window_s: u64,
+    /// At most this many message ids are remembered; past it the oldest leave early (counted
+    /// in nexus_publish_dedup_evicted_total).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub dedup_max_ids: usize,
+    /// How long a peer gateway may stay silent before its link is declared dead, in
+    /// milliseconds; 0 derives it from the link's RTT (3 x RTT + 400 ms, within 500 ms..3 s).
+    #[arg(long, env = "NEXUS_LINK_DEAD_AFTER_MS", default_value_t = 0)]
+    pub link_dead_after_ms: u64,
 }
 
 impl FederationArgs {
     /// The spool settings, with the file under `state_dir` unless given.
     pub fn spool(&self, state_dir: &Path) -> SpoolConfig {
-        SpoolConfig {
-            path: self
-                .spool_path
+        let mut cfg = SpoolConfig::new(
+            self.spool_path
                 .clone()
                 .unwrap_or_else(|| state_dir.join("spool.redb")),
-            limits: Limits {
+            Limits {
                 max_bytes: self.spool_max_bytes,
                 max_age_ms: (self.spool_max_age_s.min(i64::MAX as u64 / 1000) * 1000) as i64,
                 overflow: self.spool_overflow,
             },
+        );
+        cfg.dedup_window_ms = (self.dedup_window_s.min(i64::MAX as u64 / 1000) * 1000) as i64;
+        cfg.dedup_max_ids = self.dedup_max_ids;
+        cfg
+    }
+
+    /// How links are run.
+    pub fn link_settings(&self) -> LinkSettings {
+        LinkSettings {
+            dead_after: (self.link_dead_after_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.link_dead_after_ms)),
         }
     }
 }
@@ -76,7 +97,6 @@ fn parse_peer(s: &str) -> Result<(String, SocketAddr), String> {
 /// A bound federation endpoint waiting for its gateway.
 pub struct Pending {
     pub fed: Arc<Federation>,
-    events: mpsc::Receiver<LinkEvent>,
     /// Regions to keep links to, with their federation addresses.
     pub peers: Vec<(String, SocketAddr)>,
 }
@@ -93,7 +113,7 @@ impl Pending {
         router: Arc<nexus_gateway::router::Router>,
         spool: SpoolConfig,
     ) -> anyhow::Result<Arc<RegionRouter>> {
-        let bridge = RegionRouter::start(router, self.fed.clone(), self.events, spool)
+        let bridge = RegionRouter::start(router, self.fed.clone(), spool)
             .context("cannot open the replication spool")?;
         for (region, addr) in &self.peers {
             self.fed.maintain(*addr, region);
@@ -125,7 +145,15 @@ pub async fn bind_from_args(
     };
     let identity = Identity::from_pem_files(cert, key, ca)?;
     Ok(Some(
-        bind(listen, &identity, region, gateway_id, args.peers.clone()).await?,
+        bind(
+            listen,
+            &identity,
+            region,
+            gateway_id,
+            args.peers.clone(),
+            args.link_settings(),
+        )
+        .await?,
     ))
 }
 
@@ -135,9 +163,10 @@ pub async fn bind(
     region: &str,
     gateway_id: &str,
     peers: Vec<(String, SocketAddr)>,
+    settings: LinkSettings,
 ) -> anyhow::Result<Pending> {
-    let (fed, events) = Federation::bind(listen, identity, region, gateway_id).await?;
-    Ok(Pending { fed, events, peers })
+    let fed = Federation::bind(listen, identity, region, gateway_id, settings).await?;
+    Ok(Pending { fed, peers })
 }
 
 /// Writes a development federation CA and one certificate per region into `dir`.

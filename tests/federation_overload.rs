@@ -32,10 +32,15 @@ async fn an_overloaded_best_effort_link_keeps_moving_and_counts_every_drop() {
 
     let ca = FederationCa::generate("wan overload test").unwrap();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (b, mut b_events) =
-        Federation::bind(any, &ca.issue("b-west", "gw-b").unwrap(), "b-west", "gw-b")
-            .await
-            .unwrap();
+    let (b, mut b_events) = Federation::bind_with_events(
+        any,
+        &ca.issue("b-west", "gw-b").unwrap(),
+        "b-west",
+        "gw-b",
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let wan = WanProxy::start(
         any,
         b.local_addr().unwrap(),
@@ -46,10 +51,15 @@ async fn an_overloaded_best_effort_link_keeps_moving_and_counts_every_drop() {
     )
     .await
     .unwrap();
-    let (a, mut a_events) =
-        Federation::bind(any, &ca.issue("a-east", "gw-a").unwrap(), "a-east", "gw-a")
-            .await
-            .unwrap();
+    let (a, mut a_events) = Federation::bind_with_events(
+        any,
+        &ca.issue("a-east", "gw-a").unwrap(),
+        "a-east",
+        "gw-a",
+        Default::default(),
+    )
+    .await
+    .unwrap();
     a.maintain(wan.listen_addr, "b-west");
     let up = tokio::time::timeout(Duration::from_secs(10), a_events.recv())
         .await

@@ -162,6 +162,11 @@ impl RemoteInterest {
         out.into_iter().collect()
     }
 
+    /// Regions that advertised anything (or whose advertisement is remembered).
+    pub fn regions(&self) -> Vec<String> {
+        self.by_region.keys().cloned().collect()
+    }
+
     pub fn patterns(&self, region: &str) -> Vec<String> {
         self.by_region
             .get(region)

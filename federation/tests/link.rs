@@ -26,19 +26,21 @@ fn loopback() -> SocketAddr {
 #[tokio::test]
 async fn linked_regions_exchange_interest_and_forward_in_order() {
     let ca = FederationCa::generate("test federation").unwrap();
-    let (a, mut a_events) = Federation::bind(
+    let (a, mut a_events) = Federation::bind_with_events(
         loopback(),
         &ca.issue("a-east", "gw-a").unwrap(),
         "a-east",
         "gw-a",
+        Default::default(),
     )
     .await
     .unwrap();
-    let (b, mut b_events) = Federation::bind(
+    let (b, mut b_events) = Federation::bind_with_events(
         loopback(),
         &ca.issue("b-west", "gw-b").unwrap(),
         "b-west",
         "gw-b",
+        Default::default(),
     )
     .await
     .unwrap();
@@ -114,19 +116,21 @@ async fn linked_regions_exchange_interest_and_forward_in_order() {
 async fn a_certificate_from_another_ca_is_refused() {
     let ca = FederationCa::generate("ours").unwrap();
     let rogue = FederationCa::generate("theirs").unwrap();
-    let (ours, _events) = Federation::bind(
+    let (ours, _events) = Federation::bind_with_events(
         loopback(),
         &ca.issue("b-west", "gw-b").unwrap(),
         "b-west",
         "gw-b",
+        Default::default(),
     )
     .await
     .unwrap();
-    let (intruder, _e) = Federation::bind(
+    let (intruder, _e) = Federation::bind_with_events(
         loopback(),
         &rogue.issue("a-east", "gw-x").unwrap(),
         "a-east",
         "gw-x",
+        Default::default(),
     )
     .await
     .unwrap();
@@ -141,20 +145,22 @@ async fn a_certificate_from_another_ca_is_refused() {
 #[tokio::test]
 async fn a_gateway_cannot_claim_another_region_than_its_certificate_names() {
     let ca = FederationCa::generate("ours").unwrap();
-    let (ours, mut events) = Federation::bind(
+    let (ours, mut events) = Federation::bind_with_events(
         loopback(),
         &ca.issue("c-south", "gw-c").unwrap(),
         "c-south",
         "gw-c",
+        Default::default(),
     )
     .await
     .unwrap();
     // A genuine certificate for b-west, but the hello says a-east.
-    let (impostor, _e) = Federation::bind(
+    let (impostor, _e) = Federation::bind_with_events(
         loopback(),
         &ca.issue("b-west", "gw-b").unwrap(),
         "a-east",
         "gw-b",
+        Default::default(),
     )
     .await
     .unwrap();
@@ -172,18 +178,25 @@ async fn a_gateway_cannot_claim_another_region_than_its_certificate_names() {
 #[tokio::test]
 async fn links_are_redialled_after_the_peer_restarts() {
     let ca = FederationCa::generate("test").unwrap();
-    let (a, mut a_events) = Federation::bind(
+    let (a, mut a_events) = Federation::bind_with_events(
         loopback(),
         &ca.issue("a-east", "gw-a").unwrap(),
         "a-east",
         "gw-a",
+        Default::default(),
     )
     .await
     .unwrap();
     let b_identity = ca.issue("b-west", "gw-b").unwrap();
-    let (b, _b_events) = Federation::bind(loopback(), &b_identity, "b-west", "gw-b")
-        .await
-        .unwrap();
+    let (b, _b_events) = Federation::bind_with_events(
+        loopback(),
+        &b_identity,
+        "b-west",
+        "gw-b",
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let b_addr = b.local_addr().unwrap();
     a.maintain(b_addr, "b-west");
     assert!(matches!(next(&mut a_events).await, LinkEvent::Up { .. }));
@@ -194,7 +207,15 @@ async fn links_are_redialled_after_the_peer_restarts() {
     // is re-established by itself.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let (b2, mut b2_events) = loop {
-        match Federation::bind(b_addr, &b_identity, "b-west", "gw-b2").await {
+        match Federation::bind_with_events(
+            b_addr,
+            &b_identity,
+            "b-west",
+            "gw-b2",
+            Default::default(),
+        )
+        .await
+        {
             Ok(x) => break x,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 let _ = e;
@@ -212,4 +233,48 @@ async fn links_are_redialled_after_the_peer_restarts() {
     assert!(matches!(next(&mut b2_events).await, LinkEvent::Up { .. }));
     a.shutdown().await;
     b2.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_gateway_of_a_region_is_refused_while_the_first_is_linked() {
+    let ca = FederationCa::generate("test").unwrap();
+    let bind = |region: &'static str, id: &'static str| {
+        let identity = ca.issue(region, id).unwrap();
+        async move {
+            Federation::bind_with_events(loopback(), &identity, region, id, Default::default())
+                .await
+                .unwrap()
+        }
+    };
+    let (b, mut b_events) = bind("b-west", "gw-b").await;
+    let (a1, mut a1_events) = bind("a-east", "gw-a1").await;
+    let (a2, mut a2_events) = bind("a-east", "gw-a2").await;
+    a1.maintain(b.local_addr().unwrap(), "b-west");
+    assert!(matches!(next(&mut a1_events).await, LinkEvent::Up { .. }));
+    assert_eq!(
+        next(&mut b_events).await,
+        LinkEvent::Up {
+            region: "a-east".into(),
+            gateway_id: "gw-a1".into()
+        }
+    );
+    // The second gateway of a-east is refused, again and again, and never displaces the
+    // first: no flapping.
+    a2.maintain(b.local_addr().unwrap(), "b-west");
+    let quiet = tokio::time::timeout(Duration::from_secs(2), b_events.recv()).await;
+    assert!(quiet.is_err(), "b saw {quiet:?}");
+    assert!(a2_events.try_recv().is_err());
+    assert_eq!(b.connected_regions(), vec!["a-east"]);
+    // When the first goes, the second gets the link.
+    a1.shutdown().await;
+    assert!(matches!(next(&mut b_events).await, LinkEvent::Down { .. }));
+    assert_eq!(
+        next(&mut b_events).await,
+        LinkEvent::Up {
+            region: "a-east".into(),
+            gateway_id: "gw-a2".into()
+        }
+    );
+    a2.shutdown().await;
+    b.shutdown().await;
 }

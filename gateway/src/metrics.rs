@@ -4,21 +4,28 @@
 //! gathered here so the set is documented in one place. Label values are static enums, so
 //! recording a sample never allocates.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use std::sync::OnceLock;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+pub use prometheus_client;
+
 /// Defines a label-value enum whose exported values are snake_case, as Prometheus
-/// conventions expect (the derive would export the Rust variant names).
+/// conventions expect (the derive would export the Rust variant names). Exported for the
+/// crates that register their own series beside the gateway's ([`GatewayMetrics::attach`]).
+#[macro_export]
 macro_rules! label_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $value:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $value:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
         pub enum $name {
-            $($variant),+
+            $($(#[$vdoc])* $variant),+
         }
 
         impl $name {
@@ -29,8 +36,11 @@ macro_rules! label_enum {
             }
         }
 
-        impl EncodeLabelValue for $name {
-            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        impl $crate::metrics::prometheus_client::encoding::EncodeLabelValue for $name {
+            fn encode(
+                &self,
+                encoder: &mut $crate::metrics::prometheus_client::encoding::LabelValueEncoder,
+            ) -> Result<(), std::fmt::Error> {
                 std::fmt::Write::write_str(encoder, self.as_str())
             }
         }
@@ -87,41 +97,6 @@ label_enum! {
     SchemaAction { Warned => "warned", Rejected => "rejected" }
 }
 
-label_enum! {
-    /// What happened to a message at a federation link.
-    FederationOutcome {
-        Forwarded => "forwarded",
-        Dropped => "dropped",
-        Received => "received",
-        Spooled => "spooled",
-        Duplicate => "duplicate",
-    }
-}
-
-label_enum! {
-    /// Why spooled messages were deleted without delivery.
-    SpoolLoss { Overflow => "overflow", Expired => "expired" }
-}
-
-/// Replication spool series are per (route, region): label values come from the control
-/// plane's route names and region names, so they are strings.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SpoolLabels {
-    pub route: String,
-    pub region: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SpoolLossLabels {
-    pub region: String,
-    pub reason: SpoolLoss,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FederationLabels {
-    pub outcome: FederationOutcome,
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SchemaLabels {
     pub action: SchemaAction,
@@ -130,6 +105,19 @@ pub struct SchemaLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub limit: Limit,
+}
+
+/// Series another crate attached ([`GatewayMetrics::attach`]).
+#[derive(Clone, Debug, Default)]
+struct Attached(std::sync::Arc<OnceLock<Box<dyn Collector>>>);
+
+impl Collector for Attached {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        match self.0.get() {
+            Some(c) => c.encode(encoder),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Every series the gateway exports.
@@ -156,18 +144,8 @@ pub struct GatewayMetrics {
     pub schema_violations: Family<SchemaLabels, Counter>,
     pub config_version: Gauge,
     pub config_updates: Counter,
-    /// Messages crossing regions, by outcome (recorded by the federation bridge).
-    pub federation_messages: Family<FederationLabels, Counter>,
-    /// Federation links currently up.
-    pub federation_links: Gauge,
-    /// Messages in the replication spool not yet confirmed by their region.
-    pub spool_depth: Family<SpoolLabels, Gauge>,
-    /// Age of the oldest unconfirmed spooled message, in milliseconds.
-    pub replication_lag_ms: Family<SpoolLabels, Gauge>,
-    /// Spooled messages deleted without delivery (overflow policy drop_oldest, age limit).
-    pub spool_lost: Family<SpoolLossLabels, Counter>,
-    /// Bytes in the replication spool.
-    pub spool_bytes: Gauge,
+    /// Series other crates own (federation's links and spool), encoded with these.
+    attached: Attached,
     /// Pre-resolved (messages, bytes) counters per pattern and direction, so the hot path is
     /// two atomic adds without the family's lock.
     traffic_counters: [[(Counter, Counter); 2]; 4],
@@ -203,12 +181,7 @@ impl GatewayMetrics {
             schema_violations: Family::default(),
             config_version: Gauge::default(),
             config_updates: Counter::default(),
-            federation_messages: Family::default(),
-            federation_links: Gauge::default(),
-            spool_depth: Family::default(),
-            replication_lag_ms: Family::default(),
-            spool_lost: Family::default(),
-            spool_bytes: Gauge::default(),
+            attached: Attached::default(),
             registry: Registry::default(),
             traffic_counters: Default::default(),
         };
@@ -307,36 +280,7 @@ impl GatewayMetrics {
             "Config snapshots applied",
             m.config_updates.clone(),
         );
-        registry.register(
-            "federation_messages",
-            "Messages at federation links: forwarded to, dropped for (link down or full), received from other regions, spooled for them (async/sync), or duplicates discarded on arrival",
-            m.federation_messages.clone(),
-        );
-        registry.register(
-            "federation_links",
-            "Federation links to other regions that are up",
-            m.federation_links.clone(),
-        );
-        registry.register(
-            "spool_depth",
-            "Messages of async/sync routes spooled for a region and not yet confirmed by it",
-            m.spool_depth.clone(),
-        );
-        registry.register(
-            "replication_lag_ms",
-            "Age in milliseconds of the oldest spooled message a region has not confirmed",
-            m.replication_lag_ms.clone(),
-        );
-        registry.register(
-            "spool_lost",
-            "Spooled messages deleted without delivery, by reason (overflow, expired)",
-            m.spool_lost.clone(),
-        );
-        registry.register(
-            "spool_bytes",
-            "Bytes held in the replication spool",
-            m.spool_bytes.clone(),
-        );
+        registry.register_collector(Box::new(m.attached.clone()));
         let traffic_counters = [
             Pattern::Pub,
             Pattern::Request,
@@ -374,10 +318,12 @@ impl GatewayMetrics {
             .get()
     }
 
-    pub fn federation(&self, outcome: FederationOutcome) {
-        self.federation_messages
-            .get_or_create(&FederationLabels { outcome })
-            .inc();
+    /// Adds series another crate owns (registered beside its mechanism, e.g. federation's
+    /// links and spool) to what `/metrics` shows. Once per gateway; a second call is ignored.
+    pub fn attach(&self, collector: Box<dyn Collector>) {
+        if self.attached.0.set(collector).is_err() {
+            tracing::warn!("a second set of metrics was attached to the gateway; ignoring it");
+        }
     }
 
     pub fn limit(&self, limit: Limit) {

@@ -17,14 +17,30 @@ use crate::router::{Delivery, ReplyResult};
 /// (`async`) or persisted by enough regions (`sync`); an error says why it was not.
 pub type PublishReceipt = oneshot::Receiver<Result<(), v1::Error>>;
 
+/// What federation did with a message published in this region.
+#[derive(Debug, Default)]
+pub struct PublishOutcome {
+    /// Regions it was queued for, best effort.
+    pub forwarded: Vec<String>,
+    /// Regions it was written to the replication spool for (`async` / `sync` routes).
+    pub spooled: Vec<String>,
+    /// Resolves when a spooled route's contract is met; `None` when there is nothing to wait
+    /// for before the publisher is acknowledged.
+    pub receipt: Option<PublishReceipt>,
+    /// The message id was accepted before, within the deduplication window of an `async` or
+    /// `sync` route: the message must not be delivered again, locally or anywhere else. The
+    /// receipt, if any, resolves with the first attempt's outcome.
+    pub duplicate: bool,
+}
+
 pub trait Remote: Send + Sync + 'static {
     /// A local subscription group appeared (`present`) or went away: plain subscriptions
     /// to `pattern` (`queue` is `None`), or the queue group `queue` on `pattern`.
     fn interest_changed(&self, pattern: &str, queue: Option<&str>, present: bool);
     /// A message published in this region, for the regions that want it; `local_interest`
-    /// says whether a local subscription matched it. `None` when nothing needs waiting for
-    /// before the publisher is acknowledged.
-    fn publish(&self, msg: &Delivery, local_interest: bool) -> Option<PublishReceipt>;
+    /// says whether a local subscription matched it. Called before local delivery, so that a
+    /// duplicate (see [`PublishOutcome::duplicate`]) is delivered nowhere.
+    fn publish(&self, msg: &Delivery, local_interest: bool) -> PublishOutcome;
     /// A request no local responder could take: sends it to the region the subject's route
     /// chooses, if any. The answer (or an error) arrives on the returned channel within
     /// `timeout`.
@@ -56,15 +72,29 @@ pub trait Remote: Send + Sync + 'static {
     }
 }
 
-/// One federation link as the status endpoint shows it.
+/// One federation link as the status endpoint shows it. Best-effort accounting adds up:
+/// every message accepted for the region is `confirmed` by it, still `unconfirmed` (queued
+/// or in flight on the current link), or `dropped` with a reason (`link_down`: no link when
+/// it was published; `queue_full`: the link was overloaded; `link_lost`: queued or in flight
+/// on a link that ended before the region confirmed it).
 #[derive(Clone, Debug, Serialize)]
 pub struct LinkStatus {
     pub region: String,
     /// `up` or `down`.
     pub state: &'static str,
     pub rtt_ms: Option<f64>,
+    /// How long the peer may stay silent before the link is declared dead.
+    pub dead_after_ms: Option<f64>,
+    /// Best-effort messages queued on the region's link.
     pub forwarded: u64,
+    /// Of those, confirmed received by the region.
+    pub confirmed: u64,
+    /// Queued or in flight on the current link, not yet confirmed.
+    pub unconfirmed: u64,
+    /// Best-effort messages for the region that did not reach it, all reasons.
     pub dropped: u64,
+    pub dropped_by_reason: std::collections::BTreeMap<&'static str, u64>,
+    /// Messages received from the region.
     pub received: u64,
 }
 

@@ -490,21 +490,27 @@ impl Router {
     // --- publish ---
 
     /// Routes a message to every matching subscription and hands it to the federation hook;
-    /// returns how many local subscriptions received it, and the receipt to wait for before
-    /// acknowledging the publisher when the subject's route replicates durably.
+    /// returns how many local subscriptions received it, and what federation did with it
+    /// (with the receipt to wait for before acknowledging the publisher when the subject's
+    /// route replicates durably). A duplicate of a message federation already accepted is
+    /// delivered nowhere.
     /// The last delivery takes the message's strings by move, so a message with one
     /// subscriber is routed without copying anything.
     pub async fn publish(
         &self,
         msg: Delivery,
         scratch: &mut Vec<Arc<Member>>,
-    ) -> (u32, Option<crate::remote::PublishReceipt>) {
+    ) -> (u32, crate::remote::PublishOutcome) {
         self.collect_members(&msg.subject, scratch, |_| true);
-        let receipt = match self.remote.get() {
+        let outcome = match self.remote.get() {
             Some(remote) => remote.publish(&msg, !scratch.is_empty()),
-            None => None,
+            None => Default::default(),
         };
-        (self.deliver_to(msg, scratch).await, receipt)
+        if outcome.duplicate {
+            scratch.clear();
+            return (0, outcome);
+        }
+        (self.deliver_to(msg, scratch).await, outcome)
     }
 
     /// Delivers a message that came from another region to local subscribers only: plain

@@ -138,7 +138,8 @@ impl Gateway for GatewayService {
             .traffic(Pattern::Pub, Direction::In, p.payload.len());
         let span = tracing::debug_span!("nexus.publish", subject = %p.subject, unary = true);
         trace::link_span(&span, &mut p.headers);
-        let id = bytes::Bytes::copy_from_slice(&ulid::Ulid::new().to_bytes());
+        let id = crate::session::message_id(std::mem::take(&mut p.id))
+            .map_err(Status::invalid_argument)?;
         let delivery = Delivery {
             subject: p.subject.into(),
             reply_to: Default::default(),
@@ -147,15 +148,21 @@ impl Gateway for GatewayService {
             id: id.clone(),
         };
         let mut scratch = Vec::new();
-        let (delivered, receipt) = self.router.publish(delivery, &mut scratch).await;
-        if let Some(receipt) = receipt {
+        let (delivered, outcome) = self.router.publish(delivery, &mut scratch).await;
+        if let Some(receipt) = outcome.receipt {
             match receipt.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(status_for(e.code, e.message)),
                 Err(_) => return Err(Status::unavailable("gateway is shutting down")),
             }
         }
-        Ok(Response::new(v1::PublishResponse { id, delivered }))
+        Ok(Response::new(v1::PublishResponse {
+            id,
+            delivered,
+            forwarded_regions: outcome.forwarded,
+            spooled_regions: outcome.spooled,
+            duplicate: outcome.duplicate,
+        }))
     }
 
     async fn request(

@@ -391,7 +391,7 @@ impl Session {
         if s.ack_id != 0 {
             self.send_control(Kind::Ack(v1::Ack {
                 ack_id: s.ack_id,
-                delivered: 0,
+                ..Default::default()
             }));
         }
     }
@@ -470,21 +470,34 @@ impl Session {
             .traffic(Pattern::Pub, Direction::In, p.payload.len());
         let span = tracing::debug_span!("nexus.publish", subject = %p.subject, conn = self.conn.id);
         trace::link_span(&span, &mut p.headers);
+        let id = match message_id(p.id) {
+            Ok(id) => id,
+            Err(message) => return self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id),
+        };
         let delivery = Delivery {
-            id: message_id(p.id),
+            id,
             subject: p.subject,
             reply_to: p.reply_to,
             headers: p.headers,
             payload: p.payload,
         };
-        let (delivered, receipt) = self
+        let (delivered, outcome) = self
             .router
             .publish(delivery, &mut self.scratch)
             .instrument(span)
             .await;
         let ack_id = p.ack_id;
-        match receipt {
-            None if ack_id != 0 => self.send_control(Kind::Ack(v1::Ack { ack_id, delivered })),
+        let ack = move || {
+            Kind::Ack(v1::Ack {
+                ack_id,
+                delivered,
+                forwarded_regions: outcome.forwarded,
+                spooled_regions: outcome.spooled,
+                duplicate: outcome.duplicate,
+            })
+        };
+        match outcome.receipt {
+            None if ack_id != 0 => self.send_control(ack()),
             None => {}
             // The route replicates durably: acknowledge once the spool (async) or the
             // regions (sync) have it, without holding up this session's other frames. A
@@ -497,7 +510,7 @@ impl Session {
                     });
                     let kind = match result {
                         Ok(()) if ack_id == 0 => return,
-                        Ok(()) => Kind::Ack(v1::Ack { ack_id, delivered }),
+                        Ok(()) => ack(),
                         Err(mut e) => {
                             e.ref_id = ack_id;
                             if ack_id == 0 {
@@ -553,6 +566,10 @@ impl Session {
                 ),
             );
         }
+        let id = match message_id(std::mem::take(&mut r.id)) {
+            Ok(id) => id,
+            Err(message) => return refuse(self, ErrorCode::Invalid, message),
+        };
         let timeout = match r.timeout_ms {
             0 => self.router.config().request_timeout(),
             ms => Duration::from_millis(ms as u64).min(MAX_REQUEST_TIMEOUT),
@@ -568,14 +585,7 @@ impl Session {
         };
         let routed = self
             .router
-            .request(
-                waiter,
-                &r.subject,
-                r.headers,
-                r.payload,
-                message_id(r.id),
-                timeout,
-            )
+            .request(waiter, &r.subject, r.headers, r.payload, id, timeout)
             .instrument(span)
             .await;
         match routed {
@@ -690,16 +700,21 @@ impl Session {
             self.send_control(Kind::Ack(v1::Ack {
                 ack_id,
                 delivered: 1,
+                ..Default::default()
             }));
         }
     }
 }
 
 /// The message id from the client, or a fresh ULID when it sent none (or not 16 bytes).
-fn message_id(id: Bytes) -> Bytes {
-    if id.len() == 16 {
-        id
-    } else {
-        Bytes::copy_from_slice(&ulid::Ulid::new().to_bytes())
+/// The id a publisher gave its message, or a new ULID when it gave none; an id of another
+/// length than 16 bytes is refused with the message to send back.
+pub(crate) fn message_id(id: Bytes) -> Result<Bytes, String> {
+    match id.len() {
+        16 => Ok(id),
+        0 => Ok(Bytes::copy_from_slice(&ulid::Ulid::new().to_bytes())),
+        n => Err(format!(
+            "message id must be 16 bytes (a ULID) or empty, not {n} bytes"
+        )),
     }
 }

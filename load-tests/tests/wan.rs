@@ -81,10 +81,15 @@ async fn a_federation_link_runs_through_the_emulator_and_measures_its_delay() {
     use nexus_federation::tls::FederationCa;
     let ca = FederationCa::generate("wan test").unwrap();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (b, _b_events) =
-        Federation::bind(any, &ca.issue("b-west", "gw-b").unwrap(), "b-west", "gw-b")
-            .await
-            .unwrap();
+    let (b, _b_events) = Federation::bind_with_events(
+        any,
+        &ca.issue("b-west", "gw-b").unwrap(),
+        "b-west",
+        "gw-b",
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let wan = WanProxy::start(
         any,
         b.local_addr().unwrap(),
@@ -95,10 +100,15 @@ async fn a_federation_link_runs_through_the_emulator_and_measures_its_delay() {
     )
     .await
     .unwrap();
-    let (a, mut a_events) =
-        Federation::bind(any, &ca.issue("a-east", "gw-a").unwrap(), "a-east", "gw-a")
-            .await
-            .unwrap();
+    let (a, mut a_events) = Federation::bind_with_events(
+        any,
+        &ca.issue("a-east", "gw-a").unwrap(),
+        "a-east",
+        "gw-a",
+        Default::default(),
+    )
+    .await
+    .unwrap();
     a.maintain(wan.listen_addr, "b-west");
     let up = tokio::time::timeout(Duration::from_secs(10), a_events.recv())
         .await

@@ -32,7 +32,7 @@ enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
         #[command(flatten)]
-        federation: nexus::federation::FederationArgs,
+        federation: Box<nexus::federation::FederationArgs>,
     },
     /// Write a development federation CA and a certificate per region (PEM files).
     FederationCerts {
@@ -130,7 +130,7 @@ async fn main() -> std::process::ExitCode {
         Command::Gateway {
             gateway,
             federation,
-        } => run_gateway(gateway, federation).await,
+        } => run_gateway(gateway, *federation).await,
         Command::FederationCerts { out, regions } => {
             nexus::federation::write_dev_certs(&out, &regions).map(|()| {
                 println!(

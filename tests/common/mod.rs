@@ -2,6 +2,8 @@
 //! session for tests that need to misbehave in ways a well-written adapter never would.
 #![allow(dead_code)]
 
+pub mod regions;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

@@ -64,8 +64,15 @@ pub struct LinkStatus {
     /// `up` or `down`.
     pub state: String,
     pub rtt_ms: Option<f64>,
+    /// Best-effort messages queued on the link, confirmed by the other region, and still in
+    /// flight (queued or sent, not confirmed).
     pub forwarded: u64,
+    pub confirmed: u64,
+    pub unconfirmed: u64,
+    /// Best-effort messages that did not reach the other region, and why (`link_down`,
+    /// `queue_full`, `link_lost`).
     pub dropped: u64,
+    pub dropped_by_reason: std::collections::BTreeMap<String, u64>,
     pub received: u64,
 }
 
@@ -148,7 +155,12 @@ pub struct LinkView {
     pub health: Health,
     pub rtt_ms: Option<f64>,
     pub msgs_per_s: f64,
+    /// Best-effort messages dropped by both ends, and how many of them were lost in flight
+    /// (queued or sent on a link that ended before the other region confirmed them).
     pub dropped: u64,
+    pub lost_in_flight: u64,
+    /// Best-effort messages on the link now, not yet confirmed by the other end.
+    pub unconfirmed: u64,
     /// Why it is drawn the way it is.
     pub note: String,
 }

@@ -1131,7 +1131,7 @@ mod tests {
         let ack = |ack_id| pb::Frame {
             kind: Some(Kind::Ack(pb::Ack {
                 ack_id,
-                delivered: 0,
+                ..Default::default()
             })),
         };
         handle_frame(&shared, ack(7)).await;

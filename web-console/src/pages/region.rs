@@ -59,7 +59,8 @@ fn region_view(d: RegionDetail) -> AnyView {
                     <td class="state">{l.health.as_str()}</td>
                     <td class="num">{l.rtt_ms.map_or_else(|| "–".to_owned(), |x| format!("{x:.1} ms"))}</td>
                     <td class="num">{format!("{:.1}", l.msgs_per_s)}</td>
-                    <td class="num">{l.dropped}</td>
+                    <td class="num">{l.unconfirmed}</td>
+                    <td class="num" title="of which lost in flight (queued or sent on a link that ended unconfirmed)">{format!("{} ({} in flight)", l.dropped, l.lost_in_flight)}</td>
                     <td>{l.note.clone()}</td>
                 </tr>
             }
@@ -97,7 +98,7 @@ fn region_view(d: RegionDetail) -> AnyView {
         </table>
         <h2>"Federation links"</h2>
         <table>
-            <thead><tr><th>"To"</th><th>"Health"</th><th>"RTT"</th><th>"msgs/s"</th><th>"Dropped"</th><th>"Why"</th></tr></thead>
+            <thead><tr><th>"To"</th><th>"Health"</th><th>"RTT"</th><th>"msgs/s"</th><th>"Unconfirmed"</th><th>"Dropped"</th><th>"Why"</th></tr></thead>
             <tbody>{links}</tbody>
         </table>
         {per_gateway}

@@ -221,7 +221,8 @@ fn LiveTopology(initial: TopologyView) -> impl IntoView {
                             <td class="state">{l.health.as_str()}</td>
                             <td class="num">{fmt_rtt(l.rtt_ms)}</td>
                             <td class="num">{fmt_rate(l.msgs_per_s)}</td>
-                            <td class="num">{l.dropped}</td>
+                            <td class="num">{l.unconfirmed}</td>
+                    <td class="num" title="of which lost in flight (queued or sent on a link that ended unconfirmed)">{format!("{} ({} in flight)", l.dropped, l.lost_in_flight)}</td>
                             <td>{l.note.clone()}</td>
                         </tr>
                     }
@@ -241,7 +242,7 @@ fn LiveTopology(initial: TopologyView) -> impl IntoView {
                 <h2>"Federation links"</h2>
                 <table id="links">
                     <thead>
-                        <tr><th>"Link"</th><th>"Health"</th><th>"RTT"</th><th>"msgs/s"</th><th>"Dropped"</th><th>"Why"</th></tr>
+                        <tr><th>"Link"</th><th>"Health"</th><th>"RTT"</th><th>"msgs/s"</th><th>"Unconfirmed"</th><th>"Dropped"</th><th>"Why"</th></tr>
                     </thead>
                     <tbody>{links}</tbody>
                 </table>

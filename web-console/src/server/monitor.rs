@@ -60,6 +60,8 @@ struct LinkReport {
     rtt_ms: Option<f64>,
     forwarded_per_s: f64,
     dropped: u64,
+    lost_in_flight: u64,
+    unconfirmed: u64,
     reporter: String,
 }
 
@@ -330,6 +332,12 @@ fn build(
                             rtt_ms: l.rtt_ms,
                             forwarded_per_s: fwd,
                             dropped: l.dropped,
+                            lost_in_flight: l
+                                .dropped_by_reason
+                                .get("link_lost")
+                                .copied()
+                                .unwrap_or(0),
+                            unconfirmed: l.unconfirmed,
                             reporter: info.id.clone(),
                         });
                 }
@@ -416,6 +424,8 @@ fn build(
                 .map(|e| e.forwarded_per_s)
                 .fold(0.0, |a, b| a + b);
             let dropped = ends.iter().map(|e| e.dropped).sum();
+            let lost_in_flight = ends.iter().map(|e| e.lost_in_flight).sum();
+            let unconfirmed = ends.iter().map(|e| e.unconfirmed).sum();
             let up: Vec<_> = ends.iter().filter(|e| e.state == "up").collect();
             let rtt_ms = up
                 .iter()
@@ -455,6 +465,8 @@ fn build(
                 health,
                 msgs_per_s,
                 dropped,
+                lost_in_flight,
+                unconfirmed,
                 note,
             }
         })

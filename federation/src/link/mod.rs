@@ -1,44 +1,57 @@
 //! QUIC links between regions: one connection per region pair, a control stream (hello,
-//! interest) and a data stream per direction (forwarded messages), so interest changes
-//! never queue behind bulk data. Links are re-dialled with backoff when they drop; the
-//! owner learns about it through [`LinkEvent`]s and resynchronises (sends its full interest)
-//! on every `Up`.
+//! interest, confirmations, liveness) and a data stream per direction (forwarded and spooled
+//! messages, requests and replies), so control traffic never queues behind bulk data.
+//!
+//! - [`Federation`] (here): the endpoint. Binds the QUIC socket, dials the peers this side
+//!   should dial (re-dialling with backoff), accepts the others, checks hellos and
+//!   certificates, and offers sending by region.
+//! - [`session`]: one link's streams, tasks, accounting and its single end.
+//! - [`liveness`]: failure detection (sans-I/O): a peer silent for the detection time is dead.
+//! - [`events`]: what links tell their owner ([`LinkHandler`]).
+//! - [`wire`]: frames on the streams.
 //!
 //! Which side dials: the region whose name sorts first dials the other. Both sides may list
 //! each other as peers; exactly one connection results, with no races to resolve.
 
+pub mod events;
+pub mod liveness;
+pub mod session;
+pub mod wire;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use nexus_proto::v1::{
-    Forward, InterestUpdate, LinkFrame, LinkHello, RemoteReply, RemoteRequest, link_frame::Kind,
-};
+use nexus_proto::v1::{Forward, InterestUpdate, LinkFrame, LinkHello, link_frame::Kind};
 use parking_lot::Mutex;
-use prost::Message;
-use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::{Identity, TlsError, server_name};
+pub use events::{EventChannel, LinkEvent, LinkHandler, LinkId, LinkInfo};
+pub use wire::{MAX_FRAME, WRITE_BATCH};
 
-/// Protocol version of the link.
-pub const LINK_PROTOCOL: u32 = 1;
-/// Largest frame accepted from a peer: room for the largest payload a gateway can be
-/// configured to accept (64 MiB) plus its envelope.
-pub const MAX_FRAME: usize = 80 << 20;
-/// The data writer coalesces queued frames into writes of up to this many bytes. quinn keeps
-/// every write as one segment of the stream's send buffer and finds the bytes of each packet
-/// it builds by scanning those segments from the oldest unacknowledged one, so one write per
-/// small frame made that scan (tens of thousands of segments with a WAN round trip's worth of
-/// data in flight) the sender's main cost, and under overload the link starved for CPU.
-pub const WRITE_BATCH: usize = 64 << 10;
+use crate::metrics::{DropReason, FederationMetrics};
+use crate::tls::{Identity, TlsError, server_name};
+use session::Link;
+use wire::{read_frame, write_frame};
+
+/// Protocol version of the link. Version 2 added stream ids, `prev_seq`, nacks and receipts to
+/// replication; a version 1 peer is refused with a message saying so.
+pub const LINK_PROTOCOL: u32 = 2;
 /// Socket buffers asked for the federation endpoint's UDP socket (the kernel caps them at
 /// `net.core.rmem_max` / `wmem_max`). With the usual 208 KiB default, a receiving gateway
 /// that is off the CPU for ~15 ms at 13 MB/s overflows its socket, and QUIC reads the
 /// dropped datagrams as congestion and shrinks its window.
 pub const SOCKET_BUFFER: usize = 8 << 20;
+
+/// How a link is run.
+#[derive(Debug, Clone, Default)]
+pub struct LinkSettings {
+    /// How long a peer may stay silent before its link is declared dead; `None` derives it
+    /// from the RTT (see [`liveness`]).
+    pub dead_after: Option<Duration>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -55,59 +68,18 @@ pub enum LinkError {
     Link { peer: String, reason: String },
 }
 
-/// What happens on links, for the owner (the gateway) to act on.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LinkEvent {
-    Up {
-        region: String,
-        gateway_id: String,
-    },
-    Interest {
-        region: String,
-        update: InterestUpdate,
-    },
-    Forward {
-        region: String,
-        forward: Forward,
-    },
-    Request {
-        region: String,
-        request: RemoteRequest,
-    },
-    Reply {
-        region: String,
-        reply: RemoteReply,
-    },
-    /// A message of an `async` / `sync` route from `region`'s spool.
-    Spooled {
-        region: String,
-        spooled: nexus_proto::v1::Spooled,
-    },
-    /// `region` recorded our spooled messages up to `up_to`.
-    SpoolAck {
-        region: String,
-        up_to: u64,
-    },
-    Down {
-        region: String,
-        reason: String,
-    },
-}
-
-struct Link {
-    conn: quinn::Connection,
-    control: mpsc::Sender<LinkFrame>,
-    data: mpsc::Sender<LinkFrame>,
-}
-
 /// A gateway's federation endpoint.
 pub struct Federation {
     endpoint: quinn::Endpoint,
     region: String,
     gateway_id: String,
     client: quinn::ClientConfig,
-    events: mpsc::Sender<LinkEvent>,
-    links: Mutex<HashMap<String, Link>>,
+    /// The owner, set by [`Federation::start`]; links are refused before it.
+    handler: OnceLock<Arc<dyn LinkHandler>>,
+    links: Mutex<HashMap<String, Arc<Link>>>,
+    next_link: AtomicU64,
+    dead_after: Option<Duration>,
+    metrics: Arc<FederationMetrics>,
     /// Regions configured as peers (dialled by one side or the other).
     peers: Mutex<std::collections::BTreeSet<String>>,
     /// Peers from configuration; registrations never override them.
@@ -121,39 +93,6 @@ fn link_err(peer: &str, e: impl std::fmt::Display) -> LinkError {
     LinkError::Link {
         peer: peer.to_owned(),
         reason: e.to_string(),
-    }
-}
-
-async fn write_frame(send: &mut quinn::SendStream, frame: &LinkFrame) -> Result<(), String> {
-    send.write_all(&frame.encode_length_delimited_to_vec())
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Writes the data stream: each frame taken from the queue is sent together with whatever
-/// else is queued behind it (up to [`WRITE_BATCH`] bytes), in one write.
-async fn data_writer(mut rx: mpsc::Receiver<LinkFrame>, mut send: quinn::SendStream) {
-    let mut buf = Vec::with_capacity(WRITE_BATCH + 1024);
-    while let Some(frame) = rx.recv().await {
-        frame
-            .encode_length_delimited(&mut buf)
-            .expect("a Vec grows as needed");
-        while buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(f) => f
-                    .encode_length_delimited(&mut buf)
-                    .expect("a Vec grows as needed"),
-                Err(_) => break,
-            }
-        }
-        if send.write_all(&buf).await.is_err() {
-            return;
-        }
-        buf.clear();
-        if buf.capacity() > 4 * WRITE_BATCH {
-            // One large frame grew it: do not keep that much per link.
-            buf = Vec::with_capacity(WRITE_BATCH + 1024);
-        }
     }
 }
 
@@ -176,43 +115,27 @@ fn federation_socket(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket>
     Ok(socket)
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<LinkFrame>, String> {
-    let mut len: u64 = 0;
-    for i in 0..10 {
-        let b = match recv.read_u8().await {
-            Ok(b) => b,
-            Err(e) if i == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e.to_string()),
-        };
-        len |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            break;
-        }
-        if i == 9 {
-            return Err("malformed frame length".into());
-        }
-    }
-    let len = usize::try_from(len).unwrap_or(usize::MAX);
-    if len > MAX_FRAME {
-        return Err(format!(
-            "frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    recv.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-    LinkFrame::decode(buf.as_slice())
-        .map(Some)
-        .map_err(|e| format!("malformed frame: {e}"))
+/// What became of a frame handed to [`Federation::send_on`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Queued,
+    /// The link's queue is full: try again later.
+    Full,
+    /// That link is no longer the region's current one.
+    Gone,
 }
 
 impl Federation {
     /// Binds the QUIC endpoint and starts accepting links.
+    /// Binds the QUIC endpoint. Links are accepted and dialled once [`Federation::start`]
+    /// names their owner.
     pub async fn bind(
         listen: SocketAddr,
         identity: &Identity,
         region: &str,
         gateway_id: &str,
-    ) -> Result<(Arc<Self>, mpsc::Receiver<LinkEvent>), LinkError> {
+        settings: LinkSettings,
+    ) -> Result<Arc<Self>, LinkError> {
         let bind_err = |error| LinkError::Bind {
             addr: listen,
             error,
@@ -227,21 +150,53 @@ impl Federation {
         .map_err(bind_err)?;
         let client = identity.client_config()?;
         endpoint.set_default_client_config(client.clone());
-        let (events, rx) = mpsc::channel(4096);
-        let fed = Arc::new(Self {
+        Ok(Arc::new(Self {
             endpoint,
             region: region.to_owned(),
             gateway_id: gateway_id.to_owned(),
             client,
-            events,
+            handler: OnceLock::new(),
             links: Mutex::new(HashMap::new()),
+            next_link: AtomicU64::new(1),
+            dead_after: settings.dead_after.filter(|d| !d.is_zero()),
+            metrics: Arc::new(FederationMetrics::default()),
             peers: Mutex::new(Default::default()),
             static_peers: Mutex::new(Default::default()),
             registered: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
-        });
-        tokio::spawn(fed.clone().accept_loop());
-        Ok((fed, rx))
+        }))
+    }
+
+    /// [`Federation::bind`] and [`Federation::start`] with every link event delivered as a
+    /// [`LinkEvent`] on a channel, for tools and tests.
+    pub async fn bind_with_events(
+        listen: SocketAddr,
+        identity: &Identity,
+        region: &str,
+        gateway_id: &str,
+        settings: LinkSettings,
+    ) -> Result<(Arc<Self>, tokio::sync::mpsc::Receiver<LinkEvent>), LinkError> {
+        let fed = Self::bind(listen, identity, region, gateway_id, settings).await?;
+        let (handler, events) = EventChannel::new(16 * 1024);
+        fed.start(handler);
+        Ok((fed, events))
+    }
+
+    /// Names the owner of every link and starts accepting them. Once only.
+    pub fn start(self: &Arc<Self>, handler: Arc<dyn LinkHandler>) {
+        if self.handler.set(handler).is_ok() {
+            tokio::spawn(self.clone().accept_loop());
+        }
+    }
+
+    /// Federation's series (links, best-effort accounting, spool), for the gateway's
+    /// `/metrics`.
+    pub fn metrics(&self) -> &Arc<FederationMetrics> {
+        &self.metrics
+    }
+
+    fn next_link_id(&self) -> LinkId {
+        LinkId(self.next_link.fetch_add(1, Ordering::Relaxed))
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -378,7 +333,31 @@ impl Federation {
                 format!("answered as region {:?}", hello.region),
             ));
         }
-        self.start_link(conn.clone(), send, recv, hello).await?;
+        if hello.protocol != LINK_PROTOCOL {
+            conn.close(2u32.into(), b"link protocol mismatch");
+            return Err(link_err(
+                peer_region,
+                format!(
+                    "the peer speaks link protocol {}, this gateway {LINK_PROTOCOL}: run the same Nexus version on every federated gateway",
+                    hello.protocol
+                ),
+            ));
+        }
+        if let Some(reason) =
+            session::region_taken(&self.links.lock(), &hello.region, &hello.gateway_id)
+        {
+            conn.close(7u32.into(), reason.as_bytes());
+            return Err(link_err(peer_region, reason));
+        }
+        session::start(
+            self,
+            conn.clone(),
+            send,
+            recv,
+            hello.region,
+            hello.gateway_id,
+        )
+        .await?;
         Ok(conn)
     }
 
@@ -420,16 +399,20 @@ impl Federation {
             Ok(_) => return Err(link_err(&remote, "first frame was not a hello")),
             Err(e) => return Err(link_err(&remote, e)),
         };
-        if hello.protocol > LINK_PROTOCOL || hello.region == self.region || hello.region.is_empty()
-        {
+        if hello.region == self.region || hello.region.is_empty() {
             conn.close(2u32.into(), b"bad hello");
             return Err(link_err(
                 &remote,
-                format!(
-                    "bad hello: region {:?}, protocol {}",
-                    hello.region, hello.protocol
-                ),
+                format!("bad hello: region {:?}", hello.region),
             ));
+        }
+        if hello.protocol != LINK_PROTOCOL {
+            let reason = format!(
+                "link protocol {} is not supported: this gateway speaks {LINK_PROTOCOL}; run the same Nexus version on every federated gateway",
+                hello.protocol
+            );
+            conn.close(2u32.into(), reason.as_bytes());
+            return Err(link_err(&remote, reason));
         }
         // The client certificate was signed by the federation CA (checked in the
         // handshake); it must also be issued for the region the peer claims to be.
@@ -437,193 +420,26 @@ impl Federation {
             conn.close(4u32.into(), b"certificate does not match region");
             return Err(link_err(&remote, reason));
         }
+        if let Some(reason) =
+            session::region_taken(&self.links.lock(), &hello.region, &hello.gateway_id)
+        {
+            conn.close(7u32.into(), reason.as_bytes());
+            return Err(link_err(&remote, reason));
+        }
         write_frame(&mut send, &self.hello())
             .await
             .map_err(|e| link_err(&remote, e))?;
-        self.start_link(conn, send, recv, hello).await
+        session::start(self, conn, send, recv, hello.region, hello.gateway_id).await
     }
 
-    async fn start_link(
-        self: &Arc<Self>,
-        conn: quinn::Connection,
-        mut control_send: quinn::SendStream,
-        mut control_recv: quinn::RecvStream,
-        hello: LinkHello,
-    ) -> Result<(), LinkError> {
-        let region = hello.region.clone();
-        let mut data_send = conn.open_uni().await.map_err(|e| link_err(&region, e))?;
-        // A QUIC stream becomes visible to the peer with its first bytes: announce ours
-        // before waiting for theirs, or both sides would wait forever.
-        let announce = LinkFrame {
-            kind: Some(Kind::Ping(nexus_proto::v1::LinkPing { nonce: 0 })),
-        };
-        write_frame(&mut data_send, &announce)
-            .await
-            .map_err(|e| link_err(&region, e))?;
-        let mut data_recv = conn.accept_uni().await.map_err(|e| link_err(&region, e))?;
-        let (control_tx, mut control_rx) = mpsc::channel::<LinkFrame>(256);
-        let (data_tx, data_rx) = mpsc::channel::<LinkFrame>(4096);
-        let previous = self.links.lock().insert(
-            region.clone(),
-            Link {
-                conn: conn.clone(),
-                control: control_tx,
-                data: data_tx,
-            },
-        );
-        if let Some(old) = previous {
-            old.conn.close(3u32.into(), b"replaced");
-        }
-        // Writers.
-        tokio::spawn(async move {
-            while let Some(f) = control_rx.recv().await {
-                if write_frame(&mut control_send, &f).await.is_err() {
-                    return;
-                }
-            }
-        });
-        tokio::spawn(data_writer(data_rx, data_send));
-        // Readers: control and data; the link ends when the connection does.
-        let fed = self.clone();
-        let r = region.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(f)) = read_frame(&mut control_recv).await {
-                let event = match f.kind {
-                    Some(Kind::Interest(update)) => LinkEvent::Interest {
-                        region: r.clone(),
-                        update,
-                    },
-                    Some(Kind::SpoolAck(ack)) => LinkEvent::SpoolAck {
-                        region: r.clone(),
-                        up_to: ack.up_to,
-                    },
-                    _ => continue,
-                };
-                let _ = fed.events.send(event).await;
-            }
-        });
-        let fed = self.clone();
-        let r = region.clone();
-        let watched = conn.clone();
-        tokio::spawn(async move {
-            let reason = loop {
-                match read_frame(&mut data_recv).await {
-                    Ok(Some(LinkFrame {
-                        kind: Some(Kind::Forward(forward)),
-                    })) => {
-                        let _ = fed
-                            .events
-                            .send(LinkEvent::Forward {
-                                region: r.clone(),
-                                forward,
-                            })
-                            .await;
-                    }
-                    Ok(Some(LinkFrame {
-                        kind: Some(Kind::Request(request)),
-                    })) => {
-                        let _ = fed
-                            .events
-                            .send(LinkEvent::Request {
-                                region: r.clone(),
-                                request,
-                            })
-                            .await;
-                    }
-                    Ok(Some(LinkFrame {
-                        kind: Some(Kind::Spooled(spooled)),
-                    })) => {
-                        let _ = fed
-                            .events
-                            .send(LinkEvent::Spooled {
-                                region: r.clone(),
-                                spooled,
-                            })
-                            .await;
-                    }
-                    Ok(Some(LinkFrame {
-                        kind: Some(Kind::Reply(reply)),
-                    })) => {
-                        let _ = fed
-                            .events
-                            .send(LinkEvent::Reply {
-                                region: r.clone(),
-                                reply,
-                            })
-                            .await;
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => break "peer closed the data stream".to_owned(),
-                    Err(e) => break e,
-                }
-            };
-            let reason = watched
-                .close_reason()
-                .map(|c| c.to_string())
-                .unwrap_or(reason);
-            let removed = {
-                let mut links = fed.links.lock();
-                match links.get(&r) {
-                    Some(l) if l.conn.stable_id() == watched.stable_id() => {
-                        links.remove(&r).is_some()
-                    }
-                    _ => false,
-                }
-            };
-            if removed {
-                let _ = fed.events.send(LinkEvent::Down { region: r, reason }).await;
-            }
-        });
-        // Transport health once a second at debug level (`RUST_LOG=nexus_federation::link=debug`):
-        // what QUIC's congestion control and loss recovery see on this link.
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let watched = conn.clone();
-            let r = region.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        _ = watched.closed() => return,
-                        _ = tick.tick() => {}
-                    }
-                    let s = watched.stats();
-                    tracing::debug!(
-                        peer = %r,
-                        rtt_ms = s.path.rtt.as_secs_f64() * 1e3,
-                        cwnd = s.path.cwnd,
-                        congestion_events = s.path.congestion_events,
-                        lost_packets = s.path.lost_packets,
-                        sent_packets = s.path.sent_packets,
-                        udp_tx_bytes = s.udp_tx.bytes,
-                        udp_rx_bytes = s.udp_rx.bytes,
-                        stream_data_blocked = s.frame_tx.stream_data_blocked,
-                        "federation link transport"
-                    );
-                }
-            });
-        }
-        tracing::info!(peer = %region, gateway = %hello.gateway_id, "federation link up");
-        let _ = self
-            .events
-            .send(LinkEvent::Up {
-                region,
-                gateway_id: hello.gateway_id,
-            })
-            .await;
-        Ok(())
+    /// The current link to `region`, if one is up.
+    pub fn current(&self, region: &str) -> Option<LinkId> {
+        self.links.lock().get(region).map(|l| l.info.id)
     }
 
     /// Sends an interest update to one region; false if there is no link.
     pub fn send_interest(&self, region: &str, update: InterestUpdate) -> bool {
-        let links = self.links.lock();
-        let Some(link) = links.get(region) else {
-            return false;
-        };
-        link.control
-            .try_send(LinkFrame {
-                kind: Some(Kind::Interest(update)),
-            })
-            .is_ok()
+        self.try_send_control(region, Kind::Interest(update))
     }
 
     /// Sends an interest update on every link.
@@ -635,33 +451,60 @@ impl Federation {
         }
     }
 
-    /// Queues a message for `region`, waiting for room (backpressure) while the link is up.
+    /// Queues a message for `region`, waiting for room while the link is up (for tools that
+    /// want backpressure rather than drops).
     pub async fn forward(&self, region: &str, forward: Forward) -> Result<(), LinkError> {
-        let tx = self
+        let link = self
             .links
             .lock()
             .get(region)
-            .map(|l| l.data.clone())
+            .cloned()
             .ok_or_else(|| LinkError::NotConnected(region.to_owned()))?;
-        tx.send(LinkFrame {
+        link.forward(LinkFrame {
             kind: Some(Kind::Forward(forward)),
         })
         .await
         .map_err(|_| LinkError::NotConnected(region.to_owned()))
     }
 
-    /// Queues a message for `region` without waiting: `false` when there is no link or
-    /// its queue is full (the caller decides whether that is a drop or an error).
+    /// Queues a best-effort message for `region` without waiting; `false` when there is no
+    /// link or its queue is full. Either way it is counted: forwarded (and later confirmed
+    /// or lost with the link), or dropped with the reason.
     pub fn try_forward(&self, region: &str, forward: Forward) -> bool {
-        self.try_send_data(region, Kind::Forward(forward))
+        let link = self.links.lock().get(region).cloned();
+        match link {
+            Some(link) => link.try_forward(LinkFrame {
+                kind: Some(Kind::Forward(forward)),
+            }),
+            None => {
+                self.metrics.dropped(region, DropReason::LinkDown, 1);
+                false
+            }
+        }
     }
 
-    /// Queues a request or reply (or any data frame) for `region` without waiting.
-    pub fn try_send_data(&self, region: &str, kind: Kind) -> bool {
-        self.links
-            .lock()
-            .get(region)
-            .is_some_and(|l| l.data.try_send(LinkFrame { kind: Some(kind) }).is_ok())
+    /// Queues a request or reply (or any data frame) for `region` without waiting; the link
+    /// it went on, or `None` when there is no link or its queue is full.
+    pub fn try_send_data(&self, region: &str, kind: Kind) -> Option<LinkId> {
+        let links = self.links.lock();
+        let link = links.get(region)?;
+        link.data
+            .try_send(LinkFrame { kind: Some(kind) })
+            .ok()
+            .map(|_| link.info.id)
+    }
+
+    /// Queues a data frame on one particular link (the spool pump's, which must never
+    /// continue on a link other than the one its cursor belongs to).
+    pub fn send_on(&self, region: &str, link: LinkId, kind: Kind) -> Sent {
+        let links = self.links.lock();
+        match links.get(region) {
+            Some(l) if l.info.id == link => match l.data.try_send(LinkFrame { kind: Some(kind) }) {
+                Ok(()) => Sent::Queued,
+                Err(_) => Sent::Full,
+            },
+            _ => Sent::Gone,
+        }
     }
 
     /// Queues a control frame (small, never behind data) for `region` without waiting.
@@ -675,6 +518,12 @@ impl Federation {
     /// Round-trip time of the link to `region`, as QUIC measures it continuously.
     pub fn rtt(&self, region: &str) -> Option<Duration> {
         self.links.lock().get(region).map(|l| l.conn.rtt())
+    }
+
+    /// The detection time of the link to `region` now (configured, or derived from its RTT).
+    pub fn dead_after(&self, region: &str) -> Option<Duration> {
+        let rtt = self.rtt(region)?;
+        Some(liveness::Liveness::new(self.dead_after, Duration::ZERO).dead_after(rtt))
     }
 
     /// Regions this endpoint keeps dialling (its configured peers).

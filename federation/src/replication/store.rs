@@ -1,6 +1,7 @@
-//! The spool on disk (redb): unconfirmed messages per receiving region, the last `seq` each
-//! region confirmed, the last `seq` recorded from each sending region (receiver-side
-//! deduplication), and the interest other regions advertised (so messages published while a
+//! The spool on disk (redb): this spool's stream id, unconfirmed messages per receiving
+//! region, the last `seq` each region confirmed, how far each stream from other gateways was
+//! delivered here (the receiver's marks), the message ids accepted recently (idempotent
+//! publishing), and the interest other regions advertised (so messages published while a
 //! region is unreachable, even right after a restart, are still spooled for it).
 //!
 //! Every batch of operations is one transaction, committed durably before the caller is told;
@@ -13,10 +14,21 @@ use nexus_proto::v1::{SpoolRecord, Spooled};
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::StreamId;
+use super::dedup::MessageId;
+
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
 const ACKED: TableDefinition<&str, u64> = TableDefinition::new("acked");
-const RECEIVED: TableDefinition<&str, u64> = TableDefinition::new("received");
+/// region -> the highest seq deleted without confirmation (age or size limit), so that
+/// numbering continues after it even when nothing else on disk remembers those numbers.
+const DELETED: TableDefinition<&str, u64> = TableDefinition::new("deleted");
+/// stream -> (region it comes from, delivered and recorded through). (The table `received`
+/// of link protocol 1, keyed by region, is no longer read.)
+const INBOX: TableDefinition<&str, (&str, u64)> = TableDefinition::new("inbox");
 const INTEREST: TableDefinition<&str, &str> = TableDefinition::new("interest");
+/// (accepted at, message id): ids of publishes accepted recently, oldest first.
+const ACCEPTED: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("accepted");
 
 #[derive(Debug, thiserror::Error)]
 #[error("spool store {path}: {message}")]
@@ -36,8 +48,16 @@ pub enum Op {
     Ack { region: String, up_to: u64 },
     /// Delete messages without delivery (overflow or expiry).
     Delete { region: String, seqs: Vec<u64> },
-    /// Everything from `origin` up to `seq` was delivered here.
-    Received { origin: String, seq: u64 },
+    /// Everything of `stream` (from `region`) up to `seq` was delivered here.
+    Received {
+        stream: StreamId,
+        region: String,
+        seq: u64,
+    },
+    /// A publish with this id was accepted at `at_ms`.
+    Accepted { id: MessageId, at_ms: i64 },
+    /// Forget ids accepted before `before_ms`.
+    ForgetAccepted { before_ms: i64 },
     /// `region`'s advertised interest, replacing what was stored.
     Interest {
         region: String,
@@ -46,21 +66,40 @@ pub enum Op {
 }
 
 /// What a gateway finds in its spool when it starts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Loaded {
-    /// region -> (last confirmed seq, unconfirmed messages)
-    pub queues: HashMap<String, (u64, Vec<Spooled>)>,
-    pub received: HashMap<String, u64>,
+    /// This spool's stream id.
+    pub stream: StreamId,
+    /// Per receiving region: what is left of its queue.
+    pub queues: HashMap<String, StoredQueue>,
+    /// (stream, region it comes from, delivered through)
+    pub inbox: Vec<(StreamId, String, u64)>,
     pub interest: HashMap<String, Vec<String>>,
+    /// Recently accepted message ids, with when.
+    pub accepted: Vec<(MessageId, i64)>,
+}
+
+/// One receiving region's queue as found on disk.
+#[derive(Debug, Default)]
+pub struct StoredQueue {
+    /// The last `seq` the region confirmed.
+    pub acked: u64,
+    /// The highest `seq` deleted by a limit without confirmation.
+    pub deleted_through: u64,
+    /// Unconfirmed messages.
+    pub entries: Vec<Spooled>,
 }
 
 pub struct SpoolStore {
     db: Database,
     path: String,
+    stream: StreamId,
 }
 
 impl SpoolStore {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (or creates) the spool at `path`; a new spool gets a new stream id naming
+    /// `gateway_id`.
+    pub fn open(path: &Path, gateway_id: &str) -> Result<Self, StoreError> {
         let err = |message: String| StoreError {
             path: path.display().to_string(),
             message,
@@ -70,13 +109,42 @@ impl SpoolStore {
                 .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
         }
         let db = Database::create(path).map_err(|e| err(e.to_string()))?;
-        let store = SpoolStore {
+        let mut store = SpoolStore {
             db,
             path: path.display().to_string(),
+            stream: StreamId::from(""),
         };
-        // Create the tables so reads of a fresh spool find them.
+        // Create the tables so reads of a fresh spool find them, and name the spool.
         store.apply(&[])?;
+        store.stream = store.stream_id(gateway_id)?;
         Ok(store)
+    }
+
+    /// The spool's stream id, chosen and written when it is first needed.
+    fn stream_id(&self, gateway_id: &str) -> Result<StreamId, StoreError> {
+        let w = self.db.begin_write().map_err(|e| self.err(e))?;
+        let id = {
+            let mut meta = w.open_table(META).map_err(|e| self.err(e))?;
+            let existing = meta
+                .get("stream")
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value().to_owned());
+            match existing {
+                Some(id) => StreamId::from(id),
+                None => {
+                    let id = StreamId::generate(gateway_id);
+                    meta.insert("stream", id.as_str())
+                        .map_err(|e| self.err(e))?;
+                    id
+                }
+            }
+        };
+        w.commit().map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    pub fn stream(&self) -> &StreamId {
+        &self.stream
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {
@@ -92,8 +160,11 @@ impl SpoolStore {
         {
             let mut entries = w.open_table(ENTRIES).map_err(|e| self.err(e))?;
             let mut acked = w.open_table(ACKED).map_err(|e| self.err(e))?;
-            let mut received = w.open_table(RECEIVED).map_err(|e| self.err(e))?;
+            let mut deleted = w.open_table(DELETED).map_err(|e| self.err(e))?;
+            let mut inbox = w.open_table(INBOX).map_err(|e| self.err(e))?;
             let mut interest = w.open_table(INTEREST).map_err(|e| self.err(e))?;
+            let mut accepted = w.open_table(ACCEPTED).map_err(|e| self.err(e))?;
+            w.open_table(META).map_err(|e| self.err(e))?;
             let mut buf = Vec::new();
             for op in ops {
                 match op {
@@ -135,14 +206,39 @@ impl SpoolStore {
                                 .remove((region.as_str(), *seq))
                                 .map_err(|e| self.err(e))?;
                         }
-                    }
-                    Op::Received { origin, seq } => {
-                        let prev = received
-                            .get(origin.as_str())
+                        let prev = deleted
+                            .get(region.as_str())
                             .map_err(|e| self.err(e))?
                             .map_or(0, |v| v.value());
-                        received
-                            .insert(origin.as_str(), prev.max(*seq))
+                        let top = seqs.iter().copied().max().unwrap_or(0);
+                        deleted
+                            .insert(region.as_str(), prev.max(top))
+                            .map_err(|e| self.err(e))?;
+                    }
+                    Op::Received {
+                        stream,
+                        region,
+                        seq,
+                    } => {
+                        let prev = inbox
+                            .get(stream.as_str())
+                            .map_err(|e| self.err(e))?
+                            .map_or(0, |v| v.value().1);
+                        inbox
+                            .insert(stream.as_str(), (region.as_str(), prev.max(*seq)))
+                            .map_err(|e| self.err(e))?;
+                    }
+                    Op::Accepted { id, at_ms } => {
+                        accepted
+                            .insert((*at_ms, id.as_slice()), ())
+                            .map_err(|e| self.err(e))?;
+                    }
+                    Op::ForgetAccepted { before_ms } => {
+                        accepted
+                            .retain_in(
+                                (i64::MIN, [].as_slice())..(*before_ms, [].as_slice()),
+                                |_, _| false,
+                            )
                             .map_err(|e| self.err(e))?;
                     }
                     Op::Interest { region, patterns } => {
@@ -158,11 +254,25 @@ impl SpoolStore {
 
     pub fn load(&self) -> Result<Loaded, StoreError> {
         let r = self.db.begin_read().map_err(|e| self.err(e))?;
-        let mut out = Loaded::default();
+        let mut out = Loaded {
+            stream: self.stream.clone(),
+            queues: HashMap::new(),
+            inbox: Vec::new(),
+            interest: HashMap::new(),
+            accepted: Vec::new(),
+        };
         let acked = r.open_table(ACKED).map_err(|e| self.err(e))?;
         for row in acked.iter().map_err(|e| self.err(e))? {
             let (k, v) = row.map_err(|e| self.err(e))?;
-            out.queues.entry(k.value().to_owned()).or_default().0 = v.value();
+            out.queues.entry(k.value().to_owned()).or_default().acked = v.value();
+        }
+        let deleted = r.open_table(DELETED).map_err(|e| self.err(e))?;
+        for row in deleted.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            out.queues
+                .entry(k.value().to_owned())
+                .or_default()
+                .deleted_through = v.value();
         }
         let entries = r.open_table(ENTRIES).map_err(|e| self.err(e))?;
         for row in entries.iter().map_err(|e| self.err(e))? {
@@ -174,18 +284,29 @@ impl SpoolStore {
             out.queues
                 .entry(region.to_owned())
                 .or_default()
-                .1
+                .entries
                 .push(Spooled {
                     seq,
                     route: rec.route,
                     forward: rec.forward,
                     spooled_at_ms: rec.spooled_at_ms,
+                    ..Default::default()
                 });
         }
-        let received = r.open_table(RECEIVED).map_err(|e| self.err(e))?;
-        for row in received.iter().map_err(|e| self.err(e))? {
+        let inbox = r.open_table(INBOX).map_err(|e| self.err(e))?;
+        for row in inbox.iter().map_err(|e| self.err(e))? {
             let (k, v) = row.map_err(|e| self.err(e))?;
-            out.received.insert(k.value().to_owned(), v.value());
+            let (region, seq) = v.value();
+            out.inbox
+                .push((StreamId::from(k.value()), region.to_owned(), seq));
+        }
+        let accepted = r.open_table(ACCEPTED).map_err(|e| self.err(e))?;
+        for row in accepted.iter().map_err(|e| self.err(e))? {
+            let (k, _) = row.map_err(|e| self.err(e))?;
+            let (at, id) = k.value();
+            if let Ok(id) = MessageId::try_from(id) {
+                out.accepted.push((id, at));
+            }
         }
         let interest = r.open_table(INTEREST).map_err(|e| self.err(e))?;
         for row in interest.iter().map_err(|e| self.err(e))? {
@@ -218,6 +339,7 @@ mod tests {
                 ..Default::default()
             }),
             spooled_at_ms: 42,
+            ..Default::default()
         })
     }
 
@@ -227,7 +349,8 @@ mod tests {
         let path = dir.join("spool.redb");
         let _ = std::fs::remove_dir_all(&dir);
         {
-            let s = SpoolStore::open(&path).unwrap();
+            let s = SpoolStore::open(&path, "gw-a").unwrap();
+            assert!(s.stream().as_str().starts_with("gw-a."));
             let mut ops: Vec<Op> = (1..=5)
                 .map(|seq| Op::Append {
                     region: "c".into(),
@@ -235,8 +358,17 @@ mod tests {
                 })
                 .collect();
             ops.push(Op::Received {
-                origin: "b".into(),
+                stream: StreamId::from("gw-b.1"),
+                region: "b".into(),
                 seq: 17,
+            });
+            ops.push(Op::Accepted {
+                id: [1; 16],
+                at_ms: 10,
+            });
+            ops.push(Op::Accepted {
+                id: [2; 16],
+                at_ms: 20,
             });
             ops.push(Op::Interest {
                 region: "c".into(),
@@ -252,19 +384,32 @@ mod tests {
                     region: "c".into(),
                     seqs: vec![4],
                 },
+                Op::ForgetAccepted { before_ms: 15 },
             ])
             .unwrap();
         }
-        let s = SpoolStore::open(&path).unwrap();
+        let stream = {
+            let s = SpoolStore::open(&path, "gw-other").unwrap();
+            s.stream().clone()
+        };
+        assert!(stream.as_str().starts_with("gw-a."), "kept: {stream}");
+        let s = SpoolStore::open(&path, "gw-a").unwrap();
         let l = s.load().unwrap();
-        let (acked, entries) = &l.queues["c"];
-        assert_eq!(*acked, 2);
+        let q = &l.queues["c"];
+        let (acked, entries) = (q.acked, &q.entries);
+        assert_eq!(acked, 2);
+        assert_eq!(q.deleted_through, 4);
         assert_eq!(
             entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
             vec![3, 5]
         );
         assert_eq!(entries[0].forward.as_ref().unwrap().subject, "orders.new");
-        assert_eq!(l.received["b"], 17);
+        assert_eq!(l.stream, stream);
+        assert_eq!(
+            l.inbox,
+            vec![(StreamId::from("gw-b.1"), "b".to_owned(), 17)]
+        );
+        assert_eq!(l.accepted, vec![([2; 16], 20)]);
         assert_eq!(l.interest["c"], vec!["orders.>", "x"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,0 +1,658 @@
+//! The replication shell: drives the sans-I/O [`crate::replication`] state machines with the
+//! real things: a redb spool written by one thread (group commit), a pump task sending over
+//! links, confirmations and resend requests from peers, local delivery of what arrives, and
+//! the periodic chores (age limit, late `sync` publishes, gauges, pruning the dedup window).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_gateway::router::{Delivery, Router, error};
+use nexus_proto::v1::{self, ErrorCode, SpoolAck, SpoolNack, Spooled, link_frame::Kind};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::{delivery, now_ms};
+use crate::link::{Federation, LinkId, LinkInfo, Sent};
+use crate::metrics::{
+    FederationMetrics, Outcome, RegionLabels, SpoolLabels, SpoolLoss, SpoolLossLabels,
+};
+use crate::replication::dedup::{Dedup, MessageId, Seen};
+use crate::replication::inbox::{Inbox, Verdict};
+use crate::replication::outbox::{Outbox, Removed};
+use crate::replication::quorum::Quorum;
+use crate::replication::store::{Loaded, Op, SpoolStore};
+use crate::replication::{Limits, StreamId};
+
+/// Spooled messages sent per region per pump pass, so one region cannot starve the others.
+const PUMP_BATCH: usize = 512;
+/// How often the pump expires old messages, fails late sync publishes and updates gauges.
+const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// How often the accepted-id table on disk is pruned to the dedup window.
+const DEDUP_PRUNE_MS: i64 = 10_000;
+
+/// Where the spool lives, how big it may grow, and how long message ids are remembered.
+#[derive(Clone, Debug)]
+pub struct SpoolConfig {
+    pub path: std::path::PathBuf,
+    pub limits: Limits,
+    /// Idempotent publishing: how long accepted message ids are remembered, and at most how
+    /// many.
+    pub dedup_window_ms: i64,
+    pub dedup_max_ids: usize,
+}
+
+impl SpoolConfig {
+    pub fn new(path: std::path::PathBuf, limits: Limits) -> Self {
+        SpoolConfig {
+            path,
+            limits,
+            dedup_window_ms: crate::replication::dedup::DEFAULT_WINDOW_MS,
+            dedup_max_ids: crate::replication::dedup::DEFAULT_MAX_IDS,
+        }
+    }
+}
+
+type WriteDone = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+struct WriteBatch {
+    ops: Vec<Op>,
+    done: Option<WriteDone>,
+}
+
+/// Where the outcome of a durable publish goes: the publisher's receipt, or a retry waiting
+/// for the first attempt.
+pub(super) type Reply = oneshot::Sender<Result<(), v1::Error>>;
+
+/// The state of `async` / `sync` replication of one gateway.
+pub(super) struct Replication {
+    outbox: Mutex<Outbox>,
+    inbox: Mutex<Inbox>,
+    writer: mpsc::UnboundedSender<WriteBatch>,
+    quorum: Mutex<Quorum<(Reply, MessageId)>>,
+    dedup: Mutex<Dedup<Reply>>,
+    /// Delivery of one stream is serialized: for a moment an old and a new link of one region
+    /// may both carry it, and two messages must never be delivered out of order.
+    stream_locks: Mutex<HashMap<StreamId, Arc<tokio::sync::Mutex<()>>>>,
+    wake: Notify,
+    metrics: Arc<FederationMetrics>,
+    last_prune_ms: Mutex<i64>,
+}
+
+impl Replication {
+    /// Opens (or recovers) the spool; returns it with the other regions' interest found there.
+    pub(super) fn open(
+        cfg: &SpoolConfig,
+        gateway_id: &str,
+        metrics: Arc<FederationMetrics>,
+    ) -> Result<(Self, HashMap<String, Vec<String>>), crate::replication::store::StoreError> {
+        let store = SpoolStore::open(&cfg.path, gateway_id)?;
+        let Loaded {
+            stream,
+            queues,
+            inbox: marks,
+            interest,
+            accepted,
+        } = store.load()?;
+        let mut outbox = Outbox::new(stream.clone(), cfg.limits.clone());
+        let mut recovered = 0usize;
+        for (region, q) in queues {
+            recovered += q.entries.len();
+            outbox.restore(&region, q.acked, q.deleted_through, q.entries);
+        }
+        let mut inbox = Inbox::default();
+        for (s, region, seq) in marks {
+            inbox.restore(s, &region, seq);
+        }
+        let mut dedup = Dedup::new(cfg.dedup_window_ms, cfg.dedup_max_ids);
+        for (id, at) in accepted {
+            dedup.restore(id, at);
+        }
+        tracing::info!(
+            %stream,
+            recovered,
+            remembered_ids = dedup.len(),
+            path = %cfg.path.display(),
+            "replication spool opened"
+        );
+        Ok((
+            Replication {
+                outbox: Mutex::new(outbox),
+                inbox: Mutex::new(inbox),
+                writer: start_writer(store),
+                quorum: Mutex::new(Quorum::default()),
+                dedup: Mutex::new(dedup),
+                stream_locks: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                metrics,
+                last_prune_ms: Mutex::new(0),
+            },
+            interest,
+        ))
+    }
+
+    pub(super) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Remembers `region`'s advertised interest across restarts.
+    pub(super) fn store_interest(&self, region: String, patterns: Vec<String>) {
+        let _ = self.writer.send(WriteBatch {
+            ops: vec![Op::Interest { region, patterns }],
+            done: None,
+        });
+    }
+
+    // === sender side ===
+
+    /// Idempotent publishing: what is known of message `id`. On [`Seen::Pending`] the
+    /// returned receipt resolves with the first attempt's outcome.
+    pub(super) fn check_id(
+        &self,
+        id: MessageId,
+    ) -> (Seen, Option<oneshot::Receiver<Result<(), v1::Error>>>) {
+        let mut dedup = self.dedup.lock();
+        loop {
+            match dedup.check(id, now_ms()) {
+                Seen::Pending => {
+                    let (tx, rx) = oneshot::channel();
+                    match dedup.wait(id, tx) {
+                        Ok(()) => return (Seen::Pending, Some(rx)),
+                        // Settled in between: look again.
+                        Err(_) => continue,
+                    }
+                }
+                seen => return (seen, None),
+            }
+        }
+    }
+
+    /// The first attempt of `id` ended; answers the retries that waited for it.
+    fn settle(&self, id: MessageId, result: &Result<(), v1::Error>) {
+        // A sync publish that timed out stays spooled and will be delivered: a retry must not
+        // send it again, so it counts as accepted too. Only a failed write frees the id.
+        let accepted = match result {
+            Ok(()) => true,
+            Err(e) => e.code == ErrorCode::Timeout as i32,
+        };
+        let waiters = self.dedup.lock().settle(id, accepted, now_ms());
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+
+    /// A publish that needed no spool (no other region wanted it): its id is accepted at once.
+    pub(super) fn accepted_without_spool(&self, id: MessageId) {
+        self.settle(id, &Ok(()));
+    }
+
+    /// Writes `msg` to the spool for each of `targets` (region, forward); the receipt
+    /// resolves when the write is durable (`async`) or when `sync_quorum` regions confirmed
+    /// it (`sync`, by `sync_deadline_ms`).
+    pub(super) fn publish(
+        self: &Arc<Self>,
+        route: &str,
+        id: MessageId,
+        targets: Vec<(String, v1::Forward)>,
+        sync: Option<(usize, i64)>,
+    ) -> oneshot::Receiver<Result<(), v1::Error>> {
+        let (tx, rx) = oneshot::channel();
+        let now = now_ms();
+        let mut ops = Vec::with_capacity(targets.len() + 1);
+        let mut seqs: Vec<(String, u64)> = Vec::with_capacity(targets.len());
+        {
+            let mut outbox = self.outbox.lock();
+            for (region, forward) in targets {
+                match outbox.append(&region, route, forward, now) {
+                    Ok((spooled, removed)) => {
+                        if let Some(r) = removed {
+                            self.lost(&r, SpoolLoss::Overflow);
+                            ops.push(Op::Delete {
+                                region: r.region,
+                                seqs: r.seqs,
+                            });
+                        }
+                        seqs.push((region.clone(), spooled.seq));
+                        ops.push(Op::Append { region, spooled });
+                    }
+                    Err(full) => {
+                        for (r, seq) in &seqs {
+                            outbox.forget(r, &[*seq]);
+                        }
+                        drop(outbox);
+                        let result = Err(error(ErrorCode::Limit, full.to_string(), 0));
+                        self.settle(id, &result);
+                        let _ = tx.send(result);
+                        return rx;
+                    }
+                }
+            }
+            for _ in &seqs {
+                self.metrics.outcome(Outcome::Spooled);
+            }
+            ops.push(Op::Accepted { id, at_ms: now });
+            // Sent under the outbox lock, so the writer sees each region's messages in `seq`
+            // order and commits them in that order.
+            let me = self.clone();
+            let _ = self.writer.send(WriteBatch {
+                ops,
+                done: Some(Box::new(move |result| {
+                    me.written(result, id, seqs, sync, tx)
+                })),
+            });
+        }
+        rx
+    }
+
+    /// After a spool write: answer the publisher (async) or start waiting for its quorum
+    /// (sync), then let the pump send the messages.
+    fn written(
+        &self,
+        result: Result<(), String>,
+        id: MessageId,
+        seqs: Vec<(String, u64)>,
+        sync: Option<(usize, i64)>,
+        tx: Reply,
+    ) {
+        match result {
+            Err(e) => {
+                let mut outbox = self.outbox.lock();
+                for (r, seq) in &seqs {
+                    outbox.forget(r, &[*seq]);
+                }
+                drop(outbox);
+                let result = Err(error(
+                    ErrorCode::Unavailable,
+                    format!("could not write the message to the replication spool: {e}"),
+                    0,
+                ));
+                self.settle(id, &result);
+                let _ = tx.send(result);
+            }
+            Ok(()) => {
+                // The quorum waiter exists before the pump can send, so no confirmation is
+                // missed.
+                match sync {
+                    Some((needed, deadline)) => {
+                        self.quorum
+                            .lock()
+                            .add(seqs.clone(), needed, deadline, (tx, id))
+                    }
+                    None => {
+                        self.settle(id, &Ok(()));
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                let mut outbox = self.outbox.lock();
+                for (r, seq) in &seqs {
+                    outbox.committed(r, *seq);
+                }
+                drop(outbox);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// A peer confirmed our stream up to `up_to`.
+    pub(super) fn on_ack(&self, region: &str, ack: SpoolAck) {
+        let stream_ok = self.outbox.lock().stream() == ack.stream.as_str();
+        if !stream_ok {
+            tracing::debug!(%region, stream = %ack.stream, "confirmation for another spool's stream; ignored");
+            return;
+        }
+        tracing::debug!(%region, up_to = ack.up_to, "spool confirmed");
+        let (acked, up_to) = {
+            let mut outbox = self.outbox.lock();
+            let acked = outbox.ack(region, ack.up_to);
+            (acked, outbox.acked(region))
+        };
+        if acked.beyond_sent {
+            tracing::warn!(%region, claimed = ack.up_to, sent = up_to, "region confirmed spooled messages that were never sent to it; only what was sent is deleted");
+        }
+        if acked.freed > 0 {
+            let _ = self.writer.send(WriteBatch {
+                ops: vec![Op::Ack {
+                    region: region.to_owned(),
+                    up_to,
+                }],
+                done: None,
+            });
+        }
+        let done = self.quorum.lock().ack(region, ack.up_to);
+        for d in done {
+            let (reply, id) = d.reply;
+            self.settle(id, &Ok(()));
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// A peer saw a gap in our stream on `link`: resend after `have`.
+    pub(super) fn on_nack(&self, link: &LinkInfo, nack: SpoolNack) {
+        let mut outbox = self.outbox.lock();
+        if outbox.stream() != nack.stream.as_str() {
+            return;
+        }
+        tracing::info!(region = %link.region, link = %link.id, have = nack.have, "region asked for spooled messages again after a gap");
+        outbox.rewind(&link.region, link.id, nack.have);
+        drop(outbox);
+        self.wake.notify_one();
+    }
+
+    /// Sends committed spooled messages over the current link of each region, and does the
+    /// periodic chores.
+    pub(super) async fn pump(self: Arc<Self>, fed: Arc<Federation>, chores: impl Fn()) {
+        let mut last_chores = std::time::Instant::now();
+        loop {
+            let mut blocked = false;
+            let regions = self.outbox.lock().regions();
+            for region in regions {
+                let Some(link) = fed.current(&region) else {
+                    continue;
+                };
+                blocked |= self.send_batch(&fed, &region, link);
+            }
+            if last_chores.elapsed() >= HOUSEKEEPING {
+                last_chores = std::time::Instant::now();
+                self.chores();
+                chores();
+            }
+            let busy = blocked || !self.quorum.lock().is_empty();
+            let wait = if busy {
+                Duration::from_millis(5)
+            } else {
+                HOUSEKEEPING
+            };
+            let _ = tokio::time::timeout(wait, self.wake.notified()).await;
+        }
+    }
+
+    /// Sends what `region` has not had on `link`; true when the link's queue filled up.
+    fn send_batch(&self, fed: &Federation, region: &str, link: LinkId) -> bool {
+        loop {
+            let batch = self.outbox.lock().next_to_send(region, link, PUMP_BATCH);
+            let n = batch.len();
+            if n == 0 {
+                return false;
+            }
+            for e in batch {
+                let seq = e.seq;
+                match fed.send_on(region, link, Kind::Spooled(e)) {
+                    Sent::Queued => {}
+                    Sent::Full => {
+                        self.outbox.lock().unsend(region, link, seq);
+                        return true;
+                    }
+                    // The link ended: the next one starts from the oldest unconfirmed.
+                    Sent::Gone => return false,
+                }
+            }
+            if n < PUMP_BATCH {
+                return false;
+            }
+        }
+    }
+
+    fn lost(&self, r: &Removed, reason: SpoolLoss) {
+        tracing::warn!(
+            region = %r.region,
+            range = %r.range(),
+            reason = reason.as_str(),
+            "spooled messages deleted without delivery"
+        );
+        self.metrics
+            .spool_lost
+            .get_or_create(&SpoolLossLabels {
+                region: r.region.clone(),
+                reason,
+            })
+            .inc_by(r.seqs.len() as u64);
+    }
+
+    fn chores(&self) {
+        let now = now_ms();
+        let expired = self.outbox.lock().expire(now);
+        for r in expired {
+            self.lost(&r, SpoolLoss::Expired);
+            let _ = self.writer.send(WriteBatch {
+                ops: vec![Op::Delete {
+                    region: r.region,
+                    seqs: r.seqs,
+                }],
+                done: None,
+            });
+        }
+        let late = self.quorum.lock().expire(now);
+        for late in late {
+            let result = Err(error(
+                ErrorCode::Timeout,
+                format!(
+                    "sync replication timed out: {} of {} required regions confirmed ({}); still waiting for {}. The message stays spooled and may still be delivered",
+                    late.confirmed.len(),
+                    late.needed,
+                    if late.confirmed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        late.confirmed.join(", ")
+                    },
+                    late.pending.join(", ")
+                ),
+                0,
+            ));
+            let (reply, id) = late.reply;
+            self.settle(id, &result);
+            let _ = reply.send(result);
+        }
+        {
+            let mut dedup = self.dedup.lock();
+            dedup.expire(now);
+            self.metrics.dedup_ids.set(dedup.len() as i64);
+            let evicted = dedup.evicted();
+            let counted = self.metrics.dedup_evicted.get();
+            if evicted > counted {
+                self.metrics.dedup_evicted.inc_by(evicted - counted);
+            }
+            let mut last = self.last_prune_ms.lock();
+            if now - *last >= DEDUP_PRUNE_MS {
+                *last = now;
+                let before_ms = dedup.oldest_ms().unwrap_or(now - dedup.window_ms());
+                let _ = self.writer.send(WriteBatch {
+                    ops: vec![Op::ForgetAccepted { before_ms }],
+                    done: None,
+                });
+            }
+        }
+        let outbox = self.outbox.lock();
+        self.metrics.spool_bytes.set(outbox.bytes() as i64);
+        let depths = outbox.depths();
+        drop(outbox);
+        self.metrics.spool_depth.clear();
+        self.metrics.replication_lag_ms.clear();
+        for d in depths {
+            let labels = SpoolLabels {
+                route: d.route,
+                region: d.region,
+            };
+            self.metrics
+                .spool_depth
+                .get_or_create(&labels)
+                .set(d.depth as i64);
+            if let Some(oldest) = d.oldest_ms {
+                self.metrics
+                    .replication_lag_ms
+                    .get_or_create(&labels)
+                    .set((now - oldest).max(0));
+            }
+        }
+    }
+
+    pub(super) fn depths(&self) -> Vec<crate::replication::outbox::RouteDepth> {
+        self.outbox.lock().depths()
+    }
+
+    // === receiver side ===
+
+    /// A link to `link.region` came up: confirm again what we recorded from it, and let the
+    /// pump send to it.
+    pub(super) fn link_up(&self, fed: &Federation, link: &LinkInfo) {
+        let confirmations = self.inbox.lock().link_up(&link.region, link.id);
+        for (stream, up_to) in confirmations {
+            fed.try_send_control(
+                &link.region,
+                Kind::SpoolAck(SpoolAck {
+                    up_to,
+                    stream: stream.to_string(),
+                }),
+            );
+        }
+        self.wake.notify_one();
+    }
+
+    /// A spooled message from `link.region`: deliver it if it continues its stream, record
+    /// that durably, then confirm it.
+    pub(super) async fn on_spooled(
+        self: &Arc<Self>,
+        fed: &Arc<Federation>,
+        router: &Router,
+        link: &LinkInfo,
+        spooled: Spooled,
+    ) {
+        let stream = StreamId::from(spooled.stream.as_str());
+        let lock = self
+            .stream_locks
+            .lock()
+            .entry(stream.clone())
+            .or_default()
+            .clone();
+        let _serial = lock.lock().await;
+        let verdict = self.inbox.lock().on_spooled(
+            &link.region,
+            link.id,
+            &stream,
+            spooled.seq,
+            spooled.prev_seq,
+        );
+        match verdict {
+            Verdict::Duplicate { ack } => {
+                self.metrics.outcome(Outcome::Duplicate);
+                if let Some(up_to) = ack {
+                    self.confirm(fed, &link.region, &stream, up_to);
+                }
+            }
+            Verdict::Gap { nack } => {
+                self.metrics
+                    .replication_gaps
+                    .get_or_create(&RegionLabels {
+                        region: link.region.clone(),
+                    })
+                    .inc();
+                if let Some(have) = nack {
+                    tracing::warn!(region = %link.region, %stream, have, seq = spooled.seq, prev = spooled.prev_seq, "spooled message out of order; asking for a resend");
+                    fed.try_send_control(
+                        &link.region,
+                        Kind::SpoolNack(SpoolNack {
+                            stream: stream.to_string(),
+                            have,
+                        }),
+                    );
+                }
+            }
+            Verdict::Deliver => {
+                self.metrics.outcome(Outcome::Received);
+                self.metrics
+                    .received
+                    .get_or_create(&RegionLabels {
+                        region: link.region.clone(),
+                    })
+                    .inc();
+                if let Some(forward) = spooled.forward {
+                    let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
+                    if let Some(msg) = delivery(&link.region, forward) {
+                        router.deliver_from_region(msg, plain, &groups).await;
+                    }
+                }
+                self.record(fed, link, stream, spooled.seq);
+            }
+        }
+    }
+
+    /// Records durably that `stream` was delivered through `seq`, then confirms it if due.
+    fn record(
+        self: &Arc<Self>,
+        fed: &Arc<Federation>,
+        link: &LinkInfo,
+        stream: StreamId,
+        seq: u64,
+    ) {
+        let me = self.clone();
+        let fed = fed.clone();
+        let (region, link_id) = (link.region.clone(), link.id);
+        let _ = self.writer.send(WriteBatch {
+            ops: vec![Op::Received {
+                stream: stream.clone(),
+                region: region.clone(),
+                seq,
+            }],
+            done: Some(Box::new(move |result| {
+                if let Err(e) = result {
+                    tracing::error!(%region, %stream, error = %e, "cannot record received spooled messages");
+                    return;
+                }
+                let due = me.inbox.lock().recorded(&stream, seq, link_id);
+                if let Some(up_to) = due {
+                    me.confirm(&fed, &region, &stream, up_to);
+                }
+            })),
+        });
+    }
+
+    fn confirm(&self, fed: &Federation, region: &str, stream: &StreamId, up_to: u64) {
+        fed.try_send_control(
+            region,
+            Kind::SpoolAck(SpoolAck {
+                up_to,
+                stream: stream.to_string(),
+            }),
+        );
+    }
+}
+
+/// The spool writer: a dedicated thread applying batches of operations, each group of
+/// batches that arrived together in one durable transaction (group commit), then running
+/// their completions in order.
+fn start_writer(store: SpoolStore) -> mpsc::UnboundedSender<WriteBatch> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<WriteBatch>();
+    std::thread::Builder::new()
+        .name("nexus-spool-writer".into())
+        .spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut batches = vec![first];
+                while batches.len() < 4096 {
+                    match rx.try_recv() {
+                        Ok(b) => batches.push(b),
+                        Err(_) => break,
+                    }
+                }
+                let ops: Vec<Op> = batches.iter_mut().flat_map(|b| b.ops.drain(..)).collect();
+                let result = store.apply(&ops).map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "replication spool write failed");
+                }
+                for b in batches {
+                    if let Some(done) = b.done {
+                        done(result.clone());
+                    }
+                }
+            }
+        })
+        .expect("spawn the spool writer thread");
+    tx
+}
+
+/// The dedup key of a message published here: its 16-byte id (the session checked the
+/// length; anything shorter is padded with zeros).
+pub(super) fn message_id(msg: &Delivery) -> MessageId {
+    let mut id = [0u8; 16];
+    let n = msg.id.len().min(16);
+    id[..n].copy_from_slice(&msg.id[..n]);
+    id
+}

@@ -1,0 +1,7 @@
+//! Regional clusters: the decisions that make several gateways of a region one region to its
+//! users and to other regions (docs/cluster.md). Sans-I/O, like the rest of the protocol
+//! cores; the link layer and the bridge act on them.
+//!
+//! - [`membership`]: who links to whom, and each gateway's home in every other region.
+
+pub mod membership;

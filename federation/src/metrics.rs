@@ -1,0 +1,242 @@
+//! Prometheus series of federation: links, best-effort accounting, the replication spool and
+//! idempotent publishing. Registered beside the mechanisms that move them and attached to the
+//! gateway's `/metrics` ([`nexus_gateway::metrics::GatewayMetrics::attach`]), under the same
+//! `nexus_` prefix.
+
+use nexus_gateway::label_enum;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+label_enum! {
+    /// What happened to a message at a federation link (all regions together).
+    Outcome {
+        Forwarded => "forwarded",
+        Dropped => "dropped",
+        Received => "received",
+        Spooled => "spooled",
+        Duplicate => "duplicate",
+    }
+}
+
+label_enum! {
+    /// Why a best-effort message for a region did not reach it.
+    DropReason {
+        /// No link to the region when it was published.
+        LinkDown => "link_down",
+        /// The link's queue was full (overload).
+        QueueFull => "queue_full",
+        /// Queued or in flight on a link that ended before the region confirmed it.
+        LinkLost => "link_lost",
+    }
+}
+
+label_enum! {
+    /// Why spooled messages were deleted without delivery.
+    SpoolLoss { Overflow => "overflow", Expired => "expired" }
+}
+
+label_enum! {
+    /// How a link ended.
+    DownReason {
+        /// The peer went silent for the detection time.
+        Silent => "silent",
+        /// The peer or the network closed it.
+        Closed => "closed",
+        /// A newer link to the same region replaced it.
+        Replaced => "replaced",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionLabels {
+    pub region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub region: String,
+    pub reason: DropReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DownLabels {
+    pub region: String,
+    pub reason: DownReason,
+}
+
+/// Replication spool series are per (route, region): label values come from the control
+/// plane's route names and region names, so they are strings.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpoolLabels {
+    pub route: String,
+    pub region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpoolLossLabels {
+    pub region: String,
+    pub reason: SpoolLoss,
+}
+
+#[derive(Debug, Default)]
+pub struct FederationMetrics {
+    pub messages: Family<OutcomeLabels, Counter>,
+    pub links: Gauge,
+    pub link_down: Family<DownLabels, Counter>,
+    pub forwarded: Family<RegionLabels, Counter>,
+    pub confirmed: Family<RegionLabels, Counter>,
+    pub received: Family<RegionLabels, Counter>,
+    pub unconfirmed: Family<RegionLabels, Gauge>,
+    pub dropped: Family<DropLabels, Counter>,
+    pub spool_depth: Family<SpoolLabels, Gauge>,
+    pub replication_lag_ms: Family<SpoolLabels, Gauge>,
+    pub spool_lost: Family<SpoolLossLabels, Counter>,
+    pub spool_bytes: Gauge,
+    pub replication_gaps: Family<RegionLabels, Counter>,
+    pub publish_duplicates: Counter,
+    pub dedup_evicted: Counter,
+    pub dedup_ids: Gauge,
+}
+
+impl FederationMetrics {
+    pub fn outcome(&self, outcome: Outcome) {
+        self.messages
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// A best-effort message for `region` did not reach it.
+    pub fn dropped(&self, region: &str, reason: DropReason, n: u64) {
+        self.dropped
+            .get_or_create(&DropLabels {
+                region: region.to_owned(),
+                reason,
+            })
+            .inc_by(n);
+        self.messages
+            .get_or_create(&OutcomeLabels {
+                outcome: Outcome::Dropped,
+            })
+            .inc_by(n);
+    }
+}
+
+fn put(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: &impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    let e = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(e)
+}
+
+impl Collector for FederationMetrics {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        put(
+            &mut e,
+            "federation_messages",
+            "Messages at federation links: forwarded to, dropped for (including those no reachable region could take), received from other regions, spooled for them (async/sync), or duplicates discarded on arrival",
+            &self.messages,
+        )?;
+        put(
+            &mut e,
+            "federation_links",
+            "Federation links to other regions that are up",
+            &self.links,
+        )?;
+        put(
+            &mut e,
+            "federation_link_down",
+            "Federation links that ended, by region and how (silent: the peer stopped answering for the detection time)",
+            &self.link_down,
+        )?;
+        put(
+            &mut e,
+            "federation_forwarded",
+            "Best-effort messages queued on a region's link",
+            &self.forwarded,
+        )?;
+        put(
+            &mut e,
+            "federation_confirmed",
+            "Best-effort messages the region confirmed it received",
+            &self.confirmed,
+        )?;
+        put(
+            &mut e,
+            "federation_received",
+            "Messages received from a region (best-effort forwards, and spooled messages delivered in order)",
+            &self.received,
+        )?;
+        put(
+            &mut e,
+            "federation_unconfirmed",
+            "Best-effort messages queued or in flight on the region's current link, not yet confirmed",
+            &self.unconfirmed,
+        )?;
+        put(
+            &mut e,
+            "federation_dropped",
+            "Best-effort messages for a region that did not reach it, by reason (link_down, queue_full, link_lost)",
+            &self.dropped,
+        )?;
+        put(
+            &mut e,
+            "spool_depth",
+            "Messages of async/sync routes spooled for a region and not yet confirmed by it",
+            &self.spool_depth,
+        )?;
+        put(
+            &mut e,
+            "replication_lag_ms",
+            "Age in milliseconds of the oldest spooled message a region has not confirmed",
+            &self.replication_lag_ms,
+        )?;
+        put(
+            &mut e,
+            "spool_lost",
+            "Spooled messages deleted without delivery, by reason (overflow, expired)",
+            &self.spool_lost,
+        )?;
+        put(
+            &mut e,
+            "spool_bytes",
+            "Bytes held in the replication spool",
+            &self.spool_bytes,
+        )?;
+        put(
+            &mut e,
+            "replication_gaps",
+            "Spooled messages from a region refused because one before them was missing (each answered with a request to resend)",
+            &self.replication_gaps,
+        )?;
+        put(
+            &mut e,
+            "publish_duplicates",
+            "Publishes on async/sync routes whose message id was accepted before (a retry): answered, not delivered again",
+            &self.publish_duplicates,
+        )?;
+        put(
+            &mut e,
+            "publish_dedup_evicted",
+            "Message ids that left the deduplication window early because it reached its size limit",
+            &self.dedup_evicted,
+        )?;
+        put(
+            &mut e,
+            "publish_dedup_ids",
+            "Message ids in the deduplication window",
+            &self.dedup_ids,
+        )?;
+        Ok(())
+    }
+}
