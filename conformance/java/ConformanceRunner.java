@@ -38,11 +38,13 @@ import java.util.concurrent.atomic.AtomicReference;
  * Usage: java ConformanceRunner [--cases PATH] [--only NAME]...
  */
 public final class ConformanceRunner {
-    private static final Map<String, Class<? extends NexusException>> ERRORS = Map.of(
-            "invalid_subject", InvalidSubjectException.class, "no_responders", NoRespondersException.class,
-            "timeout", RequestTimeoutException.class, "service", ServiceException.class, "limit", LimitException.class,
-            "denied", DeniedException.class, "discovery", DiscoveryException.class, "invalid", InvalidException.class,
-            "disconnected", DisconnectedException.class, "unavailable", UnavailableException.class);
+    private static final Map<String, Class<? extends NexusException>> ERRORS = Map.ofEntries(
+            Map.entry("invalid_subject", InvalidSubjectException.class), Map.entry("no_responders", NoRespondersException.class),
+            Map.entry("timeout", RequestTimeoutException.class), Map.entry("service", ServiceException.class),
+            Map.entry("limit", LimitException.class), Map.entry("denied", DeniedException.class),
+            Map.entry("discovery", DiscoveryException.class), Map.entry("invalid", InvalidException.class),
+            Map.entry("disconnected", DisconnectedException.class), Map.entry("unavailable", UnavailableException.class),
+            Map.entry("closed", io.nexus.client.ClosedException.class));
 
     static final class CaseFailed extends RuntimeException {
         CaseFailed(String m) {
@@ -55,6 +57,14 @@ public final class ConformanceRunner {
     private final Map<String, Subscription> subs = new HashMap<>();
     private final List<Thread> threads = new ArrayList<>();
     private String killed = "";
+    private final Map<String, java.util.concurrent.Future<Integer>> pending = new HashMap<>();
+    private final java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newCachedThreadPool(r -> {
+        Thread t = new Thread(r, "conformance-pending");
+        t.setDaemon(true);
+        return t;
+    });
+    private double markBatches;
+    private double markPubs;
     private final List<BiStream> held = java.util.Collections.synchronizedList(new ArrayList<>());
 
     ConformanceRunner(Harness.Environment env) {
@@ -160,12 +170,21 @@ public final class ConformanceRunner {
         switch (op) {
             case "connect" -> {
                 String key = env.keys.getOrDefault(str(s, "key", "none"), "");
-                String url = "srv".equals(str(s, "via", "direct")) ? env.srvUrl(str(s, "region", null)) : env.gateway.url();
+                String via = str(s, "via", "direct");
+                String url = "srv".equals(via) ? env.srvUrl(str(s, "region", null))
+                        : "relay".equals(via) ? env.relay.url()
+                        : "remote".equals(str(s, "gateway", "")) ? env.remote.url() : env.gateway.url();
                 Callable<Client> make = () -> {
                     Client.Builder b = Client.builder(url).apiKey(key).name("conformance-" + s.get("client").getAsString())
                             .connectTimeout(Duration.ofSeconds(3)).reconnectBackoff(Duration.ofMillis(50), Duration.ofMillis(500));
                     if (s.has("stream_window")) {
                         b.streamWindow(s.get("stream_window").getAsInt());
+                    }
+                    if (s.has("publish_retry_ms")) {
+                        b.publishRetryTimeout(Duration.ofMillis(s.get("publish_retry_ms").getAsLong()));
+                    }
+                    if (s.has("local_payload_check")) {
+                        b.localPayloadCheck(s.get("local_payload_check").getAsBoolean());
                     }
                     return b.connect();
                 };
@@ -185,8 +204,19 @@ public final class ConformanceRunner {
                 }
             }
             case "publish" -> {
+                boolean ack = s.has("ack") && s.get("ack").getAsBoolean();
+                if (s.has("pending")) {
+                    pending.put(s.get("pending").getAsString(),
+                            pool.submit(() -> c.publishAcked(s.get("subject").getAsString(), payloadOf(s), headersOf(s))));
+                    Thread.sleep(20); // let it queue its frame before the next step
+                    return;
+                }
                 Callable<Object> pub = () -> {
-                    c.publish(s.get("subject").getAsString(), payloadOf(s), headersOf(s));
+                    if (ack) {
+                        c.publishAcked(s.get("subject").getAsString(), payloadOf(s), headersOf(s));
+                    } else {
+                        c.publish(s.get("subject").getAsString(), payloadOf(s), headersOf(s));
+                    }
                     return null;
                 };
                 if (s.has("expect_error")) {
@@ -384,6 +414,65 @@ public final class ConformanceRunner {
                 }
             }
             case "restart_gateway" -> env.gateway.restart();
+            case "await" -> {
+                var f = pending.remove(s.get("pending").getAsString());
+                Callable<Object> wait = () -> {
+                    try {
+                        return f.get();
+                    } catch (java.util.concurrent.ExecutionException e) {
+                        if (e.getCause() instanceof Exception x) {
+                            throw x;
+                        }
+                        throw e;
+                    }
+                };
+                if (s.has("expect_error")) {
+                    expectError(s, wait);
+                } else {
+                    wait.call();
+                }
+            }
+            case "relay_hold" -> env.relay.hold();
+            case "relay_cut" -> env.relay.cut();
+            case "relay_block" -> env.relay.blocked = true;
+            case "relay_pass" -> env.relay.blocked = false;
+            case "await_route" -> env.awaitRoute(s.get("name").getAsString(), s.get("subject").getAsString());
+            case "kill_gateway" -> Harness.kill(env.gateway.proc);
+            case "start_gateway" -> env.gateway.start();
+            case "expect_disconnected" -> {
+                long deadline = System.currentTimeMillis() + num(s, "timeout_ms", 5000);
+                while (c.isConnected()) {
+                    if (System.currentTimeMillis() > deadline) {
+                        throw new CaseFailed(s.get("client").getAsString() + " still connected");
+                    }
+                    Thread.sleep(20);
+                }
+            }
+            case "await_interest" -> env.awaitInterest(s.get("subject").getAsString());
+            case "await_replicated" -> env.awaitReplicated();
+            case "mark_metrics" -> {
+                markBatches = env.metric("nexus_session_batches_received_total");
+                markPubs = env.metric("nexus_messages_total", "pattern=\"pub\"", "direction=\"in\"");
+            }
+            case "expect_batched" -> {
+                double batches = env.metric("nexus_session_batches_received_total") - markBatches;
+                double pubs = env.metric("nexus_messages_total", "pattern=\"pub\"", "direction=\"in\"") - markPubs;
+                if (pubs < s.get("messages").getAsDouble() || batches > s.get("max_batches").getAsDouble()) {
+                    throw new CaseFailed(pubs + " publishes arrived in " + batches + " batches; expected at least "
+                            + s.get("messages") + " in at most " + s.get("max_batches"));
+                }
+            }
+            case "drain" -> c.drain();
+            case "expect_end" -> {
+                Subscription sub = subs.get(s.get("sub").getAsString());
+                Message m = sub.next(Duration.ofMillis(num(s, "timeout_ms", 5000)));
+                if (m != null) {
+                    throw new CaseFailed(s.get("sub").getAsString() + ": expected the end, got " + m.text());
+                }
+                if (!sub.isEnded()) {
+                    throw new CaseFailed(s.get("sub").getAsString() + " did not end");
+                }
+            }
             case "expect_eventually" -> {
                 long deadline = System.currentTimeMillis() + num(s, "timeout_ms", 10000);
                 String payload = s.get("payload").getAsString();
@@ -421,6 +510,7 @@ public final class ConformanceRunner {
                 }
             }
         } finally {
+            r.pool.shutdownNow();
             for (Client c : r.clients.values()) {
                 c.close();
             }

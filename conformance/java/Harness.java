@@ -14,14 +14,16 @@ import java.util.Comparator;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.Callable;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import java.util.stream.Stream;
 
 /**
  * Real Nexus processes for the Java conformance runner: a gateway (and, for the auth cases, a
- * control plane with DNS discovery) on free loopback ports, readiness by polling /readyz, and
- * cleanup that kills every process started.
+ * control plane with DNS discovery) on free loopback ports, a second region federated over
+ * QUIC with routes applied through nexusctl, a TCP relay that can lose a gateway's answers
+ * ({@link Relay}), readiness by polling /readyz, and cleanup that kills every process started.
  */
 final class Harness {
     private Harness() {}
@@ -95,6 +97,49 @@ final class Harness {
         throw new IllegalStateException("gateway with metrics on " + metrics + " did not become ready");
     }
 
+    static String httpGet(String addr, String path) throws IOException {
+        HttpURLConnection c = (HttpURLConnection) new URL("http://" + addr + path).openConnection();
+        c.setConnectTimeout(2000);
+        c.setReadTimeout(5000);
+        try (var in = c.getInputStream()) {
+            return new String(in.readAllBytes(), StandardCharsets.UTF_8);
+        }
+    }
+
+    static JsonObject getJson(String addr, String path) throws IOException {
+        return JsonParser.parseString(httpGet(addr, path)).getAsJsonObject();
+    }
+
+    /** Polls {@code cond} every 20 ms until it holds; throws {@code what} after {@code ms}. */
+    static void waitFor(Callable<Boolean> cond, long ms, String what) throws Exception {
+        long deadline = System.currentTimeMillis() + ms;
+        while (true) {
+            try {
+                if (cond.call()) {
+                    return;
+                }
+            } catch (IOException | RuntimeException e) {
+                // not there yet
+            }
+            if (System.currentTimeMillis() > deadline) {
+                throw new IllegalStateException(what);
+            }
+            Thread.sleep(20);
+        }
+    }
+
+    /** Runs a command to completion; fails with its error output. */
+    static void run(List<String> cmd, Map<String, String> env) throws Exception {
+        ProcessBuilder pb = new ProcessBuilder(cmd);
+        pb.environment().putAll(env);
+        pb.redirectErrorStream(true);
+        Process p = pb.start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        if (p.waitFor() != 0) {
+            throw new IllegalStateException(String.join(" ", cmd) + " failed: " + out);
+        }
+    }
+
     static void kill(Process p) {
         if (p != null) {
             p.destroyForcibly();
@@ -113,6 +158,7 @@ final class Harness {
         Process proc;
         String grpc;
         String metrics;
+        String federation;
 
         Gateway(List<String> args, File log) {
             this.args = new ArrayList<>(args);
@@ -124,6 +170,9 @@ final class Harness {
             if (grpc != null) {
                 a.set(a.indexOf("--listen") + 1, grpc);
                 a.set(a.indexOf("--metrics-listen") + 1, metrics);
+                if (federation != null) {
+                    a.set(a.indexOf("--federation-listen") + 1, federation);
+                }
             }
             long deadline = System.currentTimeMillis() + 10000;
             while (true) {
@@ -132,6 +181,12 @@ final class Harness {
                     cmd.addAll(a);
                     Started s = spawnUntil(cmd, " listening on ", log);
                     proc = s.proc();
+                    for (String l : s.lines()) {
+                        Matcher f = Pattern.compile("nexus federation.* on (\\S+)").matcher(l);
+                        if (f.find()) {
+                            federation = f.group(1);
+                        }
+                    }
                     Matcher m = Pattern.compile(" listening on (\\S+), metrics on (\\S+)").matcher(s.lines().get(s.lines().size() - 1));
                     if (!m.find()) {
                         throw new IOException("unexpected gateway banner");
@@ -168,6 +223,9 @@ final class Harness {
         final String zone = "nexus.local";
         final List<Gateway> gateways = new ArrayList<>();
         Gateway gateway;
+        /** The gateway of the second region ({@code remote_region}), federated with the first. */
+        Gateway remote;
+        Relay relay;
         Process controlPlane;
         String dns;
 
@@ -219,6 +277,34 @@ final class Harness {
                     }
                 }
                 args.addAll(List.of("--control-plane", "http://" + cpAddr));
+                if (spec.has("routes")) {
+                    for (var r : spec.getAsJsonArray("routes")) {
+                        JsonObject route = r.getAsJsonObject();
+                        Path file = dir.resolve("route-" + route.get("name").getAsString() + ".toml");
+                        Files.writeString(file, "name = " + route.get("name") + "\nsubjects = " + route.get("subjects")
+                                + "\npolicy = " + (route.has("policy") ? route.get("policy") : "\"broadcast\"")
+                                + "\nconsistency = " + (route.has("consistency") ? route.get("consistency") : "\"best_effort\"") + "\n");
+                        run(List.of(nexusctlBin(), "routes", "apply", "-f", file.toString()),
+                                Map.of("NEXUS_CONTROL_PLANE", "http://" + cpAddr, "NEXUS_ADMIN_KEY", adminKey));
+                    }
+                }
+            }
+            String remoteRegion = spec.has("remote_region") ? spec.get("remote_region").getAsString() : null;
+            if (remoteRegion != null) {
+                // The first gateway's region sorts first, so it dials the remote one.
+                Path certs = dir.resolve("certs");
+                run(List.of(nexusBin(), "federation-certs", "--out", certs.toString(), "--regions", region + "," + remoteRegion), Map.of());
+                java.util.function.Function<String, List<String>> fed = r -> List.of("--federation-listen", "127.0.0.1:0",
+                        "--federation-cert", certs.resolve(r + ".pem").toString(), "--federation-key", certs.resolve(r + "-key.pem").toString(),
+                        "--federation-ca", certs.resolve("ca.pem").toString());
+                List<String> ra = new ArrayList<>(args);
+                ra.set(ra.indexOf("--region") + 1, remoteRegion);
+                ra.addAll(fed.apply(remoteRegion));
+                ra.addAll(List.of("--gateway-id", "conformance-remote", "--state-dir", dir.resolve("remote-state").toString()));
+                remote = new Gateway(ra, dir.resolve("remote.log").toFile());
+                remote.start();
+                args.addAll(fed.apply(region));
+                args.addAll(List.of("--peer", remoteRegion + "=" + remote.federation));
             }
             int n = spec.has("gateways") ? spec.get("gateways").getAsInt() : 1;
             for (int i = 0; i < n; i++) {
@@ -230,6 +316,108 @@ final class Harness {
                 gateways.add(g);
             }
             gateway = gateways.get(0);
+            if (remoteRegion != null) {
+                waitFor(() -> {
+                    for (var l : getJson(gateway.metrics, "/v1/status").getAsJsonArray("links")) {
+                        JsonObject o = l.getAsJsonObject();
+                        if (o.get("region").getAsString().equals(remoteRegion) && o.get("state").getAsString().equals("up")) {
+                            return true;
+                        }
+                    }
+                    return false;
+                }, 20000, "the federation link to " + remoteRegion + " did not come up");
+            }
+            if (spec.has("routes")) {
+                for (var r : spec.getAsJsonArray("routes")) {
+                    JsonObject route = r.getAsJsonObject();
+                    List<Gateway> all = new ArrayList<>(gateways);
+                    if (remote != null) {
+                        all.add(remote);
+                    }
+                    for (Gateway g : all) {
+                        waitFor(() -> {
+                            JsonObject fed = getJson(g.metrics, "/v1/explain?subject=" + route.get("probe").getAsString()).getAsJsonObject("federation");
+                            return fed != null && fed.has("route") && fed.get("route").isJsonObject()
+                                    && route.get("name").getAsString().equals(fed.getAsJsonObject("route").get("name").getAsString());
+                        }, 10000, "route " + route.get("name").getAsString() + " did not reach gateway " + g.grpc);
+                    }
+                }
+            }
+            if (spec.has("relay") && spec.get("relay").getAsBoolean()) {
+                relay = new Relay(gateway.grpc);
+            }
+        }
+
+        /** Waits until the first gateway knows that the remote region has interest in {@code subject}. */
+        void awaitInterest(String subject) throws Exception {
+            String remoteRegion = spec.get("remote_region").getAsString();
+            waitFor(() -> {
+                JsonObject fed = getJson(gateway.metrics, "/v1/explain?subject=" + subject).getAsJsonObject("federation");
+                if (fed == null || !fed.has("regions")) {
+                    return false;
+                }
+                for (var r : fed.getAsJsonArray("regions")) {
+                    JsonObject o = r.getAsJsonObject();
+                    if (o.get("region").getAsString().equals(remoteRegion) && o.has("interest") && o.get("interest").getAsBoolean()) {
+                        return true;
+                    }
+                }
+                return false;
+            }, 10000, remoteRegion + "'s interest in " + subject + " did not reach the first gateway");
+        }
+
+        /** Waits until the first gateway routes {@code subject} by route {@code name} and its link to the remote region is up. */
+        void awaitRoute(String name, String subject) throws Exception {
+            String remoteRegion = spec.get("remote_region").getAsString();
+            waitFor(() -> {
+                JsonObject fed = getJson(gateway.metrics, "/v1/explain?subject=" + subject).getAsJsonObject("federation");
+                boolean routed = fed != null && fed.has("route") && fed.get("route").isJsonObject()
+                        && name.equals(fed.getAsJsonObject("route").get("name").getAsString());
+                boolean up = false;
+                for (var l : getJson(gateway.metrics, "/v1/status").getAsJsonArray("links")) {
+                    JsonObject o = l.getAsJsonObject();
+                    up |= o.get("region").getAsString().equals(remoteRegion) && o.get("state").getAsString().equals("up");
+                }
+                return routed && up;
+            }, 20000, "the first gateway does not route " + subject + " by " + name + " with its link up");
+        }
+
+        /** Waits until the first gateway's link to the remote region is up and nothing it spooled for it is unconfirmed. */
+        void awaitReplicated() throws Exception {
+            String remoteRegion = spec.get("remote_region").getAsString();
+            waitFor(() -> {
+                JsonObject st = getJson(gateway.metrics, "/v1/status");
+                boolean up = false;
+                for (var l : st.getAsJsonArray("links")) {
+                    JsonObject o = l.getAsJsonObject();
+                    up |= o.get("region").getAsString().equals(remoteRegion) && o.get("state").getAsString().equals("up");
+                }
+                long depth = 0;
+                if (st.has("routes")) {
+                    for (var r : st.getAsJsonArray("routes")) {
+                        JsonObject o = r.getAsJsonObject();
+                        if (o.get("region").getAsString().equals(remoteRegion) && o.has("spool_depth")) {
+                            depth += o.get("spool_depth").getAsLong();
+                        }
+                    }
+                }
+                return up && depth == 0;
+            }, 20000, "the first gateway did not finish replicating to " + remoteRegion);
+        }
+
+        /** A series of the first gateway's /metrics whose labels include all of {@code labels} (0 when absent). */
+        double metric(String name, String... labels) throws IOException {
+            for (String line : httpGet(gateway.metrics, "/metrics").split("\n")) {
+                int i = line.lastIndexOf(' ');
+                if (i < 0) {
+                    continue;
+                }
+                String series = line.substring(0, i);
+                if (series.split("\\{")[0].equals(name) && java.util.Arrays.stream(labels).allMatch(series::contains)) {
+                    return Double.parseDouble(line.substring(i + 1));
+                }
+            }
+            return 0;
         }
 
         /** Kills the gateway started with {@code --gateway-id id}. */
@@ -248,8 +436,14 @@ final class Harness {
         }
 
         void stop() {
+            if (relay != null) {
+                relay.close();
+            }
             for (Gateway g : gateways) {
                 kill(g.proc);
+            }
+            if (remote != null) {
+                kill(remote.proc);
             }
             kill(controlPlane);
             try (Stream<Path> walk = Files.walk(dir)) {

@@ -1,9 +1,11 @@
 """Real Nexus processes for the Python conformance runner and the mixed-language test:
-gateways and a control plane on free loopback ports, readiness by polling /readyz, and
-cleanup that kills every process started."""
+gateways and a control plane on free loopback ports, a second region federated over QUIC
+with routes applied through nexusctl, a TCP relay that can lose a gateway's answers, readiness
+by polling /readyz, and cleanup that kills every process started."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -161,12 +163,114 @@ class ControlPlane:
             capture_output=True, text=True, check=True)
         return json.loads(out.stdout)["secret"]
 
+    def apply_route(self, route: dict, work: str) -> None:
+        """Applies a route ({name, subjects, policy, consistency}) with nexusctl."""
+        path = os.path.join(work, f"route-{route['name']}.toml")
+        with open(path, "w") as f:
+            f.write(f'name = "{route["name"]}"\nsubjects = {json.dumps(route["subjects"])}\n'
+                    f'policy = "{route.get("policy", "broadcast")}"\n'
+                    f'consistency = "{route.get("consistency", "best_effort")}"\n')
+        subprocess.run([nexusctl_bin(), "routes", "apply", "-f", path],
+                       env={**os.environ, "NEXUS_CONTROL_PLANE": self.url, "NEXUS_ADMIN_KEY": self.admin_key},
+                       capture_output=True, text=True, check=True)
+
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
             self.proc.stdout.close()
             self.proc = None
+
+
+def get_json(addr: str, path: str) -> dict:
+    with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def wait_for(cond, timeout: float, what: str) -> None:
+    """Polls ``cond`` every 20 ms until it holds; raises with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if cond():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(what)
+        time.sleep(0.02)
+
+
+class Relay:
+    """A TCP relay on a free loopback port in front of a gateway. It forwards both ways until
+    told to ``hold``: from then on, what the gateway sends on the connections open at that
+    moment is swallowed (an answer lost in the network), while the client's bytes still
+    reach the gateway; ``cut`` then breaks those connections. New connections pass, unless
+    ``blocked`` (then they are closed at once, as by a gateway that is not there)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.addr = ""
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: list[dict] = []
+        self.blocked = False
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.addr = f"127.0.0.1:{port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}"
+
+    async def _serve(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            cwriter.transport.abort()
+            return
+        host, port = self.upstream.rsplit(":", 1)
+        try:
+            ureader, uwriter = await asyncio.open_connection(host, int(port))
+        except OSError:
+            cwriter.transport.abort()
+            return
+        conn = {"held": False, "writers": (cwriter, uwriter)}
+        self._conns.append(conn)
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, downstream: bool) -> None:
+            try:
+                while data := await r.read(65536):
+                    if downstream and conn["held"]:
+                        continue
+                    w.write(data)
+                    await w.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                for x in conn["writers"]:
+                    x.transport.abort()
+        try:
+            await asyncio.gather(pump(creader, uwriter, False), pump(ureader, cwriter, True))
+        except asyncio.CancelledError:
+            pass  # the event loop is closing
+        self._conns.remove(conn)
+
+    def hold(self) -> None:
+        for c in self._conns:
+            c["held"] = True
+
+    def cut(self) -> None:
+        for c in list(self._conns):
+            if c["held"]:
+                for w in c["writers"]:
+                    w.transport.abort()
+
+    def close(self) -> None:
+        if self._server:
+            self._server.close()
+        for c in self._conns:
+            for w in c["writers"]:
+                w.transport.abort()
 
 
 @dataclass
@@ -180,6 +284,8 @@ class Environment:
     keys: dict[str, str] = field(default_factory=dict)
     region: str = "conformance"
     zone: str = "nexus.local"
+    remote: Gateway | None = None
+    relay: Relay | None = None
 
     def start(self) -> None:
         gw = self.spec.get("gateway", {})
@@ -193,7 +299,24 @@ class Environment:
             args += ["--control-plane", self.control_plane.url]
             for name, scopes in self.spec.get("keys", {}).items():
                 self.keys[name] = self.control_plane.create_key(name, scopes["publish"], scopes["subscribe"])
+            for route in self.spec.get("routes", []):
+                self.control_plane.apply_route(route, self.dir)
         self.keys.setdefault("bad", "nxk_3f9a1c2b4d5e6f70_0123456789abcdef0123456789abcdef")
+        remote_region = self.spec.get("remote_region")
+        if remote_region:
+            # The first gateway's region sorts first, so it dials the remote one.
+            certs = os.path.join(self.dir, "certs")
+            subprocess.run([nexus_bin(), "federation-certs", "--out", certs, "--regions",
+                            f"{self.region},{remote_region}"], check=True, capture_output=True)
+            fed = lambda region: ["--federation-listen", "127.0.0.1:0",  # noqa: E731
+                                  "--federation-cert", os.path.join(certs, f"{region}.pem"),
+                                  "--federation-key", os.path.join(certs, f"{region}-key.pem"),
+                                  "--federation-ca", os.path.join(certs, "ca.pem")]
+            remote_args = _replace(args, "--region", remote_region) + fed(remote_region) + [
+                "--gateway-id", "conformance-remote", "--state-dir", os.path.join(self.dir, "remote-state")]
+            self.remote = Gateway(remote_args, os.path.join(self.dir, "remote.log"))
+            self.remote.start()
+            args = args + fed(self.region) + ["--peer", f"{remote_region}={self.remote.federation}"]
         for i in range(self.spec.get("gateways", 1)):
             # Every gateway gets its own id and state directory (config snapshot, spool).
             g = Gateway(args + ["--gateway-id", f"conformance-gw-{i}",
@@ -201,6 +324,66 @@ class Environment:
                         os.path.join(self.dir, f"gateway-{i}.log"))
             g.start()
             self.gateways.append(g)
+        if remote_region:
+            wait_for(lambda: any(link.get("region") == remote_region and link.get("state") == "up"
+                                 for link in get_json(self.gateway.metrics, "/v1/status").get("links", [])),
+                     20, f"the federation link to {remote_region} did not come up")
+        for route in self.spec.get("routes", []):
+            for g in [*self.gateways, *([self.remote] if self.remote else [])]:
+                wait_for(lambda g=g: ((get_json(g.metrics, f"/v1/explain?subject={route['probe']}")
+                                       .get("federation") or {}).get("route") or {}).get("name") == route["name"],
+                         10, f"route {route['name']} did not reach gateway {g.grpc}")
+
+    async def start_relay(self) -> None:
+        """Starts the TCP relay in front of the first gateway (when the spec asks for one)."""
+        if self.spec.get("relay"):
+            self.relay = Relay(self.gateway.grpc)
+            await self.relay.start()
+
+    def await_interest(self, subject: str, timeout: float = 10) -> None:
+        """Waits until the first gateway knows that the remote region has interest in subject."""
+        region = self.spec["remote_region"]
+
+        def known() -> bool:
+            regions = (get_json(self.gateway.metrics, f"/v1/explain?subject={subject}").get("federation")
+                       or {}).get("regions") or []
+            return any(r.get("region") == region and r.get("interest") is True for r in regions)
+        wait_for(known, timeout, f"{region}'s interest in {subject} did not reach the first gateway")
+
+    def await_route(self, name: str, subject: str, timeout: float = 20) -> None:
+        """Waits until the first gateway routes ``subject`` by route ``name`` and its link to
+        the remote region is up."""
+        region = self.spec["remote_region"]
+
+        def ready() -> bool:
+            fed = get_json(self.gateway.metrics, f"/v1/explain?subject={subject}").get("federation") or {}
+            links = get_json(self.gateway.metrics, "/v1/status").get("links", [])
+            up = any(lk.get("region") == region and lk.get("state") == "up" for lk in links)
+            return (fed.get("route") or {}).get("name") == name and up
+        wait_for(ready, timeout, f"the first gateway does not route {subject} by {name} with its link up")
+
+    def await_replicated(self, timeout: float = 20) -> None:
+        """Waits until the first gateway's link to the remote region is up and nothing it
+        spooled for that region is unconfirmed (so a duplicate would have arrived by now)."""
+        region = self.spec["remote_region"]
+
+        def done() -> bool:
+            st = get_json(self.gateway.metrics, "/v1/status")
+            up = any(lk.get("region") == region and lk.get("state") == "up" for lk in st.get("links", []))
+            depth = sum(r.get("spool_depth", 0) for r in st.get("routes", []) if r.get("region") == region)
+            return up and depth == 0
+        wait_for(done, timeout, f"the first gateway did not finish replicating to {region}")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of a series on the first gateway's /metrics (0 when absent)."""
+        with urllib.request.urlopen(f"http://{self.gateway.metrics}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        want = [f'{k}="{v}"' for k, v in labels.items()]
+        for line in text.splitlines():
+            series, _, value = line.rpartition(" ")
+            if series.split("{")[0] == name and all(w in series for w in want):
+                return float(value)
+        return 0.0
 
     @property
     def gateway(self) -> Gateway:
@@ -220,8 +403,12 @@ class Environment:
         return f"nexus+srv://{region or self.region}.{self.zone}?dns={dns}"
 
     def stop(self) -> None:
+        if self.relay:
+            self.relay.close()
         for g in self.gateways:
             g.kill()
+        if self.remote:
+            self.remote.kill()
         if self.control_plane:
             self.control_plane.kill()
         shutil.rmtree(self.dir, ignore_errors=True)

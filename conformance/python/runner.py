@@ -29,6 +29,7 @@ ERRORS = {
     "invalid": nx.InvalidError,
     "disconnected": nx.DisconnectedError,
     "unavailable": nx.UnavailableError,
+    "closed": nx.ClosedError,
 }
 
 
@@ -65,6 +66,8 @@ class Runner:
         self.subs: dict[str, nx.Subscription] = {}
         self.keep: list = []
         self.killed = ""
+        self.pending: dict[str, asyncio.Task] = {}
+        self.marks: dict[str, float] = {}
 
     async def close(self) -> None:
         for c in self.clients.values():
@@ -101,12 +104,22 @@ class Runner:
         op = s["op"]
         if op == "connect":
             key = self.env.keys.get(s.get("key", "none"), "")
-            url = self.env.srv_url(s.get("region")) if s.get("via") == "srv" else self.env.gateway.url
+            if s.get("via") == "srv":
+                url = self.env.srv_url(s.get("region"))
+            elif s.get("via") == "relay":
+                url = self.env.relay.url
+            elif s.get("gateway") == "remote":
+                url = self.env.remote.url
+            else:
+                url = self.env.gateway.url
 
             async def make():
-                extra = {"stream_window": s["stream_window"]} if "stream_window" in s else {}
-                return await nx.Client.connect(url, api_key=key, name=f"conformance-{s['client']}",
-                                               connect_timeout=3.0, reconnect_backoff=(0.05, 0.5), **extra)
+                opts = nx.ClientOptions(
+                    api_key=key, name=f"conformance-{s['client']}", connect_timeout=3.0,
+                    reconnect_backoff=(0.05, 0.5), stream_window=s.get("stream_window", 256),
+                    local_payload_check=s.get("local_payload_check", True),
+                    publish_retry_timeout=s.get("publish_retry_ms", 30000) / 1000)
+                return await nx.Client.connect(url, options=opts)
             if "expect_error" in s:
                 await self.expect_error(s, make())
             else:
@@ -121,7 +134,59 @@ class Runner:
             await self.expect_error(s, sub())
         elif op == "publish":
             c = self.clients[s["client"]]
-            await self.expect_error(s, c.publish(s["subject"], payload_of(s), headers=s.get("headers")))
+            call = c.publish(s["subject"], payload_of(s), headers=s.get("headers"), ack=s.get("ack", False))
+            if "pending" in s:
+                self.pending[s["pending"]] = asyncio.create_task(call)
+                await asyncio.sleep(0)  # let it queue its frame before the next step
+                return
+            await self.expect_error(s, call)
+        elif op == "await":
+            started = time.monotonic()
+            await self.expect_error(s, self.pending.pop(s["pending"]))
+            if "max_elapsed_ms" in s and (time.monotonic() - started) * 1000 > s["max_elapsed_ms"]:
+                raise CaseFailed(f"await: took {(time.monotonic() - started):.2f}s")
+        elif op == "relay_hold":
+            self.env.relay.hold()
+        elif op == "relay_cut":
+            self.env.relay.cut()
+        elif op == "relay_block":
+            self.env.relay.blocked = True
+        elif op == "relay_pass":
+            self.env.relay.blocked = False
+        elif op == "await_route":
+            await asyncio.to_thread(self.env.await_route, s["name"], s["subject"])
+        elif op == "kill_gateway":
+            self.env.gateway.kill()
+        elif op == "start_gateway":
+            await asyncio.to_thread(self.env.gateway.start)
+        elif op == "expect_disconnected":
+            deadline = time.monotonic() + s.get("timeout_ms", 5000) / 1000
+            while self.clients[s["client"]].is_connected:
+                if time.monotonic() > deadline:
+                    raise CaseFailed(f"{s['client']} still connected")
+                await asyncio.sleep(0.02)
+        elif op == "await_replicated":
+            await asyncio.to_thread(self.env.await_replicated)
+        elif op == "await_interest":
+            await asyncio.to_thread(self.env.await_interest, s["subject"])
+        elif op == "mark_metrics":
+            self.marks = {"batches": self.env.metric("nexus_session_batches_received_total"),
+                          "pubs": self.env.metric("nexus_messages_total", pattern="pub", direction="in")}
+        elif op == "expect_batched":
+            batches = self.env.metric("nexus_session_batches_received_total") - self.marks["batches"]
+            pubs = self.env.metric("nexus_messages_total", pattern="pub", direction="in") - self.marks["pubs"]
+            if pubs < s["messages"] or batches > s["max_batches"]:
+                raise CaseFailed(f"{pubs:.0f} publishes arrived in {batches:.0f} batches; expected at least "
+                                 f"{s['messages']} in at most {s['max_batches']}")
+        elif op == "drain":
+            await self.clients[s["client"]].drain()
+        elif op == "expect_end":
+            try:
+                m = await self.subs[s["sub"]].next_message(s.get("timeout_ms", 5000) / 1000)
+            except asyncio.TimeoutError:
+                raise CaseFailed(f"{s['sub']} did not end")
+            if m is not None:
+                raise CaseFailed(f"{s['sub']}: expected the end, got {m.payload[:40]!r}")
         elif op == "publish_many":
             c = self.clients[s["client"]]
             for i in range(s["count"]):
@@ -252,7 +317,7 @@ class Runner:
             if sent != s["expect_sent"]:
                 raise CaseFailed(f"{sent} sends completed before one waited, expected {s['expect_sent']}")
         elif op == "restart_gateway":
-            self.env.gateway.restart()
+            await asyncio.to_thread(self.env.gateway.restart)
         elif op == "expect_eventually":
             c, sub = self.clients[s["client"]], self.subs[s["sub"]]
             deadline = time.monotonic() + s.get("timeout_ms", 10000) / 1000
@@ -283,7 +348,8 @@ async def run_case(doc: dict, case: dict) -> None:
     env = Environment(doc["environments"][case["env"]])
     runner = Runner(env)
     try:
-        env.start()
+        await asyncio.to_thread(env.start)
+        await env.start_relay()
         for i, s in enumerate(case["steps"]):
             try:
                 await asyncio.wait_for(runner.step(s), 60)
@@ -292,7 +358,7 @@ async def run_case(doc: dict, case: dict) -> None:
             except Exception as e:
                 raise CaseFailed(f"step {i + 1} ({s['op']}): {type(e).__name__}: {e}")
     finally:
-        for t in runner.keep:
+        for t in [*runner.keep, *runner.pending.values()]:
             if isinstance(t, asyncio.Task):
                 t.cancel()
         await runner.close()

@@ -1,12 +1,14 @@
 // Real Nexus processes for the TypeScript conformance runner: a gateway (and, for the auth
-// cases, a control plane with DNS discovery) on free loopback ports, readiness by polling
-// /readyz, and cleanup that kills every process started.
+// cases, a control plane with DNS discovery) on free loopback ports, a second region
+// federated over QUIC with routes applied through nexusctl, a TCP relay that can lose a
+// gateway's answers, readiness by polling /readyz, and cleanup that kills every process.
 "use strict";
 const { spawn, execFileSync } = require("node:child_process");
 const fs = require("node:fs");
 const os = require("node:os");
 const path = require("node:path");
 const http = require("node:http");
+const net = require("node:net");
 const readline = require("node:readline");
 
 function nexusBin() {
@@ -58,6 +60,97 @@ function getStatus(url) {
   });
 }
 
+function httpGet(addr, p) {
+  return new Promise((resolve, reject) => {
+    const req = http.get(`http://${addr}${p}`, { timeout: 5000 }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve(body));
+    });
+    req.on("error", reject);
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+  });
+}
+
+/** Polls `cond` every 20 ms until it holds; throws `what` after `ms`. */
+async function waitFor(cond, ms, what) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      if (await cond()) return;
+    } catch {
+      // not there yet
+    }
+    if (Date.now() > deadline) throw new Error(what);
+    await sleep(20);
+  }
+}
+
+/**
+ * A TCP relay on a free loopback port in front of a gateway. It forwards both ways until told
+ * to `hold`: from then on, what the gateway sends on the connections open at that moment is
+ * swallowed (an answer lost in the network) while the client's bytes still reach the gateway;
+ * `cut` then breaks those connections. New connections pass, unless `blocked` (then they are
+ * closed at once, as by a gateway that is not there).
+ */
+class Relay {
+  constructor(upstream) {
+    this.upstream = upstream;
+    this.conns = new Set();
+  }
+  start() {
+    this.server = net.createServer((client) => {
+      if (this.blocked) {
+        client.resetAndDestroy();
+        return;
+      }
+      const [host, port] = this.upstream.split(/:(?=\d+$)/);
+      const gateway = net.connect(Number(port), host);
+      const conn = { held: false, client, gateway };
+      this.conns.add(conn);
+      client.setNoDelay(true);
+      gateway.setNoDelay(true);
+      client.on("data", (d) => gateway.write(d));
+      gateway.on("data", (d) => conn.held || client.write(d));
+      const end = () => {
+        client.destroy();
+        gateway.destroy();
+        this.conns.delete(conn);
+      };
+      for (const sock of [client, gateway]) {
+        sock.on("error", end);
+        sock.on("close", end);
+      }
+    });
+    return new Promise((resolve) => this.server.listen(0, "127.0.0.1", () => {
+      this.addr = `127.0.0.1:${this.server.address().port}`;
+      resolve();
+    }));
+  }
+  get url() {
+    return `http://${this.addr}`;
+  }
+  hold() {
+    for (const c of this.conns) c.held = true;
+  }
+  cut() {
+    for (const c of [...this.conns]) {
+      if (c.held) {
+        c.client.resetAndDestroy();
+        c.gateway.destroy();
+      }
+    }
+  }
+  close() {
+    this.server?.close();
+    for (const c of this.conns) {
+      c.client.destroy();
+      c.gateway.destroy();
+    }
+  }
+}
+
 async function waitReady(metrics) {
   const deadline = Date.now() + 15000;
   while (Date.now() < deadline) {
@@ -85,12 +178,17 @@ class Gateway {
     if (this.grpc) {
       args[args.indexOf("--listen") + 1] = this.grpc;
       args[args.indexOf("--metrics-listen") + 1] = this.metrics;
+      if (this.federation) args[args.indexOf("--federation-listen") + 1] = this.federation;
     }
     const deadline = Date.now() + 10000;
     for (;;) {
       try {
         const { proc, lines } = await spawnUntil(["gateway", ...args], / listening on /, this.log);
         this.proc = proc;
+        for (const l of lines) {
+          const f = /nexus federation.* on (\S+)/.exec(l);
+          if (f) this.federation = f[1];
+        }
         const m = / listening on (\S+), metrics on (\S+)/.exec(lines[lines.length - 1]);
         this.grpc = m[1];
         this.metrics = m[2];
@@ -150,6 +248,27 @@ class Environment {
         this.keys[name] = JSON.parse(out.toString()).secret;
       }
       args.push("--control-plane", `http://${this.cpAddr}`);
+      for (const r of this.spec.routes || []) {
+        const file = path.join(this.dir, `route-${r.name}.toml`);
+        fs.writeFileSync(file, `name = ${JSON.stringify(r.name)}\nsubjects = ${JSON.stringify(r.subjects)}\npolicy = ${JSON.stringify(r.policy || "broadcast")}\nconsistency = ${JSON.stringify(r.consistency || "best_effort")}\n`);
+        execFileSync(nexusctlBin(), ["routes", "apply", "-f", file], {
+          env: { ...process.env, NEXUS_CONTROL_PLANE: `http://${this.cpAddr}`, NEXUS_ADMIN_KEY: adminKey },
+        });
+      }
+    }
+    const remoteRegion = this.spec.remote_region;
+    if (remoteRegion) {
+      // The first gateway's region sorts first, so it dials the remote one.
+      const certs = path.join(this.dir, "certs");
+      execFileSync(nexusBin(), ["federation-certs", "--out", certs, "--regions", `${this.region},${remoteRegion}`]);
+      const fed = (r) => ["--federation-listen", "127.0.0.1:0", "--federation-cert", path.join(certs, `${r}.pem`),
+        "--federation-key", path.join(certs, `${r}-key.pem`), "--federation-ca", path.join(certs, "ca.pem")];
+      const remoteArgs = [...args];
+      remoteArgs[remoteArgs.indexOf("--region") + 1] = remoteRegion;
+      this.remote = new Gateway([...remoteArgs, ...fed(remoteRegion), "--gateway-id", "conformance-remote", "--state-dir", path.join(this.dir, "remote-state")],
+        path.join(this.dir, "remote.log"));
+      await this.remote.start();
+      args.push(...fed(this.region), "--peer", `${remoteRegion}=${this.remote.federation}`);
     }
     this.gateways = [];
     for (let i = 0; i < (this.spec.gateways || 1); i++) {
@@ -159,6 +278,55 @@ class Environment {
       await g.start();
       this.gateways.push(g);
     }
+    if (remoteRegion) {
+      await waitFor(async () => (JSON.parse(await httpGet(this.gateway.metrics, "/v1/status")).links || [])
+        .some((l) => l.region === remoteRegion && l.state === "up"), 20000, `the federation link to ${remoteRegion} did not come up`);
+    }
+    for (const r of this.spec.routes || []) {
+      for (const g of [...this.gateways, ...(this.remote ? [this.remote] : [])]) {
+        await waitFor(async () => JSON.parse(await httpGet(g.metrics, `/v1/explain?subject=${r.probe}`)).federation?.route?.name === r.name,
+          10000, `route ${r.name} did not reach gateway ${g.grpc}`);
+      }
+    }
+    if (this.spec.relay) {
+      this.relay = new Relay(this.gateway.grpc);
+      await this.relay.start();
+    }
+  }
+  /** Waits until the first gateway knows that the remote region has interest in `subject`. */
+  async awaitInterest(subject) {
+    const region = this.spec.remote_region;
+    await waitFor(async () => (JSON.parse(await httpGet(this.gateway.metrics, `/v1/explain?subject=${subject}`)).federation?.regions || [])
+      .some((r) => r.region === region && r.interest === true), 10000, `${region}'s interest in ${subject} did not reach the first gateway`);
+  }
+  /** Waits until the first gateway routes `subject` by route `name` and its link to the remote region is up. */
+  async awaitRoute(name, subject) {
+    const region = this.spec.remote_region;
+    await waitFor(async () => {
+      const fed = JSON.parse(await httpGet(this.gateway.metrics, `/v1/explain?subject=${subject}`)).federation;
+      const st = JSON.parse(await httpGet(this.gateway.metrics, "/v1/status"));
+      return fed?.route?.name === name && (st.links || []).some((l) => l.region === region && l.state === "up");
+    }, 20000, `the first gateway does not route ${subject} by ${name} with its link up`);
+  }
+  /** Waits until the first gateway's link to the remote region is up and nothing it spooled for it is unconfirmed. */
+  async awaitReplicated() {
+    const region = this.spec.remote_region;
+    await waitFor(async () => {
+      const st = JSON.parse(await httpGet(this.gateway.metrics, "/v1/status"));
+      const up = (st.links || []).some((l) => l.region === region && l.state === "up");
+      const depth = (st.routes || []).filter((r) => r.region === region).reduce((n, r) => n + (r.spool_depth || 0), 0);
+      return up && depth === 0;
+    }, 20000, `the first gateway did not finish replicating to ${region}`);
+  }
+  /** A series of the first gateway's /metrics whose labels include all of `labels` (0 when absent). */
+  async metric(name, labels = {}) {
+    const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
+    for (const line of (await httpGet(this.gateway.metrics, "/metrics")).split("\n")) {
+      const i = line.lastIndexOf(" ");
+      const series = line.slice(0, i);
+      if (series.split("{")[0] === name && want.every((w) => series.includes(w))) return Number(line.slice(i + 1));
+    }
+    return 0;
   }
   /** The first gateway (the only one, in most environments). */
   get gateway() {
@@ -174,7 +342,9 @@ class Environment {
     return `nexus+srv://${region || this.region}.${this.zone}?dns=${this.dns || "127.0.0.1:1"}`;
   }
   async stop() {
+    this.relay?.close();
     for (const g of this.gateways || []) await g.kill();
+    if (this.remote) await this.remote.kill();
     await kill(this.cp);
     fs.rmSync(this.dir, { recursive: true, force: true });
   }

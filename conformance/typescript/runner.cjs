@@ -11,6 +11,7 @@ const ERRORS = {
   invalid_subject: nx.InvalidSubjectError, no_responders: nx.NoRespondersError, timeout: nx.TimeoutError,
   service: nx.ServiceError, limit: nx.LimitError, denied: nx.DeniedError, discovery: nx.DiscoveryError,
   invalid: nx.InvalidError, disconnected: nx.DisconnectedError, unavailable: nx.UnavailableError,
+  closed: nx.ClosedError,
 };
 
 class CaseFailed extends Error {}
@@ -33,6 +34,8 @@ class Runner {
     this.env = env;
     this.clients = {};
     this.subs = {};
+    this.pending = {};
+    this.marks = {};
   }
   async expectError(s, fn) {
     const kind = s.expect_error;
@@ -74,9 +77,12 @@ class Runner {
     switch (s.op) {
       case "connect": {
         const key = this.env.keys[s.key ?? "none"] ?? "";
-        const url = s.via === "srv" ? this.env.srvUrl(s.region) : this.env.gateway.url;
+        const url = s.via === "srv" ? this.env.srvUrl(s.region) : s.via === "relay" ? this.env.relay.url
+          : s.gateway === "remote" ? this.env.remote.url : this.env.gateway.url;
         const opts = { apiKey: key, name: `conformance-${s.client}`, connectTimeoutMs: 3000, reconnectBackoffMs: [50, 500] };
         if (s.stream_window) opts.streamWindow = s.stream_window;
+        if (s.local_payload_check === false) opts.localPayloadCheck = false;
+        if ("publish_retry_ms" in s) opts.publishRetryTimeoutMs = s.publish_retry_ms;
         const make = () => nx.Client.connect(url, opts);
         if (s.expect_error) return this.expectError(s, make);
         this.clients[s.client] = await this.retrying(s, make);
@@ -91,8 +97,74 @@ class Runner {
         return s.expect_error ? this.expectError(s, sub) : sub();
       }
       case "publish": {
-        const pub = () => c.publish(s.subject, payloadOf(s), { headers: s.headers });
+        const pub = () => c.publish(s.subject, payloadOf(s), { headers: s.headers, ack: s.ack });
+        if (s.pending) {
+          const p = pub();
+          p.catch(() => undefined);
+          this.pending[s.pending] = p;
+          await new Promise((r) => setImmediate(r)); // let it queue its frame before the next step
+          return;
+        }
         return s.expect_error ? this.expectError(s, pub) : pub();
+      }
+      case "await": {
+        const p = this.pending[s.pending];
+        delete this.pending[s.pending];
+        return s.expect_error ? this.expectError(s, () => p) : p;
+      }
+      case "relay_hold":
+        return this.env.relay.hold();
+      case "relay_cut":
+        return this.env.relay.cut();
+      case "relay_block":
+        this.env.relay.blocked = true;
+        return;
+      case "relay_pass":
+        this.env.relay.blocked = false;
+        return;
+      case "await_route":
+        return this.env.awaitRoute(s.name, s.subject);
+      case "kill_gateway":
+        return this.env.gateway.kill();
+      case "start_gateway":
+        return this.env.gateway.start();
+      case "expect_disconnected": {
+        const deadline = Date.now() + (s.timeout_ms ?? 5000);
+        while (c.isConnected) {
+          if (Date.now() > deadline) throw new CaseFailed(`${s.client} still connected`);
+          await sleep(20);
+        }
+        return;
+      }
+      case "await_replicated":
+        return this.env.awaitReplicated();
+      case "await_interest":
+        return this.env.awaitInterest(s.subject);
+      case "mark_metrics":
+        this.marks = {
+          batches: await this.env.metric("nexus_session_batches_received_total"),
+          pubs: await this.env.metric("nexus_messages_total", { pattern: "pub", direction: "in" }),
+        };
+        return;
+      case "expect_batched": {
+        const batches = (await this.env.metric("nexus_session_batches_received_total")) - this.marks.batches;
+        const pubs = (await this.env.metric("nexus_messages_total", { pattern: "pub", direction: "in" })) - this.marks.pubs;
+        if (pubs < s.messages || batches > s.max_batches) {
+          throw new CaseFailed(`${pubs} publishes arrived in ${batches} batches; expected at least ${s.messages} in at most ${s.max_batches}`);
+        }
+        return;
+      }
+      case "drain":
+        return c.drain();
+      case "expect_end": {
+        let m;
+        try {
+          m = await this.subs[s.sub].next(s.timeout_ms ?? 5000);
+        } catch {
+          throw new CaseFailed(`${s.sub} did not end`);
+        }
+        if (m) throw new CaseFailed(`${s.sub}: expected the end, got ${m.text.slice(0, 40)}`);
+        return;
       }
       case "publish_many":
         for (let i = 0; i < s.count; i++) await c.publish(s.subject, `${s.prefix}-${i}`);

@@ -135,6 +135,9 @@ pub struct GatewayMetrics {
     pub slow_consumer: Family<SlowConsumerLabels, Counter>,
     pub limit_violations: Family<LimitLabels, Counter>,
     pub protocol_errors: Counter,
+    /// Batches (gRPC messages) received on adapter sessions: against `messages` it shows how
+    /// many frames adapters put in each batch.
+    pub batches_received: Counter,
     pub late_replies: Counter,
     pub auth_failures: Counter,
     pub sessions_revoked: Counter,
@@ -171,6 +174,7 @@ impl GatewayMetrics {
             slow_consumer: Family::default(),
             limit_violations: Family::default(),
             protocol_errors: Counter::default(),
+            batches_received: Counter::default(),
             late_replies: Counter::default(),
             auth_failures: Counter::default(),
             sessions_revoked: Counter::default(),
@@ -235,6 +239,11 @@ impl GatewayMetrics {
             "limit_violations",
             "Frames or calls refused because they exceeded a configured limit",
             m.limit_violations.clone(),
+        );
+        registry.register(
+            "session_batches_received",
+            "Batches (gRPC messages) received on adapter sessions; frames per batch is nexus_messages_total{direction=\"in\"} over this",
+            m.batches_received.clone(),
         );
         registry.register(
             "protocol_errors",

@@ -100,6 +100,7 @@ impl Session {
                 }
                 batch = inbound.next() => match batch {
                     Some(Ok(batch)) => {
+                        self.router.metrics.batches_received.inc();
                         let mut close = None;
                         for f in batch.frames {
                             if let Flow::Close(status) = self.on_frame(f).await {

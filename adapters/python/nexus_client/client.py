@@ -1,5 +1,5 @@
 """The client: one long-lived gRPC session with a gateway, batching, reconnection and the
-public asyncio API (publish, subscribe, request, serve, streams).
+public asyncio API (publish, subscribe, request, serve, streams, drain).
 
 All outgoing frames go through one bounded queue drained by one writer task, which sends
 every frame already queued as one ``Batch`` (docs/protocol.md section 15.1): no timer, so a
@@ -11,233 +11,144 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import random
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-import grpc
+import grpc.aio
 
 from ._proto import gateway_pb2 as pb
-from .discovery import Endpoint, Target
+from .discovery import Target
 from .errors import (
-    ClosedError, ConnectError, DeniedError, DisconnectedError, InvalidError, LimitError,
-    NexusError, NoGatewayError, ProtocolError, RequestTimeoutError, ServiceError,
-    UnavailableError, from_error,
+    ClosedError,
+    DisconnectedError,
+    LimitError,
+    NexusError,
+    NoGatewayError,
+    RequestTimeoutError,
+    from_error,
 )
-from .headers import HeadersLike, current_traceparent, to_pairs, with_traceparent
+from .headers import HeadersLike, to_pairs, with_traceparent
 from .message import Message, ServerInfo
-from .stream import BiStream, StreamListener, _END
+from .options import ClientOptions
+from .session import Session, as_bytes, new_id, open_session, sub_frame, wire_headers
+from .stream import BiStream, StreamListener
 from .subject import validate_pattern, validate_publish_subject
+from .subscription import END, Handler, Service, Subscription
 
-__version__ = "0.1.0"
-SESSION_METHOD = "/nexus.v1.Gateway/Session"
-#: Large enough for the gateway's transport message limit with any max_payload up to 32 MiB.
-MAX_MESSAGE = 64 * 1024 * 1024
+__version__ = "0.2.0"
 
-
-def _ulid() -> bytes:
-    ms = int(time.time() * 1000) & ((1 << 48) - 1)
-    return ms.to_bytes(6, "big") + os.urandom(10)
-
-
-def _hdrs(pairs: list[tuple[str, str]]) -> list[pb.Header]:
-    return [pb.Header(key=k, value=v) for k, v in pairs]
-
-
-def _payload(p: bytes | str | None) -> bytes:
-    if p is None:
-        return b""
-    return p.encode() if isinstance(p, str) else bytes(p)
+T = TypeVar("T")
+Payload = bytes | bytearray | memoryview | str
 
 
 class _Out:
     """A queued frame; plain publishes survive a reconnect, everything else is per session."""
 
-    __slots__ = ("frame", "size", "plain_pub")
+    __slots__ = ("frame", "plain_pub", "size")
 
     def __init__(self, frame: pb.Frame, size: int, plain_pub: bool) -> None:
         self.frame, self.size, self.plain_pub = frame, size, plain_pub
 
 
-class Subscription:
-    """Messages for one subscription: ``async for msg in sub`` or ``await sub.next_message()``.
-
-    The buffer is bounded; when it is full the client stops reading from the gateway, whose
-    slow-consumer policy then applies (``dropped`` counts its drop notices).
-    """
-
-    def __init__(self, client: "Client", sid: int, subject: str, queue: str, capacity: int) -> None:
-        self._client = client
-        self.sid = sid
-        self.subject = subject
-        self.queue_group = queue
-        self._queue: asyncio.Queue = asyncio.Queue(maxsize=capacity)
-        self.dropped = 0
-        self._closed = False
-
-    async def next_message(self, timeout: float | None = None) -> Message | None:
-        """The next message; ``None`` once unsubscribed. Raises ``asyncio.TimeoutError``."""
-        if timeout is None:
-            item = await self._queue.get()
-        else:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
-        if item is _END:
-            self._queue.put_nowait(_END)
-            return None
-        return item
-
-    def __aiter__(self):
-        return self._iter()
-
-    async def _iter(self):
-        while True:
-            m = await self.next_message()
-            if m is None:
-                return
-            yield m
-
-    async def unsubscribe(self) -> None:
-        """Stops the subscription; buffered messages can still be read."""
-        if not self._closed:
-            self._closed = True
-            await self._client._unsubscribe(self.sid)
-
-    def _end(self) -> None:
-        self._closed = True
-        if self._queue.full():  # make room for the end marker; the subscription is over anyway
-            self._queue.get_nowait()
-        self._queue.put_nowait(_END)
-
-
-Handler = Callable[[Message], Awaitable[Any]]
-
-
-class Service:
-    """A responder started by :meth:`Client.serve`; ``await stop()`` ends it."""
-
-    def __init__(self, client: "Client", sub: Subscription, handler: Handler, concurrency: int) -> None:
-        self._client = client
-        self._sub = sub
-        self._handler = handler
-        self._sem = asyncio.Semaphore(concurrency)
-        self._tasks: set[asyncio.Task] = set()
-        self._loop = asyncio.create_task(self._run())
-
-    @property
-    def subject(self) -> str:
-        return self._sub.subject
-
-    async def _run(self) -> None:
-        async for msg in self._sub:
-            await self._sem.acquire()
-            t = asyncio.create_task(self._handle(msg))
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
-
-    async def _handle(self, msg: Message) -> None:
-        token = current_traceparent.set(msg.traceparent)
-        try:
-            try:
-                result = await self._handler(msg)
-            except ServiceError as e:
-                await self._client.reply_error(msg, str(e))
-                return
-            except Exception as e:  # a failing handler still answers, with the reason
-                await self._client.reply_error(msg, f"{type(e).__name__}: {e}")
-                return
-            if not msg.reply_to:
-                return
-            headers: HeadersLike = None
-            if isinstance(result, tuple):
-                result, headers = result
-            await self._client.reply(msg, result, headers)
-        except NexusError:
-            pass  # the session broke; the requester is told by the gateway
-        finally:
-            current_traceparent.reset(token)
-            self._sem.release()
-
-    async def stop(self) -> None:
-        """Unsubscribes and waits for the handlers in progress."""
-        await self._sub.unsubscribe()
-        self._loop.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-class _Session:
-    """One gRPC ``Session`` call with one gateway."""
-
-    def __init__(self, endpoint: Endpoint, channel: grpc.aio.Channel, call: Any, info: ServerInfo) -> None:
-        self.endpoint = endpoint
-        self.channel = channel
-        self.call = call
-        self.info = info
-        self.tasks: list[asyncio.Task] = []
-        self.done = asyncio.Event()
+class _AckTimeout(DisconnectedError):
+    """No Ack in time while the session stayed up: not retried (the gateway may be stuck)."""
 
 
 class Client:
     """A connection to a Nexus gateway. Create it with ``await Client.connect(url)``.
 
     ``url`` is ``http://host:port`` (or ``host:port``) or a discovery name
-    ``nexus+srv://<region>.<zone>[?dns=ip:port]``.
+    ``nexus+srv://<region>.<zone>[?dns=ip:port]``. Also an async context manager that
+    drains on exit.
     """
 
-    def __init__(self, url: str, *, api_key: str = "", name: str = "", request_timeout: float = 5.0,
-                 connect_timeout: float = 5.0, dns_server: str | None = None,
-                 reconnect_backoff: tuple[float, float] = (0.1, 5.0), max_batch_frames: int = 256,
-                 max_batch_bytes: int = 256 * 1024, outbound_capacity: int = 1024,
-                 subscription_capacity: int = 1024, stream_window: int = 256,
-                 max_concurrent_handlers: int = 64) -> None:
-        self._target = Target(url, dns_server)
-        self._api_key = api_key or os.environ.get("NEXUS_API_KEY", "")
-        self._name = name
-        self.request_timeout = request_timeout
-        self._connect_timeout = connect_timeout
-        self._backoff = reconnect_backoff
-        self._max_frames = max_batch_frames
-        self._max_bytes = max_batch_bytes
-        self._sub_capacity = subscription_capacity
-        self._window = stream_window
-        self._concurrency = max_concurrent_handlers
+    def __init__(self, url: str, options: ClientOptions | None = None) -> None:
+        self.options = options or ClientOptions()
+        o = self.options
+        self._target = Target(url, o.dns_server)
+        self.request_timeout = o.request_timeout
         self._ids = itertools.count(1)
-        self._out: asyncio.Queue[_Out] = asyncio.Queue(maxsize=outbound_capacity)
+        self._out: asyncio.Queue[_Out] = asyncio.Queue(maxsize=o.outbound_capacity)
         self._subs: dict[int, Subscription] = {}
         self._listeners: dict[int, StreamListener] = {}
-        self._acks: dict[int, asyncio.Future] = {}
-        self._reqs: dict[int, asyncio.Future] = {}
-        self._pings: dict[int, asyncio.Future] = {}
+        self._acks: dict[int, asyncio.Future[int]] = {}
+        self._reqs: dict[int, asyncio.Future[pb.Reply]] = {}
+        self._pings: dict[int, asyncio.Future[None]] = {}
         self._streams: dict[int, BiStream] = {}
-        self._session: _Session | None = None
+        self._services: list[Service] = []
+        self._session: Session | None = None
         self._connected = asyncio.Event()
         self._closed = False
-        self._supervisor: asyncio.Task | None = None
+        self._supervisor: asyncio.Task[None] | None = None
         self._last_error: BaseException | None = None
 
     # === connecting ===
 
     @classmethod
-    async def connect(cls, url: str, **options: Any) -> "Client":
+    async def connect(
+        cls,
+        url: str,
+        *,
+        api_key: str | None = None,
+        name: str = "",
+        request_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        dns_server: str | None = None,
+        reconnect_backoff: tuple[float, float] = (0.1, 5.0),
+        max_batch_frames: int = 256,
+        max_batch_bytes: int = 256 * 1024,
+        outbound_capacity: int = 1024,
+        subscription_capacity: int = 1024,
+        stream_window: int = 256,
+        max_concurrent_handlers: int = 64,
+        publish_retry_timeout: float = 30.0,
+        local_payload_check: bool = True,
+        options: ClientOptions | None = None,
+    ) -> Client:
         """Connects (trying every discovered gateway) and returns the client.
 
-        Raises :class:`DeniedError` for a refused API key, :class:`DiscoveryError`,
+        The keyword arguments are the fields of :class:`ClientOptions` (documented there);
+        ``options`` passes a whole :class:`ClientOptions` instead. Raises
+        :class:`DeniedError` for a refused API key, :class:`DiscoveryError`,
         :class:`NoGatewayError` or :class:`ConnectError` when no gateway accepted.
         """
-        client = cls(url, **options)
+        if options is None:
+            extra = {} if api_key is None else {"api_key": api_key}
+            options = ClientOptions(
+                name=name,
+                request_timeout=request_timeout,
+                connect_timeout=connect_timeout,
+                dns_server=dns_server,
+                reconnect_backoff=reconnect_backoff,
+                max_batch_frames=max_batch_frames,
+                max_batch_bytes=max_batch_bytes,
+                outbound_capacity=outbound_capacity,
+                subscription_capacity=subscription_capacity,
+                stream_window=stream_window,
+                max_concurrent_handlers=max_concurrent_handlers,
+                publish_retry_timeout=publish_retry_timeout,
+                local_payload_check=local_payload_check,
+                **extra,
+            )
+        client = cls(url, options)
         session = await client._connect_round()
         client._start(session)
         client._supervisor = asyncio.create_task(client._supervise())
         return client
 
-    async def _connect_round(self) -> _Session:
+    async def _connect_round(self) -> Session:
         endpoints = await self._target.endpoints()
         attempts: list[tuple[str, str]] = []
         last: NexusError | None = None
+        o = self.options
+        hello = pb.Hello(api_key=o.api_key, client_name=o.name, language="python", version=__version__, protocol=1)
         for ep in endpoints:
+            subs = [sub_frame(s.sid, s.subject, s.queue_group, 0) for s in self._subs.values()]
+            subs += [sub_frame(sid, li.subject, li.queue_group, 0) for sid, li in self._listeners.items()]
             try:
-                return await self._open(ep)
+                return await open_session(ep, hello, subs, o.connect_timeout)
             except NexusError as e:
                 attempts.append((f"{ep.name} ({ep.address})", str(e)))
                 last = e
@@ -250,54 +161,7 @@ class Client:
         assert last is not None
         raise last
 
-    async def _open(self, ep: Endpoint) -> _Session:
-        channel = grpc.aio.insecure_channel(ep.address, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-            ("grpc.enable_retries", 0),
-        ])
-        try:
-            call = channel.stream_stream(
-                SESSION_METHOD, request_serializer=pb.Batch.SerializeToString,
-                response_deserializer=pb.Batch.FromString)()
-            hello = pb.Frame(hello=pb.Hello(api_key=self._api_key, client_name=self._name,
-                                            language="python", version=__version__, protocol=1))
-            frames = [hello] + [self._sub_frame(s.sid, s.subject, s.queue_group, 0)
-                                for s in self._subs.values()]
-            frames += [self._sub_frame(sid, l.subject, getattr(l, "queue_group", ""), 0)
-                       for sid, l in self._listeners.items()]
-            try:
-                await asyncio.wait_for(call.write(pb.Batch(frames=frames)), self._connect_timeout)
-                first = await asyncio.wait_for(call.read(), self._connect_timeout)
-            except asyncio.TimeoutError:
-                raise ConnectError(f"{ep.address}: no Welcome within {self._connect_timeout}s")
-            except grpc.aio.AioRpcError as e:
-                raise _status_error(e.code(), e.details(), ep.address)
-            if first is grpc.aio.EOF:
-                code, details = await call.code(), await call.details()
-                raise _status_error(code, details, ep.address)
-            welcome = None
-            rest = []
-            for f in first.frames:
-                kind = f.WhichOneof("kind")
-                if kind == "welcome" and welcome is None:
-                    welcome = f.welcome
-                elif kind == "error" and welcome is None:
-                    raise from_error(f.error)
-                else:
-                    rest.append(f)
-            if welcome is None:
-                raise ProtocolError("the first frame from the gateway was not Welcome")
-        except BaseException:
-            await channel.close()
-            raise
-        info = ServerInfo(welcome.gateway_id, welcome.region, welcome.session_id,
-                          welcome.max_payload, welcome.max_subscriptions, ep.address)
-        session = _Session(ep, channel, call, info)
-        session.pending_frames = rest  # type: ignore[attr-defined]
-        return session
-
-    def _start(self, session: _Session) -> None:
+    def _start(self, session: Session) -> None:
         # Frames queued for an earlier session would carry stale ids; plain publishes are
         # the exception and are sent on the new session.
         kept = []
@@ -308,8 +172,7 @@ class Client:
         for item in kept:
             self._out.put_nowait(item)
         self._session = session
-        session.tasks = [asyncio.create_task(self._writer(session)),
-                         asyncio.create_task(self._reader(session))]
+        session.tasks = [asyncio.create_task(self._writer(session)), asyncio.create_task(self._reader(session))]
         self._connected.set()
 
     def _still_wanted(self, item: _Out) -> bool:
@@ -330,7 +193,7 @@ class Client:
         return False
 
     async def _supervise(self) -> None:
-        lo, hi = self._backoff
+        lo, hi = self.options.reconnect_backoff
         while not self._closed:
             session = self._session
             if session is not None:
@@ -350,7 +213,7 @@ class Client:
                 return
             self._start(session)
 
-    async def _end_session(self, session: _Session, err: NexusError) -> None:
+    async def _end_session(self, session: Session, err: NexusError) -> None:
         self._connected.clear()
         if self._session is session:
             self._session = None
@@ -358,7 +221,8 @@ class Client:
             t.cancel()
         session.call.cancel()
         await session.channel.close()
-        for table in (self._acks, self._reqs, self._pings):
+        tables: list[dict[int, Any]] = [self._acks, self._reqs, self._pings]
+        for table in tables:
             for fut in table.values():
                 if not fut.done():
                     fut.set_exception(err)
@@ -370,12 +234,13 @@ class Client:
 
     # === the session's tasks ===
 
-    async def _writer(self, session: _Session) -> None:
+    async def _writer(self, session: Session) -> None:
+        o = self.options
         try:
             while True:
                 item = await self._out.get()
                 frames, size = [item.frame], item.size
-                while len(frames) < self._max_frames and size < self._max_bytes:
+                while len(frames) < o.max_batch_frames and size < o.max_batch_bytes:
                     try:
                         nxt = self._out.get_nowait()
                     except asyncio.QueueEmpty:
@@ -388,13 +253,13 @@ class Client:
         except Exception:
             session.done.set()
 
-    async def _reader(self, session: _Session) -> None:
+    async def _reader(self, session: Session) -> None:
         try:
-            for f in getattr(session, "pending_frames", []):
+            for f in session.pending_frames:
                 await self._dispatch(f)
             while True:
                 batch = await session.call.read()
-                if batch is grpc.aio.EOF:
+                if batch is grpc.aio.EOF or not isinstance(batch, pb.Batch):
                     break
                 for f in batch.frames:
                     await self._dispatch(f)
@@ -409,34 +274,29 @@ class Client:
         if kind == "msg":
             m = f.msg
             sub = self._subs.get(m.sid)
-            if sub is None or sub._closed:
+            if sub is None or not sub.accepts:
                 return
-            msg = Message(m.subject, m.payload, [(h.key, h.value) for h in m.headers],
-                          m.reply_to, m.id, m.sid, m.deadline_ms)
+            msg = Message(
+                m.subject, m.payload, [(h.key, h.value) for h in m.headers], m.reply_to, m.id, m.sid, m.deadline_ms
+            )
             # A full buffer stops this reader (backpressure to the gateway) until the
             # application reads, or unsubscribes.
-            while not sub._closed:
+            while sub.accepts:
                 try:
                     await asyncio.wait_for(sub._queue.put(msg), 0.1)
                     return
                 except asyncio.TimeoutError:
                     continue
         elif kind == "reply":
-            fut = self._reqs.pop(f.reply.req_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(f.reply)
+            _settle(self._reqs.pop(f.reply.req_id, None), f.reply)
         elif kind == "ack":
-            fut = self._acks.pop(f.ack.ack_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(f.ack.delivered)
+            _settle(self._acks.pop(f.ack.ack_id, None), f.ack.delivered)
         elif kind == "nack":
             fut = self._acks.pop(f.nack.ack_id, None)
             if fut is not None and not fut.done():
                 fut.set_exception(from_error(f.nack.error))
         elif kind == "pong":
-            fut = self._pings.pop(f.pong.nonce, None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+            _settle(self._pings.pop(f.pong.nonce, None), None)
         elif kind == "error":
             self._on_error(f.error)
         elif kind == "stream_open":
@@ -472,14 +332,15 @@ class Client:
 
     def _on_stream_open(self, o: pb.StreamOpen) -> None:
         listener = self._listeners.get(o.sid)
-        s = BiStream(self, o.stream_id, o.subject, [(h.key, h.value) for h in o.headers],
-                     o.credits, self._window)
+        s = BiStream(
+            self, o.stream_id, o.subject, [(h.key, h.value) for h in o.headers], o.credits, self.options.stream_window
+        )
         s.opened.set_result(None)
         if listener is None:
             s.abort("not listening for streams on this subscription")
             return
         self._streams[o.stream_id] = s
-        self._enqueue_nowait(pb.Frame(credit=pb.Credit(stream_id=o.stream_id, credits=self._window)))
+        self._enqueue_nowait(pb.Frame(credit=pb.Credit(stream_id=o.stream_id, credits=self.options.stream_window)))
         listener._queue.put_nowait(s)
 
     # === queueing frames ===
@@ -490,7 +351,7 @@ class Client:
         await self._out.put(_Out(frame, size, plain_pub))
 
     def _enqueue_nowait(self, frame: pb.Frame) -> None:
-        """For small control frames sent from callbacks; skipped if the queue is full."""
+        """For small control frames sent from callbacks; never waits."""
         if not self._closed:
             try:
                 self._out.put_nowait(_Out(frame, 64, False))
@@ -499,25 +360,58 @@ class Client:
 
     def _check_payload(self, data: bytes) -> None:
         s = self._session
-        if s is not None and s.info.max_payload and len(data) > s.info.max_payload:
-            raise LimitError(f"payload of {len(data)} bytes exceeds limits.max_payload "
-                             f"({s.info.max_payload} bytes)")
-
-    @staticmethod
-    def _sub_frame(sid: int, subject: str, queue: str, ack_id: int) -> pb.Frame:
-        return pb.Frame(sub=pb.Sub(sid=sid, subject=subject, queue_group=queue, ack_id=ack_id))
+        if self.options.local_payload_check and s is not None and s.info.max_payload and len(data) > s.info.max_payload:
+            raise LimitError(f"payload of {len(data)} bytes exceeds limits.max_payload ({s.info.max_payload} bytes)")
 
     async def _await_ack(self, frame_for: Callable[[int], pb.Frame], size: int) -> int:
         ack_id = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._acks[ack_id] = fut
         try:
             await self._enqueue(frame_for(ack_id), size)
             return await asyncio.wait_for(fut, self.request_timeout + 1.0)
         except asyncio.TimeoutError:
-            raise DisconnectedError("no acknowledgement from the gateway")
+            raise _AckTimeout("no acknowledgement from the gateway") from None
         finally:
             self._acks.pop(ack_id, None)
+
+    async def _publish_confirmed(self, pub: pb.Pub, size: int) -> int:
+        """Sends ``pub`` with an ack id and waits for the gateway's answer. When the session
+        is lost first, sends it again on the next session, with the same message id, until
+        ``publish_retry_timeout`` runs out (the gateway de-duplicates by id)."""
+        budget = self.options.publish_retry_timeout
+        start = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                if budget > 0 and not self.is_connected:
+                    left = budget - (time.monotonic() - start)
+                    await asyncio.wait_for(self._connected.wait(), max(left, 0.001))
+
+                def frame(ack_id: int) -> pb.Frame:
+                    f = pb.Frame(pub=pub)
+                    f.pub.ack_id = ack_id
+                    return f
+
+                return await self._await_ack(frame, size)
+            except _AckTimeout:
+                raise
+            except (DisconnectedError, asyncio.TimeoutError) as e:
+                if self._closed:
+                    raise ClosedError("client closed") from e
+                elapsed = time.monotonic() - start
+                if budget <= 0 or elapsed >= budget:
+                    why = (
+                        "retrying is off (publish_retry_timeout=0)"
+                        if budget <= 0
+                        else f"gave up after {attempts} attempt(s) in {elapsed:.1f}s (publish_retry_timeout={budget}s)"
+                    )
+                    raise DisconnectedError(
+                        f"publish to {pub.subject!r} not confirmed: the session was lost before the "
+                        f"gateway's answer and {why}; message id {pub.id.hex()} may or may not have "
+                        "been delivered"
+                    ) from e
 
     # === public API ===
 
@@ -531,22 +425,32 @@ class Client:
         """The gateway in use, or ``None`` while reconnecting."""
         return self._session.info if self._session else None
 
-    async def publish(self, subject: str, payload: bytes | str = b"", *, headers: HeadersLike = None,
-                      reply_to: str = "", ack: bool = False) -> int | None:
-        """Publishes a message. With ``ack=True`` waits for the gateway and returns how many
-        subscriptions received it; otherwise returns once queued (resent after a reconnect)."""
+    async def publish(
+        self,
+        subject: str,
+        payload: Payload = b"",
+        *,
+        headers: HeadersLike = None,
+        reply_to: str = "",
+        ack: bool = False,
+    ) -> int | None:
+        """Publishes a message.
+
+        Without ``ack`` it returns once queued (a publish still queued when the session
+        breaks is sent on the next one; one already sent is not repeated). With ``ack=True``
+        it waits for the gateway and returns how many subscriptions received it; if the
+        session breaks first it is sent again with the same message id (see
+        :attr:`ClientOptions.publish_retry_timeout`).
+        """
         validate_publish_subject(subject)
-        data = _payload(payload)
+        data = as_bytes(payload)
         self._check_payload(data)
         hdrs = with_traceparent(to_pairs(headers))
         size = 64 + len(data) + len(subject)
-
-        def frame(ack_id: int = 0) -> pb.Frame:
-            return pb.Frame(pub=pb.Pub(subject=subject, reply_to=reply_to, headers=_hdrs(hdrs),
-                                       payload=data, id=_ulid(), ack_id=ack_id))
+        pub = pb.Pub(subject=subject, reply_to=reply_to, headers=wire_headers(hdrs), payload=data, id=new_id())
         if ack:
-            return await self._await_ack(frame, size)
-        await self._enqueue(frame(), size, plain_pub=True)
+            return await self._publish_confirmed(pub, size)
+        await self._enqueue(pb.Frame(pub=pub), size, plain_pub=True)
         return None
 
     async def subscribe(self, subject: str, queue: str = "") -> Subscription:
@@ -554,7 +458,7 @@ class Client:
         each message goes to one member of the group. Waits for the gateway's Ack."""
         validate_pattern(subject)
         sid = next(self._ids)
-        sub = Subscription(self, sid, subject, queue, self._sub_capacity)
+        sub = Subscription(self, sid, subject, queue, self.options.subscription_capacity)
         self._subs[sid] = sub
         await self._confirm_sub(sid, subject, queue)
         return sub
@@ -567,7 +471,7 @@ class Client:
         if not self.is_connected:
             return  # sent with the other subscriptions when the session is back
         try:
-            await self._await_ack(lambda a: self._sub_frame(sid, subject, queue, a), 64)
+            await self._await_ack(lambda a: sub_frame(sid, subject, queue, a), 64)
         except DisconnectedError:
             pass  # re-sent on the next session
         except NexusError:
@@ -583,15 +487,31 @@ class Client:
         if self.is_connected and not self._closed:
             await self._enqueue(pb.Frame(unsub=pb.Unsub(sid=sid)))
 
-    async def request(self, subject: str, payload: bytes | str = b"", *, headers: HeadersLike = None,
-                      timeout: float | None = None) -> Message:
+    async def _drain_sub(self, sub: Subscription) -> None:
+        if sub._closed:
+            return
+        sub._closed = sub._draining = True
+        try:
+            if self.is_connected and not self._closed:
+                await self._enqueue(pb.Frame(unsub=pb.Unsub(sid=sub.sid)))
+                # The Pong comes after every Msg the gateway queued before it took the Unsub.
+                await self.flush()
+        except NexusError:
+            pass  # the session is gone, and with it anything still in flight
+        finally:
+            self._subs.pop(sub.sid, None)
+            sub._end()
+
+    async def request(
+        self, subject: str, payload: Payload = b"", *, headers: HeadersLike = None, timeout: float | None = None
+    ) -> Message:
         """Sends a request to one responder and returns its answer.
 
         Raises :class:`NoRespondersError`, :class:`RequestTimeoutError`,
         :class:`ServiceError`, :class:`LimitError` or :class:`DisconnectedError`.
         """
         validate_publish_subject(subject)
-        data = _payload(payload)
+        data = as_bytes(payload)
         self._check_payload(data)
         timeout = self.request_timeout if timeout is None else timeout
         hdrs = with_traceparent(to_pairs(headers))
@@ -602,28 +522,39 @@ class Client:
             except asyncio.TimeoutError:
                 raise RequestTimeoutError(subject, timeout) from self._last_error
         rid = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[pb.Reply] = asyncio.get_running_loop().create_future()
         self._reqs[rid] = fut
         left = max(0.001, deadline - time.monotonic())
         try:
-            await self._enqueue(pb.Frame(req=pb.Req(req_id=rid, subject=subject, headers=_hdrs(hdrs),
-                                                    payload=data, timeout_ms=max(1, int(left * 1000)),
-                                                    id=_ulid())), 64 + len(data))
+            await self._enqueue(
+                pb.Frame(
+                    req=pb.Req(
+                        req_id=rid,
+                        subject=subject,
+                        headers=wire_headers(hdrs),
+                        payload=data,
+                        timeout_ms=max(1, int(left * 1000)),
+                        id=new_id(),
+                    )
+                ),
+                64 + len(data),
+            )
             reply = await asyncio.wait_for(fut, left + 1.0)
         except asyncio.TimeoutError:
-            raise RequestTimeoutError(subject, timeout)
+            raise RequestTimeoutError(subject, timeout) from None
         finally:
             self._reqs.pop(rid, None)
         if reply.HasField("error"):
             raise from_error(reply.error, subject, timeout)
         return Message(subject, reply.payload, [(h.key, h.value) for h in reply.headers])
 
-    async def reply(self, request: Message, payload: bytes | str = b"", headers: HeadersLike = None) -> None:
+    async def reply(self, request: Message, payload: Payload = b"", headers: HeadersLike = None) -> None:
         """Answers a request message."""
-        data = _payload(payload)
-        await self._enqueue(pb.Frame(reply=pb.Reply(reply_to=request.reply_to,
-                                                    headers=_hdrs(to_pairs(headers)), payload=data)),
-                            64 + len(data))
+        data = as_bytes(payload)
+        await self._enqueue(
+            pb.Frame(reply=pb.Reply(reply_to=request.reply_to, headers=wire_headers(to_pairs(headers)), payload=data)),
+            64 + len(data),
+        )
 
     async def reply_error(self, request: Message, message: str) -> None:
         """Refuses a request; the requester gets a :class:`ServiceError` with ``message``."""
@@ -637,7 +568,9 @@ class Client:
         the payload (bytes or str) or ``(payload, headers)``. Raising :class:`ServiceError`
         (or anything else) answers with an error. Handlers run concurrently."""
         sub = await self.subscribe(subject, queue)
-        return Service(self, sub, handler, self._concurrency)
+        service = Service(self, sub, handler, self.options.max_concurrent_handlers)
+        self._services.append(service)
+        return service
 
     async def open_stream(self, subject: str, headers: HeadersLike = None) -> BiStream:
         """Opens a bidirectional stream to one responder of ``subject`` and waits until the
@@ -647,23 +580,27 @@ class Client:
             await asyncio.wait_for(self._connected.wait(), self.request_timeout)
         sid = next(self._ids)
         hdrs = with_traceparent(to_pairs(headers))
-        s = BiStream(self, sid, subject, hdrs, 0, self._window)
+        s = BiStream(self, sid, subject, hdrs, 0, self.options.stream_window)
         self._streams[sid] = s
-        await self._enqueue(pb.Frame(stream_open=pb.StreamOpen(stream_id=sid, subject=subject,
-                                                               headers=_hdrs(hdrs), credits=self._window)))
+        await self._enqueue(
+            pb.Frame(
+                stream_open=pb.StreamOpen(
+                    stream_id=sid, subject=subject, headers=wire_headers(hdrs), credits=self.options.stream_window
+                )
+            )
+        )
         try:
             await asyncio.wait_for(asyncio.shield(s.opened), self.request_timeout)
         except asyncio.TimeoutError:
             s.abort("not accepted in time")
-            raise RequestTimeoutError(subject, self.request_timeout)
+            raise RequestTimeoutError(subject, self.request_timeout) from None
         return s
 
     async def listen_streams(self, subject: str, queue: str = "") -> StreamListener:
         """Accepts streams opened to ``subject`` (optionally as a member of ``queue``)."""
         validate_pattern(subject)
         sid = next(self._ids)
-        listener = StreamListener(self, sid, subject)
-        listener.queue_group = queue  # type: ignore[attr-defined]
+        listener = StreamListener(self, sid, subject, queue)
         self._listeners[sid] = listener
         await self._confirm_sub(sid, subject, queue)
         return listener
@@ -671,13 +608,13 @@ class Client:
     async def flush(self, timeout: float | None = None) -> None:
         """Waits until the gateway processed every frame queued before this call."""
         nonce = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pings[nonce] = fut
         try:
             await self._enqueue(pb.Frame(ping=pb.Ping(nonce=nonce)))
             await asyncio.wait_for(fut, timeout or self.request_timeout)
         except asyncio.TimeoutError:
-            raise DisconnectedError("no Pong from the gateway")
+            raise DisconnectedError("no Pong from the gateway") from None
         finally:
             self._pings.pop(nonce, None)
 
@@ -685,8 +622,31 @@ class Client:
         """Waits until a session is open (after a reconnect)."""
         await asyncio.wait_for(self._connected.wait(), timeout)
 
+    async def drain(self, timeout: float | None = None) -> None:
+        """Closes gracefully: stops every subscription without losing what the gateway already
+        sent for it (buffered messages stay readable, then iteration ends), lets responders
+        answer the requests they received, sends everything queued, then closes. Later calls
+        raise :class:`ClosedError`. ``timeout`` (default: the request timeout) bounds the
+        wait for the gateway."""
+        if self._closed:
+            return
+        try:
+            await asyncio.wait_for(self._drain(), timeout or self.request_timeout)
+        except (asyncio.TimeoutError, NexusError):
+            pass  # drain what could be drained; close regardless
+        await self.close()
+
+    async def _drain(self) -> None:
+        await asyncio.gather(*(s.drain() for s in self._services), return_exceptions=True)
+        await asyncio.gather(*(s.drain() for s in list(self._subs.values())), return_exceptions=True)
+        for li in list(self._listeners.values()):
+            await li.close()
+        if self.is_connected:
+            await self.flush()
+
     async def close(self) -> None:
-        """Ends the session and stops reconnecting; pending operations get :class:`ClosedError`."""
+        """Ends the session at once and stops reconnecting; pending operations get
+        :class:`ClosedError`. (See :meth:`drain` to finish what is in flight first.)"""
         if self._closed:
             return
         self._closed = True
@@ -696,25 +656,16 @@ class Client:
             await self._end_session(self._session, ClosedError("client closed"))
         for sub in self._subs.values():
             sub._end()
-        for l in self._listeners.values():
-            l._queue.put_nowait(_END)
+        for li in self._listeners.values():
+            li._queue.put_nowait(END)
 
-    async def __aenter__(self) -> "Client":
+    async def __aenter__(self) -> Client:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
+    async def __aexit__(self, *exc: object) -> None:
+        await self.drain()
 
 
-def _status_error(code: grpc.StatusCode, details: str, address: str) -> NexusError:
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        return DeniedError(details)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidError(details)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return ProtocolError(details)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return LimitError(details)
-    if code == grpc.StatusCode.UNAVAILABLE and "shutting down" in (details or ""):
-        return UnavailableError(details)
-    return ConnectError(f"{address}: {code.name if code else 'closed'}: {details}")
+def _settle(fut: asyncio.Future[T] | None, value: T) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(value)

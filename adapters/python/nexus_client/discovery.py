@@ -13,6 +13,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import dns.asyncresolver
@@ -41,10 +42,23 @@ def _parse_dns_server(value: str, addr: str) -> tuple[str, int]:
     try:
         return host, int(port) if port else 53
     except ValueError:
-        raise InvalidAddressError(f"invalid gateway address {addr!r}: bad DNS server {value!r}")
+        raise InvalidAddressError(f"invalid gateway address {addr!r}: bad DNS server {value!r}") from None
 
 
-def order_srv(records: list, rng: random.Random | None = None) -> list:
+class SrvRecord(Protocol):
+    """What ordering needs of an SRV record."""
+
+    @property
+    def priority(self) -> int: ...
+
+    @property
+    def weight(self) -> int: ...
+
+
+R = TypeVar("R", bound=SrvRecord)
+
+
+def order_srv(records: list[R], rng: random.Random | None = None) -> list[R]:
     """Orders SRV records per RFC 2782: lowest priority first; within a priority, a weighted
     random order (a record of weight 0 comes first only by chance when all weights are 0)."""
     rng = rng or random.Random()
@@ -83,12 +97,10 @@ class Target:
             parts = urlsplit(self.url)
             name = parts.hostname or ""
             if not name or "." not in name:
-                raise InvalidAddressError(
-                    f"invalid gateway address {addr!r}: expected nexus+srv://<region>.<zone>"
-                )
+                raise InvalidAddressError(f"invalid gateway address {addr!r}: expected nexus+srv://<region>.<zone>")
             self.srv_name = f"_nexus._tcp.{name}."
             q = parse_qs(parts.query)
-            server = dns_server or (q.get("dns") or [None])[0] or os.environ.get(DNS_SERVER_ENV)
+            server = dns_server or (q.get("dns") or [""])[0] or os.environ.get(DNS_SERVER_ENV)
             if server:
                 self.dns = _parse_dns_server(server, addr)
         elif scheme in ("http", "grpc"):
@@ -121,6 +133,7 @@ class Target:
         return list(self._cache)
 
     async def _resolve(self) -> tuple[list[Endpoint], float]:
+        assert self.srv_name is not None
         resolver = dns.asyncresolver.Resolver(configure=self.dns is None)
         if self.dns is not None:
             resolver.nameservers = [self.dns[0]]
@@ -132,13 +145,12 @@ class Target:
             answer = await resolver.resolve(self.srv_name, "SRV")
         except dns.resolver.NXDOMAIN:
             raise DiscoveryError(
-                f"{self.srv_name} does not exist (NXDOMAIN from {server}): "
-                "unknown region or zone, or no live gateway"
-            )
+                f"{self.srv_name} does not exist (NXDOMAIN from {server}): unknown region or zone, or no live gateway"
+            ) from None
         except dns.resolver.NoAnswer:
-            raise DiscoveryError(f"{self.srv_name} has no SRV records ({server})")
+            raise DiscoveryError(f"{self.srv_name} has no SRV records ({server})") from None
         except dns.exception.DNSException as e:
-            raise DiscoveryError(f"looking up {self.srv_name} at {server}: {e}")
+            raise DiscoveryError(f"looking up {self.srv_name} at {server}: {e}") from e
         glue: dict[str, list[str]] = {}
         for rrset in answer.response.additional:
             if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
@@ -160,4 +172,5 @@ class Target:
                 out.append(Endpoint(name, f"{host}:{r.port}"))
         if not out:
             raise DiscoveryError(f"{self.srv_name}: no SRV target resolved to an address")
-        return out, float(max(1, answer.rrset.ttl))
+        ttl = answer.rrset.ttl if answer.rrset is not None else 1
+        return out, float(max(1, ttl))

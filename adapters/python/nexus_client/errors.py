@@ -104,7 +104,7 @@ class NoGatewayError(NexusError, ConnectionError):
         self.attempts = attempts
 
 
-def from_error(err: "pb.Error", subject: str = "", timeout: float = 0.0) -> NexusError:
+def from_error(err: pb.Error, subject: str = "", timeout: float = 0.0) -> NexusError:
     """Maps a gateway ``Error`` to the matching exception."""
     code, message = err.code, err.message
     if code == pb.NO_RESPONDERS:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import contextvars
 import secrets
-from typing import Iterable, Mapping, Union
+from collections.abc import Iterable, Mapping
 
 TRACEPARENT = "traceparent"
 
 #: The ``traceparent`` of the work in progress (set while a handler runs).
-current_traceparent: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "nexus_traceparent", default=None
-)
+current_traceparent: contextvars.ContextVar[str | None] = contextvars.ContextVar("nexus_traceparent", default=None)
 
-HeadersLike = Union[Mapping[str, str], Iterable[tuple[str, str]], None]
+HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]] | None
 
 
 def new_traceparent(trace_id: str | None = None) -> str:
@@ -61,7 +59,7 @@ def with_traceparent(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return pairs
     parent = current_traceparent.get()
     trace_id = parent.split("-")[1] if parent and is_valid_traceparent(parent) else None
-    return pairs + [(TRACEPARENT, new_traceparent(trace_id))]
+    return [*pairs, (TRACEPARENT, new_traceparent(trace_id))]
 
 
 def get_header(pairs: Iterable[tuple[str, str]], key: str) -> str | None:

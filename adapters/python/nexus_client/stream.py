@@ -8,25 +8,32 @@ has consumed ``W/2`` frames, grants that many again, so at most ``W`` frames are
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from ._proto import gateway_pb2 as pb
 from .errors import ClosedError, NexusError, from_error
 from .headers import HeadersLike, to_pairs
 from .message import Message
+from .subscription import END, _EndMarker
 
 if TYPE_CHECKING:
     from .client import Client
-
-_END = object()
 
 
 class BiStream:
     """One bidirectional stream: :meth:`send` waits for credit, :meth:`recv` or ``async for``
     reads the peer's frames until it half-closes."""
 
-    def __init__(self, client: "Client", stream_id: int, subject: str,
-                 headers: list[tuple[str, str]], send_credit: int, window: int) -> None:
+    def __init__(
+        self,
+        client: Client,
+        stream_id: int,
+        subject: str,
+        headers: list[tuple[str, str]],
+        send_credit: int,
+        window: int,
+    ) -> None:
         self._client = client
         self.id = stream_id
         self.subject = subject
@@ -35,11 +42,11 @@ class BiStream:
         self._credit_changed = asyncio.Event()
         self._window = max(1, window)
         self._consumed = 0
-        self._inbox: asyncio.Queue = asyncio.Queue()
+        self._inbox: asyncio.Queue[Message | _EndMarker] = asyncio.Queue()
         self._error: NexusError | None = None
         self._sent_close = False
         self._peer_closed = False
-        self.opened: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # === sending ===
 
@@ -64,9 +71,11 @@ class BiStream:
         if self._sent_close:
             raise ClosedError("stream already finished")
         self._credit -= 1
-        frame = pb.Frame(stream_data=pb.StreamData(
-            stream_id=self.id, payload=data,
-            headers=[pb.Header(key=k, value=v) for k, v in to_pairs(headers)]))
+        frame = pb.Frame(
+            stream_data=pb.StreamData(
+                stream_id=self.id, payload=data, headers=[pb.Header(key=k, value=v) for k, v in to_pairs(headers)]
+            )
+        )
         await self._client._enqueue(frame)
 
     async def finish(self) -> None:
@@ -91,8 +100,8 @@ class BiStream:
     async def recv(self) -> Message | None:
         """The next frame from the peer, or ``None`` once it half-closed. Raises if aborted."""
         item = await self._inbox.get()
-        if item is _END:
-            self._inbox.put_nowait(_END)
+        if isinstance(item, _EndMarker):
+            self._inbox.put_nowait(END)
             if self._error is not None:
                 raise self._error
             return None
@@ -120,13 +129,14 @@ class BiStream:
         if not self.opened.done():
             self.opened.set_result(None)
 
-    def _on_data(self, d: "pb.StreamData") -> None:
+    def _on_data(self, d: pb.StreamData) -> None:
         if not self.opened.done():
             self.opened.set_result(None)
-        self._inbox.put_nowait(Message(subject=self.subject, payload=d.payload,
-                                       headers=[(h.key, h.value) for h in d.headers]))
+        self._inbox.put_nowait(
+            Message(subject=self.subject, payload=d.payload, headers=[(h.key, h.value) for h in d.headers])
+        )
 
-    def _on_close(self, c: "pb.StreamClose") -> None:
+    def _on_close(self, c: pb.StreamClose) -> None:
         if c.HasField("error"):
             self._fail(from_error(c.error, self.subject))
             self._client._streams.pop(self.id, None)
@@ -134,7 +144,7 @@ class BiStream:
         if not self.opened.done():
             self.opened.set_result(None)
         self._peer_closed = True
-        self._inbox.put_nowait(_END)
+        self._inbox.put_nowait(END)
         self._maybe_forget()
 
     def _fail(self, err: NexusError) -> None:
@@ -144,7 +154,7 @@ class BiStream:
             self.opened.set_exception(err)
             self.opened.exception()  # retrieved: nobody may be waiting
         self._credit_changed.set()
-        self._inbox.put_nowait(_END)
+        self._inbox.put_nowait(END)
         self._client._streams.pop(self.id, None)
 
     def _maybe_forget(self) -> None:
@@ -155,17 +165,18 @@ class BiStream:
 class StreamListener:
     """Accepts streams opened to a subject (``await accept()`` or ``async for``)."""
 
-    def __init__(self, client: "Client", sid: int, subject: str) -> None:
+    def __init__(self, client: Client, sid: int, subject: str, queue: str = "") -> None:
         self._client = client
         self.sid = sid
         self.subject = subject
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self.queue_group = queue
+        self._queue: asyncio.Queue[BiStream | _EndMarker] = asyncio.Queue()
 
     async def accept(self) -> BiStream | None:
         """The next stream opened to the subject, or ``None`` once the listener is closed."""
         s = await self._queue.get()
-        if s is _END:
-            self._queue.put_nowait(_END)
+        if isinstance(s, _EndMarker):
+            self._queue.put_nowait(END)
             return None
         return s
 
@@ -182,4 +193,4 @@ class StreamListener:
     async def close(self) -> None:
         """Stops accepting streams."""
         await self._client._unsubscribe(self.sid)
-        self._queue.put_nowait(_END)
+        self._queue.put_nowait(END)

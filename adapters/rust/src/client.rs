@@ -27,10 +27,15 @@ use crate::subject::{
     validate_subscribe_subject,
 };
 use crate::subscription::Subscription;
+use crate::tls::TlsSettings;
 
 /// Extra time the client waits beyond a request's timeout before giving up on its own (in
 /// case the gateway vanished without answering).
 const CLIENT_GRACE: Duration = Duration::from_secs(1);
+
+/// Default of [`ClientBuilder::publish_retry_timeout`]: well inside the gateway's 120 s
+/// de-duplication window.
+pub const DEFAULT_PUBLISH_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A connection to a Nexus gateway. Cheap to clone (all clones share one session).
 ///
@@ -96,6 +101,9 @@ pub struct ClientBuilder {
     stream_window: u32,
     listener_backlog: usize,
     max_concurrent_handlers: usize,
+    publish_retry_timeout: Duration,
+    local_payload_check: bool,
+    tls: TlsSettings,
 }
 
 impl ClientBuilder {
@@ -115,6 +123,9 @@ impl ClientBuilder {
             stream_window: 256,
             listener_backlog: 256,
             max_concurrent_handlers: 1024,
+            publish_retry_timeout: DEFAULT_PUBLISH_RETRY_TIMEOUT,
+            local_payload_check: true,
+            tls: TlsSettings::default(),
         }
     }
 
@@ -203,6 +214,82 @@ impl ClientBuilder {
         self
     }
 
+    /// How long a confirmed publish ([`Client::publish_acked`]) keeps retrying after the
+    /// session was lost before the gateway's answer came (default 30 s). Each retry goes out
+    /// on the next session with the **same** message id, so the gateway answers it with the
+    /// original outcome instead of delivering it twice (it remembers ids on `async` and
+    /// `sync` routes for 120 s by default). When the time runs out the publish fails with
+    /// [`Error::NotConfirmed`]. `Duration::ZERO` turns retrying off. Fire-and-forget
+    /// publishes are never retried.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = nexus_client::Client::builder("http://127.0.0.1:7422")
+    ///     .publish_retry_timeout(Duration::from_secs(10));
+    /// ```
+    pub fn publish_retry_timeout(mut self, t: Duration) -> Self {
+        self.publish_retry_timeout = t;
+        self
+    }
+
+    /// Whether payloads are checked against the gateway's `max_payload` before sending
+    /// (default true: an oversized payload fails at once with [`Error::Limit`]). With
+    /// `false` the gateway's own check answers, with the same error.
+    pub fn local_payload_check(mut self, on: bool) -> Self {
+        self.local_payload_check = on;
+        self
+    }
+
+    /// Connects to discovered gateways (`nexus+srv://`) over TLS too. (A `https://` address
+    /// always uses TLS.) See the crate docs, [TLS](crate#tls), for what is verified.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls.srv = on;
+        self
+    }
+
+    /// Trusts these PEM CA certificates (one or more) for the gateway's certificate, instead
+    /// of the system's trust store.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> nexus_client::Result<()> {
+    /// let ca = std::fs::read("ca.pem").expect("the CA certificate");
+    /// let client = nexus_client::Client::builder("https://gateway.example:7422")
+    ///     .tls_ca_pem(ca)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// [`tls_ca_pem`](Self::tls_ca_pem) from a file; fails with [`Error::InvalidAddress`]
+    /// naming the file when it cannot be read.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_ca_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|e| Error::InvalidAddress {
+            addr: self.addr.clone(),
+            reason: format!("reading the CA file {}: {e}", path.display()),
+        })?;
+        Ok(self.tls_ca_pem(pem))
+    }
+
+    /// The name the gateway's certificate must carry, instead of the host of the address
+    /// (useful when connecting by IP address or through discovery).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_domain(mut self, name: impl Into<String>) -> Self {
+        self.tls.domain = Some(name.into());
+        self
+    }
+
     /// Connects and performs the Hello/Welcome handshake. Fails if the gateway cannot be
     /// reached or refuses the session (e.g. [`Error::Denied`]); later disconnects are
     /// handled by reconnecting.
@@ -213,9 +300,11 @@ impl ClientBuilder {
     /// tried and why it failed.
     pub async fn connect(self) -> Result<Client> {
         let gateways = match parse_target(&self.addr)? {
-            Target::Direct(url) => {
-                Gateways::Direct(Box::new(connection::endpoint(url, self.connect_timeout)?))
-            }
+            Target::Direct(url) => Gateways::Direct(Box::new(connection::endpoint(
+                url,
+                self.connect_timeout,
+                &self.tls,
+            )?)),
             Target::Srv(target) => {
                 let env = std::env::var(DNS_SERVER_ENV).ok();
                 let dns = choose_dns_server(self.dns_server, target.dns_server, env.as_deref())?;
@@ -237,6 +326,9 @@ impl ClientBuilder {
             stream_window: self.stream_window,
             listener_backlog: self.listener_backlog,
             max_concurrent_handlers: self.max_concurrent_handlers,
+            publish_retry_timeout: self.publish_retry_timeout,
+            local_payload_check: self.local_payload_check,
+            tls: self.tls,
         };
         let (out_tx, out_rx) = mpsc::channel(self.outbound_capacity);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
@@ -307,11 +399,29 @@ impl Client {
     /// gets `http://`), or a discovery name `nexus+srv://<region>.<zone>[?dns=ip[:port]]`
     /// whose gateways are found through the DNS SRV records of `_nexus._tcp.<region>.<zone>`
     /// (see [`ClientBuilder::connect`] and the crate docs).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> nexus_client::Result<()> {
+    /// let client = nexus_client::Client::connect("http://127.0.0.1:7422").await?;
+    /// println!("connected to {:?}", client.server_info());
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(addr: &str) -> Result<Client> {
         Self::builder(addr).connect().await
     }
 
     /// A builder to configure the connection.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> nexus_client::Result<()> {
+    /// use std::time::Duration;
+    /// let client = nexus_client::Client::builder("nexus+srv://us-east.nexus.local")
+    ///     .api_key("nxk_...")
+    ///     .request_timeout(Duration::from_secs(2))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn builder(addr: &str) -> ClientBuilder {
         ClientBuilder::new(addr)
     }
@@ -333,6 +443,9 @@ impl Client {
     }
 
     pub(crate) fn check_payload(&self, len: usize) -> Result<()> {
+        if !self.shared().config.local_payload_check {
+            return Ok(());
+        }
         let max = self.shared().max_payload.load(Ordering::Relaxed);
         if max > 0 && len as u64 > max {
             return Err(Error::Limit {
@@ -361,6 +474,12 @@ impl Client {
 
     /// Publishes `payload` on `subject` (fire and forget). Waits only if the outbound queue
     /// is full. While disconnected, publishes queue up and are sent after reconnecting.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// client.publish("orders.created", "order #1").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn publish(&self, subject: &str, payload: impl Into<Bytes>) -> Result<()> {
         validate_pub_subject(subject)?;
         let payload = payload.into();
@@ -379,6 +498,16 @@ impl Client {
     }
 
     /// Publishes a message with headers and/or a reply subject.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// use nexus_client::OutgoingMessage;
+    /// let msg = OutgoingMessage::new("orders.created", "order #1")
+    ///     .with_header("x-tenant", "acme")
+    ///     .with_reply_to("orders.replies");
+    /// client.publish_message(msg).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn publish_message(&self, msg: OutgoingMessage) -> Result<()> {
         let frame = self.pub_frame(msg, 0)?;
         self.enqueue(Outbound::any(frame)).await
@@ -404,6 +533,22 @@ impl Client {
 
     /// Publishes and waits until the gateway routed the message; returns how many
     /// subscriptions received it. Fails with the gateway's refusal (e.g. [`Error::Limit`]).
+    ///
+    /// If the session is lost before the answer came, the publish is sent again on the next
+    /// session with the same message id, for up to
+    /// [`publish_retry_timeout`](ClientBuilder::publish_retry_timeout); the gateway
+    /// de-duplicates it on `async` and `sync` routes. When that time runs out the error is
+    /// [`Error::NotConfirmed`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// match client.publish_acked("orders.created", "order #1").await {
+    ///     Ok(n) => println!("delivered to {n} subscriptions"),
+    ///     Err(nexus_client::Error::NotConfirmed { id, .. }) => eprintln!("{id} may not have arrived"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn publish_acked(&self, subject: &str, payload: impl Into<Bytes>) -> Result<u32> {
         self.publish_message_acked(OutgoingMessage::new(subject, payload))
             .await
@@ -412,14 +557,65 @@ impl Client {
     /// [`publish_acked`](Self::publish_acked) for a full [`OutgoingMessage`].
     pub async fn publish_message_acked(&self, msg: OutgoingMessage) -> Result<u32> {
         let subject = msg.subject.clone();
+        let Kind::Pub(publish) = self.pub_frame(msg, 0)? else {
+            unreachable!("pub_frame builds a Pub")
+        };
+        let budget = self.shared().config.publish_retry_timeout;
+        let started = tokio::time::Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let up = budget.is_zero() || self.is_connected() || {
+                let left = budget.saturating_sub(started.elapsed());
+                tokio::time::timeout(left, self.wait_connected())
+                    .await
+                    .is_ok()
+            };
+            let answer = if up {
+                self.publish_attempt(&publish, &subject).await
+            } else {
+                Err(Error::Disconnected)
+            };
+            match answer {
+                Err(Error::Disconnected) => {
+                    let elapsed = started.elapsed();
+                    if budget.is_zero() || elapsed >= budget {
+                        return Err(Error::NotConfirmed {
+                            subject,
+                            id: ulid::Ulid::from_bytes(
+                                publish.id[..].try_into().unwrap_or_default(),
+                            )
+                            .to_string(),
+                            attempts,
+                            elapsed,
+                            retry_timeout: budget,
+                        });
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt of a confirmed publish: a fresh ack id, the same message (and id).
+    async fn publish_attempt(&self, publish: &pb::Pub, subject: &str) -> Result<u32> {
         let ack_id = self.shared().next_id();
-        let frame = self.pub_frame(msg, ack_id)?;
+        let frame = Kind::Pub(pb::Pub {
+            ack_id,
+            ..publish.clone()
+        });
         let (tx, rx) = oneshot::channel();
         let ((), epoch) = self.register(|st| {
             st.acks.insert(ack_id, AckWaiter::new(tx, None));
         });
-        self.await_ack(ack_id, Outbound::in_epoch(frame, epoch), rx, &subject)
+        self.await_ack(ack_id, Outbound::in_epoch(frame, epoch), rx, subject)
             .await
+    }
+
+    /// Waits until a session with a gateway is up (at once when it is).
+    pub(crate) async fn wait_connected(&self) {
+        let mut up = self.shared().up.subscribe();
+        let _ = up.wait_for(|up| *up).await;
     }
 
     async fn await_ack(
@@ -520,12 +716,29 @@ impl Client {
     /// Subscribes to `subject` (a pattern with optional `*` / trailing `>`). Returns after the
     /// gateway confirmed it, so refusals (invalid subject, subscription limit) are reported
     /// here.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// let mut sub = client.subscribe("orders.*.created").await?;
+    /// while let Some(msg) = sub.next_message().await {
+    ///     println!("{}: {:?}", msg.subject, msg.payload);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn subscribe(&self, subject: &str) -> Result<Subscription> {
         self.subscribe_inner(subject, "").await
     }
 
     /// Like [`subscribe`](Self::subscribe) but in queue group `group`: each message goes to
     /// one member of the group.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// // Each message goes to one of the subscribers in "resizers".
+    /// let mut jobs = client.queue_subscribe("images.resize", "resizers").await?;
+    /// let job = jobs.next_message().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn queue_subscribe(&self, subject: &str, group: &str) -> Result<Subscription> {
         validate_queue_group(group)?;
         self.subscribe_inner(subject, group).await
@@ -544,6 +757,16 @@ impl Client {
     }
 
     /// Sends a request and waits for one reply, using the default request timeout.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// match client.request("math.double", "21").await {
+    ///     Ok(reply) => println!("{:?}", reply.payload),
+    ///     Err(nexus_client::Error::NoResponders { .. }) => eprintln!("nobody serves math.double"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn request(&self, subject: &str, payload: impl Into<Bytes>) -> Result<Message> {
         self.request_with(
             subject,
@@ -556,6 +779,17 @@ impl Client {
 
     /// Sends a request with headers and an explicit timeout (zero = the default). The reply's
     /// `subject` is the request subject.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// use std::time::Duration;
+    /// use nexus_client::{Bytes, Headers};
+    /// let headers = Headers::new().with("x-tenant", "acme");
+    /// let reply = client
+    ///     .request_with("math.double", headers, Bytes::from("21"), Duration::from_millis(500))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn request_with(
         &self,
         subject: &str,
@@ -615,6 +849,15 @@ impl Client {
 
     /// Answers a request received on a subscription (a message with `reply_to`). The reply
     /// carries the request's `traceparent`. [`serve`](Self::serve) does this for you.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// let mut sub = client.subscribe("time.now").await?;
+    /// while let Some(req) = sub.next_message().await {
+    ///     client.reply(&req, "12:00").await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn reply(&self, request: &Message, payload: impl Into<Bytes>) -> Result<()> {
         let reply_to = request.reply_to.clone().ok_or_else(|| Error::Invalid {
             message: "message has no reply_to".into(),
@@ -649,6 +892,23 @@ impl Client {
     /// `Ok(payload)` is sent as the reply, `Err(ServiceError)` as a refusal; a panicking
     /// handler is reported as a refusal too. Messages without `reply_to` run the handler and
     /// the result is discarded. Runs until [`Service::stop`] or the `Service` is dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// use nexus_client::ServiceError;
+    /// let svc = client
+    ///     .serve("math.double", Some("math"), |m| async move {
+    ///         let n: u64 = std::str::from_utf8(&m.payload)
+    ///             .ok()
+    ///             .and_then(|s| s.parse().ok())
+    ///             .ok_or_else(|| ServiceError::new("not a number"))?;
+    ///         Ok((n * 2).to_string().into())
+    ///     })
+    ///     .await?;
+    /// // ... later
+    /// svc.stop().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn serve<F, Fut>(
         &self,
         subject: &str,
@@ -670,6 +930,17 @@ impl Client {
     /// Opens a bidirectional stream to one responder listening on `subject`. Returns once the
     /// responder accepted (first credit, data or close), or fails with
     /// [`Error::NoResponders`] / [`Error::Timeout`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// let (mut tx, mut rx) = client.open_stream("upper").await?.split();
+    /// tx.send("hello").await?;
+    /// tx.finish().await?;
+    /// while let Some(frame) = rx.recv().await {
+    ///     println!("{:?}", frame?.payload);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn open_stream(&self, subject: &str) -> Result<BiStream> {
         self.open_stream_with(subject, Headers::new()).await
     }
@@ -721,6 +992,20 @@ impl Client {
     }
 
     /// Accepts streams opened on `subject` (optionally balanced within a queue group).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// let mut listener = client.listen_streams("upper", None).await?;
+    /// while let Some(mut stream) = listener.accept().await {
+    ///     tokio::spawn(async move {
+    ///         while let Some(Ok(frame)) = stream.recv().await {
+    ///             let _ = stream.send(frame.payload.to_ascii_uppercase()).await;
+    ///         }
+    ///         let _ = stream.finish().await;
+    ///     });
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn listen_streams(
         &self,
         subject: &str,
@@ -743,6 +1028,15 @@ impl Client {
     /// Waits until everything queued before this call has been handed to the transport and
     /// processed by the gateway (a Ping/Pong round trip behind it). While disconnected it
     /// waits for the reconnect; it has no timeout of its own.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// for i in 0..1000 {
+    ///     client.publish("metrics.tick", i.to_string()).await?;
+    /// }
+    /// client.flush().await?; // the gateway has processed all 1000
+    /// # Ok(()) }
+    /// ```
     pub async fn flush(&self) -> Result<()> {
         let nonce = self.shared().next_id();
         let (tx, rx) = oneshot::channel();
@@ -784,6 +1078,52 @@ impl Client {
                 max_subscriptions: w.max_subscriptions,
                 protocol: w.protocol,
             })
+    }
+
+    /// Closes gracefully, the way NATS clients drain: every subscription is unsubscribed
+    /// without losing what the gateway already sent for it (buffered messages stay readable,
+    /// then the subscription ends), services answer the requests they received, everything
+    /// queued is sent and processed by the gateway, then the session ends. Bounded by the
+    /// request timeout; later calls fail with [`Error::Closed`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) {
+    /// client.publish("orders.created", "last one").await.unwrap();
+    /// client.drain().await; // the publish above reaches the gateway first
+    /// # }
+    /// ```
+    pub async fn drain(&self) {
+        if !self.shared().closed.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(self.request_timeout(), self.drain_in_flight()).await;
+        }
+        self.close().await;
+    }
+
+    async fn drain_in_flight(&self) {
+        // Unsubscribe, but keep routing deliveries until the gateway confirmed it.
+        let unsubs: Vec<Outbound> = {
+            let mut st = self.shared().state.lock();
+            let sids: Vec<u64> = st
+                .subs
+                .iter()
+                .filter(|(_, s)| s.confirmed)
+                .map(|(&sid, _)| sid)
+                .collect();
+            sids.into_iter()
+                .filter_map(|sid| st.unsub_once(sid))
+                .collect()
+        };
+        for o in unsubs {
+            self.shared().send_ctl(o);
+        }
+        // The Pong comes after every Msg the gateway queued before it took the Unsubs.
+        let _ = self.flush().await;
+        // Each subscription now yields what it buffered, then ends.
+        let subs = std::mem::take(&mut self.shared().state.lock().subs);
+        drop(subs);
+        let mut busy = self.shared().busy.subscribe();
+        let _ = busy.wait_for(|n| *n == 0).await;
+        let _ = self.flush().await;
     }
 
     /// Flushes (bounded by the request timeout), then ends the session. Pending operations

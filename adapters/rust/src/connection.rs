@@ -42,6 +42,7 @@ use crate::error::{Error, Fail, GatewayAttempt, Result, describe};
 use crate::headers::Headers;
 use crate::message::Message;
 use crate::stream::{BiStream, StreamEvent};
+use crate::tls::TlsSettings;
 
 /// Protocol version spoken by this adapter.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
@@ -64,6 +65,9 @@ pub(crate) struct Config {
     pub(crate) stream_window: u32,
     pub(crate) listener_backlog: usize,
     pub(crate) max_concurrent_handlers: usize,
+    pub(crate) publish_retry_timeout: Duration,
+    pub(crate) local_payload_check: bool,
+    pub(crate) tls: TlsSettings,
 }
 
 /// Where deliveries for a subscription go.
@@ -187,7 +191,7 @@ pub(crate) struct State {
 impl State {
     /// Queues an `Unsub` for `sid` in this session unless one was already sent; returns the
     /// frame to send (outside the lock).
-    fn unsub_once(&mut self, sid: u64) -> Option<Outbound> {
+    pub(crate) fn unsub_once(&mut self, sid: u64) -> Option<Outbound> {
         (self.live && self.unsubscribed.insert(sid))
             .then(|| Outbound::in_epoch(Kind::Unsub(pb::Unsub { sid }), self.epoch))
     }
@@ -201,14 +205,19 @@ pub(crate) enum Gateways {
     Discovered(Arc<Discovery>),
 }
 
-/// The transport endpoint for `url` with the adapter's settings.
-pub(crate) fn endpoint(url: String, connect_timeout: Duration) -> Result<Endpoint> {
-    Ok(Endpoint::from_shared(url)?
+/// The transport endpoint for `url` with the adapter's settings (TLS for `https://`).
+pub(crate) fn endpoint(
+    url: String,
+    connect_timeout: Duration,
+    tls: &TlsSettings,
+) -> Result<Endpoint> {
+    let ep = Endpoint::from_shared(url.clone())?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    tls.apply(ep, &url)
 }
 
 pub(crate) struct Shared {
@@ -225,6 +234,10 @@ pub(crate) struct Shared {
     /// `Error.ref_id` is unambiguous.
     next_id: AtomicU64,
     pub(crate) connected: AtomicBool,
+    /// True while a session is up; confirmed publishes waiting to retry watch it.
+    pub(crate) up: watch::Sender<bool>,
+    /// Service loops and their in-flight handlers; [`Client::drain`] waits for zero.
+    pub(crate) busy: watch::Sender<usize>,
     pub(crate) closed: AtomicBool,
     pub(crate) max_payload: AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -254,6 +267,8 @@ impl Shared {
             epoch: AtomicU64::new(1),
             next_id: AtomicU64::new(1),
             connected: AtomicBool::new(false),
+            up: watch::Sender::new(false),
+            busy: watch::Sender::new(0),
             closed: AtomicBool::new(false),
             max_payload: AtomicU64::new(0),
             shutdown,
@@ -400,6 +415,7 @@ pub(crate) async fn run(
             Ok((session, addr)) => {
                 backoff.reset();
                 shared.connected.store(true, Ordering::Release);
+                shared.up.send_replace(true);
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok(()));
                 } else {
@@ -408,6 +424,7 @@ pub(crate) async fn run(
                 let end =
                     run_session(&shared, session, &mut out_rx, &mut ctl_rx, &mut shutdown).await;
                 shared.connected.store(false, Ordering::Release);
+                shared.up.send_replace(false);
                 match end {
                     SessionEnd::Shutdown => break,
                     SessionEnd::Failed(why) => {
@@ -461,7 +478,8 @@ async fn connect_round(shared: &Shared) -> Result<(Session, Option<SocketAddr>)>
                 continue;
             }
         };
-        let result = match endpoint(format!("http://{addr}"), shared.config.connect_timeout) {
+        let url = format!("{}://{addr}", shared.config.tls.srv_scheme());
+        let result = match endpoint(url, shared.config.connect_timeout, &shared.config.tls) {
             Ok(ep) => establish(shared, &ep).await,
             Err(e) => Err(e),
         };
@@ -955,6 +973,9 @@ mod tests {
             stream_window: 4,
             listener_backlog: 4,
             max_concurrent_handlers: 4,
+            publish_retry_timeout: Duration::from_secs(1),
+            local_payload_check: true,
+            tls: TlsSettings::default(),
         };
         let (out_tx, _out_rx) = mpsc::channel(8);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();

@@ -82,6 +82,23 @@ pub enum Error {
     /// reconnects on its own; the operation may be retried.
     #[error("disconnected from the gateway")]
     Disconnected,
+    /// A confirmed publish was sent, the session was lost before the gateway answered, and
+    /// retrying it (with the same message id) on new sessions did not get an answer within
+    /// [`publish_retry_timeout`](crate::ClientBuilder::publish_retry_timeout), or retrying
+    /// is off. The message may or may not have been delivered.
+    #[error("publish to {subject:?} not confirmed: the session was lost before the gateway's answer and {}; message id {id} may or may not have been delivered", if .retry_timeout.is_zero() { "retrying is off (publish_retry_timeout = 0)".to_owned() } else { format!("gave up after {attempts} attempt(s) in {elapsed:.1?} (publish_retry_timeout {retry_timeout:?})") })]
+    NotConfirmed {
+        /// The publish subject.
+        subject: String,
+        /// The message id (a ULID) every attempt carried.
+        id: String,
+        /// How many times the publish was sent.
+        attempts: u32,
+        /// Time from the first attempt to giving up.
+        elapsed: Duration,
+        /// The retry budget in force.
+        retry_timeout: Duration,
+    },
     /// The client (or this handle, e.g. a finished stream) was closed.
     #[error("client closed")]
     Closed,
@@ -172,12 +189,19 @@ impl Error {
     }
 
     /// True for errors after which retrying the same operation may succeed
-    /// (`Disconnected`, `Timeout`, `NoResponders`, `Unavailable`, transport errors, and
+    /// (`Disconnected`, `NotConfirmed`, `Timeout`, `NoResponders`, `Unavailable`, transport errors, and
     /// discovery failures: a region without live gateways is NXDOMAIN until one starts).
+    ///
+    /// ```
+    /// assert!(nexus_client::Error::Disconnected.is_transient());
+    /// let refused = nexus_client::Error::Denied { message: "no such key".into() };
+    /// assert!(!refused.is_transient());
+    /// ```
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
             Error::Disconnected
+                | Error::NotConfirmed { .. }
                 | Error::Timeout { .. }
                 | Error::NoResponders { .. }
                 | Error::Unavailable { .. }

@@ -26,6 +26,13 @@ impl Headers {
     }
 
     /// Sets `key` to `value`, replacing every existing value of `key`.
+    ///
+    /// ```
+    /// let mut h = nexus_client::Headers::new();
+    /// h.insert("x-tenant", "acme").insert("X-Tenant", "globex");
+    /// assert_eq!(h.get("x-tenant"), Some("globex"));
+    /// assert_eq!(h.len(), 1);
+    /// ```
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
         let key = key.into();
         self.0.retain(|h| !h.key.eq_ignore_ascii_case(&key));
@@ -99,8 +106,9 @@ impl Headers {
         self.get(TRACEPARENT)
     }
 
-    /// Adds a freshly generated `traceparent` unless one is present. The key is normalised to
-    /// lowercase, as the gateway's presence check is case-sensitive.
+    /// Adds a `traceparent` unless one is present: a child of the current trace context
+    /// ([`crate::trace`]), else a fresh one. The key is normalised to lowercase, as the
+    /// gateway's presence check is case-sensitive.
     pub(crate) fn ensure_traceparent(&mut self) {
         let mut found = false;
         for h in &mut self.0 {
@@ -114,7 +122,7 @@ impl Headers {
         if !found {
             self.0.push(pb::Header {
                 key: ByteString::from_static(TRACEPARENT),
-                value: new_traceparent().into(),
+                value: crate::trace::outgoing().into(),
             });
         }
     }

@@ -99,6 +99,31 @@
 //! # }
 //! ```
 
+//!
+//! ## TLS
+//!
+//! With the `tls` feature, a `https://host:port` address, or a `nexus+srv://` name with
+//! [`ClientBuilder::tls`], connects over TLS (rustls with the *ring* provider, through tonic).
+//! The gateway's certificate is verified against the CA certificates given with
+//! [`ClientBuilder::tls_ca_pem`] or [`ClientBuilder::tls_ca_file`], else against the system's
+//! trust store, for the host of the address or the name given with
+//! [`ClientBuilder::tls_domain`]. Without the feature a `https://` address is refused with
+//! [`Error::InvalidAddress`] before anything is sent.
+//!
+//! ## Tracing
+//!
+//! Messages without a `traceparent` of their own continue the current trace context: see
+//! [`trace`] ([`trace::with_traceparent`], and with the `opentelemetry` feature the current
+//! `tracing` span's OpenTelemetry context). `serve` handlers run inside the request's.
+//!
+//! ## Features
+//!
+//! | Feature | What it adds |
+//! |---|---|
+//! | `tls` | TLS towards the gateway (see [above](#tls)) |
+//! | `opentelemetry` | trace context from and to `tracing` spans through `tracing-opentelemetry` |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod batch;
@@ -113,9 +138,11 @@ mod service;
 mod stream;
 mod subject;
 mod subscription;
+mod tls;
+pub mod trace;
 
 pub use bytes::Bytes;
-pub use client::{Client, ClientBuilder, ServerInfo};
+pub use client::{Client, ClientBuilder, DEFAULT_PUBLISH_RETRY_TIMEOUT, ServerInfo};
 pub use discovery::DNS_SERVER_ENV;
 pub use error::{Error, GatewayAttempt, Result, ServiceError};
 pub use headers::{Headers, TRACEPARENT, is_valid_traceparent, new_traceparent};

@@ -89,6 +89,12 @@ pub struct OutgoingMessage {
 
 impl OutgoingMessage {
     /// A message with no headers and no reply subject.
+    ///
+    /// ```
+    /// let msg = nexus_client::OutgoingMessage::new("orders.created", "order #1")
+    ///     .with_header("x-tenant", "acme");
+    /// assert_eq!(msg.subject, "orders.created");
+    /// ```
     pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         OutgoingMessage {
             subject: subject.into(),

@@ -32,7 +32,9 @@ impl Service {
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         let max = client.shared().config.max_concurrent_handlers.min(1 << 20);
         let handler = Arc::new(handler);
+        let busy = Busy::enter(&client);
         let task = tokio::spawn(async move {
+            let _busy = busy;
             let permits = Arc::new(Semaphore::new(max));
             loop {
                 let msg = tokio::select! {
@@ -52,7 +54,13 @@ impl Service {
                 tokio::spawn(async move {
                     let reply_to = msg.reply_to.clone();
                     let traceparent = msg.traceparent().map(str::to_owned);
-                    let result = AssertUnwindSafe(handler(msg)).catch_unwind().await;
+                    let subject = msg.subject.clone();
+                    let result = crate::trace::in_request(
+                        traceparent.clone(),
+                        &subject,
+                        AssertUnwindSafe(handler(msg)).catch_unwind(),
+                    )
+                    .await;
                     if let Some(reply_to) = reply_to {
                         let result = match result {
                             Ok(r) => r,
@@ -88,6 +96,26 @@ impl Service {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+}
+
+/// Counts a running service loop in [`Shared::busy`](crate::connection::Shared) until dropped,
+/// so that [`Client::drain`] can wait for handlers to answer.
+struct Busy(Client);
+
+impl Busy {
+    fn enter(client: &Client) -> Busy {
+        client.shared().busy.send_modify(|n| *n += 1);
+        Busy(client.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0
+            .shared()
+            .busy
+            .send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

@@ -356,6 +356,22 @@ impl BiStream {
     }
 
     /// Splits into independently usable halves.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// let (mut tx, mut rx) = client.open_stream("upper").await?.split();
+    /// let sender = tokio::spawn(async move {
+    ///     for word in ["a", "b", "c"] {
+    ///         tx.send(word).await?;
+    ///     }
+    ///     tx.finish().await
+    /// });
+    /// while let Some(frame) = rx.recv().await {
+    ///     println!("{:?}", frame?.payload);
+    /// }
+    /// sender.await.expect("sender task")?;
+    /// # Ok(()) }
+    /// ```
     pub fn split(self) -> (StreamSender, StreamReceiver) {
         (self.tx, self.rx)
     }
@@ -427,6 +443,18 @@ impl StreamListener {
 
     /// The next incoming stream (already granted its initial credit), or `None` when the
     /// client closed.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// let mut listener = client.listen_streams("echo", Some("echoers")).await?;
+    /// if let Some(mut stream) = listener.accept().await {
+    ///     while let Some(Ok(frame)) = stream.recv().await {
+    ///         stream.send(frame.payload).await?;
+    ///     }
+    ///     stream.finish().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn accept(&mut self) -> Option<BiStream> {
         self.rx.recv().await
     }

@@ -51,6 +51,18 @@ impl Subscription {
     }
 
     /// The next message, or `None` once the subscription ended.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// use std::time::Duration;
+    /// let mut sub = client.subscribe("orders.>").await?;
+    /// match tokio::time::timeout(Duration::from_secs(1), sub.next_message()).await {
+    ///     Ok(Some(msg)) => println!("{}", msg.subject),
+    ///     Ok(None) => println!("the subscription ended"),
+    ///     Err(_) => println!("nothing within a second"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn next_message(&mut self) -> Option<Message> {
         self.rx.recv().await
     }
@@ -61,6 +73,13 @@ impl Subscription {
     }
 
     /// Stops the subscription. Messages already buffered are discarded.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
+    /// let sub = client.subscribe("orders.>").await?;
+    /// sub.unsubscribe().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn unsubscribe(mut self) -> Result<()> {
         self.active = false;
         self.client.shared().remove_sub(self.sid);

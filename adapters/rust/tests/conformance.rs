@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use nexus_client::{Bytes, Client, Error, Headers, Message, OutgoingMessage, Subscription};
 
+#[path = "conformance/relay.rs"]
+mod relay;
+
 // === a small JSON reader (the cases file is plain JSON; no extra dependency needed) ===
 
 #[derive(Debug, Clone, PartialEq)]
@@ -289,12 +292,39 @@ fn ready(metrics: &str) -> bool {
     buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200")
 }
 
+/// The body of `GET http://{addr}{path}`.
+fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    Ok(buf.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
+}
+
+fn http_json(addr: &str, path: &str) -> Result<Json, String> {
+    JsonParser::parse(&http_get(addr, path)?)
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<(), ()> {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            return Err(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 struct Gateway {
     args: Vec<String>,
     log: PathBuf,
     proc: Option<Proc>,
     grpc: String,
     metrics: String,
+    federation: String,
 }
 
 impl Gateway {
@@ -305,6 +335,9 @@ impl Gateway {
             args[i + 1] = self.grpc.clone();
             let i = args.iter().position(|a| a == "--metrics-listen").unwrap();
             args[i + 1] = self.metrics.clone();
+            if let Some(i) = args.iter().position(|a| a == "--federation-listen") {
+                args[i + 1] = self.federation.clone();
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         let (proc, lines) = loop {
@@ -317,6 +350,17 @@ impl Gateway {
                 Err(e) => return Err(e),
             }
         };
+        for l in &lines {
+            if l.contains("nexus federation")
+                && let Some(addr) = l.rsplit(" on ").next()
+            {
+                self.federation = addr
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        }
         let last = lines.last().cloned().unwrap_or_default();
         let rest = last.split(" listening on ").nth(1).ok_or("no banner")?;
         let mut parts = rest.split(", metrics on ");
@@ -342,6 +386,11 @@ struct Environment {
     dir: PathBuf,
     /// `gateways[0]` is the one `restart_gateway` acts on.
     gateways: Vec<Gateway>,
+    /// The gateway of the second region (`remote_region`), federated with the first.
+    remote: Option<Gateway>,
+    remote_region: Option<String>,
+    /// The TCP relay in front of the first gateway (`relay: true`).
+    relay: Option<relay::Relay>,
     control_plane: Option<Proc>,
     dns: String,
     keys: HashMap<String, String>,
@@ -430,6 +479,89 @@ impl Environment {
                 );
             }
             args.extend(["--control-plane".into(), format!("http://{cp_addr}")]);
+            for route in spec.get("routes").map(Json::items).unwrap_or_default() {
+                let file = dir.join("route.toml");
+                let subjects: Vec<String> = route
+                    .get("subjects")
+                    .map(Json::items)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|j| match j {
+                        Json::Str(x) => Some(format!("{x:?}")),
+                        _ => None,
+                    })
+                    .collect();
+                let toml = format!(
+                    "name = {:?}\nsubjects = [{}]\npolicy = {:?}\nconsistency = {:?}\n",
+                    route.str("name").unwrap_or_default(),
+                    subjects.join(", "),
+                    route.str("policy").unwrap_or("broadcast"),
+                    route.str("consistency").unwrap_or("best_effort"),
+                );
+                std::fs::write(&file, toml).map_err(|e| e.to_string())?;
+                let out = Command::new(nexusctl_bin())
+                    .args(["routes", "apply", "-f"])
+                    .arg(&file)
+                    .env("NEXUS_CONTROL_PLANE", format!("http://{cp_addr}"))
+                    .env("NEXUS_ADMIN_KEY", admin.trim())
+                    .output()
+                    .map_err(|e| format!("nexusctl: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "nexusctl routes apply: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+            }
+        }
+        let remote_region = spec.str("remote_region").map(str::to_owned);
+        let mut remote = None;
+        if let Some(region) = &remote_region {
+            // The first gateway's region sorts first, so it dials the remote one.
+            let certs = dir.join("certs");
+            let out = Command::new(nexus_bin())
+                .args(["federation-certs", "--out"])
+                .arg(&certs)
+                .args(["--regions", &format!("{REGION},{region}")])
+                .output()
+                .map_err(|e| format!("federation-certs: {e}"))?;
+            if !out.status.success() {
+                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            let fed = |r: &str| -> Vec<String> {
+                let c = |f: String| certs.join(f).display().to_string();
+                vec![
+                    "--federation-listen".into(),
+                    "127.0.0.1:0".into(),
+                    "--federation-cert".into(),
+                    c(format!("{r}.pem")),
+                    "--federation-key".into(),
+                    c(format!("{r}-key.pem")),
+                    "--federation-ca".into(),
+                    c("ca.pem".into()),
+                ]
+            };
+            let mut remote_args = args.clone();
+            remote_args[2] = region.clone(); // "gateway --region <region>"
+            remote_args.extend(fed(region));
+            remote_args.extend([
+                "--gateway-id".into(),
+                "conformance-remote".into(),
+                "--state-dir".into(),
+                dir.join("remote-state").display().to_string(),
+            ]);
+            let mut gw = Gateway {
+                args: remote_args,
+                log: dir.join("remote.log"),
+                proc: None,
+                grpc: String::new(),
+                metrics: String::new(),
+                federation: String::new(),
+            };
+            gw.start()?;
+            args.extend(fed(REGION));
+            args.extend(["--peer".into(), format!("{region}={}", gw.federation)]);
+            remote = Some(gw);
         }
         let mut gateways = Vec::new();
         for i in 0..spec.num("gateways").unwrap_or(1) {
@@ -447,17 +579,146 @@ impl Environment {
                 proc: None,
                 grpc: String::new(),
                 metrics: String::new(),
+                federation: String::new(),
             };
             gateway.start()?;
             gateways.push(gateway);
         }
+        if let Some(region) = &remote_region {
+            wait_until(Duration::from_secs(20), || {
+                http_json(&gateways[0].metrics, "/v1/status")
+                    .ok()
+                    .and_then(|v| {
+                        v.get("links").map(|l| {
+                            l.items().iter().any(|l| {
+                                l.str("region") == Some(region) && l.str("state") == Some("up")
+                            })
+                        })
+                    })
+                    .unwrap_or(false)
+            })
+            .map_err(|_| format!("the federation link to {region} did not come up"))?;
+        }
+        for route in spec.get("routes").map(Json::items).unwrap_or_default() {
+            let (name, probe) = (
+                route.str("name").unwrap_or_default(),
+                route.str("probe").unwrap_or_default(),
+            );
+            for g in gateways.iter().chain(remote.iter()) {
+                wait_until(Duration::from_secs(10), || {
+                    http_json(&g.metrics, &format!("/v1/explain?subject={probe}"))
+                        .ok()
+                        .and_then(|v| {
+                            v.get("federation")
+                                .and_then(|f| f.get("route"))
+                                .and_then(|r| r.str("name").map(|n| n == name))
+                        })
+                        .unwrap_or(false)
+                })
+                .map_err(|_| format!("route {name} did not reach gateway {}", g.grpc))?;
+            }
+        }
         Ok(Self {
             dir,
             gateways,
+            remote,
+            remote_region,
+            relay: None,
             control_plane,
             dns,
             keys,
         })
+    }
+
+    /// Waits until the first gateway knows that the remote region has interest in `subject`.
+    fn await_interest(&self, subject: &str) -> Result<(), String> {
+        let region = self.remote_region.clone().ok_or("no remote region")?;
+        wait_until(Duration::from_secs(10), || {
+            http_json(
+                &self.gateways[0].metrics,
+                &format!("/v1/explain?subject={subject}"),
+            )
+            .ok()
+            .and_then(|v| {
+                v.get("federation").and_then(|f| f.get("regions")).map(|r| {
+                    r.items().iter().any(|r| {
+                        r.str("region") == Some(region.as_str())
+                            && r.get("interest") == Some(&Json::Bool(true))
+                    })
+                })
+            })
+            .unwrap_or(false)
+        })
+        .map_err(|_| format!("{region}'s interest in {subject} did not reach the first gateway"))
+    }
+
+    /// Waits until the first gateway routes `subject` by route `name` and its link to the
+    /// remote region is up.
+    fn await_route(&self, name: &str, subject: &str) -> Result<(), String> {
+        let region = self.remote_region.clone().ok_or("no remote region")?;
+        let metrics = &self.gateways[0].metrics;
+        wait_until(Duration::from_secs(20), || {
+            let routed = http_json(metrics, &format!("/v1/explain?subject={subject}"))
+                .ok()
+                .and_then(|v| {
+                    v.get("federation")
+                        .and_then(|f| f.get("route"))
+                        .and_then(|r| r.str("name").map(|n| n == name))
+                })
+                .unwrap_or(false);
+            let up = http_json(metrics, "/v1/status").ok().is_some_and(|st| {
+                st.get("links").is_some_and(|l| {
+                    l.items().iter().any(|l| {
+                        l.str("region") == Some(region.as_str()) && l.str("state") == Some("up")
+                    })
+                })
+            });
+            routed && up
+        })
+        .map_err(|_| {
+            format!("the first gateway does not route {subject} by {name} with its link up")
+        })
+    }
+
+    /// Waits until the first gateway's link to the remote region is up and nothing it spooled
+    /// for that region is unconfirmed (so a duplicate would have arrived by now).
+    fn await_replicated(&self) -> Result<(), String> {
+        let region = self.remote_region.clone().ok_or("no remote region")?;
+        wait_until(Duration::from_secs(20), || {
+            let Ok(st) = http_json(&self.gateways[0].metrics, "/v1/status") else {
+                return false;
+            };
+            let up = st.get("links").is_some_and(|l| {
+                l.items().iter().any(|l| {
+                    l.str("region") == Some(region.as_str()) && l.str("state") == Some("up")
+                })
+            });
+            let depth: u64 = st
+                .get("routes")
+                .map(|r| {
+                    r.items()
+                        .iter()
+                        .filter(|r| r.str("region") == Some(region.as_str()))
+                        .map(|r| r.num("spool_depth").unwrap_or(0))
+                        .sum()
+                })
+                .unwrap_or(0);
+            up && depth == 0
+        })
+        .map_err(|_| format!("the first gateway did not finish replicating to {region}"))
+    }
+
+    /// A series of the first gateway's /metrics whose labels include all of `labels`.
+    fn metric(&self, name: &str, labels: &[&str]) -> Result<f64, String> {
+        let text = http_get(&self.gateways[0].metrics, "/metrics")?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(series, _)| {
+                series.split('{').next() == Some(name) && labels.iter().all(|w| series.contains(w))
+            })
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0.0))
     }
 
     fn srv_url(&self, region: Option<&str>) -> String {
@@ -471,7 +732,8 @@ impl Environment {
 
 impl Drop for Environment {
     fn drop(&mut self) {
-        for g in &mut self.gateways {
+        self.relay = None;
+        for g in self.gateways.iter_mut().chain(self.remote.iter_mut()) {
             g.proc = None;
         }
         self.control_plane = None;
@@ -491,8 +753,9 @@ fn error_kind(e: &Error) -> &'static str {
         Error::Denied { .. } => "denied",
         Error::Discovery(_) => "discovery",
         Error::Invalid { .. } => "invalid",
-        Error::Disconnected => "disconnected",
+        Error::Disconnected | Error::NotConfirmed { .. } => "disconnected",
         Error::Unavailable { .. } => "unavailable",
+        Error::Closed => "closed",
         _ => "other",
     }
 }
@@ -564,6 +827,10 @@ struct Runner {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The gateway id `kill_connected_gateway` killed.
     killed: String,
+    /// Operations started with `pending` and not awaited yet.
+    pending: HashMap<String, tokio::task::JoinHandle<Result<u32, Error>>>,
+    /// Batches and publishes received by the first gateway at `mark_metrics`.
+    marks: (f64, f64),
 }
 
 impl Runner {
@@ -598,11 +865,14 @@ impl Runner {
                     .and_then(|k| self.env.keys.get(k))
                     .cloned()
                     .unwrap_or_default();
-                let url = if s.str("via") == Some("srv") {
-                    self.env.srv_url(s.str("region"))
-                } else {
-                    self.env.gateways[0].url()
+                let url = match (s.str("via"), s.str("gateway")) {
+                    (Some("srv"), _) => self.env.srv_url(s.str("region")),
+                    (Some("relay"), _) => self.env.relay.as_ref().ok_or("no relay")?.url(),
+                    (_, Some("remote")) => self.env.remote.as_ref().ok_or("no remote")?.url(),
+                    _ => self.env.gateways[0].url(),
                 };
+                let local_check = s.get("local_payload_check") != Some(&Json::Bool(false));
+                let retry_ms = s.num("publish_retry_ms");
                 let name = s.str("client").unwrap_or_default().to_owned();
                 let window = s.num("stream_window");
                 let connect = || {
@@ -614,7 +884,10 @@ impl Runner {
                     if let Some(w) = window {
                         b = b.stream_window(w as u32);
                     }
-                    b.connect()
+                    if let Some(ms) = retry_ms {
+                        b = b.publish_retry_timeout(Duration::from_millis(ms));
+                    }
+                    b.local_payload_check(local_check).connect()
                 };
                 if s.get("expect_error").is_some() {
                     return check_error(s, connect().await, started);
@@ -654,11 +927,124 @@ impl Runner {
                 let c = self.client(s)?;
                 let msg = OutgoingMessage::new(s.str("subject").unwrap_or_default(), payload_of(s))
                     .with_headers(headers_of(s));
-                let r = c.publish_message(msg).await;
+                let r = if s.flag("ack") {
+                    if let Some(name) = s.str("pending") {
+                        let task = tokio::spawn(async move { c.publish_message_acked(msg).await });
+                        self.pending.insert(name.to_owned(), task);
+                        tokio::task::yield_now().await;
+                        return Ok(());
+                    }
+                    c.publish_message_acked(msg).await.map(|_| ())
+                } else {
+                    c.publish_message(msg).await
+                };
                 if s.get("expect_error").is_some() {
                     return check_error(s, r, started);
                 }
                 r.map_err(|e| e.to_string())?;
+            }
+            "await" => {
+                let task = self
+                    .pending
+                    .remove(s.str("pending").unwrap_or_default())
+                    .ok_or("no such pending operation")?;
+                let r = task.await.map_err(|e| e.to_string())?;
+                if s.get("expect_error").is_some() {
+                    return check_error(s, r, started);
+                }
+                r.map_err(|e| e.to_string())?;
+            }
+            "relay_hold" => self.env.relay.as_ref().ok_or("no relay")?.hold(),
+            "relay_cut" => self.env.relay.as_ref().ok_or("no relay")?.cut(),
+            "relay_block" => self.env.relay.as_ref().ok_or("no relay")?.block(true),
+            "relay_pass" => self.env.relay.as_ref().ok_or("no relay")?.block(false),
+            "await_route" => {
+                let (name, subject) = (
+                    s.str("name").unwrap_or_default().to_owned(),
+                    s.str("subject").unwrap_or_default().to_owned(),
+                );
+                tokio::task::block_in_place(|| self.env.await_route(&name, &subject))?;
+            }
+            "kill_gateway" => self.env.gateways[0].proc = None,
+            "start_gateway" => {
+                let mut g = std::mem::replace(
+                    &mut self.env.gateways[0],
+                    Gateway {
+                        args: Vec::new(),
+                        log: PathBuf::new(),
+                        proc: None,
+                        grpc: String::new(),
+                        metrics: String::new(),
+                        federation: String::new(),
+                    },
+                );
+                let (g, r) = tokio::task::spawn_blocking(move || {
+                    let r = g.start();
+                    (g, r)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                self.env.gateways[0] = g;
+                r?;
+            }
+            "expect_disconnected" => {
+                let c = self.client(s)?;
+                let deadline =
+                    Instant::now() + Duration::from_millis(s.num("timeout_ms").unwrap_or(5000));
+                while c.is_connected() {
+                    if Instant::now() > deadline {
+                        return Err("still connected".into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            "await_replicated" => tokio::task::block_in_place(|| self.env.await_replicated())?,
+            "await_interest" => {
+                let subject = s.str("subject").unwrap_or_default().to_owned();
+                tokio::task::block_in_place(|| self.env.await_interest(&subject))?;
+            }
+            "mark_metrics" => {
+                self.marks = (
+                    self.env
+                        .metric("nexus_session_batches_received_total", &[])?,
+                    self.env.metric(
+                        "nexus_messages_total",
+                        &["pattern=\"pub\"", "direction=\"in\""],
+                    )?,
+                );
+            }
+            "expect_batched" => {
+                let batches = self
+                    .env
+                    .metric("nexus_session_batches_received_total", &[])?
+                    - self.marks.0;
+                let pubs = self.env.metric(
+                    "nexus_messages_total",
+                    &["pattern=\"pub\"", "direction=\"in\""],
+                )? - self.marks.1;
+                let (want, max) = (
+                    s.num("messages").unwrap_or(0) as f64,
+                    s.num("max_batches").unwrap_or(0) as f64,
+                );
+                if pubs < want || batches > max {
+                    return Err(format!(
+                        "{pubs} publishes arrived in {batches} batches; expected at least {want} in at most {max}"
+                    ));
+                }
+            }
+            "drain" => self.client(s)?.drain().await,
+            "expect_end" => {
+                let sub = s.str("sub").unwrap_or_default();
+                let ms = s.num("timeout_ms").unwrap_or(5000);
+                let sub_ref = self.subs.get_mut(sub).ok_or("no such subscription")?;
+                match tokio::time::timeout(Duration::from_millis(ms), sub_ref.next_message()).await
+                {
+                    Ok(None) => {}
+                    Ok(Some(m)) => {
+                        return Err(format!("{sub}: expected the end, got {:?}", m.payload));
+                    }
+                    Err(_) => return Err(format!("{sub} did not end")),
+                }
             }
             "publish_many" => {
                 let c = self.client(s)?;
@@ -904,7 +1290,7 @@ impl Runner {
             }
             "restart_gateway" => {
                 self.env.gateways[0].proc = None;
-                self.env.gateways[0].start()?;
+                tokio::task::block_in_place(|| self.env.gateways[0].start())?;
             }
             "kill_connected_gateway" => {
                 let info = self
@@ -965,6 +1351,15 @@ async fn run_case(doc: &Json, case: &Json) -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())??;
+    let mut env = env;
+    if spec.flag("relay") {
+        let upstream = env.gateways[0].grpc.clone();
+        env.relay = Some(
+            relay::Relay::start(upstream)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
     let mut runner = Runner {
         env,
         clients: HashMap::new(),
@@ -972,6 +1367,8 @@ async fn run_case(doc: &Json, case: &Json) -> Result<(), String> {
         services: Vec::new(),
         tasks: Vec::new(),
         killed: String::new(),
+        pending: HashMap::new(),
+        marks: (0.0, 0.0),
     };
     let mut result = Ok(());
     for (i, s) in case
@@ -997,6 +1394,9 @@ async fn run_case(doc: &Json, case: &Json) -> Result<(), String> {
     for t in runner.tasks.drain(..) {
         t.abort();
     }
+    for (_, t) in runner.pending.drain() {
+        t.abort();
+    }
     runner.services.clear();
     for (_, c) in runner.clients.drain() {
         c.close().await;
@@ -1015,8 +1415,19 @@ async fn conformance_cases() {
         nexus_bin().display()
     );
     let mut failures = Vec::new();
-    let cases = doc.get("cases").map(Json::items).unwrap_or_default();
-    for case in cases {
+    // NEXUS_CONFORMANCE_ONLY=a,b runs only those cases (while working on them).
+    let only = std::env::var("NEXUS_CONFORMANCE_ONLY").ok();
+    let cases: Vec<&Json> = doc
+        .get("cases")
+        .map(Json::items)
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| Some(n) == c.str("name")))
+        })
+        .collect();
+    for case in cases.iter().copied() {
         let name = case.str("name").unwrap_or_default();
         let started = Instant::now();
         match run_case(&doc, case).await {

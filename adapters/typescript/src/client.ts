@@ -1,196 +1,108 @@
 /**
  * The client: one long-lived gRPC session with a gateway, batching, reconnection and the
- * public Promise / async-iterator API (publish, subscribe, request, serve, streams).
+ * public Promise / async-iterator API (publish, subscribe, request, serve, streams, drain).
  *
  * Every outgoing frame goes through one bounded queue drained by one writer, which sends all
  * frames already queued as one `Batch` (docs/protocol.md section 15.1): no timer, so a lone
  * frame leaves at once and batches grow under load. A full queue makes `publish` wait, and
  * the writer waits for the HTTP/2 stream to drain, so backpressure reaches the application.
  */
-import * as fs from "node:fs";
-import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
+import { type Batch, type Frame, asBuffer, batch, decodeBatch, encodeBatch, frame, pb } from "./codec.js";
+import { type Endpoint, Target } from "./discovery.js";
 import {
-  ClosedError, ConnectError, DeniedError, DisconnectedError, InvalidError, LimitError, NexusError,
-  NoGatewayError, ProtocolError, ServiceError, TimeoutError, UnavailableError, fromError,
-} from "./errors";
-import { Headers, HeadersInit, ensureTraceparent, toPairs, traceContext } from "./headers";
-import { Message, ServerInfo } from "./message";
-import { AsyncQueue } from "./queue";
-import { BiStream, StreamListener } from "./stream";
-import { validatePattern, validatePublishSubject } from "./subject";
-import { Endpoint, Target } from "./discovery";
+  ClosedError, ConnectError, DeniedError, DisconnectedError, InvalidError, InvalidOptionError, LimitError,
+  NexusError, NoGatewayError, ProtocolError, TimeoutError, UnavailableError, fromError,
+} from "./errors.js";
+import { type Headers, type HeadersInit, ensureTraceparent, toPairs } from "./headers.js";
+import { Message, type ServerInfo } from "./message.js";
+import { AsyncQueue } from "./queue.js";
+import { BiStream, StreamListener } from "./stream.js";
+import { validatePattern, validatePublishSubject } from "./subject.js";
+import { type Handler, type Payload, Service, Subscription } from "./subscription.js";
 
-export const VERSION = "0.1.0";
+export const VERSION = "0.2.0";
 const SESSION_METHOD = "/nexus.v1.Gateway/Session";
 const MAX_MESSAGE = 64 * 1024 * 1024;
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-type Frame = Record<string, any>;
-
-function protoPath(): string {
-  const candidates = [
-    path.join(__dirname, "..", "proto", "gateway.proto"),
-    path.join(__dirname, "..", "..", "..", "proto", "nexus", "v1", "gateway.proto"),
-  ];
-  const p = candidates.find((c) => fs.existsSync(c));
-  if (!p) throw new Error("gateway.proto not found next to the package");
-  return p;
-}
-
-let codec: { serialize: (v: unknown) => Buffer; deserialize: (b: Buffer) => { frames: Frame[] } } | undefined;
-function getCodec() {
-  if (!codec) {
-    const def = protoLoader.loadSync(protoPath(), {
-      keepCase: false, longs: String, enums: String, bytes: Buffer, defaults: true, oneofs: true,
-    });
-    const session = (def["nexus.v1.Gateway"] as protoLoader.ServiceDefinition).Session;
-    codec = {
-      serialize: session.requestSerialize as (v: unknown) => Buffer,
-      deserialize: session.responseDeserialize as (b: Buffer) => { frames: Frame[] },
-    };
-  }
-  return codec;
-}
-
-function ulid(): Buffer {
-  const b = Buffer.alloc(16);
-  b.writeUIntBE(Date.now() % 2 ** 48, 0, 6);
-  randomBytes(10).copy(b, 6);
-  return b;
-}
-
-function toBuffer(p: Buffer | string | Uint8Array | undefined): Buffer {
-  if (p === undefined) return Buffer.alloc(0);
-  return typeof p === "string" ? Buffer.from(p) : Buffer.from(p);
-}
-
-const wire = (h: Headers) => h.map(([key, value]) => ({ key, value }));
-const fromWire = (h: { key: string; value: string }[] | undefined): Headers => (h ?? []).map((x) => [x.key, x.value]);
-
 /** Options of {@link Client.connect}. */
 export interface ClientOptions {
+  /** API key sent in Hello (default: `NEXUS_API_KEY`). */
   apiKey?: string;
+  /** Client name reported to the gateway. */
   name?: string;
+  /** Default timeout of requests, acknowledgements and stream opens (default 5000). */
   requestTimeoutMs?: number;
+  /** Timeout of the TCP connect and the Hello/Welcome handshake (default 5000). */
   connectTimeoutMs?: number;
   /** DNS server for `nexus+srv://` names, `ip[:port]` (else `?dns=`, NEXUS_DNS_SERVER, system). */
   dnsServer?: string;
+  /** Reconnect delays: from the first, doubling up to the second, jittered (default [100, 5000]). */
   reconnectBackoffMs?: [number, number];
+  /** Most frames per outgoing batch (default 256). */
   maxBatchFrames?: number;
+  /** Approximate most bytes per outgoing batch (default 256 KiB). */
   maxBatchBytes?: number;
+  /** Capacity of the outgoing queue in frames; a full queue makes `publish` wait (default 1024). */
   outboundCapacity?: number;
+  /** Buffered deliveries per subscription; when full the client stops reading (default 1024). */
   subscriptionCapacity?: number;
+  /** Receive window of each stream, in frames (default 256). */
   streamWindow?: number;
+  /**
+   * How long a confirmed publish (`publish(..., { ack: true })`) keeps retrying, with the same
+   * message id, after the session was lost before its acknowledgement (default 30000). The
+   * gateway de-duplicates the retries on `async` and `sync` routes. 0 turns retrying off.
+   */
+  publishRetryTimeoutMs?: number;
+  /** Check payloads against the gateway's `max_payload` before sending (default true). */
+  localPayloadCheck?: boolean;
+}
+
+type Settings = Required<Omit<ClientOptions, "dnsServer">>;
+
+function settings(o: ClientOptions): Settings {
+  const s: Settings = {
+    apiKey: o.apiKey ?? process.env.NEXUS_API_KEY ?? "",
+    name: o.name ?? "",
+    requestTimeoutMs: o.requestTimeoutMs ?? 5000,
+    connectTimeoutMs: o.connectTimeoutMs ?? 5000,
+    reconnectBackoffMs: o.reconnectBackoffMs ?? [100, 5000],
+    maxBatchFrames: o.maxBatchFrames ?? 256,
+    maxBatchBytes: o.maxBatchBytes ?? 256 * 1024,
+    outboundCapacity: o.outboundCapacity ?? 1024,
+    subscriptionCapacity: o.subscriptionCapacity ?? 1024,
+    streamWindow: o.streamWindow ?? 256,
+    publishRetryTimeoutMs: o.publishRetryTimeoutMs ?? 30000,
+    localPayloadCheck: o.localPayloadCheck ?? true,
+  };
+  for (const k of ["requestTimeoutMs", "connectTimeoutMs", "maxBatchFrames", "maxBatchBytes", "outboundCapacity", "subscriptionCapacity", "streamWindow"] as const) {
+    if (!(s[k] > 0)) throw new InvalidOptionError(`${k} must be positive, got ${s[k]}`);
+  }
+  if (!(s.publishRetryTimeoutMs >= 0)) throw new InvalidOptionError(`publishRetryTimeoutMs must be 0 (off) or positive, got ${s.publishRetryTimeoutMs}`);
+  const [lo, hi] = s.reconnectBackoffMs;
+  if (!(lo > 0 && lo <= hi)) throw new InvalidOptionError(`reconnectBackoffMs must be [min, max] with 0 < min <= max, got [${lo}, ${hi}]`);
+  return s;
 }
 
 interface Out {
-  frame: Frame;
+  frame: Frame | undefined;
   size: number;
   plainPub: boolean;
 }
 
-const END = Symbol("end");
-
-/** Messages of one subscription: `for await (const m of sub)` or `await sub.next()`. */
-export class Subscription implements AsyncIterable<Message> {
-  /** @internal */
-  readonly queue: AsyncQueue<Message | typeof END>;
-  /** Drop notices from the gateway's slow-consumer policy. */
-  dropped = 0;
-  /** @internal */
-  closed = false;
-  /** @internal Resolves when the subscription ends. */
-  readonly ended: Promise<void>;
-  private markEnded!: () => void;
-  /** @internal */
-  constructor(private readonly client: Client, readonly sid: string, readonly subject: string, readonly queueGroup: string, capacity: number) {
-    this.queue = new AsyncQueue(capacity);
-    this.ended = new Promise((r) => (this.markEnded = r));
-  }
-  /** The next message, `undefined` once unsubscribed; rejects with TimeoutError after `timeoutMs`. */
-  async next(timeoutMs?: number): Promise<Message | undefined> {
-    const m = await this.queue.shift(timeoutMs, () => new TimeoutError(this.subject, timeoutMs ?? 0));
-    if (m === END) {
-      this.queue.pushNow(END);
-      return undefined;
-    }
-    return m;
-  }
-  async *[Symbol.asyncIterator](): AsyncIterator<Message> {
-    for (;;) {
-      const m = await this.next();
-      if (!m) return;
-      yield m;
-    }
-  }
-  /** Stops the subscription. */
-  async unsubscribe(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await this.client._unsubscribe(this.sid);
-  }
-  /** @internal */
-  _end(): void {
-    this.closed = true;
-    this.queue.pushNow(END);
-    this.markEnded();
-  }
-}
-
-/** A handler for {@link Client.serve}: returns the payload, or `{payload, headers}`. */
-export type Handler = (msg: Message) => Promise<Buffer | string | Uint8Array | { payload: Buffer | string | Uint8Array; headers?: HeadersInit } | void>;
-
-/** A responder started by {@link Client.serve}. */
-export class Service {
-  private running = new Set<Promise<void>>();
-  /** @internal */
-  constructor(private readonly client: Client, private readonly sub: Subscription, private readonly handler: Handler) {
-    void this.loop();
-  }
-  get subject(): string {
-    return this.sub.subject;
-  }
-  private async loop(): Promise<void> {
-    for await (const msg of this.sub) {
-      const p = this.handle(msg).finally(() => this.running.delete(p));
-      this.running.add(p);
-    }
-  }
-  private async handle(msg: Message): Promise<void> {
-    try {
-      let result;
-      try {
-        result = await traceContext.run(msg.traceparent ?? "", () => this.handler(msg));
-      } catch (e) {
-        const text = e instanceof ServiceError ? e.message : `${(e as Error).name}: ${(e as Error).message}`;
-        await this.client.replyError(msg, text);
-        return;
-      }
-      if (!msg.replyTo) return;
-      if (result && typeof result === "object" && "payload" in result && !(result instanceof Uint8Array)) {
-        await this.client.reply(msg, result.payload, result.headers);
-      } else {
-        await this.client.reply(msg, (result ?? Buffer.alloc(0)) as Buffer);
-      }
-    } catch {
-      // The session broke; the gateway tells the requester.
-    }
-  }
-  /** Unsubscribes and waits for the handlers in progress. */
-  async stop(): Promise<void> {
-    await this.sub.unsubscribe();
-    await Promise.allSettled([...this.running]);
-  }
-}
-
 class Session {
-  done!: Promise<void>;
+  readonly done: Promise<void>;
   finish!: () => void;
-  pending: Frame[] = [];
-  constructor(readonly endpoint: Endpoint, readonly channel: grpc.Client, readonly call: grpc.ClientDuplexStream<unknown, { frames: Frame[] }>, readonly info: ServerInfo, readonly iter: AsyncIterator<{ frames: Frame[] }>) {
+  constructor(
+    readonly endpoint: Endpoint,
+    readonly channel: grpc.Client,
+    readonly call: grpc.ClientDuplexStream<Batch, Batch>,
+    readonly info: ServerInfo,
+    readonly iter: AsyncIterator<Batch>,
+    readonly pending: Frame[],
+  ) {
     this.done = new Promise((r) => (this.finish = r));
   }
 }
@@ -208,27 +120,47 @@ function deferred<T>(): [Promise<T>, Deferred<T>] {
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
-  let t: NodeJS.Timeout;
+  let t: NodeJS.Timeout | undefined;
   return Promise.race([p, new Promise<T>((_, rej) => (t = setTimeout(() => rej(onTimeout()), ms)))]).finally(() => clearTimeout(t));
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+function ulid(): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeUIntBE(Date.now() % 2 ** 48, 0, 6);
+  randomBytes(10).copy(b, 6);
+  return b;
+}
+
+function toBuffer(p: Payload | undefined): Buffer {
+  if (p === undefined) return Buffer.alloc(0);
+  return typeof p === "string" ? Buffer.from(p) : Buffer.from(p.buffer, p.byteOffset, p.byteLength);
+}
+
+const wire = (h: Headers) => h.map(([key, value]) => ({ key, value }));
+const fromWire = (h: { key: string; value: string }[]): Headers => h.map((x) => [x.key, x.value]);
+
+/** Thrown inside a confirmed publish when no Ack came while the session stayed up: not retried. */
+class AckTimeout extends DisconnectedError {}
+
 /**
  * A connection to a Nexus gateway. Create it with `await Client.connect(url, options)`, where
- * `url` is `http://host:port` or `nexus+srv://<region>.<zone>[?dns=ip:port]`.
+ * `url` is `http://host:port` or `nexus+srv://<region>.<zone>[?dns=ip:port]`. Supports
+ * `await using client = await Client.connect(...)`, which drains at the end of the scope.
  */
-export class Client {
+export class Client implements AsyncDisposable {
   private readonly target: Target;
-  private readonly opts: Required<Omit<ClientOptions, "dnsServer">>;
+  private readonly opts: Settings;
   private nextId = 1n;
   private readonly out: AsyncQueue<Out>;
-  private readonly subs = new Map<string, Subscription>();
-  private readonly listeners = new Map<string, StreamListener>();
-  private readonly acks = new Map<string, Deferred<number>>();
-  private readonly reqs = new Map<string, Deferred<Frame>>();
-  private readonly pings = new Map<string, Deferred<void>>();
-  private readonly streams = new Map<string, BiStream>();
+  private readonly subs = new Map<bigint, Subscription>();
+  private readonly listeners = new Map<bigint, StreamListener>();
+  private readonly acks = new Map<bigint, Deferred<number>>();
+  private readonly reqs = new Map<bigint, Deferred<pb.Reply>>();
+  private readonly pings = new Map<bigint, Deferred<void>>();
+  private readonly streams = new Map<bigint, BiStream>();
+  private readonly services: Service[] = [];
   private session?: Session;
   private connectedWaiters: (() => void)[] = [];
   private closed = false;
@@ -237,18 +169,7 @@ export class Client {
 
   private constructor(url: string, options: ClientOptions) {
     this.target = new Target(url, options.dnsServer);
-    this.opts = {
-      apiKey: options.apiKey ?? process.env.NEXUS_API_KEY ?? "",
-      name: options.name ?? "",
-      requestTimeoutMs: options.requestTimeoutMs ?? 5000,
-      connectTimeoutMs: options.connectTimeoutMs ?? 5000,
-      reconnectBackoffMs: options.reconnectBackoffMs ?? [100, 5000],
-      maxBatchFrames: options.maxBatchFrames ?? 256,
-      maxBatchBytes: options.maxBatchBytes ?? 256 * 1024,
-      outboundCapacity: options.outboundCapacity ?? 1024,
-      subscriptionCapacity: options.subscriptionCapacity ?? 1024,
-      streamWindow: options.streamWindow ?? 256,
-    };
+    this.opts = settings(options);
     this.out = new AsyncQueue(this.opts.outboundCapacity);
   }
 
@@ -258,14 +179,13 @@ export class Client {
    */
   static async connect(url: string, options: ClientOptions = {}): Promise<Client> {
     const c = new Client(url, options);
-    const s = await c.connectRound();
-    c.start(s);
+    c.start(await c.connectRound());
     void c.supervise();
     return c;
   }
 
-  private id(): string {
-    return (this.nextId++).toString();
+  private id(): bigint {
+    return this.nextId++;
   }
 
   // === connecting ===
@@ -292,21 +212,20 @@ export class Client {
   }
 
   private async open(ep: Endpoint): Promise<Session> {
-    const { serialize, deserialize } = getCodec();
     const channel = new grpc.Client(ep.address, grpc.credentials.createInsecure(), {
       "grpc.max_receive_message_length": MAX_MESSAGE,
       "grpc.max_send_message_length": MAX_MESSAGE,
       "grpc.enable_retries": 0,
     });
     try {
-      const call = channel.makeBidiStreamRequest(SESSION_METHOD, serialize, deserialize);
+      const call = channel.makeBidiStreamRequest<Batch, Batch>(SESSION_METHOD, encodeBatch, decodeBatch);
       call.on("error", () => undefined); // surfaced through the iterator
-      const frames: Frame[] = [{ hello: { apiKey: this.opts.apiKey, clientName: this.opts.name, language: "typescript", version: VERSION, protocol: 1 } }];
-      for (const s of this.subs.values()) frames.push({ sub: { sid: s.sid, subject: s.subject, queueGroup: s.queueGroup } });
-      for (const l of this.listeners.values()) frames.push({ sub: { sid: l.sid, subject: l.subject, queueGroup: l.queueGroup } });
-      call.write({ frames });
-      const iter = call[Symbol.asyncIterator]() as AsyncIterator<{ frames: Frame[] }>;
-      let first: IteratorResult<{ frames: Frame[] }>;
+      const frames: Frame[] = [frame({ case: "hello", value: { apiKey: this.opts.apiKey, clientName: this.opts.name, language: "typescript", version: VERSION, protocol: 1 } })];
+      for (const s of this.subs.values()) frames.push(frame({ case: "sub", value: { sid: s.sid, subject: s.subject, queueGroup: s.queueGroup } }));
+      for (const l of this.listeners.values()) frames.push(frame({ case: "sub", value: { sid: l.sid, subject: l.subject, queueGroup: l.queueGroup } }));
+      call.write(batch(frames));
+      const iter = call[Symbol.asyncIterator]() as AsyncIterator<Batch>;
+      let first: IteratorResult<Batch>;
       try {
         first = await withTimeout(iter.next(), this.opts.connectTimeoutMs, () => new ConnectError(`${ep.address}: no Welcome within ${this.opts.connectTimeoutMs} ms`));
       } catch (e) {
@@ -314,23 +233,19 @@ export class Client {
         throw statusError(e as grpc.ServiceError, ep.address);
       }
       if (first.done) throw new ConnectError(`${ep.address}: the gateway ended the session`);
-      let welcome: Frame | undefined;
+      let welcome: pb.Welcome | undefined;
       const rest: Frame[] = [];
       for (const f of first.value.frames) {
-        if (f.kind === "welcome" && !welcome) welcome = f.welcome;
-        else if (f.kind === "error" && !welcome) {
-          call.cancel();
-          throw fromError(f.error);
-        } else rest.push(f);
+        if (f.kind.case === "welcome" && !welcome) welcome = f.kind.value;
+        else if (f.kind.case === "error" && !welcome) throw fromError(f.kind.value);
+        else rest.push(f);
       }
       if (!welcome) throw new ProtocolError("the first frame from the gateway was not Welcome");
       const info: ServerInfo = {
         gatewayId: welcome.gatewayId, region: welcome.region, sessionId: welcome.sessionId,
         maxPayload: Number(welcome.maxPayload), maxSubscriptions: welcome.maxSubscriptions, address: ep.address,
       };
-      const s = new Session(ep, channel, call, info, iter);
-      s.pending = rest;
-      return s;
+      return new Session(ep, channel, call, info, iter, rest);
     } catch (e) {
       channel.close();
       throw e;
@@ -350,13 +265,15 @@ export class Client {
 
   /** Plain publishes, and operations queued after the old session was failed whose callers still wait. */
   private stillWanted(o: Out): boolean {
-    const f = o.frame;
     if (o.plainPub) return true;
-    if (f.req) return this.reqs.has(String(f.req.reqId));
-    if (f.ping) return this.pings.has(String(f.ping.nonce));
-    if (f.pub) return this.acks.has(String(f.pub.ackId));
-    if (f.streamOpen) return this.streams.has(String(f.streamOpen.streamId));
-    return false;
+    const k = o.frame?.kind;
+    switch (k?.case) {
+      case "req": return this.reqs.has(k.value.reqId);
+      case "ping": return this.pings.has(k.value.nonce);
+      case "pub": return this.acks.has(k.value.ackId);
+      case "streamOpen": return this.streams.has(k.value.streamId);
+      default: return false;
+    }
   }
 
   private async supervise(): Promise<void> {
@@ -387,10 +304,10 @@ export class Client {
   private endSession(s: Session, err: NexusError): void {
     if (this.session === s) this.session = undefined;
     s.finish();
-    this.out.wakeTakers({ frame: undefined as unknown as Frame, size: 0, plainPub: false });
+    this.out.wakeTakers({ frame: undefined, size: 0, plainPub: false });
     s.call.cancel();
     s.channel.close();
-    for (const table of [this.acks, this.reqs, this.pings] as Map<string, Deferred<never>>[]) {
+    for (const table of [this.acks, this.reqs, this.pings] as Map<bigint, Deferred<never>>[]) {
       for (const d of table.values()) d.reject(err);
       table.clear();
     }
@@ -410,15 +327,18 @@ export class Client {
           this.out.pushNow(first); // the next session decides whether it is still wanted
           return;
         }
+        // Let publishers that are running now queue what they have, so that it travels in
+        // this batch: one turn of the event loop, no timer.
+        if (this.out.length < maxBatchFrames) await new Promise((r) => setImmediate(r));
         const frames = [first.frame];
         let size = first.size;
         while (frames.length < maxBatchFrames && size < maxBatchBytes) {
           const nxt = this.out.tryShift();
-          if (!nxt) break;
+          if (!nxt?.frame) break;
           frames.push(nxt.frame);
           size += nxt.size;
         }
-        if (!s.call.write({ frames })) {
+        if (!s.call.write(batch(frames))) {
           await Promise.race([new Promise((r) => s.call.once("drain", r)), s.done]);
         }
       }
@@ -442,70 +362,66 @@ export class Client {
   }
 
   private async dispatch(f: Frame): Promise<void> {
-    switch (f.kind) {
+    const k = f.kind;
+    switch (k.case) {
       case "msg": {
-        const m = f.msg;
+        const m = k.value;
         const sub = this.subs.get(m.sid);
-        if (!sub || sub.closed) return;
+        if (!sub || !sub.accepts) return;
         // A full buffer stops this reader (backpressure to the gateway) until the
         // application reads, or unsubscribes.
-        await Promise.race([sub.queue.push(new Message(m.subject, m.payload, fromWire(m.headers), m.replyTo, m.id, m.sid, m.deadlineMs)), sub.ended]);
+        const msg = new Message(m.subject, asBuffer(m.payload), fromWire(m.headers), m.replyTo, m.id, m.sid, m.deadlineMs);
+        await Promise.race([sub.queue.push(msg), sub.ended]);
         return;
       }
-      case "reply": {
-        const d = this.reqs.get(f.reply.reqId);
-        this.reqs.delete(f.reply.reqId);
-        d?.resolve(f.reply);
+      case "reply":
+        this.settle(this.reqs, k.value.reqId, (d) => d.resolve(k.value));
         return;
-      }
-      case "ack": {
-        const d = this.acks.get(f.ack.ackId);
-        this.acks.delete(f.ack.ackId);
-        d?.resolve(f.ack.delivered);
+      case "ack":
+        this.settle(this.acks, k.value.ackId, (d) => d.resolve(k.value.delivered));
         return;
-      }
-      case "nack": {
-        const d = this.acks.get(f.nack.ackId);
-        this.acks.delete(f.nack.ackId);
-        d?.reject(fromError(f.nack.error));
+      case "nack":
+        this.settle(this.acks, k.value.ackId, (d) => d.reject(fromError(k.value.error)));
         return;
-      }
-      case "pong": {
-        const d = this.pings.get(f.pong.nonce);
-        this.pings.delete(f.pong.nonce);
-        d?.resolve();
+      case "pong":
+        this.settle(this.pings, k.value.nonce, (d) => d.resolve());
         return;
-      }
       case "error":
-        this.onError(f.error);
+        this.onError(k.value);
         return;
       case "streamOpen":
-        this.onStreamOpen(f.streamOpen);
+        this.onStreamOpen(k.value);
         return;
       case "streamData":
-        this.streams.get(f.streamData.streamId)?._onData(f.streamData.payload, fromWire(f.streamData.headers));
+        this.streams.get(k.value.streamId)?._onData(asBuffer(k.value.payload), fromWire(k.value.headers));
         return;
       case "credit":
-        this.streams.get(f.credit.streamId)?._onCredit(f.credit.credits);
+        this.streams.get(k.value.streamId)?._onCredit(k.value.credits);
         return;
       case "streamClose":
-        this.streams.get(f.streamClose.streamId)?._onClose(f.streamClose.error);
+        this.streams.get(k.value.streamId)?._onClose(k.value.error);
         return;
     }
   }
 
-  private onError(e: Frame): void {
-    const ref = String(e.refId);
+  private settle<T>(table: Map<bigint, Deferred<T>>, id: bigint, f: (d: Deferred<T>) => void): void {
+    const d = table.get(id);
+    table.delete(id);
+    if (d) f(d);
+  }
+
+  private onError(e: pb.Error): void {
+    const ref = e.refId;
     const err = fromError(e);
     if (this.acks.has(ref)) {
-      this.acks.get(ref)?.reject(err);
-      this.acks.delete(ref);
+      this.settle(this.acks, ref, (d) => d.reject(err));
     } else if (this.streams.has(ref)) {
       this.streams.get(ref)?.fail(err);
     } else if (this.subs.has(ref)) {
-      if (e.code === "SLOW_CONSUMER") (this.subs.get(ref) as Subscription).dropped++;
+      const sub = this.subs.get(ref) as Subscription;
+      if (e.code === pb.ErrorCode.SLOW_CONSUMER) sub.dropped++;
       else {
-        this.subs.get(ref)?._end();
+        sub._end();
         this.subs.delete(ref);
       }
     } else if (err instanceof DeniedError || err instanceof UnavailableError) {
@@ -513,7 +429,7 @@ export class Client {
     }
   }
 
-  private onStreamOpen(o: Frame): void {
+  private onStreamOpen(o: pb.StreamOpen): void {
     const listener = this.listeners.get(o.sid);
     const st = new BiStream(this, o.streamId, o.subject, fromWire(o.headers), o.credits, this.opts.streamWindow);
     st._onCredit(0);
@@ -522,48 +438,65 @@ export class Client {
       return;
     }
     this.streams.set(o.streamId, st);
-    this._enqueueNow({ credit: { streamId: o.streamId, credits: this.opts.streamWindow } });
+    this._enqueueNow(frame({ case: "credit", value: { streamId: o.streamId, credits: this.opts.streamWindow } }));
     listener.queue.pushNow(st);
   }
 
-  // === queueing frames (internal, used by streams) ===
+  // === queueing frames (internal, used by streams and subscriptions) ===
 
   /** @internal */
-  async _enqueue(frame: Frame, size = 64, plainPub = false): Promise<void> {
+  async _enqueue(f: Frame, size = 64, plainPub = false): Promise<void> {
     if (this.closed) throw new ClosedError("client closed");
-    await this.out.push({ frame, size, plainPub });
+    await this.out.push({ frame: f, size, plainPub });
   }
   /** @internal Control frames from callbacks: never wait. */
-  _enqueueNow(frame: Frame): void {
-    if (!this.closed) this.out.pushNow({ frame, size: 64, plainPub: false });
+  _enqueueNow(f: Frame): void {
+    if (!this.closed) this.out.pushNow({ frame: f, size: 64, plainPub: false });
   }
   /** @internal */
-  _forgetStream(id: string): void {
+  _forgetStream(id: bigint): void {
     this.streams.delete(id);
   }
   /** @internal */
   _checkPayload(data: Buffer): void {
     const max = this.session?.info.maxPayload;
-    if (max && data.length > max) {
+    if (this.opts.localPayloadCheck && max && data.length > max) {
       throw new LimitError(`payload of ${data.length} bytes exceeds limits.max_payload (${max} bytes)`);
     }
   }
   /** @internal */
-  async _unsubscribe(sid: string): Promise<void> {
+  async _unsubscribe(sid: bigint): Promise<void> {
     this.subs.get(sid)?._end();
     this.subs.delete(sid);
     this.listeners.get(sid)?._end();
     this.listeners.delete(sid);
-    if (this.session && !this.closed) await this._enqueue({ unsub: { sid } });
+    if (this.session && !this.closed) await this._enqueue(frame({ case: "unsub", value: { sid } }));
+  }
+  /** @internal */
+  async _drainSub(sub: Subscription): Promise<void> {
+    if (sub.closed) return;
+    sub.closed = sub.draining = true;
+    try {
+      if (this.session && !this.closed) {
+        await this._enqueue(frame({ case: "unsub", value: { sid: sub.sid } }));
+        // The Pong comes after every Msg the gateway queued before it took the Unsub.
+        await this.flush();
+      }
+    } catch {
+      // The session is gone, and with it anything still in flight.
+    } finally {
+      this.subs.delete(sub.sid);
+      sub._end();
+    }
   }
 
-  private async awaitAck(frameFor: (ackId: string) => Frame, size: number): Promise<number> {
+  private async awaitAck(frameFor: (ackId: bigint) => Frame, size: number): Promise<number> {
     const ackId = this.id();
     const [p, d] = deferred<number>();
     this.acks.set(ackId, d);
     try {
       await this._enqueue(frameFor(ackId), size);
-      return await withTimeout(p, this.opts.requestTimeoutMs + 1000, () => new DisconnectedError("no acknowledgement from the gateway"));
+      return await withTimeout(p, this.opts.requestTimeoutMs + 1000, () => new AckTimeout("no acknowledgement from the gateway"));
     } finally {
       this.acks.delete(ackId);
     }
@@ -572,6 +505,30 @@ export class Client {
   private waitConnected(ms: number): Promise<void> {
     if (this.session) return Promise.resolve();
     return withTimeout(new Promise<void>((r) => this.connectedWaiters.push(r)), ms, () => new DisconnectedError("not connected to a gateway"));
+  }
+
+  /**
+   * Sends `pub` with an ack id and waits for the answer. When the session is lost first, sends
+   * it again on the next session with the same message id until `publishRetryTimeoutMs` runs
+   * out (the gateway de-duplicates by id).
+   */
+  private async publishConfirmed(pub: Omit<pb.Pub, "ackId" | "$typeName">, size: number): Promise<number> {
+    const budget = this.opts.publishRetryTimeoutMs;
+    const started = Date.now();
+    for (let attempts = 1; ; attempts++) {
+      try {
+        if (budget > 0 && !this.session) await this.waitConnected(Math.max(1, budget - (Date.now() - started)));
+        return await this.awaitAck((ackId) => frame({ case: "pub", value: { ...pub, ackId } }), size);
+      } catch (e) {
+        if (e instanceof AckTimeout || !(e instanceof DisconnectedError)) throw e;
+        if (this.closed) throw new ClosedError("client closed");
+        const elapsed = Date.now() - started;
+        if (budget <= 0 || elapsed >= budget) {
+          const why = budget <= 0 ? "retrying is off (publishRetryTimeoutMs = 0)" : `gave up after ${attempts} attempt(s) in ${(elapsed / 1000).toFixed(1)} s (publishRetryTimeoutMs ${budget})`;
+          throw new DisconnectedError(`publish to ${JSON.stringify(pub.subject)} not confirmed: the session was lost before the gateway's answer and ${why}; message id ${Buffer.from(pub.id).toString("hex")} may or may not have been delivered`);
+        }
+      }
+    }
   }
 
   // === public API ===
@@ -587,19 +544,21 @@ export class Client {
   }
 
   /**
-   * Publishes a message. With `ack: true` waits for the gateway and resolves to the number
-   * of subscriptions that received it; otherwise resolves once queued (resent after a
-   * reconnect).
+   * Publishes a message. Without `ack` it resolves once queued (a publish still queued when
+   * the session breaks is sent on the next one; one already sent is not repeated). With
+   * `ack: true` it waits for the gateway and resolves to the number of subscriptions that
+   * received it; if the session breaks first it is sent again with the same message id (see
+   * `publishRetryTimeoutMs`).
    */
-  async publish(subject: string, payload?: Buffer | string | Uint8Array, options: { headers?: HeadersInit; replyTo?: string; ack?: boolean } = {}): Promise<number | undefined> {
+  async publish(subject: string, payload?: Payload, options: { headers?: HeadersInit; replyTo?: string; ack?: boolean } = {}): Promise<number | undefined> {
     validatePublishSubject(subject);
     const data = toBuffer(payload);
     this._checkPayload(data);
     const headers = wire(ensureTraceparent(toPairs(options.headers)));
     const size = 64 + data.length + subject.length;
-    const frame = (ackId = "0"): Frame => ({ pub: { subject, replyTo: options.replyTo ?? "", headers, payload: data, id: ulid(), ackId } });
-    if (options.ack) return this.awaitAck(frame, size);
-    await this._enqueue(frame(), size, true);
+    const pub = { subject, replyTo: options.replyTo ?? "", headers: headers as pb.Header[], payload: data, id: ulid() };
+    if (options.ack) return this.publishConfirmed(pub, size);
+    await this._enqueue(frame({ case: "pub", value: pub }), size, true);
     return undefined;
   }
 
@@ -618,10 +577,10 @@ export class Client {
     return this.subscribe(subject, { queue });
   }
 
-  private async confirmSub(sid: string, subject: string, queueGroup: string): Promise<void> {
+  private async confirmSub(sid: bigint, subject: string, queueGroup: string): Promise<void> {
     if (!this.session) return; // sent with the other subscriptions on the next session
     try {
-      await this.awaitAck((ackId) => ({ sub: { sid, subject, queueGroup, ackId } }), 64);
+      await this.awaitAck((ackId) => frame({ case: "sub", value: { sid, subject, queueGroup, ackId } }), 64);
     } catch (e) {
       if (e instanceof DisconnectedError) return;
       this.subs.delete(sid);
@@ -634,7 +593,7 @@ export class Client {
    * Sends a request to one responder and resolves to its answer. Rejects with
    * NoRespondersError, TimeoutError, ServiceError, LimitError or DisconnectedError.
    */
-  async request(subject: string, payload?: Buffer | string | Uint8Array, options: { headers?: HeadersInit; timeoutMs?: number } = {}): Promise<Message> {
+  async request(subject: string, payload?: Payload, options: { headers?: HeadersInit; timeoutMs?: number } = {}): Promise<Message> {
     validatePublishSubject(subject);
     const data = toBuffer(payload);
     this._checkPayload(data);
@@ -645,30 +604,30 @@ export class Client {
       throw new TimeoutError(subject, timeout);
     });
     const reqId = this.id();
-    const [p, d] = deferred<Frame>();
+    const [p, d] = deferred<pb.Reply>();
     this.reqs.set(reqId, d);
     const left = Math.max(1, deadline - Date.now());
-    let reply: Frame;
+    let reply: pb.Reply;
     try {
-      await this._enqueue({ req: { reqId, subject, headers, payload: data, timeoutMs: left, id: ulid() } }, 64 + data.length);
+      await this._enqueue(frame({ case: "req", value: { reqId, subject, headers, payload: data, timeoutMs: left, id: ulid() } }), 64 + data.length);
       reply = await withTimeout(p, left + 1000, () => new TimeoutError(subject, timeout));
     } finally {
       this.reqs.delete(reqId);
     }
     if (reply.error) throw fromError(reply.error, subject, timeout);
-    return new Message(subject, reply.payload, fromWire(reply.headers));
+    return new Message(subject, asBuffer(reply.payload), fromWire(reply.headers));
   }
 
   /** Answers a request message. */
-  async reply(request: Message, payload?: Buffer | string | Uint8Array, headers?: HeadersInit): Promise<void> {
+  async reply(request: Message, payload?: Payload, headers?: HeadersInit): Promise<void> {
     const data = toBuffer(payload);
-    await this._enqueue({ reply: { replyTo: request.replyTo, headers: wire(toPairs(headers)), payload: data } }, 64 + data.length);
+    await this._enqueue(frame({ case: "reply", value: { replyTo: request.replyTo, headers: wire(toPairs(headers)), payload: data } }), 64 + data.length);
   }
 
   /** Refuses a request; the requester gets a ServiceError with `message`. */
   async replyError(request: Message, message: string): Promise<void> {
     if (!request.replyTo) return;
-    await this._enqueue({ reply: { replyTo: request.replyTo, error: { code: 5, message } } });
+    await this._enqueue(frame({ case: "reply", value: { replyTo: request.replyTo, error: { code: pb.ErrorCode.SERVICE_ERROR, message } } }));
   }
 
   /**
@@ -678,7 +637,9 @@ export class Client {
    */
   async serve(subject: string, handler: Handler, options: { queue?: string } = {}): Promise<Service> {
     const sub = await this.subscribe(subject, options);
-    return new Service(this, sub, handler);
+    const service = new Service(this, sub, handler);
+    this.services.push(service);
+    return service;
   }
 
   /** Opens a bidirectional stream to one responder and waits until it accepted. */
@@ -689,7 +650,7 @@ export class Client {
     const headers = ensureTraceparent(toPairs(options.headers));
     const st = new BiStream(this, id, subject, headers, 0, this.opts.streamWindow);
     this.streams.set(id, st);
-    await this._enqueue({ streamOpen: { streamId: id, subject, headers: wire(headers), credits: this.opts.streamWindow } });
+    await this._enqueue(frame({ case: "streamOpen", value: { streamId: id, subject, headers: wire(headers), credits: this.opts.streamWindow } }));
     try {
       await withTimeout(st.opened, this.opts.requestTimeoutMs, () => new TimeoutError(subject, this.opts.requestTimeoutMs));
     } catch (e) {
@@ -715,20 +676,46 @@ export class Client {
     const [p, d] = deferred<void>();
     this.pings.set(nonce, d);
     try {
-      await this._enqueue({ ping: { nonce } });
+      await this._enqueue(frame({ case: "ping", value: { nonce } }));
       await withTimeout(p, timeoutMs ?? this.opts.requestTimeoutMs, () => new DisconnectedError("no Pong from the gateway"));
     } finally {
       this.pings.delete(nonce);
     }
   }
 
-  /** Ends the session and stops reconnecting; pending operations reject with ClosedError. */
+  /**
+   * Closes gracefully: stops every subscription without losing what the gateway already sent
+   * for it (buffered messages stay readable, then iteration ends), lets responders answer the
+   * requests they received, sends everything queued, then closes. Bounded by `timeoutMs`
+   * (default: the request timeout). Later calls reject with ClosedError.
+   */
+  async drain(timeoutMs?: number): Promise<void> {
+    if (this.closed) return;
+    const work = (async () => {
+      await Promise.allSettled(this.services.map((s) => s.drain()));
+      await Promise.allSettled([...this.subs.values()].map((s) => s.drain()));
+      for (const l of [...this.listeners.values()]) await l.close();
+      if (this.session) await this.flush();
+    })();
+    await withTimeout(work, timeoutMs ?? this.opts.requestTimeoutMs, () => new TimeoutError("drain", timeoutMs ?? this.opts.requestTimeoutMs)).catch(() => undefined);
+    await this.close();
+  }
+
+  /** Ends the session at once and stops reconnecting; pending operations reject with ClosedError. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     if (this.session) this.endSession(this.session, new ClosedError("client closed"));
     for (const s of this.subs.values()) s._end();
     for (const l of this.listeners.values()) l._end();
+    const w = this.connectedWaiters;
+    this.connectedWaiters = [];
+    w.forEach((r) => r());
+  }
+
+  /** `await using client = await Client.connect(...)` drains at the end of the scope. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.drain();
   }
 }
 

@@ -6,7 +6,7 @@
  * not expose TTLs) or until a round in which no gateway accepted a session.
  */
 import { promises as dns } from "node:dns";
-import { DiscoveryError, InvalidAddressError } from "./errors";
+import { DiscoveryError, InvalidAddressError } from "./errors.js";
 
 export const SRV_SCHEME = "nexus+srv";
 export const DNS_SERVER_ENV = "NEXUS_DNS_SERVER";

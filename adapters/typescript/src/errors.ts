@@ -47,8 +47,13 @@ export class GatewayError extends NexusError {
 }
 /** The gateway did not follow the protocol. */
 export class ProtocolError extends NexusError {}
-/** The session broke while the operation was in flight; the client reconnects on its own. */
+/**
+ * The session broke while the operation was in flight; the client reconnects on its own. A
+ * confirmed publish fails with it only after its retries ran out ("not confirmed").
+ */
 export class DisconnectedError extends NexusError {}
+/** An option of `Client.connect` is out of range; the message names it. */
+export class InvalidOptionError extends NexusError {}
 /** The client (or this handle) was closed. */
 export class ClosedError extends NexusError {}
 /** Connecting to a gateway failed. */

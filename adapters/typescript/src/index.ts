@@ -3,12 +3,16 @@
  * session with a regional gateway (by address or DNS SRV discovery) and offers publish /
  * subscribe with wildcards and queue groups, request / reply with timeouts, responders,
  * bidirectional streams with credit-based backpressure, invisible batching, reconnection
- * with re-subscription and W3C traceparent propagation. Errors are Error subclasses.
+ * with re-subscription, confirmed publishes retried with the same message id after a lost
+ * session, graceful `drain()`, `await using` disposal, and W3C traceparent propagation.
+ * Errors are Error subclasses. Wire types are generated from the .proto by protobuf-es.
  */
-export { Client, ClientOptions, Handler, Service, Subscription, VERSION } from "./client";
-export * from "./errors";
-export { TRACEPARENT, Headers, HeadersInit, isValidTraceparent, newTraceparent, traceContext, withTraceparent } from "./headers";
-export { Message, ServerInfo } from "./message";
-export { BiStream, StreamListener } from "./stream";
-export { RESERVED_PREFIX, subjectMatches, validatePattern, validatePublishSubject } from "./subject";
-export { DNS_SERVER_ENV, orderSrv } from "./discovery";
+export { Client, type ClientOptions, VERSION } from "./client.js";
+export { type Handler, type HandlerResult, type Payload, Service, Subscription } from "./subscription.js";
+export * from "./errors.js";
+export { TRACEPARENT, type Headers, type HeadersInit, isValidTraceparent, newTraceparent, traceContext, withTraceparent } from "./headers.js";
+export { Message, type ServerInfo } from "./message.js";
+export { BiStream, StreamListener } from "./stream.js";
+export { RESERVED_PREFIX, subjectMatches, validatePattern, validatePublishSubject } from "./subject.js";
+export { DNS_SERVER_ENV, orderSrv } from "./discovery.js";
+export { AsyncQueue } from "./queue.js";

@@ -1,5 +1,5 @@
 /** Messages received from the gateway and information about the session. */
-import { Headers, TRACEPARENT, getHeader } from "./headers";
+import { Headers, TRACEPARENT, getHeader } from "./headers.js";
 
 /** A delivery: a published message, a request to answer, or one frame of a stream. */
 export class Message {
@@ -10,9 +10,9 @@ export class Message {
     /** The inbox to answer for a request, or the publisher's reply_to. */
     readonly replyTo = "",
     /** The 16-byte message id (ULID). */
-    readonly id: Buffer = Buffer.alloc(0),
+    readonly id: Uint8Array = new Uint8Array(0),
     /** The subscription id this delivery is for. */
-    readonly sid = "0",
+    readonly sid: bigint = 0n,
     /** For requests: milliseconds left before the requester gives up. */
     readonly deadlineMs = 0,
   ) {}

@@ -4,15 +4,16 @@
  * the start and W/2 again each time the application consumed W/2, so at most W frames are
  * buffered.
  */
-import type { Client } from "./client";
-import { ClosedError, NexusError, fromError } from "./errors";
-import { Headers, HeadersInit, toPairs } from "./headers";
-import { Message } from "./message";
-import { AsyncQueue } from "./queue";
+import type { Client } from "./client.js";
+import { frame } from "./codec.js";
+import { ClosedError, NexusError, fromError } from "./errors.js";
+import { type Headers, type HeadersInit, toPairs } from "./headers.js";
+import { Message } from "./message.js";
+import { AsyncQueue } from "./queue.js";
 
 const END = Symbol("end");
 
-export class BiStream implements AsyncIterable<Message> {
+export class BiStream implements AsyncIterable<Message>, AsyncDisposable {
   private creditLeft: number;
   private creditWaiters: (() => void)[] = [];
   private consumed = 0;
@@ -27,7 +28,7 @@ export class BiStream implements AsyncIterable<Message> {
   /** @internal */
   constructor(
     private readonly client: Client,
-    readonly id: string,
+    readonly id: bigint,
     readonly subject: string,
     readonly headers: Headers,
     sendCredit: number,
@@ -55,9 +56,10 @@ export class BiStream implements AsyncIterable<Message> {
     if (this.error) throw this.error;
     if (this.sentClose) throw new ClosedError("stream already finished");
     this.creditLeft -= 1;
-    await this.client._enqueue({
-      streamData: { streamId: this.id, payload: data, headers: toPairs(headers).map(([key, value]) => ({ key, value })) },
-    });
+    await this.client._enqueue(
+      frame({ case: "streamData", value: { streamId: this.id, payload: data, headers: toPairs(headers).map(([key, value]) => ({ key, value })) } }),
+      64 + data.length,
+    );
   }
 
   /** Half-closes: this side sends no more data (the peer may still send). */
@@ -65,15 +67,20 @@ export class BiStream implements AsyncIterable<Message> {
     if (this.sentClose || this.error) return;
     this.sentClose = true;
     this.wake();
-    await this.client._enqueue({ streamClose: { streamId: this.id } });
+    await this.client._enqueue(frame({ case: "streamClose", value: { streamId: this.id } }));
     this.maybeForget();
+  }
+
+  /** `await using st = await client.openStream(...)`: finishes the stream at the end of the scope. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.finish();
   }
 
   /** Ends the stream at once in both directions. */
   abort(reason = "aborted"): void {
     if (this.error) return;
     this.fail(new ClosedError(`stream aborted: ${reason}`));
-    this.client._enqueueNow({ streamClose: { streamId: this.id, error: { code: 5, message: reason, refId: this.id } } });
+    this.client._enqueueNow(frame({ case: "streamClose", value: { streamId: this.id, error: { code: 5, message: reason, refId: this.id } } }));
   }
 
   /** The next frame from the peer, or `undefined` once it half-closed; throws if aborted. */
@@ -88,7 +95,7 @@ export class BiStream implements AsyncIterable<Message> {
     if (this.consumed >= Math.max(1, Math.floor(this.window / 2)) && !this.peerClosed) {
       const grant = this.consumed;
       this.consumed = 0;
-      this.client._enqueueNow({ credit: { streamId: this.id, credits: grant } });
+      this.client._enqueueNow(frame({ case: "credit", value: { streamId: this.id, credits: grant } }));
     }
     return item;
   }
@@ -142,11 +149,11 @@ export class BiStream implements AsyncIterable<Message> {
 }
 
 /** Accepts streams opened to a subject: `await accept()` or `for await`. */
-export class StreamListener implements AsyncIterable<BiStream> {
+export class StreamListener implements AsyncIterable<BiStream>, AsyncDisposable {
   /** @internal */
   readonly queue = new AsyncQueue<BiStream | typeof END>();
   /** @internal */
-  constructor(private readonly client: Client, readonly sid: string, readonly subject: string, readonly queueGroup: string) {}
+  constructor(private readonly client: Client, readonly sid: bigint, readonly subject: string, readonly queueGroup: string) {}
 
   /** The next stream, or `undefined` once the listener is closed. */
   async accept(): Promise<BiStream | undefined> {
@@ -164,6 +171,10 @@ export class StreamListener implements AsyncIterable<BiStream> {
       if (!s) return;
       yield s;
     }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
   }
 
   /** Stops accepting streams. */

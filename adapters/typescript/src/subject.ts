@@ -1,5 +1,5 @@
 /** Subject and pattern rules (docs/protocol.md section 5), checked before anything is sent. */
-import { InvalidSubjectError } from "./errors";
+import { InvalidSubjectError } from "./errors.js";
 
 export const RESERVED_PREFIX = "$nexus.";
 const MAX_SUBJECT_BYTES = 512;

@@ -8,7 +8,7 @@ const assert = require("node:assert/strict");
 const path = require("node:path");
 const pkg = process.env.NEXUS_TS_CLIENT || path.join(__dirname, "..");
 const nx = require(pkg);
-const { AsyncQueue } = require(path.join(pkg, "dist", "queue.js"));
+const { AsyncQueue } = nx;
 
 test("publish subjects", () => {
   for (const ok of ["orders.created", "a", "$nexus", "$nexusx.a", "ordres.ü"]) nx.validatePublishSubject(ok);

@@ -57,6 +57,8 @@ public final class Client implements AutoCloseable {
     /** The adapter version sent in Hello. */
     public static final String VERSION = "0.1.0";
     private static final int MAX_MESSAGE = 64 * 1024 * 1024;
+    /** How many times the writer yields to publishers before sending a batch that could grow. */
+    private static final int WRITER_YIELDS = 16;
     private static final SecureRandom RANDOM = new SecureRandom();
     private static final Object END = new Object();
 
@@ -75,6 +77,8 @@ public final class Client implements AutoCloseable {
         private int outboundCapacity = 1024;
         private int subscriptionCapacity = 1024;
         private int streamWindow = 256;
+        private Duration publishRetryTimeout = Duration.ofSeconds(30);
+        private boolean localPayloadCheck = true;
 
         private Builder(String url) {
             this.url = url;
@@ -128,9 +132,52 @@ public final class Client implements AutoCloseable {
             return this;
         }
 
+        /**
+         * Receive window of each stream, in frames (default 256).
+         *
+         * @param n frames
+         * @return this builder
+         */
         public Builder streamWindow(int n) {
-            streamWindow = n;
+            streamWindow = positive("streamWindow", n);
             return this;
+        }
+
+        /**
+         * How long a confirmed publish ({@link Client#publishAcked}) keeps retrying, with the
+         * same message id, after the session was lost before the gateway's answer (default
+         * 30 s). The gateway de-duplicates the retries on {@code async} and {@code sync}
+         * routes. {@link Duration#ZERO} turns retrying off.
+         *
+         * @param d the retry budget
+         * @return this builder
+         */
+        public Builder publishRetryTimeout(Duration d) {
+            if (d == null || d.isNegative()) {
+                throw new IllegalArgumentException("publishRetryTimeout must be zero (off) or positive, got " + d);
+            }
+            publishRetryTimeout = d;
+            return this;
+        }
+
+        /**
+         * Whether payloads are checked against the gateway's {@code max_payload} before
+         * sending (default true). With false the gateway's own check answers, with the same
+         * {@link LimitException}.
+         *
+         * @param on whether to check locally
+         * @return this builder
+         */
+        public Builder localPayloadCheck(boolean on) {
+            localPayloadCheck = on;
+            return this;
+        }
+
+        private static int positive(String name, int n) {
+            if (n <= 0) {
+                throw new IllegalArgumentException(name + " must be positive, got " + n);
+            }
+            return n;
         }
 
         /**
@@ -209,6 +256,7 @@ public final class Client implements AutoCloseable {
     private final Map<Long, CompletableFuture<Reply>> reqs = new ConcurrentHashMap<>();
     private final Map<Long, CompletableFuture<Void>> pings = new ConcurrentHashMap<>();
     private final Map<Long, BiStream> streams = new ConcurrentHashMap<>();
+    private final List<Service> services = new java.util.concurrent.CopyOnWriteArrayList<>();
     private final ExecutorService handlers = Executors.newCachedThreadPool(r -> {
         Thread t = new Thread(r, "nexus-handler");
         t.setDaemon(true);
@@ -421,11 +469,20 @@ public final class Client implements AutoCloseable {
                 }
                 Batch.Builder b = Batch.newBuilder().addFrames(first.frame());
                 int size = first.size();
+                int idle = 0;
                 while (b.getFramesCount() < opts.maxBatchFrames && size < opts.maxBatchBytes) {
                     Out nxt = out.pollFirst();
                     if (nxt == null) {
-                        break;
+                        // Give publishers running right now a moment to queue what they have,
+                        // so that it travels in this batch; a lone frame leaves after a few
+                        // yields (microseconds), never after a timer.
+                        if (++idle > WRITER_YIELDS) {
+                            break;
+                        }
+                        Thread.yield();
+                        continue;
                     }
+                    idle = 0;
                     b.addFrames(nxt.frame());
                     size += nxt.size();
                 }
@@ -498,10 +555,10 @@ public final class Client implements AutoCloseable {
             case MSG -> {
                 var m = f.getMsg();
                 Subscription sub = subs.get(m.getSid());
-                if (sub != null && !sub.closed) {
+                if (sub != null && sub.accepts()) {
                     Message msg = new Message(m.getSubject(), m.getPayload().toByteArray(), headersOf(m.getHeadersList()),
                             m.getReplyTo(), m.getSid(), m.getDeadlineMs());
-                    while (!sub.closed && !sub.queue.offer(msg, 100, TimeUnit.MILLISECONDS)) {
+                    while (sub.accepts() && !sub.queue.offer(msg, 100, TimeUnit.MILLISECONDS)) {
                         // the application is behind: stop reading, so backpressure reaches the gateway
                     }
                 }
@@ -618,7 +675,7 @@ public final class Client implements AutoCloseable {
 
     void checkPayload(byte[] data) {
         Session s = session;
-        if (s != null && s.info.maxPayload() > 0 && data.length > s.info.maxPayload()) {
+        if (opts.localPayloadCheck && s != null && s.info.maxPayload() > 0 && data.length > s.info.maxPayload()) {
             throw new LimitException("payload of " + data.length + " bytes exceeds limits.max_payload (" + s.info.maxPayload() + " bytes)");
         }
     }
@@ -657,7 +714,7 @@ public final class Client implements AutoCloseable {
             enqueue(frameFor.apply(ackId), size, false);
             return fut.get(opts.requestTimeout.toMillis() + 1000, TimeUnit.MILLISECONDS);
         } catch (TimeoutException e) {
-            throw new DisconnectedException("no acknowledgement from the gateway");
+            throw new AckTimeoutException("no acknowledgement from the gateway");
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             throw new ClosedException("interrupted");
@@ -665,6 +722,51 @@ public final class Client implements AutoCloseable {
             throw unwrap(e.getCause());
         } finally {
             acks.remove(ackId);
+        }
+    }
+
+    /** No Ack in time while the session stayed up: not retried (the gateway may be stuck). */
+    private static final class AckTimeoutException extends DisconnectedException {
+        private static final long serialVersionUID = 1L;
+
+        AckTimeoutException(String message) {
+            super(message);
+        }
+    }
+
+    /**
+     * Sends a publish with an ack id and waits for the answer. When the session is lost first,
+     * sends it again on the next session with the same message id until the retry budget runs
+     * out (the gateway de-duplicates by id).
+     */
+    private int publishConfirmed(Pub pub, int size) {
+        long budget = opts.publishRetryTimeout.toMillis();
+        long started = System.currentTimeMillis();
+        for (int attempts = 1; ; attempts++) {
+            try {
+                if (budget > 0 && session == null
+                        && !waitConnected(Math.max(1, budget - (System.currentTimeMillis() - started)))) {
+                    throw new DisconnectedException("not connected to a gateway");
+                }
+                return awaitAck(ack -> Frame.newBuilder().setPub(pub.toBuilder().setAckId(ack)).build(), size);
+            } catch (AckTimeoutException e) {
+                throw e;
+            } catch (DisconnectedException e) {
+                if (closed) {
+                    throw new ClosedException("client closed");
+                }
+                long elapsed = System.currentTimeMillis() - started;
+                if (budget <= 0 || elapsed >= budget) {
+                    String why = budget <= 0 ? "retrying is off (publishRetryTimeout = 0)"
+                            : "gave up after " + attempts + " attempt(s) in " + elapsed + " ms (publishRetryTimeout " + opts.publishRetryTimeout + ")";
+                    StringBuilder id = new StringBuilder();
+                    for (byte b : pub.getId().toByteArray()) {
+                        id.append(String.format("%02x", b));
+                    }
+                    throw new DisconnectedException("publish to \"" + pub.getSubject() + "\" not confirmed: the session was lost before the gateway's answer and "
+                            + why + "; message id " + id + " may or may not have been delivered");
+                }
+            }
         }
     }
 
@@ -737,11 +839,21 @@ public final class Client implements AutoCloseable {
         enqueue(pubFrame(subject, payload, headers, 0), 64 + payload.length + subject.length(), true);
     }
 
-    /** Publishes and waits for the gateway; returns how many subscriptions received it. */
+    /**
+     * Publishes and waits for the gateway; returns how many subscriptions received it. If the
+     * session is lost before the answer came, the publish is sent again on the next session with
+     * the same message id, for up to {@link Builder#publishRetryTimeout}; when that runs out it
+     * fails with a {@link DisconnectedException} saying it was not confirmed.
+     *
+     * @param subject the subject
+     * @param payload the payload
+     * @param headers headers (a traceparent is added when missing)
+     * @return the number of subscriptions that received it
+     */
     public int publishAcked(String subject, byte[] payload, Map<String, String> headers) {
         Subjects.validatePublish(subject);
         checkPayload(payload);
-        return awaitAck(ack -> pubFrame(subject, payload, headers, ack), 64 + payload.length);
+        return publishConfirmed(pubFrame(subject, payload, headers, 0).getPub(), 64 + payload.length);
     }
 
     private Frame pubFrame(String subject, byte[] payload, Map<String, String> headers, long ackId) {
@@ -856,7 +968,9 @@ public final class Client implements AutoCloseable {
      */
     public Service serve(String subject, String queue, Service.Handler handler) {
         Subscription sub = subscribe(subject, queue);
-        return new Service(this, sub, handler, handlers);
+        Service service = new Service(this, sub, handler, handlers);
+        services.add(service);
+        return service;
     }
 
     /** Opens a bidirectional stream to one responder and waits until it accepted. */
@@ -914,6 +1028,55 @@ public final class Client implements AutoCloseable {
         } finally {
             pings.remove(nonce);
         }
+    }
+
+    void drainSubscription(Subscription sub) {
+        if (sub.closed) {
+            return;
+        }
+        sub.draining = true;
+        sub.closed = true;
+        try {
+            if (session != null && !closed) {
+                enqueue(Frame.newBuilder().setUnsub(Unsub.newBuilder().setSid(sub.sid())).build(), 64, false);
+                // The Pong comes after every Msg the gateway queued before it took the Unsub.
+                flush();
+            }
+        } catch (NexusException e) {
+            // the session is gone, and with it anything still in flight
+        } finally {
+            subs.remove(sub.sid());
+            sub.end();
+        }
+    }
+
+    /**
+     * Closes gracefully: stops every subscription without losing what the gateway already sent
+     * for it (buffered messages stay readable, then iteration ends), lets responders answer the
+     * requests they received, sends everything queued, then closes. Bounded by the request
+     * timeout for each wait on the gateway. Later calls fail with {@link ClosedException}.
+     */
+    public void drain() {
+        if (closed) {
+            return;
+        }
+        try {
+            for (Service s : services) {
+                s.drain();
+            }
+            for (Subscription s : new ArrayList<>(subs.values())) {
+                s.drain();
+            }
+            for (StreamListener l : new ArrayList<>(listeners.values())) {
+                l.close();
+            }
+            if (session != null) {
+                flush();
+            }
+        } catch (NexusException e) {
+            // drain what could be drained; close regardless
+        }
+        close();
     }
 
     /** Ends the session and stops reconnecting; pending operations fail with ClosedException. */

@@ -19,6 +19,10 @@ public final class Subscription implements Iterable<Message>, AutoCloseable {
     private final String queueGroup;
     final LinkedBlockingQueue<Object> queue;
     volatile boolean closed;
+    /** Unsubscribed, but still keeping what the gateway sent before it knew. */
+    volatile boolean draining;
+    /** No more messages will be added; readers stop once the buffer is empty. */
+    private volatile boolean ended;
     volatile long dropped;
 
     Subscription(Client client, long sid, String subject, String queueGroup, int capacity) {
@@ -46,34 +50,46 @@ public final class Subscription implements Iterable<Message>, AutoCloseable {
         return dropped;
     }
 
-    /** The next message, or null if none arrived within {@code timeout} or the subscription ended. */
+    /**
+     * The next message, or null if none arrived within {@code timeout} or the subscription
+     * ended (after every buffered message was read).
+     *
+     * @param timeout how long to wait
+     * @return the message, or null
+     */
     public Message next(Duration timeout) {
+        long deadline = System.nanoTime() + timeout.toNanos();
         try {
-            Object o = queue.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
-            if (o == END) {
-                queue.offer(END);
-                return null;
+            for (;;) {
+                long left = deadline - System.nanoTime();
+                Object o = queue.poll(Math.max(0, Math.min(left, 50_000_000L)), TimeUnit.NANOSECONDS);
+                if (o == END || (o == null && ended && queue.isEmpty())) {
+                    return null;
+                }
+                if (o != null) {
+                    return (Message) o;
+                }
+                if (left <= 0) {
+                    return null;
+                }
             }
-            return (Message) o;
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             throw new ClosedException("interrupted");
         }
     }
 
-    /** The next message, waiting as long as needed; null once the subscription ended. */
+    /**
+     * The next message, waiting as long as needed.
+     *
+     * @return the message, or null once the subscription ended
+     */
     public Message next() {
-        try {
-            Object o = queue.take();
-            if (o == END) {
-                queue.offer(END);
-                return null;
-            }
-            return (Message) o;
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            throw new ClosedException("interrupted");
-        }
+        Message m;
+        do {
+            m = next(Duration.ofSeconds(1));
+        } while (m == null && !(ended && queue.isEmpty()));
+        return m;
     }
 
     @Override
@@ -101,7 +117,15 @@ public final class Subscription implements Iterable<Message>, AutoCloseable {
         };
     }
 
-    /** Stops the subscription; buffered messages can still be read. */
+    /**
+     * Stops the subscription without losing a message the gateway already sent for it:
+     * unsubscribes, waits until the gateway confirmed it, then ends after what is buffered.
+     */
+    public void drain() {
+        client.drainSubscription(this);
+    }
+
+    /** Stops the subscription at once; buffered messages can still be read. */
     public void unsubscribe() {
         if (!closed) {
             closed = true;
@@ -114,9 +138,24 @@ public final class Subscription implements Iterable<Message>, AutoCloseable {
         unsubscribe();
     }
 
+    /**
+     * Whether the subscription ended and every buffered message was read.
+     *
+     * @return true once {@link #next()} returns null for good
+     */
+    public boolean isEnded() {
+        return ended && queue.isEmpty() || queue.peek() == END;
+    }
+
+    /** Whether a delivery arriving now is kept (open, or draining). */
+    boolean accepts() {
+        return !closed || draining;
+    }
+
     void end() {
         closed = true;
-        queue.clear();
-        queue.offer(END);
+        draining = false;
+        ended = true;
+        queue.offer(END); // when the buffer is full, readers see `ended` once it is empty
     }
 }
