@@ -467,3 +467,37 @@ async fn a_publish_retried_with_the_same_id_is_one_message_also_after_a_kill_9()
     );
     assert!(cl.a.metric("nexus_publish_duplicates_total", &[]) >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_kill_before_the_ack_is_not_delivered_again() {
+    let mut cl = Cluster::start(2, 2, 2).await;
+    cl.route(
+        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
+        "orders",
+        "orders.x",
+    )
+    .await;
+    let c_client = client(&cl.c).await;
+    let mut remote = c_client.subscribe("orders.>").await.unwrap();
+    c_client.flush().await.unwrap();
+    interest_known(&cl.a, C, "orders.x").await;
+    let id = *b"killed-before-ak";
+    let s = RawSession::connect(&cl.a.url()).await;
+    s.send(vec![pub_with_id("orders.x", id, 1, b"one")]).await;
+    // It reached C; A dies before its Ack is read.
+    let m = tokio::time::timeout(Duration::from_secs(10), remote.next_message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"one");
+    cl.a.kill();
+    drop(s);
+    cl.a.restart();
+    interest_known(&cl.a, C, "orders.x").await;
+    let mut s = RawSession::connect(&cl.a.url()).await;
+    s.send(vec![pub_with_id("orders.x", id, 2, b"one")]).await;
+    let ack = ack_of(&mut s, 2).await;
+    assert!(ack.duplicate, "{ack:?}");
+    let again = tokio::time::timeout(Duration::from_secs(2), remote.next_message()).await;
+    assert!(again.is_err(), "delivered again: {again:?}");
+}

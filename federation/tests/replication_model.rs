@@ -94,6 +94,9 @@ enum Write {
         region: &'static str,
         seqs: Vec<u64>,
     },
+    ForgetAccepted {
+        before: i64,
+    },
 }
 
 #[derive(Default)]
@@ -350,6 +353,9 @@ impl World {
                         .entries
                         .retain(|(r, seq), _| *r != region || *seq > up_to);
                 }
+                Write::ForgetAccepted { before } => {
+                    self.origin.disk.accepted.retain(|(_, at)| *at >= before);
+                }
                 Write::Delete { region, seqs } => {
                     for seq in &seqs {
                         self.origin.disk.entries.remove(&(region, *seq));
@@ -478,6 +484,11 @@ impl World {
     }
 
     fn expire(&mut self) {
+        // The accepted-id table is pruned as the shell prunes it.
+        let before = self.origin.dedup.prune_before(self.now);
+        self.origin
+            .writes
+            .push_back(vec![Write::ForgetAccepted { before }]);
         let removed = self.origin.outbox.expire(self.now);
         for Removed { region, seqs } in removed {
             let region: &'static str = REGIONS.iter().find(|r| **r == region).expect("region");

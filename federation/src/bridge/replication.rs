@@ -454,7 +454,7 @@ impl Replication {
             let mut last = self.last_prune_ms.lock();
             if now - *last >= DEDUP_PRUNE_MS {
                 *last = now;
-                let before_ms = dedup.oldest_ms().unwrap_or(now - dedup.window_ms());
+                let before_ms = dedup.prune_before(now);
                 let _ = self.writer.send(WriteBatch {
                     ops: vec![Op::ForgetAccepted { before_ms }],
                     done: None,

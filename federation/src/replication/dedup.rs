@@ -130,9 +130,13 @@ impl<T> Dedup<T> {
         }
     }
 
-    /// The oldest acceptance time still remembered, for pruning the store.
-    pub fn oldest_ms(&self) -> Option<i64> {
-        self.order.front().map(|(at, _)| *at)
+    /// Ids accepted before this time may be deleted from the store: they have left the
+    /// window by age. (Not "older than the oldest id still in memory": an id is remembered in
+    /// memory from when its first attempt completed, on disk from when it was published, a
+    /// little earlier, and such a cutoff deleted ids still in the window. Ids evicted early by
+    /// the count limit stay on disk until they age out.)
+    pub fn prune_before(&self, now_ms: i64) -> i64 {
+        now_ms - self.window_ms
     }
 
     /// Ids that left the window early because of `max_ids`.
@@ -197,7 +201,7 @@ mod tests {
         assert_eq!(d.evicted(), 1);
         assert_eq!(d.check(id(1), 5), Seen::New);
         assert_eq!(d.check(id(3), 5), Seen::Accepted);
-        assert_eq!(d.oldest_ms(), Some(2));
+        assert_eq!(d.prune_before(5000), 4000);
     }
 
     #[test]
