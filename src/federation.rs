@@ -21,6 +21,11 @@ pub struct FederationArgs {
     /// A peer region's federation address, as REGION=HOST:PORT; repeatable.
     #[arg(long = "peer", value_parser = parse_peer)]
     pub peers: Vec<(String, SocketAddr)>,
+    /// Another gateway of this region (its --federation-listen address), for a regional
+    /// cluster without a control plane; repeatable. With a control plane, gateways of a region
+    /// find each other through its registrations.
+    #[arg(long = "cluster-peer")]
+    pub cluster_peers: Vec<SocketAddr>,
     /// This gateway's certificate (PEM), signed by the federation CA.
     #[arg(long, env = "NEXUS_FEDERATION_CERT")]
     pub federation_cert: Option<PathBuf>,
@@ -99,6 +104,8 @@ pub struct Pending {
     pub fed: Arc<Federation>,
     /// Regions to keep links to, with their federation addresses.
     pub peers: Vec<(String, SocketAddr)>,
+    /// Gateways of this region to keep links to.
+    pub cluster_peers: Vec<SocketAddr>,
 }
 
 impl Pending {
@@ -118,6 +125,9 @@ impl Pending {
         for (region, addr) in &self.peers {
             self.fed.maintain(*addr, region);
         }
+        for addr in &self.cluster_peers {
+            self.fed.maintain_cluster_peer(*addr);
+        }
         Ok(bridge)
     }
 }
@@ -129,8 +139,8 @@ pub async fn bind_from_args(
     gateway_id: &str,
 ) -> anyhow::Result<Option<Pending>> {
     let Some(listen) = args.federation_listen else {
-        if !args.peers.is_empty() {
-            bail!("--peer needs --federation-listen");
+        if !args.peers.is_empty() || !args.cluster_peers.is_empty() {
+            bail!("--peer and --cluster-peer need --federation-listen");
         }
         return Ok(None);
     };
@@ -144,17 +154,17 @@ pub async fn bind_from_args(
         );
     };
     let identity = Identity::from_pem_files(cert, key, ca)?;
-    Ok(Some(
-        bind(
-            listen,
-            &identity,
-            region,
-            gateway_id,
-            args.peers.clone(),
-            args.link_settings(),
-        )
-        .await?,
-    ))
+    let mut pending = bind(
+        listen,
+        &identity,
+        region,
+        gateway_id,
+        args.peers.clone(),
+        args.link_settings(),
+    )
+    .await?;
+    pending.cluster_peers = args.cluster_peers.clone();
+    Ok(Some(pending))
 }
 
 pub async fn bind(
@@ -166,7 +176,11 @@ pub async fn bind(
     settings: LinkSettings,
 ) -> anyhow::Result<Pending> {
     let fed = Federation::bind(listen, identity, region, gateway_id, settings).await?;
-    Ok(Pending { fed, peers })
+    Ok(Pending {
+        fed,
+        peers,
+        cluster_peers: Vec::new(),
+    })
 }
 
 /// Writes a development federation CA and one certificate per region into `dir`.

@@ -179,23 +179,22 @@ impl ClusterView {
     }
 }
 
-/// One federation endpoint per region (the gateway with the lowest id), sorted by region.
+/// Every live gateway with a federation (cluster and federation links) endpoint, sorted by
+/// region and id: each gateway links to the others of its region and picks its home in every
+/// other region from this list (docs/cluster.md).
 fn federation_peers(gateways: &[GatewayInfo]) -> Vec<FederationPeer> {
-    let mut by_region: std::collections::BTreeMap<&str, &GatewayInfo> = Default::default();
-    for g in gateways.iter().filter(|g| !g.federation_addr.is_empty()) {
-        let e = by_region.entry(g.region.as_str()).or_insert(g);
-        if g.id < e.id {
-            *e = g;
-        }
-    }
-    by_region
-        .into_values()
+    let mut peers: Vec<FederationPeer> = gateways
+        .iter()
+        .filter(|g| !g.federation_addr.is_empty())
         .map(|g| FederationPeer {
             region: g.region.clone(),
             gateway_id: g.id.clone(),
             addr: g.federation_addr.clone(),
         })
-        .collect()
+        .collect();
+    peers.sort_by(|a, b| (&a.region, &a.gateway_id).cmp(&(&b.region, &b.gateway_id)));
+    peers.dedup_by(|a, b| a.gateway_id == b.gateway_id);
+    peers
 }
 
 impl DiscoverySource for ClusterView {

@@ -61,6 +61,10 @@ pub trait Remote: Send + Sync + 'static {
     fn links(&self) -> Vec<LinkStatus> {
         Vec::new()
     }
+    /// Links to the other gateways of this region, for `/v1/status`.
+    fn cluster(&self) -> Vec<ClusterPeerStatus> {
+        Vec::new()
+    }
     /// Spooled (`async` / `sync`) replication per route and region, for `/v1/status`.
     fn spools(&self) -> Vec<SpoolStatus> {
         Vec::new()
@@ -95,6 +99,17 @@ pub struct LinkStatus {
     pub dropped: u64,
     pub dropped_by_reason: std::collections::BTreeMap<&'static str, u64>,
     /// Messages received from the region.
+    pub received: u64,
+}
+
+/// A link to another gateway of this region, as the status endpoint shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterPeerStatus {
+    pub gateway_id: String,
+    pub rtt_ms: f64,
+    /// Best-effort messages queued on the link, confirmed by the peer, and received from it.
+    pub forwarded: u64,
+    pub confirmed: u64,
     pub received: u64,
 }
 

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::metrics::{Direction, Pattern};
-use crate::remote::{LinkStatus, SpoolStatus};
+use crate::remote::{ClusterPeerStatus, LinkStatus, SpoolStatus};
 use crate::router::Router;
 
 /// How many subject patterns the status lists (those with the most subscribers).
@@ -22,6 +22,8 @@ pub struct GatewayStatus {
     pub subjects: Vec<SubjectStatus>,
     pub balancer: Vec<GroupStatus>,
     pub links: Vec<LinkStatus>,
+    /// Links to the other gateways of this region (its cluster).
+    pub cluster: Vec<ClusterPeerStatus>,
     pub routes: Vec<SpoolStatus>,
 }
 
@@ -114,9 +116,9 @@ pub fn status(router: &Router) -> GatewayStatus {
     });
     subjects.truncate(TOP_SUBJECTS);
     balancer.sort_by(|a, b| (&a.subject, &a.group).cmp(&(&b.subject, &b.group)));
-    let (links, routes) = match router.remote() {
-        Some(r) => (r.links(), r.spools()),
-        None => (Vec::new(), Vec::new()),
+    let (links, cluster, routes) = match router.remote() {
+        Some(r) => (r.links(), r.cluster(), r.spools()),
+        None => (Vec::new(), Vec::new(), Vec::new()),
     };
     GatewayStatus {
         gateway_id: cfg.gateway_id.clone(),
@@ -131,6 +133,7 @@ pub fn status(router: &Router) -> GatewayStatus {
         subjects,
         balancer,
         links,
+        cluster,
         routes,
     }
 }

@@ -142,6 +142,20 @@ impl Cluster {
         self.state.lock().region.full()
     }
 
+    /// Cluster peers with any subscriber on `subject`, sorted.
+    pub(super) fn interested(&self, subject: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .peers
+            .load()
+            .matches(subject)
+            .into_iter()
+            .map(|m| m.region)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Queue groups on `subject` with members on cluster peers.
     pub(super) fn groups(&self, subject: &str) -> Vec<String> {
         let mut g: Vec<String> = self

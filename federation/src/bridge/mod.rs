@@ -525,6 +525,10 @@ impl Remote for RegionRouter {
         self.spool_statuses()
     }
 
+    fn cluster(&self) -> Vec<nexus_gateway::remote::ClusterPeerStatus> {
+        self.cluster_statuses()
+    }
+
     fn explain(&self, subject: &str, local_interest: bool) -> serde_json::Value {
         self.explanation(subject, local_interest)
     }

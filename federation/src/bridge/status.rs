@@ -9,6 +9,21 @@ use crate::metrics::{DropLabels, DropReason, RegionLabels};
 use crate::routes::{Damping, Traffic, choose};
 
 impl RegionRouter {
+    pub(super) fn cluster_statuses(&self) -> Vec<nexus_gateway::remote::ClusterPeerStatus> {
+        self.fed
+            .links()
+            .into_iter()
+            .filter(|l| l.kind == crate::link::LinkKind::Cluster)
+            .map(|l| nexus_gateway::remote::ClusterPeerStatus {
+                gateway_id: l.info.gateway_id,
+                rtt_ms: l.rtt.as_secs_f64() * 1e3,
+                forwarded: l.forwarded,
+                confirmed: l.confirmed,
+                received: l.received,
+            })
+            .collect()
+    }
+
     pub(super) fn link_statuses(&self) -> Vec<LinkStatus> {
         let mut regions: Vec<String> = self.fed.connected_regions();
         regions.extend(self.fed.peers());
@@ -141,6 +156,7 @@ impl RegionRouter {
                 "sync_timeout_ms": rule.sync_timeout_ms,
             },
             "config_version": self.router.policy().version,
+            "cluster": self.cluster.interested(subject),
             "regions": regions,
             "publish": {
                 "local": publish.local,

@@ -693,14 +693,9 @@ impl Federation {
     }
 
     /// Every live link, for status.
-    pub fn links(&self) -> Vec<(LinkInfo, LinkKind, Duration)> {
-        let mut v: Vec<_> = self
-            .links
-            .lock()
-            .values()
-            .map(|l| (l.info.clone(), l.kind, l.conn.rtt()))
-            .collect();
-        v.sort_by(|a, b| a.0.gateway_id.cmp(&b.0.gateway_id));
+    pub fn links(&self) -> Vec<session::LinkSnapshot> {
+        let mut v: Vec<_> = self.links.lock().values().map(|l| l.snapshot()).collect();
+        v.sort_by(|a, b| a.info.gateway_id.cmp(&b.info.gateway_id));
         v
     }
 

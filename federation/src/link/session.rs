@@ -51,7 +51,30 @@ struct RegionCounters {
     queue_full: Counter,
 }
 
+/// A link's state, for status.
+#[derive(Debug, Clone)]
+pub struct LinkSnapshot {
+    pub info: LinkInfo,
+    pub kind: LinkKind,
+    pub rtt: Duration,
+    /// Best-effort messages queued on this link, confirmed by the peer, received from it.
+    pub forwarded: u64,
+    pub confirmed: u64,
+    pub received: u64,
+}
+
 impl Link {
+    pub fn snapshot(&self) -> LinkSnapshot {
+        LinkSnapshot {
+            info: self.info.clone(),
+            kind: self.kind,
+            rtt: self.conn.rtt(),
+            forwarded: self.forwarded.load(Ordering::Relaxed),
+            confirmed: self.confirmed.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+        }
+    }
+
     /// Queues a best-effort message; `false` (counted as dropped) when the queue is full.
     pub fn try_forward(&self, frame: LinkFrame) -> bool {
         if self.data.try_send(frame).is_ok() {

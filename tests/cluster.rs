@@ -1,0 +1,216 @@
+//! Regional clusters with real processes: two regions (`a`, `b`) of two gateways each, found
+//! through a real control plane's registrations, linked over QUIC with mutual TLS (a
+//! certificate per gateway naming its id): pub/sub, queue groups and requests across the
+//! gateways of a region, and messages published on any gateway of one region reaching every
+//! subscriber of the other exactly once, best effort and `async`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::regions::{client, explain, status};
+use common::{ControlPlane, Gateway, eventually, nexusctl, tempdir};
+use nexus_federation::tls::FederationCa;
+
+/// A control plane and `gateways` per region for `regions`; gateway ids `<region><n>`.
+struct Regions {
+    gws: HashMap<String, Gateway>,
+    cp: ControlPlane,
+    _cp_dir: tempdir::Dir,
+    _certs: tempdir::Dir,
+}
+
+impl Regions {
+    async fn start(regions: &[&str], gateways: usize) -> Self {
+        let certs = tempdir::Dir::new("cluster-certs");
+        let ca = FederationCa::generate("test cluster CA").unwrap();
+        std::fs::write(certs.0.join("ca.pem"), ca.cert_pem()).unwrap();
+        let cp_dir = tempdir::Dir::new("cluster-cp");
+        let cp = ControlPlane::embedded(&cp_dir.0);
+        let mut gws = HashMap::new();
+        for region in regions {
+            for n in 1..=gateways {
+                let id = format!("{region}{n}");
+                let (_, pem) = ca.issue_with_pem(region, &id).unwrap();
+                let cert = certs.0.join(format!("{id}.pem"));
+                let key = certs.0.join(format!("{id}-key.pem"));
+                std::fs::write(&cert, &pem.cert_pem).unwrap();
+                std::fs::write(&key, &pem.key_pem).unwrap();
+                let ca_path = certs.0.join("ca.pem");
+                let args = [
+                    "--region",
+                    region,
+                    "--gateway-id",
+                    &id,
+                    "--control-plane",
+                    &cp.url(),
+                    "--federation-listen",
+                    "127.0.0.1:0",
+                    "--federation-cert",
+                    cert.to_str().unwrap(),
+                    "--federation-key",
+                    key.to_str().unwrap(),
+                    "--federation-ca",
+                    ca_path.to_str().unwrap(),
+                ];
+                let gw = Gateway::start_with_args(&args);
+                gws.insert(id.clone(), gw);
+            }
+        }
+        let r = Regions {
+            gws,
+            cp,
+            _cp_dir: cp_dir,
+            _certs: certs,
+        };
+        // Every gateway links to the other gateway of its region and to its home in the
+        // other region (and to those whose home it is).
+        for (id, gw) in &r.gws {
+            assert!(
+                eventually(Duration::from_secs(20), || {
+                    let st = status(gw);
+                    let cluster = st["cluster"].as_array().map_or(0, |c| c.len());
+                    let regions_up = st["links"]
+                        .as_array()
+                        .map_or(0, |l| l.iter().filter(|l| l["state"] == "up").count());
+                    cluster == gateways - 1 && regions_up == regions.len() - 1
+                })
+                .await,
+                "{id} did not link up: {}",
+                status(gw)
+            );
+        }
+        r
+    }
+
+    fn gw(&self, id: &str) -> &Gateway {
+        &self.gws[id]
+    }
+}
+
+/// Waits until `gw` routes `subject` somewhere: a subscriber in its region or elsewhere.
+async fn wanted(gw: &Gateway, subject: &str, region: &str) {
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let e = explain(gw, subject);
+            e["federation"]["cluster"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())
+                || e["federation"]["regions"].as_array().is_some_and(|r| {
+                    r.iter()
+                        .any(|c| c["region"] == region && c["interest"] == true)
+                })
+        })
+        .await,
+        "{subject} never became wanted at {}",
+        explain(gw, subject)
+    );
+}
+
+async fn drain(sub: &mut nexus_client::Subscription) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(700), sub.next_message()).await
+    {
+        out.push(String::from_utf8_lossy(&m.payload).into_owned());
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_of_two_gateways_is_one_region_to_its_users_and_to_the_other() {
+    let r = Regions::start(&["a", "b"], 2).await;
+
+    // Subscribers on a1 (plain), b1 and b2 (plain), a queue group with members on a2 and b2.
+    let a1 = client(r.gw("a1")).await;
+    let mut on_a1 = a1.subscribe("news.>").await.unwrap();
+    a1.flush().await.unwrap();
+    let b1 = client(r.gw("b1")).await;
+    let mut on_b1 = b1.subscribe("news.>").await.unwrap();
+    b1.flush().await.unwrap();
+    let b2 = client(r.gw("b2")).await;
+    let mut on_b2 = b2.subscribe("news.>").await.unwrap();
+    b2.flush().await.unwrap();
+    wanted(r.gw("a2"), "news.x", "b").await;
+
+    // Published on a2: a1's subscriber (same region, other gateway) and both of b's get it,
+    // each once.
+    let a2 = client(r.gw("a2")).await;
+    for i in 0..20 {
+        a2.publish("news.x", format!("n{i:02}")).await.unwrap();
+    }
+    a2.flush().await.unwrap();
+    let expected: Vec<String> = (0..20).map(|i| format!("n{i:02}")).collect();
+    assert_eq!(drain(&mut on_a1).await, expected, "a1");
+    assert_eq!(drain(&mut on_b1).await, expected, "b1");
+    assert_eq!(drain(&mut on_b2).await, expected, "b2");
+
+    // Requests from b1 reach a responder that only a2 has, whichever gateway of a is b1's home.
+    let mut served = a2.subscribe("svc.echo").await.unwrap();
+    a2.flush().await.unwrap();
+    let server = a2.clone();
+    let responder = tokio::spawn(async move {
+        while let Some(m) = served.next_message().await {
+            let _ = server.reply(&m, b"from a2".to_vec()).await;
+        }
+    });
+    wanted(r.gw("b1"), "svc.echo", "a").await;
+    let answer = b1
+        .request("svc.echo", b"?".to_vec())
+        .await
+        .expect("request");
+    assert_eq!(&answer.payload[..], b"from a2");
+    // And from a1, in the same region.
+    let answer = a1
+        .request("svc.echo", b"?".to_vec())
+        .await
+        .expect("request");
+    assert_eq!(&answer.payload[..], b"from a2");
+    responder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_messages_from_every_gateway_reach_every_subscriber_of_the_other_region_once() {
+    let r = Regions::start(&["a", "b"], 2).await;
+    let dir = tempdir::Dir::new("cluster-route");
+    let route = dir.0.join("route.toml");
+    std::fs::write(
+        &route,
+        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
+    )
+    .unwrap();
+    nexusctl(&r.cp, &["routes", "apply", "-f", route.to_str().unwrap()]);
+    for id in ["a1", "a2", "b1", "b2"] {
+        assert!(
+            eventually(
+                Duration::from_secs(10),
+                || explain(r.gw(id), "orders.x")["federation"]["route"]["name"] == "orders"
+            )
+            .await
+        );
+    }
+    let b1 = client(r.gw("b1")).await;
+    let mut on_b1 = b1.subscribe("orders.>").await.unwrap();
+    b1.flush().await.unwrap();
+    let b2 = client(r.gw("b2")).await;
+    let mut on_b2 = b2.subscribe("orders.>").await.unwrap();
+    b2.flush().await.unwrap();
+    wanted(r.gw("a1"), "orders.x", "b").await;
+    wanted(r.gw("a2"), "orders.x", "b").await;
+    let a1 = client(r.gw("a1")).await;
+    let a2 = client(r.gw("a2")).await;
+    for i in 0..50 {
+        let (c, from) = if i % 2 == 0 { (&a1, "a1") } else { (&a2, "a2") };
+        c.publish_acked("orders.x", format!("{from}-{i:02}"))
+            .await
+            .expect("acknowledged once spooled");
+    }
+    let mut expected: Vec<String> = (0..50)
+        .map(|i| format!("{}-{i:02}", if i % 2 == 0 { "a1" } else { "a2" }))
+        .collect();
+    expected.sort();
+    assert_eq!(drain(&mut on_b1).await, expected, "b1");
+    assert_eq!(drain(&mut on_b2).await, expected, "b2");
+}
