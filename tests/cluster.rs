@@ -214,3 +214,84 @@ async fn async_messages_from_every_gateway_reach_every_subscriber_of_the_other_r
     assert_eq!(drain(&mut on_b1).await, expected, "b1");
     assert_eq!(drain(&mut on_b2).await, expected, "b2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_home_gateway_re_homes_within_a_second_and_async_messages_arrive_once() {
+    let mut r = Regions::start(&["a", "b"], 3).await;
+    let dir = tempdir::Dir::new("cluster-route");
+    let route = dir.0.join("route.toml");
+    std::fs::write(
+        &route,
+        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
+    )
+    .unwrap();
+    nexusctl(&r.cp, &["routes", "apply", "-f", route.to_str().unwrap()]);
+    assert!(
+        eventually(Duration::from_secs(10), || explain(r.gw("a1"), "orders.x")
+            ["federation"]["route"]["name"]
+            == "orders")
+        .await
+    );
+    // A subscriber on every gateway of b.
+    let mut subs = HashMap::new();
+    let mut clients = Vec::new();
+    for id in ["b1", "b2", "b3"] {
+        let c = client(r.gw(id)).await;
+        let s = c.subscribe("orders.>").await.unwrap();
+        c.flush().await.unwrap();
+        subs.insert(id.to_owned(), s);
+        clients.push(c);
+    }
+    wanted(r.gw("a1"), "orders.x", "b").await;
+    let via = |r: &Regions| {
+        status(r.gw("a1"))["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["region"] == "b")
+            .and_then(|l| l["via"].as_str().map(str::to_owned))
+    };
+    let home = via(&r).expect("a1 has a home in b");
+    let a1 = client(r.gw("a1")).await;
+    const N: u32 = 300;
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            a1.publish_acked("orders.x", i.to_be_bytes().to_vec())
+                .await
+                .expect("acknowledged once spooled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The home dies.
+    let killed = std::time::Instant::now();
+    r.gws.get_mut(&home).unwrap().kill();
+    let mut rehomed = None;
+    while killed.elapsed() < Duration::from_secs(10) {
+        if via(&r).is_some_and(|v| v != home) {
+            rehomed = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rehomed = rehomed.expect("a1 never moved to another home");
+    eprintln!("a1 moved from {home} to {:?} after {rehomed:?}", via(&r));
+    assert!(rehomed < Duration::from_millis(1500), "{rehomed:?}");
+    publisher.await.unwrap();
+    // Every surviving subscriber of b gets every message once.
+    for (id, sub) in subs.iter_mut().filter(|(id, _)| **id != home) {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut dups = Vec::new();
+        while let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_secs(2), sub.next_message()).await
+        {
+            let i = u32::from_be_bytes(m.payload[..4].try_into().unwrap());
+            if !seen.insert(i) {
+                dups.push(i);
+            }
+        }
+        assert!(dups.is_empty(), "{id} got duplicates: {dups:?}");
+        let missing: Vec<u32> = (0..N).filter(|i| !seen.contains(i)).collect();
+        assert!(missing.is_empty(), "{id} is missing {missing:?}");
+    }
+}

@@ -86,6 +86,8 @@ pub struct LinkStatus {
     pub region: String,
     /// `up` or `down`.
     pub state: &'static str,
+    /// The gateway of that region this gateway's traffic goes through (its home there).
+    pub via: Option<String>,
     pub rtt_ms: Option<f64>,
     /// How long the peer may stay silent before the link is declared dead.
     pub dead_after_ms: Option<f64>,

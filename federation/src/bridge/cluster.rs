@@ -243,9 +243,12 @@ impl Cluster {
             .map(|(_, gw)| gw)
     }
 
-    /// A spooled message a cluster peer relayed: deliver it only if it is newer than what this
-    /// gateway delivered of its stream (the home that relays it may have changed).
-    pub(super) fn accept_relayed(&self, stream: &StreamId, seq: u64) -> bool {
+    /// Whether this gateway should deliver spooled message `seq` of `stream` to its local
+    /// subscribers: only if it is newer than what it delivered of that stream, whether it came
+    /// straight from the origin (this gateway is the stream's home here) or through a cluster
+    /// peer (the home). When the home changes, the new one resends what the old one did not
+    /// confirm, and every gateway that had it already drops it.
+    pub(super) fn first_delivery(&self, stream: &StreamId, seq: u64) -> bool {
         let mut marks = self.marks.lock();
         let mark = marks.entry(stream.clone()).or_default();
         if seq <= *mark {
@@ -328,12 +331,12 @@ mod tests {
     fn relayed_spooled_messages_are_delivered_once_per_stream() {
         let c = Cluster::default();
         let s = StreamId::from("gw-a.1");
-        assert!(c.accept_relayed(&s, 1));
-        assert!(c.accept_relayed(&s, 2));
+        assert!(c.first_delivery(&s, 1));
+        assert!(c.first_delivery(&s, 2));
         assert!(
-            !c.accept_relayed(&s, 2),
+            !c.first_delivery(&s, 2),
             "the same message through a new home"
         );
-        assert!(c.accept_relayed(&StreamId::from("gw-b.1"), 1));
+        assert!(c.first_delivery(&StreamId::from("gw-b.1"), 1));
     }
 }

@@ -195,7 +195,7 @@ impl RegionRouter {
     /// delivered here unless this gateway has it already.
     async fn on_relayed_spooled(&self, link: &LinkInfo, spooled: nexus_proto::v1::Spooled) {
         let stream = crate::replication::StreamId::from(spooled.stream.as_str());
-        if !self.cluster.accept_relayed(&stream, spooled.seq) {
+        if !self.cluster.first_delivery(&stream, spooled.seq) {
             self.metrics.outcome(Outcome::Duplicate);
             return;
         }
@@ -336,8 +336,14 @@ impl LinkHandler for RegionRouter {
                                 .try_send_data_to(&t.gateway_id, Kind::Spooled(copy));
                         }
                     };
+                    let first = |s: &nexus_proto::v1::Spooled| {
+                        self.cluster.first_delivery(
+                            &crate::replication::StreamId::from(s.stream.as_str()),
+                            s.seq,
+                        )
+                    };
                     self.replication
-                        .on_spooled(&self.fed, &self.router, link, spooled, relay)
+                        .on_spooled(&self.fed, &self.router, link, spooled, relay, first)
                         .await
                 }
                 Kind::Request(request) => {

@@ -516,6 +516,7 @@ impl Replication {
         link: &LinkInfo,
         spooled: Spooled,
         relay: impl Fn(&Spooled),
+        first_delivery: impl Fn(&Spooled) -> bool,
     ) {
         let stream = StreamId::from(spooled.stream.as_str());
         let lock = self
@@ -568,7 +569,10 @@ impl Replication {
                 // The other gateways of this region get it first (one hop, with its stream and
                 // seq, so a gateway that had it through an earlier home drops it).
                 relay(&spooled);
-                if let Some(forward) = spooled.forward {
+                // Delivered here only if this gateway did not have it already (through a
+                // previous home of the stream in this region).
+                let local = first_delivery(&spooled);
+                if let Some(forward) = spooled.forward.filter(|_| local) {
                     let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
                     if let Some(msg) = delivery(&link.region, forward) {
                         router.deliver_from_region(msg, plain, &groups).await;

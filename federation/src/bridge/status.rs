@@ -58,6 +58,7 @@ impl RegionRouter {
                 .collect();
                 LinkStatus {
                     state: if rtt.is_some() { "up" } else { "down" },
+                    via: self.fed.via(&region),
                     rtt_ms: rtt.map(|r| r.as_secs_f64() * 1e3),
                     dead_after_ms: self.fed.dead_after(&region).map(|d| d.as_secs_f64() * 1e3),
                     forwarded: m.forwarded.get_or_create(&labels).get(),

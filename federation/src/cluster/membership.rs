@@ -46,6 +46,10 @@ pub struct WantedLink {
     pub dial: bool,
 }
 
+/// Homes a gateway keeps links to in every other region: its home and the next one, so that
+/// losing the home re-homes its traffic within the failure detection time, without a dial.
+pub const HOMES: usize = 2;
+
 /// Whether gateway `me` of `my_region` dials the link to `peer` of `peer_region`: inside a
 /// region the lower gateway id dials, between regions the gateway of the region that sorts
 /// first.
@@ -106,14 +110,21 @@ impl Membership {
 
     /// The gateway of `region` that `chooser`'s traffic for that region goes through.
     pub fn home(&self, chooser: &str, region: &str) -> Option<&Member> {
-        self.members(region)
-            .iter()
-            .max_by_key(|m| (weight(chooser, &m.gateway_id), &m.gateway_id))
+        self.homes(chooser, region).into_iter().next()
+    }
+
+    /// `chooser`'s homes in `region`, best first: the first is its home, the second the one it
+    /// keeps a link to as well, so that losing the home moves its traffic at once (no dial).
+    pub fn homes(&self, chooser: &str, region: &str) -> Vec<&Member> {
+        let mut v: Vec<&Member> = self.members(region).iter().collect();
+        v.sort_by_key(|m| std::cmp::Reverse((weight(chooser, &m.gateway_id), &m.gateway_id)));
+        v.truncate(HOMES);
+        v
     }
 
     /// Every link `me` (of `my_region`) must keep: one to every other gateway of its region,
-    /// one to its home in every other region, and one to every gateway elsewhere whose home
-    /// it is.
+    /// one to each of its homes in every other region, and one to every gateway elsewhere
+    /// whose home it is.
     pub fn wanted(&self, me: &str, my_region: &str) -> Vec<WantedLink> {
         let mut out = BTreeSet::new();
         let dial = |peer: &Member| dials(me, my_region, &peer.gateway_id, &peer.region);
@@ -130,7 +141,7 @@ impl Membership {
             if region == my_region {
                 continue;
             }
-            if let Some(home) = self.home(me, region) {
+            for home in self.homes(me, region) {
                 out.insert(WantedLink {
                     dial: dial(home),
                     peer: home.clone(),
@@ -139,8 +150,9 @@ impl Membership {
             }
             for other in members {
                 if self
-                    .home(&other.gateway_id, my_region)
-                    .is_some_and(|h| h.gateway_id == me)
+                    .homes(&other.gateway_id, my_region)
+                    .iter()
+                    .any(|h| h.gateway_id == me)
                 {
                     out.insert(WantedLink {
                         dial: dial(other),
@@ -203,12 +215,14 @@ mod tests {
             .map(|l| l.peer.gateway_id.as_str())
             .collect();
         assert_eq!(cluster, vec!["a2", "a3"]);
-        let home = ms.home("a1", "b").unwrap();
-        assert!(
-            wanted
-                .iter()
-                .any(|l| l.kind == LinkKind::Federation && l.peer == *home)
-        );
+        for home in ms.homes("a1", "b") {
+            assert!(
+                wanted
+                    .iter()
+                    .any(|l| l.kind == LinkKind::Federation && l.peer == *home)
+            );
+        }
+        assert_eq!(ms.homes("a1", "b").len(), 2);
         assert!(
             wanted
                 .iter()

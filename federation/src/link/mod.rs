@@ -87,9 +87,9 @@ pub struct Federation {
     handler: OnceLock<Arc<dyn LinkHandler>>,
     /// Live links by peer gateway id.
     links: Mutex<HashMap<String, Arc<Link>>>,
-    /// This gateway's home in each other region (by the membership), read on every send to a
-    /// region.
-    homes: ArcSwap<HashMap<String, String>>,
+    /// This gateway's homes in each other region, best first (by the membership), read on
+    /// every send to a region.
+    homes: ArcSwap<HashMap<String, Vec<String>>>,
     membership: Mutex<Membership>,
     /// Regions given with `--peer` (they take precedence over the membership).
     static_regions: Mutex<BTreeSet<String>>,
@@ -284,13 +284,16 @@ impl Federation {
             }))
             .collect();
         let membership = Membership::new(members);
-        let homes: HashMap<String, String> = membership
+        let homes: HashMap<String, Vec<String>> = membership
             .regions()
             .filter(|r| *r != self.region)
-            .filter_map(|r| {
-                membership
-                    .home(&self.gateway_id, r)
-                    .map(|m| (r.to_owned(), m.gateway_id.clone()))
+            .map(|r| {
+                let ids = membership
+                    .homes(&self.gateway_id, r)
+                    .into_iter()
+                    .map(|m| m.gateway_id.clone())
+                    .collect();
+                (r.to_owned(), ids)
             })
             .collect();
         let mut wanted = HashMap::new();
@@ -481,12 +484,15 @@ impl Federation {
 
     // === sending ===
 
-    /// The link messages for `region` go through: this gateway's home there when linked,
-    /// otherwise any link to a gateway of that region (the lowest id).
+    /// The link messages for `region` go through: this gateway's first home there that is
+    /// linked, otherwise any link to a gateway of that region (the lowest id).
     fn route(&self, region: &str) -> Option<Arc<Link>> {
-        let home = self.homes.load().get(region).cloned();
+        let homes = self.homes.load();
         let links = self.links.lock();
-        if let Some(l) = home.as_ref().and_then(|h| links.get(h)) {
+        if let Some(l) = homes
+            .get(region)
+            .and_then(|hs| hs.iter().find_map(|h| links.get(h)))
+        {
             return Some(l.clone());
         }
         links
@@ -494,6 +500,11 @@ impl Federation {
             .filter(|l| l.info.region == region)
             .min_by(|a, b| a.info.gateway_id.cmp(&b.info.gateway_id))
             .cloned()
+    }
+
+    /// The gateway `region`'s messages go through now, if any.
+    pub fn via(&self, region: &str) -> Option<String> {
+        self.route(region).map(|l| l.info.gateway_id.clone())
     }
 
     /// The link `region`'s messages go through now, if any.
