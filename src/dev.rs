@@ -1,7 +1,9 @@
 //! `nexus dev`: a whole multi-region Nexus on loopback in one process — a control plane on
 //! the embedded store with its DNS responder, and one gateway per region (us-east, eu-west
-//! and ap-south by default), federated over QUIC with certificates from a development CA
-//! generated at start. Nothing needs installing; Ctrl-C stops everything cleanly.
+//! and ap-south by default) or a cluster of several (`--gateways-per-region`), linked over
+//! QUIC with certificates from a development CA generated at start; the gateways find each
+//! other through the control plane's registrations. Nothing needs installing; Ctrl-C stops
+//! everything cleanly.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +15,8 @@ use nexus_gateway::{AuthMode, GatewayConfig};
 
 pub struct DevOptions {
     pub regions: Vec<String>,
+    /// Gateways in each region (a regional cluster when more than one).
+    pub gateways_per_region: usize,
     /// First region's adapter address; region i uses port + 10 i (0 stays 0).
     pub listen: SocketAddr,
     /// First region's metrics address; region i uses port + i.
@@ -25,6 +29,30 @@ pub struct DevOptions {
     pub console_listen: Option<SocketAddr>,
     /// The console's browser bundle (None: the default, $NEXUS_CACHE/console-site).
     pub console_site: Option<PathBuf>,
+}
+
+/// Most gateways per region `nexus dev` runs (their ports are laid out for that many).
+pub const MAX_GATEWAYS_PER_REGION: usize = 5;
+
+/// Where gateway `j` of region `i` listens: the first of each region keeps the documented
+/// ports (adapters `listen + 10 i`, metrics `metrics + i`, links `listen + 10 i + 2`), the
+/// others take ports from `listen + 100` and `metrics + 200` on.
+fn ports(opts: &DevOptions, i: usize, j: usize) -> (SocketAddr, SocketAddr, SocketAddr) {
+    let (i, j) = (i as u16, j as u16);
+    if j == 0 {
+        (
+            shifted(opts.listen, 10 * i),
+            shifted(opts.metrics_listen, i),
+            shifted(opts.listen, 10 * i + 2),
+        )
+    } else {
+        let base = 100 + 10 * i + 2 * (j - 1);
+        (
+            shifted(opts.listen, base),
+            shifted(opts.metrics_listen, 200 + 10 * i + (j - 1)),
+            shifted(opts.listen, base + 1),
+        )
+    }
 }
 
 fn shifted(addr: SocketAddr, by: u16) -> SocketAddr {
@@ -42,6 +70,12 @@ pub async fn run(
     if opts.regions.is_empty() {
         anyhow::bail!("--regions needs at least one region");
     }
+    if !(1..=MAX_GATEWAYS_PER_REGION).contains(&opts.gateways_per_region) {
+        anyhow::bail!(
+            "--gateways-per-region must be between 1 and {MAX_GATEWAYS_PER_REGION}, not {}",
+            opts.gateways_per_region
+        );
+    }
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("cannot create the dev directory {}", opts.dir.display()))?;
     let mut cp_cfg = ControlPlaneConfig::new(
@@ -54,44 +88,50 @@ pub async fn run(
     let cp = nexus_control_plane::server::start(cp_cfg).await?;
     let ca = FederationCa::generate("Nexus dev federation CA")?;
 
-    // Bind every federation endpoint first, so each gateway can be told its peers.
+    // Bind every link endpoint first, so each gateway registers its address; the gateways
+    // then find each other (their region's cluster, their homes elsewhere) through the
+    // control plane's registrations.
     let mut pending = Vec::new();
     for (i, region) in opts.regions.iter().enumerate() {
         nexus_control_plane::regions::ensure(&*cp.store, region).await?;
-        let id = format!("gw-{region}");
-        let identity = ca.issue(region, &id)?;
-        let fed_listen = shifted(opts.listen, 10 * i as u16 + 2);
-        let p = crate::federation::bind(
-            fed_listen,
-            &identity,
-            region,
-            &id,
-            Vec::new(),
-            Default::default(),
-        )
-        .await
-        .with_context(|| format!("federation endpoint for {region}"))?;
-        pending.push((region.clone(), id, p));
+        for j in 0..opts.gateways_per_region {
+            let id = if j == 0 {
+                format!("gw-{region}")
+            } else {
+                format!("gw-{region}-{}", j + 1)
+            };
+            let identity = ca.issue(region, &id)?;
+            let (_, _, fed_listen) = ports(&opts, i, j);
+            let p = crate::federation::bind(
+                fed_listen,
+                &identity,
+                region,
+                &id,
+                Vec::new(),
+                Default::default(),
+            )
+            .await
+            .with_context(|| format!("link endpoint for {id}"))?;
+            pending.push((i, j, region.clone(), id, p));
+        }
     }
-    let peers: Vec<(String, SocketAddr)> = pending
-        .iter()
-        .map(|(r, _, p)| Ok((r.clone(), p.addr()?)))
-        .collect::<anyhow::Result<_>>()?;
 
     let mut gateways = Vec::new();
     let mut bridges = Vec::new();
-    for (i, (region, id, mut p)) in pending.into_iter().enumerate() {
+    for (i, j, region, id, p) in pending {
+        let (listen, metrics_listen, _) = ports(&opts, i, j);
+        let state_dir = if j == 0 {
+            opts.dir.join(format!("gateway-{region}"))
+        } else {
+            opts.dir.join(format!("gateway-{id}"))
+        };
         let cfg = GatewayConfig {
             region: region.clone(),
-            gateway_id: id,
-            listen: shifted(opts.listen, 10 * i as u16),
-            metrics_listen: shifted(opts.metrics_listen, i as u16),
+            gateway_id: id.clone(),
+            listen,
+            metrics_listen,
             control_plane: format!("http://{}", cp.grpc_addr),
-            state_dir: opts
-                .dir
-                .join(format!("gateway-{region}"))
-                .display()
-                .to_string(),
+            state_dir: state_dir.display().to_string(),
             auth: if opts.auth_required {
                 AuthMode::Required
             } else {
@@ -101,23 +141,16 @@ pub async fn run(
             ..Default::default()
         };
         let fed_addr = p.addr()?;
-        p.peers = peers
-            .iter()
-            .filter(|(r, _)| *r != region)
-            .cloned()
-            .collect();
         let gw = nexus_gateway::start(cfg)
             .await
-            .with_context(|| format!("gateway for {region}"))?;
+            .with_context(|| format!("gateway {id}"))?;
         let fed = p.fed.clone();
         let spool = nexus_federation::bridge::SpoolConfig::new(
-            opts.dir
-                .join(format!("gateway-{region}"))
-                .join("spool.redb"),
+            state_dir.join("spool.redb"),
             Default::default(),
         );
         bridges.push((fed, p.attach(gw.router.clone(), spool)?));
-        gateways.push((region, fed_addr, gw));
+        gateways.push((region, id, fed_addr, gw));
     }
 
     // The web console, against this control plane (its Admin API is open: any key logs in).
@@ -156,13 +189,18 @@ pub async fn run(
     if let Some(dns) = cp.dns_addr {
         println!("  dns           {dns}   (zone nexus.local)");
     }
-    for (region, fed, gw) in &gateways {
+    for (region, id, fed, gw) in &gateways {
+        let name = if opts.gateways_per_region > 1 {
+            format!("{region} {id}")
+        } else {
+            region.clone()
+        };
         println!(
-            "  region {region:<9} adapters http://{}  metrics http://{}/metrics  federation {fed}",
+            "  region {name:<9} adapters http://{}  metrics http://{}/metrics  links {fed}",
             gw.grpc_addr, gw.metrics_addr
         );
     }
-    if let (Some(dns), Some((first, _, _))) = (cp.dns_addr, gateways.first()) {
+    if let (Some(dns), Some((first, _, _, _))) = (cp.dns_addr, gateways.first()) {
         println!("  discovery     nexus+srv://{first}.nexus.local?dns={dns}");
     }
     if opts.auth_required {
@@ -181,7 +219,7 @@ pub async fn run(
     if let Some(task) = console_task {
         task.await.context("web console task")??;
     }
-    for (_, _, gw) in gateways {
+    for (_, _, _, gw) in gateways {
         gw.shutdown().await?;
     }
     for (fed, _bridge) in bridges {

@@ -98,6 +98,9 @@ struct DevArgs {
     )]
     regions: Vec<String>,
     /// First region's adapter address; region i listens on port + 10 i.
+    /// Gateways in each region: more than one makes each region a cluster.
+    #[arg(long, default_value_t = 1)]
+    gateways_per_region: usize,
     #[arg(long, default_value = "127.0.0.1:7422")]
     listen: std::net::SocketAddr,
     /// First region's metrics address; region i uses port + i.
@@ -231,6 +234,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     nexus::dev::run(
         nexus::dev::DevOptions {
             regions: args.regions,
+            gateways_per_region: args.gateways_per_region,
             listen: args.listen,
             metrics_listen: args.metrics_listen,
             control_plane_listen: args.control_plane_listen,
