@@ -213,6 +213,18 @@ async fn async_messages_from_every_gateway_reach_every_subscriber_of_the_other_r
     expected.sort();
     assert_eq!(drain(&mut on_b1).await, expected, "b1");
     assert_eq!(drain(&mut on_b2).await, expected, "b2");
+    // Each origin's spool empties: the receivers' confirmations reach the gateway that sent
+    // each stream, whichever gateway of a their own traffic goes through.
+    for id in ["a1", "a2"] {
+        assert!(
+            eventually(Duration::from_secs(10), || status(r.gw(id))["routes"]
+                .as_array()
+                .is_some_and(|r| r.is_empty()))
+            .await,
+            "{id}'s spool did not empty: {}",
+            status(r.gw(id))
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

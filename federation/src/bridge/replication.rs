@@ -496,8 +496,8 @@ impl Replication {
     pub(super) fn link_up(&self, fed: &Federation, link: &LinkInfo) {
         let confirmations = self.inbox.lock().link_up(&link.region, link.id);
         for (stream, up_to) in confirmations {
-            fed.try_send_control(
-                &link.region,
+            fed.try_send_control_to(
+                &link.gateway_id,
                 Kind::SpoolAck(SpoolAck {
                     up_to,
                     stream: stream.to_string(),
@@ -537,7 +537,7 @@ impl Replication {
             Verdict::Duplicate { ack } => {
                 self.metrics.outcome(Outcome::Duplicate);
                 if let Some(up_to) = ack {
-                    self.confirm(fed, &link.region, &stream, up_to);
+                    self.confirm(fed, &link.gateway_id, &stream, up_to);
                 }
             }
             Verdict::Gap { nack } => {
@@ -549,8 +549,8 @@ impl Replication {
                     .inc();
                 if let Some(have) = nack {
                     tracing::warn!(region = %link.region, %stream, have, seq = spooled.seq, prev = spooled.prev_seq, "spooled message out of order; asking for a resend");
-                    fed.try_send_control(
-                        &link.region,
+                    fed.try_send_control_to(
+                        &link.gateway_id,
                         Kind::SpoolNack(SpoolNack {
                             stream: stream.to_string(),
                             have,
@@ -593,7 +593,7 @@ impl Replication {
     ) {
         let me = self.clone();
         let fed = fed.clone();
-        let (region, link_id) = (link.region.clone(), link.id);
+        let (region, link_id, sender) = (link.region.clone(), link.id, link.gateway_id.clone());
         let _ = self.writer.send(WriteBatch {
             ops: vec![Op::Received {
                 stream: stream.clone(),
@@ -607,15 +607,17 @@ impl Replication {
                 }
                 let due = me.inbox.lock().recorded(&stream, seq, link_id);
                 if let Some(up_to) = due {
-                    me.confirm(&fed, &region, &stream, up_to);
+                    me.confirm(&fed, &sender, &stream, up_to);
                 }
             })),
         });
     }
 
-    fn confirm(&self, fed: &Federation, region: &str, stream: &StreamId, up_to: u64) {
-        fed.try_send_control(
-            region,
+    /// Confirms `stream` through `up_to` to the gateway that sends it (in a cluster, not
+    /// necessarily the one this gateway's own traffic for that region goes through).
+    fn confirm(&self, fed: &Federation, sender: &str, stream: &StreamId, up_to: u64) {
+        fed.try_send_control_to(
+            sender,
             Kind::SpoolAck(SpoolAck {
                 up_to,
                 stream: stream.to_string(),
