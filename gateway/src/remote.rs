@@ -27,6 +27,11 @@ pub struct PublishOutcome {
     /// Resolves when a spooled route's contract is met; `None` when there is nothing to wait
     /// for before the publisher is acknowledged.
     pub receipt: Option<PublishReceipt>,
+    /// On `async` and `sync` routes: resolves when the message (and its id) is on disk at
+    /// this gateway. Local subscribers get it only then, so that a publisher retrying after
+    /// a crash in between cannot deliver it twice; an error means it was not stored and is
+    /// delivered nowhere. `None`: deliver at once.
+    pub stored: Option<PublishReceipt>,
     /// The message id was accepted before, within the deduplication window of an `async` or
     /// `sync` route: the message must not be delivered again, locally or anywhere else. The
     /// receipt, if any, resolves with the first attempt's outcome.

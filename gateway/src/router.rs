@@ -501,16 +501,49 @@ impl Router {
         msg: Delivery,
         scratch: &mut Vec<Arc<Member>>,
     ) -> (u32, crate::remote::PublishOutcome) {
-        self.collect_members(&msg.subject, scratch, |_| true);
-        let outcome = match self.remote.get() {
-            Some(remote) => remote.publish(&msg, !scratch.is_empty()),
-            None => Default::default(),
-        };
-        if outcome.duplicate {
+        let mut outcome = self.offer(&msg, scratch);
+        if let Some(stored) = outcome.stored.take() {
             scratch.clear();
-            return (0, outcome);
+            if !matches!(stored.await, Ok(Ok(()))) {
+                // Not stored: delivered nowhere; the receipt carries the error.
+                return (0, outcome);
+            }
+            return (self.deliver_local(msg, scratch).await, outcome);
         }
         (self.deliver_to(msg, scratch).await, outcome)
+    }
+
+    /// The first half of [`Router::publish`], for a caller that keeps its own order of
+    /// deliveries: hands `msg` to federation and collects its local subscribers into
+    /// `scratch`. When the outcome's `stored` is set, `scratch` is cleared and the caller
+    /// delivers with [`Router::deliver_local`] once it resolves; otherwise it delivers to
+    /// `scratch` with [`Router::deliver_collected`] (nothing, for a duplicate).
+    pub fn offer(
+        &self,
+        msg: &Delivery,
+        scratch: &mut Vec<Arc<Member>>,
+    ) -> crate::remote::PublishOutcome {
+        self.collect_members(&msg.subject, scratch, |_| true);
+        let outcome = match self.remote.get() {
+            Some(remote) => remote.publish(msg, !scratch.is_empty()),
+            None => Default::default(),
+        };
+        if outcome.duplicate || outcome.stored.is_some() {
+            scratch.clear();
+        }
+        outcome
+    }
+
+    /// Delivers a message published here to the local subscribers in `scratch` (from
+    /// [`Router::offer`]).
+    pub async fn deliver_collected(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
+        self.deliver_to(msg, scratch).await
+    }
+
+    /// Delivers a message published here, once stored, to the local subscribers it has now.
+    pub async fn deliver_local(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
+        self.collect_members(&msg.subject, scratch, |_| true);
+        self.deliver_to(msg, scratch).await
     }
 
     /// Delivers a message that came from another region to local subscribers only: plain

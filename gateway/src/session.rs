@@ -2,7 +2,7 @@
 //! the session created (subscriptions, outstanding requests and their timers, streams) so
 //! that all of it is released when the session ends, however it ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::connection::Connection;
 use crate::metrics::{Direction, Limit, Pattern};
+use crate::remote::{PublishOutcome, PublishReceipt};
 use crate::router::{Completion, Delivery, Member, Router, Subscription, Waiter, error, frame};
 use crate::subject::{self, validate_pattern, validate_subject};
 use crate::{streams, trace};
@@ -28,6 +29,27 @@ pub const PROTOCOL_VERSION: u32 = 1;
 const MAX_QUEUE_GROUP_LEN: usize = 256;
 /// Longest request timeout a client may ask for.
 const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Publishes of one session waiting for the spool before their local delivery; beyond this
+/// the session stops reading until the oldest is stored.
+const MAX_HELD_PUBLISHES: usize = 4096;
+
+/// A publish whose local delivery waits: for its message to be stored (`async` and `sync`
+/// routes), or behind one that does, so that subscribers get this session's messages in the
+/// order it published them.
+struct HeldPublish {
+    stored: Option<PublishReceipt>,
+    delivery: Delivery,
+    ack_id: u64,
+    outcome: PublishOutcome,
+}
+
+/// Waits until the oldest held publish may be delivered; whether it was stored.
+async fn oldest_stored(held: &mut VecDeque<HeldPublish>) -> bool {
+    match held.front_mut().and_then(|h| h.stored.as_mut()) {
+        Some(stored) => matches!(stored.await, Ok(Ok(()))),
+        None => true,
+    }
+}
 
 pub struct Session {
     router: Arc<Router>,
@@ -43,6 +65,7 @@ pub struct Session {
     completions_tx: mpsc::UnboundedSender<Completion>,
     completions_rx: mpsc::UnboundedReceiver<Completion>,
     scratch: Vec<Arc<Member>>,
+    held: VecDeque<HeldPublish>,
 }
 
 /// What to do after a frame.
@@ -67,6 +90,7 @@ impl Session {
             completions_tx,
             completions_rx,
             scratch: Vec::new(),
+            held: VecDeque::new(),
         }
     }
 
@@ -91,6 +115,9 @@ impl Session {
                     break None;
                 }
                 Some(done) = self.completions_rx.recv() => self.on_completion(done).await,
+                stored = oldest_stored(&mut self.held), if !self.held.is_empty() => {
+                    self.release_oldest(stored).await;
+                }
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     let seq = expired.into_inner();
                     if self.requests.remove(&seq).is_some() {
@@ -148,6 +175,23 @@ impl Session {
         }
         self.router.connection_gone(&self.conn);
         self.conn.outbound.close(outcome);
+        // Held publishes are (being) stored and go to other regions whatever happens to this
+        // session: local subscribers get them too, or a retry, recognised as a duplicate,
+        // would deliver them nowhere here.
+        let mut held = std::mem::take(&mut self.held);
+        if !held.is_empty() {
+            let router = self.router.clone();
+            tokio::spawn(async move {
+                let mut scratch = Vec::new();
+                while !held.is_empty() {
+                    let stored = oldest_stored(&mut held).await;
+                    let Some(h) = held.pop_front() else { break };
+                    if stored && !h.outcome.duplicate {
+                        router.deliver_local(h.delivery, &mut scratch).await;
+                    }
+                }
+            });
+        }
         self.router.metrics.connections.dec();
         // Late completions for requests cancelled above are dropped with the receiver.
         self.completions_rx.close();
@@ -481,12 +525,49 @@ impl Session {
             headers: p.headers,
             payload: p.payload,
         };
-        let (delivered, outcome) = self
-            .router
-            .publish(delivery, &mut self.scratch)
-            .instrument(span)
-            .await;
         let ack_id = p.ack_id;
+        let mut outcome = self.router.offer(&delivery, &mut self.scratch);
+        let stored = outcome.stored.take();
+        if stored.is_none() && self.held.is_empty() {
+            let delivered = self
+                .router
+                .deliver_collected(delivery, &mut self.scratch)
+                .instrument(span)
+                .await;
+            return self.acknowledge(ack_id, delivered, outcome);
+        }
+        self.held.push_back(HeldPublish {
+            stored,
+            delivery,
+            ack_id,
+            outcome,
+        });
+        while self.held.len() > MAX_HELD_PUBLISHES {
+            let stored = oldest_stored(&mut self.held).await;
+            self.release_oldest(stored).await;
+        }
+    }
+
+    /// Delivers the oldest held publish locally (if it was stored) and acknowledges it.
+    async fn release_oldest(&mut self, stored: bool) {
+        let Some(h) = self.held.pop_front() else {
+            return;
+        };
+        let delivered = if stored && !h.outcome.duplicate {
+            self.router
+                .deliver_local(h.delivery, &mut self.scratch)
+                .await
+        } else {
+            0
+        };
+        self.acknowledge(h.ack_id, delivered, h.outcome);
+    }
+
+    /// Acknowledges a publish (when it asked for it): at once, or, on a route that
+    /// replicates durably, once the spool (async) or the regions (sync) have it, without
+    /// holding up this session's other frames. A publish without ack_id that fails its
+    /// contract still gets an Error frame.
+    fn acknowledge(&self, ack_id: u64, delivered: u32, outcome: PublishOutcome) {
         let ack = move || {
             Kind::Ack(v1::Ack {
                 ack_id,
@@ -499,9 +580,6 @@ impl Session {
         match outcome.receipt {
             None if ack_id != 0 => self.send_control(ack()),
             None => {}
-            // The route replicates durably: acknowledge once the spool (async) or the
-            // regions (sync) have it, without holding up this session's other frames. A
-            // publish without ack_id that fails its contract still gets an Error frame.
             Some(receipt) => {
                 let conn = self.conn.clone();
                 tokio::spawn(async move {

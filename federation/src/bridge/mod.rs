@@ -195,16 +195,25 @@ impl RegionRouter {
     /// delivered here unless this gateway has it already.
     async fn on_relayed_spooled(&self, link: &LinkInfo, spooled: nexus_proto::v1::Spooled) {
         let stream = crate::replication::StreamId::from(spooled.stream.as_str());
-        if !self.cluster.first_delivery(&stream, spooled.seq) {
-            self.metrics.outcome(Outcome::Duplicate);
-            return;
-        }
-        if let Some(forward) = spooled.forward {
-            let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
-            if let Some(msg) = delivery(&link.region, forward) {
-                self.router.deliver_from_region(msg, plain, &groups).await;
+        if self.cluster.first_delivery(&stream, spooled.seq) {
+            if let Some(forward) = spooled.forward {
+                let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
+                if let Some(msg) = delivery(&link.region, forward) {
+                    self.router.deliver_from_region(msg, plain, &groups).await;
+                }
             }
+        } else {
+            self.metrics.outcome(Outcome::Duplicate);
         }
+        // The home confirms the stream to its origin only once every gateway it relayed to
+        // has the message.
+        self.fed.try_send_control_to(
+            &link.gateway_id,
+            Kind::SpoolAck(nexus_proto::v1::SpoolAck {
+                up_to: spooled.seq,
+                stream: spooled.stream,
+            }),
+        );
     }
 
     /// Serves a request that came over `link`: with local responders, and when it came from
@@ -290,9 +299,11 @@ impl LinkHandler for RegionRouter {
     fn down(&self, link: &LinkInfo, reason: &str) {
         self.requests.link_down(link, reason);
         if link.region == self.fed.region() {
-            // A cluster peer's subscribers are gone with its link.
+            // A cluster peer's subscribers are gone with its link, and relays no longer wait
+            // for it.
             let update = self.cluster.peer_gone(&link.gateway_id);
             self.tell_regions(update);
+            self.replication.peer_gone(&self.fed, &link.gateway_id);
         }
         // Another region's interest is kept: best-effort messages it would have received are
         // counted as dropped, spooled ones wait for it.
@@ -309,6 +320,9 @@ impl LinkHandler for RegionRouter {
                 self.tell_regions(for_regions);
             }
             Kind::Interest(update) => self.on_interest(&link.region, update),
+            Kind::SpoolAck(ack) if link.region == self.fed.region() => self
+                .replication
+                .relay_confirmed(&self.fed, &link.gateway_id, &ack.stream, ack.up_to),
             Kind::SpoolAck(ack) => self.replication.on_ack(&link.region, ack),
             Kind::SpoolNack(nack) => self.replication.on_nack(link, nack),
             _ => {}
@@ -324,17 +338,22 @@ impl LinkHandler for RegionRouter {
                     self.on_relayed_spooled(link, spooled).await
                 }
                 Kind::Spooled(spooled) => {
-                    let relay = |s: &nexus_proto::v1::Spooled| {
-                        let Some(f) = &s.forward else { return };
-                        for t in self.relay_targets(&f.subject, !f.skip_plain, &f.queue_groups) {
-                            let mut copy = s.clone();
-                            if let Some(f) = copy.forward.as_mut() {
-                                f.skip_plain = !t.plain;
-                                f.queue_groups = t.queue_groups.clone();
-                            }
-                            self.fed
-                                .try_send_data_to(&t.gateway_id, Kind::Spooled(copy));
-                        }
+                    // Copies for the other gateways of this region that want it, sent only if
+                    // it continues its stream.
+                    let relays: Vec<(String, nexus_proto::v1::Spooled)> = match &spooled.forward {
+                        Some(f) => self
+                            .relay_targets(&f.subject, !f.skip_plain, &f.queue_groups)
+                            .into_iter()
+                            .map(|t| {
+                                let mut copy = spooled.clone();
+                                if let Some(f) = copy.forward.as_mut() {
+                                    f.skip_plain = !t.plain;
+                                    f.queue_groups = t.queue_groups;
+                                }
+                                (t.gateway_id, copy)
+                            })
+                            .collect(),
+                        None => Vec::new(),
                     };
                     let first = |s: &nexus_proto::v1::Spooled| {
                         self.cluster.first_delivery(
@@ -343,7 +362,7 @@ impl LinkHandler for RegionRouter {
                         )
                     };
                     self.replication
-                        .on_spooled(&self.fed, &self.router, link, spooled, relay, first)
+                        .on_spooled(&self.fed, &self.router, link, spooled, relays, first)
                         .await
                 }
                 Kind::Request(request) => {
@@ -443,27 +462,22 @@ impl Remote for RegionRouter {
         let mut outcome = PublishOutcome::default();
         let table = self.route_table();
         let (rule, _) = table.resolve(&msg.subject);
-        // The other gateways of this region get it like local subscribers do (one hop, best
-        // effort, whatever the route's mode towards other regions); a retried durable publish
-        // is checked first, so a duplicate goes nowhere.
-        let forward_in_region = |outcome: &PublishOutcome| {
-            if outcome.duplicate {
-                return;
-            }
-            let local_groups = self.router.local_queue_groups(&msg.subject);
-            let origin = self.fed.region();
-            for t in self
-                .cluster
-                .targets(&msg.subject, true, None, &local_groups, |gw| {
-                    self.fed.rtt_to(gw)
-                })
-            {
-                self.fed
-                    .try_forward_to(&t.gateway_id, t.forward(msg, origin));
-            }
-        };
+        // The other gateways of this region get it like local subscribers do: one hop, best
+        // effort, whatever the route's mode towards other regions.
+        let local_groups = self.router.local_queue_groups(&msg.subject);
+        let origin = self.fed.region();
+        let in_region: Vec<(String, v1::Forward)> = self
+            .cluster
+            .targets(&msg.subject, true, None, &local_groups, |gw| {
+                self.fed.rtt_to(gw)
+            })
+            .into_iter()
+            .map(|t| (t.gateway_id.clone(), t.forward(msg, origin)))
+            .collect();
         if rule.mode == Mode::Local {
-            forward_in_region(&outcome);
+            for (gateway, forward) in in_region {
+                self.fed.try_forward_to(&gateway, forward);
+            }
             return outcome;
         }
         // Idempotent publishing on durable routes: a message id seen before is answered with
@@ -485,21 +499,43 @@ impl Remote for RegionRouter {
                 }
             }
         }
-        forward_in_region(&outcome);
         let matches = self.remote.load().matches(&msg.subject);
         let targets = if matches.is_empty() {
             Vec::new()
         } else {
             self.targets(rule, &msg.subject, local_interest, &matches)
         };
-        if targets.is_empty() {
-            if rule.mode.spooled() {
-                self.replication.accepted_without_spool(id);
+        if !rule.mode.spooled() {
+            for (gateway, forward) in in_region {
+                self.fed.try_forward_to(&gateway, forward);
             }
-            return outcome;
-        }
-        let origin = self.fed.region();
-        if rule.mode.spooled() {
+        } else {
+            // Nothing of a durable publish is delivered, in this gateway or the others of
+            // the region, before its id is on disk: a publisher retrying after a crash in
+            // between would otherwise deliver it twice.
+            let (tx, rx) = oneshot::channel();
+            let fed = self.fed.clone();
+            let on_stored: replication::OnStored = Box::new(move |result| {
+                if result.is_ok() {
+                    for (gateway, forward) in in_region {
+                        fed.try_forward_to(&gateway, forward);
+                    }
+                }
+                let _ = tx.send(result);
+            });
+            outcome.stored = Some(rx);
+            if targets.is_empty() {
+                let (receipt_tx, receipt) = oneshot::channel();
+                outcome.receipt = Some(receipt);
+                self.replication.accept_without_spool(
+                    id,
+                    Box::new(move |result| {
+                        let _ = receipt_tx.send(result.clone());
+                        on_stored(result);
+                    }),
+                );
+                return outcome;
+            }
             outcome.spooled = targets.iter().map(|t| t.region.clone()).collect();
             let needed = match rule.sync_quorum as usize {
                 0 => targets.len(),
@@ -511,7 +547,10 @@ impl Remote for RegionRouter {
                 .iter()
                 .map(|t| (t.region.clone(), t.forward(msg, origin)))
                 .collect();
-            outcome.receipt = Some(self.replication.publish(&rule.name, id, forwards, sync));
+            outcome.receipt = Some(
+                self.replication
+                    .publish(&rule.name, id, forwards, sync, on_stored),
+            );
             return outcome;
         }
         for t in targets {

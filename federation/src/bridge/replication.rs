@@ -64,6 +64,19 @@ struct WriteBatch {
 /// for the first attempt.
 pub(super) type Reply = oneshot::Sender<Result<(), v1::Error>>;
 
+/// Called once a durable publish is on disk here (or could not be written): from then on it
+/// may be delivered in this region.
+pub(super) type OnStored = Box<dyn FnOnce(Result<(), v1::Error>) + Send>;
+
+/// The error a publisher gets when its message could not be written to the spool.
+fn unwritten(e: &str) -> v1::Error {
+    error(
+        ErrorCode::Unavailable,
+        format!("could not write the message to the replication spool: {e}"),
+        0,
+    )
+}
+
 /// The state of `async` / `sync` replication of one gateway.
 pub(super) struct Replication {
     outbox: Mutex<Outbox>,
@@ -181,9 +194,21 @@ impl Replication {
         }
     }
 
-    /// A publish that needed no spool (no other region wanted it): its id is accepted at once.
-    pub(super) fn accepted_without_spool(&self, id: MessageId) {
-        self.settle(id, &Ok(()));
+    /// A durable publish that no other region wanted: only its id is written (so a retry
+    /// after a crash is still recognised), then it is accepted.
+    pub(super) fn accept_without_spool(self: &Arc<Self>, id: MessageId, on_stored: OnStored) {
+        let me = self.clone();
+        let _ = self.writer.send(WriteBatch {
+            ops: vec![Op::Accepted {
+                id,
+                at_ms: now_ms(),
+            }],
+            done: Some(Box::new(move |result| {
+                let result = result.map_err(|e| unwritten(&e));
+                me.settle(id, &result);
+                on_stored(result);
+            })),
+        });
     }
 
     /// Writes `msg` to the spool for each of `targets` (region, forward); the receipt
@@ -195,6 +220,7 @@ impl Replication {
         id: MessageId,
         targets: Vec<(String, v1::Forward)>,
         sync: Option<(usize, i64)>,
+        on_stored: OnStored,
     ) -> oneshot::Receiver<Result<(), v1::Error>> {
         let (tx, rx) = oneshot::channel();
         let now = now_ms();
@@ -222,6 +248,7 @@ impl Replication {
                         drop(outbox);
                         let result = Err(error(ErrorCode::Limit, full.to_string(), 0));
                         self.settle(id, &result);
+                        on_stored(result.clone());
                         let _ = tx.send(result);
                         return rx;
                     }
@@ -237,7 +264,7 @@ impl Replication {
             let _ = self.writer.send(WriteBatch {
                 ops,
                 done: Some(Box::new(move |result| {
-                    me.written(result, id, seqs, sync, tx)
+                    me.written(result, id, seqs, sync, tx, on_stored)
                 })),
             });
         }
@@ -253,6 +280,7 @@ impl Replication {
         seqs: Vec<(String, u64)>,
         sync: Option<(usize, i64)>,
         tx: Reply,
+        on_stored: OnStored,
     ) {
         match result {
             Err(e) => {
@@ -261,15 +289,13 @@ impl Replication {
                     outbox.forget(r, &[*seq]);
                 }
                 drop(outbox);
-                let result = Err(error(
-                    ErrorCode::Unavailable,
-                    format!("could not write the message to the replication spool: {e}"),
-                    0,
-                ));
+                let result = Err(unwritten(&e));
                 self.settle(id, &result);
+                on_stored(result.clone());
                 let _ = tx.send(result);
             }
             Ok(()) => {
+                on_stored(Ok(()));
                 // The quorum waiter exists before the pump can send, so no confirmation is
                 // missed.
                 match sync {
@@ -515,7 +541,7 @@ impl Replication {
         router: &Router,
         link: &LinkInfo,
         spooled: Spooled,
-        relay: impl Fn(&Spooled),
+        relays: Vec<(String, Spooled)>,
         first_delivery: impl Fn(&Spooled) -> bool,
     ) {
         let stream = StreamId::from(spooled.stream.as_str());
@@ -526,8 +552,9 @@ impl Replication {
             .or_default()
             .clone();
         let _serial = lock.lock().await;
-        let verdict = self.inbox.lock().on_spooled(
+        let verdict = self.inbox.lock().on_spooled_from(
             &link.region,
+            &link.gateway_id,
             link.id,
             &stream,
             spooled.seq,
@@ -566,9 +593,19 @@ impl Replication {
                         region: link.region.clone(),
                     })
                     .inc();
-                // The other gateways of this region get it first (one hop, with its stream and
-                // seq, so a gateway that had it through an earlier home drops it).
-                relay(&spooled);
+                // The other gateways of this region that want it get it first (one hop, with
+                // its stream and seq); the mark written (and so confirmed) waits for them.
+                let mut peers = Vec::new();
+                for (gateway, copy) in relays {
+                    if fed
+                        .send_data_to(&gateway, Kind::Spooled(copy))
+                        .await
+                        .is_ok()
+                    {
+                        peers.push(gateway);
+                    }
+                }
+                self.inbox.lock().relayed(&stream, spooled.seq, peers);
                 // Delivered here only if this gateway did not have it already (through a
                 // previous home of the stream in this region).
                 let local = first_delivery(&spooled);
@@ -578,22 +615,46 @@ impl Replication {
                         router.deliver_from_region(msg, plain, &groups).await;
                     }
                 }
-                self.record(fed, link, stream, spooled.seq);
+                let to_record = self.inbox.lock().to_record(&stream);
+                if let Some(mark) = to_record {
+                    self.record(fed, stream, mark);
+                }
             }
         }
     }
 
-    /// Records durably that `stream` was delivered through `seq`, then confirms it if due.
-    fn record(
+    /// A cluster peer confirmed the relays of `stream` through `up_to` (it has them).
+    pub(super) fn relay_confirmed(
         self: &Arc<Self>,
         fed: &Arc<Federation>,
-        link: &LinkInfo,
-        stream: StreamId,
-        seq: u64,
+        peer: &str,
+        stream: &str,
+        up_to: u64,
     ) {
+        let stream = StreamId::from(stream);
+        let to_record = self.inbox.lock().relay_confirmed(&stream, peer, up_to);
+        if let Some(mark) = to_record {
+            self.record(fed, stream, mark);
+        }
+    }
+
+    /// A cluster peer is gone: relays no longer wait for it.
+    pub(super) fn peer_gone(self: &Arc<Self>, fed: &Arc<Federation>, peer: &str) {
+        let to_record = self.inbox.lock().peer_gone(peer);
+        for (stream, mark) in to_record {
+            self.record(fed, stream, mark);
+        }
+    }
+
+    /// Records durably that `stream` was delivered (and relayed) through `seq`, then confirms
+    /// it to the gateway that sends it, if due.
+    fn record(self: &Arc<Self>, fed: &Arc<Federation>, stream: StreamId, seq: u64) {
         let me = self.clone();
         let fed = fed.clone();
-        let (region, link_id, sender) = (link.region.clone(), link.id, link.gateway_id.clone());
+        let Some((sender, link_id)) = self.inbox.lock().sender(&stream) else {
+            return;
+        };
+        let region = self.inbox.lock().region(&stream).unwrap_or_default();
         let _ = self.writer.send(WriteBatch {
             ops: vec![Op::Received {
                 stream: stream.clone(),

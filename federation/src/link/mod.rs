@@ -603,6 +603,20 @@ impl Federation {
             .map(|_| link.info.id)
     }
 
+    /// Queues a data frame for one gateway, waiting for room while its link is up.
+    pub async fn send_data_to(&self, gateway_id: &str, kind: Kind) -> Result<(), LinkError> {
+        let link = self
+            .links
+            .lock()
+            .get(gateway_id)
+            .cloned()
+            .ok_or_else(|| LinkError::NotConnected(gateway_id.to_owned()))?;
+        link.data
+            .send(LinkFrame { kind: Some(kind) })
+            .await
+            .map_err(|_| LinkError::NotConnected(gateway_id.to_owned()))
+    }
+
     /// Queues a data frame for one gateway without waiting; the link it went on.
     pub fn try_send_data_to(&self, gateway_id: &str, kind: Kind) -> Option<LinkId> {
         let link = self.links.lock().get(gateway_id).cloned()?;

@@ -11,8 +11,20 @@
 //!
 //! Repeated answers are rate-limited per link: one confirmation per duplicate run and one nack
 //! per gap, since a reconnect can bring thousands of resends.
+//!
+//! In a regional cluster the gateway that receives a stream (its home in this region) relays
+//! each message to the other gateways that want it. What is written to disk, and so confirmed,
+//! then also waits until every such gateway confirmed its relay (or is gone): otherwise a home
+//! that died with a relay in flight would, after a restart, take the message for a resend and
+//! never relay it again, and the origin would never send it again, so that gateway's
+//! subscribers would miss it for good.
+//!
+//! The shell's loop: on [`Verdict::Deliver`] it delivers, notes the relays
+//! ([`Inbox::relayed`]) and writes [`Inbox::to_record`] when there is something; relay
+//! confirmations and lost peers may give more to write; once written, [`Inbox::recorded`] says
+//! what to confirm to the origin.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::StreamId;
 use crate::link::LinkId;
@@ -23,16 +35,75 @@ pub const ACK_EVERY: u64 = 256;
 
 #[derive(Debug, Clone)]
 struct Mark {
-    /// The region the stream comes from (where its confirmations go).
+    /// The region the stream comes from, and the gateway and link that last sent it here
+    /// (where its confirmations go).
     region: String,
+    sender: Option<(String, LinkId)>,
     /// Delivered in order through here.
     delivered: u64,
     /// Recorded on disk through here (never above `delivered`).
     durable: u64,
+    /// The highest mark handed to the shell to write.
+    written: u64,
     /// The last confirmation sent, and on which link.
     acked: Option<(LinkId, u64)>,
     /// The last gap answered, and on which link.
     nacked: Option<(LinkId, u64)>,
+    /// Relays not yet confirmed: (seq, gateways it went to that have not confirmed it), in
+    /// `seq` order.
+    relays: VecDeque<(u64, Vec<String>)>,
+}
+
+impl Mark {
+    fn new(region: &str) -> Self {
+        Mark {
+            region: region.to_owned(),
+            sender: None,
+            delivered: 0,
+            durable: 0,
+            written: 0,
+            acked: None,
+            nacked: None,
+            relays: VecDeque::new(),
+        }
+    }
+
+    /// Delivered here and relayed to every peer that was to get it.
+    fn settled(&self) -> u64 {
+        match self.relays.front() {
+            Some((seq, _)) => self.delivered.min(seq.saturating_sub(1)),
+            None => self.delivered,
+        }
+    }
+
+    /// How far a confirmation may go: what is on disk (which is only ever what was settled).
+    fn confirmable(&self) -> u64 {
+        self.durable
+    }
+
+    fn drop_confirmed_relays(&mut self) {
+        while self
+            .relays
+            .front()
+            .is_some_and(|(_, peers)| peers.is_empty())
+        {
+            self.relays.pop_front();
+        }
+    }
+
+    /// A confirmation to send now, if one is due (`force`: whatever is confirmable and newer
+    /// than the last one).
+    fn due(&mut self, link: LinkId, force: bool) -> Option<u64> {
+        let up_to = self.confirmable();
+        let last = self.acked.map_or(0, |(_, a)| a);
+        // Due when it covers everything settled so far (the newest message when no relay is
+        // outstanding), or every ACK_EVERY while more keeps arriving.
+        let due = up_to > last && (force || up_to >= self.settled() || up_to - last >= ACK_EVERY);
+        if due {
+            self.acked = Some((link, up_to));
+        }
+        due.then_some(up_to)
+    }
 }
 
 /// What to do with an arriving message.
@@ -55,16 +126,21 @@ pub struct Inbox {
 impl Inbox {
     /// A stream's mark as found on disk at start.
     pub fn restore(&mut self, stream: StreamId, region: &str, seq: u64) {
-        self.streams.insert(
-            stream,
-            Mark {
-                region: region.to_owned(),
-                delivered: seq,
-                durable: seq,
-                acked: None,
-                nacked: None,
-            },
-        );
+        let mut mark = Mark::new(region);
+        mark.delivered = seq;
+        mark.durable = seq;
+        mark.written = seq;
+        self.streams.insert(stream, mark);
+    }
+
+    /// The region `stream` comes from.
+    pub fn region(&self, stream: &StreamId) -> Option<String> {
+        self.streams.get(stream).map(|m| m.region.clone())
+    }
+
+    /// The gateway and link that last sent `stream` here.
+    pub fn sender(&self, stream: &StreamId) -> Option<(String, LinkId)> {
+        self.streams.get(stream).and_then(|m| m.sender.clone())
     }
 
     /// Judges message `seq` (after `prev`) of `stream`, from `region` over `link`. On
@@ -77,23 +153,41 @@ impl Inbox {
         seq: u64,
         prev: u64,
     ) -> Verdict {
-        let mark = self.streams.entry(stream.clone()).or_insert_with(|| Mark {
-            region: region.to_owned(),
-            delivered: 0,
-            durable: 0,
-            acked: None,
-            nacked: None,
-        });
+        self.on_spooled_from(region, "", link, stream, seq, prev)
+    }
+
+    /// [`Inbox::on_spooled`], knowing which gateway sent it.
+    pub fn on_spooled_from(
+        &mut self,
+        region: &str,
+        gateway: &str,
+        link: LinkId,
+        stream: &StreamId,
+        seq: u64,
+        prev: u64,
+    ) -> Verdict {
+        let mark = self
+            .streams
+            .entry(stream.clone())
+            .or_insert_with(|| Mark::new(region));
         if mark.region != region {
             mark.region = region.to_owned();
         }
+        if mark
+            .sender
+            .as_ref()
+            .is_none_or(|(g, l)| g != gateway || *l != link)
+        {
+            mark.sender = Some((gateway.to_owned(), link));
+        }
         if seq <= mark.delivered {
-            let due = mark.durable > 0 && mark.acked != Some((link, mark.durable));
+            let up_to = mark.confirmable();
+            let due = up_to > 0 && mark.acked != Some((link, up_to));
             if due {
-                mark.acked = Some((link, mark.durable));
+                mark.acked = Some((link, up_to));
             }
             return Verdict::Duplicate {
-                ack: due.then_some(mark.durable),
+                ack: due.then_some(up_to),
             };
         }
         if prev > mark.delivered {
@@ -109,18 +203,72 @@ impl Inbox {
         Verdict::Deliver
     }
 
-    /// Message `seq` of `stream` is recorded on disk; returns the confirmation to send on
-    /// `link`, if one is due (the newest delivered message, or every [`ACK_EVERY`]).
+    /// Message `seq` of `stream` was relayed to the cluster peers `peers`; it is written (and
+    /// so confirmed) only once each of them confirmed it ([`Inbox::relay_confirmed`]) or is
+    /// gone.
+    pub fn relayed(&mut self, stream: &StreamId, seq: u64, peers: Vec<String>) {
+        if peers.is_empty() {
+            return;
+        }
+        if let Some(mark) = self.streams.get_mut(stream) {
+            mark.relays.push_back((seq, peers));
+        }
+    }
+
+    /// The mark to write to disk for `stream` now, if it moved: everything delivered here and
+    /// relayed to every peer that was to get it.
+    pub fn to_record(&mut self, stream: &StreamId) -> Option<u64> {
+        let mark = self.streams.get_mut(stream)?;
+        let settled = mark.settled();
+        (settled > mark.written).then(|| {
+            mark.written = settled;
+            settled
+        })
+    }
+
+    /// `stream` is recorded on disk through `seq`; returns the confirmation to send on `link`,
+    /// if one is due (the newest delivered message, or every [`ACK_EVERY`]).
     pub fn recorded(&mut self, stream: &StreamId, seq: u64, link: LinkId) -> Option<u64> {
         let mark = self.streams.get_mut(stream)?;
         mark.durable = mark.durable.max(seq.min(mark.delivered));
-        let last = mark.acked.map_or(0, |(_, up_to)| up_to);
-        let due = mark.durable > last
-            && (mark.durable == mark.delivered || mark.durable - last >= ACK_EVERY);
-        if due {
-            mark.acked = Some((link, mark.durable));
+        mark.due(link, false)
+    }
+
+    /// Cluster peer `peer` confirmed the relays of `stream` through `up_to`; returns the mark
+    /// to write now, if that moved it.
+    pub fn relay_confirmed(&mut self, stream: &StreamId, peer: &str, up_to: u64) -> Option<u64> {
+        {
+            let mark = self.streams.get_mut(stream)?;
+            for (seq, peers) in mark.relays.iter_mut() {
+                if *seq > up_to {
+                    break;
+                }
+                peers.retain(|p| p != peer);
+            }
+            mark.drop_confirmed_relays();
         }
-        due.then_some(mark.durable)
+        self.to_record(stream)
+    }
+
+    /// Cluster peer `peer` is gone: no relay waits for it any more. Returns the marks to
+    /// write now, per stream.
+    pub fn peer_gone(&mut self, peer: &str) -> Vec<(StreamId, u64)> {
+        let mut touched = Vec::new();
+        for (stream, mark) in &mut self.streams {
+            if mark.relays.is_empty() {
+                continue;
+            }
+            for (_, peers) in mark.relays.iter_mut() {
+                peers.retain(|p| p != peer);
+            }
+            mark.drop_confirmed_relays();
+            touched.push(stream.clone());
+        }
+        touched.sort();
+        touched
+            .into_iter()
+            .filter_map(|s| self.to_record(&s).map(|m| (s, m)))
+            .collect()
     }
 
     /// Confirmations to send to `region` on a new `link`: every stream from it with
@@ -128,9 +276,10 @@ impl Inbox {
     pub fn link_up(&mut self, region: &str, link: LinkId) -> Vec<(StreamId, u64)> {
         let mut out = Vec::new();
         for (stream, mark) in &mut self.streams {
-            if mark.region == region && mark.durable > 0 {
-                mark.acked = Some((link, mark.durable));
-                out.push((stream.clone(), mark.durable));
+            let up_to = mark.confirmable();
+            if mark.region == region && up_to > 0 {
+                mark.acked = Some((link, up_to));
+                out.push((stream.clone(), up_to));
             }
         }
         out.sort();
@@ -147,8 +296,10 @@ impl Inbox {
     pub fn crash(&mut self) {
         for mark in self.streams.values_mut() {
             mark.delivered = mark.durable;
+            mark.written = mark.durable;
             mark.acked = None;
             mark.nacked = None;
+            mark.relays.clear();
         }
         self.streams.retain(|_, m| m.durable > 0);
     }
@@ -231,6 +382,22 @@ mod tests {
             .collect();
         assert_eq!(acks, vec![256, 512]);
         assert_eq!(i.recorded(&s(), 1000, L1), Some(1000));
+    }
+
+    #[test]
+    fn what_is_written_waits_for_the_relays_to_cluster_peers() {
+        let mut i = Inbox::default();
+        for seq in 1..=3 {
+            assert_eq!(i.on_spooled("a", L1, &s(), seq, seq - 1), Verdict::Deliver);
+            i.relayed(&s(), seq, vec!["b2".into(), "b3".into()]);
+        }
+        assert_eq!(i.to_record(&s()), None, "b2 and b3 have not confirmed");
+        assert_eq!(i.relay_confirmed(&s(), "b2", 3), None, "b3 has not");
+        assert_eq!(i.relay_confirmed(&s(), "b3", 2), Some(2));
+        assert_eq!(i.recorded(&s(), 2, L1), Some(2));
+        // b3 dies: nothing waits for it.
+        assert_eq!(i.peer_gone("b3"), vec![(s(), 3)]);
+        assert_eq!(i.recorded(&s(), 3, L1), Some(3));
     }
 
     #[test]

@@ -1,0 +1,590 @@
+//! A deterministic model of `async` replication into a regional cluster, where timing cannot
+//! hide a bug in re-homing.
+//!
+//! The real cores run in a simulated world: an origin gateway `a1` with its spool
+//! ([`Outbox`]); a region `b` of three gateways, each with the receiver's [`Inbox`], a disk for
+//! its marks, and the per-stream first-delivery marks of the cluster bridge (here
+//! [`FirstDelivery`], the same rule: deliver only what is newer than what this gateway
+//! delivered of the stream); `a1`'s homes in `b` chosen by the real [`Membership`]; link
+//! sessions between `a1` and each `b` gateway (lost when cut or when either end dies), and
+//! cluster links inside `b` carrying the home's relays (lost when either end dies). A seeded
+//! schedule publishes, commits, pumps, delivers frames in any interleaving, cuts `a1`'s links,
+//! kills and restarts `b` gateways, and lets `a1`'s view of the membership lag behind.
+//!
+//! Checked after every step: every incarnation of every `b` gateway delivers each message at
+//! most once and in publish order; and at the end, with everything healed, every gateway that
+//! was never killed delivered every acknowledged message exactly once, and `a1`'s spool is
+//! empty.
+//!
+//! Not modelled: partitions between gateways of `b` while both live (a relay in flight on a
+//! cut cluster link is lost; see docs/cluster.md), and restarts of `a1` (the replication model
+//! covers those).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use nexus_federation::cluster::membership::{Member, Membership};
+use nexus_federation::link::LinkId;
+use nexus_federation::replication::inbox::{Inbox, Verdict};
+use nexus_federation::replication::outbox::Outbox;
+use nexus_federation::replication::{Limits, StreamId};
+use nexus_proto::v1::{Forward, Spooled};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const B: [&str; 3] = ["b1", "b2", "b3"];
+const LINK_QUEUE: usize = 8;
+
+/// The cluster bridge's rule for local delivery (`bridge::cluster::Cluster::first_delivery`).
+#[derive(Default)]
+struct FirstDelivery(HashMap<String, u64>);
+
+impl FirstDelivery {
+    fn first(&mut self, stream: &str, seq: u64) -> bool {
+        let mark = self.0.entry(stream.to_owned()).or_default();
+        if seq <= *mark {
+            return false;
+        }
+        *mark = seq;
+        true
+    }
+}
+
+enum Up {
+    Ack(u64),
+    Nack(u64),
+}
+
+/// A link session between `a1` and one `b` gateway.
+struct FedLink {
+    id: LinkId,
+    to: usize,
+    down: VecDeque<Spooled>,
+    up: VecDeque<Up>,
+    broken: bool,
+}
+
+struct Gateway {
+    alive: bool,
+    incarnation: u32,
+    inbox: Inbox,
+    disk: HashMap<StreamId, u64>,
+    writes: VecDeque<(StreamId, u64)>,
+    marks: FirstDelivery,
+    /// Deliveries of this incarnation, and every incarnation's count.
+    delivered: Vec<u64>,
+    killed_ever: bool,
+    /// Relays from each other gateway of `b`, in order.
+    relays: HashMap<usize, VecDeque<Spooled>>,
+    /// Confirmations of relays from each other gateway of `b` (it delivered them), in order.
+    confirms: HashMap<usize, VecDeque<(String, u64)>>,
+}
+
+struct World {
+    rng: StdRng,
+    outbox: Outbox,
+    /// Publish -> acknowledged (committed), and seq -> message.
+    acked: BTreeSet<u64>,
+    pending: VecDeque<(u64, u64)>,
+    seqs: HashMap<u64, u64>,
+    next_msg: u64,
+    gws: Vec<Gateway>,
+    links: Vec<FedLink>,
+    next_link: u64,
+    /// `a1`'s view of which `b` gateways are alive (the membership lags).
+    view: Vec<bool>,
+    trace: VecDeque<String>,
+    rehomes: u64,
+}
+
+fn forward(msg: u64) -> Forward {
+    Forward {
+        subject: "orders.x".into(),
+        payload: msg.to_be_bytes().to_vec().into(),
+        ..Default::default()
+    }
+}
+
+fn msg_of(s: &Spooled) -> u64 {
+    u64::from_be_bytes(s.forward.as_ref().unwrap().payload[..8].try_into().unwrap())
+}
+
+impl World {
+    fn new(seed: u64) -> Self {
+        World {
+            rng: StdRng::seed_from_u64(seed),
+            outbox: Outbox::new(StreamId::from("a1.model"), Limits::default()),
+            acked: BTreeSet::new(),
+            pending: VecDeque::new(),
+            seqs: HashMap::new(),
+            next_msg: 1,
+            gws: (0..B.len())
+                .map(|_| Gateway {
+                    alive: true,
+                    incarnation: 0,
+                    inbox: Inbox::default(),
+                    disk: HashMap::new(),
+                    writes: VecDeque::new(),
+                    marks: FirstDelivery::default(),
+                    delivered: Vec::new(),
+                    killed_ever: false,
+                    relays: HashMap::new(),
+                    confirms: HashMap::new(),
+                })
+                .collect(),
+            links: Vec::new(),
+            next_link: 1,
+            view: vec![true; B.len()],
+            trace: VecDeque::new(),
+            rehomes: 0,
+        }
+    }
+
+    fn note(&mut self, s: String) {
+        if self.trace.len() == 400 {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(s);
+    }
+
+    fn fail(&self, why: String) -> String {
+        let t: Vec<&str> = self.trace.iter().map(String::as_str).collect();
+        format!("{why}\nlast steps:\n  {}", t.join("\n  "))
+    }
+
+    /// `a1`'s homes in `b`, best first, over the gateways it believes alive.
+    fn homes(&self) -> Vec<usize> {
+        let members = B
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.view[*i])
+            .map(|(_, id)| Member {
+                gateway_id: (*id).to_owned(),
+                region: "b".into(),
+                addr: String::new(),
+            })
+            .chain(std::iter::once(Member {
+                gateway_id: "a1".into(),
+                region: "a".into(),
+                addr: String::new(),
+            }));
+        let ms = Membership::new(members);
+        ms.homes("a1", "b")
+            .into_iter()
+            .map(|m| B.iter().position(|b| *b == m.gateway_id).unwrap())
+            .collect()
+    }
+
+    /// The live link `a1` sends through: its first home with one.
+    fn route(&self) -> Option<usize> {
+        self.homes()
+            .into_iter()
+            .find_map(|h| self.links.iter().rposition(|l| l.to == h && !l.broken))
+    }
+
+    fn publish(&mut self) {
+        let msg = self.next_msg;
+        self.next_msg += 1;
+        let (s, _) = self.outbox.append("b", "orders", forward(msg), 0).unwrap();
+        self.seqs.insert(s.seq, msg);
+        self.pending.push_back((msg, s.seq));
+    }
+
+    fn commit(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some((msg, seq)) = self.pending.pop_front() else {
+                return;
+            };
+            self.outbox.committed("b", seq);
+            self.acked.insert(msg);
+        }
+    }
+
+    fn pump(&mut self, max: usize) {
+        let Some(li) = self.route() else { return };
+        let id = self.links[li].id;
+        for frame in self.outbox.next_to_send("b", id, max) {
+            if self.links[li].down.len() >= LINK_QUEUE {
+                self.outbox.unsend("b", id, frame.seq);
+                break;
+            }
+            self.links[li].down.push_back(frame);
+        }
+    }
+
+    /// `b` gateway `g` delivers `s` locally if it is the first time.
+    fn deliver_local(&mut self, g: usize, s: &Spooled) -> Result<(), String> {
+        let gw = &mut self.gws[g];
+        if !gw.marks.first(&s.stream, s.seq) {
+            return Ok(());
+        }
+        let msg = msg_of(s);
+        if gw.delivered.contains(&msg) {
+            return Err(self.fail(format!("{} delivered m{msg} twice", B[g])));
+        }
+        let gw = &self.gws[g];
+        if let Some(&last) = gw.delivered.last()
+            && self.seq_of(last) > s.seq
+        {
+            return Err(self.fail(format!("{} delivered m{msg} after m{last}", B[g])));
+        }
+        self.gws[g].delivered.push(msg);
+        Ok(())
+    }
+
+    fn seq_of(&self, msg: u64) -> u64 {
+        *self.seqs.iter().find(|(_, m)| **m == msg).unwrap().0
+    }
+
+    /// The next frame on link `li` arrives at its `b` gateway.
+    fn receive(&mut self, li: usize) -> Result<(), String> {
+        let g = self.links[li].to;
+        let link = self.links[li].id;
+        let Some(s) = self.links[li].down.pop_front() else {
+            return Ok(());
+        };
+        let stream = StreamId::from(s.stream.as_str());
+        let verdict = self.gws[g]
+            .inbox
+            .on_spooled_from("a", "a1", link, &stream, s.seq, s.prev_seq);
+        match verdict {
+            Verdict::Deliver => {
+                // Relayed to every other live gateway of b first, then delivered here; the
+                // confirmation to a1 waits for the relays.
+                let mut peers = Vec::new();
+                for p in 0..B.len() {
+                    if p != g && self.gws[p].alive {
+                        self.gws[p]
+                            .relays
+                            .entry(g)
+                            .or_default()
+                            .push_back(s.clone());
+                        peers.push(B[p].to_owned());
+                    }
+                }
+                self.gws[g].inbox.relayed(&stream, s.seq, peers);
+                self.deliver_local(g, &s)?;
+                if let Some(mark) = self.gws[g].inbox.to_record(&stream) {
+                    self.gws[g].writes.push_back((stream, mark));
+                }
+            }
+            Verdict::Duplicate { ack: Some(up_to) } => self.links[li].up.push_back(Up::Ack(up_to)),
+            Verdict::Gap { nack: Some(have) } => self.links[li].up.push_back(Up::Nack(have)),
+            _ => {}
+        }
+        self.note(format!("{} seq {} on {link}: {verdict:?}", B[g], s.seq));
+        Ok(())
+    }
+
+    fn relay(&mut self, g: usize, from: usize) -> Result<(), String> {
+        let Some(s) = self.gws[g]
+            .relays
+            .get_mut(&from)
+            .and_then(|q| q.pop_front())
+        else {
+            return Ok(());
+        };
+        self.note(format!("{} relayed seq {} from {}", B[g], s.seq, B[from]));
+        self.deliver_local(g, &s)?;
+        // The home hears that this gateway has it.
+        self.gws[from]
+            .confirms
+            .entry(g)
+            .or_default()
+            .push_back((s.stream.clone(), s.seq));
+        Ok(())
+    }
+
+    /// Home `g` learns that peer `from` delivered a relay.
+    fn relay_confirmed(&mut self, g: usize, from: usize) {
+        let Some((stream, seq)) = self.gws[g]
+            .confirms
+            .get_mut(&from)
+            .and_then(|q| q.pop_front())
+        else {
+            return;
+        };
+        let stream = StreamId::from(stream.as_str());
+        if let Some(mark) = self.gws[g].inbox.relay_confirmed(&stream, B[from], seq) {
+            self.gws[g].writes.push_back((stream, mark));
+        }
+    }
+
+    fn record(&mut self, g: usize) {
+        let Some((stream, seq)) = self.gws[g].writes.pop_front() else {
+            return;
+        };
+        let gw = &mut self.gws[g];
+        let m = gw.disk.entry(stream.clone()).or_default();
+        *m = (*m).max(seq);
+        let Some((_, link)) = gw.inbox.sender(&stream) else {
+            return;
+        };
+        if let Some(up_to) = gw.inbox.recorded(&stream, seq, link)
+            && let Some(l) = self.links.iter_mut().find(|l| l.id == link && !l.broken)
+        {
+            l.up.push_back(Up::Ack(up_to));
+        }
+    }
+
+    fn origin_receive(&mut self, li: usize) -> Result<(), String> {
+        let g = self.links[li].to;
+        let id = self.links[li].id;
+        match self.links[li].up.pop_front() {
+            Some(Up::Ack(up_to)) => {
+                let durable = self.gws[g]
+                    .disk
+                    .get(&StreamId::from("a1.model"))
+                    .copied()
+                    .unwrap_or(0);
+                if up_to > durable {
+                    return Err(
+                        self.fail(format!("{} confirmed {up_to} with {durable} on disk", B[g]))
+                    );
+                }
+                self.outbox.ack("b", up_to);
+            }
+            Some(Up::Nack(have)) => self.outbox.rewind("b", id, have),
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self, g: usize) {
+        if !self.gws[g].alive || self.links.iter().any(|l| l.to == g && !l.broken) {
+            return;
+        }
+        let id = LinkId(self.next_link);
+        self.next_link += 1;
+        let mut up = VecDeque::new();
+        for (_, up_to) in self.gws[g].inbox.link_up("a", id) {
+            up.push_back(Up::Ack(up_to));
+        }
+        self.links.push(FedLink {
+            id,
+            to: g,
+            down: VecDeque::new(),
+            up,
+            broken: false,
+        });
+    }
+
+    fn kill(&mut self, g: usize) {
+        let gw = &mut self.gws[g];
+        gw.alive = false;
+        gw.killed_ever = true;
+        gw.writes.clear();
+        gw.relays.clear();
+        for l in self.links.iter_mut().filter(|l| l.to == g) {
+            l.broken = true;
+            l.down.clear();
+            l.up.clear();
+        }
+        for p in &mut self.gws {
+            p.relays.remove(&g);
+            p.confirms.remove(&g);
+        }
+        self.gws[g].confirms.clear();
+        // The homes stop waiting for its confirmations.
+        for h in 0..B.len() {
+            if h != g && self.gws[h].alive {
+                for (stream, mark) in self.gws[h].inbox.peer_gone(B[g]) {
+                    self.gws[h].writes.push_back((stream, mark));
+                }
+            }
+        }
+        self.note(format!("{} killed", B[g]));
+    }
+
+    fn restart(&mut self, g: usize) {
+        let gw = &mut self.gws[g];
+        gw.alive = true;
+        gw.incarnation += 1;
+        let mut inbox = Inbox::default();
+        for (s, seq) in &gw.disk {
+            inbox.restore(s.clone(), "a", *seq);
+        }
+        gw.inbox = inbox;
+        gw.marks = FirstDelivery::default();
+        gw.delivered.clear();
+        self.note(format!("{} restarted", B[g]));
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        let g = self.rng.random_range(0..B.len());
+        let before = self.route().map(|l| self.links[l].to);
+        match self.rng.random_range(0..100) {
+            0..=14 => self.publish(),
+            15..=24 => {
+                let n = self.rng.random_range(1..5);
+                self.commit(n);
+            }
+            25..=39 => {
+                let max = self.rng.random_range(1..6);
+                self.pump(max);
+            }
+            40..=59 => {
+                let live: Vec<usize> = (0..self.links.len())
+                    .filter(|l| !self.links[*l].broken)
+                    .collect();
+                if !live.is_empty() {
+                    let li = live[self.rng.random_range(0..live.len())];
+                    if self.rng.random_bool(0.6) {
+                        self.receive(li)?;
+                    } else {
+                        self.origin_receive(li)?;
+                    }
+                }
+            }
+            60..=67 => {
+                let from = self.rng.random_range(0..B.len());
+                if self.gws[g].alive {
+                    self.relay(g, from)?;
+                }
+            }
+            68..=71 => {
+                let from = self.rng.random_range(0..B.len());
+                if self.gws[g].alive {
+                    self.relay_confirmed(g, from);
+                }
+            }
+            72..=79 => {
+                if self.gws[g].alive {
+                    self.record(g);
+                }
+            }
+            80..=84 => self.connect(g),
+            85..=87 => {
+                // a1's link to g is cut (both ends live).
+                for l in self.links.iter_mut().filter(|l| l.to == g) {
+                    l.broken = true;
+                    l.down.clear();
+                    l.up.clear();
+                }
+            }
+            88..=90 => {
+                // Never all three at once: the region keeps at least one gateway.
+                if self.gws.iter().filter(|x| x.alive).count() > 1 && self.gws[g].alive {
+                    self.kill(g);
+                }
+            }
+            91..=93 => {
+                if !self.gws[g].alive {
+                    self.restart(g);
+                }
+            }
+            94..=96 => {
+                // a1's view of the membership catches up.
+                self.view = self.gws.iter().map(|x| x.alive).collect();
+            }
+            _ => {}
+        }
+        let after = self.route().map(|l| self.links[l].to);
+        if before.is_some() && after.is_some() && before != after {
+            self.rehomes += 1;
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self) -> Result<(), String> {
+        for g in 0..B.len() {
+            if !self.gws[g].alive {
+                self.restart(g);
+            }
+        }
+        self.view = vec![true; B.len()];
+        for g in 0..B.len() {
+            self.connect(g);
+        }
+        for _ in 0..10_000 {
+            self.commit(usize::MAX);
+            self.pump(32);
+            let mut moved = false;
+            for li in 0..self.links.len() {
+                while !self.links[li].broken && !self.links[li].down.is_empty() {
+                    self.receive(li)?;
+                    moved = true;
+                }
+            }
+            for g in 0..B.len() {
+                for from in 0..B.len() {
+                    while self.gws[g].relays.get(&from).is_some_and(|q| !q.is_empty()) {
+                        self.relay(g, from)?;
+                        moved = true;
+                    }
+                }
+                while !self.gws[g].writes.is_empty() {
+                    self.record(g);
+                    moved = true;
+                }
+            }
+            for g in 0..B.len() {
+                for from in 0..B.len() {
+                    while self.gws[g]
+                        .confirms
+                        .get(&from)
+                        .is_some_and(|q| !q.is_empty())
+                    {
+                        self.relay_confirmed(g, from);
+                        moved = true;
+                    }
+                }
+            }
+            for li in 0..self.links.len() {
+                while !self.links[li].broken && !self.links[li].up.is_empty() {
+                    self.origin_receive(li)?;
+                    moved = true;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        for g in 0..B.len() {
+            if self.gws[g].killed_ever {
+                continue;
+            }
+            let got: BTreeSet<u64> = self.gws[g].delivered.iter().copied().collect();
+            let missing: Vec<u64> = self.acked.difference(&got).copied().collect();
+            if !missing.is_empty() {
+                return Err(self.fail(format!("{} (never killed) is missing {missing:?}", B[g])));
+            }
+        }
+        if self.outbox.depth("b") > 0 {
+            return Err(self.fail(format!(
+                "a1 still holds {} messages",
+                self.outbox.depth("b")
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn every_gateway_of_the_region_gets_every_acknowledged_message_once_across_re_homing() {
+    let schedules: u64 = std::env::var("NEXUS_MODEL_SCHEDULES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    let mut rehomes = 0;
+    let mut acked = 0;
+    for seed in 0..schedules {
+        let mut w = World::new(seed);
+        for g in 0..B.len() {
+            w.connect(g);
+        }
+        let steps = 100 + (seed as usize % 300);
+        let r = (0..steps)
+            .try_for_each(|_| w.step())
+            .and_then(|_| w.settle());
+        if let Err(e) = r {
+            panic!("seed {seed}: {e}");
+        }
+        rehomes += w.rehomes;
+        acked += w.acked.len();
+    }
+    println!("{acked} acknowledged messages, {rehomes} home changes");
+    assert!(
+        rehomes > schedules,
+        "the schedules rarely moved a1's home: {rehomes}"
+    );
+}
