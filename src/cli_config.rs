@@ -41,6 +41,30 @@ pub struct GatewayArgs {
     /// Address registered for adapters to reach this gateway (default: --listen).
     #[arg(long, env = "NEXUS_ADVERTISE")]
     pub advertise: Option<SocketAddr>,
+    /// PEM certificate (chain) adapters see: sessions are served over TLS. Reloaded when the
+    /// file changes.
+    #[arg(long, env = "NEXUS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "NEXUS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA(s): adapters must present a client certificate issued by one of them.
+    #[arg(long, env = "NEXUS_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// PEM CA(s) of an https:// control plane (default: the system's roots).
+    #[arg(long, env = "NEXUS_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<PathBuf>,
+    /// Certificate this gateway shows the control plane (default: --tls-cert); issued for
+    /// <gateway-id>.<region>.fed.nexus by `nexus certs --gateway <region>/<id>`.
+    #[arg(long, env = "NEXUS_CONTROL_PLANE_CERT", requires = "control_plane_key")]
+    pub control_plane_cert: Option<PathBuf>,
+    /// Key of --control-plane-cert (default: --tls-key).
+    #[arg(long, env = "NEXUS_CONTROL_PLANE_KEY", requires = "control_plane_cert")]
+    pub control_plane_key: Option<PathBuf>,
+    /// Serve adapters in plaintext on a non-loopback address (a warning at start); without
+    /// it, such an address needs --tls-cert.
+    #[arg(long, env = "NEXUS_INSECURE")]
+    pub insecure: bool,
 }
 
 impl GatewayArgs {
@@ -80,6 +104,27 @@ impl GatewayArgs {
         }
         if let Some(v) = self.advertise {
             cfg.advertise = Some(v);
+        }
+        if let Some(v) = &self.tls_cert {
+            cfg.tls.cert = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_key {
+            cfg.tls.key = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_client_ca {
+            cfg.tls.client_ca = Some(v.clone());
+        }
+        if let Some(v) = &self.control_plane_ca {
+            cfg.control_plane_tls.ca = Some(v.clone());
+        }
+        if let Some(v) = &self.control_plane_cert {
+            cfg.control_plane_tls.cert = Some(v.clone());
+        }
+        if let Some(v) = &self.control_plane_key {
+            cfg.control_plane_tls.key = Some(v.clone());
+        }
+        if self.insecure {
+            cfg.insecure = true;
         }
         cfg.validate().context("gateway configuration is invalid")?;
         Ok(cfg)

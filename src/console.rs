@@ -25,6 +25,19 @@ pub struct ConsoleArgs {
     /// $NEXUS_CACHE/console-site, NEXUS_CACHE defaulting to ~/.cache/nexus).
     #[arg(long, env = "NEXUS_CONSOLE_SITE")]
     pub site: Option<PathBuf>,
+    /// PEM certificate: serve HTTPS (reloaded when the file changes) with a Secure session
+    /// cookie. `nexus certs --console <host>` issues one.
+    #[arg(long, env = "NEXUS_CONSOLE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "NEXUS_CONSOLE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA(s) of an https:// control plane (default: the system's roots).
+    #[arg(long, env = "NEXUS_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (a warning at start).
+    #[arg(long, env = "NEXUS_INSECURE")]
+    pub insecure: bool,
 }
 
 /// Where scripts/build-console writes the site by default.
@@ -43,8 +56,23 @@ pub async fn bind(
     admin_key: Option<String>,
     site: Option<PathBuf>,
 ) -> anyhow::Result<Console> {
+    bind_with(options(listen, control_plane, admin_key, site)).await
+}
+
+/// Console options with the defaults for everything but these.
+pub fn options(
+    listen: SocketAddr,
+    control_plane: String,
+    admin_key: Option<String>,
+    site: Option<PathBuf>,
+) -> ConsoleOptions {
     let mut opts = ConsoleOptions::new(listen, control_plane, site.unwrap_or_else(default_site));
     opts.admin_key = admin_key;
+    opts
+}
+
+/// Binds the console with full options.
+pub async fn bind_with(opts: ConsoleOptions) -> anyhow::Result<Console> {
     Console::bind(opts).await
 }
 
@@ -66,15 +94,26 @@ pub async fn run(
         (None, Ok(k)) if !k.trim().is_empty() => Some(k.trim().to_owned()),
         _ => None,
     };
-    let console = bind(
+    let mut opts = options(
         args.listen,
         args.control_plane.clone(),
         admin_key,
         args.site,
-    )
-    .await?;
+    );
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        opts.tls = Some(nexus_tls::ServerTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: None,
+            require_client_cert: false,
+        });
+    }
+    opts.control_plane_ca = args.control_plane_ca.clone();
+    opts.insecure = args.insecure;
+    let console = bind_with(opts).await?;
     println!(
-        "nexus console on http://{} (control plane {}){}",
+        "nexus console on {}://{} (control plane {}){}",
+        if console.https() { "https" } else { "http" },
         console.local_addr(),
         args.control_plane,
         if console.hydrates() {

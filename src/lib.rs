@@ -4,6 +4,7 @@
 //! tracing export, configuration layering) lives here, and everything that routes messages
 //! lives in the workspace crates (`nexus-gateway`, `nexus-proto`, `nexus-client`).
 
+pub mod certs;
 pub mod cli_config;
 pub mod console;
 pub mod ctl;

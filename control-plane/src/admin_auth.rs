@@ -23,6 +23,9 @@ use crate::store::Store;
 pub struct AdminAuth {
     pub view: Arc<ClusterView>,
     pub required: bool,
+    /// Admin client certificates (`<name>.admin.nexus`, verified against the control
+    /// plane's client CA by the TLS layer) authorise a call as an admin key would.
+    pub admin_certificates: bool,
 }
 
 fn now_ms() -> i64 {
@@ -32,6 +35,13 @@ fn now_ms() -> i64 {
 impl tonic::service::Interceptor for AdminAuth {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         if !self.required {
+            return Ok(request);
+        }
+        if self.admin_certificates
+            && let Some(certs) = request.peer_certs()
+            && let Some(name) = certs.first().and_then(nexus_tls::issue::admin_identity)
+        {
+            tracing::debug!(admin = %name, "Admin API call by certificate");
             return Ok(request);
         }
         let header = request
@@ -44,7 +54,14 @@ impl tonic::service::Interceptor for AdminAuth {
             })?
             .to_str()
             .map_err(|_| Status::unauthenticated("authorization header is not text"))?;
-        let token = header.strip_prefix("Bearer ").unwrap_or(header).trim();
+        let token = header
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "authorization must be `Bearer <admin key>` (the `Bearer ` prefix is missing)",
+                )
+            })?
+            .trim();
         let (id, secret) = keys::parse(token)
             .ok_or_else(|| Status::unauthenticated("authorization is not a Nexus API key"))?;
         let snapshot = self.view.snapshot();

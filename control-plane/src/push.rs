@@ -229,6 +229,31 @@ pub struct ConfigPushService {
     pub lease_ttl: Duration,
     /// Ends every Sync stream at shutdown, so graceful shutdown does not wait on gateways.
     pub stop: CancellationToken,
+    /// Gateways must present a client certificate issued for
+    /// `<gateway-id>.<region>.fed.nexus` (verified against the control plane's client CA by
+    /// the TLS layer) before they receive config or register; the registration is bound to
+    /// that identity, so no other caller can take it over or remove it.
+    pub require_certificate: bool,
+}
+
+/// Whether the caller's certificate (already verified against the client CA) is issued for
+/// the gateway it claims to be.
+fn check_gateway_identity(
+    certs: Option<&[rustls_pki_types::CertificateDer<'static>]>,
+    info: &GatewayInfo,
+) -> Result<(), Status> {
+    let leaf = certs.and_then(|c| c.first()).ok_or_else(|| {
+        Status::unauthenticated(
+            "gateways must present a client certificate issued by the cluster CA (nexus certs --gateway <region>/<id>; gateway flags --control-plane-cert/--control-plane-key)",
+        )
+    })?;
+    let expected = nexus_tls::issue::gateway_name(&info.region, &info.id);
+    nexus_tls::load::cert_is_for(leaf, &expected).map_err(|e| {
+        Status::permission_denied(format!(
+            "this caller may not register as gateway {:?} of region {:?}: {e}",
+            info.id, info.region
+        ))
+    })
 }
 
 type SnapshotStream =
@@ -265,6 +290,7 @@ impl ConfigPush for ConfigPushService {
         &self,
         request: Request<Streaming<GatewayReport>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
+        let certs = request.peer_certs();
         let mut reports = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), reports.message())
             .await
@@ -278,6 +304,13 @@ impl ConfigPush for ConfigPushService {
             ));
         };
         validate_info(&info)?;
+        if self.require_certificate {
+            check_gateway_identity(certs.as_deref().map(Vec::as_slice), &info).inspect_err(
+                |e| {
+                    tracing::warn!(gateway = ?info.id, region = ?info.region, error = %e.message(), "gateway registration refused");
+                },
+            )?;
+        }
         let store = self.store.clone();
         regions::ensure(&*store, &info.region).await?;
         let lease = store

@@ -42,6 +42,14 @@ pub struct ControlPlaneConfig {
     pub admin_auth: bool,
     /// Where the bootstrap admin key is written when no admin key exists yet.
     pub admin_key_file: Option<PathBuf>,
+    /// TLS of the Admin API and config push. With a client CA, gateways must present a
+    /// certificate issued for `<gateway-id>.<region>.fed.nexus` to sync and register, and
+    /// admin client certificates (`<name>.admin.nexus`) stand in for an admin key.
+    pub tls: Option<nexus_tls::ServerTlsFiles>,
+    /// Serve plaintext, or gateways without certificates, on a non-loopback address anyway.
+    pub insecure: bool,
+    /// TLS and/or user and password towards etcd.
+    pub etcd_access: crate::store::etcd::EtcdAccess,
 }
 
 impl ControlPlaneConfig {
@@ -57,6 +65,9 @@ impl ControlPlaneConfig {
             lease_ttl: Duration::from_secs(10),
             admin_auth: true,
             admin_key_file: None,
+            tls: None,
+            insecure: false,
+            etcd_access: Default::default(),
         }
     }
 }
@@ -79,6 +90,8 @@ pub enum ServerError {
     Dns(#[from] crate::dns::DnsError),
     #[error("control plane task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Tls(#[from] nexus_tls::TlsError),
 }
 
 pub struct RunningControlPlane {
@@ -109,14 +122,47 @@ impl RunningControlPlane {
 
 pub async fn open_store(cfg: &ControlPlaneConfig) -> Result<Arc<dyn Store>, ServerError> {
     Ok(match &cfg.store {
-        StoreConfig::Etcd(endpoints) => {
-            Arc::new(EtcdStore::connect_with_retry(endpoints, cfg.store_connect_timeout).await?)
-        }
+        StoreConfig::Etcd(endpoints) => Arc::new(
+            EtcdStore::connect_with_retry_using(
+                endpoints,
+                &cfg.etcd_access,
+                cfg.store_connect_timeout,
+            )
+            .await?,
+        ),
         StoreConfig::Embedded(path) => Arc::new(EmbeddedStore::open(path).await?),
     })
 }
 
+/// The TLS configuration of the gRPC listener, after the plaintext policy: plaintext, or
+/// gateways that cannot be authenticated, only on loopback or with `insecure`.
+fn grpc_tls(
+    cfg: &ControlPlaneConfig,
+) -> Result<Option<Arc<nexus_tls::ReloadingServerConfig>>, ServerError> {
+    let Some(files) = &cfg.tls else {
+        nexus_tls::check_plaintext("the control plane", cfg.listen, cfg.insecure)?;
+        return Ok(None);
+    };
+    if files.client_ca.is_none() {
+        // TLS alone hides the traffic but anyone could still register as any gateway.
+        nexus_tls::check_plaintext(
+            "the control plane (gateways unauthenticated: no --tls-client-ca)",
+            cfg.listen,
+            cfg.insecure,
+        )?;
+    }
+    let mut files = files.clone();
+    // nexusctl with an admin key needs no certificate; the services decide per call.
+    files.require_client_cert = false;
+    Ok(Some(nexus_tls::ReloadingServerConfig::from_files(
+        files,
+        &[b"h2"],
+    )?))
+}
+
 pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, ServerError> {
+    let tls = grpc_tls(&cfg)?;
+    let gateway_certificates = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let store = open_store(&cfg).await?;
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -148,6 +194,7 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
         crate::admin_auth::AdminAuth {
             view: view.clone(),
             required: cfg.admin_auth,
+            admin_certificates: gateway_certificates,
         },
     );
     let push = nexus_proto::v1::config_push_server::ConfigPushServer::new(
@@ -156,6 +203,7 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
             store: store.clone(),
             lease_ttl: cfg.lease_ttl,
             stop: stop.clone(),
+            require_certificate: gateway_certificates,
         },
     );
     let dns = match cfg.dns_listen {
@@ -171,18 +219,13 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
     };
     let dns_addr = dns.as_ref().map(|d| d.udp_addr());
     let grpc_stop = stop.clone();
+    let router = tonic::transport::Server::builder()
+        .add_service(admin)
+        .add_service(push)
+        .add_service(reflection);
+    let served = serve_grpc(router, listener, tls, cfg.listen, grpc_stop)?;
     let task = tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(admin)
-            .add_service(push)
-            .add_service(reflection)
-            .serve_with_incoming_shutdown(
-                // Small frames (acks, replies) must not wait on Nagle's algorithm.
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move { grpc_stop.cancelled().await },
-            )
-            .await
-            .map_err(|e| ServerError::Task(e.to_string()));
+        let served = served.await;
         if let Some(dns) = dns
             && let Err(e) = dns.shutdown().await
         {
@@ -190,7 +233,7 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
         }
         served
     });
-    tracing::info!(grpc = %grpc_addr, dns = ?dns_addr, "control plane listening");
+    tracing::info!(grpc = %grpc_addr, dns = ?dns_addr, tls = cfg.tls.is_some(), "control plane listening");
     Ok(RunningControlPlane {
         grpc_addr,
         dns_addr,
@@ -198,6 +241,48 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
         view,
         stop,
         task,
+    })
+}
+
+type Served = std::pin::Pin<Box<dyn Future<Output = Result<(), ServerError>> + Send>>;
+
+/// Serves `router` on `listener`, over TLS when `tls` is set, until `stop`.
+fn serve_grpc(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    tls: Option<Arc<nexus_tls::ReloadingServerConfig>>,
+    listen: SocketAddr,
+    stop: CancellationToken,
+) -> Result<Served, ServerError> {
+    let task_error = |e: tonic::transport::Error| ServerError::Task(e.to_string());
+    Ok(match tls {
+        Some(tls) => {
+            tls.watch(nexus_tls::reload::DEFAULT_RELOAD_INTERVAL, stop.clone());
+            let incoming =
+                nexus_tls::TlsListener::new(listener, tls, stop.clone()).map_err(|error| {
+                    ServerError::Bind {
+                        what: "control plane gRPC",
+                        addr: listen,
+                        error,
+                    }
+                })?;
+            Box::pin(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming.into_stream(), stop.cancelled_owned())
+                    .await
+                    .map_err(task_error)
+            })
+        }
+        None => Box::pin(async move {
+            router
+                .serve_with_incoming_shutdown(
+                    // Small frames (acks, replies) must not wait on Nagle's algorithm.
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stop.cancelled_owned(),
+                )
+                .await
+                .map_err(task_error)
+        }),
     })
 }
 

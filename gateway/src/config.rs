@@ -88,6 +88,40 @@ pub struct GatewayConfig {
     pub limits: LimitsConfig,
     pub slow_consumer: SlowConsumerConfig,
     pub balancer: BalancerSettings,
+    /// TLS on the adapter listener (docs/security.md).
+    pub tls: TlsConfig,
+    /// TLS towards the control plane and the identity shown to it.
+    pub control_plane_tls: ControlPlaneTlsConfig,
+    /// Serve plaintext on a non-loopback address anyway (a warning at start). Without it a
+    /// gateway without `tls` refuses to listen anywhere but loopback.
+    pub insecure: bool,
+}
+
+/// TLS of the adapter listener. Files are re-read when they change (new sessions get the
+/// new certificate; live sessions keep theirs).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain served to adapters.
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<std::path::PathBuf>,
+    /// PEM CA(s): adapters must present a client certificate issued by one of them.
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+/// How the gateway reaches an `https://` control plane.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlPlaneTlsConfig {
+    /// PEM CA(s) to verify the control plane with (default: the system's roots).
+    pub ca: Option<std::path::PathBuf>,
+    /// This gateway's certificate (default: `tls.cert`): it must be issued for
+    /// `<gateway-id>.<region>.fed.nexus` (`nexus certs --gateway region/id`); the control
+    /// plane registers the gateway only under that identity.
+    pub cert: Option<std::path::PathBuf>,
+    /// Key of `cert` (default: `tls.key`).
+    pub key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +180,9 @@ impl Default for GatewayConfig {
             limits: LimitsConfig::default(),
             slow_consumer: SlowConsumerConfig::default(),
             balancer: BalancerSettings::default(),
+            tls: TlsConfig::default(),
+            control_plane_tls: ControlPlaneTlsConfig::default(),
+            insecure: false,
         }
     }
 }
@@ -281,6 +318,22 @@ impl GatewayConfig {
         }
         if self.state_dir.is_empty() {
             return invalid("state_dir", "must name a directory");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls", "cert and key go together: give both or neither");
+        }
+        if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
+            return invalid(
+                "tls.client_ca",
+                "requiring client certificates needs TLS: give tls.cert and tls.key too",
+            );
+        }
+        let cpt = &self.control_plane_tls;
+        if cpt.cert.is_some() != cpt.key.is_some() {
+            return invalid(
+                "control_plane_tls",
+                "cert and key go together: give both or neither",
+            );
         }
         if self.shutdown_grace_ms > 600_000 {
             return invalid("shutdown_grace_ms", "must be at most 600000 (10 minutes)");

@@ -126,6 +126,31 @@ pub async fn run(
     }
 }
 
+/// For an `https://` control plane: trust its CA and present this gateway's certificate,
+/// read from the files at every connect (so a renewed certificate is used on the next one).
+fn control_plane_tls(
+    endpoint: tonic::transport::Endpoint,
+    url: &str,
+    cfg: &crate::GatewayConfig,
+) -> Result<tonic::transport::Endpoint, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    if !url.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let tls_cfg = &cfg.control_plane_tls;
+    let mut tls = match &tls_cfg.ca {
+        Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    let cert = tls_cfg.cert.as_ref().or(cfg.tls.cert.as_ref());
+    let key = tls_cfg.key.as_ref().or(cfg.tls.key.as_ref());
+    if let (Some(cert), Some(key)) = (cert, key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    endpoint.tls_config(tls).map_err(|e| e.to_string())
+}
+
 async fn session(
     router: &Arc<Router>,
     url: &str,
@@ -133,10 +158,11 @@ async fn session(
     state_dir: &Path,
     applied: &mut i64,
 ) -> Result<(), String> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
+        .tcp_nodelay(true);
+    let channel = control_plane_tls(endpoint, url, router.config())?
         .connect()
         .await
         .map_err(|e| e.to_string())?;

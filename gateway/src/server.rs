@@ -36,6 +36,8 @@ pub enum ServerError {
     Serve(#[from] tonic::transport::Error),
     #[error("gateway task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Tls(#[from] nexus_tls::TlsError),
 }
 
 /// A running gateway. Dropping it does not stop it; call `shutdown`.
@@ -75,6 +77,28 @@ fn new_gateway_id() -> String {
     format!("gw-{:08x}", rand::random::<u32>())
 }
 
+/// The adapter listener's TLS configuration, or `None` for plaintext (which the policy
+/// allows only on loopback or with `insecure`).
+fn adapter_tls(
+    cfg: &GatewayConfig,
+) -> Result<Option<Arc<nexus_tls::ReloadingServerConfig>>, ServerError> {
+    match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(cert), Some(key)) => Ok(Some(nexus_tls::ReloadingServerConfig::from_files(
+            nexus_tls::ServerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: cfg.tls.client_ca.clone(),
+                require_client_cert: true,
+            },
+            &[b"h2"],
+        )?)),
+        _ => {
+            nexus_tls::check_plaintext("the gateway's adapter listener", cfg.listen, cfg.insecure)?;
+            Ok(None)
+        }
+    }
+}
+
 /// Validates `cfg`, binds both listeners and starts serving.
 pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError> {
     cfg.validate()?;
@@ -106,6 +130,8 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
         error,
     })?;
 
+    // TLS files are read before anything starts, so a bad file stops start-up with its name.
+    let tls = adapter_tls(&cfg)?;
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(GatewayMetrics::new());
     let router = Arc::new(Router::new(cfg.clone(), metrics));
@@ -165,18 +191,37 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
     });
 
     let grpc_stop = close_all.clone();
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(grpc_service)
-            .add_service(reflection)
-            .serve_with_incoming_shutdown(
-                // Small frames (acks, replies) must not wait on Nagle's algorithm.
-                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                async move { grpc_stop.cancelled().await },
-            ),
-    );
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(grpc_service)
+        .add_service(reflection);
+    let grpc_task = match tls {
+        Some(tls) => {
+            tls.watch(
+                nexus_tls::reload::DEFAULT_RELOAD_INTERVAL,
+                close_all.clone(),
+            );
+            let incoming =
+                nexus_tls::TlsListener::new(grpc, tls, close_all.clone()).map_err(|error| {
+                    ServerError::Bind {
+                        what: "gRPC listen",
+                        addr: cfg.listen,
+                        error,
+                    }
+                })?;
+            tokio::spawn(
+                server.serve_with_incoming_shutdown(incoming.into_stream(), async move {
+                    grpc_stop.cancelled().await
+                }),
+            )
+        }
+        None => tokio::spawn(server.serve_with_incoming_shutdown(
+            // Small frames (acks, replies) must not wait on Nagle's algorithm.
+            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            async move { grpc_stop.cancelled().await },
+        )),
+    };
 
     let task = {
         let router = router.clone();
@@ -212,6 +257,7 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
         region = %cfg.region,
         gateway = %gateway_id,
         grpc = %grpc_addr,
+        tls = cfg.tls.cert.is_some(),
         metrics = %metrics_addr,
         "gateway listening"
     );

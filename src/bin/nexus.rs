@@ -34,6 +34,9 @@ enum Command {
         #[command(flatten)]
         federation: Box<nexus::federation::FederationArgs>,
     },
+    /// Issue a cluster CA and the certificates of a deployment: gateways, control plane,
+    /// console, admin clients (PEM files; re-run to rotate, see docs/security.md).
+    Certs(nexus::certs::CertsArgs),
     /// Write a development federation CA and a certificate per region (PEM files).
     FederationCerts {
         /// Directory to write ca.pem, <region>.pem and <region>-key.pem into.
@@ -86,6 +89,37 @@ struct ControlPlaneArgs {
     /// <data-dir>/admin.key).
     #[arg(long, env = "NEXUS_ADMIN_KEY_FILE")]
     admin_key_file: Option<std::path::PathBuf>,
+    /// PEM certificate of the Admin API and config push: served over TLS (reloaded when the
+    /// file changes). `nexus certs --control-plane <host>` issues one.
+    #[arg(long, env = "NEXUS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "NEXUS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The cluster CA: gateways must present a certificate from it naming their id and
+    /// region to sync and register; admin certificates from it stand in for an admin key.
+    #[arg(long, env = "NEXUS_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// Serve plaintext, or accept gateways without certificates, on a non-loopback address
+    /// (a warning at start).
+    #[arg(long, env = "NEXUS_INSECURE")]
+    insecure: bool,
+    /// PEM CA(s) of etcd's server certificate (use https:// --etcd endpoints).
+    #[arg(long, env = "NEXUS_ETCD_CA")]
+    etcd_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for etcd (etcd --client-cert-auth).
+    #[arg(long, env = "NEXUS_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<std::path::PathBuf>,
+    /// Key of --etcd-cert.
+    #[arg(long, env = "NEXUS_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<std::path::PathBuf>,
+    /// etcd user (with etcd auth enabled); the password comes from --etcd-password-file or
+    /// NEXUS_ETCD_PASSWORD, never the command line.
+    #[arg(long, env = "NEXUS_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(long, env = "NEXUS_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    etcd_password_file: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -143,6 +177,11 @@ async fn main() -> std::process::ExitCode {
                 )
             })
         }
+        Command::Certs(args) => nexus::certs::run(&args).map(|written| {
+            for f in written {
+                println!("wrote {}", f.display());
+            }
+        }),
         Command::ControlPlane(args) => run_control_plane(args).await,
         Command::Dev(args) => run_dev(args).await,
         Command::Console(args) => match nexus::telemetry::init("nexus-console") {
@@ -188,6 +227,34 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     }
     cfg.lease_ttl = args.lease_ttl;
     cfg.admin_auth = args.admin_auth == "required";
+    cfg.insecure = args.insecure;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        cfg.tls = Some(nexus_tls::ServerTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+            require_client_cert: false,
+        });
+    }
+    cfg.etcd_access = nexus_control_plane::store::etcd::EtcdAccess {
+        ca: args.etcd_ca.clone(),
+        cert: args.etcd_cert.clone(),
+        key: args.etcd_key.clone(),
+        user: match &args.etcd_user {
+            None => None,
+            Some(user) => {
+                let password = match &args.etcd_password_file {
+                    Some(f) => nexus::ctl::read_secret_file(f, "etcd password")?,
+                    None => std::env::var("NEXUS_ETCD_PASSWORD").map_err(|_| {
+                        anyhow::anyhow!(
+                            "--etcd-user needs a password: --etcd-password-file or NEXUS_ETCD_PASSWORD"
+                        )
+                    })?,
+                };
+                Some((user.clone(), password))
+            }
+        },
+    };
     let key_file = args
         .admin_key_file
         .clone()
@@ -203,6 +270,12 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         println!(
             "nexus control plane admin API is OPEN (--admin-auth off): anyone can manage everything"
         );
+    }
+    match &cfg_tls_summary(&args) {
+        Some(s) => println!("nexus control plane serves TLS ({s})"),
+        None => println!(
+            "nexus control plane serves PLAINTEXT: gateways are not authenticated (give --tls-cert, --tls-key and --tls-client-ca)"
+        ),
     }
     if let Some(dns) = cp.dns_addr {
         println!("nexus control plane DNS on {dns} (zone {})", args.dns_zone);
@@ -227,6 +300,15 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     cp.wait().await?;
     println!("nexus: stopped");
     Ok(())
+}
+
+fn cfg_tls_summary(args: &ControlPlaneArgs) -> Option<String> {
+    args.tls_cert.as_ref()?;
+    Some(if args.tls_client_ca.is_some() {
+        "gateways must present their certificates".to_owned()
+    } else {
+        "gateways are NOT authenticated: no --tls-client-ca".to_owned()
+    })
 }
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {

@@ -46,12 +46,41 @@ struct Cli {
         default_value = "http://127.0.0.1:7400"
     )]
     control_plane: String,
-    /// API key presented to the gateway.
+    /// API key presented to the gateway. Prefer NEXUS_API_KEY or --api-key-file: a flag
+    /// shows in `ps`.
     #[arg(long, global = true, env = "NEXUS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Key with the admin scope, for management commands.
+    /// File holding the API key presented to the gateway.
+    #[arg(
+        long,
+        global = true,
+        env = "NEXUS_API_KEY_FILE",
+        conflicts_with = "api_key"
+    )]
+    api_key_file: Option<PathBuf>,
+    /// Key with the admin scope, for management commands. Prefer NEXUS_ADMIN_KEY or
+    /// --admin-key-file: a flag shows in `ps`.
     #[arg(long, global = true, env = "NEXUS_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
+    /// File holding the admin key (the control plane's bootstrap key file works as is).
+    #[arg(
+        long,
+        global = true,
+        env = "NEXUS_ADMIN_KEY_FILE",
+        conflicts_with = "admin_key"
+    )]
+    admin_key_file: Option<PathBuf>,
+    /// PEM CA(s) to verify https:// gateways and control planes with (default: the system's
+    /// roots).
+    #[arg(long, global = true, env = "NEXUS_CA")]
+    ca: Option<PathBuf>,
+    /// Admin client certificate (`nexus certs --admin <name>`), accepted by a control plane
+    /// with --tls-client-ca instead of an admin key.
+    #[arg(long, global = true, env = "NEXUS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Key of --tls-cert.
+    #[arg(long, global = true, env = "NEXUS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -257,8 +286,19 @@ enum RegionsCmd {
     Create { name: String },
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     let out = cli.output;
+    if let Some(path) = &cli.api_key_file {
+        cli.api_key = Some(nexus::ctl::read_secret_file(path, "API key")?);
+    }
+    if let Some(path) = &cli.admin_key_file {
+        cli.admin_key = Some(nexus::ctl::read_secret_file(path, "admin key")?);
+    }
+    let tls = nexus::ctl::ClientTls {
+        ca: cli.ca.clone(),
+        cert: cli.tls_cert.clone(),
+        key: cli.tls_key.clone(),
+    };
     match cli.command {
         Command::Pub {
             subject,
@@ -266,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             headers,
             count,
         } => {
-            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref()).await?;
+            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref(), &tls).await?;
             let headers = messaging::parse_headers(&headers)?;
             let payload = messaging::read_payload(&payload)?;
             messaging::publish(&c, &subject, payload, headers, count, out).await?;
@@ -277,7 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             queue,
             count,
         } => {
-            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref()).await?;
+            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref(), &tls).await?;
             messaging::subscribe(&c, &pattern, queue.as_deref(), count, out).await?;
             c.close().await;
         }
@@ -287,19 +327,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             headers,
             timeout,
         } => {
-            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref()).await?;
+            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref(), &tls).await?;
             let headers = messaging::parse_headers(&headers)?;
             let payload = messaging::read_payload(&payload)?;
             messaging::request(&c, &subject, payload, headers, timeout, out).await?;
             c.close().await;
         }
         Command::Info => {
-            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref()).await?;
+            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref(), &tls).await?;
             messaging::info(&c, out)?;
             c.close().await;
         }
         Command::Routes(cmd) => {
-            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref()).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), &tls).await?;
             match cmd {
                 RoutesCmd::List => admin::routes_list(&mut a, out).await?,
                 RoutesCmd::Get { name } => admin::routes_get(&mut a, &name, out).await?,
@@ -317,7 +357,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Schemas(cmd) => {
-            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref()).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), &tls).await?;
             match cmd {
                 SchemasCmd::Register(f) => admin::schemas_register(&mut a, f.input(), out).await?,
                 SchemasCmd::Check(f) => {
@@ -355,7 +395,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Keys(cmd) => {
-            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref()).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), &tls).await?;
             match cmd {
                 KeysCmd::Create {
                     name,
@@ -375,18 +415,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Regions(cmd) => {
-            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref()).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), &tls).await?;
             match cmd {
                 RegionsCmd::List => admin::regions_list(&mut a, out).await?,
                 RegionsCmd::Create { name } => admin::regions_create(&mut a, &name, out).await?,
             }
         }
         Command::Gateways { region } => {
-            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref()).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), &tls).await?;
             admin::gateways_list(&mut a, &region, out).await?
         }
         Command::Topology => {
-            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref()).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), &tls).await?;
             admin::topology(&mut a, out).await?
         }
     }

@@ -31,7 +31,11 @@ impl tonic::service::Interceptor for AdminKey {
 pub type Admin = AdminClient<tonic::service::interceptor::InterceptedService<Channel, AdminKey>>;
 
 /// Connects to the control plane; `admin_key` is sent with every call.
-pub async fn connect(addr: &str, admin_key: Option<&str>) -> anyhow::Result<Admin> {
+pub async fn connect(
+    addr: &str,
+    admin_key: Option<&str>,
+    tls: &super::ClientTls,
+) -> anyhow::Result<Admin> {
     let key = match admin_key {
         Some(k) => Some(
             format!("Bearer {}", k.trim())
@@ -45,10 +49,12 @@ pub async fn connect(addr: &str, admin_key: Option<&str>) -> anyhow::Result<Admi
     } else {
         format!("http://{addr}")
     };
-    let channel = Channel::from_shared(url.clone())
+    let endpoint = Channel::from_shared(url.clone())
         .with_context(|| format!("{addr:?} is not a control plane address"))?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(30));
+    let channel = tls
+        .apply(endpoint, &url)?
         .connect()
         .await
         .with_context(|| format!("cannot reach the control plane at {url}"))?;

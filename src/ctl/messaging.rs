@@ -10,10 +10,20 @@ use serde_json::json;
 
 use super::{Output, print_json};
 
-pub async fn connect(gateway: &str, api_key: Option<&str>) -> anyhow::Result<Client> {
+pub async fn connect(
+    gateway: &str,
+    api_key: Option<&str>,
+    tls: &super::ClientTls,
+) -> anyhow::Result<Client> {
     let mut b = Client::builder(gateway)
         .name("nexusctl")
         .connect_timeout(Duration::from_secs(5));
+    if let Some(ca) = &tls.ca {
+        b = b.tls_ca_file(ca)?;
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        b = b.tls_client_cert_files(cert, key)?;
+    }
     if let Some(k) = api_key {
         b = b.api_key(k);
     }

@@ -113,3 +113,53 @@ mod tests {
         assert_eq!(format_ms(1_767_225_600_000), "2026-01-01 00:00:00");
     }
 }
+
+/// Reads a secret (an API key, the admin key) from a file: the first line, trimmed. Secrets
+/// come from files or the environment so they never show in `ps`.
+pub fn read_secret_file(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
+    let secret = text.lines().next().unwrap_or("").trim().to_owned();
+    if secret.is_empty() {
+        anyhow::bail!("the {what} file {} is empty", path.display());
+    }
+    Ok(secret)
+}
+
+/// TLS towards https:// gateways and control planes: the CA to trust and an optional client
+/// certificate (an admin certificate from `nexus certs --admin`).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl ClientTls {
+    /// Configures `endpoint` for TLS when `url` is https://.
+    pub fn apply(
+        &self,
+        endpoint: tonic::transport::Endpoint,
+        url: &str,
+    ) -> anyhow::Result<tonic::transport::Endpoint> {
+        use anyhow::Context;
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        if !url.starts_with("https://") {
+            return Ok(endpoint);
+        }
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let mut tls = match &self.ca {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint
+            .tls_config(tls)
+            .with_context(|| format!("TLS setup for {url}"))
+    }
+}

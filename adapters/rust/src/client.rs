@@ -281,6 +281,41 @@ impl ClientBuilder {
         Ok(self.tls_ca_pem(pem))
     }
 
+    /// Presents this client certificate (PEM chain and key) to a gateway that requires one
+    /// (`nexus gateway --tls-client-ca`).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_client_cert_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// [`tls_client_cert_pem`](Self::tls_client_cert_pem) from files; fails with
+    /// [`Error::InvalidAddress`] naming the file when one cannot be read.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_client_cert_files(
+        self,
+        cert: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+    ) -> Result<Self> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| Error::InvalidAddress {
+                addr: self.addr.clone(),
+                reason: format!(
+                    "reading the client certificate file {}: {e}",
+                    path.display()
+                ),
+            })
+        };
+        let (cert, key) = (read(cert.as_ref())?, read(key.as_ref())?);
+        Ok(self.tls_client_cert_pem(cert, key))
+    }
+
     /// The name the gateway's certificate must carry, instead of the host of the address
     /// (useful when connecting by IP address or through discovery).
     #[cfg(feature = "tls")]

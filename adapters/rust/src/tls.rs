@@ -26,6 +26,8 @@ pub(crate) struct TlsSettings {
     pub(crate) ca_pem: Option<Vec<u8>>,
     /// The name to verify instead of the address's host.
     pub(crate) domain: Option<String>,
+    /// A client certificate and key (PEM) for gateways that require one.
+    pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl TlsSettings {
@@ -55,6 +57,9 @@ impl TlsSettings {
         };
         if let Some(domain) = &self.domain {
             config = config.domain_name(domain.clone());
+        }
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
         }
         Ok(endpoint.tls_config(config)?)
     }

@@ -1,101 +1,255 @@
-//! TLS end to end (feature `tls`): the client connects with `https://` to a TLS endpoint
-//! terminated by rustls (ALPN h2, a certificate issued by a test CA made with rcgen) in front
-//! of a real in-process gateway, verifies the certificate against that CA, and publishes and
-//! receives through it. The TLS terminator stands in for the gateway's own TLS listener, which
-//! this branch does not have; the client's side (rustls through tonic, CA and name checks) is
-//! the real one. A client that does not trust the CA is refused.
+//! TLS end to end (feature `tls`) against a real in-process gateway serving its own TLS
+//! listener (`tls.cert`/`tls.key`, optionally `tls.client_ca`), with certificates issued by
+//! `nexus-tls` (the code behind `nexus certs`): a client trusting the cluster CA publishes and
+//! receives; one trusting another CA, one given an expired certificate, one expecting another
+//! name and one without a required client certificate are refused; a renewed certificate is
+//! picked up from its files while an established session keeps working.
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nexus_client::Client;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use nexus_tls::issue::{CertificateAuthority, IssuedPem, Role, Validity};
 
-/// A CA (PEM) and a TLS terminator on 127.0.0.1 forwarding to `upstream`.
-async fn tls_front(upstream: std::net::SocketAddr) -> (String, std::net::SocketAddr) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".into(), "gateway.test".into()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![CertificateDer::from(cert.der().to_vec())],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    )
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return; // refused handshakes end here
-                };
-                let mut gw = TcpStream::connect(upstream).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut gw).await;
-            });
-        }
-    });
-    (ca.pem(), addr)
+struct Pki {
+    dir: PathBuf,
+    ca: CertificateAuthority,
 }
 
-async fn gateway() -> nexus_gateway::RunningGateway {
-    let config: nexus_gateway::GatewayConfig = toml::from_str(
-        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nauth = \"off\"\nshutdown_grace_ms = 200\n",
-    )
-    .unwrap();
+impl Pki {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("nexus-client-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = CertificateAuthority::generate("test cluster CA", Validity::days(1)).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+        Self { dir, ca }
+    }
+
+    fn gateway(&self, hosts: &[&str], validity: Validity) -> IssuedPem {
+        self.ca
+            .issue(
+                &Role::Gateway {
+                    region: "local".into(),
+                    id: "gw-1".into(),
+                    hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                },
+                validity,
+            )
+            .unwrap()
+    }
+
+    fn write(&self, name: &str, pem: &IssuedPem) -> (PathBuf, PathBuf) {
+        let (cert, key) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&key, &pem.key_pem).unwrap();
+        std::fs::write(&cert, &pem.cert_pem).unwrap();
+        (cert, key)
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn gateway(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> nexus_gateway::RunningGateway {
+    let mut toml = format!(
+        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nauth = \"off\"\nshutdown_grace_ms = 200\n[tls]\ncert = {:?}\nkey = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    if let Some(ca) = client_ca {
+        toml.push_str(&format!("client_ca = {:?}\n", ca.display().to_string()));
+    }
+    let config: nexus_gateway::GatewayConfig = toml::from_str(&toml).unwrap();
     nexus_gateway::start(config).await.unwrap()
 }
 
-#[tokio::test]
-async fn https_with_the_gateways_ca() {
-    let gw = gateway().await;
-    let (ca, addr) = tls_front(gw.grpc_addr).await;
-    let client = Client::builder(&format!("https://{addr}"))
-        .tls_ca_pem(ca)
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .expect("TLS session");
-    let mut sub = client.subscribe("tls.*").await.unwrap();
-    client.publish_acked("tls.hello", "over TLS").await.unwrap();
+fn builder(addr: std::net::SocketAddr) -> nexus_client::ClientBuilder {
+    Client::builder(&format!("https://{addr}")).connect_timeout(Duration::from_secs(5))
+}
+
+async fn pubsub(client: &Client, subject: &str) {
+    let mut sub = client.subscribe(subject).await.unwrap();
+    client.publish_acked(subject, "over TLS").await.unwrap();
     let m = tokio::time::timeout(Duration::from_secs(5), sub.next_message())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(&m.payload[..], b"over TLS");
-    client.close().await;
 }
 
 #[tokio::test]
-async fn a_certificate_from_another_ca_is_refused() {
-    let gw = gateway().await;
-    let (_, addr) = tls_front(gw.grpc_addr).await;
-    let (other_ca, _) = tls_front(gw.grpc_addr).await;
-    let err = Client::builder(&format!("https://{addr}"))
-        .tls_ca_pem(other_ca)
-        .connect_timeout(Duration::from_secs(5))
+async fn the_gateways_own_tls_listener_good_ca_wrong_ca_expired_and_name_mismatch() {
+    let pki = Pki::new("cases");
+    let (cert, key) = pki.write(
+        "gw",
+        &pki.gateway(&["127.0.0.1", "gateway.test"], Validity::days(1)),
+    );
+    let gw = gateway(&cert, &key, None).await;
+
+    let client = builder(gw.grpc_addr)
+        .tls_ca_file(pki.ca_file())
+        .unwrap()
         .connect()
         .await
-        .expect_err("an untrusted certificate");
+        .expect("a TLS session with the cluster CA");
+    pubsub(&client, "tls.good").await;
+    // The name in the certificate, not only the address.
+    let by_name = builder(gw.grpc_addr)
+        .tls_ca_file(pki.ca_file())
+        .unwrap()
+        .tls_domain("gateway.test")
+        .connect()
+        .await
+        .expect("the certificate carries gateway.test");
+    by_name.close().await;
+
+    let other = CertificateAuthority::generate("another CA", Validity::days(1)).unwrap();
+    let err = builder(gw.grpc_addr)
+        .tls_ca_pem(other.cert_pem())
+        .connect()
+        .await
+        .expect_err("a certificate from a CA the client does not trust");
     assert!(matches!(err, nexus_client::Error::Connect(_)), "{err}");
+
+    let err = builder(gw.grpc_addr)
+        .tls_ca_file(pki.ca_file())
+        .unwrap()
+        .tls_domain("elsewhere.test")
+        .connect()
+        .await
+        .expect_err("a certificate for another name");
+    assert!(matches!(err, nexus_client::Error::Connect(_)), "{err}");
+    client.close().await;
+    gw.shutdown().await.unwrap();
+
+    let now = time::OffsetDateTime::now_utc();
+    let expired = Validity {
+        not_before: now - Duration::from_secs(3 * 86_400),
+        not_after: now - Duration::from_secs(86_400),
+    };
+    let (cert, key) = pki.write("expired", &pki.gateway(&["127.0.0.1"], expired));
+    let gw = gateway(&cert, &key, None).await;
+    let err = builder(gw.grpc_addr)
+        .tls_ca_file(pki.ca_file())
+        .unwrap()
+        .connect()
+        .await
+        .expect_err("an expired certificate");
+    assert!(matches!(err, nexus_client::Error::Connect(_)), "{err}");
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_required_client_certificate() {
+    let pki = Pki::new("mtls");
+    let (cert, key) = pki.write("gw", &pki.gateway(&["127.0.0.1"], Validity::days(1)));
+    let gw = gateway(&cert, &key, Some(&pki.ca_file())).await;
+    let err = builder(gw.grpc_addr)
+        .tls_ca_file(pki.ca_file())
+        .unwrap()
+        .connect()
+        .await
+        .expect_err("no client certificate");
+    // TLS 1.3 reports the refusal after the handshake, on the first read: the error names it.
+    assert!(
+        format!("{err:?}").contains("CertificateRequired"),
+        "{err:?}"
+    );
+
+    let service = pki
+        .ca
+        .issue(
+            &Role::Admin {
+                name: "billing".into(),
+            },
+            Validity::days(1),
+        )
+        .unwrap();
+    let (c, k) = pki.write("billing", &service);
+    let client = builder(gw.grpc_addr)
+        .tls_ca_file(pki.ca_file())
+        .unwrap()
+        .tls_client_cert_files(&c, &k)
+        .unwrap()
+        .connect()
+        .await
+        .expect("a client certificate from the CA");
+    pubsub(&client, "tls.mtls").await;
+    client.close().await;
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_and_live_sessions_survive() {
+    let pki = Pki::new("reload");
+    let (cert, key) = pki.write(
+        "gw",
+        &pki.gateway(&["127.0.0.1", "before.test"], Validity::days(1)),
+    );
+    let gw = gateway(&cert, &key, None).await;
+    let live = builder(gw.grpc_addr)
+        .tls_ca_file(pki.ca_file())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut sub = live.subscribe("tls.live").await.unwrap();
+
+    // Renew: a certificate for another name replaces the files (key first, as
+    // `nexus certs` writes them).
+    pki.write(
+        "gw",
+        &pki.gateway(&["127.0.0.1", "after.test"], Validity::days(1)),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let renewed = builder(gw.grpc_addr)
+            .tls_ca_file(pki.ca_file())
+            .unwrap()
+            .tls_domain("after.test")
+            .connect()
+            .await;
+        match renewed {
+            Ok(c) => {
+                c.publish_acked("tls.live", "after renewal").await.unwrap();
+                c.close().await;
+                break;
+            }
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "never renewed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // The session from before the renewal still receives and publishes.
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next_message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"after renewal");
+    live.publish_acked("tls.live", "still here").await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next_message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"still here");
+    live.close().await;
+    gw.shutdown().await.unwrap();
 }
 
 #[test]

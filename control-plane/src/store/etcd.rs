@@ -42,13 +42,68 @@ fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
     })
 }
 
-impl EtcdStore {
-    /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`) and checks the cluster answers.
-    pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
-        let options = ConnectOptions::new()
+/// How the control plane proves itself to etcd and verifies etcd: TLS (with `https://`
+/// endpoints) and/or a user and password (etcd's `--auth` / `etcdctl user add`).
+#[derive(Debug, Clone, Default)]
+pub struct EtcdAccess {
+    /// PEM CA(s) that issued etcd's server certificate.
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate and key (etcd's `--client-cert-auth`).
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    /// etcd user and password.
+    pub user: Option<(String, String)>,
+}
+
+impl EtcdAccess {
+    fn options(&self) -> Result<ConnectOptions, StoreError> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| {
+                StoreError::Unavailable(format!("etcd TLS: cannot read {}: {e}", p.display()))
+            })
+        };
+        if self.ca.is_some() || self.cert.is_some() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &self.ca {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+            }
+            match (&self.cert, &self.key) {
+                (Some(c), Some(k)) => {
+                    tls = tls.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(StoreError::Unavailable(
+                        "etcd TLS: a client certificate needs its key and the other way round"
+                            .into(),
+                    ));
+                }
+            }
+            options = options.with_tls(tls);
+        }
+        if let Some((user, password)) = &self.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        Ok(options)
+    }
+}
+
+impl EtcdStore {
+    /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`) and checks the cluster answers.
+    pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
+        Self::connect_with(endpoints, &EtcdAccess::default()).await
+    }
+
+    /// Like `connect`, with TLS and/or a user and password (`https://` endpoints for TLS).
+    pub async fn connect_with(
+        endpoints: &[String],
+        access: &EtcdAccess,
+    ) -> Result<Self, StoreError> {
+        let options = access.options()?;
         let mut client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|e| unavailable(endpoints, e))?;
@@ -68,10 +123,19 @@ impl EtcdStore {
         endpoints: &[String],
         give_up_after: Duration,
     ) -> Result<Self, StoreError> {
+        Self::connect_with_retry_using(endpoints, &EtcdAccess::default(), give_up_after).await
+    }
+
+    /// `connect_with_retry` with TLS and/or a user and password.
+    pub async fn connect_with_retry_using(
+        endpoints: &[String],
+        access: &EtcdAccess,
+        give_up_after: Duration,
+    ) -> Result<Self, StoreError> {
         let deadline = tokio::time::Instant::now() + give_up_after;
         let mut delay = Duration::from_millis(100);
         loop {
-            match Self::connect(endpoints).await {
+            match Self::connect_with(endpoints, access).await {
                 Ok(s) => return Ok(s),
                 Err(e) if tokio::time::Instant::now() + delay < deadline => {
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "etcd not reachable yet");

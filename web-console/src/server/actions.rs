@@ -94,7 +94,7 @@ pub async fn login(
     let id = state.sessions.create(key, open);
     tracing::info!(open, "console login");
     (
-        [(header::SET_COOKIE, session_cookie(&id))],
+        [(header::SET_COOKIE, session_cookie(&id, state.https))],
         Redirect::to("/"),
     )
         .into_response()
@@ -110,7 +110,7 @@ pub async fn logout(
     }
     state.sessions.remove(&id);
     (
-        [(header::SET_COOKIE, clear_cookie())],
+        [(header::SET_COOKIE, clear_cookie(state.https))],
         Redirect::to("/login"),
     )
         .into_response()

@@ -36,17 +36,32 @@ pub struct AdminConnector {
 }
 
 impl AdminConnector {
-    pub fn new(addr: &str) -> anyhow::Result<Self> {
+    /// `ca`: PEM CA(s) to verify an `https://` control plane with (default: system roots).
+    pub fn new(addr: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
         let url = if addr.contains("://") {
             addr.to_owned()
         } else {
             format!("http://{addr}")
         };
-        let channel = Endpoint::from_shared(url.clone())
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .with_context(|| format!("{addr:?} is not a control plane address"))?
             .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+            .timeout(Duration::from_secs(10));
+        if url.starts_with("https://") {
+            use tonic::transport::{Certificate, ClientTlsConfig};
+            let tls =
+                match ca {
+                    Some(ca) => ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(std::fs::read(ca).with_context(
+                            || format!("cannot read the CA file {}", ca.display()),
+                        )?)),
+                    None => ClientTlsConfig::new().with_native_roots(),
+                };
+            endpoint = endpoint
+                .tls_config(tls)
+                .with_context(|| format!("TLS setup for {url}"))?;
+        }
+        let channel = endpoint.connect_lazy();
         Ok(Self { channel })
     }
 

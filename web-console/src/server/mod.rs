@@ -52,6 +52,13 @@ pub struct ConsoleOptions {
     pub site_root: PathBuf,
     /// How often the control plane and the gateways are polled.
     pub poll_interval: Duration,
+    /// Serve HTTPS with these files (reloaded when they change); the session cookie is then
+    /// `Secure`.
+    pub tls: Option<nexus_tls::ServerTlsFiles>,
+    /// CA(s) of an https:// control plane (default: the system's roots).
+    pub control_plane_ca: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address anyway (a warning at start).
+    pub insecure: bool,
 }
 
 impl ConsoleOptions {
@@ -62,6 +69,9 @@ impl ConsoleOptions {
             admin_key: None,
             site_root,
             poll_interval: Duration::from_secs(1),
+            tls: None,
+            control_plane_ca: None,
+            insecure: false,
         }
     }
 }
@@ -75,6 +85,8 @@ pub struct AppState {
     pub monitor: Arc<monitor::Monitor>,
     pub site_root: PathBuf,
     pub shutdown: CancellationToken,
+    /// Served over HTTPS: the session cookie carries `Secure`.
+    pub https: bool,
 }
 
 impl FromRef<AppState> for LeptosOptions {
@@ -103,6 +115,7 @@ pub fn site_has_wasm(site_root: &std::path::Path) -> bool {
 /// A console bound to its address, not yet serving.
 pub struct Console {
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<nexus_tls::ReloadingServerConfig>>,
     state: AppState,
     hydrate: bool,
     poll_interval: Duration,
@@ -111,7 +124,18 @@ pub struct Console {
 impl Console {
     /// Binds the listener and prepares the Admin API client (connected lazily).
     pub async fn bind(opts: ConsoleOptions) -> anyhow::Result<Self> {
-        let admin = admin::AdminConnector::new(&opts.control_plane)?;
+        let admin =
+            admin::AdminConnector::new(&opts.control_plane, opts.control_plane_ca.as_deref())?;
+        let tls = match &opts.tls {
+            Some(files) => Some(nexus_tls::ReloadingServerConfig::from_files(
+                files.clone(),
+                &[b"http/1.1"],
+            )?),
+            None => {
+                nexus_tls::check_plaintext("the console", opts.listen, opts.insecure)?;
+                None
+            }
+        };
         let hydrate = site_has_wasm(&opts.site_root);
         if !hydrate {
             tracing::warn!(
@@ -134,6 +158,7 @@ impl Console {
         Ok(Self {
             listener,
             state: AppState {
+                https: tls.is_some(),
                 leptos_options,
                 admin,
                 sessions: Arc::new(session::Sessions::default()),
@@ -141,6 +166,7 @@ impl Console {
                 site_root: opts.site_root,
                 shutdown: CancellationToken::new(),
             },
+            tls,
             hydrate,
             poll_interval: opts.poll_interval,
         })
@@ -148,6 +174,11 @@ impl Console {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener")
+    }
+
+    /// Whether the console serves HTTPS.
+    pub fn https(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Whether the pages will hydrate (the site has the wasm).
@@ -162,6 +193,7 @@ impl Console {
     ) -> anyhow::Result<()> {
         let Console {
             listener,
+            tls,
             state,
             hydrate,
             poll_interval,
@@ -175,15 +207,29 @@ impl Console {
         );
         let sweeper = tokio::spawn(session::sweep(state.sessions.clone(), stop.clone()));
         let app = router(state.clone(), hydrate);
-        tracing::info!(addr = %listener.local_addr()?, hydrate, "console listening");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                // Ends the event streams too, which would otherwise keep the shutdown waiting.
-                stop.cancel();
-            })
-            .await
-            .context("console server")?;
+        tracing::info!(addr = %listener.local_addr()?, hydrate, https = tls.is_some(), "console listening");
+        let graceful = async move {
+            shutdown.await;
+            // Ends the event streams too, which would otherwise keep the shutdown waiting.
+            stop.cancel();
+        };
+        match tls {
+            Some(tls) => {
+                tls.watch(
+                    nexus_tls::reload::DEFAULT_RELOAD_INTERVAL,
+                    state.shutdown.clone(),
+                );
+                let listener = nexus_tls::TlsListener::new(listener, tls, state.shutdown.clone())?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(graceful)
+                    .await
+                    .context("console server")?;
+            }
+            None => axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await
+                .context("console server")?,
+        }
         state.shutdown.cancel();
         let _ = poller.await;
         let _ = sweeper.await;
