@@ -32,7 +32,7 @@ from .errors import (
 from .headers import HeadersLike, to_pairs, with_traceparent
 from .message import Message, ServerInfo
 from .options import ClientOptions
-from .session import Session, as_bytes, new_id, open_session, sub_frame, wire_headers
+from .session import Session, TlsSettings, as_bytes, new_id, open_session, sub_frame, wire_headers
 from .stream import BiStream, StreamListener
 from .subject import validate_pattern, validate_publish_subject
 from .subscription import END, Handler, Service, Subscription
@@ -59,7 +59,8 @@ class _AckTimeout(DisconnectedError):
 class Client:
     """A connection to a Nexus gateway. Create it with ``await Client.connect(url)``.
 
-    ``url`` is ``http://host:port`` (or ``host:port``) or a discovery name
+    ``url`` is ``http://host:port`` (or ``host:port``), ``https://host:port`` (TLS) or a
+    discovery name
     ``nexus+srv://<region>.<zone>[?dns=ip:port]``. Also an async context manager that
     drains on exit.
     """
@@ -67,7 +68,7 @@ class Client:
     def __init__(self, url: str, options: ClientOptions | None = None) -> None:
         self.options = options or ClientOptions()
         o = self.options
-        self._target = Target(url, o.dns_server)
+        self._target = Target(url, o.dns_server, o.tls)
         self.request_timeout = o.request_timeout
         self._ids = itertools.count(1)
         self._out: asyncio.Queue[_Out] = asyncio.Queue(maxsize=o.outbound_capacity)
@@ -105,6 +106,11 @@ class Client:
         max_concurrent_handlers: int = 64,
         publish_retry_timeout: float = 30.0,
         local_payload_check: bool = True,
+        tls: bool = False,
+        tls_ca_file: str | None = None,
+        tls_client_cert_file: str | None = None,
+        tls_client_key_file: str | None = None,
+        tls_server_name: str | None = None,
         options: ClientOptions | None = None,
     ) -> Client:
         """Connects (trying every discovered gateway) and returns the client.
@@ -130,6 +136,11 @@ class Client:
                 max_concurrent_handlers=max_concurrent_handlers,
                 publish_retry_timeout=publish_retry_timeout,
                 local_payload_check=local_payload_check,
+                tls=tls,
+                tls_ca_file=tls_ca_file,
+                tls_client_cert_file=tls_client_cert_file,
+                tls_client_key_file=tls_client_key_file,
+                tls_server_name=tls_server_name,
                 **extra,
             )
         client = cls(url, options)
@@ -137,6 +148,13 @@ class Client:
         client._start(session)
         client._supervisor = asyncio.create_task(client._supervise())
         return client
+
+    def _tls(self) -> TlsSettings | None:
+        """The TLS settings of this client's sessions, or ``None`` for plaintext."""
+        if not self._target.tls:
+            return None
+        o = self.options
+        return TlsSettings.load(o.tls_ca_file, o.tls_client_cert_file, o.tls_client_key_file, o.tls_server_name)
 
     async def _connect_round(self) -> Session:
         endpoints = await self._target.endpoints()
@@ -148,7 +166,7 @@ class Client:
             subs = [sub_frame(s.sid, s.subject, s.queue_group, 0) for s in self._subs.values()]
             subs += [sub_frame(sid, li.subject, li.queue_group, 0) for sid, li in self._listeners.items()]
             try:
-                return await open_session(ep, hello, subs, o.connect_timeout)
+                return await open_session(ep, hello, subs, o.connect_timeout, self._tls())
             except NexusError as e:
                 attempts.append((f"{ep.name} ({ep.address})", str(e)))
                 last = e

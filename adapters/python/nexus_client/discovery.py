@@ -1,4 +1,5 @@
-"""Gateway addresses: ``http://host:port`` or DNS SRV discovery names.
+"""Gateway addresses: ``http://host:port``, ``https://host:port`` (TLS) or DNS SRV discovery
+names.
 
 ``nexus+srv://<region>.<zone>[?dns=ip[:port]]`` looks up ``_nexus._tcp.<region>.<zone>``
 (published by the control plane's DNS responder), orders the records per RFC 2782 (lowest
@@ -83,8 +84,10 @@ def order_srv(records: list[R], rng: random.Random | None = None) -> list[R]:
 class Target:
     """What the application asked to connect to; yields gateways to try, in order."""
 
-    def __init__(self, addr: str, dns_server: str | None = None) -> None:
+    def __init__(self, addr: str, dns_server: str | None = None, tls: bool = False) -> None:
         self.url = addr.strip()
+        #: Whether sessions use TLS: ``https://``, or ``nexus+srv://`` with the ``tls`` option.
+        self.tls = tls
         self.srv_name: str | None = None
         self.dns: tuple[str, int] | None = None
         self._cache: list[Endpoint] = []
@@ -103,7 +106,8 @@ class Target:
             server = dns_server or (q.get("dns") or [""])[0] or os.environ.get(DNS_SERVER_ENV)
             if server:
                 self.dns = _parse_dns_server(server, addr)
-        elif scheme in ("http", "grpc"):
+        elif scheme in ("http", "grpc", "https"):
+            self.tls = scheme == "https"
             hostport = rest.rstrip("/")
             if ":" not in hostport:
                 raise InvalidAddressError(f"invalid gateway address {addr!r}: missing port")

@@ -54,6 +54,16 @@ class ClientOptions:
     #: :class:`~nexus_client.LimitError` without a round trip). With ``False`` the gateway's
     #: own check answers, with the same error class.
     local_payload_check: bool = True
+    #: Connect to discovered gateways (``nexus+srv://``) over TLS too; an ``https://``
+    #: address always uses TLS.
+    tls: bool = False
+    #: PEM file of the CA(s) to trust for the gateway's certificate (default: the system's).
+    tls_ca_file: str | None = None
+    #: PEM client certificate and key, for gateways that require one (``--tls-client-ca``).
+    tls_client_cert_file: str | None = None
+    tls_client_key_file: str | None = None
+    #: The name the gateway's certificate must carry, instead of the address's host.
+    tls_server_name: str | None = None
 
     def __post_init__(self) -> None:
         positive = {
@@ -73,6 +83,8 @@ class ClientOptions:
             raise InvalidOptionError(
                 f"publish_retry_timeout must be 0 (off) or positive, got {self.publish_retry_timeout!r}"
             )
+        if (self.tls_client_cert_file is None) != (self.tls_client_key_file is None):
+            raise InvalidOptionError("tls_client_cert_file and tls_client_key_file go together")
         lo, hi = self.reconnect_backoff
         if not 0 < lo <= hi:
             raise InvalidOptionError(

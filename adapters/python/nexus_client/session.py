@@ -56,6 +56,32 @@ def sub_frame(sid: int, subject: str, queue: str, ack_id: int) -> pb.Frame:
     return pb.Frame(sub=pb.Sub(sid=sid, subject=subject, queue_group=queue, ack_id=ack_id))
 
 
+class TlsSettings:
+    """TLS of a session: the CA to trust (``None``: the system's), an optional client
+    certificate, and the name to verify instead of the address's host."""
+
+    def __init__(self, root: bytes | None, chain: bytes | None, key: bytes | None, server_name: str | None) -> None:
+        self.credentials = grpc.ssl_channel_credentials(
+            root_certificates=root, private_key=key, certificate_chain=chain
+        )
+        self.server_name = server_name
+
+    @staticmethod
+    def load(ca: str | None, cert: str | None, key: str | None, server_name: str | None) -> TlsSettings:
+        """Reads the files; a missing one is a :class:`ConnectError` naming it."""
+
+        def read(path: str | None, what: str) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as e:
+                raise ConnectError(f"cannot read the {what} file {path}: {e.strerror}") from None
+
+        return TlsSettings(read(ca, "CA"), read(cert, "client certificate"), read(key, "client key"), server_name)
+
+
 class Session:
     """An open session: the channel, the call, what the gateway said in Welcome, and the
     frames that arrived together with the Welcome."""
@@ -72,17 +98,23 @@ class Session:
         self.done = asyncio.Event()
 
 
-async def open_session(ep: Endpoint, hello: pb.Hello, subs: list[pb.Frame], connect_timeout: float) -> Session:
+async def open_session(
+    ep: Endpoint, hello: pb.Hello, subs: list[pb.Frame], connect_timeout: float, tls: TlsSettings | None = None
+) -> Session:
     """Opens a session with ``ep``: Hello plus the subscriptions to re-create, then waits
-    for Welcome. Raises the adapter error that says why the gateway refused."""
-    channel = grpc.aio.insecure_channel(
-        ep.address,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-            ("grpc.enable_retries", 0),
-        ],
-    )
+    for Welcome, over TLS when ``tls`` is given. Raises the adapter error that says why the
+    gateway refused."""
+    options: list[tuple[str, str | int]] = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.enable_retries", 0),
+    ]
+    if tls is None:
+        channel = grpc.aio.insecure_channel(ep.address, options=options)
+    else:
+        if tls.server_name:
+            options.append(("grpc.ssl_target_name_override", tls.server_name))
+        channel = grpc.aio.secure_channel(ep.address, tls.credentials, options=options)
     try:
         call: BatchCall = channel.stream_stream(
             SESSION_METHOD, request_serializer=pb.Batch.SerializeToString, response_deserializer=pb.Batch.FromString
