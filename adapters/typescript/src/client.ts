@@ -8,6 +8,7 @@
  * the writer waits for the HTTP/2 stream to drain, so backpressure reaches the application.
  */
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { type Batch, type Frame, asBuffer, batch, decodeBatch, encodeBatch, frame, pb } from "./codec.js";
 import { type Endpoint, Target } from "./discovery.js";
@@ -58,9 +59,29 @@ export interface ClientOptions {
   publishRetryTimeoutMs?: number;
   /** Check payloads against the gateway's `max_payload` before sending (default true). */
   localPayloadCheck?: boolean;
+  /** Connect to discovered gateways (`nexus+srv://`) over TLS too; `https://` always uses TLS. */
+  tls?: boolean;
+  /** PEM file of the CA(s) to trust for the gateway's certificate (default: Node's roots). */
+  tlsCaFile?: string;
+  /** PEM client certificate and key, for gateways that require one (`--tls-client-ca`). */
+  tlsClientCertFile?: string;
+  tlsClientKeyFile?: string;
+  /** The name the gateway's certificate must carry, instead of the address's host. */
+  tlsServerName?: string;
 }
 
-type Settings = Required<Omit<ClientOptions, "dnsServer">>;
+type TlsOptionNames = "tls" | "tlsCaFile" | "tlsClientCertFile" | "tlsClientKeyFile" | "tlsServerName";
+type Settings = Required<Omit<ClientOptions, "dnsServer" | TlsOptionNames>>;
+
+/** Reads a TLS file; a missing one is a ConnectError naming it. */
+function readTlsFile(path: string | undefined, what: string): Buffer | null {
+  if (path === undefined) return null;
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new ConnectError(`cannot read the ${what} file ${path}: ${(e as Error).message}`);
+  }
+}
 
 function settings(o: ClientOptions): Settings {
   const s: Settings = {
@@ -146,11 +167,13 @@ class AckTimeout extends DisconnectedError {}
 
 /**
  * A connection to a Nexus gateway. Create it with `await Client.connect(url, options)`, where
- * `url` is `http://host:port` or `nexus+srv://<region>.<zone>[?dns=ip:port]`. Supports
+ * `url` is `http://host:port`, `https://host:port` (TLS) or
+ * `nexus+srv://<region>.<zone>[?dns=ip:port]`. Supports
  * `await using client = await Client.connect(...)`, which drains at the end of the scope.
  */
 export class Client implements AsyncDisposable {
   private readonly target: Target;
+  private readonly tlsOptions: Pick<ClientOptions, TlsOptionNames>;
   private readonly opts: Settings;
   private nextId = 1n;
   private readonly out: AsyncQueue<Out>;
@@ -168,7 +191,8 @@ export class Client implements AsyncDisposable {
   lastError?: Error;
 
   private constructor(url: string, options: ClientOptions) {
-    this.target = new Target(url, options.dnsServer);
+    this.target = new Target(url, options.dnsServer, options.tls ?? false);
+    this.tlsOptions = options;
     this.opts = settings(options);
     this.out = new AsyncQueue(this.opts.outboundCapacity);
   }
@@ -212,11 +236,25 @@ export class Client implements AsyncDisposable {
   }
 
   private async open(ep: Endpoint): Promise<Session> {
-    const channel = new grpc.Client(ep.address, grpc.credentials.createInsecure(), {
+    const channelOptions: grpc.ChannelOptions = {
       "grpc.max_receive_message_length": MAX_MESSAGE,
       "grpc.max_send_message_length": MAX_MESSAGE,
       "grpc.enable_retries": 0,
-    });
+    };
+    let credentials = grpc.credentials.createInsecure();
+    if (this.target.tls) {
+      const t = this.tlsOptions;
+      if ((t.tlsClientCertFile === undefined) !== (t.tlsClientKeyFile === undefined)) {
+        throw new InvalidOptionError("tlsClientCertFile and tlsClientKeyFile go together");
+      }
+      credentials = grpc.credentials.createSsl(
+        readTlsFile(t.tlsCaFile, "CA"),
+        readTlsFile(t.tlsClientKeyFile, "client key"),
+        readTlsFile(t.tlsClientCertFile, "client certificate"),
+      );
+      if (t.tlsServerName) channelOptions["grpc.ssl_target_name_override"] = t.tlsServerName;
+    }
+    const channel = new grpc.Client(ep.address, credentials, channelOptions);
     try {
       const call = channel.makeBidiStreamRequest<Batch, Batch>(SESSION_METHOD, encodeBatch, decodeBatch);
       call.on("error", () => undefined); // surfaced through the iterator

@@ -1,5 +1,5 @@
 /**
- * Gateway addresses: `http://host:port` or DNS SRV discovery names
+ * Gateway addresses: `http://host:port`, `https://host:port` (TLS) or DNS SRV discovery names
  * `nexus+srv://<region>.<zone>[?dns=ip[:port]]`. SRV records of `_nexus._tcp.<region>.<zone>`
  * are ordered per RFC 2782 (lowest priority first, weighted random within a priority) and
  * each target resolved with an A lookup. The answer is cached for 5 s (Node's resolver does
@@ -47,8 +47,12 @@ export class Target {
   private cache: Endpoint[] = [];
   private expires = 0;
 
-  constructor(addr: string, dnsServer?: string) {
+  /** Whether sessions use TLS: `https://`, or `nexus+srv://` with the `tls` option. */
+  tls: boolean;
+
+  constructor(addr: string, dnsServer?: string, tls = false) {
     this.url = addr.trim();
+    this.tls = tls;
     const idx = this.url.indexOf("://");
     const scheme = idx >= 0 ? this.url.slice(0, idx) : "http";
     const rest = idx >= 0 ? this.url.slice(idx + 3) : this.url;
@@ -60,7 +64,8 @@ export class Target {
       this.srvName = `_nexus._tcp.${name.replace(/\/$/, "")}`;
       const q = new URLSearchParams(query);
       this.dnsServer = dnsServer ?? q.get("dns") ?? process.env[DNS_SERVER_ENV] ?? undefined;
-    } else if (scheme === "http" || scheme === "grpc") {
+    } else if (scheme === "http" || scheme === "grpc" || scheme === "https") {
+      this.tls = scheme === "https";
       const hostport = rest.replace(/\/$/, "");
       if (!/:\d+$/.test(hostport)) throw new InvalidAddressError(`invalid gateway address ${addr}: missing port`);
       this.cache = [{ name: hostport, address: hostport }];
