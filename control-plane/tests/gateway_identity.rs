@@ -266,3 +266,88 @@ async fn plaintext_off_loopback_needs_insecure() {
     cp.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn admin_calls_need_a_bearer_key_or_an_admin_certificate() {
+    use nexus_proto::v1::ListKeysRequest;
+    use nexus_proto::v1::admin_client::AdminClient;
+
+    let pki = Pki::new("admin");
+    let server = pki.issue(Role::ControlPlane {
+        hosts: vec!["127.0.0.1".into()],
+    });
+    let (cert, key) = (pki.dir.join("cp.pem"), pki.dir.join("cp-key.pem"));
+    std::fs::write(&cert, &server.cert_pem).unwrap();
+    std::fs::write(&key, &server.key_pem).unwrap();
+    let mut cfg = ControlPlaneConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        StoreConfig::Embedded(pki.dir.join("cp.redb")),
+    );
+    cfg.admin_key_file = Some(pki.dir.join("admin.key"));
+    cfg.tls = Some(nexus_tls::ServerTlsFiles {
+        cert,
+        key,
+        client_ca: Some(pki.dir.join("ca.pem")),
+        require_client_cert: false,
+    });
+    let cp = nexus_control_plane::server::start(cfg).await.unwrap();
+    let token = std::fs::read_to_string(pki.dir.join("admin.key")).unwrap();
+    let token = token.trim();
+
+    let client = |identity: Option<IssuedPem>| {
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pki.ca.cert_pem()));
+        if let Some(i) = identity {
+            tls = tls.identity(Identity::from_pem(&i.cert_pem, &i.key_pem));
+        }
+        let addr = cp.grpc_addr;
+        async move {
+            let channel = Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            AdminClient::new(channel)
+        }
+    };
+    let call = |header: Option<String>| {
+        let mut r = tonic::Request::new(ListKeysRequest {});
+        if let Some(h) = header {
+            r.metadata_mut().insert("authorization", h.parse().unwrap());
+        }
+        r
+    };
+
+    let mut anonymous = client(None).await;
+    anonymous
+        .list_keys(call(Some(format!("Bearer {token}"))))
+        .await
+        .expect("the bootstrap admin key with Bearer");
+    let status = anonymous
+        .list_keys(call(Some(token.to_owned())))
+        .await
+        .expect_err("a key without the Bearer prefix");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(status.message().contains("Bearer"), "{status:?}");
+    let status = anonymous.list_keys(call(None)).await.expect_err("nothing");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    // An admin certificate stands in for the key; a gateway's certificate does not.
+    let mut admin = client(Some(pki.issue(Role::Admin {
+        name: "alice".into(),
+    })))
+    .await;
+    admin
+        .list_keys(call(None))
+        .await
+        .expect("an admin certificate");
+    let mut gateway = client(Some(pki.gateway("us-east", "gw-a"))).await;
+    let status = gateway
+        .list_keys(call(None))
+        .await
+        .expect_err("a gateway certificate is not an admin credential");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    cp.shutdown().await.unwrap();
+}

@@ -50,25 +50,17 @@ struct Cli {
     /// shows in `ps`.
     #[arg(long, global = true, env = "NEXUS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// File holding the API key presented to the gateway.
-    #[arg(
-        long,
-        global = true,
-        env = "NEXUS_API_KEY_FILE",
-        conflicts_with = "api_key"
-    )]
+    /// File holding the API key presented to the gateway (used when no key is given
+    /// directly).
+    #[arg(long, global = true, env = "NEXUS_API_KEY_FILE")]
     api_key_file: Option<PathBuf>,
     /// Key with the admin scope, for management commands. Prefer NEXUS_ADMIN_KEY or
     /// --admin-key-file: a flag shows in `ps`.
     #[arg(long, global = true, env = "NEXUS_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
-    /// File holding the admin key (the control plane's bootstrap key file works as is).
-    #[arg(
-        long,
-        global = true,
-        env = "NEXUS_ADMIN_KEY_FILE",
-        conflicts_with = "admin_key"
-    )]
+    /// File holding the admin key, used when no key is given directly (the control plane's
+    /// bootstrap key file works as is).
+    #[arg(long, global = true, env = "NEXUS_ADMIN_KEY_FILE")]
     admin_key_file: Option<PathBuf>,
     /// PEM CA(s) to verify https:// gateways and control planes with (default: the system's
     /// roots).
@@ -76,10 +68,10 @@ struct Cli {
     ca: Option<PathBuf>,
     /// Admin client certificate (`nexus certs --admin <name>`), accepted by a control plane
     /// with --tls-client-ca instead of an admin key.
-    #[arg(long, global = true, env = "NEXUS_TLS_CERT", requires = "tls_key")]
+    #[arg(long, global = true, env = "NEXUSCTL_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// Key of --tls-cert.
-    #[arg(long, global = true, env = "NEXUS_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, global = true, env = "NEXUSCTL_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
@@ -288,10 +280,15 @@ enum RegionsCmd {
 
 async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     let out = cli.output;
-    if let Some(path) = &cli.api_key_file {
+    // A key given directly (flag or environment) wins over a key file.
+    if cli.api_key.is_none()
+        && let Some(path) = &cli.api_key_file
+    {
         cli.api_key = Some(nexus::ctl::read_secret_file(path, "API key")?);
     }
-    if let Some(path) = &cli.admin_key_file {
+    if cli.admin_key.is_none()
+        && let Some(path) = &cli.admin_key_file
+    {
         cli.admin_key = Some(nexus::ctl::read_secret_file(path, "admin key")?);
     }
     let tls = nexus::ctl::ClientTls {

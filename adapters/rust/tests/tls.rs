@@ -259,3 +259,76 @@ fn a_missing_ca_file_names_it() {
         .expect_err("no such file");
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }
+
+/// A gateway config that registers with `cp` over TLS, showing the gateway certificate.
+fn registering_gateway(
+    pki: &Pki,
+    id: &str,
+    cp: std::net::SocketAddr,
+    cert: &Path,
+    key: &Path,
+) -> nexus_gateway::GatewayConfig {
+    let state = pki.dir.join(format!("state-{id}"));
+    toml::from_str(&format!(
+        "gateway_id = {id:?}\nregion = \"local\"\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nauth = \"off\"\nshutdown_grace_ms = 200\ncontrol_plane = \"https://{cp}\"\nstate_dir = {:?}\n[tls]\ncert = {:?}\nkey = {:?}\n[control_plane_tls]\nca = {:?}\n",
+        state.display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+        pki.ca_file().display().to_string(),
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_gateway_registers_with_a_tls_control_plane_only_under_its_own_id() {
+    let pki = Pki::new("cp");
+    let cp_pem = pki
+        .ca
+        .issue(
+            &Role::ControlPlane {
+                hosts: vec!["127.0.0.1".into()],
+            },
+            Validity::days(1),
+        )
+        .unwrap();
+    let (cp_cert, cp_key) = pki.write("cp", &cp_pem);
+    let mut cfg = nexus_control_plane::server::ControlPlaneConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        nexus_control_plane::server::StoreConfig::Embedded(pki.dir.join("cp.redb")),
+    );
+    cfg.admin_auth = false;
+    cfg.tls = Some(nexus_tls::ServerTlsFiles {
+        cert: cp_cert,
+        key: cp_key,
+        client_ca: Some(pki.ca_file()),
+        require_client_cert: false,
+    });
+    let cp = nexus_control_plane::server::start(cfg).await.unwrap();
+    // The certificate names gateway gw-1 of region local.
+    let (cert, key) = pki.write("gw", &pki.gateway(&["127.0.0.1"], Validity::days(1)));
+    let gw = nexus_gateway::start(registering_gateway(&pki, "gw-1", cp.grpc_addr, &cert, &key))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cp.view.gateways().iter().any(|g| g.id == "gw-1") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gw-1 never registered over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The same certificate under another id is refused (and keeps being refused).
+    let other = nexus_gateway::start(registering_gateway(&pki, "gw-2", cp.grpc_addr, &cert, &key))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ids: Vec<String> = cp.view.gateways().iter().map(|g| g.id.clone()).collect();
+    assert_eq!(
+        ids,
+        ["gw-1"],
+        "only the gateway the certificate names registers"
+    );
+    other.shutdown().await.unwrap();
+    gw.shutdown().await.unwrap();
+    cp.shutdown().await.unwrap();
+}
