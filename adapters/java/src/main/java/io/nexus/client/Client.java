@@ -68,6 +68,11 @@ public final class Client implements AutoCloseable {
         private String apiKey = System.getenv().getOrDefault("NEXUS_API_KEY", "");
         private String name = "";
         private String dnsServer;
+        private boolean tls;
+        private java.io.File tlsCaFile;
+        private java.io.File tlsClientCert;
+        private java.io.File tlsClientKey;
+        private String tlsServerName;
         private Duration requestTimeout = Duration.ofSeconds(5);
         private Duration connectTimeout = Duration.ofSeconds(5);
         private Duration backoffMin = Duration.ofMillis(100);
@@ -170,6 +175,55 @@ public final class Client implements AutoCloseable {
          */
         public Builder localPayloadCheck(boolean on) {
             localPayloadCheck = on;
+            return this;
+        }
+
+        /**
+         * Connects to discovered gateways ({@code nexus+srv://}) over TLS too; an
+         * {@code https://} address always uses TLS.
+         *
+         * @param on whether to use TLS with discovered gateways
+         * @return this builder
+         */
+        public Builder tls(boolean on) {
+            tls = on;
+            return this;
+        }
+
+        /**
+         * Trusts the CA certificates in this PEM file for the gateway's certificate, instead of
+         * the JDK's trust store.
+         *
+         * @param path the PEM file
+         * @return this builder
+         */
+        public Builder tlsCaFile(String path) {
+            tlsCaFile = new java.io.File(path);
+            return this;
+        }
+
+        /**
+         * Presents this client certificate (PEM chain, PKCS#8 PEM key) to a gateway that
+         * requires one ({@code --tls-client-ca}).
+         *
+         * @param cert the certificate chain file
+         * @param key the private key file
+         * @return this builder
+         */
+        public Builder tlsClientCertFiles(String cert, String key) {
+            tlsClientCert = new java.io.File(cert);
+            tlsClientKey = new java.io.File(key);
+            return this;
+        }
+
+        /**
+         * The name the gateway's certificate must carry, instead of the address's host.
+         *
+         * @param name a DNS name in the certificate
+         * @return this builder
+         */
+        public Builder tlsServerName(String name) {
+            tlsServerName = name;
             return this;
         }
 
@@ -312,9 +366,47 @@ public final class Client implements AutoCloseable {
         throw last != null ? last : new ConnectFailedException("no gateway");
     }
 
+    /** The TLS context of sessions: JDK TLS (ALPN h2 on Java 9+), the CA and client certificate given. */
+    private io.netty.handler.ssl.SslContext sslContext() {
+        for (java.io.File f : new java.io.File[] {opts.tlsCaFile, opts.tlsClientCert, opts.tlsClientKey}) {
+            if (f != null && !f.canRead()) {
+                throw new ConnectFailedException("cannot read the TLS file " + f);
+            }
+        }
+        try {
+            io.netty.handler.ssl.SslContextBuilder b = io.grpc.netty.GrpcSslContexts.forClient();
+            if (opts.tlsCaFile != null) {
+                b.trustManager(opts.tlsCaFile);
+            }
+            if (opts.tlsClientCert != null) {
+                b.keyManager(opts.tlsClientCert, opts.tlsClientKey);
+            }
+            io.netty.handler.ssl.SslContext ctx = b.build();
+            // gRPC over TLS needs ALPN ("h2"). Debian's Netty 4.1.48 build removed ALPN from
+            // its JDK TLS provider (and netty-tcnative is not packaged), so check here and say so.
+            ctx.newEngine(io.netty.buffer.ByteBufAllocator.DEFAULT);
+            return ctx;
+        } catch (UnsupportedOperationException e) {
+            throw new ConnectFailedException("TLS needs ALPN (h2), which this Netty build does not provide (" + e.getMessage()
+                    + "; Debian's netty 4.1.48 removes ALPN from the JDK provider): put a Netty with ALPN "
+                    + "(upstream netty-handler 4.1.x, or netty-tcnative-boringssl-static) on the classpath");
+        } catch (javax.net.ssl.SSLException | IllegalArgumentException e) {
+            throw new ConnectFailedException("TLS setup: " + e.getMessage());
+        }
+    }
+
     private Session open(Discovery.Endpoint ep) {
-        ManagedChannel channel = NettyChannelBuilder.forTarget(ep.address()).usePlaintext()
-                .maxInboundMessageSize(MAX_MESSAGE).disableRetry().build();
+        NettyChannelBuilder builder = NettyChannelBuilder.forTarget(ep.address())
+                .maxInboundMessageSize(MAX_MESSAGE).disableRetry();
+        if (target.https || (opts.tls && target.isSrv())) {
+            builder.sslContext(sslContext());
+            if (opts.tlsServerName != null) {
+                builder.overrideAuthority(opts.tlsServerName);
+            }
+        } else {
+            builder.usePlaintext();
+        }
+        ManagedChannel channel = builder.build();
         Session s = new Session(ep, channel);
         try {
             GatewayGrpc.newStub(channel).session(s);

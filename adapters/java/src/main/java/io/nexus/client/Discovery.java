@@ -13,7 +13,8 @@ import javax.naming.directory.Attributes;
 import javax.naming.directory.InitialDirContext;
 
 /**
- * Gateway addresses: {@code http://host:port} or DNS SRV discovery names
+ * Gateway addresses: {@code http://host:port}, {@code https://host:port} (TLS) or DNS SRV
+ * discovery names
  * {@code nexus+srv://<region>.<zone>[?dns=ip[:port]]}, resolved with the JDK's JNDI DNS
  * provider. Records of {@code _nexus._tcp.<region>.<zone>} are ordered per RFC 2782 (lowest
  * priority first, weighted random within a priority); each target is resolved with an A
@@ -69,6 +70,8 @@ final class Discovery {
 
     final String url;
     final String srvName;
+    /** Whether the address is {@code https://} (TLS). */
+    final boolean https;
     private final String dnsServer;
     private List<Endpoint> cache = new ArrayList<>();
     private long expires;
@@ -78,6 +81,7 @@ final class Discovery {
         int idx = url.indexOf("://");
         String scheme = idx >= 0 ? url.substring(0, idx) : "http";
         String rest = idx >= 0 ? url.substring(idx + 3) : url;
+        https = scheme.equals("https");
         if (scheme.equals(SRV_SCHEME)) {
             URI u = URI.create(url);
             String name = u.getHost();
@@ -95,7 +99,7 @@ final class Discovery {
             }
             String env = System.getenv(DNS_SERVER_ENV);
             dnsServer = dnsServerOverride != null ? dnsServerOverride : q != null ? q : env;
-        } else if (scheme.equals("http") || scheme.equals("grpc")) {
+        } else if (scheme.equals("http") || scheme.equals("grpc") || scheme.equals("https")) {
             String hostport = rest.replaceAll("/$", "");
             if (!hostport.matches(".*:\\d+$")) {
                 throw new InvalidAddressException("invalid gateway address " + addr + ": missing port");
