@@ -29,12 +29,14 @@ pub enum TlsError {
     Verifier(String),
     #[error("QUIC crypto setup: {0}")]
     Quic(String),
+    #[error(transparent)]
+    Load(#[from] nexus_tls::TlsError),
 }
 
 /// The name a gateway's certificate carries for its region; dialers verify it, and the
 /// accepting side checks the dialer's client certificate for it ([`peer_is_region`]).
 pub fn server_name(region: &str) -> String {
-    format!("{region}.fed.nexus")
+    nexus_tls::issue::region_name(region)
 }
 
 /// Whether the peer's (already CA-verified) certificate was issued for `region`, so a
@@ -76,7 +78,7 @@ pub fn peer_is_gateway(
         .ok_or_else(|| "peer presented an empty certificate chain".to_owned())?;
     let cert = webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| format!("peer certificate cannot be parsed: {e:?}"))?;
-    let expected = format!("{gateway_id}.{}", server_name(region));
+    let expected = nexus_tls::issue::gateway_name(region, gateway_id);
     let name = rustls::pki_types::ServerName::try_from(expected.clone())
         .map_err(|e| format!("gateway id {gateway_id:?} is not a valid name: {e}"))?;
     cert.verify_is_valid_for_subject_name(&name).map_err(|_| {
@@ -174,32 +176,20 @@ impl FederationCa {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|error| TlsError::Read {
-        path: path.display().to_string(),
-        error,
-    })
-}
-
 impl Identity {
-    /// Loads PEM files: the gateway's certificate chain, its private key, the CA.
+    /// Loads PEM files: the gateway's certificate chain, its private key, the CA (the first
+    /// certificate of the CA file). Loading is `nexus-tls`'s, shared by every process.
     pub fn from_pem_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, TlsError> {
-        use rustls::pki_types::pem::PemObject;
-        let missing = |path: &Path, what| TlsError::Missing {
-            path: path.display().to_string(),
-            what,
-        };
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
-            .filter_map(Result::ok)
-            .collect();
-        if chain.is_empty() {
-            return Err(missing(cert, "certificate"));
-        }
-        let key =
-            PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|_| missing(key, "private key"))?;
-        let ca = CertificateDer::pem_slice_iter(&read(ca)?)
-            .find_map(Result::ok)
-            .ok_or_else(|| missing(ca, "CA certificate"))?;
+        let chain = nexus_tls::load_certs(cert).map_err(TlsError::from)?;
+        let key = nexus_tls::load_key(key).map_err(TlsError::from)?;
+        let ca = nexus_tls::load_certs(ca)
+            .map_err(TlsError::from)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| TlsError::Missing {
+                path: ca.display().to_string(),
+                what: "CA certificate",
+            })?;
         Ok(Self { chain, key, ca })
     }
 
