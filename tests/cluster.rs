@@ -23,11 +23,24 @@ struct Regions {
 
 impl Regions {
     async fn start(regions: &[&str], gateways: usize) -> Self {
+        Self::start_on(regions, gateways, false).await
+    }
+
+    /// With the control plane's DNS, so clients find a region's gateways by SRV.
+    async fn start_with_dns(regions: &[&str], gateways: usize) -> Self {
+        Self::start_on(regions, gateways, true).await
+    }
+
+    async fn start_on(regions: &[&str], gateways: usize, dns: bool) -> Self {
         let certs = tempdir::Dir::new("cluster-certs");
         let ca = FederationCa::generate("test cluster CA").unwrap();
         std::fs::write(certs.0.join("ca.pem"), ca.cert_pem()).unwrap();
         let cp_dir = tempdir::Dir::new("cluster-cp");
-        let cp = ControlPlane::embedded(&cp_dir.0);
+        let cp = if dns {
+            ControlPlane::embedded_with_dns(&cp_dir.0, "2s")
+        } else {
+            ControlPlane::embedded(&cp_dir.0)
+        };
         let mut gws = HashMap::new();
         for region in regions {
             for n in 1..=gateways {
@@ -64,24 +77,38 @@ impl Regions {
             _cp_dir: cp_dir,
             _certs: certs,
         };
-        // Every gateway links to the other gateway of its region and to its home in the
-        // other region (and to those whose home it is).
-        for (id, gw) in &r.gws {
-            assert!(
-                eventually(Duration::from_secs(20), || {
-                    let st = status(gw);
-                    let cluster = st["cluster"].as_array().map_or(0, |c| c.len());
-                    let regions_up = st["links"]
-                        .as_array()
-                        .map_or(0, |l| l.iter().filter(|l| l["state"] == "up").count());
-                    cluster == gateways - 1 && regions_up == regions.len() - 1
-                })
-                .await,
-                "{id} did not link up: {}",
-                status(gw)
-            );
+        for id in r.gws.keys() {
+            r.linked(id, gateways, regions.len()).await;
         }
         r
+    }
+
+    /// Waits until `id` links to the other gateways of its region and to every other region.
+    async fn linked(&self, id: &str, gateways: usize, regions: usize) {
+        let gw = self.gw(id);
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                let st = status(gw);
+                let cluster = st["cluster"].as_array().map_or(0, |c| c.len());
+                let regions_up = st["links"]
+                    .as_array()
+                    .map_or(0, |l| l.iter().filter(|l| l["state"] == "up").count());
+                cluster == gateways - 1 && regions_up == regions - 1
+            })
+            .await,
+            "{id} did not link up: {}",
+            status(gw)
+        );
+    }
+
+    /// A client of `region` that finds its gateways through DNS SRV.
+    async fn srv_client(&self, region: &str) -> nexus_client::Client {
+        let dns = self.cp.dns.expect("started with DNS");
+        nexus_client::Client::builder(&format!("nexus+srv://{region}.nexus.local?dns={dns}"))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(500))
+            .connect()
+            .await
+            .expect("connect by SRV")
     }
 
     fn gw(&self, id: &str) -> &Gateway {
@@ -416,4 +443,96 @@ async fn durable_publishes_reach_the_region_only_once_stored_so_retries_after_a_
     // And nothing is missing: what a1 stored before dying reached a2 from its spool when a1
     // came back; the rest was published again by the retries.
     assert_eq!(seen.len() as u64, N, "messages that reached a2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_a_region_under_load_loses_nothing_and_shows_callers_no_error() {
+    let mut r = Regions::start_with_dns(&["a", "b"], 2).await;
+    let dir = tempdir::Dir::new("cluster-route");
+    let route = dir.0.join("route.toml");
+    std::fs::write(
+        &route,
+        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
+    )
+    .unwrap();
+    nexusctl(&r.cp, &["routes", "apply", "-f", route.to_str().unwrap()]);
+    let b = r.srv_client("b").await;
+    let mut on_b = b.subscribe("orders.>").await.unwrap();
+    b.flush().await.unwrap();
+    for id in ["a1", "a2"] {
+        wanted(r.gw(id), "orders.x", "b").await;
+    }
+
+    // Steady load: acknowledged publishes at ~200/s from a client of region a.
+    let a = r.srv_client("a").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut errors = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match a.publish_acked("orders.x", format!("o{i:06}")).await {
+                    Ok(_) => acked.push(i),
+                    Err(e) => errors.push(format!("o{i:06}: {e}")),
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (i, acked, errors)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every gateway of region a in turn: SIGTERM, wait for it to exit, start it again.
+    for id in ["a1", "a2"] {
+        let child = r.gws.get_mut(id).unwrap().terminate();
+        let exited = tokio::task::spawn_blocking(move || {
+            let mut child = child;
+            child.wait()
+        })
+        .await
+        .unwrap();
+        assert!(exited.is_ok(), "{id} did not exit: {exited:?}");
+        r.gws.get_mut(id).unwrap().restart();
+        r.linked(id, 2, 2).await;
+        wanted(r.gw(id), "orders.x", "b").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (published, acked, errors) = publisher.await.unwrap();
+    assert!(
+        errors.is_empty(),
+        "{} of {published} publishes failed at the caller: {:?}",
+        errors.len(),
+        errors.iter().take(5).collect::<Vec<_>>()
+    );
+    let mut got: HashMap<String, u32> = HashMap::new();
+    while got.len() < acked.len() {
+        match tokio::time::timeout(Duration::from_secs(10), on_b.next_message()).await {
+            Ok(Some(m)) => {
+                *got.entry(String::from_utf8_lossy(&m.payload).into_owned())
+                    .or_default() += 1
+            }
+            _ => break,
+        }
+    }
+    for m in drain(&mut on_b).await {
+        *got.entry(m).or_default() += 1;
+    }
+    let missing: Vec<_> = acked
+        .iter()
+        .map(|i| format!("o{i:06}"))
+        .filter(|k| !got.contains_key(k))
+        .collect();
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        missing.is_empty() && twice.is_empty(),
+        "of {} acknowledged: {} missing at b (first {:?}), {} twice (first {:?})",
+        acked.len(),
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        twice.len(),
+        twice.iter().take(5).collect::<Vec<_>>()
+    );
 }
