@@ -536,3 +536,65 @@ async fn a_rolling_restart_of_a_region_under_load_loses_nothing_and_shows_caller
         twice.iter().take(5).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_quorum_is_counted_per_region_whichever_gateway_of_it_confirms() {
+    let mut r = Regions::start(&["a", "b", "c"], 2).await;
+    let dir = tempdir::Dir::new("cluster-route");
+    let route = dir.0.join("route.toml");
+    // Both other regions must confirm; the region's own other gateway does not count.
+    std::fs::write(
+        &route,
+        "name = \"ledger\"\nsubjects = [\"ledger.>\"]\npolicy = \"broadcast\"\nconsistency = \"sync\"\nsync_quorum = 2\nsync_timeout_ms = 3000\n",
+    )
+    .unwrap();
+    nexusctl(&r.cp, &["routes", "apply", "-f", route.to_str().unwrap()]);
+    let mut clients = Vec::new();
+    for id in ["a2", "b1", "b2", "c1", "c2"] {
+        let c = client(r.gw(id)).await;
+        let s = c.subscribe("ledger.>").await.unwrap();
+        c.flush().await.unwrap();
+        clients.push((id, c, s));
+    }
+    wanted(r.gw("a1"), "ledger.x", "b").await;
+    wanted(r.gw("a1"), "ledger.x", "c").await;
+    let a1 = client(r.gw("a1")).await;
+    let ack = a1
+        .publish_acked("ledger.x", b"first".to_vec())
+        .await
+        .expect("b and c confirmed");
+    let _ = ack;
+    // Kill a1's home in b: the quorum is still met, through b's other gateway.
+    let home = status(r.gw("a1"))["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["region"] == "b")
+        .and_then(|l| l["via"].as_str().map(str::to_owned))
+        .expect("a1 has a home in b");
+    r.gws.get_mut(&home).unwrap().kill();
+    clients.retain(|(id, _, _)| *id != home);
+    let started = std::time::Instant::now();
+    a1.publish_acked("ledger.x", b"second".to_vec())
+        .await
+        .expect("b's other gateway confirmed");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Every surviving subscriber has both, once.
+    for (id, _, sub) in clients.iter_mut() {
+        let got = drain(sub).await;
+        assert_eq!(got, ["first", "second"], "{id}");
+    }
+    // Region c gone entirely: b and a2 confirm, but a2 is not a region, so the quorum of two
+    // regions is not met.
+    r.gws.get_mut("c1").unwrap().kill();
+    r.gws.get_mut("c2").unwrap().kill();
+    let refused = a1.publish_acked("ledger.x", b"third".to_vec()).await;
+    assert!(
+        matches!(refused, Err(nexus_client::Error::Timeout { .. })),
+        "{refused:?}"
+    );
+}
