@@ -101,11 +101,10 @@ impl Regions {
         );
     }
 
-    /// A client of `region` that finds its gateways through DNS SRV.
+    /// A client of `region` that finds its gateways through DNS SRV (default settings).
     async fn srv_client(&self, region: &str) -> nexus_client::Client {
         let dns = self.cp.dns.expect("started with DNS");
         nexus_client::Client::builder(&format!("nexus+srv://{region}.nexus.local?dns={dns}"))
-            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(500))
             .connect()
             .await
             .expect("connect by SRV")
@@ -596,5 +595,92 @@ async fn sync_quorum_is_counted_per_region_whichever_gateway_of_it_confirms() {
     assert!(
         matches!(refused, Err(nexus_client::Error::Timeout { .. })),
         "{refused:?}"
+    );
+}
+
+/// Kills the gateway a subscriber (found by DNS SRV) is on, `rounds` times, and measures the
+/// gap from the kill to the first message it receives again through another gateway of the
+/// region (published every 2 ms on the surviving gateway). Returns the gaps, sorted.
+async fn subscriber_failover_gaps(rounds: usize) -> Vec<Duration> {
+    let mut r = Regions::start_with_dns(&["a"], 2).await;
+    let sub_client = r.srv_client("a").await;
+    let mut sub = sub_client.subscribe("ticks").await.unwrap();
+    sub_client.flush().await.unwrap();
+    let mut gaps = Vec::new();
+    for round in 0..rounds {
+        let on = sub_client.server_info().expect("connected").gateway_id;
+        let other = if on == "a1" { "a2" } else { "a1" };
+        // The subscriber's interest has reached the other gateway.
+        wanted(r.gw(other), "ticks", "a").await;
+        let publisher = client(r.gw(other)).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ticking = {
+            let stop = stop.clone();
+            let sent = sent.clone();
+            let publisher = publisher.clone();
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let _ = publisher.publish("ticks", i.to_be_bytes().to_vec()).await;
+                    let _ = publisher.flush().await;
+                    sent.store(i, std::sync::atomic::Ordering::Release);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        // Ticks flow through the cluster hop before the kill.
+        tokio::time::timeout(Duration::from_secs(10), sub.next_message())
+            .await
+            .expect("ticks before the kill")
+            .unwrap();
+        r.gws.get_mut(&on).unwrap().kill();
+        let killed = std::time::Instant::now();
+        // The first tick published after the kill proves the new session (anything older
+        // may have been in the client's buffer).
+        let last_before = sent.load(std::sync::atomic::Ordering::Acquire);
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), sub.next_message())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no message within 10 s of the kill"))
+                .unwrap_or_else(|| panic!("round {round}: subscription ended"));
+            let tick = u64::from_be_bytes(m.payload[..8].try_into().unwrap());
+            if tick > last_before {
+                break;
+            }
+        }
+        gaps.push(killed.elapsed());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = ticking.await;
+        publisher.close().await;
+        r.gws.get_mut(&on).unwrap().restart();
+        r.linked(&on, 2, 1).await;
+    }
+    gaps.sort();
+    gaps
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_moves_to_another_gateway_of_its_region_within_a_second_of_a_kill() {
+    let gaps = subscriber_failover_gaps(3).await;
+    assert!(
+        gaps.iter().all(|g| *g < Duration::from_secs(1)),
+        "gaps after kill -9: {gaps:?}"
+    );
+}
+
+/// `cargo test --test cluster subscriber_failover_measurement -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (20 kills): prints the gaps"]
+async fn subscriber_failover_measurement() {
+    let gaps = subscriber_failover_gaps(20).await;
+    let at = |q: f64| gaps[((gaps.len() as f64 * q).ceil() as usize).clamp(1, gaps.len()) - 1];
+    println!(
+        "SUBSCRIBER-FAILOVER kills={} p50={:?} p99={:?} max={:?} all={gaps:?}",
+        gaps.len(),
+        at(0.5),
+        at(0.99),
+        gaps[gaps.len() - 1]
     );
 }
