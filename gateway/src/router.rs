@@ -719,7 +719,7 @@ impl Router {
             return;
         }
         self.slow_consumer_event(SlowConsumerAction::Disconnected);
-        tracing::warn!(conn = conn.id, name = %conn.name.lock(), "disconnecting slow consumer");
+        tracing::warn!(conn = conn.id, name = %nexus_proto::text::Escaped(&conn.name.lock()), "disconnecting slow consumer");
         conn.outbound.close(Some(tonic::Status::resource_exhausted(format!(
             "slow consumer: more than slow_consumer.max_pending_bytes ({} bytes) queued for this session for longer than {} ms (policy {})",
             self.cfg.slow_consumer.max_pending_bytes,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use nexus_proto::ByteString;
+use nexus_proto::text::Escaped;
 use nexus_proto::v1::{self, ErrorCode, Frame, frame::Kind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -342,7 +343,7 @@ impl Session {
                 }
                 Err(e) => {
                     self.router.metrics.auth_failures.inc();
-                    tracing::info!(conn = self.conn.id, client = %h.client_name, reason = %e, "session refused");
+                    tracing::info!(conn = self.conn.id, client = %Escaped(&h.client_name), reason = %e, "session refused");
                     self.send_control(Kind::Error(error(ErrorCode::Denied, e.to_string(), 0)));
                     self.conn
                         .outbound
@@ -359,9 +360,9 @@ impl Session {
         };
         tracing::debug!(
             conn = self.conn.id,
-            client = %h.client_name,
-            language = %h.language,
-            version = %h.version,
+            client = %Escaped(&h.client_name),
+            language = %Escaped(&h.language),
+            version = %Escaped(&h.version),
             "session hello"
         );
         let cfg = self.router.config();
