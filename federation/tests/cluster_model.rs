@@ -251,14 +251,14 @@ impl World {
                 // Relayed to every other live gateway of b first, then delivered here; the
                 // confirmation to a1 waits for the relays.
                 let mut peers = Vec::new();
-                for p in 0..B.len() {
+                for (p, name) in B.iter().enumerate() {
                     if p != g && self.gws[p].alive {
                         self.gws[p]
                             .relays
                             .entry(g)
                             .or_default()
                             .push_back(s.clone());
-                        peers.push(B[p].to_owned());
+                        peers.push((*name).to_owned());
                     }
                 }
                 self.gws[g].inbox.relayed(&stream, s.seq, peers);
@@ -447,11 +447,8 @@ impl World {
                     self.relay_confirmed(g, from);
                 }
             }
-            72..=79 => {
-                if self.gws[g].alive {
-                    self.record(g);
-                }
-            }
+            72..=79 if self.gws[g].alive => self.record(g),
+            72..=79 => {}
             80..=84 => self.connect(g),
             85..=87 => {
                 // a1's link to g is cut (both ends live).
@@ -461,17 +458,11 @@ impl World {
                     l.up.clear();
                 }
             }
-            88..=90 => {
-                // Never all three at once: the region keeps at least one gateway.
-                if self.gws.iter().filter(|x| x.alive).count() > 1 && self.gws[g].alive {
-                    self.kill(g);
-                }
+            // Never all three at once: the region keeps at least one gateway.
+            88..=90 if self.gws.iter().filter(|x| x.alive).count() > 1 && self.gws[g].alive => {
+                self.kill(g)
             }
-            91..=93 => {
-                if !self.gws[g].alive {
-                    self.restart(g);
-                }
-            }
+            91..=93 if !self.gws[g].alive => self.restart(g),
             94..=96 => {
                 // a1's view of the membership catches up.
                 self.view = self.gws.iter().map(|x| x.alive).collect();
@@ -539,14 +530,14 @@ impl World {
                 break;
             }
         }
-        for g in 0..B.len() {
-            if self.gws[g].killed_ever {
+        for (gw, name) in self.gws.iter().zip(B) {
+            if gw.killed_ever {
                 continue;
             }
-            let got: BTreeSet<u64> = self.gws[g].delivered.iter().copied().collect();
+            let got: BTreeSet<u64> = gw.delivered.iter().copied().collect();
             let missing: Vec<u64> = self.acked.difference(&got).copied().collect();
             if !missing.is_empty() {
-                return Err(self.fail(format!("{} (never killed) is missing {missing:?}", B[g])));
+                return Err(self.fail(format!("{name} (never killed) is missing {missing:?}")));
             }
         }
         if self.outbox.depth("b") > 0 {

@@ -270,6 +270,15 @@ impl RegionRouter {
         }
     }
 
+    /// The spool queue that confirmations and resend requests on `link` are about.
+    fn destination(&self, link: &LinkInfo) -> String {
+        if link.region == self.fed.region() {
+            replication::peer_key(&link.gateway_id)
+        } else {
+            link.region.clone()
+        }
+    }
+
     /// Sends an interest change to other regions.
     fn tell_regions(&self, update: Option<InterestUpdate>) {
         if let Some(update) = update {
@@ -320,11 +329,23 @@ impl LinkHandler for RegionRouter {
                 self.tell_regions(for_regions);
             }
             Kind::Interest(update) => self.on_interest(&link.region, update),
-            Kind::SpoolAck(ack) if link.region == self.fed.region() => self
+            // From a cluster peer: a confirmation of this gateway's own durable publishes, or
+            // of relays of another region's stream.
+            Kind::SpoolAck(ack)
+                if link.region == self.fed.region()
+                    && !self.replication.is_own_stream(&ack.stream) =>
+            {
+                self.replication.relay_confirmed(
+                    &self.fed,
+                    &link.gateway_id,
+                    &ack.stream,
+                    ack.up_to,
+                )
+            }
+            Kind::SpoolAck(ack) => self.replication.on_ack(&self.destination(link), ack),
+            Kind::SpoolNack(nack) => self
                 .replication
-                .relay_confirmed(&self.fed, &link.gateway_id, &ack.stream, ack.up_to),
-            Kind::SpoolAck(ack) => self.replication.on_ack(&link.region, ack),
-            Kind::SpoolNack(nack) => self.replication.on_nack(link, nack),
+                .on_nack(&self.destination(link), link, nack),
             _ => {}
         }
     }
@@ -334,6 +355,20 @@ impl LinkHandler for RegionRouter {
             let from_cluster = link.region == self.fed.region();
             match frame {
                 Kind::Forward(forward) => self.on_forward(link, forward).await,
+                // A cluster peer's own durable publish: its stream, received like another
+                // region's (in order, recorded, confirmed), delivered here only.
+                Kind::Spooled(spooled)
+                    if from_cluster
+                        && spooled
+                            .forward
+                            .as_ref()
+                            .is_some_and(|f| f.origin_region == self.fed.region()) =>
+                {
+                    let first = |_: &nexus_proto::v1::Spooled| true;
+                    self.replication
+                        .on_spooled(&self.fed, &self.router, link, spooled, Vec::new(), first)
+                        .await
+                }
                 Kind::Spooled(spooled) if from_cluster => {
                     self.on_relayed_spooled(link, spooled).await
                 }
@@ -510,21 +545,16 @@ impl Remote for RegionRouter {
                 self.fed.try_forward_to(&gateway, forward);
             }
         } else {
-            // Nothing of a durable publish is delivered, in this gateway or the others of
-            // the region, before its id is on disk: a publisher retrying after a crash in
-            // between would otherwise deliver it twice.
+            // Nothing of a durable publish is delivered before its id is on disk: a
+            // publisher retrying after a crash in between would otherwise get it delivered
+            // twice. The region's other gateways that want it get it through the spool, like
+            // other regions, so a crash after the write cannot lose it for them either.
             let (tx, rx) = oneshot::channel();
-            let fed = self.fed.clone();
             let on_stored: replication::OnStored = Box::new(move |result| {
-                if result.is_ok() {
-                    for (gateway, forward) in in_region {
-                        fed.try_forward_to(&gateway, forward);
-                    }
-                }
                 let _ = tx.send(result);
             });
             outcome.stored = Some(rx);
-            if targets.is_empty() {
+            if targets.is_empty() && in_region.is_empty() {
                 let (receipt_tx, receipt) = oneshot::channel();
                 outcome.receipt = Some(receipt);
                 self.replication.accept_without_spool(
@@ -546,6 +576,11 @@ impl Remote for RegionRouter {
             let forwards = targets
                 .iter()
                 .map(|t| (t.region.clone(), t.forward(msg, origin)))
+                .chain(
+                    in_region
+                        .into_iter()
+                        .map(|(gateway, forward)| (replication::peer_key(&gateway), forward)),
+                )
                 .collect();
             outcome.receipt = Some(
                 self.replication

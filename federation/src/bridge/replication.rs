@@ -68,6 +68,30 @@ pub(super) type Reply = oneshot::Sender<Result<(), v1::Error>>;
 /// may be delivered in this region.
 pub(super) type OnStored = Box<dyn FnOnce(Result<(), v1::Error>) + Send>;
 
+/// Where a spool queue goes: another region (by name), or another gateway of this region,
+/// keyed `@<gateway id>` (region names cannot contain `@`). Durable publishes reach the
+/// region's other gateways through the same protocol as other regions, so a gateway that
+/// dies after storing a message still delivers it there when it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Destination<'a> {
+    Region(&'a str),
+    Peer(&'a str),
+}
+
+impl<'a> Destination<'a> {
+    pub(super) fn of(key: &'a str) -> Self {
+        match key.strip_prefix('@') {
+            Some(gateway) => Destination::Peer(gateway),
+            None => Destination::Region(key),
+        }
+    }
+}
+
+/// The spool queue key of a cluster peer.
+pub(super) fn peer_key(gateway_id: &str) -> String {
+    format!("@{gateway_id}")
+}
+
 /// The error a publisher gets when its message could not be written to the spool.
 fn unwritten(e: &str) -> v1::Error {
     error(
@@ -300,9 +324,13 @@ impl Replication {
                 // missed.
                 match sync {
                     Some((needed, deadline)) => {
-                        self.quorum
-                            .lock()
-                            .add(seqs.clone(), needed, deadline, (tx, id))
+                        // Only other regions count towards a sync quorum.
+                        let regions = seqs
+                            .iter()
+                            .filter(|(d, _)| matches!(Destination::of(d), Destination::Region(_)))
+                            .cloned()
+                            .collect();
+                        self.quorum.lock().add(regions, needed, deadline, (tx, id))
                     }
                     None => {
                         self.settle(id, &Ok(()));
@@ -317,6 +345,11 @@ impl Replication {
                 self.wake.notify_one();
             }
         }
+    }
+
+    /// Whether `stream` is this gateway's own spool stream.
+    pub(super) fn is_own_stream(&self, stream: &str) -> bool {
+        self.outbox.lock().stream() == stream
     }
 
     /// A peer confirmed our stream up to `up_to`.
@@ -353,13 +386,13 @@ impl Replication {
     }
 
     /// A peer saw a gap in our stream on `link`: resend after `have`.
-    pub(super) fn on_nack(&self, link: &LinkInfo, nack: SpoolNack) {
+    pub(super) fn on_nack(&self, destination: &str, link: &LinkInfo, nack: SpoolNack) {
         let mut outbox = self.outbox.lock();
         if outbox.stream() != nack.stream.as_str() {
             return;
         }
-        tracing::info!(region = %link.region, link = %link.id, have = nack.have, "region asked for spooled messages again after a gap");
-        outbox.rewind(&link.region, link.id, nack.have);
+        tracing::info!(%destination, link = %link.id, have = nack.have, "peer asked for spooled messages again after a gap");
+        outbox.rewind(destination, link.id, nack.have);
         drop(outbox);
         self.wake.notify_one();
     }
@@ -370,12 +403,16 @@ impl Replication {
         let mut last_chores = std::time::Instant::now();
         loop {
             let mut blocked = false;
-            let regions = self.outbox.lock().regions();
-            for region in regions {
-                let Some(link) = fed.current(&region) else {
+            let destinations = self.outbox.lock().regions();
+            for key in destinations {
+                let link = match Destination::of(&key) {
+                    Destination::Region(region) => fed.current(region),
+                    Destination::Peer(gateway) => fed.link_to(gateway),
+                };
+                let Some(link) = link else {
                     continue;
                 };
-                blocked |= self.send_batch(&fed, &region, link);
+                blocked |= self.send_batch(&fed, &key, link);
             }
             if last_chores.elapsed() >= HOUSEKEEPING {
                 last_chores = std::time::Instant::now();
@@ -392,7 +429,8 @@ impl Replication {
         }
     }
 
-    /// Sends what `region` has not had on `link`; true when the link's queue filled up.
+    /// Sends what the queue `region` (a [`Destination`] key) has not had on `link`; true
+    /// when the link's queue filled up.
     fn send_batch(&self, fed: &Federation, region: &str, link: LinkId) -> bool {
         loop {
             let batch = self.outbox.lock().next_to_send(region, link, PUMP_BATCH);
@@ -402,7 +440,11 @@ impl Replication {
             }
             for e in batch {
                 let seq = e.seq;
-                match fed.send_on(region, link, Kind::Spooled(e)) {
+                let sent = match Destination::of(region) {
+                    Destination::Region(r) => fed.send_on(r, link, Kind::Spooled(e)),
+                    Destination::Peer(gateway) => fed.send_on_to(gateway, link, Kind::Spooled(e)),
+                };
+                match sent {
                     Sent::Queued => {}
                     Sent::Full => {
                         self.outbox.lock().unsend(region, link, seq);
