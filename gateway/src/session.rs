@@ -179,6 +179,19 @@ impl Session {
             Some(Ok(batch)) => {
                 self.router.metrics.batches_received.inc();
                 for f in batch.frames {
+                    // Answers pile up faster than a reading adapter takes them when one batch
+                    // holds many frames that are answered: stop reading until it caught up
+                    // (protocol.md §12.4), rather than cutting it off as a slow consumer.
+                    if conn.outbound.control_queued() >= crate::outbound::CONTROL_HIGH_WATER
+                        && !conn
+                            .outbound
+                            .control_room(Duration::from_millis(
+                                self.router.config().slow_consumer.max_wait_ms,
+                            ))
+                            .await
+                    {
+                        return Err(None);
+                    }
                     if let Flow::Close(status) = self.on_frame(f).await {
                         return Err(Some(status));
                     }
