@@ -101,6 +101,32 @@ impl Regions {
         );
     }
 
+    /// Applies the route `orders` (`orders.>`, broadcast, `async`) and waits until every
+    /// gateway has it.
+    async fn async_orders_route(&self) {
+        let dir = tempdir::Dir::new("cluster-route");
+        let route = dir.0.join("route.toml");
+        std::fs::write(
+            &route,
+            "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
+        )
+        .unwrap();
+        nexusctl(
+            &self.cp,
+            &["routes", "apply", "-f", route.to_str().unwrap()],
+        );
+        for (id, gw) in &self.gws {
+            assert!(
+                eventually(
+                    Duration::from_secs(10),
+                    || explain(gw, "orders.x")["federation"]["route"]["name"] == "orders"
+                )
+                .await,
+                "{id} never applied the route"
+            );
+        }
+    }
+
     /// A client of `region` that finds its gateways through DNS SRV (default settings).
     async fn srv_client(&self, region: &str) -> nexus_client::Client {
         let dns = self.cp.dns.expect("started with DNS");
@@ -200,23 +226,7 @@ async fn a_region_of_two_gateways_is_one_region_to_its_users_and_to_the_other() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_messages_from_every_gateway_reach_every_subscriber_of_the_other_region_once() {
     let r = Regions::start(&["a", "b"], 2).await;
-    let dir = tempdir::Dir::new("cluster-route");
-    let route = dir.0.join("route.toml");
-    std::fs::write(
-        &route,
-        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
-    )
-    .unwrap();
-    nexusctl(&r.cp, &["routes", "apply", "-f", route.to_str().unwrap()]);
-    for id in ["a1", "a2", "b1", "b2"] {
-        assert!(
-            eventually(
-                Duration::from_secs(10),
-                || explain(r.gw(id), "orders.x")["federation"]["route"]["name"] == "orders"
-            )
-            .await
-        );
-    }
+    r.async_orders_route().await;
     let b1 = client(r.gw("b1")).await;
     let mut on_b1 = b1.subscribe("orders.>").await.unwrap();
     b1.flush().await.unwrap();
@@ -256,20 +266,7 @@ async fn async_messages_from_every_gateway_reach_every_subscriber_of_the_other_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_home_gateway_re_homes_within_a_second_and_async_messages_arrive_once() {
     let mut r = Regions::start(&["a", "b"], 3).await;
-    let dir = tempdir::Dir::new("cluster-route");
-    let route = dir.0.join("route.toml");
-    std::fs::write(
-        &route,
-        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
-    )
-    .unwrap();
-    nexusctl(&r.cp, &["routes", "apply", "-f", route.to_str().unwrap()]);
-    assert!(
-        eventually(Duration::from_secs(10), || explain(r.gw("a1"), "orders.x")
-            ["federation"]["route"]["name"]
-            == "orders")
-        .await
-    );
+    r.async_orders_route().await;
     // A subscriber on every gateway of b.
     let mut subs = HashMap::new();
     let mut clients = Vec::new();
@@ -350,20 +347,7 @@ fn pub_with_id(subject: &str, n: u64) -> nexus_proto::v1::Frame {
 async fn durable_publishes_reach_the_region_only_once_stored_so_retries_after_a_kill_deliver_nothing_twice()
  {
     let mut r = Regions::start(&["a", "b"], 2).await;
-    let dir = tempdir::Dir::new("cluster-route");
-    let route = dir.0.join("route.toml");
-    std::fs::write(
-        &route,
-        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
-    )
-    .unwrap();
-    nexusctl(&r.cp, &["routes", "apply", "-f", route.to_str().unwrap()]);
-    assert!(
-        eventually(Duration::from_secs(10), || explain(r.gw("a1"), "orders.x")
-            ["federation"]["route"]["name"]
-            == "orders")
-        .await
-    );
+    r.async_orders_route().await;
     // A subscriber on a2 (the publisher's gateway is a1) and one in region b.
     let a2 = client(r.gw("a2")).await;
     let mut on_a2 = a2.subscribe("orders.>").await.unwrap();
@@ -447,14 +431,7 @@ async fn durable_publishes_reach_the_region_only_once_stored_so_retries_after_a_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_a_region_under_load_loses_nothing_and_shows_callers_no_error() {
     let mut r = Regions::start_with_dns(&["a", "b"], 2).await;
-    let dir = tempdir::Dir::new("cluster-route");
-    let route = dir.0.join("route.toml");
-    std::fs::write(
-        &route,
-        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
-    )
-    .unwrap();
-    nexusctl(&r.cp, &["routes", "apply", "-f", route.to_str().unwrap()]);
+    r.async_orders_route().await;
     let b = r.srv_client("b").await;
     let mut on_b = b.subscribe("orders.>").await.unwrap();
     b.flush().await.unwrap();
