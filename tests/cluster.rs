@@ -661,3 +661,88 @@ async fn subscriber_failover_measurement() {
         gaps[gaps.len() - 1]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_move_to_the_next_region_when_the_gateway_of_the_regions_only_responder_dies() {
+    let mut r = Regions::start(&["a", "b"], 2).await;
+    // The only responder of region a sits on a2; region b has one too.
+    let (_a2_client, _a2_task) = common::regions::responder(r.gw("a2"), "svc.echo", "a2").await;
+    let (_b_client, _b_task) = common::regions::responder(r.gw("b1"), "svc.echo", "b").await;
+    wanted(r.gw("a1"), "svc.echo", "b").await;
+    let caller = client(r.gw("a1")).await;
+    // Through the cluster hop first (local first, then the region's other gateways).
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let st = explain(r.gw("a1"), "svc.echo");
+            st["federation"]["cluster"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())
+        })
+        .await
+    );
+    assert_eq!(
+        common::regions::who_answers(&caller, "svc.echo").await,
+        "a2"
+    );
+
+    // Requests every 10 ms; a2 is killed; count the failures and when answers come from b.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let requester = {
+        let stop = stop.clone();
+        let caller = caller.clone();
+        tokio::spawn(async move {
+            let mut log = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = std::time::Instant::now();
+                let answer = caller
+                    .request_with(
+                        "svc.echo",
+                        nexus_client::Headers::new(),
+                        bytes::Bytes::from_static(b"?"),
+                        Duration::from_secs(2),
+                    )
+                    .await
+                    .map(|m| String::from_utf8_lossy(&m.payload).into_owned());
+                log.push((sent, answer));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            log
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.gws.get_mut("a2").unwrap().kill();
+    let killed = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let log = requester.await.unwrap();
+    let failed: Vec<_> = log.iter().filter(|(_, a)| a.is_err()).collect();
+    let first_from_b = log
+        .iter()
+        .find(|(sent, a)| *sent >= killed && a.as_deref().is_ok_and(|w| w == "b"))
+        .map(|(sent, _)| sent.duration_since(killed));
+    let after = log.iter().filter(|(sent, _)| *sent >= killed).count();
+    eprintln!(
+        "RESPONDER-GATEWAY-KILL failed={} of {} first_from_b_after_kill={first_from_b:?}",
+        failed.len(),
+        log.len()
+    );
+    assert!(
+        first_from_b.is_some_and(|d| d < Duration::from_secs(1)),
+        "first answer from b after the kill: {first_from_b:?}"
+    );
+    // Only requests already in flight to a2, or sent before its loss was detected, may fail.
+    assert!(
+        failed.len() <= 3,
+        "{} of {} requests failed after the kill ({after} sent after it): {:?}",
+        failed.len(),
+        log.len(),
+        failed.iter().take(3).collect::<Vec<_>>()
+    );
+    // And everything later is answered by b.
+    let late: Vec<_> = log
+        .iter()
+        .filter(|(sent, _)| sent.duration_since(killed) > Duration::from_secs(1))
+        .filter(|(_, a)| a.as_deref().map_or(true, |w| w != "b"))
+        .collect();
+    assert!(late.is_empty(), "{late:?}");
+}
