@@ -524,3 +524,158 @@ async fn ten_slow_subscribers_delay_a_publisher_by_at_most_max_wait() {
         drop(slow);
     }
 }
+
+/// Creates a key with the given scopes; returns (id, secret).
+fn create_key(
+    cp: &ControlPlane,
+    name: &str,
+    publish: &[&str],
+    subscribe: &[&str],
+) -> (String, String) {
+    let mut args = vec!["keys", "create", name, "-o", "json"];
+    for p in publish {
+        args.extend(["--publish", p]);
+    }
+    for s in subscribe {
+        args.extend(["--subscribe", s]);
+    }
+    let v: serde_json::Value = serde_json::from_str(&nexusctl(cp, &args)).unwrap();
+    (
+        v["id"].as_str().unwrap().to_owned(),
+        v["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn sub_frame(sid: u64, subject: &str) -> v1::Frame {
+    frame(Kind::Sub(v1::Sub {
+        sid,
+        subject: subject.into(),
+        queue_group: String::new(),
+        ack_id: sid,
+    }))
+}
+
+/// Narrowing a key's scopes removes, within 2 s, the subscriptions of open sessions that the
+/// new scopes no longer cover (each with an `Error{DENIED, ref_id: sid}`), and keeps the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_a_keys_scopes_drops_its_subscriptions_within_2s() {
+    let (cp, gw, publisher, _dir) = keyed_gateway("").await;
+    let (id, secret) = create_key(&cp, "narrowed", &["orders.>"], &["orders.>", "billing.>"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        match keyed_session(&gw.url(), &secret).await {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("key never accepted: {e}"),
+        }
+    };
+    s.send(vec![sub_frame(1, "orders.>"), sub_frame(2, "billing.>")])
+        .await;
+    for ack in [1, 2] {
+        assert!(matches!(s.next_frame().await, Some(Kind::Ack(a)) if a.ack_id == ack));
+    }
+    let changed = Instant::now();
+    let out = nexusctl(
+        &cp,
+        &[
+            "keys",
+            "scopes",
+            &id,
+            "--publish",
+            "orders.>",
+            "--subscribe",
+            "orders.>",
+        ],
+    );
+    assert!(out.contains("subscribe [orders.>]"), "{out}");
+    let e = match s.next_result().await {
+        Ok(Some(Kind::Error(e))) => e,
+        other => panic!("expected the subscription's removal, got {other:?}"),
+    };
+    let took = changed.elapsed();
+    println!(
+        "scopes narrowed; subscription dropped after {took:?}: {}",
+        e.message
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(e.code, ErrorCode::Denied as i32);
+    assert_eq!(e.ref_id, 2);
+    assert!(
+        e.message.contains("billing.>") && e.message.contains(&id),
+        "{}",
+        e.message
+    );
+    // The other subscription still delivers; the dropped one does not.
+    let p = keyed_session(&gw.url(), &publisher).await.unwrap();
+    for subject in ["billing.x", "orders.x"] {
+        p.send(vec![frame(Kind::Pub(v1::Pub {
+            subject: subject.into(),
+            ..Default::default()
+        }))])
+        .await;
+    }
+    match s.next_frame().await {
+        Some(Kind::Msg(m)) => assert_eq!((m.sid, m.subject.as_ref()), (1, "orders.x")),
+        other => panic!("expected orders.x, got {other:?}"),
+    }
+}
+
+/// A session opened with a secret that a rotation retired is closed when the overlap ends
+/// (within 2 s); a session with the new secret is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_with_a_retired_secret_close_when_the_overlap_ends() {
+    let (cp, gw, _, _dir) = keyed_gateway("").await;
+    let (id, old_secret) = create_key(&cp, "rotated", &["a.>"], &["a.>"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut old = loop {
+        match keyed_session(&gw.url(), &old_secret).await {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("key never accepted: {e}"),
+        }
+    };
+    let rotated_at = Instant::now();
+    let v: serde_json::Value = serde_json::from_str(&nexusctl(
+        &cp,
+        &["keys", "rotate", &id, "--overlap", "2s", "-o", "json"],
+    ))
+    .unwrap();
+    let new_secret = v["secret"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut new = loop {
+        match keyed_session(&gw.url(), &new_secret).await {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("new secret never accepted: {e}"),
+        }
+    };
+    // During the overlap the old session works.
+    old.send(vec![frame(Kind::Ping(v1::Ping { nonce: 1 }))])
+        .await;
+    assert!(matches!(old.next_frame().await, Some(Kind::Pong(_))));
+    // Then it is told and closed.
+    let e = match old.next_result().await {
+        Ok(Some(Kind::Error(e))) => e,
+        other => panic!("expected DENIED at the overlap's end, got {other:?}"),
+    };
+    let after_overlap = rotated_at.elapsed().saturating_sub(Duration::from_secs(2));
+    println!(
+        "old-secret session closed {after_overlap:?} after the overlap ended: {}",
+        e.message
+    );
+    assert_eq!(e.code, ErrorCode::Denied as i32);
+    assert!(e.message.contains("retired"), "{}", e.message);
+    assert!(after_overlap < Duration::from_secs(2), "{after_overlap:?}");
+    let status = old.next_result().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    // The session with the new secret is unaffected.
+    new.send(vec![frame(Kind::Ping(v1::Ping { nonce: 2 }))])
+        .await;
+    assert!(matches!(new.next_frame().await, Some(Kind::Pong(_))));
+}

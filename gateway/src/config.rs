@@ -465,4 +465,37 @@ mod tests {
                 .contains("slow_consumer.max_pending_bytes")
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)
+        ))]
+
+        /// Any config file text: parsed and validated, or an error naming the problem; never
+        /// a panic. Lines are drawn from real keys with arbitrary values so that validation
+        /// is reached, not only the TOML parser.
+        #[test]
+        fn config_files_never_panic(
+            lines in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "region", "listen", "max_payload", "max_subscriptions", "max_connections",
+                        "hello_timeout_ms", "idle_connection_timeout_ms", "max_unauthenticated",
+                        "policy", "max_pending_bytes", "max_wait_ms", "[limits]",
+                        "[slow_consumer]", "[balancer]", "latency_factor", "decay_ms",
+                    ]),
+                    "[ -~]{0,24}",
+                ),
+                0..8,
+            )
+        ) {
+            let text: String = lines
+                .iter()
+                .map(|(k, v)| if k.starts_with('[') { format!("{k}\n") } else { format!("{k} = {v}\n") })
+                .collect();
+            if let Ok(c) = GatewayConfig::from_toml(&text) {
+                let _ = c.validate();
+            }
+        }
+    }
 }

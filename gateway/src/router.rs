@@ -263,10 +263,12 @@ impl Router {
             let Some(grant) = conn.grant.load_full() else {
                 return false;
             };
-            match policy.recheck(&grant.key_id, now_ms) {
+            match policy.recheck(&grant, now_ms) {
                 Ok(fresh) => {
                     if *fresh != *grant {
                         conn.grant.store(Some(fresh));
+                        // The session drops subscriptions its key no longer allows.
+                        conn.grant_changed.notify_one();
                     }
                     true
                 }

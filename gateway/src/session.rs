@@ -161,6 +161,7 @@ impl Session {
                     )));
                     break None;
                 }
+                _ = conn.grant_changed.notified() => self.drop_disallowed_subscriptions(),
                 Some(done) = self.completions_rx.recv() => self.on_completion(done).await,
                 stored = oldest_stored(&mut self.held), if !self.held.is_empty() => {
                     self.release_oldest(stored).await;
@@ -287,6 +288,35 @@ impl Session {
         // Late completions for requests cancelled above are dropped with the receiver.
         self.completions_rx.close();
         tracing::debug!(conn = self.conn.id, "session ended");
+    }
+
+    /// The key's scopes changed: subscriptions they no longer cover are removed, each with
+    /// an `Error{DENIED, ref_id: sid}` naming the key and its scopes.
+    fn drop_disallowed_subscriptions(&mut self) {
+        let grant = self.conn.grant.load_full();
+        let Some(grant) = grant else { return };
+        let denied: Vec<u64> = self
+            .subs
+            .iter()
+            .filter(|(_, sub)| !grant.may_subscribe(&sub.group.pattern))
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in denied {
+            let Some(sub) = self.subs.remove(&sid) else {
+                continue;
+            };
+            self.router.unsubscribe(&sub);
+            self.send_control(Kind::Error(error(
+                ErrorCode::Denied,
+                format!(
+                    "subscription {sid} to {:?} was removed: API key {} may no longer subscribe to it (its subscribe scopes: {})",
+                    sub.group.pattern,
+                    grant.key_id,
+                    grant.subscribe.join(", ")
+                ),
+                sid,
+            )));
+        }
     }
 
     /// The session sent no Hello in time: counted, logged (at most once a second) and closed.
