@@ -117,6 +117,14 @@ impl Admin for AdminService {
         ok(keys::revoke(&*self.store, &r.into_inner().id).await?)
     }
 
+    async fn update_key_scopes(&self, r: Request<UpdateKeyScopesRequest>) -> R<ApiKey> {
+        let r = r.into_inner();
+        let scopes = r
+            .scopes
+            .ok_or_else(|| crate::error::AdminError::invalid("scopes", "required"))?;
+        ok(keys::update_scopes(&*self.store, &r.id, scopes).await?)
+    }
+
     async fn list_regions(&self, _: Request<ListRegionsRequest>) -> R<ListRegionsResponse> {
         ok(ListRegionsResponse {
             regions: regions::list_regions(&*self.store).await?,

@@ -148,6 +148,34 @@ pub async fn rotate(
     Ok((public(&stored, version + 1), issued.token))
 }
 
+/// Replaces a key's scopes (validated as at creation). Gateways apply the new scopes to open
+/// sessions: subscriptions no longer covered are removed, publishes outside them refused.
+pub async fn update_scopes(
+    store: &dyn Store,
+    id: &str,
+    scopes: KeyScopes,
+) -> Result<ApiKey, AdminError> {
+    validate_scopes(&scopes)?;
+    let (mut stored, version) = load(store, id).await?;
+    let mut key = stored.key.clone().unwrap_or_default();
+    if key.revoked {
+        return Err(AdminError::invalid(
+            "id",
+            format!("key {id} is revoked; create a new one"),
+        ));
+    }
+    key.scopes = Some(scopes);
+    stored.key = Some(key);
+    let record = key_key(id);
+    let txn = Txn::new()
+        .when(Compare::Version(record.clone(), version))
+        .then(Op::put(record.clone(), encode(&stored)));
+    if !store.txn(txn).await?.succeeded {
+        return Err(conflict(store, &record, &format!("key {id}"), version).await);
+    }
+    Ok(public(&stored, version + 1))
+}
+
 /// Revokes a key: every secret stops working as soon as gateways see the change.
 pub async fn revoke(store: &dyn Store, id: &str) -> Result<ApiKey, AdminError> {
     let (mut stored, version) = load(store, id).await?;

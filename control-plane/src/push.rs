@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::StreamExt;
+use nexus_proto::text::Escaped;
 use nexus_proto::v1::config_push_server::ConfigPush;
 use nexus_proto::v1::{
     ConfigSnapshot, EnforcedSchema, FederationPeer, GatewayInfo, GatewayReport,
@@ -331,7 +332,7 @@ impl ConfigPush for ConfigPushService {
             }))
             .await
             .map_err(AdminError::from)?;
-        tracing::info!(gateway = %info.id, region = %info.region, "gateway registered");
+        tracing::info!(gateway = %Escaped(&info.id), region = %Escaped(&info.region), "gateway registered");
 
         // Reports: heartbeats keep the lease alive; the stream ending removes the gateway.
         let done = CancellationToken::new();
@@ -347,7 +348,7 @@ impl ConfigPush for ConfigPushService {
                             kind: Some(Kind::Heartbeat(h)),
                         })) => {
                             if let Err(e) = store.keep_alive(lease).await {
-                                tracing::warn!(gateway = %info.id, error = %e, "lease renewal failed");
+                                tracing::warn!(gateway = %Escaped(&info.id), error = %e, "lease renewal failed");
                                 break;
                             }
                             if h.applied_version != info.config_version {
@@ -366,7 +367,7 @@ impl ConfigPush for ConfigPushService {
                     }
                 }
                 let _ = store.revoke_lease(lease).await;
-                tracing::info!(gateway = %info.id, "gateway disconnected; registration removed");
+                tracing::info!(gateway = %Escaped(&info.id), "gateway disconnected; registration removed");
                 done.cancel();
             });
         }

@@ -212,26 +212,54 @@ async fn user_and_password() {
     // Turn on etcd's users: root (needed before auth_enable) and nexus with a role on
     // everything.
     {
-        let opts = etcd_client::ConnectOptions::new().with_tls(
-            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(
+        use nexus_control_plane::store::etcd_api::authpb::{Permission, permission::Type};
+        use nexus_control_plane::store::etcd_api::etcdserverpb as pb;
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        let channel = Endpoint::from_shared(etcd.endpoint.clone())
+            .unwrap()
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
                 std::fs::read(pki.path("ca.pem")).unwrap(),
-            )),
-        );
-        let mut c = etcd_client::Client::connect(endpoints(&etcd), Some(opts))
+            )))
+            .unwrap()
+            .connect()
             .await
             .unwrap();
-        c.user_add("root", "root-pw", None).await.unwrap();
-        c.user_grant_role("root", "root").await.unwrap();
-        c.user_add("nexus", "s3cret", None).await.unwrap();
-        c.role_add("nexus").await.unwrap();
-        c.role_grant_permission(
-            "nexus",
-            etcd_client::Permission::read_write("/").with_from_key(),
-        )
+        let mut c = pb::auth_client::AuthClient::new(channel);
+        let user = |name: &str, password: &str| pb::AuthUserAddRequest {
+            name: name.into(),
+            password: password.into(),
+            ..Default::default()
+        };
+        c.user_add(user("root", "root-pw")).await.unwrap();
+        c.user_grant_role(pb::AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        })
         .await
         .unwrap();
-        c.user_grant_role("nexus", "nexus").await.unwrap();
-        c.auth_enable().await.unwrap();
+        c.user_add(user("nexus", "s3cret")).await.unwrap();
+        c.role_add(pb::AuthRoleAddRequest {
+            name: "nexus".into(),
+        })
+        .await
+        .unwrap();
+        c.role_grant_permission(pb::AuthRoleGrantPermissionRequest {
+            name: "nexus".into(),
+            perm: Some(Permission {
+                perm_type: Type::Readwrite as i32,
+                key: b"/".to_vec(),
+                range_end: vec![0],
+            }),
+        })
+        .await
+        .unwrap();
+        c.user_grant_role(pb::AuthUserGrantRoleRequest {
+            user: "nexus".into(),
+            role: "nexus".into(),
+        })
+        .await
+        .unwrap();
+        c.auth_enable(pb::AuthEnableRequest {}).await.unwrap();
     }
     let user = |password: &str| EtcdAccess {
         user: Some(("nexus".into(), password.into())),

@@ -137,6 +137,22 @@ pub struct LimitsConfig {
     pub max_pending_requests: u32,
     /// Most open streams per session.
     pub max_streams: u32,
+    /// How long a session may take to send its Hello before it is closed.
+    pub hello_timeout_ms: u64,
+    /// Sessions open without a completed Hello, in all (they never count against
+    /// `max_connections`, so they cannot lock out keyed clients).
+    pub max_unauthenticated: u32,
+    /// Sessions open without a completed Hello from one address (IPv6: one /64).
+    pub max_unauthenticated_per_address: u32,
+    /// TCP connections open on the adapter listener, in all.
+    pub max_transport_connections: u32,
+    /// TCP connections open from one address (IPv6: one /64).
+    pub max_transport_connections_per_address: u32,
+    /// A TCP connection with no gRPC call open for this long is closed.
+    pub idle_connection_timeout_ms: u64,
+    /// Most concurrent gRPC calls (sessions and unary calls) on one connection (HTTP/2
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_calls_per_connection: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +211,13 @@ impl Default for LimitsConfig {
             max_connections: 10_000,
             max_pending_requests: 10_000,
             max_streams: 1_000,
+            hello_timeout_ms: 5_000,
+            max_unauthenticated: 1_024,
+            max_unauthenticated_per_address: 128,
+            max_transport_connections: 12_000,
+            max_transport_connections_per_address: 1_000,
+            idle_connection_timeout_ms: 30_000,
+            max_calls_per_connection: 1_000,
         }
     }
 }
@@ -266,6 +289,14 @@ impl GatewayConfig {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.hello_timeout_ms)
+    }
+
+    pub fn idle_connection_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.idle_connection_timeout_ms)
     }
 
     pub fn shutdown_grace(&self) -> Duration {
@@ -356,6 +387,39 @@ impl GatewayConfig {
         }
         if l.max_streams == 0 {
             return invalid("limits.max_streams", "must be at least 1");
+        }
+        if l.hello_timeout_ms == 0 || l.hello_timeout_ms > 300_000 {
+            return invalid("limits.hello_timeout_ms", "must be between 1 and 300000");
+        }
+        if l.max_unauthenticated == 0 {
+            return invalid("limits.max_unauthenticated", "must be at least 1");
+        }
+        if l.max_unauthenticated_per_address == 0 {
+            return invalid(
+                "limits.max_unauthenticated_per_address",
+                "must be at least 1",
+            );
+        }
+        if l.max_transport_connections == 0 {
+            return invalid("limits.max_transport_connections", "must be at least 1");
+        }
+        if l.max_transport_connections_per_address == 0 {
+            return invalid(
+                "limits.max_transport_connections_per_address",
+                "must be at least 1",
+            );
+        }
+        if l.idle_connection_timeout_ms < l.hello_timeout_ms {
+            return invalid(
+                "limits.idle_connection_timeout_ms",
+                format!(
+                    "{} must be at least limits.hello_timeout_ms ({})",
+                    l.idle_connection_timeout_ms, l.hello_timeout_ms
+                ),
+            );
+        }
+        if l.max_calls_per_connection == 0 {
+            return invalid("limits.max_calls_per_connection", "must be at least 1");
         }
         let s = &self.slow_consumer;
         if s.max_pending_bytes < l.max_payload + 1024 {
@@ -453,5 +517,38 @@ mod tests {
                 .to_string()
                 .contains("slow_consumer.max_pending_bytes")
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)
+        ))]
+
+        /// Any config file text: parsed and validated, or an error naming the problem; never
+        /// a panic. Lines are drawn from real keys with arbitrary values so that validation
+        /// is reached, not only the TOML parser.
+        #[test]
+        fn config_files_never_panic(
+            lines in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "region", "listen", "max_payload", "max_subscriptions", "max_connections",
+                        "hello_timeout_ms", "idle_connection_timeout_ms", "max_unauthenticated",
+                        "policy", "max_pending_bytes", "max_wait_ms", "[limits]",
+                        "[slow_consumer]", "[balancer]", "latency_factor", "decay_ms",
+                    ]),
+                    "[ -~]{0,24}",
+                ),
+                0..8,
+            )
+        ) {
+            let text: String = lines
+                .iter()
+                .map(|(k, v)| if k.starts_with('[') { format!("{k}\n") } else { format!("{k} = {v}\n") })
+                .collect();
+            if let Ok(c) = GatewayConfig::from_toml(&text) {
+                let _ = c.validate();
+            }
+        }
     }
 }

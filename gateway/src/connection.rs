@@ -32,6 +32,9 @@ pub struct Connection {
     next_stream_id: AtomicU64,
     /// What the session's API key allows; `None` when authentication is off.
     pub grant: ArcSwapOption<Grant>,
+    /// Notified when `grant` changed (new scopes), for the session to re-check its
+    /// subscriptions.
+    pub grant_changed: tokio::sync::Notify,
 }
 
 /// Stream ids the gateway assigns have the top bit set, so they never collide with the ids
@@ -49,6 +52,7 @@ impl Connection {
             last_slow_notice_ms: AtomicU64::new(0),
             next_stream_id: AtomicU64::new(0),
             grant: ArcSwapOption::empty(),
+            grant_changed: tokio::sync::Notify::new(),
         }
     }
 

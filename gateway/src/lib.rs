@@ -10,10 +10,15 @@
 //! 4. Each delivery is queued on the target session's [`outbound`] queue, bounded in bytes,
 //!    where the slow-consumer policy applies; its response stream batches frames out.
 //!
+//! Before step 1, [`transport`] admits TCP connections within per-address budgets and closes
+//! idle ones, and [`admission`] keeps sessions that have not sent their Hello in a budget of
+//! their own, so that anonymous peers cannot lock out keyed clients.
+//!
 //! [`metrics`] holds the Prometheus series, [`http`] serves them and the JSON [`status`], [`trace`] carries W3C
 //! trace context in message headers, [`server`] starts and gracefully stops it all.
 //! The subject table and balancer are sans-I/O: plain data structures with injected time.
 
+pub mod admission;
 pub mod balancer;
 pub mod config;
 pub mod connection;
@@ -31,6 +36,7 @@ pub mod status;
 pub mod streams;
 pub mod subject_table;
 pub mod trace;
+pub mod transport;
 
 /// Subject syntax lives with the protocol (`nexus-proto`), shared with the control plane.
 pub use nexus_proto::subject;
@@ -43,5 +49,14 @@ pub fn policy_now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+/// Milliseconds on a monotonic clock (tokio's, so paused-time tests control it), for rate
+/// limits of log lines and similar bookkeeping.
+pub fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(tokio::time::Instant::now);
+    tokio::time::Instant::now()
+        .saturating_duration_since(start)
+        .as_millis() as u64
 }
 pub use server::{RunningGateway, ServerError, start};

@@ -94,6 +94,30 @@ label_enum! {
 }
 
 label_enum! {
+    /// Why a connection or session was refused (or closed) before it authenticated.
+    AdmissionRefusal {
+        /// `limits.max_transport_connections` TCP connections were open.
+        TransportTotal => "transport_total",
+        /// The peer's address had `limits.max_transport_connections_per_address` open.
+        TransportPerAddress => "transport_per_address",
+        /// `limits.max_unauthenticated` sessions were waiting for their Hello: the one that
+        /// had waited longest was closed to make room.
+        UnauthenticatedEvicted => "unauthenticated_evicted",
+        /// The peer's address had `limits.max_unauthenticated_per_address` sessions waiting.
+        UnauthenticatedPerAddress => "unauthenticated_per_address",
+        /// A session sent no Hello within `limits.hello_timeout_ms`.
+        HelloTimeout => "hello_timeout",
+        /// A connection had no call open for `limits.idle_connection_timeout_ms`.
+        IdleConnection => "idle_connection"
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    pub reason: AdmissionRefusal,
+}
+
+label_enum! {
     SchemaAction { Warned => "warned", Rejected => "rejected" }
 }
 
@@ -134,6 +158,11 @@ pub struct GatewayMetrics {
     pub balancer_ejections: Family<EjectionLabels, Counter>,
     pub slow_consumer: Family<SlowConsumerLabels, Counter>,
     pub limit_violations: Family<LimitLabels, Counter>,
+    pub admission_refusals: Family<AdmissionLabels, Counter>,
+    /// Sessions open that have not completed Hello.
+    pub unauthenticated_sessions: Gauge,
+    /// TCP connections open on the adapter listener.
+    pub transport_connections: Gauge,
     pub protocol_errors: Counter,
     /// Batches (gRPC messages) received on adapter sessions: against `messages` it shows how
     /// many frames adapters put in each batch.
@@ -173,6 +202,9 @@ impl GatewayMetrics {
             balancer_ejections: Family::default(),
             slow_consumer: Family::default(),
             limit_violations: Family::default(),
+            admission_refusals: Family::default(),
+            unauthenticated_sessions: Gauge::default(),
+            transport_connections: Gauge::default(),
             protocol_errors: Counter::default(),
             batches_received: Counter::default(),
             late_replies: Counter::default(),
@@ -239,6 +271,21 @@ impl GatewayMetrics {
             "limit_violations",
             "Frames or calls refused because they exceeded a configured limit",
             m.limit_violations.clone(),
+        );
+        registry.register(
+            "admission_refusals",
+            "Connections and sessions refused or closed before authenticating, by reason",
+            m.admission_refusals.clone(),
+        );
+        registry.register(
+            "unauthenticated_sessions",
+            "Sessions open that have not completed Hello",
+            m.unauthenticated_sessions.clone(),
+        );
+        registry.register(
+            "transport_connections",
+            "TCP connections open on the adapter listener",
+            m.transport_connections.clone(),
         );
         registry.register(
             "session_batches_received",
@@ -324,6 +371,12 @@ impl GatewayMetrics {
         if self.attached.0.set(collector).is_err() {
             tracing::warn!("a second set of metrics was attached to the gateway; ignoring it");
         }
+    }
+
+    pub fn admission_refused(&self, reason: AdmissionRefusal) {
+        self.admission_refusals
+            .get_or_create(&AdmissionLabels { reason })
+            .inc();
     }
 
     pub fn limit(&self, limit: Limit) {

@@ -10,7 +10,10 @@
 //! Control frames (acks, errors, pongs, stream credit and close) are never subject to the
 //! slow-consumer policy, since losing one would break the protocol; they bypass the byte
 //! budget, but a session may have at most `MAX_CONTROL_FRAMES` of them queued, after which it
-//! is closed as a slow consumer. So every kind of frame is bounded.
+//! is closed as a slow consumer. So every kind of frame is bounded. The session's own answers
+//! (acks, pongs, errors) never get there while the adapter reads: past `CONTROL_HIGH_WATER`
+//! the session stops reading input until the adapter has read some (`control_room`), and
+//! only an adapter that reads nothing for `max_wait_ms` is cut off.
 //!
 //! Returning the frame by value in `EnqueueError::Full` lets the caller retry without
 //! cloning or boxing on the hot path, hence the allowed large error type.
@@ -26,7 +29,7 @@ use std::time::Duration;
 use futures::Stream;
 use nexus_proto::v1::{Batch, Frame};
 use parking_lot::Mutex;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
@@ -38,6 +41,10 @@ const MAX_BATCH_FRAMES: usize = 512;
 const MAX_BATCH_BYTES: u32 = 512 * 1024;
 /// Most control frames queued for one session; see the module docs.
 pub const MAX_CONTROL_FRAMES: u32 = 65_536;
+/// Control frames queued at which the session stops reading its input until its adapter has
+/// read some of them ([`Outbound::control_room`]), so answering a client that reads never
+/// reaches `MAX_CONTROL_FRAMES`.
+pub const CONTROL_HIGH_WATER: u32 = MAX_CONTROL_FRAMES / 2;
 
 struct Queued {
     frame: Frame,
@@ -64,6 +71,8 @@ pub struct Outbound {
     closed: CancellationToken,
     close_status: Arc<Mutex<Option<Status>>>,
     flush_on_close: Arc<std::sync::atomic::AtomicBool>,
+    /// Notified whenever the response stream takes frames from the queue.
+    drained: Arc<Notify>,
 }
 
 impl Outbound {
@@ -76,7 +85,9 @@ impl Outbound {
         let closed = CancellationToken::new();
         let close_status = Arc::new(Mutex::new(None));
         let flush_on_close = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drained = Arc::new(Notify::new());
         let stream = OutboundStream {
+            drained: drained.clone(),
             rx,
             budget: budget.clone(),
             queued_frames: queued_frames.clone(),
@@ -96,6 +107,7 @@ impl Outbound {
                 closed,
                 close_status,
                 flush_on_close,
+                drained,
             },
             stream,
         )
@@ -127,6 +139,39 @@ impl Outbound {
             return false;
         }
         true
+    }
+
+    /// Control frames queued and not yet handed to the transport.
+    pub fn control_queued(&self) -> u32 {
+        self.queued_control.load(Ordering::Relaxed)
+    }
+
+    /// Waits while `CONTROL_HIGH_WATER` or more control frames are queued, as long as the
+    /// adapter keeps reading: returns false (having closed the session as a slow consumer)
+    /// only when nothing was taken from the queue for `max_wait`, and at once if the session
+    /// is closed.
+    pub async fn control_room(&self, max_wait: Duration) -> bool {
+        loop {
+            let drained = self.drained.notified();
+            if self.closed.is_cancelled() {
+                return false;
+            }
+            let queued = self.queued_control.load(Ordering::Relaxed);
+            if queued < CONTROL_HIGH_WATER {
+                return true;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = self.closed.cancelled() => return false,
+                _ = tokio::time::sleep(max_wait) => {
+                    self.close(Some(Status::resource_exhausted(format!(
+                        "slow consumer: {queued} acks, errors and other control frames answering this session were queued and none was read for {} ms",
+                        max_wait.as_millis()
+                    ))));
+                    return false;
+                }
+            }
+        }
     }
 
     /// Frames queued and not yet handed to the transport; the balancer adds it to a member's
@@ -219,6 +264,7 @@ pub struct OutboundStream {
     close_status: Arc<Mutex<Option<Status>>>,
     flush_on_close: Arc<std::sync::atomic::AtomicBool>,
     finished: bool,
+    drained: Arc<Notify>,
 }
 
 impl OutboundStream {
@@ -258,6 +304,7 @@ impl OutboundStream {
             // giving the budget back here keeps at most one batch per session outside
             // the bound.
             self.budget.add_permits(released);
+            self.drained.notify_one();
         }
         (frames, ended)
     }
@@ -351,6 +398,29 @@ mod tests {
         assert!(out.is_closed());
         let err = stream.next().await.unwrap().unwrap_err();
         assert!(err.message().contains("slow consumer"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn control_room_waits_while_the_adapter_reads_and_cuts_one_that_does_not() {
+        let (out, mut stream) = Outbound::new(100);
+        for i in 0..CONTROL_HIGH_WATER {
+            assert!(out.send_control(ping(i as u64)));
+        }
+        // The adapter reads: room comes back, the session goes on.
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stream.next().await.unwrap().unwrap();
+            stream
+        });
+        assert!(out.control_room(Duration::from_secs(2)).await);
+        assert!(out.control_queued() < CONTROL_HIGH_WATER);
+        let _stream = reader.await.unwrap();
+        // It stops reading: cut off after max_wait without progress.
+        while out.control_queued() < CONTROL_HIGH_WATER {
+            assert!(out.send_control(ping(0)));
+        }
+        assert!(!out.control_room(Duration::from_secs(2)).await);
+        assert!(out.is_closed());
     }
 
     #[tokio::test]

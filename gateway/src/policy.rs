@@ -21,6 +21,10 @@ pub struct Grant {
     pub key_name: String,
     pub publish: Vec<String>,
     pub subscribe: Vec<String>,
+    /// The stored hash of the secret the session presented (the key's current one, or the
+    /// previous one during a rotation's overlap), so that a session opened with a secret that
+    /// a rotation retired is closed when the overlap ends.
+    pub secret_sha256: bytes::Bytes,
 }
 
 impl Grant {
@@ -48,6 +52,10 @@ pub enum AuthError {
     Expired(String),
     #[error("wrong secret for API key {0}")]
     WrongSecret(String),
+    #[error(
+        "API key {0} was rotated and the secret this session presented was retired when the rotation's overlap ended"
+    )]
+    SecretRetired(String),
 }
 
 /// A schema enforced on one subject.
@@ -137,7 +145,12 @@ impl Policy {
         if !(current || previous) {
             return Err(AuthError::WrongSecret(id.into()));
         }
-        Ok(grant_of(stored))
+        let used = if current {
+            &stored.secret_sha256
+        } else {
+            &stored.previous_secret_sha256
+        };
+        Ok(grant_of(stored, used.clone()))
     }
 
     fn valid_key(&self, id: &str, now_ms: i64) -> Result<&StoredKey, AuthError> {
@@ -160,12 +173,26 @@ impl Policy {
 
     /// For a session authenticated earlier: its current grant (scopes may have changed),
     /// or why it must end now (revoked, expired, deleted).
-    pub fn recheck(&self, key_id: &str, now_ms: i64) -> Result<Arc<Grant>, AuthError> {
-        self.valid_key(key_id, now_ms).map(grant_of)
+    /// Also ends a session whose secret a rotation retired: it presented the previous
+    /// secret and the overlap (`previous_valid_until_ms`) is over, or the key was rotated again.
+    pub fn recheck(&self, grant: &Grant, now_ms: i64) -> Result<Arc<Grant>, AuthError> {
+        let stored = self.valid_key(&grant.key_id, now_ms)?;
+        let used = &grant.secret_sha256;
+        let current = stored.secret_sha256 == *used;
+        let previous = !current
+            && stored.previous_secret_sha256 == *used
+            && stored
+                .key
+                .as_ref()
+                .is_some_and(|k| now_ms < k.previous_valid_until_ms);
+        if !(current || previous) {
+            return Err(AuthError::SecretRetired(grant.key_id.clone()));
+        }
+        Ok(grant_of(stored, used.clone()))
     }
 }
 
-fn grant_of(stored: &StoredKey) -> Arc<Grant> {
+fn grant_of(stored: &StoredKey, secret_sha256: bytes::Bytes) -> Arc<Grant> {
     let key = stored.key.clone().unwrap_or_default();
     let scopes = key.scopes.unwrap_or_default();
     Arc::new(Grant {
@@ -173,6 +200,7 @@ fn grant_of(stored: &StoredKey) -> Arc<Grant> {
         key_name: key.name,
         publish: scopes.publish,
         subscribe: scopes.subscribe,
+        secret_sha256,
     })
 }
 

@@ -263,10 +263,12 @@ impl Router {
             let Some(grant) = conn.grant.load_full() else {
                 return false;
             };
-            match policy.recheck(&grant.key_id, now_ms) {
+            match policy.recheck(&grant, now_ms) {
                 Ok(fresh) => {
                     if *fresh != *grant {
                         conn.grant.store(Some(fresh));
+                        // The session drops subscriptions its key no longer allows.
+                        conn.grant_changed.notify_one();
                     }
                     true
                 }
@@ -608,11 +610,17 @@ impl Router {
         });
     }
 
+    /// Queues a message for each of `scratch`'s members. Under `backpressure`, the members
+    /// whose budget is full are waited for *together*, after the others were served: one
+    /// publish is delayed by at most `slow_consumer.max_wait_ms` however many subscribers are
+    /// slow (waiting for them one after another made ten non-reading subscribers freeze a
+    /// publisher for ten times that), and each one still full then is disconnected.
     async fn deliver_to(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
         let payload_len = msg.payload.len();
         let size = message_size(&msg.subject, &msg.reply_to, &msg.headers, payload_len);
         let mut msg = Some(msg);
         let mut delivered = 0;
+        let mut full: Vec<(Arc<Connection>, Frame, u32)> = Vec::new();
         let count = scratch.len();
         for (i, member) in scratch.drain(..).enumerate() {
             let m = if i + 1 == count {
@@ -638,16 +646,59 @@ impl Router {
                     deadline_ms: 0,
                 }
             };
-            if self
-                .deliver(&member.conn, frame(Kind::Msg(m)), size, Some(member.sid))
-                .await
-            {
-                self.metrics
-                    .traffic(Pattern::Pub, Direction::Out, payload_len);
-                delivered += 1;
+            match self.offer_frame(&member.conn, frame(Kind::Msg(m)), size, Some(member.sid)) {
+                Offer::Queued => {
+                    self.metrics
+                        .traffic(Pattern::Pub, Direction::Out, payload_len);
+                    delivered += 1;
+                }
+                Offer::Refused => {}
+                Offer::Wait(frame, cost) => full.push((member.conn.clone(), frame, cost)),
+            }
+        }
+        if !full.is_empty() {
+            let waits = full.into_iter().map(|(conn, frame, cost)| async move {
+                self.wait_or_disconnect(&conn, frame, cost).await
+            });
+            for queued in futures::future::join_all(waits).await {
+                if queued {
+                    self.metrics
+                        .traffic(Pattern::Pub, Direction::Out, payload_len);
+                    delivered += 1;
+                }
             }
         }
         delivered
+    }
+
+    /// Queues a message if its receiver's budget has room, else applies the slow-consumer
+    /// policy without waiting: `Wait` hands the frame back when the policy is
+    /// `backpressure`, for the caller to wait for room.
+    fn offer_frame(
+        &self,
+        conn: &Arc<Connection>,
+        frame: Frame,
+        size: usize,
+        sid: Option<u64>,
+    ) -> Offer {
+        let cost = conn.outbound.cost(size);
+        let frame = match conn.outbound.try_send(frame, cost) {
+            Ok(()) => return Offer::Queued,
+            Err(EnqueueError::Closed) => return Offer::Refused,
+            Err(EnqueueError::Full(frame)) => frame,
+        };
+        match self.cfg.slow_consumer.policy {
+            SlowConsumerPolicy::Drop => {
+                self.slow_consumer_event(SlowConsumerAction::Dropped);
+                self.notify_slow_consumer(conn, sid.unwrap_or(0));
+                Offer::Refused
+            }
+            SlowConsumerPolicy::Disconnect => {
+                self.disconnect_slow_consumer(conn);
+                Offer::Refused
+            }
+            SlowConsumerPolicy::Backpressure => Offer::Wait(frame, cost),
+        }
     }
 
     /// Queues a message for a subscriber, applying the slow-consumer policy when its budget
@@ -659,23 +710,10 @@ impl Router {
         size: usize,
         sid: Option<u64>,
     ) -> bool {
-        let cost = conn.outbound.cost(size);
-        let frame = match conn.outbound.try_send(frame, cost) {
-            Ok(()) => return true,
-            Err(EnqueueError::Closed) => return false,
-            Err(EnqueueError::Full(frame)) => frame,
-        };
-        match self.cfg.slow_consumer.policy {
-            SlowConsumerPolicy::Drop => {
-                self.slow_consumer_event(SlowConsumerAction::Dropped);
-                self.notify_slow_consumer(conn, sid.unwrap_or(0));
-                false
-            }
-            SlowConsumerPolicy::Disconnect => {
-                self.disconnect_slow_consumer(conn);
-                false
-            }
-            SlowConsumerPolicy::Backpressure => self.wait_or_disconnect(conn, frame, cost).await,
+        match self.offer_frame(conn, frame, size, sid) {
+            Offer::Queued => true,
+            Offer::Refused => false,
+            Offer::Wait(frame, cost) => self.wait_or_disconnect(conn, frame, cost).await,
         }
     }
 
@@ -719,7 +757,7 @@ impl Router {
             return;
         }
         self.slow_consumer_event(SlowConsumerAction::Disconnected);
-        tracing::warn!(conn = conn.id, name = %conn.name.lock(), "disconnecting slow consumer");
+        tracing::warn!(conn = conn.id, name = %nexus_proto::text::Escaped(&conn.name.lock()), "disconnecting slow consumer");
         conn.outbound.close(Some(tonic::Status::resource_exhausted(format!(
             "slow consumer: more than slow_consumer.max_pending_bytes ({} bytes) queued for this session for longer than {} ms (policy {})",
             self.cfg.slow_consumer.max_pending_bytes,
@@ -1049,4 +1087,13 @@ impl Router {
     pub fn stream_finished(&self, group: &Group, member: MemberId) {
         group.balancer.lock().cancel(member);
     }
+}
+/// What [`Router::offer_frame`] did with a message.
+enum Offer {
+    Queued,
+    /// Not queued: the session is closed, or the policy dropped it or cut the receiver off.
+    Refused,
+    /// The budget is full and the policy is `backpressure`: wait for room with this frame
+    /// and cost.
+    Wait(Frame, u32),
 }

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{AddressBudget, PendingSessions};
 use crate::config::GatewayConfig;
 use crate::metrics::GatewayMetrics;
 use crate::router::Router;
@@ -163,12 +164,27 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
     }
     let gateway_id: Arc<str> = cfg.gateway_id.as_str().into();
 
+    let limits = &cfg.limits;
     let service = GatewayService {
         router: router.clone(),
         gateway_id: gateway_id.clone(),
         connections: Arc::new(AtomicU32::new(0)),
+        unauthenticated: AddressBudget::new(u32::MAX, limits.max_unauthenticated_per_address),
+        pending: PendingSessions::new(limits.max_unauthenticated),
+        logs: Default::default(),
         close_all: close_all.clone(),
     };
+    let incoming = crate::transport::incoming(
+        grpc,
+        crate::transport::TransportLimits {
+            budget: AddressBudget::new(
+                limits.max_transport_connections,
+                limits.max_transport_connections_per_address,
+            ),
+            idle_timeout: cfg.idle_connection_timeout(),
+            metrics: router.metrics.clone(),
+        },
+    );
     // A batch may hold many frames; one frame may carry a max_payload payload.
     let max_message = (cfg.limits.max_payload as usize)
         .saturating_mul(2)
@@ -194,33 +210,28 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(cfg.limits.max_calls_per_connection))
         .add_service(grpc_service)
         .add_service(reflection);
     let grpc_task = match tls {
+        // TLS on top of the transport layer: connections are budgeted and timed out
+        // (transport.rs) before and during the handshake.
         Some(tls) => {
             tls.watch(
                 nexus_tls::reload::DEFAULT_RELOAD_INTERVAL,
                 close_all.clone(),
             );
-            let incoming =
-                nexus_tls::TlsListener::new(grpc, tls, close_all.clone()).map_err(|error| {
-                    ServerError::Bind {
-                        what: "gRPC listen",
-                        addr: cfg.listen,
-                        error,
-                    }
-                })?;
+            let incoming = nexus_tls::TlsListener::from_incoming(incoming, tls, close_all.clone());
             tokio::spawn(
                 server.serve_with_incoming_shutdown(incoming.into_stream(), async move {
                     grpc_stop.cancelled().await
                 }),
             )
         }
-        None => tokio::spawn(server.serve_with_incoming_shutdown(
-            // Small frames (acks, replies) must not wait on Nagle's algorithm.
-            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            async move { grpc_stop.cancelled().await },
-        )),
+        None => tokio::spawn(
+            server
+                .serve_with_incoming_shutdown(incoming, async move { grpc_stop.cancelled().await }),
+        ),
     };
 
     let task = {

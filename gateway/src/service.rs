@@ -1,6 +1,7 @@
 //! The tonic implementation of `nexus.v1.Gateway`: opens sessions and serves the unary
 //! `Publish` and `Request` calls over the same router.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,18 +13,28 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::admission::{
+    AddressBudget, AdmissionLogs, PendingEntry, PendingSessions, Refusal, Slot,
+};
 use crate::connection::Connection;
-use crate::metrics::{Direction, Limit, Pattern};
+use crate::metrics::{AdmissionRefusal, Direction, GatewayMetrics, Limit, Pattern};
 use crate::outbound::Outbound;
 use crate::router::{Delivery, RouteError, Router, Waiter};
 use crate::session::Session;
 use crate::subject::validate_subject;
 use crate::trace;
+use crate::transport::{Activity, ConnInfo};
 
 pub struct GatewayService {
     pub(crate) router: Arc<Router>,
     pub(crate) gateway_id: Arc<str>,
+    /// Sessions whose Hello was accepted (`limits.max_connections`).
     pub(crate) connections: Arc<AtomicU32>,
+    /// Sessions still waiting for their Hello, per address
+    /// (`limits.max_unauthenticated_per_address`) and in all (`limits.max_unauthenticated`).
+    pub(crate) unauthenticated: Arc<AddressBudget>,
+    pub(crate) pending: Arc<PendingSessions>,
+    pub(crate) logs: Arc<AdmissionLogs>,
     pub(crate) close_all: CancellationToken,
 }
 
@@ -36,6 +47,68 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// A session's place in the gateway's budgets: a slot of the unauthenticated budget until its
+/// Hello is accepted, then a `limits.max_connections` slot. Also keeps its transport
+/// connection from counting as idle. Everything is given back when the session ends.
+pub(crate) struct SessionAdmission {
+    pending: Option<(Slot, PendingEntry, Arc<GatewayMetrics>)>,
+    admitted: Option<ConnectionSlot>,
+    connections: Arc<AtomicU32>,
+    pub(crate) logs: Arc<AdmissionLogs>,
+    pub(crate) remote: Option<SocketAddr>,
+    _activity: Option<Activity>,
+}
+
+impl SessionAdmission {
+    /// See [`PendingEntry::mark_silent`].
+    pub(crate) fn mark_silent(&self) {
+        if let Some((_, entry, _)) = &self.pending {
+            entry.mark_silent();
+        }
+    }
+
+    /// Cancelled when newer sessions pushed this one out while it waited for its Hello.
+    pub(crate) fn evicted(&self) -> Option<CancellationToken> {
+        self.pending.as_ref().map(|(_, e, _)| e.evicted.clone())
+    }
+
+    /// Moves the session from the unauthenticated budget to `limits.max_connections` (its
+    /// Hello was accepted); `Err` names the limit when the gateway is full.
+    pub(crate) fn admit(&mut self, max: u32) -> Result<(), Status> {
+        if self.admitted.is_some() {
+            return Ok(());
+        }
+        if let Some((_, _, metrics)) = self.pending.take() {
+            metrics.unauthenticated_sessions.dec();
+        }
+        let admitted = self
+            .connections
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if !admitted {
+            return Err(max_connections_status(max));
+        }
+        self.admitted = Some(ConnectionSlot(self.connections.clone()));
+        Ok(())
+    }
+}
+
+impl Drop for SessionAdmission {
+    fn drop(&mut self) {
+        if let Some((_, _, metrics)) = self.pending.take() {
+            metrics.unauthenticated_sessions.dec();
+        }
+    }
+}
+
+fn max_connections_status(max: u32) -> Status {
+    Status::resource_exhausted(format!(
+        "limits.max_connections ({max}) sessions are already open on this gateway"
+    ))
 }
 
 fn status_for(code: i32, message: String) -> Status {
@@ -98,32 +171,85 @@ impl Gateway for GatewayService {
         if self.router.is_draining() {
             return Err(Status::unavailable("gateway is shutting down"));
         }
-        let max = self.router.config().limits.max_connections;
-        let admitted = self
-            .connections
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok();
-        if !admitted {
-            self.router.metrics.limit(Limit::MaxConnections);
-            return Err(Status::resource_exhausted(format!(
-                "limits.max_connections ({max}) sessions are already open on this gateway"
-            )));
+        let limits = &self.router.config().limits;
+        let metrics = &self.router.metrics;
+        // Refused early when full (checked again, atomically, when the Hello is accepted).
+        let max = limits.max_connections;
+        if self.connections.load(Ordering::SeqCst) >= max {
+            metrics.limit(Limit::MaxConnections);
+            if let Some(suppressed) = self.logs.max_connections.should_log(crate::monotonic_ms()) {
+                tracing::warn!(
+                    suppressed,
+                    "session refused: limits.max_connections ({max}) reached"
+                );
+            }
+            return Err(max_connections_status(max));
         }
-        let slot = ConnectionSlot(self.connections.clone());
+        let info = request.extensions().get::<ConnInfo>().cloned();
+        let remote = info.as_ref().map(|i| i.remote);
+        let ip = remote.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |r| r.ip());
+        let pending = match self.unauthenticated.try_acquire(ip) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                // The total is enforced by eviction (PendingSessions), not here.
+                let max = match refusal {
+                    Refusal::PerAddress { max } | Refusal::Total { max } => max,
+                };
+                metrics.admission_refused(AdmissionRefusal::UnauthenticatedPerAddress);
+                if let Some(suppressed) = self
+                    .logs
+                    .unauthenticated_per_address
+                    .should_log(crate::monotonic_ms())
+                {
+                    tracing::warn!(
+                        remote = ?remote,
+                        suppressed,
+                        "session refused: limits.max_unauthenticated_per_address ({max}) sessions from this address are waiting for their Hello"
+                    );
+                }
+                return Err(Status::resource_exhausted(format!(
+                    "limits.max_unauthenticated_per_address ({max}) sessions without a completed Hello are already open from this address; send Hello at once after opening a session"
+                )));
+            }
+        };
+        let (entry, evicted) = self.pending.enter();
+        if evicted {
+            metrics.admission_refused(AdmissionRefusal::UnauthenticatedEvicted);
+            if let Some(suppressed) = self
+                .logs
+                .unauthenticated_total
+                .should_log(crate::monotonic_ms())
+            {
+                tracing::warn!(
+                    suppressed,
+                    "limits.max_unauthenticated ({}) sessions are waiting for their Hello: closing the oldest",
+                    limits.max_unauthenticated
+                );
+            }
+        }
+        metrics.unauthenticated_sessions.inc();
+        let admission = SessionAdmission {
+            pending: Some((pending, entry, self.router.metrics.clone())),
+            admitted: None,
+            connections: self.connections.clone(),
+            logs: self.logs.clone(),
+            remote,
+            _activity: Activity::begin(info.as_ref()),
+        };
         let budget = self.router.config().slow_consumer.max_pending_bytes as u32;
         let (outbound, stream) = Outbound::new(budget);
         let conn = Arc::new(Connection::new(self.router.next_id(), outbound));
         self.router.metrics.connections.inc();
         self.router.metrics.connections_total.inc();
-        let session = Session::new(self.router.clone(), conn, self.gateway_id.clone());
+        let session = Session::new(
+            self.router.clone(),
+            conn,
+            self.gateway_id.clone(),
+            admission,
+        );
         let inbound = request.into_inner();
         let close_all = self.close_all.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            session.run(inbound, close_all).await;
-        });
+        tokio::spawn(session.run(inbound, close_all));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -131,6 +257,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
+        let _activity = Activity::begin(request.extensions().get::<ConnInfo>());
         let mut p = request.into_inner();
         self.check_unary(&p.api_key, &p.subject, &p.payload)?;
         self.router
@@ -169,6 +296,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<v1::RequestRequest>,
     ) -> Result<Response<v1::RequestResponse>, Status> {
+        let _activity = Activity::begin(request.extensions().get::<ConnInfo>());
         let mut r = request.into_inner();
         self.check_unary(&r.api_key, &r.subject, &r.payload)?;
         self.router

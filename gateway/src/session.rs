@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use nexus_proto::ByteString;
+use nexus_proto::text::Escaped;
 use nexus_proto::v1::{self, ErrorCode, Frame, frame::Kind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,7 @@ use crate::connection::Connection;
 use crate::metrics::{Direction, Limit, Pattern};
 use crate::remote::{PublishOutcome, PublishReceipt};
 use crate::router::{Completion, Delivery, Member, Router, Subscription, Waiter, error, frame};
+use crate::service::SessionAdmission;
 use crate::subject::{self, validate_pattern, validate_subject};
 use crate::{streams, trace};
 
@@ -41,6 +43,15 @@ struct HeldPublish {
     delivery: Delivery,
     ack_id: u64,
     outcome: PublishOutcome,
+}
+
+/// Counts one Ack in flight until dropped (also when its task ends early).
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Waits until the oldest held publish may be delivered; whether it was stored.
@@ -66,6 +77,9 @@ pub struct Session {
     completions_rx: mpsc::UnboundedReceiver<Completion>,
     scratch: Vec<Arc<Member>>,
     held: VecDeque<HeldPublish>,
+    /// Durable publishes stored or being stored whose Ack has not been queued yet.
+    acks_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    admission: SessionAdmission,
 }
 
 /// What to do after a frame.
@@ -76,7 +90,12 @@ enum Flow {
 }
 
 impl Session {
-    pub fn new(router: Arc<Router>, conn: Arc<Connection>, gateway_id: Arc<str>) -> Self {
+    pub(crate) fn new(
+        router: Arc<Router>,
+        conn: Arc<Connection>,
+        gateway_id: Arc<str>,
+        admission: SessionAdmission,
+    ) -> Self {
         let (completions_tx, completions_rx) = mpsc::unbounded_channel();
         Self {
             router,
@@ -91,6 +110,8 @@ impl Session {
             completions_rx,
             scratch: Vec::new(),
             held: VecDeque::new(),
+            acks_in_flight: Arc::default(),
+            admission,
         }
     }
 
@@ -98,11 +119,37 @@ impl Session {
     /// `close_all` fires at shutdown.
     pub async fn run(mut self, mut inbound: Streaming<v1::Batch>, close_all: CancellationToken) {
         let conn = self.conn.clone();
+        let hello_timeout = self.router.config().hello_timeout();
+        let hello_deadline = tokio::time::sleep(hello_timeout);
+        tokio::pin!(hello_deadline);
+        let evicted = self.admission.evicted().unwrap_or_default();
+        // A session that has sent nothing by the time it first runs becomes a candidate for
+        // eviction (see `admission::PendingSessions`); one whose Hello is already here is
+        // admitted before newer sessions can push it out.
+        let first = inbound.next().now_or_never();
+        if first.is_none() {
+            self.admission.mark_silent();
+        }
+        if let Some(item) = first
+            && let Err(outcome) = self.on_input(item).await
+        {
+            return self.finish(outcome);
+        }
         let outcome: Option<Status> = loop {
             tokio::select! {
                 biased;
                 _ = conn.outbound.closed() => break None,
+                _ = &mut hello_deadline, if !self.hello => {
+                    break Some(self.hello_timed_out(hello_timeout));
+                }
+                _ = evicted.cancelled(), if !self.hello => {
+                    break Some(Status::resource_exhausted(format!(
+                        "limits.max_unauthenticated ({}) sessions were waiting for their Hello; this one had waited longest and was closed",
+                        self.router.config().limits.max_unauthenticated
+                    )));
+                }
                 _ = close_all.cancelled() => {
+                    self.settle_publishes().await;
                     self.send_control(Kind::Error(error(
                         ErrorCode::Unavailable,
                         "gateway is shutting down",
@@ -114,6 +161,7 @@ impl Session {
                     )));
                     break None;
                 }
+                _ = conn.grant_changed.notified() => self.drop_disallowed_subscriptions(),
                 Some(done) = self.completions_rx.recv() => self.on_completion(done).await,
                 stored = oldest_stored(&mut self.held), if !self.held.is_empty() => {
                     self.release_oldest(stored).await;
@@ -125,43 +173,87 @@ impl Session {
                         // The completion comes back through the channel with the req_id.
                     }
                 }
-                batch = inbound.next() => match batch {
-                    Some(Ok(batch)) => {
-                        self.router.metrics.batches_received.inc();
-                        let mut close = None;
-                        for f in batch.frames {
-                            if let Flow::Close(status) = self.on_frame(f).await {
-                                close = Some(status);
-                                break;
-                            }
-                        }
-                        if let Some(status) = close {
-                            break Some(status);
-                        }
+                batch = inbound.next() => {
+                    if let Err(outcome) = self.on_input(batch).await {
+                        break outcome;
                     }
-                    Some(Err(status)) => {
-                        tracing::debug!(conn = conn.id, %status, "session stream failed");
-                        // Usually the adapter is gone; if it is still there (a message over
-                        // the transport limit, say) it learns why its session ended.
-                        let message = if status.code() == tonic::Code::OutOfRange {
-                            format!(
-                                "session input refused: {} (the gateway's gRPC message limit is 2 x limits.max_payload, at least 4 MiB, plus 64 KiB)",
-                                status.message()
-                            )
-                        } else {
-                            format!("session input failed: {}", status.message())
-                        };
-                        let code = match status.code() {
-                            tonic::Code::OutOfRange => tonic::Code::ResourceExhausted,
-                            code => code,
-                        };
-                        break Some(Status::new(code, message));
-                    }
-                    None => break None,
-                },
+                }
             }
         };
         self.finish(outcome);
+    }
+
+    /// At shutdown: every publish this session already sent is stored and acknowledged (or
+    /// refused) before the session closes, within the shutdown grace. An adapter that lost
+    /// an Ack would retry the publish on another gateway, which does not know its id yet, and
+    /// the message would exist twice.
+    async fn settle_publishes(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.router.config().shutdown_grace();
+        while !self.held.is_empty() {
+            match tokio::time::timeout_at(deadline, oldest_stored(&mut self.held)).await {
+                Ok(stored) => self.release_oldest(stored).await,
+                Err(_) => break,
+            }
+        }
+        while self
+            .acks_in_flight
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Applies one item of the session's input; `Err` ends the session with that outcome.
+    async fn on_input(
+        &mut self,
+        batch: Option<Result<v1::Batch, Status>>,
+    ) -> Result<(), Option<Status>> {
+        let conn = self.conn.clone();
+        match batch {
+            Some(Ok(batch)) => {
+                self.router.metrics.batches_received.inc();
+                for f in batch.frames {
+                    // Answers pile up faster than a reading adapter takes them when one batch
+                    // holds many frames that are answered: stop reading until it caught up
+                    // (protocol.md §12.4), rather than cutting it off as a slow consumer.
+                    if conn.outbound.control_queued() >= crate::outbound::CONTROL_HIGH_WATER
+                        && !conn
+                            .outbound
+                            .control_room(Duration::from_millis(
+                                self.router.config().slow_consumer.max_wait_ms,
+                            ))
+                            .await
+                    {
+                        return Err(None);
+                    }
+                    if let Flow::Close(status) = self.on_frame(f).await {
+                        return Err(Some(status));
+                    }
+                }
+                Ok(())
+            }
+            Some(Err(status)) => {
+                tracing::debug!(conn = conn.id, %status, "session stream failed");
+                // Usually the adapter is gone; if it is still there (a message over
+                // the transport limit, say) it learns why its session ended.
+                let message = if status.code() == tonic::Code::OutOfRange {
+                    format!(
+                        "session input refused: {} (the gateway's gRPC message limit is 2 x limits.max_payload, at least 4 MiB, plus 64 KiB)",
+                        status.message()
+                    )
+                } else {
+                    format!("session input failed: {}", status.message())
+                };
+                let code = match status.code() {
+                    tonic::Code::OutOfRange => tonic::Code::ResourceExhausted,
+                    code => code,
+                };
+                Err(Some(Status::new(code, message)))
+            }
+            None => Err(None),
+        }
     }
 
     fn finish(mut self, outcome: Option<Status>) {
@@ -196,6 +288,59 @@ impl Session {
         // Late completions for requests cancelled above are dropped with the receiver.
         self.completions_rx.close();
         tracing::debug!(conn = self.conn.id, "session ended");
+    }
+
+    /// The key's scopes changed: subscriptions they no longer cover are removed, each with
+    /// an `Error{DENIED, ref_id: sid}` naming the key and its scopes.
+    fn drop_disallowed_subscriptions(&mut self) {
+        let grant = self.conn.grant.load_full();
+        let Some(grant) = grant else { return };
+        let denied: Vec<u64> = self
+            .subs
+            .iter()
+            .filter(|(_, sub)| !grant.may_subscribe(&sub.group.pattern))
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in denied {
+            let Some(sub) = self.subs.remove(&sid) else {
+                continue;
+            };
+            self.router.unsubscribe(&sub);
+            self.send_control(Kind::Error(error(
+                ErrorCode::Denied,
+                format!(
+                    "subscription {sid} to {:?} was removed: API key {} may no longer subscribe to it (its subscribe scopes: {})",
+                    sub.group.pattern,
+                    grant.key_id,
+                    grant.subscribe.join(", ")
+                ),
+                sid,
+            )));
+        }
+    }
+
+    /// The session sent no Hello in time: counted, logged (at most once a second) and closed.
+    fn hello_timed_out(&self, timeout: Duration) -> Status {
+        self.router
+            .metrics
+            .admission_refused(crate::metrics::AdmissionRefusal::HelloTimeout);
+        if let Some(suppressed) = self
+            .admission
+            .logs
+            .hello_timeout
+            .should_log(crate::monotonic_ms())
+        {
+            tracing::warn!(
+                conn = self.conn.id,
+                remote = ?self.admission.remote,
+                suppressed,
+                "session closed: no Hello within limits.hello_timeout_ms"
+            );
+        }
+        Status::deadline_exceeded(format!(
+            "no Hello within {} ms of opening the session (limits.hello_timeout_ms)",
+            timeout.as_millis()
+        ))
     }
 
     /// Queues an ack, error, pong or similar; never dropped (see `Outbound::send_control`).
@@ -342,7 +487,7 @@ impl Session {
                 }
                 Err(e) => {
                     self.router.metrics.auth_failures.inc();
-                    tracing::info!(conn = self.conn.id, client = %h.client_name, reason = %e, "session refused");
+                    tracing::info!(conn = self.conn.id, client = %Escaped(&h.client_name), reason = %e, "session refused");
                     self.send_control(Kind::Error(error(ErrorCode::Denied, e.to_string(), 0)));
                     self.conn
                         .outbound
@@ -350,6 +495,19 @@ impl Session {
                     return Flow::Close(Status::unauthenticated(e.to_string()));
                 }
             }
+        }
+        if let Err(status) = self
+            .admission
+            .admit(self.router.config().limits.max_connections)
+        {
+            self.router.metrics.limit(Limit::MaxConnections);
+            self.send_control(Kind::Error(error(
+                ErrorCode::Limit,
+                status.message().to_string(),
+                0,
+            )));
+            self.conn.outbound.close_after_flush(Some(status.clone()));
+            return Flow::Close(status);
         }
         self.hello = true;
         *self.conn.name.lock() = if h.client_name.is_empty() {
@@ -359,9 +517,9 @@ impl Session {
         };
         tracing::debug!(
             conn = self.conn.id,
-            client = %h.client_name,
-            language = %h.language,
-            version = %h.version,
+            client = %Escaped(&h.client_name),
+            language = %Escaped(&h.language),
+            version = %Escaped(&h.version),
             "session hello"
         );
         let cfg = self.router.config();
@@ -582,7 +740,10 @@ impl Session {
             None => {}
             Some(receipt) => {
                 let conn = self.conn.clone();
+                let in_flight = self.acks_in_flight.clone();
+                in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 tokio::spawn(async move {
+                    let _counted = InFlight(in_flight);
                     let result = receipt.await.unwrap_or_else(|_| {
                         Err(error(ErrorCode::Unavailable, "gateway is shutting down", 0))
                     });

@@ -79,12 +79,7 @@ impl<U: Message + Default> Decoder for ExactSizeDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        let message = buf.copy_to_bytes(buf.remaining());
-        // As tonic-prost: a message that does not parse is an INTERNAL error
-        // (grpc/doc/statuscodes.md).
-        U::decode(message)
-            .map(Some)
-            .map_err(|e| Status::internal(e.to_string()))
+        decode_message(buf.copy_to_bytes(buf.remaining())).map(Some)
     }
 
     fn buffer_settings(&self) -> BufferSettings {
@@ -92,11 +87,29 @@ impl<U: Message + Default> Decoder for ExactSizeDecoder<U> {
     }
 }
 
+/// Decodes one whole message received from a peer.
+fn decode_message<U: Message + Default>(message: bytes::Bytes) -> Result<U, Status> {
+    // tonic-prost answers a message that does not parse (a string that is not UTF-8, a
+    // length past the end) with INTERNAL, which reads as the receiver's fault; the bytes the
+    // peer sent are what is wrong, so this says INVALID_ARGUMENT and names the problem.
+    U::decode(message).map_err(|e| Status::invalid_argument(format!("malformed message: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::v1::{Batch, Frame, Msg, frame::Kind};
     use bytes::Bytes;
+
+    /// A frame whose string is not UTF-8 is the sender's error: INVALID_ARGUMENT, not INTERNAL.
+    #[test]
+    fn undecodable_input_is_invalid_argument() {
+        // Batch.frames[0].pub.subject = 0xff 0xfe.
+        let wire: &[u8] = &[0x0a, 0x06, 0x2a, 0x04, 0x0a, 0x02, 0xff, 0xfe];
+        let err = decode_message::<Batch>(Bytes::from_static(wire)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(err.message().contains("UTF-8"), "{err}");
+    }
 
     /// The codec's bytes are prost's bytes.
     #[test]

@@ -24,6 +24,10 @@ pub enum SubjectError {
         "subject {subject:?} contains {ch:?}, which is not allowed (whitespace and control characters are not)"
     )]
     InvalidChar { subject: String, ch: char },
+    #[error(
+        "subject {subject:?} contains the invisible or bidirectional-control character U+{code:04X}, which is not allowed (two subjects must never look alike)"
+    )]
+    InvisibleChar { subject: String, code: u32 },
     #[error("subject {subject:?} contains a wildcard; wildcards are only allowed in subscriptions")]
     WildcardInPublish { subject: String },
     #[error("pattern {subject:?} has '>' before the last token")]
@@ -121,6 +125,12 @@ fn check(subject: &str, wildcards: bool) -> Result<(), SubjectError> {
                 ch,
             });
         }
+        if let Some(ch) = token.chars().find(|&c| is_invisible(c)) {
+            return Err(SubjectError::InvisibleChar {
+                subject: subject.to_owned(),
+                code: ch as u32,
+            });
+        }
         let has_wildcard = token.contains(['*', '>']);
         if !has_wildcard {
             continue;
@@ -147,6 +157,33 @@ fn check(subject: &str, wildcards: bool) -> Result<(), SubjectError> {
         }
     }
     Ok(())
+}
+
+/// Whether `c` renders as nothing or reorders the text around it: Unicode's
+/// `Default_Ignorable_Code_Point` set (zero-width spaces and joiners, bidi marks, embeddings,
+/// overrides and isolates, variation selectors, tag characters, fillers) as of Unicode 15.
+/// Such characters would let two different subjects (and key scopes) print identically.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x00AD
+            | 0x034F
+            | 0x061C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFF8
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
+    )
 }
 
 /// Whether literal `subject` matches `pattern` (`*` one token, trailing `>` one or more).
@@ -274,6 +311,8 @@ mod tests {
             "a\u{a0}b",
             "a\u{85}b",
             "a\u{2028}b",
+            "a\u{200b}b",
+            "a\u{202e}b",
             long.as_str(),
             too_long.as_str(),
         ];
@@ -292,6 +331,39 @@ mod tests {
                 assert!(full.is_ok(), "{case:?}");
             }
         }
+    }
+
+    #[test]
+    fn refuses_invisible_and_bidi_characters() {
+        for (s, code) in [
+            ("a\u{200b}.b", 0x200B),
+            ("orders.\u{202e}detaerc", 0x202E),
+            ("a\u{2066}b", 0x2066),
+            ("\u{feff}a", 0xFEFF),
+            ("a\u{ad}b", 0xAD),
+            ("a\u{e0041}", 0xE0041),
+        ] {
+            assert_eq!(
+                validate_subject(s),
+                Err(SubjectError::InvisibleChar {
+                    subject: s.to_owned(),
+                    code
+                }),
+                "{s:?}"
+            );
+            let pattern = format!("{s}.>");
+            assert!(
+                matches!(
+                    validate_pattern(&pattern),
+                    Err(SubjectError::InvisibleChar { .. })
+                ),
+                "{pattern:?}"
+            );
+        }
+        let e = validate_subject("a\u{202e}b").unwrap_err().to_string();
+        assert!(e.contains("U+202E"), "{e}");
+        // Visible non-ASCII text stays allowed.
+        validate_subject("caf\u{e9}.\u{65e5}\u{672c}").unwrap();
     }
 
     #[test]

@@ -268,6 +268,19 @@ enum KeysCmd {
     },
     /// Revoke a key at once.
     Revoke { id: String },
+    /// Replace a key's scopes; open sessions lose subscriptions no longer covered.
+    Scopes {
+        id: String,
+        /// Subject pattern the key may publish and request on; repeatable.
+        #[arg(long)]
+        publish: Vec<String>,
+        /// Subject pattern the key may subscribe and serve on; repeatable.
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// May use the Admin API.
+        #[arg(long)]
+        admin: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -409,6 +422,12 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
                     admin::keys_rotate(&mut a, &id, overlap, out).await?
                 }
                 KeysCmd::Revoke { id } => admin::keys_revoke(&mut a, &id, out).await?,
+                KeysCmd::Scopes {
+                    id,
+                    publish,
+                    subscribe,
+                    admin: is_admin,
+                } => admin::keys_scopes(&mut a, &id, publish, subscribe, is_admin, out).await?,
             }
         }
         Command::Regions(cmd) => {

@@ -771,6 +771,42 @@ pub async fn keys_revoke(c: &mut Admin, id: &str, output: Output) -> anyhow::Res
     Ok(())
 }
 
+pub async fn keys_scopes(
+    c: &mut Admin,
+    id: &str,
+    publish: Vec<String>,
+    subscribe: Vec<String>,
+    admin: bool,
+    output: Output,
+) -> anyhow::Result<()> {
+    let k = call(
+        c.update_key_scopes(UpdateKeyScopesRequest {
+            id: id.into(),
+            scopes: Some(KeyScopes {
+                publish,
+                subscribe,
+                admin,
+            }),
+        })
+        .await,
+    )?;
+    match output {
+        Output::Text => {
+            let s = k.scopes.clone().unwrap_or_default();
+            println!(
+                "key {} ({}) scopes: publish [{}], subscribe [{}]{}",
+                k.id,
+                k.name,
+                s.publish.join(", "),
+                s.subscribe.join(", "),
+                if s.admin { ", admin" } else { "" }
+            )
+        }
+        Output::Json => print_json(&key_json(&k)),
+    }
+    Ok(())
+}
+
 // === regions, gateways, topology ===
 
 pub async fn regions_list(c: &mut Admin, output: Output) -> anyhow::Result<()> {

@@ -50,7 +50,7 @@ use rustls::pki_types::pem::PemObject;
 async fn echo(config: Arc<ReloadingServerConfig>, stop: CancellationToken) -> std::net::SocketAddr {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut listener = TlsListener::new(tcp, config, stop).unwrap();
-    let addr = listener.local_addr();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         use axum::serve::Listener;
         loop {

@@ -13,6 +13,9 @@
 
 pub mod embedded;
 pub mod etcd;
+/// The generated etcd v3 client (public for tests that set etcd up, such as its users).
+#[doc(hidden)]
+pub mod etcd_api;
 
 use std::pin::Pin;
 use std::time::Duration;

@@ -417,7 +417,7 @@ impl LinkHandler for RegionRouter {
 /// not valid.
 fn delivery(region: &str, forward: Forward) -> Option<Delivery> {
     if nexus_proto::subject::validate_subject(&forward.subject).is_err() {
-        tracing::warn!(%region, subject = %forward.subject, "dropping a message with an invalid subject from another region");
+        tracing::warn!(%region, subject = %nexus_proto::text::Escaped(&forward.subject), "dropping a message with an invalid subject from another region");
         return None;
     }
     Some(Delivery {
