@@ -23,11 +23,24 @@ struct Regions {
 
 impl Regions {
     async fn start(regions: &[&str], gateways: usize) -> Self {
+        Self::start_on(regions, gateways, false).await
+    }
+
+    /// With the control plane's DNS, so clients find a region's gateways by SRV.
+    async fn start_with_dns(regions: &[&str], gateways: usize) -> Self {
+        Self::start_on(regions, gateways, true).await
+    }
+
+    async fn start_on(regions: &[&str], gateways: usize, dns: bool) -> Self {
         let certs = tempdir::Dir::new("cluster-certs");
         let ca = FederationCa::generate("test cluster CA").unwrap();
         std::fs::write(certs.0.join("ca.pem"), ca.cert_pem()).unwrap();
         let cp_dir = tempdir::Dir::new("cluster-cp");
-        let cp = ControlPlane::embedded(&cp_dir.0);
+        let cp = if dns {
+            ControlPlane::embedded_with_dns(&cp_dir.0, "2s")
+        } else {
+            ControlPlane::embedded(&cp_dir.0)
+        };
         let mut gws = HashMap::new();
         for region in regions {
             for n in 1..=gateways {
@@ -64,24 +77,63 @@ impl Regions {
             _cp_dir: cp_dir,
             _certs: certs,
         };
-        // Every gateway links to the other gateway of its region and to its home in the
-        // other region (and to those whose home it is).
-        for (id, gw) in &r.gws {
-            assert!(
-                eventually(Duration::from_secs(20), || {
-                    let st = status(gw);
-                    let cluster = st["cluster"].as_array().map_or(0, |c| c.len());
-                    let regions_up = st["links"]
-                        .as_array()
-                        .map_or(0, |l| l.iter().filter(|l| l["state"] == "up").count());
-                    cluster == gateways - 1 && regions_up == regions.len() - 1
-                })
-                .await,
-                "{id} did not link up: {}",
-                status(gw)
-            );
+        for id in r.gws.keys() {
+            r.linked(id, gateways, regions.len()).await;
         }
         r
+    }
+
+    /// Waits until `id` links to the other gateways of its region and to every other region.
+    async fn linked(&self, id: &str, gateways: usize, regions: usize) {
+        let gw = self.gw(id);
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                let st = status(gw);
+                let cluster = st["cluster"].as_array().map_or(0, |c| c.len());
+                let regions_up = st["links"]
+                    .as_array()
+                    .map_or(0, |l| l.iter().filter(|l| l["state"] == "up").count());
+                cluster == gateways - 1 && regions_up == regions - 1
+            })
+            .await,
+            "{id} did not link up: {}",
+            status(gw)
+        );
+    }
+
+    /// Applies the route `orders` (`orders.>`, broadcast, `async`) and waits until every
+    /// gateway has it.
+    async fn async_orders_route(&self) {
+        let dir = tempdir::Dir::new("cluster-route");
+        let route = dir.0.join("route.toml");
+        std::fs::write(
+            &route,
+            "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
+        )
+        .unwrap();
+        nexusctl(
+            &self.cp,
+            &["routes", "apply", "-f", route.to_str().unwrap()],
+        );
+        for (id, gw) in &self.gws {
+            assert!(
+                eventually(
+                    Duration::from_secs(10),
+                    || explain(gw, "orders.x")["federation"]["route"]["name"] == "orders"
+                )
+                .await,
+                "{id} never applied the route"
+            );
+        }
+    }
+
+    /// A client of `region` that finds its gateways through DNS SRV (default settings).
+    async fn srv_client(&self, region: &str) -> nexus_client::Client {
+        let dns = self.cp.dns.expect("started with DNS");
+        nexus_client::Client::builder(&format!("nexus+srv://{region}.nexus.local?dns={dns}"))
+            .connect()
+            .await
+            .expect("connect by SRV")
     }
 
     fn gw(&self, id: &str) -> &Gateway {
@@ -174,23 +226,7 @@ async fn a_region_of_two_gateways_is_one_region_to_its_users_and_to_the_other() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_messages_from_every_gateway_reach_every_subscriber_of_the_other_region_once() {
     let r = Regions::start(&["a", "b"], 2).await;
-    let dir = tempdir::Dir::new("cluster-route");
-    let route = dir.0.join("route.toml");
-    std::fs::write(
-        &route,
-        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
-    )
-    .unwrap();
-    nexusctl(&r.cp, &["routes", "apply", "-f", route.to_str().unwrap()]);
-    for id in ["a1", "a2", "b1", "b2"] {
-        assert!(
-            eventually(
-                Duration::from_secs(10),
-                || explain(r.gw(id), "orders.x")["federation"]["route"]["name"] == "orders"
-            )
-            .await
-        );
-    }
+    r.async_orders_route().await;
     let b1 = client(r.gw("b1")).await;
     let mut on_b1 = b1.subscribe("orders.>").await.unwrap();
     b1.flush().await.unwrap();
@@ -230,20 +266,7 @@ async fn async_messages_from_every_gateway_reach_every_subscriber_of_the_other_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_home_gateway_re_homes_within_a_second_and_async_messages_arrive_once() {
     let mut r = Regions::start(&["a", "b"], 3).await;
-    let dir = tempdir::Dir::new("cluster-route");
-    let route = dir.0.join("route.toml");
-    std::fs::write(
-        &route,
-        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
-    )
-    .unwrap();
-    nexusctl(&r.cp, &["routes", "apply", "-f", route.to_str().unwrap()]);
-    assert!(
-        eventually(Duration::from_secs(10), || explain(r.gw("a1"), "orders.x")
-            ["federation"]["route"]["name"]
-            == "orders")
-        .await
-    );
+    r.async_orders_route().await;
     // A subscriber on every gateway of b.
     let mut subs = HashMap::new();
     let mut clients = Vec::new();
@@ -324,20 +347,7 @@ fn pub_with_id(subject: &str, n: u64) -> nexus_proto::v1::Frame {
 async fn durable_publishes_reach_the_region_only_once_stored_so_retries_after_a_kill_deliver_nothing_twice()
  {
     let mut r = Regions::start(&["a", "b"], 2).await;
-    let dir = tempdir::Dir::new("cluster-route");
-    let route = dir.0.join("route.toml");
-    std::fs::write(
-        &route,
-        "name = \"orders\"\nsubjects = [\"orders.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
-    )
-    .unwrap();
-    nexusctl(&r.cp, &["routes", "apply", "-f", route.to_str().unwrap()]);
-    assert!(
-        eventually(Duration::from_secs(10), || explain(r.gw("a1"), "orders.x")
-            ["federation"]["route"]["name"]
-            == "orders")
-        .await
-    );
+    r.async_orders_route().await;
     // A subscriber on a2 (the publisher's gateway is a1) and one in region b.
     let a2 = client(r.gw("a2")).await;
     let mut on_a2 = a2.subscribe("orders.>").await.unwrap();
@@ -416,4 +426,323 @@ async fn durable_publishes_reach_the_region_only_once_stored_so_retries_after_a_
     // And nothing is missing: what a1 stored before dying reached a2 from its spool when a1
     // came back; the rest was published again by the retries.
     assert_eq!(seen.len() as u64, N, "messages that reached a2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_a_region_under_load_loses_nothing_and_shows_callers_no_error() {
+    let mut r = Regions::start_with_dns(&["a", "b"], 2).await;
+    r.async_orders_route().await;
+    let b = r.srv_client("b").await;
+    let mut on_b = b.subscribe("orders.>").await.unwrap();
+    b.flush().await.unwrap();
+    for id in ["a1", "a2"] {
+        wanted(r.gw(id), "orders.x", "b").await;
+    }
+
+    // Steady load: acknowledged publishes at ~200/s from a client of region a.
+    let a = r.srv_client("a").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut errors = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match a.publish_acked("orders.x", format!("o{i:06}")).await {
+                    Ok(_) => acked.push(i),
+                    Err(e) => errors.push(format!("o{i:06}: {e}")),
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (i, acked, errors)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every gateway of region a in turn: SIGTERM, wait for it to exit, start it again.
+    for id in ["a1", "a2"] {
+        let child = r.gws.get_mut(id).unwrap().terminate();
+        let exited = tokio::task::spawn_blocking(move || {
+            let mut child = child;
+            child.wait()
+        })
+        .await
+        .unwrap();
+        assert!(exited.is_ok(), "{id} did not exit: {exited:?}");
+        r.gws.get_mut(id).unwrap().restart();
+        r.linked(id, 2, 2).await;
+        wanted(r.gw(id), "orders.x", "b").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (published, acked, errors) = publisher.await.unwrap();
+    assert!(
+        errors.is_empty(),
+        "{} of {published} publishes failed at the caller: {:?}",
+        errors.len(),
+        errors.iter().take(5).collect::<Vec<_>>()
+    );
+    let mut got: HashMap<String, u32> = HashMap::new();
+    while got.len() < acked.len() {
+        match tokio::time::timeout(Duration::from_secs(10), on_b.next_message()).await {
+            Ok(Some(m)) => {
+                *got.entry(String::from_utf8_lossy(&m.payload).into_owned())
+                    .or_default() += 1
+            }
+            _ => break,
+        }
+    }
+    for m in drain(&mut on_b).await {
+        *got.entry(m).or_default() += 1;
+    }
+    let missing: Vec<_> = acked
+        .iter()
+        .map(|i| format!("o{i:06}"))
+        .filter(|k| !got.contains_key(k))
+        .collect();
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        missing.is_empty() && twice.is_empty(),
+        "of {} acknowledged: {} missing at b (first {:?}), {} twice (first {:?})",
+        acked.len(),
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        twice.len(),
+        twice.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_quorum_is_counted_per_region_whichever_gateway_of_it_confirms() {
+    let mut r = Regions::start(&["a", "b", "c"], 2).await;
+    let dir = tempdir::Dir::new("cluster-route");
+    let route = dir.0.join("route.toml");
+    // Both other regions must confirm; the region's own other gateway does not count.
+    std::fs::write(
+        &route,
+        "name = \"ledger\"\nsubjects = [\"ledger.>\"]\npolicy = \"broadcast\"\nconsistency = \"sync\"\nsync_quorum = 2\nsync_timeout_ms = 3000\n",
+    )
+    .unwrap();
+    nexusctl(&r.cp, &["routes", "apply", "-f", route.to_str().unwrap()]);
+    let mut clients = Vec::new();
+    for id in ["a2", "b1", "b2", "c1", "c2"] {
+        let c = client(r.gw(id)).await;
+        let s = c.subscribe("ledger.>").await.unwrap();
+        c.flush().await.unwrap();
+        clients.push((id, c, s));
+    }
+    wanted(r.gw("a1"), "ledger.x", "b").await;
+    wanted(r.gw("a1"), "ledger.x", "c").await;
+    let a1 = client(r.gw("a1")).await;
+    let ack = a1
+        .publish_acked("ledger.x", b"first".to_vec())
+        .await
+        .expect("b and c confirmed");
+    let _ = ack;
+    // Kill a1's home in b: the quorum is still met, through b's other gateway.
+    let home = status(r.gw("a1"))["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["region"] == "b")
+        .and_then(|l| l["via"].as_str().map(str::to_owned))
+        .expect("a1 has a home in b");
+    r.gws.get_mut(&home).unwrap().kill();
+    clients.retain(|(id, _, _)| *id != home);
+    let started = std::time::Instant::now();
+    a1.publish_acked("ledger.x", b"second".to_vec())
+        .await
+        .expect("b's other gateway confirmed");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Every surviving subscriber has both, once.
+    for (id, _, sub) in clients.iter_mut() {
+        let got = drain(sub).await;
+        assert_eq!(got, ["first", "second"], "{id}");
+    }
+    // Region c gone entirely: b and a2 confirm, but a2 is not a region, so the quorum of two
+    // regions is not met.
+    r.gws.get_mut("c1").unwrap().kill();
+    r.gws.get_mut("c2").unwrap().kill();
+    let refused = a1.publish_acked("ledger.x", b"third".to_vec()).await;
+    assert!(
+        matches!(refused, Err(nexus_client::Error::Timeout { .. })),
+        "{refused:?}"
+    );
+}
+
+/// Kills the gateway a subscriber (found by DNS SRV) is on, `rounds` times, and measures the
+/// gap from the kill to the first message it receives again through another gateway of the
+/// region (published every 2 ms on the surviving gateway). Returns the gaps, sorted.
+async fn subscriber_failover_gaps(rounds: usize) -> Vec<Duration> {
+    let mut r = Regions::start_with_dns(&["a"], 2).await;
+    let sub_client = r.srv_client("a").await;
+    let mut sub = sub_client.subscribe("ticks").await.unwrap();
+    sub_client.flush().await.unwrap();
+    let mut gaps = Vec::new();
+    for round in 0..rounds {
+        let on = sub_client.server_info().expect("connected").gateway_id;
+        let other = if on == "a1" { "a2" } else { "a1" };
+        // The subscriber's interest has reached the other gateway.
+        wanted(r.gw(other), "ticks", "a").await;
+        let publisher = client(r.gw(other)).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ticking = {
+            let stop = stop.clone();
+            let sent = sent.clone();
+            let publisher = publisher.clone();
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let _ = publisher.publish("ticks", i.to_be_bytes().to_vec()).await;
+                    let _ = publisher.flush().await;
+                    sent.store(i, std::sync::atomic::Ordering::Release);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        // Ticks flow through the cluster hop before the kill.
+        tokio::time::timeout(Duration::from_secs(10), sub.next_message())
+            .await
+            .expect("ticks before the kill")
+            .unwrap();
+        r.gws.get_mut(&on).unwrap().kill();
+        let killed = std::time::Instant::now();
+        // The first tick published after the kill proves the new session (anything older
+        // may have been in the client's buffer).
+        let last_before = sent.load(std::sync::atomic::Ordering::Acquire);
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), sub.next_message())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no message within 10 s of the kill"))
+                .unwrap_or_else(|| panic!("round {round}: subscription ended"));
+            let tick = u64::from_be_bytes(m.payload[..8].try_into().unwrap());
+            if tick > last_before {
+                break;
+            }
+        }
+        gaps.push(killed.elapsed());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = ticking.await;
+        publisher.close().await;
+        r.gws.get_mut(&on).unwrap().restart();
+        r.linked(&on, 2, 1).await;
+    }
+    gaps.sort();
+    gaps
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_moves_to_another_gateway_of_its_region_within_a_second_of_a_kill() {
+    let gaps = subscriber_failover_gaps(3).await;
+    assert!(
+        gaps.iter().all(|g| *g < Duration::from_secs(1)),
+        "gaps after kill -9: {gaps:?}"
+    );
+}
+
+/// `cargo test --test cluster subscriber_failover_measurement -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (20 kills): prints the gaps"]
+async fn subscriber_failover_measurement() {
+    let gaps = subscriber_failover_gaps(20).await;
+    let at = |q: f64| gaps[((gaps.len() as f64 * q).ceil() as usize).clamp(1, gaps.len()) - 1];
+    println!(
+        "SUBSCRIBER-FAILOVER kills={} p50={:?} p99={:?} max={:?} all={gaps:?}",
+        gaps.len(),
+        at(0.5),
+        at(0.99),
+        gaps[gaps.len() - 1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_move_to_the_next_region_when_the_gateway_of_the_regions_only_responder_dies() {
+    let mut r = Regions::start(&["a", "b"], 2).await;
+    // The only responder of region a sits on a2; region b has one too.
+    let (_a2_client, _a2_task) = common::regions::responder(r.gw("a2"), "svc.echo", "a2").await;
+    let (_b_client, _b_task) = common::regions::responder(r.gw("b1"), "svc.echo", "b").await;
+    wanted(r.gw("a1"), "svc.echo", "b").await;
+    let caller = client(r.gw("a1")).await;
+    // Through the cluster hop first (local first, then the region's other gateways).
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let st = explain(r.gw("a1"), "svc.echo");
+            st["federation"]["cluster"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())
+        })
+        .await
+    );
+    assert_eq!(
+        common::regions::who_answers(&caller, "svc.echo").await,
+        "a2"
+    );
+
+    // Requests every 10 ms; a2 is killed; count the failures and when answers come from b.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let requester = {
+        let stop = stop.clone();
+        let caller = caller.clone();
+        tokio::spawn(async move {
+            let mut log = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = std::time::Instant::now();
+                let answer = caller
+                    .request_with(
+                        "svc.echo",
+                        nexus_client::Headers::new(),
+                        bytes::Bytes::from_static(b"?"),
+                        Duration::from_secs(2),
+                    )
+                    .await
+                    .map(|m| String::from_utf8_lossy(&m.payload).into_owned());
+                log.push((sent, answer));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            log
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.gws.get_mut("a2").unwrap().kill();
+    let killed = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let log = requester.await.unwrap();
+    let failed: Vec<_> = log.iter().filter(|(_, a)| a.is_err()).collect();
+    let first_from_b = log
+        .iter()
+        .find(|(sent, a)| *sent >= killed && a.as_deref().is_ok_and(|w| w == "b"))
+        .map(|(sent, _)| sent.duration_since(killed));
+    let after = log.iter().filter(|(sent, _)| *sent >= killed).count();
+    eprintln!(
+        "RESPONDER-GATEWAY-KILL failed={} of {} first_from_b_after_kill={first_from_b:?}",
+        failed.len(),
+        log.len()
+    );
+    assert!(
+        first_from_b.is_some_and(|d| d < Duration::from_secs(1)),
+        "first answer from b after the kill: {first_from_b:?}"
+    );
+    // Only requests already in flight to a2, or sent before its loss was detected, may fail.
+    assert!(
+        failed.len() <= 3,
+        "{} of {} requests failed after the kill ({after} sent after it): {:?}",
+        failed.len(),
+        log.len(),
+        failed.iter().take(3).collect::<Vec<_>>()
+    );
+    // And everything later is answered by b.
+    let late: Vec<_> = log
+        .iter()
+        .filter(|(sent, _)| sent.duration_since(killed) > Duration::from_secs(1))
+        .filter(|(_, a)| a.as_deref().map_or(true, |w| w != "b"))
+        .collect();
+    assert!(late.is_empty(), "{late:?}");
 }

@@ -45,6 +45,15 @@ struct HeldPublish {
     outcome: PublishOutcome,
 }
 
+/// Counts one Ack in flight until dropped (also when its task ends early).
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Waits until the oldest held publish may be delivered; whether it was stored.
 async fn oldest_stored(held: &mut VecDeque<HeldPublish>) -> bool {
     match held.front_mut().and_then(|h| h.stored.as_mut()) {
@@ -68,6 +77,8 @@ pub struct Session {
     completions_rx: mpsc::UnboundedReceiver<Completion>,
     scratch: Vec<Arc<Member>>,
     held: VecDeque<HeldPublish>,
+    /// Durable publishes stored or being stored whose Ack has not been queued yet.
+    acks_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     admission: SessionAdmission,
 }
 
@@ -99,6 +110,7 @@ impl Session {
             completions_rx,
             scratch: Vec::new(),
             held: VecDeque::new(),
+            acks_in_flight: Arc::default(),
             admission,
         }
     }
@@ -137,6 +149,7 @@ impl Session {
                     )));
                 }
                 _ = close_all.cancelled() => {
+                    self.settle_publishes().await;
                     self.send_control(Kind::Error(error(
                         ErrorCode::Unavailable,
                         "gateway is shutting down",
@@ -168,6 +181,28 @@ impl Session {
             }
         };
         self.finish(outcome);
+    }
+
+    /// At shutdown: every publish this session already sent is stored and acknowledged (or
+    /// refused) before the session closes, within the shutdown grace. An adapter that lost
+    /// an Ack would retry the publish on another gateway, which does not know its id yet, and
+    /// the message would exist twice.
+    async fn settle_publishes(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.router.config().shutdown_grace();
+        while !self.held.is_empty() {
+            match tokio::time::timeout_at(deadline, oldest_stored(&mut self.held)).await {
+                Ok(stored) => self.release_oldest(stored).await,
+                Err(_) => break,
+            }
+        }
+        while self
+            .acks_in_flight
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Applies one item of the session's input; `Err` ends the session with that outcome.
@@ -717,7 +752,10 @@ impl Session {
             None => {}
             Some(receipt) => {
                 let conn = self.conn.clone();
+                let in_flight = self.acks_in_flight.clone();
+                in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 tokio::spawn(async move {
+                    let _counted = InFlight(in_flight);
                     let result = receipt.await.unwrap_or_else(|_| {
                         Err(error(ErrorCode::Unavailable, "gateway is shutting down", 0))
                     });

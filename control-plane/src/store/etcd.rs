@@ -1,27 +1,36 @@
-//! `EtcdStore`: the production [`Store`], backed by an etcd cluster (3.4 or later) through
-//! `etcd-client`.
+//! `EtcdStore`: the production [`Store`], backed by an etcd cluster (3.4 or later).
 //!
-//! The mapping is direct: versions, revisions, leases and watches are etcd's own. Only
-//! unary range requests are used (RangeStream needs etcd 3.7).
+//! It speaks etcd's v3 gRPC API through a client generated from etcd's own .proto files
+//! ([`super::etcd_api`], compiled with protox at build time, so no `protoc` is needed). The
+//! mapping is direct: versions, revisions, leases and watches are etcd's own. Only unary range
+//! requests are used (RangeStream needs etcd 3.7).
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions,
-    Txn as EtcdTxn, TxnOp, WatchOptions,
-};
 use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
 
+use super::etcd_api::etcdserverpb::{
+    self as pb, compare, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, request_op, watch_client::WatchClient, watch_request,
+};
+use super::etcd_api::mvccpb::{self, event::EventType};
 use super::{
     Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, WatchStream,
     check_txn,
 };
 
+/// How long connecting to an endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a unary request (and the opening of a stream) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A store on an etcd cluster; cheap to clone.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    channel: Channel,
     endpoints: Vec<String>,
 }
 
@@ -29,35 +38,77 @@ fn unavailable(endpoints: &[String], e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("etcd at {}: {e}", endpoints.join(",")))
 }
 
-fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+/// What a gRPC status from etcd says, without tonic's debug dump of metadata.
+fn describe(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+fn convert(kv: mvccpb::KeyValue) -> Result<KeyValue, StoreError> {
     Ok(KeyValue {
-        key: kv
-            .key_str()
-            .map_err(|e| StoreError::Internal(format!("non-UTF-8 key in etcd: {e}")))?
-            .to_owned(),
-        value: Bytes::copy_from_slice(kv.value()),
-        version: kv.version(),
-        mod_revision: kv.mod_revision(),
-        lease: kv.lease(),
+        key: String::from_utf8(kv.key.to_vec())
+            .map_err(|e| StoreError::Internal(format!("non-UTF-8 key in etcd: {e}")))?,
+        value: kv.value,
+        version: kv.version,
+        mod_revision: kv.mod_revision,
+        lease: kv.lease,
     })
+}
+
+/// The end of the key range that holds every key starting with `prefix` (etcd's convention:
+/// the prefix with its last byte incremented, dropping trailing 0xff bytes; `\0` means "every
+/// key" when nothing is left).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn endpoint(url: &str) -> Result<Endpoint, StoreError> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|e| StoreError::Unavailable(format!("bad etcd endpoint {url:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true))
 }
 
 impl EtcdStore {
     /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`) and checks the cluster answers.
     pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let mut client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(|e| unavailable(endpoints, e))?;
-        client
-            .status()
-            .await
-            .map_err(|e| unavailable(endpoints, e))?;
+        let channel = match endpoints {
+            [] => return Err(StoreError::Unavailable("no etcd endpoint given".into())),
+            [one] => endpoint(one)?
+                .connect()
+                .await
+                .map_err(|e| unavailable(endpoints, error_chain(&e)))?,
+            many => Channel::balance_list(
+                many.iter()
+                    .map(|u| endpoint(u))
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into_iter(),
+            ),
+        };
+        // A balanced channel connects lazily and waits for a ready endpoint; bound the check.
+        let mut maintenance = MaintenanceClient::new(channel.clone());
+        match tokio::time::timeout(REQUEST_TIMEOUT, maintenance.status(pb::StatusRequest {})).await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(s)) => return Err(unavailable(endpoints, describe(&s))),
+            Err(_) => {
+                return Err(unavailable(
+                    endpoints,
+                    format!("no answer within {REQUEST_TIMEOUT:?}"),
+                ));
+            }
+        }
         Ok(Self {
-            client,
+            channel,
             endpoints: endpoints.to_vec(),
         })
     }
@@ -83,62 +134,116 @@ impl EtcdStore {
         }
     }
 
-    fn err(&self, e: etcd_client::Error) -> StoreError {
-        match e {
-            etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::NotFound => {
-                StoreError::Internal(s.message().to_owned())
-            }
-            other => unavailable(&self.endpoints, other),
+    fn err(&self, s: tonic::Status) -> StoreError {
+        if s.code() == tonic::Code::NotFound {
+            StoreError::Internal(s.message().to_owned())
+        } else {
+            unavailable(&self.endpoints, describe(&s))
         }
     }
+
+    fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.channel.clone())
+    }
+
+    fn lease(&self) -> LeaseClient<Channel> {
+        LeaseClient::new(self.channel.clone())
+    }
+
+    async fn range(&self, key: &str, range_end: Vec<u8>) -> Result<pb::RangeResponse, StoreError> {
+        let request = pb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            range_end,
+            ..Default::default()
+        };
+        Ok(self
+            .kv()
+            .range(request)
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner())
+    }
+}
+
+/// A transport error and its sources, each said once ("connection refused" rather than
+/// "transport error: transport error").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(e);
+    while let Some(err) = current {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p == &text) {
+            parts.push(text);
+        }
+        current = err.source();
+    }
+    parts.join(": ")
 }
 
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut c = self.client.clone();
-        let resp = c.get(key, None).await.map_err(|e| self.err(e))?;
-        resp.kvs().first().map(convert).transpose()
+        let resp = self.range(key, Vec::new()).await?;
+        resp.kvs.into_iter().next().map(convert).transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
-        let mut c = self.client.clone();
-        let resp = c
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.err(e))?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let kvs = resp.kvs().iter().map(convert).collect::<Result<_, _>>()?;
+        let resp = self.range(prefix, prefix_end(prefix)).await?;
+        let revision = resp.header.map_or(0, |h| h.revision);
+        let kvs = resp
+            .kvs
+            .into_iter()
+            .map(convert)
+            .collect::<Result<_, _>>()?;
         Ok((kvs, revision))
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         check_txn(&txn)?;
-        let compares: Vec<EtcdCompare> = txn
+        let compare = txn
             .compares
             .iter()
-            .map(|Compare::Version(k, v)| EtcdCompare::version(k.as_str(), CompareOp::Equal, *v))
-            .collect();
-        let ops: Vec<TxnOp> = txn
-            .ops
-            .iter()
-            .map(|op| match op {
-                Op::Put { key, value, lease } => TxnOp::put(
-                    key.as_str(),
-                    value.to_vec(),
-                    lease.map(|l| PutOptions::new().with_lease(l)),
-                ),
-                Op::Delete { key } => TxnOp::delete(key.as_str(), None),
+            .map(|Compare::Version(k, v)| pb::Compare {
+                result: pb::compare::CompareResult::Equal as i32,
+                target: pb::compare::CompareTarget::Version as i32,
+                key: k.as_bytes().to_vec(),
+                range_end: Vec::new(),
+                target_union: Some(compare::TargetUnion::Version(*v)),
             })
             .collect();
-        let mut c = self.client.clone();
-        let resp = c
-            .txn(EtcdTxn::new().when(compares).and_then(ops))
+        let success = txn
+            .ops
+            .iter()
+            .map(|op| pb::RequestOp {
+                request: Some(match op {
+                    Op::Put { key, value, lease } => {
+                        request_op::Request::RequestPut(pb::PutRequest {
+                            key: key.as_bytes().to_vec(),
+                            value: value.to_vec(),
+                            lease: lease.unwrap_or(0),
+                            ..Default::default()
+                        })
+                    }
+                    Op::Delete { key } => {
+                        request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                            key: key.as_bytes().to_vec(),
+                            ..Default::default()
+                        })
+                    }
+                }),
+            })
+            .collect();
+        let request = pb::TxnRequest {
+            compare,
+            success,
+            failure: Vec::new(),
+        };
+        let resp = self
+            .kv()
+            .txn(request)
             .await
-            .map_err(|e| match e {
-                etcd_client::Error::GRpcStatus(s)
-                    if s.message().contains("requested lease not found") =>
-                {
+            .map_err(|s| {
+                if s.message().contains("requested lease not found") {
                     StoreError::LeaseNotFound(
                         txn.ops
                             .iter()
@@ -148,43 +253,71 @@ impl Store for EtcdStore {
                             })
                             .unwrap_or(0),
                     )
+                } else {
+                    self.err(s)
                 }
-                other => self.err(other),
-            })?;
+            })?
+            .into_inner();
         Ok(TxnOutcome {
-            succeeded: resp.succeeded(),
-            revision: resp.header().map_or(0, |h| h.revision()),
+            succeeded: resp.succeeded,
+            revision: resp.header.map_or(0, |h| h.revision),
         })
     }
 
     async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream, StoreError> {
-        let mut c = self.client.clone();
-        let mut options = WatchOptions::new().with_prefix();
-        if from_revision > 0 {
-            options = options.with_start_revision(from_revision);
-        }
-        let stream = c
-            .watch(prefix, Some(options))
+        // The request half stays open for as long as the caller reads the stream (the sender
+        // moves into it): etcd ends a watch when its client closes the request stream.
+        let (requests, rx) = mpsc::channel::<pb::WatchRequest>(1);
+        let create = pb::WatchCreateRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix),
+            start_revision: from_revision.max(0),
+            ..Default::default()
+        };
+        requests
+            .send(pb::WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+            })
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|_| StoreError::Internal("watch request channel closed".into()))?;
+        let mut responses = WatchClient::new(self.channel.clone())
+            .watch(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        // etcd confirms the watch before any event; waiting for it means every change
+        // committed after `watch` returns is seen.
+        let first = match responses.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Err(unavailable(
+                    &self.endpoints,
+                    "the watch stream ended before etcd confirmed it",
+                ));
+            }
+            Err(s) => return Err(self.err(s)),
+        };
         let endpoints = self.endpoints.clone();
-        let events = stream.flat_map(move |resp| {
+        let responses = futures::stream::once(async move { Ok(first) }).chain(responses);
+        let events = responses.flat_map(move |resp| {
+            let _keep_open = &requests;
             let items: Vec<Result<WatchEvent, StoreError>> = match resp {
-                Err(e) => vec![Err(unavailable(&endpoints, e))],
-                Ok(r) if r.compact_revision() > 0 => vec![Err(StoreError::Compacted {
+                Err(s) => vec![Err(unavailable(&endpoints, describe(&s)))],
+                Ok(r) if r.compact_revision > 0 => vec![Err(StoreError::Compacted {
                     requested: from_revision,
-                    oldest: r.compact_revision(),
+                    oldest: r.compact_revision,
                 })],
-                Ok(r) if r.canceled() => vec![Err(StoreError::Unavailable(format!(
+                Ok(r) if r.canceled => vec![Err(StoreError::Unavailable(format!(
                     "etcd cancelled the watch: {}",
-                    r.cancel_reason()
+                    r.cancel_reason
                 )))],
                 Ok(r) => r
-                    .events()
-                    .iter()
+                    .events
+                    .into_iter()
                     .filter_map(|e| {
-                        let kv = e.kv()?;
-                        Some(match e.event_type() {
+                        let kind = e.r#type();
+                        let kv = e.kv?;
+                        Some(match kind {
                             EventType::Put => convert(kv).map(WatchEvent::Put),
                             EventType::Delete => convert(kv).map(|kv| WatchEvent::Delete {
                                 key: kv.key,
@@ -200,45 +333,75 @@ impl Store for EtcdStore {
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
-        let mut c = self.client.clone();
         let secs = ttl.as_secs().max(1) as i64;
-        let resp = c.lease_grant(secs, None).await.map_err(|e| self.err(e))?;
-        Ok(resp.id())
+        let resp = self
+            .lease()
+            .lease_grant(pb::LeaseGrantRequest { ttl: secs, id: 0 })
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        if !resp.error.is_empty() {
+            return Err(unavailable(&self.endpoints, resp.error));
+        }
+        Ok(resp.id)
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut c = self.client.clone();
-        let not_found = |e: etcd_client::Error| match e {
-            etcd_client::Error::GRpcStatus(s) if s.message().contains("not found") => {
+        let not_found = |s: tonic::Status| {
+            if s.message().contains("not found") {
                 StoreError::LeaseNotFound(lease)
+            } else {
+                self.err(s)
             }
-            etcd_client::Error::LeaseKeepAliveError(m) if m.contains("not found") => {
-                StoreError::LeaseNotFound(lease)
-            }
-            other => self.err(other),
         };
-        let (mut keeper, mut responses) = c.lease_keep_alive(lease).await.map_err(not_found)?;
-        keeper.keep_alive().await.map_err(not_found)?;
-        match responses.message().await.map_err(not_found)? {
-            Some(r) if r.ttl() > 0 => Ok(()),
+        // One refresh: open the bidirectional stream, send one request, read its answer.
+        let (requests, rx) = mpsc::channel(1);
+        requests
+            .send(pb::LeaseKeepAliveRequest { id: lease })
+            .await
+            .map_err(|_| StoreError::Internal("keep-alive request channel closed".into()))?;
+        let mut responses = self
+            .lease()
+            .lease_keep_alive(ReceiverStream::new(rx))
+            .await
+            .map_err(not_found)?
+            .into_inner();
+        let answer = responses.message().await.map_err(not_found)?;
+        drop(requests);
+        match answer {
+            Some(r) if r.ttl > 0 => Ok(()),
             _ => Err(StoreError::LeaseNotFound(lease)),
         }
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut c = self.client.clone();
-        match c.lease_revoke(lease).await {
+        match self
+            .lease()
+            .lease_revoke(pb::LeaseRevokeRequest { id: lease })
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("lease not found") => {
+            Err(s) if s.message().contains("lease not found") => {
                 Err(StoreError::LeaseNotFound(lease))
             }
-            Err(e) => Err(self.err(e)),
+            Err(s) => Err(self.err(s)),
         }
     }
 
     async fn revision(&self) -> Result<i64, StoreError> {
-        let mut c = self.client.clone();
-        let resp = c.get("\0", None).await.map_err(|e| self.err(e))?;
-        Ok(resp.header().map_or(0, |h| h.revision()))
+        let resp = self.range("\0", Vec::new()).await?;
+        Ok(resp.header.map_or(0, |h| h.revision))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte() {
+        assert_eq!(prefix_end("/nexus/v1/"), b"/nexus/v10".to_vec());
+        assert_eq!(prefix_end("a"), b"b".to_vec());
+        assert_eq!(prefix_end(""), vec![0]);
     }
 }

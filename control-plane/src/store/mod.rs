@@ -13,6 +13,7 @@
 
 pub mod embedded;
 pub mod etcd;
+mod etcd_api;
 
 use std::pin::Pin;
 use std::time::Duration;
