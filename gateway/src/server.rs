@@ -151,9 +151,9 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
     let grpc_service = GatewayServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    // Reflection lists the one service a gateway serves (not Admin or ConfigPush, which
+    // share the descriptor set).
+    let (reflection, reflection_v1alpha) = nexus_proto::reflection::services(&["nexus.v1.Gateway"])
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
     let http_stop = close_all.clone();
@@ -171,6 +171,7 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(grpc_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(
                 // Small frames (acks, replies) must not wait on Nagle's algorithm.
                 tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),

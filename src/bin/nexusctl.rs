@@ -9,6 +9,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use nexus::ctl::{Output, admin, messaging, parse_duration};
 
+/// `schemas check` found the draft incompatible (distinct from 1, an error, so that CI can
+/// tell "this change breaks consumers" from "the check could not run", as `buf breaking` does).
+const EXIT_INCOMPATIBLE: u8 = 3;
+
 #[derive(Parser)]
 #[command(
     name = "nexusctl",
@@ -26,8 +30,9 @@ nexusctl schemas register orders.created -f order.json\n  \
 nexusctl schemas check orders.created -f order-v2.json\n  \
 nexusctl keys create billing --publish 'billing.>' --subscribe 'billing.>'\n  \
 nexusctl topology                                regions and their live gateways\n\n\
-Add -o json to any command for output meant for scripts. Failures exit non-zero with\n\
-a message naming what is wrong."
+Add -o json to any command for output meant for scripts.\n\n\
+Exit status: 0 ok; 1 error (a message on stderr names what is wrong); 2 usage error;\n\
+3 `schemas check` found the draft incompatible."
 )]
 struct Cli {
     /// Gateway for messaging commands.
@@ -55,6 +60,14 @@ struct Cli {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// After a config change (routes, schemas, enforcement, keys), return at once instead of
+    /// waiting until every live gateway applied it.
+    #[arg(long, global = true)]
+    no_wait: bool,
+    /// How long a config change waits for every live gateway to apply it before failing with
+    /// the names of those that have not.
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
+    wait_timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,7 +104,7 @@ enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
         /// How long to wait, e.g. 500ms, 2s.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = parse_duration, allow_hyphen_values = true)]
         timeout: Duration,
     },
     /// Show the gateway's region, id, protocol and limits.
@@ -234,7 +247,7 @@ enum KeysCmd {
         #[arg(long)]
         admin: bool,
         /// Expire after this long, e.g. 90d.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
         expires_in: Option<Duration>,
     },
     /// List keys (never their secrets).
@@ -242,7 +255,7 @@ enum KeysCmd {
     /// Issue a new secret; the old one works for --overlap more (default 1h).
     Rotate {
         id: String,
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
         overlap: Option<Duration>,
     },
     /// Revoke a key at once.
@@ -258,6 +271,19 @@ enum RegionsCmd {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let out = cli.output;
+    let (control_plane, admin_key) = (cli.control_plane.clone(), cli.admin_key.clone());
+    let (no_wait, timeout) = (cli.no_wait, cli.wait_timeout);
+    let code = command(cli).await?;
+    // Read-your-writes: a config change returns once every live gateway applied it.
+    if let (Some(version), false) = (nexus::ctl::wait::written_config_version(), no_wait) {
+        let mut a = admin::connect(&control_plane, admin_key.as_deref()).await?;
+        nexus::ctl::wait::applied(&mut a, version, timeout, out).await?;
+    }
+    Ok(code)
+}
+
+async fn command(cli: Cli) -> anyhow::Result<ExitCode> {
     let out = cli.output;
     match cli.command {
         Command::Pub {
@@ -322,7 +348,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 SchemasCmd::Register(f) => admin::schemas_register(&mut a, f.input(), out).await?,
                 SchemasCmd::Check(f) => {
                     if !admin::schemas_check(&mut a, f.input(), out).await? {
-                        return Ok(ExitCode::FAILURE);
+                        return Ok(ExitCode::from(EXIT_INCOMPATIBLE));
                     }
                 }
                 SchemasCmd::List => admin::schemas_list(&mut a, out).await?,
@@ -399,7 +425,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("nexusctl: error: {e:#}");
+            eprintln!("nexusctl: error: {}", nexus::ctl::describe_error(&e));
             ExitCode::FAILURE
         }
     }
