@@ -445,7 +445,7 @@ async fn nexusctl_publishes_requests_and_reports_errors() {
 
     let out = nexusctl(&gw, &["pub", "greet.world", "hello", "-H", "k=v"]).await;
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 deliveries"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": 1 delivery in "));
     let m = next(&mut sub).await;
     assert_eq!(
         (&m.payload[..], m.headers.get("k")),

@@ -10,6 +10,7 @@ use common::{ControlPlane, Etcd, tempdir};
 
 struct Out {
     ok: bool,
+    code: Option<i32>,
     stdout: String,
     stderr: String,
 }
@@ -23,6 +24,7 @@ fn ctl(cp: &ControlPlane, args: &[&str]) -> Out {
         .expect("run nexusctl");
     Out {
         ok: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
@@ -117,7 +119,12 @@ fn manage_everything(cp: &mut ControlPlane, restart_keeps_state: bool) {
     assert!(ok(cp, &["schemas", "register", "orders.created", "-f", &v1]).contains("version 1"));
     assert!(ok(cp, &["schemas", "check", "orders.created", "-f", &v2_ok]).contains("compatible"));
     let o = ctl(cp, &["schemas", "check", "orders.created", "-f", &v2_bad]);
-    assert!(!o.ok, "an incompatible draft exits non-zero");
+    assert_eq!(
+        o.code,
+        Some(3),
+        "an incompatible draft exits 3: {}",
+        o.stderr
+    );
     assert!(
         o.stdout.contains("/properties/price"),
         "field-level reasons: {}",

@@ -446,31 +446,155 @@ async fn unary_publish_and_request() {
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
 }
 
-#[tokio::test]
-async fn reflection_lists_the_gateway_service() {
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let gw = Gateway::start();
-    let channel = tonic::transport::Channel::from_shared(gw.url())
+/// What `grpc.reflection.v1` and `grpc.reflection.v1alpha` list at `url`, each sorted.
+async fn reflected_services(url: &str) -> (Vec<String>, Vec<String>) {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let channel = tonic::transport::Channel::from_shared(url.to_owned())
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut client = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest {
+    let req = v1::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
     };
-    let mut stream = client
+    let resp = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
         .server_reflection_info(tokio_stream::iter(vec![req]))
         .await
+        .expect("reflection v1")
+        .into_inner()
+        .message()
+        .await
         .unwrap()
-        .into_inner();
-    let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-        panic!("unexpected reflection response");
+        .unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        resp.message_response
+    else {
+        panic!("unexpected v1 reflection response");
     };
-    assert!(list.service.iter().any(|s| s.name == "nexus.v1.Gateway"));
+    let mut v1_names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    v1_names.sort();
+    let req = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let resp = v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection v1alpha")
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        resp.message_response
+    else {
+        panic!("unexpected v1alpha reflection response");
+    };
+    let mut alpha_names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    alpha_names.sort();
+    (v1_names, alpha_names)
+}
+
+/// Reflection v1 and v1alpha both answer, and each process lists exactly what it serves: the
+/// gateway not the control plane's Admin/ConfigPush, the control plane not Gateway.
+#[tokio::test]
+async fn reflection_lists_only_the_services_each_process_serves() {
+    let reflection = [
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    let gw = Gateway::start();
+    let (v1, v1alpha) = reflected_services(&gw.url()).await;
+    let mut expected: Vec<String> = ["nexus.v1.Gateway"]
+        .iter()
+        .chain(reflection.iter())
+        .map(|s| s.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(v1, expected);
+    assert_eq!(v1alpha, expected);
+
+    let dir = common::tempdir::Dir::new("reflection-cp");
+    let cp = common::ControlPlane::embedded(&dir.0);
+    let (v1, v1alpha) = reflected_services(&format!("http://{}", cp.addr)).await;
+    let mut expected: Vec<String> = ["nexus.v1.Admin", "nexus.v1.ConfigPush"]
+        .iter()
+        .chain(reflection.iter())
+        .map(|s| s.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(v1, expected);
+    assert_eq!(v1alpha, expected);
+}
+
+/// The Python interpreter with `grpcio-reflection` (`NEXUS_REFLECTION_PYTHON`, default
+/// `$NEXUS_CACHE/venv-reflection/bin/python`; scripts/test creates that venv from PyPI).
+fn reflection_python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("NEXUS_REFLECTION_PYTHON") {
+        return p.into();
+    }
+    let cache = std::env::var_os("NEXUS_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/nexus")
+        });
+    cache.join("venv-reflection/bin/python")
+}
+
+/// A user's own tool: Python's official reflection client (v1alpha only) lists and resolves
+/// what the gateway and the control plane serve.
+#[test]
+fn python_grpcio_reflection_sees_each_process_services() {
+    let python = reflection_python();
+    assert!(
+        python.is_file(),
+        "no Python with grpcio-reflection at {} (python3 -m venv it and pip install grpcio grpcio-reflection, as scripts/test does)",
+        python.display()
+    );
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/reflection_list.py");
+    let list = |addr: String| {
+        let out = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(&addr)
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "grpcio-reflection against {addr}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let gw = Gateway::start();
+    let gateway = list(gw.url().trim_start_matches("http://").to_owned());
+    assert_eq!(
+        gateway,
+        [
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "nexus.v1.Gateway"
+        ]
+    );
+    let dir = common::tempdir::Dir::new("reflection-py-cp");
+    let cp = common::ControlPlane::embedded(&dir.0);
+    let control_plane = list(cp.addr.to_string());
+    assert_eq!(
+        control_plane,
+        [
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "nexus.v1.Admin",
+            "nexus.v1.ConfigPush"
+        ]
+    );
 }

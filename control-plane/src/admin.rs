@@ -1,13 +1,20 @@
 //! The tonic implementation of `nexus.v1.Admin`: a thin shell mapping each call to the
 //! module that owns it (routes, keys, regions, schemas) and errors to gRPC statuses.
+//!
+//! Every call that changes pushed configuration (routes, schemas and their enforcement, keys)
+//! answers with the store revision of its write in the `nexus-config-version` response
+//! header: the config version gateways report once they applied it, so a client can wait for
+//! its own write to reach every gateway (`nexusctl` does; docs/control-plane.md §7).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use nexus_proto::v1::admin_server::Admin;
 use nexus_proto::v1::*;
 use tonic::{Request, Response, Status};
 
-use crate::store::Store;
+use crate::store::{KeyValue, LeaseId, Store, StoreError, Txn, TxnOutcome, WatchStream};
 use crate::{keys, regions, routes, schemas};
 
 pub struct AdminService {
@@ -18,6 +25,69 @@ type R<T> = Result<Response<T>, Status>;
 
 fn ok<T>(t: T) -> R<T> {
     Ok(Response::new(t))
+}
+
+/// The response header carrying the config version a write produced.
+pub const CONFIG_VERSION_HEADER: &str = "nexus-config-version";
+
+/// The store as one Admin call sees it, remembering the revision of its last applied write.
+struct Recording {
+    store: Arc<dyn Store>,
+    revision: AtomicI64,
+}
+
+impl Recording {
+    fn new(store: &Arc<dyn Store>) -> Self {
+        Self {
+            store: store.clone(),
+            revision: AtomicI64::new(0),
+        }
+    }
+
+    /// `t` as the response, with the write's revision in [`CONFIG_VERSION_HEADER`] (none when
+    /// the call wrote nothing).
+    fn respond<T>(&self, t: T) -> R<T> {
+        let mut response = Response::new(t);
+        let revision = self.revision.load(Ordering::Relaxed);
+        if revision > 0 {
+            response
+                .metadata_mut()
+                .insert(CONFIG_VERSION_HEADER, revision.into());
+        }
+        Ok(response)
+    }
+}
+
+#[tonic::async_trait]
+impl Store for Recording {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.store.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
+        self.store.list(prefix).await
+    }
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let outcome = self.store.txn(txn).await?;
+        if outcome.succeeded {
+            self.revision.fetch_max(outcome.revision, Ordering::Relaxed);
+        }
+        Ok(outcome)
+    }
+    async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream, StoreError> {
+        self.store.watch(prefix, from_revision).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.store.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.store.keep_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.store.revoke_lease(lease).await
+    }
+    async fn revision(&self) -> Result<i64, StoreError> {
+        self.store.revision().await
+    }
 }
 
 #[tonic::async_trait]
@@ -39,17 +109,20 @@ impl Admin for AdminService {
         let route = r
             .route
             .ok_or_else(|| Status::invalid_argument("route is required"))?;
-        ok(routes::apply(&*self.store, route, r.expected_version).await?)
+        let w = Recording::new(&self.store);
+        w.respond(routes::apply(&w, route, r.expected_version).await?)
     }
 
     async fn delete_route(&self, r: Request<DeleteRouteRequest>) -> R<DeleteResponse> {
         let r = r.into_inner();
-        let deleted = routes::delete(&*self.store, &r.name, r.expected_version).await?;
-        ok(DeleteResponse { deleted })
+        let w = Recording::new(&self.store);
+        let deleted = routes::delete(&w, &r.name, r.expected_version).await?;
+        w.respond(DeleteResponse { deleted })
     }
 
     async fn register_schema(&self, r: Request<RegisterSchemaRequest>) -> R<SchemaVersion> {
-        ok(schemas::register(&*self.store, r.into_inner()).await?)
+        let w = Recording::new(&self.store);
+        w.respond(schemas::register(&w, r.into_inner()).await?)
     }
 
     async fn check_schema(&self, r: Request<CheckSchemaRequest>) -> R<CheckSchemaResponse> {
@@ -67,8 +140,9 @@ impl Admin for AdminService {
 
     async fn delete_schema(&self, r: Request<DeleteSchemaRequest>) -> R<DeleteResponse> {
         let r = r.into_inner();
-        let deleted = schemas::delete(&*self.store, &r.subject, r.version).await?;
-        ok(DeleteResponse { deleted })
+        let w = Recording::new(&self.store);
+        let deleted = schemas::delete(&w, &r.subject, r.version).await?;
+        w.respond(DeleteResponse { deleted })
     }
 
     async fn set_schema_config(&self, r: Request<SetSchemaConfigRequest>) -> R<SchemaConfig> {
@@ -76,7 +150,8 @@ impl Admin for AdminService {
             .into_inner()
             .config
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
-        ok(schemas::set_config(&*self.store, config).await?)
+        let w = Recording::new(&self.store);
+        w.respond(schemas::set_config(&w, config).await?)
     }
 
     async fn get_schema_config(&self, r: Request<GetSchemaConfigRequest>) -> R<SchemaConfig> {
@@ -85,14 +160,10 @@ impl Admin for AdminService {
 
     async fn create_key(&self, r: Request<CreateKeyRequest>) -> R<CreateKeyResponse> {
         let r = r.into_inner();
-        let (key, secret) = keys::create(
-            &*self.store,
-            &r.name,
-            r.scopes.unwrap_or_default(),
-            r.expires_at_ms,
-        )
-        .await?;
-        ok(CreateKeyResponse {
+        let w = Recording::new(&self.store);
+        let (key, secret) =
+            keys::create(&w, &r.name, r.scopes.unwrap_or_default(), r.expires_at_ms).await?;
+        w.respond(CreateKeyResponse {
             key: Some(key),
             secret,
         })
@@ -106,15 +177,17 @@ impl Admin for AdminService {
 
     async fn rotate_key(&self, r: Request<RotateKeyRequest>) -> R<CreateKeyResponse> {
         let r = r.into_inner();
-        let (key, secret) = keys::rotate(&*self.store, &r.id, r.overlap_seconds).await?;
-        ok(CreateKeyResponse {
+        let w = Recording::new(&self.store);
+        let (key, secret) = keys::rotate(&w, &r.id, r.overlap_seconds).await?;
+        w.respond(CreateKeyResponse {
             key: Some(key),
             secret,
         })
     }
 
     async fn revoke_key(&self, r: Request<RevokeKeyRequest>) -> R<ApiKey> {
-        ok(keys::revoke(&*self.store, &r.into_inner().id).await?)
+        let w = Recording::new(&self.store);
+        w.respond(keys::revoke(&w, &r.into_inner().id).await?)
     }
 
     async fn set_key_limits(&self, r: Request<SetKeyLimitsRequest>) -> R<ApiKey> {

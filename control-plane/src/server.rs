@@ -176,10 +176,10 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
         addr: cfg.listen,
         error,
     })?;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    // Reflection lists what the control plane serves, not the adapters' Gateway service.
+    let (reflection, reflection_v1alpha) =
+        nexus_proto::reflection::services(&["nexus.v1.Admin", "nexus.v1.ConfigPush"])
+            .map_err(|e| ServerError::Reflection(e.to_string()))?;
     let stop = CancellationToken::new();
     if cfg.admin_auth {
         crate::admin_auth::bootstrap(&*store, cfg.admin_key_file.as_deref()).await?;
@@ -222,7 +222,8 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
     let router = tonic::transport::Server::builder()
         .add_service(admin)
         .add_service(push)
-        .add_service(reflection);
+        .add_service(reflection)
+        .add_service(reflection_v1alpha);
     let served = serve_grpc(router, listener, tls, cfg.listen, grpc_stop)?;
     let task = tokio::spawn(async move {
         let served = served.await;

@@ -37,12 +37,14 @@ impl Grant {
     }
 }
 
-/// Why a key was refused. Messages name the key, never the secret.
+/// Why a key was refused. Messages name the key, never the secret, and not where the key
+/// came from: [`AuthError::describe`] adds that (a session's `Hello.api_key`, a unary call's
+/// `api_key` field).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("an API key is required (Hello.api_key is empty)")]
+    #[error("an API key is required")]
     Missing,
-    #[error("Hello.api_key is not a Nexus API key (expected nxk_<id>_<secret>)")]
+    #[error("the API key is not a Nexus API key (expected nxk_<id>_<secret>)")]
     Malformed,
     #[error("API key {0} is unknown to this gateway")]
     Unknown(String),
@@ -56,6 +58,20 @@ pub enum AuthError {
         "API key {0} was rotated and the secret this session presented was retired when the rotation's overlap ended"
     )]
     SecretRetired(String),
+}
+
+impl AuthError {
+    /// The refusal as the client sees it, naming the field that carried the key where that
+    /// helps (`field`: `Hello.api_key` for sessions, `api_key` for unary calls).
+    pub fn describe(&self, field: &str) -> String {
+        match self {
+            AuthError::Missing => format!("an API key is required ({field} is empty)"),
+            AuthError::Malformed => {
+                format!("{field} is not a Nexus API key (expected nxk_<id>_<secret>)")
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 /// A schema enforced on one subject.
@@ -263,6 +279,14 @@ mod tests {
         assert!(g.may_subscribe("orders.eu.created"));
         assert!(!g.may_subscribe("orders.>"));
         assert_eq!(p.authenticate("", 0), Err(AuthError::Missing));
+        assert_eq!(
+            AuthError::Missing.describe("api_key"),
+            "an API key is required (api_key is empty)"
+        );
+        assert_eq!(
+            AuthError::Malformed.describe("Hello.api_key"),
+            "Hello.api_key is not a Nexus API key (expected nxk_<id>_<secret>)"
+        );
         assert_eq!(p.authenticate("hello", 0), Err(AuthError::Malformed));
         assert!(matches!(
             p.authenticate(&revoked_token, 0),

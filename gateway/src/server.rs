@@ -193,9 +193,9 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
     let grpc_service = GatewayServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    // Reflection lists the one service a gateway serves (not Admin or ConfigPush, which
+    // share the descriptor set).
+    let (reflection, reflection_v1alpha) = nexus_proto::reflection::services(&["nexus.v1.Gateway"])
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
     let http_stop = close_all.clone();
@@ -212,7 +212,8 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(cfg.limits.max_calls_per_connection))
         .add_service(grpc_service)
-        .add_service(reflection);
+        .add_service(reflection)
+        .add_service(reflection_v1alpha);
     let grpc_task = match tls {
         // TLS on top of the transport layer: connections are budgeted and timed out
         // (transport.rs) before and during the handshake.

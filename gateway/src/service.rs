@@ -134,7 +134,7 @@ impl GatewayService {
                 .authenticate(api_key, crate::policy_now_ms())
                 .map_err(|e| {
                     self.router.metrics.auth_failures.inc();
-                    Status::unauthenticated(e.to_string())
+                    Status::unauthenticated(e.describe("api_key"))
                 })?;
             if !grant.may_publish(subject) {
                 return Err(Status::permission_denied(format!(

@@ -496,12 +496,13 @@ impl Session {
                 }
                 Err(e) => {
                     self.router.metrics.auth_failures.inc();
-                    tracing::info!(conn = self.conn.id, client = %Escaped(&h.client_name), reason = %e, "session refused");
-                    self.send_control(Kind::Error(error(ErrorCode::Denied, e.to_string(), 0)));
+                    let reason = e.describe("Hello.api_key");
+                    tracing::info!(conn = self.conn.id, client = %Escaped(&h.client_name), %reason, "session refused");
+                    self.send_control(Kind::Error(error(ErrorCode::Denied, reason.clone(), 0)));
                     self.conn
                         .outbound
-                        .close_after_flush(Some(Status::unauthenticated(e.to_string())));
-                    return Flow::Close(Status::unauthenticated(e.to_string()));
+                        .close_after_flush(Some(Status::unauthenticated(reason.clone())));
+                    return Flow::Close(Status::unauthenticated(reason));
                 }
             }
         }

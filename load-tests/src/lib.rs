@@ -15,6 +15,7 @@
 //! The binary `nexus-load` is a thin command line over this library; the smoke test in
 //! `tests/smoke.rs` uses the library directly against a real gateway.
 
+pub mod config_push;
 pub mod payload;
 pub mod report;
 pub mod scenarios;

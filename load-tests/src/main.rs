@@ -67,6 +67,19 @@ enum Command {
         #[arg(long)]
         target: Target,
     },
+    /// Config push latency: commit of a config change to applied on every live gateway
+    /// (p50/p99), against a control plane with gateways (e.g. `nexus dev`).
+    ConfigPush {
+        /// The control plane's Admin API.
+        #[arg(long, default_value = "http://127.0.0.1:7400")]
+        control_plane: String,
+        /// An admin key, unless the Admin API is open (as in `nexus dev`).
+        #[arg(long, env = "NEXUS_ADMIN_KEY", hide_env_values = true)]
+        admin_key: Option<String>,
+        /// How many config changes.
+        #[arg(long, default_value_t = 200)]
+        rounds: u64,
+    },
     /// Open idle connections and hold them (to measure server memory per connection).
     /// Prints `ready <n>` once all are connected.
     Idle {
@@ -243,6 +256,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 print_json(&pairs)?;
             } else {
                 print!("{}", report::comparison_table(&pairs));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::ConfigPush {
+            control_plane,
+            admin_key,
+            rounds,
+        } => {
+            let r = nexus_load::config_push::measure(&control_plane, admin_key.as_deref(), rounds)
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "config push, commit -> applied on all {} gateways, {} changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    r.gateways, r.rounds, r.p50_ms, r.p99_ms, r.max_ms
+                );
             }
             return Ok(ExitCode::SUCCESS);
         }

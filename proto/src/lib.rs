@@ -1,6 +1,7 @@
 //! `nexus-proto`: the `nexus.v1` protocol, generated from `proto/nexus/v1/*.proto`, plus
 //! the few rules every party must apply identically: subject syntax ([`subject`]) and the
-//! API key token format ([`keys`]), and how peer-supplied text is logged ([`text`]).
+//! API key token format ([`keys`]), how peer-supplied text is logged ([`text`]), and the
+//! gRPC reflection every process serves ([`reflection`]).
 //!
 //! The `.proto` files are the polyglot contract; every adapter (Rust, Python, Java,
 //! TypeScript) is generated from them. `docs/protocol.md` describes the semantics.
@@ -8,6 +9,7 @@
 pub mod codec;
 pub mod hot_frames;
 pub mod keys;
+pub mod reflection;
 pub mod subject;
 pub mod text;
 

@@ -21,6 +21,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     long_about = "Nexus message router.\n\nRun `nexus dev` for a local cluster, or `nexus gateway --region <name>` for one regional gateway.\nEvery flag can also be set with the NEXUS_* environment variable shown in its help."
 )]
 struct Cli {
+    /// Log lines on stderr: `text` (coloured only when stderr is a terminal and NO_COLOR is
+    /// unset) or `json` (one object per line, for log shippers).
+    #[arg(long, global = true, env = "NEXUS_LOG_FORMAT", default_value = "text")]
+    log_format: nexus::telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -155,7 +159,8 @@ struct DevArgs {
     /// Web console address ("off": no console).
     #[arg(long, default_value = "127.0.0.1:7490")]
     console_listen: String,
-    /// The console's browser bundle (default: $NEXUS_CACHE/console-site).
+    /// A console site built by `scripts/build-console SITE_DIR`, served instead of the
+    /// browser bundle compiled into the binary (the default).
     #[arg(long, env = "NEXUS_CONSOLE_SITE")]
     console_site: Option<std::path::PathBuf>,
 }
@@ -163,6 +168,22 @@ struct DevArgs {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let service = match &cli.command {
+        Command::Gateway { .. } => "nexus-gateway",
+        Command::FederationCerts { .. } => "nexus-federation-certs",
+        Command::ControlPlane(_) => "nexus-control-plane",
+        Command::Dev(_) => "nexus-dev",
+        Command::Console(_) => "nexus-console",
+        Command::Certs(_) => "nexus-certs",
+    };
+    // Kept until the end of main: dropping it flushes exported spans.
+    let _telemetry = match nexus::telemetry::init(service, cli.log_format) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("nexus: error: cannot set up logging: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Gateway {
             gateway,
@@ -184,10 +205,7 @@ async fn main() -> std::process::ExitCode {
         }),
         Command::ControlPlane(args) => run_control_plane(args).await,
         Command::Dev(args) => run_dev(args).await,
-        Command::Console(args) => match nexus::telemetry::init("nexus-console") {
-            Ok(_telemetry) => nexus::console::run(args, shutdown_signal()).await,
-            Err(e) => Err(e),
-        },
+        Command::Console(args) => nexus::console::run(args, shutdown_signal()).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -211,7 +229,6 @@ fn dev_dir(explicit: Option<std::path::PathBuf>) -> std::path::PathBuf {
 }
 
 async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
-    let _telemetry = nexus::telemetry::init("nexus-control-plane")?;
     let store = if args.etcd.is_empty() {
         nexus_control_plane::server::StoreConfig::Embedded(args.data_dir.join("control-plane.redb"))
     } else {
@@ -312,7 +329,6 @@ fn cfg_tls_summary(args: &ControlPlaneArgs) -> Option<String> {
 }
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
-    let _telemetry = nexus::telemetry::init("nexus-dev")?;
     nexus::dev::run(
         nexus::dev::DevOptions {
             regions: args.regions,
@@ -340,7 +356,6 @@ async fn run_gateway(
     args: GatewayArgs,
     federation: nexus::federation::FederationArgs,
 ) -> anyhow::Result<()> {
-    let _telemetry = nexus::telemetry::init("nexus-gateway")?;
     let mut cfg = args.resolve(GatewayConfig::default())?;
     if cfg.gateway_id.is_empty() {
         // Chosen here rather than in the gateway so federation can use it too.

@@ -9,6 +9,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use nexus::ctl::{Output, admin, messaging, parse_duration};
 
+/// `schemas check` found the draft incompatible (distinct from 1, an error, so that CI can
+/// tell "this change breaks consumers" from "the check could not run", as `buf breaking` does).
+const EXIT_INCOMPATIBLE: u8 = 3;
+
 #[derive(Parser)]
 #[command(
     name = "nexusctl",
@@ -26,8 +30,9 @@ nexusctl schemas register orders.created -f order.json\n  \
 nexusctl schemas check orders.created -f order-v2.json\n  \
 nexusctl keys create billing --publish 'billing.>' --subscribe 'billing.>'\n  \
 nexusctl topology                                regions and their live gateways\n\n\
-Add -o json to any command for output meant for scripts. Failures exit non-zero with\n\
-a message naming what is wrong."
+Add -o json to any command for output meant for scripts.\n\n\
+Exit status: 0 ok; 1 error (a message on stderr names what is wrong); 2 usage error;\n\
+3 `schemas check` found the draft incompatible."
 )]
 struct Cli {
     /// Gateway for messaging commands.
@@ -76,6 +81,14 @@ struct Cli {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// After a config change (routes, schemas, enforcement, keys), return at once instead of
+    /// waiting until every live gateway applied it.
+    #[arg(long, global = true)]
+    no_wait: bool,
+    /// How long a config change waits for every live gateway to apply it before failing with
+    /// the names of those that have not.
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
+    wait_timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -112,7 +125,7 @@ enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
         /// How long to wait, e.g. 500ms, 2s.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = parse_duration, allow_hyphen_values = true)]
         timeout: Duration,
     },
     /// Show the gateway's region, id, protocol and limits.
@@ -255,7 +268,7 @@ enum KeysCmd {
         #[arg(long)]
         admin: bool,
         /// Expire after this long, e.g. 90d.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
         expires_in: Option<Duration>,
     },
     /// List keys (never their secrets).
@@ -263,7 +276,7 @@ enum KeysCmd {
     /// Issue a new secret; the old one works for --overlap more (default 1h).
     Rotate {
         id: String,
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
         overlap: Option<Duration>,
     },
     /// Revoke a key at once.
@@ -325,6 +338,19 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         cert: cli.tls_cert.clone(),
         key: cli.tls_key.clone(),
     };
+    let (control_plane, admin_key) = (cli.control_plane.clone(), cli.admin_key.clone());
+    let (no_wait, timeout) = (cli.no_wait, cli.wait_timeout);
+    let code = command(cli, &tls).await?;
+    // Read-your-writes: a config change returns once every live gateway applied it.
+    if let (Some(version), false) = (nexus::ctl::wait::written_config_version(), no_wait) {
+        let mut a = admin::connect(&control_plane, admin_key.as_deref(), &tls).await?;
+        nexus::ctl::wait::applied(&mut a, version, timeout, out).await?;
+    }
+    Ok(code)
+}
+
+async fn command(cli: Cli, tls: &nexus::ctl::ClientTls) -> anyhow::Result<ExitCode> {
+    let out = cli.output;
     match cli.command {
         Command::Pub {
             subject,
@@ -332,7 +358,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             headers,
             count,
         } => {
-            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref(), &tls).await?;
+            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref(), tls).await?;
             let headers = messaging::parse_headers(&headers)?;
             let payload = messaging::read_payload(&payload)?;
             messaging::publish(&c, &subject, payload, headers, count, out).await?;
@@ -343,7 +369,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             queue,
             count,
         } => {
-            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref(), &tls).await?;
+            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref(), tls).await?;
             messaging::subscribe(&c, &pattern, queue.as_deref(), count, out).await?;
             c.close().await;
         }
@@ -353,19 +379,19 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             headers,
             timeout,
         } => {
-            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref(), &tls).await?;
+            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref(), tls).await?;
             let headers = messaging::parse_headers(&headers)?;
             let payload = messaging::read_payload(&payload)?;
             messaging::request(&c, &subject, payload, headers, timeout, out).await?;
             c.close().await;
         }
         Command::Info => {
-            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref(), &tls).await?;
+            let c = messaging::connect(&cli.gateway, cli.api_key.as_deref(), tls).await?;
             messaging::info(&c, out)?;
             c.close().await;
         }
         Command::Routes(cmd) => {
-            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), &tls).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
             match cmd {
                 RoutesCmd::List => admin::routes_list(&mut a, out).await?,
                 RoutesCmd::Get { name } => admin::routes_get(&mut a, &name, out).await?,
@@ -383,12 +409,12 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Schemas(cmd) => {
-            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), &tls).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
             match cmd {
                 SchemasCmd::Register(f) => admin::schemas_register(&mut a, f.input(), out).await?,
                 SchemasCmd::Check(f) => {
                     if !admin::schemas_check(&mut a, f.input(), out).await? {
-                        return Ok(ExitCode::FAILURE);
+                        return Ok(ExitCode::from(EXIT_INCOMPATIBLE));
                     }
                 }
                 SchemasCmd::List => admin::schemas_list(&mut a, out).await?,
@@ -421,7 +447,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Keys(cmd) => {
-            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), &tls).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
             match cmd {
                 KeysCmd::Create {
                     name,
@@ -462,18 +488,18 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Regions(cmd) => {
-            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), &tls).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
             match cmd {
                 RegionsCmd::List => admin::regions_list(&mut a, out).await?,
                 RegionsCmd::Create { name } => admin::regions_create(&mut a, &name, out).await?,
             }
         }
         Command::Gateways { region } => {
-            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), &tls).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
             admin::gateways_list(&mut a, &region, out).await?
         }
         Command::Topology => {
-            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), &tls).await?;
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
             admin::topology(&mut a, out).await?
         }
     }
@@ -486,7 +512,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("nexusctl: error: {e:#}");
+            eprintln!("nexusctl: error: {}", nexus::ctl::describe_error(&e));
             ExitCode::FAILURE
         }
     }

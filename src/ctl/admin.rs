@@ -61,10 +61,20 @@ pub async fn connect(
     Ok(AdminClient::with_interceptor(channel, AdminKey(key)))
 }
 
-/// Turns a gRPC status into an error whose text is the server's explanation.
+/// Turns a gRPC status into an error whose text is the server's explanation, and notes the
+/// config version a write produced (its `nexus-config-version` header) for
+/// [`super::wait::applied`].
 fn call<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
-    r.map(tonic::Response::into_inner)
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))
+    let response = r.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    if let Some(v) = response
+        .metadata()
+        .get("nexus-config-version")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        super::wait::note_config_version(v);
+    }
+    Ok(response.into_inner())
 }
 
 // === routes ===

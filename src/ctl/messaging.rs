@@ -27,9 +27,35 @@ pub async fn connect(
     if let Some(k) = api_key {
         b = b.api_key(k);
     }
-    b.connect()
-        .await
-        .with_context(|| format!("cannot reach the gateway at {gateway}"))
+    b.connect().await.map_err(|e| session_refused(gateway, e))
+}
+
+/// Says what stopped the session: the gateway could not be reached at all, or it answered
+/// and refused (its connection limit, the API key, draining), in its own words.
+fn session_refused(gateway: &str, e: nexus_client::Error) -> anyhow::Error {
+    use nexus_client::Error as E;
+    let refused =
+        |why: &str, message: &str| anyhow::anyhow!("the gateway at {gateway} {why}: {message}");
+    match &e {
+        E::Limit { message } => refused("refused the session (at its limit)", message),
+        E::Transport(s) if s.code() == tonic::Code::ResourceExhausted => {
+            refused("refused the session (at its limit)", s.message())
+        }
+        E::Denied { message } => refused("refused the API key", message),
+        E::Transport(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            ) =>
+        {
+            refused("refused the API key", s.message())
+        }
+        E::Unavailable { message } => refused("is not accepting sessions", message),
+        E::Connect(_) | E::Transport(_) | E::Disconnected => {
+            anyhow::Error::new(e).context(format!("cannot reach the gateway at {gateway}"))
+        }
+        _ => anyhow::Error::new(e).context(format!("no session with the gateway at {gateway}")),
+    }
 }
 
 pub fn parse_headers(raw: &[String]) -> anyhow::Result<Headers> {
@@ -80,6 +106,9 @@ pub async fn publish(
     output: Output,
 ) -> anyhow::Result<()> {
     let mut delivered = 0u64;
+    let mut duplicates = 0u64;
+    let mut forwarded = std::collections::BTreeSet::new();
+    let mut spooled = std::collections::BTreeSet::new();
     for _ in 0..count {
         let msg = OutgoingMessage {
             subject: subject.to_owned(),
@@ -87,17 +116,73 @@ pub async fn publish(
             headers: headers.clone(),
             payload: payload.clone(),
         };
-        delivered += client.publish_message_acked(msg).await? as u64;
+        let outcome = client.publish_message_confirmed(msg).await?;
+        delivered += u64::from(outcome.delivered);
+        duplicates += u64::from(outcome.duplicate);
+        forwarded.extend(outcome.forwarded_regions);
+        spooled.extend(outcome.spooled_regions);
     }
+    let region = client.server_info().map(|i| i.region).unwrap_or_default();
     match output {
-        Output::Text => {
-            println!("published {count} message(s) to {subject}: {delivered} deliveries")
-        }
+        Output::Text => println!(
+            "{}",
+            publish_summary(
+                count, subject, &region, delivered, &forwarded, &spooled, duplicates
+            )
+        ),
         Output::Json => print_json(&json!({
-            "subject": subject, "published": count, "delivered": delivered
+            "subject": subject,
+            "published": count,
+            "region": region,
+            "delivered": delivered,
+            "forwarded_regions": forwarded,
+            "spooled_regions": spooled,
+            "duplicates": duplicates,
         })),
     }
     Ok(())
+}
+
+/// One line saying where the messages went: local deliveries, then the other regions.
+fn publish_summary(
+    count: u64,
+    subject: &str,
+    region: &str,
+    delivered: u64,
+    forwarded: &std::collections::BTreeSet<String>,
+    spooled: &std::collections::BTreeSet<String>,
+    duplicates: u64,
+) -> String {
+    let noun = if count == 1 { "message" } else { "messages" };
+    let local = if region.is_empty() {
+        "this region".to_owned()
+    } else {
+        region.to_owned()
+    };
+    let deliveries = if delivered == 1 {
+        "delivery"
+    } else {
+        "deliveries"
+    };
+    let mut line =
+        format!("published {count} {noun} to {subject}: {delivered} {deliveries} in {local}");
+    let join =
+        |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(", ");
+    if !forwarded.is_empty() {
+        line.push_str(&format!("; forwarded to {}", join(forwarded)));
+    }
+    if !spooled.is_empty() {
+        line.push_str(&format!("; spooled for {}", join(spooled)));
+    }
+    if forwarded.is_empty() && spooled.is_empty() {
+        line.push_str("; not sent to other regions");
+    }
+    if duplicates > 0 {
+        line.push_str(&format!(
+            "; {duplicates} already accepted before (duplicate id, not delivered again)"
+        ));
+    }
+    line
 }
 
 pub async fn subscribe(
@@ -170,4 +255,34 @@ pub fn info(client: &Client, output: Output) -> anyhow::Result<()> {
         })),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::publish_summary;
+
+    #[test]
+    fn the_summary_names_local_deliveries_and_other_regions() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            publish_summary(
+                1,
+                "greetings.world",
+                "us-east",
+                0,
+                &set(&["ap-south"]),
+                &set(&[]),
+                0
+            ),
+            "published 1 message to greetings.world: 0 deliveries in us-east; forwarded to ap-south"
+        );
+        assert_eq!(
+            publish_summary(2, "a", "eu-west", 1, &set(&[]), &set(&["us-east"]), 1),
+            "published 2 messages to a: 1 delivery in eu-west; spooled for us-east; 1 already accepted before (duplicate id, not delivered again)"
+        );
+        assert_eq!(
+            publish_summary(1, "a", "eu-west", 3, &set(&[]), &set(&[]), 0),
+            "published 1 message to a: 3 deliveries in eu-west; not sent to other regions"
+        );
+    }
 }

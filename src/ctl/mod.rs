@@ -1,9 +1,11 @@
 //! `nexusctl`'s commands. [`messaging`] talks to a gateway (pub, sub, req, info); [`admin`]
-//! talks to the control plane (routes, schemas, keys, regions, gateways, topology). This
+//! talks to the control plane (routes, schemas, keys, regions, gateways, topology); [`wait`]
+//! holds a config change until every live gateway applied it. This
 //! module holds what both share: output formats, tables and parsing helpers.
 
 pub mod admin;
 pub mod messaging;
+pub mod wait;
 
 use std::time::Duration;
 
@@ -18,8 +20,14 @@ pub enum Output {
     Json,
 }
 
-/// Parses `500ms`, `2s`, `5m`, `1h`, `30d`; a bare number is milliseconds.
+/// Parses `500ms`, `2s`, `5m`, `1h`, `30d`; a bare number is milliseconds. A negative value
+/// (`-5s`, which the flags accept as a value rather than an option) is refused by name.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Some(rest) = s.strip_prefix('-') {
+        return Err(format!(
+            "{s:?} is negative: durations count forward from now (use e.g. {rest})"
+        ));
+    }
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| s.split_at(i))
@@ -38,6 +46,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
         )),
     }
+}
+
+/// An error and its causes on one line, each said once: gRPC and hyper errors often repeat
+/// their source's text in their own ("tcp connect error: tcp connect error: Connection
+/// refused"), and anyhow's `{:#}` would print every layer.
+pub fn describe_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || out.contains(text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(text);
+    }
+    out
 }
 
 /// Prints rows as aligned columns under a header.
@@ -102,6 +129,35 @@ pub fn format_ms(ms: i64) -> String {
 mod tests {
     use super::*;
 
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn errors_say_each_cause_once() {
+        let e = anyhow::Error::new(Layer(
+            "tcp connect error",
+            Some(Box::new(Layer(
+                "tcp connect error",
+                Some(Box::new(Layer("Connection refused (os error 111)", None))),
+            ))),
+        ))
+        .context("cannot reach the gateway at http://127.0.0.1:1");
+        assert_eq!(
+            describe_error(&e),
+            "cannot reach the gateway at http://127.0.0.1:1: tcp connect error: Connection refused (os error 111)"
+        );
+    }
+
     #[test]
     fn durations_and_dates() {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
@@ -109,6 +165,7 @@ mod tests {
         assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("2x").is_err());
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-5s").unwrap_err().contains("negative"));
         assert_eq!(format_ms(0), "-");
         assert_eq!(format_ms(1_767_225_600_000), "2026-01-01 00:00:00");
     }

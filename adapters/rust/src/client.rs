@@ -67,6 +67,19 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// What the gateway said about a confirmed publish (its `Ack`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// Subscriptions in the gateway's region the message was queued for.
+    pub delivered: u32,
+    /// Other regions it was sent to best effort.
+    pub forwarded_regions: Vec<String>,
+    /// Other regions it was written to the replication spool for (`async` / `sync` routes).
+    pub spooled_regions: Vec<String>,
+    /// The message id was accepted before: nothing was delivered or replicated again.
+    pub duplicate: bool,
+}
+
 /// What the gateway said in its Welcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerInfo {
@@ -591,6 +604,13 @@ impl Client {
 
     /// [`publish_acked`](Self::publish_acked) for a full [`OutgoingMessage`].
     pub async fn publish_message_acked(&self, msg: OutgoingMessage) -> Result<u32> {
+        Ok(self.publish_message_confirmed(msg).await?.delivered)
+    }
+
+    /// Like [`publish_message_acked`](Self::publish_message_acked), with everything the
+    /// gateway said about the message: local deliveries, and the other regions it was
+    /// forwarded to or spooled for.
+    pub async fn publish_message_confirmed(&self, msg: OutgoingMessage) -> Result<PublishOutcome> {
         let subject = msg.subject.clone();
         let Kind::Pub(publish) = self.pub_frame(msg, 0)? else {
             unreachable!("pub_frame builds a Pub")
@@ -627,13 +647,20 @@ impl Client {
                         });
                     }
                 }
-                other => return other,
+                other => {
+                    return other.map(|a| PublishOutcome {
+                        delivered: a.delivered,
+                        forwarded_regions: a.forwarded_regions,
+                        spooled_regions: a.spooled_regions,
+                        duplicate: a.duplicate,
+                    });
+                }
             }
         }
     }
 
     /// One attempt of a confirmed publish: a fresh ack id, the same message (and id).
-    async fn publish_attempt(&self, publish: &pb::Pub, subject: &str) -> Result<u32> {
+    async fn publish_attempt(&self, publish: &pb::Pub, subject: &str) -> Result<pb::Ack> {
         let ack_id = self.shared().next_id();
         let frame = Kind::Pub(pb::Pub {
             ack_id,
@@ -657,9 +684,9 @@ impl Client {
         &self,
         ack_id: u64,
         o: Outbound,
-        mut rx: oneshot::Receiver<std::result::Result<u32, crate::error::Fail>>,
+        mut rx: oneshot::Receiver<std::result::Result<pb::Ack, crate::error::Fail>>,
         subject: &str,
-    ) -> Result<u32> {
+    ) -> Result<pb::Ack> {
         let t = self.request_timeout();
         if let Err(e) = self.enqueue(o).await {
             self.shared().state.lock().acks.remove(&ack_id);
@@ -690,7 +717,7 @@ impl Client {
             }
         };
         match answer {
-            Ok(Ok(n)) => Ok(n),
+            Ok(Ok(ack)) => Ok(ack),
             Ok(Err(f)) => Err(f.into_error(subject, t)),
             Err(_) => Err(Error::Closed),
         }

@@ -89,14 +89,14 @@ pub(crate) struct SubEntry {
 pub(crate) struct AckWaiter {
     /// `None` once the caller gave up waiting (a subscribe that timed out): if the gateway
     /// acks the `Sub` after all, the subscription is removed again with an `Unsub`.
-    pub(crate) tx: Option<oneshot::Sender<std::result::Result<u32, Fail>>>,
+    pub(crate) tx: Option<oneshot::Sender<std::result::Result<pb::Ack, Fail>>>,
     /// Set when the ack confirms a subscription.
     pub(crate) sid: Option<u64>,
 }
 
 impl AckWaiter {
     pub(crate) fn new(
-        tx: oneshot::Sender<std::result::Result<u32, Fail>>,
+        tx: oneshot::Sender<std::result::Result<pb::Ack, Fail>>,
         sid: Option<u64>,
     ) -> Self {
         AckWaiter { tx: Some(tx), sid }
@@ -795,7 +795,7 @@ fn on_ack(shared: &Shared, a: pb::Ack) {
                 sub.confirmed = true;
             }
             // The subscribe call went away before its Ack (cancelled): undo it.
-            tx.send(Ok(a.delivered)).err().and(sid)
+            tx.send(Ok(a)).err().and(sid)
         }
         // The subscribe timed out locally but the gateway applied it after all: undo it.
         (None, sid) => sid,

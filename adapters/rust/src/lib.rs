@@ -142,7 +142,9 @@ mod tls;
 pub mod trace;
 
 pub use bytes::Bytes;
-pub use client::{Client, ClientBuilder, DEFAULT_PUBLISH_RETRY_TIMEOUT, ServerInfo};
+pub use client::{
+    Client, ClientBuilder, DEFAULT_PUBLISH_RETRY_TIMEOUT, PublishOutcome, ServerInfo,
+};
 pub use discovery::DNS_SERVER_ENV;
 pub use error::{Error, GatewayAttempt, Result, ServiceError};
 pub use headers::{Headers, TRACEPARENT, is_valid_traceparent, new_traceparent};
