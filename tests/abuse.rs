@@ -679,3 +679,108 @@ async fn sessions_with_a_retired_secret_close_when_the_overlap_ends() {
         .await;
     assert!(matches!(new.next_frame().await, Some(Kind::Pong(_))));
 }
+
+/// Publishes `n` acked messages as fast as the session takes them; returns (acked, refused
+/// for a rate limit, the first refusal's message).
+async fn publish_acked(mut s: RawSession, subject: &str, n: u64) -> (u64, u64, String) {
+    for chunk in 0..n / 100 {
+        s.send(
+            (1..=100)
+                .map(|i| {
+                    frame(Kind::Pub(v1::Pub {
+                        subject: subject.to_owned().into(),
+                        payload: Bytes::from_static(b"0123456789"),
+                        ack_id: chunk * 100 + i,
+                        ..Default::default()
+                    }))
+                })
+                .collect(),
+        )
+        .await;
+    }
+    let (mut acked, mut limited, mut first) = (0, 0, String::new());
+    while acked + limited < n {
+        match s.next_frame().await {
+            Some(Kind::Ack(_)) => acked += 1,
+            Some(Kind::Nack(n)) => {
+                let e = n.error.unwrap();
+                assert_eq!(e.code, ErrorCode::Limit as i32, "{}", e.message);
+                if first.is_empty() {
+                    first = e.message;
+                }
+                limited += 1;
+            }
+            other => panic!("after {acked} acks, {limited} refusals: {other:?}"),
+        }
+    }
+    (acked, limited, first)
+}
+
+/// A key over its rate limit is refused with LIMIT naming the key, counted per key; another
+/// key publishing as fast at the same time is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_rate_limit_is_refused_and_other_keys_are_unaffected() {
+    let (cp, gw, _, _dir) = keyed_gateway("").await;
+    let (limited_id, limited) = create_key(&cp, "limited", &["load.>"], &[]);
+    let (_, free) = create_key(&cp, "free", &["load.>"], &[]);
+    let version = gw.metric("nexus_config_version", &[]);
+    let out = nexusctl(
+        &cp,
+        &[
+            "keys",
+            "limits",
+            &limited_id,
+            "--msgs-per-sec",
+            "200",
+            "--burst-msgs",
+            "100",
+        ],
+    );
+    assert!(out.contains("200 msgs/s (burst 100)"), "{out}");
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .metric("nexus_config_version", &[])
+            > version)
+        .await
+    );
+    let open = |secret: String, url: String| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match keyed_session(&url, &secret).await {
+                Ok(s) => return s,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("key never accepted: {e}"),
+            }
+        }
+    };
+    let a = open(limited, gw.url()).await;
+    let b = open(free, gw.url()).await;
+    let started = Instant::now();
+    let (ra, rb) = tokio::join!(
+        publish_acked(a, "load.a", 5000),
+        publish_acked(b, "load.b", 5000)
+    );
+    let took = started.elapsed();
+    println!(
+        "in {took:?}: limited key {} acked, {} refused ({}); free key {} acked, {} refused",
+        ra.0, ra.1, ra.2, rb.0, rb.1
+    );
+    assert_eq!(rb, (5000, 0, String::new()), "the other key was affected");
+    // At most the burst plus 200/s over the run (with slack for timing).
+    let allowed = 100.0 + 200.0 * took.as_secs_f64() + 50.0;
+    assert!(
+        (ra.0 as f64) <= allowed,
+        "{} acked, allowed {allowed}",
+        ra.0
+    );
+    assert!(ra.1 > 0 && ra.2.contains(&limited_id) && ra.2.contains("200 messages/s"));
+    assert_eq!(
+        gw.metric(
+            "nexus_key_rate_limited_total",
+            &[&format!("key=\"{limited_id}\"")]
+        ),
+        ra.1 as f64
+    );
+}

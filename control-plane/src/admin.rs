@@ -117,6 +117,11 @@ impl Admin for AdminService {
         ok(keys::revoke(&*self.store, &r.into_inner().id).await?)
     }
 
+    async fn set_key_limits(&self, r: Request<SetKeyLimitsRequest>) -> R<ApiKey> {
+        let r = r.into_inner();
+        ok(keys::set_limits(&*self.store, &r.id, r.limits.unwrap_or_default()).await?)
+    }
+
     async fn update_key_scopes(&self, r: Request<UpdateKeyScopesRequest>) -> R<ApiKey> {
         let r = r.into_inner();
         let scopes = r

@@ -4,7 +4,7 @@
 
 use nexus_proto::keys::{issue, new_key_id};
 use nexus_proto::subject::validate_pattern;
-use nexus_proto::v1::{ApiKey, KeyScopes, StoredKey};
+use nexus_proto::v1::{ApiKey, KeyLimits, KeyScopes, StoredKey};
 
 use crate::error::AdminError;
 use crate::names::{KEYS, key_key, now_ms, validate_name};
@@ -165,6 +165,44 @@ pub async fn update_scopes(
         ));
     }
     key.scopes = Some(scopes);
+    stored.key = Some(key);
+    let record = key_key(id);
+    let txn = Txn::new()
+        .when(Compare::Version(record.clone(), version))
+        .then(Op::put(record.clone(), encode(&stored)));
+    if !store.txn(txn).await?.succeeded {
+        return Err(conflict(store, &record, &format!("key {id}"), version).await);
+    }
+    Ok(public(&stored, version + 1))
+}
+
+/// Sets a key's rate limits (all zero: unlimited).
+pub async fn set_limits(
+    store: &dyn Store,
+    id: &str,
+    limits: KeyLimits,
+) -> Result<ApiKey, AdminError> {
+    if limits.burst_msgs != 0 && limits.msgs_per_sec == 0 {
+        return Err(AdminError::invalid(
+            "limits.burst_msgs",
+            "needs limits.msgs_per_sec",
+        ));
+    }
+    if limits.burst_bytes != 0 && limits.bytes_per_sec == 0 {
+        return Err(AdminError::invalid(
+            "limits.burst_bytes",
+            "needs limits.bytes_per_sec",
+        ));
+    }
+    let (mut stored, version) = load(store, id).await?;
+    let mut key = stored.key.clone().unwrap_or_default();
+    if key.revoked {
+        return Err(AdminError::invalid(
+            "id",
+            format!("key {id} is revoked; create a new one"),
+        ));
+    }
+    key.limits = Some(limits);
     stored.key = Some(key);
     let record = key_key(id);
     let txn = Txn::new()

@@ -24,6 +24,7 @@ pub mod config;
 pub mod connection;
 pub mod control;
 pub mod http;
+pub mod key_limits;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;

@@ -127,6 +127,11 @@ pub struct SchemaLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub limit: Limit,
 }
@@ -159,6 +164,8 @@ pub struct GatewayMetrics {
     pub slow_consumer: Family<SlowConsumerLabels, Counter>,
     pub limit_violations: Family<LimitLabels, Counter>,
     pub admission_refusals: Family<AdmissionLabels, Counter>,
+    /// Messages refused because their key was over its rate limit, by key id.
+    pub key_rate_limited: Family<KeyLabels, Counter>,
     /// Sessions open that have not completed Hello.
     pub unauthenticated_sessions: Gauge,
     /// TCP connections open on the adapter listener.
@@ -203,6 +210,7 @@ impl GatewayMetrics {
             slow_consumer: Family::default(),
             limit_violations: Family::default(),
             admission_refusals: Family::default(),
+            key_rate_limited: Family::default(),
             unauthenticated_sessions: Gauge::default(),
             transport_connections: Gauge::default(),
             protocol_errors: Counter::default(),
@@ -276,6 +284,11 @@ impl GatewayMetrics {
             "admission_refusals",
             "Connections and sessions refused or closed before authenticating, by reason",
             m.admission_refusals.clone(),
+        );
+        registry.register(
+            "key_rate_limited",
+            "Messages refused because their API key was over its rate limit, by key id",
+            m.key_rate_limited.clone(),
         );
         registry.register(
             "unauthenticated_sessions",
@@ -371,6 +384,14 @@ impl GatewayMetrics {
         if self.attached.0.set(collector).is_err() {
             tracing::warn!("a second set of metrics was attached to the gateway; ignoring it");
         }
+    }
+
+    pub fn key_rate_limited(&self, key: &str) {
+        self.key_rate_limited
+            .get_or_create(&KeyLabels {
+                key: key.to_owned(),
+            })
+            .inc();
     }
 
     pub fn admission_refused(&self, reason: AdmissionRefusal) {

@@ -171,6 +171,14 @@ impl Policy {
         Ok(stored)
     }
 
+    /// The rate limits of every key that has some.
+    pub fn key_limits(&self) -> impl Iterator<Item = (&str, &nexus_proto::v1::KeyLimits)> {
+        self.keys.iter().filter_map(|(id, k)| {
+            let l = k.key.as_ref()?.limits.as_ref()?;
+            Some((id.as_str(), l))
+        })
+    }
+
     /// For a session authenticated earlier: its current grant (scopes may have changed),
     /// or why it must end now (revoked, expired, deleted).
     /// Also ends a session whose secret a rotation retired: it presented the previous

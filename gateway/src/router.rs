@@ -145,6 +145,8 @@ pub struct Router {
     authenticated: Mutex<HashMap<u64, std::sync::Weak<Connection>>>,
     /// Other regions, when federation is configured.
     remote: std::sync::OnceLock<Arc<dyn crate::remote::Remote>>,
+    /// Per-key rate limits, from the policy's keys.
+    pub key_limiters: crate::key_limits::KeyLimiters,
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>, ref_id: u64) -> v1::Error {
@@ -218,6 +220,7 @@ impl Router {
             policy: ArcSwap::from_pointee(Policy::default()),
             authenticated: Mutex::new(HashMap::new()),
             remote: std::sync::OnceLock::new(),
+            key_limiters: Default::default(),
         }
     }
 
@@ -248,6 +251,7 @@ impl Router {
     pub fn apply_policy(&self, policy: Policy) {
         self.metrics.config_version.set(policy.version);
         self.metrics.config_updates.inc();
+        self.key_limiters.update(policy.key_limits());
         self.policy.store(Arc::new(policy));
         self.recheck_sessions(crate::policy_now_ms());
     }
@@ -286,6 +290,19 @@ impl Router {
                 }
             }
         });
+    }
+
+    /// Charges one message of `payload_len` bytes to the rate limits of `grant`'s key (none
+    /// when authentication is off); `Err` is the refusal, already counted.
+    pub fn charge_key(
+        &self,
+        grant: Option<&crate::policy::Grant>,
+        payload_len: usize,
+    ) -> Result<(), String> {
+        let Some(grant) = grant else { return Ok(()) };
+        self.key_limiters
+            .check(&grant.key_id, payload_len)
+            .inspect_err(|_| self.metrics.key_rate_limited(&grant.key_id))
     }
 
     pub fn track_authenticated(&self, conn: &Arc<Connection>) {

@@ -143,6 +143,9 @@ impl GatewayService {
                     grant.publish.join(", ")
                 )));
             }
+            self.router
+                .charge_key(Some(&grant), payload_len)
+                .map_err(Status::resource_exhausted)?;
         }
         let max = self.router.config().limits.max_payload;
         if payload_len as u64 > max {

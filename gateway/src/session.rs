@@ -418,7 +418,10 @@ impl Session {
             }
             Kind::StreamData(d) => {
                 let result = match self.check_payload(d.payload.len(), d.stream_id) {
-                    Ok(()) => streams::data(&self.router, &self.conn, d).await,
+                    Ok(()) => match self.charge_key(d.payload.len()) {
+                        Ok(()) => streams::data(&self.router, &self.conn, d).await,
+                        Err(message) => Err(error(ErrorCode::Limit, message, d.stream_id)),
+                    },
                     Err(e) => Err(e),
                 };
                 self.stream_result(result);
@@ -453,6 +456,12 @@ impl Session {
                 grant.publish.join(", ")
             )
         })
+    }
+
+    /// Charges a message to the session key's rate limits ([`crate::key_limits`]).
+    fn charge_key(&self, payload_len: usize) -> Result<(), String> {
+        self.router
+            .charge_key(self.conn.grant.load().as_deref(), payload_len)
     }
 
     fn count_invalid(&self, e: &v1::Error) {
@@ -656,6 +665,9 @@ impl Session {
         if let Some(message) = self.may_publish(&p.subject) {
             return self.refuse(ErrorCode::Denied, message, p.ack_id, p.ack_id);
         }
+        if let Err(message) = self.charge_key(p.payload.len()) {
+            return self.refuse(ErrorCode::Limit, message, p.ack_id, p.ack_id);
+        }
         if let Err(message) = self.router.check_schema(&p.subject, &p.payload) {
             return self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id);
         }
@@ -782,6 +794,9 @@ impl Session {
         }
         if let Some(message) = self.may_publish(&r.subject) {
             return refuse(self, ErrorCode::Denied, message);
+        }
+        if let Err(message) = self.charge_key(r.payload.len()) {
+            return refuse(self, ErrorCode::Limit, message);
         }
         if let Err(message) = self.router.check_schema(&r.subject, &r.payload) {
             return refuse(self, ErrorCode::Invalid, message);

@@ -268,6 +268,22 @@ enum KeysCmd {
     },
     /// Revoke a key at once.
     Revoke { id: String },
+    /// Set a key's rate limits (every gateway enforces them; 0 or omitted: unlimited).
+    Limits {
+        id: String,
+        /// Messages per second (publishes, requests, stream data).
+        #[arg(long, default_value_t = 0)]
+        msgs_per_sec: u32,
+        /// Payload bytes per second.
+        #[arg(long, default_value_t = 0)]
+        bytes_per_sec: u64,
+        /// Messages allowed at once above the rate (default: one second's worth).
+        #[arg(long, default_value_t = 0)]
+        burst_msgs: u32,
+        /// Payload bytes allowed at once above the rate (default: one second's worth).
+        #[arg(long, default_value_t = 0)]
+        burst_bytes: u64,
+    },
     /// Replace a key's scopes; open sessions lose subscriptions no longer covered.
     Scopes {
         id: String,
@@ -422,6 +438,21 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
                     admin::keys_rotate(&mut a, &id, overlap, out).await?
                 }
                 KeysCmd::Revoke { id } => admin::keys_revoke(&mut a, &id, out).await?,
+                KeysCmd::Limits {
+                    id,
+                    msgs_per_sec,
+                    bytes_per_sec,
+                    burst_msgs,
+                    burst_bytes,
+                } => {
+                    let limits = nexus_proto::v1::KeyLimits {
+                        msgs_per_sec,
+                        bytes_per_sec,
+                        burst_msgs,
+                        burst_bytes,
+                    };
+                    admin::keys_limits(&mut a, &id, limits, out).await?
+                }
                 KeysCmd::Scopes {
                     id,
                     publish,

@@ -632,6 +632,12 @@ fn key_json(k: &ApiKey) -> serde_json::Value {
         "revoked": k.revoked,
         "previous_valid_until_ms": k.previous_valid_until_ms,
         "version": k.version,
+        "limits": k.limits.as_ref().map(|l| json!({
+            "msgs_per_sec": l.msgs_per_sec,
+            "bytes_per_sec": l.bytes_per_sec,
+            "burst_msgs": l.burst_msgs,
+            "burst_bytes": l.burst_bytes,
+        })),
     })
 }
 
@@ -766,6 +772,44 @@ pub async fn keys_revoke(c: &mut Admin, id: &str, output: Output) -> anyhow::Res
     let k = call(c.revoke_key(RevokeKeyRequest { id: id.into() }).await)?;
     match output {
         Output::Text => println!("key {} ({}) revoked", k.id, k.name),
+        Output::Json => print_json(&key_json(&k)),
+    }
+    Ok(())
+}
+
+pub async fn keys_limits(
+    c: &mut Admin,
+    id: &str,
+    limits: KeyLimits,
+    output: Output,
+) -> anyhow::Result<()> {
+    let k = call(
+        c.set_key_limits(SetKeyLimitsRequest {
+            id: id.into(),
+            limits: Some(limits),
+        })
+        .await,
+    )?;
+    match output {
+        Output::Text => {
+            let l = k.limits.unwrap_or_default();
+            let show = |v: u64| {
+                if v == 0 {
+                    "unlimited".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            println!(
+                "key {} ({}) limits: {} msgs/s (burst {}), {} bytes/s (burst {})",
+                k.id,
+                k.name,
+                show(l.msgs_per_sec.into()),
+                show(l.burst_msgs.into()),
+                show(l.bytes_per_sec),
+                show(l.burst_bytes)
+            )
+        }
         Output::Json => print_json(&key_json(&k)),
     }
     Ok(())
