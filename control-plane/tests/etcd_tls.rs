@@ -269,6 +269,59 @@ async fn user_and_password() {
         .await
         .unwrap();
     roundtrip(&store).await;
+
+    // etcd drops every token when auth is turned off and on again: the store notices the
+    // refusal, authenticates again, and a retry works.
+    {
+        use nexus_control_plane::store::etcd_api::etcdserverpb as pb;
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        let channel = Endpoint::from_shared(etcd.endpoint.clone())
+            .unwrap()
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
+                std::fs::read(pki.path("ca.pem")).unwrap(),
+            )))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut auth = pb::auth_client::AuthClient::new(channel);
+        let root = auth
+            .authenticate(pb::AuthenticateRequest {
+                name: "root".into(),
+                password: "root-pw".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        let mut disable = tonic::Request::new(pb::AuthDisableRequest {});
+        disable
+            .metadata_mut()
+            .insert("token", root.parse().unwrap());
+        auth.auth_disable(disable).await.unwrap();
+        auth.auth_enable(pb::AuthEnableRequest {}).await.unwrap();
+    }
+    let refused = store.get("/nexus/test/tls").await;
+    assert!(
+        refused.is_err(),
+        "the old token must be refused: {refused:?}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match store.get("/nexus/test/tls").await {
+            Ok(v) => {
+                assert!(v.is_some());
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never re-authenticated: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
     assert!(
         EtcdStore::connect_with(&endpoints(&etcd), &user("wrong"))
             .await

@@ -79,15 +79,52 @@ impl EtcdAccess {
 /// etcd's auth token (from `Authenticate` with a user and password), sent as `token` metadata
 /// on every call.
 #[derive(Clone, Default)]
-struct Token(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+struct Token(std::sync::Arc<TokenState>);
+
+#[derive(Default)]
+struct TokenState {
+    current: arc_swap::ArcSwapOption<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// The user and password, to authenticate again when etcd drops the token.
+    user: Option<(String, String)>,
+    refreshing: std::sync::atomic::AtomicBool,
+}
 
 impl tonic::service::Interceptor for Token {
     fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(t) = &self.0 {
-            r.metadata_mut().insert("token", t.clone());
+        if let Some(t) = &*self.0.current.load() {
+            r.metadata_mut().insert("token", (**t).clone());
         }
         Ok(r)
     }
+}
+
+/// Whether etcd refused a call because its auth token is no longer valid (etcd restarted,
+/// auth was re-enabled, or the token's TTL passed).
+fn token_invalid(s: &tonic::Status) -> bool {
+    s.message().contains("invalid auth token") || s.message().contains("auth store is old")
+}
+
+/// Exchanges the user and password for a token.
+async fn authenticate(
+    channel: &Channel,
+    endpoints: &[String],
+    (name, password): &(String, String),
+) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, StoreError> {
+    let reply = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        AuthClient::new(channel.clone()).authenticate(pb::AuthenticateRequest {
+            name: name.clone(),
+            password: password.clone(),
+        }),
+    )
+    .await
+    .map_err(|_| unavailable(endpoints, "no answer to Authenticate"))?
+    .map_err(|s| unavailable(endpoints, format!("user {name:?}: {}", describe(&s))))?;
+    reply
+        .into_inner()
+        .token
+        .parse()
+        .map_err(|_| unavailable(endpoints, "etcd's auth token is not valid metadata"))
 }
 
 type Authed = tonic::service::interceptor::InterceptedService<Channel, Token>;
@@ -185,24 +222,14 @@ impl EtcdStore {
                 ));
             }
         }
-        let token = match &access.user {
-            None => Token::default(),
-            Some((name, password)) => {
-                let reply = tokio::time::timeout(
-                    REQUEST_TIMEOUT,
-                    AuthClient::new(channel.clone()).authenticate(pb::AuthenticateRequest {
-                        name: name.clone(),
-                        password: password.clone(),
-                    }),
-                )
-                .await
-                .map_err(|_| unavailable(endpoints, "no answer to Authenticate"))?
-                .map_err(|s| unavailable(endpoints, format!("user {name:?}: {}", describe(&s))))?;
-                Token(Some(reply.into_inner().token.parse().map_err(|_| {
-                    unavailable(endpoints, "etcd's auth token is not valid metadata")
-                })?))
-            }
-        };
+        let token = Token(std::sync::Arc::new(TokenState {
+            user: access.user.clone(),
+            ..TokenState::default()
+        }));
+        if let Some(user) = &access.user {
+            let t = authenticate(&channel, endpoints, user).await?;
+            token.0.current.store(Some(std::sync::Arc::new(t)));
+        }
         Ok(Self {
             channel,
             token,
@@ -241,11 +268,38 @@ impl EtcdStore {
     }
 
     fn err(&self, s: tonic::Status) -> StoreError {
+        if token_invalid(&s) {
+            self.reauthenticate();
+        }
         if s.code() == tonic::Code::NotFound {
             StoreError::Internal(s.message().to_owned())
         } else {
             unavailable(&self.endpoints, describe(&s))
         }
+    }
+
+    /// Fetches a new token in the background after etcd refused the current one; the call
+    /// that noticed fails (as unavailable) and its caller's retry uses the new token.
+    fn reauthenticate(&self) {
+        use std::sync::atomic::Ordering;
+        let state = self.token.0.clone();
+        let Some(user) = state.user.clone() else {
+            return;
+        };
+        if state.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (channel, endpoints) = (self.channel.clone(), self.endpoints.clone());
+        tokio::spawn(async move {
+            match authenticate(&channel, &endpoints, &user).await {
+                Ok(t) => {
+                    state.current.store(Some(std::sync::Arc::new(t)));
+                    tracing::info!("etcd auth token renewed");
+                }
+                Err(e) => tracing::warn!(error = %e, "etcd re-authentication failed"),
+            }
+            state.refreshing.store(false, Ordering::Release);
+        });
     }
 
     fn kv(&self) -> KvClient<Authed> {
