@@ -784,3 +784,79 @@ async fn a_key_over_its_rate_limit_is_refused_and_other_keys_are_unaffected() {
         ra.1 as f64
     );
 }
+
+/// A client name carrying a newline, an ANSI escape and a bidi override cannot forge or
+/// rewrite a line of the gateway's log: it is written escaped. (The case: a session
+/// refused at Hello wrote a forged line.)
+#[tokio::test]
+async fn client_supplied_names_cannot_forge_log_lines() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempdir::Dir::new("abuse-log");
+    let log = dir.0.join("gateway.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["gateway", "--region", "test", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--auth", "required"])
+        .arg("--state-dir")
+        .arg(dir.0.join("state"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("NEXUS_CONTROL_PLANE")
+        .env_remove("NEXUS_AUTH")
+        .env_remove("NEXUS_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let grpc = loop {
+        line.clear();
+        assert!(lines.read_line(&mut line).unwrap() > 0, "gateway exited");
+        if let Some(rest) = line.trim().split(" listening on ").nth(1) {
+            break rest.split(", metrics on ").next().unwrap().to_owned();
+        }
+    };
+    let forged =
+        "app\n2026-12-02T00:00:00.000000Z  INFO admin key created for mallory\x1b[2K\u{202e}";
+    let hello = frame(Kind::Hello(v1::Hello {
+        api_key: "nxk_0000000000000000_wrong".into(),
+        client_name: forged.into(),
+        language: "x\ny".into(),
+        protocol: 1,
+        ..Default::default()
+    }));
+    let mut s = RawSession::open(&format!("http://{grpc}"), vec![hello])
+        .await
+        .unwrap();
+    // Refused at Hello (no such key), which logs the client name.
+    while s.next_result().await.is_ok_and(|k| k.is_some()) {}
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("session refused") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("session refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{text}");
+    assert!(
+        refused[0].contains("app\\u{a}2026-12-02T00:00:00.000000Z  INFO admin key created for mallory\\u{1b}[2K\\u{202e}"),
+        "{}",
+        refused[0]
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("2026-12-02T00:00:00")),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b') && !text.contains('\u{202e}'),
+        "{text}"
+    );
+}
