@@ -21,19 +21,10 @@ pub struct ConsoleArgs {
     /// NEXUS_CONSOLE_ADMIN_KEY; never pass it on the command line.
     #[arg(long, env = "NEXUS_CONSOLE_ADMIN_KEY_FILE")]
     pub admin_key_file: Option<PathBuf>,
-    /// Directory with the browser bundle built by scripts/build-console (default:
-    /// $NEXUS_CACHE/console-site, NEXUS_CACHE defaulting to ~/.cache/nexus).
+    /// A site directory written by `scripts/build-console SITE_DIR`, served instead of the
+    /// browser bundle compiled into this binary (the default).
     #[arg(long, env = "NEXUS_CONSOLE_SITE")]
     pub site: Option<PathBuf>,
-}
-
-/// Where scripts/build-console writes the site by default.
-pub fn default_site() -> PathBuf {
-    let cache = std::env::var_os("NEXUS_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/nexus")))
-        .unwrap_or_else(|| PathBuf::from(".nexus-cache"));
-    cache.join("console-site")
 }
 
 /// Binds the console; the caller prints where it listens and runs it.
@@ -43,7 +34,7 @@ pub async fn bind(
     admin_key: Option<String>,
     site: Option<PathBuf>,
 ) -> anyhow::Result<Console> {
-    let mut opts = ConsoleOptions::new(listen, control_plane, site.unwrap_or_else(default_site));
+    let mut opts = ConsoleOptions::new(listen, control_plane, site);
     opts.admin_key = admin_key;
     Console::bind(opts).await
 }
@@ -80,7 +71,7 @@ pub async fn run(
         if console.hydrates() {
             ""
         } else {
-            "; not hydrated: build the browser bundle with scripts/build-console"
+            "; not hydrated: that site has no wasm (scripts/build-console SITE_DIR writes one)"
         }
     );
     console.run(shutdown).await?;
