@@ -21,8 +21,8 @@ pub struct ConsoleArgs {
     /// NEXUS_CONSOLE_ADMIN_KEY; never pass it on the command line.
     #[arg(long, env = "NEXUS_CONSOLE_ADMIN_KEY_FILE")]
     pub admin_key_file: Option<PathBuf>,
-    /// Directory with the browser bundle built by scripts/build-console (default:
-    /// $NEXUS_CACHE/console-site, NEXUS_CACHE defaulting to ~/.cache/nexus).
+    /// A site directory written by `scripts/build-console SITE_DIR`, served instead of the
+    /// browser bundle compiled into this binary (the default).
     #[arg(long, env = "NEXUS_CONSOLE_SITE")]
     pub site: Option<PathBuf>,
     /// PEM certificate: serve HTTPS (reloaded when the file changes) with a Secure session
@@ -38,15 +38,6 @@ pub struct ConsoleArgs {
     /// Serve plain HTTP on a non-loopback address (a warning at start).
     #[arg(long, env = "NEXUS_INSECURE")]
     pub insecure: bool,
-}
-
-/// Where scripts/build-console writes the site by default.
-pub fn default_site() -> PathBuf {
-    let cache = std::env::var_os("NEXUS_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/nexus")))
-        .unwrap_or_else(|| PathBuf::from(".nexus-cache"));
-    cache.join("console-site")
 }
 
 /// Binds the console; the caller prints where it listens and runs it.
@@ -66,7 +57,7 @@ pub fn options(
     admin_key: Option<String>,
     site: Option<PathBuf>,
 ) -> ConsoleOptions {
-    let mut opts = ConsoleOptions::new(listen, control_plane, site.unwrap_or_else(default_site));
+    let mut opts = ConsoleOptions::new(listen, control_plane, site);
     opts.admin_key = admin_key;
     opts
 }
@@ -119,7 +110,7 @@ pub async fn run(
         if console.hydrates() {
             ""
         } else {
-            "; not hydrated: build the browser bundle with scripts/build-console"
+            "; not hydrated: that site has no wasm (scripts/build-console SITE_DIR writes one)"
         }
     );
     console.run(shutdown).await?;

@@ -27,7 +27,7 @@ pub struct DevOptions {
     pub auth_required: bool,
     /// The web console's address (None: no console).
     pub console_listen: Option<SocketAddr>,
-    /// The console's browser bundle (None: the default, $NEXUS_CACHE/console-site).
+    /// A built console site to serve (None: the bundle compiled into the binary).
     pub console_site: Option<PathBuf>,
 }
 
@@ -169,7 +169,7 @@ pub async fn run(
             if c.hydrates() {
                 ""
             } else {
-                "; not hydrated: run scripts/build-console"
+                "; not hydrated: that site has no wasm (scripts/build-console SITE_DIR writes one)"
             }
         )
     });

@@ -10,8 +10,9 @@
 //! through the confirmation step shows its secret once. Screenshots go to
 //! `$NEXUS_CACHE/artifacts/console/`.
 //!
-//! Needs the browser bundle (`scripts/build-console`, which also installs chromium and
-//! chromium-driver); `scripts/test` builds it before `cargo test`.
+//! The console serves the browser bundle compiled into the binary (`web-console/bundle/`, kept
+//! in step with its sources by `web-console/tests/bundle.rs`), so no wasm toolchain is needed
+//! here; chromium and chromium-driver are (`scripts/test` installs them).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -483,12 +484,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn console_in_chromium_against_a_live_federated_cluster() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cache = nexus_cache();
-    let site = cache.join("console-site");
-    assert!(
-        site.join("pkg/nexus_console.js").is_file(),
-        "no console site in {}: run scripts/build-console first",
-        site.display()
-    );
     let artifacts = cache.join("artifacts/console");
     let dir = TempDir::new("cluster");
     let d = |p: &str| dir.0.join(p).display().to_string();
@@ -540,8 +535,6 @@ fn console_in_chromium_against_a_live_federated_cluster() {
             "127.0.0.1:0",
             "--control-plane",
             &cp.to_string(),
-            "--site",
-            &site.display().to_string(),
         ],
         |line, _| addr_after(line, "nexus console on http://"),
     );
@@ -782,18 +775,14 @@ fn console_in_chromium_against_a_live_federated_cluster() {
     drop(c);
 }
 
-/// `nexus dev` starts the console too: its admin API is open, so an empty key logs in, and
-/// the map shows the three dev regions and their links.
+/// `nexus dev` starts the console too, hydrated from the bundle compiled into the binary (a
+/// first run has no wasm toolchain): its admin API is open, so an empty key logs in, the map
+/// shows the three dev regions and their links live, and a click on a region shows its
+/// details, which only the hydrated page does.
 #[test]
 fn nexus_dev_serves_the_console() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cache = nexus_cache();
-    let site = cache.join("console-site");
-    assert!(
-        site.join("pkg/nexus_console.js").is_file(),
-        "no console site in {}: run scripts/build-console first",
-        site.display()
-    );
     let dir = TempDir::new("dev");
     let any = "127.0.0.1:0";
     let (_dev, console) = start(
@@ -809,8 +798,6 @@ fn nexus_dev_serves_the_console() {
             any,
             "--console-listen",
             any,
-            "--console-site",
-            &site.display().to_string(),
             "--dev-dir",
             &dir.0.display().to_string(),
         ],
@@ -850,6 +837,13 @@ fn nexus_dev_serves_the_console() {
             .all(|l| b.attr(&format!("#{l}"), "data-state") == link_up)
             && b.attr("#live", "data-live") == "live"
     });
+    assert!(browser.text("#selection").contains("Click a region"));
+    browser.click("#region-eu-west circle");
+    browser.wait(
+        Duration::from_secs(5),
+        "the clicked region's details (hydrated)",
+        |b| b.text("#selection h2") == "Selected region: eu-west",
+    );
     browser.screenshot("6-nexus-dev-topology");
     browser.assert_no_client_errors();
 }

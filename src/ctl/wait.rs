@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use nexus_proto::v1::GetTopologyRequest;
-use serde_json::json;
 
+use super::Output;
 use super::admin::Admin;
-use super::{Output, print_json};
 
 /// The highest config version a write of this process produced (0: none). nexusctl runs one
 /// command per process, so a process-wide value is the command's.
@@ -67,8 +66,8 @@ pub fn timeout_message(version: i64, timeout: Duration, live: usize, behind: &[B
     )
 }
 
-/// Waits until every live gateway applied `version`; prints who applied it and how long it
-/// took.
+/// Waits until every live gateway applied `version`; in text output, prints how many applied
+/// it and how long it took (JSON output stays the command's one document).
 pub async fn applied(
     admin: &mut Admin,
     version: i64,
@@ -97,11 +96,9 @@ pub async fn applied(
                     gateways.len(),
                     waited.as_millis()
                 ),
-                Output::Json => print_json(&json!({
-                    "config_version": version,
-                    "applied_by": gateways.iter().map(|(id, _, _)| id).collect::<Vec<_>>(),
-                    "waited_ms": waited.as_millis() as u64,
-                })),
+                // One JSON document per result: scripts parse the command's own; success
+                // here is the exit status, a timeout is an error on stderr.
+                Output::Json => {}
             }
             return Ok(());
         }

@@ -10,6 +10,7 @@
 pub mod actions;
 pub mod admin;
 pub mod api;
+pub mod bundle;
 pub mod monitor;
 pub mod session;
 pub mod time;
@@ -48,8 +49,10 @@ pub struct ConsoleOptions {
     /// The console's own admin key, used for the background topology poll. Without it the
     /// poll uses the key of the most recent login (or none, when the Admin API is open).
     pub admin_key: Option<String>,
-    /// The built site: `pkg/nexus_console.js` and its wasm (scripts/build-console).
-    pub site_root: PathBuf,
+    /// A site built by `scripts/build-console SITE_DIR` (`pkg/nexus_console.js` and its wasm)
+    /// to serve instead of the bundle compiled into the binary ([`bundle`]); `None` (the
+    /// default) serves the compiled-in bundle.
+    pub site_root: Option<PathBuf>,
     /// How often the control plane and the gateways are polled.
     pub poll_interval: Duration,
     /// Serve HTTPS with these files (reloaded when they change); the session cookie is then
@@ -62,7 +65,11 @@ pub struct ConsoleOptions {
 }
 
 impl ConsoleOptions {
-    pub fn new(listen: SocketAddr, control_plane: impl Into<String>, site_root: PathBuf) -> Self {
+    pub fn new(
+        listen: SocketAddr,
+        control_plane: impl Into<String>,
+        site_root: Option<PathBuf>,
+    ) -> Self {
         Self {
             listen,
             control_plane: control_plane.into(),
@@ -83,7 +90,8 @@ pub struct AppState {
     pub admin: admin::AdminConnector,
     pub sessions: Arc<session::Sessions>,
     pub monitor: Arc<monitor::Monitor>,
-    pub site_root: PathBuf,
+    /// Where `/pkg/` files come from: a built site, or the compiled-in bundle when `None`.
+    pub site_root: Option<PathBuf>,
     pub shutdown: CancellationToken,
     /// Served over HTTPS: the session cookie carries `Secure`.
     pub https: bool,
@@ -136,10 +144,10 @@ impl Console {
                 None
             }
         };
-        let hydrate = site_has_wasm(&opts.site_root);
-        if !hydrate {
+        let hydrate = opts.site_root.as_deref().is_none_or(site_has_wasm);
+        if let (false, Some(site)) = (hydrate, &opts.site_root) {
             tracing::warn!(
-                site = %opts.site_root.display(),
+                site = %site.display(),
                 "the console site has no pkg/{OUTPUT_NAME}.js and pkg/{}: pages render on the server \
                  but will not hydrate (no live map, no click interactions); build it with scripts/build-console",
                 wasm_file_name()
@@ -150,7 +158,11 @@ impl Console {
             .with_context(|| format!("cannot listen for the console on {}", opts.listen))?;
         let leptos_options = LeptosOptions::builder()
             .output_name(OUTPUT_NAME)
-            .site_root(opts.site_root.display().to_string())
+            .site_root(
+                opts.site_root
+                    .as_ref()
+                    .map_or_else(|| ".".to_owned(), |s| s.display().to_string()),
+            )
             .site_pkg_dir("pkg")
             .site_addr(listener.local_addr()?)
             .build();
@@ -307,7 +319,20 @@ async fn pkg_file(State(state): State<AppState>, Path(file): Path<String>) -> im
     if !valid {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     }
-    match tokio::fs::read(state.site_root.join("pkg").join(&file)).await {
+    let Some(site_root) = &state.site_root else {
+        return match bundle::file(&file) {
+            Some((bytes, content_type)) => (
+                [
+                    (header::CONTENT_TYPE, content_type),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                bytes,
+            )
+                .into_response(),
+            None => (StatusCode::NOT_FOUND, "not found").into_response(),
+        };
+    };
+    match tokio::fs::read(site_root.join("pkg").join(&file)).await {
         Ok(bytes) => (
             [
                 (header::CONTENT_TYPE, content_type),
