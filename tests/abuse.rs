@@ -515,8 +515,9 @@ async fn ten_slow_subscribers_delay_a_publisher_by_at_most_max_wait() {
         println!(
             "{policy}: 2000 publishes to 10 stalled subscribers acked in {took:?} (waited {waited}, disconnected {cut})"
         );
-        // Serial waits took at least 10 x max_wait; the bound is one max_wait plus the work.
-        let bound = Duration::from_millis(MAX_WAIT_MS * 4);
+        // Serial waits took at least 10 x max_wait; the bound is one max_wait plus the work,
+        // with room for a machine busy with other tests (4.3 s seen in a full parallel run).
+        let bound = Duration::from_millis(MAX_WAIT_MS * 8);
         assert!(took < bound, "{policy}: the publisher took {took:?}");
         if policy != "drop" {
             assert_eq!(cut, 10.0, "{policy}: every stalled subscriber is cut off");
