@@ -156,6 +156,15 @@ pub async fn update_scopes(
     scopes: KeyScopes,
 ) -> Result<ApiKey, AdminError> {
     validate_scopes(&scopes)?;
+    update_live(store, id, |key| key.scopes = Some(scopes)).await
+}
+
+/// Changes a key that is not revoked with `change`, guarded by its version.
+async fn update_live(
+    store: &dyn Store,
+    id: &str,
+    change: impl FnOnce(&mut ApiKey),
+) -> Result<ApiKey, AdminError> {
     let (mut stored, version) = load(store, id).await?;
     let mut key = stored.key.clone().unwrap_or_default();
     if key.revoked {
@@ -164,7 +173,7 @@ pub async fn update_scopes(
             format!("key {id} is revoked; create a new one"),
         ));
     }
-    key.scopes = Some(scopes);
+    change(&mut key);
     stored.key = Some(key);
     let record = key_key(id);
     let txn = Txn::new()
@@ -194,24 +203,7 @@ pub async fn set_limits(
             "needs limits.bytes_per_sec",
         ));
     }
-    let (mut stored, version) = load(store, id).await?;
-    let mut key = stored.key.clone().unwrap_or_default();
-    if key.revoked {
-        return Err(AdminError::invalid(
-            "id",
-            format!("key {id} is revoked; create a new one"),
-        ));
-    }
-    key.limits = Some(limits);
-    stored.key = Some(key);
-    let record = key_key(id);
-    let txn = Txn::new()
-        .when(Compare::Version(record.clone(), version))
-        .then(Op::put(record.clone(), encode(&stored)));
-    if !store.txn(txn).await?.succeeded {
-        return Err(conflict(store, &record, &format!("key {id}"), version).await);
-    }
-    Ok(public(&stored, version + 1))
+    update_live(store, id, |key| key.limits = Some(limits)).await
 }
 
 /// Revokes a key: every secret stops working as soon as gateways see the change.

@@ -529,7 +529,7 @@ impl Router {
             }
             return (self.deliver_local(msg, scratch).await, outcome);
         }
-        (self.deliver_to(msg, scratch).await, outcome)
+        (self.deliver_collected(msg, scratch).await, outcome)
     }
 
     /// The first half of [`Router::publish`], for a caller that keeps its own order of
@@ -553,16 +553,10 @@ impl Router {
         outcome
     }
 
-    /// Delivers a message published here to the local subscribers in `scratch` (from
-    /// [`Router::offer`]).
-    pub async fn deliver_collected(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
-        self.deliver_to(msg, scratch).await
-    }
-
     /// Delivers a message published here, once stored, to the local subscribers it has now.
     pub async fn deliver_local(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
         self.collect_members(&msg.subject, scratch, |_| true);
-        self.deliver_to(msg, scratch).await
+        self.deliver_collected(msg, scratch).await
     }
 
     /// Delivers a message that came from another region to local subscribers only: plain
@@ -579,7 +573,7 @@ impl Router {
             Some(q) => queue_groups.iter().any(|g| **g == **q),
             None => plain,
         });
-        self.deliver_to(msg, &mut scratch).await
+        self.deliver_collected(msg, &mut scratch).await
     }
 
     /// Names of the local queue groups with members matching `subject`.
@@ -632,7 +626,9 @@ impl Router {
     /// publish is delayed by at most `slow_consumer.max_wait_ms` however many subscribers are
     /// slow (waiting for them one after another made ten non-reading subscribers freeze a
     /// publisher for ten times that), and each one still full then is disconnected.
-    async fn deliver_to(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
+    /// Delivers a message to the local subscribers collected in `scratch` (by
+    /// [`Router::offer`] or `collect_members`).
+    pub async fn deliver_collected(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
         let payload_len = msg.payload.len();
         let size = message_size(&msg.subject, &msg.reply_to, &msg.headers, payload_len);
         let mut msg = Some(msg);
