@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use nexus_proto::ByteString;
 use nexus_proto::v1 as pb;
 use nexus_proto::v1::frame::Kind;
 use parking_lot::Mutex;
@@ -198,12 +199,18 @@ pub(crate) struct State {
     pub(crate) moving: bool,
     /// When this session must be ended at the latest, after a `GoAway`.
     pub(crate) move_by: Option<tokio::time::Instant>,
+    /// Requests delivered to this client's responders on this session and not answered yet
+    /// (reply inbox -> the request's deadline): a move waits for their replies to be written,
+    /// since only the gateway that delivered a request takes its reply.
+    owed: HashMap<ByteString, tokio::time::Instant>,
 }
 
 impl State {
-    /// Answers this session still owes for work it was sent: requests, acks and pongs.
-    fn awaiting_answers(&self) -> usize {
-        self.acks.len() + self.requests.len() + self.pings.len()
+    /// Answers still to come on this session: for requests, acks and pongs it sent, and
+    /// replies its responders owe (until their deadline).
+    fn awaiting_answers(&mut self, now: tokio::time::Instant) -> usize {
+        self.owed.retain(|_, deadline| *deadline > now);
+        self.acks.len() + self.requests.len() + self.pings.len() + self.owed.len()
     }
 }
 
@@ -349,6 +356,7 @@ impl Shared {
         st.live = false;
         st.moving = false;
         st.move_by = None;
+        st.owed.clear();
         self.moving.send_replace(false);
         st.unsubscribed.clear();
         for (_, w) in st.acks.drain() {
@@ -658,16 +666,27 @@ async fn run_session(
                         handle_frame(shared, f).await;
                     }
                 }
+                // After a GoAway the writer half-closed the session; the gateway ends it.
+                _ if shared.state.lock().moving => return SessionEnd::Moved,
                 Ok(None) => return SessionEnd::Failed("gateway ended the session".into()),
                 Err(s) => return SessionEnd::Failed(s.to_string()),
             }
         }
     };
-    let writer = write_loop(shared, out_rx, ctl_rx, req_tx);
+    let writer = async {
+        match write_loop(shared, out_rx, ctl_rx, req_tx).await {
+            // Half-closed: the reader takes what the gateway still sends until it ends the
+            // session; don't wait for that forever.
+            SessionEnd::Moved => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                SessionEnd::Moved
+            }
+            end => end,
+        }
+    };
     tokio::select! {
         e = reader => e,
         e = writer => e,
-        e = moved(shared) => e,
         _ = shutdown.wait_for(|v| *v) => SessionEnd::Shutdown,
     }
 }
@@ -678,11 +697,12 @@ async fn moved(shared: &Shared) -> SessionEnd {
     let mut moving = shared.moving.subscribe();
     let _ = moving.wait_for(|m| *m).await;
     loop {
+        let now = tokio::time::Instant::now();
         let (waiting, by) = {
-            let st = shared.state.lock();
-            (st.awaiting_answers(), st.move_by)
+            let mut st = shared.state.lock();
+            (st.awaiting_answers(now), st.move_by)
         };
-        let late = by.is_none_or(|by| tokio::time::Instant::now() >= by);
+        let late = by.is_none_or(|by| now >= by);
         if waiting == 0 || late {
             if waiting > 0 {
                 warn!(
@@ -721,10 +741,15 @@ async fn write_loop(
     req_tx: mpsc::Sender<pb::Batch>,
 ) -> SessionEnd {
     let mut co = Coalescer::new(shared.config.limits);
+    let ready_to_move = moved(shared);
+    tokio::pin!(ready_to_move);
+    let mut replied: Vec<ByteString> = Vec::new();
     loop {
         let first = tokio::select! {
             biased;
             Some(o) = ctl_rx.recv() => o,
+            // Dropping `req_tx` half-closes the session.
+            end = &mut ready_to_move => return end,
             o = out_rx.recv() => match o {
                 Some(o) => o,
                 None => return SessionEnd::Shutdown,
@@ -749,8 +774,24 @@ async fn write_loop(
         if co.is_empty() {
             continue;
         }
-        if req_tx.send(co.take()).await.is_err() {
+        let batch = co.take();
+        for f in &batch.frames {
+            match &f.kind {
+                Some(Kind::Reply(r)) if !r.reply_to.is_empty() => replied.push(r.reply_to.clone()),
+                Some(Kind::Nack(n)) if !n.reply_to.is_empty() => {
+                    replied.push(n.reply_to.as_str().into())
+                }
+                _ => {}
+            }
+        }
+        if req_tx.send(batch).await.is_err() {
             return SessionEnd::Failed("request stream closed".into());
+        }
+        if !replied.is_empty() {
+            let mut st = shared.state.lock();
+            for r in replied.drain(..) {
+                st.owed.remove(&r);
+            }
         }
     }
 }
@@ -834,6 +875,11 @@ async fn deliver(shared: &Shared, m: pb::Msg) {
     let sid = m.sid;
     let (tx, msg) = {
         let mut st = shared.state.lock();
+        if !m.reply_to.is_empty() && m.deadline_ms > 0 {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(u64::from(m.deadline_ms));
+            st.owed.insert(m.reply_to.clone(), deadline);
+        }
         match st.subs.get(&sid) {
             Some(SubEntry {
                 kind: SubKind::Messages(tx),
