@@ -29,6 +29,10 @@ pub struct GatewayArgs {
     /// Largest payload accepted, in bytes.
     #[arg(long, env = "NEXUS_MAX_PAYLOAD")]
     pub max_payload: Option<u64>,
+    /// How long a draining gateway (after SIGTERM) waits for its adapters to move before it
+    /// closes the sessions left, in milliseconds (default 5000).
+    #[arg(long, env = "NEXUS_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
     /// Control plane to register with and take config from, e.g. http://127.0.0.1:7400.
     #[arg(long, env = "NEXUS_CONTROL_PLANE")]
     pub control_plane: Option<String>,
@@ -88,6 +92,9 @@ impl GatewayArgs {
         }
         if let Some(v) = self.max_payload {
             cfg.limits.max_payload = v;
+        }
+        if let Some(v) = self.shutdown_grace_ms {
+            cfg.shutdown_grace_ms = v;
         }
         if let Some(v) = &self.control_plane {
             cfg.control_plane = v.clone();

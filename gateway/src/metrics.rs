@@ -177,6 +177,8 @@ pub struct GatewayMetrics {
     pub late_replies: Counter,
     pub auth_failures: Counter,
     pub sessions_revoked: Counter,
+    /// Sessions told to move to another gateway (`GoAway`) because this one was draining.
+    pub goaways_sent: Counter,
     pub schema_violations: Family<SchemaLabels, Counter>,
     pub config_version: Gauge,
     pub config_updates: Counter,
@@ -218,6 +220,7 @@ impl GatewayMetrics {
             late_replies: Counter::default(),
             auth_failures: Counter::default(),
             sessions_revoked: Counter::default(),
+            goaways_sent: Counter::default(),
             schema_violations: Family::default(),
             config_version: Gauge::default(),
             config_updates: Counter::default(),
@@ -324,6 +327,11 @@ impl GatewayMetrics {
             "sessions_revoked",
             "Sessions closed because their API key was revoked, expired or deleted",
             m.sessions_revoked.clone(),
+        );
+        registry.register(
+            "goaways_sent",
+            "Sessions told to move to another gateway (GoAway) because this one was draining",
+            m.goaways_sent.clone(),
         );
         registry.register(
             "schema_violations",

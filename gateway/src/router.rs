@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -23,6 +23,7 @@ use nexus_proto::v1::{self, ErrorCode, Frame, Header, frame::Kind};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::balancer::{Balancer, BalancerConfig, EjectReason, Ejection, MemberId};
 use crate::config::{GatewayConfig, SlowConsumerPolicy};
@@ -104,8 +105,6 @@ struct Pending {
 pub enum RouteError {
     #[error("no responders for subject {0:?}")]
     NoResponders(String),
-    #[error("gateway is shutting down")]
-    Draining,
 }
 
 /// Groups are keyed by (pattern, queue group name; empty for plain subscriptions).
@@ -138,7 +137,9 @@ pub struct Router {
     pending_count: AtomicU64,
     next_id: AtomicU64,
     started: Instant,
-    draining: AtomicBool,
+    /// Fired once when the gateway starts draining: every session sends its adapter a
+    /// `GoAway` (docs/protocol.md §3.4).
+    draining: CancellationToken,
     /// Keys, scopes and enforced schemas from the control plane.
     policy: ArcSwap<Policy>,
     /// Sessions that authenticated with a key, re-checked whenever the policy changes.
@@ -216,7 +217,7 @@ impl Router {
             pending_count: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             started: Instant::now(),
-            draining: AtomicBool::new(false),
+            draining: CancellationToken::new(),
             policy: ArcSwap::from_pointee(Policy::default()),
             authenticated: Mutex::new(HashMap::new()),
             remote: std::sync::OnceLock::new(),
@@ -378,12 +379,19 @@ impl Router {
         self.pending_count.load(Ordering::Relaxed)
     }
 
+    /// Starts the drain: new sessions and unary calls are refused, and every open session
+    /// tells its adapter to move (`GoAway`) while it keeps serving it.
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.draining.cancel();
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.is_cancelled()
+    }
+
+    /// Completes when the gateway starts draining (at once if it already has).
+    pub fn drain_started(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.draining.cancelled()
     }
 
     pub fn uptime(&self) -> Duration {
@@ -843,9 +851,6 @@ impl Router {
         timeout: Duration,
         allow_remote: bool,
     ) -> Result<u64, (Waiter, RouteError)> {
-        if self.is_draining() {
-            return Err((waiter, RouteError::Draining));
-        }
         let now = Instant::now();
         // A route pinned (or weighted) to other regions sends requests there even when this
         // region has responders; otherwise local responders come first.

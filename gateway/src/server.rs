@@ -1,9 +1,10 @@
 //! Starting and stopping a gateway: binds the gRPC and HTTP listeners, serves until told
 //! to stop, then shuts down gracefully.
 //!
-//! Shutdown order: stop admitting work (`/readyz` turns 503, new sessions and requests are
-//! refused), wait up to `shutdown_grace_ms` for in-flight requests to be answered, then close
-//! every session with UNAVAILABLE so adapters reconnect elsewhere, and stop the listeners.
+//! Shutdown is a drain (docs/protocol.md §3.4): stop admitting new sessions and unary calls
+//! (`/readyz` turns 503), send every session `GoAway` while still serving it, wait up to
+//! `shutdown_grace_ms` until the adapters have moved and the requests this gateway routed are
+//! answered, then close what is left with UNAVAILABLE and stop the listeners.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -243,13 +244,23 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
             stop.cancelled().await;
             tracing::info!("gateway draining");
             router.start_draining();
+            // Sessions got GoAway and move on their own; wait for them and for the requests
+            // this gateway routed, within the grace (docs/protocol.md §3.4).
             let deadline = tokio::time::Instant::now() + grace;
-            while router.pending_requests() > 0 && tokio::time::Instant::now() < deadline {
+            let busy = || router.metrics.connections.get() > 0 || router.pending_requests() > 0;
+            while busy() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let left = router.pending_requests();
-            if left > 0 {
-                tracing::warn!(left, "shutdown grace elapsed with requests still in flight");
+            let (sessions, requests) =
+                (router.metrics.connections.get(), router.pending_requests());
+            if sessions > 0 || requests > 0 {
+                tracing::warn!(
+                    sessions,
+                    requests,
+                    "shutdown grace elapsed with sessions still open or requests in flight; closing them"
+                );
+            } else {
+                tracing::info!("drained: every session moved away");
             }
             close_all.cancel();
             // Sessions end as their streams close; don't let a stuck connection hold us.

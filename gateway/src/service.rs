@@ -331,7 +331,6 @@ impl Gateway for GatewayService {
                     "no responders for subject {s:?}"
                 )));
             }
-            Err((_, e)) => return Err(Status::unavailable(e.to_string())),
         };
         // If the caller goes away, this future is dropped; the guard cancels the request.
         struct CancelOnDrop<'a>(&'a Router, u64, bool);

@@ -123,6 +123,10 @@ impl Session {
         let hello_deadline = tokio::time::sleep(hello_timeout);
         tokio::pin!(hello_deadline);
         let evicted = self.admission.evicted().unwrap_or_default();
+        let router = self.router.clone();
+        let drain = router.drain_started();
+        tokio::pin!(drain);
+        let mut told_to_go = false;
         // A session that has sent nothing by the time it first runs becomes a candidate for
         // eviction (see `admission::PendingSessions`); one whose Hello is already here is
         // admitted before newer sessions can push it out.
@@ -161,6 +165,13 @@ impl Session {
                     )));
                     break None;
                 }
+                _ = &mut drain, if !told_to_go => {
+                    if !self.hello {
+                        break Some(Status::unavailable("gateway is shutting down"));
+                    }
+                    told_to_go = true;
+                    self.tell_to_go();
+                }
                 _ = conn.grant_changed.notified() => self.drop_disallowed_subscriptions(),
                 Some(done) = self.completions_rx.recv() => self.on_completion(done).await,
                 stored = oldest_stored(&mut self.held), if !self.held.is_empty() => {
@@ -181,6 +192,22 @@ impl Session {
             }
         };
         self.finish(outcome);
+    }
+
+    /// The gateway started draining: tell the adapter to move (docs/protocol.md §3.4). The
+    /// session keeps working until the adapter ends it or the drain period ends.
+    fn tell_to_go(&self) {
+        let drain_ms = u32::try_from(self.router.config().shutdown_grace_ms).unwrap_or(u32::MAX);
+        tracing::debug!(
+            conn = self.conn.id,
+            drain_ms,
+            "session told to move: GoAway"
+        );
+        self.router.metrics.goaways_sent.inc();
+        self.send_control(Kind::GoAway(v1::GoAway {
+            reason: "gateway is shutting down".into(),
+            drain_ms,
+        }));
     }
 
     /// At shutdown: every publish this session already sent is stored and acknowledged (or
@@ -434,9 +461,9 @@ impl Session {
                 let result = streams::close(&self.router, &self.conn, c);
                 self.stream_result(result);
             }
-            Kind::Welcome(_) | Kind::Msg(_) | Kind::Error(_) => self.refuse(
+            Kind::Welcome(_) | Kind::Msg(_) | Kind::Error(_) | Kind::GoAway(_) => self.refuse(
                 ErrorCode::Invalid,
-                "Welcome, Msg and Error frames are sent by the gateway, not to it".into(),
+                "Welcome, Msg, Error and GoAway frames are sent by the gateway, not to it".into(),
                 0,
                 0,
             ),
@@ -672,14 +699,6 @@ impl Session {
         if let Err(message) = self.router.check_schema(&p.subject, &p.payload) {
             return self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id);
         }
-        if self.router.is_draining() {
-            return self.refuse(
-                ErrorCode::Unavailable,
-                "gateway is shutting down".into(),
-                p.ack_id,
-                p.ack_id,
-            );
-        }
         self.router
             .metrics
             .traffic(Pattern::Pub, Direction::In, p.payload.len());
@@ -852,7 +871,6 @@ impl Session {
             Err((_, e)) => {
                 let code = match e {
                     crate::router::RouteError::NoResponders(_) => ErrorCode::NoResponders,
-                    crate::router::RouteError::Draining => ErrorCode::Unavailable,
                 };
                 self.send_reply(r.req_id, Err(error(code, e.to_string(), r.req_id)));
             }

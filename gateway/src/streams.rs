@@ -57,13 +57,6 @@ pub async fn open(
     if let Err(e) = crate::subject::validate_subject(&open.subject) {
         return Err(error(ErrorCode::Invalid, e.to_string(), id));
     }
-    if router.is_draining() {
-        return Err(error(
-            ErrorCode::Unavailable,
-            "gateway is shutting down",
-            id,
-        ));
-    }
     if id >= crate::connection::GATEWAY_STREAM_ID_BASE {
         return Err(error(
             ErrorCode::Invalid,

@@ -513,11 +513,22 @@ impl Client {
             .map_err(|_| Error::Closed)
     }
 
-    /// Current epoch (read under the state lock by callers registering waiters).
-    fn register<T>(&self, f: impl FnOnce(&mut connection::State) -> T) -> (T, u64) {
-        let mut st = self.shared().state.lock();
-        let t = f(&mut st);
-        (t, st.epoch)
+    /// Registers session work with `f` under the state lock and returns the epoch it belongs
+    /// to. While the gateway is draining (`GoAway`, docs/protocol.md §3.4) it first waits for
+    /// the move to end, so that new work goes to the next gateway, not the draining one; the
+    /// wait is bounded by the gateway's drain period.
+    async fn register<T>(&self, f: impl FnOnce(&mut connection::State) -> T) -> (T, u64) {
+        let mut moving = self.shared().moving.subscribe();
+        loop {
+            {
+                let mut st = self.shared().state.lock();
+                if !st.moving {
+                    let t = f(&mut st);
+                    return (t, st.epoch);
+                }
+            }
+            let _ = moving.wait_for(|m| !*m).await;
+        }
     }
 
     /// Publishes `payload` on `subject` (fire and forget). Waits only if the outbound queue
@@ -667,9 +678,11 @@ impl Client {
             ..publish.clone()
         });
         let (tx, rx) = oneshot::channel();
-        let ((), epoch) = self.register(|st| {
-            st.acks.insert(ack_id, AckWaiter::new(tx, None));
-        });
+        let ((), epoch) = self
+            .register(|st| {
+                st.acks.insert(ack_id, AckWaiter::new(tx, None));
+            })
+            .await;
         self.await_ack(ack_id, Outbound::in_epoch(frame, epoch), rx, subject)
             .await
     }
@@ -739,19 +752,21 @@ impl Client {
         let ack_id = self.shared().next_id();
         let dropped = Arc::new(AtomicU64::new(0));
         let (tx, rx) = oneshot::channel();
-        let ((), epoch) = self.register(|st| {
-            st.subs.insert(
-                sid,
-                SubEntry {
-                    subject: subject.to_owned(),
-                    queue_group: group.to_owned(),
-                    kind,
-                    confirmed: false,
-                    dropped: dropped.clone(),
-                },
-            );
-            st.acks.insert(ack_id, AckWaiter::new(tx, Some(sid)));
-        });
+        let ((), epoch) = self
+            .register(|st| {
+                st.subs.insert(
+                    sid,
+                    SubEntry {
+                        subject: subject.to_owned(),
+                        queue_group: group.to_owned(),
+                        kind,
+                        confirmed: false,
+                        dropped: dropped.clone(),
+                    },
+                );
+                st.acks.insert(ack_id, AckWaiter::new(tx, Some(sid)));
+            })
+            .await;
         let frame = Kind::Sub(pb::Sub {
             sid,
             subject: subject.to_owned(),
@@ -870,9 +885,11 @@ impl Client {
         headers.ensure_traceparent();
         let req_id = self.shared().next_id();
         let (tx, rx) = oneshot::channel();
-        let ((), epoch) = self.register(|st| {
-            st.requests.insert(req_id, tx);
-        });
+        let ((), epoch) = self
+            .register(|st| {
+                st.requests.insert(req_id, tx);
+            })
+            .await;
         let frame = Kind::Req(pb::Req {
             req_id,
             subject: subject.into(),
@@ -1016,22 +1033,23 @@ impl Client {
         let id = self.shared().next_id();
         let window = self.shared().config.stream_window;
         let (opened_tx, opened_rx) = oneshot::channel();
-        let (stream, epoch) = {
-            let mut st = self.shared().state.lock();
-            let epoch = st.epoch;
-            let (stream, entry) = BiStream::new_parts(
-                self.clone(),
-                id,
-                subject.to_owned(),
-                headers.clone(),
-                0,
-                window,
-                epoch,
-                Some(opened_tx),
-            );
-            st.streams.insert(id, entry);
-            (stream, epoch)
-        };
+        let (stream, epoch) = self
+            .register(|st| {
+                let epoch = st.epoch;
+                let (stream, entry) = BiStream::new_parts(
+                    self.clone(),
+                    id,
+                    subject.to_owned(),
+                    headers.clone(),
+                    0,
+                    window,
+                    epoch,
+                    Some(opened_tx),
+                );
+                st.streams.insert(id, entry);
+                stream
+            })
+            .await;
         let frame = Kind::StreamOpen(pb::StreamOpen {
             stream_id: id,
             subject: subject.to_owned(),
@@ -1102,9 +1120,11 @@ impl Client {
     pub async fn flush(&self) -> Result<()> {
         let nonce = self.shared().next_id();
         let (tx, rx) = oneshot::channel();
-        let ((), epoch) = self.register(|st| {
-            st.pings.insert(nonce, tx);
-        });
+        let ((), epoch) = self
+            .register(|st| {
+                st.pings.insert(nonce, tx);
+            })
+            .await;
         if let Err(e) = self
             .enqueue(Outbound::in_epoch(Kind::Ping(pb::Ping { nonce }), epoch))
             .await

@@ -19,6 +19,13 @@
 //! epoch in which their caller registered; when a session ends all such callers fail with
 //! [`Error::Disconnected`](crate::Error::Disconnected), the epoch advances, and the writer
 //! drops stale frames still queued. Plain publishes are untagged and survive reconnects.
+//!
+//! **Moving on `GoAway`** (docs/protocol.md §3.4). A draining gateway sends `GoAway` and keeps
+//! serving the session. From then on new session work waits ([`State::moving`]) instead of
+//! going to that gateway, while the writer still sends what finishes work already there
+//! (replies, stream frames, plain publishes already queued). Once nothing sent on the session
+//! awaits an answer, or the drain deadline is near, the session ends as [`SessionEnd::Moved`]
+//! and the next one is opened at once, on another gateway when discovery knows one.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -186,6 +193,18 @@ pub(crate) struct State {
     /// not re-subscribe), so the gateway never sees an `Unsub` for a sid it does not know.
     pub(crate) live: bool,
     pub(crate) welcome: Option<pb::Welcome>,
+    /// The gateway sent `GoAway`: until this session ends, new session work waits
+    /// (see [`Shared::moving`]) rather than going to the draining gateway.
+    pub(crate) moving: bool,
+    /// When this session must be ended at the latest, after a `GoAway`.
+    pub(crate) move_by: Option<tokio::time::Instant>,
+}
+
+impl State {
+    /// Answers this session still owes for work it was sent: requests, acks and pongs.
+    fn awaiting_answers(&self) -> usize {
+        self.acks.len() + self.requests.len() + self.pings.len()
+    }
 }
 
 impl State {
@@ -238,6 +257,8 @@ pub(crate) struct Shared {
     pub(crate) up: watch::Sender<bool>,
     /// Service loops and their in-flight handlers; [`Client::drain`] waits for zero.
     pub(crate) busy: watch::Sender<usize>,
+    /// Mirror of [`State::moving`] that callers waiting to register work watch.
+    pub(crate) moving: watch::Sender<bool>,
     pub(crate) closed: AtomicBool,
     pub(crate) max_payload: AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -269,6 +290,7 @@ impl Shared {
             connected: AtomicBool::new(false),
             up: watch::Sender::new(false),
             busy: watch::Sender::new(0),
+            moving: watch::Sender::new(false),
             closed: AtomicBool::new(false),
             max_payload: AtomicU64::new(0),
             shutdown,
@@ -325,6 +347,9 @@ impl Shared {
         st.epoch += 1;
         self.epoch.store(st.epoch, Ordering::Release);
         st.live = false;
+        st.moving = false;
+        st.move_by = None;
+        self.moving.send_replace(false);
         st.unsubscribed.clear();
         for (_, w) in st.acks.drain() {
             w.fail(why.clone());
@@ -390,6 +415,8 @@ struct Session {
 enum SessionEnd {
     Shutdown,
     Failed(String),
+    /// The gateway sent `GoAway` and the session is done: reconnect at once, elsewhere.
+    Moved,
 }
 
 /// Runs the connection until shutdown. `first` receives the outcome of the first attempt;
@@ -425,14 +452,21 @@ pub(crate) async fn run(
                     run_session(&shared, session, &mut out_rx, &mut ctl_rx, &mut shutdown).await;
                 shared.connected.store(false, Ordering::Release);
                 shared.up.send_replace(false);
+                if let (Some(addr), Gateways::Discovered(d), false) =
+                    (addr, &shared.gateways, matches!(end, SessionEnd::Shutdown))
+                {
+                    d.demote(addr);
+                }
                 match end {
                     SessionEnd::Shutdown => break,
                     SessionEnd::Failed(why) => {
                         warn!(reason = %why, "nexus: session lost, reconnecting");
-                        if let (Some(addr), Gateways::Discovered(d)) = (addr, &shared.gateways) {
-                            d.demote(addr);
-                        }
                         shared.sweep(Fail::Disconnected, false);
+                    }
+                    SessionEnd::Moved => {
+                        info!("nexus: left the draining gateway, connecting to another");
+                        shared.sweep(Fail::Disconnected, false);
+                        continue;
                     }
                 }
             }
@@ -633,8 +667,50 @@ async fn run_session(
     tokio::select! {
         e = reader => e,
         e = writer => e,
+        e = moved(shared) => e,
         _ = shutdown.wait_for(|v| *v) => SessionEnd::Shutdown,
     }
+}
+
+/// Completes once the gateway sent `GoAway` and the session may end: nothing sent on it
+/// awaits an answer any more, or the drain deadline is close.
+async fn moved(shared: &Shared) -> SessionEnd {
+    let mut moving = shared.moving.subscribe();
+    let _ = moving.wait_for(|m| *m).await;
+    loop {
+        let (waiting, by) = {
+            let st = shared.state.lock();
+            (st.awaiting_answers(), st.move_by)
+        };
+        let late = by.is_none_or(|by| tokio::time::Instant::now() >= by);
+        if waiting == 0 || late {
+            if waiting > 0 {
+                warn!(
+                    waiting,
+                    "nexus: drain deadline near with answers outstanding; moving anyway"
+                );
+            }
+            return SessionEnd::Moved;
+        }
+        // Only during a move, for at most the drain period.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The gateway is draining (`GoAway`): stop starting work on this session and plan the move.
+fn on_go_away(shared: &Shared, g: pb::GoAway) {
+    // Leave before the gateway cuts the session: half the period, at most 1 s short of it.
+    let period = Duration::from_millis(u64::from(g.drain_ms));
+    let margin = (period / 2).min(Duration::from_secs(1));
+    let mut st = shared.state.lock();
+    if st.moving {
+        return;
+    }
+    st.moving = true;
+    st.move_by = Some(tokio::time::Instant::now() + period - margin);
+    drop(st);
+    info!(reason = %g.reason, drain_ms = g.drain_ms, "nexus: gateway is draining (GoAway); moving");
+    shared.moving.send_replace(true);
 }
 
 /// Drains the outbound queues into batches (see [`crate::batch`]).
@@ -747,6 +823,7 @@ async fn handle_frame(shared: &Arc<Shared>, frame: pb::Frame) {
                 }
             }
         }
+        Some(Kind::GoAway(g)) => on_go_away(shared, g),
         Some(Kind::Welcome(_)) => debug!("nexus: ignoring repeated Welcome"),
         Some(other) => debug!(frame = ?other, "nexus: ignoring unexpected frame"),
         None => {}

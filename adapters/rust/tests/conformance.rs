@@ -423,6 +423,9 @@ impl Environment {
         if let Some(max) = gw.num("max_payload") {
             args.extend(["--max-payload".into(), max.to_string()]);
         }
+        if let Some(ms) = gw.num("shutdown_grace_ms") {
+            args.extend(["--shutdown-grace-ms".into(), ms.to_string()]);
+        }
         let mut keys = HashMap::new();
         keys.insert(
             "bad".to_owned(),
@@ -807,6 +810,12 @@ async fn handler(spec: String, m: Message) -> Result<Bytes, nexus_client::Servic
         Ok(out.into())
     } else if let Some(e) = spec.strip_prefix("error:") {
         Err(nexus_client::ServiceError::new(e))
+    } else if let Some(ms) = spec.strip_prefix("delay:") {
+        let ms = ms
+            .parse::<u64>()
+            .map_err(|e| nexus_client::ServiceError::new(format!("bad handler {spec:?}: {e}")))?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(m.payload)
     } else if spec == "silent" {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         Ok(Bytes::new())
@@ -827,8 +836,17 @@ struct Runner {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The gateway id `kill_connected_gateway` killed.
     killed: String,
-    /// Operations started with `pending` and not awaited yet.
-    pending: HashMap<String, tokio::task::JoinHandle<Result<u32, Error>>>,
+    /// Operations started with `pending` and not awaited yet: the task (a request's answer,
+    /// `None` for a publish) and the reply payload the request step expects.
+    pending: HashMap<
+        String,
+        (
+            tokio::task::JoinHandle<Result<Option<Bytes>, Error>>,
+            Option<String>,
+        ),
+    >,
+    /// The gateway `terminate_connected_gateway` sent SIGTERM to.
+    terminated: Option<usize>,
     /// Batches and publishes received by the first gateway at `mark_metrics`.
     marks: (f64, f64),
 }
@@ -929,8 +947,10 @@ impl Runner {
                     .with_headers(headers_of(s));
                 let r = if s.flag("ack") {
                     if let Some(name) = s.str("pending") {
-                        let task = tokio::spawn(async move { c.publish_message_acked(msg).await });
-                        self.pending.insert(name.to_owned(), task);
+                        let task = tokio::spawn(async move {
+                            c.publish_message_acked(msg).await.map(|_| None)
+                        });
+                        self.pending.insert(name.to_owned(), (task, None));
                         tokio::task::yield_now().await;
                         return Ok(());
                     }
@@ -944,7 +964,7 @@ impl Runner {
                 r.map_err(|e| e.to_string())?;
             }
             "await" => {
-                let task = self
+                let (task, want) = self
                     .pending
                     .remove(s.str("pending").unwrap_or_default())
                     .ok_or("no such pending operation")?;
@@ -952,7 +972,12 @@ impl Runner {
                 if s.get("expect_error").is_some() {
                     return check_error(s, r, started);
                 }
-                r.map_err(|e| e.to_string())?;
+                let got = r.map_err(|e| e.to_string())?;
+                if let (Some(want), Some(got)) = (want, got)
+                    && got != want.as_bytes()
+                {
+                    return Err(format!("expected reply {want:?}, got {got:?}"));
+                }
             }
             "relay_hold" => self.env.relay.as_ref().ok_or("no relay")?.hold(),
             "relay_cut" => self.env.relay.as_ref().ok_or("no relay")?.cut(),
@@ -1177,6 +1202,20 @@ impl Runner {
                 let c = self.client(s)?;
                 let timeout = Duration::from_millis(s.num("timeout_ms").unwrap_or(0));
                 let subject = s.str("subject").unwrap_or_default();
+                if let Some(name) = s.str("pending") {
+                    let (subject, headers, payload) =
+                        (subject.to_owned(), headers_of(s), payload_of(s));
+                    let task = tokio::spawn(async move {
+                        c.request_with(&subject, headers, payload, timeout)
+                            .await
+                            .map(|m| Some(m.payload))
+                    });
+                    let want = s.str("expect_payload").map(str::to_owned);
+                    self.pending.insert(name.to_owned(), (task, want));
+                    // Let the request reach the gateway before the next step.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return Ok(());
+                }
                 let r = loop {
                     let r = c
                         .request_with(subject, headers_of(s), payload_of(s), timeout)
@@ -1303,14 +1342,68 @@ impl Runner {
                 self.env.gateways[i].proc = None;
                 self.killed = info.gateway_id;
             }
+            "terminate_connected_gateway" => {
+                let info = self
+                    .client(s)?
+                    .server_info()
+                    .ok_or("the client is not connected")?;
+                let i = (0..self.env.gateways.len())
+                    .find(|i| format!("conformance-gw-{i}") == info.gateway_id)
+                    .ok_or(format!("no gateway {} here", info.gateway_id))?;
+                let pid = self.env.gateways[i]
+                    .proc
+                    .as_ref()
+                    .ok_or("that gateway is not running")?
+                    .0
+                    .id();
+                let status = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .map_err(|e| format!("kill -TERM {pid}: {e}"))?;
+                if !status.success() {
+                    return Err(format!("kill -TERM {pid} failed: {status}"));
+                }
+                self.killed = info.gateway_id;
+                self.terminated = Some(i);
+            }
+            "expect_gateway_exited" => {
+                let i = self.terminated.ok_or("no gateway was terminated")?;
+                let deadline =
+                    Instant::now() + Duration::from_millis(s.num("timeout_ms").unwrap_or(5000));
+                let proc = self.env.gateways[i].proc.as_mut().ok_or("not running")?;
+                let status = loop {
+                    if let Some(status) = proc.0.try_wait().map_err(|e| e.to_string())? {
+                        break status;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("gateway {} still running", self.killed));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                self.env.gateways[i].proc = None;
+                if !status.success() {
+                    return Err(format!("gateway {} exited with {status}", self.killed));
+                }
+            }
             "expect_other_gateway" => {
-                let info = self.client(s)?.server_info();
-                if info.as_ref().is_none_or(|i| i.gateway_id == self.killed) {
-                    return Err(format!(
-                        "expected a gateway other than {}, got {:?}",
-                        self.killed,
-                        info.map(|i| i.gateway_id)
-                    ));
+                let c = self.client(s)?;
+                let deadline =
+                    Instant::now() + Duration::from_millis(s.num("timeout_ms").unwrap_or(5000));
+                loop {
+                    let info = c.server_info();
+                    if c.is_connected()
+                        && info.as_ref().is_some_and(|i| i.gateway_id != self.killed)
+                    {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!(
+                            "expected a gateway other than {}, got {:?}",
+                            self.killed,
+                            info.map(|i| i.gateway_id)
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
             "expect_eventually" => {
@@ -1368,6 +1461,7 @@ async fn run_case(doc: &Json, case: &Json) -> Result<(), String> {
         tasks: Vec::new(),
         killed: String::new(),
         pending: HashMap::new(),
+        terminated: None,
         marks: (0.0, 0.0),
     };
     let mut result = Ok(());
@@ -1394,7 +1488,7 @@ async fn run_case(doc: &Json, case: &Json) -> Result<(), String> {
     for t in runner.tasks.drain(..) {
         t.abort();
     }
-    for (_, t) in runner.pending.drain() {
+    for (_, (t, _)) in runner.pending.drain() {
         t.abort();
     }
     runner.services.clear();
