@@ -334,9 +334,9 @@ class Client:
             sub = self._subs.get(m.sid)
             if sub is None or not sub.accepts:
                 return
-            if m.reply_to:
-                wait = m.deadline_ms / 1000.0 if m.deadline_ms else self.request_timeout
-                session.served[m.reply_to] = time.monotonic() + wait
+            if m.reply_to and m.deadline_ms:
+                # A request (docs/protocol.md section 7.3): its answer is owed on this session.
+                session.served[m.reply_to] = time.monotonic() + m.deadline_ms / 1000.0
             msg = Message(
                 m.subject, m.payload, [(h.key, h.value) for h in m.headers], m.reply_to, m.id, m.sid, m.deadline_ms
             )

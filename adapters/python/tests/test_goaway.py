@@ -259,3 +259,19 @@ async def test_close_during_a_move_does_not_hang(fake: Callable[[Script], Awaita
     with pytest.raises(nx.NexusError):
         await asyncio.wait_for(stuck, 2)
     assert [f.req.payload for f in g.sessions[0].received if f.WhichOneof("kind") == "req"] == [b"stuck"]
+
+
+async def test_a_publish_with_reply_to_does_not_hold_the_move(fake: Callable[[Script], Awaitable[FakeGateway]]) -> None:
+    """Only requests (reply_to and a deadline) are owed an answer; a plain publish that names a
+    reply subject, unanswered by the subscriber, does not keep the old session."""
+    g = await fake(_nothing)
+    client = await nx.Client.connect(f"127.0.0.1:{g.port}", reconnect_backoff=(5.0, 5.0))
+    try:
+        sub = await client.subscribe("events.>")
+        s1 = await g.session(1)
+        s1.send(pb.Frame(msg=pb.Msg(sid=sub.sid, subject="events.a", reply_to="answers.here", payload=b"x")))
+        s1.send(go_away(20_000))
+        await asyncio.wait_for(s1.half_closed.wait(), 1.0)
+        assert (await sub.next_message(1)) is not None
+    finally:
+        await client.close()

@@ -482,7 +482,8 @@ export class Client implements AsyncDisposable {
         const m = k.value;
         const sub = this.subs.get(m.sid);
         if (!sub || !sub.accepts) return;
-        if (m.replyTo) s.served.set(m.replyTo, Date.now() + (m.deadlineMs || this.opts.requestTimeoutMs));
+        // A request (docs/protocol.md section 7.3): its answer is owed on this session.
+        if (m.replyTo && m.deadlineMs) s.served.set(m.replyTo, Date.now() + m.deadlineMs);
         // A full buffer stops this reader (backpressure to the gateway) until the
         // application reads, or unsubscribes.
         const msg = new Message(m.subject, asBuffer(m.payload), fromWire(m.headers), m.replyTo, m.id, m.sid, m.deadlineMs);

@@ -710,9 +710,9 @@ public final class Client implements AutoCloseable {
                 var m = f.getMsg();
                 Subscription sub = subs.get(m.getSid());
                 if (sub != null && sub.accepts()) {
-                    if (!m.getReplyTo().isEmpty()) {
-                        long wait = m.getDeadlineMs() != 0 ? m.getDeadlineMs() & 0xffffffffL : opts.requestTimeout.toMillis();
-                        s.served.put(m.getReplyTo(), System.currentTimeMillis() + wait);
+                    if (!m.getReplyTo().isEmpty() && m.getDeadlineMs() != 0) {
+                        // A request (docs/protocol.md section 7.3): its answer is owed on this session.
+                        s.served.put(m.getReplyTo(), System.currentTimeMillis() + (m.getDeadlineMs() & 0xffffffffL));
                     }
                     Message msg = new Message(m.getSubject(), m.getPayload().toByteArray(), headersOf(m.getHeadersList()),
                             m.getReplyTo(), m.getSid(), m.getDeadlineMs());
