@@ -57,7 +57,8 @@ public final class ConformanceRunner {
     private final Map<String, Subscription> subs = new HashMap<>();
     private final List<Thread> threads = new ArrayList<>();
     private String killed = "";
-    private final Map<String, java.util.concurrent.Future<Integer>> pending = new HashMap<>();
+    private String terminated = "";
+    private final Map<String, java.util.concurrent.Future<?>> pending = new HashMap<>();
     private final java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newCachedThreadPool(r -> {
         Thread t = new Thread(r, "conformance-pending");
         t.setDaemon(true);
@@ -101,6 +102,10 @@ public final class ConformanceRunner {
     private static io.nexus.client.Service.Handler handlerFor(String spec) {
         return m -> {
             if (spec.equals("echo")) {
+                return m.payload();
+            }
+            if (spec.startsWith("delay:")) {
+                Thread.sleep(Long.parseLong(spec.substring("delay:".length())));
                 return m.payload();
             }
             if (spec.startsWith("prefix:")) {
@@ -299,17 +304,27 @@ public final class ConformanceRunner {
             case "request" -> {
                 Duration timeout = s.has("timeout_ms") ? Duration.ofMillis(s.get("timeout_ms").getAsLong()) : null;
                 Callable<Message> req = () -> c.request(s.get("subject").getAsString(), payloadOf(s), headersOf(s), timeout);
+                Callable<Message> checked = () -> {
+                    Message m = retrying(s, req);
+                    if (s.has("expect_payload") && !m.text().equals(s.get("expect_payload").getAsString())) {
+                        throw new CaseFailed("expected reply " + s.get("expect_payload").getAsString() + ", got " + m.text());
+                    }
+                    if (s.has("expect_payload_size") && m.payload().length != s.get("expect_payload_size").getAsInt()) {
+                        throw new CaseFailed("reply of " + m.payload().length + " bytes");
+                    }
+                    return m;
+                };
+                if (s.has("pending")) {
+                    // `await` collects the outcome (and checks expect_error there).
+                    pending.put(s.get("pending").getAsString(), pool.submit(s.has("expect_error") ? req : checked));
+                    Thread.sleep(50); // let the request reach the responder before the next step
+                    return;
+                }
                 if (s.has("expect_error")) {
                     expectError(s, req);
                     return;
                 }
-                Message m = retrying(s, req);
-                if (s.has("expect_payload") && !m.text().equals(s.get("expect_payload").getAsString())) {
-                    throw new CaseFailed("expected reply " + s.get("expect_payload").getAsString() + ", got " + m.text());
-                }
-                if (s.has("expect_payload_size") && m.payload().length != s.get("expect_payload_size").getAsInt()) {
-                    throw new CaseFailed("reply of " + m.payload().length + " bytes");
-                }
+                checked.call();
             }
             case "listen_streams" -> {
                 StreamListener l = c.listenStreams(s.get("subject").getAsString(), str(s, "queue", ""));
@@ -383,9 +398,37 @@ public final class ConformanceRunner {
                 killed = c.serverInfo().gatewayId();
                 env.killGateway(killed);
             }
+            case "terminate_connected_gateway" -> {
+                if (c.serverInfo() == null) {
+                    throw new CaseFailed("the client is not connected");
+                }
+                killed = terminated = c.serverInfo().gatewayId();
+                env.gatewayById(terminated).terminate();
+            }
             case "expect_other_gateway" -> {
-                if (c.serverInfo() == null || c.serverInfo().gatewayId().equals(killed)) {
-                    throw new CaseFailed("expected a gateway other than " + killed + ", got " + c.serverInfo());
+                long deadline = System.currentTimeMillis() + num(s, "timeout_ms", 5000);
+                while (true) {
+                    var info = c.serverInfo();
+                    if (info != null && !info.gatewayId().equals(killed)) {
+                        break;
+                    }
+                    if (System.currentTimeMillis() > deadline) {
+                        throw new CaseFailed("expected a gateway other than " + killed + ", got " + info);
+                    }
+                    Thread.sleep(20);
+                }
+            }
+            case "expect_gateway_exited" -> {
+                if (terminated.isEmpty()) {
+                    throw new CaseFailed("no gateway was terminated");
+                }
+                long timeoutMs = num(s, "timeout_ms", 5000);
+                Integer code = env.gatewayById(terminated).waitExited(timeoutMs);
+                if (code == null) {
+                    throw new CaseFailed("gateway " + terminated + " still runs " + timeoutMs + " ms later");
+                }
+                if (code != 0) {
+                    throw new CaseFailed("gateway " + terminated + " exited with status " + code);
                 }
             }
             case "stream_blocks" -> {

@@ -212,6 +212,21 @@ final class Harness {
             kill(proc);
             start();
         }
+
+        /** Sends SIGTERM: the gateway drains (docs/protocol.md section 3.4) and exits. */
+        void terminate() {
+            if (proc != null) {
+                proc.destroy();
+            }
+        }
+
+        /** The exit status once the process has exited within {@code millis}, else null. */
+        Integer waitExited(long millis) throws InterruptedException {
+            if (proc == null || !proc.waitFor(millis, java.util.concurrent.TimeUnit.MILLISECONDS)) {
+                return null;
+            }
+            return proc.exitValue();
+        }
     }
 
     /** What a case runs against. */
@@ -239,6 +254,9 @@ final class Harness {
             JsonObject gw = spec.has("gateway") ? spec.getAsJsonObject("gateway") : new JsonObject();
             List<String> args = new ArrayList<>(List.of("--region", region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
                     "--auth", gw.has("auth") ? gw.get("auth").getAsString() : "off"));
+            if (gw.has("shutdown_grace_ms")) {
+                args.addAll(List.of("--shutdown-grace-ms", gw.get("shutdown_grace_ms").getAsString()));
+            }
             if (gw.has("max_payload")) {
                 args.addAll(List.of("--max-payload", gw.get("max_payload").getAsString()));
             }
@@ -420,15 +438,19 @@ final class Harness {
             return 0;
         }
 
-        /** Kills the gateway started with {@code --gateway-id id}. */
-        void killGateway(String id) {
+        /** The gateway started with {@code --gateway-id id}. */
+        Gateway gatewayById(String id) {
             for (int i = 0; i < gateways.size(); i++) {
                 if (("conformance-gw-" + i).equals(id)) {
-                    kill(gateways.get(i).proc);
-                    return;
+                    return gateways.get(i);
                 }
             }
             throw new IllegalStateException("no gateway " + id + " in this environment");
+        }
+
+        /** Kills the gateway started with {@code --gateway-id id}. */
+        void killGateway(String id) {
+            kill(gatewayById(id).proc);
         }
 
         String srvUrl(String regionOverride) {

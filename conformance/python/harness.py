@@ -116,6 +116,20 @@ class Gateway:
         self.kill()
         self.start()
 
+    def terminate(self) -> None:
+        """Sends SIGTERM: the gateway drains (docs/protocol.md section 3.4) and exits."""
+        if self.proc is not None:
+            self.proc.terminate()
+
+    def wait_exited(self, timeout: float) -> int | None:
+        """The exit status once the process has exited within ``timeout`` seconds, else None."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
 
 def _replace(args: list[str], flag: str, value: str) -> list[str]:
     out = list(args)
@@ -293,6 +307,8 @@ class Environment:
                 "--auth", gw.get("auth", "off")]
         if "max_payload" in gw:
             args += ["--max-payload", str(gw["max_payload"])]
+        if "shutdown_grace_ms" in gw:
+            args += ["--shutdown-grace-ms", str(gw["shutdown_grace_ms"])]
         if self.spec.get("control_plane"):
             self.control_plane = ControlPlane(self.dir)
             self.control_plane.start()
@@ -390,13 +406,16 @@ class Environment:
         """The first gateway (the only one, in most environments)."""
         return self.gateways[0]
 
-    def kill_gateway(self, gateway_id: str) -> None:
-        """Kills the gateway started with ``--gateway-id gateway_id``."""
+    def gateway_by_id(self, gateway_id: str) -> Gateway:
+        """The gateway started with ``--gateway-id gateway_id``."""
         for i, g in enumerate(self.gateways):
             if f"conformance-gw-{i}" == gateway_id:
-                g.kill()
-                return
+                return g
         raise RuntimeError(f"no gateway {gateway_id!r} in this environment")
+
+    def kill_gateway(self, gateway_id: str) -> None:
+        """Kills the gateway started with ``--gateway-id gateway_id``."""
+        self.gateway_by_id(gateway_id).kill()
 
     def srv_url(self, region: str | None = None) -> str:
         dns = self.control_plane.dns if self.control_plane else "127.0.0.1:1"

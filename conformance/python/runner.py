@@ -47,6 +47,9 @@ def handler_for(spec: str):
     async def handler(msg: nx.Message):
         if spec == "echo":
             return msg.payload
+        if spec.startswith("delay:"):
+            await asyncio.sleep(int(spec[len("delay:"):]) / 1000)
+            return msg.payload
         if spec.startswith("prefix:"):
             return spec[len("prefix:"):].encode() + msg.payload
         if spec.startswith("error:"):
@@ -66,6 +69,7 @@ class Runner:
         self.subs: dict[str, nx.Subscription] = {}
         self.keep: list = []
         self.killed = ""
+        self.terminated = ""
         self.pending: dict[str, asyncio.Task] = {}
         self.marks: dict[str, float] = {}
 
@@ -248,14 +252,22 @@ class Runner:
 
             async def req():
                 return await c.request(s["subject"], payload_of(s), headers=s.get("headers"), timeout=timeout)
+
+            async def checked():
+                m = await self.retrying(s, req)
+                if "expect_payload" in s and m.payload != s["expect_payload"].encode():
+                    raise CaseFailed(f"expected reply {s['expect_payload']!r}, got {m.payload[:60]!r}")
+                if "expect_payload_size" in s and len(m.payload) != s["expect_payload_size"]:
+                    raise CaseFailed(f"expected a reply of {s['expect_payload_size']} bytes, got {len(m.payload)}")
+            if "pending" in s:
+                # `await` collects the outcome (and checks expect_error there).
+                self.pending[s["pending"]] = asyncio.create_task(checked())
+                await asyncio.sleep(0.05)  # let the request reach the responder before the next step
+                return
             if "expect_error" in s:
                 await self.expect_error(s, req())
                 return
-            m = await self.retrying(s, req)
-            if "expect_payload" in s and m.payload != s["expect_payload"].encode():
-                raise CaseFailed(f"expected reply {s['expect_payload']!r}, got {m.payload[:60]!r}")
-            if "expect_payload_size" in s and len(m.payload) != s["expect_payload_size"]:
-                raise CaseFailed(f"expected a reply of {s['expect_payload_size']} bytes, got {len(m.payload)}")
+            await checked()
         elif op == "listen_streams":
             c = self.clients[s["client"]]
             listener = await c.listen_streams(s["subject"], s.get("queue", ""))
@@ -298,10 +310,32 @@ class Runner:
                 raise CaseFailed("the client is not connected")
             self.killed = info.gateway_id
             self.env.kill_gateway(info.gateway_id)
-        elif op == "expect_other_gateway":
+        elif op == "terminate_connected_gateway":
             info = self.clients[s["client"]].server_info
-            if info is None or info.gateway_id == self.killed:
-                raise CaseFailed(f"expected a gateway other than {self.killed}, got {info}")
+            if info is None:
+                raise CaseFailed("the client is not connected")
+            self.killed = self.terminated = info.gateway_id
+            self.env.gateway_by_id(info.gateway_id).terminate()
+        elif op == "expect_other_gateway":
+            c = self.clients[s["client"]]
+            deadline = time.monotonic() + s.get("timeout_ms", 5000) / 1000
+            while True:
+                info = c.server_info
+                if info is not None and info.gateway_id != self.killed:
+                    break
+                if time.monotonic() > deadline:
+                    raise CaseFailed(f"expected a gateway other than {self.killed}, got {info}")
+                await asyncio.sleep(0.02)
+        elif op == "expect_gateway_exited":
+            if not self.terminated:
+                raise CaseFailed("no gateway was terminated")
+            g = self.env.gateway_by_id(self.terminated)
+            timeout = s.get("timeout_ms", 5000) / 1000
+            code = await asyncio.to_thread(g.wait_exited, timeout)
+            if code is None:
+                raise CaseFailed(f"gateway {self.terminated} still runs {timeout:.1f}s later")
+            if code != 0:
+                raise CaseFailed(f"gateway {self.terminated} exited with status {code}")
         elif op == "stream_blocks":
             st = await self.clients[s["client"]].open_stream(s["subject"])
             sent = 0

@@ -212,6 +212,27 @@ class Gateway {
     await this.kill();
     await this.start();
   }
+  /** Sends SIGTERM: the gateway drains (docs/protocol.md §3.4) and exits. */
+  terminate() {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    this.exited = new Promise((r) => proc.once("exit", (code, signal) => r({ code, signal })));
+    proc.kill("SIGTERM");
+  }
+  /** The exit of a terminated gateway ({code, signal}), or undefined if it still runs after timeoutMs. */
+  async waitExited(timeoutMs) {
+    const proc = this.proc;
+    if (!proc) return undefined;
+    if (proc.exitCode !== null || proc.signalCode !== null) return { code: proc.exitCode, signal: proc.signalCode };
+    let timer;
+    const timeout = new Promise((r) => (timer = setTimeout(() => r(undefined), timeoutMs)));
+    const exited = this.exited ?? new Promise((r) => proc.once("exit", (code, signal) => r({ code, signal })));
+    try {
+      return await Promise.race([exited, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
 }
 
 class Environment {
@@ -226,6 +247,7 @@ class Environment {
     const gw = this.spec.gateway || {};
     const args = ["--region", this.region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--auth", gw.auth || "off"];
     if (gw.max_payload) args.push("--max-payload", String(gw.max_payload));
+    if (gw.shutdown_grace_ms !== undefined) args.push("--shutdown-grace-ms", String(gw.shutdown_grace_ms));
     if (this.spec.control_plane) {
       const keyFile = path.join(this.dir, "admin.key");
       const { proc, lines } = await spawnUntil(
@@ -332,11 +354,15 @@ class Environment {
   get gateway() {
     return this.gateways[0];
   }
-  /** Kills the gateway started with `--gateway-id id`. */
-  async killGateway(id) {
+  /** The gateway started with `--gateway-id id`. */
+  gatewayById(id) {
     const i = this.gateways.findIndex((_, n) => `conformance-gw-${n}` === id);
     if (i < 0) throw new Error(`no gateway ${id} in this environment`);
-    await this.gateways[i].kill();
+    return this.gateways[i];
+  }
+  /** Kills the gateway started with `--gateway-id id`. */
+  async killGateway(id) {
+    await this.gatewayById(id).kill();
   }
   srvUrl(region) {
     return `nexus+srv://${region || this.region}.${this.zone}?dns=${this.dns || "127.0.0.1:1"}`;

@@ -21,6 +21,10 @@ const payloadOf = (s) => ("payload_size" in s ? Buffer.alloc(s.payload_size, "x"
 function handlerFor(spec) {
   return async (msg) => {
     if (spec === "echo") return msg.payload;
+    if (spec.startsWith("delay:")) {
+      await sleep(Number(spec.slice("delay:".length)));
+      return msg.payload;
+    }
     if (spec.startsWith("prefix:")) return Buffer.concat([Buffer.from(spec.slice(7)), msg.payload]);
     if (spec.startsWith("error:")) throw new nx.ServiceError(spec.slice(6));
     if (spec === "silent") return new Promise(() => undefined);
@@ -222,11 +226,21 @@ class Runner {
         return;
       case "request": {
         const req = () => c.request(s.subject, payloadOf(s), { headers: s.headers, timeoutMs: s.timeout_ms });
+        const checked = async () => {
+          const m = await this.retrying(s, req);
+          if ("expect_payload" in s && m.text !== s.expect_payload) throw new CaseFailed(`expected reply ${s.expect_payload}, got ${m.text.slice(0, 60)}`);
+          if ("expect_payload_size" in s && m.payload.length !== s.expect_payload_size) throw new CaseFailed(`reply of ${m.payload.length} bytes`);
+        };
+        if (s.pending) {
+          // `await` collects the outcome (and checks expect_error there).
+          const p = s.expect_error ? req() : checked();
+          p.catch(() => undefined);
+          this.pending[s.pending] = p;
+          await sleep(50); // let the request reach the responder before the next step
+          return;
+        }
         if (s.expect_error) return this.expectError(s, req);
-        const m = await this.retrying(s, req);
-        if ("expect_payload" in s && m.text !== s.expect_payload) throw new CaseFailed(`expected reply ${s.expect_payload}, got ${m.text.slice(0, 60)}`);
-        if ("expect_payload_size" in s && m.payload.length !== s.expect_payload_size) throw new CaseFailed(`reply of ${m.payload.length} bytes`);
-        return;
+        return checked();
       }
       case "listen_streams": {
         const listener = await c.listenStreams(s.subject, { queue: s.queue });
@@ -266,9 +280,28 @@ class Runner {
         this.killed = info.gatewayId;
         return this.env.killGateway(info.gatewayId);
       }
-      case "expect_other_gateway": {
+      case "terminate_connected_gateway": {
         const info = c.serverInfo;
-        if (!info || info.gatewayId === this.killed) throw new CaseFailed(`expected a gateway other than ${this.killed}, got ${info?.gatewayId}`);
+        if (!info) throw new CaseFailed("the client is not connected");
+        this.killed = this.terminated = info.gatewayId;
+        this.env.gatewayById(info.gatewayId).terminate();
+        return;
+      }
+      case "expect_other_gateway": {
+        const deadline = Date.now() + (s.timeout_ms ?? 5000);
+        for (;;) {
+          const info = c.serverInfo;
+          if (info && info.gatewayId !== this.killed) return;
+          if (Date.now() > deadline) throw new CaseFailed(`expected a gateway other than ${this.killed}, got ${info?.gatewayId}`);
+          await sleep(20);
+        }
+      }
+      case "expect_gateway_exited": {
+        if (!this.terminated) throw new CaseFailed("no gateway was terminated");
+        const timeoutMs = s.timeout_ms ?? 5000;
+        const exit = await this.env.gatewayById(this.terminated).waitExited(timeoutMs);
+        if (!exit) throw new CaseFailed(`gateway ${this.terminated} still runs ${timeoutMs} ms later`);
+        if (exit.code !== 0) throw new CaseFailed(`gateway ${this.terminated} exited with ${exit.code ?? `signal ${exit.signal}`}`);
         return;
       }
       case "stream_blocks": {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -42,14 +43,29 @@ __version__ = "0.2.0"
 T = TypeVar("T")
 Payload = bytes | bytearray | memoryview | str
 
+log = logging.getLogger("nexus_client")
+
+#: How long before a draining gateway's ``drain_ms`` runs out a moving client ends the
+#: session at the latest (at most half of ``drain_ms``), so that it is not cut.
+GOAWAY_MARGIN = 0.5
+
+
+def drain_window(drain_ms: int) -> float:
+    """Seconds a client keeps a session after ``GoAway{drain_ms}`` to let what is in flight
+    finish: ``drain_ms`` minus :data:`GOAWAY_MARGIN`, but at least half of ``drain_ms``."""
+    total = max(0, drain_ms) / 1000.0
+    return max(total - GOAWAY_MARGIN, total / 2)
+
 
 class _Out:
-    """A queued frame; plain publishes survive a reconnect, everything else is per session."""
+    """A queued frame; plain publishes survive a reconnect, everything else is per session.
+    With ``end_of`` set it is no frame but the point where the writer of that session
+    half-closes it (a move after ``GoAway``): everything queued before still goes out on it."""
 
-    __slots__ = ("frame", "plain_pub", "size")
+    __slots__ = ("end_of", "frame", "plain_pub", "size")
 
-    def __init__(self, frame: pb.Frame, size: int, plain_pub: bool) -> None:
-        self.frame, self.size, self.plain_pub = frame, size, plain_pub
+    def __init__(self, frame: pb.Frame, size: int, plain_pub: bool, end_of: Session | None = None) -> None:
+        self.frame, self.size, self.plain_pub, self.end_of = frame, size, plain_pub, end_of
 
 
 class _AckTimeout(DisconnectedError):
@@ -80,8 +96,11 @@ class Client:
         self._streams: dict[int, BiStream] = {}
         self._services: list[Service] = []
         self._session: Session | None = None
+        #: Set while a session takes new work: cleared while reconnecting and while moving
+        #: away from a draining gateway (operations started then wait for the next session).
         self._connected = asyncio.Event()
         self._closed = False
+        self._closed_event = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._last_error: BaseException | None = None
 
@@ -196,6 +215,8 @@ class Client:
     def _still_wanted(self, item: _Out) -> bool:
         """Whether a queued frame can go on a new session: plain publishes, and operations
         queued after the old session was failed whose callers still wait."""
+        if item.end_of is not None:
+            return False
         if item.plain_pub:
             return True
         f = item.frame
@@ -214,13 +235,18 @@ class Client:
         lo, hi = self.options.reconnect_backoff
         while not self._closed:
             session = self._session
+            moving = False
             if session is not None:
                 await session.done.wait()
+                moving = session.going_away
                 await self._end_session(session, DisconnectedError("disconnected from the gateway"))
                 self._target.demote(session.endpoint.name)
             delay = lo
             while not self._closed:
-                await asyncio.sleep(random.uniform(delay / 2, delay))
+                # A move after GoAway connects at once; backoff is for gateways that failed.
+                if not moving:
+                    await asyncio.sleep(random.uniform(delay / 2, delay))
+                moving = False
                 try:
                     session = await self._connect_round()
                     break
@@ -257,15 +283,29 @@ class Client:
         try:
             while True:
                 item = await self._out.get()
+                if item.end_of is not None:
+                    if item.end_of is session:
+                        await session.call.done_writing()
+                        return
+                    continue  # the end of an earlier session, which is over already
                 frames, size = [item.frame], item.size
+                end = False
                 while len(frames) < o.max_batch_frames and size < o.max_batch_bytes:
                     try:
                         nxt = self._out.get_nowait()
                     except asyncio.QueueEmpty:
                         break
+                    if nxt.end_of is not None:
+                        end = nxt.end_of is session
+                        if end:
+                            break
+                        continue
                     frames.append(nxt.frame)
                     size += nxt.size
                 await session.call.write(pb.Batch(frames=frames))
+                if end:
+                    await session.call.done_writing()
+                    return
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -274,26 +314,29 @@ class Client:
     async def _reader(self, session: Session) -> None:
         try:
             for f in session.pending_frames:
-                await self._dispatch(f)
+                await self._dispatch(f, session)
             while True:
                 batch = await session.call.read()
                 if batch is grpc.aio.EOF or not isinstance(batch, pb.Batch):
                     break
                 for f in batch.frames:
-                    await self._dispatch(f)
+                    await self._dispatch(f, session)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             self._last_error = e
         session.done.set()
 
-    async def _dispatch(self, f: pb.Frame) -> None:
+    async def _dispatch(self, f: pb.Frame, session: Session) -> None:
         kind = f.WhichOneof("kind")
         if kind == "msg":
             m = f.msg
             sub = self._subs.get(m.sid)
             if sub is None or not sub.accepts:
                 return
+            if m.reply_to and m.deadline_ms:
+                # A request (docs/protocol.md section 7.3): its answer is owed on this session.
+                session.served[m.reply_to] = time.monotonic() + m.deadline_ms / 1000.0
             msg = Message(
                 m.subject, m.payload, [(h.key, h.value) for h in m.headers], m.reply_to, m.id, m.sid, m.deadline_ms
             )
@@ -331,6 +374,91 @@ class Client:
             s = self._streams.get(f.stream_close.stream_id)
             if s is not None:
                 s._on_close(f.stream_close)
+        elif kind == "go_away":
+            self._on_go_away(session, f.go_away)
+
+    # === moving away from a draining gateway (docs/protocol.md section 3.4) ===
+
+    @property
+    def _accepting(self) -> bool:
+        """Whether new work (requests, confirmed publishes, subscribes, stream opens,
+        flushes) may start now: a session is open and its gateway is not draining."""
+        return self._session is not None and not self._session.going_away
+
+    async def _wait_accepting(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds for a session that takes new work (after a
+        reconnect or a move); False when the time ran out. Raises :class:`ClosedError` when
+        the client is closed meanwhile, so that nothing waits on a closed client."""
+        deadline = time.monotonic() + timeout
+        while not self._accepting:
+            if self._closed:
+                raise ClosedError("client closed")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            waits = [asyncio.ensure_future(self._connected.wait()), asyncio.ensure_future(self._closed_event.wait())]
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+        return True
+
+    def _on_go_away(self, session: Session, g: pb.GoAway) -> None:
+        """The gateway of ``session`` drains: stop starting work on it, demote it, and start
+        the move (once per session)."""
+        if session.going_away or self._session is not session:
+            return
+        session.going_away = True
+        self._connected.clear()
+        self._target.demote(session.endpoint.name)
+        window = drain_window(g.drain_ms)
+        log.info(
+            "gateway %s (%s) is draining (%s; drain_ms=%d): moving to another gateway within %.1fs",
+            session.info.gateway_id,
+            session.endpoint.address,
+            g.reason or "no reason given",
+            g.drain_ms,
+            window,
+        )
+        session.tasks.append(asyncio.get_running_loop().create_task(self._move(session, window)))
+
+    def _session_idle(self, session: Session) -> bool:
+        """Whether nothing started on ``session`` waits for an answer: no request, Ack or
+        Pong outstanding, and no request delivered on it waits for our reply."""
+        return not (self._reqs or self._acks or self._pings or session.served_pending())
+
+    async def _move(self, session: Session, window: float) -> None:
+        """Lets ``session`` finish what is in flight for up to ``window`` seconds, then
+        half-closes it after every frame already queued. The supervisor sees the session
+        end, fails what is still unanswered (confirmed publishes are retried) and connects
+        to another gateway at once."""
+        deadline = time.monotonic() + window
+        while not self._session_idle(session) and time.monotonic() < deadline:
+            # Re-checked every 10 ms; a session that ends meanwhile needs no more moving.
+            try:
+                await asyncio.wait_for(session.done.wait(), 0.01)
+                return
+            except asyncio.TimeoutError:
+                pass
+        if self._session_idle(session):
+            log.info("gateway %s: nothing in flight any more, ending the session", session.info.gateway_id)
+        else:
+            log.warning(
+                "gateway %s: drain window over with work still unanswered; ending the session "
+                "(it is handled as on a lost session)",
+                session.info.gateway_id,
+            )
+        await self._out.put(_Out(pb.Frame(), 0, False, end_of=session))
+        # The gateway ends the session as soon as it sees the half-close; should that not
+        # happen (a writer stuck behind HTTP/2 flow control), give up on the session.
+        try:
+            await asyncio.wait_for(session.done.wait(), max(1.0, deadline - time.monotonic()) + 1.0)
+        except asyncio.TimeoutError:
+            log.warning(
+                "gateway %s: the session did not end after the half-close; dropping it", session.info.gateway_id
+            )
+            session.done.set()
 
     def _on_error(self, e: pb.Error) -> None:
         ref = e.ref_id
@@ -403,9 +531,10 @@ class Client:
         while True:
             attempts += 1
             try:
-                if budget > 0 and not self.is_connected:
+                if budget > 0 and not self._accepting:
                     left = budget - (time.monotonic() - start)
-                    await asyncio.wait_for(self._connected.wait(), max(left, 0.001))
+                    if not await self._wait_accepting(max(left, 0.001)):
+                        raise asyncio.TimeoutError
 
                 def frame(ack_id: int) -> pb.Frame:
                     f = pb.Frame(pub=pub)
@@ -486,8 +615,8 @@ class Client:
         return await self.subscribe(subject, queue)
 
     async def _confirm_sub(self, sid: int, subject: str, queue: str) -> None:
-        if not self.is_connected:
-            return  # sent with the other subscriptions when the session is back
+        if not self._accepting:
+            return  # sent with the other subscriptions on the next session
         try:
             await self._await_ack(lambda a: sub_frame(sid, subject, queue, a), 64)
         except DisconnectedError:
@@ -510,7 +639,7 @@ class Client:
             return
         sub._closed = sub._draining = True
         try:
-            if self.is_connected and not self._closed:
+            if self._accepting and not self._closed:
                 await self._enqueue(pb.Frame(unsub=pb.Unsub(sid=sub.sid)))
                 # The Pong comes after every Msg the gateway queued before it took the Unsub.
                 await self.flush()
@@ -534,11 +663,8 @@ class Client:
         timeout = self.request_timeout if timeout is None else timeout
         hdrs = with_traceparent(to_pairs(headers))
         deadline = time.monotonic() + timeout
-        if not self.is_connected:
-            try:
-                await asyncio.wait_for(self._connected.wait(), timeout)
-            except asyncio.TimeoutError:
-                raise RequestTimeoutError(subject, timeout) from self._last_error
+        if not self._accepting and not await self._wait_accepting(timeout):
+            raise RequestTimeoutError(subject, timeout) from self._last_error
         rid = next(self._ids)
         fut: asyncio.Future[pb.Reply] = asyncio.get_running_loop().create_future()
         self._reqs[rid] = fut
@@ -569,17 +695,31 @@ class Client:
     async def reply(self, request: Message, payload: Payload = b"", headers: HeadersLike = None) -> None:
         """Answers a request message."""
         data = as_bytes(payload)
-        await self._enqueue(
-            pb.Frame(reply=pb.Reply(reply_to=request.reply_to, headers=wire_headers(to_pairs(headers)), payload=data)),
-            64 + len(data),
-        )
+        try:
+            await self._enqueue(
+                pb.Frame(
+                    reply=pb.Reply(reply_to=request.reply_to, headers=wire_headers(to_pairs(headers)), payload=data)
+                ),
+                64 + len(data),
+            )
+        finally:
+            self._answered(request)
+
+    def _answered(self, request: Message) -> None:
+        """The reply to ``request`` is queued (or cannot be): a moving session no longer
+        waits for it. The reply is queued before this, so it goes out before the half-close."""
+        if self._session is not None and request.reply_to:
+            self._session.served.pop(request.reply_to, None)
 
     async def reply_error(self, request: Message, message: str) -> None:
         """Refuses a request; the requester gets a :class:`ServiceError` with ``message``."""
         if not request.reply_to:
             return
         err = pb.Error(code=pb.SERVICE_ERROR, message=message)
-        await self._enqueue(pb.Frame(reply=pb.Reply(reply_to=request.reply_to, error=err)))
+        try:
+            await self._enqueue(pb.Frame(reply=pb.Reply(reply_to=request.reply_to, error=err)))
+        finally:
+            self._answered(request)
 
     async def serve(self, subject: str, handler: Handler, queue: str = "") -> Service:
         """Answers requests on ``subject`` with ``handler(msg)``, an async function returning
@@ -594,8 +734,8 @@ class Client:
         """Opens a bidirectional stream to one responder of ``subject`` and waits until the
         responder accepted it (raises :class:`NoRespondersError` if there is none)."""
         validate_publish_subject(subject)
-        if not self.is_connected:
-            await asyncio.wait_for(self._connected.wait(), self.request_timeout)
+        if not self._accepting and not await self._wait_accepting(self.request_timeout):
+            raise RequestTimeoutError(subject, self.request_timeout) from self._last_error
         sid = next(self._ids)
         hdrs = with_traceparent(to_pairs(headers))
         s = BiStream(self, sid, subject, hdrs, 0, self.options.stream_window)
@@ -625,6 +765,9 @@ class Client:
 
     async def flush(self, timeout: float | None = None) -> None:
         """Waits until the gateway processed every frame queued before this call."""
+        limit = timeout or self.request_timeout
+        if not self._accepting and not await self._wait_accepting(limit):
+            raise DisconnectedError("no session with a gateway to flush to") from self._last_error
         nonce = next(self._ids)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pings[nonce] = fut
@@ -637,7 +780,8 @@ class Client:
             self._pings.pop(nonce, None)
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Waits until a session is open (after a reconnect)."""
+        """Waits until a session that takes new work is open (after a reconnect, or after a
+        move away from a draining gateway)."""
         await asyncio.wait_for(self._connected.wait(), timeout)
 
     async def drain(self, timeout: float | None = None) -> None:
@@ -668,6 +812,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        self._closed_event.set()
         if self._supervisor is not None:
             self._supervisor.cancel()
         if self._session is not None:

@@ -96,6 +96,21 @@ class Session:
         self.pending_frames = pending
         self.tasks: list[asyncio.Task[None]] = []
         self.done = asyncio.Event()
+        #: Set when the gateway sent ``GoAway`` (docs/protocol.md section 3.4): the session
+        #: only finishes what is on it, and the client moves to another gateway.
+        self.going_away = False
+        #: Requests delivered on this session and not answered yet: ``reply_to`` -> the
+        #: monotonic time after which the requester no longer waits. A moving client keeps
+        #: the session until these are answered, so the replies go out on it.
+        self.served: dict[str, float] = {}
+
+    def served_pending(self) -> bool:
+        """Whether a request delivered on this session still waits for its answer (entries
+        past their deadline are dropped: the requester gave up on them)."""
+        now = time.monotonic()
+        for reply_to in [r for r, until in self.served.items() if until <= now]:
+            del self.served[reply_to]
+        return bool(self.served)
 
 
 async def open_session(

@@ -9,6 +9,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { debuglog } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { type Batch, type Frame, asBuffer, batch, decodeBatch, encodeBatch, frame, pb } from "./codec.js";
 import { type Endpoint, Target } from "./discovery.js";
@@ -68,6 +69,30 @@ export interface ClientOptions {
   tlsClientKeyFile?: string;
   /** The name the gateway's certificate must carry, instead of the address's host. */
   tlsServerName?: string;
+  /**
+   * Where the client reports what it does on its own, such as moving away from a draining
+   * gateway (default: `info` to `NODE_DEBUG=nexus`, `warn` to `console.warn`).
+   */
+  logger?: Logger;
+}
+
+/** A sink for the client's log lines. */
+export interface Logger {
+  info(message: string): void;
+  warn(message: string): void;
+}
+
+const debug = debuglog("nexus");
+const defaultLogger: Logger = { info: (m) => debug("%s", m), warn: (m) => console.warn(`nexus-client: ${m}`) };
+
+/**
+ * How long a moving client keeps a session after `GoAway{drain_ms}` to let what is in flight
+ * finish (docs/protocol.md section 3.4): `drain_ms` minus a 500 ms margin, but at least half
+ * of `drain_ms`, so that the session ends before the gateway cuts it.
+ */
+export function drainWindowMs(drainMs: number): number {
+  const total = Math.max(0, drainMs);
+  return Math.max(total - 500, total / 2);
 }
 
 type TlsOptionNames = "tls" | "tlsCaFile" | "tlsClientCertFile" | "tlsClientKeyFile" | "tlsServerName";
@@ -97,6 +122,7 @@ function settings(o: ClientOptions): Settings {
     streamWindow: o.streamWindow ?? 256,
     publishRetryTimeoutMs: o.publishRetryTimeoutMs ?? 30000,
     localPayloadCheck: o.localPayloadCheck ?? true,
+    logger: o.logger ?? defaultLogger,
   };
   for (const k of ["requestTimeoutMs", "connectTimeoutMs", "maxBatchFrames", "maxBatchBytes", "outboundCapacity", "subscriptionCapacity", "streamWindow"] as const) {
     if (!(s[k] > 0)) throw new InvalidOptionError(`${k} must be positive, got ${s[k]}`);
@@ -107,15 +133,33 @@ function settings(o: ClientOptions): Settings {
   return s;
 }
 
+/**
+ * A queued frame. With `endOf` set it is no frame but the point where the writer of that
+ * session half-closes it (a move after GoAway): everything queued before still goes out on it.
+ */
 interface Out {
   frame: Frame | undefined;
   size: number;
   plainPub: boolean;
+  endOf?: Session;
 }
 
 class Session {
   readonly done: Promise<void>;
-  finish!: () => void;
+  private resolveDone!: () => void;
+  /** True once the session is over (ended by either side). */
+  ended = false;
+  /**
+   * Set when the gateway sent GoAway (docs/protocol.md section 3.4): the session only finishes
+   * what is on it, and the client moves to another gateway.
+   */
+  goingAway = false;
+  /**
+   * Requests delivered on this session and not answered yet: `reply_to` -> the time (ms since
+   * the epoch) after which the requester no longer waits. A moving client keeps the session
+   * until these are answered, so that the replies go out on it.
+   */
+  readonly served = new Map<string, number>();
   constructor(
     readonly endpoint: Endpoint,
     readonly channel: grpc.Client,
@@ -124,7 +168,19 @@ class Session {
     readonly iter: AsyncIterator<Batch>,
     readonly pending: Frame[],
   ) {
-    this.done = new Promise((r) => (this.finish = r));
+    this.done = new Promise((r) => (this.resolveDone = r));
+  }
+
+  finish(): void {
+    this.ended = true;
+    this.resolveDone();
+  }
+
+  /** Whether a request delivered on this session still waits for our reply (expired ones are dropped). */
+  servedPending(): boolean {
+    const now = Date.now();
+    for (const [replyTo, until] of this.served) if (until <= now) this.served.delete(replyTo);
+    return this.served.size > 0;
   }
 }
 
@@ -303,6 +359,7 @@ export class Client implements AsyncDisposable {
 
   /** Plain publishes, and operations queued after the old session was failed whose callers still wait. */
   private stillWanted(o: Out): boolean {
+    if (o.endOf) return false;
     if (o.plainPub) return true;
     const k = o.frame?.kind;
     switch (k?.case) {
@@ -318,15 +375,19 @@ export class Client implements AsyncDisposable {
     const [lo, hi] = this.opts.reconnectBackoffMs;
     while (!this.closed) {
       const s = this.session;
+      let moving = false;
       if (s) {
         await s.done;
         if (this.closed) return;
+        moving = s.goingAway;
         this.endSession(s, new DisconnectedError("disconnected from the gateway"));
         this.target.demote(s.endpoint.name);
       }
       let delay = lo;
       for (;;) {
-        await sleep(delay / 2 + (Math.random() * delay) / 2);
+        // A move after GoAway connects at once; the backoff is for gateways that failed.
+        if (!moving) await sleep(delay / 2 + (Math.random() * delay) / 2);
+        moving = false;
         if (this.closed) return;
         try {
           this.start(await this.connectRound());
@@ -360,6 +421,11 @@ export class Client implements AsyncDisposable {
     try {
       while (this.session === s) {
         const first = await this.out.shift();
+        if (first.endOf) {
+          if (first.endOf !== s) continue; // the end of an earlier session, over already
+          s.call.end(); // half-close: the gateway ends the session
+          return;
+        }
         if (!first.frame) return; // woken because the session ended
         if (this.session !== s) {
           this.out.pushNow(first); // the next session decides whether it is still wanted
@@ -370,14 +436,24 @@ export class Client implements AsyncDisposable {
         if (this.out.length < maxBatchFrames) await new Promise((r) => setImmediate(r));
         const frames = [first.frame];
         let size = first.size;
+        let end = false;
         while (frames.length < maxBatchFrames && size < maxBatchBytes) {
           const nxt = this.out.tryShift();
+          if (nxt?.endOf) {
+            if (nxt.endOf !== s) continue;
+            end = true;
+            break;
+          }
           if (!nxt?.frame) break;
           frames.push(nxt.frame);
           size += nxt.size;
         }
         if (!s.call.write(batch(frames))) {
           await Promise.race([new Promise((r) => s.call.once("drain", r)), s.done]);
+        }
+        if (end) {
+          s.call.end();
+          return;
         }
       }
     } catch {
@@ -387,11 +463,11 @@ export class Client implements AsyncDisposable {
 
   private async reader(s: Session): Promise<void> {
     try {
-      for (const f of s.pending) await this.dispatch(f);
+      for (const f of s.pending) await this.dispatch(f, s);
       for (;;) {
         const r = await s.iter.next();
         if (r.done) break;
-        for (const f of r.value.frames) await this.dispatch(f);
+        for (const f of r.value.frames) await this.dispatch(f, s);
       }
     } catch (e) {
       this.lastError = e as Error;
@@ -399,13 +475,15 @@ export class Client implements AsyncDisposable {
     s.finish();
   }
 
-  private async dispatch(f: Frame): Promise<void> {
+  private async dispatch(f: Frame, s: Session): Promise<void> {
     const k = f.kind;
     switch (k.case) {
       case "msg": {
         const m = k.value;
         const sub = this.subs.get(m.sid);
         if (!sub || !sub.accepts) return;
+        // A request (docs/protocol.md section 7.3): its answer is owed on this session.
+        if (m.replyTo && m.deadlineMs) s.served.set(m.replyTo, Date.now() + m.deadlineMs);
         // A full buffer stops this reader (backpressure to the gateway) until the
         // application reads, or unsubscribes.
         const msg = new Message(m.subject, asBuffer(m.payload), fromWire(m.headers), m.replyTo, m.id, m.sid, m.deadlineMs);
@@ -439,7 +517,59 @@ export class Client implements AsyncDisposable {
       case "streamClose":
         this.streams.get(k.value.streamId)?._onClose(k.value.error);
         return;
+      case "goAway":
+        this.onGoAway(s, k.value);
+        return;
     }
+  }
+
+  // === moving away from a draining gateway (docs/protocol.md section 3.4) ===
+
+  /**
+   * Whether new work (requests, confirmed publishes, subscribes, stream opens, flushes) may
+   * start now: a session is open and its gateway is not draining.
+   */
+  private get accepting(): boolean {
+    return !!this.session && !this.session.goingAway;
+  }
+
+  /** The gateway of `s` drains: start nothing new on it, demote it, and move (once per session). */
+  private onGoAway(s: Session, g: pb.GoAway): void {
+    if (s.goingAway || this.session !== s) return;
+    s.goingAway = true;
+    this.target.demote(s.endpoint.name);
+    const windowMs = drainWindowMs(g.drainMs);
+    this.opts.logger.info(`gateway ${s.info.gatewayId} (${s.endpoint.address}) is draining (${g.reason || "no reason given"}; drain_ms=${g.drainMs}): moving to another gateway within ${windowMs} ms`);
+    void this.move(s, windowMs);
+  }
+
+  /** Whether nothing started on `s` waits for an answer (requests, Acks, Pongs, our replies). */
+  private idle(s: Session): boolean {
+    return this.reqs.size === 0 && this.acks.size === 0 && this.pings.size === 0 && !s.servedPending();
+  }
+
+  /**
+   * Lets `s` finish what is in flight for up to `windowMs`, then half-closes it after every
+   * frame already queued. The supervisor sees the session end, fails what is still unanswered
+   * (confirmed publishes are retried) and connects to another gateway at once.
+   */
+  private async move(s: Session, windowMs: number): Promise<void> {
+    const deadline = Date.now() + windowMs;
+    while (!s.ended && !this.idle(s) && Date.now() < deadline) await sleep(10);
+    if (s.ended) return;
+    if (this.idle(s)) this.opts.logger.info(`gateway ${s.info.gatewayId}: nothing in flight any more, ending the session`);
+    else this.opts.logger.warn(`gateway ${s.info.gatewayId}: drain window over with work still unanswered; ending the session (handled as on a lost session)`);
+    this.out.pushNow({ frame: undefined, size: 0, plainPub: false, endOf: s });
+    // The gateway ends the session as soon as it sees the half-close; should that not happen
+    // (a writer stuck behind HTTP/2 flow control), give up on the session.
+    const timer = setTimeout(() => {
+      if (!s.ended) {
+        this.opts.logger.warn(`gateway ${s.info.gatewayId}: the session did not end after the half-close; dropping it`);
+        s.finish();
+      }
+    }, Math.max(1000, deadline - Date.now()) + 1000);
+    await s.done;
+    clearTimeout(timer);
   }
 
   private settle<T>(table: Map<bigint, Deferred<T>>, id: bigint, f: (d: Deferred<T>) => void): void {
@@ -502,6 +632,10 @@ export class Client implements AsyncDisposable {
       throw new LimitError(`payload of ${data.length} bytes exceeds limits.max_payload (${max} bytes)`);
     }
   }
+  /** @internal The reply to `request` is queued (or cannot be): a moving session no longer waits for it. */
+  _answered(request: Message): void {
+    if (request.replyTo) this.session?.served.delete(request.replyTo);
+  }
   /** @internal */
   async _unsubscribe(sid: bigint): Promise<void> {
     this.subs.get(sid)?._end();
@@ -515,7 +649,7 @@ export class Client implements AsyncDisposable {
     if (sub.closed) return;
     sub.closed = sub.draining = true;
     try {
-      if (this.session && !this.closed) {
+      if (this.accepting && !this.closed) {
         await this._enqueue(frame({ case: "unsub", value: { sid: sub.sid } }));
         // The Pong comes after every Msg the gateway queued before it took the Unsub.
         await this.flush();
@@ -540,9 +674,19 @@ export class Client implements AsyncDisposable {
     }
   }
 
-  private waitConnected(ms: number): Promise<void> {
-    if (this.session) return Promise.resolve();
-    return withTimeout(new Promise<void>((r) => this.connectedWaiters.push(r)), ms, () => new DisconnectedError("not connected to a gateway"));
+  /**
+   * Waits until a session takes new work (after a reconnect or a move away from a draining
+   * gateway). Rejects with DisconnectedError after `ms`, and with ClosedError when the client
+   * is closed meanwhile, so that nothing waits on a closed client.
+   */
+  private async waitConnected(ms: number): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (!this.accepting) {
+      if (this.closed) throw new ClosedError("client closed");
+      const left = deadline - Date.now();
+      if (left <= 0) throw new DisconnectedError("not connected to a gateway");
+      await withTimeout(new Promise<void>((r) => this.connectedWaiters.push(r)), left, () => new DisconnectedError("not connected to a gateway"));
+    }
   }
 
   /**
@@ -555,7 +699,7 @@ export class Client implements AsyncDisposable {
     const started = Date.now();
     for (let attempts = 1; ; attempts++) {
       try {
-        if (budget > 0 && !this.session) await this.waitConnected(Math.max(1, budget - (Date.now() - started)));
+        if (budget > 0 && !this.accepting) await this.waitConnected(Math.max(1, budget - (Date.now() - started)));
         return await this.awaitAck((ackId) => frame({ case: "pub", value: { ...pub, ackId } }), size);
       } catch (e) {
         if (e instanceof AckTimeout || !(e instanceof DisconnectedError)) throw e;
@@ -616,7 +760,7 @@ export class Client implements AsyncDisposable {
   }
 
   private async confirmSub(sid: bigint, subject: string, queueGroup: string): Promise<void> {
-    if (!this.session) return; // sent with the other subscriptions on the next session
+    if (!this.accepting) return; // sent with the other subscriptions on the next session
     try {
       await this.awaitAck((ackId) => frame({ case: "sub", value: { sid, subject, queueGroup, ackId } }), 64);
     } catch (e) {
@@ -638,8 +782,8 @@ export class Client implements AsyncDisposable {
     const timeout = options.timeoutMs ?? this.opts.requestTimeoutMs;
     const headers = wire(ensureTraceparent(toPairs(options.headers)));
     const deadline = Date.now() + timeout;
-    await this.waitConnected(timeout).catch(() => {
-      throw new TimeoutError(subject, timeout);
+    await this.waitConnected(timeout).catch((e) => {
+      throw e instanceof ClosedError ? e : new TimeoutError(subject, timeout);
     });
     const reqId = this.id();
     const [p, d] = deferred<pb.Reply>();
@@ -659,13 +803,21 @@ export class Client implements AsyncDisposable {
   /** Answers a request message. */
   async reply(request: Message, payload?: Payload, headers?: HeadersInit): Promise<void> {
     const data = toBuffer(payload);
-    await this._enqueue(frame({ case: "reply", value: { replyTo: request.replyTo, headers: wire(toPairs(headers)), payload: data } }), 64 + data.length);
+    try {
+      await this._enqueue(frame({ case: "reply", value: { replyTo: request.replyTo, headers: wire(toPairs(headers)), payload: data } }), 64 + data.length);
+    } finally {
+      this._answered(request);
+    }
   }
 
   /** Refuses a request; the requester gets a ServiceError with `message`. */
   async replyError(request: Message, message: string): Promise<void> {
     if (!request.replyTo) return;
-    await this._enqueue(frame({ case: "reply", value: { replyTo: request.replyTo, error: { code: pb.ErrorCode.SERVICE_ERROR, message } } }));
+    try {
+      await this._enqueue(frame({ case: "reply", value: { replyTo: request.replyTo, error: { code: pb.ErrorCode.SERVICE_ERROR, message } } }));
+    } finally {
+      this._answered(request);
+    }
   }
 
   /**
@@ -710,6 +862,7 @@ export class Client implements AsyncDisposable {
 
   /** Waits until the gateway processed every frame queued before this call. */
   async flush(timeoutMs?: number): Promise<void> {
+    await this.waitConnected(timeoutMs ?? this.opts.requestTimeoutMs);
     const nonce = this.id();
     const [p, d] = deferred<void>();
     this.pings.set(nonce, d);

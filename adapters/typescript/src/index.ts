@@ -7,7 +7,7 @@
  * session, graceful `drain()`, `await using` disposal, and W3C traceparent propagation.
  * Errors are Error subclasses. Wire types are generated from the .proto by protobuf-es.
  */
-export { Client, type ClientOptions, VERSION } from "./client.js";
+export { Client, type ClientOptions, type Logger, VERSION, drainWindowMs } from "./client.js";
 export { type Handler, type HandlerResult, type Payload, Service, Subscription } from "./subscription.js";
 export * from "./errors.js";
 export { TRACEPARENT, type Headers, type HeadersInit, isValidTraceparent, newTraceparent, traceContext, withTraceparent } from "./headers.js";

@@ -35,7 +35,7 @@ class Batch(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("hello", "welcome", "sub", "unsub", "pub", "msg", "req", "reply", "ack", "nack", "credit", "error", "ping", "pong", "stream_open", "stream_data", "stream_close")
+    __slots__ = ("hello", "welcome", "sub", "unsub", "pub", "msg", "req", "reply", "ack", "nack", "credit", "error", "ping", "pong", "stream_open", "stream_data", "stream_close", "go_away")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     SUB_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class Frame(_message.Message):
     STREAM_OPEN_FIELD_NUMBER: _ClassVar[int]
     STREAM_DATA_FIELD_NUMBER: _ClassVar[int]
     STREAM_CLOSE_FIELD_NUMBER: _ClassVar[int]
+    GO_AWAY_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     welcome: Welcome
     sub: Sub
@@ -70,7 +71,8 @@ class Frame(_message.Message):
     stream_open: StreamOpen
     stream_data: StreamData
     stream_close: StreamClose
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., sub: _Optional[_Union[Sub, _Mapping]] = ..., unsub: _Optional[_Union[Unsub, _Mapping]] = ..., pub: _Optional[_Union[Pub, _Mapping]] = ..., msg: _Optional[_Union[Msg, _Mapping]] = ..., req: _Optional[_Union[Req, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., stream_open: _Optional[_Union[StreamOpen, _Mapping]] = ..., stream_data: _Optional[_Union[StreamData, _Mapping]] = ..., stream_close: _Optional[_Union[StreamClose, _Mapping]] = ...) -> None: ...
+    go_away: GoAway
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., sub: _Optional[_Union[Sub, _Mapping]] = ..., unsub: _Optional[_Union[Unsub, _Mapping]] = ..., pub: _Optional[_Union[Pub, _Mapping]] = ..., msg: _Optional[_Union[Msg, _Mapping]] = ..., req: _Optional[_Union[Req, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., stream_open: _Optional[_Union[StreamOpen, _Mapping]] = ..., stream_data: _Optional[_Union[StreamData, _Mapping]] = ..., stream_close: _Optional[_Union[StreamClose, _Mapping]] = ..., go_away: _Optional[_Union[GoAway, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("api_key", "client_name", "language", "version", "protocol")
@@ -193,12 +195,18 @@ class Reply(_message.Message):
     def __init__(self, req_id: _Optional[int] = ..., reply_to: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., payload: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("ack_id", "delivered")
+    __slots__ = ("ack_id", "delivered", "forwarded_regions", "spooled_regions", "duplicate")
     ACK_ID_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    SPOOLED_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     ack_id: int
     delivered: int
-    def __init__(self, ack_id: _Optional[int] = ..., delivered: _Optional[int] = ...) -> None: ...
+    forwarded_regions: _containers.RepeatedScalarFieldContainer[str]
+    spooled_regions: _containers.RepeatedScalarFieldContainer[str]
+    duplicate: bool
+    def __init__(self, ack_id: _Optional[int] = ..., delivered: _Optional[int] = ..., forwarded_regions: _Optional[_Iterable[str]] = ..., spooled_regions: _Optional[_Iterable[str]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class Nack(_message.Message):
     __slots__ = ("ack_id", "reply_to", "error")
@@ -227,6 +235,14 @@ class Error(_message.Message):
     message: str
     ref_id: int
     def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., ref_id: _Optional[int] = ...) -> None: ...
+
+class GoAway(_message.Message):
+    __slots__ = ("reason", "drain_ms")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_MS_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    drain_ms: int
+    def __init__(self, reason: _Optional[str] = ..., drain_ms: _Optional[int] = ...) -> None: ...
 
 class Ping(_message.Message):
     __slots__ = ("nonce",)
@@ -273,24 +289,32 @@ class StreamClose(_message.Message):
     def __init__(self, stream_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class PublishRequest(_message.Message):
-    __slots__ = ("api_key", "subject", "headers", "payload")
+    __slots__ = ("api_key", "subject", "headers", "payload", "id")
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     api_key: str
     subject: str
     headers: _containers.RepeatedCompositeFieldContainer[Header]
     payload: bytes
-    def __init__(self, api_key: _Optional[str] = ..., subject: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    id: bytes
+    def __init__(self, api_key: _Optional[str] = ..., subject: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., payload: _Optional[bytes] = ..., id: _Optional[bytes] = ...) -> None: ...
 
 class PublishResponse(_message.Message):
-    __slots__ = ("id", "delivered")
+    __slots__ = ("id", "delivered", "forwarded_regions", "spooled_regions", "duplicate")
     ID_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    SPOOLED_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     id: bytes
     delivered: int
-    def __init__(self, id: _Optional[bytes] = ..., delivered: _Optional[int] = ...) -> None: ...
+    forwarded_regions: _containers.RepeatedScalarFieldContainer[str]
+    spooled_regions: _containers.RepeatedScalarFieldContainer[str]
+    duplicate: bool
+    def __init__(self, id: _Optional[bytes] = ..., delivered: _Optional[int] = ..., forwarded_regions: _Optional[_Iterable[str]] = ..., spooled_regions: _Optional[_Iterable[str]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class RequestRequest(_message.Message):
     __slots__ = ("api_key", "subject", "headers", "payload", "timeout_ms")

@@ -30,6 +30,7 @@ import nexus.v1.GatewayOuterClass.Credit;
 import nexus.v1.GatewayOuterClass.Error;
 import nexus.v1.GatewayOuterClass.ErrorCode;
 import nexus.v1.GatewayOuterClass.Frame;
+import nexus.v1.GatewayOuterClass.GoAway;
 import nexus.v1.GatewayOuterClass.Header;
 import nexus.v1.GatewayOuterClass.Hello;
 import nexus.v1.GatewayOuterClass.Ping;
@@ -61,6 +62,12 @@ public final class Client implements AutoCloseable {
     private static final int WRITER_YIELDS = 16;
     private static final SecureRandom RANDOM = new SecureRandom();
     private static final Object END = new Object();
+    private static final System.Logger LOG = System.getLogger("io.nexus.client");
+    /**
+     * How long before a draining gateway's {@code drain_ms} runs out a moving client ends the
+     * session at the latest (at most half of {@code drain_ms}), so that it is not cut.
+     */
+    static final long GOAWAY_MARGIN_MS = 500;
 
     /** Options; see the setters. */
     public static final class Builder {
@@ -246,7 +253,16 @@ public final class Client implements AutoCloseable {
         }
     }
 
-    private record Out(Frame frame, int size, boolean plainPub) {}
+    /**
+     * A queued frame; plain publishes survive a reconnect, everything else is per session. With
+     * {@code endOf} set it is no frame but the point where the writer of that session half-closes
+     * it (a move after GoAway): everything queued before still goes out on it.
+     */
+    private record Out(Frame frame, int size, boolean plainPub, Session endOf) {
+        Out(Frame frame, int size, boolean plainPub) {
+            this(frame, size, plainPub, null);
+        }
+    }
 
     /** One gRPC Session call with one gateway. */
     private final class Session implements ClientResponseObserver<Batch, Batch> {
@@ -259,6 +275,17 @@ public final class Client implements AutoCloseable {
         volatile ServerInfo info;
         volatile boolean ended;
         final List<Frame> pending = new ArrayList<>();
+        /**
+         * Set when the gateway sent GoAway (docs/protocol.md section 3.4): the session only
+         * finishes what is on it, and the client moves to another gateway.
+         */
+        volatile boolean goingAway;
+        /**
+         * Requests delivered on this session and not answered yet: {@code reply_to} -> the time
+         * (ms since the epoch) after which the requester no longer waits. A moving client keeps
+         * the session until these are answered, so that the replies go out on it.
+         */
+        final Map<String, Long> served = new ConcurrentHashMap<>();
 
         Session(Discovery.Endpoint endpoint, ManagedChannel channel) {
             this.endpoint = endpoint;
@@ -289,6 +316,13 @@ public final class Client implements AutoCloseable {
         @Override
         public void onCompleted() {
             inbound.add(END);
+        }
+
+        /** Whether a request delivered on this session still waits for our reply (expired ones are dropped). */
+        boolean servedPending() {
+            long now = System.currentTimeMillis();
+            served.values().removeIf(until -> until <= now);
+            return !served.isEmpty();
         }
 
         void finish() {
@@ -477,6 +511,9 @@ public final class Client implements AutoCloseable {
     /** Plain publishes, and operations queued after the old session was failed whose callers still wait. */
     private boolean stillWanted(Out o) {
         Frame f = o.frame();
+        if (o.endOf() != null) {
+            return false;
+        }
         if (o.plainPub()) {
             return true;
         }
@@ -494,17 +531,23 @@ public final class Client implements AutoCloseable {
         try {
             while (!closed) {
                 Session s = session;
+                boolean moving = false;
                 if (s != null) {
                     s.done.await();
                     if (closed) {
                         return;
                     }
+                    moving = s.goingAway;
                     endSession(s, new DisconnectedException("disconnected from the gateway"));
                     target.demote(s.endpoint.name());
                 }
                 long delay = lo;
                 while (!closed) {
-                    Thread.sleep(delay / 2 + ThreadLocalRandom.current().nextLong(delay / 2 + 1));
+                    // A move after GoAway connects at once; the backoff is for gateways that failed.
+                    if (!moving) {
+                        Thread.sleep(delay / 2 + ThreadLocalRandom.current().nextLong(delay / 2 + 1));
+                    }
+                    moving = false;
                     try {
                         start(connectRound());
                         break;
@@ -555,6 +598,13 @@ public final class Client implements AutoCloseable {
                 if (first == null) {
                     continue;
                 }
+                if (first.endOf() != null) {
+                    if (first.endOf() == s) {
+                        s.requests.onCompleted(); // half-close: the gateway ends the session
+                        return;
+                    }
+                    continue; // the end of an earlier session, over already
+                }
                 if (s.ended) {
                     out.offerFirst(first); // the next session decides whether it is still wanted
                     return;
@@ -562,8 +612,16 @@ public final class Client implements AutoCloseable {
                 Batch.Builder b = Batch.newBuilder().addFrames(first.frame());
                 int size = first.size();
                 int idle = 0;
+                boolean end = false;
                 while (b.getFramesCount() < opts.maxBatchFrames && size < opts.maxBatchBytes) {
                     Out nxt = out.pollFirst();
+                    if (nxt != null && nxt.endOf() != null) {
+                        if (nxt.endOf() == s) {
+                            end = true;
+                            break;
+                        }
+                        continue;
+                    }
                     if (nxt == null) {
                         // Give publishers running right now a moment to queue what they have,
                         // so that it travels in this batch; a lone frame leaves after a few
@@ -587,6 +645,10 @@ public final class Client implements AutoCloseable {
                     return;
                 }
                 s.requests.onNext(b.build());
+                if (end) {
+                    s.requests.onCompleted();
+                    return;
+                }
             }
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
@@ -599,7 +661,7 @@ public final class Client implements AutoCloseable {
     private void reader(Session s) {
         try {
             for (Frame f : s.pending) {
-                dispatch(f);
+                dispatch(f, s);
             }
             while (!s.ended) {
                 Object o = s.inbound.poll(100, TimeUnit.MILLISECONDS);
@@ -608,7 +670,7 @@ public final class Client implements AutoCloseable {
                 }
                 if (o instanceof Batch b) {
                     for (Frame f : b.getFramesList()) {
-                        dispatch(f);
+                        dispatch(f, s);
                     }
                     s.requests.request(1);
                 } else {
@@ -642,12 +704,16 @@ public final class Client implements AutoCloseable {
         return out;
     }
 
-    private void dispatch(Frame f) throws InterruptedException {
+    private void dispatch(Frame f, Session s) throws InterruptedException {
         switch (f.getKindCase()) {
             case MSG -> {
                 var m = f.getMsg();
                 Subscription sub = subs.get(m.getSid());
                 if (sub != null && sub.accepts()) {
+                    if (!m.getReplyTo().isEmpty() && m.getDeadlineMs() != 0) {
+                        // A request (docs/protocol.md section 7.3): its answer is owed on this session.
+                        s.served.put(m.getReplyTo(), System.currentTimeMillis() + (m.getDeadlineMs() & 0xffffffffL));
+                    }
                     Message msg = new Message(m.getSubject(), m.getPayload().toByteArray(), headersOf(m.getHeadersList()),
                             m.getReplyTo(), m.getSid(), m.getDeadlineMs());
                     while (sub.accepts() && !sub.queue.offer(msg, 100, TimeUnit.MILLISECONDS)) {
@@ -699,8 +765,88 @@ public final class Client implements AutoCloseable {
                     st.onClose(f.getStreamClose());
                 }
             }
+            case GO_AWAY -> onGoAway(s, f.getGoAway());
             default -> {
             }
+        }
+    }
+
+    // === moving away from a draining gateway (docs/protocol.md section 3.4) ===
+
+    /**
+     * How long a client keeps a session after {@code GoAway{drain_ms}} to let what is in flight
+     * finish: {@code drain_ms} minus {@link #GOAWAY_MARGIN_MS}, but at least half of it.
+     */
+    static long drainWindowMillis(long drainMs) {
+        long total = Math.max(0, drainMs);
+        return Math.max(total - GOAWAY_MARGIN_MS, total / 2);
+    }
+
+    /**
+     * Whether new work (requests, confirmed publishes, subscribes, stream opens, flushes) may
+     * start now: a session is open and its gateway is not draining.
+     */
+    private boolean accepting() {
+        Session s = session;
+        return s != null && !s.goingAway;
+    }
+
+    /** The gateway of {@code s} drains: start nothing new on it, demote it, and move (once per session). */
+    private void onGoAway(Session s, GoAway g) {
+        if (s.goingAway || session != s) {
+            return;
+        }
+        s.goingAway = true;
+        target.demote(s.endpoint.name());
+        long drainMs = g.getDrainMs() & 0xffffffffL;
+        long window = drainWindowMillis(drainMs);
+        LOG.log(System.Logger.Level.INFO, "gateway {0} ({1}) is draining ({2}; drain_ms={3}): moving to another gateway within {4} ms",
+                s.info.gatewayId(), s.endpoint.address(), g.getReason().isEmpty() ? "no reason given" : g.getReason(),
+                String.valueOf(drainMs), String.valueOf(window));
+        Thread t = new Thread(() -> move(s, window), "nexus-move");
+        t.setDaemon(true);
+        t.start();
+    }
+
+    /** Whether nothing started on {@code s} waits for an answer (requests, Acks, Pongs, our replies). */
+    private boolean idle(Session s) {
+        return reqs.isEmpty() && acks.isEmpty() && pings.isEmpty() && !s.servedPending();
+    }
+
+    /**
+     * Lets {@code s} finish what is in flight for up to {@code windowMs}, then half-closes it
+     * after every frame already queued. The supervisor sees the session end, fails what is still
+     * unanswered (confirmed publishes are retried) and connects to another gateway at once.
+     */
+    private void move(Session s, long windowMs) {
+        long deadline = System.currentTimeMillis() + windowMs;
+        try {
+            while (!s.ended && !idle(s) && System.currentTimeMillis() < deadline) {
+                if (s.done.await(10, TimeUnit.MILLISECONDS)) {
+                    return;
+                }
+            }
+            if (s.ended) {
+                return;
+            }
+            if (idle(s)) {
+                LOG.log(System.Logger.Level.INFO, "gateway {0}: nothing in flight any more, ending the session", s.info.gatewayId());
+            } else {
+                LOG.log(System.Logger.Level.WARNING, "gateway {0}: drain window over with work still unanswered; ending the session "
+                        + "(handled as on a lost session)", s.info.gatewayId());
+            }
+            Out marker = new Out(null, 0, false, s);
+            while (!s.ended && !out.offerLast(marker, 100, TimeUnit.MILLISECONDS)) {
+                // the queue is full: the writer is sending; try again
+            }
+            // The gateway ends the session as soon as it sees the half-close; should that not
+            // happen (a writer stuck behind HTTP/2 flow control), give up on the session.
+            if (!s.done.await(Math.max(1000, deadline - System.currentTimeMillis()) + 1000, TimeUnit.MILLISECONDS)) {
+                LOG.log(System.Logger.Level.WARNING, "gateway {0}: the session did not end after the half-close; dropping it", s.info.gatewayId());
+                s.finish();
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
         }
     }
 
@@ -772,6 +918,14 @@ public final class Client implements AutoCloseable {
         }
     }
 
+    /** The reply to {@code request} is queued (or cannot be): a moving session no longer waits for it. */
+    private void answered(Message request) {
+        Session s = session;
+        if (s != null && !request.replyTo().isEmpty()) {
+            s.served.remove(request.replyTo());
+        }
+    }
+
     void unsubscribe(long sid) {
         Subscription s = subs.remove(sid);
         if (s != null) {
@@ -836,7 +990,7 @@ public final class Client implements AutoCloseable {
         long started = System.currentTimeMillis();
         for (int attempts = 1; ; attempts++) {
             try {
-                if (budget > 0 && session == null
+                if (budget > 0 && !accepting()
                         && !waitConnected(Math.max(1, budget - (System.currentTimeMillis() - started)))) {
                     throw new DisconnectedException("not connected to a gateway");
                 }
@@ -862,10 +1016,14 @@ public final class Client implements AutoCloseable {
         }
     }
 
+    /**
+     * Waits up to {@code millis} until a session takes new work (after a reconnect, or a move
+     * away from a draining gateway); false when the time ran out or the client was closed.
+     */
     private boolean waitConnected(long millis) {
         long deadline = System.currentTimeMillis() + millis;
         synchronized (connectedLock) {
-            while (session == null && !closed) {
+            while (!accepting() && !closed) {
                 long left = deadline - System.currentTimeMillis();
                 if (left <= 0) {
                     return false;
@@ -878,7 +1036,7 @@ public final class Client implements AutoCloseable {
                 }
             }
         }
-        return session != null;
+        return accepting() && !closed;
     }
 
     private static byte[] ulid() {
@@ -974,7 +1132,7 @@ public final class Client implements AutoCloseable {
     }
 
     private void confirmSub(long sid, String subject, String queue) {
-        if (session == null) {
+        if (!accepting()) {
             return; // sent with the other subscriptions on the next session
         }
         try {
@@ -1013,6 +1171,9 @@ public final class Client implements AutoCloseable {
         long deadline = System.currentTimeMillis() + t;
         List<Header> hs = wire(Tracing.ensure(pairs(headers)));
         if (!waitConnected(t)) {
+            if (closed) {
+                return CompletableFuture.failedFuture(new ClosedException("client closed"));
+            }
             return CompletableFuture.failedFuture(new RequestTimeoutException("request to \"" + subject + "\" timed out after " + t + " ms (not connected)"));
         }
         long reqId = ids.getAndIncrement();
@@ -1040,8 +1201,12 @@ public final class Client implements AutoCloseable {
 
     /** Answers a request message. */
     public void reply(Message request, byte[] payload, List<Map.Entry<String, String>> headers) {
-        enqueue(Frame.newBuilder().setReply(Reply.newBuilder().setReplyTo(request.replyTo()).addAllHeaders(wire(headers))
-                .setPayload(ByteString.copyFrom(payload))).build(), 64 + payload.length, false);
+        try {
+            enqueue(Frame.newBuilder().setReply(Reply.newBuilder().setReplyTo(request.replyTo()).addAllHeaders(wire(headers))
+                    .setPayload(ByteString.copyFrom(payload))).build(), 64 + payload.length, false);
+        } finally {
+            answered(request);
+        }
     }
 
     /** Refuses a request; the requester gets a ServiceException with {@code message}. */
@@ -1049,8 +1214,12 @@ public final class Client implements AutoCloseable {
         if (request.replyTo().isEmpty()) {
             return;
         }
-        enqueue(Frame.newBuilder().setReply(Reply.newBuilder().setReplyTo(request.replyTo())
-                .setError(Error.newBuilder().setCode(ErrorCode.SERVICE_ERROR).setMessage(message == null ? "" : message))).build(), 64, false);
+        try {
+            enqueue(Frame.newBuilder().setReply(Reply.newBuilder().setReplyTo(request.replyTo())
+                    .setError(Error.newBuilder().setCode(ErrorCode.SERVICE_ERROR).setMessage(message == null ? "" : message))).build(), 64, false);
+        } finally {
+            answered(request);
+        }
     }
 
     /**
@@ -1070,6 +1239,9 @@ public final class Client implements AutoCloseable {
         Subjects.validatePublish(subject);
         long t = opts.requestTimeout.toMillis();
         if (!waitConnected(t)) {
+            if (closed) {
+                throw new ClosedException("client closed");
+            }
             throw new DisconnectedException("not connected to a gateway");
         }
         long id = ids.getAndIncrement();
@@ -1104,6 +1276,12 @@ public final class Client implements AutoCloseable {
 
     /** Waits until the gateway processed every frame queued before this call. */
     public void flush() {
+        if (!waitConnected(opts.requestTimeout.toMillis())) {
+            if (closed) {
+                throw new ClosedException("client closed");
+            }
+            throw new DisconnectedException("not connected to a gateway");
+        }
         long nonce = ids.getAndIncrement();
         CompletableFuture<Void> fut = new CompletableFuture<>();
         pings.put(nonce, fut);
@@ -1129,7 +1307,7 @@ public final class Client implements AutoCloseable {
         sub.draining = true;
         sub.closed = true;
         try {
-            if (session != null && !closed) {
+            if (accepting() && !closed) {
                 enqueue(Frame.newBuilder().setUnsub(Unsub.newBuilder().setSid(sub.sid())).build(), 64, false);
                 // The Pong comes after every Msg the gateway queued before it took the Unsub.
                 flush();
