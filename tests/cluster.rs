@@ -221,6 +221,43 @@ async fn a_region_of_two_gateways_is_one_region_to_its_users_and_to_the_other() 
         .expect("request");
     assert_eq!(&answer.payload[..], b"from a2");
     responder.abort();
+
+    // Operators see the cluster: every gateway's links as it reports them.
+    let t: serde_json::Value =
+        serde_json::from_str(&nexusctl(&r.cp, &["topology", "--links", "-o", "json"])).unwrap();
+    for region in t["regions"].as_array().unwrap() {
+        let name = region["region"].as_str().unwrap();
+        let other = if name == "a" { "b" } else { "a" };
+        let gateways = region["gateways"].as_array().unwrap();
+        assert_eq!(gateways.len(), 2, "{t}");
+        for g in gateways {
+            let id = g["id"].as_str().unwrap();
+            let links = &g["links"];
+            let peers: Vec<&str> = links["cluster"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{id}: no cluster links in {links}"))
+                .iter()
+                .map(|c| c["gateway_id"].as_str().unwrap())
+                .collect();
+            assert_eq!(peers.len(), 1, "{id}: {links}");
+            assert!(
+                peers[0].starts_with(name) && peers[0] != id,
+                "{id}: {links}"
+            );
+            let fed = links["links"].as_array().unwrap();
+            assert!(
+                fed.iter().any(|l| l["region"] == other
+                    && l["state"] == "up"
+                    && l["via"].as_str().is_some_and(|v| v.starts_with(other))),
+                "{id}: {links}"
+            );
+        }
+    }
+    let text = nexusctl(&r.cp, &["topology", "--links"]);
+    assert!(
+        text.contains("cluster  a2") && text.contains("region   b"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -149,7 +149,13 @@ enum Command {
         region: String,
     },
     /// Show regions and their live gateways.
-    Topology,
+    Topology {
+        /// Also ask every gateway for its links: cluster links to the other gateways of its
+        /// region (RTT, traffic), the gateway it goes through in each other region, and its
+        /// replication spools.
+        #[arg(long)]
+        links: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -498,9 +504,9 @@ async fn command(cli: Cli, tls: &nexus::ctl::ClientTls) -> anyhow::Result<ExitCo
             let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
             admin::gateways_list(&mut a, &region, out).await?
         }
-        Command::Topology => {
+        Command::Topology { links } => {
             let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
-            admin::topology(&mut a, out).await?
+            admin::topology(&mut a, links, out).await?
         }
     }
     Ok(ExitCode::SUCCESS)

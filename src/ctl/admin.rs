@@ -945,14 +945,30 @@ pub async fn gateways_list(c: &mut Admin, region: &str, output: Output) -> anyho
     Ok(())
 }
 
-pub async fn topology(c: &mut Admin, output: Output) -> anyhow::Result<()> {
+/// Regions and their live gateways; with `links`, each gateway's cluster and federation
+/// links and spools as it reports them ([`super::links`]).
+pub async fn topology(c: &mut Admin, links: bool, output: Output) -> anyhow::Result<()> {
     let t = call(c.get_topology(GetTopologyRequest {}).await)?;
+    let mut reports = std::collections::HashMap::new();
+    if links {
+        let all = t.regions.iter().flat_map(|r| r.gateways.iter());
+        let fetched =
+            futures::future::join_all(all.map(|g| super::links::fetch(&g.id, &g.metrics_addr)))
+                .await;
+        reports.extend(fetched.into_iter().map(|l| (l.gateway.clone(), l)));
+    }
     match output {
         Output::Json => print_json(&json!({
             "config_version": t.config_version,
             "regions": t.regions.iter().map(|r| json!({
                 "region": r.region.as_ref().map(|r| r.name.clone()),
-                "gateways": r.gateways.iter().map(gateway_json).collect::<Vec<_>>(),
+                "gateways": r.gateways.iter().map(|g| {
+                    let mut v = gateway_json(g);
+                    if let Some(l) = reports.get(&g.id) {
+                        v["links"] = super::links::to_json(l);
+                    }
+                    v
+                }).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         })),
         Output::Text => {
@@ -962,6 +978,11 @@ pub async fn topology(c: &mut Admin, output: Output) -> anyhow::Result<()> {
                 println!("\nregion {name}: {} gateway(s)", r.gateways.len());
                 if !r.gateways.is_empty() {
                     print_table(&GATEWAY_HEADER, &gateway_rows(&r.gateways));
+                }
+                for g in &r.gateways {
+                    if let Some(l) = reports.get(&g.id) {
+                        super::links::print(l);
+                    }
                 }
             }
         }
@@ -982,7 +1003,7 @@ fn query_escape(s: &str) -> String {
 }
 
 /// A plain HTTP/1.1 GET of a gateway's operator endpoint; returns (status, body).
-async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+pub(super) async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::time::timeout(
         std::time::Duration::from_secs(5),
