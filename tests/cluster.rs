@@ -783,3 +783,96 @@ async fn requests_move_to_the_next_region_when_the_gateway_of_the_regions_only_r
         .collect();
     assert!(late.is_empty(), "{late:?}");
 }
+
+/// `(priority, weight)` of each gateway id in the SRV answer for region `region`.
+fn srv_preferences(r: &Regions, region: &str) -> HashMap<String, (u16, u16)> {
+    let dns = r.cp.dns.expect("started with DNS");
+    common::dig_srv(dns, &format!("_nexus._tcp.{region}.nexus.local"))
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let id = f.get(3)?.split('.').next()?.to_owned();
+            Some((id, (f.first()?.parse().ok()?, f.get(1)?.parse().ok()?)))
+        })
+        .collect()
+}
+
+/// SIGTERM drains (docs/protocol.md §3.4): DNS SRV weights the region's gateways by load and
+/// lists a draining one last; the draining gateway sends its sessions `GoAway` and keeps
+/// serving them (an acked publish is still acknowledged), waits for a session that does not
+/// move, and exits as soon as it has gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_gateway_tells_sessions_to_move_serves_them_meanwhile_and_dns_lists_it_last() {
+    let mut r = Regions::start_with_dns(&["a"], 2).await;
+
+    // 30 sessions on a1, none on a2: a1 weighs less in DNS.
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        clients.push(client(r.gw("a1")).await);
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let p = srv_preferences(&r, "a");
+            matches!((p.get("a1"), p.get("a2")), (Some(a1), Some(a2)) if a1.0 == a2.0 && a1.1 < a2.1)
+        })
+        .await,
+        "a1's SRV weight never fell below a2's: {:?}",
+        srv_preferences(&r, "a")
+    );
+    for c in clients.drain(..) {
+        c.close().await;
+    }
+
+    // A session that does not know GoAway (a raw one) stays on a1 through the drain.
+    let mut raw = common::RawSession::connect(&r.gw("a1").url()).await;
+    let mut a1 = r.gws.get_mut("a1").unwrap().terminate();
+    match raw.next_frame().await {
+        Some(nexus_proto::v1::frame::Kind::GoAway(g)) => {
+            assert_eq!(g.drain_ms, 5000, "the default shutdown grace");
+            assert!(g.reason.contains("shutting down"), "{}", g.reason);
+        }
+        other => panic!("expected GoAway, got {other:?}"),
+    }
+    // It is still served: an acked publish is acknowledged, not refused.
+    raw.send(vec![common::frame(nexus_proto::v1::frame::Kind::Pub(
+        nexus_proto::v1::Pub {
+            subject: "drain.still.served".into(),
+            payload: bytes::Bytes::from_static(b"x"),
+            ack_id: 7,
+            ..Default::default()
+        },
+    ))])
+    .await;
+    match raw.next_frame().await {
+        Some(nexus_proto::v1::frame::Kind::Ack(a)) => assert_eq!(a.ack_id, 7),
+        other => panic!("expected the Ack of a publish sent while draining, got {other:?}"),
+    }
+    // DNS now lists a1 after a2.
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let p = srv_preferences(&r, "a");
+            matches!((p.get("a1"), p.get("a2")), (Some(a1), Some(a2)) if a1.0 > a2.0)
+        })
+        .await,
+        "DNS did not list the draining a1 last: {:?}",
+        srv_preferences(&r, "a")
+    );
+    // The gateway waits for the session, and exits once it has gone.
+    assert!(
+        a1.try_wait().unwrap().is_none(),
+        "a1 exited with a session still open"
+    );
+    drop(raw);
+    let left = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = a1.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            left.elapsed() < Duration::from_secs(2),
+            "a1 did not exit after its last session left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+}

@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ControlPlane, Gateway, eventually, nexusctl, tempdir};
+use common::{ControlPlane, Gateway, dig_srv, eventually, nexusctl, tempdir};
 use nexus_client::{Client, Error};
 
 async fn connect(gw: &Gateway, key: Option<&str>) -> Result<Client, Error> {
@@ -57,21 +56,6 @@ async fn wait_accepted(gw: &Gateway, key: &str) -> Client {
             Err(e) => panic!("key never accepted: {e}"),
         }
     }
-}
-
-fn dig_srv(dns: std::net::SocketAddr, name: &str) -> String {
-    let out = Command::new("dig")
-        .args([
-            &format!("@{}", dns.ip()),
-            "-p",
-            &dns.port().to_string(),
-            name,
-            "SRV",
-            "+short",
-        ])
-        .output()
-        .expect("dig (Debian package dnsutils; scripts/test installs it)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

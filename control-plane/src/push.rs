@@ -210,8 +210,8 @@ impl DiscoverySource for ClusterView {
                     region: g.region.clone(),
                     adapter_addr: g.adapter_addr.parse().ok()?,
                     federation_addr: g.federation_addr.parse().ok(),
-                    priority: 10,
-                    weight: 100,
+                    priority: crate::dns::load::srv_priority(g.draining),
+                    weight: crate::dns::load::srv_weight(g.sessions),
                 })
             })
             .collect()
@@ -351,8 +351,15 @@ impl ConfigPush for ConfigPushService {
                                 tracing::warn!(gateway = %Escaped(&info.id), error = %e, "lease renewal failed");
                                 break;
                             }
-                            if h.applied_version != info.config_version {
+                            // Rewritten only when something DNS or `nexusctl` shows changed
+                            // enough: heartbeats must not turn into a stream of writes.
+                            if h.applied_version != info.config_version
+                                || h.draining != info.draining
+                                || crate::dns::load::weight_moved(info.sessions, h.sessions)
+                            {
                                 info.config_version = h.applied_version;
+                                info.sessions = h.sessions;
+                                info.draining = h.draining;
                                 let _ = store
                                     .txn(Txn::new().then(Op::Put {
                                         key: key.clone(),

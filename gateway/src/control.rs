@@ -151,6 +151,16 @@ fn control_plane_tls(
     endpoint.tls_config(tls).map_err(|e| e.to_string())
 }
 
+/// What the gateway tells the control plane with every heartbeat: the config it applied, and
+/// its load and drain state, from which DNS SRV weights it (control-plane `dns::load`).
+fn heartbeat_report(router: &Router, applied: i64) -> Heartbeat {
+    Heartbeat {
+        applied_version: applied,
+        sessions: u32::try_from(router.metrics.connections.get().max(0)).unwrap_or(u32::MAX),
+        draining: router.is_draining(),
+    }
+}
+
 async fn session(
     router: &Arc<Router>,
     url: &str,
@@ -182,6 +192,7 @@ async fn session(
         .into_inner();
     tracing::info!(control_plane = %url, "registered with the control plane");
     let mut heartbeat = tokio::time::interval(Duration::from_secs(3));
+    let mut told_draining = false;
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -210,15 +221,28 @@ async fn session(
                     tracing::info!(version = snapshot.version, "config applied");
                     let _ = tx
                         .send(GatewayReport {
-                            kind: Some(Kind::Heartbeat(Heartbeat { applied_version: *applied })),
+                            kind: Some(Kind::Heartbeat(heartbeat_report(router, *applied))),
                         })
                         .await;
+                }
+            }
+            // Tell the control plane at once, so DNS SRV lists this gateway last.
+            _ = router.drain_started(), if !told_draining => {
+                told_draining = true;
+                if tx
+                    .send(GatewayReport {
+                        kind: Some(Kind::Heartbeat(heartbeat_report(router, *applied))),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Err("the Sync stream closed".into());
                 }
             }
             _ = heartbeat.tick() => {
                 if tx
                     .send(GatewayReport {
-                        kind: Some(Kind::Heartbeat(Heartbeat { applied_version: *applied })),
+                        kind: Some(Kind::Heartbeat(heartbeat_report(router, *applied))),
                     })
                     .await
                     .is_err()

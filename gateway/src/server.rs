@@ -153,7 +153,7 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
             started_at_ms: crate::policy_now_ms(),
-            config_version: 0,
+            ..Default::default()
         };
         tokio::spawn(crate::control::run(
             router.clone(),

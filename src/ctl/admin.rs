@@ -902,6 +902,7 @@ fn gateway_json(g: &GatewayInfo) -> serde_json::Value {
         "id": g.id, "region": g.region, "adapter_addr": g.adapter_addr,
         "metrics_addr": g.metrics_addr, "federation_addr": g.federation_addr,
         "started_at_ms": g.started_at_ms, "config_version": g.config_version,
+        "sessions": g.sessions, "draining": g.draining,
     })
 }
 
@@ -919,14 +920,19 @@ fn gateway_rows(gateways: &[GatewayInfo]) -> Vec<Vec<String>> {
                     g.metrics_addr.clone()
                 },
                 g.config_version.to_string(),
+                if g.draining {
+                    format!("{} (draining)", g.sessions)
+                } else {
+                    g.sessions.to_string()
+                },
                 format_ms(g.started_at_ms),
             ]
         })
         .collect()
 }
 
-const GATEWAY_HEADER: [&str; 6] = [
-    "REGION", "GATEWAY", "ADAPTERS", "METRICS", "CONFIG", "STARTED",
+const GATEWAY_HEADER: [&str; 7] = [
+    "REGION", "GATEWAY", "ADAPTERS", "METRICS", "CONFIG", "SESSIONS", "STARTED",
 ];
 
 pub async fn gateways_list(c: &mut Admin, region: &str, output: Output) -> anyhow::Result<()> {

@@ -339,6 +339,23 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     }
 }
 
+/// The SRV records of `name` from the DNS server at `dns`, as `dig +short` prints them
+/// (`priority weight port target` per line).
+pub fn dig_srv(dns: std::net::SocketAddr, name: &str) -> String {
+    let out = Command::new("dig")
+        .args([
+            &format!("@{}", dns.ip()),
+            "-p",
+            &dns.port().to_string(),
+            name,
+            "SRV",
+            "+short",
+        ])
+        .output()
+        .expect("dig (Debian package dnsutils; scripts/test installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A session driven frame by frame, bypassing the adapter.
 pub struct RawSession {
     pub tx: mpsc::Sender<Batch>,

@@ -4,7 +4,8 @@
 //! from a [`DiscoverySource`] on every query:
 //!
 //! - `_nexus._tcp.<region>.<zone>` SRV: one record per live gateway of the region
-//!   (priority/weight from the endpoint, port = adapter port, target
+//!   (priority/weight from the endpoint, which [`load`] derives from the gateway's reported
+//!   sessions and drain state; port = adapter port, target
 //!   `<gateway_id>.gw.<region>.<zone>.`), with A/AAAA glue in the additional section;
 //! - `_nexus-fed._udp.<region>.<zone>` SRV: the same for the federation address, only for
 //!   gateways that have one. If a gateway's federation IP differs from its adapter IP the
@@ -44,6 +45,7 @@
 //! stalls the others. [`DiscoverySource`] methods are called on the runtime for every
 //! query: they must be cheap and non-blocking (read a snapshot).
 
+pub mod load;
 mod zone;
 
 use std::fmt;
