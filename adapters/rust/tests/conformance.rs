@@ -828,6 +828,9 @@ async fn handler(spec: String, m: Message) -> Result<Bytes, nexus_client::Servic
     }
 }
 
+/// An operation started with `pending`: a request's answer, or `None` for a publish.
+type PendingOp = tokio::task::JoinHandle<Result<Option<Bytes>, Error>>;
+
 struct Runner {
     env: Environment,
     clients: HashMap<String, Client>,
@@ -838,13 +841,7 @@ struct Runner {
     killed: String,
     /// Operations started with `pending` and not awaited yet: the task (a request's answer,
     /// `None` for a publish) and the reply payload the request step expects.
-    pending: HashMap<
-        String,
-        (
-            tokio::task::JoinHandle<Result<Option<Bytes>, Error>>,
-            Option<String>,
-        ),
-    >,
+    pending: HashMap<String, (PendingOp, Option<String>)>,
     /// The gateway `terminate_connected_gateway` sent SIGTERM to.
     terminated: Option<usize>,
     /// Batches and publishes received by the first gateway at `mark_metrics`.
