@@ -465,6 +465,104 @@ async fn durable_publishes_reach_the_region_only_once_stored_so_retries_after_a_
     assert_eq!(seen.len() as u64, N, "messages that reached a2");
 }
 
+/// Counts of each payload received, read until the subscriptions stay quiet.
+async fn tally(subs: &mut [&mut nexus_client::Subscription], seen: &mut [HashMap<String, u32>]) {
+    for (sub, seen) in subs.iter_mut().zip(seen.iter_mut()) {
+        for m in drain(sub).await {
+            *seen.entry(m).or_default() += 1;
+        }
+    }
+}
+
+/// A publisher whose gateway is killed retries on *another* gateway of the region: what that
+/// gateway already had from the dead one is answered as a duplicate, and what the dead one
+/// stored but never sent on, published again by the retry, is not delivered a second time
+/// when the dead gateway comes back and sends it from its spool, in either region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_on_another_gateway_of_the_region_after_a_kill_delivers_nothing_twice() {
+    let mut r = Regions::start(&["a", "b"], 2).await;
+    r.async_orders_route().await;
+    let a2 = client(r.gw("a2")).await;
+    let mut on_a2 = a2.subscribe("orders.>").await.unwrap();
+    a2.flush().await.unwrap();
+    let b1 = client(r.gw("b1")).await;
+    let mut on_b1 = b1.subscribe("orders.>").await.unwrap();
+    b1.flush().await.unwrap();
+    let b2 = client(r.gw("b2")).await;
+    let mut on_b2 = b2.subscribe("orders.>").await.unwrap();
+    b2.flush().await.unwrap();
+    wanted(r.gw("a1"), "orders.x", "b").await;
+    wanted(r.gw("a2"), "orders.x", "b").await;
+
+    const N: u64 = 3000;
+    let s = common::RawSession::connect(&r.gw("a1").url()).await;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
+        s.send(chunk.iter().map(|n| pub_with_id("orders.x", *n)).collect())
+            .await;
+    }
+    let mut seen = vec![HashMap::new(), HashMap::new(), HashMap::new()];
+    while seen[0].len() < 300 {
+        let m = tokio::time::timeout(Duration::from_secs(10), on_a2.next_message())
+            .await
+            .expect("messages reach a2")
+            .unwrap();
+        *seen[0]
+            .entry(String::from_utf8_lossy(&m.payload).into_owned())
+            .or_default() += 1;
+    }
+    r.gws.get_mut("a1").unwrap().kill();
+    drop(s);
+
+    // The publisher retries everything on a2.
+    let mut s = common::RawSession::connect(&r.gw("a2").url()).await;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
+        s.send(chunk.iter().map(|n| pub_with_id("orders.x", *n)).collect())
+            .await;
+    }
+    let (mut acked, mut duplicates) = (0, 0);
+    while acked < N {
+        match tokio::time::timeout(Duration::from_secs(10), s.next_frame()).await {
+            Ok(Some(nexus_proto::v1::frame::Kind::Ack(a))) => {
+                acked += 1;
+                duplicates += u64::from(a.duplicate);
+            }
+            Ok(Some(nexus_proto::v1::frame::Kind::Nack(n))) => panic!("refused: {n:?}"),
+            Ok(Some(_)) => {}
+            other => panic!("after {acked} acks: {other:?}"),
+        }
+    }
+    assert!(
+        duplicates >= 300,
+        "a2 had at least 300 of them already: {duplicates} duplicates"
+    );
+
+    // a1 comes back and sends what it had stored from its spool, to a2 and to region b.
+    r.gws.get_mut("a1").unwrap().restart();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let st = status(r.gw("a1"));
+            st["routes"]
+                .as_array()
+                .is_some_and(|routes| routes.iter().all(|s| s["spool_depth"] == 0))
+                && st["cluster"].as_array().map_or(0, |c| c.len()) == 1
+        })
+        .await,
+        "a1 never emptied its spool: {}",
+        status(r.gw("a1"))
+    );
+    tally(&mut [&mut on_a2, &mut on_b1, &mut on_b2], &mut seen).await;
+    for (name, seen) in ["a2", "b1", "b2"].iter().zip(&seen) {
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{} messages reached {name} more than once (first: {:?}); {duplicates} retries were answered as duplicates",
+            twice.len(),
+            twice.iter().take(5).collect::<Vec<_>>()
+        );
+        assert_eq!(seen.len() as u64, N, "messages that reached {name}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_a_region_under_load_loses_nothing_and_shows_callers_no_error() {
     let mut r = Regions::start_with_dns(&["a", "b"], 2).await;

@@ -191,11 +191,21 @@ impl RegionRouter {
             })
     }
 
+    /// Whether this gateway sees the message id of `spooled` for the first time, whichever
+    /// gateway's stream brought it (a publisher's retry on another gateway of its region can
+    /// make two origins send one message; `dedup::Dedup::received`).
+    fn first_sight(&self, spooled: &nexus_proto::v1::Spooled) -> bool {
+        spooled
+            .forward
+            .as_ref()
+            .is_none_or(|f| self.replication.first_sight(&f.id))
+    }
+
     /// A spooled message relayed by a cluster peer (the home of its stream in this region):
     /// delivered here unless this gateway has it already.
     async fn on_relayed_spooled(&self, link: &LinkInfo, spooled: nexus_proto::v1::Spooled) {
         let stream = crate::replication::StreamId::from(spooled.stream.as_str());
-        if self.cluster.first_delivery(&stream, spooled.seq) {
+        if self.cluster.first_delivery(&stream, spooled.seq) && self.first_sight(&spooled) {
             if let Some(forward) = spooled.forward {
                 let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
                 if let Some(msg) = delivery(&link.region, forward) {
@@ -364,7 +374,9 @@ impl LinkHandler for RegionRouter {
                             .as_ref()
                             .is_some_and(|f| f.origin_region == self.fed.region()) =>
                 {
-                    let first = |_: &nexus_proto::v1::Spooled| true;
+                    // Unless this gateway has its id already: a publisher that retried here
+                    // after the peer died, before the peer sent it on.
+                    let first = |s: &nexus_proto::v1::Spooled| self.first_sight(s);
                     self.replication
                         .on_spooled(&self.fed, &self.router, link, spooled, Vec::new(), first)
                         .await
@@ -394,7 +406,7 @@ impl LinkHandler for RegionRouter {
                         self.cluster.first_delivery(
                             &crate::replication::StreamId::from(s.stream.as_str()),
                             s.seq,
-                        )
+                        ) && self.first_sight(s)
                     };
                     self.replication
                         .on_spooled(&self.fed, &self.router, link, spooled, relays, first)

@@ -180,6 +180,16 @@ impl Replication {
         });
     }
 
+    /// Whether a durable message from another gateway's stream, carrying the publisher's
+    /// message `id`, is seen here for the first time (see `dedup::Dedup::received`). Messages
+    /// without a well-formed id cannot be recognised and always are.
+    pub(super) fn first_sight(&self, id: &[u8]) -> bool {
+        match <MessageId>::try_from(id) {
+            Ok(id) => self.dedup.lock().received(id, now_ms()),
+            Err(_) => true,
+        }
+    }
+
     // === sender side ===
 
     /// Idempotent publishing: what is known of message `id`. On [`Seen::Pending`] the

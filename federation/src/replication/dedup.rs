@@ -9,6 +9,15 @@
 //! attempt's outcome; a retry of an accepted id is answered at once as a duplicate and
 //! delivered nowhere. The window is bounded in time and in count: past `max_ids` the oldest
 //! accepted ids leave early, counted by [`Dedup::evicted`].
+//!
+//! **Across gateways.** The same table holds the ids of durable messages this gateway
+//! *received* from other gateways' streams ([`Dedup::received`]): from the other gateways of
+//! its region (their `@gateway` queues) and from other regions. So a publisher whose gateway
+//! died and who retries on another gateway of the region is answered "duplicate" if that
+//! gateway already has the message, and if it does not (the dead gateway stored it but never
+//! sent it on), the copy the dead gateway sends after its restart is recognised, wherever it
+//! arrives, and delivered nowhere a second time: within the window, a message id is delivered
+//! once per gateway whichever origin sends it. Received ids live in memory only.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -114,6 +123,20 @@ impl<T> Dedup<T> {
         waiters
     }
 
+    /// A durable message with `id` arrived from another gateway's stream at `now_ms`: true
+    /// when it is the first sighting (deliver it; the id is now accepted here), false when
+    /// this gateway has accepted the id already or is storing a publish of it (a retry that
+    /// reached both gateways): then it must not be delivered again.
+    pub fn received(&mut self, id: MessageId, now_ms: i64) -> bool {
+        match self.check(id, now_ms) {
+            Seen::New => {
+                self.settle(id, true, now_ms);
+                true
+            }
+            Seen::Accepted | Seen::Pending => false,
+        }
+    }
+
     /// Forgets accepted ids older than the window.
     pub fn expire(&mut self, now_ms: i64) {
         let cutoff = now_ms - self.window_ms;
@@ -210,5 +233,27 @@ mod tests {
         d.restore(id(7), 100);
         assert_eq!(d.check(id(7), 1000), Seen::Accepted);
         assert_eq!(d.check(id(7), 1101), Seen::New);
+    }
+
+    #[test]
+    fn a_message_received_from_two_origins_is_delivered_once_and_answers_a_retry() {
+        let mut d: Dedup<()> = Dedup::new(1000, 10);
+        let id = [7u8; 16];
+        assert!(d.received(id, 0), "first sighting: deliver");
+        assert!(
+            !d.received(id, 10),
+            "the same id from another origin: not again"
+        );
+        assert_eq!(
+            d.check(id, 20),
+            Seen::Accepted,
+            "a publisher's retry here is a duplicate"
+        );
+        // A local publish under way: the copy from elsewhere is not delivered either.
+        let other = [8u8; 16];
+        assert_eq!(d.check(other, 30), Seen::New);
+        assert!(!d.received(other, 31));
+        // After the window the id is new again.
+        assert!(d.received(id, 2000));
     }
 }
