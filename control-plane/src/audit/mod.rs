@@ -148,6 +148,15 @@ impl Audited {
     }
 }
 
+/// A short pause before retry `attempt`: growing, up to 64 ms, with jitter from the clock.
+fn backoff(attempt: usize) -> Duration {
+    let cap = 1u64 << attempt.min(6);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    Duration::from_micros(nanos % (cap * 1000) + 100)
+}
+
 /// Reads the trail's last sequence number and the counter's version (0: no record yet).
 pub(crate) async fn last_sequence(store: &dyn Store) -> Result<(u64, i64), StoreError> {
     match store.get(AUDIT_SEQUENCE).await? {
@@ -191,7 +200,11 @@ impl Store for Audited {
         if txn.ops.is_empty() {
             return self.store.txn(txn).await;
         }
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                // Concurrent writers that collided retry at spread-out moments.
+                tokio::time::sleep(backoff(attempt)).await;
+            }
             let mut before = Vec::with_capacity(txn.ops.len());
             for op in &txn.ops {
                 before.push(self.store.get(op.key()).await?);
