@@ -2,9 +2,10 @@
 //! session's key, filtered by the query string (a plain GET form), as a table.
 //!
 //! Rendered here on the server as plain HTML rather than as a Leptos page: it has no
-//! interaction beyond its form, and a new component would change the sources of the
-//! checked-in wasm bundle (docs/console.md, "Building"). The same reason keeps it out of the
-//! hydrated navigation bar: this page carries its own header with the same links.
+//! interaction beyond its form, so nothing of it needs to be in the wasm bundle. The
+//! navigation bar (`app.rs`) links here with `rel="external"` so that the client-side router
+//! loads the page from the server instead of looking for a route of its own; this page
+//! carries a header with the same links.
 
 use std::fmt::Write;
 
