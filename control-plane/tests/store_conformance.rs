@@ -438,6 +438,31 @@ async fn audited_changes_carry_their_record_in_the_same_transaction(s: Arc<dyn S
     let left = all(ListAuditRequest::default()).await;
     assert_eq!((left.oldest_sequence, left.latest_sequence), (9, 11));
     assert_eq!(left.records.len(), 3);
+
+    // The age bound: everything written before now goes; the sequence carries on after it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let removed = nexus_control_plane::audit::retention::prune(
+        &*s,
+        Retention {
+            max_records: 0,
+            max_age: Some(Duration::ZERO),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(removed, 3);
+    let empty = all(ListAuditRequest::default()).await;
+    assert!(empty.records.is_empty());
+    assert_eq!((empty.oldest_sequence, empty.latest_sequence), (0, 0));
+    let w = audited("k3");
+    assert!(
+        w.txn(Txn::new().then(Op::put(region, Bytes::from_static(b"last"))))
+            .await
+            .unwrap()
+            .succeeded
+    );
+    let last = all(ListAuditRequest::default()).await;
+    assert_eq!(last.records[0].sequence, 12);
 }
 
 macro_rules! conformance {
