@@ -715,6 +715,23 @@ fn console_in_chromium_against_a_live_federated_cluster() {
             && b.js("return [...document.querySelectorAll('#keys tr')].some(r => r.textContent.includes('console-billing') && r.textContent.includes('revoked'))") == json!(true)
     });
 
+    // The audit trail page: the revocation just made in the console, by the logged-in key,
+    // from the console's own address; filtered to the revocation with the form.
+    let admin_id = nexus_proto::keys::parse(&admin_key).unwrap().0.to_owned();
+    // Reached from the (hydrated) navigation bar, as an operator would.
+    browser.click("header nav a[href='/audit']");
+    browser.wait(Duration::from_secs(10), "audit trail page", |b| {
+        b.text("h1") == "Audit trail"
+            && b.js(&format!("return [...document.querySelectorAll('#audit tbody tr')].some(r => r.textContent.includes('keys.revoke') && r.textContent.includes('{admin_id}') && r.textContent.includes('127.0.0.1:'))")) == json!(true)
+    });
+    browser.type_into("#audit-form input[name=action]", "keys.revoke");
+    browser.click("#audit-filter");
+    browser.wait(Duration::from_secs(10), "audit trail filtered", |b| {
+        b.url().contains("action=keys.revoke")
+            && b.js("const rows = [...document.querySelectorAll('#audit tbody tr')]; return rows.length == 1 && rows[0].textContent.includes('revoked')") == json!(true)
+    });
+    browser.screenshot("4b-audit-trail");
+
     // Schemas: two versions registered with nexusctl, their diff, and a draft checked.
     let nexusctl = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_nexusctl"))

@@ -161,6 +161,37 @@ fn tls_control_plane_nexusctl_and_console_with_certificates_from_nexus_certs() {
         "list",
     ]);
     assert!(ok.status.success(), "an admin certificate: {ok:?}");
+    // A change made with the certificate goes on the audit trail under its name, over TLS
+    // (the peer address comes through the TLS listener).
+    let (alice_cert, alice_key) = (p("admin/alice.pem"), p("admin/alice-key.pem"));
+    let alice = |args: &[&str]| {
+        let mut all = vec![
+            "--control-plane",
+            &url,
+            "--ca",
+            &ca,
+            "--tls-cert",
+            &alice_cert,
+            "--tls-key",
+            &alice_key,
+        ];
+        all.extend_from_slice(args);
+        nexusctl(&all)
+    };
+    let created = alice(&["regions", "create", "tls-region"]);
+    assert!(created.status.success(), "{created:?}");
+    let trail = alice(&["audit", "--kind", "region", "-o", "json"]);
+    assert!(trail.status.success(), "{trail:?}");
+    let trail: serde_json::Value = serde_json::from_slice(&trail.stdout).unwrap();
+    assert_eq!(trail[0]["actor_kind"], "certificate", "{trail}");
+    assert_eq!(trail[0]["actor"], "alice");
+    assert_eq!(trail[0]["target_name"], "tls-region");
+    assert!(
+        trail[0]["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{trail}"
+    );
     let refused = nexusctl(&["--control-plane", &url, "--ca", &ca, "keys", "list"]);
     assert!(!refused.status.success(), "no credential must be refused");
     assert!(

@@ -5,6 +5,10 @@
 //! answers with the store revision of its write in the `nexus-config-version` response
 //! header: the config version gateways report once they applied it, so a client can wait for
 //! its own write to reach every gateway (`nexusctl` does; docs/control-plane.md §7).
+//!
+//! Every call that changes anything writes through an [`Audited`] store, which appends the
+//! call's audit record to each of its transactions ([`crate::audit`]); `ListAudit` reads
+//! the trail and nothing in this API edits or deletes it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -14,11 +18,32 @@ use nexus_proto::v1::admin_server::Admin;
 use nexus_proto::v1::*;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{Audited, Caller, Retention};
 use crate::store::{KeyValue, LeaseId, Store, StoreError, Txn, TxnOutcome, WatchStream};
-use crate::{keys, regions, routes, schemas};
+use crate::{audit, keys, regions, routes, schemas};
 
 pub struct AdminService {
     pub store: Arc<dyn Store>,
+    /// How much of the audit trail to keep.
+    pub audit_retention: Retention,
+}
+
+impl AdminService {
+    /// The store as a changing call by `caller` writes to it: every transaction carries the
+    /// call's audit record, as `action`.
+    fn audited(&self, caller: Caller, action: &'static str) -> Arc<dyn Store> {
+        Arc::new(Audited::new(
+            self.store.clone(),
+            caller,
+            action,
+            self.audit_retention,
+        ))
+    }
+
+    /// [`Self::audited`] that also answers with the config version of its write.
+    fn recording(&self, caller: Caller, action: &'static str) -> Recording {
+        Recording::new(&self.audited(caller, action))
+    }
 }
 
 type R<T> = Result<Response<T>, Status>;
@@ -66,6 +91,15 @@ impl Store for Recording {
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
         self.store.list(prefix).await
     }
+    async fn range_page(
+        &self,
+        start: &str,
+        end: &str,
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        self.store.range_page(start, end, limit, descending).await
+    }
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         let outcome = self.store.txn(txn).await?;
         if outcome.succeeded {
@@ -105,23 +139,23 @@ impl Admin for AdminService {
     }
 
     async fn apply_route(&self, r: Request<ApplyRouteRequest>) -> R<Route> {
+        let w = self.recording(Caller::of(&r), "routes.apply");
         let r = r.into_inner();
         let route = r
             .route
             .ok_or_else(|| Status::invalid_argument("route is required"))?;
-        let w = Recording::new(&self.store);
         w.respond(routes::apply(&w, route, r.expected_version).await?)
     }
 
     async fn delete_route(&self, r: Request<DeleteRouteRequest>) -> R<DeleteResponse> {
+        let w = self.recording(Caller::of(&r), "routes.delete");
         let r = r.into_inner();
-        let w = Recording::new(&self.store);
         let deleted = routes::delete(&w, &r.name, r.expected_version).await?;
         w.respond(DeleteResponse { deleted })
     }
 
     async fn register_schema(&self, r: Request<RegisterSchemaRequest>) -> R<SchemaVersion> {
-        let w = Recording::new(&self.store);
+        let w = self.recording(Caller::of(&r), "schemas.register");
         w.respond(schemas::register(&w, r.into_inner()).await?)
     }
 
@@ -139,18 +173,18 @@ impl Admin for AdminService {
     }
 
     async fn delete_schema(&self, r: Request<DeleteSchemaRequest>) -> R<DeleteResponse> {
+        let w = self.recording(Caller::of(&r), "schemas.delete");
         let r = r.into_inner();
-        let w = Recording::new(&self.store);
         let deleted = schemas::delete(&w, &r.subject, r.version).await?;
         w.respond(DeleteResponse { deleted })
     }
 
     async fn set_schema_config(&self, r: Request<SetSchemaConfigRequest>) -> R<SchemaConfig> {
+        let w = self.recording(Caller::of(&r), "schemas.set_config");
         let config = r
             .into_inner()
             .config
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
-        let w = Recording::new(&self.store);
         w.respond(schemas::set_config(&w, config).await?)
     }
 
@@ -159,8 +193,8 @@ impl Admin for AdminService {
     }
 
     async fn create_key(&self, r: Request<CreateKeyRequest>) -> R<CreateKeyResponse> {
+        let w = self.recording(Caller::of(&r), "keys.create");
         let r = r.into_inner();
-        let w = Recording::new(&self.store);
         let (key, secret) =
             keys::create(&w, &r.name, r.scopes.unwrap_or_default(), r.expires_at_ms).await?;
         w.respond(CreateKeyResponse {
@@ -176,8 +210,8 @@ impl Admin for AdminService {
     }
 
     async fn rotate_key(&self, r: Request<RotateKeyRequest>) -> R<CreateKeyResponse> {
+        let w = self.recording(Caller::of(&r), "keys.rotate");
         let r = r.into_inner();
-        let w = Recording::new(&self.store);
         let (key, secret) = keys::rotate(&w, &r.id, r.overlap_seconds).await?;
         w.respond(CreateKeyResponse {
             key: Some(key),
@@ -186,21 +220,24 @@ impl Admin for AdminService {
     }
 
     async fn revoke_key(&self, r: Request<RevokeKeyRequest>) -> R<ApiKey> {
-        let w = Recording::new(&self.store);
+        let w = self.recording(Caller::of(&r), "keys.revoke");
         w.respond(keys::revoke(&w, &r.into_inner().id).await?)
     }
 
     async fn set_key_limits(&self, r: Request<SetKeyLimitsRequest>) -> R<ApiKey> {
+        // No config-version header here (as before the audit trail): callers do not wait.
+        let w = self.audited(Caller::of(&r), "keys.set_limits");
         let r = r.into_inner();
-        ok(keys::set_limits(&*self.store, &r.id, r.limits.unwrap_or_default()).await?)
+        ok(keys::set_limits(&*w, &r.id, r.limits.unwrap_or_default()).await?)
     }
 
     async fn update_key_scopes(&self, r: Request<UpdateKeyScopesRequest>) -> R<ApiKey> {
+        let w = self.audited(Caller::of(&r), "keys.update_scopes");
         let r = r.into_inner();
         let scopes = r
             .scopes
             .ok_or_else(|| crate::error::AdminError::invalid("scopes", "required"))?;
-        ok(keys::update_scopes(&*self.store, &r.id, scopes).await?)
+        ok(keys::update_scopes(&*w, &r.id, scopes).await?)
     }
 
     async fn list_regions(&self, _: Request<ListRegionsRequest>) -> R<ListRegionsResponse> {
@@ -210,7 +247,9 @@ impl Admin for AdminService {
     }
 
     async fn create_region(&self, r: Request<CreateRegionRequest>) -> R<Region> {
-        ok(regions::ensure(&*self.store, &r.into_inner().name).await?)
+        // A region is not pushed config: no config-version header to wait on.
+        let w = self.audited(Caller::of(&r), "regions.create");
+        ok(regions::ensure(&*w, &r.into_inner().name).await?)
     }
 
     async fn list_gateways(&self, r: Request<ListGatewaysRequest>) -> R<ListGatewaysResponse> {
@@ -236,5 +275,9 @@ impl Admin for AdminService {
                 .await
                 .map_err(crate::error::AdminError::from)?,
         })
+    }
+
+    async fn list_audit(&self, r: Request<ListAuditRequest>) -> R<ListAuditResponse> {
+        ok(audit::query::list(&*self.store, r.into_inner()).await?)
     }
 }

@@ -14,6 +14,7 @@ use nexus_proto::keys;
 use nexus_proto::v1::KeyScopes;
 use tonic::{Request, Status};
 
+use crate::audit::Actor;
 use crate::error::AdminError;
 use crate::push::ClusterView;
 use crate::store::Store;
@@ -33,7 +34,9 @@ fn now_ms() -> i64 {
 }
 
 impl tonic::service::Interceptor for AdminAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+    /// Lets an authorised call through with its [`Actor`] in the request's extensions, for
+    /// the audit trail.
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if !self.required {
             return Ok(request);
         }
@@ -42,6 +45,7 @@ impl tonic::service::Interceptor for AdminAuth {
             && let Some(name) = certs.first().and_then(nexus_tls::issue::admin_identity)
         {
             tracing::debug!(admin = %name, "Admin API call by certificate");
+            request.extensions_mut().insert(Actor::Certificate(name));
             return Ok(request);
         }
         let header = request
@@ -95,6 +99,8 @@ impl tonic::service::Interceptor for AdminAuth {
                 key.name
             )));
         }
+        let actor = Actor::Key(id.to_owned());
+        request.extensions_mut().insert(actor);
         Ok(request)
     }
 }

@@ -4,11 +4,13 @@
 //! - [`routes`], [`keys`], [`regions`], [`schemas`]: the records operators manage, each
 //!   validated before anything is written; [`schema`] (crate `nexus-schema`) holds the
 //!   sans-I/O schema rules.
-//! - [`admin`]: the `nexus.v1.Admin` gRPC service over them.
+//! - [`admin`]: the `nexus.v1.Admin` gRPC service over them; [`audit`] records every change
+//!   it makes, in the same transaction.
 //! - [`names`] fixes the key layout under `/nexus/v1/`; [`records`] encodes records.
 
 pub mod admin;
 pub mod admin_auth;
+pub mod audit;
 pub mod dns;
 pub mod error;
 pub mod keys;

@@ -10,6 +10,15 @@ pub const KEYS: &str = "/nexus/v1/keys/";
 pub const SCHEMAS: &str = "/nexus/v1/schemas/";
 pub const SCHEMA_CONFIG: &str = "/nexus/v1/config/schemas/";
 pub const DEFAULT_COMPATIBILITY: &str = "/nexus/v1/config/compatibility";
+/// The audit trail: not config, so config push ignores it.
+pub const AUDIT: &str = "/nexus/v1/audit/";
+/// One record per change, keyed by sequence number.
+pub const AUDIT_RECORDS: &str = "/nexus/v1/audit/records/";
+/// The end of the `AUDIT_RECORDS` range (`/` + 1 = `0`).
+pub const AUDIT_RECORDS_END: &str = "/nexus/v1/audit/records0";
+/// The last sequence number given out; every appended record moves it in the same
+/// transaction, which is what keeps the sequence gapless.
+pub const AUDIT_SEQUENCE: &str = "/nexus/v1/audit/sequence";
 
 pub fn route_key(name: &str) -> String {
     format!("{ROUTES}{name}")
@@ -42,6 +51,11 @@ pub fn schema_key(subject: &str, version: u32) -> String {
 
 pub fn schema_config_key(subject: &str) -> String {
     format!("{SCHEMA_CONFIG}{subject}")
+}
+
+/// Sequence numbers are zero-padded so that keys sort in sequence order.
+pub fn audit_key(sequence: u64) -> String {
+    format!("{AUDIT_RECORDS}{sequence:020}")
 }
 
 /// A region name becomes a DNS label: 1-63 of a-z, 0-9, '-', not at either end.

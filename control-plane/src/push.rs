@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::dns::{DiscoverySource, GatewayEndpoint};
 use crate::error::AdminError;
-use crate::names::{REGIONS, ROOT, gateway_key, now_ms, validate_region};
+use crate::names::{AUDIT, REGIONS, ROOT, gateway_key, now_ms, validate_region};
 use crate::records::{decode, encode};
 use crate::store::{Op, Store, Txn};
 use crate::{keys, regions, routes, schemas};
@@ -146,6 +146,11 @@ impl ClusterView {
                     e = events.next() => e,
                 };
                 match event {
+                    Some(Ok(e)) if e.key().starts_with(AUDIT) => {
+                        // The audit trail is not config: its records (written with the
+                        // change they describe, or pruned) never cause a snapshot.
+                        revision = revision.max(e.revision());
+                    }
                     Some(Ok(e)) if e.key().starts_with(REGIONS) => {
                         // A registration or region change: not config, so no new snapshot
                         // (gateways heartbeating their applied version must not cause one).

@@ -50,6 +50,8 @@ pub struct ControlPlaneConfig {
     pub insecure: bool,
     /// TLS and/or user and password towards etcd.
     pub etcd_access: crate::store::etcd::EtcdAccess,
+    /// How much of the audit trail to keep (docs/security.md, "Audit trail").
+    pub audit_retention: crate::audit::Retention,
 }
 
 impl ControlPlaneConfig {
@@ -68,6 +70,7 @@ impl ControlPlaneConfig {
             tls: None,
             insecure: false,
             etcd_access: Default::default(),
+            audit_retention: Default::default(),
         }
     }
 }
@@ -182,13 +185,29 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
             .map_err(|e| ServerError::Reflection(e.to_string()))?;
     let stop = CancellationToken::new();
     if cfg.admin_auth {
-        crate::admin_auth::bootstrap(&*store, cfg.admin_key_file.as_deref()).await?;
+        // The bootstrap key is a change like any other: it goes on the audit trail.
+        let audited = crate::audit::Audited::new(
+            store.clone(),
+            crate::audit::Caller {
+                actor: crate::audit::Actor::ControlPlane,
+                peer: None,
+            },
+            "keys.bootstrap",
+            cfg.audit_retention,
+        );
+        crate::admin_auth::bootstrap(&audited, cfg.admin_key_file.as_deref()).await?;
     }
+    tokio::spawn(crate::audit::retention::run(
+        store.clone(),
+        cfg.audit_retention,
+        stop.clone(),
+    ));
     let view =
         crate::push::ClusterView::start(store.clone(), cfg.lease_ttl / 3, stop.clone()).await?;
     let admin = tonic::service::interceptor::InterceptedService::new(
         AdminServer::new(AdminService {
             store: store.clone(),
+            audit_retention: cfg.audit_retention,
         })
         .max_decoding_message_size(4 << 20),
         crate::admin_auth::AdminAuth {

@@ -271,6 +271,200 @@ async fn leases_expire_renew_and_revoke(s: Arc<dyn Store>) {
     assert_eq!(s.get("/l/none").await.unwrap(), None);
 }
 
+async fn pages_of_a_range_in_either_order(s: Arc<dyn Store>) {
+    for k in ["/p/a", "/p/b", "/p/c", "/p/d", "/q/x"] {
+        s.put(k, Bytes::from_static(b"v")).await.unwrap();
+    }
+    let keys = |kvs: Vec<nexus_control_plane::store::KeyValue>| {
+        kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(s.range_page("/p/", "/p0", 2, false).await.unwrap()),
+        ["/p/a", "/p/b"]
+    );
+    assert_eq!(
+        keys(s.range_page("/p/b\0", "/p0", 10, false).await.unwrap()),
+        ["/p/c", "/p/d"]
+    );
+    assert_eq!(
+        keys(s.range_page("/p/", "/p0", 3, true).await.unwrap()),
+        ["/p/d", "/p/c", "/p/b"]
+    );
+    assert_eq!(
+        keys(s.range_page("/p/", "/p/b", 10, true).await.unwrap()),
+        ["/p/a"]
+    );
+    assert!(
+        s.range_page("/r/", "/r0", 10, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The audit trail over each backend: a change and its record commit together, a change
+/// whose compare fails leaves no record, concurrent changes get gapless sequence numbers
+/// and a chain of before/after versions, and the count bound holds at every append.
+async fn audited_changes_carry_their_record_in_the_same_transaction(s: Arc<dyn Store>) {
+    use nexus_control_plane::audit::{Actor, Audited, Caller, Retention, query};
+    use nexus_proto::v1::ListAuditRequest;
+    let retention = Retention {
+        max_records: 8,
+        max_age: None,
+    };
+    let audited = |who: &str| -> Arc<dyn Store> {
+        Arc::new(Audited::new(
+            s.clone(),
+            Caller {
+                actor: Actor::Key(who.into()),
+                peer: Some("127.0.0.1:4242".parse().unwrap()),
+            },
+            "regions.create",
+            retention,
+        ))
+    };
+    let region = "/nexus/v1/regions/r1/info";
+    let w = audited("k1");
+    let created = w
+        .txn(
+            Txn::new()
+                .when(Compare::Version(region.into(), 0))
+                .then(Op::put(region, Bytes::from_static(b""))),
+        )
+        .await
+        .unwrap();
+    assert!(created.succeeded);
+    // The same create again fails its compare: no record.
+    let again = w
+        .txn(
+            Txn::new()
+                .when(Compare::Version(region.into(), 0))
+                .then(Op::put(region, Bytes::from_static(b""))),
+        )
+        .await
+        .unwrap();
+    assert!(!again.succeeded);
+    let all = |q: ListAuditRequest| {
+        let s = s.clone();
+        async move { query::list(&*s, q).await.unwrap() }
+    };
+    let listed = all(ListAuditRequest::default()).await;
+    assert_eq!(listed.records.len(), 1, "{listed:?}");
+    let r = &listed.records[0];
+    assert_eq!(
+        (
+            r.sequence,
+            r.actor.as_str(),
+            r.actor_kind.as_str(),
+            r.peer.as_str()
+        ),
+        (1, "k1", "key", "127.0.0.1:4242")
+    );
+    assert_eq!(
+        (
+            r.target_kind.as_str(),
+            r.target_name.as_str(),
+            r.before_version,
+            r.after_version
+        ),
+        ("region", "r1", 0, 1)
+    );
+    assert_eq!(r.revision, created.revision);
+
+    // Ten unconditional writers of one key at once: every change lands with its record.
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let w = audited(&format!("k{}", i % 2));
+            tokio::spawn(async move {
+                w.txn(Txn::new().then(Op::put(region, Bytes::from(i.to_string()))))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().succeeded);
+    }
+    let listed = all(ListAuditRequest {
+        since_sequence: 1,
+        ..Default::default()
+    })
+    .await;
+    // 11 written, the count bound keeps the newest 8: sequences 4..=11, each change's
+    // before version the previous one's after version.
+    let seqs: Vec<u64> = listed.records.iter().map(|r| r.sequence).collect();
+    assert_eq!(seqs, (4..=11).collect::<Vec<_>>());
+    assert_eq!((listed.oldest_sequence, listed.latest_sequence), (4, 11));
+    for pair in listed.records.windows(2) {
+        assert_eq!(pair[0].after_version, pair[1].before_version);
+        assert_eq!(pair[1].after_version, pair[1].before_version + 1);
+        assert!(pair[0].revision < pair[1].revision);
+    }
+    assert_eq!(s.get(region).await.unwrap().unwrap().version, 11);
+
+    // Filters and limits.
+    let by_k1 = all(ListAuditRequest {
+        actor: "k1".into(),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert!(!by_k1.records.is_empty() && by_k1.records.iter().all(|r| r.actor == "k1"));
+    let latest_two = all(ListAuditRequest {
+        limit: 2,
+        ..Default::default()
+    })
+    .await;
+    let seqs: Vec<u64> = latest_two.records.iter().map(|r| r.sequence).collect();
+    assert_eq!((seqs, latest_two.more), (vec![10, 11], true));
+    let none = all(ListAuditRequest {
+        target_kind: "route".into(),
+        ..Default::default()
+    })
+    .await;
+    assert!(none.records.is_empty() && !none.more);
+
+    // A lowered bound is applied by pruning.
+    let removed = nexus_control_plane::audit::retention::prune(
+        &*s,
+        Retention {
+            max_records: 3,
+            max_age: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(removed, 5);
+    let left = all(ListAuditRequest::default()).await;
+    assert_eq!((left.oldest_sequence, left.latest_sequence), (9, 11));
+    assert_eq!(left.records.len(), 3);
+
+    // The age bound: everything written before now goes; the sequence carries on after it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let removed = nexus_control_plane::audit::retention::prune(
+        &*s,
+        Retention {
+            max_records: 0,
+            max_age: Some(Duration::ZERO),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(removed, 3);
+    let empty = all(ListAuditRequest::default()).await;
+    assert!(empty.records.is_empty());
+    assert_eq!((empty.oldest_sequence, empty.latest_sequence), (0, 0));
+    let w = audited("k3");
+    assert!(
+        w.txn(Txn::new().then(Op::put(region, Bytes::from_static(b"last"))))
+            .await
+            .unwrap()
+            .succeeded
+    );
+    let last = all(ListAuditRequest::default()).await;
+    assert_eq!(last.records[0].sequence, 12);
+}
+
 macro_rules! conformance {
     ($($case:ident),+ $(,)?) => {
         mod embedded {
@@ -304,6 +498,8 @@ conformance!(
     oversized_values_are_refused_and_nothing_is_written,
     watches_see_changes_in_order_and_replay_from_a_revision,
     leases_expire_renew_and_revoke,
+    pages_of_a_range_in_either_order,
+    audited_changes_carry_their_record_in_the_same_transaction,
 );
 
 #[tokio::test]

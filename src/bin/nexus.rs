@@ -124,6 +124,14 @@ struct ControlPlaneArgs {
     /// File holding the etcd user's password.
     #[arg(long, env = "NEXUS_ETCD_PASSWORD_FILE", requires = "etcd_user")]
     etcd_password_file: Option<std::path::PathBuf>,
+    /// Audit records kept: each new record beyond this many drops the oldest (0: no count
+    /// bound; then set --audit-max-age).
+    #[arg(long, env = "NEXUS_AUDIT_MAX_RECORDS", default_value_t = nexus_control_plane::audit::retention::DEFAULT_MAX_RECORDS)]
+    audit_max_records: u64,
+    /// Audit records older than this are dropped (checked at start and every 10 minutes),
+    /// e.g. 90d; no age bound when absent.
+    #[arg(long, env = "NEXUS_AUDIT_MAX_AGE", value_parser = nexus::ctl::parse_duration)]
+    audit_max_age: Option<std::time::Duration>,
 }
 
 #[derive(clap::Args)]
@@ -245,6 +253,15 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     cfg.lease_ttl = args.lease_ttl;
     cfg.admin_auth = args.admin_auth == "required";
     cfg.insecure = args.insecure;
+    if args.audit_max_records == 0 && args.audit_max_age.is_none() {
+        anyhow::bail!(
+            "--audit-max-records 0 needs --audit-max-age: the audit trail must have a bound"
+        );
+    }
+    cfg.audit_retention = nexus_control_plane::audit::Retention {
+        max_records: args.audit_max_records,
+        max_age: args.audit_max_age,
+    };
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         cfg.tls = Some(nexus_tls::ServerTlsFiles {
             cert: cert.clone(),

@@ -29,7 +29,8 @@ nexusctl routes apply -f orders.toml             create or update a route from a
 nexusctl schemas register orders.created -f order.json\n  \
 nexusctl schemas check orders.created -f order-v2.json\n  \
 nexusctl keys create billing --publish 'billing.>' --subscribe 'billing.>'\n  \
-nexusctl topology                                regions and their live gateways\n\n\
+nexusctl topology                                regions and their live gateways\n  \
+nexusctl audit --since 1h --kind route           who changed which route in the last hour\n\n\
 Add -o json to any command for output meant for scripts.\n\n\
 Exit status: 0 ok; 1 error (a message on stderr names what is wrong); 2 usage error;\n\
 3 `schemas check` found the draft incompatible."
@@ -156,6 +157,34 @@ enum Command {
         #[arg(long)]
         links: bool,
     },
+    /// Show the audit trail: who changed what through the Admin API, when and from where
+    /// (the latest records, or those from --since / --since-seq on). Read-only.
+    Audit(AuditArgs),
+}
+
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// Only records from this long ago onwards, e.g. 30m, 2h, 7d.
+    #[arg(long, value_parser = parse_duration)]
+    since: Option<Duration>,
+    /// Only records from this sequence number onwards (to page forward).
+    #[arg(long = "since-seq")]
+    since_seq: Option<u64>,
+    /// Only changes by this admin key id (or admin certificate name).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only this kind of target: route, key, schema, schema-config, region.
+    #[arg(long, value_parser = ["route", "key", "schema", "schema-config", "region"])]
+    kind: Option<String>,
+    /// Only this target (route or region name, key id, schema subject).
+    #[arg(long)]
+    name: Option<String>,
+    /// Only this action, e.g. routes.apply, keys.revoke.
+    #[arg(long)]
+    action: Option<String>,
+    /// At most this many records (1-1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
 }
 
 #[derive(Subcommand)]
@@ -507,6 +536,19 @@ async fn command(cli: Cli, tls: &nexus::ctl::ClientTls) -> anyhow::Result<ExitCo
         Command::Topology { links } => {
             let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
             admin::topology(&mut a, links, out).await?
+        }
+        Command::Audit(args) => {
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
+            let filters = nexus::ctl::audit::Filters {
+                since: args.since,
+                since_sequence: args.since_seq,
+                actor: args.actor,
+                kind: args.kind,
+                name: args.name,
+                action: args.action,
+                limit: args.limit,
+            };
+            nexus::ctl::audit::list(&mut a, &filters, out).await?
         }
     }
     Ok(ExitCode::SUCCESS)

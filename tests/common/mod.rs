@@ -7,7 +7,7 @@ pub mod regions;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nexus_proto::v1::{self, Batch, Frame, frame::Kind, gateway_client::GatewayClient};
@@ -507,6 +507,21 @@ impl ControlPlane {
         Self::spawn(vec!["--data-dir".into(), data_dir.display().to_string()])
     }
 
+    /// Starts with the embedded store in `data_dir` and more `nexus control-plane` flags.
+    pub fn embedded_with(data_dir: &std::path::Path, flags: &[&str]) -> Self {
+        let mut args = vec!["--data-dir".into(), data_dir.display().to_string()];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        Self::spawn(args)
+    }
+
+    /// Sets `flag` to `value` for the next [`Self::restart`] (replacing an earlier value).
+    pub fn set_flag(&mut self, flag: &str, value: &str) {
+        match self.args.iter().position(|a| a == flag) {
+            Some(i) if i + 1 < self.args.len() => self.args[i + 1] = value.to_owned(),
+            _ => self.args.extend([flag.to_owned(), value.to_owned()]),
+        }
+    }
+
     /// Starts on an etcd cluster.
     pub fn etcd(endpoint: &str) -> Self {
         Self::spawn(vec!["--etcd".into(), endpoint.into()])
@@ -648,14 +663,22 @@ pub fn federation_certs(regions: &[&str]) -> tempdir::Dir {
     dir
 }
 
+/// Runs `nexusctl` against `cp` with `admin_key` (none: no key at all), whatever happens.
+pub fn nexusctl_as(cp: &ControlPlane, admin_key: Option<&str>, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nexusctl"));
+    c.args(args).env("NEXUS_CONTROL_PLANE", cp.url());
+    match admin_key {
+        Some(k) => c.env("NEXUS_ADMIN_KEY", k),
+        None => c.env_remove("NEXUS_ADMIN_KEY"),
+    };
+    c.env_remove("NEXUS_ADMIN_KEY_FILE")
+        .output()
+        .expect("run nexusctl")
+}
+
 /// Runs `nexusctl` against `cp` with its admin key; panics (with stderr) unless it succeeds.
 pub fn nexusctl(cp: &ControlPlane, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_nexusctl"))
-        .args(args)
-        .env("NEXUS_CONTROL_PLANE", cp.url())
-        .env("NEXUS_ADMIN_KEY", &cp.admin_key)
-        .output()
-        .expect("run nexusctl");
+    let out = nexusctl_as(cp, Some(&cp.admin_key), args);
     assert!(
         out.status.success(),
         "nexusctl {args:?}: {}",

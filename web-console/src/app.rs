@@ -72,6 +72,8 @@ fn Nav() -> impl IntoView {
                                     <A href="/schemas">"Schemas"</A>
                                     <A href="/keys">"Keys"</A>
                                     <A href="/trace">"Trace"</A>
+                                    // Rendered by the server, not the router: a full page load.
+                                    <a href="/audit" rel="external">"Audit"</a>
                                 </nav>
                                 <span class="who">
                                     {if s.open_control_plane {

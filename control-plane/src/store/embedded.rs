@@ -397,6 +397,50 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn range_page(
+        &self,
+        start: &str,
+        end: &str,
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let (start, end) = (start.to_owned(), end.to_owned());
+        self.blocking(move |inner| {
+            if start >= end || limit == 0 {
+                return Ok(Vec::new());
+            }
+            let r = inner.db.begin_read().map_err(internal)?;
+            let kv = match r.open_table(KV) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(internal(e)),
+            };
+            let range = kv.range(start.as_str()..end.as_str()).map_err(internal)?;
+            let mut out = Vec::new();
+            let mut take = |entry: Result<_, redb::StorageError>| -> Result<bool, StoreError> {
+                let (k, v): (redb::AccessGuard<&str>, redb::AccessGuard<&[u8]>) =
+                    entry.map_err(internal)?;
+                out.push(decode(k.value(), v.value())?);
+                Ok(out.len() < limit)
+            };
+            if descending {
+                for entry in range.rev() {
+                    if !take(entry)? {
+                        break;
+                    }
+                }
+            } else {
+                for entry in range {
+                    if !take(entry)? {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         check_txn(&txn)?;
         self.blocking(move |inner| {

@@ -358,6 +358,35 @@ impl Store for EtcdStore {
         Ok((kvs, revision))
     }
 
+    async fn range_page(
+        &self,
+        start: &str,
+        end: &str,
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let order = if descending {
+            pb::range_request::SortOrder::Descend
+        } else {
+            pb::range_request::SortOrder::Ascend
+        };
+        let request = pb::RangeRequest {
+            key: start.as_bytes().to_vec(),
+            range_end: end.as_bytes().to_vec(),
+            limit: limit as i64,
+            sort_order: order as i32,
+            sort_target: pb::range_request::SortTarget::Key as i32,
+            ..Default::default()
+        };
+        let resp = self
+            .kv()
+            .range(request)
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        resp.kvs.into_iter().map(convert).collect()
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         check_txn(&txn)?;
         let compare = txn

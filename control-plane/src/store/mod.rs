@@ -76,7 +76,8 @@ impl Op {
         Op::Delete { key: key.into() }
     }
 
-    fn key(&self) -> &str {
+    /// The key the op writes.
+    pub fn key(&self) -> &str {
         match self {
             Op::Put { key, .. } | Op::Delete { key } => key,
         }
@@ -200,6 +201,16 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
     /// Every key under `prefix`, sorted, and the store revision they were read at.
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError>;
+    /// Up to `limit` keys in `[start, end)`, in ascending key order or, with `descending`,
+    /// from the end of the range down: a page of a large prefix (the audit trail) without
+    /// reading all of it.
+    async fn range_page(
+        &self,
+        start: &str,
+        end: &str,
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<KeyValue>, StoreError>;
     /// Applies `txn` atomically if its compares hold.
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError>;
     /// Changes under `prefix` with revision >= `from_revision` (0: from now on).

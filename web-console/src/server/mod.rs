@@ -5,11 +5,13 @@
 //! Layout: [`session`] (login sessions, cookies, the access middleware), [`admin`] (the Admin
 //! API client and the translation of its records), [`monitor`] (polls the control plane and
 //! every gateway, computes rates and link health, pushes snapshots), [`api`] (the server
-//! functions' bodies), [`actions`] (the forms' POST handlers).
+//! functions' bodies), [`actions`] (the forms' POST handlers), [`audit`] (the audit trail
+//! page, rendered here as plain HTML).
 
 pub mod actions;
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod bundle;
 pub mod monitor;
 pub mod session;
@@ -271,6 +273,7 @@ fn router(state: AppState, hydrate: bool) -> Router {
         .route("/actions/keys/confirm", post(actions::confirm_key_action))
         .route("/actions/keys/cancel", post(actions::cancel_key_action))
         .route("/actions/schemas/check", post(actions::check_schema))
+        .route("/audit", get(audit::page))
         .route("/events/topology", get(monitor::events))
         .route("/console.css", get(css))
         // No icon; an empty answer keeps browsers from logging a 404 on every page.
