@@ -258,9 +258,12 @@ async fn stream_half_close_and_peer_vanishing() {
     }
 }
 
+/// SIGTERM drains (protocol.md §3.4): sessions get GoAway and keep being served (a request in
+/// flight is answered, a new one from an open session is routed), new sessions and unary calls
+/// are refused, and the sessions still open when the grace ends are closed with UNAVAILABLE.
 #[tokio::test]
 async fn graceful_shutdown_drains_in_flight_requests() {
-    let mut gw = Gateway::start();
+    let mut gw = Gateway::start_with_args(&["--shutdown-grace-ms", "1500"]);
     let mut svc = responder(&gw.url(), "work").await;
     let mut caller = RawSession::connect(&gw.url()).await;
     caller.send(vec![req(1, "work", 10_000)]).await;
@@ -268,7 +271,13 @@ async fn graceful_shutdown_drains_in_flight_requests() {
         panic!("no request")
     };
     let mut child = gw.terminate();
-    // Draining: not ready, new sessions refused, in-flight request still answered.
+    for s in [&mut caller, &mut svc] {
+        match s.next_frame().await {
+            Some(Kind::GoAway(g)) => assert_eq!(g.drain_ms, 1500),
+            other => panic!("expected GoAway, got {other:?}"),
+        }
+    }
+    // Draining: not ready, new sessions and unary calls refused.
     assert!(
         eventually(Duration::from_secs(5), || matches!(
             http_get(gw.metrics, "/readyz"),
@@ -285,27 +294,27 @@ async fn graceful_shutdown_drains_in_flight_requests() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
+    // An open session is still served: a new request reaches the responder.
     caller.send(vec![req(2, "work", 10_000)]).await;
-    match caller.next_frame().await {
-        Some(Kind::Reply(r)) => {
-            assert_eq!(r.req_id, 2);
-            assert_eq!(r.error.unwrap().code, ErrorCode::Unavailable as i32);
-        }
-        other => panic!("{other:?}"),
+    let Some(Kind::Msg(m2)) = svc.next_frame().await else {
+        panic!("the request sent while draining was not routed")
+    };
+    for (m, body) in [(m, "done"), (m2, "done too")] {
+        svc.send(vec![frame(Kind::Reply(v1::Reply {
+            reply_to: m.reply_to,
+            payload: Bytes::from(body),
+            ..Default::default()
+        }))])
+        .await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    svc.send(vec![frame(Kind::Reply(v1::Reply {
-        reply_to: m.reply_to,
-        payload: Bytes::from_static(b"done"),
-        ..Default::default()
-    }))])
-    .await;
-    match caller.next_frame().await {
-        Some(Kind::Reply(r)) => {
-            assert_eq!(r.req_id, 1);
-            assert_eq!(&r.payload[..], b"done");
+    for (id, body) in [(1, "done"), (2, "done too")] {
+        match caller.next_frame().await {
+            Some(Kind::Reply(r)) => {
+                assert_eq!(r.req_id, id);
+                assert_eq!(&r.payload[..], body.as_bytes());
+            }
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
     }
     // Then every session is closed with UNAVAILABLE and the process exits cleanly.
     let status = loop {
