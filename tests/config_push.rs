@@ -127,6 +127,22 @@ async fn keys_scopes_revocation_schemas_persistence_registration_and_dns() {
     client.publish("orders.eu.created", "{}").await.unwrap();
     assert!(sub.next_message().await.is_some());
 
+    // Provenance: the gateway names the publisher's key, whatever the publisher claimed.
+    let forged = nexus_client::Headers::new().with("Nexus-Publisher-Key", "someone-else");
+    client
+        .publish_message(
+            nexus_client::OutgoingMessage::new("orders.eu.signed", "{}").with_headers(forged),
+        )
+        .await
+        .unwrap();
+    let m = sub.next_message().await.unwrap();
+    assert_eq!(
+        m.headers.get_all("nexus-publisher-key").collect::<Vec<_>>(),
+        vec![id.as_str()],
+        "{:?}",
+        m.headers
+    );
+
     // Schema enforcement: registered and set to reject, the gateway refuses bad payloads
     // with the schema and the violation named.
     let files = tempdir::Dir::new("push-files");

@@ -28,6 +28,7 @@ pub mod key_limits;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod provenance;
 pub mod remote;
 pub mod router;
 pub mod server;

@@ -124,7 +124,15 @@ fn status_for(code: i32, message: String) -> Status {
 }
 
 impl GatewayService {
-    fn check_unary(&self, api_key: &str, subject: &str, payload: &[u8]) -> Result<(), Status> {
+    /// Checks a unary call; returns the id of the caller's API key (`None` without auth), for
+    /// the `nexus-publisher-key` header (`provenance`).
+    fn check_unary(
+        &self,
+        api_key: &str,
+        subject: &str,
+        payload: &[u8],
+    ) -> Result<Option<nexus_proto::ByteString>, Status> {
+        let mut key_id = None;
         validate_subject(subject).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let payload_len = payload.len();
         if self.router.auth_required() {
@@ -146,6 +154,7 @@ impl GatewayService {
             self.router
                 .charge_key(Some(&grant), payload_len)
                 .map_err(Status::resource_exhausted)?;
+            key_id = Some(nexus_proto::ByteString::from(grant.key_id.as_str()));
         }
         let max = self.router.config().limits.max_payload;
         if payload_len as u64 > max {
@@ -159,7 +168,8 @@ impl GatewayService {
         }
         self.router
             .check_schema(subject, payload)
-            .map_err(Status::invalid_argument)
+            .map_err(Status::invalid_argument)?;
+        Ok(key_id)
     }
 }
 
@@ -262,12 +272,13 @@ impl Gateway for GatewayService {
     ) -> Result<Response<v1::PublishResponse>, Status> {
         let _activity = Activity::begin(request.extensions().get::<ConnInfo>());
         let mut p = request.into_inner();
-        self.check_unary(&p.api_key, &p.subject, &p.payload)?;
+        let key_id = self.check_unary(&p.api_key, &p.subject, &p.payload)?;
         self.router
             .metrics
             .traffic(Pattern::Pub, Direction::In, p.payload.len());
         let span = tracing::debug_span!("nexus.publish", subject = %p.subject, unary = true);
         trace::link_span(&span, &mut p.headers);
+        crate::provenance::stamp(&mut p.headers, key_id.as_ref());
         let id = crate::session::message_id(std::mem::take(&mut p.id))
             .map_err(Status::invalid_argument)?;
         let delivery = Delivery {
@@ -301,7 +312,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<v1::RequestResponse>, Status> {
         let _activity = Activity::begin(request.extensions().get::<ConnInfo>());
         let mut r = request.into_inner();
-        self.check_unary(&r.api_key, &r.subject, &r.payload)?;
+        let key_id = self.check_unary(&r.api_key, &r.subject, &r.payload)?;
         self.router
             .metrics
             .traffic(Pattern::Request, Direction::In, r.payload.len());
@@ -311,6 +322,7 @@ impl Gateway for GatewayService {
         };
         let span = tracing::debug_span!("nexus.request", subject = %r.subject, unary = true);
         trace::link_span(&span, &mut r.headers);
+        crate::provenance::stamp(&mut r.headers, key_id.as_ref());
         let (tx, rx) = oneshot::channel();
         let id = bytes::Bytes::copy_from_slice(&ulid::Ulid::new().to_bytes());
         let seq = match self

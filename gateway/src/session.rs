@@ -80,6 +80,9 @@ pub struct Session {
     /// Durable publishes stored or being stored whose Ack has not been queued yet.
     acks_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     admission: SessionAdmission,
+    /// The id of the API key the session authenticated with, stamped into what it publishes
+    /// (`provenance`); `None` without auth.
+    publisher_key: Option<nexus_proto::ByteString>,
 }
 
 /// What to do after a frame.
@@ -112,6 +115,7 @@ impl Session {
             held: VecDeque::new(),
             acks_in_flight: Arc::default(),
             admission,
+            publisher_key: None,
         }
     }
 
@@ -428,7 +432,8 @@ impl Session {
             Kind::Nack(n) => self.on_nack(n),
             Kind::Ping(p) => self.send_control(Kind::Pong(v1::Pong { nonce: p.nonce })),
             Kind::Pong(_) | Kind::Ack(_) => {}
-            Kind::StreamOpen(o) => {
+            Kind::StreamOpen(mut o) => {
+                crate::provenance::stamp(&mut o.headers, self.publisher_key.as_ref());
                 let id = o.stream_id;
                 if let Some(message) = self.may_publish(&o.subject) {
                     self.send_control(Kind::StreamClose(v1::StreamClose {
@@ -547,6 +552,12 @@ impl Session {
             return Flow::Close(status);
         }
         self.hello = true;
+        self.publisher_key = self
+            .conn
+            .grant
+            .load()
+            .as_ref()
+            .map(|g| nexus_proto::ByteString::from(g.key_id.as_str()));
         *self.conn.name.lock() = if h.client_name.is_empty() {
             format!("{}-{}", h.language, self.conn.id)
         } else {
@@ -704,6 +715,7 @@ impl Session {
             .traffic(Pattern::Pub, Direction::In, p.payload.len());
         let span = tracing::debug_span!("nexus.publish", subject = %p.subject, conn = self.conn.id);
         trace::link_span(&span, &mut p.headers);
+        crate::provenance::stamp(&mut p.headers, self.publisher_key.as_ref());
         let id = match message_id(p.id) {
             Ok(id) => id,
             Err(message) => return self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id),
@@ -853,6 +865,7 @@ impl Session {
             .traffic(Pattern::Request, Direction::In, r.payload.len());
         let span = tracing::debug_span!("nexus.request", subject = %r.subject, conn = self.conn.id);
         trace::link_span(&span, &mut r.headers);
+        crate::provenance::stamp(&mut r.headers, self.publisher_key.as_ref());
         let waiter = Waiter::Session {
             tx: self.completions_tx.clone(),
             req_id: r.req_id,
