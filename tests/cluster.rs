@@ -380,6 +380,31 @@ fn pub_with_id(subject: &str, n: u64) -> nexus_proto::v1::Frame {
     }))
 }
 
+/// Sends publishes `0..n` with message ids ([`pub_with_id`]) on `s`, 100 to a batch.
+async fn publish_with_ids(s: &common::RawSession, n: u64) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        s.send(chunk.iter().map(|n| pub_with_id("orders.x", *n)).collect())
+            .await;
+    }
+}
+
+/// Reads `n` Acks from `s` and returns how many said `duplicate`; a Nack fails the test.
+async fn acks(s: &mut common::RawSession, n: u64) -> u64 {
+    let (mut acked, mut duplicates) = (0, 0);
+    while acked < n {
+        match tokio::time::timeout(Duration::from_secs(10), s.next_frame()).await {
+            Ok(Some(nexus_proto::v1::frame::Kind::Ack(a))) => {
+                acked += 1;
+                duplicates += u64::from(a.duplicate);
+            }
+            Ok(Some(nexus_proto::v1::frame::Kind::Nack(n))) => panic!("refused: {n:?}"),
+            Ok(Some(_)) => {}
+            other => panic!("after {acked} acks: {other:?}"),
+        }
+    }
+    duplicates
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_publishes_reach_the_region_only_once_stored_so_retries_after_a_kill_deliver_nothing_twice()
  {
@@ -398,10 +423,7 @@ async fn durable_publishes_reach_the_region_only_once_stored_so_retries_after_a_
     // but not yet stored.
     const N: u64 = 3000;
     let s = common::RawSession::connect(&r.gw("a1").url()).await;
-    for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
-        s.send(chunk.iter().map(|n| pub_with_id("orders.x", *n)).collect())
-            .await;
-    }
+    publish_with_ids(&s, N).await;
     let mut seen: HashMap<String, u32> = HashMap::new();
     while seen.len() < 300 {
         let m = tokio::time::timeout(Duration::from_secs(10), on_a2.next_message())
@@ -429,23 +451,8 @@ async fn durable_publishes_reach_the_region_only_once_stored_so_retries_after_a_
         .await
     );
     let mut s = common::RawSession::connect(&r.gw("a1").url()).await;
-    for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
-        s.send(chunk.iter().map(|n| pub_with_id("orders.x", *n)).collect())
-            .await;
-    }
-    let mut duplicates_acked = 0;
-    let mut acked = 0;
-    while acked < N {
-        match tokio::time::timeout(Duration::from_secs(10), s.next_frame()).await {
-            Ok(Some(nexus_proto::v1::frame::Kind::Ack(a))) => {
-                acked += 1;
-                duplicates_acked += u64::from(a.duplicate);
-            }
-            Ok(Some(nexus_proto::v1::frame::Kind::Nack(n))) => panic!("refused: {n:?}"),
-            Ok(Some(_)) => {}
-            other => panic!("after {acked} acks: {other:?}"),
-        }
-    }
+    publish_with_ids(&s, N).await;
+    let duplicates_acked = acks(&mut s, N).await;
     for m in drain(&mut on_a2).await {
         *seen.entry(m).or_default() += 1;
     }
@@ -496,10 +503,7 @@ async fn a_retry_on_another_gateway_of_the_region_after_a_kill_delivers_nothing_
 
     const N: u64 = 3000;
     let s = common::RawSession::connect(&r.gw("a1").url()).await;
-    for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
-        s.send(chunk.iter().map(|n| pub_with_id("orders.x", *n)).collect())
-            .await;
-    }
+    publish_with_ids(&s, N).await;
     let mut seen = vec![HashMap::new(), HashMap::new(), HashMap::new()];
     while seen[0].len() < 300 {
         let m = tokio::time::timeout(Duration::from_secs(10), on_a2.next_message())
@@ -515,22 +519,8 @@ async fn a_retry_on_another_gateway_of_the_region_after_a_kill_delivers_nothing_
 
     // The publisher retries everything on a2.
     let mut s = common::RawSession::connect(&r.gw("a2").url()).await;
-    for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
-        s.send(chunk.iter().map(|n| pub_with_id("orders.x", *n)).collect())
-            .await;
-    }
-    let (mut acked, mut duplicates) = (0, 0);
-    while acked < N {
-        match tokio::time::timeout(Duration::from_secs(10), s.next_frame()).await {
-            Ok(Some(nexus_proto::v1::frame::Kind::Ack(a))) => {
-                acked += 1;
-                duplicates += u64::from(a.duplicate);
-            }
-            Ok(Some(nexus_proto::v1::frame::Kind::Nack(n))) => panic!("refused: {n:?}"),
-            Ok(Some(_)) => {}
-            other => panic!("after {acked} acks: {other:?}"),
-        }
-    }
+    publish_with_ids(&s, N).await;
+    let duplicates = acks(&mut s, N).await;
     assert!(
         duplicates >= 300,
         "a2 had at least 300 of them already: {duplicates} duplicates"

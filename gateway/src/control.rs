@@ -161,6 +161,19 @@ fn heartbeat_report(router: &Router, applied: i64) -> Heartbeat {
     }
 }
 
+/// Sends a heartbeat on the Sync stream; an error when the stream is gone.
+async fn send_heartbeat(
+    tx: &mpsc::Sender<GatewayReport>,
+    router: &Router,
+    applied: i64,
+) -> Result<(), String> {
+    tx.send(GatewayReport {
+        kind: Some(Kind::Heartbeat(heartbeat_report(router, applied))),
+    })
+    .await
+    .map_err(|_| "the Sync stream closed".to_owned())
+}
+
 async fn session(
     router: &Arc<Router>,
     url: &str,
@@ -219,37 +232,15 @@ async fn session(
                         tracing::warn!(dir = %state_dir.display(), error = %e, "cannot save the config snapshot; it will not survive a restart");
                     }
                     tracing::info!(version = snapshot.version, "config applied");
-                    let _ = tx
-                        .send(GatewayReport {
-                            kind: Some(Kind::Heartbeat(heartbeat_report(router, *applied))),
-                        })
-                        .await;
+                    send_heartbeat(&tx, router, *applied).await?;
                 }
             }
             // Tell the control plane at once, so DNS SRV lists this gateway last.
             _ = router.drain_started(), if !told_draining => {
                 told_draining = true;
-                if tx
-                    .send(GatewayReport {
-                        kind: Some(Kind::Heartbeat(heartbeat_report(router, *applied))),
-                    })
-                    .await
-                    .is_err()
-                {
-                    return Err("the Sync stream closed".into());
-                }
+                send_heartbeat(&tx, router, *applied).await?;
             }
-            _ = heartbeat.tick() => {
-                if tx
-                    .send(GatewayReport {
-                        kind: Some(Kind::Heartbeat(heartbeat_report(router, *applied))),
-                    })
-                    .await
-                    .is_err()
-                {
-                    return Err("the Sync stream closed".into());
-                }
-            }
+            _ = heartbeat.tick() => send_heartbeat(&tx, router, *applied).await?,
         }
     }
 }

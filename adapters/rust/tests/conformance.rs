@@ -861,6 +861,18 @@ impl Runner {
         }
     }
 
+    /// The index and id of the gateway the step's client is connected to.
+    fn connected_gateway(&self, s: &Json) -> Result<(usize, String), String> {
+        let info = self
+            .client(s)?
+            .server_info()
+            .ok_or("the client is not connected")?;
+        let i = (0..self.env.gateways.len())
+            .find(|i| format!("conformance-gw-{i}") == info.gateway_id)
+            .ok_or(format!("no gateway {} here", info.gateway_id))?;
+        Ok((i, info.gateway_id))
+    }
+
     fn client(&self, s: &Json) -> Result<Client, String> {
         let name = s.str("client").unwrap_or_default();
         self.clients
@@ -1329,24 +1341,12 @@ impl Runner {
                 tokio::task::block_in_place(|| self.env.gateways[0].start())?;
             }
             "kill_connected_gateway" => {
-                let info = self
-                    .client(s)?
-                    .server_info()
-                    .ok_or("the client is not connected")?;
-                let i = (0..self.env.gateways.len())
-                    .find(|i| format!("conformance-gw-{i}") == info.gateway_id)
-                    .ok_or(format!("no gateway {} here", info.gateway_id))?;
+                let (i, gateway_id) = self.connected_gateway(s)?;
                 self.env.gateways[i].proc = None;
-                self.killed = info.gateway_id;
+                self.killed = gateway_id;
             }
             "terminate_connected_gateway" => {
-                let info = self
-                    .client(s)?
-                    .server_info()
-                    .ok_or("the client is not connected")?;
-                let i = (0..self.env.gateways.len())
-                    .find(|i| format!("conformance-gw-{i}") == info.gateway_id)
-                    .ok_or(format!("no gateway {} here", info.gateway_id))?;
+                let (i, gateway_id) = self.connected_gateway(s)?;
                 let pid = self.env.gateways[i]
                     .proc
                     .as_ref()
@@ -1360,7 +1360,7 @@ impl Runner {
                 if !status.success() {
                     return Err(format!("kill -TERM {pid} failed: {status}"));
                 }
-                self.killed = info.gateway_id;
+                self.killed = gateway_id;
                 self.terminated = Some(i);
             }
             "expect_gateway_exited" => {
