@@ -795,7 +795,8 @@ fn console_in_chromium_against_a_live_federated_cluster() {
 /// `nexus dev` starts the console too, hydrated from the bundle compiled into the binary (a
 /// first run has no wasm toolchain): its admin API is open, so an empty key logs in, the map
 /// shows the three dev regions and their links live, and a click on a region shows its
-/// details, which only the hydrated page does.
+/// details, which only the hydrated page does. The regions are clusters of two gateways: a
+/// region's page shows each gateway's cluster link to the other and its homes elsewhere.
 #[test]
 fn nexus_dev_serves_the_console() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -817,6 +818,8 @@ fn nexus_dev_serves_the_console() {
             any,
             "--dev-dir",
             &dir.0.display().to_string(),
+            "--gateways-per-region",
+            "2",
         ],
         |line, seen| {
             let console = addr_after(line, "console       http://")?;
@@ -862,5 +865,20 @@ fn nexus_dev_serves_the_console() {
         |b| b.text("#selection h2") == "Selected region: eu-west",
     );
     browser.screenshot("6-nexus-dev-topology");
+    // A region of two gateways: each shows its cluster link to the other, and its home in
+    // every other region.
+    browser.goto(&format!("http://{console}/regions/eu-west"));
+    browser.wait(Duration::from_secs(20), "the region's cluster links", |b| {
+        // The first gateway of a region keeps the region's name as its id (gw-eu-west).
+        let one = b.text("#gateway-gw-eu-west table.cluster-links tbody");
+        let two = b.text("#gateway-gw-eu-west-2 table.cluster-links tbody");
+        let homes = b.text("#gateway-gw-eu-west table.homes tbody");
+        one.contains("gw-eu-west-2")
+            && two.contains("gw-eu-west")
+            && ["us-east", "ap-south"]
+                .iter()
+                .all(|r| homes.contains(&format!("gw-{r}")))
+    });
+    browser.screenshot("7-nexus-dev-region-cluster");
     browser.assert_no_client_errors();
 }

@@ -21,6 +21,8 @@ pub struct GatewayStatus {
     pub subjects: Vec<SubjectStat>,
     pub balancer: Vec<BalancerGroup>,
     pub links: Vec<LinkStatus>,
+    /// Links to the other gateways of its region (its cluster).
+    pub cluster: Vec<ClusterPeerStatus>,
     pub routes: Vec<RouteStatus>,
 }
 
@@ -55,6 +57,18 @@ pub struct BalancerMember {
     pub ejected: bool,
 }
 
+/// A cluster link to another gateway of the same region, as the reporting gateway sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterPeerStatus {
+    pub gateway_id: String,
+    pub rtt_ms: f64,
+    /// Best-effort messages queued on the link, confirmed by the peer, and received from it.
+    pub forwarded: u64,
+    pub confirmed: u64,
+    pub received: u64,
+}
+
 /// One federation link as seen from the reporting gateway's side.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -63,6 +77,8 @@ pub struct LinkStatus {
     pub region: String,
     /// `up` or `down`.
     pub state: String,
+    /// The gateway of that region this gateway's traffic goes through (its home there).
+    pub via: Option<String>,
     pub rtt_ms: Option<f64>,
     /// Best-effort messages queued on the link, confirmed by the other region, and still in
     /// flight (queued or sent, not confirmed).

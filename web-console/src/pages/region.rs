@@ -1,5 +1,6 @@
 //! One region: its gateways (liveness, sessions, subscriptions, traffic), its federation
-//! links, and per gateway the top subjects and the balancer's groups with their members'
+//! links, and per gateway its cluster links (peer, RTT, traffic), the gateway it goes through
+//! in each other region, the top subjects and the balancer's groups with their members'
 //! cost, requests in flight and ejections, from the gateways' `/v1/status`.
 
 use leptos::prelude::*;
@@ -140,9 +141,49 @@ fn gateway_status_view(id: String, s: GatewayStatus) -> AnyView {
             }
         })
         .collect_view();
+    let cluster = s
+        .cluster
+        .into_iter()
+        .map(|c| {
+            view! {
+                <tr>
+                    <td>{c.gateway_id}</td>
+                    <td class="num">{format!("{:.1}", c.rtt_ms)}</td>
+                    <td class="num">{c.forwarded}</td>
+                    <td class="num">{c.confirmed}</td>
+                    <td class="num">{c.received}</td>
+                </tr>
+            }
+        })
+        .collect_view();
+    let homes = s
+        .links
+        .into_iter()
+        .map(|l| {
+            let class = if l.state == "up" { "up" } else { "down" };
+            view! {
+                <tr class=class>
+                    <td>{l.region}</td>
+                    <td>{l.via.unwrap_or_else(|| "-".into())}</td>
+                    <td class="state">{l.state}</td>
+                    <td class="num">{l.rtt_ms.map_or("-".into(), |r| format!("{r:.1}"))}</td>
+                </tr>
+            }
+        })
+        .collect_view();
     view! {
-        <section>
+        <section class="gateway-status" id=format!("gateway-{id}")>
             <h3>{format!("{id}: {} sessions, {} subscriptions", s.sessions, s.subscriptions)}</h3>
+            <h4>"Cluster links"</h4>
+            <table class="cluster-links">
+                <thead><tr><th>"Peer gateway"</th><th>"RTT (ms)"</th><th>"Forwarded"</th><th>"Confirmed"</th><th>"Received"</th></tr></thead>
+                <tbody>{cluster}</tbody>
+            </table>
+            <h4>"Homes in other regions"</h4>
+            <table class="homes">
+                <thead><tr><th>"Region"</th><th>"Via gateway"</th><th>"State"</th><th>"RTT (ms)"</th></tr></thead>
+                <tbody>{homes}</tbody>
+            </table>
             <h4>"Top subjects"</h4>
             <table>
                 <thead><tr><th>"Pattern"</th><th>"Subscribers"</th></tr></thead>
