@@ -141,6 +141,17 @@ impl Regions {
     }
 }
 
+/// A client of `gw` subscribed to `subject`, once the gateway has the subscription.
+async fn subscribed(
+    gw: &Gateway,
+    subject: &str,
+) -> (nexus_client::Client, nexus_client::Subscription) {
+    let c = client(gw).await;
+    let sub = c.subscribe(subject).await.unwrap();
+    c.flush().await.unwrap();
+    (c, sub)
+}
+
 /// Waits until `gw` routes `subject` somewhere: a subscriber in its region or elsewhere.
 async fn wanted(gw: &Gateway, subject: &str, region: &str) {
     assert!(
@@ -176,15 +187,9 @@ async fn a_region_of_two_gateways_is_one_region_to_its_users_and_to_the_other() 
     let r = Regions::start(&["a", "b"], 2).await;
 
     // Subscribers on a1 (plain), b1 and b2 (plain), a queue group with members on a2 and b2.
-    let a1 = client(r.gw("a1")).await;
-    let mut on_a1 = a1.subscribe("news.>").await.unwrap();
-    a1.flush().await.unwrap();
-    let b1 = client(r.gw("b1")).await;
-    let mut on_b1 = b1.subscribe("news.>").await.unwrap();
-    b1.flush().await.unwrap();
-    let b2 = client(r.gw("b2")).await;
-    let mut on_b2 = b2.subscribe("news.>").await.unwrap();
-    b2.flush().await.unwrap();
+    let (a1, mut on_a1) = subscribed(r.gw("a1"), "news.>").await;
+    let (b1, mut on_b1) = subscribed(r.gw("b1"), "news.>").await;
+    let (_b2, mut on_b2) = subscribed(r.gw("b2"), "news.>").await;
     wanted(r.gw("a2"), "news.x", "b").await;
 
     // Published on a2: a1's subscriber (same region, other gateway) and both of b's get it,
@@ -264,12 +269,8 @@ async fn a_region_of_two_gateways_is_one_region_to_its_users_and_to_the_other() 
 async fn async_messages_from_every_gateway_reach_every_subscriber_of_the_other_region_once() {
     let r = Regions::start(&["a", "b"], 2).await;
     r.async_orders_route().await;
-    let b1 = client(r.gw("b1")).await;
-    let mut on_b1 = b1.subscribe("orders.>").await.unwrap();
-    b1.flush().await.unwrap();
-    let b2 = client(r.gw("b2")).await;
-    let mut on_b2 = b2.subscribe("orders.>").await.unwrap();
-    b2.flush().await.unwrap();
+    let (_b1, mut on_b1) = subscribed(r.gw("b1"), "orders.>").await;
+    let (_b2, mut on_b2) = subscribed(r.gw("b2"), "orders.>").await;
     wanted(r.gw("a1"), "orders.x", "b").await;
     wanted(r.gw("a2"), "orders.x", "b").await;
     let a1 = client(r.gw("a1")).await;
@@ -411,9 +412,7 @@ async fn durable_publishes_reach_the_region_only_once_stored_so_retries_after_a_
     let mut r = Regions::start(&["a", "b"], 2).await;
     r.async_orders_route().await;
     // A subscriber on a2 (the publisher's gateway is a1) and one in region b.
-    let a2 = client(r.gw("a2")).await;
-    let mut on_a2 = a2.subscribe("orders.>").await.unwrap();
-    a2.flush().await.unwrap();
+    let (_a2, mut on_a2) = subscribed(r.gw("a2"), "orders.>").await;
     let b1 = client(r.gw("b1")).await;
     let _on_b1 = b1.subscribe("orders.>").await.unwrap();
     b1.flush().await.unwrap();
@@ -489,15 +488,9 @@ async fn tally(subs: &mut [&mut nexus_client::Subscription], seen: &mut [HashMap
 async fn a_retry_on_another_gateway_of_the_region_after_a_kill_delivers_nothing_twice() {
     let mut r = Regions::start(&["a", "b"], 2).await;
     r.async_orders_route().await;
-    let a2 = client(r.gw("a2")).await;
-    let mut on_a2 = a2.subscribe("orders.>").await.unwrap();
-    a2.flush().await.unwrap();
-    let b1 = client(r.gw("b1")).await;
-    let mut on_b1 = b1.subscribe("orders.>").await.unwrap();
-    b1.flush().await.unwrap();
-    let b2 = client(r.gw("b2")).await;
-    let mut on_b2 = b2.subscribe("orders.>").await.unwrap();
-    b2.flush().await.unwrap();
+    let (_a2, mut on_a2) = subscribed(r.gw("a2"), "orders.>").await;
+    let (_b1, mut on_b1) = subscribed(r.gw("b1"), "orders.>").await;
+    let (_b2, mut on_b2) = subscribed(r.gw("b2"), "orders.>").await;
     wanted(r.gw("a1"), "orders.x", "b").await;
     wanted(r.gw("a2"), "orders.x", "b").await;
 
