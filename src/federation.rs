@@ -56,6 +56,20 @@ pub struct FederationArgs {
     /// in nexus_publish_dedup_evicted_total).
     #[arg(long, default_value_t = 1_000_000)]
     pub dedup_max_ids: usize,
+    /// How many gateways of the region hold each message of an async/sync route before its
+    /// publisher is acknowledged: 1 (this gateway's disk) or 2 (also a replica: another
+    /// gateway of the region, which sends the spool itself if this gateway is gone for
+    /// --replica-takeover-ms, so acknowledged messages survive the loss of this machine).
+    #[arg(long, env = "NEXUS_SPOOL_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub spool_replicas: u8,
+    /// With --spool-replicas 2: how long (ms) the gateway a replica holds copies for must be
+    /// unreachable before the replica sends its spool.
+    #[arg(long, default_value_t = 3000)]
+    pub replica_takeover_ms: u64,
+    /// With --spool-replicas 2: how long (ms) an async publish waits for the replica to hold
+    /// it before it is answered with a timeout (the message stays spooled and is delivered).
+    #[arg(long, default_value_t = 5000)]
+    pub replica_timeout_ms: u64,
     /// How long a peer gateway may stay silent before its link is declared dead, in
     /// milliseconds; 0 derives it from the link's RTT (3 x RTT + 400 ms, within 500 ms..3 s).
     #[arg(long, env = "NEXUS_LINK_DEAD_AFTER_MS", default_value_t = 0)]
@@ -77,6 +91,10 @@ impl FederationArgs {
         );
         cfg.dedup_window_ms = (self.dedup_window_s.min(i64::MAX as u64 / 1000) * 1000) as i64;
         cfg.dedup_max_ids = self.dedup_max_ids;
+        cfg.replicas = usize::from(self.spool_replicas.max(1));
+        let ms = |v: u64| v.min(i64::MAX as u64) as i64;
+        cfg.takeover_ms = ms(self.replica_takeover_ms);
+        cfg.replica_timeout_ms = ms(self.replica_timeout_ms);
         cfg
     }
 

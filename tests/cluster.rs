@@ -23,15 +23,20 @@ struct Regions {
 
 impl Regions {
     async fn start(regions: &[&str], gateways: usize) -> Self {
-        Self::start_on(regions, gateways, false).await
+        Self::start_on(regions, gateways, false, &[]).await
     }
 
     /// With the control plane's DNS, so clients find a region's gateways by SRV.
     async fn start_with_dns(regions: &[&str], gateways: usize) -> Self {
-        Self::start_on(regions, gateways, true).await
+        Self::start_on(regions, gateways, true, &[]).await
     }
 
-    async fn start_on(regions: &[&str], gateways: usize, dns: bool) -> Self {
+    /// With `extra` arguments for every gateway.
+    async fn start_with_args(regions: &[&str], gateways: usize, extra: &[&str]) -> Self {
+        Self::start_on(regions, gateways, false, extra).await
+    }
+
+    async fn start_on(regions: &[&str], gateways: usize, dns: bool, extra: &[&str]) -> Self {
         let certs = tempdir::Dir::new("cluster-certs");
         let ca = FederationCa::generate("test cluster CA").unwrap();
         std::fs::write(certs.0.join("ca.pem"), ca.cert_pem()).unwrap();
@@ -51,13 +56,14 @@ impl Regions {
                 std::fs::write(&cert, &pem.cert_pem).unwrap();
                 std::fs::write(&key, &pem.key_pem).unwrap();
                 let ca_path = certs.0.join("ca.pem");
-                let args = [
+                let cp_url = cp.url();
+                let mut args = vec![
                     "--region",
                     region,
                     "--gateway-id",
                     &id,
                     "--control-plane",
-                    &cp.url(),
+                    &cp_url,
                     "--federation-listen",
                     "127.0.0.1:0",
                     "--federation-cert",
@@ -67,6 +73,7 @@ impl Regions {
                     "--federation-ca",
                     ca_path.to_str().unwrap(),
                 ];
+                args.extend_from_slice(extra);
                 let gw = Gateway::start_with_args(&args);
                 gws.insert(id.clone(), gw);
             }
@@ -956,4 +963,106 @@ async fn a_draining_gateway_tells_sessions_to_move_serves_them_meanwhile_and_dns
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "{status}");
+}
+
+/// `--spool-replicas 2`: a publish on an `async` route is acknowledged only once a second
+/// gateway of the region holds it, so the permanent loss of the gateway that took it (killed,
+/// never back, its disk gone with it) loses nothing: its replica sends its spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_spool_replicas_2_acknowledged_messages_survive_the_permanent_loss_of_their_gateway() {
+    let lost = permanent_loss(2).await;
+    assert_eq!(lost, 0);
+}
+
+/// The same loss without a replica loses what the dead gateway held: the case above can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a demonstration that the replica test can fail; run by hand"]
+async fn without_a_replica_the_permanent_loss_of_a_gateway_loses_its_spool() {
+    let lost = permanent_loss(1).await;
+    assert!(lost > 0, "nothing was lost");
+}
+
+/// Publishes acknowledged `async` messages on a1 while region b is stopped (SIGSTOP, so they
+/// wait in a1's spool), kills a1 for good, lets b run again, and counts at b1, b2 and a2
+/// (subscribers all along): every message must arrive once at each; returns how many never
+/// reached b (duplicates fail the test at once).
+async fn permanent_loss(replicas: u8) -> usize {
+    let replicas = replicas.to_string();
+    let mut r = Regions::start_with_args(
+        &["a", "b"],
+        2,
+        &[
+            "--spool-replicas",
+            &replicas,
+            "--replica-takeover-ms",
+            "1000",
+        ],
+    )
+    .await;
+    r.async_orders_route().await;
+    let (_a2, mut on_a2) = subscribed(r.gw("a2"), "orders.>").await;
+    let (_b1, mut on_b1) = subscribed(r.gw("b1"), "orders.>").await;
+    let (_b2, mut on_b2) = subscribed(r.gw("b2"), "orders.>").await;
+    wanted(r.gw("a1"), "orders.x", "b").await;
+    wanted(r.gw("a2"), "orders.x", "b").await;
+
+    r.gw("b1").signal("STOP");
+    r.gw("b2").signal("STOP");
+    const N: u64 = 2000;
+    let mut s = common::RawSession::connect(&r.gw("a1").url()).await;
+    publish_with_ids(&s, N).await;
+    assert_eq!(acks(&mut s, N).await, 0, "no retries here");
+    if replicas == "2" {
+        let held = r.gw("a2").metric("nexus_spool_replica_held", &[]);
+        assert!(held > 0.0, "a2 holds no copies of a1's spool");
+    }
+    // a1 is gone for good, with its disk.
+    r.gws.remove("a1");
+    drop(s);
+    r.gw("b1").signal("CONT");
+    r.gw("b2").signal("CONT");
+
+    let mut seen = vec![HashMap::new(), HashMap::new(), HashMap::new()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        tally(&mut [&mut on_b1, &mut on_b2, &mut on_a2], &mut seen).await;
+        let done = seen.iter().all(|s| s.len() as u64 == N);
+        if done || tokio::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    for (name, s) in ["b1", "b2", "a2"].iter().zip(&seen) {
+        let twice = s.values().filter(|n| **n > 1).count();
+        assert_eq!(twice, 0, "{name} received {twice} messages more than once");
+    }
+    if replicas == "2" {
+        let took_over = r
+            .gw("a2")
+            .metric("nexus_spool_replica_takeovers_total", &[]);
+        assert!(took_over >= 1.0, "a2 never took over a1's spool");
+        let missing = |s: &HashMap<String, u32>| -> Vec<u64> {
+            (0..N)
+                .filter(|n| !s.contains_key(&format!("m{n:05}")))
+                .collect()
+        };
+        let report: Vec<String> = ["b1", "b2", "a2"]
+            .iter()
+            .zip(&seen)
+            .map(|(name, s)| {
+                let m = missing(s);
+                format!(
+                    "{name}: {} of {N}, missing {} (first {:?})",
+                    s.len(),
+                    m.len(),
+                    &m[..m.len().min(10)]
+                )
+            })
+            .collect();
+        assert!(
+            seen.iter().all(|s| s.len() as u64 == N),
+            "messages lost: {}",
+            report.join("; ")
+        );
+    }
+    (N as usize).saturating_sub(seen[0].len().min(seen[1].len()))
 }

@@ -1,5 +1,5 @@
 //! Prometheus series of federation: links, best-effort accounting, the replication spool and
-//! idempotent publishing. Registered beside the mechanisms that move them and attached to the
+//! idempotent publishing, and spool replicas. Registered beside the mechanisms that move them and attached to the
 //! gateway's `/metrics` ([`nexus_gateway::metrics::GatewayMetrics::attach`]), under the same
 //! `nexus_` prefix.
 
@@ -104,6 +104,12 @@ pub struct FederationMetrics {
     pub publish_duplicates: Counter,
     pub dedup_evicted: Counter,
     pub dedup_ids: Gauge,
+    /// Messages of other gateways' spools held here as their replica.
+    pub replica_held: Gauge,
+    /// Times this gateway started sending an unreachable gateway's spool as its replica.
+    pub replica_takeovers: Counter,
+    /// Publishes answered with a timeout because no replica confirmed them in time.
+    pub replica_timeouts: Counter,
 }
 
 impl FederationMetrics {
@@ -236,6 +242,24 @@ impl Collector for FederationMetrics {
             "publish_dedup_ids",
             "Message ids in the deduplication window",
             &self.dedup_ids,
+        )?;
+        put(
+            &mut e,
+            "spool_replica_held",
+            "Messages of other gateways' spools held here as their replica (--spool-replicas 2)",
+            &self.replica_held,
+        )?;
+        put(
+            &mut e,
+            "spool_replica_takeovers",
+            "Times this gateway started sending an unreachable gateway's spool as its replica",
+            &self.replica_takeovers,
+        )?;
+        put(
+            &mut e,
+            "spool_replica_timeouts",
+            "Publishes answered with a timeout because no other gateway of the region confirmed holding them in time",
+            &self.replica_timeouts,
         )?;
         Ok(())
     }

@@ -230,6 +230,17 @@ impl Gateway {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to the running process.
+    pub fn signal(&self, signal: &str) {
+        let c = self.child.as_ref().expect("gateway running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(c.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Sends SIGTERM (graceful shutdown) and returns the child to wait on.
     pub fn terminate(&mut self) -> Child {
         let c = self.child.take().expect("gateway running");

@@ -109,7 +109,7 @@ impl RegionRouter {
             bridge
                 .replication
                 .clone()
-                .pump(fed, move || b.follow_peers()),
+                .pump(fed, router.clone(), move || b.follow_peers()),
         );
         Ok(bridge)
     }
@@ -339,11 +339,15 @@ impl LinkHandler for RegionRouter {
                 self.tell_regions(for_regions);
             }
             Kind::Interest(update) => self.on_interest(&link.region, update),
-            // From a cluster peer: a confirmation of this gateway's own durable publishes, or
-            // of relays of another region's stream.
+            Kind::ReplicaAck(ack) if link.region == self.fed.region() => {
+                self.replication.on_replica_ack(&link.gateway_id, ack)
+            }
+            // From a cluster peer: a confirmation of this gateway's own durable publishes (or
+            // of a stream it sends as a replica), or of relays of another region's stream.
             Kind::SpoolAck(ack)
                 if link.region == self.fed.region()
-                    && !self.replication.is_own_stream(&ack.stream) =>
+                    && !self.replication.is_own_stream(&ack.stream)
+                    && !self.replication.is_held_stream(&ack.stream) =>
             {
                 self.replication.relay_confirmed(
                     &self.fed,
@@ -365,6 +369,13 @@ impl LinkHandler for RegionRouter {
             let from_cluster = link.region == self.fed.region();
             match frame {
                 Kind::Forward(forward) => self.on_forward(link, forward).await,
+                // Copies of a cluster peer's spool, kept here as its replica.
+                Kind::ReplicaAppend(copies) if from_cluster => {
+                    self.replication.on_replica_append(&self.fed, link, copies)
+                }
+                Kind::ReplicaAppend(_) => {
+                    tracing::warn!(peer = %link.gateway_id, region = %link.region, "a gateway of another region sent spool copies; only gateways of this region keep replicas here, ignored")
+                }
                 // A cluster peer's own durable publish: its stream, received like another
                 // region's (in order, recorded, confirmed), delivered here only.
                 Kind::Spooled(spooled)

@@ -11,6 +11,8 @@
 //!   gaps with a request to resend, and confirms only what is delivered and on disk.
 //! - [`quorum`]: which regions must confirm a `sync` publish before its publisher is answered.
 //! - [`dedup`]: message ids accepted recently, so a publisher's retry is not a second message.
+//! - [`replica`]: copies of the spool on another gateway of the region
+//!   (`--spool-replicas 2`), and that gateway taking over when the origin is gone for good.
 //! - [`store`]: the redb file that makes all of it survive a `kill -9`.
 //!
 //! A **stream** is what one spool sends to one region. It is named by the spool's
@@ -22,6 +24,7 @@ pub mod dedup;
 pub mod inbox;
 pub mod outbox;
 pub mod quorum;
+pub mod replica;
 pub mod store;
 
 pub use outbox::{Limits, Overflow};

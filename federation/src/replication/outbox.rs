@@ -102,6 +102,12 @@ struct Queue {
     max_sent: u64,
     cursor: Option<Cursor>,
     bytes: u64,
+    /// Replication to the origin's replica (`--spool-replicas 2`): the last `seq` handed to
+    /// the replica's current link, the floor last told to it (none yet on this link), and how
+    /// far the replica confirmed holding this queue.
+    rep_sent: u64,
+    rep_floor_sent: Option<u64>,
+    rep_held: u64,
 }
 
 impl Queue {
@@ -161,12 +167,30 @@ pub struct RouteDepth {
     pub oldest_ms: Option<i64>,
 }
 
+/// Copies that do not continue what the replica holds (something before them is missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("replica copies skip messages after seq {held}")]
+pub struct ReplicaGap {
+    pub held: u64,
+}
+
+/// Messages of one queue for the replica: everything at or below `floor` may be dropped
+/// there; `entries` are committed messages it has not had on this link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToReplicate {
+    pub destination: String,
+    pub floor: u64,
+    pub entries: Vec<Spooled>,
+}
+
 #[derive(Debug)]
 pub struct Outbox {
     stream: StreamId,
     limits: Limits,
     queues: HashMap<String, Queue>,
     bytes: u64,
+    /// The gateway keeping copies of this spool, and the link replication goes over.
+    replica: Option<(String, LinkId)>,
 }
 
 impl Outbox {
@@ -176,6 +200,7 @@ impl Outbox {
             limits,
             queues: HashMap::new(),
             bytes: 0,
+            replica: None,
         }
     }
 
@@ -419,6 +444,179 @@ impl Outbox {
         }
         out.sort_by(|a, b| a.region.cmp(&b.region));
         out
+    }
+
+    // === copies for a replica (the origin's side) ===
+
+    /// The gateway that keeps copies of this spool, if any.
+    pub fn replica(&self) -> Option<&str> {
+        self.replica.as_ref().map(|(g, _)| g.as_str())
+    }
+
+    /// Replicate to `gateway` over `link` from now on. A new link starts again from each
+    /// queue's oldest unconfirmed message (the replica ignores what it holds already); a new
+    /// gateway also holds nothing yet, so what the old one confirmed no longer counts.
+    pub fn replicate_to(&mut self, gateway: &str, link: LinkId) {
+        if self
+            .replica
+            .as_ref()
+            .is_some_and(|(g, l)| g == gateway && *l == link)
+        {
+            return;
+        }
+        let same_gateway = self.replica.as_ref().is_some_and(|(g, _)| g == gateway);
+        self.replica = Some((gateway.to_owned(), link));
+        for q in self.queues.values_mut() {
+            q.rep_sent = q.floor;
+            q.rep_floor_sent = None;
+            if !same_gateway {
+                q.rep_held = q.floor;
+            }
+        }
+    }
+
+    /// No gateway keeps copies any more (the replica's link ended and none other is up).
+    pub fn no_replica(&mut self) {
+        self.replica = None;
+    }
+
+    /// Up to `max` committed messages per queue that the replica has not had on `link`, and
+    /// floors it has not been told; nothing when `link` is not the replica's.
+    pub fn next_to_replicate(&mut self, link: LinkId, max: usize) -> Vec<ToReplicate> {
+        if self.replica.as_ref().is_none_or(|(_, l)| *l != link) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (destination, q) in &mut self.queues {
+            let sent = q.rep_sent.max(q.floor);
+            // Each copy says which message precedes it here (0: none older is held), as on
+            // the wire to a region, so the replica can tell a continuation from a gap.
+            let mut prev = 0;
+            let mut entries = Vec::new();
+            for e in &q.entries {
+                if e.seq > q.committed || entries.len() == max {
+                    break;
+                }
+                if e.seq > sent {
+                    let mut copy = Spooled::clone(e);
+                    copy.prev_seq = prev;
+                    entries.push(copy);
+                }
+                prev = e.seq;
+            }
+            if entries.is_empty() && q.rep_floor_sent == Some(q.floor) {
+                continue;
+            }
+            if let Some(last) = entries.last() {
+                q.rep_sent = last.seq;
+            }
+            q.rep_floor_sent = Some(q.floor);
+            out.push(ToReplicate {
+                destination: destination.clone(),
+                floor: q.floor,
+                entries,
+            });
+        }
+        out.sort_by(|a, b| a.destination.cmp(&b.destination));
+        out
+    }
+
+    /// The replica lacks what precedes the copies of `destination` it was sent: send that
+    /// queue again from its oldest unconfirmed message.
+    pub fn replica_gap(&mut self, gateway: &str, destination: &str) {
+        if self.replica.as_ref().is_none_or(|(g, _)| g != gateway) {
+            return;
+        }
+        if let Some(q) = self.queues.get_mut(destination) {
+            q.rep_sent = q.floor;
+            q.rep_floor_sent = None;
+        }
+    }
+
+    /// Sending to the replica on `link` stopped before `first` of `destination` (its queue
+    /// was full): it goes again next time.
+    pub fn unreplicate(&mut self, destination: &str, link: LinkId, first: u64) {
+        if self.replica.as_ref().is_none_or(|(_, l)| *l != link) {
+            return;
+        }
+        if let Some(q) = self.queues.get_mut(destination) {
+            q.rep_sent = q.rep_sent.min(first.saturating_sub(1));
+            q.rep_floor_sent = None;
+        }
+    }
+
+    /// `gateway` holds `destination` through `up_to`; the new mark, or `None` when
+    /// `gateway` is not the current replica (a late answer from a previous one).
+    pub fn replica_acked(&mut self, gateway: &str, destination: &str, up_to: u64) -> Option<u64> {
+        if self.replica.as_ref().is_none_or(|(g, _)| g != gateway) {
+            return None;
+        }
+        let q = self.queues.get_mut(destination)?;
+        // Never beyond what exists: a confused replica cannot vouch for unsent messages.
+        let up_to = up_to.min(q.committed.max(q.floor));
+        q.rep_held = q.rep_held.max(up_to);
+        Some(q.rep_held)
+    }
+
+    /// How far the current replica holds `destination`.
+    pub fn replica_held(&self, destination: &str) -> u64 {
+        self.queues.get(destination).map_or(0, |q| q.rep_held)
+    }
+
+    // === copies of another gateway's spool (the replica's side) ===
+
+    /// Keeps copies of the origin's `destination` queue: drops everything at or below
+    /// `floor`, adds `entries` it does not hold yet. Entries arrive committed (the origin
+    /// wrote them first). Returns the mark to confirm: held through here.
+    pub fn hold(
+        &mut self,
+        destination: &str,
+        floor: u64,
+        entries: Vec<Spooled>,
+    ) -> Result<u64, ReplicaGap> {
+        let q = self.queues.entry(destination.to_owned()).or_default();
+        let mut freed = 0;
+        while q.entries.front().is_some_and(|e| e.seq <= floor) {
+            freed += charge(&q.pop_front());
+        }
+        q.floor = q.floor.max(floor);
+        q.acked = q.acked.max(floor);
+        self.bytes -= freed;
+        // Copies must continue what is held: each one's predecessor at the origin is held
+        // here or was confirmed (at or below the floor). Otherwise sending the stream from
+        // here would skip what is missing. Checked before anything is taken.
+        let held = q.entries.back().map_or(q.floor, |e| e.seq);
+        let mut last = held;
+        for e in entries.iter().filter(|e| e.seq > held) {
+            if e.prev_seq > last {
+                return Err(ReplicaGap { held });
+            }
+            last = e.seq;
+        }
+        for e in entries.into_iter().filter(|e| e.seq > held) {
+            let size = charge(&e);
+            q.bytes += size;
+            self.bytes += size;
+            q.entries.push_back(Arc::new(e));
+        }
+        q.committed = q.committed.max(last);
+        q.max_sent = q.max_sent.max(last);
+        q.next_seq = q.next_seq.max(last + 1);
+        Ok(last.max(q.floor))
+    }
+
+    /// Whether every queue is empty (all confirmed).
+    pub fn is_drained(&self) -> bool {
+        self.queues.values().all(|q| q.entries.is_empty())
+    }
+
+    /// Messages held, over all queues.
+    pub fn len(&self) -> usize {
+        self.queues.values().map(|q| q.entries.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Whether `region` has committed messages `link` has not carried yet.

@@ -1,8 +1,9 @@
 //! The spool on disk (redb): this spool's stream id, unconfirmed messages per receiving
 //! region, the last `seq` each region confirmed, how far each stream from other gateways was
 //! delivered here (the receiver's marks), the message ids accepted recently (idempotent
-//! publishing), and the interest other regions advertised (so messages published while a
-//! region is unreachable, even right after a restart, are still spooled for it).
+//! publishing), the interest other regions advertised (so messages published while a
+//! region is unreachable, even right after a restart, are still spooled for it), and the
+//! copies of other gateways' spools this gateway keeps as their replica.
 //!
 //! Every batch of operations is one transaction, committed durably before the caller is told;
 //! a crash leaves either all of a batch or none of it.
@@ -29,6 +30,14 @@ const INBOX: TableDefinition<&str, (&str, u64)> = TableDefinition::new("inbox");
 const INTEREST: TableDefinition<&str, &str> = TableDefinition::new("interest");
 /// (accepted at, message id): ids of publishes accepted recently, oldest first.
 const ACCEPTED: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("accepted");
+/// Copies kept as another gateway's replica: (stream, queue, seq) -> the message as a
+/// `Spooled` (its stream field empty).
+const REPLICA_ENTRIES: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("replica_entries");
+/// stream -> the gateway whose spool it is.
+const REPLICA_ORIGIN: TableDefinition<&str, &str> = TableDefinition::new("replica_origin");
+/// (stream, queue) -> everything at or below this was confirmed or deleted at the origin.
+const REPLICA_FLOOR: TableDefinition<(&str, &str), u64> = TableDefinition::new("replica_floor");
 
 #[derive(Debug, thiserror::Error)]
 #[error("spool store {path}: {message}")]
@@ -63,6 +72,26 @@ pub enum Op {
         region: String,
         patterns: Vec<String>,
     },
+    /// As `origin`'s replica: keep `entries` of its `stream`'s queue `destination`, and drop
+    /// what is at or below `floor`.
+    ReplicaHold {
+        stream: StreamId,
+        origin: String,
+        destination: String,
+        floor: u64,
+        entries: Vec<Spooled>,
+    },
+    /// Drop every copy of `stream`.
+    ReplicaRelease { stream: StreamId },
+}
+
+/// Copies of one other gateway's spool, as found on disk.
+#[derive(Debug)]
+pub struct HeldSpool {
+    pub stream: StreamId,
+    pub origin: String,
+    /// queue -> (floor, entries)
+    pub queues: HashMap<String, (u64, Vec<Spooled>)>,
 }
 
 /// What a gateway finds in its spool when it starts.
@@ -77,6 +106,8 @@ pub struct Loaded {
     pub interest: HashMap<String, Vec<String>>,
     /// Recently accepted message ids, with when.
     pub accepted: Vec<(MessageId, i64)>,
+    /// Other gateways' spools kept here as their replica.
+    pub held: Vec<HeldSpool>,
 }
 
 /// One receiving region's queue as found on disk.
@@ -164,6 +195,9 @@ impl SpoolStore {
             let mut inbox = w.open_table(INBOX).map_err(|e| self.err(e))?;
             let mut interest = w.open_table(INTEREST).map_err(|e| self.err(e))?;
             let mut accepted = w.open_table(ACCEPTED).map_err(|e| self.err(e))?;
+            let mut rep_entries = w.open_table(REPLICA_ENTRIES).map_err(|e| self.err(e))?;
+            let mut rep_origin = w.open_table(REPLICA_ORIGIN).map_err(|e| self.err(e))?;
+            let mut rep_floor = w.open_table(REPLICA_FLOOR).map_err(|e| self.err(e))?;
             w.open_table(META).map_err(|e| self.err(e))?;
             let mut buf = Vec::new();
             for op in ops {
@@ -246,6 +280,50 @@ impl SpoolStore {
                             .insert(region.as_str(), patterns.join("\n").as_str())
                             .map_err(|e| self.err(e))?;
                     }
+                    Op::ReplicaHold {
+                        stream,
+                        origin,
+                        destination,
+                        floor,
+                        entries,
+                    } => {
+                        let (s, d) = (stream.as_str(), destination.as_str());
+                        rep_origin
+                            .insert(s, origin.as_str())
+                            .map_err(|e| self.err(e))?;
+                        let prev = rep_floor
+                            .get((s, d))
+                            .map_err(|e| self.err(e))?
+                            .map_or(0, |v| v.value());
+                        let floor = prev.max(*floor);
+                        rep_floor.insert((s, d), floor).map_err(|e| self.err(e))?;
+                        rep_entries
+                            .retain_in((s, d, 0)..=(s, d, floor), |_, _| false)
+                            .map_err(|e| self.err(e))?;
+                        for e in entries.iter().filter(|e| e.seq > floor) {
+                            buf.clear();
+                            Spooled {
+                                stream: String::new(),
+                                prev_seq: 0,
+                                ..e.clone()
+                            }
+                            .encode(&mut buf)
+                            .map_err(|e| self.err(e))?;
+                            rep_entries
+                                .insert((s, d, e.seq), buf.as_slice())
+                                .map_err(|e| self.err(e))?;
+                        }
+                    }
+                    Op::ReplicaRelease { stream } => {
+                        let s = stream.as_str();
+                        rep_origin.remove(s).map_err(|e| self.err(e))?;
+                        rep_floor
+                            .retain(|(k, _), _| k != s)
+                            .map_err(|e| self.err(e))?;
+                        rep_entries
+                            .retain(|(k, _, _), _| k != s)
+                            .map_err(|e| self.err(e))?;
+                    }
                 }
             }
         }
@@ -260,6 +338,7 @@ impl SpoolStore {
             inbox: Vec::new(),
             interest: HashMap::new(),
             accepted: Vec::new(),
+            held: Vec::new(),
         };
         let acked = r.open_table(ACKED).map_err(|e| self.err(e))?;
         for row in acked.iter().map_err(|e| self.err(e))? {
@@ -319,6 +398,40 @@ impl SpoolStore {
                 .collect();
             out.interest.insert(k.value().to_owned(), patterns);
         }
+        let mut held: std::collections::BTreeMap<String, HeldSpool> = Default::default();
+        let origins = r.open_table(REPLICA_ORIGIN).map_err(|e| self.err(e))?;
+        for row in origins.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            held.insert(
+                k.value().to_owned(),
+                HeldSpool {
+                    stream: StreamId::from(k.value()),
+                    origin: v.value().to_owned(),
+                    queues: HashMap::new(),
+                },
+            );
+        }
+        let floors = r.open_table(REPLICA_FLOOR).map_err(|e| self.err(e))?;
+        for row in floors.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let (s, d) = k.value();
+            if let Some(h) = held.get_mut(s) {
+                h.queues.entry(d.to_owned()).or_default().0 = v.value();
+            }
+        }
+        let copies = r.open_table(REPLICA_ENTRIES).map_err(|e| self.err(e))?;
+        for row in copies.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let (s, d, seq) = k.value();
+            let Some(h) = held.get_mut(s) else { continue };
+            let mut e = Spooled::decode(v.value()).map_err(|e| {
+                self.err(format!("replica copy {seq} of {s} for {d} is corrupt: {e}"))
+            })?;
+            e.seq = seq;
+            e.stream = s.to_owned();
+            h.queues.entry(d.to_owned()).or_default().1.push(e);
+        }
+        out.held = held.into_values().collect();
         Ok(out)
     }
 }

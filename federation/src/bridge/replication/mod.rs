@@ -2,6 +2,12 @@
 //! real things: a redb spool written by one thread (group commit), a pump task sending over
 //! links, confirmations and resend requests from peers, local delivery of what arrives, and
 //! the periodic chores (age limit, late `sync` publishes, gauges, pruning the dedup window).
+//!
+//! - [`replicas`]: copies of this spool on another gateway of the region, copies of other
+//!   gateways' spools kept here, and sending them when their gateway is gone
+//!   (`--spool-replicas 2`).
+
+mod replicas;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +27,7 @@ use crate::replication::dedup::{Dedup, MessageId, Seen};
 use crate::replication::inbox::{Inbox, Verdict};
 use crate::replication::outbox::{Outbox, Removed};
 use crate::replication::quorum::Quorum;
+use crate::replication::replica::HeldSpools;
 use crate::replication::store::{Loaded, Op, SpoolStore};
 use crate::replication::{Limits, StreamId};
 
@@ -40,6 +47,13 @@ pub struct SpoolConfig {
     /// many.
     pub dedup_window_ms: i64,
     pub dedup_max_ids: usize,
+    /// How many gateways of the region hold each spooled message before its publisher is
+    /// acknowledged: 1 (this gateway's disk) or 2 (and a replica's).
+    pub replicas: usize,
+    /// How long a replica waits for an unreachable origin before sending its spool.
+    pub takeover_ms: i64,
+    /// How long an `async` publish waits for the replica's confirmation.
+    pub replica_timeout_ms: i64,
 }
 
 impl SpoolConfig {
@@ -49,6 +63,9 @@ impl SpoolConfig {
             limits,
             dedup_window_ms: crate::replication::dedup::DEFAULT_WINDOW_MS,
             dedup_max_ids: crate::replication::dedup::DEFAULT_MAX_IDS,
+            replicas: 1,
+            takeover_ms: crate::replication::replica::DEFAULT_TAKEOVER_MS,
+            replica_timeout_ms: crate::replication::replica::DEFAULT_REPLICA_TIMEOUT_MS,
         }
     }
 }
@@ -67,6 +84,12 @@ pub(super) type Reply = oneshot::Sender<Result<(), v1::Error>>;
 /// Called once a durable publish is on disk here (or could not be written): from then on it
 /// may be delivered in this region.
 pub(super) type OnStored = Box<dyn FnOnce(Result<(), v1::Error>) + Send>;
+
+/// (origin gateway, stream, queue) of a confirmation a replica owes.
+type ReplicaAckKey = (String, String, String);
+
+/// What runs when a publish's copies are confirmed by the replica (or could not be).
+type OnReplicated = Box<dyn FnOnce(Result<(), v1::Error>) + Send>;
 
 /// Where a spool queue goes: another region (by name), or another gateway of this region,
 /// keyed `@<gateway id>` (region names cannot contain `@`). Durable publishes reach the
@@ -101,6 +124,13 @@ fn unwritten(e: &str) -> v1::Error {
     )
 }
 
+/// Whose spool an outbox operation is about: this gateway's own, or one it holds as another
+/// gateway's replica.
+enum Spool {
+    Own,
+    Held(StreamId),
+}
+
 /// The state of `async` / `sync` replication of one gateway.
 pub(super) struct Replication {
     outbox: Mutex<Outbox>,
@@ -114,6 +144,18 @@ pub(super) struct Replication {
     wake: Notify,
     metrics: Arc<FederationMetrics>,
     last_prune_ms: Mutex<i64>,
+    gateway_id: String,
+    /// 1, or 2 with a replica (`SpoolConfig::replicas`).
+    replicas: usize,
+    replica_timeout_ms: i64,
+    /// Publishes waiting for the replica to hold their copies, per queue.
+    replica_wait: Mutex<Quorum<OnReplicated>>,
+    /// Other gateways' spools held here.
+    held: Mutex<HeldSpools>,
+    /// Confirmations to replicated gateways that found their control queue full, to retry.
+    replica_acks_due: Mutex<HashMap<ReplicaAckKey, (u64, bool)>>,
+    /// Cluster links already told that this gateway keeps no copies there.
+    released: Mutex<std::collections::HashSet<LinkId>>,
 }
 
 impl Replication {
@@ -130,6 +172,7 @@ impl Replication {
             inbox: marks,
             interest,
             accepted,
+            held: held_spools,
         } = store.load()?;
         let mut outbox = Outbox::new(stream.clone(), cfg.limits.clone());
         let mut recovered = 0usize;
@@ -141,6 +184,10 @@ impl Replication {
         for (s, region, seq) in marks {
             inbox.restore(s, &region, seq);
         }
+        let mut held = HeldSpools::new(cfg.takeover_ms, cfg.limits.clone());
+        for h in held_spools {
+            held.restore(h.stream, &h.origin, h.queues);
+        }
         let mut dedup = Dedup::new(cfg.dedup_window_ms, cfg.dedup_max_ids);
         for (id, at) in accepted {
             dedup.restore(id, at);
@@ -149,6 +196,8 @@ impl Replication {
             %stream,
             recovered,
             remembered_ids = dedup.len(),
+            held_for_others = held.len(),
+            replicas = cfg.replicas,
             path = %cfg.path.display(),
             "replication spool opened"
         );
@@ -163,6 +212,13 @@ impl Replication {
                 wake: Notify::new(),
                 metrics,
                 last_prune_ms: Mutex::new(0),
+                gateway_id: gateway_id.to_owned(),
+                replicas: cfg.replicas,
+                replica_timeout_ms: cfg.replica_timeout_ms,
+                replica_wait: Mutex::new(Quorum::default()),
+                held: Mutex::new(held),
+                replica_acks_due: Mutex::new(HashMap::new()),
+                released: Mutex::new(Default::default()),
             },
             interest,
         ))
@@ -308,7 +364,7 @@ impl Replication {
     /// After a spool write: answer the publisher (async) or start waiting for its quorum
     /// (sync), then let the pump send the messages.
     fn written(
-        &self,
+        self: &Arc<Self>,
         result: Result<(), String>,
         id: MessageId,
         seqs: Vec<(String, u64)>,
@@ -330,21 +386,35 @@ impl Replication {
             }
             Ok(()) => {
                 on_stored(Ok(()));
-                // The quorum waiter exists before the pump can send, so no confirmation is
-                // missed.
-                match sync {
-                    Some((needed, deadline)) => {
-                        // Only other regions count towards a sync quorum.
-                        let regions = seqs
-                            .iter()
-                            .filter(|(d, _)| matches!(Destination::of(d), Destination::Region(_)))
-                            .cloned()
-                            .collect();
-                        self.quorum.lock().add(regions, needed, deadline, (tx, id))
-                    }
-                    None => {
-                        self.settle(id, &Ok(()));
-                        let _ = tx.send(Ok(()));
+                // Every waiter (replica, quorum) exists before the pump can send, so no
+                // confirmation is missed.
+                if self.replicas > 1 {
+                    let deadline = sync.map_or(now_ms() + self.replica_timeout_ms, |(_, d)| d);
+                    let me = self.clone();
+                    let regions = seqs.clone();
+                    self.replica_wait.lock().add(
+                        seqs.clone(),
+                        seqs.len(),
+                        deadline,
+                        Box::new(move |held| match (held, sync) {
+                            (Ok(()), Some((needed, deadline))) => {
+                                me.await_quorum(regions, needed, deadline, tx, id)
+                            }
+                            (result, _) => {
+                                me.settle(id, &result);
+                                let _ = tx.send(result);
+                            }
+                        }),
+                    );
+                } else {
+                    match sync {
+                        Some((needed, deadline)) => {
+                            self.await_quorum(seqs.clone(), needed, deadline, tx, id)
+                        }
+                        None => {
+                            self.settle(id, &Ok(()));
+                            let _ = tx.send(Ok(()));
+                        }
                     }
                 }
                 let mut outbox = self.outbox.lock();
@@ -357,16 +427,46 @@ impl Replication {
         }
     }
 
+    /// Waits for `needed` other regions to confirm a `sync` publish (its queues `seqs`);
+    /// regions that confirmed already (while the replica was being waited for) count.
+    fn await_quorum(
+        &self,
+        seqs: Vec<(String, u64)>,
+        needed: usize,
+        deadline: i64,
+        tx: Reply,
+        id: MessageId,
+    ) {
+        // Only other regions count towards a sync quorum.
+        let mut quorum = self.quorum.lock();
+        let outbox = self.outbox.lock();
+        let (done, pending): (Vec<_>, Vec<_>) = seqs
+            .into_iter()
+            .filter(|(d, _)| matches!(Destination::of(d), Destination::Region(_)))
+            .partition(|(d, seq)| outbox.acked(d) >= *seq);
+        drop(outbox);
+        if done.len() >= needed {
+            drop(quorum);
+            self.settle(id, &Ok(()));
+            let _ = tx.send(Ok(()));
+        } else {
+            quorum.add(pending, needed - done.len(), deadline, (tx, id));
+        }
+    }
+
     /// Whether `stream` is this gateway's own spool stream.
     pub(super) fn is_own_stream(&self, stream: &str) -> bool {
         self.outbox.lock().stream() == stream
     }
 
-    /// A peer confirmed our stream up to `up_to`.
-    pub(super) fn on_ack(&self, region: &str, ack: SpoolAck) {
+    /// A peer confirmed our stream up to `up_to` (or a stream this gateway sends as another
+    /// gateway's replica).
+    pub(super) fn on_ack(self: &Arc<Self>, region: &str, ack: SpoolAck) {
         let stream_ok = self.outbox.lock().stream() == ack.stream.as_str();
         if !stream_ok {
-            tracing::debug!(%region, stream = %ack.stream, "confirmation for another spool's stream; ignored");
+            if !self.on_held_ack(region, &ack) {
+                tracing::debug!(%region, stream = %ack.stream, "confirmation for another spool's stream; ignored");
+            }
             return;
         }
         tracing::debug!(%region, up_to = ack.up_to, "spool confirmed");
@@ -395,24 +495,44 @@ impl Replication {
         }
     }
 
-    /// A peer saw a gap in our stream on `link`: resend after `have`.
+    /// A peer saw a gap in our stream (or one sent as a replica) on `link`: resend after
+    /// `have`.
     pub(super) fn on_nack(&self, destination: &str, link: &LinkInfo, nack: SpoolNack) {
-        let mut outbox = self.outbox.lock();
-        if outbox.stream() != nack.stream.as_str() {
+        let spool = if self.outbox.lock().stream() == nack.stream.as_str() {
+            Spool::Own
+        } else if self.held.lock().get(&nack.stream).is_some() {
+            Spool::Held(StreamId::from(nack.stream.as_str()))
+        } else {
             return;
-        }
-        tracing::info!(%destination, link = %link.id, have = nack.have, "peer asked for spooled messages again after a gap");
-        outbox.rewind(destination, link.id, nack.have);
-        drop(outbox);
+        };
+        tracing::info!(%destination, link = %link.id, have = nack.have, stream = %nack.stream, "peer asked for spooled messages again after a gap");
+        self.with_outbox(&spool, |o| o.rewind(destination, link.id, nack.have));
         self.wake.notify_one();
+    }
+
+    /// Runs `f` on the outbox of `spool`, if it still exists.
+    fn with_outbox<R>(&self, spool: &Spool, f: impl FnOnce(&mut Outbox) -> R) -> Option<R> {
+        match spool {
+            Spool::Own => Some(f(&mut self.outbox.lock())),
+            Spool::Held(stream) => self
+                .held
+                .lock()
+                .get_mut(stream.as_str())
+                .map(|h| f(&mut h.outbox)),
+        }
     }
 
     /// Sends committed spooled messages over the current link of each region, and does the
     /// periodic chores.
-    pub(super) async fn pump(self: Arc<Self>, fed: Arc<Federation>, chores: impl Fn()) {
+    pub(super) async fn pump(
+        self: Arc<Self>,
+        fed: Arc<Federation>,
+        router: Arc<Router>,
+        chores: impl Fn(),
+    ) {
         let mut last_chores = std::time::Instant::now();
         loop {
-            let mut blocked = false;
+            let mut blocked = self.replicate(&fed);
             let destinations = self.outbox.lock().regions();
             for key in destinations {
                 let link = match Destination::of(&key) {
@@ -422,14 +542,17 @@ impl Replication {
                 let Some(link) = link else {
                     continue;
                 };
-                blocked |= self.send_batch(&fed, &key, link);
+                blocked |= self.send_batch(&fed, &Spool::Own, &key, link);
             }
+            blocked |= self.send_taken_over(&fed, &router).await;
             if last_chores.elapsed() >= HOUSEKEEPING {
                 last_chores = std::time::Instant::now();
                 self.chores();
+                self.replica_chores(&fed);
                 chores();
             }
-            let busy = blocked || !self.quorum.lock().is_empty();
+            let busy =
+                blocked || !self.quorum.lock().is_empty() || !self.replica_wait.lock().is_empty();
             let wait = if busy {
                 Duration::from_millis(5)
             } else {
@@ -439,11 +562,14 @@ impl Replication {
         }
     }
 
-    /// Sends what the queue `region` (a [`Destination`] key) has not had on `link`; true
-    /// when the link's queue filled up.
-    fn send_batch(&self, fed: &Federation, region: &str, link: LinkId) -> bool {
+    /// Sends what the queue `region` (a [`Destination`] key) of `spool` has not had on
+    /// `link`; true when the link's queue filled up.
+    fn send_batch(&self, fed: &Federation, spool: &Spool, region: &str, link: LinkId) -> bool {
         loop {
-            let batch = self.outbox.lock().next_to_send(region, link, PUMP_BATCH);
+            let Some(batch) = self.with_outbox(spool, |o| o.next_to_send(region, link, PUMP_BATCH))
+            else {
+                return false;
+            };
             let n = batch.len();
             if n == 0 {
                 return false;
@@ -457,7 +583,7 @@ impl Replication {
                 match sent {
                     Sent::Queued => {}
                     Sent::Full => {
-                        self.outbox.lock().unsend(region, link, seq);
+                        self.with_outbox(spool, |o| o.unsend(region, link, seq));
                         return true;
                     }
                     // The link ended: the next one starts from the oldest unconfirmed.
