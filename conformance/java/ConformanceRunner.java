@@ -500,9 +500,22 @@ public final class ConformanceRunner {
             case "expect_batched" -> {
                 double batches = env.metric("nexus_session_batches_received_total") - markBatches;
                 double pubs = env.metric("nexus_messages_total", "pattern=\"pub\"", "direction=\"in\"") - markPubs;
-                if (pubs < s.get("messages").getAsDouble() || batches > s.get("max_batches").getAsDouble()) {
+                if (pubs < s.get("messages").getAsDouble() || batches > s.get("max_batches").getAsDouble() || batches < 1) {
                     throw new CaseFailed(pubs + " publishes arrived in " + batches + " batches; expected at least "
                             + s.get("messages") + " in at most " + s.get("max_batches"));
+                }
+                System.out.printf("  batched: %.0f publishes in %.0f gRPC messages (at most %s)%n", pubs, batches, s.get("max_batches"));
+            }
+            case "expect_metric" -> {
+                java.util.List<String> labels = new java.util.ArrayList<>();
+                if (s.has("labels")) {
+                    for (var e : s.getAsJsonObject("labels").entrySet()) {
+                        labels.add(e.getKey() + "=\"" + e.getValue().getAsString() + "\"");
+                    }
+                }
+                double value = env.metric(s.get("metric").getAsString(), labels.toArray(new String[0]));
+                if (value != s.get("value").getAsDouble()) {
+                    throw new CaseFailed(s.get("metric").getAsString() + labels + " is " + value + ", expected " + s.get("value"));
                 }
             }
             case "drain" -> c.drain();

@@ -179,9 +179,14 @@ class Runner:
         elif op == "expect_batched":
             batches = self.env.metric("nexus_session_batches_received_total") - self.marks["batches"]
             pubs = self.env.metric("nexus_messages_total", pattern="pub", direction="in") - self.marks["pubs"]
-            if pubs < s["messages"] or batches > s["max_batches"]:
+            if pubs < s["messages"] or batches > s["max_batches"] or batches < 1:
                 raise CaseFailed(f"{pubs:.0f} publishes arrived in {batches:.0f} batches; expected at least "
                                  f"{s['messages']} in at most {s['max_batches']}")
+            print(f"  batched: {pubs:.0f} publishes in {batches:.0f} gRPC messages (at most {s['max_batches']})")
+        elif op == "expect_metric":
+            value = self.env.metric(s["metric"], **s.get("labels", {}))
+            if value != s["value"]:
+                raise CaseFailed(f"{s['metric']}{s.get('labels', {})} is {value:g}, expected {s['value']}")
         elif op == "drain":
             await self.clients[s["client"]].drain()
         elif op == "expect_end":

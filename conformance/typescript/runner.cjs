@@ -153,8 +153,16 @@ class Runner {
       case "expect_batched": {
         const batches = (await this.env.metric("nexus_session_batches_received_total")) - this.marks.batches;
         const pubs = (await this.env.metric("nexus_messages_total", { pattern: "pub", direction: "in" })) - this.marks.pubs;
-        if (pubs < s.messages || batches > s.max_batches) {
+        if (pubs < s.messages || batches > s.max_batches || batches < 1) {
           throw new CaseFailed(`${pubs} publishes arrived in ${batches} batches; expected at least ${s.messages} in at most ${s.max_batches}`);
+        }
+        console.log(`  batched: ${pubs} publishes in ${batches} gRPC messages (at most ${s.max_batches})`);
+        return;
+      }
+      case "expect_metric": {
+        const value = await this.env.metric(s.metric, s.labels ?? {});
+        if (value !== s.value) {
+          throw new CaseFailed(`${s.metric}${JSON.stringify(s.labels ?? {})} is ${value}, expected ${s.value}`);
         }
         return;
       }

@@ -124,7 +124,12 @@
 //! | `opentelemetry` | trace context from and to `tracing` spans through `tracing-opentelemetry` |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
+
+// The README's code blocks compile as doctests too (tests/readme.rs also runs its hello world).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod batch;
 mod client;

@@ -180,3 +180,76 @@ mod tests {
         assert!(is_valid_traceparent(&tp));
     }
 }
+
+/// The `opentelemetry` feature against a real OpenTelemetry SDK tracer behind
+/// `tracing-opentelemetry`, as an application would install it.
+#[cfg(all(test, feature = "opentelemetry"))]
+mod otel_tests {
+    use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    fn subscriber() -> impl tracing::Subscriber + Send + Sync {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("nexus-client-test")))
+    }
+
+    #[test]
+    fn messages_sent_inside_a_span_carry_its_context() {
+        tracing::subscriber::with_default(subscriber(), || {
+            let span = tracing::info_span!("checkout");
+            let _entered = span.enter();
+            let otel = span.context().span().span_context().clone();
+            assert!(otel.is_valid());
+            let want = format!("00-{}-{}-01", otel.trace_id(), otel.span_id());
+            assert_eq!(super::current_traceparent().as_deref(), Some(want.as_str()));
+            assert_eq!(super::outgoing(), want);
+        });
+    }
+
+    #[test]
+    fn a_with_traceparent_scope_wins_over_the_span() {
+        tracing::subscriber::with_default(subscriber(), || {
+            let span = tracing::info_span!("checkout");
+            let _entered = span.enter();
+            let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let out = rt.block_on(super::with_traceparent(tp, async { super::outgoing() }));
+            assert!(
+                out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "{out}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_serve_span_continues_the_requesters_trace() {
+        tracing::subscriber::with_default(subscriber(), || {
+            let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let span = super::otel::serve_span(Some(tp), "math.double");
+            let _entered = span.enter();
+            let inside = super::current_traceparent().expect("the serve span has a context");
+            assert!(
+                inside.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "{inside}"
+            );
+            assert!(
+                !inside.contains("00f067aa0ba902b7"),
+                "a span of its own: {inside}"
+            );
+        });
+    }
+
+    #[test]
+    fn without_a_span_a_fresh_trace() {
+        tracing::subscriber::with_default(subscriber(), || {
+            assert_eq!(super::current_traceparent(), None);
+            let a = super::outgoing();
+            assert!(crate::headers::is_valid_traceparent(&a), "{a}");
+            assert_ne!(a[3..35], super::outgoing()[3..35]);
+        });
+    }
+}

@@ -1060,10 +1060,30 @@ impl Runner {
                     s.num("messages").unwrap_or(0) as f64,
                     s.num("max_batches").unwrap_or(0) as f64,
                 );
-                if pubs < want || batches > max {
+                if pubs < want || batches > max || batches < 1.0 {
                     return Err(format!(
                         "{pubs} publishes arrived in {batches} batches; expected at least {want} in at most {max}"
                     ));
+                }
+                println!("  batched: {pubs} publishes in {batches} gRPC messages (at most {max})");
+            }
+            "expect_metric" => {
+                let name = s.str("metric").unwrap_or_default();
+                let labels: Vec<String> = match s.get("labels") {
+                    Some(Json::Obj(fields)) => fields
+                        .iter()
+                        .map(|(k, v)| match v {
+                            Json::Str(v) => format!("{k}=\"{v}\""),
+                            _ => format!("{k}=?"),
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                let value = self.env.metric(name, &refs)?;
+                let want = s.num("value").unwrap_or(0) as f64;
+                if value != want {
+                    return Err(format!("{name}{labels:?} is {value}, expected {want}"));
                 }
             }
             "drain" => self.client(s)?.drain().await,

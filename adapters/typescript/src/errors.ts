@@ -81,7 +81,7 @@ const CODES: Record<string, number> = {
   SERVICE_ERROR: 5, DENIED: 6, SLOW_CONSUMER: 7, UNAVAILABLE: 8,
 };
 
-/** Maps a gateway `Error` (as decoded by proto-loader) to the matching exception. */
+/** Maps a gateway `Error` (decoded by protobuf-es: the code is a number; a name is accepted too) to the matching exception. */
 export function fromError(err: { code?: string | number; message?: string } | null | undefined, subject = "", timeoutMs = 0): NexusError {
   const code = typeof err?.code === "string" ? (CODES[err.code] ?? 0) : Number(err?.code ?? 0);
   const message = err?.message ?? "";

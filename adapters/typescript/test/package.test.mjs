@@ -1,10 +1,11 @@
 // The npm tarball as an application sees it: installed into a fresh project
 // ($NEXUS_TS_CONSUMER, set up by scripts/test-adapters), loaded through its exports map from
-// both module systems, and the README's hello world run as written against a real gateway.
+// both module systems, type-checked by tsc from both (`await using` included), and the
+// README's hello world run as written against a real gateway.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
@@ -74,4 +75,84 @@ test("the repository README's hello world runs as written", () => {
   // Its import is in a comment on the first line.
   const out = runReadme(join(here, "..", "..", "..", "README.md"), 'import { Client } from "nexus-client";\n');
   assert.equal(out.trim(), "greetings.world hello");
+});
+
+// A TypeScript application in the consumer project, one file per module system, compiled by
+// tsc against the types the exports map gives each (a wrong option must be a type error, so
+// the types are not `any`), then run against the gateway. Node 22 has no `await using` syntax
+// of its own; tsc lowers it to calls of Symbol.asyncDispose, as it does for any Node 22 user.
+const esmApp = `import { Client, ClosedError, type ClientOptions } from "nexus-client";
+
+// @ts-expect-error requestTimeoutMs is a number of milliseconds
+const wrong: ClientOptions = { requestTimeoutMs: "2s" };
+void wrong;
+
+const url = process.argv[2];
+const COUNT = 2000;
+const reader = await Client.connect(url);
+const sub = await reader.subscribe("dispose.n");
+await reader.flush();
+let kept: Client;
+{
+  await using client = await Client.connect(url, { name: "scoped" });
+  kept = client;
+  for (let i = 0; i < COUNT; i++) await client.publish("dispose.n", "m-" + i);
+} // drained here: everything queued reaches the gateway before the session closes
+let late = "accepted";
+try {
+  await kept.publish("dispose.n", "late");
+} catch (e) {
+  late = e instanceof ClosedError ? "ClosedError" : String(e);
+}
+let received = 0;
+for (; received < COUNT; received++) {
+  const m = await sub.next(5000);
+  if (m?.text !== "m-" + received) throw new Error("message " + received + ": " + m?.text);
+}
+let scoped;
+{
+  await using s = await reader.subscribe("dispose.scoped");
+  scoped = s;
+} // unsubscribed here
+await reader.publish("dispose.scoped", "after the scope");
+await reader.flush();
+const after = await scoped.next(1000);
+console.log("received " + received + ", late publish: " + late + ", scoped subscription: " + (after === undefined ? "ended" : after.text));
+await reader.close();
+`;
+
+const cjsApp = `import nx = require("nexus-client");
+
+// @ts-expect-error localPayloadCheck is a boolean
+const wrong: nx.ClientOptions = { localPayloadCheck: "no" };
+void wrong;
+
+async function main(url: string): Promise<string> {
+  await using client = await nx.Client.connect(url, { requestTimeoutMs: 2000 });
+  await using _svc = await client.serve("dispose.echo", async (m: nx.Message) => "echo " + m.text);
+  return (await client.request("dispose.echo", "from CommonJS")).text;
+}
+main(process.argv[2]).then((text) => console.log(text + " via " + require.resolve("nexus-client")));
+`;
+
+test("await using, from a TypeScript application in each module system (types checked by tsc)", () => {
+  const tsc = process.env.NEXUS_TSC ?? join(here, "..", "node_modules", "typescript", "bin", "tsc");
+  const nodeModules = dirname(dirname(dirname(tsc)));
+  const dir = join(consumer, "ts-app");
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "app.mts"), esmApp);
+  writeFileSync(join(dir, "app.cts"), cjsApp);
+  writeFileSync(join(dir, "tsconfig.json"), JSON.stringify({
+    compilerOptions: {
+      target: "ES2022", lib: ["ES2023", "ESNext.Disposable"], module: "NodeNext", moduleResolution: "NodeNext",
+      strict: true, noEmitOnError: true, outDir: "out", types: ["node"], typeRoots: [join(nodeModules, "@types")],
+    },
+    files: ["app.mts", "app.cts"],
+  }));
+  execFileSync(process.execPath, [tsc, "-p", dir], { cwd: dir, stdio: "inherit" });
+  const esm = execFileSync(process.execPath, [join(dir, "out", "app.mjs"), grpcAddr], { cwd: dir, timeout: 60000 }).toString();
+  assert.equal(esm.trim(), "received 2000, late publish: ClosedError, scoped subscription: ended");
+  const cjs = execFileSync(process.execPath, [join(dir, "out", "app.cjs"), grpcAddr], { cwd: dir, timeout: 60000 }).toString();
+  assert.match(cjs.trim(), /^echo from CommonJS via .*dist\/cjs\/index\.js$/);
 });

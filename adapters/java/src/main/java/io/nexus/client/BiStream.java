@@ -37,14 +37,30 @@ public final class BiStream implements Iterable<Message> {
         this.window = Math.max(1, window);
     }
 
+    /**
+     * The stream's id on this session.
+     *
+     * @return the stream id
+     */
     public long id() {
         return id;
     }
 
+    /**
+     * The subject the stream was opened on.
+     *
+     * @return the subject
+     */
     public String subject() {
         return subject;
     }
 
+    /**
+     * The headers of the stream open (for an accepted stream: the opener's, traceparent
+     * included).
+     *
+     * @return the headers, in order
+     */
     public List<Map.Entry<String, String>> headers() {
         return headers;
     }

@@ -96,11 +96,23 @@ public final class Client implements AutoCloseable {
             this.url = url;
         }
 
+        /**
+         * API key sent in Hello (default: {@code NEXUS_API_KEY}, else none).
+         *
+         * @param k the key, {@code null} for none
+         * @return this builder
+         */
         public Builder apiKey(String k) {
             apiKey = k == null ? "" : k;
             return this;
         }
 
+        /**
+         * Client name reported to the gateway (default empty).
+         *
+         * @param n the name
+         * @return this builder
+         */
         public Builder name(String n) {
             name = n;
             return this;
@@ -112,33 +124,73 @@ public final class Client implements AutoCloseable {
             return this;
         }
 
+        /**
+         * Default timeout of requests, acknowledgements, flushes and stream opens (default 5 s).
+         *
+         * @param d the timeout
+         * @return this builder
+         */
         public Builder requestTimeout(Duration d) {
             requestTimeout = d;
             return this;
         }
 
+        /**
+         * How long to wait for a gateway's Welcome after sending Hello, per gateway tried (default 5 s).
+         *
+         * @param d the timeout
+         * @return this builder
+         */
         public Builder connectTimeout(Duration d) {
             connectTimeout = d;
             return this;
         }
 
+        /**
+         * Reconnection backoff: starts at {@code min}, doubles up to {@code max}, with jitter
+         * (default 100 ms to 5 s).
+         *
+         * @param min the first delay
+         * @param max the largest delay
+         * @return this builder
+         */
         public Builder reconnectBackoff(Duration min, Duration max) {
             backoffMin = min;
             backoffMax = max;
             return this;
         }
 
+        /**
+         * The largest batch the writer sends as one gRPC message (default 256 frames, 256 KiB).
+         *
+         * @param frames frames per batch at most
+         * @param bytes bytes per batch at most
+         * @return this builder
+         */
         public Builder maxBatch(int frames, int bytes) {
             maxBatchFrames = frames;
             maxBatchBytes = bytes;
             return this;
         }
 
+        /**
+         * Frames the outbound queue holds before {@code publish} blocks (default 1024).
+         *
+         * @param n frames
+         * @return this builder
+         */
         public Builder outboundCapacity(int n) {
             outboundCapacity = n;
             return this;
         }
 
+        /**
+         * Messages each subscription buffers before the client stops reading from the gateway
+         * (default 1024).
+         *
+         * @param n messages
+         * @return this builder
+         */
         public Builder subscriptionCapacity(int n) {
             subscriptionCapacity = n;
             return this;

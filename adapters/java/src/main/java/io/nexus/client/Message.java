@@ -22,10 +22,20 @@ public final class Message {
         this.deadlineMs = deadlineMs;
     }
 
+    /**
+     * The subject the message was published on.
+     *
+     * @return the subject
+     */
     public String subject() {
         return subject;
     }
 
+    /**
+     * The payload (the array itself, not a copy).
+     *
+     * @return the payload bytes
+     */
     public byte[] payload() {
         return payload;
     }

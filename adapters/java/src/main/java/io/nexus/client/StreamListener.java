@@ -20,6 +20,11 @@ public final class StreamListener implements AutoCloseable {
         this.queueGroup = queueGroup;
     }
 
+    /**
+     * The subject (or pattern) the listener accepts streams on.
+     *
+     * @return the subject
+     */
     public String subject() {
         return subject;
     }

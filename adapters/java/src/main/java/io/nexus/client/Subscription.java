@@ -33,14 +33,29 @@ public final class Subscription implements Iterable<Message>, AutoCloseable {
         this.queue = new LinkedBlockingQueue<>(capacity);
     }
 
+    /**
+     * The subscription id on this client (kept across reconnections).
+     *
+     * @return the sid
+     */
     public long sid() {
         return sid;
     }
 
+    /**
+     * The subject or pattern subscribed to.
+     *
+     * @return the subject
+     */
     public String subject() {
         return subject;
     }
 
+    /**
+     * The queue group, empty for a plain subscription.
+     *
+     * @return the queue group
+     */
     public String queueGroup() {
         return queueGroup;
     }
