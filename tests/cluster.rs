@@ -1022,6 +1022,11 @@ async fn permanent_loss(replicas: u8) -> usize {
     if replicas == "2" {
         let held = r.gw("a2").metric("nexus_spool_replica_held", &[]);
         assert!(held > 0.0, "a2 holds no copies of a1's spool");
+        // Operators see who keeps whose copies.
+        assert_eq!(status(r.gw("a1"))["replicas"]["replica"], "a2");
+        let text = nexusctl(&r.cp, &["topology", "--links"]);
+        assert!(text.contains("replica  copies kept by a2"), "{text}");
+        assert!(text.contains("replica  holds"), "{text}");
     }
     // a1 is gone for good, with its disk.
     r.gws.remove("a1");

@@ -74,6 +74,11 @@ pub trait Remote: Send + Sync + 'static {
     fn spools(&self) -> Vec<SpoolStatus> {
         Vec::new()
     }
+    /// Spool replicas (`--spool-replicas 2`): which gateway keeps this gateway's copies, and
+    /// whose copies are kept here, for `/v1/status`.
+    fn replicas(&self) -> Option<ReplicaStatus> {
+        None
+    }
     /// Where a message on `subject` published here would go now, and why.
     fn explain(&self, subject: &str, local_interest: bool) -> serde_json::Value {
         let _ = (subject, local_interest);
@@ -120,7 +125,29 @@ pub struct ClusterPeerStatus {
     pub received: u64,
 }
 
-/// Replication state of one route towards one region.
+/// Spool replicas of this gateway, for `/v1/status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicaStatus {
+    /// How many gateways hold each spooled message before it is acknowledged (1 or 2).
+    pub copies: usize,
+    /// The gateway keeping this gateway's copies now, if any.
+    pub replica: Option<String>,
+    /// Other gateways' spools kept here.
+    pub held: Vec<HeldSpoolStatus>,
+}
+
+/// Copies of one other gateway's spool kept here.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldSpoolStatus {
+    pub origin: String,
+    pub stream: String,
+    pub messages: u64,
+    /// Whether this gateway sends them (the origin has been unreachable for the takeover
+    /// delay).
+    pub taking_over: bool,
+}
+
+/// Spooled replication of one route towards one region, for `/v1/status`.
 #[derive(Clone, Debug, Serialize)]
 pub struct SpoolStatus {
     pub route: String,

@@ -25,6 +25,9 @@ pub struct GatewayStatus {
     /// Links to the other gateways of this region (its cluster).
     pub cluster: Vec<ClusterPeerStatus>,
     pub routes: Vec<SpoolStatus>,
+    /// Spool replicas; absent without federation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<crate::remote::ReplicaStatus>,
 }
 
 /// Monotonic counters; rates are the difference between two reads.
@@ -116,9 +119,9 @@ pub fn status(router: &Router) -> GatewayStatus {
     });
     subjects.truncate(TOP_SUBJECTS);
     balancer.sort_by(|a, b| (&a.subject, &a.group).cmp(&(&b.subject, &b.group)));
-    let (links, cluster, routes) = match router.remote() {
-        Some(r) => (r.links(), r.cluster(), r.spools()),
-        None => (Vec::new(), Vec::new(), Vec::new()),
+    let (links, cluster, routes, replicas) = match router.remote() {
+        Some(r) => (r.links(), r.cluster(), r.spools(), r.replicas()),
+        None => (Vec::new(), Vec::new(), Vec::new(), None),
     };
     GatewayStatus {
         gateway_id: cfg.gateway_id.clone(),
@@ -135,5 +138,6 @@ pub fn status(router: &Router) -> GatewayStatus {
         links,
         cluster,
         routes,
+        replicas,
     }
 }

@@ -34,6 +34,7 @@ pub async fn fetch(gateway: &str, metrics_addr: &str) -> GatewayLinks {
             "cluster": v["cluster"],
             "links": v["links"],
             "spools": v["routes"],
+            "replicas": v["replicas"],
         }))
     }
     .await;
@@ -91,6 +92,28 @@ pub fn print(l: &GatewayLinks) {
             text(&s["consistency"]),
             num(&s["spool_depth"]),
             ms(&s["replication_lag_ms"]),
+        );
+    }
+    let replicas = &v["replicas"];
+    if replicas["copies"].as_u64().is_some_and(|c| c > 1) {
+        println!(
+            "    replica  copies kept by {}",
+            match &replicas["replica"] {
+                Value::String(g) => g.clone(),
+                _ => "nobody (no other gateway of the region is linked)".to_owned(),
+            }
+        );
+    }
+    for h in replicas["held"].as_array().into_iter().flatten() {
+        println!(
+            "    replica  holds {} messages of {}{}",
+            num(&h["messages"]),
+            text(&h["origin"]),
+            if h["taking_over"] == true {
+                " (taken over: sending them)"
+            } else {
+                ""
+            },
         );
     }
 }

@@ -628,6 +628,10 @@ impl Remote for RegionRouter {
         self.spool_statuses()
     }
 
+    fn replicas(&self) -> Option<nexus_gateway::remote::ReplicaStatus> {
+        Some(self.replication.replica_status())
+    }
+
     fn cluster(&self) -> Vec<nexus_gateway::remote::ClusterPeerStatus> {
         self.cluster_statuses()
     }

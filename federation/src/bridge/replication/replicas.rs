@@ -128,6 +128,27 @@ impl Replication {
         }
     }
 
+    /// Who keeps this gateway's copies, and whose are kept here.
+    pub(in crate::bridge) fn replica_status(&self) -> nexus_gateway::remote::ReplicaStatus {
+        let mut held: Vec<_> = self
+            .held
+            .lock()
+            .iter()
+            .map(|(stream, h)| nexus_gateway::remote::HeldSpoolStatus {
+                origin: h.origin.clone(),
+                stream: stream.to_string(),
+                messages: h.outbox.len() as u64,
+                taking_over: h.taking_over(),
+            })
+            .collect();
+        held.sort_by(|a, b| a.origin.cmp(&b.origin));
+        nexus_gateway::remote::ReplicaStatus {
+            copies: self.replicas,
+            replica: self.outbox.lock().replica().map(str::to_owned),
+            held,
+        }
+    }
+
     // === the replica's side ===
 
     /// Copies (or a trim, or a release) of the spool of the cluster peer behind `link`.
