@@ -70,6 +70,12 @@ pub struct FederationArgs {
     /// it before it is answered with a timeout (the message stays spooled and is delivered).
     #[arg(long, default_value_t = 5000)]
     pub replica_timeout_ms: u64,
+    /// How long (ms) a gateway of this region may be unlinked before messages this gateway
+    /// relayed to it stop waiting for its confirmation: within it, a cut cluster link loses
+    /// nothing (the relays go out again when it returns); past it, they are given up and
+    /// counted in nexus_cluster_relays_abandoned_total.
+    #[arg(long, default_value_t = 1000)]
+    pub cluster_grace_ms: u64,
     /// How long a peer gateway may stay silent before its link is declared dead, in
     /// milliseconds; 0 derives it from the link's RTT (3 x RTT + 400 ms, within 500 ms..3 s).
     #[arg(long, env = "NEXUS_LINK_DEAD_AFTER_MS", default_value_t = 0)]
@@ -95,6 +101,7 @@ impl FederationArgs {
         let ms = |v: u64| v.min(i64::MAX as u64) as i64;
         cfg.takeover_ms = ms(self.replica_takeover_ms);
         cfg.replica_timeout_ms = ms(self.replica_timeout_ms);
+        cfg.relay_grace_ms = ms(self.cluster_grace_ms);
         cfg
     }
 

@@ -1077,3 +1077,72 @@ async fn permanent_loss(replicas: u8) -> usize {
     }
     (N as usize).saturating_sub(seen[0].len())
 }
+
+/// A cut inside a region that heals within `--cluster-grace-ms` loses nothing: region b's
+/// gateway that is not a1's home is stopped (SIGSTOP, so its cluster link to the home goes
+/// down while its subscriber's session stays) for two seconds while a1 publishes on an
+/// `async` route; the home keeps the relays it owes it, and when the link is back asks a1 to
+/// send them again. Every message reaches both of b's subscribers once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_link_cut_that_heals_within_the_grace_period_loses_no_relayed_message() {
+    let r = Regions::start_sized(&[("a", 1), ("b", 2)], &["--cluster-grace-ms", "6000"]).await;
+    r.async_orders_route().await;
+    let (_b1, mut on_b1) = subscribed(r.gw("b1"), "orders.>").await;
+    let (_b2, mut on_b2) = subscribed(r.gw("b2"), "orders.>").await;
+    wanted(r.gw("a1"), "orders.x", "b").await;
+    let home = status(r.gw("a1"))["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["region"] == "b")
+        .and_then(|l| l["via"].as_str().map(str::to_owned))
+        .expect("a1 has a home in b");
+    let cut = if home == "b1" { "b2" } else { "b1" };
+    // Both of b's gateways want the subject before anything is published.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            explain(r.gw(&home), "orders.x")["federation"]["cluster"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())
+        })
+        .await,
+        "{home} never learned that {cut} wants orders.x"
+    );
+
+    const N: u64 = 1500;
+    let mut s = common::RawSession::connect(&r.gw("a1").url()).await;
+    for (i, chunk) in (0..N).collect::<Vec<_>>().chunks(50).enumerate() {
+        if i == 5 {
+            r.gw(cut).signal("STOP");
+        }
+        if i == 25 {
+            r.gw(cut).signal("CONT");
+        }
+        s.send(chunk.iter().map(|n| pub_with_id("orders.x", *n)).collect())
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(acks(&mut s, N).await, 0);
+
+    let mut seen = vec![HashMap::new(), HashMap::new()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        tally(&mut [&mut on_b1, &mut on_b2], &mut seen).await;
+        if seen.iter().all(|s| s.len() as u64 == N) || tokio::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    for (name, s) in ["b1", "b2"].iter().zip(&seen) {
+        let twice = s.values().filter(|n| **n > 1).count();
+        assert_eq!(twice, 0, "{name} received {twice} messages more than once");
+        assert_eq!(
+            s.len() as u64,
+            N,
+            "messages that reached {name} ({cut} was cut off from the home {home})"
+        );
+    }
+    let abandoned = r
+        .gw(&home)
+        .metric("nexus_cluster_relays_abandoned_total", &[]);
+    assert_eq!(abandoned, 0.0);
+}

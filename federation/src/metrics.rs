@@ -110,6 +110,8 @@ pub struct FederationMetrics {
     pub replica_takeovers: Counter,
     /// Publishes answered with a timeout because no replica confirmed them in time.
     pub replica_timeouts: Counter,
+    /// Relays of spooled messages given up for a cluster peer unlinked past the grace period.
+    pub relays_abandoned: Counter,
 }
 
 impl FederationMetrics {
@@ -260,6 +262,12 @@ impl Collector for FederationMetrics {
             "spool_replica_timeouts",
             "Publishes answered with a timeout because no other gateway of the region confirmed holding them in time",
             &self.replica_timeouts,
+        )?;
+        put(
+            &mut e,
+            "cluster_relays_abandoned",
+            "Spooled messages relayed to a cluster peer that stayed unlinked past the grace period before confirming them: its subscribers may have missed them",
+            &self.relays_abandoned,
         )?;
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! gateway advertises to them (its own subscriptions) and to other regions (the union over
 //! the region); which of them get a message published here or arriving from another region
 //! (one hop, never further); which one takes a queue group's message or a request; and the
-//! per-stream marks that keep relayed spooled messages from being delivered twice.
+//! per-stream marks that keep relayed spooled messages from being delivered twice; and which
+//! peers are absent (link down) but not yet gone.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -57,6 +58,10 @@ pub(super) struct Cluster {
     peers: ArcSwap<RemoteInterest>,
     /// Per stream, the highest spooled message delivered here that a cluster peer relayed.
     marks: Mutex<HashMap<StreamId, u64>>,
+    /// Cluster peers whose link is down, since when (Unix ms): their interest is kept, and
+    /// relays they have not confirmed stay owed, for a grace period, so a short cut inside
+    /// the region loses nothing.
+    absent: Mutex<HashMap<String, i64>>,
 }
 
 /// An update carrying only changes, or `None` when there are none.
@@ -102,6 +107,40 @@ impl Cluster {
         let now: BTreeSet<String> = peers.patterns(gateway).into_iter().collect();
         self.peers.store(Arc::new(peers));
         (rejected, self.replace_set(gateway, now))
+    }
+
+    /// Cluster peer `gateway`'s link went down at `now_ms`: it counts as absent (its interest
+    /// kept) until it returns or [`Cluster::absent_for`] says it is gone.
+    pub(super) fn peer_absent(&self, gateway: &str, now_ms: i64) {
+        self.absent
+            .lock()
+            .entry(gateway.to_owned())
+            .or_insert(now_ms);
+    }
+
+    /// Cluster peer `gateway` is linked again.
+    pub(super) fn peer_present(&self, gateway: &str) {
+        self.absent.lock().remove(gateway);
+    }
+
+    pub(super) fn is_absent(&self, gateway: &str) -> bool {
+        self.absent.lock().contains_key(gateway)
+    }
+
+    /// Peers absent for at least `grace_ms` at `now_ms`: no longer absent but gone (the caller
+    /// forgets them with [`Cluster::peer_gone`]).
+    pub(super) fn absent_for(&self, now_ms: i64, grace_ms: i64) -> Vec<String> {
+        let mut absent = self.absent.lock();
+        let mut gone: Vec<String> = absent
+            .iter()
+            .filter(|(_, since)| now_ms - **since >= grace_ms)
+            .map(|(g, _)| g.clone())
+            .collect();
+        gone.sort();
+        for g in &gone {
+            absent.remove(g);
+        }
+        gone
     }
 
     /// Cluster peer `gateway` is gone: its interest leaves the region's.
@@ -325,6 +364,20 @@ mod tests {
         let t = c.targets("orders.new", true, Some(&[]), &[], rtt);
         assert!(t.iter().all(|t| t.queue_groups.is_empty()));
         assert_eq!(c.responder("orders.new", rtt).as_deref(), Some("gw-3"));
+    }
+
+    #[test]
+    fn an_absent_peer_is_gone_only_after_the_grace_period() {
+        let c = Cluster::default();
+        c.peer_absent("gw-2", 1000);
+        c.peer_absent("gw-2", 1500); // a second down of the same absence keeps the first time
+        assert!(c.is_absent("gw-2"));
+        assert!(c.absent_for(1999, 1000).is_empty());
+        assert_eq!(c.absent_for(2000, 1000), vec!["gw-2".to_string()]);
+        assert!(!c.is_absent("gw-2"));
+        c.peer_absent("gw-3", 0);
+        c.peer_present("gw-3");
+        assert!(c.absent_for(10_000, 1000).is_empty());
     }
 
     #[test]

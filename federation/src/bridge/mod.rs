@@ -109,7 +109,10 @@ impl RegionRouter {
             bridge
                 .replication
                 .clone()
-                .pump(fed, router.clone(), move || b.follow_peers()),
+                .pump(fed, router.clone(), move || {
+                    b.follow_peers();
+                    b.forget_absent_peers();
+                }),
         );
         Ok(bridge)
     }
@@ -124,6 +127,20 @@ impl RegionRouter {
         let table = Arc::new(RouteTable::new(&policy.routes));
         self.routes.store(Arc::new((policy.version, table.clone())));
         table
+    }
+
+    /// Cluster peers absent (link down) for the grace period are gone: their interest leaves
+    /// the region's, and relays stop waiting for them (counted, and logged with how many they
+    /// had not confirmed).
+    fn forget_absent_peers(&self) {
+        for gateway in self
+            .cluster
+            .absent_for(now_ms(), self.replication.relay_grace_ms())
+        {
+            let update = self.cluster.peer_gone(&gateway);
+            self.tell_regions(update);
+            self.replication.peer_gone(&self.fed, &gateway);
+        }
     }
 
     /// Keeps links to the peers the control plane pushed with the config, when they change.
@@ -310,19 +327,22 @@ impl LinkHandler for RegionRouter {
         };
         self.fed
             .try_send_control_to(&link.gateway_id, Kind::Interest(full));
-        if !cluster_link {
+        if cluster_link {
+            // Back within the grace period: the relays it missed go out again.
+            self.cluster.peer_present(&link.gateway_id);
+            self.replication.peer_back(&self.fed, &link.gateway_id);
+        } else {
             self.replication.link_up(&self.fed, link);
         }
     }
 
     fn down(&self, link: &LinkInfo, reason: &str) {
         self.requests.link_down(link, reason);
-        if link.region == self.fed.region() {
-            // A cluster peer's subscribers are gone with its link, and relays no longer wait
-            // for it.
-            let update = self.cluster.peer_gone(&link.gateway_id);
-            self.tell_regions(update);
-            self.replication.peer_gone(&self.fed, &link.gateway_id);
+        if link.region == self.fed.region() && self.fed.link_to(&link.gateway_id).is_none() {
+            // The peer may only be cut off: its interest is kept and the relays it has not
+            // confirmed stay owed until it returns, or until the grace period ends and it
+            // counts as gone ([`RegionRouter::forget_absent_peers`]).
+            self.cluster.peer_absent(&link.gateway_id, now_ms());
         }
         // Another region's interest is kept: best-effort messages it would have received are
         // counted as dropped, spooled ones wait for it.
@@ -389,7 +409,14 @@ impl LinkHandler for RegionRouter {
                     // after the peer died, before the peer sent it on.
                     let first = |s: &nexus_proto::v1::Spooled| self.first_sight(s);
                     self.replication
-                        .on_spooled(&self.fed, &self.router, link, spooled, Vec::new(), first)
+                        .on_spooled(
+                            &self.fed,
+                            &self.router,
+                            link,
+                            spooled,
+                            replication::Relays::none(),
+                            first,
+                        )
                         .await
                 }
                 Kind::Spooled(spooled) if from_cluster => {
@@ -418,6 +445,10 @@ impl LinkHandler for RegionRouter {
                             &crate::replication::StreamId::from(s.stream.as_str()),
                             s.seq,
                         ) && self.first_sight(s)
+                    };
+                    let relays = replication::Relays {
+                        copies: relays,
+                        absent: |g: &str| self.cluster.is_absent(g),
                     };
                     self.replication
                         .on_spooled(&self.fed, &self.router, link, spooled, relays, first)

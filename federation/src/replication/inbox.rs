@@ -250,6 +250,46 @@ impl Inbox {
         self.to_record(stream)
     }
 
+    /// The cluster peers still owing a confirmation of message `seq` of `stream` (relayed to
+    /// them, or owed while their link was down).
+    pub fn owed(&self, stream: &StreamId, seq: u64) -> Vec<String> {
+        self.streams
+            .get(stream)
+            .and_then(|m| m.relays.iter().find(|(s, _)| *s == seq))
+            .map(|(_, peers)| peers.clone())
+            .unwrap_or_default()
+    }
+
+    /// Streams with relays `peer` has not confirmed, each with the oldest such `seq` and the
+    /// gateway sending the stream here: after `peer`'s link comes back, that gateway is asked
+    /// to send again from there, and the relays go out as the resends arrive.
+    pub fn owing(&self, peer: &str) -> Vec<(StreamId, u64, String)> {
+        let mut out: Vec<_> = self
+            .streams
+            .iter()
+            .filter_map(|(stream, m)| {
+                let first = m
+                    .relays
+                    .iter()
+                    .find(|(_, peers)| peers.iter().any(|p| p == peer))?
+                    .0;
+                let (sender, _) = m.sender.clone()?;
+                Some((stream.clone(), first, sender))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// How many relays `peer` has not confirmed, over all streams.
+    pub fn owed_to(&self, peer: &str) -> usize {
+        self.streams
+            .values()
+            .flat_map(|m| m.relays.iter())
+            .filter(|(_, peers)| peers.iter().any(|p| p == peer))
+            .count()
+    }
+
     /// Cluster peer `peer` is gone: no relay waits for it any more. Returns the marks to
     /// write now, per stream.
     pub fn peer_gone(&mut self, peer: &str) -> Vec<(StreamId, u64)> {
@@ -314,6 +354,30 @@ mod tests {
 
     fn s() -> StreamId {
         StreamId::from("gw-a.1")
+    }
+
+    #[test]
+    fn relays_owed_to_an_absent_peer_are_found_again_when_it_returns() {
+        let mut i = Inbox::default();
+        for seq in 1..=4 {
+            assert_eq!(
+                i.on_spooled_from("a", "a1", L1, &s(), seq, seq - 1),
+                Verdict::Deliver
+            );
+            i.relayed(&s(), seq, vec!["b2".into()]);
+        }
+        assert_eq!(i.relay_confirmed(&s(), "b2", 2), Some(2));
+        // b2's link went down with 3 and 4 unconfirmed: they stay owed, and the stream's
+        // sender is the one to ask again from 3.
+        assert_eq!(i.owed(&s(), 3), vec!["b2".to_string()]);
+        assert!(i.owed(&s(), 2).is_empty());
+        assert_eq!(i.owing("b2"), vec![(s(), 3, "a1".to_string())]);
+        assert_eq!(i.owed_to("b2"), 2);
+        assert!(i.owing("b3").is_empty());
+        assert_eq!(i.to_record(&s()), None, "nothing past 2 is settled");
+        // Resent and confirmed after the return: settled.
+        assert_eq!(i.relay_confirmed(&s(), "b2", 4), Some(4));
+        assert!(i.owing("b2").is_empty());
     }
 
     #[test]

@@ -35,6 +35,10 @@ use crate::replication::{Limits, StreamId};
 const PUMP_BATCH: usize = 512;
 /// How often the pump expires old messages, fails late sync publishes and updates gauges.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// How long a cluster peer may be unlinked before relays stop waiting for it: long enough
+/// for a link that bounced to come back, short enough that a dead peer delays its region's
+/// confirmations (and so `sync` publishes) by little.
+pub const DEFAULT_RELAY_GRACE_MS: i64 = 1_000;
 /// How often the accepted-id table on disk is pruned to the dedup window.
 const DEDUP_PRUNE_MS: i64 = 10_000;
 
@@ -54,6 +58,9 @@ pub struct SpoolConfig {
     pub takeover_ms: i64,
     /// How long an `async` publish waits for the replica's confirmation.
     pub replica_timeout_ms: i64,
+    /// How long a cluster peer may be unlinked before messages relayed to it stop waiting for
+    /// its confirmation (and its interest is forgotten).
+    pub relay_grace_ms: i64,
 }
 
 impl SpoolConfig {
@@ -66,6 +73,7 @@ impl SpoolConfig {
             replicas: 1,
             takeover_ms: crate::replication::replica::DEFAULT_TAKEOVER_MS,
             replica_timeout_ms: crate::replication::replica::DEFAULT_REPLICA_TIMEOUT_MS,
+            relay_grace_ms: DEFAULT_RELAY_GRACE_MS,
         }
     }
 }
@@ -124,6 +132,24 @@ fn unwritten(e: &str) -> v1::Error {
     )
 }
 
+/// Copies of a spooled message from another region for the cluster peers that want it, and
+/// which peers are absent (link down within the grace period: the relay is owed, and sent
+/// when they return).
+pub(super) struct Relays<A> {
+    pub(super) copies: Vec<(String, Spooled)>,
+    pub(super) absent: A,
+}
+
+impl Relays<fn(&str) -> bool> {
+    /// No relays (a stream from a gateway of this region).
+    pub(super) fn none() -> Self {
+        Relays {
+            copies: Vec::new(),
+            absent: |_| false,
+        }
+    }
+}
+
 /// Whose spool an outbox operation is about: this gateway's own, or one it holds as another
 /// gateway's replica.
 enum Spool {
@@ -148,6 +174,7 @@ pub(super) struct Replication {
     /// 1, or 2 with a replica (`SpoolConfig::replicas`).
     replicas: usize,
     replica_timeout_ms: i64,
+    relay_grace_ms: i64,
     /// Publishes waiting for the replica to hold their copies, per queue.
     replica_wait: Mutex<Quorum<OnReplicated>>,
     /// Other gateways' spools held here.
@@ -215,6 +242,7 @@ impl Replication {
                 gateway_id: gateway_id.to_owned(),
                 replicas: cfg.replicas,
                 replica_timeout_ms: cfg.replica_timeout_ms,
+                relay_grace_ms: cfg.relay_grace_ms,
                 replica_wait: Mutex::new(Quorum::default()),
                 held: Mutex::new(held),
                 replica_acks_due: Mutex::new(HashMap::new()),
@@ -719,9 +747,13 @@ impl Replication {
         router: &Router,
         link: &LinkInfo,
         spooled: Spooled,
-        relays: Vec<(String, Spooled)>,
+        relays: Relays<impl Fn(&str) -> bool>,
         first_delivery: impl Fn(&Spooled) -> bool,
     ) {
+        let Relays {
+            copies: relays,
+            absent,
+        } = relays;
         let stream = StreamId::from(spooled.stream.as_str());
         let lock = self
             .stream_locks
@@ -741,6 +773,11 @@ impl Replication {
         match verdict {
             Verdict::Duplicate { ack } => {
                 self.metrics.outcome(Outcome::Duplicate);
+                // A resend asked for because a cluster peer came back: the relays it missed.
+                let owed = self.inbox.lock().owed(&stream, spooled.seq);
+                for (gateway, copy) in relays.into_iter().filter(|(g, _)| owed.contains(g)) {
+                    let _ = fed.send_data_to(&gateway, Kind::Spooled(copy)).await;
+                }
                 if let Some(up_to) = ack {
                     self.confirm(fed, &link.gateway_id, &stream, up_to);
                 }
@@ -773,12 +810,15 @@ impl Replication {
                     .inc();
                 // The other gateways of this region that want it get it first (one hop, with
                 // its stream and seq); the mark written (and so confirmed) waits for them.
+                // A peer whose link is down but within its grace period owes the relay too:
+                // it is sent when the peer returns (`peer_back`).
                 let mut peers = Vec::new();
                 for (gateway, copy) in relays {
-                    if fed
-                        .send_data_to(&gateway, Kind::Spooled(copy))
-                        .await
-                        .is_ok()
+                    if absent(&gateway)
+                        || fed
+                            .send_data_to(&gateway, Kind::Spooled(copy))
+                            .await
+                            .is_ok()
                     {
                         peers.push(gateway);
                     }
@@ -816,8 +856,34 @@ impl Replication {
         }
     }
 
+    /// A cluster peer is linked again: each stream with relays it has not confirmed is asked
+    /// for again, from the oldest, from the gateway that sends it here; the resends arrive as
+    /// duplicates and the owed relays go out with them.
+    pub(super) fn peer_back(&self, fed: &Federation, peer: &str) {
+        for (stream, first, sender) in self.inbox.lock().owing(peer) {
+            tracing::info!(%peer, %stream, from = first, %sender, "cluster peer back: asking for the relays it missed again");
+            fed.try_send_control_to(
+                &sender,
+                Kind::SpoolNack(SpoolNack {
+                    stream: stream.to_string(),
+                    have: first - 1,
+                }),
+            );
+        }
+    }
+
+    /// How long a cluster peer may be unlinked before relays stop waiting for it.
+    pub(super) fn relay_grace_ms(&self) -> i64 {
+        self.relay_grace_ms
+    }
+
     /// A cluster peer is gone: relays no longer wait for it.
     pub(super) fn peer_gone(self: &Arc<Self>, fed: &Arc<Federation>, peer: &str) {
+        let owed = self.inbox.lock().owed_to(peer);
+        if owed > 0 {
+            tracing::warn!(%peer, owed, grace_ms = self.relay_grace_ms, "cluster peer unlinked for the grace period: relayed messages it had not confirmed are given up for it (its subscribers may miss them)");
+            self.metrics.relays_abandoned.inc_by(owed as u64);
+        }
         let to_record = self.inbox.lock().peer_gone(peer);
         for (stream, mark) in to_record {
             self.record(fed, stream, mark);
