@@ -16,8 +16,9 @@
 //! was never killed delivered every acknowledged message exactly once, and `a1`'s spool is
 //! empty.
 //!
-//! Not modelled: partitions between gateways of `b` while both live (a relay in flight on a
-//! cut cluster link is lost; see docs/cluster.md), and restarts of `a1` (the replication model
+//! Not modelled: partitions between gateways of `b` while both live (relays owed to a peer
+//! absent within the grace period and resent on its return; tested with real processes in
+//! `tests/cluster.rs`, see docs/cluster.md §4), and restarts of `a1` (the replication model
 //! covers those).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
