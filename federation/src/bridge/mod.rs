@@ -141,6 +141,9 @@ impl RegionRouter {
             self.tell_regions(update);
             self.replication.peer_gone(&self.fed, &gateway);
         }
+        for peer in self.fed.cluster_peers() {
+            self.replication.reask(&self.fed, &peer.gateway_id);
+        }
     }
 
     /// Keeps links to the peers the control plane pushed with the config, when they change.
@@ -343,6 +346,7 @@ impl LinkHandler for RegionRouter {
             // confirmed stay owed until it returns, or until the grace period ends and it
             // counts as gone ([`RegionRouter::forget_absent_peers`]).
             self.cluster.peer_absent(&link.gateway_id, now_ms());
+            self.replication.peer_cut(&link.gateway_id);
         }
         // Another region's interest is kept: best-effort messages it would have received are
         // counted as dropped, spooled ones wait for it.

@@ -52,6 +52,9 @@ struct Mark {
     /// Relays not yet confirmed: (seq, gateways it went to that have not confirmed it), in
     /// `seq` order.
     relays: VecDeque<(u64, Vec<String>)>,
+    /// Peers whose relays are held back, from the oldest one not sent on their current link:
+    /// they were cut off (or absent) and get what they owe again, in order, from the resends.
+    blocked: HashMap<String, u64>,
 }
 
 impl Mark {
@@ -65,6 +68,7 @@ impl Mark {
             acked: None,
             nacked: None,
             relays: VecDeque::new(),
+            blocked: HashMap::new(),
         }
     }
 
@@ -260,19 +264,87 @@ impl Inbox {
             .unwrap_or_default()
     }
 
-    /// Streams with relays `peer` has not confirmed, each with the oldest such `seq` and the
-    /// gateway sending the stream here: after `peer`'s link comes back, that gateway is asked
-    /// to send again from there, and the relays go out as the resends arrive.
+    /// Whether message `seq` of `stream`, just delivered, may be relayed to `peer` now:
+    /// not when the peer is unlinked (`linked` false) or its older relays of the stream are
+    /// held back (it must get them first), in which case this one is held back too.
+    pub fn may_relay(&mut self, stream: &StreamId, peer: &str, seq: u64, linked: bool) -> bool {
+        let Some(mark) = self.streams.get_mut(stream) else {
+            return linked;
+        };
+        if linked && !mark.blocked.contains_key(peer) {
+            return true;
+        }
+        let from = mark.blocked.entry(peer.to_owned()).or_insert(seq);
+        *from = (*from).min(seq);
+        false
+    }
+
+    /// `peer`'s link went down: every relay of every stream it has not confirmed is held
+    /// back from the oldest, to be sent again from the resends once it returns.
+    pub fn peer_cut(&mut self, peer: &str) {
+        for mark in self.streams.values_mut() {
+            if let Some(first) = mark
+                .relays
+                .iter()
+                .find(|(_, peers)| peers.iter().any(|p| p == peer))
+                .map(|(seq, _)| *seq)
+            {
+                let from = mark.blocked.entry(peer.to_owned()).or_insert(first);
+                *from = (*from).min(first);
+            }
+        }
+    }
+
+    /// Message `seq` of `stream` arrived again (a resend): the peers, among `linked` ones,
+    /// to relay it to now, those held back at or before it that still owe it. Each moves its
+    /// hold to its next owed message, and is free again past the last one.
+    pub fn resend_to(
+        &mut self,
+        stream: &StreamId,
+        seq: u64,
+        linked: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let Some(mark) = self.streams.get_mut(stream) else {
+            return Vec::new();
+        };
+        let owed: Vec<String> = mark
+            .relays
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, peers)| peers.clone())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for peer in owed {
+            if !linked(&peer) || mark.blocked.get(&peer).is_none_or(|from| *from > seq) {
+                continue;
+            }
+            let next = mark
+                .relays
+                .iter()
+                .find(|(s, peers)| *s > seq && peers.contains(&peer))
+                .map(|(s, _)| *s);
+            match next {
+                Some(n) => {
+                    mark.blocked.insert(peer.clone(), n);
+                }
+                None => {
+                    mark.blocked.remove(&peer);
+                }
+            }
+            out.push(peer);
+        }
+        out
+    }
+
+    /// Streams whose relays to `peer` are held back, each with the oldest held `seq` and
+    /// the gateway sending the stream here: once `peer` is back, that gateway is asked to
+    /// send again from there.
     pub fn owing(&self, peer: &str) -> Vec<(StreamId, u64, String)> {
         let mut out: Vec<_> = self
             .streams
             .iter()
             .filter_map(|(stream, m)| {
-                let first = m
-                    .relays
-                    .iter()
-                    .find(|(_, peers)| peers.iter().any(|p| p == peer))?
-                    .0;
+                let first = *m.blocked.get(peer)?;
                 let (sender, _) = m.sender.clone()?;
                 Some((stream.clone(), first, sender))
             })
@@ -301,6 +373,7 @@ impl Inbox {
             for (_, peers) in mark.relays.iter_mut() {
                 peers.retain(|p| p != peer);
             }
+            mark.blocked.remove(peer);
             mark.drop_confirmed_relays();
             touched.push(stream.clone());
         }
@@ -340,6 +413,7 @@ impl Inbox {
             mark.acked = None;
             mark.nacked = None;
             mark.relays.clear();
+            mark.blocked.clear();
         }
         self.streams.retain(|_, m| m.durable > 0);
     }
@@ -357,27 +431,49 @@ mod tests {
     }
 
     #[test]
-    fn relays_owed_to_an_absent_peer_are_found_again_when_it_returns() {
+    fn relays_owed_to_a_cut_peer_are_held_back_and_resent_in_order() {
         let mut i = Inbox::default();
         for seq in 1..=4 {
             assert_eq!(
                 i.on_spooled_from("a", "a1", L1, &s(), seq, seq - 1),
                 Verdict::Deliver
             );
+            assert!(i.may_relay(&s(), "b2", seq, true));
             i.relayed(&s(), seq, vec!["b2".into()]);
         }
         assert_eq!(i.relay_confirmed(&s(), "b2", 2), Some(2));
-        // b2's link went down with 3 and 4 unconfirmed: they stay owed, and the stream's
-        // sender is the one to ask again from 3.
-        assert_eq!(i.owed(&s(), 3), vec!["b2".to_string()]);
-        assert!(i.owed(&s(), 2).is_empty());
+        // b2's link goes down with 3 and 4 unconfirmed: held back from 3; a new message is
+        // held too, even once b2 is linked again, until the older ones went out.
+        i.peer_cut("b2");
         assert_eq!(i.owing("b2"), vec![(s(), 3, "a1".to_string())]);
-        assert_eq!(i.owed_to("b2"), 2);
+        assert_eq!(
+            i.on_spooled_from("a", "a1", L1, &s(), 5, 4),
+            Verdict::Deliver
+        );
+        assert!(!i.may_relay(&s(), "b2", 5, true));
+        i.relayed(&s(), 5, vec!["b2".into()]);
+        assert_eq!(i.owed_to("b2"), 3);
         assert!(i.owing("b3").is_empty());
         assert_eq!(i.to_record(&s()), None, "nothing past 2 is settled");
-        // Resent and confirmed after the return: settled.
-        assert_eq!(i.relay_confirmed(&s(), "b2", 4), Some(4));
+        // The resends from 3: each goes to b2 in order, then b2 is free again.
+        let linked = |_: &str| true;
+        assert!(i.resend_to(&s(), 2, linked).is_empty(), "confirmed already");
+        assert_eq!(i.resend_to(&s(), 3, linked), vec!["b2".to_string()]);
+        assert_eq!(i.owing("b2"), vec![(s(), 4, "a1".to_string())]);
+        assert!(
+            i.resend_to(&s(), 3, linked).is_empty(),
+            "sent once per resend pass"
+        );
+        assert_eq!(i.resend_to(&s(), 4, linked), vec!["b2".to_string()]);
+        assert_eq!(i.resend_to(&s(), 5, linked), vec!["b2".to_string()]);
         assert!(i.owing("b2").is_empty());
+        assert_eq!(
+            i.on_spooled_from("a", "a1", L1, &s(), 6, 5),
+            Verdict::Deliver
+        );
+        assert!(i.may_relay(&s(), "b2", 6, true));
+        i.relayed(&s(), 6, vec!["b2".into()]);
+        assert_eq!(i.relay_confirmed(&s(), "b2", 5), Some(5));
     }
 
     #[test]

@@ -175,6 +175,8 @@ pub(super) struct Replication {
     replicas: usize,
     replica_timeout_ms: i64,
     relay_grace_ms: i64,
+    /// When each cluster peer's held-back relays were last asked for again.
+    last_ask: Mutex<HashMap<String, i64>>,
     /// Publishes waiting for the replica to hold their copies, per queue.
     replica_wait: Mutex<Quorum<OnReplicated>>,
     /// Other gateways' spools held here.
@@ -243,6 +245,7 @@ impl Replication {
                 replicas: cfg.replicas,
                 replica_timeout_ms: cfg.replica_timeout_ms,
                 relay_grace_ms: cfg.relay_grace_ms,
+                last_ask: Mutex::new(HashMap::new()),
                 replica_wait: Mutex::new(Quorum::default()),
                 held: Mutex::new(held),
                 replica_acks_due: Mutex::new(HashMap::new()),
@@ -773,9 +776,13 @@ impl Replication {
         match verdict {
             Verdict::Duplicate { ack } => {
                 self.metrics.outcome(Outcome::Duplicate);
-                // A resend asked for because a cluster peer came back: the relays it missed.
-                let owed = self.inbox.lock().owed(&stream, spooled.seq);
-                for (gateway, copy) in relays.into_iter().filter(|(g, _)| owed.contains(g)) {
+                // A resend asked for because a cluster peer came back: the relays it missed,
+                // in order.
+                let to = self
+                    .inbox
+                    .lock()
+                    .resend_to(&stream, spooled.seq, |g| !absent(g));
+                for (gateway, copy) in relays.into_iter().filter(|(g, _)| to.contains(g)) {
                     let _ = fed.send_data_to(&gateway, Kind::Spooled(copy)).await;
                 }
                 if let Some(up_to) = ack {
@@ -810,18 +817,28 @@ impl Replication {
                     .inc();
                 // The other gateways of this region that want it get it first (one hop, with
                 // its stream and seq); the mark written (and so confirmed) waits for them.
-                // A peer whose link is down but within its grace period owes the relay too:
-                // it is sent when the peer returns (`peer_back`).
+                // Every peer that wants it owes a confirmation. One whose link is down (within
+                // its grace period), or whose older relays of this stream are held back, gets
+                // it later from the resends asked for when it is back (`peer_back`), in order.
                 let mut peers = Vec::new();
                 for (gateway, copy) in relays {
-                    if absent(&gateway)
-                        || fed
+                    let now = self.inbox.lock().may_relay(
+                        &stream,
+                        &gateway,
+                        spooled.seq,
+                        !absent(&gateway),
+                    );
+                    if now
+                        && fed
                             .send_data_to(&gateway, Kind::Spooled(copy))
                             .await
-                            .is_ok()
+                            .is_err()
                     {
-                        peers.push(gateway);
+                        self.inbox
+                            .lock()
+                            .may_relay(&stream, &gateway, spooled.seq, false);
                     }
+                    peers.push(gateway);
                 }
                 self.inbox.lock().relayed(&stream, spooled.seq, peers);
                 // Delivered here only if this gateway did not have it already (through a
@@ -860,7 +877,9 @@ impl Replication {
     /// for again, from the oldest, from the gateway that sends it here; the resends arrive as
     /// duplicates and the owed relays go out with them.
     pub(super) fn peer_back(&self, fed: &Federation, peer: &str) {
-        for (stream, first, sender) in self.inbox.lock().owing(peer) {
+        self.last_ask.lock().insert(peer.to_owned(), now_ms());
+        let owing = self.inbox.lock().owing(peer);
+        for (stream, first, sender) in owing {
             tracing::info!(%peer, %stream, from = first, %sender, "cluster peer back: asking for the relays it missed again");
             fed.try_send_control_to(
                 &sender,
@@ -869,6 +888,24 @@ impl Replication {
                     have: first - 1,
                 }),
             );
+        }
+    }
+
+    /// `peer`'s cluster link went down: its unconfirmed relays are held back from the oldest.
+    pub(super) fn peer_cut(&self, peer: &str) {
+        self.inbox.lock().peer_cut(peer);
+    }
+
+    /// Asks again, at most once a second, for the relays a linked peer is still owed (the
+    /// first request, or the resends, may have been lost).
+    pub(super) fn reask(&self, fed: &Federation, peer: &str) {
+        let due = self
+            .last_ask
+            .lock()
+            .get(peer)
+            .is_none_or(|t| now_ms() - t >= 1000);
+        if due && !self.inbox.lock().owing(peer).is_empty() {
+            self.peer_back(fed, peer);
         }
     }
 
