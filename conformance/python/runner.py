@@ -394,21 +394,25 @@ class Runner:
                 raise CaseFailed(f"round {rnd}: the subscriber is not connected")
             on = self.env.gateway_by_id(info.gateway_id)
             other = next(g for g in self.env.gateways if g is not on)
-            publisher = await nx.Client.connect(other.url, api_key=key or None)
-            sent = 0
+            try:
+                publisher = await nx.Client.connect(other.url, api_key=key or None)
+            except nx.NexusError as e:
+                raise CaseFailed(f"round {rnd}: the publisher cannot connect to {other.url} "
+                                 f"(the subscriber is on {info.gateway_id}): {e}")
+            started = 0  # the number of the last tick whose publish began
             stop = False
 
             async def tick() -> None:
-                nonlocal sent
+                nonlocal started
                 i = 0
                 while not stop:
                     i += 1
+                    started = i
                     try:
                         await publisher.publish(subject, f"{rnd}-{i}")
                         await publisher.flush()
                     except nx.NexusError:
                         pass
-                    sent = i
                     await asyncio.sleep(0.002)
 
             ticker = asyncio.create_task(tick())
@@ -417,8 +421,9 @@ class Runner:
                 await self.tick_after(sub, rnd, 0, 15, f"round {rnd}: no tick before the kill")
                 on.kill()
                 killed = time.monotonic()
-                # The first tick published after the kill proves the new session.
-                last_before = sent
+                # The first tick published after the kill proves the new session (an older one
+                # may have been in flight or in the client's buffer).
+                last_before = started
                 await self.tick_after(sub, rnd, last_before, 10, f"round {rnd}: no tick within 10 s of the kill")
                 gaps.append(time.monotonic() - killed)
             finally:
