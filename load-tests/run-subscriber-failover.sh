@@ -38,7 +38,7 @@ has() { [[ " $ONLY " == *" $1 "* ]]; }
 case_args=(--cases conformance/cases.json --only subscriber_failover_gap)
 
 if has rust; then
-  echo "==> rust ($ROUNDS kills is fixed at 20 by the test)" >&2
+  echo "==> rust (20 kills: ROUNDS does not apply to the test)" >&2
   cargo test "${flags[@]}" --test cluster subscriber_failover_measurement -- --ignored --nocapture \
     --test-threads 1 2>/dev/null | grep '^SUBSCRIBER-FAILOVER' |
     sed -E 's/^SUBSCRIBER-FAILOVER /  FAILOVER rust /' | tee -a "$out" >&2
