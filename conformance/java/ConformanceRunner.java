@@ -547,7 +547,132 @@ public final class ConformanceRunner {
                     }
                 }
             }
+            case "measure_failover" -> measureFailover(s);
             default -> throw new CaseFailed("unknown op " + op);
+        }
+    }
+
+    /**
+     * Kills the gateway a subscriber (connected through DNS SRV, default settings) is on,
+     * {@code rounds} times, and measures the gap from the kill to the first message published
+     * after the kill (on the other gateway, every ~2 ms) that reaches the subscriber.
+     */
+    private void measureFailover(JsonObject s) throws Exception {
+        int rounds = failoverRounds(s);
+        String key = env.keys.getOrDefault(str(s, "key", "none"), "");
+        String subject = str(s, "subject", "failover.ticks");
+        Client.Builder sb = Client.builder(env.srvUrl(null));
+        if (!key.isEmpty()) {
+            sb.apiKey(key);
+        }
+        Client subClient = sb.connect();
+        clients.put("failover-subscriber", subClient);
+        Subscription sub = subClient.subscribe(subject);
+        subClient.flush();
+        List<Double> gaps = new ArrayList<>();
+        for (int round = 0; round < rounds; round++) {
+            var info = subClient.serverInfo();
+            if (info == null) {
+                throw new CaseFailed("round " + round + ": the subscriber is not connected");
+            }
+            Harness.Gateway on = env.gatewayById(info.gatewayId());
+            Harness.Gateway other = env.gateways.stream().filter(g -> g != on).findFirst().orElseThrow();
+            Client.Builder pb = Client.builder(other.url());
+            if (!key.isEmpty()) {
+                pb.apiKey(key);
+            }
+            Client publisher;
+            try {
+                publisher = pb.connect();
+            } catch (NexusException e) {
+                throw new CaseFailed("round " + round + ": the publisher cannot connect to " + other.url()
+                        + " (the subscriber is on " + info.gatewayId() + "): " + e.getMessage());
+            }
+            java.util.concurrent.atomic.AtomicLong started = new java.util.concurrent.atomic.AtomicLong(); // the last tick begun
+            java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
+            final int r = round;
+            Thread ticker = new Thread(() -> {
+                for (long i = 1; !stop.get(); i++) {
+                    started.set(i);
+                    try {
+                        publisher.publish(subject, r + "-" + i);
+                        publisher.flush();
+                    } catch (NexusException e) {
+                        // the next tick
+                    }
+                    try {
+                        Thread.sleep(2);
+                    } catch (InterruptedException e) {
+                        return;
+                    }
+                }
+            }, "failover-ticker");
+            ticker.setDaemon(true);
+            ticker.start();
+            try {
+                // Ticks of this round flow through the cluster hop before the kill.
+                tickAfter(sub, round, 0, 15000, "round " + round + ": no tick before the kill");
+                Harness.kill(on.proc);
+                on.proc = null;
+                long killed = System.nanoTime();
+                // The first tick published after the kill proves the new session (an older one
+                // may have been in flight or in the client's buffer).
+                long lastBefore = started.get();
+                tickAfter(sub, round, lastBefore, 10000, "round " + round + ": no tick within 10 s of the kill");
+                gaps.add((System.nanoTime() - killed) / 1e6);
+            } finally {
+                stop.set(true);
+                ticker.join();
+                publisher.close();
+            }
+            on.start();
+        }
+        reportFailover("java", gaps, s);
+    }
+
+    /** The step's {@code rounds}, or {@code $NEXUS_FAILOVER_ROUNDS} (the by-hand measurement). */
+    private static int failoverRounds(JsonObject s) {
+        String env = System.getenv("NEXUS_FAILOVER_ROUNDS");
+        return env != null && !env.isEmpty() ? Integer.parseInt(env) : (int) num(s, "rounds", 3);
+    }
+
+    /** Reads {@code sub} until a tick {@code <round>-<i>} with i > {@code after} arrives. */
+    private static void tickAfter(Subscription sub, int round, long after, long timeoutMs, String what) {
+        long deadline = System.currentTimeMillis() + timeoutMs;
+        while (true) {
+            long left = deadline - System.currentTimeMillis();
+            if (left <= 0) {
+                throw new CaseFailed(what);
+            }
+            Message m = sub.next(Duration.ofMillis(left));
+            if (m == null) {
+                if (sub.isEnded()) {
+                    throw new CaseFailed(what + ": the subscription ended");
+                }
+                continue;
+            }
+            String[] parts = m.text().split("-");
+            if (Integer.parseInt(parts[0]) == round && Long.parseLong(parts[1]) > after) {
+                return;
+            }
+        }
+    }
+
+    /** Prints the gaps' p50/p99 (as tests/cluster.rs does) and fails when one is too long. */
+    private static void reportFailover(String lang, List<Double> gaps, JsonObject s) {
+        List<Double> ms = new ArrayList<>(gaps);
+        java.util.Collections.sort(ms);
+        java.util.function.DoubleFunction<Double> at = q -> ms.get(Math.min(Math.max((int) Math.ceil(ms.size() * q), 1), ms.size()) - 1);
+        StringBuilder all = new StringBuilder();
+        for (double g : ms) {
+            all.append(all.length() == 0 ? "" : ", ").append(Math.round(g));
+        }
+        double max = ms.get(ms.size() - 1);
+        System.out.println("  FAILOVER " + lang + " kills=" + ms.size() + " p50=" + Math.round(at.apply(0.5)) + "ms p99="
+                + Math.round(at.apply(0.99)) + "ms max=" + Math.round(max) + "ms all=[" + all + "]");
+        long bound = num(s, "max_gap_ms", 3000);
+        if (max > bound) {
+            throw new CaseFailed("a gap of " + Math.round(max) + " ms is longer than " + bound + " ms");
         }
     }
 

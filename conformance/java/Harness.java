@@ -325,15 +325,41 @@ final class Harness {
                 args.addAll(List.of("--peer", remoteRegion + "=" + remote.federation));
             }
             int n = spec.has("gateways") ? spec.get("gateways").getAsInt() : 1;
+            boolean cluster = spec.has("cluster") && spec.get("cluster").getAsBoolean();
+            Path clusterCerts = dir.resolve("cluster-certs");
+            if (cluster) {
+                // A regional cluster: a certificate per gateway (`nexus certs`), linked over QUIC.
+                List<String> cmd = new ArrayList<>(List.of(nexusBin(), "certs", "--out", clusterCerts.toString()));
+                for (int i = 0; i < n; i++) {
+                    cmd.addAll(List.of("--gateway", region + "/conformance-gw-" + i));
+                }
+                run(cmd, Map.of());
+            }
             for (int i = 0; i < n; i++) {
                 // Every gateway gets its own id and state directory (config snapshot, spool).
                 List<String> a = new ArrayList<>(args);
+                if (cluster) {
+                    Path pem = clusterCerts.resolve("gateways").resolve(region);
+                    a.addAll(List.of("--federation-listen", "127.0.0.1:0",
+                            "--federation-cert", pem.resolve("conformance-gw-" + i + ".pem").toString(),
+                            "--federation-key", pem.resolve("conformance-gw-" + i + "-key.pem").toString(),
+                            "--federation-ca", clusterCerts.resolve("ca.pem").toString()));
+                }
                 a.addAll(List.of("--gateway-id", "conformance-gw-" + i, "--state-dir", dir.resolve("gw-state-" + i).toString()));
                 Gateway g = new Gateway(a, dir.resolve("gateway-" + i + ".log").toFile());
                 g.start();
                 gateways.add(g);
             }
             gateway = gateways.get(0);
+            if (cluster) {
+                for (Gateway g : gateways) {
+                    waitFor(() -> {
+                        JsonObject st = getJson(g.metrics, "/v1/status");
+                        return st.has("cluster") && st.get("cluster").isJsonArray()
+                                && st.getAsJsonArray("cluster").size() == gateways.size() - 1;
+                    }, 20000, "gateway " + g.grpc + " did not link to the rest of its cluster");
+                }
+            }
             if (remoteRegion != null) {
                 waitFor(() -> {
                     for (var l : getJson(gateway.metrics, "/v1/status").getAsJsonArray("links")) {

@@ -333,13 +333,28 @@ class Environment:
             self.remote = Gateway(remote_args, os.path.join(self.dir, "remote.log"))
             self.remote.start()
             args = args + fed(self.region) + ["--peer", f"{remote_region}={self.remote.federation}"]
-        for i in range(self.spec.get("gateways", 1)):
+        count = self.spec.get("gateways", 1)
+        ids = [f"conformance-gw-{i}" for i in range(count)]
+        if self.spec.get("cluster"):
+            # A regional cluster: a certificate per gateway (`nexus certs`), linked over QUIC.
+            certs = os.path.join(self.dir, "cluster-certs")
+            subprocess.run([nexus_bin(), "certs", "--out", certs,
+                            *[a for i in ids for a in ("--gateway", f"{self.region}/{i}")]],
+                           check=True, capture_output=True)
+        for i, gid in enumerate(ids):
             # Every gateway gets its own id and state directory (config snapshot, spool).
-            g = Gateway(args + ["--gateway-id", f"conformance-gw-{i}",
-                                "--state-dir", os.path.join(self.dir, f"gw-state-{i}")],
+            extra = []
+            if self.spec.get("cluster"):
+                pem = os.path.join(certs, "gateways", self.region, gid)
+                extra = ["--federation-listen", "127.0.0.1:0", "--federation-cert", f"{pem}.pem",
+                         "--federation-key", f"{pem}-key.pem", "--federation-ca", os.path.join(certs, "ca.pem")]
+            g = Gateway(args + extra + ["--gateway-id", gid, "--state-dir", os.path.join(self.dir, f"gw-state-{i}")],
                         os.path.join(self.dir, f"gateway-{i}.log"))
             g.start()
             self.gateways.append(g)
+        if self.spec.get("cluster"):
+            for g in self.gateways:
+                self.await_cluster(g)
         if remote_region:
             wait_for(lambda: any(link.get("region") == remote_region and link.get("state") == "up"
                                  for link in get_json(self.gateway.metrics, "/v1/status").get("links", [])),
@@ -349,6 +364,11 @@ class Environment:
                 wait_for(lambda g=g: ((get_json(g.metrics, f"/v1/explain?subject={route['probe']}")
                                        .get("federation") or {}).get("route") or {}).get("name") == route["name"],
                          10, f"route {route['name']} did not reach gateway {g.grpc}")
+
+    def await_cluster(self, g: Gateway, timeout: float = 20) -> None:
+        """Waits until ``g`` has a cluster link to every other gateway of the region."""
+        wait_for(lambda: len(get_json(g.metrics, "/v1/status").get("cluster") or []) == len(self.gateways) - 1,
+                 timeout, f"gateway {g.grpc} did not link to the rest of its cluster")
 
     async def start_relay(self) -> None:
         """Starts the TCP relay in front of the first gateway (when the spec asks for one)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 import time
@@ -370,8 +371,83 @@ class Runner:
                     pass
                 if time.monotonic() > deadline:
                     raise CaseFailed(f"{s['sub']} never received {s['payload']!r}")
+        elif op == "measure_failover":
+            await self.measure_failover(s)
         else:
             raise CaseFailed(f"unknown op {op}")
+
+    async def measure_failover(self, s: dict) -> None:
+        """Kills the gateway a subscriber (connected through DNS SRV, default settings) is on,
+        ``rounds`` times, and measures the gap from the kill to the first message published
+        after the kill (on the other gateway, every ~2 ms) that reaches the subscriber."""
+        rounds = failover_rounds(s)
+        key = self.env.keys.get(s.get("key", "none"), "")
+        subject = s.get("subject", "failover.ticks")
+        sub_client = await nx.Client.connect(self.env.srv_url(), api_key=key or None)
+        self.clients["failover-subscriber"] = sub_client
+        sub = await sub_client.subscribe(subject)
+        await sub_client.flush()
+        gaps: list[float] = []
+        for rnd in range(rounds):
+            info = sub_client.server_info
+            if info is None:
+                raise CaseFailed(f"round {rnd}: the subscriber is not connected")
+            on = self.env.gateway_by_id(info.gateway_id)
+            other = next(g for g in self.env.gateways if g is not on)
+            try:
+                publisher = await nx.Client.connect(other.url, api_key=key or None)
+            except nx.NexusError as e:
+                raise CaseFailed(f"round {rnd}: the publisher cannot connect to {other.url} "
+                                 f"(the subscriber is on {info.gateway_id}): {e}")
+            started = 0  # the number of the last tick whose publish began
+            stop = False
+
+            async def tick() -> None:
+                nonlocal started
+                i = 0
+                while not stop:
+                    i += 1
+                    started = i
+                    try:
+                        await publisher.publish(subject, f"{rnd}-{i}")
+                        await publisher.flush()
+                    except nx.NexusError:
+                        pass
+                    await asyncio.sleep(0.002)
+
+            ticker = asyncio.create_task(tick())
+            try:
+                # Ticks of this round flow through the cluster hop before the kill.
+                await self.tick_after(sub, rnd, 0, 15, f"round {rnd}: no tick before the kill")
+                on.kill()
+                killed = time.monotonic()
+                # The first tick published after the kill proves the new session (an older one
+                # may have been in flight or in the client's buffer).
+                last_before = started
+                await self.tick_after(sub, rnd, last_before, 10, f"round {rnd}: no tick within 10 s of the kill")
+                gaps.append(time.monotonic() - killed)
+            finally:
+                stop = True
+                await ticker
+                await publisher.close()
+            await asyncio.to_thread(on.start)
+        report_failover("python", gaps, s)
+
+    async def tick_after(self, sub: nx.Subscription, rnd: int, after: int, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CaseFailed(what)
+            try:
+                m = await sub.next_message(left)
+            except asyncio.TimeoutError:
+                raise CaseFailed(what)
+            if m is None:
+                raise CaseFailed(f"{what}: the subscription ended")
+            r, i = m.payload.decode().split("-")
+            if int(r) == rnd and int(i) > after:
+                return
 
     async def next(self, sub: str, timeout_ms: int) -> nx.Message:
         try:
@@ -383,6 +459,26 @@ class Runner:
         return m
 
 
+def failover_rounds(step: dict) -> int:
+    """The step's ``rounds``, or ``$NEXUS_FAILOVER_ROUNDS`` (the by-hand measurement)."""
+    return int(os.environ.get("NEXUS_FAILOVER_ROUNDS") or step.get("rounds", 3))
+
+
+def report_failover(lang: str, gaps: list[float], step: dict) -> None:
+    """Prints the gaps' p50/p99 (as tests/cluster.rs does) and fails when one is too long."""
+    ms = sorted(g * 1000 for g in gaps)
+    at = lambda q: ms[min(max(math.ceil(len(ms) * q), 1), len(ms)) - 1]  # noqa: E731
+    print(f"  FAILOVER {lang} kills={len(ms)} p50={at(0.5):.0f}ms p99={at(0.99):.0f}ms max={ms[-1]:.0f}ms "
+          f"all=[{', '.join(f'{g:.0f}' for g in ms)}]", flush=True)
+    if ms[-1] > step.get("max_gap_ms", 3000):
+        raise CaseFailed(f"a gap of {ms[-1]:.0f} ms is longer than {step.get('max_gap_ms', 3000)} ms")
+
+
+def step_timeout(s: dict) -> float:
+    """60 s a step; a failover measurement gets 30 s a round on top."""
+    return 60 + (30 * failover_rounds(s) if s["op"] == "measure_failover" else 0)
+
+
 async def run_case(doc: dict, case: dict) -> None:
     env = Environment(doc["environments"][case["env"]])
     runner = Runner(env)
@@ -391,7 +487,7 @@ async def run_case(doc: dict, case: dict) -> None:
         await env.start_relay()
         for i, s in enumerate(case["steps"]):
             try:
-                await asyncio.wait_for(runner.step(s), 60)
+                await asyncio.wait_for(runner.step(s), step_timeout(s))
             except CaseFailed as e:
                 raise CaseFailed(f"step {i + 1} ({s['op']}): {e}")
             except Exception as e:

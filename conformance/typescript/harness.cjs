@@ -293,12 +293,27 @@ class Environment {
       args.push(...fed(this.region), "--peer", `${remoteRegion}=${this.remote.federation}`);
     }
     this.gateways = [];
-    for (let i = 0; i < (this.spec.gateways || 1); i++) {
+    const ids = Array.from({ length: this.spec.gateways || 1 }, (_, i) => `conformance-gw-${i}`);
+    const certs = path.join(this.dir, "cluster-certs");
+    if (this.spec.cluster) {
+      // A regional cluster: a certificate per gateway (`nexus certs`), linked over QUIC.
+      execFileSync(nexusBin(), ["certs", "--out", certs, ...ids.flatMap((id) => ["--gateway", `${this.region}/${id}`])]);
+    }
+    for (const [i, id] of ids.entries()) {
       // Every gateway gets its own id and state directory (config snapshot, spool).
-      const g = new Gateway([...args, "--gateway-id", `conformance-gw-${i}`, "--state-dir", path.join(this.dir, `gw-state-${i}`)],
+      const pem = path.join(certs, "gateways", this.region, id);
+      const extra = this.spec.cluster ? ["--federation-listen", "127.0.0.1:0", "--federation-cert", `${pem}.pem`,
+        "--federation-key", `${pem}-key.pem`, "--federation-ca", path.join(certs, "ca.pem")] : [];
+      const g = new Gateway([...args, ...extra, "--gateway-id", id, "--state-dir", path.join(this.dir, `gw-state-${i}`)],
         path.join(this.dir, `gateway-${i}.log`));
       await g.start();
       this.gateways.push(g);
+    }
+    if (this.spec.cluster) {
+      for (const g of this.gateways) {
+        await waitFor(async () => (JSON.parse(await httpGet(g.metrics, "/v1/status")).cluster || []).length === this.gateways.length - 1,
+          20000, `gateway ${g.grpc} did not link to the rest of its cluster`);
+      }
     }
     if (remoteRegion) {
       await waitFor(async () => (JSON.parse(await httpGet(this.gateway.metrics, "/v1/status")).links || [])

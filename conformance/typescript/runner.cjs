@@ -346,10 +346,108 @@ class Runner {
           if (Date.now() > deadline) throw new CaseFailed(`${s.sub} never received ${s.payload}`);
         }
       }
+      case "measure_failover":
+        return this.measureFailover(s);
       default:
         throw new CaseFailed(`unknown op ${s.op}`);
     }
   }
+  /**
+   * Kills the gateway a subscriber (connected through DNS SRV, default settings) is on,
+   * `rounds` times, and measures the gap from the kill to the first message published after
+   * the kill (on the other gateway, every ~2 ms) that reaches the subscriber.
+   */
+  async measureFailover(s) {
+    const rounds = failoverRounds(s);
+    const key = this.env.keys[s.key ?? "none"] ?? "";
+    const subject = s.subject ?? "failover.ticks";
+    const subClient = await nx.Client.connect(this.env.srvUrl(), key ? { apiKey: key } : {});
+    this.clients["failover-subscriber"] = subClient;
+    const sub = await subClient.subscribe(subject);
+    await subClient.flush();
+    const gaps = [];
+    for (let round = 0; round < rounds; round++) {
+      const info = subClient.serverInfo;
+      if (!info) throw new CaseFailed(`round ${round}: the subscriber is not connected`);
+      const on = this.env.gatewayById(info.gatewayId);
+      const other = this.env.gateways.find((g) => g !== on);
+      let publisher;
+      try {
+        publisher = await nx.Client.connect(other.url, key ? { apiKey: key } : {});
+      } catch (e) {
+        throw new CaseFailed(`round ${round}: the publisher cannot connect to ${other.url} (the subscriber is on ${info.gatewayId}): ${e.message}`);
+      }
+      let started = 0; // the number of the last tick whose publish began
+      let stop = false;
+      const ticker = (async () => {
+        for (let i = 1; !stop; i++) {
+          started = i;
+          try {
+            await publisher.publish(subject, `${round}-${i}`);
+            await publisher.flush();
+          } catch {
+            // the next tick
+          }
+          await sleep(2);
+        }
+      })();
+      try {
+        // Ticks of this round flow through the cluster hop before the kill.
+        await tickAfter(sub, round, 0, 15000, `round ${round}: no tick before the kill`);
+        await on.kill();
+        const killed = performance.now();
+        // The first tick published after the kill proves the new session (an older one may
+        // have been in flight or in the client's buffer).
+        const lastBefore = started;
+        await tickAfter(sub, round, lastBefore, 10000, `round ${round}: no tick within 10 s of the kill`);
+        gaps.push(performance.now() - killed);
+      } finally {
+        stop = true;
+        await ticker;
+        await publisher.close();
+      }
+      await on.start();
+    }
+    reportFailover("typescript", gaps, s);
+  }
+}
+
+/** The step's `rounds`, or `$NEXUS_FAILOVER_ROUNDS` (the by-hand measurement). */
+function failoverRounds(s) {
+  return Number(process.env.NEXUS_FAILOVER_ROUNDS || s.rounds || 3);
+}
+
+/** Reads `sub` until a tick `<round>-<i>` with i > `after` arrives. */
+async function tickAfter(sub, round, after, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const left = deadline - Date.now();
+    if (left <= 0) throw new CaseFailed(what);
+    let m;
+    try {
+      m = await sub.next(left);
+    } catch {
+      throw new CaseFailed(what);
+    }
+    if (!m) throw new CaseFailed(`${what}: the subscription ended`);
+    const [r, i] = m.text.split("-").map(Number);
+    if (r === round && i > after) return;
+  }
+}
+
+/** Prints the gaps' p50/p99 (as tests/cluster.rs does) and fails when one is too long. */
+function reportFailover(lang, gaps, s) {
+  const ms = [...gaps].sort((a, b) => a - b);
+  const at = (q) => ms[Math.min(Math.max(Math.ceil(ms.length * q), 1), ms.length) - 1];
+  const f = (x) => x.toFixed(0);
+  console.log(`  FAILOVER ${lang} kills=${ms.length} p50=${f(at(0.5))}ms p99=${f(at(0.99))}ms max=${f(ms[ms.length - 1])}ms all=[${ms.map(f).join(", ")}]`);
+  const max = s.max_gap_ms ?? 3000;
+  if (ms[ms.length - 1] > max) throw new CaseFailed(`a gap of ${f(ms[ms.length - 1])} ms is longer than ${max} ms`);
+}
+
+/** 60 s a step; a failover measurement gets 30 s a round on top. */
+function stepTimeoutMs(s) {
+  return 60000 + (s.op === "measure_failover" ? 30000 * failoverRounds(s) : 0);
 }
 
 async function runCase(doc, kase) {
@@ -360,7 +458,7 @@ async function runCase(doc, kase) {
     for (const [i, s] of kase.steps.entries()) {
       try {
         let t;
-        await Promise.race([runner.step(s), new Promise((_, rej) => (t = setTimeout(() => rej(new CaseFailed("step took over 60 s")), 60000)))]).finally(() => clearTimeout(t));
+        await Promise.race([runner.step(s), new Promise((_, rej) => (t = setTimeout(() => rej(new CaseFailed(`step took over ${stepTimeoutMs(s) / 1000} s`)), stepTimeoutMs(s))))]).finally(() => clearTimeout(t));
       } catch (e) {
         throw new CaseFailed(`step ${i + 1} (${s.op}): ${e.name}: ${e.message}`);
       }

@@ -24,6 +24,7 @@ from .discovery import Target
 from .errors import (
     ClosedError,
     DisconnectedError,
+    DiscoveryError,
     LimitError,
     NexusError,
     NoGatewayError,
@@ -177,19 +178,34 @@ class Client:
 
     async def _connect_round(self) -> Session:
         endpoints = await self._target.endpoints()
+        cached = not self._target.resolved_now
         attempts: list[tuple[str, str]] = []
         last: NexusError | None = None
         o = self.options
         hello = pb.Hello(api_key=o.api_key, client_name=o.name, language="python", version=__version__, protocol=1)
-        for ep in endpoints:
-            subs = [sub_frame(s.sid, s.subject, s.queue_group, 0) for s in self._subs.values()]
-            subs += [sub_frame(sid, li.subject, li.queue_group, 0) for sid, li in self._listeners.items()]
+        tried: set[str] = set()
+        while True:
+            for ep in endpoints:
+                tried.add(ep.address)
+                subs = [sub_frame(s.sid, s.subject, s.queue_group, 0) for s in self._subs.values()]
+                subs += [sub_frame(sid, li.subject, li.queue_group, 0) for sid, li in self._listeners.items()]
+                try:
+                    return await open_session(ep, hello, subs, o.connect_timeout, self._tls())
+                except NexusError as e:
+                    attempts.append((f"{ep.name} ({ep.address})", str(e)))
+                    last = e
+                    self._target.demote(ep.name)
+            if not (self._target.is_srv and cached):
+                break
+            # Every gateway of a cached answer failed: the answer may be older than the
+            # gateways that live now (e.g. one taken while the gateway that just died was the
+            # only one up). Ask DNS again at once, and try what it adds, before backing off.
+            cached = False
+            self._target.forget()
             try:
-                return await open_session(ep, hello, subs, o.connect_timeout, self._tls())
-            except NexusError as e:
-                attempts.append((f"{ep.name} ({ep.address})", str(e)))
-                last = e
-                self._target.demote(ep.name)
+                endpoints = [ep for ep in await self._target.endpoints() if ep.address not in tried]
+            except DiscoveryError:
+                break
         if self._target.is_srv:
             self._target.forget()
             if last is not None and all("denied" in why.lower() or "api key" in why.lower() for _, why in attempts):

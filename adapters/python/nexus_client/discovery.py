@@ -92,6 +92,8 @@ class Target:
         self.dns: tuple[str, int] | None = None
         self._cache: list[Endpoint] = []
         self._expires = 0.0
+        #: Whether the last :meth:`endpoints` asked DNS (rather than using the cached answer).
+        self.resolved_now = False
         if "://" in self.url:
             scheme, rest = self.url.split("://", 1)
         else:
@@ -130,8 +132,10 @@ class Target:
 
     async def endpoints(self) -> list[Endpoint]:
         """The gateways to try, in order (resolving when the cached answer expired)."""
+        self.resolved_now = False
         if not self.is_srv or (self._cache and time.monotonic() < self._expires):
             return list(self._cache)
+        self.resolved_now = True
         self._cache, ttl = await self._resolve()
         self._expires = time.monotonic() + ttl
         return list(self._cache)

@@ -123,6 +123,11 @@ async def open_session(
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.max_send_message_length", MAX_MESSAGE),
         ("grpc.enable_retries", 0),
+        # A channel of its own per session: gRPC's global subchannel pool would otherwise hand
+        # a new channel the old subchannel of a gateway that died, still in gRPC's connection
+        # backoff (up to 2 min), so a gateway that came back is refused at once ("Connection
+        # refused") by every new session until the backoff ends. The client has its own backoff.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if tls is None:
         channel = grpc.aio.insecure_channel(ep.address, options=options)

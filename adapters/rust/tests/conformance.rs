@@ -567,9 +567,45 @@ impl Environment {
             remote = Some(gw);
         }
         let mut gateways = Vec::new();
-        for i in 0..spec.num("gateways").unwrap_or(1) {
+        let count = spec.num("gateways").unwrap_or(1);
+        let cluster_certs = dir.join("cluster-certs");
+        if spec.flag("cluster") {
+            // A regional cluster: a certificate per gateway (`nexus certs`), linked over QUIC.
+            let out = Command::new(nexus_bin())
+                .args(["certs", "--out"])
+                .arg(&cluster_certs)
+                .args((0..count).flat_map(|i| {
+                    [
+                        "--gateway".to_owned(),
+                        format!("{REGION}/conformance-gw-{i}"),
+                    ]
+                }))
+                .output()
+                .map_err(|e| format!("certs: {e}"))?;
+            if !out.status.success() {
+                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+        }
+        for i in 0..count {
             // Every gateway gets its own id and state directory (config snapshot, spool).
             let mut args = args.clone();
+            if spec.flag("cluster") {
+                let pem = cluster_certs.join("gateways").join(REGION);
+                args.extend([
+                    "--federation-listen".into(),
+                    "127.0.0.1:0".into(),
+                    "--federation-cert".into(),
+                    pem.join(format!("conformance-gw-{i}.pem"))
+                        .display()
+                        .to_string(),
+                    "--federation-key".into(),
+                    pem.join(format!("conformance-gw-{i}-key.pem"))
+                        .display()
+                        .to_string(),
+                    "--federation-ca".into(),
+                    cluster_certs.join("ca.pem").display().to_string(),
+                ]);
+            }
             args.extend([
                 "--gateway-id".into(),
                 format!("conformance-gw-{i}"),
@@ -586,6 +622,19 @@ impl Environment {
             };
             gateway.start()?;
             gateways.push(gateway);
+        }
+        if spec.flag("cluster") {
+            for g in &gateways {
+                wait_until(Duration::from_secs(20), || {
+                    http_json(&g.metrics, "/v1/status")
+                        .ok()
+                        .and_then(|v| v.get("cluster").map(|c| c.items().len()))
+                        == Some(gateways.len() - 1)
+                })
+                .map_err(|_| {
+                    format!("gateway {} did not link to the rest of its cluster", g.grpc)
+                })?;
+            }
         }
         if let Some(region) = &remote_region {
             wait_until(Duration::from_secs(20), || {
@@ -1442,10 +1491,160 @@ impl Runner {
                     }
                 }
             }
+            "measure_failover" => self.measure_failover(s).await?,
             other => return Err(format!("unknown op {other}")),
         }
         Ok(())
     }
+
+    /// Kills the gateway a subscriber (connected through DNS SRV, default settings) is on,
+    /// `rounds` times, and measures the gap from the kill to the first message published after
+    /// the kill (on the other gateway, every ~2 ms) that reaches the subscriber.
+    async fn measure_failover(&mut self, s: &Json) -> Result<(), String> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let rounds = failover_rounds(s);
+        let key = s
+            .str("key")
+            .and_then(|k| self.env.keys.get(k))
+            .cloned()
+            .unwrap_or_default();
+        let subject = s.str("subject").unwrap_or("failover.ticks").to_owned();
+        let connect = |url: String| {
+            let key = key.clone();
+            async move {
+                let mut b = Client::builder(&url);
+                if !key.is_empty() {
+                    b = b.api_key(key);
+                }
+                b.connect().await.map_err(|e| format!("{url}: {e}"))
+            }
+        };
+        let sub_client = connect(self.env.srv_url(None)).await?;
+        self.clients
+            .insert("failover-subscriber".into(), sub_client.clone());
+        let mut sub = sub_client
+            .subscribe(&subject)
+            .await
+            .map_err(|e| e.to_string())?;
+        sub_client.flush().await.map_err(|e| e.to_string())?;
+        let mut gaps = Vec::new();
+        for round in 0..rounds {
+            let info = sub_client
+                .server_info()
+                .ok_or(format!("round {round}: the subscriber is not connected"))?;
+            let on = (0..self.env.gateways.len())
+                .find(|i| format!("conformance-gw-{i}") == info.gateway_id)
+                .ok_or(format!("no gateway {} here", info.gateway_id))?;
+            let other = (on + 1) % self.env.gateways.len();
+            let publisher = connect(self.env.gateways[other].url())
+                .await
+                .map_err(|e| format!("round {round}: the publisher cannot connect: {e}"))?;
+            let started = Arc::new(AtomicU64::new(0)); // the last tick whose publish began
+            let stop = Arc::new(AtomicBool::new(false));
+            let ticker = tokio::spawn({
+                let (started, stop, publisher, subject) = (
+                    started.clone(),
+                    stop.clone(),
+                    publisher.clone(),
+                    subject.clone(),
+                );
+                async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        started.store(i, Ordering::Release);
+                        let _ = publisher.publish(&subject, format!("{round}-{i}")).await;
+                        let _ = publisher.flush().await;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            });
+            let result = async {
+                // Ticks of this round flow through the cluster hop before the kill.
+                tick_after(&mut sub, round, 0, 15_000)
+                    .await
+                    .map_err(|e| format!("round {round}: before the kill: {e}"))?;
+                self.env.gateways[on].proc = None;
+                let killed = Instant::now();
+                // The first tick published after the kill proves the new session (an older
+                // one may have been in flight or in the client's buffer).
+                let last_before = started.load(Ordering::Acquire);
+                tick_after(&mut sub, round, last_before, 10_000)
+                    .await
+                    .map_err(|e| format!("round {round}: after the kill: {e}"))?;
+                Ok::<_, String>(killed.elapsed())
+            }
+            .await;
+            stop.store(true, Ordering::Relaxed);
+            let _ = ticker.await;
+            publisher.close().await;
+            gaps.push(result?);
+            let gw = &mut self.env.gateways[on];
+            tokio::task::block_in_place(|| gw.start())?;
+        }
+        report_failover("rust", gaps, s)
+    }
+}
+
+/// The step's `rounds`, or `$NEXUS_FAILOVER_ROUNDS` (the by-hand measurement).
+fn failover_rounds(s: &Json) -> u64 {
+    std::env::var("NEXUS_FAILOVER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| s.num("rounds").unwrap_or(3))
+}
+
+/// Reads `sub` until a tick `<round>-<i>` with i > `after` arrives.
+async fn tick_after(sub: &mut Subscription, round: u64, after: u64, ms: u64) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    loop {
+        let m = tokio::time::timeout_at(deadline, sub.next_message())
+            .await
+            .map_err(|_| format!("no tick within {ms} ms"))?
+            .ok_or("the subscription ended")?;
+        let text = String::from_utf8_lossy(&m.payload).into_owned();
+        let (r, i) = text.split_once('-').unwrap_or_default();
+        if r.parse() == Ok(round) && i.parse().is_ok_and(|i: u64| i > after) {
+            return Ok(());
+        }
+    }
+}
+
+/// Prints the gaps' p50/p99 (as tests/cluster.rs does) and fails when one is too long.
+fn report_failover(lang: &str, mut gaps: Vec<Duration>, s: &Json) -> Result<(), String> {
+    gaps.sort();
+    let at = |q: f64| gaps[((gaps.len() as f64 * q).ceil() as usize).clamp(1, gaps.len()) - 1];
+    let ms = |d: Duration| d.as_millis();
+    let max = gaps[gaps.len() - 1];
+    let all: Vec<String> = gaps.iter().map(|g| ms(*g).to_string()).collect();
+    println!(
+        "  FAILOVER {lang} kills={} p50={}ms p99={}ms max={}ms all=[{}]",
+        gaps.len(),
+        ms(at(0.5)),
+        ms(at(0.99)),
+        ms(max),
+        all.join(", ")
+    );
+    let bound = Duration::from_millis(s.num("max_gap_ms").unwrap_or(3000));
+    if max > bound {
+        return Err(format!(
+            "a gap of {} ms is longer than {} ms",
+            ms(max),
+            bound.as_millis()
+        ));
+    }
+    Ok(())
+}
+
+/// 60 s a step; a failover measurement gets 30 s a round on top.
+fn step_timeout(s: &Json) -> Duration {
+    let extra = if s.str("op") == Some("measure_failover") {
+        30 * failover_rounds(s)
+    } else {
+        0
+    };
+    Duration::from_secs(60 + extra)
 }
 
 async fn run_case(doc: &Json, case: &Json) -> Result<(), String> {
@@ -1490,14 +1689,18 @@ async fn run_case(doc: &Json, case: &Json) -> Result<(), String> {
         .enumerate()
     {
         let op = s.str("op").unwrap_or_default();
-        match tokio::time::timeout(Duration::from_secs(60), runner.step(s)).await {
+        match tokio::time::timeout(step_timeout(s), runner.step(s)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 result = Err(format!("step {} ({op}): {e}", i + 1));
                 break;
             }
             Err(_) => {
-                result = Err(format!("step {} ({op}): took over 60 s", i + 1));
+                result = Err(format!(
+                    "step {} ({op}): took over {} s",
+                    i + 1,
+                    step_timeout(s).as_secs()
+                ));
                 break;
             }
         }
