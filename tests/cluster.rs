@@ -1027,6 +1027,8 @@ async fn permanent_loss(replicas: u8) -> usize {
         let text = nexusctl(&r.cp, &["topology", "--links"]);
         assert!(text.contains("replica  copies kept by a2"), "{text}");
         assert!(text.contains("replica  holds"), "{text}");
+        let text = nexusctl(&r.cp, &["routes", "explain", "orders.x", "--from", "a"]);
+        assert!(text.contains("spool copies: 2 (replica a"), "{text}");
     }
     // a1 is gone for good, with its disk.
     r.gws.remove("a1");

@@ -1173,6 +1173,24 @@ fn print_explain(v: &serde_json::Value) {
             .unwrap_or_default()
     );
     println!("config version {}", s(&f["config_version"]));
+    if let Some(peers) = f["cluster"].as_array().filter(|p| !p.is_empty()) {
+        let names: Vec<String> = peers.iter().map(s).collect();
+        println!(
+            "gateways of this region with subscribers: {}",
+            names.join(", ")
+        );
+    }
+    let replica = &f["spool_replica"];
+    if replica["copies"].as_u64().is_some_and(|c| c > 1) {
+        println!(
+            "spool copies: {} (replica {})",
+            s(&replica["copies"]),
+            match &replica["replica"] {
+                serde_json::Value::String(g) => g.clone(),
+                _ => "none linked: publishes wait for one".to_owned(),
+            }
+        );
+    }
     let rows: Vec<Vec<String>> = f["regions"]
         .as_array()
         .cloned()

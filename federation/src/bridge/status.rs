@@ -158,6 +158,14 @@ impl RegionRouter {
             },
             "config_version": self.router.policy().version,
             "cluster": self.cluster.interested(subject),
+            // Durable routes only: the gateway of this region keeping copies of the spool
+            // (--spool-replicas 2), or null.
+            "spool_replica": if spooled {
+                let r = self.replication.replica_status();
+                serde_json::json!({ "copies": r.copies, "replica": r.replica })
+            } else {
+                serde_json::Value::Null
+            },
             "regions": regions,
             "publish": {
                 "local": publish.local,
