@@ -31,6 +31,11 @@ pub struct CertsArgs {
     /// An admin client certificate for `nexusctl` (repeatable): writes admin/<name>.pem.
     #[arg(long = "admin")]
     pub admins: Vec<String>,
+    /// An adapter client certificate (repeatable): writes clients/<name>.pem, issued for
+    /// `<name>.client.nexus`, which gateways requiring client certificates accept and API keys
+    /// can be bound to (`nexusctl keys bind`).
+    #[arg(long = "client")]
+    pub clients: Vec<String>,
     /// Validity of the issued certificates, in days.
     #[arg(long, default_value_t = 397)]
     pub days: u32,
@@ -176,6 +181,22 @@ pub fn run(args: &CertsArgs) -> anyhow::Result<Vec<PathBuf>> {
         let role = Role::Admin { name: name.clone() };
         written.push(write_pair(
             &args.out.join("admin"),
+            name,
+            &ca.issue(&role, validity)?,
+        )?);
+    }
+    for name in &args.clients {
+        if name.is_empty()
+            || name.len() > 63
+            || !name
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        {
+            bail!("--client {name:?} must be a DNS label (a-z, 0-9, -; at most 63 characters)");
+        }
+        let role = Role::Client { name: name.clone() };
+        written.push(write_pair(
+            &args.out.join("clients"),
             name,
             &ca.issue(&role, validity)?,
         )?);

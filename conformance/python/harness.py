@@ -68,6 +68,8 @@ class Gateway:
     grpc: str = ""
     metrics: str = ""
     federation: str = ""
+    #: Serves adapters over TLS (``https://``).
+    tls: bool = False
 
     def start(self) -> None:
         args = list(self.args)
@@ -103,7 +105,7 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        return f"http://{self.grpc}"
+        return f"{'https' if self.tls else 'http'}://{self.grpc}"
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -300,11 +302,33 @@ class Environment:
     zone: str = "nexus.local"
     remote: Gateway | None = None
     relay: Relay | None = None
+    #: With ``gateway.tls``: the cluster PKI (``nexus certs``) and another CA's, by the names
+    #: ``connect`` uses (``cluster``, ``other``).
+    pki: dict[str, str] = field(default_factory=dict)
+
+    def tls_files(self, which: str) -> tuple[str, str, str]:
+        """(CA file, client certificate, client key) of the PKI ``which``."""
+        d = self.pki[which]
+        return (os.path.join(d, "ca.pem"), os.path.join(d, "clients", "conformance.pem"),
+                os.path.join(d, "clients", "conformance-key.pem"))
 
     def start(self) -> None:
         gw = self.spec.get("gateway", {})
         args = ["--region", self.region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
                 "--auth", gw.get("auth", "off")]
+        tls = gw.get("tls")
+        if tls:
+            # The gateway's certificate (for 127.0.0.1) and a client certificate from the
+            # cluster CA, and a client certificate from another CA, all by `nexus certs`.
+            for which in ("cluster", "other"):
+                self.pki[which] = os.path.join(self.dir, f"pki-{which}")
+                subprocess.run([nexus_bin(), "certs", "--out", self.pki[which], "--gateway",
+                                f"{self.region}/conformance-tls@127.0.0.1", "--client", "conformance"],
+                               check=True, capture_output=True)
+            cert = os.path.join(self.pki["cluster"], "gateways", self.region, "conformance-tls")
+            args += ["--tls-cert", cert + ".pem", "--tls-key", cert + "-key.pem"]
+            if tls == "mutual":
+                args += ["--tls-client-ca", os.path.join(self.pki["cluster"], "ca.pem")]
         if "max_payload" in gw:
             args += ["--max-payload", str(gw["max_payload"])]
         if "shutdown_grace_ms" in gw:
@@ -349,7 +373,7 @@ class Environment:
                 extra = ["--federation-listen", "127.0.0.1:0", "--federation-cert", f"{pem}.pem",
                          "--federation-key", f"{pem}-key.pem", "--federation-ca", os.path.join(certs, "ca.pem")]
             g = Gateway(args + extra + ["--gateway-id", gid, "--state-dir", os.path.join(self.dir, f"gw-state-{i}")],
-                        os.path.join(self.dir, f"gateway-{i}.log"))
+                        os.path.join(self.dir, f"gateway-{i}.log"), tls=bool(tls))
             g.start()
             self.gateways.append(g)
         if self.spec.get("cluster"):

@@ -31,6 +31,7 @@ ERRORS = {
     "disconnected": nx.DisconnectedError,
     "unavailable": nx.UnavailableError,
     "closed": nx.ClosedError,
+    "connect": nx.ConnectError,
 }
 
 
@@ -118,12 +119,21 @@ class Runner:
             else:
                 url = self.env.gateway.url
 
+            tls: dict = {}
+            if "tls_ca" in s:
+                tls["tls_ca_file"] = self.env.tls_files(s["tls_ca"])[0]
+            if "tls_client_cert" in s:
+                _, cert, key_file = self.env.tls_files(s["tls_client_cert"])
+                tls["tls_client_cert_file"], tls["tls_client_key_file"] = cert, key_file
+            if "tls_server_name" in s:
+                tls["tls_server_name"] = s["tls_server_name"]
+
             async def make():
                 opts = nx.ClientOptions(
                     api_key=key, name=f"conformance-{s['client']}", connect_timeout=3.0,
                     reconnect_backoff=(0.05, 0.5), stream_window=s.get("stream_window", 256),
                     local_payload_check=s.get("local_payload_check", True),
-                    publish_retry_timeout=s.get("publish_retry_ms", 30000) / 1000)
+                    publish_retry_timeout=s.get("publish_retry_ms", 30000) / 1000, **tls)
                 return await nx.Client.connect(url, options=opts)
             if "expect_error" in s:
                 await self.expect_error(s, make())

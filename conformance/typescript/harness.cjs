@@ -169,9 +169,11 @@ function kill(proc) {
 }
 
 class Gateway {
-  constructor(args, log) {
+  constructor(args, log, tls = false) {
     this.args = args;
     this.log = log;
+    /** Serves adapters over TLS (`https://`). */
+    this.tls = tls;
   }
   async start() {
     let args = [...this.args];
@@ -202,7 +204,7 @@ class Gateway {
     await waitReady(this.metrics);
   }
   get url() {
-    return `http://${this.grpc}`;
+    return `${this.tls ? "https" : "http"}://${this.grpc}`;
   }
   async kill() {
     await kill(this.proc);
@@ -236,6 +238,11 @@ class Gateway {
 }
 
 class Environment {
+  /** [CA file, client certificate, client key] of the PKI `which` (`cluster` or `other`). */
+  tlsFiles(which) {
+    const d = this.pki[which];
+    return [path.join(d, "ca.pem"), path.join(d, "clients", "conformance.pem"), path.join(d, "clients", "conformance-key.pem")];
+  }
   constructor(spec) {
     this.spec = spec;
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), "nexus-conformance-"));
@@ -248,6 +255,18 @@ class Environment {
     const args = ["--region", this.region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--auth", gw.auth || "off"];
     if (gw.max_payload) args.push("--max-payload", String(gw.max_payload));
     if (gw.shutdown_grace_ms !== undefined) args.push("--shutdown-grace-ms", String(gw.shutdown_grace_ms));
+    this.pki = {};
+    if (gw.tls) {
+      // The gateway's certificate (for 127.0.0.1) and a client certificate from the cluster
+      // CA, and a client certificate from another CA, all by `nexus certs`.
+      for (const which of ["cluster", "other"]) {
+        this.pki[which] = path.join(this.dir, `pki-${which}`);
+        execFileSync(nexusBin(), ["certs", "--out", this.pki[which], "--gateway", `${this.region}/conformance-tls@127.0.0.1`, "--client", "conformance"]);
+      }
+      const cert = path.join(this.pki.cluster, "gateways", this.region, "conformance-tls");
+      args.push("--tls-cert", `${cert}.pem`, "--tls-key", `${cert}-key.pem`);
+      if (gw.tls === "mutual") args.push("--tls-client-ca", path.join(this.pki.cluster, "ca.pem"));
+    }
     if (this.spec.control_plane) {
       const keyFile = path.join(this.dir, "admin.key");
       const { proc, lines } = await spawnUntil(
@@ -305,7 +324,7 @@ class Environment {
       const extra = this.spec.cluster ? ["--federation-listen", "127.0.0.1:0", "--federation-cert", `${pem}.pem`,
         "--federation-key", `${pem}-key.pem`, "--federation-ca", path.join(certs, "ca.pem")] : [];
       const g = new Gateway([...args, ...extra, "--gateway-id", id, "--state-dir", path.join(this.dir, `gw-state-${i}`)],
-        path.join(this.dir, `gateway-${i}.log`));
+        path.join(this.dir, `gateway-${i}.log`), Boolean(gw.tls));
       await g.start();
       this.gateways.push(g);
     }

@@ -11,7 +11,7 @@ const ERRORS = {
   invalid_subject: nx.InvalidSubjectError, no_responders: nx.NoRespondersError, timeout: nx.TimeoutError,
   service: nx.ServiceError, limit: nx.LimitError, denied: nx.DeniedError, discovery: nx.DiscoveryError,
   invalid: nx.InvalidError, disconnected: nx.DisconnectedError, unavailable: nx.UnavailableError,
-  closed: nx.ClosedError,
+  closed: nx.ClosedError, connect: nx.ConnectError,
 };
 
 class CaseFailed extends Error {}
@@ -87,6 +87,9 @@ class Runner {
         if (s.stream_window) opts.streamWindow = s.stream_window;
         if (s.local_payload_check === false) opts.localPayloadCheck = false;
         if ("publish_retry_ms" in s) opts.publishRetryTimeoutMs = s.publish_retry_ms;
+        if (s.tls_ca) opts.tlsCaFile = this.env.tlsFiles(s.tls_ca)[0];
+        if (s.tls_client_cert) [, opts.tlsClientCertFile, opts.tlsClientKeyFile] = this.env.tlsFiles(s.tls_client_cert);
+        if (s.tls_server_name) opts.tlsServerName = s.tls_server_name;
         const make = () => nx.Client.connect(url, opts);
         if (s.expect_error) return this.expectError(s, make);
         this.clients[s.client] = await this.retrying(s, make);

@@ -195,8 +195,14 @@ impl Admin for AdminService {
     async fn create_key(&self, r: Request<CreateKeyRequest>) -> R<CreateKeyResponse> {
         let w = self.recording(Caller::of(&r), "keys.create");
         let r = r.into_inner();
-        let (key, secret) =
-            keys::create(&w, &r.name, r.scopes.unwrap_or_default(), r.expires_at_ms).await?;
+        let (key, secret) = keys::create(
+            &w,
+            &r.name,
+            r.scopes.unwrap_or_default(),
+            r.expires_at_ms,
+            r.cert_binding,
+        )
+        .await?;
         w.respond(CreateKeyResponse {
             key: Some(key),
             secret,
@@ -229,6 +235,12 @@ impl Admin for AdminService {
         let w = self.audited(Caller::of(&r), "keys.set_limits");
         let r = r.into_inner();
         ok(keys::set_limits(&*w, &r.id, r.limits.unwrap_or_default()).await?)
+    }
+
+    async fn set_key_cert_binding(&self, r: Request<SetKeyCertBindingRequest>) -> R<ApiKey> {
+        let w = self.audited(Caller::of(&r), "keys.set_cert_binding");
+        let r = r.into_inner();
+        ok(keys::set_cert_binding(&*w, &r.id, r.binding).await?)
     }
 
     async fn update_key_scopes(&self, r: Request<UpdateKeyScopesRequest>) -> R<ApiKey> {

@@ -129,6 +129,7 @@ pub async fn bootstrap(store: &dyn Store, file: Option<&Path>) -> Result<(), Adm
             admin: true,
         },
         0,
+        None,
     )
     .await?;
     write_secret(file, &token).map_err(|e| {

@@ -4,7 +4,7 @@
 
 use nexus_proto::keys::{issue, new_key_id};
 use nexus_proto::subject::validate_pattern;
-use nexus_proto::v1::{ApiKey, KeyLimits, KeyScopes, StoredKey};
+use nexus_proto::v1::{ApiKey, KeyCertBinding, KeyLimits, KeyScopes, StoredKey};
 
 use crate::error::AdminError;
 use crate::names::{KEYS, key_key, now_ms, validate_name};
@@ -40,15 +40,74 @@ fn validate_scopes(scopes: &KeyScopes) -> Result<(), AdminError> {
     Ok(())
 }
 
+/// At most this many fingerprints, and this many names, in a key's certificate binding.
+const MAX_BOUND: usize = 32;
+
+/// Checks a certificate binding and returns it normalised: fingerprints in lower-case hex
+/// without separators (`AB:CD:...` as `openssl x509 -fingerprint -sha256` prints them is
+/// accepted), names in lower case; `None` when both lists are empty (no binding).
+pub fn normalize_binding(
+    binding: Option<KeyCertBinding>,
+) -> Result<Option<KeyCertBinding>, AdminError> {
+    let Some(b) = binding else { return Ok(None) };
+    if b.sha256.len() > MAX_BOUND || b.names.len() > MAX_BOUND {
+        return Err(AdminError::invalid(
+            "cert_binding",
+            format!("at most {MAX_BOUND} fingerprints and {MAX_BOUND} names"),
+        ));
+    }
+    let mut out = KeyCertBinding::default();
+    for (i, f) in b.sha256.iter().enumerate() {
+        let hex: String = f
+            .trim()
+            .chars()
+            .filter(|c| *c != ':')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(AdminError::invalid(
+                format!("cert_binding.sha256[{i}]"),
+                format!(
+                    "{f:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed; e.g. `openssl x509 -noout -fingerprint -sha256 -in cert.pem`)"
+                ),
+            ));
+        }
+        if !out.sha256.contains(&hex) {
+            out.sha256.push(hex);
+        }
+    }
+    for (i, n) in b.names.iter().enumerate() {
+        let name = n.trim().trim_end_matches('.').to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'*')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(AdminError::invalid(
+                format!("cert_binding.names[{i}]"),
+                format!("{n:?} is not a DNS name (such as orders.client.nexus)"),
+            ));
+        }
+        if !out.names.contains(&name) {
+            out.names.push(name);
+        }
+    }
+    Ok((!out.sha256.is_empty() || !out.names.is_empty()).then_some(out))
+}
+
 /// Issues a new key; the returned token is the only copy of its secret.
 pub async fn create(
     store: &dyn Store,
     name: &str,
     scopes: KeyScopes,
     expires_at_ms: i64,
+    cert_binding: Option<KeyCertBinding>,
 ) -> Result<(ApiKey, String), AdminError> {
     validate_name("name", name)?;
     validate_scopes(&scopes)?;
+    let cert_binding = normalize_binding(cert_binding)?;
     let now = now_ms();
     if expires_at_ms != 0 && expires_at_ms <= now {
         return Err(AdminError::invalid(
@@ -64,6 +123,7 @@ pub async fn create(
         scopes: Some(scopes),
         created_at_ms: now,
         expires_at_ms,
+        cert_binding,
         ..Default::default()
     };
     let stored = StoredKey {
@@ -206,6 +266,16 @@ pub async fn set_limits(
     update_live(store, id, |key| key.limits = Some(limits)).await
 }
 
+/// Binds a key to TLS client certificates (`None` or an empty binding lifts it).
+pub async fn set_cert_binding(
+    store: &dyn Store,
+    id: &str,
+    binding: Option<KeyCertBinding>,
+) -> Result<ApiKey, AdminError> {
+    let binding = normalize_binding(binding)?;
+    update_live(store, id, |key| key.cert_binding = binding).await
+}
+
 /// Revokes a key: every secret stops working as soon as gateways see the change.
 pub async fn revoke(store: &dyn Store, id: &str) -> Result<ApiKey, AdminError> {
     let (mut stored, version) = load(store, id).await?;
@@ -222,4 +292,44 @@ pub async fn revoke(store: &dyn Store, id: &str) -> Result<ApiKey, AdminError> {
         return Err(conflict(store, &record, &format!("key {id}"), version).await);
     }
     Ok(public(&stored, version + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bindings_are_normalised_and_bad_ones_named() {
+        let colons = (0..32).map(|_| "AB").collect::<Vec<_>>().join(":");
+        let b = normalize_binding(Some(KeyCertBinding {
+            sha256: vec![colons, "ab".repeat(32)],
+            names: vec!["Orders.Client.Nexus.".into()],
+        }))
+        .unwrap()
+        .unwrap();
+        assert_eq!(b.sha256, vec!["ab".repeat(32)]);
+        assert_eq!(b.names, vec!["orders.client.nexus".to_string()]);
+        assert_eq!(
+            normalize_binding(Some(KeyCertBinding::default())).unwrap(),
+            None
+        );
+        assert_eq!(normalize_binding(None).unwrap(), None);
+        let e = normalize_binding(Some(KeyCertBinding {
+            sha256: vec!["abc".into()],
+            names: vec![],
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cert_binding.sha256[0]") && e.contains("not a SHA-256"),
+            "{e}"
+        );
+        let e = normalize_binding(Some(KeyCertBinding {
+            sha256: vec![],
+            names: vec!["a b".into()],
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cert_binding.names[0]"), "{e}");
+    }
 }

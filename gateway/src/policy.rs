@@ -10,7 +10,7 @@ use std::sync::Arc;
 use nexus_proto::keys;
 use nexus_proto::subject::{covers, matches};
 use nexus_proto::v1::{
-    ConfigSnapshot, Enforcement, FederationPeer, Route, SchemaFormat, StoredKey,
+    ConfigSnapshot, Enforcement, FederationPeer, KeyCertBinding, Route, SchemaFormat, StoredKey,
 };
 use nexus_schema::ParsedSchema;
 
@@ -25,6 +25,76 @@ pub struct Grant {
     /// previous one during a rotation's overlap), so that a session opened with a secret that
     /// a rotation retired is closed when the overlap ends.
     pub secret_sha256: bytes::Bytes,
+    /// The TLS client certificate the session presented, kept so that a binding set later
+    /// ([`Policy::recheck`]) is checked against it.
+    pub client_cert: Option<Arc<ClientCert>>,
+}
+
+/// A TLS client certificate as key bindings see it (`KeyCertBinding`): its SHA-256
+/// fingerprint and DNS names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// SHA-256 of the DER certificate, lower-case hex.
+    pub sha256: String,
+    /// The DNS names (subjectAltName) it is issued for, lower case.
+    pub names: Vec<String>,
+}
+
+impl ClientCert {
+    /// From the DER end-entity certificate the TLS handshake verified.
+    pub fn from_der(der: &[u8]) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(der);
+        let sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let cert = rustls_pki_types::CertificateDer::from(der);
+        let names = nexus_tls::load::dns_names(&cert)
+            .into_iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        Self { sha256, names }
+    }
+
+    fn describe(&self) -> String {
+        format!("sha256 {}, names [{}]", self.sha256, self.names.join(", "))
+    }
+}
+
+/// Whether `cert` may present a key bound by `binding`: `Ok` without a binding (or an empty
+/// one), otherwise when the certificate's fingerprint or one of its DNS names is listed.
+fn check_binding(
+    id: &str,
+    binding: Option<&KeyCertBinding>,
+    cert: Option<&ClientCert>,
+) -> Result<(), AuthError> {
+    let Some(b) = binding.filter(|b| !b.sha256.is_empty() || !b.names.is_empty()) else {
+        return Ok(());
+    };
+    let mut bound: Vec<String> = b.sha256.iter().map(|f| format!("sha256 {f}")).collect();
+    bound.extend(b.names.iter().map(|n| format!("name {n}")));
+    let bound = bound.join(", ");
+    let Some(cert) = cert else {
+        return Err(AuthError::CertificateRequired {
+            id: id.into(),
+            bound,
+        });
+    };
+    let fingerprint = b
+        .sha256
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(&cert.sha256));
+    let name = cert
+        .names
+        .iter()
+        .any(|n| b.names.iter().any(|m| m.eq_ignore_ascii_case(n)));
+    if fingerprint || name {
+        Ok(())
+    } else {
+        Err(AuthError::CertificateMismatch {
+            id: id.into(),
+            bound,
+            presented: cert.describe(),
+        })
+    }
 }
 
 impl Grant {
@@ -58,6 +128,18 @@ pub enum AuthError {
         "API key {0} was rotated and the secret this session presented was retired when the rotation's overlap ended"
     )]
     SecretRetired(String),
+    #[error(
+        "API key {id} is bound to TLS client certificates ({bound}) and this connection presented none: connect over TLS with one of them (the gateway must run with --tls-client-ca)"
+    )]
+    CertificateRequired { id: String, bound: String },
+    #[error(
+        "API key {id} is bound to TLS client certificates ({bound}); the certificate this connection presented ({presented}) matches none of them"
+    )]
+    CertificateMismatch {
+        id: String,
+        bound: String,
+        presented: String,
+    },
 }
 
 impl AuthError {
@@ -143,8 +225,15 @@ impl Policy {
         )
     }
 
-    /// Checks a token presented in Hello.
-    pub fn authenticate(&self, token: &str, now_ms: i64) -> Result<Arc<Grant>, AuthError> {
+    /// Checks a token presented in Hello (or a unary call's `api_key`), with the TLS client
+    /// certificate of the connection it came on (`None`: plaintext, or no certificate), which
+    /// must match the key's certificate binding if it has one.
+    pub fn authenticate(
+        &self,
+        token: &str,
+        now_ms: i64,
+        client_cert: Option<&Arc<ClientCert>>,
+    ) -> Result<Arc<Grant>, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -161,12 +250,14 @@ impl Policy {
         if !(current || previous) {
             return Err(AuthError::WrongSecret(id.into()));
         }
+        // After the secret: only a caller holding the key learns what it is bound to.
+        check_binding(id, key.cert_binding.as_ref(), client_cert.map(|c| &**c))?;
         let used = if current {
             &stored.secret_sha256
         } else {
             &stored.previous_secret_sha256
         };
-        Ok(grant_of(stored, used.clone()))
+        Ok(grant_of(stored, used.clone(), client_cert.cloned()))
     }
 
     fn valid_key(&self, id: &str, now_ms: i64) -> Result<&StoredKey, AuthError> {
@@ -196,7 +287,8 @@ impl Policy {
     }
 
     /// For a session authenticated earlier: its current grant (scopes may have changed),
-    /// or why it must end now (revoked, expired, deleted).
+    /// or why it must end now (revoked, expired, deleted, bound to certificates that do not
+    /// include the session's).
     /// Also ends a session whose secret a rotation retired: it presented the previous
     /// secret and the overlap (`previous_valid_until_ms`) is over, or the key was rotated again.
     pub fn recheck(&self, grant: &Grant, now_ms: i64) -> Result<Arc<Grant>, AuthError> {
@@ -212,11 +304,20 @@ impl Policy {
         if !(current || previous) {
             return Err(AuthError::SecretRetired(grant.key_id.clone()));
         }
-        Ok(grant_of(stored, used.clone()))
+        check_binding(
+            &grant.key_id,
+            stored.key.as_ref().and_then(|k| k.cert_binding.as_ref()),
+            grant.client_cert.as_deref(),
+        )?;
+        Ok(grant_of(stored, used.clone(), grant.client_cert.clone()))
     }
 }
 
-fn grant_of(stored: &StoredKey, secret_sha256: bytes::Bytes) -> Arc<Grant> {
+fn grant_of(
+    stored: &StoredKey,
+    secret_sha256: bytes::Bytes,
+    client_cert: Option<Arc<ClientCert>>,
+) -> Arc<Grant> {
     let key = stored.key.clone().unwrap_or_default();
     let scopes = key.scopes.unwrap_or_default();
     Arc::new(Grant {
@@ -225,6 +326,7 @@ fn grant_of(stored: &StoredKey, secret_sha256: bytes::Bytes) -> Arc<Grant> {
         publish: scopes.publish,
         subscribe: scopes.subscribe,
         secret_sha256,
+        client_cert,
     })
 }
 
@@ -272,13 +374,13 @@ mod tests {
         let (revoked, revoked_token) = key(true, 0);
         let (expired, expired_token) = key(false, 1_000);
         let p = policy(vec![good, revoked, expired]);
-        let g = p.authenticate(&token, 5_000).unwrap();
+        let g = p.authenticate(&token, 5_000, None).unwrap();
         assert!(g.may_publish("orders.eu.created"));
         assert!(!g.may_publish("billing.x"));
         assert!(g.may_subscribe("orders.*.created"));
         assert!(g.may_subscribe("orders.eu.created"));
         assert!(!g.may_subscribe("orders.>"));
-        assert_eq!(p.authenticate("", 0), Err(AuthError::Missing));
+        assert_eq!(p.authenticate("", 0, None), Err(AuthError::Missing));
         assert_eq!(
             AuthError::Missing.describe("api_key"),
             "an API key is required (api_key is empty)"
@@ -287,13 +389,13 @@ mod tests {
             AuthError::Malformed.describe("Hello.api_key"),
             "Hello.api_key is not a Nexus API key (expected nxk_<id>_<secret>)"
         );
-        assert_eq!(p.authenticate("hello", 0), Err(AuthError::Malformed));
+        assert_eq!(p.authenticate("hello", 0, None), Err(AuthError::Malformed));
         assert!(matches!(
-            p.authenticate(&revoked_token, 0),
+            p.authenticate(&revoked_token, 0, None),
             Err(AuthError::Revoked(_))
         ));
         assert!(matches!(
-            p.authenticate(&expired_token, 5_000),
+            p.authenticate(&expired_token, 5_000, None),
             Err(AuthError::Expired(_))
         ));
         let wrong = format!(
@@ -302,12 +404,12 @@ mod tests {
             if token.ends_with('0') { "1" } else { "0" }
         );
         assert!(matches!(
-            p.authenticate(&wrong, 0),
+            p.authenticate(&wrong, 0, None),
             Err(AuthError::WrongSecret(_))
         ));
         let unknown = keys::issue(&keys::new_key_id()).token;
         assert!(matches!(
-            p.authenticate(&unknown, 0),
+            p.authenticate(&unknown, 0, None),
             Err(AuthError::Unknown(_))
         ));
     }
@@ -321,11 +423,94 @@ mod tests {
             std::mem::replace(&mut k.secret_sha256, new.secret_sha256.into());
         k.key.as_mut().unwrap().previous_valid_until_ms = 10_000;
         let p = policy(vec![k]);
-        assert!(p.authenticate(&new.token, 20_000).is_ok());
-        assert!(p.authenticate(&old_token, 9_999).is_ok());
+        assert!(p.authenticate(&new.token, 20_000, None).is_ok());
+        assert!(p.authenticate(&old_token, 9_999, None).is_ok());
         assert!(matches!(
-            p.authenticate(&old_token, 10_000),
+            p.authenticate(&old_token, 10_000, None),
             Err(AuthError::WrongSecret(_))
         ));
+    }
+
+    #[test]
+    fn a_bound_key_needs_a_matching_client_certificate() {
+        let (mut k, token) = key(false, 0);
+        let id = k.key.as_ref().unwrap().id.clone();
+        let alice = Arc::new(ClientCert {
+            sha256: "ab".repeat(32),
+            names: vec!["alice.client.nexus".into()],
+        });
+        let bob = Arc::new(ClientCert {
+            sha256: "cd".repeat(32),
+            names: vec!["bob.client.nexus".into()],
+        });
+        k.key.as_mut().unwrap().cert_binding = Some(KeyCertBinding {
+            sha256: vec!["cd".repeat(32)],
+            names: vec!["alice.client.nexus".into()],
+        });
+        let p = policy(vec![k.clone()]);
+        // By name, by fingerprint.
+        let g = p.authenticate(&token, 0, Some(&alice)).unwrap();
+        assert!(p.authenticate(&token, 0, Some(&bob)).is_ok());
+        let none = p.authenticate(&token, 0, None).unwrap_err();
+        assert!(matches!(none, AuthError::CertificateRequired { .. }));
+        assert!(none.to_string().contains("presented none"), "{none}");
+        let stranger = Arc::new(ClientCert {
+            sha256: "ef".repeat(32),
+            names: vec!["eve.client.nexus".into()],
+        });
+        let e = p.authenticate(&token, 0, Some(&stranger)).unwrap_err();
+        assert!(matches!(e, AuthError::CertificateMismatch { .. }));
+        let text = e.to_string();
+        assert!(
+            text.contains(&id) && text.contains("eve.client.nexus"),
+            "{text}"
+        );
+        // A wrong secret is refused as such, without naming the binding.
+        let wrong = format!(
+            "{}{}",
+            &token[..token.len() - 1],
+            if token.ends_with('0') { "1" } else { "0" }
+        );
+        assert!(matches!(
+            p.authenticate(&wrong, 0, Some(&stranger)),
+            Err(AuthError::WrongSecret(_))
+        ));
+        // Binding changed under an open session: the recheck ends it.
+        k.key.as_mut().unwrap().cert_binding = Some(KeyCertBinding {
+            sha256: Vec::new(),
+            names: vec!["bob.client.nexus".into()],
+        });
+        let p = policy(vec![k.clone()]);
+        assert!(matches!(
+            p.recheck(&g, 0),
+            Err(AuthError::CertificateMismatch { .. })
+        ));
+        // An empty binding binds nothing.
+        k.key.as_mut().unwrap().cert_binding = Some(KeyCertBinding::default());
+        assert!(policy(vec![k]).authenticate(&token, 0, None).is_ok());
+    }
+
+    #[test]
+    fn client_cert_fingerprint_and_names() {
+        let ca = nexus_tls::CertificateAuthority::generate(
+            "test CA",
+            nexus_tls::issue::Validity::days(1),
+        )
+        .unwrap();
+        let issued = ca
+            .issue(
+                &nexus_tls::Role::Client {
+                    name: "orders".into(),
+                },
+                nexus_tls::issue::Validity::days(1),
+            )
+            .unwrap();
+        let der =
+            nexus_tls::load::certs_from_pem(issued.cert_pem.as_bytes(), std::path::Path::new("x"))
+                .unwrap()
+                .remove(0);
+        let c = ClientCert::from_der(&der);
+        assert_eq!(c.sha256.len(), 64);
+        assert_eq!(c.names, vec!["orders.client.nexus".to_string()]);
     }
 }

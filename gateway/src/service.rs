@@ -19,11 +19,33 @@ use crate::admission::{
 use crate::connection::Connection;
 use crate::metrics::{AdmissionRefusal, Direction, GatewayMetrics, Limit, Pattern};
 use crate::outbound::Outbound;
+use crate::policy::ClientCert;
 use crate::router::{Delivery, RouteError, Router, Waiter};
 use crate::session::Session;
 use crate::subject::validate_subject;
 use crate::trace;
 use crate::transport::{Activity, ConnInfo};
+
+/// The transport connection a request came on. tonic files it under [`ConnInfo`] for
+/// plaintext and under `TlsConnectInfo<ConnInfo>` for TLS; before both were looked up, a TLS
+/// session found neither, so it counted as idle (closed after
+/// `limits.idle_connection_timeout_ms` while in use) and every TLS client shared one address
+/// in the per-address budgets.
+fn conn_info(ext: &tonic::codegen::http::Extensions) -> Option<&ConnInfo> {
+    ext.get::<ConnInfo>().or_else(|| {
+        ext.get::<tonic::transport::server::TlsConnectInfo<ConnInfo>>()
+            .map(|t| t.get_ref())
+    })
+}
+
+/// The TLS client certificate the connection presented (verified against `--tls-client-ca`
+/// during the handshake), for API keys bound to certificates.
+fn client_cert(ext: &tonic::codegen::http::Extensions) -> Option<Arc<ClientCert>> {
+    let certs = ext
+        .get::<tonic::transport::server::TlsConnectInfo<ConnInfo>>()?
+        .peer_certs()?;
+    certs.first().map(|c| Arc::new(ClientCert::from_der(c)))
+}
 
 pub struct GatewayService {
     pub(crate) router: Arc<Router>,
@@ -58,6 +80,8 @@ pub(crate) struct SessionAdmission {
     connections: Arc<AtomicU32>,
     pub(crate) logs: Arc<AdmissionLogs>,
     pub(crate) remote: Option<SocketAddr>,
+    /// The connection's TLS client certificate, checked against a bound key's binding.
+    pub(crate) client_cert: Option<Arc<ClientCert>>,
     _activity: Option<Activity>,
 }
 
@@ -128,6 +152,7 @@ impl GatewayService {
     /// the `nexus-publisher-key` header (`provenance`).
     fn check_unary(
         &self,
+        client_cert: Option<&Arc<ClientCert>>,
         api_key: &str,
         subject: &str,
         payload: &[u8],
@@ -139,7 +164,7 @@ impl GatewayService {
             let grant = self
                 .router
                 .policy()
-                .authenticate(api_key, crate::policy_now_ms())
+                .authenticate(api_key, crate::policy_now_ms(), client_cert)
                 .map_err(|e| {
                     self.router.metrics.auth_failures.inc();
                     Status::unauthenticated(e.describe("api_key"))
@@ -198,7 +223,8 @@ impl Gateway for GatewayService {
             }
             return Err(max_connections_status(max));
         }
-        let info = request.extensions().get::<ConnInfo>().cloned();
+        let info = conn_info(request.extensions()).cloned();
+        let client_cert = client_cert(request.extensions());
         let remote = info.as_ref().map(|i| i.remote);
         let ip = remote.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |r| r.ip());
         let pending = match self.unauthenticated.try_acquire(ip) {
@@ -247,6 +273,7 @@ impl Gateway for GatewayService {
             connections: self.connections.clone(),
             logs: self.logs.clone(),
             remote,
+            client_cert,
             _activity: Activity::begin(info.as_ref()),
         };
         let budget = self.router.config().slow_consumer.max_pending_bytes as u32;
@@ -270,9 +297,10 @@ impl Gateway for GatewayService {
         &self,
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
-        let _activity = Activity::begin(request.extensions().get::<ConnInfo>());
+        let _activity = Activity::begin(conn_info(request.extensions()));
+        let cert = client_cert(request.extensions());
         let mut p = request.into_inner();
-        let key_id = self.check_unary(&p.api_key, &p.subject, &p.payload)?;
+        let key_id = self.check_unary(cert.as_ref(), &p.api_key, &p.subject, &p.payload)?;
         self.router
             .metrics
             .traffic(Pattern::Pub, Direction::In, p.payload.len());
@@ -310,9 +338,10 @@ impl Gateway for GatewayService {
         &self,
         request: Request<v1::RequestRequest>,
     ) -> Result<Response<v1::RequestResponse>, Status> {
-        let _activity = Activity::begin(request.extensions().get::<ConnInfo>());
+        let _activity = Activity::begin(conn_info(request.extensions()));
+        let cert = client_cert(request.extensions());
         let mut r = request.into_inner();
-        let key_id = self.check_unary(&r.api_key, &r.subject, &r.payload)?;
+        let key_id = self.check_unary(cert.as_ref(), &r.api_key, &r.subject, &r.payload)?;
         self.router
             .metrics
             .traffic(Pattern::Request, Direction::In, r.payload.len());

@@ -517,11 +517,11 @@ impl Session {
             )));
         }
         if self.router.auth_required() {
-            match self
-                .router
-                .policy()
-                .authenticate(&h.api_key, crate::policy_now_ms())
-            {
+            match self.router.policy().authenticate(
+                &h.api_key,
+                crate::policy_now_ms(),
+                self.admission.client_cert.as_ref(),
+            ) {
                 Ok(grant) => {
                     self.conn.grant.store(Some(grant));
                     self.router.track_authenticated(&self.conn);

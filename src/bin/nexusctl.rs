@@ -288,6 +288,28 @@ impl SchemaFile {
     }
 }
 
+/// Which TLS client certificates may present a key (docs/security.md §4.1); repeatable, and a
+/// certificate matching any one of them is accepted.
+#[derive(Debug, clap::Args)]
+struct CertBindingArgs {
+    /// SHA-256 fingerprint of an allowed client certificate (64 hex digits, colons allowed).
+    #[arg(long = "cert-sha256")]
+    cert_sha256: Vec<String>,
+    /// A DNS name (subjectAltName) an allowed client certificate carries, e.g.
+    /// orders.client.nexus for `nexus certs --client orders`.
+    #[arg(long = "cert-name")]
+    cert_name: Vec<String>,
+    /// A PEM certificate file: allows exactly that certificate (by its fingerprint).
+    #[arg(long = "cert-file")]
+    cert_file: Vec<std::path::PathBuf>,
+}
+
+impl CertBindingArgs {
+    fn binding(self) -> anyhow::Result<Option<nexus_proto::v1::KeyCertBinding>> {
+        nexus::ctl::admin::cert_binding(self.cert_sha256, self.cert_name, &self.cert_file)
+    }
+}
+
 #[derive(Subcommand)]
 enum KeysCmd {
     /// Create a key; its secret is printed once.
@@ -305,6 +327,8 @@ enum KeysCmd {
         /// Expire after this long, e.g. 90d.
         #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
         expires_in: Option<Duration>,
+        #[command(flatten)]
+        binding: CertBindingArgs,
     },
     /// List keys (never their secrets).
     List,
@@ -331,6 +355,16 @@ enum KeysCmd {
         /// Payload bytes allowed at once above the rate (default: one second's worth).
         #[arg(long, default_value_t = 0)]
         burst_bytes: u64,
+    },
+    /// Bind a key to TLS client certificates: gateways then accept it only from connections
+    /// presenting one of them (open sessions without one are closed). `--clear` lifts it.
+    Bind {
+        id: String,
+        #[command(flatten)]
+        binding: CertBindingArgs,
+        /// Lift the binding: any connection may present the key again.
+        #[arg(long, conflicts_with_all = ["cert_sha256", "cert_name", "cert_file"])]
+        clear: bool,
     },
     /// Replace a key's scopes; open sessions lose subscriptions no longer covered.
     Scopes {
@@ -490,9 +524,22 @@ async fn command(cli: Cli, tls: &nexus::ctl::ClientTls) -> anyhow::Result<ExitCo
                     subscribe,
                     admin: is_admin,
                     expires_in,
+                    binding,
                 } => {
-                    admin::keys_create(&mut a, &name, publish, subscribe, is_admin, expires_in, out)
-                        .await?
+                    let binding = binding.binding()?;
+                    admin::keys_create(
+                        &mut a, &name, publish, subscribe, is_admin, expires_in, binding, out,
+                    )
+                    .await?
+                }
+                KeysCmd::Bind { id, binding, clear } => {
+                    let binding = binding.binding()?;
+                    if binding.is_none() && !clear {
+                        anyhow::bail!(
+                            "nexusctl keys bind needs --cert-sha256, --cert-name or --cert-file (or --clear to lift the binding)"
+                        );
+                    }
+                    admin::keys_bind(&mut a, &id, binding, out).await?
                 }
                 KeysCmd::List => admin::keys_list(&mut a, out).await?,
                 KeysCmd::Rotate { id, overlap } => {

@@ -642,6 +642,10 @@ fn key_json(k: &ApiKey) -> serde_json::Value {
         "revoked": k.revoked,
         "previous_valid_until_ms": k.previous_valid_until_ms,
         "version": k.version,
+        "cert_binding": k.cert_binding.as_ref().map(|b| json!({
+            "sha256": b.sha256,
+            "names": b.names,
+        })),
         "limits": k.limits.as_ref().map(|l| json!({
             "msgs_per_sec": l.msgs_per_sec,
             "bytes_per_sec": l.bytes_per_sec,
@@ -675,6 +679,64 @@ fn print_secret(resp: CreateKeyResponse, verb: &str, output: Output) {
     }
 }
 
+/// A key's certificate binding from `nexusctl` flags: fingerprints given as such, or read
+/// from PEM certificate files (the first certificate of each), and DNS names. `None` when
+/// none is given.
+pub fn cert_binding(
+    sha256: Vec<String>,
+    names: Vec<String>,
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<Option<KeyCertBinding>> {
+    let mut binding = KeyCertBinding { sha256, names };
+    for f in files {
+        let certs = nexus_tls::load_certs(f)?;
+        let first = certs
+            .first()
+            .with_context(|| format!("{} holds no certificate", f.display()))?;
+        binding
+            .sha256
+            .push(nexus_gateway::policy::ClientCert::from_der(first).sha256);
+    }
+    Ok((!binding.sha256.is_empty() || !binding.names.is_empty()).then_some(binding))
+}
+
+fn binding_text(b: Option<&KeyCertBinding>) -> String {
+    match b {
+        None => "none (any connection may present the key)".into(),
+        Some(b) => {
+            let mut parts: Vec<String> = b.sha256.iter().map(|f| format!("sha256 {f}")).collect();
+            parts.extend(b.names.iter().map(|n| format!("name {n}")));
+            parts.join(", ")
+        }
+    }
+}
+
+pub async fn keys_bind(
+    c: &mut Admin,
+    id: &str,
+    binding: Option<KeyCertBinding>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let k = call(
+        c.set_key_cert_binding(SetKeyCertBindingRequest {
+            id: id.into(),
+            binding,
+        })
+        .await,
+    )?;
+    match output {
+        Output::Text => println!(
+            "key {} ({}) bound to client certificates: {}",
+            k.id,
+            k.name,
+            binding_text(k.cert_binding.as_ref())
+        ),
+        Output::Json => print_json(&key_json(&k)),
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn keys_create(
     c: &mut Admin,
     name: &str,
@@ -682,6 +744,7 @@ pub async fn keys_create(
     subscribe: Vec<String>,
     admin: bool,
     expires_in: Option<Duration>,
+    cert_binding: Option<KeyCertBinding>,
     output: Output,
 ) -> anyhow::Result<()> {
     let expires_at_ms = expires_in.map_or(0, |d| {
@@ -696,6 +759,7 @@ pub async fn keys_create(
                 admin,
             }),
             expires_at_ms,
+            cert_binding,
         })
         .await,
     )?;

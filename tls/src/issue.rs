@@ -33,6 +33,12 @@ pub fn admin_name(name: &str) -> String {
     format!("{name}.admin.nexus")
 }
 
+/// The DNS name in an adapter client certificate (`nexus certs --client <name>`), which API
+/// key bindings can name.
+pub fn client_name(name: &str) -> String {
+    format!("{name}.client.nexus")
+}
+
 /// The admin name a (CA-verified) client certificate carries, if it is an admin certificate.
 pub fn admin_identity(cert: &CertificateDer<'_>) -> Option<String> {
     crate::load::dns_names(cert)
@@ -58,6 +64,9 @@ pub enum Role {
     Console { hosts: Vec<String> },
     /// An operator or automation calling the Admin API (`nexusctl --tls-cert`).
     Admin { name: String },
+    /// An application (adapter) presenting a client certificate to gateways that require one
+    /// (`--tls-client-ca`); an API key can be bound to it (docs/security.md §4.1).
+    Client { name: String },
     /// Any other TLS server at `hosts` (etcd in tests, say), also usable as a client.
     Server { hosts: Vec<String> },
 }
@@ -84,6 +93,7 @@ impl Role {
                 (hosts.clone(), "nexus console".to_owned(), vec![ServerAuth])
             }
             Role::Admin { name } => (vec![admin_name(name)], name.clone(), vec![ClientAuth]),
+            Role::Client { name } => (vec![client_name(name)], name.clone(), vec![ClientAuth]),
             Role::Server { hosts } => (
                 hosts.clone(),
                 hosts.first().cloned().unwrap_or_default(),

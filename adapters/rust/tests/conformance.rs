@@ -325,6 +325,8 @@ struct Gateway {
     grpc: String,
     metrics: String,
     federation: String,
+    /// Serves adapters over TLS (`https://`; `gateway.tls` in the environment).
+    tls: bool,
 }
 
 impl Gateway {
@@ -377,7 +379,8 @@ impl Gateway {
         Ok(())
     }
     fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc)
     }
 }
 
@@ -394,6 +397,9 @@ struct Environment {
     control_plane: Option<Proc>,
     dns: String,
     keys: HashMap<String, String>,
+    /// With `gateway.tls`: the directories `nexus certs` wrote, by the names `connect` uses
+    /// (`cluster`: the gateway's CA; `other`: another CA).
+    pki: HashMap<String, PathBuf>,
 }
 
 const REGION: &str = "conformance";
@@ -425,6 +431,40 @@ impl Environment {
         }
         if let Some(ms) = gw.num("shutdown_grace_ms") {
             args.extend(["--shutdown-grace-ms".into(), ms.to_string()]);
+        }
+        let tls = gw.str("tls").map(str::to_owned);
+        let mut pki = HashMap::new();
+        if let Some(mode) = &tls {
+            // The gateway's certificate (for 127.0.0.1) and a client certificate from the
+            // cluster CA, and a client certificate from another CA, all by `nexus certs`.
+            for which in ["cluster", "other"] {
+                let out = dir.join(format!("pki-{which}"));
+                let status = std::process::Command::new(nexus_bin())
+                    .arg("certs")
+                    .arg("--out")
+                    .arg(&out)
+                    .args(["--gateway", &format!("{REGION}/conformance-tls@127.0.0.1")])
+                    .args(["--client", "conformance"])
+                    .output()
+                    .map_err(|e| format!("nexus certs: {e}"))?;
+                if !status.status.success() {
+                    return Err(format!("nexus certs failed: {status:?}"));
+                }
+                pki.insert(which.to_owned(), out);
+            }
+            let cert = pki["cluster"].join("gateways").join(REGION);
+            args.extend([
+                "--tls-cert".into(),
+                cert.join("conformance-tls.pem").display().to_string(),
+                "--tls-key".into(),
+                cert.join("conformance-tls-key.pem").display().to_string(),
+            ]);
+            if mode == "mutual" {
+                args.extend([
+                    "--tls-client-ca".into(),
+                    pki["cluster"].join("ca.pem").display().to_string(),
+                ]);
+            }
         }
         let mut keys = HashMap::new();
         keys.insert(
@@ -560,6 +600,7 @@ impl Environment {
                 grpc: String::new(),
                 metrics: String::new(),
                 federation: String::new(),
+                tls: false,
             };
             gw.start()?;
             args.extend(fed(REGION));
@@ -619,6 +660,7 @@ impl Environment {
                 grpc: String::new(),
                 metrics: String::new(),
                 federation: String::new(),
+                tls: tls.is_some(),
             };
             gateway.start()?;
             gateways.push(gateway);
@@ -679,6 +721,7 @@ impl Environment {
             control_plane,
             dns,
             keys,
+            pki,
         })
     }
 
@@ -795,6 +838,15 @@ impl Drop for Environment {
 
 // === the step interpreter ===
 
+/// The `tls_*` fields of a `connect` step, resolved to files (read only with feature `tls`).
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+#[derive(Clone, Default)]
+struct TlsOptions {
+    ca: Option<PathBuf>,
+    client: Option<(PathBuf, PathBuf)>,
+    server_name: Option<String>,
+}
+
 fn error_kind(e: &Error) -> &'static str {
     match e {
         Error::InvalidSubject { .. } => "invalid_subject",
@@ -808,6 +860,7 @@ fn error_kind(e: &Error) -> &'static str {
         Error::Disconnected | Error::NotConfirmed { .. } => "disconnected",
         Error::Unavailable { .. } => "unavailable",
         Error::Closed => "closed",
+        Error::Connect(_) => "connect",
         _ => "other",
     }
 }
@@ -951,6 +1004,26 @@ impl Runner {
                 let retry_ms = s.num("publish_retry_ms");
                 let name = s.str("client").unwrap_or_default().to_owned();
                 let window = s.num("stream_window");
+                let tls = TlsOptions {
+                    ca: s
+                        .str("tls_ca")
+                        .map(|w| self.env.pki.get(w).map(|d| d.join("ca.pem")))
+                        .map(|p| p.ok_or("tls_ca names no PKI of this environment"))
+                        .transpose()?,
+                    client: s
+                        .str("tls_client_cert")
+                        .map(|w| {
+                            self.env.pki.get(w).map(|d| {
+                                (
+                                    d.join("clients/conformance.pem"),
+                                    d.join("clients/conformance-key.pem"),
+                                )
+                            })
+                        })
+                        .map(|p| p.ok_or("tls_client_cert names no PKI of this environment"))
+                        .transpose()?,
+                    server_name: s.str("tls_server_name").map(str::to_owned),
+                };
                 let connect = || {
                     let mut b = Client::builder(&url)
                         .api_key(key.clone())
@@ -963,10 +1036,42 @@ impl Runner {
                     if let Some(ms) = retry_ms {
                         b = b.publish_retry_timeout(Duration::from_millis(ms));
                     }
-                    b.local_payload_check(local_check).connect()
+                    let tls = tls.clone();
+                    async move {
+                        #[cfg(feature = "tls")]
+                        {
+                            if let Some(ca) = tls.ca {
+                                b = b.tls_ca_file(ca)?;
+                            }
+                            if let Some((cert, key)) = tls.client {
+                                b = b.tls_client_cert_files(cert, key)?;
+                            }
+                            if let Some(name) = tls.server_name {
+                                b = b.tls_domain(name);
+                            }
+                        }
+                        #[cfg(not(feature = "tls"))]
+                        let _ = tls;
+                        b.local_payload_check(local_check).connect().await
+                    }
                 };
                 if s.get("expect_error").is_some() {
-                    return check_error(s, connect().await, started);
+                    let r = connect().await;
+                    // TLS 1.3 completes the client's side of the handshake before the gateway
+                    // checks the client certificate, so this adapter sees that refusal as the
+                    // first call's failure (`Error::Transport`), not `Error::Connect`: for a
+                    // `connect` step both mean the connection was refused.
+                    if s.str("expect_error") == Some("connect")
+                        && let Err(e @ Error::Transport(_)) = &r
+                    {
+                        return match s.str("error_contains") {
+                            Some(want) if !e.to_string().contains(want) => {
+                                Err(format!("error {e} does not contain {want:?}"))
+                            }
+                            _ => Ok(()),
+                        };
+                    }
+                    return check_error(s, r, started);
                 }
                 let c = loop {
                     match connect().await {
@@ -1059,6 +1164,7 @@ impl Runner {
                         grpc: String::new(),
                         metrics: String::new(),
                         federation: String::new(),
+                        tls: false,
                     },
                 );
                 let (g, r) = tokio::task::spawn_blocking(move || {
@@ -1741,9 +1847,22 @@ async fn conformance_cases() {
                 .is_none_or(|o| o.split(',').any(|n| Some(n) == c.str("name")))
         })
         .collect();
+    let mut skipped = 0;
     for case in cases.iter().copied() {
         let name = case.str("name").unwrap_or_default();
         let started = Instant::now();
+        let env_tls = case
+            .str("env")
+            .and_then(|e| doc.get("environments")?.get(e)?.get("gateway")?.get("tls"))
+            .is_some();
+        if env_tls && !cfg!(feature = "tls") {
+            // `cargo test --workspace` builds nexus-client with `tls` (the binaries need it).
+            println!(
+                "SKIP {name}: nexus-client built without its `tls` feature (use --features tls)"
+            );
+            skipped += 1;
+            continue;
+        }
         match run_case(&doc, case).await {
             Ok(()) => println!("PASS {name} ({} ms)", started.elapsed().as_millis()),
             Err(e) => {
@@ -1753,8 +1872,8 @@ async fn conformance_cases() {
         }
     }
     println!(
-        "rust conformance: {} passed, {} failed",
-        cases.len() - failures.len(),
+        "rust conformance: {} passed, {} failed, {skipped} skipped",
+        cases.len() - failures.len() - skipped,
         failures.len()
     );
     assert!(

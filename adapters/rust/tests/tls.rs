@@ -332,3 +332,67 @@ async fn a_gateway_registers_with_a_tls_control_plane_only_under_its_own_id() {
     gw.shutdown().await.unwrap();
     cp.shutdown().await.unwrap();
 }
+
+/// A TLS session that stays open longer than `limits.idle_connection_timeout_ms` is not
+/// closed as idle. The gateway found a request's connection state only under plaintext's
+/// connect info, not under TLS's (`TlsConnectInfo`), so over TLS an open session did not
+/// count as activity and its connection was cut at the idle timeout (found while binding keys
+/// to client certificates). A raw gRPC session, because the adapter would hide a cut by
+/// reconnecting.
+#[tokio::test]
+async fn a_tls_session_outlives_the_idle_connection_timeout() {
+    use nexus_proto::v1::{Batch, Frame, Ping, frame::Kind};
+    let pki = Pki::new("idle");
+    let (cert, key) = pki.write("gw", &pki.gateway(&["127.0.0.1"], Validity::days(1)));
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nauth = \"off\"\nshutdown_grace_ms = 200\n[limits]\nhello_timeout_ms = 300\nidle_connection_timeout_ms = 300\n[tls]\ncert = {:?}\nkey = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let config: nexus_gateway::GatewayConfig = toml::from_str(&toml).unwrap();
+    let gw = nexus_gateway::start(config).await.unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(pki.ca_file()).unwrap(),
+        ))
+        .domain_name("127.0.0.1");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", gw.grpc_addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = nexus_proto::v1::gateway_client::GatewayClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let frame = |k| Batch {
+        frames: vec![Frame { kind: Some(k) }],
+    };
+    tx.send(frame(Kind::Hello(nexus_proto::v1::Hello {
+        client_name: "idle".into(),
+        protocol: 1,
+        ..Default::default()
+    })))
+    .await
+    .unwrap();
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(inbound.message().await.unwrap().is_some(), "Welcome");
+    // Three idle timeouts with the session open and quiet.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    tx.send(frame(Kind::Ping(Ping { nonce: 7 }))).await.unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .expect("an answer to the ping")
+        .expect("the session is still open (not cut as idle)")
+        .expect("a batch");
+    assert!(
+        matches!(pong.frames[0].kind, Some(Kind::Pong(_))),
+        "{pong:?}"
+    );
+    drop(tx);
+    gw.shutdown().await.unwrap();
+}

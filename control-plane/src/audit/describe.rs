@@ -224,6 +224,9 @@ fn key(op: &Op, old: Option<&KeyValue>) -> String {
             a.name,
             scopes_text(&a.scopes.clone().unwrap_or_default())
         );
+        if let Some(b) = a.cert_binding.as_ref() {
+            s.push_str(&format!("; bound to {}", binding_text(b)));
+        }
         if a.expires_at_ms != 0 {
             s.push_str(&format!(
                 "; expires in {} s",
@@ -255,11 +258,27 @@ fn key(op: &Op, old: Option<&KeyValue>) -> String {
         limits_text(&a.limits.unwrap_or_default()),
     );
     diff.field(
+        "cert_binding",
+        b.cert_binding.as_ref().map_or("none".into(), binding_text),
+        a.cert_binding.as_ref().map_or("none".into(), binding_text),
+    );
+    diff.field(
         "expires_at_ms",
         b.expires_at_ms.to_string(),
         a.expires_at_ms.to_string(),
     );
     diff.finish("written unchanged")
+}
+
+/// A certificate binding: fingerprints (public, not secrets) and names.
+fn binding_text(b: &nexus_proto::v1::KeyCertBinding) -> String {
+    let mut parts: Vec<String> = b.sha256.iter().map(|f| format!("sha256:{f}")).collect();
+    parts.extend(b.names.iter().cloned());
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        list(&parts)
+    }
 }
 
 fn schema(ops: &[Op], before: &[Option<KeyValue>]) -> String {

@@ -371,6 +371,8 @@ pub async fn confirm_key_action(
                 } else {
                     now_ms() + i64::from(expires_in_days) * 86_400_000
                 },
+                // Bindings are set with `nexusctl keys create/bind --cert-*` (not in the console).
+                cert_binding: None,
             })
             .await
             .map(|r| r.into_inner())
