@@ -478,50 +478,84 @@ pub(crate) async fn run(
 }
 
 /// One connection round: the direct gateway, or each discovered gateway in order until one
-/// accepts a session. Returns the session and, with discovery, the gateway's address.
+/// accepts a session. When every gateway of a cached answer failed, DNS is asked again at
+/// once and the gateways it adds are tried in the same round (in the fresh answer's order),
+/// before the caller backs off. Returns the session and, with discovery, the gateway's
+/// address.
 async fn connect_round(shared: &Shared) -> Result<(Session, Option<SocketAddr>)> {
     let discovery = match &shared.gateways {
         Gateways::Direct(endpoint) => return Ok((establish(shared, endpoint).await?, None)),
         Gateways::Discovered(d) => d,
     };
-    let candidates = discovery.candidates().await?;
+    let (mut candidates, mut resolved) = discovery.candidates().await?;
     let mut attempts = Vec::with_capacity(candidates.len());
-    for c in candidates {
-        let addr = match c.addr {
-            Ok(addr) => addr,
-            Err(error) => {
-                warn!(gateway = %c.gateway, %error, "nexus: discovered gateway has no address");
-                attempts.push(GatewayAttempt {
-                    gateway: c.gateway,
-                    addr: None,
-                    error,
-                });
-                continue;
-            }
-        };
-        let url = format!("{}://{addr}", shared.config.tls.srv_scheme());
-        let result = match endpoint(url, shared.config.connect_timeout, &shared.config.tls) {
-            Ok(ep) => establish(shared, &ep).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(session) => {
-                info!(gateway = %c.gateway, %addr, "nexus: session established with a discovered gateway");
-                return Ok((session, Some(addr)));
-            }
-            Err(e) => {
-                let error = describe(&e);
-                discovery.demote(addr);
-                warn!(gateway = %c.gateway, %addr, %error, "nexus: gateway did not accept a session, trying the next");
-                attempts.push(GatewayAttempt {
-                    gateway: c.gateway,
-                    addr: Some(addr),
-                    error,
-                });
+    // What this round tried: addresses, and gateways that had no address.
+    let mut tried: HashSet<SocketAddr> = HashSet::new();
+    let mut unaddressed: HashSet<String> = HashSet::new();
+    loop {
+        for c in candidates {
+            let addr = match c.addr {
+                Ok(addr) => addr,
+                Err(error) => {
+                    warn!(gateway = %c.gateway, %error, "nexus: discovered gateway has no address");
+                    unaddressed.insert(c.gateway.clone());
+                    attempts.push(GatewayAttempt {
+                        gateway: c.gateway,
+                        addr: None,
+                        error,
+                    });
+                    continue;
+                }
+            };
+            tried.insert(addr);
+            let url = format!("{}://{addr}", shared.config.tls.srv_scheme());
+            let result = match endpoint(url, shared.config.connect_timeout, &shared.config.tls) {
+                Ok(ep) => establish(shared, &ep).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(session) => {
+                    info!(gateway = %c.gateway, %addr, "nexus: session established with a discovered gateway");
+                    return Ok((session, Some(addr)));
+                }
+                Err(e) => {
+                    let error = describe(&e);
+                    discovery.demote(addr);
+                    warn!(gateway = %c.gateway, %addr, %error, "nexus: gateway did not accept a session, trying the next");
+                    attempts.push(GatewayAttempt {
+                        gateway: c.gateway,
+                        addr: Some(addr),
+                        error,
+                    });
+                }
             }
         }
+        discovery.mark_all_failed();
+        if resolved {
+            break;
+        }
+        // Every gateway of a cached answer failed: the answer may be older than the gateways
+        // that live now (e.g. taken while the gateway that just died was the only one up).
+        // Ask DNS again at once, and try what it adds, before backing off.
+        resolved = true;
+        candidates = match discovery.candidates().await {
+            Ok((fresh, _)) => fresh
+                .into_iter()
+                .filter(|c| match &c.addr {
+                    Ok(addr) => !tried.contains(addr),
+                    Err(_) => !unaddressed.contains(&c.gateway),
+                })
+                .collect(),
+            Err(e) => {
+                debug!(error = %e, "nexus: re-resolution after a failed cached answer failed");
+                break;
+            }
+        };
+        debug!(
+            new = candidates.len(),
+            "nexus: every cached gateway failed, resolved again"
+        );
     }
-    discovery.mark_all_failed();
     Err(Error::NoGateway {
         target: discovery.url().to_owned(),
         attempts,

@@ -10,7 +10,10 @@
 //!
 //! The answer is kept until its TTL runs out, or until a round in which no gateway accepted
 //! a session; then the next round resolves again (clearing the resolver's own cache in the
-//! second case, so that a fresh answer is fetched from the server).
+//! second case, so that a fresh answer is fetched from the server). When every gateway of a
+//! *cached* answer failed, the round itself resolves again at once and tries the gateways
+//! the fresh answer adds before the client backs off: the cached answer may predate the
+//! gateways that live now (taken while the one that just died was the only one up).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -387,11 +390,13 @@ impl Discovery {
         c.demoted.push(addr);
     }
 
-    /// The gateways to try this round, best first. Resolves when there is no answer yet,
+    /// The gateways to try this round, best first, and whether DNS was asked for them
+    /// (`false`: they come from the cached answer). Resolves when there is no answer yet,
     /// when the cached one is older than its TTL, or after a round in which every gateway
-    /// failed; if that resolution fails, the previous answer is used (with a warning).
-    /// Demoted gateways (see [`demote`](Self::demote)) come last.
-    pub(crate) async fn candidates(&self) -> Result<Vec<Candidate>> {
+    /// failed (see [`mark_all_failed`](Self::mark_all_failed)); if that resolution fails,
+    /// the previous answer is used (with a warning) and counts as asked. Demoted gateways
+    /// (see [`demote`](Self::demote)) come last.
+    pub(crate) async fn candidates(&self) -> Result<(Vec<Candidate>, bool)> {
         let (refresh, stale) = {
             let c = self.cache.lock();
             let expired = c
@@ -459,7 +464,7 @@ impl Discovery {
                 .ok()
                 .and_then(|a| demoted.iter().position(|d| d == a))
         });
-        Ok(out)
+        Ok((out, refresh))
     }
 
     fn dns_error(&self, name: &str, e: &NetError) -> Error {
@@ -801,7 +806,7 @@ mod tests {
         };
         let a = |g: &str, p: Option<u16>| (g.to_owned(), p);
         assert_eq!(
-            order(d.candidates().await.unwrap()),
+            order(d.candidates().await.unwrap().0),
             vec![
                 a("a", Some(7000)),
                 a("b", Some(7001)),
@@ -812,7 +817,7 @@ mod tests {
         d.demote("127.0.0.1:7001".parse().unwrap());
         d.demote("127.0.0.1:7000".parse().unwrap());
         assert_eq!(
-            order(d.candidates().await.unwrap()),
+            order(d.candidates().await.unwrap().0),
             vec![
                 a("c", Some(7002)),
                 a("d", None),
@@ -823,7 +828,7 @@ mod tests {
         // Failing again moves it behind the others.
         d.demote("127.0.0.1:7001".parse().unwrap());
         assert_eq!(
-            order(d.candidates().await.unwrap()),
+            order(d.candidates().await.unwrap().0),
             vec![
                 a("c", Some(7002)),
                 a("d", None),

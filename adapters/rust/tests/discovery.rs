@@ -326,6 +326,89 @@ async fn re_resolves_when_every_cached_gateway_failed() {
     dns.shutdown().await.unwrap();
 }
 
+/// A TCP forwarder in front of a gateway: `kill` drops its listener and every forwarded
+/// connection at once, as if the gateway's process were killed (no GoAway, connections
+/// reset, the port refusing).
+struct Forwarder {
+    addr: SocketAddr,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Forwarder {
+    async fn start(to: SocketAddr) -> Forwarder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Forwarder { addr, tasks }
+    }
+
+    async fn kill(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_cached_answer_is_resolved_again_before_backing_off() {
+    init_tracing();
+    // The answer cached at connect lists only gw-a (gw-b was not up yet); DNS then publishes
+    // both. When gw-a dies, the round that tries the cached answer fails; the client asks DNS
+    // again at once and reaches gw-b in the same round, instead of backing off a second,
+    // doubled delay before the next round resolves again (the failover measurement's slow
+    // tail). With a minimum backoff of MIN, the first round starts MIN/2..MIN after the
+    // session broke and a second round would start MIN..2*MIN after the first.
+    const MIN: Duration = Duration::from_millis(1500);
+    let gw_a = start_gateway("gw-a").await;
+    let gw_b = start_gateway("gw-b").await;
+    let front_a = Forwarder::start(gw_a.grpc_addr).await;
+    let source = Arc::new(MemSource::default());
+    source.set(REGION, vec![endpoint("gw-a", front_a.addr, 1, 1)]);
+    let dns = start_dns(source.clone()).await;
+
+    let client = Client::builder(&srv_url(REGION, &dns))
+        .reconnect_backoff(MIN, Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(gateway_in_use(&client), "gw-a");
+    let mut sub = client.subscribe("orders.*").await.unwrap();
+
+    // Both are published now, gw-a first; the client's answer (TTL 5 s) still lists gw-a alone.
+    source.set(
+        REGION,
+        vec![
+            endpoint("gw-a", front_a.addr, 1, 1),
+            endpoint("gw-b", gw_b.grpc_addr, 2, 1),
+        ],
+    );
+    let killed = tokio::time::Instant::now();
+    front_a.kill().await;
+    wait_for_gateway(&client, "gw-b").await;
+    let took = killed.elapsed();
+    // One backoff delay (at most MIN) and the round; a failed round and its doubled delay
+    // would take at least MIN/2 + MIN.
+    assert!(
+        took < MIN + MIN / 3,
+        "reached gw-b only after {took:?}: the failed cached round backed off before resolving"
+    );
+    client.flush().await.unwrap();
+    check_delivery(&mut sub, &gw_b, 1).await;
+    client.close().await;
+    gw_a.shutdown().await.unwrap();
+    gw_b.shutdown().await.unwrap();
+    dns.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn plain_http_addresses_still_work() {
     init_tracing();

@@ -14,7 +14,7 @@ import * as grpc from "@grpc/grpc-js";
 import { type Batch, type Frame, asBuffer, batch, decodeBatch, encodeBatch, frame, pb } from "./codec.js";
 import { type Endpoint, Target } from "./discovery.js";
 import {
-  ClosedError, ConnectError, DeniedError, DisconnectedError, InvalidError, InvalidOptionError, LimitError,
+  ClosedError, ConnectError, DeniedError, DisconnectedError, DiscoveryError, InvalidError, InvalidOptionError, LimitError,
   NexusError, NoGatewayError, ProtocolError, TimeoutError, UnavailableError, fromError,
 } from "./errors.js";
 import { type Headers, type HeadersInit, ensureTraceparent, toPairs } from "./headers.js";
@@ -270,22 +270,44 @@ export class Client implements AsyncDisposable {
 
   // === connecting ===
 
+  /**
+   * One round: each gateway in order until one accepts a session. When every gateway of a
+   * cached SRV answer failed, DNS is asked again at once and the gateways the fresh answer adds
+   * are tried in the same round, before the caller backs off.
+   */
   private async connectRound(): Promise<Session> {
-    const endpoints = await this.target.endpoints();
+    let endpoints = await this.target.endpoints();
+    let cached = !this.target.resolvedNow;
     const attempts: { gateway: string; error: string }[] = [];
     let last: NexusError | undefined;
-    for (const ep of endpoints) {
+    const tried = new Set<string>();
+    for (;;) {
+      for (const ep of endpoints) {
+        tried.add(ep.address);
+        try {
+          return await this.open(ep);
+        } catch (e) {
+          last = e instanceof NexusError ? e : new ConnectError(String(e));
+          attempts.push({ gateway: `${ep.name} (${ep.address})`, error: last.message });
+          this.target.demote(ep.name);
+        }
+      }
+      if (!(this.target.isSrv && cached)) break;
+      // Every gateway of a cached answer failed: the answer may be older than the gateways
+      // that live now (e.g. one taken while the gateway that just died was the only one up).
+      // Ask DNS again at once, and try what it adds, before backing off.
+      cached = false;
+      this.target.forget();
       try {
-        return await this.open(ep);
+        endpoints = (await this.target.endpoints()).filter((ep) => !tried.has(ep.address));
       } catch (e) {
-        last = e instanceof NexusError ? e : new ConnectError(String(e));
-        attempts.push({ gateway: `${ep.name} (${ep.address})`, error: last.message });
-        this.target.demote(ep.name);
+        if (!(e instanceof DiscoveryError)) throw e;
+        break;
       }
     }
     if (this.target.isSrv) {
       this.target.forget();
-      if (last instanceof DeniedError && attempts.length === endpoints.length) throw last;
+      if (last instanceof DeniedError) throw last;
       throw new NoGatewayError(this.target.url, attempts);
     }
     throw last ?? new ConnectError("no gateway");

@@ -3,7 +3,9 @@
  * `nexus+srv://<region>.<zone>[?dns=ip[:port]]`. SRV records of `_nexus._tcp.<region>.<zone>`
  * are ordered per RFC 2782 (lowest priority first, weighted random within a priority) and
  * each target resolved with an A lookup. The answer is cached for 5 s (Node's resolver does
- * not expose TTLs) or until a round in which no gateway accepted a session.
+ * not expose TTLs) or until a round in which no gateway accepted a session. When every gateway
+ * of a cached answer failed, the round asks DNS again at once and tries the gateways the fresh
+ * answer adds before the client backs off (see Client.connectRound).
  */
 import { promises as dns } from "node:dns";
 import { DiscoveryError, InvalidAddressError } from "./errors.js";
@@ -46,6 +48,8 @@ export class Target {
   private dnsServer?: string;
   private cache: Endpoint[] = [];
   private expires = 0;
+  /** Whether the last endpoints() asked DNS (rather than using the cached answer). */
+  resolvedNow = false;
 
   /** Whether sessions use TLS: `https://`, or `nexus+srv://` with the `tls` option. */
   tls: boolean;
@@ -90,7 +94,9 @@ export class Target {
 
   /** The gateways to try, in order. */
   async endpoints(): Promise<Endpoint[]> {
+    this.resolvedNow = false;
     if (!this.isSrv || (this.cache.length && Date.now() < this.expires)) return [...this.cache];
+    this.resolvedNow = true;
     this.cache = await this.resolve();
     this.expires = Date.now() + CACHE_MS;
     return [...this.cache];

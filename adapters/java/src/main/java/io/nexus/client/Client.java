@@ -10,8 +10,10 @@ import java.nio.charset.StandardCharsets;
 import java.security.SecureRandom;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionException;
 import java.util.concurrent.ConcurrentHashMap;
@@ -428,17 +430,45 @@ public final class Client implements AutoCloseable {
 
     // === connecting ===
 
+    /**
+     * One round: each gateway in order until one accepts a session. When every gateway of a
+     * cached SRV answer failed, DNS is asked again at once and the gateways the fresh answer
+     * adds are tried in the same round, before the caller backs off.
+     */
     private Session connectRound() {
         List<Discovery.Endpoint> endpoints = target.endpoints();
+        boolean cached = !target.resolvedNow();
         List<String> attempts = new ArrayList<>();
         NexusException last = null;
-        for (Discovery.Endpoint ep : endpoints) {
+        Set<String> tried = new HashSet<>();
+        while (true) {
+            for (Discovery.Endpoint ep : endpoints) {
+                tried.add(ep.address());
+                try {
+                    return open(ep);
+                } catch (NexusException e) {
+                    last = e;
+                    attempts.add(ep.name() + " (" + ep.address() + "): " + e.getMessage());
+                    target.demote(ep.name());
+                }
+            }
+            if (!(target.isSrv() && cached)) {
+                break;
+            }
+            // Every gateway of a cached answer failed: the answer may be older than the gateways
+            // that live now (e.g. one taken while the gateway that just died was the only one
+            // up). Ask DNS again at once, and try what it adds, before backing off.
+            cached = false;
+            target.forget();
             try {
-                return open(ep);
-            } catch (NexusException e) {
-                last = e;
-                attempts.add(ep.name() + " (" + ep.address() + "): " + e.getMessage());
-                target.demote(ep.name());
+                endpoints = new ArrayList<>();
+                for (Discovery.Endpoint ep : target.endpoints()) {
+                    if (!tried.contains(ep.address())) {
+                        endpoints.add(ep);
+                    }
+                }
+            } catch (DiscoveryException e) {
+                break;
             }
         }
         if (target.isSrv()) {

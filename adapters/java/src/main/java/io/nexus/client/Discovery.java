@@ -18,7 +18,9 @@ import javax.naming.directory.InitialDirContext;
  * {@code nexus+srv://<region>.<zone>[?dns=ip[:port]]}, resolved with the JDK's JNDI DNS
  * provider. Records of {@code _nexus._tcp.<region>.<zone>} are ordered per RFC 2782 (lowest
  * priority first, weighted random within a priority); each target is resolved with an A
- * lookup. The answer is cached for 5 s or until a round in which no gateway accepted.
+ * lookup. The answer is cached for 5 s or until a round in which no gateway accepted. When
+ * every gateway of a cached answer failed, the round asks DNS again at once and tries the
+ * gateways the fresh answer adds before the client backs off (see Client#connectRound).
  */
 final class Discovery {
     static final String SRV_SCHEME = "nexus+srv";
@@ -75,6 +77,8 @@ final class Discovery {
     private final String dnsServer;
     private List<Endpoint> cache = new ArrayList<>();
     private long expires;
+    /** Whether the last {@link #endpoints()} asked DNS (rather than using the cached answer). */
+    private boolean resolvedNow;
 
     Discovery(String addr, String dnsServerOverride) {
         url = addr.trim();
@@ -130,10 +134,16 @@ final class Discovery {
         cache = head;
     }
 
+    synchronized boolean resolvedNow() {
+        return resolvedNow;
+    }
+
     synchronized List<Endpoint> endpoints() {
+        resolvedNow = false;
         if (!isSrv() || (!cache.isEmpty() && System.currentTimeMillis() < expires)) {
             return new ArrayList<>(cache);
         }
+        resolvedNow = true;
         cache = resolve();
         expires = System.currentTimeMillis() + CACHE_MS;
         return new ArrayList<>(cache);
