@@ -7,77 +7,15 @@
 //! certificate a new binding excludes are closed within 2 s. A gateway without a client CA
 //! (so no client certificate) refuses a bound key, saying none was presented.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nexus_client::Client;
 
-/// A child process killed (and reaped) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("nexus-keybind-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-
-    fn join(&self, p: &str) -> String {
-        self.0.join(p).display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Starts `nexus <args>` and returns it with the first address printed after `marker`.
-fn start(args: &[&str], marker: &str) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn nexus");
-    let mut lines = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            lines.read_line(&mut line).unwrap() > 0,
-            "nexus {args:?} exited before printing {marker:?}: {seen}"
-        );
-        seen.push_str(&line);
-        if let Some(rest) = line.split(marker).nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_end_matches(',')
-                .to_owned();
-        }
-    };
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = lines.read_to_end(&mut sink);
-    });
-    (Proc(child), addr)
-}
+#[path = "common/procs.rs"]
+mod procs;
+use procs::{TempDir, start};
 
 struct Ctl {
     url: String,
@@ -262,7 +200,7 @@ async fn connect_when_pushed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_bound_to_client_certificates_with_real_processes() {
-    let d = TempDir::new("main");
+    let d = TempDir::new("keybind-main");
     let pki = Pki { dir: d.join("pki") };
     let certs = Command::new(env!("CARGO_BIN_EXE_nexus"))
         .args(["certs", "--out", &pki.dir, "--control-plane", "127.0.0.1"])

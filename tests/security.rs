@@ -5,69 +5,12 @@
 //! `Secure` session cookie (checked with curl against the CA); and a gateway or control plane
 //! asked to serve plaintext on a non-loopback address refuses to start unless `--insecure`.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
-/// A child process killed (and reaped) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("nexus-security-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-
-    fn join(&self, p: &str) -> String {
-        self.0.join(p).display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Starts `nexus <args>` and returns it with the first address printed after `marker`.
-fn start(args: &[&str], marker: &str) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn nexus");
-    let mut lines = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            lines.read_line(&mut line).unwrap() > 0,
-            "nexus {args:?} exited before printing {marker:?}: {seen}"
-        );
-        seen.push_str(&line);
-        if let Some(rest) = line.split(marker).nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = lines.read_to_end(&mut sink);
-    });
-    (Proc(child), addr)
-}
+#[path = "common/procs.rs"]
+mod procs;
+use procs::{TempDir, start};
 
 fn nexusctl(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_nexusctl"))
@@ -90,7 +33,7 @@ fn curl(args: &[&str]) -> String {
 
 #[test]
 fn tls_control_plane_nexusctl_and_console_with_certificates_from_nexus_certs() {
-    let d = TempDir::new("pki");
+    let d = TempDir::new("security-pki");
     let pki = d.join("pki");
     let certs = Command::new(env!("CARGO_BIN_EXE_nexus"))
         .args(["certs", "--out", &pki, "--control-plane", "127.0.0.1"])
@@ -256,7 +199,7 @@ fn tls_control_plane_nexusctl_and_console_with_certificates_from_nexus_certs() {
 
 #[test]
 fn plaintext_off_loopback_is_refused_unless_insecure() {
-    let d = TempDir::new("plain");
+    let d = TempDir::new("security-plain");
     let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
         .args([
             "gateway",
