@@ -186,6 +186,17 @@ async fn wanted(gw: &Gateway, subject: &str, region: &str) {
     );
 }
 
+/// The gateway of `region` that `gw`'s traffic for it goes through now (its home there).
+fn home_of(gw: &Gateway, region: &str) -> String {
+    status(gw)["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["region"] == region)
+        .and_then(|l| l["via"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no home in {region}"))
+}
+
 async fn drain(sub: &mut nexus_client::Subscription) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(Some(m)) =
@@ -674,13 +685,7 @@ async fn sync_quorum_is_counted_per_region_whichever_gateway_of_it_confirms() {
         .expect("b and c confirmed");
     let _ = ack;
     // Kill a1's home in b: the quorum is still met, through b's other gateway.
-    let home = status(r.gw("a1"))["links"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["region"] == "b")
-        .and_then(|l| l["via"].as_str().map(str::to_owned))
-        .expect("a1 has a home in b");
+    let home = home_of(r.gw("a1"), "b");
     r.gws.get_mut(&home).unwrap().kill();
     clients.retain(|(id, _, _)| *id != home);
     let started = std::time::Instant::now();
@@ -1092,13 +1097,7 @@ async fn a_cluster_link_cut_that_heals_within_the_grace_period_loses_no_relayed_
     let (_b1, mut on_b1) = subscribed(r.gw("b1"), "orders.>").await;
     let (_b2, mut on_b2) = subscribed(r.gw("b2"), "orders.>").await;
     wanted(r.gw("a1"), "orders.x", "b").await;
-    let home = status(r.gw("a1"))["links"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["region"] == "b")
-        .and_then(|l| l["via"].as_str().map(str::to_owned))
-        .expect("a1 has a home in b");
+    let home = home_of(r.gw("a1"), "b");
     let cut = if home == "b1" { "b2" } else { "b1" };
     // Both of b's gateways want the subject before anything is published.
     assert!(

@@ -122,6 +122,27 @@ impl Queue {
         c
     }
 
+    /// Up to `max` committed messages (through `committed`) after `sent`, ready for the wire:
+    /// each says which message precedes it in the queue. The oldest message held says it has
+    /// no predecessor (0): whatever came before it was confirmed or deleted by a limit, and
+    /// the receiver must not wait for it.
+    fn unsent(&self, sent: u64, committed: u64, max: usize) -> Vec<Spooled> {
+        let mut prev = 0;
+        let mut out = Vec::new();
+        for e in &self.entries {
+            if e.seq > committed || out.len() == max {
+                break;
+            }
+            if e.seq > sent {
+                let mut frame = Spooled::clone(e);
+                frame.prev_seq = prev;
+                out.push(frame);
+            }
+            prev = e.seq;
+        }
+        out
+    }
+
     /// Removes the oldest message (it must exist), keeping sizes and the floor right.
     fn pop_front(&mut self) -> Arc<Spooled> {
         let e = self.entries.pop_front().expect("caller checked the front");
@@ -353,21 +374,7 @@ impl Outbox {
         };
         let committed = q.committed;
         let sent = q.cursor(link).sent;
-        // The oldest message held says it has no predecessor (0): whatever came before it
-        // was confirmed or deleted by a limit, and the receiver must not wait for it.
-        let mut prev = 0;
-        let mut out = Vec::new();
-        for e in &q.entries {
-            if e.seq > committed || out.len() == max {
-                break;
-            }
-            if e.seq > sent {
-                let mut frame = Spooled::clone(e);
-                frame.prev_seq = prev;
-                out.push(frame);
-            }
-            prev = e.seq;
-        }
+        let out = q.unsent(sent, committed, max);
         if let Some(last) = out.last() {
             q.cursor(link).sent = last.seq;
             q.max_sent = q.max_sent.max(last.seq);
@@ -488,22 +495,9 @@ impl Outbox {
         }
         let mut out = Vec::new();
         for (destination, q) in &mut self.queues {
-            let sent = q.rep_sent.max(q.floor);
-            // Each copy says which message precedes it here (0: none older is held), as on
-            // the wire to a region, so the replica can tell a continuation from a gap.
-            let mut prev = 0;
-            let mut entries = Vec::new();
-            for e in &q.entries {
-                if e.seq > q.committed || entries.len() == max {
-                    break;
-                }
-                if e.seq > sent {
-                    let mut copy = Spooled::clone(e);
-                    copy.prev_seq = prev;
-                    entries.push(copy);
-                }
-                prev = e.seq;
-            }
+            // Copies carry `prev_seq` as on the wire to a region, so the replica can tell a
+            // continuation from a gap.
+            let entries = q.unsent(q.rep_sent.max(q.floor), q.committed, max);
             if entries.is_empty() && q.rep_floor_sent == Some(q.floor) {
                 continue;
             }
