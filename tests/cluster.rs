@@ -1147,3 +1147,127 @@ async fn a_cluster_link_cut_that_heals_within_the_grace_period_loses_no_relayed_
         .metric("nexus_cluster_relays_abandoned_total", &[]);
     assert_eq!(abandoned, 0.0);
 }
+
+/// Who answered each of `n` requests on `subject` sent one at a time from `from`.
+async fn answered_by(from: &nexus_client::Client, subject: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let m = from.request(subject, b"?".to_vec()).await.expect("request");
+        out.push(String::from_utf8_lossy(&m.payload).into_owned());
+    }
+    out
+}
+
+/// A responder in queue group `svc` on `subject` that answers with `name` after `delay`.
+async fn responder(
+    gw: &Gateway,
+    subject: &str,
+    name: &'static str,
+    delay: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let c = client(gw).await;
+    let mut sub = c.queue_subscribe(subject, "svc").await.unwrap();
+    c.flush().await.unwrap();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next_message().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = c.reply(&m, name.as_bytes().to_vec()).await;
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_balances_requests_and_queue_groups_over_its_gateways_by_cost_hop_included() {
+    let r = Regions::start_sized(&[("a", 2)], &[]).await;
+    let caller = client(r.gw("a1")).await;
+
+    // Equal, fast responders on both gateways: a1's own takes (nearly) everything, the hop
+    // makes a2 dearer.
+    let fast_a1 = responder(r.gw("a1"), "svc.fast", "a1", Duration::ZERO).await;
+    let fast_a2 = responder(r.gw("a2"), "svc.fast", "a2", Duration::ZERO).await;
+    wanted(r.gw("a1"), "svc.fast", "a").await;
+    let who = answered_by(&caller, "svc.fast", 200).await;
+    let local = who.iter().filter(|w| *w == "a1").count();
+    assert!(
+        local >= 180,
+        "a1 answered {local} of 200 with equal responders"
+    );
+    eprintln!("equal responders: a1 answered {local} of 200");
+
+    // a1's responder takes 25 ms, a2's answers at once: a2 is found (probed while a1's
+    // estimate stands) and answers the requests from then on, hop included.
+    let slow_a1 = responder(r.gw("a1"), "svc.slow", "a1", Duration::from_millis(25)).await;
+    let quick_a2 = responder(r.gw("a2"), "svc.slow", "a2", Duration::ZERO).await;
+    wanted(r.gw("a1"), "svc.slow", "a").await;
+    let who = answered_by(&caller, "svc.slow", 150).await;
+    let last: Vec<&String> = who.iter().rev().take(50).collect();
+    let remote = last.iter().filter(|w| **w == "a2").count();
+    assert!(
+        remote >= 45,
+        "a2 answered {remote} of the last 50 (all: {who:?})"
+    );
+    let first = who.iter().position(|w| w == "a2");
+    eprintln!("slow a1: a2 answered {remote} of the last 50, first at request {first:?}");
+    for h in [fast_a1, fast_a2, slow_a1, quick_a2] {
+        h.abort();
+    }
+
+    // A queue group with a member on each gateway; a1's stops reading. Messages published on
+    // a1 go to its own member while it keeps up, then to a2's: every message reaches the
+    // group exactly once, and the stuck member does not hold the group's work (with local
+    // members always first, a1's member would get them all and be cut off as a slow
+    // consumer, losing what it held).
+    let stuck = nexus_client::Client::builder(&r.gw("a1").url())
+        .subscription_capacity(8)
+        .connect()
+        .await
+        .unwrap();
+    let mut on_a1 = stuck.queue_subscribe("jobs.x", "workers").await.unwrap();
+    stuck.flush().await.unwrap();
+    let reader = client(r.gw("a2")).await;
+    let mut on_a2 = reader.queue_subscribe("jobs.x", "workers").await.unwrap();
+    reader.flush().await.unwrap();
+    wanted(r.gw("a1"), "jobs.x", "a").await;
+    const N: usize = 3000;
+    let body = "x".repeat(4096);
+    for i in 0..N {
+        caller
+            .publish("jobs.x", format!("{i:05}{body}"))
+            .await
+            .unwrap();
+    }
+    caller.flush().await.unwrap();
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut from_a2 = 0;
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(1500), on_a2.next_message()).await
+    {
+        *seen
+            .entry(String::from_utf8_lossy(&m.payload[..5]).into_owned())
+            .or_default() += 1;
+        from_a2 += 1;
+    }
+    // Now a1's member reads what it held.
+    let mut from_a1 = 0;
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(1500), on_a1.next_message()).await
+    {
+        *seen
+            .entry(String::from_utf8_lossy(&m.payload[..5]).into_owned())
+            .or_default() += 1;
+        from_a1 += 1;
+    }
+    let twice = seen.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "{twice} messages reached the group twice");
+    assert_eq!(
+        seen.len(),
+        N,
+        "the group got {} of {N} (a1 {from_a1}, a2 {from_a2})",
+        seen.len()
+    );
+    assert!(from_a1 > 0 && from_a2 > N / 2, "a1 {from_a1}, a2 {from_a2}");
+    eprintln!("queue group, a1's member stuck: a1 {from_a1}, a2 {from_a2}, each once");
+}

@@ -11,6 +11,7 @@ use nexus_proto::v1::{self, Header};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::balancer::GroupCost;
 use crate::router::{Delivery, ReplyResult};
 
 /// Resolves when a publish's cross-region contract is met: written to the durable spool
@@ -36,6 +37,9 @@ pub struct PublishOutcome {
     /// `sync` route: the message must not be delivered again, locally or anywhere else. The
     /// receipt, if any, resolves with the first attempt's outcome.
     pub duplicate: bool,
+    /// Local queue groups whose message a cluster peer takes instead (its members were
+    /// cheaper, hop included): delivered to no local member of those groups.
+    pub taken_groups: Vec<String>,
 }
 
 pub trait Remote: Send + Sync + 'static {
@@ -46,16 +50,22 @@ pub trait Remote: Send + Sync + 'static {
     /// says whether a local subscription matched it. Called before local delivery, so that a
     /// duplicate (see [`PublishOutcome::duplicate`]) is delivered nowhere.
     fn publish(&self, msg: &Delivery, local_interest: bool) -> PublishOutcome;
-    /// A request no local responder could take: sends it to the region the subject's route
-    /// chooses, if any. The answer (or an error) arrives on the returned channel within
-    /// `timeout`.
+    /// A request on `subject` this gateway may not serve itself: sends it to another
+    /// gateway of this region or to another region, and returns the channel its answer (or
+    /// an error) arrives on within `timeout`. `local` is what this gateway's own chosen
+    /// responder costs: with one, the request leaves only when a gateway of this region is
+    /// cheaper, the hop included (never for another region); without, it goes to a gateway
+    /// of the region with a responder, else to the region the subject's route picks. When
+    /// nothing takes it, the message is handed back.
+    #[allow(clippy::type_complexity)]
     fn request(
         &self,
         subject: &str,
         headers: Vec<Header>,
         payload: Bytes,
         timeout: Duration,
-    ) -> Option<oneshot::Receiver<ReplyResult>>;
+        local: Option<GroupCost>,
+    ) -> Result<oneshot::Receiver<ReplyResult>, (Vec<Header>, Bytes)>;
     /// Whether requests on `subject` should go to another region even when this region has
     /// responders (a route pinned to, or weighted towards, other regions).
     fn prefers_remote_responders(&self, subject: &str) -> bool {

@@ -150,6 +150,14 @@ pub struct Router {
     pub key_limiters: crate::key_limits::KeyLimiters,
 }
 
+/// Whether `group` is not one of the queue groups in `taken` (plain groups never are).
+fn not_taken(group: &Group, taken: &[String]) -> bool {
+    group
+        .queue
+        .as_deref()
+        .is_none_or(|q| !taken.iter().any(|t| t == q))
+}
+
 pub fn error(code: ErrorCode, message: impl Into<String>, ref_id: u64) -> v1::Error {
     v1::Error {
         code: code as i32,
@@ -192,6 +200,25 @@ impl Group {
             self.balancer.lock().pick(now.into_std(), &mut rng, depth)?
         };
         members.iter().find(|m| m.id == id).cloned()
+    }
+
+    /// What `member` costs now (its estimate; its requests in flight plus queued frames).
+    pub fn cost_of(&self, member: &Member, now: Instant) -> Option<crate::balancer::GroupCost> {
+        self.balancer
+            .lock()
+            .cost_of(member.id, now.into_std(), member.conn.outbound.depth())
+    }
+
+    /// The cheapest member's cost now; `None` when the group is empty.
+    pub fn cheapest(&self, now: Instant) -> Option<crate::balancer::GroupCost> {
+        let members = self.members.load();
+        let depth = |id: MemberId| {
+            members
+                .iter()
+                .find(|m| m.id == id)
+                .map_or(0, |m| m.conn.outbound.depth())
+        };
+        self.balancer.lock().cheapest(now.into_std(), depth)
     }
 
     /// Balancer state for metrics and debugging.
@@ -535,7 +562,10 @@ impl Router {
                 // Not stored: delivered nowhere; the receipt carries the error.
                 return (0, outcome);
             }
-            return (self.deliver_local(msg, scratch).await, outcome);
+            let taken = std::mem::take(&mut outcome.taken_groups);
+            let delivered = self.deliver_local(msg, scratch, &taken).await;
+            outcome.taken_groups = taken;
+            return (delivered, outcome);
         }
         (self.deliver_collected(msg, scratch).await, outcome)
     }
@@ -557,13 +587,25 @@ impl Router {
         };
         if outcome.duplicate || outcome.stored.is_some() {
             scratch.clear();
+        } else if !outcome.taken_groups.is_empty() {
+            // A cluster peer takes some of the local queue groups' message: collect again
+            // without them (rare enough not to track which member came from which group).
+            self.collect_members(&msg.subject, scratch, |g| {
+                not_taken(g, &outcome.taken_groups)
+            });
         }
         outcome
     }
 
-    /// Delivers a message published here, once stored, to the local subscribers it has now.
-    pub async fn deliver_local(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
-        self.collect_members(&msg.subject, scratch, |_| true);
+    /// Delivers a message published here, once stored, to the local subscribers it has now,
+    /// but for the queue groups a cluster peer took (`taken`, from the publish's outcome).
+    pub async fn deliver_local(
+        &self,
+        msg: Delivery,
+        scratch: &mut Vec<Arc<Member>>,
+        taken: &[String],
+    ) -> u32 {
+        self.collect_members(&msg.subject, scratch, |g| not_taken(g, taken));
         self.deliver_collected(msg, scratch).await
     }
 
@@ -593,6 +635,26 @@ impl Router {
                 && !out.iter().any(|o: &String| **o == **q)
             {
                 out.push(q.to_string());
+            }
+        });
+        out
+    }
+
+    /// The local queue groups with members matching `subject`, each with its cheapest
+    /// member's cost (the lowest over patterns sharing a group name), for the choice between
+    /// this gateway and the region's other gateways.
+    pub fn local_queue_costs(&self, subject: &str) -> Vec<(String, crate::balancer::GroupCost)> {
+        let mut out: Vec<(String, crate::balancer::GroupCost)> = Vec::new();
+        let now = Instant::now();
+        let cost =
+            |c: &crate::balancer::GroupCost| c.estimate.as_secs_f64() * (f64::from(c.load) + 1.0);
+        self.table.load().for_each_match(subject, |g| {
+            let Some(q) = &g.queue else { return };
+            let Some(c) = g.cheapest(now) else { return };
+            match out.iter_mut().find(|(name, _)| **name == **q) {
+                Some((_, best)) if cost(&c) < cost(best) => *best = c,
+                Some(_) => {}
+                None => out.push((q.to_string(), c)),
             }
         });
         out
@@ -852,61 +914,28 @@ impl Router {
         allow_remote: bool,
     ) -> Result<u64, (Waiter, RouteError)> {
         let now = Instant::now();
+        let remote = if allow_remote {
+            self.remote.get()
+        } else {
+            None
+        };
         // A route pinned (or weighted) to other regions sends requests there even when this
-        // region has responders; otherwise local responders come first.
-        let remote_first = allow_remote
-            && self
-                .remote
-                .get()
-                .is_some_and(|r| r.prefers_remote_responders(subject));
+        // region has responders; otherwise a local responder, unless another gateway of the
+        // region is cheaper (the gateway balancer, hop included).
+        let remote_first = remote.is_some_and(|r| r.prefers_remote_responders(subject));
         let mut picked = if remote_first {
             None
         } else {
             self.pick_responder(subject, now)
         };
-        if picked.is_none() {
-            // No local responder (or the route prefers another region): ask the others.
-            if allow_remote
-                && let Some(remote) = self.remote.get()
-                && let Some(rx) = remote.request(subject, headers.clone(), payload.clone(), timeout)
-            {
-                let seq = self.next_id();
-                let metrics = self.metrics.clone();
-                tokio::spawn(async move {
-                    let result = match tokio::time::timeout(timeout, rx).await {
-                        Ok(Ok(result)) => result,
-                        Ok(Err(_)) => Err(error(
-                            ErrorCode::ServiceError,
-                            "the federation link went away before the reply",
-                            0,
-                        )),
-                        Err(_) => Err(error(ErrorCode::Timeout, "request timed out", 0)),
-                    };
-                    metrics.request_done(match &result {
-                        Ok(_) => RequestOutcome::Ok,
-                        Err(e) if e.code == ErrorCode::Timeout as i32 => RequestOutcome::Timeout,
-                        Err(e) if e.code == ErrorCode::NoResponders as i32 => {
-                            RequestOutcome::NoResponders
-                        }
-                        Err(_) => RequestOutcome::ServiceError,
-                    });
-                    metrics
-                        .request_duration
-                        .observe(now.elapsed().as_secs_f64());
-                    match waiter {
-                        Waiter::Session { tx, req_id } => {
-                            let _ = tx.send(Completion {
-                                req_id,
-                                seq,
-                                result,
-                            });
-                        }
-                        Waiter::Unary(tx) => {
-                            let _ = tx.send(result);
-                        }
-                    }
-                });
-                return Ok(seq);
+        let (mut headers, mut payload) = (headers, payload);
+        if let Some(remote) = remote {
+            let local = picked.as_ref().and_then(|(g, m)| g.cost_of(m, now));
+            if picked.is_none() || local.is_some() {
+                match remote.request(subject, headers, payload, timeout, local) {
+                    Ok(rx) => return Ok(self.await_remote(waiter, rx, timeout, now)),
+                    Err((h, p)) => (headers, payload) = (h, p),
+                }
             }
             if remote_first {
                 // The preferred regions are unreachable: local responders after all.
@@ -958,6 +987,52 @@ impl Router {
             );
         }
         Ok(seq)
+    }
+
+    /// Waits in a task for the answer to a request another gateway or region took, and
+    /// completes `waiter` with it; returns the request's sequence number.
+    fn await_remote(
+        &self,
+        waiter: Waiter,
+        rx: tokio::sync::oneshot::Receiver<ReplyResult>,
+        timeout: Duration,
+        started: Instant,
+    ) -> u64 {
+        let seq = self.next_id();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let result = match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(error(
+                    ErrorCode::ServiceError,
+                    "the federation link went away before the reply",
+                    0,
+                )),
+                Err(_) => Err(error(ErrorCode::Timeout, "request timed out", 0)),
+            };
+            metrics.request_done(match &result {
+                Ok(_) => RequestOutcome::Ok,
+                Err(e) if e.code == ErrorCode::Timeout as i32 => RequestOutcome::Timeout,
+                Err(e) if e.code == ErrorCode::NoResponders as i32 => RequestOutcome::NoResponders,
+                Err(_) => RequestOutcome::ServiceError,
+            });
+            metrics
+                .request_duration
+                .observe(started.elapsed().as_secs_f64());
+            match waiter {
+                Waiter::Session { tx, req_id } => {
+                    let _ = tx.send(Completion {
+                        req_id,
+                        seq,
+                        result,
+                    });
+                }
+                Waiter::Unary(tx) => {
+                    let _ = tx.send(result);
+                }
+            }
+        });
+        seq
     }
 
     /// One member of one group matching `subject`: a group chosen at random among the

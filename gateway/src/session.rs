@@ -310,7 +310,9 @@ impl Session {
                     let stored = oldest_stored(&mut held).await;
                     let Some(h) = held.pop_front() else { break };
                     if stored && !h.outcome.duplicate {
-                        router.deliver_local(h.delivery, &mut scratch).await;
+                        router
+                            .deliver_local(h.delivery, &mut scratch, &h.outcome.taken_groups)
+                            .await;
                     }
                 }
             });
@@ -757,7 +759,7 @@ impl Session {
         };
         let delivered = if stored && !h.outcome.duplicate {
             self.router
-                .deliver_local(h.delivery, &mut self.scratch)
+                .deliver_local(h.delivery, &mut self.scratch, &h.outcome.taken_groups)
                 .await
         } else {
             0

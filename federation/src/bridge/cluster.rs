@@ -1,7 +1,8 @@
 //! The region's other gateways (its cluster, docs/cluster.md): their interest; what this
 //! gateway advertises to them (its own subscriptions) and to other regions (the union over
 //! the region); which of them get a message published here or arriving from another region
-//! (one hop, never further); which one takes a queue group's message or a request; and the
+//! (one hop, never further); which one takes a queue group's message or a request (by the
+//! gateway balancer, `cluster::balance`); and the
 //! per-stream marks that keep relayed spooled messages from being delivered twice; and which
 //! peers are absent (link down) but not yet gone.
 
@@ -10,10 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use nexus_gateway::balancer::GroupCost;
 use nexus_gateway::router::Delivery;
 use nexus_proto::v1::{Forward, InterestUpdate};
 use parking_lot::Mutex;
 
+use crate::cluster::balance::{GatewayBalance, Taker};
 use crate::interest::{Interested, LocalInterest, RemoteInterest};
 use crate::replication::StreamId;
 
@@ -210,19 +213,23 @@ impl Cluster {
     }
 
     /// Which cluster peers get a message on `subject`: those with plain subscriptions (when
-    /// `plain`), and for each queue group (`groups`, or every group when `None`) that this
-    /// gateway has no member of (`local_groups`), the nearest peer that has one.
+    /// `plain`), and for each queue group (`groups`, or every group when `None`), the gateway
+    /// the gateway balancer picks among this one (when it has members: `local`, with their
+    /// cost) and the peers that have members (`cluster::balance`). Returns the targets and
+    /// the local groups a peer takes instead of this gateway.
     pub(super) fn targets(
         &self,
         subject: &str,
         plain: bool,
         groups: Option<&[String]>,
-        local_groups: &[String],
+        local: &[(String, GroupCost)],
         rtt: impl Fn(&str) -> Option<Duration>,
-    ) -> Vec<PeerTarget> {
+        rng: &mut impl rand::Rng,
+    ) -> (Vec<PeerTarget>, Vec<String>) {
         let matches = self.peers.load().matches(subject);
+        let mut taken = Vec::new();
         if matches.is_empty() {
-            return Vec::new();
+            return (Vec::new(), taken);
         }
         let mut out: Vec<PeerTarget> = Vec::new();
         let target = |out: &mut Vec<PeerTarget>, gw: &str| -> usize {
@@ -248,38 +255,45 @@ impl Cluster {
         wanted.sort_unstable();
         wanted.dedup();
         for group in wanted {
-            if local_groups.iter().any(|g| g == group)
-                || groups.is_some_and(|g| !g.iter().any(|x| x == group))
-            {
+            if groups.is_some_and(|g| !g.iter().any(|x| x == group)) {
                 continue;
             }
-            let nearest = matches
+            let mut peers: Vec<(String, Duration)> = matches
                 .iter()
                 .filter(|m: &&Interested| m.queue.as_deref() == Some(group))
-                .filter_map(|m| rtt(&m.region).map(|r| (r, &m.region)))
-                .min();
-            if let Some((_, gw)) = nearest {
-                let i = target(&mut out, gw);
+                .filter_map(|m| rtt(&m.region).map(|r| (m.region.clone(), r)))
+                .collect();
+            peers.sort();
+            peers.dedup_by(|a, b| a.0 == b.0);
+            let mine = local.iter().find(|(g, _)| g == group).map(|(_, c)| *c);
+            if let Some(Taker::Peer(gw)) = GatewayBalance::pick_for_message(rng, mine, &peers) {
+                let i = target(&mut out, &gw);
                 out[i].queue_groups.push(group.to_owned());
+                if mine.is_some() {
+                    taken.push(group.to_owned());
+                }
             }
         }
-        out
+        (out, taken)
     }
 
-    /// The nearest cluster peer with a subscriber (plain or in a queue group) on `subject`,
-    /// for a request no local responder took.
-    pub(super) fn responder(
+    /// The cluster peers with a subscriber (plain or in a queue group) on `subject` and a
+    /// link whose RTT is known, each once, sorted: the candidates for a request.
+    pub(super) fn responders(
         &self,
         subject: &str,
         rtt: impl Fn(&str) -> Option<Duration>,
-    ) -> Option<String> {
-        self.peers
+    ) -> Vec<(String, Duration)> {
+        let mut v: Vec<(String, Duration)> = self
+            .peers
             .load()
             .matches(subject)
             .iter()
-            .filter_map(|m| rtt(&m.region).map(|r| (r, m.region.clone())))
-            .min()
-            .map(|(_, gw)| gw)
+            .filter_map(|m| rtt(&m.region).map(|r| (m.region.clone(), r)))
+            .collect();
+        v.sort();
+        v.dedup_by(|a, b| a.0 == b.0);
+        v
     }
 
     /// Whether this gateway should deliver spooled message `seq` of `stream` to its local
@@ -330,8 +344,17 @@ mod tests {
         assert!(c.region_full().add.is_empty());
     }
 
+    fn cost(ms: u64, load: u32) -> GroupCost {
+        GroupCost {
+            estimate: Duration::from_millis(ms),
+            load,
+        }
+    }
+
     #[test]
-    fn plain_subscribers_everywhere_and_each_queue_group_once_at_the_nearest_peer() {
+    fn plain_subscribers_everywhere_and_each_queue_group_once_at_the_cheapest_gateway() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let c = Cluster::default();
         c.peer_update("gw-2", &full(&["orders.>", "orders.* workers"]));
         c.peer_update("gw-3", &full(&["orders.* workers", "orders.new"]));
@@ -341,7 +364,8 @@ mod tests {
                 _ => 100,
             }))
         };
-        let t = c.targets("orders.new", true, None, &[], rtt);
+        // No local member: the nearer of the two unmeasured peers.
+        let (t, taken) = c.targets("orders.new", true, None, &[], rtt, &mut rng);
         assert_eq!(
             t,
             vec![
@@ -357,13 +381,27 @@ mod tests {
                 },
             ]
         );
-        // A local member takes the group; a message from another region for plain
-        // subscribers only does not touch the group.
-        let t = c.targets("orders.new", true, None, &["workers".into()], rtt);
+        assert!(taken.is_empty());
+        // An idle local member takes the group (the hop makes every peer dearer)...
+        let idle = [("workers".to_string(), cost(2, 0))];
+        let (t, taken) = c.targets("orders.new", true, None, &idle, rtt, &mut rng);
         assert!(t.iter().all(|t| t.queue_groups.is_empty()));
-        let t = c.targets("orders.new", true, Some(&[]), &[], rtt);
+        assert!(taken.is_empty());
+        // ...a busy one gives it to a peer, and says it was taken.
+        let busy = [("workers".to_string(), cost(2, 5))];
+        let (t, taken) = c.targets("orders.new", true, None, &busy, rtt, &mut rng);
+        assert_eq!(t.iter().map(|t| t.queue_groups.len()).sum::<usize>(), 1);
+        assert_eq!(taken, vec!["workers".to_string()]);
+        // A message from another region for plain subscribers only does not touch the group.
+        let (t, _) = c.targets("orders.new", true, Some(&[]), &[], rtt, &mut rng);
         assert!(t.iter().all(|t| t.queue_groups.is_empty()));
-        assert_eq!(c.responder("orders.new", rtt).as_deref(), Some("gw-3"));
+        assert_eq!(
+            c.responders("orders.new", rtt),
+            vec![
+                ("gw-2".to_string(), Duration::from_micros(300)),
+                ("gw-3".to_string(), Duration::from_micros(100))
+            ]
+        );
     }
 
     #[test]

@@ -23,17 +23,19 @@ pub mod replication;
 mod status;
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use nexus_gateway::balancer::GroupCost;
 use nexus_gateway::remote::{LinkStatus, PublishOutcome, Remote, SpoolStatus};
 use nexus_gateway::router::{Delivery, ReplyResult, Router};
 use nexus_proto::v1::{self, Forward, Header, InterestUpdate, link_frame::Kind};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use crate::cluster::balance::Taker;
 use crate::cluster::membership::Member;
 use crate::interest::{RemoteInterest, interest_key};
 use crate::link::{Federation, LinkHandler, LinkInfo, LinkKind};
@@ -139,6 +141,7 @@ impl RegionRouter {
         {
             let update = self.cluster.peer_gone(&gateway);
             self.tell_regions(update);
+            self.requests.gateways.lock().forget(&gateway);
             self.replication.peer_gone(&self.fed, &gateway);
         }
         for peer in self.fed.cluster_peers() {
@@ -184,31 +187,55 @@ impl RegionRouter {
     /// region, relayed to the cluster peers that want it (one hop, never further).
     async fn on_forward(&self, link: &LinkInfo, forward: Forward) {
         self.metrics.outcome(Outcome::Received);
-        let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
+        let (plain, mut groups) = (!forward.skip_plain, forward.queue_groups.clone());
         let Some(msg) = delivery(&link.region, forward) else {
             return;
         };
         if link.region != self.fed.region() {
-            for t in self.relay_targets(&msg.subject, plain, &groups) {
+            let (targets, taken) = self.peer_targets(&msg.subject, plain, Some(&groups));
+            for t in targets {
                 self.fed
                     .try_forward_to(&t.gateway_id, t.forward(&msg, &link.region));
             }
+            groups.retain(|g| !taken.contains(g));
         }
         self.router.deliver_from_region(msg, plain, &groups).await;
     }
 
-    /// The cluster peers a message from another region goes on to.
-    fn relay_targets(
+    /// The cluster peers a message on `subject` goes on to: plain subscribers (when `plain`),
+    /// and each queue group (those in `groups`, or all) at the gateway the gateway balancer
+    /// picks. Also returns the local groups a peer takes instead.
+    fn peer_targets(
         &self,
         subject: &str,
         plain: bool,
-        groups: &[String],
-    ) -> Vec<cluster::PeerTarget> {
-        let local_groups = self.router.local_queue_groups(subject);
-        self.cluster
-            .targets(subject, plain, Some(groups), &local_groups, |gw| {
-                self.fed.rtt_to(gw)
-            })
+        groups: Option<&[String]>,
+    ) -> (Vec<cluster::PeerTarget>, Vec<String>) {
+        let local = self.router.local_queue_costs(subject);
+        self.cluster.targets(
+            subject,
+            plain,
+            groups,
+            &local,
+            |gw| self.fed.rtt_to(gw),
+            &mut rand::rng(),
+        )
+    }
+
+    /// Which gateway of the region takes a request on `subject`: this one (its chosen
+    /// responder costs `local`) or a cluster peer with a responder; `None` when neither has
+    /// one.
+    fn pick_gateway(&self, subject: &str, local: Option<GroupCost>) -> Option<Taker> {
+        let peers = self.cluster.responders(subject, |gw| self.fed.rtt_to(gw));
+        if peers.is_empty() {
+            return local.map(|_| Taker::Local);
+        }
+        self.requests.gateways.lock().pick_for_request(
+            Instant::now(),
+            &mut rand::rng(),
+            local,
+            &peers,
+        )
     }
 
     /// Whether this gateway sees the message id of `spooled` for the first time, whichever
@@ -257,10 +284,8 @@ impl RegionRouter {
             .is_some_and(|e| e.code == nexus_proto::v1::ErrorCode::NoResponders as i32);
         if from_region
             && no_responders
-            && let Some(peer) = self
-                .cluster
-                .responder(&request.subject, |gw| self.fed.rtt_to(gw))
-            && let Some(rx) = self.requests.send(
+            && let Some(Taker::Peer(peer)) = self.pick_gateway(&request.subject, None)
+            && let Ok(rx) = self.requests.send(
                 &self.fed,
                 Via::Gateway(peer),
                 &request.subject,
@@ -426,24 +451,30 @@ impl LinkHandler for RegionRouter {
                 Kind::Spooled(spooled) if from_cluster => {
                     self.on_relayed_spooled(link, spooled).await
                 }
-                Kind::Spooled(spooled) => {
+                Kind::Spooled(mut spooled) => {
                     // Copies for the other gateways of this region that want it, sent only if
-                    // it continues its stream.
-                    let relays: Vec<(String, nexus_proto::v1::Spooled)> = match &spooled.forward {
-                        Some(f) => self
-                            .relay_targets(&f.subject, !f.skip_plain, &f.queue_groups)
-                            .into_iter()
-                            .map(|t| {
-                                let mut copy = spooled.clone();
-                                if let Some(f) = copy.forward.as_mut() {
-                                    f.skip_plain = !t.plain;
-                                    f.queue_groups = t.queue_groups;
-                                }
-                                (t.gateway_id, copy)
-                            })
-                            .collect(),
-                        None => Vec::new(),
+                    // it continues its stream; the queue groups a peer takes are not delivered
+                    // here.
+                    let (targets, taken) = match &spooled.forward {
+                        Some(f) => {
+                            self.peer_targets(&f.subject, !f.skip_plain, Some(&f.queue_groups))
+                        }
+                        None => (Vec::new(), Vec::new()),
                     };
+                    let relays: Vec<(String, nexus_proto::v1::Spooled)> = targets
+                        .into_iter()
+                        .map(|t| {
+                            let mut copy = spooled.clone();
+                            if let Some(f) = copy.forward.as_mut() {
+                                f.skip_plain = !t.plain;
+                                f.queue_groups = t.queue_groups;
+                            }
+                            (t.gateway_id, copy)
+                        })
+                        .collect();
+                    if let Some(f) = spooled.forward.as_mut() {
+                        f.queue_groups.retain(|g| !taken.contains(g));
+                    }
                     let first = |s: &nexus_proto::v1::Spooled| {
                         self.cluster.first_delivery(
                             &crate::replication::StreamId::from(s.stream.as_str()),
@@ -494,24 +525,39 @@ impl Remote for RegionRouter {
         headers: Vec<Header>,
         payload: Bytes,
         timeout: Duration,
-    ) -> Option<oneshot::Receiver<ReplyResult>> {
-        // Another gateway of this region first, unless the route sends requests elsewhere.
-        if !self.prefers_remote_responders(subject)
-            && let Some(peer) = self.cluster.responder(subject, |gw| self.fed.rtt_to(gw))
-        {
-            return self.requests.send(
-                &self.fed,
-                Via::Gateway(peer),
-                subject,
-                headers,
-                payload,
-                timeout,
-            );
-        }
+        local: Option<GroupCost>,
+    ) -> Result<oneshot::Receiver<ReplyResult>, (Vec<Header>, Bytes)> {
+        // Another gateway of this region when the gateway balancer picks one (over this
+        // gateway's own responder, if any), unless the route sends requests elsewhere.
+        let elsewhere = local.is_none() && self.prefers_remote_responders(subject);
+        let (headers, payload) = if elsewhere {
+            (headers, payload)
+        } else {
+            match self.pick_gateway(subject, local) {
+                Some(Taker::Peer(peer)) => {
+                    match self.requests.send(
+                        &self.fed,
+                        Via::Gateway(peer),
+                        subject,
+                        headers,
+                        payload,
+                        timeout,
+                    ) {
+                        Ok(rx) => return Ok(rx),
+                        Err(back) if local.is_some() => return Err(back),
+                        Err(back) => back,
+                    }
+                }
+                Some(Taker::Local) => return Err((headers, payload)),
+                None => (headers, payload),
+            }
+        };
         let table = self.route_table();
         let (rule, _) = table.resolve(subject);
         let choice = self.choose(rule, Traffic::Request, false, subject);
-        let region = choice.regions.into_iter().next()?;
+        let Some(region) = choice.regions.into_iter().next() else {
+            return Err((headers, payload));
+        };
         self.requests.send(
             &self.fed,
             Via::Region(region),
@@ -557,13 +603,10 @@ impl Remote for RegionRouter {
         let (rule, _) = table.resolve(&msg.subject);
         // The other gateways of this region get it like local subscribers do: one hop, best
         // effort, whatever the route's mode towards other regions.
-        let local_groups = self.router.local_queue_groups(&msg.subject);
         let origin = self.fed.region();
-        let in_region: Vec<(String, v1::Forward)> = self
-            .cluster
-            .targets(&msg.subject, true, None, &local_groups, |gw| {
-                self.fed.rtt_to(gw)
-            })
+        let (targets, taken) = self.peer_targets(&msg.subject, true, None);
+        outcome.taken_groups = taken;
+        let in_region: Vec<(String, v1::Forward)> = targets
             .into_iter()
             .map(|t| (t.gateway_id.clone(), t.forward(msg, origin)))
             .collect();

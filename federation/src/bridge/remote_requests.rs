@@ -1,7 +1,8 @@
-//! Requests across regions: sending a request no local responder took to the region its
-//! route picks (with the deadline reduced by the link's RTT), learning each region's service
-//! time from the replies, failing at once what was in flight on a link that ended, and
-//! serving requests other regions send here with local responders only.
+//! Requests across regions and gateways: sending a request to the region its route picks or
+//! the gateway of this region the gateway balancer picks (with the deadline reduced by the
+//! link's RTT), learning each region's service time and each gateway's reply latency from
+//! the replies, failing at once what was in flight on a link that ended, and serving
+//! requests other regions send here with local responders only.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,7 @@ use nexus_proto::v1::{ErrorCode, Header, RemoteReply, RemoteRequest, link_frame:
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use crate::cluster::balance::GatewayBalance;
 use crate::link::{Federation, LinkId, LinkInfo, Sent};
 
 /// A latency estimate of what a region's responders take, learnt from replies.
@@ -54,6 +56,8 @@ impl Via {
 struct Outstanding {
     /// The region or gateway it went to (costs are kept per name).
     region: String,
+    /// It went to a gateway of this region (whose latency the gateway balancer learns).
+    to_gateway: bool,
     link: LinkId,
     sent: Instant,
     reply: oneshot::Sender<ReplyResult>,
@@ -64,10 +68,14 @@ pub(super) struct RemoteRequests {
     outstanding: Mutex<HashMap<u64, Outstanding>>,
     next: AtomicU64,
     pub(super) costs: Mutex<HashMap<String, RegionCost>>,
+    /// The region's other gateways as takers of requests: their reply latency (hop
+    /// included) and requests in flight.
+    pub(super) gateways: Mutex<GatewayBalance>,
 }
 
 impl RemoteRequests {
-    /// Sends a request to `via` with what is left of `timeout` after the round trip.
+    /// Sends a request to `via` with what is left of `timeout` after the round trip. Hands
+    /// the message back when `via` has no link.
     pub(super) fn send(
         &self,
         fed: &Federation,
@@ -76,11 +84,14 @@ impl RemoteRequests {
         headers: Vec<Header>,
         payload: Bytes,
         timeout: Duration,
-    ) -> Option<oneshot::Receiver<ReplyResult>> {
+    ) -> Result<oneshot::Receiver<ReplyResult>, (Vec<Header>, Bytes)> {
         let rtt = match &via {
             Via::Region(r) => fed.rtt(r),
             Via::Gateway(g) => fed.rtt_to(g),
-        }?;
+        };
+        let Some(rtt) = rtt else {
+            return Err((headers, payload));
+        };
         let region = via.name().to_owned();
         let (tx, rx) = oneshot::channel();
         // The remote side gets what is left after the round trip it costs to get there
@@ -94,7 +105,7 @@ impl RemoteRequests {
                 ),
                 0,
             )));
-            return Some(rx);
+            return Ok(rx);
         };
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let request = RemoteRequest {
@@ -117,12 +128,14 @@ impl RemoteRequests {
                 format!("the link to region {region} is down"),
                 0,
             )));
-            return Some(rx);
+            return Ok(rx);
         };
+        let to_gateway = matches!(via, Via::Gateway(_));
         self.outstanding.lock().insert(
             id,
             Outstanding {
                 region: region.clone(),
+                to_gateway,
                 link,
                 sent: Instant::now(),
                 reply: tx,
@@ -133,6 +146,9 @@ impl RemoteRequests {
             .entry(region.clone())
             .or_default()
             .in_flight += 1;
+        if to_gateway {
+            self.gateways.lock().start(&region);
+        }
         let sent = match &via {
             Via::Region(r) => fed.send_on(r, link, Kind::Request(request)),
             Via::Gateway(g) => fed.send_on_to(g, link, Kind::Request(request)),
@@ -140,7 +156,7 @@ impl RemoteRequests {
         if sent != Sent::Queued {
             self.fail(id, format!("the link to region {region} is down or full"));
         }
-        Some(rx)
+        Ok(rx)
     }
 
     fn fail(&self, id: u64, message: String) {
@@ -149,6 +165,9 @@ impl RemoteRequests {
         };
         if let Some(c) = self.costs.lock().get_mut(&o.region) {
             c.in_flight = c.in_flight.saturating_sub(1);
+        }
+        if o.to_gateway {
+            self.gateways.lock().done(&o.region);
         }
         let _ = o
             .reply
@@ -161,7 +180,16 @@ impl RemoteRequests {
             return;
         };
         let rtt = fed.rtt_to(&link.gateway_id).unwrap_or_default();
-        let service = o.sent.elapsed().saturating_sub(rtt);
+        let latency = o.sent.elapsed();
+        let service = latency.saturating_sub(rtt);
+        if o.to_gateway {
+            let mut gateways = self.gateways.lock();
+            if reply.error.is_none() {
+                gateways.success(&o.region, latency, Instant::now());
+            } else {
+                gateways.done(&o.region);
+            }
+        }
         {
             let mut costs = self.costs.lock();
             let c = costs.entry(o.region).or_default();

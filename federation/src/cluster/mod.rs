@@ -3,5 +3,7 @@
 //! cores; the link layer and the bridge act on them.
 //!
 //! - [`membership`]: who links to whom, and each gateway's home in every other region.
+//! - [`balance`]: which gateway of the region takes a queue group's message or a request.
 
+pub mod balance;
 pub mod membership;

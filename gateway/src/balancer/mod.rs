@@ -73,6 +73,17 @@ impl Default for BalancerConfig {
     }
 }
 
+/// What a group's member costs as P2C sees it (`estimate x (load + 1)`), for a choice
+/// between gateways of a region: the member balancer inside a gateway, the gateway balancer
+/// (federation's `cluster::balance`) above it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupCost {
+    /// The member's latency estimate now.
+    pub estimate: Duration,
+    /// Its requests in flight plus what the caller adds (queued frames).
+    pub load: u32,
+}
+
 /// Point-in-time view of one member, for metrics and "explain" output.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemberSnapshot {
@@ -284,6 +295,38 @@ impl Balancer {
         } else {
             Some(a.id)
         }
+    }
+
+    /// The cost of member `id` at `now`, with `extra_load` added as [`Balancer::pick`] does;
+    /// `None` for an unknown member.
+    pub fn cost_of(&self, id: MemberId, now: Instant, extra_load: u32) -> Option<GroupCost> {
+        let m = self.members.get(*self.index.get(&id)?)?;
+        Some(GroupCost {
+            estimate: m.ewma.estimate(now),
+            load: m.pending.saturating_add(extra_load),
+        })
+    }
+
+    /// The cheapest member in rotation (every member when all are ejected), by the cost
+    /// [`Balancer::pick`] compares; `None` when the group is empty. Reads all members: for
+    /// a choice between gateways, not for every message.
+    pub fn cheapest(
+        &self,
+        now: Instant,
+        extra_load: impl Fn(MemberId) -> u32,
+    ) -> Option<GroupCost> {
+        let in_rotation = self.members.iter().any(|m| !m.is_ejected());
+        self.members
+            .iter()
+            .filter(|m| !in_rotation || !m.is_ejected())
+            .map(|m| GroupCost {
+                estimate: m.ewma.estimate(now),
+                load: m.pending.saturating_add(extra_load(m.id)),
+            })
+            .min_by(|a, b| {
+                let cost = |c: &GroupCost| c.estimate.as_secs_f64() * (f64::from(c.load) + 1.0);
+                cost(a).total_cmp(&cost(b))
+            })
     }
 
     /// A request was sent to `id`.
