@@ -1197,17 +1197,27 @@ async fn a_region_balances_requests_and_queue_groups_over_its_gateways_by_cost_h
     );
     eprintln!("equal responders: a1 answered {local} of 200");
 
-    // a1's responder takes 25 ms, a2's answers at once: a2 is found (probed while a1's
-    // estimate stands) and answers the requests from then on, hop included.
-    let slow_a1 = responder(r.gw("a1"), "svc.slow", "a1", Duration::from_millis(25)).await;
+    // a1's responder takes 150 ms, a2's answers at once: a2 is probed as soon as a1's
+    // estimate is measured above a2's guess, and answers the requests from then on, hop
+    // included (150 ms leaves room for a loaded machine's peaks on the two-gateway path).
+    let slow_a1 = responder(r.gw("a1"), "svc.slow", "a1", Duration::from_millis(150)).await;
     let quick_a2 = responder(r.gw("a2"), "svc.slow", "a2", Duration::ZERO).await;
     wanted(r.gw("a1"), "svc.slow", "a").await;
-    let who = answered_by(&caller, "svc.slow", 150).await;
+    let who = answered_by(&caller, "svc.slow", 80).await;
     let last: Vec<&String> = who.iter().rev().take(50).collect();
     let remote = last.iter().filter(|w| **w == "a2").count();
     assert!(
         remote >= 45,
         "a2 answered {remote} of the last 50 (all: {who:?})"
+    );
+    // Operators see what the balancer learnt: a2's reply latency through the hop.
+    let e = explain(r.gw("a1"), "svc.slow");
+    let takers = e["federation"]["cluster_takers"].as_array().cloned();
+    assert!(
+        takers.is_some_and(|t| t.len() == 1
+            && t[0]["gateway_id"] == "a2"
+            && t[0]["reply_ms"].as_f64().is_some_and(|ms| ms < 150.0)),
+        "{e}"
     );
     let first = who.iter().position(|w| w == "a2");
     eprintln!("slow a1: a2 answered {remote} of the last 50, first at request {first:?}");

@@ -1244,6 +1244,17 @@ fn print_explain(v: &serde_json::Value) {
             names.join(", ")
         );
     }
+    for t in f["cluster_takers"].as_array().into_iter().flatten() {
+        println!(
+            "  {}: hop {:.2} ms, replies {}, {} in flight",
+            s(&t["gateway_id"]),
+            t["rtt_ms"].as_f64().unwrap_or_default(),
+            t["reply_ms"]
+                .as_f64()
+                .map_or("not measured".to_owned(), |ms| format!("{ms:.2} ms")),
+            s(&t["in_flight"])
+        );
+    }
     let replica = &f["spool_replica"];
     if replica["copies"].as_u64().is_some_and(|c| c > 1) {
         println!(

@@ -158,6 +158,9 @@ impl RegionRouter {
             },
             "config_version": self.router.policy().version,
             "cluster": self.cluster.interested(subject),
+            // The region's other gateways that could take a request on the subject, with
+            // what the gateway balancer knows of them (docs/cluster.md §5).
+            "cluster_takers": self.takers(subject),
             // Durable routes only: the gateway of this region keeping copies of the spool
             // (--spool-replicas 2), or null.
             "spool_replica": if spooled {
@@ -177,5 +180,26 @@ impl RegionRouter {
                 "reason": request.reason,
             },
         })
+    }
+
+    /// Cluster peers with a subscriber on `subject`: the hop's RTT, the reply latency the
+    /// gateway balancer learnt through each (hop included; `null` before the first reply)
+    /// and requests in flight.
+    fn takers(&self, subject: &str) -> Vec<serde_json::Value> {
+        let now = std::time::Instant::now();
+        let balance = self.requests.gateways.lock();
+        self.cluster
+            .responders(subject, |gw| self.fed.rtt_to(gw))
+            .into_iter()
+            .map(|(gw, rtt)| {
+                let (latency, in_flight) = balance.snapshot(&gw, now);
+                serde_json::json!({
+                    "gateway_id": gw,
+                    "rtt_ms": rtt.as_secs_f64() * 1e3,
+                    "reply_ms": latency.map(|l| l.as_secs_f64() * 1e3),
+                    "in_flight": in_flight,
+                })
+            })
+            .collect()
     }
 }
