@@ -1281,3 +1281,76 @@ async fn a_region_balances_requests_and_queue_groups_over_its_gateways_by_cost_h
     assert!(from_a1 > 0 && from_a2 > N / 2, "a1 {from_a1}, a2 {from_a2}");
     eprintln!("queue group, a1's member stuck: a1 {from_a1}, a2 {from_a2}, each once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_run_between_sessions_of_two_gateways_with_credit_and_end_when_a_gateway_dies() {
+    let mut r = Regions::start_sized(&[("a", 2)], &[]).await;
+    // The responder is on a2 only; the opener on a1.
+    let server = client(r.gw("a2")).await;
+    let mut listener = server.listen_streams("upload", None).await.unwrap();
+    server.flush().await.unwrap();
+    wanted(r.gw("a1"), "upload", "a").await;
+    let acceptor = tokio::spawn(async move {
+        let mut s = listener.accept().await.expect("a stream");
+        let (mut n, mut total) = (0u32, 0u64);
+        while let Some(m) = s.recv().await {
+            let m = m.expect("stream data");
+            total += m.payload.len() as u64;
+            n += 1;
+            if n.is_multiple_of(100) {
+                // A slow reader: the opener must wait for credit, not overrun it.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        s.send(format!("{n} frames, {total} bytes")).await.unwrap();
+        s.finish().await.unwrap();
+        (n, total, listener)
+    });
+    let opener = nexus_client::Client::builder(&r.gw("a1").url())
+        .stream_window(16)
+        .connect()
+        .await
+        .unwrap();
+    let mut s = opener.open_stream("upload").await.unwrap();
+    for i in 0..2000u32 {
+        s.send(vec![(i % 251) as u8; 512]).await.unwrap();
+    }
+    s.finish().await.unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(20), s.recv())
+        .await
+        .expect("summary in time")
+        .expect("summary")
+        .unwrap();
+    assert_eq!(&summary.payload[..], b"2000 frames, 1024000 bytes");
+    let (n, total, mut listener) = acceptor.await.unwrap();
+    assert_eq!((n, total), (2000, 1_024_000));
+    for gw in ["a1", "a2"] {
+        assert_eq!(
+            r.gw(gw)
+                .metric("nexus_limit_violations_total", &["\"stream_credit\""]),
+            0.0,
+            "{gw}: nobody overran its credit"
+        );
+    }
+
+    // A second stream, then a2 dies (kill -9): the opener's stream ends with an error that
+    // says why, within the link's failure detection, instead of hanging.
+    let mut s = opener.open_stream("upload").await.unwrap();
+    s.send(b"hello".to_vec()).await.unwrap();
+    let mut accepted = listener.accept().await.expect("a second stream");
+    let first = accepted.recv().await.expect("data").unwrap();
+    assert_eq!(&first.payload[..], b"hello");
+    r.gws.get_mut("a2").unwrap().kill();
+    let end = tokio::time::timeout(Duration::from_secs(5), s.recv())
+        .await
+        .expect("the stream ends within 5 s of the kill");
+    let err = match end {
+        Some(Err(e)) => e.to_string(),
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert!(
+        err.contains("unreachable") || err.contains("disconnected"),
+        "{err}"
+    );
+    eprintln!("after the kill of a2 the opener saw: {err}");
+}

@@ -4,6 +4,7 @@
 //! through [`crate::router::Router::deliver_from_region`], which never forwards them again,
 //! so a message crosses at most one region hop and cannot loop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::balancer::GroupCost;
 use crate::router::{Delivery, ReplyResult};
+use crate::streams::StreamRelay;
 
 /// Resolves when a publish's cross-region contract is met: written to the durable spool
 /// (`async`) or persisted by enough regions (`sync`); an error says why it was not.
@@ -71,6 +73,13 @@ pub trait Remote: Send + Sync + 'static {
     fn prefers_remote_responders(&self, subject: &str) -> bool {
         let _ = subject;
         false
+    }
+    /// A stream on `subject` that no responder of this gateway can take: the relay to the
+    /// gateway of this region that has one, and the id the stream gets on it; `None` when
+    /// no gateway of the region has one.
+    fn stream_peer(&self, subject: &str) -> Option<(Arc<dyn StreamRelay>, u64)> {
+        let _ = subject;
+        None
     }
     /// Federation links, for `/v1/status`.
     fn links(&self) -> Vec<LinkStatus> {

@@ -9,7 +9,8 @@
 //! - [`plan`]: which regions a message or request goes to.
 //! - [`replication`]: `async` / `sync` routes through the durable spool (the shell around
 //!   [`crate::replication`]).
-//! - [`remote_requests`]: requests across regions.
+//! - [`remote_requests`]: requests across regions and to the region's other gateways.
+//! - [`cluster_streams`]: streams whose two sides are on two gateways of the region.
 //! - [`status`]: links, spools and `explain` for operators.
 //!
 //! Consistency modes: `local` never leaves the region; `best_effort` is queued on the link if
@@ -17,6 +18,7 @@
 //! lost with its link); `async` / `sync` go through the spool.
 
 mod cluster;
+mod cluster_streams;
 mod plan;
 mod remote_requests;
 pub mod replication;
@@ -58,6 +60,8 @@ pub struct RegionRouter {
     /// interest update.
     remote: ArcSwap<RemoteInterest>,
     requests: RemoteRequests,
+    /// Streams with a side on another gateway of the region.
+    streams: Arc<cluster_streams::ClusterStreams>,
     /// The route table and the config version it was built from.
     routes: ArcSwap<(i64, Arc<RouteTable>)>,
     damping: Mutex<Damping>,
@@ -99,6 +103,7 @@ impl RegionRouter {
             cluster: Cluster::default(),
             remote: ArcSwap::from_pointee(remote),
             requests: RemoteRequests::default(),
+            streams: cluster_streams::ClusterStreams::new(fed.clone(), router.clone()),
             routes: ArcSwap::from_pointee((-1, Arc::new(RouteTable::new(&[])))),
             damping: Mutex::new(Damping::default()),
             replication: Arc::new(replication),
@@ -366,6 +371,11 @@ impl LinkHandler for RegionRouter {
 
     fn down(&self, link: &LinkInfo, reason: &str) {
         self.requests.link_down(link, reason);
+        if link.region == self.fed.region() {
+            // Frames queued on the link that ended are gone: its streams end with an error
+            // rather than miss data silently.
+            self.streams.peer_down(&link.gateway_id, reason);
+        }
         if link.region == self.fed.region() && self.fed.link_to(&link.gateway_id).is_none() {
             // The peer may only be cut off: its interest is kept and the relays it has not
             // confirmed stay owed until it returns, or until the grace period ends and it
@@ -418,6 +428,12 @@ impl LinkHandler for RegionRouter {
             let from_cluster = link.region == self.fed.region();
             match frame {
                 Kind::Forward(forward) => self.on_forward(link, forward).await,
+                Kind::Stream(frame) if from_cluster => {
+                    self.streams.on_frame(&link.gateway_id, frame)
+                }
+                Kind::Stream(_) => {
+                    tracing::warn!(peer = %link.gateway_id, region = %link.region, "a gateway of another region sent a stream frame; streams run inside a region only, ignored")
+                }
                 // Copies of a cluster peer's spool, kept here as its replica.
                 Kind::ReplicaAppend(copies) if from_cluster => {
                     self.replication.on_replica_append(&self.fed, link, copies)
@@ -566,6 +582,16 @@ impl Remote for RegionRouter {
             payload,
             timeout,
         )
+    }
+
+    fn stream_peer(
+        &self,
+        subject: &str,
+    ) -> Option<(Arc<dyn nexus_gateway::streams::StreamRelay>, u64)> {
+        match self.pick_gateway(subject, None)? {
+            Taker::Peer(gateway) => Some(self.streams.open_to(&gateway)),
+            Taker::Local => None,
+        }
     }
 
     fn prefers_remote_responders(&self, subject: &str) -> bool {
