@@ -408,9 +408,8 @@ async fn a_flood_of_sessions_opened_and_dropped_leaves_nothing_behind() {
                         // Keyed: Welcome, a subscription, then dropped without a word.
                         0 | 1 => {
                             if let Ok(s) = keyed_session(&url, &secret).await {
-                                let _ = s
-                                    .tx
-                                    .send(v1::Batch {
+                                let _ =
+                                    s.tx.send(v1::Batch {
                                         frames: vec![sub_frame(1, &format!("churn.{w}.{i}"))],
                                     })
                                     .await;
@@ -994,7 +993,15 @@ async fn a_keys_rate_limit_holds_across_the_gateways_of_a_region() {
         .collect();
     nexusctl(
         &cp,
-        &["keys", "limits", &id, "--msgs-per-sec", "200", "--burst-msgs", "100"],
+        &[
+            "keys",
+            "limits",
+            &id,
+            "--msgs-per-sec",
+            "200",
+            "--burst-msgs",
+            "100",
+        ],
     );
     for (gw, v) in gws.iter().zip(versions) {
         assert!(
@@ -1033,7 +1040,10 @@ async fn a_keys_rate_limit_holds_across_the_gateways_of_a_region() {
     // The region's burst plus 200/s over the run, with slack for timing; each gateway on its
     // own would have allowed twice that.
     let allowed = 100.0 + 200.0 * took.as_secs_f64() + 50.0;
-    assert!((acked as f64) <= allowed, "{acked} acked, allowed {allowed}");
+    assert!(
+        (acked as f64) <= allowed,
+        "{acked} acked, allowed {allowed}"
+    );
     for r in [&r1, &r2] {
         assert!(r.0 > 0 && r.1 > 0, "{r:?}");
         assert!(

@@ -92,7 +92,13 @@ fn pass_budget() -> (usize, Duration) {
 fn mutate(rng: &mut StdRng, data: &mut Vec<u8>, others: &[Vec<u8>]) {
     const INTERESTING: [u8; 8] = [0x00, 0x01, 0x7f, 0x80, 0xff, b'.', b'>', b'*'];
     let len = data.len();
-    let at = |rng: &mut StdRng| if len == 0 { 0 } else { rng.random_range(0..len) };
+    let at = |rng: &mut StdRng| {
+        if len == 0 {
+            0
+        } else {
+            rng.random_range(0..len)
+        }
+    };
     match rng.random_range(0..8) {
         0 if len > 0 => {
             let i = at(rng);
@@ -103,7 +109,11 @@ fn mutate(rng: &mut StdRng, data: &mut Vec<u8>, others: &[Vec<u8>]) {
             data[i] = INTERESTING[rng.random_range(0..INTERESTING.len())];
         }
         2 => {
-            let i = if len == 0 { 0 } else { rng.random_range(0..=len) };
+            let i = if len == 0 {
+                0
+            } else {
+                rng.random_range(0..=len)
+            };
             let n = rng.random_range(1..=16);
             let bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
             data.splice(i..i, bytes);
@@ -122,7 +132,11 @@ fn mutate(rng: &mut StdRng, data: &mut Vec<u8>, others: &[Vec<u8>]) {
         }
         5 => {
             // A long or maximal varint: lengths and counts a peer announces.
-            let i = if len == 0 { 0 } else { rng.random_range(0..=len) };
+            let i = if len == 0 {
+                0
+            } else {
+                rng.random_range(0..=len)
+            };
             let v: &[u8] = if rng.random() {
                 &[0xff, 0xff, 0xff, 0xff, 0x0f]
             } else {
@@ -132,7 +146,11 @@ fn mutate(rng: &mut StdRng, data: &mut Vec<u8>, others: &[Vec<u8>]) {
         }
         6 if !others.is_empty() => {
             let other = &others[rng.random_range(0..others.len())];
-            let cut = if len == 0 { 0 } else { rng.random_range(0..=len) };
+            let cut = if len == 0 {
+                0
+            } else {
+                rng.random_range(0..=len)
+            };
             let from = if other.is_empty() {
                 0
             } else {
@@ -215,7 +233,11 @@ fn a_bounded_mutation_fuzz_pass_over_every_target() {
             .collect();
         assert!(!seeds.is_empty(), "fuzz/corpus/{name} has no seeds");
         // The DNS target is a UDP round trip per input: fewer of them.
-        let n = if *name == "dns_query" { cases / 8 } else { cases };
+        let n = if *name == "dns_query" {
+            cases / 8
+        } else {
+            cases
+        };
         let started = Instant::now();
         let ran = mutation_pass(name, *run, &seeds, n, budget, rng_seed)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -237,7 +259,13 @@ fn the_mutation_pass_finds_a_planted_bug() {
     let e = mutation_pass("planted", planted, &seeds, 5000, Duration::from_secs(60), 7)
         .expect_err("the planted bug is found");
     assert!(e.contains("NEXUS_FUZZ_SEED=7"), "{e}");
-    let file = e.split("the input is in ").nth(1).unwrap().split(':').next().unwrap();
+    let file = e
+        .split("the input is in ")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap();
     let data = std::fs::read(file).unwrap();
     assert!(std::panic::catch_unwind(|| planted(&data)).is_err());
     std::fs::remove_file(file).unwrap();

@@ -219,7 +219,10 @@ mod tests {
         );
         // The byte burst (the rate, 1000) is divided too: 334 here.
         let e = limiters.check("b", 400).unwrap_err();
-        assert!(e.contains("burst of 1000 bytes; this gateway enforces 334"), "{e}");
+        assert!(
+            e.contains("burst of 1000 bytes; this gateway enforces 334"),
+            "{e}"
+        );
         // When the region shrinks to one gateway, it enforces the whole limit (new limiter).
         limiters.update([("k", &limits)].into_iter(), 1);
         for _ in 0..9 {
