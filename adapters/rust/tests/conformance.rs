@@ -864,6 +864,8 @@ struct TlsOptions {
     ca: Option<PathBuf>,
     client: Option<(PathBuf, PathBuf)>,
     server_name: Option<String>,
+    /// `tls: true`: discovered gateways (`nexus+srv://`) over TLS too.
+    srv: bool,
 }
 
 fn error_kind(e: &Error) -> &'static str {
@@ -1062,6 +1064,7 @@ impl Runner {
                         .map(|p| p.ok_or("tls_client_cert names no PKI of this environment"))
                         .transpose()?,
                     server_name: s.str("tls_server_name").map(str::to_owned),
+                    srv: s.get("tls") == Some(&Json::Bool(true)),
                 };
                 let connect = || {
                     let mut b = Client::builder(&url)
@@ -1088,6 +1091,7 @@ impl Runner {
                             if let Some(name) = tls.server_name {
                                 b = b.tls_domain(name);
                             }
+                            b = b.tls(tls.srv);
                         }
                         #[cfg(not(feature = "tls"))]
                         let _ = tls;
