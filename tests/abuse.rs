@@ -569,30 +569,57 @@ async fn idle_and_excess_tcp_connections_are_closed() {
     assert!(matches!(s.next_frame().await, Some(Kind::Pong(_))));
 }
 
-/// A batch of 300 000 pings (about 2 MB) is answered pong by pong; a client that reads them
-/// all is never cut off as a slow consumer of its own answers (protocol.md §12.4). Before,
-/// the session ended at 65 536 queued control frames.
+/// One batch of 150 000 frames that are each answered (about 2.5 MB: the mix of
+/// pings, acked publishes and subscriptions refused for a bad subject) gets every answer: a
+/// client that reads them all is never cut off as a slow consumer of its own answers
+/// (protocol.md §12.4). Before, the session ended at 65 536 queued control frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_answered_frames_does_not_cut_off_a_reading_client() {
     let gw = Gateway::start();
     let mut s = RawSession::connect(&gw.url()).await;
-    const N: u64 = 300_000;
-    let pings: Vec<v1::Frame> = (1..=N)
-        .map(|nonce| frame(Kind::Ping(v1::Ping { nonce })))
+    const N: u64 = 150_000;
+    let frames: Vec<v1::Frame> = (1..=N)
+        .map(|i| match i % 3 {
+            0 => frame(Kind::Ping(v1::Ping { nonce: i })),
+            1 => frame(Kind::Pub(v1::Pub {
+                subject: "answered.nobody".into(),
+                payload: Bytes::from_static(b"x"),
+                ack_id: i,
+                ..Default::default()
+            })),
+            _ => frame(Kind::Sub(v1::Sub {
+                sid: i,
+                subject: "bad..subject".into(),
+                ack_id: i,
+                ..Default::default()
+            })),
+        })
         .collect();
-    s.send(pings).await;
+    s.send(frames).await;
     let started = Instant::now();
-    let mut pongs = 0u64;
-    while pongs < N {
+    let (mut pongs, mut acks, mut nacks) = (0u64, 0u64, 0u64);
+    while pongs + acks + nacks < N {
         match s.next_result().await {
             Ok(Some(Kind::Pong(p))) => {
+                assert_eq!(p.nonce % 3, 0);
                 pongs += 1;
-                assert_eq!(p.nonce, pongs, "pongs in order");
             }
-            other => panic!("after {pongs} pongs: {other:?}"),
+            Ok(Some(Kind::Ack(a))) => {
+                assert_eq!(a.ack_id % 3, 1);
+                acks += 1;
+            }
+            Ok(Some(Kind::Nack(n))) => {
+                assert_eq!(n.ack_id % 3, 2);
+                nacks += 1;
+            }
+            other => panic!("after {pongs} pongs, {acks} acks, {nacks} nacks: {other:?}"),
         }
     }
-    println!("{N} pongs read in {:?}", started.elapsed());
+    println!(
+        "{N} answers read in {:?}: {pongs} pongs, {acks} acks, {nacks} nacks",
+        started.elapsed()
+    );
+    assert_eq!((pongs, acks, nacks), (N / 3, N / 3, N / 3));
     s.send(vec![frame(Kind::Ping(v1::Ping { nonce: 1 }))]).await;
     assert!(matches!(s.next_frame().await, Some(Kind::Pong(_))));
 }
