@@ -36,9 +36,18 @@ pub struct CertsArgs {
     /// can be bound to (`nexusctl keys bind`).
     #[arg(long = "client")]
     pub clients: Vec<String>,
-    /// Validity of the issued certificates, in days.
+    /// Validity of the issued certificates, in days (from --not-before).
     #[arg(long, default_value_t = 397)]
     pub days: u32,
+    /// Start of the issued certificates' validity, an RFC 3339 time
+    /// (`2027-01-31T00:00:00Z`); default: an hour ago. The CA is not affected.
+    #[arg(long, value_name = "TIME")]
+    pub not_before: Option<String>,
+    /// End of the issued certificates' validity, an RFC 3339 time; overrides --days. A time
+    /// in the past issues expired certificates (with a warning), to test that clients refuse
+    /// them.
+    #[arg(long, value_name = "TIME")]
+    pub not_after: Option<String>,
     /// Make a new CA even when --out holds one (a CA rotation: see docs/security.md).
     #[arg(long)]
     pub new_ca: bool,
@@ -119,6 +128,17 @@ pub fn run(args: &CertsArgs) -> anyhow::Result<Vec<PathBuf>> {
     if args.days == 0 {
         bail!("--days must be at least 1");
     }
+    let validity = Validity::between(
+        args.not_before.as_deref(),
+        args.not_after.as_deref(),
+        args.days,
+    )?;
+    if validity.is_past() {
+        eprintln!(
+            "warning: --not-after {} is in the past: the certificates issued are expired, and clients will refuse them",
+            validity.not_after_text()
+        );
+    }
     let ca_cert = args.out.join("ca.pem");
     let ca_key = args.out.join("ca-key.pem");
     let mut written = Vec::new();
@@ -141,7 +161,6 @@ pub fn run(args: &CertsArgs) -> anyhow::Result<Vec<PathBuf>> {
         written.extend([ca_cert.clone(), ca_key.clone()]);
         ca
     };
-    let validity = Validity::days(args.days);
     for g in &gateways {
         let pem = ca.issue(
             &Role::Gateway {

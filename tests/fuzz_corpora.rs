@@ -4,6 +4,9 @@
 //! crash the fuzzer found stays fixed without nightly. The long coverage-guided runs are
 //! `scripts/fuzz` (docs/hardening.md §5).
 //!
+//! Besides, a bounded mutation-fuzzing pass runs every target on inputs mutated from those
+//! seeds (stable, seconds; `a_bounded_mutation_fuzz_pass_over_every_target`).
+//!
 //! The seeds are small real inputs made by the codebase's own encoders;
 //! `NEXUS_WRITE_FUZZ_SEEDS=1 cargo test --test fuzz_corpora` rewrites them.
 
@@ -12,10 +15,13 @@
 mod harness;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nexus_proto::v1::{self, Batch, Frame, Header, LinkFrame, Pub, Reply, Req, frame::Kind};
 use prost::Message;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -62,6 +68,207 @@ fn every_corpus_and_regression_file_runs_clean() {
             regressions.len()
         );
     }
+}
+
+/// How many mutated inputs the bounded pass runs per target ($NEXUS_FUZZ_CASES, default 5000),
+/// and for at most how long (3 s per target, so a loaded machine stays within the suite's
+/// budget; the pass prints what it ran).
+fn pass_budget() -> (usize, Duration) {
+    let cases = std::env::var("NEXUS_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let secs = if std::env::var_os("NEXUS_FUZZ_CASES").is_some() {
+        3600
+    } else {
+        3
+    };
+    (cases, Duration::from_secs(secs))
+}
+
+/// One mutation of `data`, as libFuzzer's mutators do without coverage: a bit flip, an
+/// "interesting" byte, random bytes inserted, a range deleted, duplicated or overwritten with
+/// a long varint, a splice with another input of the target, or a truncation.
+fn mutate(rng: &mut StdRng, data: &mut Vec<u8>, others: &[Vec<u8>]) {
+    const INTERESTING: [u8; 8] = [0x00, 0x01, 0x7f, 0x80, 0xff, b'.', b'>', b'*'];
+    let len = data.len();
+    let at = |rng: &mut StdRng| {
+        if len == 0 {
+            0
+        } else {
+            rng.random_range(0..len)
+        }
+    };
+    match rng.random_range(0..8) {
+        0 if len > 0 => {
+            let i = at(rng);
+            data[i] ^= 1 << rng.random_range(0..8);
+        }
+        1 if len > 0 => {
+            let i = at(rng);
+            data[i] = INTERESTING[rng.random_range(0..INTERESTING.len())];
+        }
+        2 => {
+            let i = if len == 0 {
+                0
+            } else {
+                rng.random_range(0..=len)
+            };
+            let n = rng.random_range(1..=16);
+            let bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+            data.splice(i..i, bytes);
+        }
+        3 if len > 1 => {
+            let i = at(rng);
+            let n = rng.random_range(1..=(len - i).min(32));
+            data.drain(i..i + n);
+        }
+        4 if len > 1 => {
+            let i = at(rng);
+            let n = rng.random_range(1..=(len - i).min(64));
+            let copy = data[i..i + n].to_vec();
+            let j = rng.random_range(0..=len);
+            data.splice(j..j, copy);
+        }
+        5 => {
+            // A long or maximal varint: lengths and counts a peer announces.
+            let i = if len == 0 {
+                0
+            } else {
+                rng.random_range(0..=len)
+            };
+            let v: &[u8] = if rng.random() {
+                &[0xff, 0xff, 0xff, 0xff, 0x0f]
+            } else {
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
+            };
+            data.splice(i..i, v.iter().copied());
+        }
+        6 if !others.is_empty() => {
+            let other = &others[rng.random_range(0..others.len())];
+            let cut = if len == 0 {
+                0
+            } else {
+                rng.random_range(0..=len)
+            };
+            let from = if other.is_empty() {
+                0
+            } else {
+                rng.random_range(0..=other.len())
+            };
+            data.truncate(cut);
+            data.extend_from_slice(&other[from..]);
+        }
+        _ if len > 0 => data.truncate(at(rng)),
+        _ => data.push(rng.random()),
+    }
+    data.truncate(64 * 1024);
+}
+
+/// Runs `cases` mutated inputs (each 1-8 stacked mutations of a seed or of an earlier
+/// mutant) through `run`, within `budget`. A panic is caught: the input is written to the
+/// temporary directory and the error names the target, the RNG seed (`NEXUS_FUZZ_SEED`
+/// replays the pass) and the file. Returns how many inputs ran.
+fn mutation_pass(
+    name: &str,
+    run: fn(&[u8]),
+    seeds: &[Vec<u8>],
+    cases: usize,
+    budget: Duration,
+    rng_seed: u64,
+) -> Result<usize, String> {
+    let mut rng = StdRng::seed_from_u64(rng_seed);
+    let mut pool: Vec<Vec<u8>> = Vec::new();
+    let started = Instant::now();
+    for case in 0..cases {
+        if started.elapsed() > budget {
+            return Ok(case);
+        }
+        let from_pool = !pool.is_empty() && rng.random_bool(0.5);
+        let mut data = if from_pool {
+            pool[rng.random_range(0..pool.len())].clone()
+        } else {
+            seeds[rng.random_range(0..seeds.len())].clone()
+        };
+        for _ in 0..rng.random_range(1..=8) {
+            mutate(&mut rng, &mut data, seeds);
+        }
+        if std::panic::catch_unwind(|| run(&data)).is_err() {
+            let file = std::env::temp_dir().join(format!("nexus-fuzz-{name}-{rng_seed}-{case}"));
+            let _ = std::fs::write(&file, &data);
+            return Err(format!(
+                "fuzz target {name} panicked on mutated input {case} (NEXUS_FUZZ_SEED={rng_seed} \
+                 replays this pass); the input is in {}: once fixed, copy it into \
+                 fuzz/regressions/{name}/",
+                file.display()
+            ));
+        }
+        if pool.len() < 64 {
+            pool.push(data);
+        } else {
+            let i = rng.random_range(0..pool.len());
+            pool[i] = data;
+        }
+    }
+    Ok(cases)
+}
+
+/// The bounded fuzz pass of every `cargo test`, on stable: mutation fuzzing (no coverage
+/// feedback) of every cargo-fuzz target from its checked-in seeds, through the same harness.
+/// The RNG seed changes every run (printed; `NEXUS_FUZZ_SEED` fixes it), so successive runs
+/// explore different inputs; `NEXUS_FUZZ_CASES=N` runs N inputs per target without the time
+/// cap. The coverage-guided runs (nightly) are `scripts/fuzz`.
+#[test]
+fn a_bounded_mutation_fuzz_pass_over_every_target() {
+    let (cases, budget) = pass_budget();
+    let rng_seed = std::env::var("NEXUS_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("mutation fuzz pass: NEXUS_FUZZ_SEED={rng_seed}, up to {cases} inputs per target");
+    for (name, run) in harness::TARGETS {
+        let seeds: Vec<Vec<u8>> = files(&fuzz_dir().join("corpus").join(name))
+            .iter()
+            .map(|f| std::fs::read(f).unwrap())
+            .collect();
+        assert!(!seeds.is_empty(), "fuzz/corpus/{name} has no seeds");
+        // The DNS target is a UDP round trip per input: fewer of them.
+        let n = if *name == "dns_query" {
+            cases / 8
+        } else {
+            cases
+        };
+        let started = Instant::now();
+        let ran = mutation_pass(name, *run, &seeds, n, budget, rng_seed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{name}: {ran} mutated inputs in {:?}", started.elapsed());
+        assert!(ran > 0, "{name}: no input ran within {budget:?}");
+    }
+}
+
+/// The pass can find a bug: a planted one that only a mutated input reaches.
+#[test]
+fn the_mutation_pass_finds_a_planted_bug() {
+    fn planted(data: &[u8]) {
+        // Reached only by keeping the seed's prefix and changing a byte after it to 0xff.
+        if data.starts_with(b"orders") && data[6..].contains(&0xff) {
+            panic!("planted bug");
+        }
+    }
+    let seeds = vec![b"orders.created".to_vec()];
+    let e = mutation_pass("planted", planted, &seeds, 5000, Duration::from_secs(60), 7)
+        .expect_err("the planted bug is found");
+    assert!(e.contains("NEXUS_FUZZ_SEED=7"), "{e}");
+    let file = e
+        .split("the input is in ")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap();
+    let data = std::fs::read(file).unwrap();
+    assert!(std::panic::catch_unwind(|| planted(&data)).is_err());
+    std::fs::remove_file(file).unwrap();
 }
 
 /// The seeds decode as what they were made from (so a format change that makes them stale

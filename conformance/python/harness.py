@@ -16,6 +16,10 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
+#: The validity of the gateway certificate in a ``gateway.tls: "expired"`` environment.
+EXPIRED_NOT_BEFORE = "2020-01-01T00:00:00Z"
+EXPIRED_NOT_AFTER = "2020-01-02T00:00:00Z"
+
 
 def nexus_bin() -> str:
     """The `nexus` binary: $NEXUS_BIN, else $CARGO_TARGET_DIR/debug/nexus."""
@@ -324,6 +328,13 @@ class Environment:
                 self.pki[which] = os.path.join(self.dir, f"pki-{which}")
                 subprocess.run([nexus_bin(), "certs", "--out", self.pki[which], "--gateway",
                                 f"{self.region}/conformance-tls@127.0.0.1", "--client", "conformance"],
+                               check=True, capture_output=True)
+            if tls == "expired":
+                # The same gateway certificate re-issued by the cluster CA, valid only on a day
+                # in the past: nothing else is wrong with it.
+                subprocess.run([nexus_bin(), "certs", "--out", self.pki["cluster"], "--gateway",
+                                f"{self.region}/conformance-tls@127.0.0.1",
+                                "--not-before", EXPIRED_NOT_BEFORE, "--not-after", EXPIRED_NOT_AFTER],
                                check=True, capture_output=True)
             cert = os.path.join(self.pki["cluster"], "gateways", self.region, "conformance-tls")
             args += ["--tls-cert", cert + ".pem", "--tls-key", cert + "-key.pem"]

@@ -127,6 +127,8 @@ class Runner:
                 tls["tls_client_cert_file"], tls["tls_client_key_file"] = cert, key_file
             if "tls_server_name" in s:
                 tls["tls_server_name"] = s["tls_server_name"]
+            if s.get("tls"):
+                tls["tls"] = True
 
             async def make():
                 opts = nx.ClientOptions(

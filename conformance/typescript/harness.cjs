@@ -11,6 +11,10 @@ const http = require("node:http");
 const net = require("node:net");
 const readline = require("node:readline");
 
+/** The validity of the gateway certificate in a `gateway.tls: "expired"` environment. */
+const EXPIRED_NOT_BEFORE = "2020-01-01T00:00:00Z";
+const EXPIRED_NOT_AFTER = "2020-01-02T00:00:00Z";
+
 function nexusBin() {
   if (process.env.NEXUS_BIN) return process.env.NEXUS_BIN;
   const cache = process.env.NEXUS_CACHE || path.join(os.homedir(), ".cache", "nexus");
@@ -262,6 +266,12 @@ class Environment {
       for (const which of ["cluster", "other"]) {
         this.pki[which] = path.join(this.dir, `pki-${which}`);
         execFileSync(nexusBin(), ["certs", "--out", this.pki[which], "--gateway", `${this.region}/conformance-tls@127.0.0.1`, "--client", "conformance"]);
+      }
+      if (gw.tls === "expired") {
+        // The same gateway certificate re-issued by the cluster CA, valid only on a day in the
+        // past: nothing else is wrong with it.
+        execFileSync(nexusBin(), ["certs", "--out", this.pki.cluster, "--gateway", `${this.region}/conformance-tls@127.0.0.1`,
+          "--not-before", EXPIRED_NOT_BEFORE, "--not-after", EXPIRED_NOT_AFTER]);
       }
       const cert = path.join(this.pki.cluster, "gateways", this.region, "conformance-tls");
       args.push("--tls-cert", `${cert}.pem`, "--tls-key", `${cert}-key.pem`);

@@ -90,6 +90,7 @@ class Runner {
         if (s.tls_ca) opts.tlsCaFile = this.env.tlsFiles(s.tls_ca)[0];
         if (s.tls_client_cert) [, opts.tlsClientCertFile, opts.tlsClientKeyFile] = this.env.tlsFiles(s.tls_client_cert);
         if (s.tls_server_name) opts.tlsServerName = s.tls_server_name;
+        if (s.tls) opts.tls = true;
         const make = () => nx.Client.connect(url, opts);
         if (s.expect_error) return this.expectError(s, make);
         this.clients[s.client] = await this.retrying(s, make);

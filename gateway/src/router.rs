@@ -279,7 +279,8 @@ impl Router {
     pub fn apply_policy(&self, policy: Policy) {
         self.metrics.config_version.set(policy.version);
         self.metrics.config_updates.inc();
-        self.key_limiters.update(policy.key_limits());
+        let share = policy.region_gateways(&self.cfg.region, &self.cfg.gateway_id);
+        self.key_limiters.update(policy.key_limits(), share);
         self.policy.store(Arc::new(policy));
         self.recheck_sessions(crate::policy_now_ms());
     }

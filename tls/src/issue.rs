@@ -127,6 +127,60 @@ impl Validity {
             not_after: now + Duration::from_secs(u64::from(days) * 86_400),
         }
     }
+
+    /// From `not_before` to `not_after`, each an RFC 3339 time (`2027-01-31T00:00:00Z`);
+    /// a missing start means an hour ago, a missing end `days` after the start. Errors name the
+    /// option (`--not-before`/`--not-after`) and what is wrong. An end in the past is allowed:
+    /// an expired certificate is how clients are tested to refuse one (`nexus certs`).
+    pub fn between(
+        not_before: Option<&str>,
+        not_after: Option<&str>,
+        days: u32,
+    ) -> Result<Self, TlsError> {
+        let parse = |option: &str, text: &str| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| {
+                    TlsError::Policy(format!(
+                        "{option} {text:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z: {e}"
+                    ))
+                })
+        };
+        let not_before = match not_before {
+            Some(t) => parse("--not-before", t)?,
+            None => time::OffsetDateTime::now_utc() - Duration::from_secs(3600),
+        };
+        let not_after = match not_after {
+            Some(t) => parse("--not-after", t)?,
+            None => not_before + Duration::from_secs(u64::from(days) * 86_400),
+        };
+        if not_after <= not_before {
+            return Err(TlsError::Policy(format!(
+                "the certificate would end ({}) before it begins ({}): \
+                 --not-after must be later than --not-before",
+                rfc3339(not_after),
+                rfc3339(not_before)
+            )));
+        }
+        Ok(Self {
+            not_before,
+            not_after,
+        })
+    }
+
+    /// Whether the validity ended before now (the certificate is expired from the start).
+    pub fn is_past(&self) -> bool {
+        self.not_after <= time::OffsetDateTime::now_utc()
+    }
+
+    /// The end of the validity as an RFC 3339 time, for messages.
+    pub fn not_after_text(&self) -> String {
+        rfc3339(self.not_after)
+    }
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 /// A certificate and its key in PEM.
@@ -212,6 +266,31 @@ impl CertificateAuthority {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validity_from_rfc3339_times_and_errors_that_name_the_option() {
+        let v = Validity::between(
+            Some("2020-01-01T00:00:00Z"),
+            Some("2020-01-02T00:00:00Z"),
+            397,
+        )
+        .unwrap();
+        assert!(v.is_past());
+        assert_eq!(v.not_after - v.not_before, time::Duration::days(1));
+        let v = Validity::between(Some("2020-01-01T00:00:00Z"), None, 3).unwrap();
+        assert_eq!(v.not_after - v.not_before, time::Duration::days(3));
+        let v = Validity::between(None, None, 30).unwrap();
+        assert!(!v.is_past());
+        let e = Validity::between(None, Some("yesterday"), 1).unwrap_err();
+        assert!(e.to_string().contains("--not-after \"yesterday\""), "{e}");
+        let e = Validity::between(
+            Some("2020-01-02T00:00:00Z"),
+            Some("2020-01-01T00:00:00Z"),
+            1,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("must be later"), "{e}");
+    }
 
     #[test]
     fn a_gateway_certificate_names_its_id_and_region_and_a_reloaded_ca_can_issue() {

@@ -404,6 +404,9 @@ struct Environment {
 
 const REGION: &str = "conformance";
 const ZONE: &str = "nexus.local";
+/// The validity of the gateway certificate in a `gateway.tls: "expired"` environment.
+const EXPIRED_NOT_BEFORE: &str = "2020-01-01T00:00:00Z";
+const EXPIRED_NOT_AFTER: &str = "2020-01-02T00:00:00Z";
 
 impl Environment {
     fn start(spec: &Json, tag: &str) -> Result<Self, String> {
@@ -451,6 +454,22 @@ impl Environment {
                     return Err(format!("nexus certs failed: {status:?}"));
                 }
                 pki.insert(which.to_owned(), out);
+            }
+            if mode == "expired" {
+                // The same gateway certificate re-issued by the cluster CA, valid only on a
+                // day in the past: nothing else is wrong with it.
+                let status = std::process::Command::new(nexus_bin())
+                    .arg("certs")
+                    .arg("--out")
+                    .arg(&pki["cluster"])
+                    .args(["--gateway", &format!("{REGION}/conformance-tls@127.0.0.1")])
+                    .args(["--not-before", EXPIRED_NOT_BEFORE])
+                    .args(["--not-after", EXPIRED_NOT_AFTER])
+                    .output()
+                    .map_err(|e| format!("nexus certs: {e}"))?;
+                if !status.status.success() {
+                    return Err(format!("nexus certs (expired) failed: {status:?}"));
+                }
             }
             let cert = pki["cluster"].join("gateways").join(REGION);
             args.extend([
@@ -845,6 +864,8 @@ struct TlsOptions {
     ca: Option<PathBuf>,
     client: Option<(PathBuf, PathBuf)>,
     server_name: Option<String>,
+    /// `tls: true`: discovered gateways (`nexus+srv://`) over TLS too.
+    srv: bool,
 }
 
 fn error_kind(e: &Error) -> &'static str {
@@ -882,6 +903,23 @@ fn headers_of(s: &Json) -> Headers {
     h
 }
 
+/// The error and its sources, as `{:#}` with anyhow prints it: Rust errors keep their cause
+/// out of `Display` (e.g. `Error::Connect` shows "connect: transport error" and the TLS reason
+/// is a source), while `error_contains` means the whole message a user would see.
+fn full_message(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 fn check_error<T>(s: &Json, r: Result<T, Error>, started: Instant) -> Result<(), String> {
     let kind = s.str("expect_error").unwrap_or_default();
     match r {
@@ -889,9 +927,12 @@ fn check_error<T>(s: &Json, r: Result<T, Error>, started: Instant) -> Result<(),
         Err(e) if error_kind(&e) != kind => Err(format!("expected {kind}, got {e}")),
         Err(e) => {
             if let Some(want) = s.str("error_contains")
-                && !e.to_string().contains(want)
+                && !full_message(&e).contains(want)
             {
-                return Err(format!("error {e} does not contain {want:?}"));
+                return Err(format!(
+                    "error {} does not contain {want:?}",
+                    full_message(&e)
+                ));
             }
             if let Some(max) = s.num("max_elapsed_ms")
                 && started.elapsed() > Duration::from_millis(max)
@@ -1023,6 +1064,7 @@ impl Runner {
                         .map(|p| p.ok_or("tls_client_cert names no PKI of this environment"))
                         .transpose()?,
                     server_name: s.str("tls_server_name").map(str::to_owned),
+                    srv: s.get("tls") == Some(&Json::Bool(true)),
                 };
                 let connect = || {
                     let mut b = Client::builder(&url)
@@ -1049,6 +1091,7 @@ impl Runner {
                             if let Some(name) = tls.server_name {
                                 b = b.tls_domain(name);
                             }
+                            b = b.tls(tls.srv);
                         }
                         #[cfg(not(feature = "tls"))]
                         let _ = tls;
@@ -1065,9 +1108,10 @@ impl Runner {
                         && let Err(e @ Error::Transport(_)) = &r
                     {
                         return match s.str("error_contains") {
-                            Some(want) if !e.to_string().contains(want) => {
-                                Err(format!("error {e} does not contain {want:?}"))
-                            }
+                            Some(want) if !full_message(e).contains(want) => Err(format!(
+                                "error {} does not contain {want:?}",
+                                full_message(e)
+                            )),
                             _ => Ok(()),
                         };
                     }
