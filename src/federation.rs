@@ -18,6 +18,11 @@ pub struct FederationArgs {
     /// UDP address for federation links with other regions (QUIC); off when absent.
     #[arg(long, env = "NEXUS_FEDERATION_LISTEN")]
     pub federation_listen: Option<SocketAddr>,
+    /// Federation (QUIC) address registered for the other gateways to dial, when it is not
+    /// the one bound (NAT, a UDP load balancer, a WAN emulator in front); default: the
+    /// --federation-listen address as bound.
+    #[arg(long, env = "NEXUS_FEDERATION_ADVERTISE")]
+    pub federation_advertise: Option<SocketAddr>,
     /// A peer region's federation address, as REGION=HOST:PORT; repeatable.
     #[arg(long = "peer", value_parser = parse_peer)]
     pub peers: Vec<(String, SocketAddr)>,

@@ -12,10 +12,14 @@ use std::time::Duration;
 use common::regions::{client, explain, status};
 use common::{ControlPlane, Gateway, eventually, nexusctl, tempdir};
 use nexus_federation::tls::FederationCa;
+use nexus_load::wan::{Impairment, WanProxy};
 
 /// A control plane and `gateways` per region for `regions`; gateway ids `<region><n>`.
 struct Regions {
     gws: HashMap<String, Gateway>,
+    /// A WAN emulator in front of each gateway's QUIC endpoint, by gateway id, when started
+    /// with [`Regions::start_behind_wan`].
+    wan: HashMap<String, WanProxy>,
     cp: ControlPlane,
     _cp_dir: tempdir::Dir,
     _certs: tempdir::Dir,
@@ -41,7 +45,23 @@ impl Regions {
         Self::start_each(&sizes, dns, extra).await
     }
 
+    /// `sizes` gateways per region, each registering a WAN emulator with `impairment` in
+    /// front of its QUIC endpoint (`--federation-advertise`): every cluster and federation
+    /// link crosses one, in both directions.
+    async fn start_behind_wan(sizes: &[(&str, usize)], impairment: Impairment) -> Self {
+        Self::start_all(sizes, false, &[], Some(impairment)).await
+    }
+
     async fn start_each(sizes: &[(&str, usize)], dns: bool, extra: &[&str]) -> Self {
+        Self::start_all(sizes, dns, extra, None).await
+    }
+
+    async fn start_all(
+        sizes: &[(&str, usize)],
+        dns: bool,
+        extra: &[&str],
+        impairment: Option<Impairment>,
+    ) -> Self {
         let certs = tempdir::Dir::new("cluster-certs");
         let ca = FederationCa::generate("test cluster CA").unwrap();
         std::fs::write(certs.0.join("ca.pem"), ca.cert_pem()).unwrap();
@@ -52,6 +72,7 @@ impl Regions {
             ControlPlane::embedded(&cp_dir.0)
         };
         let mut gws = HashMap::new();
+        let mut wan = HashMap::new();
         for &(region, gateways) in sizes {
             for n in 1..=gateways {
                 let id = format!("{region}{n}");
@@ -79,12 +100,31 @@ impl Regions {
                     ca_path.to_str().unwrap(),
                 ];
                 args.extend_from_slice(extra);
+                let (listen, advertise);
+                if let Some(impairment) = impairment {
+                    // The gateway's QUIC port is chosen first so the emulator can point at
+                    // it; the emulator's address is what the gateway registers.
+                    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                        .unwrap()
+                        .local_addr()
+                        .unwrap();
+                    let proxy = WanProxy::start("127.0.0.1:0".parse().unwrap(), port, impairment)
+                        .await
+                        .unwrap();
+                    listen = port.to_string();
+                    advertise = proxy.listen_addr.to_string();
+                    let at = args.iter().position(|a| *a == "127.0.0.1:0").unwrap();
+                    args[at] = &listen;
+                    args.extend_from_slice(&["--federation-advertise", &advertise]);
+                    wan.insert(id.clone(), proxy);
+                }
                 let gw = Gateway::start_with_args(&args);
                 gws.insert(id.clone(), gw);
             }
         }
         let r = Regions {
             gws,
+            wan,
             cp,
             _cp_dir: cp_dir,
             _certs: certs,
@@ -1353,4 +1393,115 @@ async fn streams_run_between_sessions_of_two_gateways_with_credit_and_end_when_a
         "{err}"
     );
     eprintln!("after the kill of a2 the opener saw: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_regions_of_three_gateways_behind_a_wan_emulator_are_one_region_each() {
+    // Every link (inside a region and between regions) crosses an emulator adding 5 ms
+    // (+-1 ms) each way and dropping 1 % of datagrams, which QUIC must recover.
+    let impairment = Impairment {
+        delay: Duration::from_millis(5),
+        jitter: Duration::from_millis(1),
+        loss: 0.01,
+        ..Default::default()
+    };
+    let r = Regions::start_behind_wan(&[("a", 3), ("b", 3)], impairment).await;
+    r.async_orders_route().await;
+
+    // Pub/sub across gateways of a region and into the other region: plain subscribers on
+    // a1, a3 and b2; a queue group with members on a1 and a3; published on a2.
+    let (_c1, mut on_a1) = subscribed(r.gw("a1"), "news.>").await;
+    let (_c3, mut on_a3) = subscribed(r.gw("a3"), "news.>").await;
+    let (_cb, mut on_b2) = subscribed(r.gw("b2"), "news.>").await;
+    let w1 = client(r.gw("a1")).await;
+    let mut q1 = w1.queue_subscribe("news.>", "workers").await.unwrap();
+    w1.flush().await.unwrap();
+    let w3 = client(r.gw("a3")).await;
+    let mut q3 = w3.queue_subscribe("news.>", "workers").await.unwrap();
+    w3.flush().await.unwrap();
+    wanted(r.gw("a2"), "news.x", "b").await;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            explain(r.gw("a2"), "news.x")["federation"]["cluster"]
+                .as_array()
+                .is_some_and(|c| c.len() == 2)
+        })
+        .await
+    );
+    let a2 = client(r.gw("a2")).await;
+    for i in 0..200 {
+        a2.publish("news.x", format!("n{i:03}")).await.unwrap();
+    }
+    a2.flush().await.unwrap();
+    let expected: Vec<String> = (0..200).map(|i| format!("n{i:03}")).collect();
+    assert_eq!(drain(&mut on_a1).await, expected, "a1");
+    assert_eq!(drain(&mut on_a3).await, expected, "a3");
+    assert_eq!(drain(&mut on_b2).await, expected, "b2");
+    let mut group = drain(&mut q1).await;
+    group.extend(drain(&mut q3).await);
+    group.sort();
+    assert_eq!(group, expected, "the queue group got each message once");
+
+    // Requests: from b3 and a1 to a responder that only a3 has.
+    let server = client(r.gw("a3")).await;
+    let mut served = server.subscribe("svc.echo").await.unwrap();
+    server.flush().await.unwrap();
+    let responder = tokio::spawn(async move {
+        while let Some(m) = served.next_message().await {
+            let _ = server.reply(&m, b"from a3".to_vec()).await;
+        }
+    });
+    wanted(r.gw("b3"), "svc.echo", "a").await;
+    wanted(r.gw("a1"), "svc.echo", "a").await;
+    for from in ["b3", "a1"] {
+        let c = client(r.gw(from)).await;
+        for _ in 0..20 {
+            let answer = c.request("svc.echo", b"?".to_vec()).await.expect(from);
+            assert_eq!(&answer.payload[..], b"from a3", "{from}");
+        }
+    }
+    responder.abort();
+
+    // async: acknowledged publishes from every gateway of a reach every subscriber of b
+    // once.
+    let mut subs = Vec::new();
+    let mut clients = Vec::new();
+    for gw in ["b1", "b2", "b3"] {
+        let (c, s) = subscribed(r.gw(gw), "orders.>").await;
+        clients.push(c);
+        subs.push(s);
+    }
+    for gw in ["a1", "a2", "a3"] {
+        wanted(r.gw(gw), "orders.x", "b").await;
+    }
+    let mut publishers = Vec::new();
+    for gw in ["a1", "a2", "a3"] {
+        publishers.push((gw, client(r.gw(gw)).await));
+    }
+    for i in 0..100 {
+        for (gw, p) in &publishers {
+            p.publish_acked("orders.x", format!("{gw}-{i:03}"))
+                .await
+                .unwrap();
+        }
+    }
+    let mut expected: Vec<String> = Vec::new();
+    for gw in ["a1", "a2", "a3"] {
+        expected.extend((0..100).map(|i| format!("{gw}-{i:03}")));
+    }
+    expected.sort();
+    for (gw, sub) in ["b1", "b2", "b3"].iter().zip(subs.iter_mut()) {
+        assert_eq!(drain(sub).await, expected, "{gw}");
+    }
+
+    // The traffic really crossed the emulators, and some of it was lost and recovered.
+    let (forwarded, dropped) = r.wan.values().fold((0, 0), |(f, d), w| {
+        let s = w.stats();
+        (f + s.forwarded, d + s.dropped)
+    });
+    assert!(
+        forwarded > 1000 && dropped > 0,
+        "forwarded {forwarded}, dropped {dropped}"
+    );
+    eprintln!("through the emulators: {forwarded} datagrams forwarded, {dropped} dropped");
 }

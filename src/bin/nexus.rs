@@ -380,16 +380,24 @@ async fn run_gateway(
     }
     let pending =
         nexus::federation::bind_from_args(&federation, &cfg.region, &cfg.gateway_id).await?;
+    let mut bound = None;
     if let Some(p) = &pending {
-        cfg.federation_addr = Some(p.addr()?);
+        bound = Some(p.addr()?);
+        cfg.federation_addr = federation.federation_advertise.or(bound);
     }
     let gateway = nexus_gateway::start(cfg.clone()).await?;
     let links = pending.map(|p| {
-        if let Some(addr) = cfg.federation_addr {
-            println!(
-                "nexus federation for region {} on {addr} (QUIC)",
-                cfg.region
-            );
+        if let Some(addr) = bound {
+            match cfg.federation_addr.filter(|a| *a != addr) {
+                Some(advertised) => println!(
+                    "nexus federation for region {} on {addr} (QUIC), registered as {advertised}",
+                    cfg.region
+                ),
+                None => println!(
+                    "nexus federation for region {} on {addr} (QUIC)",
+                    cfg.region
+                ),
+            }
         }
         let fed = p.fed.clone();
         let spool = federation.spool(std::path::Path::new(&cfg.state_dir));
