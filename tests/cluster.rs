@@ -1259,6 +1259,12 @@ async fn a_region_balances_requests_and_queue_groups_over_its_gateways_by_cost_h
             && t[0]["reply_ms"].as_f64().is_some_and(|ms| ms < 150.0)),
         "{e}"
     );
+    assert!(
+        r.gw("a1")
+            .metric("nexus_cluster_requests_to_peers_total", &[])
+            >= 50.0,
+        "requests a1 could have served, sent to a2, are counted"
+    );
     let first = who.iter().position(|w| w == "a2");
     eprintln!("slow a1: a2 answered {remote} of the last 50, first at request {first:?}");
     for h in [fast_a1, fast_a2, slow_a1, quick_a2] {
@@ -1319,6 +1325,12 @@ async fn a_region_balances_requests_and_queue_groups_over_its_gateways_by_cost_h
         seen.len()
     );
     assert!(from_a1 > 0 && from_a2 > N / 2, "a1 {from_a1}, a2 {from_a2}");
+    assert_eq!(
+        r.gw("a1")
+            .metric("nexus_cluster_queue_messages_to_peers_total", &[]),
+        from_a2 as f64,
+        "every message a2's member got instead of a1's is counted"
+    );
     eprintln!("queue group, a1's member stuck: a1 {from_a1}, a2 {from_a2}, each once");
 }
 

@@ -112,6 +112,12 @@ pub struct FederationMetrics {
     pub replica_timeouts: Counter,
     /// Relays of spooled messages given up for a cluster peer unlinked past the grace period.
     pub relays_abandoned: Counter,
+    /// Requests that a local responder could have taken, sent to a cheaper gateway of the
+    /// region by the gateway balancer (`cluster::balance`).
+    pub requests_to_peers: Counter,
+    /// Queue-group messages that a local member could have taken, given to a cheaper gateway
+    /// of the region.
+    pub queue_messages_to_peers: Counter,
 }
 
 impl FederationMetrics {
@@ -268,6 +274,18 @@ impl Collector for FederationMetrics {
             "cluster_relays_abandoned",
             "Spooled messages relayed to a cluster peer that stayed unlinked past the grace period before confirming them: its subscribers may have missed them",
             &self.relays_abandoned,
+        )?;
+        put(
+            &mut e,
+            "cluster_requests_to_peers",
+            "Requests a local responder could have taken that the gateway balancer sent to a cheaper gateway of the region (its replies through the hop were faster, or local responders were busy)",
+            &self.requests_to_peers,
+        )?;
+        put(
+            &mut e,
+            "cluster_queue_messages_to_peers",
+            "Queue-group messages a local member could have taken that went to a gateway of the region with members, because the local members were queued up",
+            &self.queue_messages_to_peers,
         )?;
         Ok(())
     }

@@ -217,14 +217,20 @@ impl RegionRouter {
         groups: Option<&[String]>,
     ) -> (Vec<cluster::PeerTarget>, Vec<String>) {
         let local = self.router.local_queue_costs(subject);
-        self.cluster.targets(
+        let (targets, taken) = self.cluster.targets(
             subject,
             plain,
             groups,
             &local,
             |gw| self.fed.rtt_to(gw),
             &mut rand::rng(),
-        )
+        );
+        if !taken.is_empty() {
+            self.metrics
+                .queue_messages_to_peers
+                .inc_by(taken.len() as u64);
+        }
+        (targets, taken)
     }
 
     /// Which gateway of the region takes a request on `subject`: this one (its chosen
@@ -551,6 +557,9 @@ impl Remote for RegionRouter {
         } else {
             match self.pick_gateway(subject, local) {
                 Some(Taker::Peer(peer)) => {
+                    if local.is_some() {
+                        self.metrics.requests_to_peers.inc();
+                    }
                     match self.requests.send(
                         &self.fed,
                         Via::Gateway(peer),
