@@ -61,6 +61,23 @@ pub fn dials(me: &str, my_region: &str, peer: &str, peer_region: &str) -> bool {
     }
 }
 
+/// The gateway of a region that a gateway's traffic for it goes through now: the first of
+/// its `homes` there (best first, [`Membership::homes`]) that `is_linked`, else, for links
+/// made before the membership was known or to static `--peer` addresses, the linked gateway
+/// of the region (`linked`) whose id sorts first. `None` when nothing of the region is
+/// linked.
+pub fn route_via<'a>(
+    homes: &'a [String],
+    linked: impl IntoIterator<Item = &'a str>,
+    is_linked: impl Fn(&str) -> bool,
+) -> Option<&'a str> {
+    homes
+        .iter()
+        .map(String::as_str)
+        .find(|h| is_linked(h))
+        .or_else(|| linked.into_iter().min())
+}
+
 /// The rendezvous weight of `candidate` for `chooser`: a 64-bit FNV-1a hash of both ids.
 /// Stable across processes and versions (it decides which links exist), cheap, and spreads
 /// well enough for a handful of gateways.

@@ -489,17 +489,15 @@ impl Federation {
     fn route(&self, region: &str) -> Option<Arc<Link>> {
         let homes = self.homes.load();
         let links = self.links.lock();
-        if let Some(l) = homes
-            .get(region)
-            .and_then(|hs| hs.iter().find_map(|h| links.get(h)))
-        {
-            return Some(l.clone());
-        }
-        links
-            .values()
-            .filter(|l| l.info.region == region)
-            .min_by(|a, b| a.info.gateway_id.cmp(&b.info.gateway_id))
-            .cloned()
+        let via = crate::cluster::membership::route_via(
+            homes.get(region).map_or(&[][..], Vec::as_slice),
+            links
+                .values()
+                .filter(|l| l.info.region == region)
+                .map(|l| l.info.gateway_id.as_str()),
+            |h| links.contains_key(h),
+        )?;
+        links.get(via).cloned()
     }
 
     /// The gateway `region`'s messages go through now, if any.
