@@ -46,6 +46,9 @@ fn region_of(g: &str) -> &'static str {
     GATEWAYS.iter().find(|(id, _)| *id == g).unwrap().1
 }
 
+/// What one gateway's view decides: the links it wants, and its homes per region.
+type Decided = (Vec<WantedLink>, HashMap<String, Vec<String>>);
+
 /// One link between two gateways: each end's watchdog and what it has heard.
 struct Link {
     watch: [Liveness; 2],
@@ -65,7 +68,7 @@ struct World {
     views: HashMap<String, (BTreeSet<String>, Membership)>,
     /// What each view decides, computed once per view: the links it wants, and its homes
     /// per other region.
-    decided: HashMap<String, (Vec<WantedLink>, HashMap<String, Vec<String>>)>,
+    decided: HashMap<String, Decided>,
     links: BTreeMap<(String, String), Link>,
     /// Per (gateway, other region): since when its traffic there has not flowed although a
     /// home in its view was alive and reachable.
