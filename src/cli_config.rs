@@ -1,5 +1,6 @@
-//! Layering of gateway configuration for the binaries: defaults, then a TOML file, then
-//! flags and environment variables (clap reads both; a flag beats its variable).
+//! Layering of gateway configuration for the binaries: defaults, then a TOML file (its
+//! `[gateway]` section, or a file without sections; see [`crate::config_file`]), then flags
+//! and environment variables (clap reads both; a flag beats its variable).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +12,8 @@ use nexus_gateway::GatewayConfig;
 /// Flags shared by `nexus gateway` (and reused by `nexus dev`).
 #[derive(Debug, Clone, Args)]
 pub struct GatewayArgs {
-    /// TOML config file; flags and environment variables override its values.
+    /// TOML config file: its [gateway] and [federation] sections, or a file without sections
+    /// (docs/operations.md §2); flags and environment variables override its values.
     #[arg(long, env = "NEXUS_CONFIG")]
     pub config: Option<PathBuf>,
     /// Region this gateway serves (a DNS label such as `us-east`).
@@ -74,9 +76,24 @@ pub struct GatewayArgs {
 impl GatewayArgs {
     /// Builds the effective configuration and validates it.
     pub fn resolve(&self, base: GatewayConfig) -> anyhow::Result<GatewayConfig> {
-        let mut cfg = match &self.config {
-            Some(path) => GatewayConfig::from_file(path)?,
-            None => base,
+        Ok(self.resolve_with_file(base)?.0)
+    }
+
+    /// [`GatewayArgs::resolve`], also returning the file's `[federation]` section if any.
+    pub fn resolve_with_file(
+        &self,
+        base: GatewayConfig,
+    ) -> anyhow::Result<(
+        GatewayConfig,
+        Option<crate::config_file::FederationSettings>,
+    )> {
+        let (mut cfg, federation) = match &self.config {
+            Some(path) => {
+                let file = crate::config_file::ConfigFile::load(path)?;
+                let gateway = file.require("gateway", &file.gateway)?.clone();
+                (gateway, file.federation)
+            }
+            None => (base, None),
         };
         if let Some(v) = &self.region {
             cfg.region = v.clone();
@@ -134,6 +151,6 @@ impl GatewayArgs {
             cfg.insecure = true;
         }
         cfg.validate().context("gateway configuration is invalid")?;
-        Ok(cfg)
+        Ok((cfg, federation))
     }
 }

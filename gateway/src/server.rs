@@ -2,7 +2,8 @@
 //! to stop, then shuts down gracefully.
 //!
 //! Shutdown is a drain (docs/protocol.md §3.4): stop admitting new sessions and unary calls
-//! (`/readyz` turns 503), send every session `GoAway` while still serving it, wait up to
+//! (`/readyz` turns 503, `grpc.health.v1` NOT_SERVING), send every session `GoAway` while
+//! still serving it, wait up to
 //! `shutdown_grace_ms` until the adapters have moved and the requests this gateway routed are
 //! answered, then close what is left with UNAVAILABLE and stop the listeners.
 
@@ -199,6 +200,14 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
     let (reflection, reflection_v1alpha) = nexus_proto::reflection::services(&["nexus.v1.Gateway"])
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
+    // The standard grpc.health.v1 service (Kubernetes gRPC probes, grpc-health-probe, load
+    // balancers): SERVING for "" and nexus.v1.Gateway until draining begins.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<GatewayServer<GatewayService>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
     let http_stop = close_all.clone();
     let http_app = crate::http::routes(router.clone());
     let http_task = tokio::spawn(async move {
@@ -213,6 +222,7 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(cfg.limits.max_calls_per_connection))
         .add_service(grpc_service)
+        .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha);
     let grpc_task = match tls {
@@ -244,6 +254,12 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
             stop.cancelled().await;
             tracing::info!("gateway draining");
             router.start_draining();
+            health
+                .set_not_serving::<GatewayServer<GatewayService>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             // Sessions got GoAway and move on their own; wait for them and for the requests
             // this gateway routed, within the grace (docs/protocol.md §3.4).
             let deadline = tokio::time::Instant::now() + grace;
