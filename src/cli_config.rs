@@ -25,6 +25,10 @@ pub struct GatewayArgs {
     /// HTTP address for /metrics, /healthz and /readyz.
     #[arg(long, env = "NEXUS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Plaintext gRPC address serving only grpc.health.v1, for probes that cannot speak TLS
+    /// (none when absent).
+    #[arg(long, env = "NEXUS_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// Stable gateway id (generated when absent).
     #[arg(long, env = "NEXUS_GATEWAY_ID")]
     pub gateway_id: Option<String>,
@@ -103,6 +107,9 @@ impl GatewayArgs {
         }
         if let Some(v) = self.metrics_listen {
             cfg.metrics_listen = v;
+        }
+        if let Some(v) = self.health_listen {
+            cfg.health_listen = Some(v);
         }
         if let Some(v) = &self.gateway_id {
             cfg.gateway_id = v.clone();

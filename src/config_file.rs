@@ -196,13 +196,13 @@ pub mod duration_str {
         const DAY: u128 = 86_400_000;
         if ms == 0 {
             "0s".into()
-        } else if ms % DAY == 0 {
+        } else if ms.is_multiple_of(DAY) {
             format!("{}d", ms / DAY)
-        } else if ms % 3_600_000 == 0 {
+        } else if ms.is_multiple_of(3_600_000) {
             format!("{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 {
+        } else if ms.is_multiple_of(60_000) {
             format!("{}m", ms / 60_000)
-        } else if ms % 1000 == 0 {
+        } else if ms.is_multiple_of(1000) {
             format!("{}s", ms / 1000)
         } else {
             format!("{ms}ms")
@@ -288,6 +288,9 @@ pub struct ControlPlaneSettings {
     /// HTTP address for `/healthz`, `/readyz` and `/metrics`; none when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Plaintext gRPC address serving only `grpc.health.v1`; none when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_listen: Option<SocketAddr>,
     pub insecure: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd_ca: Option<PathBuf>,
@@ -320,6 +323,7 @@ impl Default for ControlPlaneSettings {
             admin_auth: AdminAuth::Required,
             admin_key_file: None,
             metrics_listen: None,
+            health_listen: None,
             insecure: false,
             etcd_ca: None,
             etcd_cert: None,
@@ -427,6 +431,9 @@ pub struct FederationSettings {
     /// UDP address of the QUIC endpoint; federation is off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// The address registered for other gateways to dial (default: the bound `listen`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<SocketAddr>,
     /// Peer regions' federation addresses: `region = "IP:PORT"`.
     pub peers: BTreeMap<String, SocketAddr>,
     /// Other gateways of this region (without a control plane).
@@ -456,6 +463,7 @@ impl Default for FederationSettings {
     fn default() -> Self {
         Self {
             listen: None,
+            advertise: None,
             peers: BTreeMap::new(),
             cluster_peers: Vec::new(),
             cert: None,
@@ -491,8 +499,12 @@ impl FederationSettings {
         if !(1..=2).contains(&self.spool_replicas) {
             bail!("`spool_replicas` {} must be 1 or 2", self.spool_replicas);
         }
-        if self.listen.is_none() && (!self.peers.is_empty() || !self.cluster_peers.is_empty()) {
-            bail!("`peers` and `cluster_peers` need `listen`");
+        if self.listen.is_none()
+            && (!self.peers.is_empty()
+                || !self.cluster_peers.is_empty()
+                || self.advertise.is_some())
+        {
+            bail!("`peers`, `cluster_peers` and `advertise` need `listen`");
         }
         if self.listen.is_some() && (self.cert.is_none() || self.key.is_none() || self.ca.is_none())
         {
@@ -514,6 +526,7 @@ impl FederationSettings {
     pub fn to_args(&self) -> crate::federation::FederationArgs {
         crate::federation::FederationArgs {
             federation_listen: self.listen,
+            federation_advertise: self.advertise,
             peers: self.peers.iter().map(|(r, a)| (r.clone(), *a)).collect(),
             cluster_peers: self.cluster_peers.clone(),
             federation_cert: self.cert.clone(),
@@ -545,6 +558,9 @@ impl FederationSettings {
         let e = |id: &str| explicit(m, id);
         if e("federation_listen") {
             self.listen = args.federation_listen;
+        }
+        if e("federation_advertise") {
+            self.advertise = args.federation_advertise;
         }
         if e("peers") {
             self.peers = args.peers.iter().cloned().collect();

@@ -18,6 +18,11 @@ pub struct FederationArgs {
     /// UDP address for federation links with other regions (QUIC); off when absent.
     #[arg(long, env = "NEXUS_FEDERATION_LISTEN")]
     pub federation_listen: Option<SocketAddr>,
+    /// The federation address registered for other gateways to dial (default: the bound
+    /// --federation-listen address). Set it when listening on 0.0.0.0 or behind NAT or a
+    /// per-gateway load balancer.
+    #[arg(long, env = "NEXUS_FEDERATION_ADVERTISE")]
+    pub federation_advertise: Option<SocketAddr>,
     /// A peer region's federation address, as REGION=HOST:PORT; repeatable.
     #[arg(long = "peer", value_parser = parse_peer)]
     pub peers: Vec<(String, SocketAddr)>,

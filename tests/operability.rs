@@ -148,6 +148,12 @@ async fn health(addr: SocketAddr, service: &str) -> Result<ServingStatus, tonic:
     Ok(resp.into_inner().status())
 }
 
+/// A loopback port nothing listens on (for listeners whose address is not printed).
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
 fn build_info_has_role(metrics: &str, role: &str) {
     let line = metrics
         .lines()
@@ -305,12 +311,14 @@ async fn control_plane_health_metrics_flags_over_file_and_sighup() {
     let dir = TempDir::new("cpops");
     let file = dir.join("nexus.toml");
     let data = dir.join("data");
+    let probe = free_port();
     // `listen` in the file is an address this machine does not have: the flag must win.
     let write = |lease: &str| {
         std::fs::write(
             &file,
             format!(
                 "[control_plane]\nlisten = \"192.0.2.1:7400\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+                 health_listen = \"{probe}\"\n\
                  admin_auth = \"off\"\ndata_dir = \"{data}\"\nlease_ttl = \"{lease}\"\n"
             ),
         )
@@ -340,6 +348,11 @@ async fn control_plane_health_metrics_flags_over_file_and_sighup() {
             "{service:?}"
         );
     }
+    // The plaintext health-only listener (for the kubelet's probes) answers the same.
+    assert_eq!(
+        health(probe, "nexus.v1.Admin").await.unwrap(),
+        ServingStatus::Serving
+    );
     let unknown = health(grpc, "nexus.v1.Nope").await.unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
@@ -403,11 +416,13 @@ async fn control_plane_health_metrics_flags_over_file_and_sighup() {
 async fn gateway_health_build_info_live_reload_and_drain() {
     let dir = TempDir::new("gwops");
     let file = dir.join("nexus.toml");
+    let probe = free_port();
     let write = |max_connections: u32, region: &str| {
         std::fs::write(
             &file,
             format!(
                 "[gateway]\nregion = \"{region}\"\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+                 health_listen = \"{probe}\"\n\
                  auth = \"off\"\nshutdown_grace_ms = 4000\n\n[gateway.limits]\nmax_connections = {max_connections}\n"
             ),
         )
@@ -430,6 +445,10 @@ async fn gateway_health_build_info_live_reload_and_drain() {
             "{service:?}"
         );
     }
+    assert_eq!(
+        health(probe, "nexus.v1.Gateway").await.unwrap(),
+        ServingStatus::Serving
+    );
     build_info_has_role(&http_get(http, "/metrics").unwrap().1, "gateway");
 
     let first = RawSession::connect(&url).await;
@@ -495,6 +514,7 @@ async fn gateway_health_build_info_live_reload_and_drain() {
         "health did not turn NOT_SERVING while draining"
     );
     assert_eq!(health(grpc, "").await.unwrap(), ServingStatus::NotServing);
+    assert_eq!(health(probe, "").await.unwrap(), ServingStatus::NotServing);
     assert_eq!(http_get(http, "/readyz").unwrap().0, 503);
     drop(first);
 }

@@ -55,6 +55,9 @@ pub struct ControlPlaneConfig {
     pub audit_retention: crate::audit::Retention,
     /// HTTP address for `/healthz`, `/readyz` and `/metrics`; `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
+    /// A plaintext gRPC address serving only `grpc.health.v1`, for probes that cannot speak
+    /// TLS (the kubelet's); `None` serves none. The Admin API listener serves it too.
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl ControlPlaneConfig {
@@ -75,6 +78,7 @@ impl ControlPlaneConfig {
             etcd_access: Default::default(),
             audit_retention: Default::default(),
             metrics_listen: None,
+            health_listen: None,
         }
     }
 }
@@ -246,6 +250,29 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
     let metrics = Arc::new(crate::http::ControlPlaneMetrics::new(view.clone()));
     let (health, health_service) = tonic_health::server::health_reporter();
     crate::http::HealthLoop::spawn(health, store.clone(), metrics.clone(), stop.clone());
+    if let Some(addr) = cfg.health_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|error| ServerError::Bind {
+                what: "health_listen",
+                addr,
+                error,
+            })?;
+        let health = health_service.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    stop.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "health listener failed");
+            }
+        });
+    }
     let (metrics_addr, http_task) = match cfg.metrics_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr)

@@ -79,6 +79,9 @@ pub struct GatewayConfig {
     pub state_dir: String,
     /// Address registered for adapters to reach this gateway; defaults to `listen`.
     pub advertise: Option<SocketAddr>,
+    /// A plaintext gRPC address serving only `grpc.health.v1` (for probes that cannot speak
+    /// TLS, such as the kubelet's); none when absent. The adapter listener serves it too.
+    pub health_listen: Option<SocketAddr>,
     /// `required` (default) or `off`.
     pub auth: AuthMode,
     /// Federation (QUIC) address registered for other regions; set by the binary when
@@ -191,6 +194,7 @@ impl Default for GatewayConfig {
             control_plane: String::new(),
             state_dir: "nexus-state".into(),
             advertise: None,
+            health_listen: None,
             auth: AuthMode::Required,
             federation_addr: None,
             limits: LimitsConfig::default(),

@@ -102,6 +102,52 @@ fn adapter_tls(
     }
 }
 
+/// Serves `health` alone, in plaintext, on `addr` until `stop` (`health_listen`).
+pub async fn serve_health<S>(
+    addr: SocketAddr,
+    health: S,
+    stop: CancellationToken,
+) -> Result<SocketAddr, ServerError>
+where
+    S: tonic::codegen::Service<
+            axum::http::Request<tonic::body::Body>,
+            Response = axum::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|error| ServerError::Bind {
+            what: "health_listen",
+            addr,
+            error,
+        })?;
+    let bound = listener.local_addr().map_err(|error| ServerError::Bind {
+        what: "health_listen",
+        addr,
+        error,
+    })?;
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                stop.cancelled_owned(),
+            )
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "health listener failed");
+        }
+    });
+    tracing::info!(health = %bound, "grpc.health.v1 listening (plaintext)");
+    Ok(bound)
+}
+
 /// Validates `cfg`, binds both listeners and starts serving.
 pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError> {
     cfg.validate()?;
@@ -207,6 +253,10 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+
+    if let Some(addr) = cfg.health_listen {
+        crate::server::serve_health(addr, health_service.clone(), close_all.clone()).await?;
+    }
 
     let http_stop = close_all.clone();
     let http_app = crate::http::routes(router.clone());

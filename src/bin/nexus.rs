@@ -88,6 +88,10 @@ struct ControlPlaneArgs {
     /// HTTP address for /healthz, /readyz and /metrics (none when absent).
     #[arg(long, env = "NEXUS_CP_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Plaintext gRPC address serving only grpc.health.v1, for probes that cannot speak TLS
+    /// (none when absent).
+    #[arg(long, env = "NEXUS_CP_HEALTH_LISTEN")]
+    health_listen: Option<std::net::SocketAddr>,
     /// gRPC address for the Admin API (and grpc.health.v1).
     #[arg(long, env = "NEXUS_CP_LISTEN", default_value = "127.0.0.1:7400")]
     listen: std::net::SocketAddr,
@@ -362,6 +366,9 @@ fn resolve_control_plane(
     if e("metrics_listen") {
         s.metrics_listen = args.metrics_listen;
     }
+    if e("health_listen") {
+        s.health_listen = args.health_listen;
+    }
     if e("tls_cert") {
         s.tls.cert = args.tls_cert.clone();
     }
@@ -443,6 +450,7 @@ async fn run_control_plane(
     cfg.admin_auth = args.admin_auth == nexus::config_file::AdminAuth::Required;
     cfg.insecure = args.insecure;
     cfg.metrics_listen = args.metrics_listen;
+    cfg.health_listen = args.health_listen;
     cfg.audit_retention = nexus_control_plane::audit::Retention {
         max_records: args.audit_max_records,
         max_age: args.audit_max_age,
@@ -614,12 +622,16 @@ async fn run_gateway(
     }
     let pending =
         nexus::federation::bind_from_args(&federation, &cfg.region, &cfg.gateway_id).await?;
+    let mut bound_federation = None;
     if let Some(p) = &pending {
-        cfg.federation_addr = Some(p.addr()?);
+        let bound = p.addr()?;
+        bound_federation = Some(bound);
+        // What other gateways dial: the advertised address, else the bound one.
+        cfg.federation_addr = Some(federation.federation_advertise.unwrap_or(bound));
     }
     let gateway = nexus_gateway::start(cfg.clone()).await?;
     let links = pending.map(|p| {
-        if let Some(addr) = cfg.federation_addr {
+        if let Some(addr) = bound_federation {
             println!(
                 "nexus federation for region {} on {addr} (QUIC)",
                 cfg.region
