@@ -549,7 +549,8 @@ fn sighup_reloads_certificates_and_keeps_the_old_ones_when_the_new_are_bad() {
         &file,
         format!(
             "[gateway]\nregion = \"eu-west\"\ngateway_id = \"gw-1\"\nlisten = \"127.0.0.1:0\"\n\
-             metrics_listen = \"127.0.0.1:0\"\nauth = \"off\"\n\n[gateway.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n"
+             metrics_listen = \"127.0.0.1:0\"\nauth = \"off\"\n\n[gateway.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
+             [federation]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"{key}\"\nca = \"{certs}/ca.pem\"\n"
         ),
     )
     .unwrap();
@@ -560,28 +561,33 @@ fn sighup_reloads_certificates_and_keeps_the_old_ones_when_the_new_are_bad() {
         " listening on ",
     );
     let http = gw.addr("metrics on ");
+    assert!(
+        gw.stdout.contains("nexus federation for region eu-west on"),
+        "{}",
+        gw.stdout
+    );
 
-    // Rotated files: re-read on SIGHUP, nothing else changed.
+    // Rotated files: re-read on SIGHUP (the adapter listener's and federation's), nothing
+    // else changed.
     issue(false);
     let done = gw.reload(1);
     assert!(
-        done.contains("certificates=1") && done.contains("need_restart=0"),
+        done.contains("certificates=2") && done.contains("need_restart=0"),
         "{done}"
     );
-    assert!(
-        gw.logs().contains("TLS certificate reloaded"),
-        "{}",
-        gw.logs()
-    );
+    let logs = gw.logs();
+    assert!(logs.contains("TLS certificate reloaded"), "{logs}");
+    assert!(logs.contains("federation certificate reloaded"), "{logs}");
 
     // A key that is not a key: the previous certificate stays, the gateway keeps serving.
     std::fs::write(&key, "not a key\n").unwrap();
     let done = gw.reload(2);
     assert!(done.contains("certificates=0"), "{done}");
+    let logs = gw.logs();
     assert!(
-        gw.logs().contains("keeping the previous certificate"),
-        "{}",
-        gw.logs()
+        logs.contains("TLS files cannot be loaded; keeping the previous certificate")
+            && logs.contains("federation certificate cannot be loaded; keeping the previous one"),
+        "{logs}"
     );
     assert_eq!(http_get(http, "/readyz").unwrap().0, 200);
 }
