@@ -113,10 +113,15 @@ pub fn summary(applied: usize, need_restart: usize, certificates: usize) {
 /// `router`, federation's identity re-read.
 pub struct GatewayReload {
     pub router: Arc<nexus_gateway::router::Router>,
-    pub resolve: Box<
-        dyn Fn() -> anyhow::Result<(GatewayConfig, crate::config_file::FederationSettings)>
-            + Send
-            + Sync,
+    /// Reads the file again with the start's flags on top; `None` without a config file
+    /// (then only certificates reload).
+    #[allow(clippy::type_complexity)]
+    pub resolve: Option<
+        Box<
+            dyn Fn() -> anyhow::Result<(GatewayConfig, crate::config_file::FederationSettings)>
+                + Send
+                + Sync,
+        >,
     >,
     pub federation: Option<(
         Arc<nexus_federation::link::Federation>,
@@ -128,12 +133,13 @@ impl GatewayReload {
     pub async fn run(&self) {
         let certificates = reload_certificates();
         let (mut applied, mut need_restart) = (0, 0);
-        match (self.resolve)() {
-            Err(e) => tracing::error!(
+        match self.resolve.as_ref().map(|resolve| resolve()) {
+            None => tracing::info!("no config file (--config): only certificates reload"),
+            Some(Err(e)) => tracing::error!(
                 error = %format!("{e:#}"),
                 "config reload failed; keeping the running settings"
             ),
-            Ok((new, new_fed)) => {
+            Some(Ok((new, new_fed))) => {
                 match self.router.reload_config(&new) {
                     Ok(r) => {
                         for key in &r.applied {

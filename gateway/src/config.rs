@@ -646,4 +646,37 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_reload_applies_live_settings_and_names_the_others() {
+        let running = GatewayConfig {
+            gateway_id: "gw-1".into(), // generated at start
+            ..Default::default()
+        };
+        let mut new = GatewayConfig::default(); // gateway_id "" in the file
+        new.limits.max_connections = 7;
+        new.slow_consumer.policy = SlowConsumerPolicy::Drop;
+        new.region = "eu-west".into();
+        new.limits.max_payload = 2048;
+        let (merged, r) = running.merge_live(&new).unwrap();
+        assert_eq!(
+            r.applied,
+            ["limits.max_connections", "slow_consumer.policy"]
+        );
+        assert_eq!(r.need_restart, ["limits.max_payload", "region"]);
+        assert_eq!(merged.limits.max_connections, 7);
+        assert_eq!(merged.slow_consumer.policy, SlowConsumerPolicy::Drop);
+        assert_eq!(merged.region, "local");
+        assert_eq!(merged.limits.max_payload, running.limits.max_payload);
+        assert_eq!(merged.gateway_id, "gw-1");
+
+        // An invalid file applies nothing.
+        let mut bad = GatewayConfig::default();
+        bad.limits.max_connections = 0;
+        let e = running.merge_live(&bad).unwrap_err();
+        assert!(e.to_string().contains("limits.max_connections"), "{e}");
+        // Nothing changed: nothing to report.
+        let (_, r) = running.merge_live(&GatewayConfig::default()).unwrap();
+        assert_eq!(r, Reloaded::default());
+    }
 }

@@ -646,17 +646,21 @@ async fn run_gateway(
         "nexus gateway {} (region {}) listening on {}, metrics on {}",
         gateway.gateway_id, cfg.region, gateway.grpc_addr, gateway.metrics_addr
     );
-    let has_file = args.config.is_some();
-    let reload = std::sync::Arc::new(nexus::reload::GatewayReload {
-        router: gateway.router.clone(),
-        resolve: Box::new(move || {
-            if !has_file {
-                anyhow::bail!("no --config file: only certificates reload");
-            }
+    type Resolve = Box<
+        dyn Fn() -> anyhow::Result<(GatewayConfig, nexus::config_file::FederationSettings)>
+            + Send
+            + Sync,
+    >;
+    let resolve: Option<Resolve> = args.config.is_some().then(|| {
+        Box::new(move || {
             let args = <GatewayArgs as FromArgMatches>::from_arg_matches(&m)?;
             let fed = <nexus::federation::FederationArgs as FromArgMatches>::from_arg_matches(&m)?;
             resolve_gateway(&args, &fed, &m)
-        }),
+        }) as Resolve
+    });
+    let reload = std::sync::Arc::new(nexus::reload::GatewayReload {
+        router: gateway.router.clone(),
+        resolve,
         federation: links
             .as_ref()
             .map(|(fed, _)| (fed.clone(), fed_settings.clone())),
