@@ -109,6 +109,39 @@ pub fn summary(applied: usize, need_restart: usize, certificates: usize) {
     tracing::info!(applied, need_restart, certificates, "SIGHUP: reload done");
 }
 
+/// SIGHUP for a role whose settings all need a restart (control plane, console):
+/// certificates are re-read, and `again` (the file read again with the start's flags on top;
+/// `None` without a config file) is compared with `running` to name what changed.
+pub fn on_sighup_report<T, F>(section: &'static str, running: T, again: Option<F>)
+where
+    T: Serialize + Send + Sync + 'static,
+    F: Fn() -> anyhow::Result<T> + Send + Sync + 'static,
+{
+    on_sighup(move || {
+        let keys = again
+            .as_ref()
+            .map(|f| f().map(|new| changed_settings(&running, &new)));
+        async move {
+            let certs = reload_certificates();
+            let need_restart = match keys {
+                None => 0,
+                Some(Ok(keys)) => {
+                    report_restart_needed(section, &keys);
+                    keys.len()
+                }
+                Some(Err(e)) => {
+                    tracing::error!(
+                        error = %format!("{e:#}"),
+                        "config reload failed; keeping the running settings"
+                    );
+                    0
+                }
+            };
+            summary(0, need_restart, certs);
+        }
+    });
+}
+
 /// A gateway's reload: the file again (through `resolve`), its live settings applied to
 /// `router`, federation's identity re-read.
 pub struct GatewayReload {

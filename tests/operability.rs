@@ -416,6 +416,7 @@ async fn control_plane_health_metrics_flags_over_file_and_sighup() {
 async fn gateway_health_build_info_live_reload_and_drain() {
     let dir = TempDir::new("gwops");
     let file = dir.join("nexus.toml");
+    let state = dir.join("state");
     let probe = free_port();
     let write = |max_connections: u32, region: &str| {
         std::fs::write(
@@ -423,7 +424,7 @@ async fn gateway_health_build_info_live_reload_and_drain() {
             format!(
                 "[gateway]\nregion = \"{region}\"\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
                  health_listen = \"{probe}\"\n\
-                 auth = \"off\"\nshutdown_grace_ms = 4000\n\n[gateway.limits]\nmax_connections = {max_connections}\n"
+                 auth = \"off\"\nstate_dir = \"{state}\"\nshutdown_grace_ms = 4000\n\n[gateway.limits]\nmax_connections = {max_connections}\n"
             ),
         )
         .unwrap()
@@ -545,11 +546,12 @@ fn sighup_reloads_certificates_and_keeps_the_old_ones_when_the_new_are_bad() {
     let cert = format!("{certs}/gateways/eu-west/gw-1.pem");
     let key = format!("{certs}/gateways/eu-west/gw-1-key.pem");
     let file = dir.join("nexus.toml");
+    let state = dir.join("state");
     std::fs::write(
         &file,
         format!(
             "[gateway]\nregion = \"eu-west\"\ngateway_id = \"gw-1\"\nlisten = \"127.0.0.1:0\"\n\
-             metrics_listen = \"127.0.0.1:0\"\nauth = \"off\"\n\n[gateway.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
+             metrics_listen = \"127.0.0.1:0\"\nauth = \"off\"\nstate_dir = \"{state}\"\n\n[gateway.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
              [federation]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"{key}\"\nca = \"{certs}/ca.pem\"\n"
         ),
     )

@@ -263,31 +263,14 @@ async fn main() -> std::process::ExitCode {
         Command::Dev(args) => run_dev(args).await,
         Command::Console(args) => match nexus::console::resolve(&args, &sub) {
             Ok(settings) => {
-                let running = settings.clone();
-                nexus::reload::on_sighup(move || {
-                    let again =
-                        <nexus::console::ConsoleArgs as FromArgMatches>::from_arg_matches(&sub)
-                            .map_err(anyhow::Error::from)
-                            .and_then(|args| nexus::console::resolve(&args, &sub));
-                    let keys = again.map(|new| nexus::reload::changed_settings(&running, &new));
-                    async move {
-                        let certs = nexus::reload::reload_certificates();
-                        let need_restart = match keys {
-                            Ok(keys) => {
-                                nexus::reload::report_restart_needed("console", &keys);
-                                keys.len()
-                            }
-                            Err(e) => {
-                                tracing::error!(
-                                    error = %format!("{e:#}"),
-                                    "config reload failed; keeping the running settings"
-                                );
-                                0
-                            }
-                        };
-                        nexus::reload::summary(0, need_restart, certs);
-                    }
-                });
+                let has_file = args.config.is_some();
+                let again = move || {
+                    let args =
+                        <nexus::console::ConsoleArgs as FromArgMatches>::from_arg_matches(&sub)?;
+                    nexus::console::resolve(&args, &sub)
+                };
+                let again = has_file.then_some(again);
+                nexus::reload::on_sighup_report("console", settings.clone(), again);
                 nexus::console::run(settings, shutdown_signal()).await
             }
             Err(e) => Err(e),
@@ -522,33 +505,13 @@ async fn run_control_plane(
             p.display()
         ),
     }
-    let running = args.clone();
-    nexus::reload::on_sighup(move || {
-        let keys = reload.as_ref().map(|m| {
-            <ControlPlaneArgs as FromArgMatches>::from_arg_matches(m)
-                .map_err(anyhow::Error::from)
-                .and_then(|a| resolve_control_plane(&a, m))
-                .map(|new| nexus::reload::changed_settings(&running, &new))
-        });
-        async move {
-            let certs = nexus::reload::reload_certificates();
-            let need_restart = match keys {
-                Some(Ok(keys)) => {
-                    nexus::reload::report_restart_needed("control_plane", &keys);
-                    keys.len()
-                }
-                Some(Err(e)) => {
-                    tracing::error!(
-                        error = %format!("{e:#}"),
-                        "config reload failed; keeping the running settings"
-                    );
-                    0
-                }
-                None => 0,
-            };
-            nexus::reload::summary(0, need_restart, certs);
+    let again = reload.map(|m| {
+        move || {
+            let a = <ControlPlaneArgs as FromArgMatches>::from_arg_matches(&m)?;
+            resolve_control_plane(&a, &m)
         }
     });
+    nexus::reload::on_sighup_report("control_plane", args.clone(), again);
     let stop = cp.stop_token();
     tokio::spawn(async move {
         shutdown_signal().await;
