@@ -341,34 +341,40 @@ impl ControlPlaneSettings {
     /// Checks the settings together; the error names the key.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.lease_ttl < Duration::from_secs(1) {
-            bail!("`lease_ttl` must be at least 1s");
+            bail!("`lease_ttl` (--lease-ttl) must be at least 1s");
         }
         if self.dns_ttl < Duration::from_secs(1) {
-            bail!("`dns_ttl` must be at least 1s");
+            bail!("`dns_ttl` (--dns-ttl) must be at least 1s");
         }
         if self.audit_max_records == 0 && self.audit_max_age.is_none() {
-            bail!("`audit_max_records` 0 needs `audit_max_age`: the audit trail must have a bound");
+            bail!(
+                "`audit_max_records` (--audit-max-records) 0 needs `audit_max_age` (--audit-max-age): the audit trail must have a bound"
+            );
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
-            bail!("`tls.cert` and `tls.key` go together: give both or neither");
+            bail!(
+                "`tls.cert` and `tls.key` (--tls-cert, --tls-key) go together: give both or neither"
+            );
         }
         if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
-            bail!("`tls.client_ca` needs `tls.cert` and `tls.key`");
+            bail!("`tls.client_ca` (--tls-client-ca) needs `tls.cert` and `tls.key`");
         }
         if self.etcd_cert.is_some() != self.etcd_key.is_some() {
-            bail!("`etcd_cert` and `etcd_key` go together: give both or neither");
+            bail!(
+                "`etcd_cert` and `etcd_key` (--etcd-cert, --etcd-key) go together: give both or neither"
+            );
         }
         if self.etcd_password_file.is_some() && self.etcd_user.is_none() {
-            bail!("`etcd_password_file` needs `etcd_user`");
+            bail!("`etcd_password_file` (--etcd-password-file) needs `etcd_user` (--etcd-user)");
         }
         if self.dns_zone.is_empty() {
-            bail!("`dns_zone` must not be empty");
+            bail!("`dns_zone` (--dns-zone) must not be empty");
         }
         if let Some(m) = self.metrics_listen
             && m == self.listen
             && m.port() != 0
         {
-            bail!("`metrics_listen` {m} is the same address as `listen`");
+            bail!("`metrics_listen` (--metrics-listen) {m} is the same address as `listen`");
         }
         Ok(())
     }
