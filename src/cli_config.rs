@@ -1,5 +1,6 @@
-//! Layering of gateway configuration for the binaries: defaults, then a TOML file, then
-//! flags and environment variables (clap reads both; a flag beats its variable).
+//! Layering of gateway configuration for the binaries: defaults, then a TOML file (its
+//! `[gateway]` section, or a file without sections; see [`crate::config_file`]), then flags
+//! and environment variables (clap reads both; a flag beats its variable).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +12,8 @@ use nexus_gateway::GatewayConfig;
 /// Flags shared by `nexus gateway` (and reused by `nexus dev`).
 #[derive(Debug, Clone, Args)]
 pub struct GatewayArgs {
-    /// TOML config file; flags and environment variables override its values.
+    /// TOML config file: its [gateway] and [federation] sections, or a file without sections
+    /// (docs/operations.md §2); flags and environment variables override its values.
     #[arg(long, env = "NEXUS_CONFIG")]
     pub config: Option<PathBuf>,
     /// Region this gateway serves (a DNS label such as `us-east`).
@@ -23,6 +25,10 @@ pub struct GatewayArgs {
     /// HTTP address for /metrics, /healthz and /readyz.
     #[arg(long, env = "NEXUS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Plaintext gRPC address serving only grpc.health.v1, for probes that cannot speak TLS
+    /// (none when absent).
+    #[arg(long, env = "NEXUS_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// Stable gateway id (generated when absent).
     #[arg(long, env = "NEXUS_GATEWAY_ID")]
     pub gateway_id: Option<String>,
@@ -74,9 +80,24 @@ pub struct GatewayArgs {
 impl GatewayArgs {
     /// Builds the effective configuration and validates it.
     pub fn resolve(&self, base: GatewayConfig) -> anyhow::Result<GatewayConfig> {
-        let mut cfg = match &self.config {
-            Some(path) => GatewayConfig::from_file(path)?,
-            None => base,
+        Ok(self.resolve_with_file(base)?.0)
+    }
+
+    /// [`GatewayArgs::resolve`], also returning the file's `[federation]` section if any.
+    pub fn resolve_with_file(
+        &self,
+        base: GatewayConfig,
+    ) -> anyhow::Result<(
+        GatewayConfig,
+        Option<crate::config_file::FederationSettings>,
+    )> {
+        let (mut cfg, federation) = match &self.config {
+            Some(path) => {
+                let file = crate::config_file::ConfigFile::load(path)?;
+                let gateway = file.require("gateway", &file.gateway)?.clone();
+                (gateway, file.federation)
+            }
+            None => (base, None),
         };
         if let Some(v) = &self.region {
             cfg.region = v.clone();
@@ -86,6 +107,9 @@ impl GatewayArgs {
         }
         if let Some(v) = self.metrics_listen {
             cfg.metrics_listen = v;
+        }
+        if let Some(v) = self.health_listen {
+            cfg.health_listen = Some(v);
         }
         if let Some(v) = &self.gateway_id {
             cfg.gateway_id = v.clone();
@@ -134,6 +158,6 @@ impl GatewayArgs {
             cfg.insecure = true;
         }
         cfg.validate().context("gateway configuration is invalid")?;
-        Ok(cfg)
+        Ok((cfg, federation))
     }
 }

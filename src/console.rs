@@ -8,9 +8,15 @@ use std::path::PathBuf;
 use anyhow::Context;
 use nexus_console::server::{Console, ConsoleOptions};
 
+use crate::config_file::{ConfigFile, ConsoleSettings, explicit};
+
 #[derive(clap::Args)]
 pub struct ConsoleArgs {
-    /// HTTP address of the console.
+    /// TOML config file: its [console] section (docs/operations.md §2); flags and
+    /// environment variables override its values.
+    #[arg(long, env = "NEXUS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP address of the console (also /healthz, /readyz and /metrics).
     #[arg(long, env = "NEXUS_CONSOLE_LISTEN", default_value = "127.0.0.1:7490")]
     pub listen: SocketAddr,
     /// The control plane's Admin API (host:port or URL).
@@ -67,9 +73,47 @@ pub async fn bind_with(opts: ConsoleOptions) -> anyhow::Result<Console> {
     Console::bind(opts).await
 }
 
+/// The console's settings: defaults, then the file's [console], then the flags given.
+pub fn resolve(args: &ConsoleArgs, m: &clap::ArgMatches) -> anyhow::Result<ConsoleSettings> {
+    let mut s = match &args.config {
+        Some(path) => {
+            let file = ConfigFile::load(path)?;
+            file.require("console", &file.console)?.clone()
+        }
+        None => ConsoleSettings::default(),
+    };
+    let e = |id: &str| explicit(m, id);
+    if e("listen") {
+        s.listen = args.listen;
+    }
+    if e("control_plane") {
+        s.control_plane = args.control_plane.clone();
+    }
+    if e("admin_key_file") {
+        s.admin_key_file = args.admin_key_file.clone();
+    }
+    if e("site") {
+        s.site = args.site.clone();
+    }
+    if e("tls_cert") {
+        s.tls.cert = args.tls_cert.clone();
+    }
+    if e("tls_key") {
+        s.tls.key = args.tls_key.clone();
+    }
+    if e("control_plane_ca") {
+        s.control_plane_ca = args.control_plane_ca.clone();
+    }
+    if args.insecure {
+        s.insecure = true;
+    }
+    s.validate().context("console configuration is invalid")?;
+    Ok(s)
+}
+
 /// Runs `nexus console` until `shutdown`.
 pub async fn run(
-    args: ConsoleArgs,
+    args: ConsoleSettings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let admin_key = match (
@@ -91,7 +135,7 @@ pub async fn run(
         admin_key,
         args.site,
     );
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+    if let (Some(cert), Some(key)) = (&args.tls.cert, &args.tls.key) {
         opts.tls = Some(nexus_tls::ServerTlsFiles {
             cert: cert.clone(),
             key: key.clone(),

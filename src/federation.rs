@@ -19,8 +19,8 @@ pub struct FederationArgs {
     #[arg(long, env = "NEXUS_FEDERATION_LISTEN")]
     pub federation_listen: Option<SocketAddr>,
     /// Federation (QUIC) address registered for the other gateways to dial, when it is not
-    /// the one bound (NAT, a UDP load balancer, a WAN emulator in front); default: the
-    /// --federation-listen address as bound.
+    /// the one bound: listening on 0.0.0.0, behind NAT, a UDP load balancer per gateway, or a
+    /// WAN emulator in front. Default: the --federation-listen address as bound.
     #[arg(long, env = "NEXUS_FEDERATION_ADVERTISE")]
     pub federation_advertise: Option<SocketAddr>,
     /// A peer region's federation address, as REGION=HOST:PORT; repeatable.

@@ -6,8 +6,10 @@
 
 pub mod certs;
 pub mod cli_config;
+pub mod config_file;
 pub mod console;
 pub mod ctl;
 pub mod dev;
 pub mod federation;
+pub mod reload;
 pub mod telemetry;

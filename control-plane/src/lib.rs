@@ -6,6 +6,7 @@
 //!   sans-I/O schema rules.
 //! - [`admin`]: the `nexus.v1.Admin` gRPC service over them; [`audit`] records every change
 //!   it makes, in the same transaction.
+//! - [`http`]: `/healthz`, `/readyz` and `/metrics`, and the `grpc.health.v1` status.
 //! - [`names`] fixes the key layout under `/nexus/v1/`; [`records`] encodes records.
 
 pub mod admin;
@@ -13,6 +14,7 @@ pub mod admin_auth;
 pub mod audit;
 pub mod dns;
 pub mod error;
+pub mod http;
 pub mod keys;
 pub mod names;
 pub mod push;

@@ -1,5 +1,6 @@
 //! Starting and stopping a control plane: opens the store (etcd or embedded), serves the
-//! Admin API (with gRPC reflection) and, when configured, the DNS SRV responder.
+//! Admin API (with gRPC reflection and `grpc.health.v1`) and, when configured, the DNS SRV
+//! responder and the HTTP endpoint of [`crate::http`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +53,11 @@ pub struct ControlPlaneConfig {
     pub etcd_access: crate::store::etcd::EtcdAccess,
     /// How much of the audit trail to keep (docs/security.md, "Audit trail").
     pub audit_retention: crate::audit::Retention,
+    /// HTTP address for `/healthz`, `/readyz` and `/metrics`; `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
+    /// A plaintext gRPC address serving only `grpc.health.v1`, for probes that cannot speak
+    /// TLS (the kubelet's); `None` serves none. The Admin API listener serves it too.
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl ControlPlaneConfig {
@@ -71,6 +77,8 @@ impl ControlPlaneConfig {
             insecure: false,
             etcd_access: Default::default(),
             audit_retention: Default::default(),
+            metrics_listen: None,
+            health_listen: None,
         }
     }
 }
@@ -100,6 +108,8 @@ pub enum ServerError {
 pub struct RunningControlPlane {
     pub grpc_addr: SocketAddr,
     pub dns_addr: Option<SocketAddr>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     pub store: Arc<dyn Store>,
     pub view: Arc<crate::push::ClusterView>,
     stop: CancellationToken,
@@ -237,8 +247,64 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
         None => None,
     };
     let dns_addr = dns.as_ref().map(|d| d.udp_addr());
+    let metrics = Arc::new(crate::http::ControlPlaneMetrics::new(view.clone()));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    crate::http::HealthLoop::spawn(health, store.clone(), metrics.clone(), stop.clone());
+    if let Some(addr) = cfg.health_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|error| ServerError::Bind {
+                what: "health_listen",
+                addr,
+                error,
+            })?;
+        let health = health_service.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    stop.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "health listener failed");
+            }
+        });
+    }
+    let (metrics_addr, http_task) = match cfg.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|error| ServerError::Bind {
+                    what: "metrics_listen",
+                    addr,
+                    error,
+                })?;
+            let bound = listener.local_addr().map_err(|error| ServerError::Bind {
+                what: "metrics_listen",
+                addr,
+                error,
+            })?;
+            let app = crate::http::routes(crate::http::HttpState {
+                store: store.clone(),
+                stop: stop.clone(),
+                metrics,
+            });
+            let http_stop = stop.clone();
+            let task = tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(http_stop.cancelled_owned())
+                    .await;
+            });
+            (Some(bound), Some(task))
+        }
+        None => (None, None),
+    };
     let grpc_stop = stop.clone();
     let router = tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(admin)
         .add_service(push)
         .add_service(reflection)
@@ -246,6 +312,9 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
     let served = serve_grpc(router, listener, tls, cfg.listen, grpc_stop)?;
     let task = tokio::spawn(async move {
         let served = served.await;
+        if let Some(http) = http_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+        }
         if let Some(dns) = dns
             && let Err(e) = dns.shutdown().await
         {
@@ -253,10 +322,11 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
         }
         served
     });
-    tracing::info!(grpc = %grpc_addr, dns = ?dns_addr, tls = cfg.tls.is_some(), "control plane listening");
+    tracing::info!(grpc = %grpc_addr, dns = ?dns_addr, metrics = ?metrics_addr, tls = cfg.tls.is_some(), "control plane listening");
     Ok(RunningControlPlane {
         grpc_addr,
         dns_addr,
+        metrics_addr,
         store,
         view,
         stop,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::balancer::BalancerConfig;
 
@@ -24,7 +24,7 @@ pub enum ConfigError {
 }
 
 /// What the gateway does when a subscriber's outbound queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SlowConsumerPolicy {
     /// The publisher waits (up to `max_wait_ms`) for room; if the subscriber still has not
@@ -48,7 +48,7 @@ impl SlowConsumerPolicy {
 }
 
 /// Whether sessions must present an API key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
     /// Every session presents a key the control plane issued; scopes are enforced.
@@ -57,7 +57,7 @@ pub enum AuthMode {
     Off,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     /// Region this gateway serves, e.g. `us-east`.
@@ -79,6 +79,9 @@ pub struct GatewayConfig {
     pub state_dir: String,
     /// Address registered for adapters to reach this gateway; defaults to `listen`.
     pub advertise: Option<SocketAddr>,
+    /// A plaintext gRPC address serving only `grpc.health.v1` (for probes that cannot speak
+    /// TLS, such as the kubelet's); none when absent. The adapter listener serves it too.
+    pub health_listen: Option<SocketAddr>,
     /// `required` (default) or `off`.
     pub auth: AuthMode,
     /// Federation (QUIC) address registered for other regions; set by the binary when
@@ -99,7 +102,7 @@ pub struct GatewayConfig {
 
 /// TLS of the adapter listener. Files are re-read when they change (new sessions get the
 /// new certificate; live sessions keep theirs).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain served to adapters.
@@ -111,7 +114,7 @@ pub struct TlsConfig {
 }
 
 /// How the gateway reaches an `https://` control plane.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlPlaneTlsConfig {
     /// PEM CA(s) to verify the control plane with (default: the system's roots).
@@ -124,7 +127,7 @@ pub struct ControlPlaneTlsConfig {
     pub key: Option<std::path::PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest payload accepted, in bytes.
@@ -155,7 +158,7 @@ pub struct LimitsConfig {
     pub max_calls_per_connection: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlowConsumerConfig {
     pub policy: SlowConsumerPolicy,
@@ -166,7 +169,7 @@ pub struct SlowConsumerConfig {
 }
 
 /// Balancer knobs in config-file units (milliseconds, percent).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BalancerSettings {
     pub default_rtt_ms: u64,
@@ -191,6 +194,7 @@ impl Default for GatewayConfig {
             control_plane: String::new(),
             state_dir: "nexus-state".into(),
             advertise: None,
+            health_listen: None,
             auth: AuthMode::Required,
             federation_addr: None,
             limits: LimitsConfig::default(),
@@ -264,7 +268,98 @@ impl BalancerSettings {
     }
 }
 
+/// What a reload ([`GatewayConfig::merge_live`]) did, by dotted setting name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Settings that changed and now have their new value.
+    pub applied: Vec<String>,
+    /// Settings that changed but keep their running value until a restart.
+    pub need_restart: Vec<String>,
+}
+
+/// Every setting of `cfg` as `(dotted name, value)`, in a stable order.
+pub fn flatten_settings(cfg: &GatewayConfig) -> Vec<(String, String)> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            other => out.push((prefix.to_owned(), other.to_string())),
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(v) = toml::Value::try_from(cfg) {
+        walk("", &v, &mut out);
+    }
+    out.sort();
+    out
+}
+
 impl GatewayConfig {
+    /// Settings a running gateway takes from a reloaded file (SIGHUP) without a restart.
+    /// Each is read where it is used (at a session's start, a request, a delivery), so the
+    /// new value applies to what comes next; everything else needs a restart.
+    pub const LIVE_SETTINGS: &[&str] = &[
+        "request_timeout_ms",
+        "limits.max_connections",
+        "limits.max_subscriptions",
+        "limits.max_pending_requests",
+        "limits.max_streams",
+        "limits.hello_timeout_ms",
+        "slow_consumer.policy",
+        "slow_consumer.max_pending_bytes",
+        "slow_consumer.max_wait_ms",
+    ];
+
+    /// This running configuration with the live settings of `new` applied, and what changed.
+    /// `new` is validated first, and so is the result; on an error nothing is applied. An
+    /// empty `gateway_id` in `new` means "the running one" (it was generated at start).
+    pub fn merge_live(&self, new: &GatewayConfig) -> Result<(Self, Reloaded), ConfigError> {
+        let mut new = new.clone();
+        if new.gateway_id.is_empty() {
+            new.gateway_id = self.gateway_id.clone();
+        }
+        new.federation_addr = self.federation_addr;
+        new.validate()?;
+        let mut merged = self.clone();
+        merged.request_timeout_ms = new.request_timeout_ms;
+        merged.limits.max_connections = new.limits.max_connections;
+        merged.limits.max_subscriptions = new.limits.max_subscriptions;
+        merged.limits.max_pending_requests = new.limits.max_pending_requests;
+        merged.limits.max_streams = new.limits.max_streams;
+        merged.limits.hello_timeout_ms = new.limits.hello_timeout_ms;
+        merged.slow_consumer = new.slow_consumer.clone();
+        merged.validate()?;
+        let before = flatten_settings(self);
+        let after: std::collections::BTreeMap<_, _> = flatten_settings(&new).into_iter().collect();
+        let mut reloaded = Reloaded::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for (key, old) in &before {
+            seen.insert(key.clone());
+            if after.get(key) != Some(old) {
+                if Self::LIVE_SETTINGS.contains(&key.as_str()) {
+                    reloaded.applied.push(key.clone());
+                } else {
+                    reloaded.need_restart.push(key.clone());
+                }
+            }
+        }
+        // Optional settings set only in the new file (absent before).
+        for key in after.keys() {
+            if !seen.contains(key) {
+                reloaded.need_restart.push(key.clone());
+            }
+        }
+        Ok((merged, reloaded))
+    }
+
     /// Reads a TOML file; unknown fields and wrong types are errors naming the field.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
@@ -550,5 +645,38 @@ mod tests {
                 let _ = c.validate();
             }
         }
+    }
+
+    #[test]
+    fn a_reload_applies_live_settings_and_names_the_others() {
+        let running = GatewayConfig {
+            gateway_id: "gw-1".into(), // generated at start
+            ..Default::default()
+        };
+        let mut new = GatewayConfig::default(); // gateway_id "" in the file
+        new.limits.max_connections = 7;
+        new.slow_consumer.policy = SlowConsumerPolicy::Drop;
+        new.region = "eu-west".into();
+        new.limits.max_payload = 2048;
+        let (merged, r) = running.merge_live(&new).unwrap();
+        assert_eq!(
+            r.applied,
+            ["limits.max_connections", "slow_consumer.policy"]
+        );
+        assert_eq!(r.need_restart, ["limits.max_payload", "region"]);
+        assert_eq!(merged.limits.max_connections, 7);
+        assert_eq!(merged.slow_consumer.policy, SlowConsumerPolicy::Drop);
+        assert_eq!(merged.region, "local");
+        assert_eq!(merged.limits.max_payload, running.limits.max_payload);
+        assert_eq!(merged.gateway_id, "gw-1");
+
+        // An invalid file applies nothing.
+        let mut bad = GatewayConfig::default();
+        bad.limits.max_connections = 0;
+        let e = running.merge_live(&bad).unwrap_err();
+        assert!(e.to_string().contains("limits.max_connections"), "{e}");
+        // Nothing changed: nothing to report.
+        let (_, r) = running.merge_live(&GatewayConfig::default()).unwrap();
+        assert_eq!(r, Reloaded::default());
     }
 }

@@ -185,7 +185,7 @@ async fn session(
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true);
-    let channel = control_plane_tls(endpoint, url, router.config())?
+    let channel = control_plane_tls(endpoint, url, &router.config())?
         .connect()
         .await
         .map_err(|e| e.to_string())?;

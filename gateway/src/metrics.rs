@@ -293,6 +293,15 @@ impl GatewayMetrics {
             "Messages refused because their API key was over its rate limit, by key id",
             m.key_rate_limited.clone(),
         );
+        let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        build_info
+            .get_or_create(&nexus_proto::build_info::labels("gateway"))
+            .set(1);
+        registry.register(
+            "build_info",
+            "The build of this process (value 1): version, commit, profile and role in the labels",
+            build_info,
+        );
         registry.register(
             "unauthenticated_sessions",
             "Sessions open that have not completed Hello",

@@ -128,7 +128,8 @@ pub fn message_size(
 }
 
 pub struct Router {
-    cfg: Arc<GatewayConfig>,
+    /// The running settings; [`Router::reload_config`] swaps in the live-reloadable ones.
+    cfg: ArcSwap<GatewayConfig>,
     balancer_cfg: BalancerConfig,
     pub metrics: Arc<GatewayMetrics>,
     table: ArcSwap<SubjectTable<Arc<Group>>>,
@@ -233,7 +234,7 @@ impl Router {
     pub fn new(cfg: Arc<GatewayConfig>, metrics: Arc<GatewayMetrics>) -> Self {
         let balancer_cfg = cfg.balancer.to_balancer_config();
         Self {
-            cfg,
+            cfg: ArcSwap::new(cfg),
             balancer_cfg,
             metrics,
             table: ArcSwap::from_pointee(SubjectTable::default()),
@@ -266,7 +267,7 @@ impl Router {
     // --- policy: keys, scopes, schemas ---
 
     pub fn auth_required(&self) -> bool {
-        self.cfg.auth == crate::config::AuthMode::Required
+        self.cfg.load().auth == crate::config::AuthMode::Required
     }
 
     pub fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
@@ -279,7 +280,8 @@ impl Router {
     pub fn apply_policy(&self, policy: Policy) {
         self.metrics.config_version.set(policy.version);
         self.metrics.config_updates.inc();
-        let share = policy.region_gateways(&self.cfg.region, &self.cfg.gateway_id);
+        let cfg = self.cfg.load();
+        let share = policy.region_gateways(&cfg.region, &cfg.gateway_id);
         self.key_limiters.update(policy.key_limits(), share);
         self.policy.store(Arc::new(policy));
         self.recheck_sessions(crate::policy_now_ms());
@@ -394,8 +396,25 @@ impl Router {
         }
     }
 
-    pub fn config(&self) -> &GatewayConfig {
-        &self.cfg
+    /// The running settings (a cheap guard; don't hold it across long waits).
+    pub fn config(&self) -> arc_swap::Guard<Arc<GatewayConfig>> {
+        self.cfg.load()
+    }
+
+    /// Applies a reloaded configuration (SIGHUP): the settings that can change while running
+    /// ([`GatewayConfig::LIVE_SETTINGS`]) take effect at once, for the next session, request
+    /// or delivery; the others keep their running values. Returns which settings changed and
+    /// were applied, and which changed but need a restart.
+    pub fn reload_config(
+        &self,
+        new: &GatewayConfig,
+    ) -> Result<crate::config::Reloaded, crate::config::ConfigError> {
+        let running = self.cfg.load_full();
+        let (merged, reloaded) = running.merge_live(new)?;
+        if !reloaded.applied.is_empty() {
+            self.cfg.store(Arc::new(merged));
+        }
+        Ok(reloaded)
     }
 
     /// A fresh id, unique for the life of the gateway (connections, members, requests).
@@ -448,8 +467,8 @@ impl Router {
         });
         let local_interest = !local.is_empty();
         serde_json::json!({
-            "region": self.cfg.region,
-            "gateway_id": self.cfg.gateway_id,
+            "region": self.config().region,
+            "gateway_id": self.config().gateway_id,
             "subject": subject,
             "local": local,
             "federation": self.remote.get().map(|r| r.explain(subject, local_interest)),
@@ -771,7 +790,8 @@ impl Router {
             Err(EnqueueError::Closed) => return Offer::Refused,
             Err(EnqueueError::Full(frame)) => frame,
         };
-        match self.cfg.slow_consumer.policy {
+        let policy = self.cfg.load().slow_consumer.policy;
+        match policy {
             SlowConsumerPolicy::Drop => {
                 self.slow_consumer_event(SlowConsumerAction::Dropped);
                 self.notify_slow_consumer(conn, sid.unwrap_or(0));
@@ -818,7 +838,7 @@ impl Router {
     /// closes the receiver as a slow consumer. Returns whether the frame was queued.
     async fn wait_or_disconnect(&self, conn: &Arc<Connection>, frame: Frame, cost: u32) -> bool {
         self.slow_consumer_event(SlowConsumerAction::Waited);
-        let wait = Duration::from_millis(self.cfg.slow_consumer.max_wait_ms);
+        let wait = Duration::from_millis(self.cfg.load().slow_consumer.max_wait_ms);
         match conn.outbound.send_wait(frame, cost, wait).await {
             Ok(()) => true,
             Err(EnqueueError::Closed) => false,
@@ -842,11 +862,12 @@ impl Router {
         }
         self.slow_consumer_event(SlowConsumerAction::Disconnected);
         tracing::warn!(conn = conn.id, name = %nexus_proto::text::Escaped(&conn.name.lock()), "disconnecting slow consumer");
+        let cfg = self.cfg.load();
         conn.outbound.close(Some(tonic::Status::resource_exhausted(format!(
             "slow consumer: more than slow_consumer.max_pending_bytes ({} bytes) queued for this session for longer than {} ms (policy {})",
-            self.cfg.slow_consumer.max_pending_bytes,
-            self.cfg.slow_consumer.max_wait_ms,
-            self.cfg.slow_consumer.policy.as_str(),
+            cfg.slow_consumer.max_pending_bytes,
+            cfg.slow_consumer.max_wait_ms,
+            cfg.slow_consumer.policy.as_str(),
         ))));
     }
 
@@ -863,7 +884,7 @@ impl Router {
             ErrorCode::SlowConsumer,
             format!(
                 "messages for subscription {sid} were dropped: more than slow_consumer.max_pending_bytes ({} bytes) queued (policy drop)",
-                self.cfg.slow_consumer.max_pending_bytes
+                self.cfg.load().slow_consumer.max_pending_bytes
             ),
             sid,
         )));

@@ -2,7 +2,8 @@
 //! to stop, then shuts down gracefully.
 //!
 //! Shutdown is a drain (docs/protocol.md §3.4): stop admitting new sessions and unary calls
-//! (`/readyz` turns 503), send every session `GoAway` while still serving it, wait up to
+//! (`/readyz` turns 503, `grpc.health.v1` NOT_SERVING), send every session `GoAway` while
+//! still serving it, wait up to
 //! `shutdown_grace_ms` until the adapters have moved and the requests this gateway routed are
 //! answered, then close what is left with UNAVAILABLE and stop the listeners.
 
@@ -99,6 +100,52 @@ fn adapter_tls(
             Ok(None)
         }
     }
+}
+
+/// Serves `health` alone, in plaintext, on `addr` until `stop` (`health_listen`).
+pub async fn serve_health<S>(
+    addr: SocketAddr,
+    health: S,
+    stop: CancellationToken,
+) -> Result<SocketAddr, ServerError>
+where
+    S: tonic::codegen::Service<
+            axum::http::Request<tonic::body::Body>,
+            Response = axum::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|error| ServerError::Bind {
+            what: "health_listen",
+            addr,
+            error,
+        })?;
+    let bound = listener.local_addr().map_err(|error| ServerError::Bind {
+        what: "health_listen",
+        addr,
+        error,
+    })?;
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                stop.cancelled_owned(),
+            )
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "health listener failed");
+        }
+    });
+    tracing::info!(health = %bound, "grpc.health.v1 listening (plaintext)");
+    Ok(bound)
 }
 
 /// Validates `cfg`, binds both listeners and starts serving.
@@ -199,6 +246,18 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
     let (reflection, reflection_v1alpha) = nexus_proto::reflection::services(&["nexus.v1.Gateway"])
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
+    // The standard grpc.health.v1 service (Kubernetes gRPC probes, grpc-health-probe, load
+    // balancers): SERVING for "" and nexus.v1.Gateway until draining begins.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<GatewayServer<GatewayService>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    if let Some(addr) = cfg.health_listen {
+        crate::server::serve_health(addr, health_service.clone(), close_all.clone()).await?;
+    }
+
     let http_stop = close_all.clone();
     let http_app = crate::http::routes(router.clone());
     let http_task = tokio::spawn(async move {
@@ -213,6 +272,7 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(cfg.limits.max_calls_per_connection))
         .add_service(grpc_service)
+        .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha);
     let grpc_task = match tls {
@@ -244,6 +304,12 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
             stop.cancelled().await;
             tracing::info!("gateway draining");
             router.start_draining();
+            health
+                .set_not_serving::<GatewayServer<GatewayService>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             // Sessions got GoAway and move on their own; wait for them and for the requests
             // this gateway routed, within the grace (docs/protocol.md §3.4).
             let deadline = tokio::time::Instant::now() + grace;

@@ -1,11 +1,13 @@
 //! `nexus-proto`: the `nexus.v1` protocol, generated from `proto/nexus/v1/*.proto`, plus
 //! the few rules every party must apply identically: subject syntax ([`subject`]) and the
-//! API key token format ([`keys`]), how peer-supplied text is logged ([`text`]), and the
-//! gRPC reflection every process serves ([`reflection`]).
+//! API key token format ([`keys`]), how peer-supplied text is logged ([`text`]), the
+//! gRPC reflection every process serves ([`reflection`]), and the build facts every process
+//! reports ([`build_info`]).
 //!
 //! The `.proto` files are the polyglot contract; every adapter (Rust, Python, Java,
 //! TypeScript) is generated from them. `docs/protocol.md` describes the semantics.
 
+pub mod build_info;
 pub mod codec;
 pub mod hot_frames;
 pub mod keys;

@@ -1,8 +1,9 @@
 //! `nexus`: the server binary. `nexus gateway` runs one regional gateway; `nexus dev` runs a
 //! local cluster for development with sensible defaults.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nexus::cli_config::GatewayArgs;
+use nexus::config_file::{ConfigFile, ControlPlaneSettings, explicit};
 use nexus_gateway::GatewayConfig;
 
 /// mimalloc instead of glibc's allocator: on the message path one task allocates a frame and
@@ -16,7 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "nexus",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("NEXUS_BUILD_COMMIT"), ")"),
     about = "Nexus message router: regional gateways for polyglot services",
     long_about = "Nexus message router.\n\nRun `nexus dev` for a local cluster, or `nexus gateway --region <name>` for one regional gateway.\nEvery flag can also be set with the NEXUS_* environment variable shown in its help."
 )]
@@ -57,11 +58,41 @@ enum Command {
     Dev(DevArgs),
     /// Run the web console for operators (docs/console.md).
     Console(nexus::console::ConsoleArgs),
+    /// Config files: `nexus config check FILE` validates one and prints the effective
+    /// settings.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file (every section it has: [gateway], [federation],
+    /// [control_plane], [console]) and print the effective settings, defaults filled in.
+    /// Flags and NEXUS_* variables, which override the file at run time, are not applied.
+    /// Exit status 0 when valid, 1 with the problem (key and line) when not.
+    Check {
+        /// The TOML file.
+        file: std::path::PathBuf,
+        /// Only print whether it is valid, not the settings.
+        #[arg(long, short)]
+        quiet: bool,
+    },
 }
 
 #[derive(clap::Args)]
 struct ControlPlaneArgs {
-    /// gRPC address for the Admin API.
+    /// TOML config file: its [control_plane] section (docs/operations.md §8); flags and
+    /// environment variables override its values.
+    #[arg(long, env = "NEXUS_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// HTTP address for /healthz, /readyz and /metrics (none when absent).
+    #[arg(long, env = "NEXUS_CP_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Plaintext gRPC address serving only grpc.health.v1, for probes that cannot speak TLS
+    /// (none when absent).
+    #[arg(long, env = "NEXUS_CP_HEALTH_LISTEN")]
+    health_listen: Option<std::net::SocketAddr>,
+    /// gRPC address for the Admin API (and grpc.health.v1).
     #[arg(long, env = "NEXUS_CP_LISTEN", default_value = "127.0.0.1:7400")]
     listen: std::net::SocketAddr,
     /// etcd endpoint (repeatable); without it the embedded store in --data-dir is used.
@@ -175,7 +206,17 @@ struct DevArgs {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    nexus_proto::build_info::set_commit(env!("NEXUS_BUILD_COMMIT"));
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // The subcommand's own matches: which flags were given, for layering over the file.
+    let sub = matches
+        .subcommand()
+        .map(|(_, m)| m.clone())
+        .unwrap_or_default();
     let service = match &cli.command {
         Command::Gateway { .. } => "nexus-gateway",
         Command::FederationCerts { .. } => "nexus-federation-certs",
@@ -183,6 +224,7 @@ async fn main() -> std::process::ExitCode {
         Command::Dev(_) => "nexus-dev",
         Command::Console(_) => "nexus-console",
         Command::Certs(_) => "nexus-certs",
+        Command::Config(_) => "nexus-config",
     };
     // Kept until the end of main: dropping it flushes exported spans.
     let _telemetry = match nexus::telemetry::init(service, cli.log_format) {
@@ -196,7 +238,7 @@ async fn main() -> std::process::ExitCode {
         Command::Gateway {
             gateway,
             federation,
-        } => run_gateway(gateway, *federation).await,
+        } => run_gateway(gateway, *federation, sub).await,
         Command::FederationCerts { out, regions } => {
             nexus::federation::write_dev_certs(&out, &regions).map(|()| {
                 println!(
@@ -211,9 +253,29 @@ async fn main() -> std::process::ExitCode {
                 println!("wrote {}", f.display());
             }
         }),
-        Command::ControlPlane(args) => run_control_plane(args).await,
+        Command::ControlPlane(args) => match resolve_control_plane(&args, &sub) {
+            Ok(settings) => {
+                let reload = args.config.is_some().then_some(sub);
+                run_control_plane(settings, reload).await
+            }
+            Err(e) => Err(e),
+        },
         Command::Dev(args) => run_dev(args).await,
-        Command::Console(args) => nexus::console::run(args, shutdown_signal()).await,
+        Command::Console(args) => match nexus::console::resolve(&args, &sub) {
+            Ok(settings) => {
+                let has_file = args.config.is_some();
+                let again = move || {
+                    let args =
+                        <nexus::console::ConsoleArgs as FromArgMatches>::from_arg_matches(&sub)?;
+                    nexus::console::resolve(&args, &sub)
+                };
+                let again = has_file.then_some(again);
+                nexus::reload::on_sighup_report("console", settings.clone(), again);
+                nexus::console::run(settings, shutdown_signal()).await
+            }
+            Err(e) => Err(e),
+        },
+        Command::Config(ConfigCommand::Check { file, quiet }) => config_check(&file, quiet),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -236,7 +298,127 @@ fn dev_dir(explicit: Option<std::path::PathBuf>) -> std::path::PathBuf {
     })
 }
 
-async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
+/// The control plane's settings: defaults, then the file's [control_plane], then the flags
+/// given.
+fn resolve_control_plane(
+    args: &ControlPlaneArgs,
+    m: &clap::ArgMatches,
+) -> anyhow::Result<ControlPlaneSettings> {
+    let mut s = match &args.config {
+        Some(path) => {
+            let file = ConfigFile::load(path)?;
+            file.require("control_plane", &file.control_plane)?.clone()
+        }
+        None => ControlPlaneSettings::default(),
+    };
+    let e = |id: &str| explicit(m, id);
+    if e("listen") {
+        s.listen = args.listen;
+    }
+    if e("etcd") {
+        s.etcd = args.etcd.clone();
+    }
+    if e("data_dir") {
+        s.data_dir = args.data_dir.clone();
+    }
+    if e("etcd_connect_timeout") {
+        s.etcd_connect_timeout = args.etcd_connect_timeout;
+    }
+    if e("dns_listen") {
+        s.dns_listen = args.dns_listen;
+    }
+    if e("dns_zone") {
+        s.dns_zone = args.dns_zone.clone();
+    }
+    if e("dns_ttl") {
+        s.dns_ttl = args.dns_ttl;
+    }
+    if e("lease_ttl") {
+        s.lease_ttl = args.lease_ttl;
+    }
+    if e("admin_auth") {
+        s.admin_auth = if args.admin_auth == "off" {
+            nexus::config_file::AdminAuth::Off
+        } else {
+            nexus::config_file::AdminAuth::Required
+        };
+    }
+    if e("admin_key_file") {
+        s.admin_key_file = args.admin_key_file.clone();
+    }
+    if e("metrics_listen") {
+        s.metrics_listen = args.metrics_listen;
+    }
+    if e("health_listen") {
+        s.health_listen = args.health_listen;
+    }
+    if e("tls_cert") {
+        s.tls.cert = args.tls_cert.clone();
+    }
+    if e("tls_key") {
+        s.tls.key = args.tls_key.clone();
+    }
+    if e("tls_client_ca") {
+        s.tls.client_ca = args.tls_client_ca.clone();
+    }
+    if args.insecure {
+        s.insecure = true;
+    }
+    if e("etcd_ca") {
+        s.etcd_ca = args.etcd_ca.clone();
+    }
+    if e("etcd_cert") {
+        s.etcd_cert = args.etcd_cert.clone();
+    }
+    if e("etcd_key") {
+        s.etcd_key = args.etcd_key.clone();
+    }
+    if e("etcd_user") {
+        s.etcd_user = args.etcd_user.clone();
+    }
+    if e("etcd_password_file") {
+        s.etcd_password_file = args.etcd_password_file.clone();
+    }
+    if e("audit_max_records") {
+        s.audit_max_records = args.audit_max_records;
+    }
+    if e("audit_max_age") {
+        s.audit_max_age = args.audit_max_age;
+    }
+    s.validate()
+        .map_err(|e| anyhow::anyhow!("control plane configuration is invalid: {e:#}"))?;
+    Ok(s)
+}
+
+/// `nexus config check FILE`.
+fn config_check(file: &std::path::Path, quiet: bool) -> anyhow::Result<()> {
+    let config = ConfigFile::load(file)?;
+    config
+        .check()
+        .map_err(|e| anyhow::anyhow!("config file {} is not valid: {e:#}", file.display()))?;
+    let sections = config.sections();
+    println!(
+        "{}: valid ({})",
+        file.display(),
+        sections
+            .iter()
+            .map(|s| format!("[{s}]"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if !quiet {
+        println!(
+            "# Effective settings: the file with defaults filled in. At run time, flags and NEXUS_* variables override them."
+        );
+        print!("{}", config.effective_toml()?);
+    }
+    Ok(())
+}
+
+async fn run_control_plane(
+    args: ControlPlaneSettings,
+    reload: Option<clap::ArgMatches>,
+) -> anyhow::Result<()> {
     let store = if args.etcd.is_empty() {
         nexus_control_plane::server::StoreConfig::Embedded(args.data_dir.join("control-plane.redb"))
     } else {
@@ -247,26 +429,20 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     cfg.dns_listen = args.dns_listen;
     cfg.dns_zone = args.dns_zone.clone();
     cfg.dns_ttl = args.dns_ttl;
-    if args.lease_ttl < std::time::Duration::from_secs(1) {
-        anyhow::bail!("--lease-ttl must be at least 1s");
-    }
     cfg.lease_ttl = args.lease_ttl;
-    cfg.admin_auth = args.admin_auth == "required";
+    cfg.admin_auth = args.admin_auth == nexus::config_file::AdminAuth::Required;
     cfg.insecure = args.insecure;
-    if args.audit_max_records == 0 && args.audit_max_age.is_none() {
-        anyhow::bail!(
-            "--audit-max-records 0 needs --audit-max-age: the audit trail must have a bound"
-        );
-    }
+    cfg.metrics_listen = args.metrics_listen;
+    cfg.health_listen = args.health_listen;
     cfg.audit_retention = nexus_control_plane::audit::Retention {
         max_records: args.audit_max_records,
         max_age: args.audit_max_age,
     };
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+    if let (Some(cert), Some(key)) = (&args.tls.cert, &args.tls.key) {
         cfg.tls = Some(nexus_tls::ServerTlsFiles {
             cert: cert.clone(),
             key: key.clone(),
-            client_ca: args.tls_client_ca.clone(),
+            client_ca: args.tls.client_ca.clone(),
             require_client_cert: false,
         });
     }
@@ -295,7 +471,7 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| args.data_dir.join("admin.key"));
     cfg.admin_key_file = Some(key_file.clone());
     let cp = nexus_control_plane::server::start(cfg).await?;
-    if args.admin_auth == "required" {
+    if args.admin_auth == nexus::config_file::AdminAuth::Required {
         println!(
             "nexus control plane admin API requires an admin key (bootstrap key file: {})",
             key_file.display()
@@ -314,6 +490,9 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     if let Some(dns) = cp.dns_addr {
         println!("nexus control plane DNS on {dns} (zone {})", args.dns_zone);
     }
+    if let Some(m) = cp.metrics_addr {
+        println!("nexus control plane metrics on {m} (/metrics, /healthz, /readyz)");
+    }
     match &store {
         nexus_control_plane::server::StoreConfig::Etcd(e) => println!(
             "nexus control plane listening on {} (store: etcd {})",
@@ -326,6 +505,13 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
             p.display()
         ),
     }
+    let again = reload.map(|m| {
+        move || {
+            let a = <ControlPlaneArgs as FromArgMatches>::from_arg_matches(&m)?;
+            resolve_control_plane(&a, &m)
+        }
+    });
+    nexus::reload::on_sighup_report("control_plane", args.clone(), again);
     let stop = cp.stop_token();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -336,9 +522,9 @@ async fn run_control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cfg_tls_summary(args: &ControlPlaneArgs) -> Option<String> {
-    args.tls_cert.as_ref()?;
-    Some(if args.tls_client_ca.is_some() {
+fn cfg_tls_summary(args: &ControlPlaneSettings) -> Option<String> {
+    args.tls.cert.as_ref()?;
+    Some(if args.tls.client_ca.is_some() {
         "gateways must present their certificates".to_owned()
     } else {
         "gateways are NOT authenticated: no --tls-client-ca".to_owned()
@@ -369,11 +555,30 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     .await
 }
 
+/// A gateway's settings and its federation's: defaults, the file, then the flags given.
+fn resolve_gateway(
+    args: &GatewayArgs,
+    federation: &nexus::federation::FederationArgs,
+    m: &clap::ArgMatches,
+) -> anyhow::Result<(GatewayConfig, nexus::config_file::FederationSettings)> {
+    let (cfg, file_fed) = args.resolve_with_file(GatewayConfig::default())?;
+    let from_file = file_fed.is_some();
+    let fed = file_fed.unwrap_or_default().overlay(federation, m)?;
+    if from_file {
+        // Flags alone are checked where they are used, with messages naming the flags.
+        fed.validate()
+            .map_err(|e| anyhow::anyhow!("federation configuration is invalid: {e:#}"))?;
+    }
+    Ok((cfg, fed))
+}
+
 async fn run_gateway(
     args: GatewayArgs,
     federation: nexus::federation::FederationArgs,
+    m: clap::ArgMatches,
 ) -> anyhow::Result<()> {
-    let mut cfg = args.resolve(GatewayConfig::default())?;
+    let (mut cfg, fed_settings) = resolve_gateway(&args, &federation, &m)?;
+    let federation = fed_settings.to_args();
     if cfg.gateway_id.is_empty() {
         // Chosen here rather than in the gateway so federation can use it too.
         cfg.gateway_id = format!("gw-{:08x}", rand_id());
@@ -408,6 +613,29 @@ async fn run_gateway(
         "nexus gateway {} (region {}) listening on {}, metrics on {}",
         gateway.gateway_id, cfg.region, gateway.grpc_addr, gateway.metrics_addr
     );
+    type Resolve = Box<
+        dyn Fn() -> anyhow::Result<(GatewayConfig, nexus::config_file::FederationSettings)>
+            + Send
+            + Sync,
+    >;
+    let resolve: Option<Resolve> = args.config.is_some().then(|| {
+        Box::new(move || {
+            let args = <GatewayArgs as FromArgMatches>::from_arg_matches(&m)?;
+            let fed = <nexus::federation::FederationArgs as FromArgMatches>::from_arg_matches(&m)?;
+            resolve_gateway(&args, &fed, &m)
+        }) as Resolve
+    });
+    let reload = std::sync::Arc::new(nexus::reload::GatewayReload {
+        router: gateway.router.clone(),
+        resolve,
+        federation: links
+            .as_ref()
+            .map(|(fed, _)| (fed.clone(), fed_settings.clone())),
+    });
+    nexus::reload::on_sighup(move || {
+        let reload = reload.clone();
+        async move { reload.run().await }
+    });
     let stop = gateway.stop_token();
     tokio::spawn(async move {
         shutdown_signal().await;

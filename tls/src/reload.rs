@@ -5,12 +5,16 @@
 //! replaced, the key not yet) fails to build: the old configuration stays, a warning names
 //! the problem once, and the next change is tried again.
 //!
+//! [`reload_all`] rebuilds every file-backed configuration of the process at once: the
+//! binaries call it on SIGHUP, for operators who rotate certificates and want them in use
+//! now rather than within a second.
+//!
 //! Polling rather than inotify: it works the same on every filesystem (including the
 //! symlink swaps Kubernetes does for mounted secrets) and costs one `stat` per file a second.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -36,6 +40,26 @@ fn stamp(paths: &[PathBuf]) -> Stamp {
         .collect()
 }
 
+/// Every file-backed configuration alive in this process, for [`reload_all`].
+static LIVE: Mutex<Vec<Weak<ReloadingServerConfig>>> = Mutex::new(Vec::new());
+
+/// Rebuilds every file-backed server configuration of this process from its files now (the
+/// binaries do this on SIGHUP). Returns each one's certificate path and the outcome; a
+/// configuration that fails to load keeps its previous certificate.
+pub fn reload_all() -> Vec<(PathBuf, Result<(), TlsError>)> {
+    let live: Vec<Arc<ReloadingServerConfig>> = {
+        let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|w| w.strong_count() > 0);
+        live.iter().filter_map(Weak::upgrade).collect()
+    };
+    live.iter()
+        .filter_map(|c| {
+            let path = c.cert_path()?.to_path_buf();
+            Some((path, c.reload()))
+        })
+        .collect()
+}
+
 /// The current TLS server configuration of a listener, rebuilt when its files change.
 pub struct ReloadingServerConfig {
     files: Option<ServerTlsFiles>,
@@ -48,12 +72,21 @@ impl ReloadingServerConfig {
     /// Loads `files` now (an error here stops start-up) for a server offering `alpn`.
     pub fn from_files(files: ServerTlsFiles, alpn: &[&[u8]]) -> Result<Arc<Self>, TlsError> {
         let config = files.build(alpn)?;
-        Ok(Arc::new(Self {
+        let this = Arc::new(Self {
             files: Some(files),
             alpn: alpn.iter().map(|a| a.to_vec()).collect(),
             current: ArcSwap::from_pointee(config),
             reloads: AtomicU64::new(0),
-        }))
+        });
+        let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(&this));
+        Ok(this)
+    }
+
+    /// The certificate file this configuration follows (`None` for a fixed one).
+    pub fn cert_path(&self) -> Option<&std::path::Path> {
+        self.files.as_ref().map(|f| f.cert.as_path())
     }
 
     /// A fixed configuration (made in memory, as `nexus dev` does); never reloads.

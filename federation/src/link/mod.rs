@@ -82,7 +82,8 @@ pub struct Federation {
     endpoint: quinn::Endpoint,
     region: String,
     gateway_id: String,
-    client: quinn::ClientConfig,
+    /// The TLS identity dialled links present; replaced by [`Federation::reload_identity`].
+    client: Mutex<quinn::ClientConfig>,
     /// The owner, set by [`Federation::start`]; links are refused before it.
     handler: OnceLock<Arc<dyn LinkHandler>>,
     /// Live links by peer gateway id.
@@ -164,7 +165,7 @@ impl Federation {
             endpoint,
             region: region.to_owned(),
             gateway_id: gateway_id.to_owned(),
-            client,
+            client: Mutex::new(client),
             handler: OnceLock::new(),
             links: Mutex::new(HashMap::new()),
             homes: ArcSwap::from_pointee(HashMap::new()),
@@ -176,6 +177,17 @@ impl Federation {
             metrics: Arc::new(FederationMetrics::default()),
             stop: CancellationToken::new(),
         }))
+    }
+
+    /// Uses `identity` (a rotated certificate, key or CA) for the links accepted and dialled
+    /// from now on; live links keep the keys they negotiated. The binaries call this on
+    /// SIGHUP.
+    pub fn reload_identity(&self, identity: &Identity) -> Result<(), LinkError> {
+        let server = identity.server_config()?;
+        let client = identity.client_config()?;
+        self.endpoint.set_server_config(Some(server));
+        *self.client.lock() = client;
+        Ok(())
     }
 
     /// [`Federation::bind`] and [`Federation::start`] with every link event delivered as a
@@ -344,7 +356,7 @@ impl Federation {
         };
         let connecting = self
             .endpoint
-            .connect_with(self.client.clone(), target.addr, &name)
+            .connect_with(self.client.lock().clone(), target.addr, &name)
             .map_err(|e| link_err(peer, e))?;
         let conn = connecting.await.map_err(|e| link_err(peer, e))?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| link_err(peer, e))?;

@@ -6,7 +6,7 @@
 //! API client and the translation of its records), [`monitor`] (polls the control plane and
 //! every gateway, computes rates and link health, pushes snapshots), [`api`] (the server
 //! functions' bodies), [`actions`] (the forms' POST handlers), [`audit`] (the audit trail
-//! page, rendered here as plain HTML).
+//! page, rendered here as plain HTML), [`ops`] (`/healthz`, `/readyz`, `/metrics`).
 
 pub mod actions;
 pub mod admin;
@@ -14,6 +14,7 @@ pub mod api;
 pub mod audit;
 pub mod bundle;
 pub mod monitor;
+pub mod ops;
 pub mod session;
 pub mod time;
 
@@ -284,6 +285,8 @@ fn router(state: AppState, hydrate: bool) -> Router {
             state.clone(),
             session::access,
         ))
+        // Probes and scrapes need no login: merged after the access layer.
+        .merge(ops::routes())
         .with_state(state)
 }
 

@@ -62,6 +62,15 @@ pub fn random_token() -> String {
 }
 
 impl Sessions {
+    /// Login sessions open (for `/metrics`).
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Opens a session; returns its id.
     pub fn create(&self, admin_key: Option<String>, open_control_plane: bool) -> String {
         let id = random_token();
