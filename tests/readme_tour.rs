@@ -15,6 +15,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -78,11 +79,17 @@ fn the_tour_is_read_from_the_readme() {
     );
 }
 
-/// A process killed when dropped.
+/// A process killed when dropped, with its whole process group when it leads one (a
+/// background tour command: bash running `nexusctl` as its child, which killing bash alone
+/// would leave running).
 struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -277,6 +284,7 @@ fn run_tour() {
             let out = cwd.0.join(format!("background-{}.out", background.len()));
             let err = cwd.0.join(format!("background-{}.err", background.len()));
             let proc = shell(cmd, &cwd.0)
+                .process_group(0)
                 .stdout(std::fs::File::create(&out).unwrap())
                 .stderr(std::fs::File::create(&err).unwrap())
                 .spawn()
