@@ -440,8 +440,22 @@ impl Kind {
     pub async fn delete(self, ctx: &Ctx, prior: &Obj) -> anyhow::Result<()> {
         match self {
             Kind::Region => {
+                // Gateways stopped in the same run leave the registry when their lease
+                // expires (the control plane's --lease-ttl): wait for that, up to a minute.
                 let name = s(prior, "name");
-                found(ctx.admin().await?.delete_region(pb::DeleteRegionRequest { name }).await)?;
+                let mut admin = ctx.admin().await?;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                loop {
+                    match found(admin.delete_region(pb::DeleteRegionRequest { name: name.clone() }).await) {
+                        Err(e) if e.to_string().contains("live gateways") && std::time::Instant::now() < deadline => {
+                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        }
+                        r => {
+                            r?;
+                            break;
+                        }
+                    }
+                }
             }
             Kind::Route => {
                 found(ctx.admin().await?.delete_route(pb::DeleteRouteRequest { name: s(prior, "name"), expected_version: 0 }).await)?;

@@ -1,5 +1,5 @@
 //! Terraform values on the wire (`DynamicValue`): MessagePack as cty encodes it, with
-//! unknown values as the extension type 0. [`Val`] is the decoded form the resources work
+//! unknown values as the extension type 0 (12 when Terraform adds refinements). [`Val`] is the decoded form the resources work
 //! on; objects and maps are both string-keyed maps, and every object the provider returns
 //! carries each attribute of its schema (null when unset).
 
@@ -102,7 +102,9 @@ fn from_rmpv(v: rmpv::Value) -> anyhow::Result<Val> {
             }
             Val::Map(out)
         }
-        M::Ext(0, _) => Val::Unknown,
+        // 0: an unknown value; 12: an unknown value with refinements (e.g. "not null",
+        // a string prefix), which the provider does not use.
+        M::Ext(0 | 12, _) => Val::Unknown,
         M::Ext(t, _) => bail!("unexpected MessagePack extension type {t}"),
     })
 }
