@@ -76,8 +76,6 @@ resource "terraform_data" "control_plane" {
     environment = { READY_FILE = module.control_plane.admin_key_file }
   }
 
-  depends_on = [terraform_data.work_dir]
-
   provisioner "local-exec" {
     when    = destroy
     command = "${self.input.script} stop control-plane ${self.input.dir}"
