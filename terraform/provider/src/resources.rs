@@ -322,6 +322,24 @@ impl Kind {
                 )];
             }
         };
+        // The registry checks under the subject's current mode; a plan that changes the mode
+        // is checked under the new one at apply (NONE accepts anything).
+        let planned_mode = get(planned, "compatibility").as_str().and_then(compatibility_from);
+        if let Some(mode) = planned_mode {
+            let current = match ok(admin.get_schema_config(pb::GetSchemaConfigRequest { subject: subject.clone() }).await) {
+                Ok(c) => c.compatibility,
+                Err(e) => return vec![Diag::error(format!("schema {subject:?}"), format!("{e:#}"), None)],
+            };
+            if mode as i32 != current {
+                if mode == pb::Compatibility::None {
+                    return Vec::new();
+                }
+                return vec![Diag::warning(
+                    format!("schema {subject:?}: compatibility changes to {}", mode.as_str_name()),
+                    "the registry checks the new definition under the new mode when it is registered at apply",
+                )];
+            }
+        }
         let check = pb::CheckSchemaRequest {
             subject: req.subject,
             format: req.format,
