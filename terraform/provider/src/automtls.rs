@@ -91,11 +91,12 @@ fn verify_p521(
 /// The server's TLS configuration for Terraform's client certificate `client_pem`, and the
 /// handshake line's certificate field.
 pub fn server_config(client_pem: &str) -> anyhow::Result<(rustls::ServerConfig, String)> {
-    let client = nexus_tls::load::certs_from_pem(client_pem.as_bytes(), "PLUGIN_CLIENT_CERT".as_ref())
-        .context("PLUGIN_CLIENT_CERT is not a PEM certificate")?
-        .into_iter()
-        .next()
-        .context("PLUGIN_CLIENT_CERT holds no certificate")?;
+    let client =
+        nexus_tls::load::certs_from_pem(client_pem.as_bytes(), "PLUGIN_CLIENT_CERT".as_ref())
+            .context("PLUGIN_CLIENT_CERT is not a PEM certificate")?
+            .into_iter()
+            .next()
+            .context("PLUGIN_CLIENT_CERT holds no certificate")?;
     let key = rcgen::KeyPair::generate().context("cannot generate the plugin's key")?;
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
         .context("cannot make the plugin's certificate")?;

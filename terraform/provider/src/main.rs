@@ -110,7 +110,9 @@ async fn serve() -> anyhow::Result<()> {
             Controller(stop.clone()),
         ));
     let stopped = async move { stop.notified().await };
-    let client_cert = std::env::var("PLUGIN_CLIENT_CERT").ok().filter(|c| !c.is_empty());
+    let client_cert = std::env::var("PLUGIN_CLIENT_CERT")
+        .ok()
+        .filter(|c| !c.is_empty());
     let (server, cert_field) = match client_cert {
         Some(pem) => {
             let (config, field) = automtls::server_config(&pem)?;

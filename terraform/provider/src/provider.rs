@@ -26,7 +26,11 @@ pub struct Diag {
 }
 
 impl Diag {
-    pub fn error(summary: impl Into<String>, detail: impl Into<String>, attr: Option<&str>) -> Self {
+    pub fn error(
+        summary: impl Into<String>,
+        detail: impl Into<String>,
+        attr: Option<&str>,
+    ) -> Self {
         Diag {
             error: true,
             summary: summary.into(),
@@ -117,12 +121,37 @@ impl Ctx {
 
 fn provider_attrs() -> Vec<Attr> {
     vec![
-        Attr::optional_computed("control_plane", Ty::Str, "Admin API address, e.g. http://127.0.0.1:7400 (default: NEXUS_CONTROL_PLANE, else http://127.0.0.1:7400)."),
-        Attr::optional_computed("admin_key", Ty::Str, "Admin API key (default: NEXUS_ADMIN_KEY).").sensitive(),
-        Attr::optional_computed("admin_key_file", Ty::Str, "File holding the admin key (default: NEXUS_ADMIN_KEY_FILE)."),
-        Attr::optional_computed("ca_file", Ty::Str, "CA of an https:// control plane (default: NEXUS_CA)."),
-        Attr::optional_computed("tls_cert", Ty::Str, "Admin client certificate (default: NEXUSCTL_TLS_CERT)."),
-        Attr::optional_computed("tls_key", Ty::Str, "Key of tls_cert (default: NEXUSCTL_TLS_KEY)."),
+        Attr::optional_computed(
+            "control_plane",
+            Ty::Str,
+            "Admin API address, e.g. http://127.0.0.1:7400 (default: NEXUS_CONTROL_PLANE, else http://127.0.0.1:7400).",
+        ),
+        Attr::optional_computed(
+            "admin_key",
+            Ty::Str,
+            "Admin API key (default: NEXUS_ADMIN_KEY).",
+        )
+        .sensitive(),
+        Attr::optional_computed(
+            "admin_key_file",
+            Ty::Str,
+            "File holding the admin key (default: NEXUS_ADMIN_KEY_FILE).",
+        ),
+        Attr::optional_computed(
+            "ca_file",
+            Ty::Str,
+            "CA of an https:// control plane (default: NEXUS_CA).",
+        ),
+        Attr::optional_computed(
+            "tls_cert",
+            Ty::Str,
+            "Admin client certificate (default: NEXUSCTL_TLS_CERT).",
+        ),
+        Attr::optional_computed(
+            "tls_key",
+            Ty::Str,
+            "Key of tls_cert (default: NEXUSCTL_TLS_KEY).",
+        ),
     ]
 }
 
@@ -184,34 +213,74 @@ fn capabilities() -> Option<tf::ServerCapabilities> {
 
 #[tonic::async_trait]
 impl Provider for NexusProvider {
-    async fn get_metadata(&self, _: Request<tf::get_metadata::Request>) -> R<tf::get_metadata::Response> {
+    async fn get_metadata(
+        &self,
+        _: Request<tf::get_metadata::Request>,
+    ) -> R<tf::get_metadata::Response> {
         use tf::get_metadata::*;
         reply(Response {
             server_capabilities: capabilities(),
-            resources: Kind::ALL.iter().map(|k| ResourceMetadata { type_name: k.type_name().into() }).collect(),
-            data_sources: DataKind::ALL.iter().map(|k| DataSourceMetadata { type_name: k.type_name().into() }).collect(),
+            resources: Kind::ALL
+                .iter()
+                .map(|k| ResourceMetadata {
+                    type_name: k.type_name().into(),
+                })
+                .collect(),
+            data_sources: DataKind::ALL
+                .iter()
+                .map(|k| DataSourceMetadata {
+                    type_name: k.type_name().into(),
+                })
+                .collect(),
             ..Default::default()
         })
     }
 
-    async fn get_provider_schema(&self, _: Request<tf::get_provider_schema::Request>) -> R<tf::get_provider_schema::Response> {
+    async fn get_provider_schema(
+        &self,
+        _: Request<tf::get_provider_schema::Request>,
+    ) -> R<tf::get_provider_schema::Response> {
         reply(tf::get_provider_schema::Response {
             provider: Some(provider_schema_proto()),
-            resource_schemas: Kind::ALL.iter().map(|k| (k.type_name().to_owned(), schema::to_proto(k.description(), &k.attrs()))).collect(),
-            data_source_schemas: DataKind::ALL.iter().map(|k| (k.type_name().to_owned(), schema::to_proto(k.description(), &k.attrs()))).collect(),
+            resource_schemas: Kind::ALL
+                .iter()
+                .map(|k| {
+                    (
+                        k.type_name().to_owned(),
+                        schema::to_proto(k.description(), &k.attrs()),
+                    )
+                })
+                .collect(),
+            data_source_schemas: DataKind::ALL
+                .iter()
+                .map(|k| {
+                    (
+                        k.type_name().to_owned(),
+                        schema::to_proto(k.description(), &k.attrs()),
+                    )
+                })
+                .collect(),
             server_capabilities: capabilities(),
             ..Default::default()
         })
     }
 
-    async fn validate_provider_config(&self, _: Request<tf::validate_provider_config::Request>) -> R<tf::validate_provider_config::Response> {
+    async fn validate_provider_config(
+        &self,
+        _: Request<tf::validate_provider_config::Request>,
+    ) -> R<tf::validate_provider_config::Response> {
         reply(Default::default())
     }
 
-    async fn validate_resource_config(&self, r: Request<tf::validate_resource_config::Request>) -> R<tf::validate_resource_config::Response> {
+    async fn validate_resource_config(
+        &self,
+        r: Request<tf::validate_resource_config::Request>,
+    ) -> R<tf::validate_resource_config::Response> {
         let r = r.into_inner();
         let Some(kind) = Kind::from_name(&r.type_name) else {
-            return reply(tf::validate_resource_config::Response { diagnostics: unknown_type(&r.type_name) });
+            return reply(tf::validate_resource_config::Response {
+                diagnostics: unknown_type(&r.type_name),
+            });
         };
         let diagnostics = match decode_obj(&r.config) {
             Ok(c) => diags(&kind.validate(&c.unwrap_or_default())),
@@ -220,14 +289,23 @@ impl Provider for NexusProvider {
         reply(tf::validate_resource_config::Response { diagnostics })
     }
 
-    async fn validate_data_resource_config(&self, _: Request<tf::validate_data_resource_config::Request>) -> R<tf::validate_data_resource_config::Response> {
+    async fn validate_data_resource_config(
+        &self,
+        _: Request<tf::validate_data_resource_config::Request>,
+    ) -> R<tf::validate_data_resource_config::Response> {
         reply(Default::default())
     }
 
-    async fn upgrade_resource_state(&self, r: Request<tf::upgrade_resource_state::Request>) -> R<tf::upgrade_resource_state::Response> {
+    async fn upgrade_resource_state(
+        &self,
+        r: Request<tf::upgrade_resource_state::Request>,
+    ) -> R<tf::upgrade_resource_state::Response> {
         let r = r.into_inner();
         let Some(kind) = Kind::from_name(&r.type_name) else {
-            return reply(tf::upgrade_resource_state::Response { diagnostics: unknown_type(&r.type_name), ..Default::default() });
+            return reply(tf::upgrade_resource_state::Response {
+                diagnostics: unknown_type(&r.type_name),
+                ..Default::default()
+            });
         };
         let json = r.raw_state.map(|s| s.json).unwrap_or_default();
         match value::decode(&[], &json) {
@@ -235,15 +313,28 @@ impl Provider for NexusProvider {
                 upgraded_state: dynamic(Some(schema::complete(&kind.attrs(), m))),
                 ..Default::default()
             }),
-            Ok(_) => reply(tf::upgrade_resource_state::Response { upgraded_state: dynamic(None), ..Default::default() }),
-            Err(e) => reply(tf::upgrade_resource_state::Response { diagnostics: failure("cannot read the stored state", &e), ..Default::default() }),
+            Ok(_) => reply(tf::upgrade_resource_state::Response {
+                upgraded_state: dynamic(None),
+                ..Default::default()
+            }),
+            Err(e) => reply(tf::upgrade_resource_state::Response {
+                diagnostics: failure("cannot read the stored state", &e),
+                ..Default::default()
+            }),
         }
     }
 
-    async fn configure_provider(&self, r: Request<tf::configure_provider::Request>) -> R<tf::configure_provider::Response> {
+    async fn configure_provider(
+        &self,
+        r: Request<tf::configure_provider::Request>,
+    ) -> R<tf::configure_provider::Response> {
         let config = match decode_obj(&r.into_inner().config) {
             Ok(c) => c.unwrap_or_default(),
-            Err(e) => return reply(tf::configure_provider::Response { diagnostics: failure("cannot decode the provider configuration", &e) }),
+            Err(e) => {
+                return reply(tf::configure_provider::Response {
+                    diagnostics: failure("cannot decode the provider configuration", &e),
+                });
+            }
         };
         let pick = |attr: &str, env: &str| {
             config
@@ -253,7 +344,8 @@ impl Provider for NexusProvider {
                 .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
         };
         let conn = Conn {
-            control_plane: pick("control_plane", "NEXUS_CONTROL_PLANE").unwrap_or_else(|| "http://127.0.0.1:7400".into()),
+            control_plane: pick("control_plane", "NEXUS_CONTROL_PLANE")
+                .unwrap_or_else(|| "http://127.0.0.1:7400".into()),
             admin_key: pick("admin_key", "NEXUS_ADMIN_KEY"),
             admin_key_file: pick("admin_key_file", "NEXUS_ADMIN_KEY_FILE"),
             tls: ClientTls {
@@ -270,10 +362,16 @@ impl Provider for NexusProvider {
         reply(Default::default())
     }
 
-    async fn read_resource(&self, r: Request<tf::read_resource::Request>) -> R<tf::read_resource::Response> {
+    async fn read_resource(
+        &self,
+        r: Request<tf::read_resource::Request>,
+    ) -> R<tf::read_resource::Response> {
         let r = r.into_inner();
         let Some(kind) = Kind::from_name(&r.type_name) else {
-            return reply(tf::read_resource::Response { diagnostics: unknown_type(&r.type_name), ..Default::default() });
+            return reply(tf::read_resource::Response {
+                diagnostics: unknown_type(&r.type_name),
+                ..Default::default()
+            });
         };
         let result = async {
             match decode_obj(&r.current_state)? {
@@ -295,32 +393,59 @@ impl Provider for NexusProvider {
         }
     }
 
-    async fn plan_resource_change(&self, r: Request<tf::plan_resource_change::Request>) -> R<tf::plan_resource_change::Response> {
+    async fn plan_resource_change(
+        &self,
+        r: Request<tf::plan_resource_change::Request>,
+    ) -> R<tf::plan_resource_change::Response> {
         use tf::attribute_path::{Step, step::Selector};
         let r = r.into_inner();
         let Some(kind) = Kind::from_name(&r.type_name) else {
-            return reply(tf::plan_resource_change::Response { diagnostics: unknown_type(&r.type_name), ..Default::default() });
+            return reply(tf::plan_resource_change::Response {
+                diagnostics: unknown_type(&r.type_name),
+                ..Default::default()
+            });
         };
         let decoded = (|| {
-            Ok::<_, anyhow::Error>((decode_obj(&r.prior_state)?, decode_obj(&r.proposed_new_state)?, decode_obj(&r.config)?))
+            Ok::<_, anyhow::Error>((
+                decode_obj(&r.prior_state)?,
+                decode_obj(&r.proposed_new_state)?,
+                decode_obj(&r.config)?,
+            ))
         })();
         let (prior, proposed, config) = match decoded {
             Ok(d) => d,
-            Err(e) => return reply(tf::plan_resource_change::Response { diagnostics: failure("cannot decode the plan", &e), ..Default::default() }),
+            Err(e) => {
+                return reply(tf::plan_resource_change::Response {
+                    diagnostics: failure("cannot decode the plan", &e),
+                    ..Default::default()
+                });
+            }
         };
         let Some(proposed) = proposed else {
             // Destroy.
-            return reply(tf::plan_resource_change::Response { planned_state: dynamic(None), ..Default::default() });
+            return reply(tf::plan_resource_change::Response {
+                planned_state: dynamic(None),
+                ..Default::default()
+            });
         };
         let attrs = kind.attrs();
-        let (planned, replace) = schema::plan(&attrs, prior.as_ref(), &proposed, &config.unwrap_or_default());
+        let (planned, replace) = schema::plan(
+            &attrs,
+            prior.as_ref(),
+            &proposed,
+            &config.unwrap_or_default(),
+        );
         let planned = schema::complete(&attrs, planned);
         let checks = kind.plan_check(&self.ctx, prior.as_ref(), &planned).await;
         reply(tf::plan_resource_change::Response {
             planned_state: dynamic(Some(planned)),
             requires_replace: replace
                 .into_iter()
-                .map(|a| tf::AttributePath { steps: vec![Step { selector: Some(Selector::AttributeName(a.into())) }] })
+                .map(|a| tf::AttributePath {
+                    steps: vec![Step {
+                        selector: Some(Selector::AttributeName(a.into())),
+                    }],
+                })
                 .collect(),
             planned_private: r.prior_private,
             diagnostics: diags(&checks),
@@ -328,10 +453,16 @@ impl Provider for NexusProvider {
         })
     }
 
-    async fn apply_resource_change(&self, r: Request<tf::apply_resource_change::Request>) -> R<tf::apply_resource_change::Response> {
+    async fn apply_resource_change(
+        &self,
+        r: Request<tf::apply_resource_change::Request>,
+    ) -> R<tf::apply_resource_change::Response> {
         let r = r.into_inner();
         let Some(kind) = Kind::from_name(&r.type_name) else {
-            return reply(tf::apply_resource_change::Response { diagnostics: unknown_type(&r.type_name), ..Default::default() });
+            return reply(tf::apply_resource_change::Response {
+                diagnostics: unknown_type(&r.type_name),
+                ..Default::default()
+            });
         };
         let result = async {
             let prior = decode_obj(&r.prior_state)?;
@@ -339,7 +470,9 @@ impl Provider for NexusProvider {
             match (prior, planned) {
                 (Some(prior), None) => kind.delete(&self.ctx, &prior).await.map(|()| None),
                 (None, Some(planned)) => kind.create(&self.ctx, &planned).await.map(Some),
-                (Some(prior), Some(planned)) => kind.update(&self.ctx, &prior, &planned).await.map(Some),
+                (Some(prior), Some(planned)) => {
+                    kind.update(&self.ctx, &prior, &planned).await.map(Some)
+                }
                 (None, None) => Ok(None),
             }
         }
@@ -359,10 +492,16 @@ impl Provider for NexusProvider {
         }
     }
 
-    async fn import_resource_state(&self, r: Request<tf::import_resource_state::Request>) -> R<tf::import_resource_state::Response> {
+    async fn import_resource_state(
+        &self,
+        r: Request<tf::import_resource_state::Request>,
+    ) -> R<tf::import_resource_state::Response> {
         let r = r.into_inner();
         let Some(kind) = Kind::from_name(&r.type_name) else {
-            return reply(tf::import_resource_state::Response { diagnostics: unknown_type(&r.type_name), ..Default::default() });
+            return reply(tf::import_resource_state::Response {
+                diagnostics: unknown_type(&r.type_name),
+                ..Default::default()
+            });
         };
         match kind.import(&self.ctx, &r.id).await {
             Ok(o) => reply(tf::import_resource_state::Response {
@@ -374,23 +513,39 @@ impl Provider for NexusProvider {
                 ..Default::default()
             }),
             Err(e) => reply(tf::import_resource_state::Response {
-                diagnostics: failure(&format!("cannot import {} {:?}", kind.type_name(), r.id), &e),
+                diagnostics: failure(
+                    &format!("cannot import {} {:?}", kind.type_name(), r.id),
+                    &e,
+                ),
                 ..Default::default()
             }),
         }
     }
 
-    async fn move_resource_state(&self, _: Request<tf::move_resource_state::Request>) -> R<tf::move_resource_state::Response> {
+    async fn move_resource_state(
+        &self,
+        _: Request<tf::move_resource_state::Request>,
+    ) -> R<tf::move_resource_state::Response> {
         reply(tf::move_resource_state::Response {
-            diagnostics: diags(&[Diag::error("the nexus provider does not move resource state", "", None)]),
+            diagnostics: diags(&[Diag::error(
+                "the nexus provider does not move resource state",
+                "",
+                None,
+            )]),
             ..Default::default()
         })
     }
 
-    async fn read_data_source(&self, r: Request<tf::read_data_source::Request>) -> R<tf::read_data_source::Response> {
+    async fn read_data_source(
+        &self,
+        r: Request<tf::read_data_source::Request>,
+    ) -> R<tf::read_data_source::Response> {
         let r = r.into_inner();
         let Some(kind) = DataKind::from_name(&r.type_name) else {
-            return reply(tf::read_data_source::Response { diagnostics: unknown_type(&r.type_name), ..Default::default() });
+            return reply(tf::read_data_source::Response {
+                diagnostics: unknown_type(&r.type_name),
+                ..Default::default()
+            });
         };
         let result = async {
             let config = decode_obj(&r.config)?.unwrap_or_default();
@@ -409,31 +564,61 @@ impl Provider for NexusProvider {
         }
     }
 
-    async fn validate_ephemeral_resource_config(&self, _: Request<tf::validate_ephemeral_resource_config::Request>) -> R<tf::validate_ephemeral_resource_config::Response> {
+    async fn validate_ephemeral_resource_config(
+        &self,
+        _: Request<tf::validate_ephemeral_resource_config::Request>,
+    ) -> R<tf::validate_ephemeral_resource_config::Response> {
         reply(Default::default())
     }
 
-    async fn open_ephemeral_resource(&self, _: Request<tf::open_ephemeral_resource::Request>) -> R<tf::open_ephemeral_resource::Response> {
-        Err(Status::unimplemented("the nexus provider has no ephemeral resources"))
+    async fn open_ephemeral_resource(
+        &self,
+        _: Request<tf::open_ephemeral_resource::Request>,
+    ) -> R<tf::open_ephemeral_resource::Response> {
+        Err(Status::unimplemented(
+            "the nexus provider has no ephemeral resources",
+        ))
     }
 
-    async fn renew_ephemeral_resource(&self, _: Request<tf::renew_ephemeral_resource::Request>) -> R<tf::renew_ephemeral_resource::Response> {
-        Err(Status::unimplemented("the nexus provider has no ephemeral resources"))
+    async fn renew_ephemeral_resource(
+        &self,
+        _: Request<tf::renew_ephemeral_resource::Request>,
+    ) -> R<tf::renew_ephemeral_resource::Response> {
+        Err(Status::unimplemented(
+            "the nexus provider has no ephemeral resources",
+        ))
     }
 
-    async fn close_ephemeral_resource(&self, _: Request<tf::close_ephemeral_resource::Request>) -> R<tf::close_ephemeral_resource::Response> {
-        Err(Status::unimplemented("the nexus provider has no ephemeral resources"))
+    async fn close_ephemeral_resource(
+        &self,
+        _: Request<tf::close_ephemeral_resource::Request>,
+    ) -> R<tf::close_ephemeral_resource::Response> {
+        Err(Status::unimplemented(
+            "the nexus provider has no ephemeral resources",
+        ))
     }
 
-    async fn get_functions(&self, _: Request<tf::get_functions::Request>) -> R<tf::get_functions::Response> {
-        reply(tf::get_functions::Response { functions: HashMap::new(), diagnostics: Vec::new() })
+    async fn get_functions(
+        &self,
+        _: Request<tf::get_functions::Request>,
+    ) -> R<tf::get_functions::Response> {
+        reply(tf::get_functions::Response {
+            functions: HashMap::new(),
+            diagnostics: Vec::new(),
+        })
     }
 
-    async fn call_function(&self, _: Request<tf::call_function::Request>) -> R<tf::call_function::Response> {
+    async fn call_function(
+        &self,
+        _: Request<tf::call_function::Request>,
+    ) -> R<tf::call_function::Response> {
         Err(Status::unimplemented("the nexus provider has no functions"))
     }
 
-    async fn stop_provider(&self, _: Request<tf::stop_provider::Request>) -> R<tf::stop_provider::Response> {
+    async fn stop_provider(
+        &self,
+        _: Request<tf::stop_provider::Request>,
+    ) -> R<tf::stop_provider::Response> {
         reply(Default::default())
     }
 }

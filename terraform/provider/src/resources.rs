@@ -192,12 +192,24 @@ impl Kind {
 
     pub fn description(self) -> &'static str {
         match self {
-            Kind::Region => "A region known to the control plane (routes may name only known regions). Import by name.",
-            Kind::Route => "A route: which regions messages on some subjects go to, with what consistency. Import by name.",
-            Kind::Schema => "A schema subject: its latest definition, compatibility mode and enforcement. An incompatible definition fails at plan time with the registry's reasons. Import by subject.",
-            Kind::ApiKey => "An API key: scopes, expiry and rate limits; the secret is known only to the state of the Terraform run that created it. Destroy revokes it. Import by key id (without the secret).",
-            Kind::Ca => "The cluster CA, as `nexus certs` makes it. Import from a `nexus certs --out` directory (its path).",
-            Kind::GatewayCert => "A gateway's certificate (adapters, federation and cluster links, control plane), signed by the cluster CA as `nexus certs --gateway` issues it. Import as DIR:REGION/GATEWAY_ID from a `nexus certs --out` directory.",
+            Kind::Region => {
+                "A region known to the control plane (routes may name only known regions). Import by name."
+            }
+            Kind::Route => {
+                "A route: which regions messages on some subjects go to, with what consistency. Import by name."
+            }
+            Kind::Schema => {
+                "A schema subject: its latest definition, compatibility mode and enforcement. An incompatible definition fails at plan time with the registry's reasons. Import by subject."
+            }
+            Kind::ApiKey => {
+                "An API key: scopes, expiry and rate limits; the secret is known only to the state of the Terraform run that created it. Destroy revokes it. Import by key id (without the secret)."
+            }
+            Kind::Ca => {
+                "The cluster CA, as `nexus certs` makes it. Import from a `nexus certs --out` directory (its path)."
+            }
+            Kind::GatewayCert => {
+                "A gateway's certificate (adapters, federation and cluster links, control plane), signed by the cluster CA as `nexus certs --gateway` issues it. Import as DIR:REGION/GATEWAY_ID from a `nexus certs --out` directory."
+            }
         }
     }
 
@@ -207,61 +219,181 @@ impl Kind {
         match self {
             Kind::Region => vec![
                 id,
-                Attr::required("name", Str, "Region name (a DNS label such as `eu-west`).").force_new(),
-                Attr::computed("created_at_ms", Num, "Unix milliseconds of the region's creation."),
+                Attr::required("name", Str, "Region name (a DNS label such as `eu-west`).")
+                    .force_new(),
+                Attr::computed(
+                    "created_at_ms",
+                    Num,
+                    "Unix milliseconds of the region's creation.",
+                ),
             ],
             Kind::Route => vec![
                 id,
                 Attr::required("name", Str, "Route name.").force_new(),
-                Attr::required("subjects", ListStr, "Subject patterns the route applies to (wildcards allowed)."),
-                Attr::optional("policy", Str, Val::str("local_first"), "local_first, nearest, pinned, weighted or broadcast."),
-                Attr::optional("pinned_region", Str, Val::str(""), "With policy pinned: the region messages go to."),
-                Attr::optional("weights", MapNum, Val::Map(BTreeMap::new()), "With policy weighted: region -> relative weight."),
-                Attr::optional("failover", ListStr, Val::List(Vec::new()), "Regions to try, in order, when the policy's choice is unavailable."),
+                Attr::required(
+                    "subjects",
+                    ListStr,
+                    "Subject patterns the route applies to (wildcards allowed).",
+                ),
+                Attr::optional(
+                    "policy",
+                    Str,
+                    Val::str("local_first"),
+                    "local_first, nearest, pinned, weighted or broadcast.",
+                ),
+                Attr::optional(
+                    "pinned_region",
+                    Str,
+                    Val::str(""),
+                    "With policy pinned: the region messages go to.",
+                ),
+                Attr::optional(
+                    "weights",
+                    MapNum,
+                    Val::Map(BTreeMap::new()),
+                    "With policy weighted: region -> relative weight.",
+                ),
+                Attr::optional(
+                    "failover",
+                    ListStr,
+                    Val::List(Vec::new()),
+                    "Regions to try, in order, when the policy's choice is unavailable.",
+                ),
                 Attr::required("consistency", Str, "local, best_effort, async or sync."),
-                Attr::optional("sync_quorum", Num, Val::Int(0), "With sync: acknowledge after this many regions persisted (0 = all)."),
-                Attr::optional("sync_timeout_ms", Num, Val::Int(0), "With sync: how long a publish waits for its quorum (0 = 5000)."),
+                Attr::optional(
+                    "sync_quorum",
+                    Num,
+                    Val::Int(0),
+                    "With sync: acknowledge after this many regions persisted (0 = all).",
+                ),
+                Attr::optional(
+                    "sync_timeout_ms",
+                    Num,
+                    Val::Int(0),
+                    "With sync: how long a publish waits for its quorum (0 = 5000).",
+                ),
                 Attr::optional("description", Str, Val::str(""), "Free text."),
                 Attr::computed("version", Num, "Store version of the route's record.").volatile(),
             ],
             Kind::Schema => vec![
                 id,
-                Attr::required("subject", Str, "The literal subject the schema describes.").force_new(),
-                Attr::optional("format", Str, Val::str("json"), "json (JSON Schema) or protobuf.").force_new(),
-                Attr::required("definition", Str, "JSON Schema: the document. Protobuf: a FileDescriptorSet, base64-encoded."),
-                Attr::optional("message", Str, Val::str(""), "Protobuf: the fully-qualified message name."),
-                Attr::optional_computed("compatibility", Str, "NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL or FULL_TRANSITIVE (default: the registry's)."),
-                Attr::optional_computed("enforcement", Str, "What gateways do with a non-conforming publish: off, warn or reject."),
+                Attr::required("subject", Str, "The literal subject the schema describes.")
+                    .force_new(),
+                Attr::optional(
+                    "format",
+                    Str,
+                    Val::str("json"),
+                    "json (JSON Schema) or protobuf.",
+                )
+                .force_new(),
+                Attr::required(
+                    "definition",
+                    Str,
+                    "JSON Schema: the document. Protobuf: a FileDescriptorSet, base64-encoded.",
+                ),
+                Attr::optional(
+                    "message",
+                    Str,
+                    Val::str(""),
+                    "Protobuf: the fully-qualified message name.",
+                ),
+                Attr::optional_computed(
+                    "compatibility",
+                    Str,
+                    "NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL or FULL_TRANSITIVE (default: the registry's).",
+                ),
+                Attr::optional_computed(
+                    "enforcement",
+                    Str,
+                    "What gateways do with a non-conforming publish: off, warn or reject.",
+                ),
                 Attr::computed("version", Num, "The latest registered version.").volatile(),
             ],
             Kind::ApiKey => vec![
                 id,
                 Attr::required("name", Str, "Key name (a label for people).").force_new(),
-                Attr::optional("publish", ListStr, Val::List(Vec::new()), "Subject patterns the key may publish and request on."),
-                Attr::optional("subscribe", ListStr, Val::List(Vec::new()), "Subject patterns the key may subscribe and serve on."),
+                Attr::optional(
+                    "publish",
+                    ListStr,
+                    Val::List(Vec::new()),
+                    "Subject patterns the key may publish and request on.",
+                ),
+                Attr::optional(
+                    "subscribe",
+                    ListStr,
+                    Val::List(Vec::new()),
+                    "Subject patterns the key may subscribe and serve on.",
+                ),
                 Attr::optional("admin", Bool, Val::Bool(false), "May use the Admin API."),
-                Attr::optional("expires_at_ms", Num, Val::Int(0), "Unix milliseconds after which the key stops working (0 = never).").force_new(),
-                Attr::optional("msgs_per_sec", Num, Val::Int(0), "Rate limit: messages per second (0 = unlimited)."),
-                Attr::optional("bytes_per_sec", Num, Val::Int(0), "Rate limit: payload bytes per second (0 = unlimited)."),
-                Attr::optional("burst_msgs", Num, Val::Int(0), "Messages allowed at once above the rate (0 = one second's worth)."),
-                Attr::optional("burst_bytes", Num, Val::Int(0), "Bytes allowed at once above the rate (0 = one second's worth)."),
-                Attr::computed("secret", Str, "The key's secret (only known to the run that created it; null after import).").sensitive(),
+                Attr::optional(
+                    "expires_at_ms",
+                    Num,
+                    Val::Int(0),
+                    "Unix milliseconds after which the key stops working (0 = never).",
+                )
+                .force_new(),
+                Attr::optional(
+                    "msgs_per_sec",
+                    Num,
+                    Val::Int(0),
+                    "Rate limit: messages per second (0 = unlimited).",
+                ),
+                Attr::optional(
+                    "bytes_per_sec",
+                    Num,
+                    Val::Int(0),
+                    "Rate limit: payload bytes per second (0 = unlimited).",
+                ),
+                Attr::optional(
+                    "burst_msgs",
+                    Num,
+                    Val::Int(0),
+                    "Messages allowed at once above the rate (0 = one second's worth).",
+                ),
+                Attr::optional(
+                    "burst_bytes",
+                    Num,
+                    Val::Int(0),
+                    "Bytes allowed at once above the rate (0 = one second's worth).",
+                ),
+                Attr::computed(
+                    "secret",
+                    Str,
+                    "The key's secret (only known to the run that created it; null after import).",
+                )
+                .sensitive(),
             ],
             Kind::Ca => vec![
                 id,
-                Attr::optional("common_name", Str, Val::str("Nexus cluster CA"), "The CA certificate's common name.").force_new(),
-                Attr::optional("validity_days", Num, Val::Int(3650), "Validity in days.").force_new(),
+                Attr::optional(
+                    "common_name",
+                    Str,
+                    Val::str("Nexus cluster CA"),
+                    "The CA certificate's common name.",
+                )
+                .force_new(),
+                Attr::optional("validity_days", Num, Val::Int(3650), "Validity in days.")
+                    .force_new(),
                 Attr::computed("cert_pem", Str, "The CA certificate (ca.pem)."),
                 Attr::computed("key_pem", Str, "The CA's private key (ca-key.pem).").sensitive(),
             ],
             Kind::GatewayCert => vec![
                 id,
                 Attr::required("ca_cert_pem", Str, "The cluster CA's certificate.").force_new(),
-                Attr::required("ca_key_pem", Str, "The cluster CA's private key.").sensitive().force_new(),
+                Attr::required("ca_key_pem", Str, "The cluster CA's private key.")
+                    .sensitive()
+                    .force_new(),
                 Attr::required("region", Str, "The gateway's region.").force_new(),
                 Attr::required("gateway_id", Str, "The gateway's id.").force_new(),
-                Attr::optional("hosts", ListStr, Val::List(Vec::new()), "Names or IP addresses adapters dial.").force_new(),
-                Attr::optional("validity_days", Num, Val::Int(397), "Validity in days.").force_new(),
+                Attr::optional(
+                    "hosts",
+                    ListStr,
+                    Val::List(Vec::new()),
+                    "Names or IP addresses adapters dial.",
+                )
+                .force_new(),
+                Attr::optional("validity_days", Num, Val::Int(397), "Validity in days.")
+                    .force_new(),
                 Attr::computed("cert_pem", Str, "The gateway's certificate."),
                 Attr::computed("key_pem", Str, "The gateway's private key.").sensitive(),
             ],
@@ -273,19 +405,53 @@ impl Kind {
         let mut out = Vec::new();
         match self {
             Kind::Route => {
-                one_of(config, "policy", |v| policy_from(v).is_some(), "local_first, nearest, pinned, weighted, broadcast", &mut out);
-                one_of(config, "consistency", |v| consistency_from(v).is_some(), "local, best_effort, async, sync", &mut out);
+                one_of(
+                    config,
+                    "policy",
+                    |v| policy_from(v).is_some(),
+                    "local_first, nearest, pinned, weighted, broadcast",
+                    &mut out,
+                );
+                one_of(
+                    config,
+                    "consistency",
+                    |v| consistency_from(v).is_some(),
+                    "local, best_effort, async, sync",
+                    &mut out,
+                );
             }
             Kind::Schema => {
-                one_of(config, "format", |v| format_from(v).is_some(), "json, protobuf", &mut out);
-                one_of(config, "compatibility", |v| compatibility_from(v).is_some(), "NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE", &mut out);
-                one_of(config, "enforcement", |v| enforcement_from(v).is_some(), "off, warn, reject", &mut out);
+                one_of(
+                    config,
+                    "format",
+                    |v| format_from(v).is_some(),
+                    "json, protobuf",
+                    &mut out,
+                );
+                one_of(
+                    config,
+                    "compatibility",
+                    |v| compatibility_from(v).is_some(),
+                    "NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE",
+                    &mut out,
+                );
+                one_of(
+                    config,
+                    "enforcement",
+                    |v| enforcement_from(v).is_some(),
+                    "off, warn, reject",
+                    &mut out,
+                );
             }
             Kind::Ca | Kind::GatewayCert => {
                 if let Some(d) = get(config, "validity_days").as_i64()
                     && !(1..=36_500).contains(&d)
                 {
-                    out.push(Diag::error("validity_days must be between 1 and 36500", String::new(), Some("validity_days")));
+                    out.push(Diag::error(
+                        "validity_days must be between 1 and 36500",
+                        String::new(),
+                        Some("validity_days"),
+                    ));
                 }
             }
             Kind::Region | Kind::ApiKey => {}
@@ -311,31 +477,56 @@ impl Kind {
         let subject = s(planned, "subject");
         let req = match schema_request(planned) {
             Ok(r) => r,
-            Err(e) => return vec![Diag::error(format!("schema {subject:?}"), format!("{e:#}"), Some("definition"))],
+            Err(e) => {
+                return vec![Diag::error(
+                    format!("schema {subject:?}"),
+                    format!("{e:#}"),
+                    Some("definition"),
+                )];
+            }
         };
         let mut admin = match ctx.admin().await {
             Ok(a) => a,
             Err(e) => {
                 return vec![Diag::warning(
                     format!("cannot check schema {subject:?} for compatibility now"),
-                    format!("{}; the registry checks it again when it is registered at apply", crate::provider::describe(&e)),
+                    format!(
+                        "{}; the registry checks it again when it is registered at apply",
+                        crate::provider::describe(&e)
+                    ),
                 )];
             }
         };
         // The registry checks under the subject's current mode; a plan that changes the mode
         // is checked under the new one at apply (NONE accepts anything).
-        let planned_mode = get(planned, "compatibility").as_str().and_then(compatibility_from);
+        let planned_mode = get(planned, "compatibility")
+            .as_str()
+            .and_then(compatibility_from);
         if let Some(mode) = planned_mode {
-            let current = match ok(admin.get_schema_config(pb::GetSchemaConfigRequest { subject: subject.clone() }).await) {
+            let current = match ok(admin
+                .get_schema_config(pb::GetSchemaConfigRequest {
+                    subject: subject.clone(),
+                })
+                .await)
+            {
                 Ok(c) => c.compatibility,
-                Err(e) => return vec![Diag::error(format!("schema {subject:?}"), format!("{e:#}"), None)],
+                Err(e) => {
+                    return vec![Diag::error(
+                        format!("schema {subject:?}"),
+                        format!("{e:#}"),
+                        None,
+                    )];
+                }
             };
             if mode as i32 != current {
                 if mode == pb::Compatibility::None {
                     return Vec::new();
                 }
                 return vec![Diag::warning(
-                    format!("schema {subject:?}: compatibility changes to {}", mode.as_str_name()),
+                    format!(
+                        "schema {subject:?}: compatibility changes to {}",
+                        mode.as_str_name()
+                    ),
                     "the registry checks the new definition under the new mode when it is registered at apply",
                 )];
             }
@@ -352,7 +543,14 @@ impl Kind {
                 let reasons: Vec<String> = r
                     .incompatibilities
                     .iter()
-                    .map(|i| format!("{}: {} (version {})", if i.path.is_empty() { "/" } else { &i.path }, i.reason, i.version))
+                    .map(|i| {
+                        format!(
+                            "{}: {} (version {})",
+                            if i.path.is_empty() { "/" } else { &i.path },
+                            i.reason,
+                            i.version
+                        )
+                    })
                     .collect();
                 vec![Diag::error(
                     format!(
@@ -363,7 +561,11 @@ impl Kind {
                     Some("definition"),
                 )]
             }
-            Err(e) => vec![Diag::error(format!("schema {subject:?}"), format!("{e:#}"), Some("definition"))],
+            Err(e) => vec![Diag::error(
+                format!("schema {subject:?}"),
+                format!("{e:#}"),
+                Some("definition"),
+            )],
         }
     }
 
@@ -373,49 +575,76 @@ impl Kind {
         match self {
             Kind::Region => {
                 let name = s(planned, "name");
-                let r = ok(ctx.admin().await?.create_region(pb::CreateRegionRequest { name: name.clone() }).await)?;
+                let r = ok(ctx
+                    .admin()
+                    .await?
+                    .create_region(pb::CreateRegionRequest { name: name.clone() })
+                    .await)?;
                 out.insert("id".into(), Val::str(name));
                 out.insert("created_at_ms".into(), Val::Int(r.created_at_ms));
             }
             Kind::Route => {
-                let r = ok(ctx.admin().await?.apply_route(pb::ApplyRouteRequest {
-                    route: Some(route_of(planned)?),
-                    expected_version: -1,
-                }).await)?;
+                let r = ok(ctx
+                    .admin()
+                    .await?
+                    .apply_route(pb::ApplyRouteRequest {
+                        route: Some(route_of(planned)?),
+                        expected_version: -1,
+                    })
+                    .await)?;
                 out.insert("id".into(), Val::str(&r.name));
                 out.insert("version".into(), Val::Int(r.version));
             }
             Kind::Schema => return self.write_schema(ctx, None, planned).await,
             Kind::ApiKey => {
                 let mut admin = ctx.admin().await?;
-                let r = ok(admin.create_key(pb::CreateKeyRequest {
-                    name: s(planned, "name"),
-                    scopes: Some(scopes_of(planned)),
-                    expires_at_ms: n(planned, "expires_at_ms"),
-                    cert_binding: None,
-                }).await)?;
+                let r = ok(admin
+                    .create_key(pb::CreateKeyRequest {
+                        name: s(planned, "name"),
+                        scopes: Some(scopes_of(planned)),
+                        expires_at_ms: n(planned, "expires_at_ms"),
+                        cert_binding: None,
+                    })
+                    .await)?;
                 let key = r.key.context("the control plane returned no key")?;
                 let limits = limits_of(planned)?;
                 if limits != pb::KeyLimits::default() {
-                    ok(admin.set_key_limits(pb::SetKeyLimitsRequest { id: key.id.clone(), limits: Some(limits) }).await)
-                        .with_context(|| format!("key {} was created but its limits were not set", key.id))?;
+                    ok(admin
+                        .set_key_limits(pb::SetKeyLimitsRequest {
+                            id: key.id.clone(),
+                            limits: Some(limits),
+                        })
+                        .await)
+                    .with_context(|| {
+                        format!("key {} was created but its limits were not set", key.id)
+                    })?;
                 }
                 out.insert("id".into(), Val::str(&key.id));
                 out.insert("secret".into(), Val::str(r.secret));
             }
             Kind::Ca => {
                 let days = u32_of(planned, "validity_days")?;
-                let ca = CertificateAuthority::generate(&s(planned, "common_name"), Validity::days(days))?;
+                let ca = CertificateAuthority::generate(
+                    &s(planned, "common_name"),
+                    Validity::days(days),
+                )?;
                 out.insert("id".into(), Val::str(fingerprint(ca.cert_pem())));
                 out.insert("cert_pem".into(), Val::str(ca.cert_pem()));
                 out.insert("key_pem".into(), Val::str(ca.key_pem()));
             }
             Kind::GatewayCert => {
-                let ca = CertificateAuthority::from_pem(&s(planned, "ca_cert_pem"), &s(planned, "ca_key_pem"))
-                    .context("ca_cert_pem and ca_key_pem are not a usable CA")?;
+                let ca = CertificateAuthority::from_pem(
+                    &s(planned, "ca_cert_pem"),
+                    &s(planned, "ca_key_pem"),
+                )
+                .context("ca_cert_pem and ca_key_pem are not a usable CA")?;
                 let (region, id) = (s(planned, "region"), s(planned, "gateway_id"));
                 let pem = ca.issue(
-                    &Role::Gateway { region: region.clone(), id: id.clone(), hosts: get(planned, "hosts").as_strings() },
+                    &Role::Gateway {
+                        region: region.clone(),
+                        id: id.clone(),
+                        hosts: get(planned, "hosts").as_strings(),
+                    },
                     Validity::days(u32_of(planned, "validity_days")?),
                 )?;
                 out.insert("id".into(), Val::str(format!("{region}/{id}")));
@@ -432,10 +661,14 @@ impl Kind {
         let changed = |k: &str| get(prior, k) != get(planned, k);
         match self {
             Kind::Route => {
-                let r = ok(ctx.admin().await?.apply_route(pb::ApplyRouteRequest {
-                    route: Some(route_of(planned)?),
-                    expected_version: n(prior, "version"),
-                }).await)?;
+                let r = ok(ctx
+                    .admin()
+                    .await?
+                    .apply_route(pb::ApplyRouteRequest {
+                        route: Some(route_of(planned)?),
+                        expected_version: n(prior, "version"),
+                    })
+                    .await)?;
                 out.insert("version".into(), Val::Int(r.version));
             }
             Kind::Schema => return self.write_schema(ctx, Some(prior), planned).await,
@@ -443,10 +676,23 @@ impl Kind {
                 let mut admin = ctx.admin().await?;
                 let id = s(prior, "id");
                 if ["publish", "subscribe", "admin"].iter().any(|k| changed(k)) {
-                    ok(admin.update_key_scopes(pb::UpdateKeyScopesRequest { id: id.clone(), scopes: Some(scopes_of(planned)) }).await)?;
+                    ok(admin
+                        .update_key_scopes(pb::UpdateKeyScopesRequest {
+                            id: id.clone(),
+                            scopes: Some(scopes_of(planned)),
+                        })
+                        .await)?;
                 }
-                if ["msgs_per_sec", "bytes_per_sec", "burst_msgs", "burst_bytes"].iter().any(|k| changed(k)) {
-                    ok(admin.set_key_limits(pb::SetKeyLimitsRequest { id, limits: Some(limits_of(planned)?) }).await)?;
+                if ["msgs_per_sec", "bytes_per_sec", "burst_msgs", "burst_bytes"]
+                    .iter()
+                    .any(|k| changed(k))
+                {
+                    ok(admin
+                        .set_key_limits(pb::SetKeyLimitsRequest {
+                            id,
+                            limits: Some(limits_of(planned)?),
+                        })
+                        .await)?;
                 }
             }
             // Every attribute of these forces a replacement.
@@ -464,8 +710,15 @@ impl Kind {
                 let mut admin = ctx.admin().await?;
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
                 loop {
-                    match found(admin.delete_region(pb::DeleteRegionRequest { name: name.clone() }).await) {
-                        Err(e) if e.to_string().contains("live gateways") && std::time::Instant::now() < deadline => {
+                    match found(
+                        admin
+                            .delete_region(pb::DeleteRegionRequest { name: name.clone() })
+                            .await,
+                    ) {
+                        Err(e)
+                            if e.to_string().contains("live gateways")
+                                && std::time::Instant::now() < deadline =>
+                        {
                             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                         }
                         r => {
@@ -476,13 +729,34 @@ impl Kind {
                 }
             }
             Kind::Route => {
-                found(ctx.admin().await?.delete_route(pb::DeleteRouteRequest { name: s(prior, "name"), expected_version: 0 }).await)?;
+                found(
+                    ctx.admin()
+                        .await?
+                        .delete_route(pb::DeleteRouteRequest {
+                            name: s(prior, "name"),
+                            expected_version: 0,
+                        })
+                        .await,
+                )?;
             }
             Kind::Schema => {
-                found(ctx.admin().await?.delete_schema(pb::DeleteSchemaRequest { subject: s(prior, "subject"), version: 0 }).await)?;
+                found(
+                    ctx.admin()
+                        .await?
+                        .delete_schema(pb::DeleteSchemaRequest {
+                            subject: s(prior, "subject"),
+                            version: 0,
+                        })
+                        .await,
+                )?;
             }
             Kind::ApiKey => {
-                found(ctx.admin().await?.revoke_key(pb::RevokeKeyRequest { id: s(prior, "id") }).await)?;
+                found(
+                    ctx.admin()
+                        .await?
+                        .revoke_key(pb::RevokeKeyRequest { id: s(prior, "id") })
+                        .await,
+                )?;
             }
             Kind::Ca | Kind::GatewayCert => {}
         }
@@ -495,7 +769,11 @@ impl Kind {
         match self {
             Kind::Region => {
                 let name = s(state, "name");
-                let regions = ok(ctx.admin().await?.list_regions(pb::ListRegionsRequest {}).await)?;
+                let regions = ok(ctx
+                    .admin()
+                    .await?
+                    .list_regions(pb::ListRegionsRequest {})
+                    .await)?;
                 let Some(r) = regions.regions.into_iter().find(|r| r.name == name) else {
                     return Ok(None);
                 };
@@ -504,7 +782,13 @@ impl Kind {
             }
             Kind::Route => {
                 let name = s(state, "name");
-                let Some(r) = found(ctx.admin().await?.get_route(pb::GetRouteRequest { name }).await)? else {
+                let Some(r) = found(
+                    ctx.admin()
+                        .await?
+                        .get_route(pb::GetRouteRequest { name })
+                        .await,
+                )?
+                else {
                     return Ok(None);
                 };
                 out.extend(route_obj(&r));
@@ -512,17 +796,35 @@ impl Kind {
             Kind::Schema => {
                 let subject = s(state, "subject");
                 let mut admin = ctx.admin().await?;
-                let Some(v) = found(admin.get_schema(pb::GetSchemaRequest { subject: subject.clone(), version: 0 }).await)? else {
+                let Some(v) = found(
+                    admin
+                        .get_schema(pb::GetSchemaRequest {
+                            subject: subject.clone(),
+                            version: 0,
+                        })
+                        .await,
+                )?
+                else {
                     return Ok(None);
                 };
-                let cfg = ok(admin.get_schema_config(pb::GetSchemaConfigRequest { subject: subject.clone() }).await)?;
+                let cfg = ok(admin
+                    .get_schema_config(pb::GetSchemaConfigRequest {
+                        subject: subject.clone(),
+                    })
+                    .await)?;
                 out.insert("id".into(), Val::str(&subject));
                 out.insert("format".into(), Val::str(format_name(v.format)));
                 out.insert("definition".into(), Val::str(definition_text(&v)));
                 out.insert("message".into(), Val::str(&v.message));
                 out.insert("version".into(), Val::Int(v.version.into()));
-                out.insert("compatibility".into(), Val::str(compatibility_name(cfg.compatibility)));
-                out.insert("enforcement".into(), Val::str(enforcement_name(cfg.enforcement)));
+                out.insert(
+                    "compatibility".into(),
+                    Val::str(compatibility_name(cfg.compatibility)),
+                );
+                out.insert(
+                    "enforcement".into(),
+                    Val::str(enforcement_name(cfg.enforcement)),
+                );
             }
             Kind::ApiKey => {
                 let id = s(state, "id");
@@ -538,7 +840,10 @@ impl Kind {
                 out.insert("admin".into(), Val::Bool(scopes.admin));
                 out.insert("expires_at_ms".into(), Val::Int(k.expires_at_ms));
                 out.insert("msgs_per_sec".into(), Val::Int(limits.msgs_per_sec.into()));
-                out.insert("bytes_per_sec".into(), Val::Int(limits.bytes_per_sec as i64));
+                out.insert(
+                    "bytes_per_sec".into(),
+                    Val::Int(limits.bytes_per_sec as i64),
+                );
                 out.insert("burst_msgs".into(), Val::Int(limits.burst_msgs.into()));
                 out.insert("burst_bytes".into(), Val::Int(limits.burst_bytes as i64));
             }
@@ -563,9 +868,13 @@ impl Kind {
             }
             Kind::Ca => {
                 let dir = std::path::Path::new(id);
-                let read = |f: &str| std::fs::read_to_string(dir.join(f)).with_context(|| format!("cannot read {}", dir.join(f).display()));
+                let read = |f: &str| {
+                    std::fs::read_to_string(dir.join(f))
+                        .with_context(|| format!("cannot read {}", dir.join(f).display()))
+                };
                 let (cert, key) = (read("ca.pem")?, read("ca-key.pem")?);
-                CertificateAuthority::from_pem(&cert, &key).with_context(|| format!("{id}/ca.pem is not a usable CA"))?;
+                CertificateAuthority::from_pem(&cert, &key)
+                    .with_context(|| format!("{id}/ca.pem is not a usable CA"))?;
                 o.insert("id".into(), Val::str(fingerprint(&cert)));
                 o.insert("common_name".into(), Val::str("Nexus cluster CA"));
                 o.insert("validity_days".into(), Val::Int(3650));
@@ -580,7 +889,10 @@ impl Kind {
                     bail!("import nexus_gateway_certificate as DIR:REGION/GATEWAY_ID, not {id:?}");
                 };
                 let dir = std::path::Path::new(dir);
-                let read = |f: std::path::PathBuf| std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()));
+                let read = |f: std::path::PathBuf| {
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))
+                };
                 o.insert("id".into(), Val::str(name));
                 o.insert("ca_cert_pem".into(), Val::str(read(dir.join("ca.pem"))?));
                 o.insert("ca_key_pem".into(), Val::str(read(dir.join("ca-key.pem"))?));
@@ -589,8 +901,14 @@ impl Kind {
                 o.insert("hosts".into(), Val::List(Vec::new()));
                 o.insert("validity_days".into(), Val::Int(397));
                 let gdir = dir.join("gateways").join(region);
-                o.insert("cert_pem".into(), Val::str(read(gdir.join(format!("{gw}.pem")))?));
-                o.insert("key_pem".into(), Val::str(read(gdir.join(format!("{gw}-key.pem")))?));
+                o.insert(
+                    "cert_pem".into(),
+                    Val::str(read(gdir.join(format!("{gw}.pem")))?),
+                );
+                o.insert(
+                    "key_pem".into(),
+                    Val::str(read(gdir.join(format!("{gw}-key.pem")))?),
+                );
             }
         }
         match self.read(ctx, &o).await? {
@@ -599,7 +917,12 @@ impl Kind {
         }
     }
 
-    async fn write_schema(self, ctx: &Ctx, prior: Option<&Obj>, planned: &Obj) -> anyhow::Result<Obj> {
+    async fn write_schema(
+        self,
+        ctx: &Ctx,
+        prior: Option<&Obj>,
+        planned: &Obj,
+    ) -> anyhow::Result<Obj> {
         let mut out = planned.clone();
         let mut admin = ctx.admin().await?;
         let subject = s(planned, "subject");
@@ -609,25 +932,52 @@ impl Kind {
         if (compat.is_known() && !compat.is_null() && changed("compatibility"))
             || (enforce.is_known() && !enforce.is_null() && changed("enforcement"))
         {
-            let current = ok(admin.get_schema_config(pb::GetSchemaConfigRequest { subject: subject.clone() }).await)?;
-            let compatibility = compat.as_str().and_then(compatibility_from).map_or(current.compatibility, |c| c as i32);
-            let enforcement = enforce.as_str().and_then(enforcement_from).map_or(current.enforcement, |e| e as i32);
-            ok(admin.set_schema_config(pb::SetSchemaConfigRequest {
-                config: Some(pb::SchemaConfig { subject: subject.clone(), compatibility, enforcement }),
-            }).await)?;
+            let current = ok(admin
+                .get_schema_config(pb::GetSchemaConfigRequest {
+                    subject: subject.clone(),
+                })
+                .await)?;
+            let compatibility = compat
+                .as_str()
+                .and_then(compatibility_from)
+                .map_or(current.compatibility, |c| c as i32);
+            let enforcement = enforce
+                .as_str()
+                .and_then(enforcement_from)
+                .map_or(current.enforcement, |e| e as i32);
+            ok(admin
+                .set_schema_config(pb::SetSchemaConfigRequest {
+                    config: Some(pb::SchemaConfig {
+                        subject: subject.clone(),
+                        compatibility,
+                        enforcement,
+                    }),
+                })
+                .await)?;
         }
-        if ["definition", "format", "message"].iter().any(|k| changed(k)) {
+        if ["definition", "format", "message"]
+            .iter()
+            .any(|k| changed(k))
+        {
             let v = ok(admin.register_schema(schema_request(planned)?).await)?;
             out.insert("version".into(), Val::Int(v.version.into()));
         }
         out.insert("id".into(), Val::str(&subject));
         if !compat.is_known() || !enforce.is_known() {
-            let cfg = ok(admin.get_schema_config(pb::GetSchemaConfigRequest { subject }).await)?;
+            let cfg = ok(admin
+                .get_schema_config(pb::GetSchemaConfigRequest { subject })
+                .await)?;
             if !compat.is_known() {
-                out.insert("compatibility".into(), Val::str(compatibility_name(cfg.compatibility)));
+                out.insert(
+                    "compatibility".into(),
+                    Val::str(compatibility_name(cfg.compatibility)),
+                );
             }
             if !enforce.is_known() {
-                out.insert("enforcement".into(), Val::str(enforcement_name(cfg.enforcement)));
+                out.insert(
+                    "enforcement".into(),
+                    Val::str(enforcement_name(cfg.enforcement)),
+                );
             }
         }
         Ok(out)
@@ -643,12 +993,17 @@ fn fingerprint(pem: &str) -> String {
 }
 
 fn route_of(o: &Obj) -> anyhow::Result<pb::Route> {
-    let policy = policy_from(&s(o, "policy")).with_context(|| format!("unknown policy {:?}", s(o, "policy")))?;
-    let consistency = consistency_from(&s(o, "consistency")).with_context(|| format!("unknown consistency {:?}", s(o, "consistency")))?;
+    let policy = policy_from(&s(o, "policy"))
+        .with_context(|| format!("unknown policy {:?}", s(o, "policy")))?;
+    let consistency = consistency_from(&s(o, "consistency"))
+        .with_context(|| format!("unknown consistency {:?}", s(o, "consistency")))?;
     let mut weights = std::collections::HashMap::new();
     if let Val::Map(m) = get(o, "weights") {
         for (region, w) in m {
-            let w = w.as_i64().and_then(|w| u32::try_from(w).ok()).with_context(|| format!("weights[{region:?}] must be a whole number >= 0"))?;
+            let w = w
+                .as_i64()
+                .and_then(|w| u32::try_from(w).ok())
+                .with_context(|| format!("weights[{region:?}] must be a whole number >= 0"))?;
             weights.insert(region.clone(), w);
         }
     }
@@ -675,9 +1030,20 @@ fn route_obj(r: &pb::Route) -> Obj {
         ("subjects".into(), Val::strings(r.subjects.clone())),
         ("policy".into(), Val::str(policy_name(r.policy))),
         ("pinned_region".into(), Val::str(&r.pinned_region)),
-        ("weights".into(), Val::Map(r.weights.iter().map(|(k, v)| (k.clone(), Val::Int((*v).into()))).collect())),
+        (
+            "weights".into(),
+            Val::Map(
+                r.weights
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Val::Int((*v).into())))
+                    .collect(),
+            ),
+        ),
         ("failover".into(), Val::strings(r.failover.clone())),
-        ("consistency".into(), Val::str(consistency_name(r.consistency))),
+        (
+            "consistency".into(),
+            Val::str(consistency_name(r.consistency)),
+        ),
         ("sync_quorum".into(), Val::Int(r.sync_quorum.into())),
         ("sync_timeout_ms".into(), Val::Int(r.sync_timeout_ms.into())),
         ("description".into(), Val::str(&r.description)),
@@ -686,13 +1052,20 @@ fn route_obj(r: &pb::Route) -> Obj {
 }
 
 fn schema_request(o: &Obj) -> anyhow::Result<pb::RegisterSchemaRequest> {
-    let format = format_from(&s(o, "format")).with_context(|| format!("unknown format {:?}", s(o, "format")))?;
+    let format = format_from(&s(o, "format"))
+        .with_context(|| format!("unknown format {:?}", s(o, "format")))?;
     let text = s(o, "definition");
     let definition = match format {
-        pb::SchemaFormat::Protobuf => base64_decode(text.trim()).context("a protobuf definition must be a base64-encoded FileDescriptorSet")?,
+        pb::SchemaFormat::Protobuf => base64_decode(text.trim())
+            .context("a protobuf definition must be a base64-encoded FileDescriptorSet")?,
         _ => text.into_bytes(),
     };
-    Ok(pb::RegisterSchemaRequest { subject: s(o, "subject"), format: format as i32, definition: definition.into(), message: s(o, "message") })
+    Ok(pb::RegisterSchemaRequest {
+        subject: s(o, "subject"),
+        format: format as i32,
+        definition: definition.into(),
+        message: s(o, "message"),
+    })
 }
 
 fn definition_text(v: &pb::SchemaVersion) -> String {
@@ -708,7 +1081,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 fn base64_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -724,8 +1101,14 @@ fn base64_encode(data: &[u8]) -> String {
 fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
-        let v = B64.iter().position(|&b| b == c).with_context(|| format!("{:?} is not a base64 character", c as char))?;
+    for c in text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+    {
+        let v = B64
+            .iter()
+            .position(|&b| b == c)
+            .with_context(|| format!("{:?} is not a base64 character", c as char))?;
         acc = (acc << 6) | v as u32;
         bits += 6;
         if bits >= 8 {
@@ -769,23 +1152,38 @@ impl DataKind {
 
     pub fn description(self) -> &'static str {
         match self {
-            DataKind::Topology => "The regions the control plane knows and the live gateways of each.",
+            DataKind::Topology => {
+                "The regions the control plane knows and the live gateways of each."
+            }
             DataKind::Gateways => "The live gateways (of one region, or all).",
         }
     }
 
     pub fn attrs(self) -> Vec<Attr> {
-        let gateways = Attr::computed("gateways", Ty::Raw(GATEWAY_LIST), "Live gateways: id, region, adapter_addr, metrics_addr, federation_addr, sessions, draining, config_version.");
+        let gateways = Attr::computed(
+            "gateways",
+            Ty::Raw(GATEWAY_LIST),
+            "Live gateways: id, region, adapter_addr, metrics_addr, federation_addr, sessions, draining, config_version.",
+        );
         match self {
             DataKind::Topology => vec![
                 Attr::computed("id", Ty::Str, "Always \"topology\"."),
                 Attr::computed("regions", Ty::ListStr, "Region names."),
                 gateways,
-                Attr::computed("config_version", Ty::Num, "The control plane's config version."),
+                Attr::computed(
+                    "config_version",
+                    Ty::Num,
+                    "The control plane's config version.",
+                ),
             ],
             DataKind::Gateways => vec![
                 Attr::computed("id", Ty::Str, "The region, or \"*\"."),
-                Attr::optional("region", Ty::Str, Val::str(""), "Only this region's gateways (empty: all)."),
+                Attr::optional(
+                    "region",
+                    Ty::Str,
+                    Val::str(""),
+                    "Only this region's gateways (empty: all).",
+                ),
                 gateways,
             ],
         }
@@ -800,7 +1198,12 @@ impl DataKind {
                 let mut regions = Vec::new();
                 let mut gateways = Vec::new();
                 for r in &t.regions {
-                    regions.push(r.region.as_ref().map(|r| r.name.clone()).unwrap_or_default());
+                    regions.push(
+                        r.region
+                            .as_ref()
+                            .map(|r| r.name.clone())
+                            .unwrap_or_default(),
+                    );
                     gateways.extend(r.gateways.iter().map(gateway_val));
                 }
                 out.insert("id".into(), Val::str("topology"));
@@ -810,12 +1213,26 @@ impl DataKind {
             }
             DataKind::Gateways => {
                 let region = s(config, "region");
-                let g = ok(admin.list_gateways(pb::ListGatewaysRequest { region: region.clone() }).await)?;
+                let g = ok(admin
+                    .list_gateways(pb::ListGatewaysRequest {
+                        region: region.clone(),
+                    })
+                    .await)?;
                 let mut list = g.gateways;
                 list.sort_by(|a, b| (&a.region, &a.id).cmp(&(&b.region, &b.id)));
-                out.insert("id".into(), Val::str(if region.is_empty() { "*".to_owned() } else { region.clone() }));
+                out.insert(
+                    "id".into(),
+                    Val::str(if region.is_empty() {
+                        "*".to_owned()
+                    } else {
+                        region.clone()
+                    }),
+                );
                 out.insert("region".into(), Val::str(region));
-                out.insert("gateways".into(), Val::List(list.iter().map(gateway_val).collect()));
+                out.insert(
+                    "gateways".into(),
+                    Val::List(list.iter().map(gateway_val).collect()),
+                );
             }
         }
         Ok(out)

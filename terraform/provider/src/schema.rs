@@ -107,7 +107,10 @@ impl Attr {
             // Attributes with a default are optional and computed: the planned default is a
             // value the provider chose, which Terraform accepts only from computed attributes.
             optional: matches!(self.mode, Mode::Optional | Mode::OptionalComputed),
-            computed: matches!(self.mode, Mode::Optional | Mode::OptionalComputed | Mode::Computed),
+            computed: matches!(
+                self.mode,
+                Mode::Optional | Mode::OptionalComputed | Mode::Computed
+            ),
             sensitive: self.sensitive,
             ..Default::default()
         }
@@ -159,7 +162,9 @@ pub fn plan(
     if let Some(prior) = prior {
         for a in attrs.iter().filter(|a| a.mode != Mode::Computed) {
             let (before, after) = (prior.get(a.name), planned.get(a.name));
-            if before != after && after.is_some_and(|v| !v.is_null() || before.is_some_and(|b| !b.is_null())) {
+            if before != after
+                && after.is_some_and(|v| !v.is_null() || before.is_some_and(|b| !b.is_null()))
+            {
                 changed = true;
                 if a.force_new {
                     replace.push(a.name);

@@ -71,7 +71,10 @@ impl Val {
     /// A list (or set) of strings; null is empty.
     pub fn as_strings(&self) -> Vec<String> {
         match self {
-            Val::List(l) => l.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            Val::List(l) => l
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -90,7 +93,11 @@ fn from_rmpv(v: rmpv::Value) -> anyhow::Result<Val> {
         M::F64(f) => float(f),
         M::String(s) => Val::Str(s.into_str().context("a string is not UTF-8")?),
         M::Binary(b) => Val::Str(String::from_utf8(b).context("a string is not UTF-8")?),
-        M::Array(a) => Val::List(a.into_iter().map(from_rmpv).collect::<anyhow::Result<_>>()?),
+        M::Array(a) => Val::List(
+            a.into_iter()
+                .map(from_rmpv)
+                .collect::<anyhow::Result<_>>()?,
+        ),
         M::Map(m) => {
             let mut out = BTreeMap::new();
             for (k, v) in m {
