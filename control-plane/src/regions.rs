@@ -57,7 +57,10 @@ pub async fn delete(store: &dyn Store, name: &str) -> Result<u32, AdminError> {
     }) {
         return Err(AdminError::invalid(
             "region",
-            format!("route {:?} names region {name:?}; change or delete it first", r.name),
+            format!(
+                "route {:?} names region {name:?}; change or delete it first",
+                r.name
+            ),
         ));
     }
     if store.get(&region_key(name)).await?.is_none() {

@@ -149,10 +149,8 @@ pub fn plan(
                     planned.insert(a.name.into(), d.clone());
                 }
             }
-            Mode::OptionalComputed | Mode::Computed if !configured => {
-                if prior.is_none() {
-                    planned.insert(a.name.into(), Val::Unknown);
-                }
+            Mode::OptionalComputed | Mode::Computed if !configured && prior.is_none() => {
+                planned.insert(a.name.into(), Val::Unknown);
             }
             _ => {}
         }

@@ -111,7 +111,7 @@ impl Tf {
     fn run(&self, dir: &Path, args: &[&str]) -> Output {
         // Options before positional arguments (terraform import insists).
         let sub = if args.first() == Some(&"state") { 2 } else { 1 };
-        let out = Command::new(&self.bin)
+        Command::new(&self.bin)
             .args(&args[..sub])
             .arg("-no-color")
             .args(&args[sub..])
@@ -122,8 +122,7 @@ impl Tf {
             .env_remove("TF_LOG")
             .stdin(Stdio::null())
             .output()
-            .expect("run terraform");
-        out
+            .expect("run terraform")
     }
 
     /// Runs and asserts the exit code; returns stdout and stderr together.
