@@ -984,12 +984,16 @@ impl Kind {
     }
 }
 
+/// The CA's id: `sha256:` and the SHA-256 of its DER certificate, as `openssl x509
+/// -fingerprint -sha256` shows it (without colons).
 fn fingerprint(pem: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    // An id, not a security property: the certificate itself is in the state.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    pem.hash(&mut h);
-    format!("ca-{:016x}", h.finish())
+    use sha2::Digest;
+    let der = nexus_tls::load::certs_from_pem(pem.as_bytes(), "ca.pem".as_ref())
+        .ok()
+        .and_then(|c| c.into_iter().next());
+    let digest = sha2::Sha256::digest(der.as_ref().map_or(pem.as_bytes(), |d| d.as_ref()));
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 fn route_of(o: &Obj) -> anyhow::Result<pb::Route> {
@@ -1076,47 +1080,15 @@ fn definition_text(v: &pb::SchemaVersion) -> String {
     }
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-    {
-        let v = B64
-            .iter()
-            .position(|&b| b == c)
-            .with_context(|| format!("{:?} is not a base64 character", c as char))?;
-        acc = (acc << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Ok(out)
+    use base64::Engine;
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    Ok(base64::engine::general_purpose::STANDARD.decode(compact)?)
 }
 
 fn scopes_of(o: &Obj) -> pb::KeyScopes {

@@ -186,3 +186,89 @@ pub fn complete(attrs: &[Attr], mut obj: Obj) -> Obj {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs() -> Vec<Attr> {
+        vec![
+            Attr::computed("id", Ty::Str, ""),
+            Attr::required("name", Ty::Str, "").force_new(),
+            Attr::optional("policy", Ty::Str, Val::str("local_first"), ""),
+            Attr::optional_computed("mode", Ty::Str, ""),
+            Attr::computed("version", Ty::Num, "").volatile(),
+        ]
+    }
+
+    fn obj(pairs: &[(&str, Val)]) -> Obj {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn create_fills_defaults_and_leaves_computed_unknown() {
+        let config = obj(&[("name", Val::str("a")), ("policy", Val::Null)]);
+        let (planned, replace) = plan(&attrs(), None, &config, &config);
+        assert_eq!(planned["policy"], Val::str("local_first"));
+        assert_eq!(planned["id"], Val::Unknown);
+        assert_eq!(planned["mode"], Val::Unknown);
+        assert_eq!(planned["version"], Val::Unknown);
+        assert!(replace.is_empty());
+    }
+
+    #[test]
+    fn no_change_plans_the_prior_state() {
+        let prior = obj(&[
+            ("id", Val::str("a")),
+            ("name", Val::str("a")),
+            ("policy", Val::str("local_first")),
+            ("mode", Val::str("BACKWARD")),
+            ("version", Val::Int(3)),
+        ]);
+        let config = obj(&[("name", Val::str("a"))]);
+        let (planned, replace) = plan(&attrs(), Some(&prior), &prior, &config);
+        assert_eq!(planned, prior);
+        assert!(replace.is_empty());
+    }
+
+    #[test]
+    fn drift_in_an_unset_optional_is_planned_back_to_its_default() {
+        // The live policy was changed elsewhere; the configuration leaves it unset.
+        let prior = obj(&[
+            ("name", Val::str("a")),
+            ("policy", Val::str("nearest")),
+            ("version", Val::Int(3)),
+        ]);
+        let config = obj(&[("name", Val::str("a"))]);
+        let (planned, replace) = plan(&attrs(), Some(&prior), &prior, &config);
+        assert_eq!(planned["policy"], Val::str("local_first"));
+        assert_eq!(
+            planned["version"],
+            Val::Unknown,
+            "a change moves the version on"
+        );
+        assert!(replace.is_empty());
+    }
+
+    #[test]
+    fn a_force_new_change_replaces() {
+        let prior = obj(&[("name", Val::str("a")), ("version", Val::Int(1))]);
+        let proposed = obj(&[("name", Val::str("b")), ("version", Val::Int(1))]);
+        let (_, replace) = plan(&attrs(), Some(&prior), &proposed, &proposed);
+        assert_eq!(replace, vec!["name"]);
+    }
+
+    #[test]
+    fn complete_has_every_attribute_and_nothing_else() {
+        let o = complete(
+            &attrs(),
+            obj(&[("name", Val::str("a")), ("stray", Val::Bool(true))]),
+        );
+        assert_eq!(o.len(), 5);
+        assert_eq!(o["policy"], Val::Null);
+        assert!(!o.contains_key("stray"));
+    }
+}

@@ -189,7 +189,8 @@ fn free_port() -> u16 {
 /// A block of `n` consecutive loopback ports free for TCP and UDP right now.
 fn free_block(n: u16) -> u16 {
     for _ in 0..200 {
-        let base = 20_000 + (rand_u16() % 20_000);
+        // Below the kernel's ephemeral range (32768-), so outgoing connections do not take them.
+        let base = 20_000 + (rand_u16() % 12_000);
         if (base..base + n).all(|p| {
             TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
         }) {
