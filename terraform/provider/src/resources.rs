@@ -202,7 +202,7 @@ impl Kind {
                 "A schema subject: its latest definition, compatibility mode and enforcement. An incompatible definition fails at plan time with the registry's reasons. Import by subject."
             }
             Kind::ApiKey => {
-                "An API key: scopes, expiry and rate limits; the secret is known only to the state of the Terraform run that created it. Destroy revokes it. Import by key id (without the secret)."
+                "An API key: scopes, expiry, rate limits and client-certificate binding; the secret is known only to the state of the Terraform run that created it. Destroy revokes it. Import by key id (without the secret)."
             }
             Kind::Ca => {
                 "The cluster CA, as `nexus certs` makes it. Import from a `nexus certs --out` directory (its path)."
@@ -355,6 +355,18 @@ impl Kind {
                     Num,
                     Val::Int(0),
                     "Bytes allowed at once above the rate (0 = one second's worth).",
+                ),
+                Attr::optional(
+                    "cert_names",
+                    ListStr,
+                    Val::List(Vec::new()),
+                    "Bind the key to TLS client certificates with one of these DNS names (e.g. orders.client.nexus). Both lists empty: any session.",
+                ),
+                Attr::optional(
+                    "cert_sha256",
+                    ListStr,
+                    Val::List(Vec::new()),
+                    "Bind the key to TLS client certificates with one of these SHA-256 fingerprints (64 hex digits).",
                 ),
                 Attr::computed(
                     "secret",
@@ -603,7 +615,7 @@ impl Kind {
                         name: s(planned, "name"),
                         scopes: Some(scopes_of(planned)),
                         expires_at_ms: n(planned, "expires_at_ms"),
-                        cert_binding: None,
+                        cert_binding: binding_of(planned),
                     })
                     .await)?;
                 let key = r.key.context("the control plane returned no key")?;
@@ -689,8 +701,16 @@ impl Kind {
                 {
                     ok(admin
                         .set_key_limits(pb::SetKeyLimitsRequest {
-                            id,
+                            id: id.clone(),
                             limits: Some(limits_of(planned)?),
+                        })
+                        .await)?;
+                }
+                if ["cert_names", "cert_sha256"].iter().any(|k| changed(k)) {
+                    ok(admin
+                        .set_key_cert_binding(pb::SetKeyCertBindingRequest {
+                            id,
+                            binding: binding_of(planned),
                         })
                         .await)?;
                 }
@@ -846,6 +866,9 @@ impl Kind {
                 );
                 out.insert("burst_msgs".into(), Val::Int(limits.burst_msgs.into()));
                 out.insert("burst_bytes".into(), Val::Int(limits.burst_bytes as i64));
+                let binding = k.cert_binding.unwrap_or_default();
+                out.insert("cert_names".into(), Val::strings(binding.names));
+                out.insert("cert_sha256".into(), Val::strings(binding.sha256));
             }
             // Local objects: the state is the truth.
             Kind::Ca | Kind::GatewayCert => {}
@@ -1097,6 +1120,14 @@ fn scopes_of(o: &Obj) -> pb::KeyScopes {
         subscribe: get(o, "subscribe").as_strings(),
         admin: get(o, "admin").as_bool().unwrap_or(false),
     }
+}
+
+fn binding_of(o: &Obj) -> Option<pb::KeyCertBinding> {
+    let binding = pb::KeyCertBinding {
+        sha256: get(o, "cert_sha256").as_strings(),
+        names: get(o, "cert_names").as_strings(),
+    };
+    (binding != pb::KeyCertBinding::default()).then_some(binding)
 }
 
 fn limits_of(o: &Obj) -> anyhow::Result<pb::KeyLimits> {

@@ -37,6 +37,12 @@ locals {
   })
 }
 
+variable "cert_names" {
+  description = "The key's certificate names (default: tf<suffix>.client.nexus)."
+  type        = list(string)
+  default     = null
+}
+
 variable "compatibility" {
   type    = string
   default = "BACKWARD"
@@ -78,6 +84,7 @@ resource "nexus_api_key" "k" {
   subscribe     = ["tf${var.suffix}.>"]
   msgs_per_sec  = 50
   expires_at_ms = 4102444800000
+  cert_names    = var.cert_names != null ? var.cert_names : ["tf${var.suffix}.client.nexus"]
 }
 
 resource "nexus_ca" "ca" {

@@ -7,6 +7,10 @@ variables {
 
 run "create" {
   assert {
+    condition     = nexus_api_key.k.cert_names == tolist(["tf-tftest.client.nexus"])
+    error_message = "the key is bound to its client certificate name"
+  }
+  assert {
     condition     = nexus_route.r.version >= 1 && nexus_route.r.id == "tf-route-tftest"
     error_message = "the route is created with a store version"
   }
@@ -39,6 +43,17 @@ run "update_in_place" {
   assert {
     condition     = nexus_api_key.k.id == run.create.key_id
     error_message = "the key is not replaced by an unrelated change"
+  }
+}
+
+run "key_binding_changes_in_place" {
+  variables {
+    policy     = "nearest"
+    cert_names = []
+  }
+  assert {
+    condition     = nexus_api_key.k.id == run.create.key_id && length(nexus_api_key.k.cert_names) == 0
+    error_message = "lifting the key's certificate binding keeps the key"
   }
 }
 
