@@ -573,3 +573,67 @@ fn local_example_brings_up_three_regions_and_destroys_them() {
         "destroy leaves the work directory behind"
     );
 }
+
+#[test]
+fn certificates_from_nexus_certs_import_without_changes() {
+    if skip_without_terraform() {
+        return;
+    }
+    let (nexus, _) = nexus_bins();
+    let tmp = TempDir::new("certs");
+    let tf = setup(&tmp.0);
+    let certs = tmp.0.join("certs");
+    let status = Command::new(&nexus)
+        .args(["certs", "--gateway", "eu-west/gw-9"])
+        .arg("--out")
+        .arg(&certs)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "nexus certs failed");
+    let dir = tmp.0.join("config");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("main.tf"),
+        r#"terraform {
+  required_providers {
+    nexus = { source = "nexus/nexus" }
+  }
+}
+resource "nexus_ca" "imported" {}
+resource "nexus_gateway_certificate" "imported" {
+  ca_cert_pem = nexus_ca.imported.cert_pem
+  ca_key_pem  = nexus_ca.imported.key_pem
+  region      = "eu-west"
+  gateway_id  = "gw-9"
+}
+"#,
+    )
+    .unwrap();
+    tf.expect(&dir, &["init"], 0);
+    // A directory without a CA is refused by name.
+    let out = tf.expect(&dir, &["import", "nexus_ca.imported", "/nonexistent"], 1);
+    assert!(out.contains("/nonexistent/ca.pem"), "{out}");
+    let out = tf.expect(
+        &dir,
+        &["import", "nexus_ca.imported", certs.to_str().unwrap()],
+        0,
+    );
+    assert!(out.contains("Import successful"), "{out}");
+    let id = format!("{}:eu-west/gw-9", certs.display());
+    tf.expect(
+        &dir,
+        &["import", "nexus_gateway_certificate.imported", &id],
+        0,
+    );
+    // The imported PEMs are what `nexus certs` wrote, and the plan keeps them.
+    tf.expect(&dir, &["plan", "-detailed-exitcode"], 0);
+    let state = tf.expect(&dir, &["state", "show", "nexus_ca.imported"], 0);
+    let ca = std::fs::read_to_string(certs.join("ca.pem")).unwrap();
+    let first_line = ca.lines().nth(1).unwrap();
+    assert!(state.contains(first_line), "{state}");
+    assert!(
+        state.contains("id  ") && state.contains("sha256:"),
+        "{state}"
+    );
+}
