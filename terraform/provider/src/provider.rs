@@ -88,6 +88,9 @@ struct Conn {
     admin_key: Option<String>,
     admin_key_file: Option<String>,
     tls: ClientTls,
+    /// Settings Terraform did not know yet when it configured the provider (they depend on
+    /// resources not created yet).
+    unknown: Vec<String>,
 }
 
 /// What every resource call shares: the provider configuration and one Admin API client,
@@ -106,6 +109,12 @@ impl Ctx {
             return Ok(a.clone());
         }
         let conn = self.conn.lock().map(|c| c.clone()).unwrap_or_default();
+        if !conn.unknown.is_empty() {
+            anyhow::bail!(
+                "the provider's {} will be known only after apply",
+                conn.unknown.join(", ")
+            );
+        }
         let key = match (&conn.admin_key, &conn.admin_key_file) {
             (Some(k), _) => Some(k.clone()),
             (None, Some(f)) => Some(nexus::ctl::read_secret_file(f.as_ref(), "admin key")?),
@@ -343,7 +352,13 @@ impl Provider for NexusProvider {
                 .filter(|v| !v.is_empty())
                 .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
         };
+        let unknown = provider_attrs()
+            .iter()
+            .filter(|a| config.get(a.name) == Some(&Val::Unknown))
+            .map(|a| a.name.to_owned())
+            .collect();
         let conn = Conn {
+            unknown,
             control_plane: pick("control_plane", "NEXUS_CONTROL_PLANE")
                 .unwrap_or_else(|| "http://127.0.0.1:7400".into()),
             admin_key: pick("admin_key", "NEXUS_ADMIN_KEY"),
