@@ -44,6 +44,7 @@ locals {
         "--tls-cert", g.cert_file,
         "--tls-key", g.key_file,
       ] : [],
+      var.insecure ? ["--insecure"] : [],
       startswith(var.control_plane_url, "https://") ? [
         "--control-plane-ca", var.control_plane_ca_file != "" ? var.control_plane_ca_file : g.ca_file,
         "--control-plane-cert", g.cert_file,

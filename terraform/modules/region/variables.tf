@@ -108,6 +108,12 @@ variable "monitoring_cidrs" {
   default     = ["10.0.0.0/8"]
 }
 
+variable "insecure" {
+  description = "Serve adapters in plaintext on non-loopback addresses (gateways without certificates need it; development only)."
+  type        = bool
+  default     = false
+}
+
 variable "extra_args" {
   description = "More `nexus gateway` flags, appended to every gateway's command line."
   type        = list(string)

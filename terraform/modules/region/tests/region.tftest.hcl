@@ -93,6 +93,23 @@ run "without_certificates_no_federation" {
     condition     = length([for r in output.firewall_rules : r if r.protocol == "udp"]) == 0
     error_message = "no UDP rule without federation"
   }
+  assert {
+    condition     = !contains(output.gateways["gw-1"].args, "--insecure") && !contains(output.gateways["gw-1"].args, "--tls-cert")
+    error_message = "plaintext on a public address only when asked for"
+  }
+}
+
+run "insecure_when_asked" {
+  command = plan
+  variables {
+    ca_cert_pem  = ""
+    certificates = {}
+    insecure     = true
+  }
+  assert {
+    condition     = contains(output.gateways["gw-1"].args, "--insecure")
+    error_message = "insecure adds --insecure"
+  }
 }
 
 run "bad_region_is_refused" {
