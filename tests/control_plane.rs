@@ -85,6 +85,20 @@ fn manage_everything(cp: &mut ControlPlane, restart_keeps_state: bool) {
         r#"{"name":"audit","subjects":["audit.*"],"policy":"pinned","pinned_region":"eu-west","consistency":"sync","sync_quorum":1}"#,
     );
     ok(cp, &["routes", "apply", "-f", &json_route]);
+    // A region a route names cannot be deleted; an unused one can, once.
+    fails(
+        cp,
+        &["regions", "delete", "eu-west"],
+        &["route \"audit\" names region \"eu-west\""],
+    );
+    ok(cp, &["regions", "create", "unused"]);
+    assert!(ok(cp, &["regions", "delete", "unused"]).contains("region unused deleted"));
+    fails(
+        cp,
+        &["regions", "delete", "unused"],
+        &["region \"unused\" not found"],
+    );
+    assert!(!ok(cp, &["regions", "list"]).contains("unused"));
     let table = ok(cp, &["routes", "list"]);
     assert!(table.contains("weighted(eu-west=1,us-east=3)"), "{table}");
     assert!(

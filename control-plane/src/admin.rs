@@ -264,6 +264,13 @@ impl Admin for AdminService {
         ok(regions::ensure(&*w, &r.into_inner().name).await?)
     }
 
+    async fn delete_region(&self, r: Request<DeleteRegionRequest>) -> R<DeleteResponse> {
+        let w = self.audited(Caller::of(&r), "regions.delete");
+        ok(DeleteResponse {
+            deleted: regions::delete(&*w, &r.into_inner().name).await?,
+        })
+    }
+
     async fn list_gateways(&self, r: Request<ListGatewaysRequest>) -> R<ListGatewaysResponse> {
         ok(ListGatewaysResponse {
             gateways: regions::gateways(&*self.store, &r.into_inner().region).await?,

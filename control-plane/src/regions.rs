@@ -34,6 +34,42 @@ pub async fn ensure(store: &dyn Store, name: &str) -> Result<Region, AdminError>
     }
 }
 
+/// Deletes a region's record (1, or 0 when it did not exist). Refused while gateways are
+/// registered in it or a route names it: either would bring it back or point at nothing.
+pub async fn delete(store: &dyn Store, name: &str) -> Result<u32, AdminError> {
+    validate_region("region", name)?;
+    let live = gateways(store, name).await?;
+    if !live.is_empty() {
+        let ids: Vec<&str> = live.iter().map(|g| g.id.as_str()).collect();
+        return Err(AdminError::invalid(
+            "region",
+            format!(
+                "region {name:?} still has live gateways ({}); stop them first",
+                ids.join(", ")
+            ),
+        ));
+    }
+    let (routes, _) = crate::routes::list_routes(store).await?;
+    if let Some(r) = routes.iter().find(|r| {
+        r.pinned_region == name
+            || r.weights.contains_key(name)
+            || r.failover.iter().any(|f| f == name)
+    }) {
+        return Err(AdminError::invalid(
+            "region",
+            format!(
+                "route {:?} names region {name:?}; change or delete it first",
+                r.name
+            ),
+        ));
+    }
+    if store.get(&region_key(name)).await?.is_none() {
+        return Err(AdminError::not_found(format!("region {name:?}")));
+    }
+    store.delete(&region_key(name)).await?;
+    Ok(1)
+}
+
 pub async fn list_regions(store: &dyn Store) -> Result<Vec<Region>, AdminError> {
     let (kvs, _) = store.list(REGIONS).await?;
     kvs.iter()

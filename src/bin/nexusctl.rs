@@ -140,7 +140,7 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCmd),
-    /// List or create regions.
+    /// List, create or delete regions.
     #[command(subcommand)]
     Regions(RegionsCmd),
     /// List live gateways.
@@ -387,6 +387,8 @@ enum RegionsCmd {
     List,
     /// Create a region (gateways also create theirs when they register).
     Create { name: String },
+    /// Delete a region; refused while gateways are registered in it or a route names it.
+    Delete { name: String },
 }
 
 async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
@@ -574,6 +576,7 @@ async fn command(cli: Cli, tls: &nexus::ctl::ClientTls) -> anyhow::Result<ExitCo
             match cmd {
                 RegionsCmd::List => admin::regions_list(&mut a, out).await?,
                 RegionsCmd::Create { name } => admin::regions_create(&mut a, &name, out).await?,
+                RegionsCmd::Delete { name } => admin::regions_delete(&mut a, &name, out).await?,
             }
         }
         Command::Gateways { region } => {

@@ -961,6 +961,18 @@ pub async fn regions_create(c: &mut Admin, name: &str, output: Output) -> anyhow
     Ok(())
 }
 
+pub async fn regions_delete(c: &mut Admin, name: &str, output: Output) -> anyhow::Result<()> {
+    call(
+        c.delete_region(DeleteRegionRequest { name: name.into() })
+            .await,
+    )?;
+    match output {
+        Output::Text => println!("region {name} deleted"),
+        Output::Json => print_json(&json!({"deleted": name})),
+    }
+    Ok(())
+}
+
 fn gateway_json(g: &GatewayInfo) -> serde_json::Value {
     json!({
         "id": g.id, "region": g.region, "adapter_addr": g.adapter_addr,
