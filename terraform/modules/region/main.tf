@@ -1,5 +1,5 @@
 # One region of Nexus gateways, independent of any cloud: renders what a cloud module needs
-# to run them (command line, environment file, systemd unit, cloud-init), the DNS SRV records
+# to run them (command line, TOML config file, systemd unit, cloud-init), the DNS SRV records
 # to publish and the firewall rules to open. It creates nothing itself.
 
 terraform {
@@ -59,6 +59,29 @@ locals {
     for id, a in local.args : id => join(" ", concat([var.binary], [for x in a : can(regex("^[A-Za-z0-9_./:@=,+-]+$", x)) ? x : "'${replace(x, "'", "'\\''")}'"]))
   }
 
+  # The same settings as one TOML file per gateway (`nexus gateway --config FILE`; check it
+  # with `nexus config check FILE`). `extra_args` has no place in it: flags given beside
+  # `--config` override the file.
+  config_path = { for id, g in local.gateways : id => "${local.dir}/${id}.toml" }
+  config = {
+    for id, g in local.gateways : id => join("\n", compact([
+      "# nexus gateway ${id} (region ${var.region}), rendered by terraform/modules/region",
+      "[gateway]",
+      "region = ${jsonencode(var.region)}",
+      "gateway_id = ${jsonencode(id)}",
+      "listen = ${jsonencode("${g.listen_host}:${g.adapter_port}")}",
+      "advertise = ${jsonencode("${g.host}:${g.adapter_port}")}",
+      "metrics_listen = ${jsonencode("${g.listen_host}:${g.metrics_port}")}",
+      "control_plane = ${jsonencode(var.control_plane_url)}",
+      "state_dir = ${jsonencode(g.state_dir)}",
+      "auth = ${jsonencode(var.auth)}",
+      var.insecure ? "insecure = true" : "",
+      local.tls && g.has_cert && !startswith(g.listen_host, "127.") ? "\n[gateway.tls]\ncert = ${jsonencode(g.cert_file)}\nkey = ${jsonencode(g.key_file)}" : "",
+      startswith(var.control_plane_url, "https://") ? "\n[gateway.control_plane_tls]\nca = ${jsonencode(var.control_plane_ca_file != "" ? var.control_plane_ca_file : g.ca_file)}\ncert = ${jsonencode(g.cert_file)}\nkey = ${jsonencode(g.key_file)}" : "",
+      local.tls && g.has_cert ? "\n[federation]\nlisten = ${jsonencode("${g.listen_host}:${g.federation_port}")}\ncert = ${jsonencode(g.cert_file)}\nkey = ${jsonencode(g.key_file)}\nca = ${jsonencode(g.ca_file)}" : "",
+    ]))
+  }
+
   units = {
     for id, g in local.gateways : id => <<-UNIT
       [Unit]
@@ -90,11 +113,14 @@ locals {
   }
 
   files = {
-    for id, g in local.gateways : id => local.tls && g.has_cert ? {
-      (g.ca_file)   = { content = var.ca_cert_pem, mode = "0644" }
-      (g.cert_file) = { content = var.certificates[id].cert_pem, mode = "0644" }
-      (g.key_file)  = { content = var.certificates[id].key_pem, mode = "0600" }
-    } : {}
+    for id, g in local.gateways : id => merge(
+      { (local.config_path[id]) = { content = "${local.config[id]}\n", mode = "0644" } },
+      local.tls && g.has_cert ? {
+        (g.ca_file)   = { content = var.ca_cert_pem, mode = "0644" }
+        (g.cert_file) = { content = var.certificates[id].cert_pem, mode = "0644" }
+        (g.key_file)  = { content = var.certificates[id].key_pem, mode = "0600" }
+      } : {},
+    )
   }
 
   cloud_init = {

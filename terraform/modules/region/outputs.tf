@@ -4,11 +4,13 @@ output "region" {
 }
 
 output "gateways" {
-  description = "Per gateway id: args (of the nexus binary), command (shell-quoted), systemd_unit, adapter_addr, metrics_addr, federation_addr."
+  description = "Per gateway id: args (of the nexus binary), command (shell-quoted), config_file (TOML, the same settings) and config_path, systemd_unit, adapter_addr, metrics_addr, federation_addr."
   value = {
     for id, g in local.gateways : id => {
       args            = local.args[id]
       command         = local.command[id]
+      config_file     = local.config[id]
+      config_path     = local.config_path[id]
       systemd_unit    = local.units[id]
       unit_name       = "nexus-gateway-${id}.service"
       adapter_addr    = "${g.host}:${g.adapter_port}"
@@ -20,7 +22,7 @@ output "gateways" {
 }
 
 output "files" {
-  description = "Per gateway id: the files it needs on its host (path => {content, mode}): CA, certificate, key."
+  description = "Per gateway id: the files it needs on its host (path => {content, mode}): its TOML config, CA, certificate, key."
   value       = local.files
   sensitive   = true
 }

@@ -405,7 +405,7 @@ fn modules_pass_their_terraform_tests() {
     let tmp = TempDir::new("modules");
     let tf = setup(&tmp.0);
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    for (module, runs) in [("region", 7), ("control-plane", 4)] {
+    for (module, runs) in [("region", 8), ("control-plane", 4)] {
         let dir = tmp.0.join(module);
         copy_tree(&root.join("modules").join(module), &dir);
         tf.expect(&dir, &["init", "-backend=false"], 0);
@@ -415,6 +415,73 @@ fn modules_pass_their_terraform_tests() {
             out.contains(&format!("{runs} passed, 0 failed")),
             "{module}: {out}"
         );
+    }
+}
+
+/// The region module's config files are what `nexus gateway --config` takes: rendered by
+/// Terraform and checked by `nexus config check`, with and without certificates and TLS.
+#[test]
+fn region_module_config_files_pass_nexus_config_check() {
+    if skip_without_terraform() {
+        return;
+    }
+    let (nexus, _) = nexus_bins();
+    let tmp = TempDir::new("region-config");
+    let tf = setup(&tmp.0);
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    copy_tree(&root.join("modules/region"), &tmp.0.join("region"));
+    let dir = tmp.0.join("root");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("main.tf"),
+        r#"
+module "tls" {
+  source            = "../region"
+  region            = "eu-west"
+  control_plane_url = "https://10.0.0.9:7400"
+  ca_cert_pem       = "CA"
+  gateways          = [{ id = "gw-1", host = "10.0.1.10" }, { id = "gw-2", host = "10.0.1.11" }]
+  certificates      = { "gw-1" = { cert_pem = "C1", key_pem = "K1" }, "gw-2" = { cert_pem = "C2", key_pem = "K2" } }
+}
+module "plain" {
+  source            = "../region"
+  region            = "dev"
+  control_plane_url = "http://127.0.0.1:7400"
+  gateways          = [{ id = "dev-1", host = "127.0.0.1", listen_host = "127.0.0.1" }]
+}
+output "configs" {
+  value = merge(
+    { for id, g in module.tls.gateways : id => g.config_file },
+    { for id, g in module.plain.gateways : id => g.config_file },
+  )
+}
+"#,
+    )
+    .unwrap();
+    tf.expect(&dir, &["init", "-backend=false"], 0);
+    tf.expect(&dir, &["apply", "-auto-approve"], 0);
+    let out = tf.run(&dir, &["output", "-json", "configs"]);
+    let configs: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&out.stdout).expect("configs as JSON");
+    assert_eq!(configs.len(), 3, "{configs:?}");
+    for (id, toml) in &configs {
+        let file = tmp.0.join(format!("{id}.toml"));
+        std::fs::write(&file, toml).unwrap();
+        let check = Command::new(&nexus)
+            .args(["config", "check"])
+            .arg(&file)
+            .output()
+            .expect("run nexus config check");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        assert!(
+            check.status.success(),
+            "nexus config check refused the {id} file:\n{toml}\n{text}"
+        );
+        assert!(text.contains(&format!("gateway_id = \"{id}\"")), "{id}: {text}");
     }
 }
 

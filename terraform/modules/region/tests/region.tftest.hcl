@@ -44,6 +44,23 @@ run "renders_each_gateway" {
   }
 }
 
+run "renders_a_config_file_per_gateway" {
+  command = plan
+
+  assert {
+    condition     = strcontains(output.gateways["gw-1"].config_file, "[gateway]\nregion = \"eu-west\"\ngateway_id = \"gw-1\"")
+    error_message = "the config file must name the region and gateway: ${output.gateways["gw-1"].config_file}"
+  }
+  assert {
+    condition     = strcontains(output.gateways["gw-2"].config_file, "advertise = \"10.0.1.11:8422\"") && strcontains(output.gateways["gw-2"].config_file, "[federation]")
+    error_message = "the config file must carry the advertised address and the federation section"
+  }
+  assert {
+    condition     = output.gateways["gw-1"].config_path == "/etc/nexus/eu-west/gw-1.toml"
+    error_message = "config path: ${output.gateways["gw-1"].config_path}"
+  }
+}
+
 run "publishes_srv_and_firewall_rules" {
   command = plan
 
@@ -73,8 +90,8 @@ run "cloud_init_writes_certificates_and_unit" {
     error_message = "cloud-init user data starts with #cloud-config"
   }
   assert {
-    condition     = length(yamldecode(nonsensitive(output.cloud_init["gw-1"])).write_files) == 4
-    error_message = "CA, certificate, key and unit are written"
+    condition     = length(yamldecode(nonsensitive(output.cloud_init["gw-1"])).write_files) == 5
+    error_message = "config file, CA, certificate, key and unit are written"
   }
 }
 
