@@ -85,6 +85,24 @@ pub enum Waiter {
     Unary(oneshot::Sender<ReplyResult>),
 }
 
+impl Waiter {
+    /// Hands request `seq`'s answer to whoever waits for it (gone waiters are ignored).
+    fn finish(self, seq: u64, result: ReplyResult) {
+        match self {
+            Waiter::Session { tx, req_id } => {
+                let _ = tx.send(Completion {
+                    req_id,
+                    seq,
+                    result,
+                });
+            }
+            Waiter::Unary(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
 /// A finished request, delivered to the requesting session.
 pub struct Completion {
     pub req_id: u64,
@@ -1041,18 +1059,7 @@ impl Router {
             metrics
                 .request_duration
                 .observe(started.elapsed().as_secs_f64());
-            match waiter {
-                Waiter::Session { tx, req_id } => {
-                    let _ = tx.send(Completion {
-                        req_id,
-                        seq,
-                        result,
-                    });
-                }
-                Waiter::Unary(tx) => {
-                    let _ = tx.send(result);
-                }
-            }
+            waiter.finish(seq, result);
         });
         seq
     }
@@ -1131,18 +1138,7 @@ impl Router {
         }
         self.metrics.request_done(outcome);
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
-        match p.waiter {
-            Waiter::Session { tx, req_id } => {
-                let _ = tx.send(Completion {
-                    req_id,
-                    seq,
-                    result,
-                });
-            }
-            Waiter::Unary(tx) => {
-                let _ = tx.send(result);
-            }
-        }
+        p.waiter.finish(seq, result);
         true
     }
 

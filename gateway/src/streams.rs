@@ -83,6 +83,16 @@ impl Side {
         }
     }
 
+    /// Routes this side's frames of the stream to `end` from now on.
+    fn register(&self, end: StreamEnd) {
+        match self {
+            Side::Session { conn, id } => {
+                conn.streams.lock().insert(*id, end);
+            }
+            Side::Peer { relay, id } => relay.attach(*id, end),
+        }
+    }
+
     /// Stops routing this side's frames of the stream; true if it was still routed.
     fn forget(&self) -> bool {
         match self {
@@ -142,6 +152,24 @@ pub async fn open(
     let Some((group, member)) = router.pick_stream_acceptor(&open.subject) else {
         return open_at_peer(router, opener, open);
     };
+    let opener = Side::Session {
+        conn: opener.clone(),
+        id,
+    };
+    to_acceptor(router, opener, group, member, open, id)
+}
+
+/// Joins `opener` (a session here, or a peer gateway) to the chosen responder `member` of
+/// this gateway: checks the responder's `max_streams`, records the stream on both sides and
+/// sends the responder its `StreamOpen`. Errors name the stream by `id` (the opener's).
+fn to_acceptor(
+    router: &Router,
+    opener: Side,
+    group: Arc<Group>,
+    member: Arc<crate::router::Member>,
+    open: v1::StreamOpen,
+    id: u64,
+) -> StreamResult {
     let acceptor = member.conn.clone();
     let max = router.config().limits.max_streams;
     if acceptor.streams.lock().len() >= max as usize {
@@ -156,10 +184,7 @@ pub async fn open(
     let acceptor_id = acceptor.next_gateway_stream_id();
     let link = Arc::new(StreamLink {
         ends: [
-            Side::Session {
-                conn: opener.clone(),
-                id,
-            },
+            opener,
             Side::Session {
                 conn: acceptor.clone(),
                 id: acceptor_id,
@@ -169,20 +194,12 @@ pub async fn open(
         finished: [AtomicBool::new(false), AtomicBool::new(false)],
         acceptor: Some((group, member.id)),
     });
-    opener.streams.lock().insert(
-        id,
-        StreamEnd {
+    for side in 0..2 {
+        link.ends[side].register(StreamEnd {
             link: link.clone(),
-            side: 0,
-        },
-    );
-    acceptor.streams.lock().insert(
-        acceptor_id,
-        StreamEnd {
-            link: link.clone(),
-            side: 1,
-        },
-    );
+            side,
+        });
+    }
     let f = frame(Kind::StreamOpen(v1::StreamOpen {
         stream_id: acceptor_id,
         subject: open.subject,
@@ -278,61 +295,12 @@ pub fn accept_from_peer(
             id,
         ));
     };
-    let acceptor = member.conn.clone();
-    let max = router.config().limits.max_streams;
-    if acceptor.streams.lock().len() >= max as usize {
-        router.stream_finished(&group, member.id);
-        router.metrics.limit(Limit::MaxStreams);
-        return refuse(error(
-            ErrorCode::Limit,
-            format!("the chosen responder already has limits.max_streams ({max}) streams open"),
-            id,
-        ));
-    }
-    let acceptor_id = acceptor.next_gateway_stream_id();
-    let link = Arc::new(StreamLink {
-        ends: [
-            Side::Peer {
-                relay: relay.clone(),
-                id,
-            },
-            Side::Session {
-                conn: acceptor.clone(),
-                id: acceptor_id,
-            },
-        ],
-        credits: [AtomicU32::new(0), AtomicU32::new(open.credits)],
-        finished: [AtomicBool::new(false), AtomicBool::new(false)],
-        acceptor: Some((group, member.id)),
-    });
-    relay.attach(
+    let opener = Side::Peer {
+        relay: relay.clone(),
         id,
-        StreamEnd {
-            link: link.clone(),
-            side: 0,
-        },
-    );
-    acceptor.streams.lock().insert(
-        acceptor_id,
-        StreamEnd {
-            link: link.clone(),
-            side: 1,
-        },
-    );
-    let f = frame(Kind::StreamOpen(v1::StreamOpen {
-        stream_id: acceptor_id,
-        subject: open.subject,
-        headers: open.headers,
-        credits: open.credits,
-        sid: member.sid,
-    }));
-    if !acceptor.outbound.send_control(f) {
-        forget(router, &StreamEnd { link, side: 1 });
-        refuse(error(
-            ErrorCode::ServiceError,
-            "the chosen stream responder could not take the stream",
-            id,
-        ));
+    };
+    if let Err(e) = to_acceptor(router, opener, group, member, open, id) {
+        refuse(e);
     }
 }
 

@@ -17,8 +17,9 @@
 //!   own member estimate plus the hop's RTT (as fast as the local members, plus what the hop
 //!   surely costs), entered as a sample that relaxes while the peer is not used, as every
 //!   Peak-EWMA reading does: so with one request at a time an idle peer is probed now and
-//!   then (after about `decay x rtt / estimate`: 0.1 s for a 20 ms local responder and a
-//!   0.2 ms hop) and wins from then on if it answers faster, hop included;
+//!   then (after about `decay x ln(bias x (estimate + rtt) / estimate)`: 4.2 s for a 20 ms
+//!   local responder, a 0.2 ms hop and the local bias of 1.5) and wins from then on if it
+//!   answers faster, hop included;
 //! - a cluster peer, for a **queue-group message**: this gateway's member estimate plus the
 //!   hop's RTT, fixed. These messages get no replies, so nothing could correct a guess that
 //!   relaxed, and what requests taught about a peer is about other traffic.
@@ -182,8 +183,15 @@ impl GatewayBalance {
     }
 }
 
+/// How much cheaper than this gateway a peer must be to take work that a local member
+/// could: its cost times this must still be lower. The hop costs CPU on two gateways and
+/// cluster-link capacity that latency does not show, and without a margin every passing
+/// peak of a local member (Peak-EWMA takes peaks at once) would send work over the hop.
+pub const LOCAL_BIAS: f64 = 1.5;
+
 /// P2C among `peers` (two distinct peers drawn, the cheaper by `peer_cost` kept), then this
-/// gateway (when it has a member: `local`) against that peer, winning ties.
+/// gateway (when it has a member: `local`) against that peer, which must be cheaper by
+/// [`LOCAL_BIAS`] to win.
 ///
 /// Why this gateway is never left out of the draw: with plain P2C over three gateways an
 /// idle local member would still lose a third of the messages (whenever the two peers are
@@ -214,7 +222,7 @@ fn pick(
         (None, None) => None,
         (Some(_), None) => Some(Taker::Local),
         (None, Some(i)) => Some(Taker::Peer(peers[i].0.clone())),
-        (Some(l), Some(i)) if cost(i) < GatewayBalance::local_cost(l) => {
+        (Some(l), Some(i)) if cost(i) * LOCAL_BIAS < GatewayBalance::local_cost(l) => {
             Some(Taker::Peer(peers[i].0.clone()))
         }
         (Some(_), Some(_)) => Some(Taker::Local),
@@ -355,8 +363,9 @@ mod tests {
         );
         b.done("a2");
         assert_eq!(
-            b.pick_for_request(now, &mut rng, local(ms(3), 0), &one),
-            Some(peer("a2"))
+            b.pick_for_request(now, &mut rng, local(ms(4), 0), &one),
+            Some(peer("a2")),
+            "2 ms x 1.5 (the local bias) against 4 ms"
         );
         // Forgetting a peer drops what was learnt: back to the guess (3 ms + 0.1 ms).
         b.forget("a2");
@@ -396,9 +405,9 @@ mod tests {
 
     #[test]
     fn with_one_request_at_a_time_a_faster_peer_is_found_and_a_slower_one_only_probed() {
-        // Local 20 ms, peer 1 ms: the peer is probed within a fraction of a second and takes
-        // everything from then on.
-        let (_, last) = sequential(20, 1, 5);
+        // Local 20 ms, peer 1 ms: the peer's guess (20.2 ms) relaxes below 20 / 1.5 (the local
+        // bias) after about 4.2 s; probed then, it takes everything from then on.
+        let (_, last) = sequential(20, 1, 10);
         assert_eq!(last, 100);
         // Local 1 ms, peer 1 ms (+ hop): local keeps nearly everything; the peer is probed
         // now and then.

@@ -481,7 +481,10 @@ output "configs" {
             check.status.success(),
             "nexus config check refused the {id} file:\n{toml}\n{text}"
         );
-        assert!(text.contains(&format!("gateway_id = \"{id}\"")), "{id}: {text}");
+        assert!(
+            text.contains(&format!("gateway_id = \"{id}\"")),
+            "{id}: {text}"
+        );
     }
 }
 
