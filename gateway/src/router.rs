@@ -678,24 +678,30 @@ impl Router {
         out
     }
 
-    /// The local queue groups with members matching `subject`, each with its cheapest
-    /// member's cost (the lowest over patterns sharing a group name), for the choice between
-    /// this gateway and the region's other gateways.
-    pub fn local_queue_costs(&self, subject: &str) -> Vec<(String, crate::balancer::GroupCost)> {
-        let mut out: Vec<(String, crate::balancer::GroupCost)> = Vec::new();
+    /// What the local queue group `queue` costs for a message on `subject`: its cheapest
+    /// member (the lowest over the matching patterns that share the group name); `None` when
+    /// no local member matches. For the choice between this gateway and the region's other
+    /// gateways, asked only for groups that other gateways have members of.
+    pub fn local_queue_cost(
+        &self,
+        subject: &str,
+        queue: &str,
+    ) -> Option<crate::balancer::GroupCost> {
         let now = Instant::now();
         let cost =
             |c: &crate::balancer::GroupCost| c.estimate.as_secs_f64() * (f64::from(c.load) + 1.0);
+        let mut best: Option<crate::balancer::GroupCost> = None;
         self.table.load().for_each_match(subject, |g| {
-            let Some(q) = &g.queue else { return };
-            let Some(c) = g.cheapest(now) else { return };
-            match out.iter_mut().find(|(name, _)| **name == **q) {
-                Some((_, best)) if cost(&c) < cost(best) => *best = c,
-                Some(_) => {}
-                None => out.push((q.to_string(), c)),
+            if g.queue.as_deref() != Some(queue) {
+                return;
+            }
+            if let Some(c) = g.cheapest(now)
+                && best.as_ref().is_none_or(|b| cost(&c) < cost(b))
+            {
+                best = Some(c);
             }
         });
-        out
+        best
     }
 
     /// The members a message on `subject` goes to: every member of plain groups, one

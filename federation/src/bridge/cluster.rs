@@ -222,7 +222,7 @@ impl Cluster {
         subject: &str,
         plain: bool,
         groups: Option<&[String]>,
-        local: &[(String, GroupCost)],
+        local: impl Fn(&str) -> Option<GroupCost>,
         rtt: impl Fn(&str) -> Option<Duration>,
         rng: &mut impl rand::Rng,
     ) -> (Vec<PeerTarget>, Vec<String>) {
@@ -265,7 +265,7 @@ impl Cluster {
                 .collect();
             peers.sort();
             peers.dedup_by(|a, b| a.0 == b.0);
-            let mine = local.iter().find(|(g, _)| g == group).map(|(_, c)| *c);
+            let mine = local(group);
             if let Some(Taker::Peer(gw)) = GatewayBalance::pick_for_message(rng, mine, &peers) {
                 let i = target(&mut out, &gw);
                 out[i].queue_groups.push(group.to_owned());
@@ -365,7 +365,7 @@ mod tests {
             }))
         };
         // No local member: the nearer of the two unmeasured peers.
-        let (t, taken) = c.targets("orders.new", true, None, &[], rtt, &mut rng);
+        let (t, taken) = c.targets("orders.new", true, None, |_| None, rtt, &mut rng);
         assert_eq!(
             t,
             vec![
@@ -383,17 +383,17 @@ mod tests {
         );
         assert!(taken.is_empty());
         // An idle local member takes the group (the hop makes every peer dearer)...
-        let idle = [("workers".to_string(), cost(2, 0))];
-        let (t, taken) = c.targets("orders.new", true, None, &idle, rtt, &mut rng);
+        let idle = |g: &str| (g == "workers").then(|| cost(2, 0));
+        let (t, taken) = c.targets("orders.new", true, None, idle, rtt, &mut rng);
         assert!(t.iter().all(|t| t.queue_groups.is_empty()));
         assert!(taken.is_empty());
         // ...a busy one gives it to a peer, and says it was taken.
-        let busy = [("workers".to_string(), cost(2, 5))];
-        let (t, taken) = c.targets("orders.new", true, None, &busy, rtt, &mut rng);
+        let busy = |g: &str| (g == "workers").then(|| cost(2, 5));
+        let (t, taken) = c.targets("orders.new", true, None, busy, rtt, &mut rng);
         assert_eq!(t.iter().map(|t| t.queue_groups.len()).sum::<usize>(), 1);
         assert_eq!(taken, vec!["workers".to_string()]);
         // A message from another region for plain subscribers only does not touch the group.
-        let (t, _) = c.targets("orders.new", true, Some(&[]), &[], rtt, &mut rng);
+        let (t, _) = c.targets("orders.new", true, Some(&[]), |_| None, rtt, &mut rng);
         assert!(t.iter().all(|t| t.queue_groups.is_empty()));
         assert_eq!(
             c.responders("orders.new", rtt),

@@ -216,12 +216,11 @@ impl RegionRouter {
         plain: bool,
         groups: Option<&[String]>,
     ) -> (Vec<cluster::PeerTarget>, Vec<String>) {
-        let local = self.router.local_queue_costs(subject);
         let (targets, taken) = self.cluster.targets(
             subject,
             plain,
             groups,
-            &local,
+            |group| self.router.local_queue_cost(subject, group),
             |gw| self.fed.rtt_to(gw),
             &mut rand::rng(),
         );
