@@ -1,0 +1,142 @@
+//! What the control plane's policy asks of sessions: API keys and their scopes re-checked when
+//! the policy changes, per-key rate limits, and schema enforcement on published payloads.
+
+use std::sync::Arc;
+
+use nexus_proto::v1::{ErrorCode, frame::Kind};
+
+use super::{Router, error, frame};
+use crate::connection::Connection;
+use crate::policy::Policy;
+
+impl Router {
+    pub fn auth_required(&self) -> bool {
+        self.cfg.load().auth == crate::config::AuthMode::Required
+    }
+
+    pub fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
+        self.policy.load()
+    }
+
+    /// Installs a new policy and re-checks every authenticated session against it: a
+    /// session whose key was revoked, expired or deleted is closed at once; the others
+    /// get their (possibly changed) scopes.
+    pub fn apply_policy(&self, policy: Policy) {
+        self.metrics.config_version.set(policy.version);
+        self.metrics.config_updates.inc();
+        let cfg = self.cfg.load();
+        let share = policy.region_gateways(&cfg.region, &cfg.gateway_id);
+        self.key_limiters.update(policy.key_limits(), share);
+        self.policy.store(Arc::new(policy));
+        self.recheck_sessions(crate::policy_now_ms());
+    }
+
+    /// Re-checks authenticated sessions (also run periodically, for expiry).
+    pub fn recheck_sessions(&self, now_ms: i64) {
+        let policy = self.policy.load();
+        let mut sessions = self.authenticated.lock();
+        sessions.retain(|_, weak| {
+            let Some(conn) = weak.upgrade() else {
+                return false;
+            };
+            let Some(grant) = conn.grant.load_full() else {
+                return false;
+            };
+            match policy.recheck(&grant, now_ms) {
+                Ok(fresh) => {
+                    if *fresh != *grant {
+                        conn.grant.store(Some(fresh));
+                        // The session drops subscriptions its key no longer allows.
+                        conn.grant_changed.notify_one();
+                    }
+                    true
+                }
+                Err(e) => {
+                    self.metrics.sessions_revoked.inc();
+                    tracing::info!(conn = conn.id, reason = %e, "closing session: API key no longer valid");
+                    conn.outbound.send_control(frame(Kind::Error(error(
+                        ErrorCode::Denied,
+                        e.to_string(),
+                        0,
+                    ))));
+                    conn.outbound
+                        .close_after_flush(Some(tonic::Status::permission_denied(e.to_string())));
+                    false
+                }
+            }
+        });
+    }
+
+    /// Charges one message of `payload_len` bytes to the rate limits of `grant`'s key (none
+    /// when authentication is off); `Err` is the refusal, already counted.
+    pub fn charge_key(
+        &self,
+        grant: Option<&crate::policy::Grant>,
+        payload_len: usize,
+    ) -> Result<(), String> {
+        let Some(grant) = grant else { return Ok(()) };
+        self.key_limiters
+            .check(&grant.key_id, payload_len)
+            .inspect_err(|_| self.metrics.key_rate_limited(&grant.key_id))
+    }
+
+    pub fn track_authenticated(&self, conn: &Arc<Connection>) {
+        self.authenticated
+            .lock()
+            .insert(conn.id, Arc::downgrade(conn));
+    }
+
+    pub fn untrack(&self, conn: &Connection) {
+        self.authenticated.lock().remove(&conn.id);
+    }
+
+    /// Checks a payload against the subject's enforced schema. `Err` carries the message
+    /// for a rejected publisher; violations under `warn` are logged and counted only.
+    pub fn check_schema(&self, subject: &str, payload: &[u8]) -> Result<(), String> {
+        let policy = self.policy.load();
+        let Some(enforced) = policy.schemas.get(subject) else {
+            return Ok(());
+        };
+        let Err(violations) = enforced.schema.validate(payload) else {
+            return Ok(());
+        };
+        let detail: Vec<String> = violations
+            .iter()
+            .take(5)
+            .map(|v| {
+                if v.path.is_empty() {
+                    v.message.clone()
+                } else {
+                    format!("{}: {}", v.path, v.message)
+                }
+            })
+            .collect();
+        let message = format!(
+            "payload does not match schema {subject:?} version {}: {}",
+            enforced.version,
+            detail.join("; ")
+        );
+        match enforced.enforcement {
+            nexus_proto::v1::Enforcement::Reject => {
+                self.metrics
+                    .schema_violations
+                    .get_or_create(&crate::metrics::SchemaLabels {
+                        action: crate::metrics::SchemaAction::Rejected,
+                    })
+                    .inc();
+                Err(message)
+            }
+            nexus_proto::v1::Enforcement::Warn => {
+                self.metrics
+                    .schema_violations
+                    .get_or_create(&crate::metrics::SchemaLabels {
+                        action: crate::metrics::SchemaAction::Warned,
+                    })
+                    .inc();
+                tracing::warn!(%subject, "{message}");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
