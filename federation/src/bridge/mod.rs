@@ -243,6 +243,7 @@ impl RegionRouter {
         self.requests.gateways.lock().pick_for_request(
             Instant::now(),
             &mut rand::rng(),
+            subject,
             local,
             &peers,
         )

@@ -56,8 +56,9 @@ impl Via {
 struct Outstanding {
     /// The region or gateway it went to (costs are kept per name).
     region: String,
-    /// It went to a gateway of this region (whose latency the gateway balancer learns).
-    to_gateway: bool,
+    /// Its subject, when it went to a gateway of this region (whose latency per subject the
+    /// gateway balancer learns).
+    to_gateway: Option<Box<str>>,
     link: LinkId,
     sent: Instant,
     reply: oneshot::Sender<ReplyResult>,
@@ -130,12 +131,12 @@ impl RemoteRequests {
             )));
             return Ok(rx);
         };
-        let to_gateway = matches!(via, Via::Gateway(_));
+        let to_gateway = matches!(via, Via::Gateway(_)).then(|| Box::<str>::from(subject));
         self.outstanding.lock().insert(
             id,
             Outstanding {
                 region: region.clone(),
-                to_gateway,
+                to_gateway: to_gateway.clone(),
                 link,
                 sent: Instant::now(),
                 reply: tx,
@@ -146,8 +147,8 @@ impl RemoteRequests {
             .entry(region.clone())
             .or_default()
             .in_flight += 1;
-        if to_gateway {
-            self.gateways.lock().start(&region);
+        if let Some(subject) = &to_gateway {
+            self.gateways.lock().start(&region, subject, Instant::now());
         }
         let sent = match &via {
             Via::Region(r) => fed.send_on(r, link, Kind::Request(request)),
@@ -166,8 +167,8 @@ impl RemoteRequests {
         if let Some(c) = self.costs.lock().get_mut(&o.region) {
             c.in_flight = c.in_flight.saturating_sub(1);
         }
-        if o.to_gateway {
-            self.gateways.lock().done(&o.region);
+        if let Some(subject) = &o.to_gateway {
+            self.gateways.lock().done(&o.region, subject);
         }
         let _ = o
             .reply
@@ -182,12 +183,12 @@ impl RemoteRequests {
         let rtt = fed.rtt_to(&link.gateway_id).unwrap_or_default();
         let latency = o.sent.elapsed();
         let service = latency.saturating_sub(rtt);
-        if o.to_gateway {
+        if let Some(subject) = &o.to_gateway {
             let mut gateways = self.gateways.lock();
             if reply.error.is_none() {
-                gateways.success(&o.region, latency, Instant::now());
+                gateways.success(&o.region, subject, latency, Instant::now());
             } else {
-                gateways.done(&o.region);
+                gateways.done(&o.region, subject);
             }
         }
         {

@@ -182,9 +182,9 @@ impl RegionRouter {
         })
     }
 
-    /// Cluster peers with a subscriber on `subject`: the hop's RTT, the reply latency the
-    /// gateway balancer learnt through each (hop included; `null` before the first reply)
-    /// and requests in flight.
+    /// Cluster peers with a subscriber on `subject`: the hop's RTT, the reply latency to
+    /// requests on `subject` the gateway balancer learnt through each (hop included; `null`
+    /// before the first reply) and those requests in flight.
     fn takers(&self, subject: &str) -> Vec<serde_json::Value> {
         let now = std::time::Instant::now();
         let balance = self.requests.gateways.lock();
@@ -192,7 +192,7 @@ impl RegionRouter {
             .responders(subject, |gw| self.fed.rtt_to(gw))
             .into_iter()
             .map(|(gw, rtt)| {
-                let (latency, in_flight) = balance.snapshot(&gw, now);
+                let (latency, in_flight) = balance.snapshot(&gw, subject, now);
                 serde_json::json!({
                     "gateway_id": gw,
                     "rtt_ms": rtt.as_secs_f64() * 1e3,

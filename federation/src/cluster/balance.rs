@@ -11,9 +11,12 @@
 //! Costs, compared in nanoseconds as the member balancer does (`estimate x (load + 1)`):
 //! - this gateway: the cheapest local member's estimate and load (pending requests plus
 //!   queued frames), as its own balancer sees them;
-//! - a cluster peer, for a **request**: the Peak-EWMA of the replies that came back through
-//!   it, from sending to reply (so the hop's round trip and the peer's queueing are in it),
-//!   times its requests in flight plus one. A peer never measured starts at this gateway's
+//! - a cluster peer, for a **request**: the Peak-EWMA of the replies to requests on the same
+//!   subject that came back through it, from sending to reply (so the hop's round trip and
+//!   the peer's queueing are in it), times its requests in flight on that subject plus one.
+//!   What a peer's responders of one service take says nothing about another's, so the
+//!   state is kept per (peer, subject), at most [`MAX_SUBJECTS_PER_PEER`] subjects per peer
+//!   (the least recently used idle one is forgotten first). A peer never measured starts at this gateway's
 //!   own member estimate plus the hop's RTT (as fast as the local members, plus what the hop
 //!   surely costs), entered as a sample that relaxes while the peer is not used, as every
 //!   Peak-EWMA reading does: so with one request at a time an idle peer is probed now and
@@ -43,19 +46,37 @@ pub enum Taker {
     Peer(String),
 }
 
-/// What this gateway knows of one cluster peer as a taker.
-#[derive(Debug, Clone, Default)]
+/// Subjects whose request latency is remembered per cluster peer; past it the least
+/// recently used subject with no request in flight is forgotten (and starts again from the
+/// guess if it comes back).
+pub const MAX_SUBJECTS_PER_PEER: usize = 1024;
+
+/// What this gateway knows of one cluster peer as a taker of requests on one subject.
+#[derive(Debug, Clone)]
 struct PeerLoad {
     /// Reply latency through the peer, hop included; `None` before the first reply.
     ewma: Option<PeakEwma>,
     /// Requests sent to the peer and not answered yet.
     pending: u32,
+    /// When a request on this subject last went to the peer or was answered (for eviction).
+    used: Instant,
 }
 
-/// The costs of the region's other gateways as takers, learnt from requests sent to them.
+impl PeerLoad {
+    fn new(now: Instant) -> Self {
+        Self {
+            ewma: None,
+            pending: 0,
+            used: now,
+        }
+    }
+}
+
+/// The costs of the region's other gateways as takers, learnt from requests sent to them:
+/// per gateway, per subject.
 #[derive(Debug, Clone)]
 pub struct GatewayBalance {
-    peers: HashMap<String, PeerLoad>,
+    peers: HashMap<String, HashMap<Box<str>, PeerLoad>>,
     /// Peak-EWMA time constant, as the member balancer's.
     decay: Duration,
 }
@@ -83,17 +104,18 @@ impl GatewayBalance {
         nanos(local.estimate) * (f64::from(local.load) + 1.0)
     }
 
-    /// The cost of a request to peer `gateway` over a link of round trip `rtt` at `now`;
-    /// `local_estimate` is this gateway's own member estimate, the guess for a peer never
-    /// considered before (see [`GatewayBalance::pick_for_request`]).
+    /// The cost of a request on `subject` to peer `gateway` over a link of round trip `rtt`
+    /// at `now`; `local_estimate` is this gateway's own member estimate, the guess for a
+    /// peer never considered before (see [`GatewayBalance::pick_for_request`]).
     pub fn peer_cost(
         &self,
         gateway: &str,
+        subject: &str,
         rtt: Duration,
         local_estimate: Option<Duration>,
         now: Instant,
     ) -> f64 {
-        let load = self.peers.get(gateway);
+        let load = self.load(gateway, subject);
         let estimate = match load.and_then(|p| p.ewma.as_ref()) {
             Some(e) => e.estimate(now),
             None => local_estimate.unwrap_or_default() + rtt,
@@ -111,22 +133,49 @@ impl GatewayBalance {
         &mut self,
         now: Instant,
         rng: &mut impl Rng,
+        subject: &str,
         local: Option<GroupCost>,
         peers: &[(String, Duration)],
     ) -> Option<Taker> {
         let guess = local.map(|l| l.estimate).unwrap_or_default();
+        let decay = self.decay;
         for (gw, rtt) in peers {
-            let p = self.peers.entry(gw.clone()).or_default();
+            let p = self.entry(gw, subject, now);
             if p.ewma.is_none() {
-                let mut e = PeakEwma::new(guess + *rtt, self.decay, now);
+                let mut e = PeakEwma::new(guess + *rtt, decay, now);
                 e.observe(guess + *rtt, now);
                 p.ewma = Some(e);
             }
         }
         let estimate = local.map(|l| l.estimate);
         pick(rng, local, peers, |gw, rtt| {
-            self.peer_cost(gw, rtt, estimate, now)
+            self.peer_cost(gw, subject, rtt, estimate, now)
         })
+    }
+
+    /// What is known of `gateway` for requests on `subject`.
+    fn load(&self, gateway: &str, subject: &str) -> Option<&PeerLoad> {
+        self.peers.get(gateway)?.get(subject)
+    }
+
+    /// The state of (`gateway`, `subject`), made room for and marked used at `now`.
+    fn entry(&mut self, gateway: &str, subject: &str, now: Instant) -> &mut PeerLoad {
+        let subjects = self.peers.entry(gateway.to_owned()).or_default();
+        if !subjects.contains_key(subject) && subjects.len() >= MAX_SUBJECTS_PER_PEER {
+            let idle = subjects
+                .iter()
+                .filter(|(_, p)| p.pending == 0)
+                .min_by_key(|(_, p)| p.used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = idle {
+                subjects.remove(&k);
+            }
+        }
+        let p = subjects
+            .entry(subject.into())
+            .or_insert_with(|| PeerLoad::new(now));
+        p.used = p.used.max(now);
+        p
     }
 
     /// Picks the gateway that takes a queue group's message: this one (when it has a
@@ -141,16 +190,17 @@ impl GatewayBalance {
         pick(rng, local, peers, |_, rtt| nanos(estimate + rtt))
     }
 
-    /// A request went to `gateway`.
-    pub fn start(&mut self, gateway: &str) {
-        let p = self.peers.entry(gateway.to_owned()).or_default();
+    /// A request on `subject` went to `gateway` at `now`.
+    pub fn start(&mut self, gateway: &str, subject: &str, now: Instant) {
+        let p = self.entry(gateway, subject, now);
         p.pending = p.pending.saturating_add(1);
     }
 
-    /// The reply from `gateway` came `latency` after sending, at `now`.
-    pub fn success(&mut self, gateway: &str, latency: Duration, now: Instant) {
+    /// The reply from `gateway` to a request on `subject` came `latency` after sending, at
+    /// `now`.
+    pub fn success(&mut self, gateway: &str, subject: &str, latency: Duration, now: Instant) {
         let decay = self.decay;
-        let p = self.peers.entry(gateway.to_owned()).or_default();
+        let p = self.entry(gateway, subject, now);
         p.pending = p.pending.saturating_sub(1);
         match &mut p.ewma {
             Some(e) => e.observe(latency, now),
@@ -162,10 +212,10 @@ impl GatewayBalance {
         }
     }
 
-    /// A request to `gateway` ended without a latency worth learning (an error, a timeout,
-    /// its link went down).
-    pub fn done(&mut self, gateway: &str) {
-        if let Some(p) = self.peers.get_mut(gateway) {
+    /// A request on `subject` to `gateway` ended without a latency worth learning (an
+    /// error, a timeout, its link went down).
+    pub fn done(&mut self, gateway: &str, subject: &str) {
+        if let Some(p) = self.peers.get_mut(gateway).and_then(|s| s.get_mut(subject)) {
             p.pending = p.pending.saturating_sub(1);
         }
     }
@@ -175,11 +225,17 @@ impl GatewayBalance {
         self.peers.remove(gateway);
     }
 
-    /// The current latency estimate of `gateway`, if measured, and its requests in flight.
-    pub fn snapshot(&self, gateway: &str, now: Instant) -> (Option<Duration>, u32) {
-        self.peers.get(gateway).map_or((None, 0), |p| {
+    /// The current latency estimate of `gateway` for requests on `subject`, if measured,
+    /// and its requests in flight on it.
+    pub fn snapshot(&self, gateway: &str, subject: &str, now: Instant) -> (Option<Duration>, u32) {
+        self.load(gateway, subject).map_or((None, 0), |p| {
             (p.ewma.as_ref().map(|e| e.estimate(now)), p.pending)
         })
+    }
+
+    /// How many subjects' latency is remembered for `gateway`.
+    pub fn subjects_known(&self, gateway: &str) -> usize {
+        self.peers.get(gateway).map_or(0, HashMap::len)
     }
 }
 
@@ -277,13 +333,13 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let one = peers(&[("a2", us(200))]);
         assert_eq!(GatewayBalance::pick_for_message(&mut rng, None, &[]), None);
-        assert_eq!(b.pick_for_request(now, &mut rng, None, &[]), None);
+        assert_eq!(b.pick_for_request(now, &mut rng, "svc", None, &[]), None);
         assert_eq!(
             GatewayBalance::pick_for_message(&mut rng, local(ms(5), 9), &[]),
             Some(Taker::Local)
         );
         assert_eq!(
-            b.pick_for_request(now, &mut rng, None, &one),
+            b.pick_for_request(now, &mut rng, "svc", None, &one),
             Some(peer("a2"))
         );
     }
@@ -313,8 +369,8 @@ mod tests {
     fn queue_messages_ignore_what_requests_taught() {
         let mut b = GatewayBalance::default();
         let now = Instant::now();
-        b.start("a2");
-        b.success("a2", us(10), now);
+        b.start("a2", "svc", now);
+        b.success("a2", "svc", us(10), now);
         // The peer answered requests in 10 us, but queue messages still see it as the local
         // estimate plus the hop: an idle local member keeps them.
         let t = messages(local(ms(1), 0), &peers(&[("a2", us(100))]), 100);
@@ -327,21 +383,21 @@ mod tests {
         let now = Instant::now();
         let mut rng = StdRng::seed_from_u64(2);
         // a3 is nearer, but its responders answer in 40 ms; a2's in 3 ms.
-        b.start("a3");
-        b.success("a3", ms(40), now);
-        b.start("a2");
-        b.success("a2", ms(3), now);
+        b.start("a3", "svc", now);
+        b.success("a3", "svc", ms(40), now);
+        b.start("a2", "svc", now);
+        b.success("a2", "svc", ms(3), now);
         let both = peers(&[("a2", us(900)), ("a3", us(100))]);
         for _ in 0..100 {
             assert_eq!(
-                b.pick_for_request(now, &mut rng, None, &both),
+                b.pick_for_request(now, &mut rng, "svc", None, &both),
                 Some(peer("a2"))
             );
         }
         // And a slow local responder loses to the fast peer, hop included.
         for _ in 0..100 {
             assert_eq!(
-                b.pick_for_request(now, &mut rng, local(ms(20), 0), &both[..1]),
+                b.pick_for_request(now, &mut rng, "svc", local(ms(20), 0), &both[..1]),
                 Some(peer("a2"))
             );
         }
@@ -352,26 +408,26 @@ mod tests {
         let mut b = GatewayBalance::default();
         let now = Instant::now();
         let mut rng = StdRng::seed_from_u64(3);
-        b.start("a2");
-        b.success("a2", ms(2), now);
+        b.start("a2", "svc", now);
+        b.success("a2", "svc", ms(2), now);
         let one = peers(&[("a2", us(100))]);
         // 2 ms x 2 (one in flight) against local 3 ms x 1: local.
-        b.start("a2");
+        b.start("a2", "svc", now);
         assert_eq!(
-            b.pick_for_request(now, &mut rng, local(ms(3), 0), &one),
+            b.pick_for_request(now, &mut rng, "svc", local(ms(3), 0), &one),
             Some(Taker::Local)
         );
-        b.done("a2");
+        b.done("a2", "svc");
         assert_eq!(
-            b.pick_for_request(now, &mut rng, local(ms(4), 0), &one),
+            b.pick_for_request(now, &mut rng, "svc", local(ms(4), 0), &one),
             Some(peer("a2")),
             "2 ms x 1.5 (the local bias) against 4 ms"
         );
         // Forgetting a peer drops what was learnt: back to the guess (3 ms + 0.1 ms).
         b.forget("a2");
-        assert_eq!(b.snapshot("a2", now), (None, 0));
+        assert_eq!(b.snapshot("a2", "svc", now), (None, 0));
         assert_eq!(
-            b.pick_for_request(now, &mut rng, local(ms(3), 0), &one),
+            b.pick_for_request(now, &mut rng, "svc", local(ms(3), 0), &one),
             Some(Taker::Local)
         );
     }
@@ -389,11 +445,11 @@ mod tests {
         let mut to_peer = Vec::with_capacity(n);
         for i in 0..n {
             let now = start + ms(10 * i as u64);
-            let t = b.pick_for_request(now, &mut rng, local(ms(local_ms), 0), &one);
+            let t = b.pick_for_request(now, &mut rng, "svc", local(ms(local_ms), 0), &one);
             let went = t == Some(peer("a2"));
             if went {
-                b.start("a2");
-                b.success("a2", ms(peer_ms) + hop, now);
+                b.start("a2", "svc", now);
+                b.success("a2", "svc", ms(peer_ms) + hop, now);
             }
             to_peer.push(went);
         }
@@ -416,5 +472,60 @@ mod tests {
         // Local 1 ms, peer 40 ms: probed rarely.
         let (all, _) = sequential(1, 40, 60);
         assert!(all < 10, "{all} of 6000 went to the slow peer");
+    }
+    #[test]
+    fn what_a_peer_taught_about_one_subject_does_not_price_another() {
+        let mut b = GatewayBalance::default();
+        let now = Instant::now();
+        let mut rng = StdRng::seed_from_u64(5);
+        let one = peers(&[("a2", us(100))]);
+        // a2's responders of svc.slow answer in 100 ms, its svc.fast ones in 1 ms.
+        for _ in 0..5 {
+            b.start("a2", "svc.slow", now);
+            b.success("a2", "svc.slow", ms(100), now);
+            b.start("a2", "svc.fast", now);
+            b.success("a2", "svc.fast", ms(1), now);
+        }
+        // A 20 ms local svc.fast responder loses to a2's, whatever svc.slow costs there.
+        for _ in 0..100 {
+            assert_eq!(
+                b.pick_for_request(now, &mut rng, "svc.fast", local(ms(20), 0), &one),
+                Some(peer("a2"))
+            );
+        }
+        // A 20 ms local svc.slow responder keeps svc.slow.
+        for _ in 0..100 {
+            assert_eq!(
+                b.pick_for_request(now, &mut rng, "svc.slow", local(ms(20), 0), &one),
+                Some(Taker::Local)
+            );
+        }
+        assert_eq!(b.snapshot("a2", "svc.fast", now).0, Some(ms(1)));
+        assert_eq!(b.snapshot("a2", "svc.other", now), (None, 0));
+    }
+
+    #[test]
+    fn subjects_per_peer_are_bounded_and_the_least_recently_used_idle_one_goes() {
+        let mut b = GatewayBalance::default();
+        let start = Instant::now();
+        // One request in flight on the oldest subject: it must survive eviction.
+        b.start("a2", "s.0", start);
+        for i in 1..MAX_SUBJECTS_PER_PEER + 10 {
+            let now = start + ms(i as u64);
+            b.start("a2", &format!("s.{i}"), now);
+            b.success("a2", &format!("s.{i}"), ms(1), now);
+        }
+        assert_eq!(b.subjects_known("a2"), MAX_SUBJECTS_PER_PEER);
+        let later = start + ms(10_000);
+        assert_eq!(b.snapshot("a2", "s.0", later).1, 1, "in flight: kept");
+        assert_eq!(
+            b.snapshot("a2", "s.1", later),
+            (None, 0),
+            "oldest idle: gone"
+        );
+        let last = format!("s.{}", MAX_SUBJECTS_PER_PEER + 9);
+        assert!(b.snapshot("a2", &last, later).0.is_some());
+        b.forget("a2");
+        assert_eq!(b.subjects_known("a2"), 0);
     }
 }
