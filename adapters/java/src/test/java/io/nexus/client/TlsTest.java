@@ -73,6 +73,16 @@ class TlsTest {
         throw new AssertionError("no banner: " + Files.readString(dir.resolve("gateway.log")));
     }
 
+    /** Kills the gateway and removes the test's directory (certificates, state, log). */
+    private static void stop(Process gw, Path dir) throws Exception {
+        gw.destroyForcibly().waitFor(10, TimeUnit.SECONDS);
+        try (java.util.stream.Stream<Path> all = Files.walk(dir)) {
+            for (Path p : all.sorted(java.util.Comparator.reverseOrder()).toList()) {
+                Files.deleteIfExists(p);
+            }
+        }
+    }
+
     private static Path pki() throws Exception {
         Path dir = Files.createTempDirectory("nexus-java-tls-");
         run("certs", "--out", dir.resolve("pki").toString(), "--gateway", "local/gw-1@127.0.0.1,gateway.test", "--admin", "svc");
@@ -112,7 +122,7 @@ class TlsTest {
                     .connectTimeout(Duration.ofSeconds(3)).connect());
             assertTrue(noCa.getMessage().contains("PKIX path"), noCa.getMessage());
         } finally {
-            gw.destroyForcibly();
+            stop(gw, dir);
         }
     }
 
@@ -137,7 +147,7 @@ class TlsTest {
                 c.publishAcked("tls.mtls", new byte[0], java.util.Map.of());
             }
         } finally {
-            gw.destroyForcibly();
+            stop(gw, dir);
         }
     }
 }
