@@ -694,6 +694,163 @@ fn console_in_chromium_against_a_live_federated_cluster() {
     });
     assert!(browser.text("#keys").contains("rotating"));
 
+    // Its rate limits: bad input is named before anything is asked, a good one is confirmed,
+    // shown in the list and stored (nexusctl sees it), and cleared again.
+    let billing_id = browser
+        .js("return [...document.querySelectorAll('#keys tbody tr')].find(r => r.textContent.includes('console-billing')).dataset.key")
+        .as_str()
+        .expect("the key's row")
+        .to_owned();
+    let choose = |form: &str| {
+        browser.js(&format!(
+            "document.querySelector('{form} select[name=id]').value = {}; return true",
+            json!(billing_id)
+        ));
+    };
+    let key_json = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_nexusctl"))
+            .args([
+                "--control-plane",
+                &cp.to_string(),
+                "keys",
+                "list",
+                "-o",
+                "json",
+            ])
+            .env("NEXUS_ADMIN_KEY", &admin_key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+        all.as_array()
+            .and_then(|a| a.iter().find(|k| k["id"] == json!(billing_id)).cloned())
+            .unwrap_or_else(|| panic!("key {billing_id} not in nexusctl keys list: {all}"))
+    };
+    choose("#limits-form");
+    browser.type_into("#limits-form input[name=msgs_per_sec]", "fast");
+    browser.click("#limits-set");
+    browser.wait(Duration::from_secs(10), "a bad rate named", |b| {
+        b.text("#flash")
+            .contains("messages per second must be a whole number")
+            && b.text("#confirm").is_empty()
+    });
+    choose("#limits-form");
+    browser.type_into("#limits-form input[name=burst_msgs]", "10");
+    browser.click("#limits-set");
+    browser.wait(
+        Duration::from_secs(10),
+        "a burst without a rate named",
+        |b| {
+            b.text("#flash")
+                .contains("burst needs a messages-per-second rate")
+        },
+    );
+    choose("#limits-form");
+    browser.type_into("#limits-form input[name=msgs_per_sec]", "100");
+    browser.type_into("#limits-form input[name=burst_msgs]", "200");
+    browser.type_into("#limits-form input[name=bytes_per_sec]", "1048576");
+    browser.click("#limits-set");
+    browser.wait(Duration::from_secs(10), "limits confirmation", |b| {
+        b.text("#confirm").contains("Limit key console-billing")
+    });
+    browser.click("#confirm-yes");
+    browser.wait(Duration::from_secs(10), "limits set", |b| {
+        b.text("#flash").contains("limits: 100 msgs/s (burst 200), 1048576 bytes/s")
+            && b.js("return [...document.querySelectorAll('#keys tbody tr')].some(r => r.textContent.includes('console-billing') && r.querySelector('.limits').textContent.includes('100 msgs/s (burst 200)'))") == json!(true)
+    });
+    browser.screenshot("4c-key-limits");
+    let stored = key_json();
+    assert_eq!(stored["limits"]["msgs_per_sec"], json!(100), "{stored}");
+    assert_eq!(stored["limits"]["burst_msgs"], json!(200), "{stored}");
+    assert_eq!(
+        stored["limits"]["bytes_per_sec"],
+        json!(1048576),
+        "{stored}"
+    );
+    choose("#limits-form");
+    browser.click("#limits-clear");
+    browser.wait(Duration::from_secs(10), "clear limits confirmation", |b| {
+        b.text("#confirm")
+            .contains("Clear the rate limits of key console-billing")
+    });
+    browser.click("#confirm-yes");
+    browser.wait(Duration::from_secs(10), "limits cleared", |b| {
+        b.js("return [...document.querySelectorAll('#keys tbody tr')].some(r => r.textContent.includes('console-billing') && r.querySelector('.limits').textContent == 'unlimited')") == json!(true)
+    });
+    assert_eq!(key_json()["limits"]["msgs_per_sec"], json!(0));
+
+    // Its certificate binding: a client certificate from `nexus certs`, pasted as PEM, plus a
+    // DNS name; a paste that is no certificate is named at once, a bad fingerprint by the
+    // control plane after confirmation; then the binding is lifted.
+    let client_pki = dir.0.join("client-pki");
+    let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["certs", "--out", &d("client-pki"), "--client", "billing"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem_path = client_pki.join("clients/billing.pem");
+    let pem = std::fs::read_to_string(&pem_path).unwrap();
+    let fingerprint =
+        nexus_gateway::policy::ClientCert::from_der(&nexus_tls::load_certs(&pem_path).unwrap()[0])
+            .sha256;
+    choose("#binding-form");
+    browser.type_into("#binding-form textarea[name=pem]", "not a certificate");
+    browser.click("#binding-set");
+    browser.wait(Duration::from_secs(10), "a bad paste named", |b| {
+        b.text("#flash").contains("holds no PEM certificate") && b.text("#confirm").is_empty()
+    });
+    choose("#binding-form");
+    browser.type_into("#binding-form input[name=sha256]", "zz");
+    browser.click("#binding-set");
+    browser.wait(
+        Duration::from_secs(10),
+        "bad fingerprint confirmation",
+        |b| b.text("#confirm").contains("Bind key console-billing"),
+    );
+    browser.click("#confirm-yes");
+    browser.wait(Duration::from_secs(10), "a bad fingerprint named", |b| {
+        b.text("#flash").contains("is not a SHA-256 fingerprint")
+    });
+    assert_eq!(key_json()["cert_binding"], Value::Null);
+    choose("#binding-form");
+    browser.type_into("#binding-form input[name=names]", "billing.client.nexus");
+    browser.type_into("#binding-form textarea[name=pem]", &pem);
+    browser.click("#binding-set");
+    browser.wait(Duration::from_secs(10), "binding confirmation", |b| {
+        let c = b.text("#confirm");
+        c.contains("Bind key console-billing") && c.contains(&fingerprint)
+    });
+    browser.click("#confirm-yes");
+    browser.wait(Duration::from_secs(10), "binding shown", |b| {
+        b.js(&format!("return [...document.querySelectorAll('#keys tbody tr')].some(r => r.textContent.includes('console-billing') && r.querySelector('.binding').textContent == 'sha256 {fingerprint}, name billing.client.nexus')")) == json!(true)
+    });
+    browser.screenshot("4d-key-binding");
+    let stored = key_json();
+    assert_eq!(
+        stored["cert_binding"],
+        json!({ "sha256": [fingerprint], "names": ["billing.client.nexus"] }),
+        "{stored}"
+    );
+    choose("#binding-form");
+    browser.click("#binding-clear");
+    browser.wait(Duration::from_secs(10), "lift binding confirmation", |b| {
+        b.text("#confirm")
+            .contains("Lift the certificate binding of key console-billing")
+    });
+    browser.click("#confirm-yes");
+    browser.wait(Duration::from_secs(10), "binding lifted", |b| {
+        b.js("return [...document.querySelectorAll('#keys tbody tr')].some(r => r.textContent.includes('console-billing') && r.querySelector('.binding').textContent == 'none')") == json!(true)
+    });
+    assert_eq!(key_json()["cert_binding"], Value::Null);
+
     // Revoking it takes a confirmation too; cancelling changes nothing.
     browser.click_xpath("//tr[td[text()='console-billing']]//button[contains(., 'Revoke')]");
     browser.wait(

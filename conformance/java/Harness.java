@@ -28,6 +28,10 @@ import java.util.stream.Stream;
 final class Harness {
     private Harness() {}
 
+    /** The validity of the gateway certificate in a {@code gateway.tls: "expired"} environment. */
+    static final String EXPIRED_NOT_BEFORE = "2020-01-01T00:00:00Z";
+    static final String EXPIRED_NOT_AFTER = "2020-01-02T00:00:00Z";
+
     static String nexusBin() {
         String b = System.getenv("NEXUS_BIN");
         if (b != null && !b.isEmpty()) {
@@ -204,8 +208,11 @@ final class Harness {
             waitReady(metrics);
         }
 
+        /** Serves adapters over TLS ({@code https://}). */
+        boolean tls;
+
         String url() {
-            return "http://" + grpc;
+            return (tls ? "https://" : "http://") + grpc;
         }
 
         void restart() throws Exception {
@@ -243,6 +250,13 @@ final class Harness {
         Relay relay;
         Process controlPlane;
         String dns;
+        /**
+         * With {@code gateway.tls}: the directories of the cluster PKI ({@code nexus certs}) and of
+         * another CA's, by the names {@code connect} uses ({@code cluster}, {@code other}).
+         */
+        final Map<String, Path> pki = new HashMap<>();
+        /** Whether the gateways serve adapters over TLS ({@code https://}). */
+        boolean tls;
 
         Environment(JsonObject spec) throws IOException {
             this.spec = spec;
@@ -259,6 +273,29 @@ final class Harness {
             }
             if (gw.has("max_payload")) {
                 args.addAll(List.of("--max-payload", gw.get("max_payload").getAsString()));
+            }
+            if (gw.has("tls")) {
+                // The gateway's certificate (for 127.0.0.1) and a client certificate from the
+                // cluster CA, and a client certificate from another CA, all by `nexus certs`.
+                String mode = gw.get("tls").getAsString();
+                tls = true;
+                for (String which : List.of("cluster", "other")) {
+                    pki.put(which, dir.resolve("pki-" + which));
+                    run(List.of(nexusBin(), "certs", "--out", pki.get(which).toString(), "--gateway", region + "/conformance-tls@127.0.0.1",
+                            "--client", "conformance"), Map.of());
+                }
+                if (mode.equals("expired")) {
+                    // The same gateway certificate re-issued by the cluster CA, valid only on a day
+                    // in the past: nothing else is wrong with it.
+                    run(List.of(nexusBin(), "certs", "--out", pki.get("cluster").toString(), "--gateway", region + "/conformance-tls@127.0.0.1",
+                            "--not-before", EXPIRED_NOT_BEFORE, "--not-after", EXPIRED_NOT_AFTER), Map.of());
+                }
+                Path cert = pki.get("cluster").resolve("gateways").resolve(region);
+                args.addAll(List.of("--tls-cert", cert.resolve("conformance-tls.pem").toString(),
+                        "--tls-key", cert.resolve("conformance-tls-key.pem").toString()));
+                if (mode.equals("mutual")) {
+                    args.addAll(List.of("--tls-client-ca", pki.get("cluster").resolve("ca.pem").toString()));
+                }
             }
             if (spec.has("control_plane") && spec.get("control_plane").getAsBoolean()) {
                 Path keyFile = dir.resolve("admin.key");
@@ -347,6 +384,7 @@ final class Harness {
                 }
                 a.addAll(List.of("--gateway-id", "conformance-gw-" + i, "--state-dir", dir.resolve("gw-state-" + i).toString()));
                 Gateway g = new Gateway(a, dir.resolve("gateway-" + i + ".log").toFile());
+                g.tls = tls;
                 g.start();
                 gateways.add(g);
             }
@@ -390,6 +428,16 @@ final class Harness {
             if (spec.has("relay") && spec.get("relay").getAsBoolean()) {
                 relay = new Relay(gateway.grpc);
             }
+        }
+
+        /** The CA file, client certificate and client key of the PKI {@code which} ({@code cluster}, {@code other}). */
+        String[] tlsFiles(String which) {
+            Path d = pki.get(which);
+            if (d == null) {
+                throw new IllegalArgumentException("no PKI named " + which + " (the environment has gateway.tls: " + tls + ")");
+            }
+            return new String[] {d.resolve("ca.pem").toString(), d.resolve("clients").resolve("conformance.pem").toString(),
+                    d.resolve("clients").resolve("conformance-key.pem").toString()};
         }
 
         /** Waits until the first gateway knows that the remote region has interest in {@code subject}. */

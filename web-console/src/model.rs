@@ -299,6 +299,61 @@ pub struct KeyRow {
     /// While a rotation overlaps: until when the previous secret still works.
     pub previous_valid_until: Option<String>,
     pub version: i64,
+    /// The key's rate limits (all zero: unlimited).
+    pub limits: KeyLimitsForm,
+    /// The certificate binding: SHA-256 fingerprints and DNS names (both empty: none).
+    pub cert_sha256: Vec<String>,
+    pub cert_names: Vec<String>,
+}
+
+/// A key's rate limits as the Admin API's `KeyLimits` has them; 0 = unlimited (for a burst:
+/// one second's worth).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimitsForm {
+    pub msgs_per_sec: u32,
+    pub burst_msgs: u32,
+    pub bytes_per_sec: u64,
+    pub burst_bytes: u64,
+}
+
+impl KeyLimitsForm {
+    pub fn is_unlimited(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// "100 msgs/s (burst 200), 1048576 bytes/s (burst: 1 s)", or "unlimited".
+    pub fn describe(&self) -> String {
+        if self.is_unlimited() {
+            return "unlimited".into();
+        }
+        let part = |rate: u64, burst: u64, unit: &str| {
+            if rate == 0 {
+                format!("{unit}/s unlimited")
+            } else if burst == 0 {
+                format!("{rate} {unit}/s (burst: 1 s)")
+            } else {
+                format!("{rate} {unit}/s (burst {burst})")
+            }
+        };
+        format!(
+            "{}, {}",
+            part(self.msgs_per_sec.into(), self.burst_msgs.into(), "msgs"),
+            part(self.bytes_per_sec, self.burst_bytes, "bytes")
+        )
+    }
+}
+
+/// A key's certificate binding as shown: "sha256 ab12…, name orders.client.nexus", or "none".
+pub fn describe_binding(sha256: &[String], names: &[String]) -> String {
+    if sha256.is_empty() && names.is_empty() {
+        return "none".into();
+    }
+    sha256
+        .iter()
+        .map(|f| format!("sha256 {f}"))
+        .chain(names.iter().map(|n| format!("name {n}")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A key operation waiting for the operator's confirmation.
@@ -319,6 +374,19 @@ pub enum PendingKeyAction {
     Revoke {
         id: String,
         name: String,
+    },
+    /// Set the key's rate limits (all zero: clear them).
+    SetLimits {
+        id: String,
+        name: String,
+        limits: KeyLimitsForm,
+    },
+    /// Bind the key to client certificates (both lists empty: clear the binding).
+    SetBinding {
+        id: String,
+        name: String,
+        sha256: Vec<String>,
+        names: Vec<String>,
     },
 }
 

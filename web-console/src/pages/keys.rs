@@ -1,4 +1,6 @@
-//! API keys: the list, and create / rotate / revoke. Each change is two steps: the first form
+//! API keys: the list (with each key's rate limits and certificate binding), and create /
+//! rotate / revoke, set or clear limits, bind to client certificates or lift the binding.
+//! Each change is two steps: the first form
 //! stores the intended action in the session and the page asks for confirmation; only the
 //! confirmation performs it. A created or rotated key's secret is shown once, on the page
 //! right after, and never appears in a URL.
@@ -53,6 +55,33 @@ fn describe(action: &PendingKeyAction) -> String {
         PendingKeyAction::Revoke { id, name } => format!(
             "Revoke key {name} ({id})? Sessions using it are closed within about a second. This cannot be undone."
         ),
+        PendingKeyAction::SetLimits { id, name, limits } => {
+            if limits.is_unlimited() {
+                format!("Clear the rate limits of key {name} ({id})? It becomes unlimited.")
+            } else {
+                format!(
+                    "Limit key {name} ({id}) to {}? Every gateway applies it within seconds.",
+                    limits.describe()
+                )
+            }
+        }
+        PendingKeyAction::SetBinding {
+            id,
+            name,
+            sha256,
+            names,
+        } => {
+            if sha256.is_empty() && names.is_empty() {
+                format!(
+                    "Lift the certificate binding of key {name} ({id})? Any connection may then present it."
+                )
+            } else {
+                format!(
+                    "Bind key {name} ({id}) to client certificates: {}? Sessions presenting it without a matching certificate are closed.",
+                    describe_binding(sha256, names)
+                )
+            }
+        }
     }
 }
 
@@ -82,6 +111,18 @@ fn keys_view(p: KeysPage) -> AnyView {
             </div>
         }
     });
+    // The keys that limits and bindings can be set on.
+    let live: Vec<(String, String)> = p
+        .keys
+        .iter()
+        .filter(|k| !k.revoked)
+        .map(|k| (k.id.clone(), format!("{} ({})", k.name, k.id)))
+        .collect();
+    let options = move || {
+        live.iter()
+            .map(|(id, label)| view! { <option value=id.clone()>{label.clone()}</option> })
+            .collect_view()
+    };
     let rows = p
         .keys
         .into_iter()
@@ -117,6 +158,8 @@ fn keys_view(p: KeysPage) -> AnyView {
                     <td>{if k.admin { "yes" } else { "" }}</td>
                     <td>{k.created}</td>
                     <td>{k.expires}</td>
+                    <td class="limits">{k.limits.describe()}</td>
+                    <td class="binding">{describe_binding(&k.cert_sha256, &k.cert_names)}</td>
                     <td class="state">{state}</td>
                     <td>{actions}</td>
                 </tr>
@@ -131,20 +174,44 @@ fn keys_view(p: KeysPage) -> AnyView {
             <thead>
                 <tr>
                     <th>"Name"</th><th>"Id"</th><th>"Publish"</th><th>"Subscribe"</th><th>"Admin"</th>
-                    <th>"Created"</th><th>"Expires"</th><th>"State"</th><th></th>
+                    <th>"Created"</th><th>"Expires"</th><th>"Rate limits"</th><th>"Certificate"</th>
+                    <th>"State"</th><th></th>
                 </tr>
             </thead>
             <tbody>{rows}</tbody>
         </table>
         <h2>"Create a key"</h2>
         <form method="post" action="/actions/keys/create" class="grid" id="key-form">
-            <input type="hidden" name="csrf" value=csrf/>
+            <input type="hidden" name="csrf" value=csrf.clone()/>
             <label>"Name" <input name="name" required/></label>
             <label>"Publish patterns (comma-separated)" <input name="publish"/></label>
             <label>"Subscribe patterns (comma-separated)" <input name="subscribe"/></label>
             <label>"Expires in days (0 = never)" <input name="expires_in_days" value="0"/></label>
             <label class="check"><input type="checkbox" name="admin" value="yes"/>" admin (may use the Admin API)"</label>
             <button type="submit" id="key-create">"Create…"</button>
+        </form>
+        <h2>"Rate limits"</h2>
+        <p class="hint">"Per key, enforced by every gateway of a region (each takes its share: docs/security.md). 0 = unlimited; a burst of 0 is one second's worth."</p>
+        <form method="post" action="/actions/keys/limits" class="grid" id="limits-form">
+            <input type="hidden" name="csrf" value=csrf.clone()/>
+            <label>"Key" <select name="id">{options.clone()}</select></label>
+            <label>"Messages per second" <input name="msgs_per_sec" value="0" inputmode="numeric"/></label>
+            <label>"Message burst" <input name="burst_msgs" value="0" inputmode="numeric"/></label>
+            <label>"Payload bytes per second" <input name="bytes_per_sec" value="0" inputmode="numeric"/></label>
+            <label>"Byte burst" <input name="burst_bytes" value="0" inputmode="numeric"/></label>
+            <button type="submit" id="limits-set">"Set limits…"</button>
+            <button type="submit" name="clear" value="yes" id="limits-clear">"Clear limits…"</button>
+        </form>
+        <h2>"Certificate binding"</h2>
+        <p class="hint">"A bound key is accepted only from a TLS session whose client certificate has one of these SHA-256 fingerprints or DNS names (gateways started with --tls-client-ca)."</p>
+        <form method="post" action="/actions/keys/binding" class="grid" id="binding-form">
+            <input type="hidden" name="csrf" value=csrf/>
+            <label>"Key" <select name="id">{options}</select></label>
+            <label>"SHA-256 fingerprints (comma-separated)" <input name="sha256"/></label>
+            <label>"DNS names (comma-separated)" <input name="names" placeholder="orders.client.nexus"/></label>
+            <label>"Or paste PEM certificates" <textarea name="pem" rows="4"></textarea></label>
+            <button type="submit" id="binding-set">"Bind…"</button>
+            <button type="submit" name="clear" value="yes" id="binding-clear">"Clear binding…"</button>
         </form>
     }
     .into_any()

@@ -212,6 +212,9 @@ async fn key_name(
     admin_key: Option<&str>,
     key_id: &str,
 ) -> Result<String, String> {
+    if key_id.is_empty() {
+        return Err("choose a key first".into());
+    }
     let mut c = state
         .admin
         .client(admin_key)
@@ -305,6 +308,147 @@ pub async fn revoke_key(
             &id,
             Some(PendingKeyAction::Revoke { id: key_id, name }),
         ),
+        Err(e) => flash(&state, &id, Flash::Error(e)),
+    }
+    Redirect::to("/keys").into_response()
+}
+
+/// A whole number from a limits field (empty: 0), or an error naming the field.
+fn limit_field<T: std::str::FromStr>(f: &Fields, name: &str, what: &str) -> Result<T, String> {
+    let v = field(f, name);
+    let v = if v.is_empty() { "0" } else { v.as_str() };
+    v.parse()
+        .map_err(|_| format!("{what} must be a whole number (0 = unlimited), not {v:?}"))
+}
+
+/// The limits typed into the form, checked as the control plane will check them.
+fn limits_from(f: &Fields) -> Result<KeyLimitsForm, String> {
+    let l = KeyLimitsForm {
+        msgs_per_sec: limit_field(f, "msgs_per_sec", "messages per second")?,
+        burst_msgs: limit_field(f, "burst_msgs", "the message burst")?,
+        bytes_per_sec: limit_field(f, "bytes_per_sec", "bytes per second")?,
+        burst_bytes: limit_field(f, "burst_bytes", "the byte burst")?,
+    };
+    if l.burst_msgs != 0 && l.msgs_per_sec == 0 {
+        return Err("a message burst needs a messages-per-second rate".into());
+    }
+    if l.burst_bytes != 0 && l.bytes_per_sec == 0 {
+        return Err("a byte burst needs a bytes-per-second rate".into());
+    }
+    Ok(l)
+}
+
+/// The SHA-256 fingerprints (lower-case hex) of the PEM certificates pasted into the form.
+fn pem_fingerprints(pem: &str) -> Result<Vec<String>, String> {
+    use sha2::Digest;
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let body = &rest[start + BEGIN.len()..];
+        let Some(end) = body.find(END) else {
+            return Err(format!("certificate {} has no {END} line", out.len() + 1));
+        };
+        let b64: String = body[..end].split_whitespace().collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("certificate {} is not valid base64: {e}", out.len() + 1))?;
+        out.push(
+            sha2::Sha256::digest(&der)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        );
+        rest = &body[end + END.len()..];
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "the pasted text holds no PEM certificate ({BEGIN} ...)"
+        ));
+    }
+    Ok(out)
+}
+
+/// First step of setting (or, with `clear`, lifting) a key's rate limits.
+pub async fn set_key_limits(
+    State(state): State<AppState>,
+    Extension(SessionId(id)): Extension<SessionId>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let Some(key) = checked(&state, &id, &f) else {
+        return csrf_refused();
+    };
+    let limits = if field(&f, "clear") == "yes" {
+        Ok(KeyLimitsForm::default())
+    } else {
+        limits_from(&f)
+    };
+    let key_id = field(&f, "id");
+    let outcome = match limits {
+        Err(e) => Err(e),
+        Ok(limits) => key_name(&state, key.as_deref(), &key_id).await.map(|name| {
+            PendingKeyAction::SetLimits {
+                id: key_id,
+                name,
+                limits,
+            }
+        }),
+    };
+    match outcome {
+        Ok(action) => pending(&state, &id, Some(action)),
+        Err(e) => flash(&state, &id, Flash::Error(e)),
+    }
+    Redirect::to("/keys").into_response()
+}
+
+/// First step of binding a key to client certificates (fingerprints, DNS names, pasted PEM
+/// certificates), or, with `clear`, of lifting its binding.
+pub async fn set_key_binding(
+    State(state): State<AppState>,
+    Extension(SessionId(id)): Extension<SessionId>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let Some(key) = checked(&state, &id, &f) else {
+        return csrf_refused();
+    };
+    let binding = if field(&f, "clear") == "yes" {
+        Ok((Vec::new(), Vec::new()))
+    } else {
+        let mut sha256 = list(&field(&f, "sha256"));
+        let names = list(&field(&f, "names"));
+        let pem = field(&f, "pem");
+        let from_pem = if pem.is_empty() {
+            Ok(Vec::new())
+        } else {
+            pem_fingerprints(&pem)
+        };
+        match from_pem {
+            Err(e) => Err(e),
+            Ok(more) => {
+                sha256.extend(more);
+                if sha256.is_empty() && names.is_empty() {
+                    Err("give a fingerprint, a DNS name or a PEM certificate to bind the key to (or clear its binding)".into())
+                } else {
+                    Ok((sha256, names))
+                }
+            }
+        }
+    };
+    let key_id = field(&f, "id");
+    let outcome = match binding {
+        Err(e) => Err(e),
+        Ok((sha256, names)) => key_name(&state, key.as_deref(), &key_id).await.map(|name| {
+            PendingKeyAction::SetBinding {
+                id: key_id,
+                name,
+                sha256,
+                names,
+            }
+        }),
+    };
+    match outcome {
+        Ok(action) => pending(&state, &id, Some(action)),
         Err(e) => flash(&state, &id, Flash::Error(e)),
     }
     Redirect::to("/keys").into_response()
@@ -407,6 +551,51 @@ pub async fn confirm_key_action(
             .revoke_key(RevokeKeyRequest { id: key_id.clone() })
             .await
             .map(|_| Flash::Notice(format!("Key {name} ({key_id}) revoked."))),
+        PendingKeyAction::SetLimits {
+            id: key_id, limits, ..
+        } => c
+            .set_key_limits(SetKeyLimitsRequest {
+                id: key_id,
+                limits: Some(KeyLimits {
+                    msgs_per_sec: limits.msgs_per_sec,
+                    bytes_per_sec: limits.bytes_per_sec,
+                    burst_msgs: limits.burst_msgs,
+                    burst_bytes: limits.burst_bytes,
+                }),
+            })
+            .await
+            .map(|r| {
+                let k = r.into_inner();
+                let l = super::admin::key_row(&k, now_ms()).limits;
+                Flash::Notice(format!(
+                    "Key {} ({}) limits: {}.",
+                    k.name,
+                    k.id,
+                    l.describe()
+                ))
+            }),
+        PendingKeyAction::SetBinding {
+            id: key_id,
+            sha256,
+            names,
+            ..
+        } => c
+            .set_key_cert_binding(SetKeyCertBindingRequest {
+                id: key_id,
+                binding: (!sha256.is_empty() || !names.is_empty())
+                    .then_some(KeyCertBinding { sha256, names }),
+            })
+            .await
+            .map(|r| {
+                let k = r.into_inner();
+                let row = super::admin::key_row(&k, now_ms());
+                Flash::Notice(format!(
+                    "Key {} ({}) certificate binding: {}.",
+                    k.name,
+                    k.id,
+                    describe_binding(&row.cert_sha256, &row.cert_names)
+                ))
+            }),
     };
     flash(
         &state,
@@ -514,6 +703,79 @@ mod tests {
         assert_eq!(
             (r.consistency, r.sync_quorum),
             (Consistency::Sync as i32, 2)
+        );
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn limits_form_is_checked_and_errors_name_the_field() {
+        let l = limits_from(&fields(&[
+            ("msgs_per_sec", "100"),
+            ("burst_msgs", ""),
+            ("bytes_per_sec", " 2048 "),
+            ("burst_bytes", "4096"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            l,
+            KeyLimitsForm {
+                msgs_per_sec: 100,
+                burst_msgs: 0,
+                bytes_per_sec: 2048,
+                burst_bytes: 4096
+            }
+        );
+        assert_eq!(limits_from(&fields(&[])).unwrap(), KeyLimitsForm::default());
+        let err = limits_from(&fields(&[("bytes_per_sec", "-1")])).unwrap_err();
+        assert!(
+            err.contains("bytes per second") && err.contains("\"-1\""),
+            "{err}"
+        );
+        let err = limits_from(&fields(&[("msgs_per_sec", "4294967296")])).unwrap_err();
+        assert!(err.contains("messages per second"), "{err}");
+        let err = limits_from(&fields(&[("burst_bytes", "10")])).unwrap_err();
+        assert!(err.contains("bytes-per-second rate"), "{err}");
+    }
+
+    #[test]
+    fn pasted_pem_certificates_give_their_sha256() {
+        use sha2::Digest;
+        let der = b"not really DER, but any bytes hash";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let pem = format!(
+            "junk before\n-----BEGIN CERTIFICATE-----\n{}\n{}\n-----END CERTIFICATE-----\n",
+            &b64[..20],
+            &b64[20..]
+        );
+        let want: String = sha2::Sha256::digest(der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(pem_fingerprints(&pem).unwrap(), vec![want.clone()]);
+        assert_eq!(
+            pem_fingerprints(&format!("{pem}{pem}")).unwrap(),
+            vec![want.clone(), want]
+        );
+        assert!(
+            pem_fingerprints("hello")
+                .unwrap_err()
+                .contains("no PEM certificate")
+        );
+        assert!(
+            pem_fingerprints("-----BEGIN CERTIFICATE-----\nAAAA")
+                .unwrap_err()
+                .contains("END CERTIFICATE")
+        );
+        assert!(
+            pem_fingerprints("-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----")
+                .unwrap_err()
+                .contains("base64")
         );
     }
 

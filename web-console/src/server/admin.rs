@@ -12,7 +12,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::time::fmt_ms;
-use crate::model::{KeyRow, RouteRow, SchemaSubjectRow};
+use crate::model::{KeyLimitsForm, KeyRow, RouteRow, SchemaSubjectRow};
 
 /// Adds the admin key to every call.
 #[derive(Clone)]
@@ -206,5 +206,24 @@ pub fn key_row(k: &ApiKey, now_ms: i64) -> KeyRow {
         previous_valid_until: (k.previous_valid_until_ms > now_ms)
             .then(|| fmt_ms(k.previous_valid_until_ms)),
         version: k.version,
+        limits: k
+            .limits
+            .map(|l| KeyLimitsForm {
+                msgs_per_sec: l.msgs_per_sec,
+                burst_msgs: l.burst_msgs,
+                bytes_per_sec: l.bytes_per_sec,
+                burst_bytes: l.burst_bytes,
+            })
+            .unwrap_or_default(),
+        cert_sha256: k
+            .cert_binding
+            .as_ref()
+            .map(|b| b.sha256.clone())
+            .unwrap_or_default(),
+        cert_names: k
+            .cert_binding
+            .as_ref()
+            .map(|b| b.names.clone())
+            .unwrap_or_default(),
     }
 }

@@ -271,6 +271,8 @@ fn router(state: AppState, hydrate: bool) -> Router {
         .route("/actions/keys/create", post(actions::create_key))
         .route("/actions/keys/rotate", post(actions::rotate_key))
         .route("/actions/keys/revoke", post(actions::revoke_key))
+        .route("/actions/keys/limits", post(actions::set_key_limits))
+        .route("/actions/keys/binding", post(actions::set_key_binding))
         .route("/actions/keys/confirm", post(actions::confirm_key_action))
         .route("/actions/keys/cancel", post(actions::cancel_key_action))
         .route("/actions/schemas/check", post(actions::check_schema))

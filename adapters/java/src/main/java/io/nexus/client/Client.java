@@ -482,7 +482,7 @@ public final class Client implements AutoCloseable {
         throw last != null ? last : new ConnectFailedException("no gateway");
     }
 
-    /** The TLS context of sessions: JDK TLS (ALPN h2 on Java 9+), the CA and client certificate given. */
+    /** The TLS context of sessions: JDK TLS with ALPN h2 ({@link Tls}), the CA and client certificate given. */
     private io.netty.handler.ssl.SslContext sslContext() {
         for (java.io.File f : new java.io.File[] {opts.tlsCaFile, opts.tlsClientCert, opts.tlsClientKey}) {
             if (f != null && !f.canRead()) {
@@ -490,22 +490,7 @@ public final class Client implements AutoCloseable {
             }
         }
         try {
-            io.netty.handler.ssl.SslContextBuilder b = io.grpc.netty.GrpcSslContexts.forClient();
-            if (opts.tlsCaFile != null) {
-                b.trustManager(opts.tlsCaFile);
-            }
-            if (opts.tlsClientCert != null) {
-                b.keyManager(opts.tlsClientCert, opts.tlsClientKey);
-            }
-            io.netty.handler.ssl.SslContext ctx = b.build();
-            // gRPC over TLS needs ALPN ("h2"). Debian's Netty 4.1.48 build removed ALPN from
-            // its JDK TLS provider (and netty-tcnative is not packaged), so check here and say so.
-            ctx.newEngine(io.netty.buffer.ByteBufAllocator.DEFAULT);
-            return ctx;
-        } catch (UnsupportedOperationException e) {
-            throw new ConnectFailedException("TLS needs ALPN (h2), which this Netty build does not provide (" + e.getMessage()
-                    + "; Debian's netty 4.1.48 removes ALPN from the JDK provider): put a Netty with ALPN "
-                    + "(upstream netty-handler 4.1.x, or netty-tcnative-boringssl-static) on the classpath");
+            return Tls.clientContext(opts.tlsCaFile, opts.tlsClientCert, opts.tlsClientKey);
         } catch (javax.net.ssl.SSLException | IllegalArgumentException e) {
             throw new ConnectFailedException("TLS setup: " + e.getMessage());
         }

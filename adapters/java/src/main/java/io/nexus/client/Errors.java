@@ -31,7 +31,31 @@ final class Errors {
         }
     }
 
+    /**
+     * What a failed TLS handshake under {@code t} says, the certificate's own problem first
+     * (expired, not yet valid), else the innermost TLS message; null when TLS did not fail.
+     */
+    static String tlsFailure(Throwable t) {
+        String tls = null;
+        for (Throwable c = t; c != null; c = c.getCause() == c ? null : c.getCause()) {
+            if (c instanceof java.security.cert.CertificateExpiredException) {
+                return "the gateway's certificate has expired (" + c.getMessage() + ")";
+            }
+            if (c instanceof java.security.cert.CertificateNotYetValidException) {
+                return "the gateway's certificate is not yet valid (" + c.getMessage() + ")";
+            }
+            if (c instanceof javax.net.ssl.SSLException || c instanceof java.security.cert.CertificateException) {
+                tls = c.getMessage();
+            }
+        }
+        return tls;
+    }
+
     static NexusException fromStatus(Throwable t, String address) {
+        String tls = tlsFailure(t);
+        if (tls != null) {
+            return new ConnectFailedException(address + ": TLS handshake failed: " + tls);
+        }
         Status s = Status.fromThrowable(t);
         String d = s.getDescription() == null ? s.getCode().name() : s.getDescription();
         if (s.getCause() != null && s.getCause().getMessage() != null) {
