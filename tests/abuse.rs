@@ -963,7 +963,9 @@ async fn a_key_over_its_rate_limit_is_refused_and_other_keys_are_unaffected() {
     );
 }
 
-/// A key's limits hold for its region: with two gateways in a cluster, each enforces half,
+/// A key's limits hold for its region, divided among the gateways where the key has
+/// sessions: with its sessions on one gateway of two, that gateway enforces the whole limit
+/// (an even split by live gateways gave it half); with sessions on both, each enforces half,
 /// so a key publishing through both at once gets about its limit in all, not twice it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_rate_limit_holds_across_the_gateways_of_a_region() {
@@ -1038,21 +1040,66 @@ async fn a_keys_rate_limit_holds_across_the_gateways_of_a_region() {
             .await
         );
     }
-    let mut sessions = Vec::new();
-    for gw in &gws {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        sessions.push(loop {
-            match keyed_session(&gw.url(), &secret).await {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
+    let session = |gw: &Gateway| {
+        let url = gw.url();
+        let secret = secret.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match keyed_session(&url, &secret).await {
+                    Ok(s) => break s,
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(e) => panic!("key never accepted: {e}"),
                 }
-                Err(e) => panic!("key never accepted: {e}"),
             }
-        });
+        }
+    };
+    let share = format!("key=\"{id}\"");
+
+    // Sessions on gw1 only: gw1 enforces the whole limit, once it knows gw2's keys (until
+    // then gw2 counts as having sessions of every key).
+    assert!(
+        eventually(Duration::from_secs(10), || gws[0]
+            .metric("nexus_key_limit_share", &[&share])
+            == 0.0)
+        .await,
+        "gw1 never learnt that the key has no sessions on gw2"
+    );
+    let s1 = session(&gws[0]).await;
+    let started = Instant::now();
+    let alone = publish_acked(s1, "load.one", 3000).await;
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "alone on gw1, in {took:.2} s: {} acked / {} refused: {}",
+        alone.0, alone.1, alone.2
+    );
+    assert_eq!(gws[0].metric("nexus_key_limit_share", &[&share]), 0.0);
+    assert!(
+        (alone.0 as f64) > 50.0 + 100.0 * took + 25.0,
+        "{} acked alone on gw1 in {took:.2} s: no more than half the limit",
+        alone.0
+    );
+    assert!((alone.0 as f64) <= 100.0 + 200.0 * took + 50.0, "{alone:?}");
+    assert!(
+        alone.2.contains("200 messages/s") && !alone.2.contains("share"),
+        "{}",
+        alone.2
+    );
+
+    // Sessions on both: each learns the other's over the cluster link and enforces half.
+    let s1 = session(&gws[0]).await;
+    let s2 = session(&gws[1]).await;
+    for gw in &gws {
+        assert!(
+            eventually(Duration::from_secs(10), || gw
+                .metric("nexus_key_limit_share", &[&share])
+                == 2.0)
+            .await,
+            "a gateway never learnt that the key has sessions on the other"
+        );
     }
-    let s2 = sessions.pop().unwrap();
-    let s1 = sessions.pop().unwrap();
     let started = Instant::now();
     let (r1, r2) = tokio::join!(
         publish_acked(s1, "load.one", 3000),
@@ -1075,11 +1122,41 @@ async fn a_keys_rate_limit_holds_across_the_gateways_of_a_region() {
         assert!(r.0 > 0 && r.1 > 0, "{r:?}");
         assert!(
             r.2.contains("200 messages/s")
-                && r.2.contains("its share among the region's 2 live gateways"),
+                && r.2.contains(
+                    "its share among the 2 gateways of the region where this key has sessions"
+                ),
             "{}",
             r.2
         );
     }
+
+    // The sessions are closed: gw1 enforces the whole limit again. Then gw2 is cut off (SIGSTOP)
+    // past the cluster grace: gw1 no longer knows its keys and counts it for every key (the
+    // even split) until it is back.
+    let whole = || async {
+        eventually(Duration::from_secs(10), || {
+            gws[0].metric("nexus_key_limit_share", &[&share]) == 0.0
+        })
+        .await
+    };
+    assert!(
+        whole().await,
+        "gw1 kept a share after the sessions on gw2 closed"
+    );
+    gws[1].signal("STOP");
+    let split = eventually(Duration::from_secs(10), || {
+        gws[0].metric("nexus_key_limit_share", &[&share]) == 2.0
+    })
+    .await;
+    gws[1].signal("CONT");
+    assert!(
+        split,
+        "gw1 did not fall back to the even split with gw2 cut off"
+    );
+    assert!(
+        whole().await,
+        "gw1 did not learn gw2's keys again after the cut"
+    );
 }
 
 /// A client name carrying a newline, an ANSI escape and a bidi override cannot forge or

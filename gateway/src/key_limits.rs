@@ -9,14 +9,14 @@
 //! key at its limit does not slow anyone else.
 //!
 //! **A key's limits hold for its region as a whole.** Each gateway enforces its share of
-//! them: the key's rates and bursts divided by the number of live gateways of its region that
-//! it knows from the control plane's push (the region's cluster: every gateway registered with
-//! a link endpoint, itself included), rounded up. So the region admits at most about the
-//! configured rate whatever the spread of the key's sessions, and a key whose traffic all goes
-//! to one gateway gets that gateway's share only. The share follows the region as gateways
-//! come and go (limiters are rebuilt, with a full burst, when it changes). Gateways the push
-//! does not list (no link endpoint, or no control plane) enforce the whole limit each
-//! (docs/hardening.md §6).
+//! them: the key's rates and bursts divided by the number of gateways of the region where the
+//! key has authenticated sessions (this one, plus the cluster peers that said so over their
+//! cluster links: `nexus_federation::cluster::key_activity`), rounded up. So a key whose
+//! sessions all sit on one gateway gets its whole limit there, and a key spread over three
+//! gateways a third on each, and the region admits about the configured rate either way. The
+//! share follows the key's sessions as they come and go (a key's limiter is rebuilt, with a
+//! full burst of the new share, when its share changes). A gateway with no cluster links
+//! enforces the whole limit (docs/security.md §8).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -25,6 +25,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use nexus_proto::v1::KeyLimits;
+use parking_lot::Mutex;
 
 /// The limiters of one key.
 pub struct KeyLimiter {
@@ -62,13 +63,14 @@ impl KeyLimiter {
         })
     }
 
-    /// "; this gateway enforces 50 of them, its share among the region's 2 live gateways".
+    /// "; this gateway enforces 50 of them, its share among the 2 gateways of the region
+    /// where the key has sessions".
     fn share_note(&self, rate: u64, burst: u64, unit: &str) -> String {
         if self.share <= 1 {
             return String::new();
         }
         format!(
-            "; this gateway enforces {} {unit}/s (burst {}), its share among the region's {} live gateways",
+            "; this gateway enforces {} {unit}/s (burst {}), its share among the {} gateways of the region where this key has sessions",
             part(rate, self.share),
             part(burst, self.share),
             self.share
@@ -119,27 +121,96 @@ impl KeyLimiter {
     }
 }
 
-/// The limiters of every limited key, replaced as a whole when the keys change; a key whose
-/// limits did not change keeps its limiter (and so its state).
+/// The limiters of every limited key, replaced as a whole when the keys or their shares
+/// change; a key whose limits and share did not change keeps its limiter (and so its state).
 #[derive(Default)]
 pub struct KeyLimiters {
     by_key: ArcSwap<HashMap<String, Arc<KeyLimiter>>>,
+    /// What the limiters are built from; changed only when the keys are pushed or a key's
+    /// sessions appear or leave on a cluster peer, never per message.
+    inputs: Mutex<Inputs>,
+}
+
+#[derive(Default)]
+struct Inputs {
+    /// Every limited key's limits, as pushed by the control plane.
+    limits: HashMap<String, KeyLimits>,
+    /// For each key with sessions on other gateways of the region: how many.
+    peers_active: HashMap<String, u32>,
+    /// Other gateways of the region that have not told which keys they have sessions of:
+    /// each counts for every key.
+    unknown_peers: u32,
+}
+
+impl Inputs {
+    fn share(&self, key: &str) -> u32 {
+        let peers = self.peers_active.get(key).copied().unwrap_or(0);
+        peers.saturating_add(self.unknown_peers).saturating_add(1)
+    }
 }
 
 impl KeyLimiters {
-    /// Installs the limits of every limited key, each divided among `share` gateways (the
-    /// region's live gateways, at least 1).
-    pub fn update<'a>(&self, keys: impl Iterator<Item = (&'a str, &'a KeyLimits)>, share: u32) {
-        let share = share.max(1);
+    /// Installs the limits of every limited key (each divided among the gateways of the
+    /// region where the key has sessions).
+    pub fn update<'a>(&self, keys: impl Iterator<Item = (&'a str, &'a KeyLimits)>) {
+        let mut inputs = self.inputs.lock();
+        inputs.limits = keys.map(|(id, l)| (id.to_owned(), *l)).collect();
+        self.rebuild(&inputs);
+    }
+
+    /// `peers` other gateways of the region have sessions of `key` now: this gateway
+    /// enforces `1 / (peers + 1)` of its limits.
+    pub fn set_peers_active(&self, key: &str, peers: u32) {
+        let mut inputs = self.inputs.lock();
+        let before = if peers == 0 {
+            inputs.peers_active.remove(key)
+        } else {
+            inputs.peers_active.insert(key.to_owned(), peers)
+        };
+        if before.unwrap_or(0) != peers && inputs.limits.contains_key(key) {
+            self.rebuild(&inputs);
+        }
+    }
+
+    /// `peers` other gateways of the region have not told which keys they have sessions of:
+    /// each counts as having sessions of every key (the conservative even split).
+    /// Returns whether that changed anything.
+    pub fn set_unknown_peers(&self, peers: u32) -> bool {
+        let mut inputs = self.inputs.lock();
+        if inputs.unknown_peers == peers {
+            return false;
+        }
+        inputs.unknown_peers = peers;
+        self.rebuild(&inputs);
+        true
+    }
+
+    /// The share `key` is enforced with here (1: the whole limit).
+    pub fn share(&self, key: &str) -> u32 {
+        self.inputs.lock().share(key)
+    }
+
+    /// Every limited key and the share it is enforced with here.
+    pub fn shares(&self) -> Vec<(String, u32)> {
+        let inputs = self.inputs.lock();
+        inputs
+            .limits
+            .keys()
+            .map(|k| (k.clone(), inputs.share(k)))
+            .collect()
+    }
+
+    fn rebuild(&self, inputs: &Inputs) {
         let old = self.by_key.load();
         let mut next = HashMap::new();
-        for (id, limits) in keys {
+        for (id, limits) in &inputs.limits {
+            let share = inputs.share(id);
             let kept = old
                 .get(id)
                 .filter(|l| l.limits == *limits && l.share == share)
                 .cloned();
             if let Some(l) = kept.or_else(|| KeyLimiter::new(limits, share).map(Arc::new)) {
-                next.insert(id.to_owned(), l);
+                next.insert(id.clone(), l);
             }
         }
         self.by_key.store(Arc::new(next));
@@ -174,7 +245,7 @@ mod tests {
             bytes_per_sec: 1000,
             ..Default::default()
         };
-        limiters.update([("a", &a), ("b", &b)].into_iter(), 1);
+        limiters.update([("a", &a), ("b", &b)].into_iter());
         for _ in 0..5 {
             limiters.check("a", 10).unwrap();
         }
@@ -189,13 +260,13 @@ mod tests {
         assert!(limiters.check("b", 5000).unwrap_err().contains("burst"));
         limiters.check("unlimited", 1 << 20).unwrap();
         // Unchanged limits keep their state across an update.
-        limiters.update([("a", &a), ("b", &b)].into_iter(), 1);
+        limiters.update([("a", &a), ("b", &b)].into_iter());
         assert!(limiters.check("a", 10).is_err());
         assert!(KeyLimiter::new(&KeyLimits::default(), 1).is_none());
     }
 
     #[test]
-    fn limits_are_divided_among_the_regions_gateways() {
+    fn limits_are_divided_among_the_gateways_where_the_key_has_sessions() {
         let limits = KeyLimits {
             msgs_per_sec: 10,
             burst_msgs: 9,
@@ -205,16 +276,19 @@ mod tests {
             bytes_per_sec: 1000,
             ..Default::default()
         };
-        // Three gateways: each takes ceil(9/3) = 3 messages of the burst, so the region
-        // admits 9 in a burst, not 27.
         let limiters = KeyLimiters::default();
-        limiters.update([("k", &limits), ("b", &bytes)].into_iter(), 3);
+        limiters.update([("k", &limits), ("b", &bytes)].into_iter());
+        // Sessions of k and b on two other gateways too: each takes ceil(9/3) = 3 messages
+        // of the burst, so the region admits 9 in a burst, not 27.
+        limiters.set_peers_active("k", 2);
+        limiters.set_peers_active("b", 2);
+        assert_eq!(limiters.share("k"), 3);
         for _ in 0..3 {
             limiters.check("k", 1).unwrap();
         }
         let e = limiters.check("k", 1).unwrap_err();
         assert!(
-            e.contains("10 messages/s (burst 9; this gateway enforces 4 messages/s (burst 3), its share among the region's 3 live gateways)"),
+            e.contains("10 messages/s (burst 9; this gateway enforces 4 messages/s (burst 3), its share among the 3 gateways of the region where this key has sessions)"),
             "{e}"
         );
         // The byte burst (the rate, 1000) is divided too: 334 here.
@@ -223,18 +297,31 @@ mod tests {
             e.contains("burst of 1000 bytes; this gateway enforces 334"),
             "{e}"
         );
-        // When the region shrinks to one gateway, it enforces the whole limit (new limiter).
-        limiters.update([("k", &limits)].into_iter(), 1);
+        // The other gateways' sessions of k leave: this one enforces the whole limit (a new
+        // limiter); b, unchanged, keeps its state.
+        limiters.set_peers_active("k", 0);
+        assert_eq!(limiters.share("k"), 1);
         for _ in 0..9 {
             limiters.check("k", 1).unwrap();
         }
         assert!(!limiters.check("k", 1).unwrap_err().contains("share"));
+        assert!(limiters.check("b", 400).is_err());
+        // Limits pushed again keep the shares.
+        limiters.update([("k", &limits), ("b", &bytes)].into_iter());
+        assert!(limiters.check("b", 400).is_err());
+        // Two gateways that have not told their keys count for every key.
+        limiters.set_unknown_peers(2);
+        assert_eq!(limiters.share("k"), 3);
+        assert_eq!(limiters.share("b"), 5);
+        limiters.set_unknown_peers(0);
+        assert_eq!(limiters.share("k"), 1);
         // A share never rounds a positive limit down to nothing.
         let tiny = KeyLimits {
             msgs_per_sec: 1,
             ..Default::default()
         };
-        limiters.update([("t", &tiny)].into_iter(), 5);
+        limiters.update([("t", &tiny)].into_iter());
+        limiters.set_peers_active("t", 4);
         limiters.check("t", 1).unwrap();
         assert!(limiters.check("t", 1).is_err());
     }

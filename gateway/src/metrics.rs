@@ -166,6 +166,9 @@ pub struct GatewayMetrics {
     pub admission_refusals: Family<AdmissionLabels, Counter>,
     /// Messages refused because their key was over its rate limit, by key id.
     pub key_rate_limited: Family<KeyLabels, Counter>,
+    /// For each key with sessions on other gateways of the region: how many gateways share
+    /// its rate limits (this one enforces 1/share of them); absent means the whole limit.
+    pub key_limit_share: Family<KeyLabels, Gauge>,
     /// Sessions open that have not completed Hello.
     pub unauthenticated_sessions: Gauge,
     /// TCP connections open on the adapter listener.
@@ -213,6 +216,7 @@ impl GatewayMetrics {
             limit_violations: Family::default(),
             admission_refusals: Family::default(),
             key_rate_limited: Family::default(),
+            key_limit_share: Family::default(),
             unauthenticated_sessions: Gauge::default(),
             transport_connections: Gauge::default(),
             protocol_errors: Counter::default(),
@@ -292,6 +296,11 @@ impl GatewayMetrics {
             "key_rate_limited",
             "Messages refused because their API key was over its rate limit, by key id",
             m.key_rate_limited.clone(),
+        );
+        registry.register(
+            "key_limit_share",
+            "How many gateways of the region divide an API key's rate limits (those where it has sessions), by key id; absent: this gateway enforces the whole limit",
+            m.key_limit_share.clone(),
         );
         let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
         build_info

@@ -278,22 +278,6 @@ impl Policy {
         Ok(stored)
     }
 
-    /// How many live gateways of `region` share a key's rate limits: the gateways of the
-    /// region in the pushed registrations (those with a link endpoint), counting `gateway_id`
-    /// (this gateway) once whether or not it is listed; 1 without a control plane.
-    pub fn region_gateways(&self, region: &str, gateway_id: &str) -> u32 {
-        let mut ids: Vec<&str> = self
-            .peers
-            .iter()
-            .filter(|p| p.region == region)
-            .map(|p| p.gateway_id.as_str())
-            .chain(std::iter::once(gateway_id))
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.len().max(1) as u32
-    }
-
     /// The rate limits of every key that has some.
     pub fn key_limits(&self) -> impl Iterator<Item = (&str, &nexus_proto::v1::KeyLimits)> {
         self.keys.iter().filter_map(|(id, k)| {
@@ -350,22 +334,6 @@ fn grant_of(
 mod tests {
     use super::*;
     use nexus_proto::v1::{ApiKey, KeyScopes};
-
-    #[test]
-    fn the_region_gateways_that_share_key_limits() {
-        let peer = |region: &str, id: &str| FederationPeer {
-            region: region.into(),
-            gateway_id: id.into(),
-            addr: "127.0.0.1:1".into(),
-        };
-        let mut policy = Policy::default();
-        assert_eq!(policy.region_gateways("r", "gw-1"), 1);
-        policy.peers = vec![peer("r", "gw-1"), peer("r", "gw-2"), peer("other", "gw-9")];
-        assert_eq!(policy.region_gateways("r", "gw-1"), 2);
-        // This gateway counts once, listed or not.
-        assert_eq!(policy.region_gateways("r", "gw-3"), 3);
-        assert_eq!(policy.region_gateways("other", "gw-9"), 1);
-    }
 
     fn key(revoked: bool, expires_at_ms: i64) -> (StoredKey, String) {
         let id = keys::new_key_id();

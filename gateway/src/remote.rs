@@ -48,6 +48,12 @@ pub trait Remote: Send + Sync + 'static {
     /// A local subscription group appeared (`present`) or went away: plain subscriptions
     /// to `pattern` (`queue` is `None`), or the queue group `queue` on `pattern`.
     fn interest_changed(&self, pattern: &str, queue: Option<&str>, present: bool);
+    /// API key `key_id` got its first authenticated session on this gateway (`present`) or
+    /// lost its last: the region's other gateways divide the key's rate limits by where it
+    /// has sessions.
+    fn key_active_changed(&self, key_id: &str, present: bool) {
+        let _ = (key_id, present);
+    }
     /// A message published in this region, for the regions that want it; `local_interest`
     /// says whether a local subscription matched it. Called before local delivery, so that a
     /// duplicate (see [`PublishOutcome::duplicate`]) is delivered nowhere.

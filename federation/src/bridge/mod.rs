@@ -38,6 +38,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::cluster::balance::Taker;
+use crate::cluster::key_activity::{KeyActivity, ShareChange};
 use crate::cluster::membership::Member;
 use crate::interest::{RemoteInterest, interest_key};
 use crate::link::{Federation, LinkHandler, LinkInfo, LinkKind};
@@ -68,6 +69,9 @@ pub struct RegionRouter {
     replication: Arc<Replication>,
     /// The registered peers last handed to the links.
     peers_seen: Mutex<Vec<v1::FederationPeer>>,
+    /// Which API keys have sessions here and on each cluster peer (the split of the keys'
+    /// rate limits).
+    keys: Mutex<KeyActivity>,
 }
 
 fn now_ms() -> i64 {
@@ -101,6 +105,7 @@ impl RegionRouter {
             metrics,
             router: router.clone(),
             cluster: Cluster::default(),
+            keys: Mutex::new(KeyActivity::default()),
             remote: ArcSwap::from_pointee(remote),
             requests: RemoteRequests::default(),
             streams: cluster_streams::ClusterStreams::new(fed.clone(), router.clone()),
@@ -119,6 +124,7 @@ impl RegionRouter {
                 .pump(fed, router.clone(), move || {
                     b.follow_peers();
                     b.forget_absent_peers();
+                    b.count_unknown_key_peers();
                 }),
         );
         Ok(bridge)
@@ -146,6 +152,8 @@ impl RegionRouter {
         {
             let update = self.cluster.peer_gone(&gateway);
             self.tell_regions(update);
+            let shares = self.keys.lock().peer_gone(&gateway);
+            self.apply_key_shares(shares);
             self.requests.gateways.lock().forget(&gateway);
             self.replication.peer_gone(&self.fed, &gateway);
         }
@@ -345,6 +353,30 @@ impl RegionRouter {
         }
     }
 
+    /// Divides each changed key's rate limits among the gateways of the region where it has
+    /// sessions now.
+    fn apply_key_shares(&self, shares: Vec<ShareChange>) {
+        for (key, peers) in shares {
+            self.router.set_key_peers_active(&key, peers);
+        }
+        self.count_unknown_key_peers();
+    }
+
+    /// The region's other gateways in the control plane's push that have not told their
+    /// keys (not linked yet, or gone) count as having sessions of every key.
+    fn count_unknown_key_peers(&self) {
+        let policy = self.router.policy();
+        let (region, me) = (self.fed.region(), self.fed.gateway_id());
+        let listed: Vec<&str> = policy
+            .peers
+            .iter()
+            .filter(|p| p.region == region && p.gateway_id != me)
+            .map(|p| p.gateway_id.as_str())
+            .collect();
+        let unknown = self.keys.lock().unknown(&listed);
+        self.router.set_key_unknown_peers(unknown);
+    }
+
     /// Sends an interest change to other regions.
     fn tell_regions(&self, update: Option<InterestUpdate>) {
         if let Some(update) = update {
@@ -367,6 +399,9 @@ impl LinkHandler for RegionRouter {
         self.fed
             .try_send_control_to(&link.gateway_id, Kind::Interest(full));
         if cluster_link {
+            let keys = self.keys.lock().local_full();
+            self.fed
+                .try_send_control_to(&link.gateway_id, Kind::KeyActivity(keys));
             // Back within the grace period: the relays it missed go out again.
             self.cluster.peer_present(&link.gateway_id);
             self.replication.peer_back(&self.fed, &link.gateway_id);
@@ -404,6 +439,10 @@ impl LinkHandler for RegionRouter {
                 self.tell_regions(for_regions);
             }
             Kind::Interest(update) => self.on_interest(&link.region, update),
+            Kind::KeyActivity(update) if link.region == self.fed.region() => {
+                let shares = self.keys.lock().peer_update(&link.gateway_id, &update);
+                self.apply_key_shares(shares);
+            }
             Kind::ReplicaAck(ack) if link.region == self.fed.region() => {
                 self.replication.on_replica_ack(&link.gateway_id, ack)
             }
@@ -620,6 +659,15 @@ impl Remote for RegionRouter {
                 total > 0 && rand::random_range(0..total) >= mine
             }
             _ => false,
+        }
+    }
+
+    fn key_active_changed(&self, key_id: &str, present: bool) {
+        let mut keys = self.keys.lock();
+        if let Some(update) = keys.local_changed(key_id, present) {
+            // Under the lock: peers get a key's changes in the order they happened.
+            self.fed
+                .broadcast_control(LinkKind::Cluster, Kind::KeyActivity(update));
         }
     }
 

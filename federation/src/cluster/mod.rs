@@ -4,6 +4,9 @@
 //!
 //! - [`membership`]: who links to whom, and each gateway's home in every other region.
 //! - [`balance`]: which gateway of the region takes a queue group's message or a request.
+//! - [`key_activity`]: which API keys have sessions on which gateways (the per-key rate
+//!   limits' split).
 
 pub mod balance;
+pub mod key_activity;
 pub mod membership;

@@ -557,9 +557,15 @@ impl Federation {
 
     /// Sends an interest update on every link of one kind.
     pub fn broadcast_interest(&self, kind: LinkKind, update: &InterestUpdate) {
+        self.broadcast_control(kind, Kind::Interest(update.clone()));
+    }
+
+    /// Queues a control frame on every link of `kind` (dropped on a link whose control
+    /// queue is full, as interest updates are).
+    pub fn broadcast_control(&self, kind: LinkKind, frame: Kind) {
         for link in self.links.lock().values().filter(|l| l.kind == kind) {
             let _ = link.control.try_send(LinkFrame {
-                kind: Some(Kind::Interest(update.clone())),
+                kind: Some(frame.clone()),
             });
         }
     }

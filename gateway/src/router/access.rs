@@ -24,9 +24,8 @@ impl Router {
     pub fn apply_policy(&self, policy: Policy) {
         self.metrics.config_version.set(policy.version);
         self.metrics.config_updates.inc();
-        let cfg = self.cfg.load();
-        let share = policy.region_gateways(&cfg.region, &cfg.gateway_id);
-        self.key_limiters.update(policy.key_limits(), share);
+        self.key_limiters.update(policy.key_limits());
+        self.show_key_shares();
         self.policy.store(Arc::new(policy));
         self.recheck_sessions(crate::policy_now_ms());
     }
@@ -35,11 +34,14 @@ impl Router {
     pub fn recheck_sessions(&self, now_ms: i64) {
         let policy = self.policy.load();
         let mut sessions = self.authenticated.lock();
-        sessions.retain(|_, weak| {
+        let mut ended = Vec::new();
+        sessions.retain(|_, (weak, key)| {
             let Some(conn) = weak.upgrade() else {
+                ended.push(key.clone());
                 return false;
             };
             let Some(grant) = conn.grant.load_full() else {
+                ended.push(key.clone());
                 return false;
             };
             match policy.recheck(&grant, now_ms) {
@@ -61,10 +63,15 @@ impl Router {
                     ))));
                     conn.outbound
                         .close_after_flush(Some(tonic::Status::permission_denied(e.to_string())));
+                    ended.push(key.clone());
                     false
                 }
             }
         });
+        drop(sessions);
+        for key in ended {
+            self.key_session_ended(&key);
+        }
     }
 
     /// Charges one message of `payload_len` bytes to the rate limits of `grant`'s key (none
@@ -80,14 +87,80 @@ impl Router {
             .inspect_err(|_| self.metrics.key_rate_limited(&grant.key_id))
     }
 
+    /// A session authenticated with a key: re-checked when the policy changes, and counted
+    /// for the key (its first session here is announced to the region's other gateways).
     pub fn track_authenticated(&self, conn: &Arc<Connection>) {
-        self.authenticated
+        let Some(grant) = conn.grant.load_full() else {
+            return;
+        };
+        let key: Box<str> = grant.key_id.as_str().into();
+        let before = self
+            .authenticated
             .lock()
-            .insert(conn.id, Arc::downgrade(conn));
+            .insert(conn.id, (Arc::downgrade(conn), key.clone()));
+        if before.is_none() {
+            let mut counts = self.key_sessions.lock();
+            let n = counts.entry(key.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1
+                && let Some(remote) = self.remote.get()
+            {
+                // Under the lock, so that a key's first and last sessions are announced in
+                // the order they happened.
+                remote.key_active_changed(&key, true);
+            }
+        }
     }
 
+    /// `peers` other gateways of the region have sessions of `key` now: this gateway enforces
+    /// `1 / (peers + 1)` of its rate limits (more while some gateways have not told theirs).
+    pub fn set_key_peers_active(&self, key: &str, peers: u32) {
+        self.key_limiters.set_peers_active(key, peers);
+        self.show_key_shares();
+    }
+
+    /// `peers` other gateways of the region have not told which keys they have sessions of:
+    /// each counts for every key.
+    pub fn set_key_unknown_peers(&self, peers: u32) {
+        if self.key_limiters.set_unknown_peers(peers) {
+            self.show_key_shares();
+        }
+    }
+
+    /// `nexus_key_limit_share{key}`: each limited key enforced with a share of its limits.
+    fn show_key_shares(&self) {
+        let family = &self.metrics.key_limit_share;
+        family.clear();
+        for (key, share) in self.key_limiters.shares() {
+            if share > 1 {
+                family
+                    .get_or_create(&crate::metrics::KeyLabels { key })
+                    .set(i64::from(share));
+            }
+        }
+    }
+
+    /// A session ended.
     pub fn untrack(&self, conn: &Connection) {
-        self.authenticated.lock().remove(&conn.id);
+        let removed = self.authenticated.lock().remove(&conn.id);
+        if let Some((_, key)) = removed {
+            self.key_session_ended(&key);
+        }
+    }
+
+    /// One session of `key` is no longer tracked; its last one here is announced.
+    fn key_session_ended(&self, key: &str) {
+        let mut counts = self.key_sessions.lock();
+        let Some(n) = counts.get_mut(key) else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+            if let Some(remote) = self.remote.get() {
+                remote.key_active_changed(key, false);
+            }
+        }
     }
 
     /// Checks a payload against the subject's enforced schema. `Err` carries the message

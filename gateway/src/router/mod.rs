@@ -85,6 +85,9 @@ pub enum RouteError {
     NoResponders(String),
 }
 
+/// An authenticated session, by connection id: the connection and its key id.
+type KeyedSession = (std::sync::Weak<Connection>, Box<str>);
+
 /// Groups are keyed by (pattern, queue group name; empty for plain subscriptions).
 type GroupKey = (Box<str>, Box<str>);
 
@@ -122,8 +125,12 @@ pub struct Router {
     draining: CancellationToken,
     /// Keys, scopes and enforced schemas from the control plane.
     policy: ArcSwap<Policy>,
-    /// Sessions that authenticated with a key, re-checked whenever the policy changes.
-    authenticated: Mutex<HashMap<u64, std::sync::Weak<Connection>>>,
+    /// Sessions that authenticated with a key (and its id), re-checked whenever the policy
+    /// changes.
+    authenticated: Mutex<HashMap<u64, KeyedSession>>,
+    /// How many authenticated sessions each key has here (what cluster peers are told, for
+    /// the split of the key's rate limits).
+    key_sessions: Mutex<HashMap<Box<str>, u32>>,
     /// Other regions, when federation is configured.
     remote: std::sync::OnceLock<Arc<dyn crate::remote::Remote>>,
     /// Per-key rate limits, from the policy's keys.
@@ -162,18 +169,24 @@ impl Router {
             draining: CancellationToken::new(),
             policy: ArcSwap::from_pointee(Policy::default()),
             authenticated: Mutex::new(HashMap::new()),
+            key_sessions: Mutex::new(HashMap::new()),
             remote: std::sync::OnceLock::new(),
             key_limiters: Default::default(),
         }
     }
 
-    /// Connects the router to other regions; current local interest is announced at once.
+    /// Connects the router to other regions; current local interest (and the keys with
+    /// sessions here) is announced at once.
     /// Only the first call has an effect.
     pub fn set_remote(&self, remote: Arc<dyn crate::remote::Remote>) {
         let groups = self.groups.lock();
+        let keys = self.key_sessions.lock();
         if self.remote.set(remote.clone()).is_ok() {
             for (pattern, queue) in groups.keys() {
                 remote.interest_changed(pattern, (!queue.is_empty()).then_some(&**queue), true);
+            }
+            for key in keys.keys() {
+                remote.key_active_changed(key, true);
             }
         }
     }
