@@ -118,6 +118,9 @@ pub struct FederationMetrics {
     /// Queue-group messages that a local member could have taken, given to a cheaper gateway
     /// of the region.
     pub queue_messages_to_peers: Counter,
+    /// Copies for other gateways of the region that found their cluster link full, so the
+    /// publisher waited for room (`backpressure` policy).
+    pub cluster_forwards_waited: Counter,
 }
 
 impl FederationMetrics {
@@ -286,6 +289,12 @@ impl Collector for FederationMetrics {
             "cluster_queue_messages_to_peers",
             "Queue-group messages a local member could have taken that went to a gateway of the region with members, because the local members were queued up",
             &self.queue_messages_to_peers,
+        )?;
+        put(
+            &mut e,
+            "cluster_forwards_waited",
+            "Copies of messages published here for other gateways of the region that found the cluster link's queue full, so the publisher waited for room (slow-consumer policy backpressure; those still without room after max_wait_ms are in nexus_federation_dropped_total{reason=\"queue_full\"})",
+            &self.cluster_forwards_waited,
         )?;
         Ok(())
     }

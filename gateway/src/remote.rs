@@ -42,6 +42,20 @@ pub struct PublishOutcome {
     /// Local queue groups whose message a cluster peer takes instead (its members were
     /// cheaper, hop included): delivered to no local member of those groups.
     pub taken_groups: Vec<String>,
+    /// Copies for other gateways of the region whose cluster link had no room: under the
+    /// `backpressure` slow-consumer policy the publisher awaits this (at most
+    /// `slow_consumer.max_wait_ms`) after its local deliveries, as it waits for a full local
+    /// subscriber; what still finds no room is dropped and counted.
+    pub backlog: Option<Backlog>,
+}
+
+/// Work a publisher waits for before its next publish (see [`PublishOutcome::backlog`]).
+pub struct Backlog(pub std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+
+impl std::fmt::Debug for Backlog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Backlog")
+    }
 }
 
 pub trait Remote: Send + Sync + 'static {

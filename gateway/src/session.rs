@@ -732,13 +732,22 @@ impl Session {
         let ack_id = p.ack_id;
         let mut outcome = self.router.offer(&delivery, &mut self.scratch);
         let stored = outcome.stored.take();
+        let backlog = outcome.backlog.take();
         if stored.is_none() && self.held.is_empty() {
             let delivered = self
                 .router
                 .deliver_collected(delivery, &mut self.scratch)
                 .instrument(span)
                 .await;
+            // Other gateways of the region with a full cluster link: this session's next
+            // frame waits for room there, as for a full local subscriber.
+            if let Some(backlog) = backlog {
+                backlog.0.await;
+            }
             return self.acknowledge(ack_id, delivered, outcome);
+        }
+        if let Some(backlog) = backlog {
+            backlog.0.await;
         }
         self.held.push_back(HeldPublish {
             stored,

@@ -31,7 +31,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use nexus_gateway::balancer::GroupCost;
-use nexus_gateway::remote::{LinkStatus, PublishOutcome, Remote, SpoolStatus};
+use nexus_gateway::config::SlowConsumerPolicy;
+use nexus_gateway::remote::{Backlog, LinkStatus, PublishOutcome, Remote, SpoolStatus};
 use nexus_gateway::router::{Delivery, ReplyResult, Router};
 use nexus_proto::v1::{self, Forward, Header, InterestUpdate, link_frame::Kind};
 use parking_lot::Mutex;
@@ -351,6 +352,38 @@ impl RegionRouter {
         } else {
             link.region.clone()
         }
+    }
+
+    /// Sends a message published here to the region's other gateways that want it (one hop,
+    /// best effort). Under the `backpressure` slow-consumer policy a copy whose cluster link
+    /// is full comes back as work the publisher waits for (at most `max_wait_ms`), so a
+    /// subscriber on another gateway loses nothing a local one would not; under `drop` and
+    /// `disconnect` it is dropped at once (counted as `queue_full`).
+    fn forward_in_region(&self, in_region: Vec<(String, v1::Forward)>) -> Option<Backlog> {
+        if in_region.is_empty() {
+            return None;
+        }
+        let slow = self.router.config().slow_consumer.clone();
+        if slow.policy != SlowConsumerPolicy::Backpressure {
+            for (gateway, forward) in in_region {
+                self.fed.try_forward_to(&gateway, forward);
+            }
+            return None;
+        }
+        let backlog: Vec<_> = in_region
+            .into_iter()
+            .filter_map(|(gateway, forward)| self.fed.forward_to_or_backlog(&gateway, forward))
+            .collect();
+        if backlog.is_empty() {
+            return None;
+        }
+        self.metrics
+            .cluster_forwards_waited
+            .inc_by(backlog.len() as u64);
+        let max = Duration::from_millis(slow.max_wait_ms);
+        Some(Backlog(Box::pin(async move {
+            futures::future::join_all(backlog.into_iter().map(|b| b.wait(max))).await;
+        })))
     }
 
     /// Divides each changed key's rate limits among the gateways of the region where it has
@@ -694,9 +727,7 @@ impl Remote for RegionRouter {
             .map(|t| (t.gateway_id.clone(), t.forward(msg, origin)))
             .collect();
         if rule.mode == Mode::Local {
-            for (gateway, forward) in in_region {
-                self.fed.try_forward_to(&gateway, forward);
-            }
+            outcome.backlog = self.forward_in_region(in_region);
             return outcome;
         }
         // Idempotent publishing on durable routes: a message id seen before is answered with
@@ -725,9 +756,7 @@ impl Remote for RegionRouter {
             self.targets(rule, &msg.subject, local_interest, &matches)
         };
         if !rule.mode.spooled() {
-            for (gateway, forward) in in_region {
-                self.fed.try_forward_to(&gateway, forward);
-            }
+            outcome.backlog = self.forward_in_region(in_region);
         } else {
             // Nothing of a durable publish is delivered before its id is on disk: a
             // publisher retrying after a crash in between would otherwise get it delivered

@@ -609,6 +609,19 @@ impl Federation {
         }
     }
 
+    /// Queues a best-effort message for one gateway of this region without waiting; when
+    /// its link's queue is full the message comes back as a [`Backlogged`] forward for the
+    /// caller to wait on (or drop). `None`: queued, or no link (counted as the peer's
+    /// absence is, like [`Federation::try_forward_to`]).
+    pub fn forward_to_or_backlog(&self, gateway_id: &str, forward: Forward) -> Option<Backlogged> {
+        let link = self.links.lock().get(gateway_id).cloned()?;
+        let frame = LinkFrame {
+            kind: Some(Kind::Forward(forward)),
+        };
+        let frame = link.offer_forward(frame)?;
+        Some(Backlogged { link, frame })
+    }
+
     /// Queues a request or reply (or any data frame) for `region` without waiting; the link
     /// it went on, or `None` when there is no link or its queue is full.
     pub fn try_send_data(&self, region: &str, kind: Kind) -> Option<LinkId> {
@@ -746,5 +759,20 @@ impl Federation {
         self.endpoint.close(0u32.into(), b"shutdown");
         self.links.lock().clear();
         self.endpoint.wait_idle().await;
+    }
+}
+
+/// A best-effort message whose link had no room when it was published: the publisher waits
+/// for room (the `backpressure` slow-consumer policy applied to a cluster hop) or it is
+/// dropped and counted.
+pub struct Backlogged {
+    link: Arc<Link>,
+    frame: LinkFrame,
+}
+
+impl Backlogged {
+    /// Waits at most `max` for room on the link; `false` when the message was dropped.
+    pub async fn wait(self, max: Duration) -> bool {
+        self.link.forward_within(self.frame, max).await
     }
 }

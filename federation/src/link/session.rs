@@ -87,6 +87,40 @@ impl Link {
         }
     }
 
+    /// Queues a best-effort message if its queue has room (`None`); when it is full the
+    /// message is handed back, not counted yet (the caller waits with
+    /// [`Link::forward_within`]). A link that ended counts it as dropped.
+    pub fn offer_forward(&self, frame: LinkFrame) -> Option<LinkFrame> {
+        match self.data.try_send(frame) {
+            Ok(()) => {
+                self.forwarded.fetch_add(1, Ordering::Relaxed);
+                self.counters.forwarded.inc();
+                None
+            }
+            Err(mpsc::error::TrySendError::Full(frame)) => Some(frame),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.counters.queue_full.inc();
+                None
+            }
+        }
+    }
+
+    /// Queues a best-effort message, waiting at most `max` for room; `false` (counted as
+    /// dropped for a full queue) when none came or the link ended.
+    pub async fn forward_within(&self, frame: LinkFrame, max: Duration) -> bool {
+        match tokio::time::timeout(max, self.data.send(frame)).await {
+            Ok(Ok(())) => {
+                self.forwarded.fetch_add(1, Ordering::Relaxed);
+                self.counters.forwarded.inc();
+                true
+            }
+            _ => {
+                self.counters.queue_full.inc();
+                false
+            }
+        }
+    }
+
     /// Queues a best-effort message, waiting for room; an error when the link ended.
     pub async fn forward(&self, frame: LinkFrame) -> Result<(), ()> {
         self.data.send(frame).await.map_err(|_| ())?;

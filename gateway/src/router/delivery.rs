@@ -48,7 +48,11 @@ impl Router {
             outcome.taken_groups = taken;
             return (delivered, outcome);
         }
-        (self.deliver_collected(msg, scratch).await, outcome)
+        let delivered = self.deliver_collected(msg, scratch).await;
+        if let Some(backlog) = outcome.backlog.take() {
+            backlog.0.await;
+        }
+        (delivered, outcome)
     }
 
     /// The first half of [`Router::publish`], for a caller that keeps its own order of
