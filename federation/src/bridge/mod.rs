@@ -117,16 +117,30 @@ impl RegionRouter {
         });
         router.set_remote(bridge.clone());
         fed.start(bridge.clone());
+        // The peers to link to, and who may not have told its keys, follow the control
+        // plane's pushes as they are installed (no polling).
+        let mut pushes = router.watch_policy();
+        let follower = Arc::downgrade(&bridge);
+        tokio::spawn(async move {
+            loop {
+                match follower.upgrade() {
+                    Some(b) => {
+                        b.follow_peers();
+                        b.count_unknown_key_peers();
+                    }
+                    None => return,
+                }
+                if pushes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         let b = bridge.clone();
         tokio::spawn(
             bridge
                 .replication
                 .clone()
-                .pump(fed, router.clone(), move || {
-                    b.follow_peers();
-                    b.forget_absent_peers();
-                    b.count_unknown_key_peers();
-                }),
+                .pump(fed, router.clone(), move || b.forget_absent_peers()),
         );
         Ok(bridge)
     }

@@ -14,6 +14,12 @@ impl Router {
         self.cfg.load().auth == crate::config::AuthMode::Required
     }
 
+    /// Changes to the policy: the receiver sees the version of each policy installed (a
+    /// new policy may skip versions; read it with [`Router::policy`]).
+    pub fn watch_policy(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.policy_version.subscribe()
+    }
+
     pub fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
         self.policy.load()
     }
@@ -26,7 +32,9 @@ impl Router {
         self.metrics.config_updates.inc();
         self.key_limiters.update(policy.key_limits());
         self.show_key_shares();
+        let version = policy.version;
         self.policy.store(Arc::new(policy));
+        self.policy_version.send_replace(version);
         self.recheck_sessions(crate::policy_now_ms());
     }
 

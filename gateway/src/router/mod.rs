@@ -125,6 +125,9 @@ pub struct Router {
     draining: CancellationToken,
     /// Keys, scopes and enforced schemas from the control plane.
     policy: ArcSwap<Policy>,
+    /// The version of the policy in force, for whoever follows changes
+    /// ([`Router::watch_policy`]) rather than polling.
+    policy_version: tokio::sync::watch::Sender<i64>,
     /// Sessions that authenticated with a key (and its id), re-checked whenever the policy
     /// changes.
     authenticated: Mutex<HashMap<u64, KeyedSession>>,
@@ -168,6 +171,7 @@ impl Router {
             started: Instant::now(),
             draining: CancellationToken::new(),
             policy: ArcSwap::from_pointee(Policy::default()),
+            policy_version: tokio::sync::watch::Sender::new(Policy::default().version),
             authenticated: Mutex::new(HashMap::new()),
             key_sessions: Mutex::new(HashMap::new()),
             remote: std::sync::OnceLock::new(),
