@@ -167,6 +167,8 @@ pub struct Router {
     remote: std::sync::OnceLock<Arc<dyn crate::remote::Remote>>,
     /// Per-key rate limits, from the policy's keys.
     pub key_limiters: crate::key_limits::KeyLimiters,
+    /// What happened to sampled messages at this gateway (`nexusctl trace`).
+    pub traces: crate::trace_store::TraceStore,
 }
 
 /// Whether `group` is not one of the queue groups in `taken` (plain groups never are).
@@ -251,6 +253,8 @@ impl Group {
 impl Router {
     pub fn new(cfg: Arc<GatewayConfig>, metrics: Arc<GatewayMetrics>) -> Self {
         let balancer_cfg = cfg.balancer.to_balancer_config();
+        let traces =
+            crate::trace_store::TraceStore::new(cfg.trace.to_settings(), metrics.trace.clone());
         Self {
             cfg: ArcSwap::new(cfg),
             balancer_cfg,
@@ -268,6 +272,7 @@ impl Router {
             authenticated: Mutex::new(HashMap::new()),
             remote: std::sync::OnceLock::new(),
             key_limiters: Default::default(),
+            traces,
         }
     }
 
