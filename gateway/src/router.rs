@@ -35,6 +35,7 @@ use crate::metrics::{
 use crate::outbound::EnqueueError;
 use crate::policy::Policy;
 use crate::subject_table::SubjectTable;
+use crate::trace_store::{Event, Hop, Reason, Traced};
 
 /// Prefix of the reply subjects the gateway hands responders.
 pub const INBOX_PREFIX: &str = "$nexus.inbox.";
@@ -69,6 +70,9 @@ pub struct Delivery {
     pub headers: Vec<Header>,
     pub payload: Bytes,
     pub id: Bytes,
+    /// Whether its hops are recorded in the trace store (sampled, or forced by the
+    /// `nexus-trace` header; [`crate::trace_store`]).
+    pub traced: bool,
 }
 
 /// The answer a requester gets.
@@ -116,6 +120,8 @@ struct Pending {
     member: MemberId,
     responder: Arc<Connection>,
     started: Instant,
+    /// The request's trace handle when it is traced.
+    traced: Option<Traced>,
 }
 
 /// Why a request could not be routed.
@@ -168,7 +174,7 @@ pub struct Router {
     /// Per-key rate limits, from the policy's keys.
     pub key_limiters: crate::key_limits::KeyLimiters,
     /// What happened to sampled messages at this gateway (`nexusctl trace`).
-    pub traces: crate::trace_store::TraceStore,
+    pub traces: Arc<crate::trace_store::TraceStore>,
 }
 
 /// Whether `group` is not one of the queue groups in `taken` (plain groups never are).
@@ -253,8 +259,10 @@ impl Group {
 impl Router {
     pub fn new(cfg: Arc<GatewayConfig>, metrics: Arc<GatewayMetrics>) -> Self {
         let balancer_cfg = cfg.balancer.to_balancer_config();
-        let traces =
-            crate::trace_store::TraceStore::new(cfg.trace.to_settings(), metrics.trace.clone());
+        let traces = Arc::new(crate::trace_store::TraceStore::new(
+            cfg.trace.to_settings(),
+            metrics.trace.clone(),
+        ));
         Self {
             cfg: ArcSwap::new(cfg),
             balancer_cfg,
@@ -502,6 +510,51 @@ impl Router {
         self.started.elapsed().as_millis() as u64
     }
 
+    // --- message tracing ---
+
+    /// Records a hop of `msg` in the trace store when the message is traced; `hop` is only
+    /// built then.
+    pub fn trace(&self, msg: &Delivery, hop: impl FnOnce() -> Hop) {
+        if msg.traced
+            && let Some(t) = Traced::new(&msg.id, &msg.headers, &msg.subject)
+        {
+            self.traces
+                .record(&t, crate::trace_store::now_us(), hop());
+        }
+    }
+
+    /// Records a hop of a traced message through its handle.
+    pub fn trace_hop(&self, traced: Option<&Traced>, hop: impl FnOnce() -> Hop) {
+        if let Some(t) = traced {
+            self.traces.record(t, crate::trace_store::now_us(), hop());
+        }
+    }
+
+    /// Records that a traced message passed its subject's enforced schema (nothing when the
+    /// subject has none).
+    pub fn trace_schema_passed(&self, traced: Option<&Traced>, subject: &str) {
+        let policy = self.policy.load();
+        if let Some(enforced) = policy.schemas.get(subject) {
+            self.trace_hop(traced, || {
+                Hop::new(Event::Schema).reason(Reason::Ok).detail(format!(
+                    "payload checked against schema {subject:?} version {} ({:?})",
+                    enforced.version, enforced.enforcement
+                ))
+            });
+        }
+    }
+
+    /// The records of message `id` this gateway holds, as JSON (`/v1/trace`).
+    pub fn trace_records(&self, records: &[crate::trace_store::Record]) -> serde_json::Value {
+        let cfg = self.config();
+        serde_json::Value::Array(
+            records
+                .iter()
+                .map(|r| crate::trace_store::to_json(r, &cfg.region, &cfg.gateway_id))
+                .collect(),
+        )
+    }
+
     // --- subscriptions ---
 
     pub fn subscribe(
@@ -626,7 +679,16 @@ impl Router {
         self.collect_members(&msg.subject, scratch, |_| true);
         let outcome = match self.remote.get() {
             Some(remote) => remote.publish(msg, !scratch.is_empty()),
-            None => Default::default(),
+            None => {
+                if scratch.is_empty() {
+                    self.trace(msg, || {
+                        Hop::new(Event::Dropped)
+                            .reason(Reason::NoInterest)
+                            .detail("no subscription matches its subject (this gateway has no federation)")
+                    });
+                }
+                Default::default()
+            }
         };
         if outcome.duplicate || outcome.stored.is_some() {
             scratch.clear();
@@ -661,6 +723,8 @@ impl Router {
         plain: bool,
         queue_groups: &[String],
     ) -> u32 {
+        let mut msg = msg;
+        msg.traced = self.traces.sampled(&msg.id, &msg.headers);
         let mut scratch = Vec::new();
         self.collect_members(&msg.subject, &mut scratch, |group| match &group.queue {
             Some(q) => queue_groups.iter().any(|g| **g == **q),
@@ -750,9 +814,14 @@ impl Router {
     pub async fn deliver_collected(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
         let payload_len = msg.payload.len();
         let size = message_size(&msg.subject, &msg.reply_to, &msg.headers, payload_len);
+        let traced = if msg.traced {
+            Traced::new(&msg.id, &msg.headers, &msg.subject)
+        } else {
+            None
+        };
         let mut msg = Some(msg);
         let mut delivered = 0;
-        let mut full: Vec<(Arc<Connection>, Frame, u32)> = Vec::new();
+        let mut full: Vec<(Arc<Connection>, u64, Frame, u32)> = Vec::new();
         let count = scratch.len();
         for (i, member) in scratch.drain(..).enumerate() {
             let m = if i + 1 == count {
@@ -783,24 +852,49 @@ impl Router {
                     self.metrics
                         .traffic(Pattern::Pub, Direction::Out, payload_len);
                     delivered += 1;
+                    self.trace_delivery(traced.as_ref(), &member.conn, member.sid, true);
                 }
-                Offer::Refused => {}
-                Offer::Wait(frame, cost) => full.push((member.conn.clone(), frame, cost)),
+                Offer::Refused => {
+                    self.trace_delivery(traced.as_ref(), &member.conn, member.sid, false)
+                }
+                Offer::Wait(frame, cost) => {
+                    full.push((member.conn.clone(), member.sid, frame, cost))
+                }
             }
         }
         if !full.is_empty() {
-            let waits = full.into_iter().map(|(conn, frame, cost)| async move {
-                self.wait_or_disconnect(&conn, frame, cost).await
+            let waits = full.into_iter().map(|(conn, sid, frame, cost)| async move {
+                let queued = self.wait_or_disconnect(&conn, frame, cost).await;
+                (conn, sid, queued)
             });
-            for queued in futures::future::join_all(waits).await {
+            for (conn, sid, queued) in futures::future::join_all(waits).await {
                 if queued {
                     self.metrics
                         .traffic(Pattern::Pub, Direction::Out, payload_len);
                     delivered += 1;
                 }
+                self.trace_delivery(traced.as_ref(), &conn, sid, queued);
             }
         }
         delivered
+    }
+
+    /// Records that a traced message was queued for subscription `sid` of `conn`, or not.
+    fn trace_delivery(&self, traced: Option<&Traced>, conn: &Connection, sid: u64, queued: bool) {
+        self.trace_hop(traced, || {
+            let peer = format!("session {} {:?} sid {sid}", conn.id, &*conn.name.lock());
+            if queued {
+                Hop::new(Event::Delivered).peer(peer).count(1)
+            } else {
+                Hop::new(Event::Dropped)
+                    .reason(Reason::SlowConsumer)
+                    .peer(peer)
+                    .detail(format!(
+                        "not queued: the subscriber's session is closed or its outbound budget was full (slow_consumer.policy {})",
+                        self.cfg.load().slow_consumer.policy.as_str()
+                    ))
+            }
+        })
     }
 
     /// Queues a message if its receiver's budget has room, else applies the slow-consumer
@@ -965,6 +1059,11 @@ impl Router {
         allow_remote: bool,
     ) -> Result<u64, (Waiter, RouteError)> {
         let now = Instant::now();
+        let traced = if self.traces.sampled(&id, &headers) {
+            Traced::new(&id, &headers, &ByteString::from(subject))
+        } else {
+            None
+        };
         let remote = if allow_remote {
             self.remote.get()
         } else {
@@ -984,7 +1083,14 @@ impl Router {
             let local = picked.as_ref().and_then(|(g, m)| g.cost_of(m, now));
             if picked.is_none() || local.is_some() {
                 match remote.request(subject, headers, payload, timeout, local) {
-                    Ok(rx) => return Ok(self.await_remote(waiter, rx, timeout, now)),
+                    Ok(rx) => {
+                        self.trace_hop(traced.as_ref(), || {
+                            Hop::new(Event::RequestRouted)
+                                .peer("federation")
+                                .detail("to a responder at another gateway of this region or in another region")
+                        });
+                        return Ok(self.await_remote(waiter, rx, timeout, now, traced));
+                    }
                     Err((h, p)) => (headers, payload) = (h, p),
                 }
             }
@@ -994,10 +1100,25 @@ impl Router {
             }
         }
         let Some((group, member)) = picked else {
+            self.trace_hop(traced.as_ref(), || {
+                Hop::new(Event::Dropped)
+                    .reason(Reason::NoInterest)
+                    .detail("no responders for its subject")
+            });
             self.metrics.request_done(RequestOutcome::NoResponders);
             return Err((waiter, RouteError::NoResponders(subject.to_owned())));
         };
         let seq = self.next_id();
+        self.trace_hop(traced.as_ref(), || {
+            Hop::new(Event::RequestRouted).peer(format!(
+                "session {} {:?} sid {} (queue group {:?} of {})",
+                member.conn.id,
+                &*member.conn.name.lock(),
+                member.sid,
+                group.queue.as_deref().unwrap_or(""),
+                group.pattern
+            ))
+        });
         member.conn.serving.lock().insert(seq);
         group.balancer.lock().start(member.id);
         self.pending_shard(seq).lock().insert(
@@ -1008,6 +1129,7 @@ impl Router {
                 member: member.id,
                 responder: member.conn.clone(),
                 started: now,
+                traced,
             },
         );
         self.pending_count.fetch_add(1, Ordering::Relaxed);
@@ -1048,9 +1170,11 @@ impl Router {
         rx: tokio::sync::oneshot::Receiver<ReplyResult>,
         timeout: Duration,
         started: Instant,
+        traced: Option<Traced>,
     ) -> u64 {
         let seq = self.next_id();
         let metrics = self.metrics.clone();
+        let traces = traced.map(|t| (t, self.traces.clone()));
         tokio::spawn(async move {
             let result = match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(result)) => result,
@@ -1070,6 +1194,13 @@ impl Router {
             metrics
                 .request_duration
                 .observe(started.elapsed().as_secs_f64());
+            if let Some((t, store)) = traces {
+                store.record(
+                    &t,
+                    crate::trace_store::now_us(),
+                    reply_hop(&result, started.elapsed()),
+                );
+            }
             waiter.finish(seq, result);
         });
         seq
@@ -1149,6 +1280,7 @@ impl Router {
         }
         self.metrics.request_done(outcome);
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        self.trace_hop(p.traced.as_ref(), || reply_hop(&result, elapsed));
         p.waiter.finish(seq, result);
         true
     }
@@ -1210,6 +1342,18 @@ impl Router {
         group.balancer.lock().cancel(member);
     }
 }
+/// The trace record of a request's answer.
+fn reply_hop(result: &ReplyResult, elapsed: Duration) -> Hop {
+    let hop = Hop::new(Event::Reply).latency_us(elapsed.as_micros() as u64);
+    match result {
+        Ok(_) => hop,
+        Err(e) if e.code == ErrorCode::Timeout as i32 => {
+            hop.reason(Reason::Timeout).detail(e.message.clone())
+        }
+        Err(e) => hop.reason(Reason::Error).detail(e.message.clone()),
+    }
+}
+
 /// What [`Router::offer_frame`] did with a message.
 enum Offer {
     Queued,

@@ -191,12 +191,27 @@ pub struct TraceStore {
     metrics: TraceMetrics,
 }
 
-/// A message the store records: the handle the hops are recorded through.
-pub struct Traced<'a> {
-    store: &'a TraceStore,
+/// A message the store records: what every one of its records repeats.
+#[derive(Clone, Debug)]
+pub struct Traced {
     id: [u8; 16],
     trace_id: [u8; 16],
     subject: ByteString,
+}
+
+impl Traced {
+    /// A handle for message `id` (16 bytes, else `None`), whether sampled or not.
+    pub fn new(id: &[u8], headers: &[Header], subject: &ByteString) -> Option<Self> {
+        Some(Self {
+            id: id.try_into().ok()?,
+            trace_id: trace_id(headers),
+            subject: subject.clone(),
+        })
+    }
+
+    pub fn id(&self) -> &[u8; 16] {
+        &self.id
+    }
 }
 
 impl TraceStore {
@@ -240,16 +255,27 @@ impl TraceStore {
     }
 
     /// The handle to record a message's hops through, when it is [`sampled`](Self::sampled).
-    pub fn begin(&self, id: &[u8], headers: &[Header], subject: &ByteString) -> Option<Traced<'_>> {
+    pub fn begin(&self, id: &[u8], headers: &[Header], subject: &ByteString) -> Option<Traced> {
         if !self.sampled(id, headers) {
             return None;
         }
-        Some(Traced {
-            store: self,
-            id: id.try_into().ok()?,
-            trace_id: trace_id(headers),
-            subject: subject.clone(),
-        })
+        Traced::new(id, headers, subject)
+    }
+
+    /// Records `hop` of message `t` at `now_us` (Unix microseconds).
+    pub fn record(&self, t: &Traced, now_us: i64, hop: Hop) {
+        self.push(Record {
+            id: t.id,
+            trace_id: t.trace_id,
+            at_us: now_us,
+            event: hop.event,
+            reason: hop.reason,
+            subject: t.subject.clone(),
+            peer: hop.peer,
+            detail: hop.detail,
+            latency_us: hop.latency_us,
+            count: hop.count,
+        });
     }
 
     fn shard(&self, id: &[u8; 16]) -> &Mutex<Shard> {
@@ -329,28 +355,6 @@ impl TraceStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-impl Traced<'_> {
-    /// Records `hop` at `now_us` (Unix microseconds).
-    pub fn record(&self, now_us: i64, hop: Hop) {
-        self.store.push(Record {
-            id: self.id,
-            trace_id: self.trace_id,
-            at_us: now_us,
-            event: hop.event,
-            reason: hop.reason,
-            subject: self.subject.clone(),
-            peer: hop.peer,
-            detail: hop.detail,
-            latency_us: hop.latency_us,
-            count: hop.count,
-        });
-    }
-
-    pub fn id(&self) -> &[u8; 16] {
-        &self.id
     }
 }
 
@@ -462,10 +466,10 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         );
         let t = s.begin(&id(1), &[tp], &subject).expect("sampled");
-        t.record(10, Hop::new(Event::Received).peer("conn 1"));
-        t.record(20, Hop::new(Event::Delivered).count(2));
+        s.record(&t, 10, Hop::new(Event::Received).peer("conn 1"));
+        s.record(&t, 20, Hop::new(Event::Delivered).count(2));
         let other = s.begin(&id(2), &[], &subject).expect("sampled");
-        other.record(15, Hop::new(Event::Received));
+        s.record(&other, 15, Hop::new(Event::Received));
         let recs = s.by_id(&id(1));
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].event, Event::Received);
@@ -513,7 +517,7 @@ mod tests {
         let subject = ByteString::from("telemetry.sensor.42");
         for n in 0..20_000u64 {
             let t = s.begin(&id(n), &[], &subject).expect("sampled");
-            t.record(n as i64, Hop::new(Event::Received).detail("received from conn 7"));
+            s.record(&t, n as i64, Hop::new(Event::Received).detail("received from conn 7"));
         }
         assert!(s.bytes() <= budget, "{} bytes over {budget}", s.bytes());
         assert!(s.bytes() > budget / 2, "budget badly used: {}", s.bytes());
