@@ -23,6 +23,7 @@ mod plan;
 mod remote_requests;
 pub mod replication;
 mod status;
+mod trace_hops;
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -192,15 +193,20 @@ impl RegionRouter {
     /// region, relayed to the cluster peers that want it (one hop, never further).
     async fn on_forward(&self, link: &LinkInfo, forward: Forward) {
         self.metrics.outcome(Outcome::Received);
+        self.trace_arrived(link, &forward, "forwarded");
         let (plain, mut groups) = (!forward.skip_plain, forward.queue_groups.clone());
-        let Some(msg) = delivery(&link.region, forward) else {
+        let Some(mut msg) = delivery(&link.region, forward) else {
             return;
         };
         if link.region != self.fed.region() {
+            msg.traced = self.router.traces.sampled(&msg.id, &msg.headers);
+            let traced = self.traced(&msg);
             let (targets, taken) = self.peer_targets(&msg.subject, plain, Some(&groups));
             for t in targets {
-                self.fed
+                let queued = self
+                    .fed
                     .try_forward_to(&t.gateway_id, t.forward(&msg, &link.region));
+                self.trace_to_peer(traced.as_ref(), &t.gateway_id, queued);
             }
             groups.retain(|g| !taken.contains(g));
         }
@@ -264,6 +270,7 @@ impl RegionRouter {
         let stream = crate::replication::StreamId::from(spooled.stream.as_str());
         if self.cluster.first_delivery(&stream, spooled.seq) && self.first_sight(&spooled) {
             if let Some(forward) = spooled.forward {
+                self.trace_arrived(link, &forward, "spooled, relayed by the stream's home");
                 let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
                 if let Some(msg) = delivery(&link.region, forward) {
                     self.router.deliver_from_region(msg, plain, &groups).await;
@@ -457,6 +464,9 @@ impl LinkHandler for RegionRouter {
                 {
                     // Unless this gateway has its id already: a publisher that retried here
                     // after the peer died, before the peer sent it on.
+                    if let Some(f) = &spooled.forward {
+                        self.trace_arrived(link, f, "spooled");
+                    }
                     let first = |s: &nexus_proto::v1::Spooled| self.first_sight(s);
                     self.replication
                         .on_spooled(
@@ -473,6 +483,9 @@ impl LinkHandler for RegionRouter {
                     self.on_relayed_spooled(link, spooled).await
                 }
                 Kind::Spooled(mut spooled) => {
+                    if let Some(f) = &spooled.forward {
+                        self.trace_arrived(link, f, "spooled");
+                    }
                     // Copies for the other gateways of this region that want it, sent only if
                     // it continues its stream; the queue groups a peer takes are not delivered
                     // here.
@@ -536,6 +549,8 @@ fn delivery(region: &str, forward: Forward) -> Option<Delivery> {
         headers: forward.headers,
         payload: forward.payload,
         id: forward.id,
+        // The local router decides (sampling, or the force header) when it delivers.
+        traced: false,
     })
 }
 
@@ -638,6 +653,7 @@ impl Remote for RegionRouter {
         // The other gateways of this region get it like local subscribers do: one hop, best
         // effort, whatever the route's mode towards other regions.
         let origin = self.fed.region();
+        let traced = self.traced(msg);
         let (targets, taken) = self.peer_targets(&msg.subject, true, None);
         outcome.taken_groups = taken;
         let in_region: Vec<(String, v1::Forward)> = targets
@@ -645,8 +661,13 @@ impl Remote for RegionRouter {
             .map(|t| (t.gateway_id.clone(), t.forward(msg, origin)))
             .collect();
         if rule.mode == Mode::Local {
+            if traced.is_some() {
+                let peers: Vec<String> = in_region.iter().map(|(g, _)| g.clone()).collect();
+                self.trace_route(traced.as_ref(), rule, local_interest, &[], &peers, 0);
+            }
             for (gateway, forward) in in_region {
-                self.fed.try_forward_to(&gateway, forward);
+                let queued = self.fed.try_forward_to(&gateway, forward);
+                self.trace_to_peer(traced.as_ref(), &gateway, queued);
             }
             return outcome;
         }
@@ -675,9 +696,28 @@ impl Remote for RegionRouter {
         } else {
             self.targets(rule, &msg.subject, local_interest, &matches)
         };
+        if traced.is_some() {
+            let regions: Vec<String> = targets.iter().map(|t| t.region.clone()).collect();
+            let peers: Vec<String> = in_region.iter().map(|(g, _)| g.clone()).collect();
+            let interested = {
+                let mut r: Vec<&str> = matches.iter().map(|m| m.region.as_str()).collect();
+                r.sort_unstable();
+                r.dedup();
+                r.len()
+            };
+            self.trace_route(
+                traced.as_ref(),
+                rule,
+                local_interest,
+                &regions,
+                &peers,
+                interested,
+            );
+        }
         if !rule.mode.spooled() {
             for (gateway, forward) in in_region {
-                self.fed.try_forward_to(&gateway, forward);
+                let queued = self.fed.try_forward_to(&gateway, forward);
+                self.trace_to_peer(traced.as_ref(), &gateway, queued);
             }
         } else {
             // Nothing of a durable publish is delivered before its id is on disk: a
@@ -702,6 +742,11 @@ impl Remote for RegionRouter {
                 return outcome;
             }
             outcome.spooled = targets.iter().map(|t| t.region.clone()).collect();
+            if traced.is_some() {
+                let mut to = outcome.spooled.clone();
+                to.extend(in_region.iter().map(|(g, _)| format!("@{g}")));
+                self.trace_spooled(traced.as_ref(), rule, &to);
+            }
             let needed = match rule.sync_quorum as usize {
                 0 => targets.len(),
                 q => q.min(targets.len()),
@@ -724,7 +769,9 @@ impl Remote for RegionRouter {
             return outcome;
         }
         for t in targets {
-            if self.fed.try_forward(&t.region, t.forward(msg, origin)) {
+            let queued = self.fed.try_forward(&t.region, t.forward(msg, origin));
+            self.trace_to_region(traced.as_ref(), &t.region, queued);
+            if queued {
                 self.metrics.outcome(Outcome::Forwarded);
                 outcome.forwarded.push(t.region);
             }
