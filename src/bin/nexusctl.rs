@@ -157,6 +157,24 @@ enum Command {
         #[arg(long)]
         links: bool,
     },
+    /// Follow one message: what happened to it at every gateway of every region (received,
+    /// schema check, route decision, cluster and region hops with RTT, deliveries, drops
+    /// and why, the reply), as a timeline. Only traced messages are known: sampled ones, and
+    /// every message published with the header `nexus-trace: 1`. Without a MESSAGE_ID, lists
+    /// recent traced messages (--subject, --since).
+    Trace {
+        /// The message id (a ULID, as `nexusctl pub` and `nexusctl sub` print it).
+        message_id: Option<String>,
+        /// Without a message id: only messages on subjects matching this pattern.
+        #[arg(long, default_value = "")]
+        subject: String,
+        /// Without a message id: only messages from this long ago onwards, e.g. 10m.
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// Without a message id: at most this many records per gateway.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
     /// Show the audit trail: who changed what through the Admin API, when and from where
     /// (the latest records, or those from --since / --since-seq on). Read-only.
     Audit(AuditArgs),
@@ -586,6 +604,18 @@ async fn command(cli: Cli, tls: &nexus::ctl::ClientTls) -> anyhow::Result<ExitCo
         Command::Topology { links } => {
             let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
             admin::topology(&mut a, links, out).await?
+        }
+        Command::Trace {
+            message_id,
+            subject,
+            since,
+            limit,
+        } => {
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
+            match message_id {
+                Some(id) => nexus::ctl::trace::by_id(&mut a, &id, out).await?,
+                None => nexus::ctl::trace::search(&mut a, &subject, since, limit, out).await?,
+            }
         }
         Command::Audit(args) => {
             let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
