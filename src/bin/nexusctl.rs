@@ -30,7 +30,8 @@ nexusctl schemas register orders.created -f order.json\n  \
 nexusctl schemas check orders.created -f order-v2.json\n  \
 nexusctl keys create billing --publish 'billing.>' --subscribe 'billing.>'\n  \
 nexusctl topology                                regions and their live gateways\n  \
-nexusctl audit --since 1h --kind route           who changed which route in the last hour\n\n\
+nexusctl audit --since 1h --kind route           who changed which route in the last hour\n  \
+nexusctl trace 01J9Z3...                         follow one message across every gateway\n\n\
 Add -o json to any command for output meant for scripts.\n\n\
 Exit status: 0 ok; 1 error (a message on stderr names what is wrong); 2 usage error;\n\
 3 `schemas check` found the draft incompatible."
