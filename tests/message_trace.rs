@@ -97,7 +97,11 @@ impl Deployment {
     async fn trace_until(&self, id: &str, mut done: impl FnMut(&[Value]) -> bool) -> Value {
         let mut last = Value::Null;
         let ok = eventually(Duration::from_secs(10), || {
-            let out = nexusctl_as(&self.cp, Some(&self.cp.admin_key), &["trace", id, "-o", "json"]);
+            let out = nexusctl_as(
+                &self.cp,
+                Some(&self.cp.admin_key),
+                &["trace", id, "-o", "json"],
+            );
             if !out.status.success() {
                 last = Value::String(String::from_utf8_lossy(&out.stderr).into_owned());
                 return false;
@@ -152,7 +156,8 @@ async fn nexusctl_trace_follows_a_message_across_gateways_and_regions() {
                 .as_array()
                 .is_some_and(|c| !c.is_empty());
             let b = e["federation"]["regions"].as_array().is_some_and(|r| {
-                r.iter().any(|c| c["region"] == "b" && c["interest"] == true)
+                r.iter()
+                    .any(|c| c["region"] == "b" && c["interest"] == true)
             });
             cluster && b
         })
@@ -254,15 +259,36 @@ async fn nexusctl_trace_follows_a_message_across_gateways_and_regions() {
 
     // The text timeline says the same, a line per hop.
     let text = nexusctl(&d.cp, &["trace", &id]);
-    assert!(text.contains(&format!("message {id} on orders.new")), "{text}");
-    for needle in ["a/a1", "a/a2", "b/b1", "received", "route", "forwarded", "arrived", "delivered", "rtt "] {
+    assert!(
+        text.contains(&format!("message {id} on orders.new")),
+        "{text}"
+    );
+    for needle in [
+        "a/a1",
+        "a/a2",
+        "b/b1",
+        "received",
+        "route",
+        "forwarded",
+        "arrived",
+        "delivered",
+        "rtt ",
+    ] {
         assert!(text.contains(needle), "{needle} missing in:\n{text}");
     }
 
     // Nobody wants it: the drop and why, at the gateway that received it.
     let out = nexusctl(
         &d.cp,
-        &["--gateway", &a1.url(), "pub", "-H", "nexus-trace=1", "nobody.home", "x"],
+        &[
+            "--gateway",
+            &a1.url(),
+            "pub",
+            "-H",
+            "nexus-trace=1",
+            "nobody.home",
+            "x",
+        ],
     );
     let lonely = published_id(&out);
     let t = d.trace_until(&lonely, |r| has(r, "a1", "dropped")).await;
@@ -293,6 +319,9 @@ async fn nexusctl_trace_follows_a_message_across_gateways_and_regions() {
 
     // Search by subject lists the traced message; the store's metrics count records.
     let listed = nexusctl(&d.cp, &["trace", "--subject", "orders.>", "--since", "5m"]);
-    assert!(listed.contains(&id) && !listed.contains(&lonely), "{listed}");
+    assert!(
+        listed.contains(&id) && !listed.contains(&lonely),
+        "{listed}"
+    );
     assert!(a1.metric("nexus_trace_records_kept_total", &[]) >= 4.0);
 }

@@ -303,9 +303,8 @@ impl Admin for AdminService {
     async fn get_trace(&self, r: Request<GetTraceRequest>) -> R<GetTraceResponse> {
         let req = r.into_inner();
         if req.message_id.is_empty() && !req.subject.is_empty() {
-            nexus_proto::subject::validate_pattern(&req.subject).map_err(|e| {
-                Status::invalid_argument(format!("subject {:?}: {e}", req.subject))
-            })?;
+            nexus_proto::subject::validate_pattern(&req.subject)
+                .map_err(|e| Status::invalid_argument(format!("subject {:?}: {e}", req.subject)))?;
         }
         let gateways = regions::gateways(&*self.store, "").await?;
         ok(crate::trace::collect(&gateways, &req).await)

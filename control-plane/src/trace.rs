@@ -36,7 +36,10 @@ pub fn query(req: &GetTraceRequest) -> String {
     if !req.message_id.is_empty() {
         return format!("/v1/trace?id={}", escape(&req.message_id));
     }
-    let mut q = format!("/v1/trace?limit={}", if req.limit == 0 { 1000 } else { req.limit });
+    let mut q = format!(
+        "/v1/trace?limit={}",
+        if req.limit == 0 { 1000 } else { req.limit }
+    );
     if !req.subject.is_empty() {
         q.push_str(&format!("&subject={}", escape(&req.subject)));
     }

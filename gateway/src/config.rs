@@ -469,7 +469,10 @@ impl GatewayConfig {
         if self.trace.max_bytes < 64 * 1024 {
             return invalid(
                 "trace.max_bytes",
-                format!("{} is below the minimum of 65536 bytes", self.trace.max_bytes),
+                format!(
+                    "{} is below the minimum of 65536 bytes",
+                    self.trace.max_bytes
+                ),
             );
         }
         if self.request_timeout_ms == 0 || self.request_timeout_ms > 3_600_000 {

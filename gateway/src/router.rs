@@ -518,8 +518,7 @@ impl Router {
         if msg.traced
             && let Some(t) = Traced::new(&msg.id, &msg.headers, &msg.subject)
         {
-            self.traces
-                .record(&t, crate::trace_store::now_us(), hop());
+            self.traces.record(&t, crate::trace_store::now_us(), hop());
         }
     }
 
@@ -682,9 +681,9 @@ impl Router {
             None => {
                 if scratch.is_empty() {
                     self.trace(msg, || {
-                        Hop::new(Event::Dropped)
-                            .reason(Reason::NoInterest)
-                            .detail("no subscription matches its subject (this gateway has no federation)")
+                        Hop::new(Event::Dropped).reason(Reason::NoInterest).detail(
+                            "no subscription matches its subject (this gateway has no federation)",
+                        )
                     });
                 }
                 Default::default()

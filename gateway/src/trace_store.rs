@@ -332,7 +332,9 @@ impl TraceStore {
                     .ring
                     .iter()
                     .filter(|r| r.at_us >= since_us && r.at_us <= until_us)
-                    .filter(|r| pattern.is_none_or(|p| nexus_proto::subject::matches(p, &r.subject)))
+                    .filter(|r| {
+                        pattern.is_none_or(|p| nexus_proto::subject::matches(p, &r.subject))
+                    })
                     .cloned(),
             );
         }
@@ -424,9 +426,11 @@ pub fn parse_message_id(s: &str) -> Result<[u8; 16], String> {
         }
         return Ok(out);
     }
-    ulid::Ulid::from_string(s).map(|u| u.to_bytes()).map_err(|e| {
-        format!("{s:?} is not a message id (a 26-character ULID or 32 hex digits): {e}")
-    })
+    ulid::Ulid::from_string(s)
+        .map(|u| u.to_bytes())
+        .map_err(|e| {
+            format!("{s:?} is not a message id (a 26-character ULID or 32 hex digits): {e}")
+        })
 }
 
 #[cfg(test)]
@@ -491,7 +495,9 @@ mod tests {
         let kept = (0..100_000u64).filter(|n| s.sampled(&id(*n), &[])).count();
         assert!((700..1300).contains(&kept), "kept {kept} of 100000 at 1%");
         // The same id gets the same answer every time (and at every gateway).
-        let some = (0..1000u64).find(|n| s.sampled(&id(*n), &[])).expect("one sampled");
+        let some = (0..1000u64)
+            .find(|n| s.sampled(&id(*n), &[]))
+            .expect("one sampled");
         assert!(s.sampled(&id(some), &[]));
         let forced = [header("Nexus-Trace", "1")];
         let never = store(0.0, 1 << 20);
@@ -517,7 +523,11 @@ mod tests {
         let subject = ByteString::from("telemetry.sensor.42");
         for n in 0..20_000u64 {
             let t = s.begin(&id(n), &[], &subject).expect("sampled");
-            s.record(&t, n as i64, Hop::new(Event::Received).detail("received from conn 7"));
+            s.record(
+                &t,
+                n as i64,
+                Hop::new(Event::Received).detail("received from conn 7"),
+            );
         }
         assert!(s.bytes() <= budget, "{} bytes over {budget}", s.bytes());
         assert!(s.bytes() > budget / 2, "budget badly used: {}", s.bytes());
@@ -538,6 +548,10 @@ mod tests {
         assert_eq!(parse_message_id(&u.to_string()), Ok(u.to_bytes()));
         let hex: String = u.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(parse_message_id(&hex), Ok(u.to_bytes()));
-        assert!(parse_message_id("nope").unwrap_err().contains("not a message id"));
+        assert!(
+            parse_message_id("nope")
+                .unwrap_err()
+                .contains("not a message id")
+        );
     }
 }

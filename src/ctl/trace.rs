@@ -208,7 +208,10 @@ pub async fn search(
     // One entry per message: its first record and how many hops.
     let mut messages: Vec<(&TraceRecord, usize)> = Vec::new();
     for r in &t.records {
-        match messages.iter_mut().find(|(m, _)| m.message_id == r.message_id) {
+        match messages
+            .iter_mut()
+            .find(|(m, _)| m.message_id == r.message_id)
+        {
             Some((_, n)) => *n += 1,
             None => messages.push((r, 1)),
         }

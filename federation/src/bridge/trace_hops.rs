@@ -84,14 +84,21 @@ impl RegionRouter {
 
     /// A hop to cluster peer `gateway` (queued on its link, or not).
     pub(super) fn trace_to_peer(&self, t: Option<&Traced>, gateway: &str, queued: bool) {
-        self.router.trace_hop(t, || self.hop_to(gateway, "cluster", queued, self.fed.rtt_to(gateway)));
+        self.router.trace_hop(t, || {
+            self.hop_to(gateway, "cluster", queued, self.fed.rtt_to(gateway))
+        });
     }
 
     /// A hop to `region` (queued on its link, or not).
     pub(super) fn trace_to_region(&self, t: Option<&Traced>, region: &str, queued: bool) {
         self.router.trace_hop(t, || {
             let via = self.fed.via(region).unwrap_or_else(|| "-".into());
-            self.hop_to(&format!("{region} via {via}"), "region", queued, self.fed.rtt(region))
+            self.hop_to(
+                &format!("{region} via {via}"),
+                "region",
+                queued,
+                self.fed.rtt(region),
+            )
         });
     }
 
