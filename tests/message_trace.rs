@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::regions::{client, explain, status};
+use common::regions::{client, explain, interest_known, responder, status};
 use common::{ControlPlane, Gateway, eventually, nexusctl, nexusctl_as, tempdir};
 use nexus_federation::tls::FederationCa;
 use serde_json::Value;
@@ -259,6 +259,7 @@ async fn nexusctl_trace_follows_a_message_across_gateways_and_regions() {
 
     // The text timeline says the same, a line per hop.
     let text = nexusctl(&d.cp, &["trace", &id]);
+    eprintln!("{text}");
     assert!(
         text.contains(&format!("message {id} on orders.new")),
         "{text}"
@@ -316,6 +317,63 @@ async fn nexusctl_trace_follows_a_message_across_gateways_and_regions() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is not a message id"), "{stderr}");
+
+    // A request from region b to a responder on a2, forced: traced at b1, at the gateway of a
+    // it reached, and at a2 where the responder answered; found by searching its subject.
+    let (_responder, serving) = responder(a2, "svc.echo", "a").await;
+    interest_known(b1, "a", "svc.echo").await;
+    let out = nexusctl(
+        &d.cp,
+        &[
+            "--gateway",
+            &b1.url(),
+            "req",
+            "-H",
+            "nexus-trace=1",
+            "svc.echo",
+            "?",
+        ],
+    );
+    assert!(out.contains('a'), "{out}");
+    let found: Value = serde_json::from_str(&nexusctl(
+        &d.cp,
+        &["trace", "--subject", "svc.*", "--since", "1m", "-o", "json"],
+    ))
+    .unwrap();
+    let req_id = found["messages"][0]["message_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no traced request: {found:#}"))
+        .to_owned();
+    let t = d
+        .trace_until(&req_id, |r| has(r, "b1", "reply") && has(r, "a2", "reply"))
+        .await;
+    let records = t["records"].as_array().unwrap();
+    let sent = find(records, "b1", "request_routed");
+    assert!(
+        sent["peer"].as_str().unwrap().starts_with("a via a")
+            && sent["latency_us"].as_u64() > Some(0),
+        "{t:#}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["region"] == "a" && r["event"] == "arrived"),
+        "{t:#}"
+    );
+    assert!(
+        find(records, "a2", "request_routed")["peer"]
+            .as_str()
+            .unwrap()
+            .contains("sid"),
+        "{t:#}"
+    );
+    let reply = find(records, "b1", "reply");
+    assert!(
+        reply["latency_us"].as_u64() > Some(0) && reply["reason"].is_null(),
+        "{t:#}"
+    );
+    eprintln!("{}", nexusctl(&d.cp, &["trace", &req_id]));
+    serving.abort();
 
     // Search by subject lists the traced message; the store's metrics count records.
     let listed = nexusctl(&d.cp, &["trace", "--subject", "orders.>", "--since", "5m"]);

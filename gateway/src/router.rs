@@ -1081,13 +1081,8 @@ impl Router {
         if let Some(remote) = remote {
             let local = picked.as_ref().and_then(|(g, m)| g.cost_of(m, now));
             if picked.is_none() || local.is_some() {
-                match remote.request(subject, headers, payload, timeout, local) {
+                match remote.request(subject, &id, headers, payload, timeout, local) {
                     Ok(rx) => {
-                        self.trace_hop(traced.as_ref(), || {
-                            Hop::new(Event::RequestRouted)
-                                .peer("federation")
-                                .detail("to a responder at another gateway of this region or in another region")
-                        });
                         return Ok(self.await_remote(waiter, rx, timeout, now, traced));
                     }
                     Err((h, p)) => (headers, payload) = (h, p),
@@ -1102,20 +1097,22 @@ impl Router {
             self.trace_hop(traced.as_ref(), || {
                 Hop::new(Event::Dropped)
                     .reason(Reason::NoInterest)
-                    .detail("no responders for its subject")
+                    .detail("no responder for its subject at this gateway")
             });
             self.metrics.request_done(RequestOutcome::NoResponders);
             return Err((waiter, RouteError::NoResponders(subject.to_owned())));
         };
         let seq = self.next_id();
         self.trace_hop(traced.as_ref(), || {
+            let of = match group.queue.as_deref() {
+                Some(q) => format!("queue group {q:?} of {}", group.pattern),
+                None => format!("subscription to {}", group.pattern),
+            };
             Hop::new(Event::RequestRouted).peer(format!(
-                "session {} {:?} sid {} (queue group {:?} of {})",
+                "session {} {:?} sid {} ({of})",
                 member.conn.id,
                 &*member.conn.name.lock(),
                 member.sid,
-                group.queue.as_deref().unwrap_or(""),
-                group.pattern
             ))
         });
         member.conn.serving.lock().insert(seq);

@@ -71,6 +71,21 @@ fn rates(t: &GetTraceResponse) -> String {
     }
 }
 
+/// `s` with control characters escaped (the text comes from gateways and clients' names),
+/// whole: unlike log lines, the timeline does not cut long details.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 fn ms(us: i64) -> String {
     format!("{:.3}", us as f64 / 1000.0)
 }
@@ -127,7 +142,7 @@ fn print_timeline(id: &str, t: &GetTraceResponse) {
         .unwrap_or("-");
     println!(
         "message {id} on {} (trace {trace_id})",
-        nexus_proto::text::Escaped(&t.records[0].subject)
+        printable(&t.records[0].subject)
     );
     println!(
         "{:>10} {:>9}  {:<22} {:<15} {:<17} DETAIL",
@@ -147,8 +162,11 @@ fn print_timeline(id: &str, t: &GetTraceResponse) {
         }
         if r.latency_us > 0 {
             let what = if r.event == "reply" { "took" } else { "rtt" };
+            if !detail.is_empty() {
+                detail.push(' ');
+            }
             detail.push_str(&format!(
-                " [{what} {} ms]",
+                "[{what} {} ms]",
                 ms(r.latency_us.min(i64::MAX as u64) as i64)
             ));
         }
@@ -159,7 +177,7 @@ fn print_timeline(id: &str, t: &GetTraceResponse) {
             format!("{}/{}", r.region, r.gateway_id),
             r.event,
             if r.reason.is_empty() { "-" } else { &r.reason },
-            nexus_proto::text::Escaped(&detail),
+            printable(&detail),
         );
         prev = r.at_us;
     }
@@ -241,7 +259,7 @@ pub async fn search(
                 println!(
                     "{}  {}  {}/{}  {} record(s)",
                     r.message_id,
-                    nexus_proto::text::Escaped(&r.subject),
+                    printable(&r.subject),
                     r.region,
                     r.gateway_id,
                     n

@@ -294,6 +294,7 @@ impl RegionRouter {
     /// another region and none is here, through the nearest cluster peer that has one.
     async fn serve(self: Arc<Self>, link: LinkInfo, request: nexus_proto::v1::RemoteRequest) {
         let from_region = link.region != self.fed.region();
+        let traced = self.trace_request_arrived(&link, &request);
         let mut reply = remote_requests::serve(&self.router, request.clone()).await;
         let no_responders = reply
             .error
@@ -304,13 +305,15 @@ impl RegionRouter {
             && let Some(Taker::Peer(peer)) = self.pick_gateway(&request.subject, None)
             && let Ok(rx) = self.requests.send(
                 &self.fed,
-                Via::Gateway(peer),
+                Via::Gateway(peer.clone()),
                 &request.subject,
+                &request.message_id,
                 request.headers,
                 request.payload,
                 Duration::from_millis(u64::from(request.deadline_ms.max(1))),
             )
         {
+            self.trace_request_sent(traced.as_ref(), &peer, None, false);
             let result = rx.await.unwrap_or_else(|_| {
                 Err(nexus_gateway::router::error(
                     nexus_proto::v1::ErrorCode::ServiceError,
@@ -558,11 +561,17 @@ impl Remote for RegionRouter {
     fn request(
         &self,
         subject: &str,
+        id: &Bytes,
         headers: Vec<Header>,
         payload: Bytes,
         timeout: Duration,
         local: Option<GroupCost>,
     ) -> Result<oneshot::Receiver<ReplyResult>, (Vec<Header>, Bytes)> {
+        let traced = if self.router.traces.sampled(id, &headers) {
+            nexus_gateway::trace_store::Traced::new(id, &headers, &subject.into())
+        } else {
+            None
+        };
         // Another gateway of this region when the gateway balancer picks one (over this
         // gateway's own responder, if any), unless the route sends requests elsewhere.
         let elsewhere = local.is_none() && self.prefers_remote_responders(subject);
@@ -576,13 +585,17 @@ impl Remote for RegionRouter {
                     }
                     match self.requests.send(
                         &self.fed,
-                        Via::Gateway(peer),
+                        Via::Gateway(peer.clone()),
                         subject,
+                        id,
                         headers,
                         payload,
                         timeout,
                     ) {
-                        Ok(rx) => return Ok(rx),
+                        Ok(rx) => {
+                            self.trace_request_sent(traced.as_ref(), &peer, None, local.is_some());
+                            return Ok(rx);
+                        }
                         Err(back) if local.is_some() => return Err(back),
                         Err(back) => back,
                     }
@@ -597,14 +610,19 @@ impl Remote for RegionRouter {
         let Some(region) = choice.regions.into_iter().next() else {
             return Err((headers, payload));
         };
-        self.requests.send(
+        let sent = self.requests.send(
             &self.fed,
-            Via::Region(region),
+            Via::Region(region.clone()),
             subject,
+            id,
             headers,
             payload,
             timeout,
-        )
+        );
+        if sent.is_ok() {
+            self.trace_request_sent(traced.as_ref(), &region, Some(rule), false);
+        }
+        sent
     }
 
     fn stream_peer(

@@ -148,4 +148,66 @@ impl RegionRouter {
                 .latency_us(micros(self.fed.rtt_to(&link.gateway_id)))
         });
     }
+
+    /// A request sent to cluster peer or region `to` (`rule`: the route that chose the
+    /// region; `cheaper`: a local responder existed but the peer was cheaper).
+    pub(super) fn trace_request_sent(
+        &self,
+        t: Option<&Traced>,
+        to: &str,
+        rule: Option<&Rule>,
+        cheaper: bool,
+    ) {
+        self.router.trace_hop(t, || {
+            let (peer, rtt, why) = match rule {
+                Some(rule) => (
+                    format!(
+                        "{to} via {}",
+                        self.fed.via(to).unwrap_or_else(|| "-".into())
+                    ),
+                    self.fed.rtt(to),
+                    format!(
+                        "region hop: route {} policy {} chose it",
+                        rule.name,
+                        rule.policy.describe()
+                    ),
+                ),
+                None => (
+                    to.to_owned(),
+                    self.fed.rtt_to(to),
+                    if cheaper {
+                        "cluster hop: that gateway's responder is cheaper, the hop included".into()
+                    } else {
+                        "cluster hop: no local responder; that gateway has one".into()
+                    },
+                ),
+            };
+            Hop::new(Event::RequestRouted)
+                .peer(peer)
+                .detail(why)
+                .latency_us(micros(rtt))
+        });
+    }
+
+    /// A request that arrived over `link` to be served here.
+    pub(super) fn trace_request_arrived(
+        &self,
+        link: &LinkInfo,
+        r: &nexus_proto::v1::RemoteRequest,
+    ) -> Option<Traced> {
+        if !self.router.traces.sampled(&r.message_id, &r.headers) {
+            return None;
+        }
+        let t = Traced::new(&r.message_id, &r.headers, &r.subject.as_str().into());
+        self.router.trace_hop(t.as_ref(), || {
+            Hop::new(Event::Arrived)
+                .peer(format!("{} ({})", link.gateway_id, link.region))
+                .detail(format!(
+                    "request from region {}, {} ms left",
+                    r.origin_region, r.deadline_ms
+                ))
+                .latency_us(micros(self.fed.rtt_to(&link.gateway_id)))
+        });
+        t
+    }
 }
