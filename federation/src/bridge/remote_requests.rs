@@ -76,6 +76,7 @@ pub(super) struct RemoteRequests {
 impl RemoteRequests {
     /// Sends a request to `via` with what is left of `timeout` after the round trip. Hands
     /// the message back when `via` has no link.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn send(
         &self,
         fed: &Federation,
