@@ -529,16 +529,29 @@ impl Router {
         }
     }
 
-    /// Records that a traced message passed its subject's enforced schema (nothing when the
-    /// subject has none).
-    pub fn trace_schema_passed(&self, traced: Option<&Traced>, subject: &str) {
+    /// Records that a traced message passed its subject's enforced schema, or violated it
+    /// under `warn` enforcement (nothing when the subject has none). Validates again: only
+    /// traced messages come here.
+    pub fn trace_schema_passed(&self, traced: Option<&Traced>, subject: &str, payload: &[u8]) {
         let policy = self.policy.load();
         if let Some(enforced) = policy.schemas.get(subject) {
             self.trace_hop(traced, || {
-                Hop::new(Event::Schema).reason(Reason::Ok).detail(format!(
-                    "payload checked against schema {subject:?} version {} ({:?})",
-                    enforced.version, enforced.enforcement
-                ))
+                let checked = format!(
+                    "payload checked against schema {subject:?} version {}",
+                    enforced.version
+                );
+                match enforced.schema.validate(payload) {
+                    Ok(()) => Hop::new(Event::Schema).reason(Reason::Ok).detail(checked),
+                    Err(v) => Hop::new(Event::Schema)
+                        .reason(Reason::Warned)
+                        .detail(format!(
+                            "{checked}: {} violation(s), delivered anyway (enforcement warn){}",
+                            v.len(),
+                            v.first()
+                                .map(|v| format!(", first: {} {}", v.path, v.message))
+                                .unwrap_or_default()
+                        )),
+                }
             });
         }
     }

@@ -731,7 +731,8 @@ impl Session {
             return self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id);
         }
         if traced.is_some() {
-            self.router.trace_schema_passed(traced.as_ref(), &p.subject);
+            self.router
+                .trace_schema_passed(traced.as_ref(), &p.subject, &p.payload);
         }
         self.router
             .metrics

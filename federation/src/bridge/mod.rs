@@ -697,6 +697,16 @@ impl Remote for RegionRouter {
                 (Seen::New, _) => {}
                 (seen, receipt) => {
                     self.metrics.publish_duplicates.inc();
+                    self.router.trace_hop(traced.as_ref(), || {
+                        nexus_gateway::trace_store::Hop::new(
+                            nexus_gateway::trace_store::Event::Dropped,
+                        )
+                        .reason(nexus_gateway::trace_store::Reason::Duplicate)
+                        .detail(format!(
+                            "route {}: its id was accepted before (a retried publish): delivered and replicated nowhere again",
+                            rule.name
+                        ))
+                    });
                     outcome.duplicate = true;
                     outcome.receipt = receipt.or_else(|| {
                         debug_assert_eq!(seen, Seen::Accepted);
