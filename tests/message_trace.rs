@@ -375,6 +375,63 @@ async fn nexusctl_trace_follows_a_message_across_gateways_and_regions() {
     eprintln!("{}", nexusctl(&d.cp, &["trace", &req_id]));
     serving.abort();
 
+    // A durable (`async`) route: spooled at a1 for region b, arrives there from the spool.
+    let dir = tempdir::Dir::new("trace-route");
+    let route = dir.0.join("ledger.toml");
+    std::fs::write(
+        &route,
+        "name = \"ledger\"\nsubjects = [\"ledger.>\"]\npolicy = \"broadcast\"\nconsistency = \"async\"\n",
+    )
+    .unwrap();
+    nexusctl(&d.cp, &["routes", "apply", "-f", route.to_str().unwrap()]);
+    let mut sub_ledger = on_b.subscribe("ledger.>").await.unwrap();
+    on_b.flush().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let e = explain(a1, "ledger.x");
+            e["federation"]["route"]["name"] == "ledger"
+                && e["federation"]["regions"].as_array().is_some_and(|r| {
+                    r.iter()
+                        .any(|c| c["region"] == "b" && c["interest"] == true)
+                })
+        })
+        .await,
+        "{}",
+        explain(a1, "ledger.x")
+    );
+    let out = nexusctl(
+        &d.cp,
+        &[
+            "--gateway",
+            &a1.url(),
+            "pub",
+            "-H",
+            "nexus-trace=1",
+            "ledger.x",
+            "1",
+        ],
+    );
+    let durable = published_id(&out);
+    tokio::time::timeout(Duration::from_secs(5), sub_ledger.next_message())
+        .await
+        .expect("delivered")
+        .expect("message");
+    let t = d.trace_until(&durable, |r| has(r, "b1", "delivered")).await;
+    let records = t["records"].as_array().unwrap();
+    let spooled = find(records, "a1", "spooled");
+    assert!(
+        spooled["peer"].as_str().unwrap().contains('b')
+            && spooled["detail"].as_str().unwrap().contains("mode async"),
+        "{t:#}"
+    );
+    assert!(
+        find(records, "b1", "arrived")["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("spooled"),
+        "{t:#}"
+    );
+
     // Search by subject lists the traced message; the store's metrics count records.
     let listed = nexusctl(&d.cp, &["trace", "--subject", "orders.>", "--since", "5m"]);
     assert!(
