@@ -432,6 +432,58 @@ async fn nexusctl_trace_follows_a_message_across_gateways_and_regions() {
         "{t:#}"
     );
 
+    // A payload its subject's schema rejects: the schema drop, at the gateway that refused it.
+    let schema = dir.0.join("typed.json");
+    std::fs::write(
+        &schema,
+        r#"{"type":"object","properties":{"id":{"type":"integer"}},"required":["id"]}"#,
+    )
+    .unwrap();
+    nexusctl(
+        &d.cp,
+        &[
+            "schemas",
+            "register",
+            "typed.x",
+            "-f",
+            schema.to_str().unwrap(),
+        ],
+    );
+    nexusctl(&d.cp, &["schemas", "set-enforcement", "typed.x", "reject"]);
+    let refused = nexusctl_as(
+        &d.cp,
+        Some(&d.cp.admin_key),
+        &[
+            "--gateway",
+            &a1.url(),
+            "pub",
+            "-H",
+            "nexus-trace=1",
+            "typed.x",
+            r#"{"id":"one"}"#,
+        ],
+    );
+    assert!(!refused.status.success(), "{refused:?}");
+    let found: Value = serde_json::from_str(&nexusctl(
+        &d.cp,
+        &["trace", "--subject", "typed.x", "-o", "json"],
+    ))
+    .unwrap();
+    let typed = found["messages"][0]["message_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the refused message was not traced: {found:#}"))
+        .to_owned();
+    let t = d.trace_until(&typed, |r| has(r, "a1", "dropped")).await;
+    let dropped = find(t["records"].as_array().unwrap(), "a1", "dropped");
+    assert_eq!(dropped["reason"], "schema", "{t:#}");
+    assert!(
+        dropped["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not match schema"),
+        "{t:#}"
+    );
+
     // Search by subject lists the traced message; the store's metrics count records.
     let listed = nexusctl(&d.cp, &["trace", "--subject", "orders.>", "--since", "5m"]);
     assert!(

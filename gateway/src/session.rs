@@ -863,18 +863,36 @@ impl Session {
     }
 
     async fn on_req(&mut self, mut r: v1::Req) {
-        let refuse = |this: &Self, code: ErrorCode, message: String| {
-            this.send_reply(r.req_id, Err(error(code, message, r.req_id)));
-        };
         if let Err(e) = validate_subject(&r.subject) {
             self.router.metrics.protocol_errors.inc();
-            return refuse(self, ErrorCode::Invalid, e.to_string());
+            return self.send_reply(
+                r.req_id,
+                Err(error(ErrorCode::Invalid, e.to_string(), r.req_id)),
+            );
         }
-        // Recorded as received when traced; the router records where it went.
-        if let Ok(id) = message_id(r.id.clone()) {
-            r.id = id;
-            self.trace_received(&r.id, &mut r.headers, &r.subject, r.payload.len());
-        }
+        // Recorded as received when traced; the router records where it went, and a refusal
+        // here is recorded as a drop.
+        let traced = match message_id(r.id.clone()) {
+            Ok(id) => {
+                r.id = id;
+                self.trace_received(&r.id, &mut r.headers, &r.subject, r.payload.len())
+            }
+            Err(_) => None,
+        };
+        let refuse = |this: &Self, code: ErrorCode, message: String| {
+            this.router.trace_hop(traced.as_ref(), || {
+                let reason = match code {
+                    ErrorCode::Limit => Reason::Limit,
+                    ErrorCode::Denied => Reason::Denied,
+                    _ if message.contains("schema") => Reason::Schema,
+                    _ => Reason::Error,
+                };
+                Hop::new(Event::Dropped)
+                    .reason(reason)
+                    .detail(format!("refused: {message}"))
+            });
+            this.send_reply(r.req_id, Err(error(code, message, r.req_id)));
+        };
         if let Err(e) = self.check_payload(r.payload.len(), r.req_id) {
             return refuse(self, ErrorCode::Limit, e.message);
         }
