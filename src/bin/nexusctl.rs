@@ -164,7 +164,7 @@ enum Command {
     /// every message published with the header `nexus-trace: 1`. Without a MESSAGE_ID, lists
     /// recent traced messages (--subject, --since).
     Trace {
-        /// The message id (a ULID, as `nexusctl pub` and `nexusctl sub` print it).
+        /// The message id (a ULID, as `nexusctl pub` prints it, and `nexusctl sub -o json`).
         message_id: Option<String>,
         /// Without a message id: only messages on subjects matching this pattern.
         #[arg(long, default_value = "")]

@@ -17,7 +17,7 @@ use super::{Output, print_json};
 fn check_id(id: &str) -> anyhow::Result<()> {
     if nexus_gateway::trace_store::parse_message_id(id).is_err() {
         bail!(
-            "{id:?} is not a message id: expected a 26-character ULID (as `nexusctl pub` and `nexusctl sub` print it) or 32 hex digits"
+            "{id:?} is not a message id: expected a 26-character ULID (as `nexusctl pub` prints it, and `nexusctl sub -o json`) or 32 hex digits"
         );
     }
     Ok(())
