@@ -542,6 +542,71 @@ mod tests {
         assert!(std::mem::size_of::<Record>() <= 160);
     }
 
+    /// What tracing costs per message, in-process: the sampling decision every message pays,
+    /// and the records of a traced one (the four hops of a publish with one remote region and
+    /// one subscriber, strings formatted as the router does). Run in release:
+    /// `cargo test --release -p nexus-gateway --lib trace_store::tests::cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement; prints figures"]
+    fn cost_per_message() {
+        use std::time::Instant;
+        let s = store(0.01, 16 << 20);
+        let headers = vec![
+            header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            header("nexus-publisher-key", "k1"),
+        ];
+        let ids: Vec<[u8; 16]> = (0..1_000_000u64).map(id).collect();
+        let started = Instant::now();
+        let sampled = ids.iter().filter(|i| s.sampled(&i[..], &headers)).count();
+        let decide = started.elapsed().as_nanos() as f64 / ids.len() as f64;
+        let subject = ByteString::from("orders.eu.created");
+        let n = 100_000;
+        let started = Instant::now();
+        for i in &ids[..n] {
+            let t = Traced::new(i, &headers, &subject).expect("16 bytes");
+            s.record(
+                &t,
+                now_us(),
+                Hop::new(Event::Received)
+                    .peer(format!("session {} {:?} key {}", 12, "orders-api", "k1"))
+                    .detail(format!("{} bytes", 512)),
+            );
+            s.record(
+                &t,
+                now_us(),
+                Hop::new(Event::Route).peer("route orders").detail(format!(
+                    "policy {}, mode {}; regions: {}; gateways of this region: {}; local subscribers here: {}",
+                    "nearest", "best_effort", "eu-west chosen by policy nearest", "none wants it", "yes"
+                )),
+            );
+            s.record(
+                &t,
+                now_us(),
+                Hop::new(Event::Forwarded)
+                    .peer(format!("{} via {}", "eu-west", "gw-eu-1"))
+                    .detail("region hop, best effort")
+                    .latency_us(81_000),
+            );
+            s.record(
+                &t,
+                now_us(),
+                Hop::new(Event::Delivered)
+                    .peer(format!("session {} {:?} sid {}", 7, "billing", 1))
+                    .count(1),
+            );
+        }
+        let traced = started.elapsed().as_nanos() as f64 / n as f64;
+        println!(
+            "sampling decision: {decide:.1} ns/message ({sampled} of {} sampled at 1%); a traced message's 4 records: {traced:.0} ns; average at 1%: {:.1} ns/message",
+            ids.len(),
+            decide + traced / 100.0
+        );
+        assert!(s.bytes() <= 16 << 20);
+    }
+
     #[test]
     fn message_ids_parse_as_ulid_or_hex() {
         let u = ulid::Ulid::from_parts(1_700_000_000_000, 42);
