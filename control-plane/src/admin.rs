@@ -299,4 +299,14 @@ impl Admin for AdminService {
     async fn list_audit(&self, r: Request<ListAuditRequest>) -> R<ListAuditResponse> {
         ok(audit::query::list(&*self.store, r.into_inner()).await?)
     }
+
+    async fn get_trace(&self, r: Request<GetTraceRequest>) -> R<GetTraceResponse> {
+        let req = r.into_inner();
+        if req.message_id.is_empty() && !req.subject.is_empty() {
+            nexus_proto::subject::validate_pattern(&req.subject)
+                .map_err(|e| Status::invalid_argument(format!("subject {:?}: {e}", req.subject)))?;
+        }
+        let gateways = regions::gateways(&*self.store, "").await?;
+        ok(crate::trace::collect(&gateways, &req).await)
+    }
 }

@@ -8,6 +8,7 @@
 //!   it makes, in the same transaction.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics`, and the `grpc.health.v1` status.
 //! - [`names`] fixes the key layout under `/nexus/v1/`; [`records`] encodes records.
+//! - [`trace`]: `GetTrace` asks every live gateway for what it recorded about a message.
 
 pub mod admin;
 pub mod admin_auth;
@@ -24,6 +25,7 @@ pub mod routes;
 pub mod schemas;
 pub mod server;
 pub mod store;
+pub mod trace;
 
 /// The schema rules (sans-I/O), shared with gateways for enforcement at publish time.
 pub use nexus_schema as schema;

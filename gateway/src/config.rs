@@ -91,6 +91,8 @@ pub struct GatewayConfig {
     pub limits: LimitsConfig,
     pub slow_consumer: SlowConsumerConfig,
     pub balancer: BalancerSettings,
+    /// Message tracing (`nexusctl trace`, docs/trace.md).
+    pub trace: TraceConfig,
     /// TLS on the adapter listener (docs/security.md).
     pub tls: TlsConfig,
     /// TLS towards the control plane and the identity shown to it.
@@ -128,6 +130,36 @@ pub struct ControlPlaneTlsConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceConfig {
+    /// Fraction of messages whose hops are recorded (head sampling by message id); messages
+    /// with the header `nexus-trace: 1` are always recorded. 0 records forced ones only.
+    /// The default, 1 in 1000, keeps the average cost near the 9-ns sampling decision
+    /// (docs/trace.md §3).
+    pub sample_rate: f64,
+    /// Memory the trace records may use; the oldest are evicted beyond it.
+    pub max_bytes: u64,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self {
+            sample_rate: 0.001,
+            max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl TraceConfig {
+    pub fn to_settings(&self) -> crate::trace_store::TraceSettings {
+        crate::trace_store::TraceSettings {
+            sample_rate: self.sample_rate,
+            max_bytes: self.max_bytes.min(usize::MAX as u64) as usize,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest payload accepted, in bytes.
@@ -200,6 +232,7 @@ impl Default for GatewayConfig {
             limits: LimitsConfig::default(),
             slow_consumer: SlowConsumerConfig::default(),
             balancer: BalancerSettings::default(),
+            trace: TraceConfig::default(),
             tls: TlsConfig::default(),
             control_plane_tls: ControlPlaneTlsConfig::default(),
             insecure: false,
@@ -427,6 +460,21 @@ impl GatewayConfig {
             return invalid(
                 "metrics_listen",
                 format!("{} is the same address as `listen`", self.metrics_listen),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.trace.sample_rate) {
+            return invalid(
+                "trace.sample_rate",
+                format!("{} must be between 0 and 1", self.trace.sample_rate),
+            );
+        }
+        if self.trace.max_bytes < 64 * 1024 {
+            return invalid(
+                "trace.max_bytes",
+                format!(
+                    "{} is below the minimum of 65536 bytes",
+                    self.trace.max_bytes
+                ),
             );
         }
         if self.request_timeout_ms == 0 || self.request_timeout_ms > 3_600_000 {

@@ -1,7 +1,9 @@
 //! The gateway's HTTP endpoint for operators: `/metrics` (Prometheus text), `/healthz`
 //! (the process is alive), `/readyz` (accepting sessions; 503 while draining), `/v1/status`
 //! (JSON: sessions, subjects, balancer, links, spools) and `/v1/explain?subject=` (JSON: where
-//! a message published here would go, and why).
+//! a message published here would go, and why) and `/v1/trace?id=` or
+//! `/v1/trace?subject=&since_ms=&until_ms=&limit=` (JSON: the trace records this gateway holds
+//! for one message, or for recent messages on subjects matching a pattern; docs/trace.md).
 
 use std::sync::Arc;
 
@@ -20,6 +22,7 @@ pub fn routes(router: Arc<Router>) -> HttpRouter {
         .route("/readyz", get(ready))
         .route("/v1/status", get(status))
         .route("/v1/explain", get(explain))
+        .route("/v1/trace", get(trace))
         .with_state(router)
 }
 
@@ -58,4 +61,46 @@ async fn explain(
         return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
     }
     axum::Json(router.explain(&q.subject)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct TraceQuery {
+    id: Option<String>,
+    subject: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    limit: Option<usize>,
+}
+
+async fn trace(
+    State(router): State<Arc<Router>>,
+    Query(q): Query<TraceQuery>,
+) -> axum::response::Response {
+    let records = match (&q.id, &q.subject) {
+        (Some(id), _) => match crate::trace_store::parse_message_id(id) {
+            Ok(id) => router.traces.by_id(&id),
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        },
+        (None, subject) => {
+            if let Some(p) = subject
+                && let Err(e) = nexus_proto::subject::validate_pattern(p)
+            {
+                return (StatusCode::BAD_REQUEST, format!("subject: {e}\n")).into_response();
+            }
+            router.traces.search(
+                subject.as_deref(),
+                q.since_ms.unwrap_or(0).saturating_mul(1000),
+                q.until_ms.unwrap_or(i64::MAX / 1000).saturating_mul(1000),
+                q.limit.unwrap_or(1000).min(10_000),
+            )
+        }
+    };
+    let cfg = router.config();
+    axum::Json(serde_json::json!({
+        "region": cfg.region,
+        "gateway_id": cfg.gateway_id,
+        "sample_rate": cfg.trace.sample_rate,
+        "records": router.trace_records(&records),
+    }))
+    .into_response()
 }

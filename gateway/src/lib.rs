@@ -15,7 +15,8 @@
 //! their own, so that anonymous peers cannot lock out keyed clients.
 //!
 //! [`metrics`] holds the Prometheus series, [`http`] serves them and the JSON [`status`], [`trace`] carries W3C
-//! trace context in message headers, [`server`] starts and gracefully stops it all.
+//! trace context in message headers, [`trace_store`] keeps what happened to sampled messages
+//! at each hop (`nexusctl trace`), [`server`] starts and gracefully stops it all.
 //! The subject table and balancer are sans-I/O: plain data structures with injected time.
 
 pub mod admission;
@@ -38,6 +39,7 @@ pub mod status;
 pub mod streams;
 pub mod subject_table;
 pub mod trace;
+pub mod trace_store;
 pub mod transport;
 
 /// Subject syntax lives with the protocol (`nexus-proto`), shared with the control plane.

@@ -185,6 +185,8 @@ pub struct GatewayMetrics {
     pub schema_violations: Family<SchemaLabels, Counter>,
     pub config_version: Gauge,
     pub config_updates: Counter,
+    /// Message trace records kept and evicted, and the bytes they use (`trace_store`).
+    pub trace: crate::trace_store::TraceMetrics,
     /// Series other crates own (federation's links and spool), encoded with these.
     attached: Attached,
     /// Pre-resolved (messages, bytes) counters per pattern and direction, so the hot path is
@@ -228,6 +230,7 @@ impl GatewayMetrics {
             schema_violations: Family::default(),
             config_version: Gauge::default(),
             config_updates: Counter::default(),
+            trace: Default::default(),
             attached: Attached::default(),
             registry: Registry::default(),
             traffic_counters: Default::default(),
@@ -360,6 +363,21 @@ impl GatewayMetrics {
             "config_version",
             "Version of the config snapshot applied (0: none)",
             m.config_version.clone(),
+        );
+        registry.register(
+            "trace_records_kept",
+            "Message trace records written (sampled or forced messages, one per hop event)",
+            m.trace.kept.clone(),
+        );
+        registry.register(
+            "trace_records_evicted",
+            "Message trace records evicted to stay within trace.max_bytes",
+            m.trace.evicted.clone(),
+        );
+        registry.register(
+            "trace_bytes",
+            "Memory the message trace records use now (bounded by trace.max_bytes)",
+            m.trace.bytes.clone(),
         );
         registry.register(
             "config_updates",

@@ -78,11 +78,12 @@ pub trait Remote: Send + Sync + 'static {
     /// responder costs: with one, the request leaves only when a gateway of this region is
     /// cheaper, the hop included (never for another region); without, it goes to a gateway
     /// of the region with a responder, else to the region the subject's route picks. When
-    /// nothing takes it, the message is handed back.
-    #[allow(clippy::type_complexity)]
+    /// nothing takes it, the message is handed back. `id` is the request's message id.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn request(
         &self,
         subject: &str,
+        id: &Bytes,
         headers: Vec<Header>,
         payload: Bytes,
         timeout: Duration,

@@ -309,13 +309,23 @@ impl Gateway for GatewayService {
         crate::provenance::stamp(&mut p.headers, key_id.as_ref());
         let id = crate::session::message_id(std::mem::take(&mut p.id))
             .map_err(Status::invalid_argument)?;
+        let traced = self.router.traces.sampled(&id, &p.headers);
         let delivery = Delivery {
             subject: p.subject.into(),
             reply_to: Default::default(),
             headers: p.headers,
             payload: p.payload,
             id: id.clone(),
+            traced,
         };
+        self.router.trace(&delivery, || {
+            crate::trace_store::Hop::new(crate::trace_store::Event::Received)
+                .peer(format!(
+                    "unary Publish key {}",
+                    key_id.as_deref().unwrap_or("-")
+                ))
+                .detail(format!("{} bytes", delivery.payload.len()))
+        });
         let mut scratch = Vec::new();
         let (delivered, outcome) = self.router.publish(delivery, &mut scratch).await;
         if let Some(receipt) = outcome.receipt {

@@ -23,6 +23,7 @@ use crate::remote::{PublishOutcome, PublishReceipt};
 use crate::router::{Completion, Delivery, Member, Router, Subscription, Waiter, error, frame};
 use crate::service::SessionAdmission;
 use crate::subject::{self, validate_pattern, validate_subject};
+use crate::trace_store::{Event, Hop, Reason, Traced};
 use crate::{streams, trace};
 
 /// Protocol version this gateway speaks.
@@ -700,17 +701,38 @@ impl Session {
                 p.ack_id,
             );
         }
+        // The id first, so that a refused message can be traced too.
+        let id = match message_id(std::mem::take(&mut p.id)) {
+            Ok(id) => id,
+            Err(message) => return self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id),
+        };
+        let traced = self.trace_received(&id, &mut p.headers, &p.subject, p.payload.len());
+        let refused = |this: &Self, reason: Reason, message: &str| {
+            this.router.trace_hop(traced.as_ref(), || {
+                Hop::new(Event::Dropped)
+                    .reason(reason)
+                    .detail(format!("refused: {message}"))
+            });
+        };
         if let Err(e) = self.check_payload(p.payload.len(), p.ack_id) {
+            refused(self, Reason::Limit, &e.message);
             return self.refuse(ErrorCode::Limit, e.message, p.ack_id, p.ack_id);
         }
         if let Some(message) = self.may_publish(&p.subject) {
+            refused(self, Reason::Denied, &message);
             return self.refuse(ErrorCode::Denied, message, p.ack_id, p.ack_id);
         }
         if let Err(message) = self.charge_key(p.payload.len()) {
+            refused(self, Reason::Limit, &message);
             return self.refuse(ErrorCode::Limit, message, p.ack_id, p.ack_id);
         }
         if let Err(message) = self.router.check_schema(&p.subject, &p.payload) {
+            refused(self, Reason::Schema, &message);
             return self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id);
+        }
+        if traced.is_some() {
+            self.router
+                .trace_schema_passed(traced.as_ref(), &p.subject, &p.payload);
         }
         self.router
             .metrics
@@ -718,16 +740,13 @@ impl Session {
         let span = tracing::debug_span!("nexus.publish", subject = %p.subject, conn = self.conn.id);
         trace::link_span(&span, &mut p.headers);
         crate::provenance::stamp(&mut p.headers, self.publisher_key.as_ref());
-        let id = match message_id(p.id) {
-            Ok(id) => id,
-            Err(message) => return self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id),
-        };
         let delivery = Delivery {
             id,
             subject: p.subject,
             reply_to: p.reply_to,
             headers: p.headers,
             payload: p.payload,
+            traced: traced.is_some(),
         };
         let ack_id = p.ack_id;
         let mut outcome = self.router.offer(&delivery, &mut self.scratch);
@@ -759,6 +778,34 @@ impl Session {
             let stored = oldest_stored(&mut self.held).await;
             self.release_oldest(stored).await;
         }
+    }
+
+    /// Records that this session handed the gateway message `id`, when it is traced (sampled
+    /// or forced); the handle to record its other hops with.
+    fn trace_received(
+        &self,
+        id: &Bytes,
+        headers: &mut Vec<v1::Header>,
+        subject: &str,
+        len: usize,
+    ) -> Option<Traced> {
+        if !self.router.traces.sampled(id, headers) {
+            return None;
+        }
+        // A traced message gets its traceparent now, so every record carries its trace id.
+        trace::ensure_traceparent(headers);
+        let traced = Traced::new(id, headers, &ByteString::from(subject))?;
+        self.router.trace_hop(Some(&traced), || {
+            let key = self.publisher_key.as_deref().unwrap_or("-");
+            Hop::new(Event::Received)
+                .peer(format!(
+                    "session {} {:?} key {key}",
+                    self.conn.id,
+                    &*self.conn.name.lock()
+                ))
+                .detail(format!("{len} bytes"))
+        });
+        Some(traced)
     }
 
     /// Delivers the oldest held publish locally (if it was stored) and acknowledges it.
@@ -825,13 +872,36 @@ impl Session {
     }
 
     async fn on_req(&mut self, mut r: v1::Req) {
-        let refuse = |this: &Self, code: ErrorCode, message: String| {
-            this.send_reply(r.req_id, Err(error(code, message, r.req_id)));
-        };
         if let Err(e) = validate_subject(&r.subject) {
             self.router.metrics.protocol_errors.inc();
-            return refuse(self, ErrorCode::Invalid, e.to_string());
+            return self.send_reply(
+                r.req_id,
+                Err(error(ErrorCode::Invalid, e.to_string(), r.req_id)),
+            );
         }
+        // Recorded as received when traced; the router records where it went, and a refusal
+        // here is recorded as a drop.
+        let traced = match message_id(r.id.clone()) {
+            Ok(id) => {
+                r.id = id;
+                self.trace_received(&r.id, &mut r.headers, &r.subject, r.payload.len())
+            }
+            Err(_) => None,
+        };
+        let refuse = |this: &Self, code: ErrorCode, message: String| {
+            this.router.trace_hop(traced.as_ref(), || {
+                let reason = match code {
+                    ErrorCode::Limit => Reason::Limit,
+                    ErrorCode::Denied => Reason::Denied,
+                    _ if message.contains("schema") => Reason::Schema,
+                    _ => Reason::Error,
+                };
+                Hop::new(Event::Dropped)
+                    .reason(reason)
+                    .detail(format!("refused: {message}"))
+            });
+            this.send_reply(r.req_id, Err(error(code, message, r.req_id)));
+        };
         if let Err(e) = self.check_payload(r.payload.len(), r.req_id) {
             return refuse(self, ErrorCode::Limit, e.message);
         }

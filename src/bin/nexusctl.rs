@@ -30,7 +30,8 @@ nexusctl schemas register orders.created -f order.json\n  \
 nexusctl schemas check orders.created -f order-v2.json\n  \
 nexusctl keys create billing --publish 'billing.>' --subscribe 'billing.>'\n  \
 nexusctl topology                                regions and their live gateways\n  \
-nexusctl audit --since 1h --kind route           who changed which route in the last hour\n\n\
+nexusctl audit --since 1h --kind route           who changed which route in the last hour\n  \
+nexusctl trace 01J9Z3...                         follow one message across every gateway\n\n\
 Add -o json to any command for output meant for scripts.\n\n\
 Exit status: 0 ok; 1 error (a message on stderr names what is wrong); 2 usage error;\n\
 3 `schemas check` found the draft incompatible."
@@ -156,6 +157,24 @@ enum Command {
         /// replication spools.
         #[arg(long)]
         links: bool,
+    },
+    /// Follow one message: what happened to it at every gateway of every region (received,
+    /// schema check, route decision, cluster and region hops with RTT, deliveries, drops
+    /// and why, the reply), as a timeline. Only traced messages are known: sampled ones, and
+    /// every message published with the header `nexus-trace: 1`. Without a MESSAGE_ID, lists
+    /// recent traced messages (--subject, --since).
+    Trace {
+        /// The message id (a ULID, as `nexusctl pub` prints it, and `nexusctl sub -o json`).
+        message_id: Option<String>,
+        /// Without a message id: only messages on subjects matching this pattern.
+        #[arg(long, default_value = "")]
+        subject: String,
+        /// Without a message id: only messages from this long ago onwards, e.g. 10m.
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// Without a message id: at most this many records per gateway.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
     },
     /// Show the audit trail: who changed what through the Admin API, when and from where
     /// (the latest records, or those from --since / --since-seq on). Read-only.
@@ -586,6 +605,18 @@ async fn command(cli: Cli, tls: &nexus::ctl::ClientTls) -> anyhow::Result<ExitCo
         Command::Topology { links } => {
             let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
             admin::topology(&mut a, links, out).await?
+        }
+        Command::Trace {
+            message_id,
+            subject,
+            since,
+            limit,
+        } => {
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
+            match message_id {
+                Some(id) => nexus::ctl::trace::by_id(&mut a, &id, out).await?,
+                None => nexus::ctl::trace::search(&mut a, &subject, since, limit, out).await?,
+            }
         }
         Command::Audit(args) => {
             let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;

@@ -64,7 +64,7 @@ pub async fn connect(
 /// Turns a gRPC status into an error whose text is the server's explanation, and notes the
 /// config version a write produced (its `nexus-config-version` header) for
 /// [`super::wait::applied`].
-pub(super) fn call<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
+pub(crate) fn call<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
     let response = r.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     if let Some(v) = response
         .metadata()

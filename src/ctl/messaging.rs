@@ -109,6 +109,7 @@ pub async fn publish(
     let mut duplicates = 0u64;
     let mut forwarded = std::collections::BTreeSet::new();
     let mut spooled = std::collections::BTreeSet::new();
+    let mut ids = Vec::new();
     for _ in 0..count {
         let msg = OutgoingMessage {
             subject: subject.to_owned(),
@@ -119,17 +120,23 @@ pub async fn publish(
         let outcome = client.publish_message_confirmed(msg).await?;
         delivered += u64::from(outcome.delivered);
         duplicates += u64::from(outcome.duplicate);
+        ids.push(outcome.id);
         forwarded.extend(outcome.forwarded_regions);
         spooled.extend(outcome.spooled_regions);
     }
     let region = client.server_info().map(|i| i.region).unwrap_or_default();
     match output {
-        Output::Text => println!(
-            "{}",
-            publish_summary(
-                count, subject, &region, delivered, &forwarded, &spooled, duplicates
-            )
-        ),
+        Output::Text => {
+            println!(
+                "{}",
+                publish_summary(
+                    count, subject, &region, delivered, &forwarded, &spooled, duplicates
+                )
+            );
+            if let [id] = ids.as_slice() {
+                println!("message id {id}");
+            }
+        }
         Output::Json => print_json(&json!({
             "subject": subject,
             "published": count,
@@ -138,6 +145,7 @@ pub async fn publish(
             "forwarded_regions": forwarded,
             "spooled_regions": spooled,
             "duplicates": duplicates,
+            "message_ids": ids,
         })),
     }
     Ok(())

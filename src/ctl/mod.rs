@@ -1,13 +1,15 @@
 //! `nexusctl`'s commands. [`messaging`] talks to a gateway (pub, sub, req, info); [`admin`]
 //! talks to the control plane (routes, schemas, keys, regions, gateways, topology); [`audit`]
 //! reads its audit trail; [`wait`] holds a config change until every live gateway applied
-//! it; [`links`] reads each gateway's own view of its cluster and federation links. This
+//! it; [`links`] reads each gateway's own view of its cluster and federation links;
+//! [`trace`] prints what happened to one message at every gateway (`nexusctl trace`). This
 //! module holds what both share: output formats, tables and parsing helpers.
 
 pub mod admin;
 pub mod audit;
 pub mod links;
 pub mod messaging;
+pub mod trace;
 pub mod wait;
 
 use std::time::Duration;

@@ -78,6 +78,8 @@ pub struct PublishOutcome {
     pub spooled_regions: Vec<String>,
     /// The message id was accepted before: nothing was delivered or replicated again.
     pub duplicate: bool,
+    /// The message's id (a ULID), as subscribers see it and `nexusctl trace` takes it.
+    pub id: String,
 }
 
 /// What the gateway said in its Welcome.
@@ -660,6 +662,8 @@ impl Client {
                 }
                 other => {
                     return other.map(|a| PublishOutcome {
+                        id: ulid::Ulid::from_bytes(publish.id[..].try_into().unwrap_or_default())
+                            .to_string(),
                         delivered: a.delivered,
                         forwarded_regions: a.forwarded_regions,
                         spooled_regions: a.spooled_regions,

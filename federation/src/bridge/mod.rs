@@ -23,6 +23,7 @@ mod plan;
 mod remote_requests;
 pub mod replication;
 mod status;
+mod trace_hops;
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -215,15 +216,20 @@ impl RegionRouter {
     /// region, relayed to the cluster peers that want it (one hop, never further).
     async fn on_forward(&self, link: &LinkInfo, forward: Forward) {
         self.metrics.outcome(Outcome::Received);
+        self.trace_arrived(link, &forward, "forwarded");
         let (plain, mut groups) = (!forward.skip_plain, forward.queue_groups.clone());
-        let Some(msg) = delivery(&link.region, forward) else {
+        let Some(mut msg) = delivery(&link.region, forward) else {
             return;
         };
         if link.region != self.fed.region() {
+            msg.traced = self.router.traces.sampled(&msg.id, &msg.headers);
+            let traced = self.traced(&msg);
             let (targets, taken) = self.peer_targets(&msg.subject, plain, Some(&groups));
             for t in targets {
-                self.fed
+                let queued = self
+                    .fed
                     .try_forward_to(&t.gateway_id, t.forward(&msg, &link.region));
+                self.trace_to_peer(traced.as_ref(), &t.gateway_id, queued);
             }
             groups.retain(|g| !taken.contains(g));
         }
@@ -288,6 +294,7 @@ impl RegionRouter {
         let stream = crate::replication::StreamId::from(spooled.stream.as_str());
         if self.cluster.first_delivery(&stream, spooled.seq) && self.first_sight(&spooled) {
             if let Some(forward) = spooled.forward {
+                self.trace_arrived(link, &forward, "spooled, relayed by the stream's home");
                 let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
                 if let Some(msg) = delivery(&link.region, forward) {
                     self.router.deliver_from_region(msg, plain, &groups).await;
@@ -311,6 +318,7 @@ impl RegionRouter {
     /// another region and none is here, through the nearest cluster peer that has one.
     async fn serve(self: Arc<Self>, link: LinkInfo, request: nexus_proto::v1::RemoteRequest) {
         let from_region = link.region != self.fed.region();
+        let traced = self.trace_request_arrived(&link, &request);
         let mut reply = remote_requests::serve(&self.router, request.clone()).await;
         let no_responders = reply
             .error
@@ -321,13 +329,15 @@ impl RegionRouter {
             && let Some(Taker::Peer(peer)) = self.pick_gateway(&request.subject, None)
             && let Ok(rx) = self.requests.send(
                 &self.fed,
-                Via::Gateway(peer),
+                Via::Gateway(peer.clone()),
                 &request.subject,
+                &request.message_id,
                 request.headers,
                 request.payload,
                 Duration::from_millis(u64::from(request.deadline_ms.max(1))),
             )
         {
+            self.trace_request_sent(traced.as_ref(), &peer, None, false);
             let result = rx.await.unwrap_or_else(|_| {
                 Err(nexus_gateway::router::error(
                     nexus_proto::v1::ErrorCode::ServiceError,
@@ -373,21 +383,31 @@ impl RegionRouter {
     /// is full comes back as work the publisher waits for (at most `max_wait_ms`), so a
     /// subscriber on another gateway loses nothing a local one would not; under `drop` and
     /// `disconnect` it is dropped at once (counted as `queue_full`).
-    fn forward_in_region(&self, in_region: Vec<(String, v1::Forward)>) -> Option<Backlog> {
+    /// A traced message records each hop as queued (or waited for) or not.
+    fn forward_in_region(
+        &self,
+        in_region: Vec<(String, v1::Forward)>,
+        traced: Option<&nexus_gateway::trace_store::Traced>,
+    ) -> Option<Backlog> {
         if in_region.is_empty() {
             return None;
         }
         let slow = self.router.config().slow_consumer.clone();
         if slow.policy != SlowConsumerPolicy::Backpressure {
             for (gateway, forward) in in_region {
-                self.fed.try_forward_to(&gateway, forward);
+                let queued = self.fed.try_forward_to(&gateway, forward);
+                self.trace_to_peer(traced, &gateway, queued);
             }
             return None;
         }
-        let backlog: Vec<_> = in_region
-            .into_iter()
-            .filter_map(|(gateway, forward)| self.fed.forward_to_or_backlog(&gateway, forward))
-            .collect();
+        let mut backlog = Vec::new();
+        for (gateway, forward) in in_region {
+            let offered = self.fed.forward_to_or_backlog(&gateway, forward);
+            self.trace_to_peer(traced, &gateway, offered.is_ok());
+            if let Ok(Some(b)) = offered {
+                backlog.push(b);
+            }
+        }
         if backlog.is_empty() {
             return None;
         }
@@ -544,6 +564,9 @@ impl LinkHandler for RegionRouter {
                 {
                     // Unless this gateway has its id already: a publisher that retried here
                     // after the peer died, before the peer sent it on.
+                    if let Some(f) = &spooled.forward {
+                        self.trace_arrived(link, f, "spooled");
+                    }
                     let first = |s: &nexus_proto::v1::Spooled| self.first_sight(s);
                     self.replication
                         .on_spooled(
@@ -560,6 +583,9 @@ impl LinkHandler for RegionRouter {
                     self.on_relayed_spooled(link, spooled).await
                 }
                 Kind::Spooled(mut spooled) => {
+                    if let Some(f) = &spooled.forward {
+                        self.trace_arrived(link, f, "spooled");
+                    }
                     // Copies for the other gateways of this region that want it, sent only if
                     // it continues its stream; the queue groups a peer takes are not delivered
                     // here.
@@ -623,6 +649,8 @@ fn delivery(region: &str, forward: Forward) -> Option<Delivery> {
         headers: forward.headers,
         payload: forward.payload,
         id: forward.id,
+        // The local router decides (sampling, or the force header) when it delivers.
+        traced: false,
     })
 }
 
@@ -630,11 +658,17 @@ impl Remote for RegionRouter {
     fn request(
         &self,
         subject: &str,
+        id: &Bytes,
         headers: Vec<Header>,
         payload: Bytes,
         timeout: Duration,
         local: Option<GroupCost>,
     ) -> Result<oneshot::Receiver<ReplyResult>, (Vec<Header>, Bytes)> {
+        let traced = if self.router.traces.sampled(id, &headers) {
+            nexus_gateway::trace_store::Traced::new(id, &headers, &subject.into())
+        } else {
+            None
+        };
         // Another gateway of this region when the gateway balancer picks one (over this
         // gateway's own responder, if any), unless the route sends requests elsewhere.
         let elsewhere = local.is_none() && self.prefers_remote_responders(subject);
@@ -648,13 +682,17 @@ impl Remote for RegionRouter {
                     }
                     match self.requests.send(
                         &self.fed,
-                        Via::Gateway(peer),
+                        Via::Gateway(peer.clone()),
                         subject,
+                        id,
                         headers,
                         payload,
                         timeout,
                     ) {
-                        Ok(rx) => return Ok(rx),
+                        Ok(rx) => {
+                            self.trace_request_sent(traced.as_ref(), &peer, None, local.is_some());
+                            return Ok(rx);
+                        }
                         Err(back) if local.is_some() => return Err(back),
                         Err(back) => back,
                     }
@@ -669,14 +707,19 @@ impl Remote for RegionRouter {
         let Some(region) = choice.regions.into_iter().next() else {
             return Err((headers, payload));
         };
-        self.requests.send(
+        let sent = self.requests.send(
             &self.fed,
-            Via::Region(region),
+            Via::Region(region.clone()),
             subject,
+            id,
             headers,
             payload,
             timeout,
-        )
+        );
+        if sent.is_ok() {
+            self.trace_request_sent(traced.as_ref(), &region, Some(rule), false);
+        }
+        sent
     }
 
     fn stream_peer(
@@ -734,6 +777,7 @@ impl Remote for RegionRouter {
         // The other gateways of this region get it like local subscribers do: one hop, best
         // effort, whatever the route's mode towards other regions.
         let origin = self.fed.region();
+        let traced = self.traced(msg);
         let (targets, taken) = self.peer_targets(&msg.subject, true, None);
         outcome.taken_groups = taken;
         let in_region: Vec<(String, v1::Forward)> = targets
@@ -741,7 +785,11 @@ impl Remote for RegionRouter {
             .map(|t| (t.gateway_id.clone(), t.forward(msg, origin)))
             .collect();
         if rule.mode == Mode::Local {
-            outcome.backlog = self.forward_in_region(in_region);
+            if traced.is_some() {
+                let peers: Vec<String> = in_region.iter().map(|(g, _)| g.clone()).collect();
+                self.trace_route(traced.as_ref(), rule, local_interest, &[], &peers, 0);
+            }
+            outcome.backlog = self.forward_in_region(in_region, traced.as_ref());
             return outcome;
         }
         // Idempotent publishing on durable routes: a message id seen before is answered with
@@ -752,6 +800,16 @@ impl Remote for RegionRouter {
                 (Seen::New, _) => {}
                 (seen, receipt) => {
                     self.metrics.publish_duplicates.inc();
+                    self.router.trace_hop(traced.as_ref(), || {
+                        nexus_gateway::trace_store::Hop::new(
+                            nexus_gateway::trace_store::Event::Dropped,
+                        )
+                        .reason(nexus_gateway::trace_store::Reason::Duplicate)
+                        .detail(format!(
+                            "route {}: its id was accepted before (a retried publish): delivered and replicated nowhere again",
+                            rule.name
+                        ))
+                    });
                     outcome.duplicate = true;
                     outcome.receipt = receipt.or_else(|| {
                         debug_assert_eq!(seen, Seen::Accepted);
@@ -769,8 +827,26 @@ impl Remote for RegionRouter {
         } else {
             self.targets(rule, &msg.subject, local_interest, &matches)
         };
+        if traced.is_some() {
+            let regions: Vec<String> = targets.iter().map(|t| t.region.clone()).collect();
+            let peers: Vec<String> = in_region.iter().map(|(g, _)| g.clone()).collect();
+            let interested = {
+                let mut r: Vec<&str> = matches.iter().map(|m| m.region.as_str()).collect();
+                r.sort_unstable();
+                r.dedup();
+                r.len()
+            };
+            self.trace_route(
+                traced.as_ref(),
+                rule,
+                local_interest,
+                &regions,
+                &peers,
+                interested,
+            );
+        }
         if !rule.mode.spooled() {
-            outcome.backlog = self.forward_in_region(in_region);
+            outcome.backlog = self.forward_in_region(in_region, traced.as_ref());
         } else {
             // Nothing of a durable publish is delivered before its id is on disk: a
             // publisher retrying after a crash in between would otherwise get it delivered
@@ -794,6 +870,11 @@ impl Remote for RegionRouter {
                 return outcome;
             }
             outcome.spooled = targets.iter().map(|t| t.region.clone()).collect();
+            if traced.is_some() {
+                let mut to = outcome.spooled.clone();
+                to.extend(in_region.iter().map(|(g, _)| format!("@{g}")));
+                self.trace_spooled(traced.as_ref(), rule, &to);
+            }
             let needed = match rule.sync_quorum as usize {
                 0 => targets.len(),
                 q => q.min(targets.len()),
@@ -816,7 +897,9 @@ impl Remote for RegionRouter {
             return outcome;
         }
         for t in targets {
-            if self.fed.try_forward(&t.region, t.forward(msg, origin)) {
+            let queued = self.fed.try_forward(&t.region, t.forward(msg, origin));
+            self.trace_to_region(traced.as_ref(), &t.region, queued);
+            if queued {
                 self.metrics.outcome(Outcome::Forwarded);
                 outcome.forwarded.push(t.region);
             }

@@ -77,11 +77,13 @@ pub(super) struct RemoteRequests {
 impl RemoteRequests {
     /// Sends a request to `via` with what is left of `timeout` after the round trip. Hands
     /// the message back when `via` has no link.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn send(
         &self,
         fed: &Federation,
         via: Via,
         subject: &str,
+        message_id: &Bytes,
         headers: Vec<Header>,
         payload: Bytes,
         timeout: Duration,
@@ -116,6 +118,7 @@ impl RemoteRequests {
             payload,
             deadline_ms: budget.as_millis().min(u128::from(u32::MAX)) as u32,
             origin_region: fed.region().to_owned(),
+            message_id: message_id.clone(),
         };
         // Registered on the link it goes on before it can be answered, so a link that ends
         // from here on fails it.
@@ -231,7 +234,12 @@ impl RemoteRequests {
 pub(super) async fn serve(router: &Router, request: RemoteRequest) -> RemoteReply {
     let deadline = Duration::from_millis(u64::from(request.deadline_ms.max(1)));
     let (tx, rx) = oneshot::channel();
-    let id = Bytes::copy_from_slice(&rand::random::<[u8; 16]>());
+    // The requester's message id, so that the hops here are traced under it.
+    let id = if request.message_id.len() == 16 {
+        request.message_id.clone()
+    } else {
+        Bytes::copy_from_slice(&rand::random::<[u8; 16]>())
+    };
     let routed = router
         .request_from_region(
             Waiter::Unary(tx),

@@ -609,17 +609,23 @@ impl Federation {
         }
     }
 
-    /// Queues a best-effort message for one gateway of this region without waiting; when
-    /// its link's queue is full the message comes back as a [`Backlogged`] forward for the
-    /// caller to wait on (or drop). `None`: queued, or no link (counted as the peer's
-    /// absence is, like [`Federation::try_forward_to`]).
-    pub fn forward_to_or_backlog(&self, gateway_id: &str, forward: Forward) -> Option<Backlogged> {
-        let link = self.links.lock().get(gateway_id).cloned()?;
+    /// Queues a best-effort message for one gateway of this region without waiting:
+    /// `Ok(None)` when queued; when its link's queue is full the message comes back as a
+    /// [`Backlogged`] forward for the caller to wait on (or drop); `Err(())` when there is no
+    /// link to the gateway (as [`Federation::try_forward_to`]).
+    #[allow(clippy::result_unit_err)]
+    pub fn forward_to_or_backlog(
+        &self,
+        gateway_id: &str,
+        forward: Forward,
+    ) -> Result<Option<Backlogged>, ()> {
+        let link = self.links.lock().get(gateway_id).cloned().ok_or(())?;
         let frame = LinkFrame {
             kind: Some(Kind::Forward(forward)),
         };
-        let frame = link.offer_forward(frame)?;
-        Some(Backlogged { link, frame })
+        Ok(link
+            .offer_forward(frame)
+            .map(|frame| Backlogged { link, frame }))
     }
 
     /// Queues a request or reply (or any data frame) for `region` without waiting; the link

@@ -14,6 +14,7 @@ use crate::config::SlowConsumerPolicy;
 use crate::connection::Connection;
 use crate::metrics::{Direction, Pattern, SlowConsumerAction, SlowConsumerLabels};
 use crate::outbound::EnqueueError;
+use crate::trace_store::{Event, Hop, Reason, Traced};
 
 /// Whether `group` is not one of the queue groups in `taken` (plain groups never are).
 fn not_taken(group: &Group, taken: &[String]) -> bool {
@@ -68,7 +69,16 @@ impl Router {
         self.collect_members(&msg.subject, scratch, |_| true);
         let outcome = match self.remote.get() {
             Some(remote) => remote.publish(msg, !scratch.is_empty()),
-            None => Default::default(),
+            None => {
+                if scratch.is_empty() {
+                    self.trace(msg, || {
+                        Hop::new(Event::Dropped).reason(Reason::NoInterest).detail(
+                            "no subscription matches its subject (this gateway has no federation)",
+                        )
+                    });
+                }
+                Default::default()
+            }
         };
         if outcome.duplicate || outcome.stored.is_some() {
             scratch.clear();
@@ -103,6 +113,8 @@ impl Router {
         plain: bool,
         queue_groups: &[String],
     ) -> u32 {
+        let mut msg = msg;
+        msg.traced = self.traces.sampled(&msg.id, &msg.headers);
         let mut scratch = Vec::new();
         self.collect_members(&msg.subject, &mut scratch, |group| match &group.queue {
             Some(q) => queue_groups.iter().any(|g| **g == **q),
@@ -152,9 +164,14 @@ impl Router {
     pub async fn deliver_collected(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
         let payload_len = msg.payload.len();
         let size = message_size(&msg.subject, &msg.reply_to, &msg.headers, payload_len);
+        let traced = if msg.traced {
+            Traced::new(&msg.id, &msg.headers, &msg.subject)
+        } else {
+            None
+        };
         let mut msg = Some(msg);
         let mut delivered = 0;
-        let mut full: Vec<(Arc<Connection>, Frame, u32)> = Vec::new();
+        let mut full: Vec<(Arc<Connection>, u64, Frame, u32)> = Vec::new();
         let count = scratch.len();
         for (i, member) in scratch.drain(..).enumerate() {
             let m = if i + 1 == count {
@@ -185,21 +202,28 @@ impl Router {
                     self.metrics
                         .traffic(Pattern::Pub, Direction::Out, payload_len);
                     delivered += 1;
+                    self.trace_delivery(traced.as_ref(), &member.conn, member.sid, true);
                 }
-                Offer::Refused => {}
-                Offer::Wait(frame, cost) => full.push((member.conn.clone(), frame, cost)),
+                Offer::Refused => {
+                    self.trace_delivery(traced.as_ref(), &member.conn, member.sid, false)
+                }
+                Offer::Wait(frame, cost) => {
+                    full.push((member.conn.clone(), member.sid, frame, cost))
+                }
             }
         }
         if !full.is_empty() {
-            let waits = full.into_iter().map(|(conn, frame, cost)| async move {
-                self.wait_or_disconnect(&conn, frame, cost).await
+            let waits = full.into_iter().map(|(conn, sid, frame, cost)| async move {
+                let queued = self.wait_or_disconnect(&conn, frame, cost).await;
+                (conn, sid, queued)
             });
-            for queued in futures::future::join_all(waits).await {
+            for (conn, sid, queued) in futures::future::join_all(waits).await {
                 if queued {
                     self.metrics
                         .traffic(Pattern::Pub, Direction::Out, payload_len);
                     delivered += 1;
                 }
+                self.trace_delivery(traced.as_ref(), &conn, sid, queued);
             }
         }
         delivered

@@ -12,6 +12,7 @@
 //!   feeds the balancer. Pending requests live in a sharded map keyed by a gateway sequence
 //!   number, which is also the responder's reply inbox (`$nexus.inbox.<seq>`).
 //! - [`access`]: keys, scopes, per-key rate limits and schemas from the control plane's policy.
+//! - [`trace_hops`]: what the gateway records of traced messages (`crate::trace_store`).
 //!
 //! This file holds the shared types and the state they all read.
 
@@ -19,6 +20,7 @@ mod access;
 mod delivery;
 mod requests;
 mod subscriptions;
+mod trace_hops;
 
 use requests::Pending;
 pub use requests::{Completion, ReplyResult, Waiter};
@@ -76,6 +78,9 @@ pub struct Delivery {
     pub headers: Vec<Header>,
     pub payload: Bytes,
     pub id: Bytes,
+    /// Whether its hops are recorded in the trace store (sampled, or forced by the
+    /// `nexus-trace` header; [`crate::trace_store`]).
+    pub traced: bool,
 }
 
 /// Why a request could not be routed.
@@ -138,6 +143,8 @@ pub struct Router {
     remote: std::sync::OnceLock<Arc<dyn crate::remote::Remote>>,
     /// Per-key rate limits, from the policy's keys.
     pub key_limiters: crate::key_limits::KeyLimiters,
+    /// What happened to sampled messages at this gateway (`nexusctl trace`).
+    pub traces: Arc<crate::trace_store::TraceStore>,
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>, ref_id: u64) -> v1::Error {
@@ -157,6 +164,10 @@ pub fn frame(kind: Kind) -> Frame {
 impl Router {
     pub fn new(cfg: Arc<GatewayConfig>, metrics: Arc<GatewayMetrics>) -> Self {
         let balancer_cfg = cfg.balancer.to_balancer_config();
+        let traces = Arc::new(crate::trace_store::TraceStore::new(
+            cfg.trace.to_settings(),
+            metrics.trace.clone(),
+        ));
         Self {
             cfg: ArcSwap::new(cfg),
             balancer_cfg,
@@ -176,6 +187,7 @@ impl Router {
             key_sessions: Mutex::new(HashMap::new()),
             remote: std::sync::OnceLock::new(),
             key_limiters: Default::default(),
+            traces,
         }
     }
 

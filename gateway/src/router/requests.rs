@@ -14,12 +14,15 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::trace_hops::reply_hop;
 use super::{
     Group, INBOX_PREFIX, Member, PENDING_SHARDS, RouteError, Router, error, frame, message_size,
 };
 use crate::balancer::{EjectReason, Ejection, MemberId};
 use crate::connection::Connection;
 use crate::metrics::{Direction, EjectionLabels, EjectionReason, Pattern, RequestOutcome};
+use crate::trace_store::{Event, Hop, Reason, Traced};
+use nexus_proto::ByteString;
 
 /// The answer a requester gets.
 pub type ReplyResult = Result<(Vec<Header>, Bytes), v1::Error>;
@@ -66,6 +69,8 @@ pub(super) struct Pending {
     member: MemberId,
     responder: Arc<Connection>,
     started: Instant,
+    /// The request's trace handle when it is traced.
+    traced: Option<Traced>,
 }
 
 impl Router {
@@ -112,6 +117,11 @@ impl Router {
         allow_remote: bool,
     ) -> Result<u64, (Waiter, RouteError)> {
         let now = Instant::now();
+        let traced = if self.traces.sampled(&id, &headers) {
+            Traced::new(&id, &headers, &ByteString::from(subject))
+        } else {
+            None
+        };
         let remote = if allow_remote {
             self.remote.get()
         } else {
@@ -130,8 +140,10 @@ impl Router {
         if let Some(remote) = remote {
             let local = picked.as_ref().and_then(|(g, m)| g.cost_of(m, now));
             if picked.is_none() || local.is_some() {
-                match remote.request(subject, headers, payload, timeout, local) {
-                    Ok(rx) => return Ok(self.await_remote(waiter, rx, timeout, now)),
+                match remote.request(subject, &id, headers, payload, timeout, local) {
+                    Ok(rx) => {
+                        return Ok(self.await_remote(waiter, rx, timeout, now, traced));
+                    }
                     Err((h, p)) => (headers, payload) = (h, p),
                 }
             }
@@ -141,10 +153,27 @@ impl Router {
             }
         }
         let Some((group, member)) = picked else {
+            self.trace_hop(traced.as_ref(), || {
+                Hop::new(Event::Dropped)
+                    .reason(Reason::NoInterest)
+                    .detail("no responder for its subject at this gateway")
+            });
             self.metrics.request_done(RequestOutcome::NoResponders);
             return Err((waiter, RouteError::NoResponders(subject.to_owned())));
         };
         let seq = self.next_id();
+        self.trace_hop(traced.as_ref(), || {
+            let of = match group.queue.as_deref() {
+                Some(q) => format!("queue group {q:?} of {}", group.pattern),
+                None => format!("subscription to {}", group.pattern),
+            };
+            Hop::new(Event::RequestRouted).peer(format!(
+                "session {} {:?} sid {} ({of})",
+                member.conn.id,
+                &*member.conn.name.lock(),
+                member.sid,
+            ))
+        });
         member.conn.serving.lock().insert(seq);
         group.balancer.lock().start(member.id);
         self.pending_shard(seq).lock().insert(
@@ -155,6 +184,7 @@ impl Router {
                 member: member.id,
                 responder: member.conn.clone(),
                 started: now,
+                traced,
             },
         );
         self.pending_count.fetch_add(1, Ordering::Relaxed);
@@ -195,9 +225,11 @@ impl Router {
         rx: tokio::sync::oneshot::Receiver<ReplyResult>,
         timeout: Duration,
         started: Instant,
+        traced: Option<Traced>,
     ) -> u64 {
         let seq = self.next_id();
         let metrics = self.metrics.clone();
+        let traces = traced.map(|t| (t, self.traces.clone()));
         tokio::spawn(async move {
             let result = match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(result)) => result,
@@ -217,6 +249,13 @@ impl Router {
             metrics
                 .request_duration
                 .observe(started.elapsed().as_secs_f64());
+            if let Some((t, store)) = traces {
+                store.record(
+                    &t,
+                    crate::trace_store::now_us(),
+                    reply_hop(&result, started.elapsed()),
+                );
+            }
             waiter.finish(seq, result);
         });
         seq
@@ -275,6 +314,7 @@ impl Router {
         }
         self.metrics.request_done(outcome);
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        self.trace_hop(p.traced.as_ref(), || reply_hop(&result, elapsed));
         p.waiter.finish(seq, result);
         true
     }
