@@ -100,6 +100,8 @@ struct Gateway {
     proc: Proc,
     federation: SocketAddr,
     metrics: SocketAddr,
+    /// The adapter-facing gRPC address.
+    grpc: SocketAddr,
 }
 
 fn gateway(
@@ -145,9 +147,13 @@ fn gateway(
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut federation = None;
+    let mut grpc = None;
     let (proc, metrics) = start(&args, |line, _| {
         if line.starts_with("nexus federation") {
             federation = addr_after(line, " on ");
+        }
+        if line.contains(" listening on ") {
+            grpc = addr_after(line, " listening on ");
         }
         addr_after(line, "metrics on ")
     });
@@ -155,6 +161,7 @@ fn gateway(
         proc,
         federation: federation.expect("gateway printed its federation address"),
         metrics,
+        grpc: grpc.expect("gateway printed its adapter address"),
     }
 }
 
@@ -633,6 +640,82 @@ fn console_in_chromium_against_a_live_federated_cluster() {
         b.text("h1") == "Routes" && !b.text("#route-form").is_empty()
     });
     assert_eq!(browser.url(), format!("{base}/routes"));
+
+    // Message trace: a message published with `nexus-trace: 1` on a-east (subscribed to in
+    // c-south) is shown as a timeline: received and routed at a-east, forwarded over the
+    // federation link, arrived and delivered at c-south. An unknown id is explained.
+    let sub = Proc(
+        Command::new(env!("CARGO_BIN_EXE_nexusctl"))
+            .args([
+                "--gateway",
+                &format!("http://{}", c.grpc),
+                "sub",
+                "traced.>",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Published once c-south's interest has reached a-east.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = http(a.metrics, "GET", "/v1/explain?subject=traced.x", None);
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let wanted = v["federation"]["regions"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|r| r["region"] == "c-south" && r["interest"] == true)
+        });
+        if code == 200 && wanted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a-east never learnt c-south's interest: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_nexusctl"))
+        .args([
+            "--gateway",
+            &format!("http://{}", a.grpc),
+            "pub",
+            "traced.x",
+            "hello",
+        ])
+        .args(["-H", "nexus-trace=1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("message id "))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| panic!("nexusctl pub printed no message id: {text}"));
+    browser.goto(&format!("{base}/trace?id={id}"));
+    browser.wait(Duration::from_secs(20), "the message's timeline", |b| {
+        let t = b.text("#trace-timeline");
+        t.contains("received") && t.contains("delivered") && t.contains("c-south/gw-c-south")
+    });
+    assert!(
+        browser
+            .text("#trace-path")
+            .contains("a-east/gw-a-east → c-south/gw-c-south"),
+        "{}",
+        browser.text("#trace-path")
+    );
+    browser.screenshot("2b-trace");
+    drop(sub);
+    browser.goto(&format!("{base}/trace?id=01J00000000000000000000000"));
+    browser.wait(Duration::from_secs(20), "an unknown id explained", |b| {
+        let t = b.text("#trace-result");
+        t.contains("No records of message") && t.contains("nexus-trace: 1")
+    });
+
+    browser.goto(&format!("{base}/routes"));
+    browser.wait(Duration::from_secs(10), "routes page again", |b| {
+        b.text("h1") == "Routes" && !b.text("#route-form").is_empty()
+    });
 
     // A route created with the form is visible through nexusctl.
     browser.type_into("#route-form input[name=name]", "console-orders");

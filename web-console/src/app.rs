@@ -155,3 +155,8 @@ pub async fn get_schema(subject: String) -> Result<SchemaSubjectPage, ServerFnEr
 pub async fn get_keys() -> Result<KeysPage, ServerFnError> {
     crate::server::api::keys().await
 }
+
+#[server(endpoint = "trace")]
+pub async fn get_trace(id: String, subject: String) -> Result<TracePage, ServerFnError> {
+    crate::server::api::trace(id, subject).await
+}

@@ -398,6 +398,41 @@ pub struct KeysPage {
     pub pending: Option<PendingKeyAction>,
 }
 
+// === message trace ===
+
+/// One hop of a traced message, as a gateway recorded it (Admin API `GetTrace`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceRow {
+    pub message_id: String,
+    /// Milliseconds since the first record shown (each gateway's own clock).
+    pub offset_ms: f64,
+    /// Wall-clock time of the record (UTC).
+    pub at: String,
+    pub region: String,
+    pub gateway_id: String,
+    pub event: String,
+    pub reason: String,
+    pub subject: String,
+    pub peer: String,
+    pub detail: String,
+    /// The hop's own latency (link RTT, a request's round trip), microseconds; 0: none.
+    pub latency_us: u64,
+}
+
+/// What the trace page shows: one message's timeline (`id`), or the recent traced messages
+/// on a subject pattern.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TracePage {
+    pub id: String,
+    pub subject: String,
+    pub rows: Vec<TraceRow>,
+    /// Live gateways asked, and those that could not answer (`region/gateway: error`).
+    pub gateways_asked: u32,
+    pub unreachable: Vec<String>,
+    /// The sampling rates the gateways reported.
+    pub sample_rates: Vec<f64>,
+}
+
 // === session ===
 
 /// A one-time message for the next page the operator sees (post/redirect/get).

@@ -241,3 +241,64 @@ pub async fn keys() -> Result<KeysPage, ServerFnError> {
         pending,
     })
 }
+
+/// One message's hops across every gateway (`id`), or the recent traced messages on a
+/// subject pattern, from the control plane's `GetTrace`.
+pub async fn trace(id: String, subject: String) -> Result<TracePage, ServerFnError> {
+    let (state, sid) = context().await?;
+    let (id, subject) = (id.trim().to_owned(), subject.trim().to_owned());
+    if id.is_empty() && subject.is_empty() {
+        return Ok(TracePage {
+            id,
+            subject,
+            rows: Vec::new(),
+            gateways_asked: 0,
+            unreachable: Vec::new(),
+            sample_rates: Vec::new(),
+        });
+    }
+    let got = admin(&state, &sid)?
+        .get_trace(GetTraceRequest {
+            message_id: id.clone(),
+            subject: if id.is_empty() {
+                subject.clone()
+            } else {
+                String::new()
+            },
+            limit: 200,
+            ..Default::default()
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let first = got.records.first().map_or(0, |r| r.at_us);
+    let rows = got
+        .records
+        .iter()
+        .map(|r| TraceRow {
+            message_id: r.message_id.clone(),
+            offset_ms: (r.at_us - first) as f64 / 1e3,
+            at: fmt_ms(r.at_us / 1000),
+            region: r.region.clone(),
+            gateway_id: r.gateway_id.clone(),
+            event: r.event.clone(),
+            reason: r.reason.clone(),
+            subject: r.subject.clone(),
+            peer: r.peer.clone(),
+            detail: r.detail.clone(),
+            latency_us: r.latency_us,
+        })
+        .collect();
+    Ok(TracePage {
+        id,
+        subject,
+        rows,
+        gateways_asked: got.gateways_asked,
+        unreachable: got
+            .unreachable
+            .iter()
+            .map(|u| format!("{}/{}: {}", u.region, u.gateway_id, u.error))
+            .collect(),
+        sample_rates: got.sample_rates,
+    })
+}
