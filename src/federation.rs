@@ -150,6 +150,12 @@ impl Pending {
         router: Arc<nexus_gateway::router::Router>,
         spool: SpoolConfig,
     ) -> anyhow::Result<Arc<RegionRouter>> {
+        // Static regions first: the bridge follows the control plane's pushed peers as soon
+        // as it starts, and must skip these (a link to a pushed address beside the static
+        // one made the two replace each other).
+        for (region, _) in &self.peers {
+            self.fed.declare_static_region(region);
+        }
         let bridge = RegionRouter::start(router, self.fed.clone(), spool)
             .context("cannot open the replication spool")?;
         for (region, addr) in &self.peers {

@@ -239,6 +239,14 @@ impl Federation {
     /// Keeps a link to `peer_region` at `addr` up (`--peer`): dials, and re-dials with
     /// backoff whenever it drops. Does nothing when the peer's region sorts first (it dials
     /// us). Static peers take precedence over the membership for their region.
+    /// Says that links to `peer_region` are static (`--peer`): the control plane's
+    /// registrations are not followed for it. Call before anything follows them (the bridge
+    /// follows each pushed config as soon as it starts), or a link to a pushed address could
+    /// be made beside the static one. [`Federation::maintain`] does it too.
+    pub fn declare_static_region(&self, peer_region: &str) {
+        self.static_regions.lock().insert(peer_region.to_owned());
+    }
+
     pub fn maintain(self: &Arc<Self>, addr: SocketAddr, peer_region: &str) {
         self.static_regions.lock().insert(peer_region.to_owned());
         if peer_region <= self.region.as_str() {
