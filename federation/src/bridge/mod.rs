@@ -33,8 +33,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use nexus_gateway::balancer::GroupCost;
 use nexus_gateway::config::SlowConsumerPolicy;
+use nexus_gateway::local_gateway::{LocalGateway, trace_hop};
 use nexus_gateway::remote::{Backlog, LinkStatus, PublishOutcome, Remote, SpoolStatus};
-use nexus_gateway::router::{Delivery, ReplyResult, Router};
+use nexus_gateway::router::{Delivery, ReplyResult};
 use nexus_proto::v1::{self, Forward, Header, InterestUpdate, link_frame::Kind};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -56,7 +57,7 @@ pub struct RegionRouter {
     me: Weak<RegionRouter>,
     fed: Arc<Federation>,
     metrics: Arc<FederationMetrics>,
-    router: Arc<Router>,
+    gateway: Arc<dyn LocalGateway>,
     /// The other gateways of this region, and the interest this gateway advertises.
     cluster: Cluster,
     /// What other regions want; read on every publish without a lock, replaced whole on each
@@ -84,13 +85,13 @@ impl RegionRouter {
     /// Connects `router` to `fed`: opens (or recovers) the spool, attaches federation's
     /// metrics to the gateway's, starts the links (this is their handler) and the spool pump.
     pub fn start(
-        router: Arc<Router>,
+        gateway: Arc<dyn LocalGateway>,
         fed: Arc<Federation>,
         spool: SpoolConfig,
     ) -> Result<Arc<Self>, crate::replication::store::StoreError> {
         let metrics = fed.metrics().clone();
         let (replication, stored_interest) =
-            Replication::open(&spool, &router.config().gateway_id, metrics.clone())?;
+            Replication::open(&spool, &gateway.gateway_id(), metrics.clone())?;
         let mut remote = RemoteInterest::default();
         for (region, patterns) in &stored_interest {
             let update = InterestUpdate {
@@ -100,27 +101,27 @@ impl RegionRouter {
             };
             remote.apply(region, &update);
         }
-        router.metrics.attach(Box::new(metrics.clone()));
+        gateway.attach_metrics(Box::new(metrics.clone()));
         let bridge = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             fed: fed.clone(),
             metrics,
-            router: router.clone(),
+            gateway: gateway.clone(),
             cluster: Cluster::default(),
             keys: Mutex::new(KeyActivity::default()),
             remote: ArcSwap::from_pointee(remote),
             requests: RemoteRequests::default(),
-            streams: cluster_streams::ClusterStreams::new(fed.clone(), router.clone()),
+            streams: cluster_streams::ClusterStreams::new(fed.clone(), gateway.clone()),
             routes: ArcSwap::from_pointee((-1, Arc::new(RouteTable::new(&[])))),
             damping: Mutex::new(Damping::default()),
             replication: Arc::new(replication),
             peers_seen: Mutex::new(Vec::new()),
         });
-        router.set_remote(bridge.clone());
+        gateway.set_remote(bridge.clone());
         fed.start(bridge.clone());
         // The peers to link to, and who may not have told its keys, follow the control
         // plane's pushes as they are installed (no polling).
-        let mut pushes = router.watch_policy();
+        let mut pushes = gateway.watch_policy();
         let follower = Arc::downgrade(&bridge);
         tokio::spawn(async move {
             loop {
@@ -141,18 +142,18 @@ impl RegionRouter {
             bridge
                 .replication
                 .clone()
-                .pump(fed, router.clone(), move || b.forget_absent_peers()),
+                .pump(fed, gateway.clone(), move || b.forget_absent_peers()),
         );
         Ok(bridge)
     }
 
     /// The route table, rebuilt when the control plane's config changes.
     fn route_table(&self) -> Arc<RouteTable> {
-        let policy = self.router.policy();
         let cached = self.routes.load();
-        if cached.0 == policy.version {
+        if cached.0 == self.gateway.policy_version() {
             return cached.1.clone();
         }
+        let policy = self.gateway.policy();
         let table = Arc::new(RouteTable::new(&policy.routes));
         self.routes.store(Arc::new((policy.version, table.clone())));
         table
@@ -180,7 +181,7 @@ impl RegionRouter {
 
     /// Keeps links to the peers the control plane pushed with the config, when they change.
     fn follow_peers(&self) {
-        let policy = self.router.policy();
+        let policy = self.gateway.policy();
         let mut seen = self.peers_seen.lock();
         if *seen == policy.peers {
             return;
@@ -222,7 +223,7 @@ impl RegionRouter {
             return;
         };
         if link.region != self.fed.region() {
-            msg.traced = self.router.traces.sampled(&msg.id, &msg.headers);
+            msg.traced = self.gateway.traces().sampled(&msg.id, &msg.headers);
             let traced = self.traced(&msg);
             let (targets, taken) = self.peer_targets(&msg.subject, plain, Some(&groups));
             for t in targets {
@@ -233,7 +234,7 @@ impl RegionRouter {
             }
             groups.retain(|g| !taken.contains(g));
         }
-        self.router.deliver_from_region(msg, plain, &groups).await;
+        self.gateway.deliver_from_region(msg, plain, &groups).await;
     }
 
     /// The cluster peers a message on `subject` goes on to: plain subscribers (when `plain`),
@@ -249,7 +250,7 @@ impl RegionRouter {
             subject,
             plain,
             groups,
-            |group| self.router.local_queue_cost(subject, group),
+            |group| self.gateway.local_queue_cost(subject, group),
             |gw| self.fed.rtt_to(gw),
             &mut rand::rng(),
         );
@@ -297,7 +298,7 @@ impl RegionRouter {
                 self.trace_arrived(link, &forward, "spooled, relayed by the stream's home");
                 let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
                 if let Some(msg) = delivery(&link.region, forward) {
-                    self.router.deliver_from_region(msg, plain, &groups).await;
+                    self.gateway.deliver_from_region(msg, plain, &groups).await;
                 }
             }
         } else {
@@ -319,7 +320,7 @@ impl RegionRouter {
     async fn serve(self: Arc<Self>, link: LinkInfo, request: nexus_proto::v1::RemoteRequest) {
         let from_region = link.region != self.fed.region();
         let traced = self.trace_request_arrived(&link, &request);
-        let mut reply = remote_requests::serve(&self.router, request.clone()).await;
+        let mut reply = remote_requests::serve(&*self.gateway, request.clone()).await;
         let no_responders = reply
             .error
             .as_ref()
@@ -392,7 +393,7 @@ impl RegionRouter {
         if in_region.is_empty() {
             return None;
         }
-        let slow = self.router.config().slow_consumer.clone();
+        let slow = self.gateway.slow_consumer();
         if slow.policy != SlowConsumerPolicy::Backpressure {
             for (gateway, forward) in in_region {
                 let queued = self.fed.try_forward_to(&gateway, forward);
@@ -424,7 +425,7 @@ impl RegionRouter {
     /// sessions now.
     fn apply_key_shares(&self, shares: Vec<ShareChange>) {
         for (key, peers) in shares {
-            self.router.set_key_peers_active(&key, peers);
+            self.gateway.set_key_peers_active(&key, peers);
         }
         self.count_unknown_key_peers();
     }
@@ -432,7 +433,7 @@ impl RegionRouter {
     /// The region's other gateways in the control plane's push that have not told their
     /// keys (not linked yet, or gone) count as having sessions of every key.
     fn count_unknown_key_peers(&self) {
-        let policy = self.router.policy();
+        let policy = self.gateway.policy();
         let (region, me) = (self.fed.region(), self.fed.gateway_id());
         let listed: Vec<&str> = policy
             .peers
@@ -441,7 +442,7 @@ impl RegionRouter {
             .map(|p| p.gateway_id.as_str())
             .collect();
         let unknown = self.keys.lock().unknown(&listed);
-        self.router.set_key_unknown_peers(unknown);
+        self.gateway.set_key_unknown_peers(unknown);
     }
 
     /// Sends an interest change to other regions.
@@ -571,7 +572,7 @@ impl LinkHandler for RegionRouter {
                     self.replication
                         .on_spooled(
                             &self.fed,
-                            &self.router,
+                            &*self.gateway,
                             link,
                             spooled,
                             replication::Relays::none(),
@@ -620,7 +621,7 @@ impl LinkHandler for RegionRouter {
                         absent: |g: &str| self.cluster.is_absent(g),
                     };
                     self.replication
-                        .on_spooled(&self.fed, &self.router, link, spooled, relays, first)
+                        .on_spooled(&self.fed, &*self.gateway, link, spooled, relays, first)
                         .await
                 }
                 Kind::Request(request) => {
@@ -664,7 +665,7 @@ impl Remote for RegionRouter {
         timeout: Duration,
         local: Option<GroupCost>,
     ) -> Result<oneshot::Receiver<ReplyResult>, (Vec<Header>, Bytes)> {
-        let traced = if self.router.traces.sampled(id, &headers) {
+        let traced = if self.gateway.traces().sampled(id, &headers) {
             nexus_gateway::trace_store::Traced::new(id, &headers, &subject.into())
         } else {
             None
@@ -800,7 +801,7 @@ impl Remote for RegionRouter {
                 (Seen::New, _) => {}
                 (seen, receipt) => {
                     self.metrics.publish_duplicates.inc();
-                    self.router.trace_hop(traced.as_ref(), || {
+                    trace_hop(&*self.gateway, traced.as_ref(), || {
                         nexus_gateway::trace_store::Hop::new(
                             nexus_gateway::trace_store::Event::Dropped,
                         )
