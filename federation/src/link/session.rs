@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::events::LinkInfo;
 use super::liveness::{Liveness, Probe};
-use super::wire::{data_writer, read_frame, write_frame};
+use super::wire::{FrameReader, data_writer, write_frame};
 use super::{Federation, LinkError, LinkKind, link_err};
 use crate::metrics::{DownLabels, DownReason, DropReason, RegionLabels};
 
@@ -148,15 +148,14 @@ impl Link {
         if self.ended.swap(true, Ordering::AcqRel) {
             return;
         }
-        let was_current = {
-            let mut links = fed.links.lock();
-            match links.get(&self.info.gateway_id) {
+        let was_current = fed
+            .links
+            .change(|links| match links.get(&self.info.gateway_id) {
                 Some(l) if l.info.id == self.info.id => {
                     links.remove(&self.info.gateway_id).is_some()
                 }
                 _ => false,
-            }
-        };
+            });
         let code: u32 = match reason {
             DownReason::Silent => 5,
             DownReason::Closed => 0,
@@ -181,7 +180,7 @@ impl Link {
                 reason,
             })
             .inc();
-        fed.metrics.links.set(fed.links.lock().len() as i64);
+        fed.metrics.links.set(fed.links.load().len() as i64);
         match reason {
             DownReason::Replaced => {
                 tracing::info!(region = %self.info.region, peer = %self.info.gateway_id, link = %self.info.id, lost, "link replaced by a newer one")
@@ -263,24 +262,25 @@ pub async fn start(
         conn.close(6u32.into(), b"not ready");
         return Err(link_err(&region, "this gateway is not ready for links yet"));
     };
-    let previous = {
-        let mut links = fed.links.lock();
+    let previous = fed.links.change(|links| {
         if let Some(current) = links.get(&gateway_id)
             && !replaces(fed, &link, current)
         {
-            drop(links);
-            conn.close(7u32.into(), b"duplicate link");
-            return Err(link_err(
-                &gateway_id,
-                "a link with this gateway exists already (the one dialled by the lower gateway id is kept)",
-            ));
+            return Err(());
         }
-        links.insert(gateway_id.clone(), link.clone())
+        Ok(links.insert(gateway_id.clone(), link.clone()))
+    });
+    let Ok(previous) = previous else {
+        conn.close(7u32.into(), b"duplicate link");
+        return Err(link_err(
+            &gateway_id,
+            "a link with this gateway exists already (the one dialled by the lower gateway id is kept)",
+        ));
     };
     if let Some(old) = previous {
         old.end(fed, DownReason::Replaced, "replaced by a newer link");
     }
-    m.links.set(fed.links.lock().len() as i64);
+    m.links.set(fed.links.load().len() as i64);
     tracing::info!(%region, peer = %link.info.gateway_id, link = %link.info.id, ?kind, "link up");
     handler.up(&link.info);
 
@@ -296,7 +296,8 @@ pub async fn start(
     // Control reader: pings and receipts are the link's own; the rest goes to the owner.
     let (l, h) = (link.clone(), handler.clone());
     tokio::spawn(async move {
-        while let Ok(Some(frame)) = read_frame(&mut control_recv).await {
+        let mut frames = FrameReader::default();
+        while let Ok(Some(frame)) = frames.next(&mut control_recv).await {
             match frame.kind {
                 Some(Kind::Ping(p)) => {
                     let _ = l.control.try_send(LinkFrame {
@@ -313,8 +314,9 @@ pub async fn start(
     // Data reader: the link ends when its data stream does.
     let (f, l, h) = (fed.clone(), link.clone(), handler);
     tokio::spawn(async move {
+        let mut frames = FrameReader::default();
         let reason = loop {
-            match read_frame(&mut data_recv).await {
+            match frames.next(&mut data_recv).await {
                 Ok(Some(LinkFrame { kind: Some(kind) })) => {
                     match kind {
                         Kind::Ping(_) | Kind::Pong(_) => continue,
