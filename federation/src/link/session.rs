@@ -298,7 +298,6 @@ pub async fn start(
     tokio::spawn(async move {
         let mut frames = FrameReader::default();
         while let Ok(Some(frame)) = frames.next(&mut control_recv).await {
-            tokio::task::consume_budget().await;
             match frame.kind {
                 Some(Kind::Ping(p)) => {
                     let _ = l.control.try_send(LinkFrame {
@@ -317,13 +316,6 @@ pub async fn start(
     tokio::spawn(async move {
         let mut frames = FrameReader::default();
         let reason = loop {
-            // Frames already in the reader's buffer (or in QUIC's) are ready at once, and
-            // delivering them rarely waits, so under a flood this loop could run without
-            // ever yielding: the QUIC driver it wakes waits in this worker's LIFO slot, which
-            // no other worker steals, and the peer's datagrams went unread until the link's
-            // watchdog found the peer "silent" (a cluster flood lost its link within 0.5 s).
-            // Spending tokio's cooperative budget yields every 128 frames.
-            tokio::task::consume_budget().await;
             match frames.next(&mut data_recv).await {
                 Ok(Some(LinkFrame { kind: Some(kind) })) => {
                     match kind {
