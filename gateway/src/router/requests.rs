@@ -117,6 +117,10 @@ impl Router {
         allow_remote: bool,
     ) -> Result<u64, (Waiter, RouteError)> {
         let now = Instant::now();
+        if allow_remote {
+            // Requests from a client of this gateway (not from another region).
+            self.taps.offer("request", &id, subject, &headers, &payload);
+        }
         let traced = if self.traces.sampled(&id, &headers) {
             Traced::new(&id, &headers, &ByteString::from(subject))
         } else {
