@@ -347,7 +347,7 @@ async fn supervise(store: Arc<dyn Store>, shared: Arc<Shared>) {
                 }
             }
             _ = stats.tick() => {
-                let ev = stats_event(&shared, running.len());
+                let ev = stats_event(&shared);
                 if shared.tx.try_send(Ok(ev)).is_err() {
                     shared.dropped_here.fetch_add(1, Ordering::Relaxed);
                 }
@@ -359,10 +359,11 @@ async fn supervise(store: Arc<dyn Store>, shared: Arc<Shared>) {
     }
 }
 
-fn stats_event(shared: &Shared, tapped: usize) -> TailEvent {
+fn stats_event(shared: &Shared) -> TailEvent {
     let counts = shared.counts.lock();
     let mut s = TailStats {
-        gateways: tapped as u32,
+        // Gateways whose tap is open and reporting.
+        gateways: counts.len() as u32,
         dropped_slow_viewer: shared.dropped_here.load(Ordering::Relaxed),
         ..Default::default()
     };
