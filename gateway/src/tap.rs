@@ -265,7 +265,7 @@ impl Taps {
                 continue;
             }
             tap.counters.matched.fetch_add(1, Ordering::Relaxed);
-            if tap.sample_every > 1 && mix(id) % tap.sample_every != 0 {
+            if tap.sample_every > 1 && !mix(id).is_multiple_of(tap.sample_every) {
                 continue;
             }
             if tap.limiter.check().is_err() {
