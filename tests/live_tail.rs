@@ -6,7 +6,8 @@
 //!   (`schemas set-tail-preview`): cut, with listed JSON fields masked, and none at all for a
 //!   subject without a setting; non-matching subjects never show.
 //! - A tap is rate-limited and counted (`nexus_tap_dropped_total{reason="rate_limit"}`), and
-//!   it closes when its viewer goes away (`nexus_taps` back to 0).
+//!   it closes when its viewer goes away (`nexus_taps` back to 0); an open tap does not hold
+//!   up the gateway's shutdown.
 //! - `nexusctl logs` shows a gateway's WARN event (a schema violation under `warn`
 //!   enforcement) with its region, gateway, target and fields.
 
@@ -286,4 +287,35 @@ async fn logs_show_a_gateways_warnings() {
     let bad = common::nexusctl_as(&d.cp, Some(&d.cp.admin_key), &["logs", "--level", "info"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("expected warn or error"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tap_does_not_hold_up_a_gateways_shutdown() {
+    let mut d = Deployment::start().await;
+    // A viewer straight on the gateway's endpoint, that keeps its connection open (the
+    // control plane would close its own when the gateway deregisters).
+    use std::io::Write as _;
+    let mut viewer = std::net::TcpStream::connect(d.a1.metrics).unwrap();
+    write!(viewer, "GET /v1/tail?subject=%3E HTTP/1.0\r\n\r\n").unwrap();
+    assert!(taps_open(&[&d.a1], 1.0).await);
+    let started = std::time::Instant::now();
+    let mut gw = d.a1.terminate();
+    let exited = loop {
+        if gw.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = gw.kill();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exited, "the gateway did not exit");
+    // Without the tap ending at drain, the HTTP server waits 5 s for it.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    drop(viewer);
 }

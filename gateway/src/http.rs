@@ -150,13 +150,14 @@ async fn tail(
     };
     let first = line(hello);
     // A stats line every second also finds a viewer that went away: the write fails, the
-    // stream and its handle are dropped, and the tap closes.
+    // stream and its handle are dropped, and the tap closes. The tap ends when the gateway
+    // starts draining, so that it does not hold up the HTTP server's shutdown.
     let ticks = tokio::time::interval(std::time::Duration::from_secs(1));
     let stream = futures::stream::unfold(
-        (handle, ticks, Some(first)),
-        move |(mut handle, mut ticks, first)| async move {
+        (handle, ticks, Some(first), router),
+        move |(mut handle, mut ticks, first, router)| async move {
             if let Some(first) = first {
-                return Some((first, (handle, ticks, None)));
+                return Some((first, (handle, ticks, None, router)));
             }
             let out = tokio::select! {
                 e = handle.events.recv() => match e {
@@ -164,8 +165,9 @@ async fn tail(
                     None => return None,
                 },
                 _ = ticks.tick() => crate::tap::stats_json(&handle.counters),
+                _ = router.drain_started() => return None,
             };
-            Some((line(out), (handle, ticks, None)))
+            Some((line(out), (handle, ticks, None, router)))
         },
     );
     (
