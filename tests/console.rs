@@ -708,6 +708,12 @@ fn console_in_chromium_against_a_live_federated_cluster() {
     assert_eq!(browser.attr("#hop-1", "data-from"), "a-east/gw-a-east");
     assert_eq!(browser.attr("#hop-1", "data-to"), "c-south/gw-c-south");
     assert!(
+        browser
+            .attr("#trace-map line.map-link", "class")
+            .starts_with("map-link"),
+        "federation links drawn under the path"
+    );
+    assert!(
         browser.text("#trace-map").contains("1: +"),
         "hop label: {}",
         browser.text("#trace-map")

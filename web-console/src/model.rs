@@ -435,8 +435,10 @@ pub struct TracePage {
     pub since: String,
     pub until: String,
     pub window: String,
-    /// The topology the path is drawn on: every known region (health) and its gateways.
+    /// The topology the path is drawn on: every known region (health) and its gateways, and
+    /// the federation links between regions (region, region, health).
     pub map: Vec<TraceMapRegion>,
+    pub map_links: Vec<(String, String, Health)>,
 }
 
 /// A region of the trace page's map.

@@ -314,6 +314,25 @@ fn map_view(p: &TracePage) -> impl IntoView + use<> {
             }
         })
         .collect_view();
+    // The federation links, beneath everything.
+    let index = |name: &str| regions.iter().position(|(r, ..)| r == name);
+    let links = p
+        .map_links
+        .iter()
+        .filter_map(|(a, b, health)| {
+            let (x1, y1) = position(index(a)?, n);
+            let (x2, y2) = position(index(b)?, n);
+            Some(view! {
+                <line
+                    class=format!("map-link {}", health.as_str())
+                    x1=format!("{x1:.1}")
+                    y1=format!("{y1:.1}")
+                    x2=format!("{x2:.1}")
+                    y2=format!("{y2:.1}")
+                ></line>
+            })
+        })
+        .collect_view();
     let spot = |k: &str| spots.iter().find(|(s, _)| s == k).map(|(_, p)| *p);
     let hop_views = hops(&p.rows)
         .into_iter()
@@ -332,7 +351,7 @@ fn map_view(p: &TracePage) -> impl IntoView + use<> {
             );
             let mut label = format!("{}: +{:.3} ms", i + 1, h.delta_ms);
             if h.latency_us > 0 {
-                label.push_str(&format!(" (hop {:.3} ms)", h.latency_us as f64 / 1e3));
+                label.push_str(&format!(" (latency {:.3} ms)", h.latency_us as f64 / 1e3));
             }
             Some(view! {
                 <g class="hop">
@@ -357,6 +376,7 @@ fn map_view(p: &TracePage) -> impl IntoView + use<> {
                     <path d="M 0 0 L 10 5 L 0 10 z"></path>
                 </marker>
             </defs>
+            {links}
             {region_nodes}
             {hop_views}
         </svg>

@@ -264,6 +264,12 @@ pub async fn trace(
             gateways: r.gateways.iter().map(|g| g.id.clone()).collect(),
         })
         .collect();
+    let map_links = snapshot
+        .view
+        .links
+        .iter()
+        .map(|l| (l.a.clone(), l.b.clone(), l.health))
+        .collect();
     let now = now_ms();
     let window = super::trace_window::window(&since, &until, now);
     let mut page = TracePage {
@@ -280,6 +286,7 @@ pub async fn trace(
             Err(e) => format!("time window {e}"),
         },
         map,
+        map_links,
     };
     let Ok((since_ms, until_ms)) = window else {
         return Ok(page);
