@@ -65,7 +65,10 @@ pub fn init(service: &'static str, format: LogFormat) -> anyhow::Result<Telemetr
         .ok()
         .filter(|v| !v.is_empty());
     let Some(endpoint) = endpoint else {
-        tracing_subscriber::registry().with(fmt).try_init()?;
+        tracing_subscriber::registry()
+            .with(fmt)
+            .with(nexus_gateway::log_ring::layer())
+            .try_init()?;
         return Ok(Telemetry { provider: None });
     };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -82,6 +85,7 @@ pub fn init(service: &'static str, format: LogFormat) -> anyhow::Result<Telemetr
         .with_filter(Targets::new().with_target("nexus_gateway", tracing::Level::DEBUG));
     tracing_subscriber::registry()
         .with(fmt)
+        .with(nexus_gateway::log_ring::layer())
         .with(otel)
         .try_init()?;
     nexus_gateway::trace::enable_otel();

@@ -704,6 +704,20 @@ fn console_in_chromium_against_a_live_federated_cluster() {
         "{}",
         browser.text("#trace-path")
     );
+    // The path on the topology map: one arrow from a-east's gateway to c-south's.
+    assert_eq!(browser.attr("#hop-1", "data-from"), "a-east/gw-a-east");
+    assert_eq!(browser.attr("#hop-1", "data-to"), "c-south/gw-c-south");
+    assert!(
+        browser
+            .attr("#trace-map line.map-link", "class")
+            .starts_with("map-link"),
+        "federation links drawn under the path"
+    );
+    assert!(
+        browser.text("#trace-map").contains("1: +"),
+        "hop label: {}",
+        browser.text("#trace-map")
+    );
     browser.screenshot("2b-trace");
     drop(sub);
     browser.goto(&format!("{base}/trace?id=01J00000000000000000000000"));
@@ -711,6 +725,113 @@ fn console_in_chromium_against_a_live_federated_cluster() {
         let t = b.text("#trace-result");
         t.contains("No records of message") && t.contains("nexus-trace: 1")
     });
+    // Search by time: the last ten minutes have the message; a window in the past does not;
+    // a window that cannot be read is named.
+    browser.goto(&format!("{base}/trace?subject=traced.%3E&since=10m"));
+    browser.wait(
+        Duration::from_secs(20),
+        "traced messages of the last 10 minutes",
+        |b| b.text("#trace-messages").contains(&id),
+    );
+    browser.goto(&format!(
+        "{base}/trace?subject=&since=2000-01-01+00:00&until=2000-01-02+00:00"
+    ));
+    browser.wait(Duration::from_secs(20), "an empty window", |b| {
+        b.text("#trace-result").contains("No traced messages")
+    });
+    browser.goto(&format!("{base}/trace?since=yesterday"));
+    browser.wait(Duration::from_secs(20), "a bad window named", |b| {
+        b.text("#trace-window").contains("neither a duration")
+    });
+
+    // Live page: the tail of traced.> shows a message published on a-east with its preview
+    // redacted by the subject's setting; a gateway's warning (a schema violation under warn
+    // enforcement) appears in the warnings table without a reload.
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_nexusctl"))
+            .args(["--control-plane", &cp.to_string()])
+            .args(args)
+            .env("NEXUS_ADMIN_KEY", &admin_key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nexusctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ctl(&[
+        "schemas",
+        "set-tail-preview",
+        "--subject",
+        "traced.x",
+        "--max-bytes",
+        "64",
+        "--redact",
+        "card",
+    ]);
+    browser.goto(&format!("{base}/live?subject=traced.%3E"));
+    browser.wait(
+        Duration::from_secs(20),
+        "the tail open on the live gateways",
+        |b| {
+            b.attr("#tail-state", "data-live") == "live"
+                && b.text("#tail-stats").contains("2 gateway(s) tapped")
+        },
+    );
+    let publish = |subject: &str, payload: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_nexusctl"))
+            .args([
+                "--gateway",
+                &format!("http://{}", a.grpc),
+                "pub",
+                subject,
+                payload,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    publish("traced.x", r#"{"card":"4111-1111","n":1}"#);
+    browser.wait(
+        Duration::from_secs(20),
+        "the tapped message, redacted",
+        |b| {
+            let t = b.text("#tail-messages");
+            t.contains(r#"{"card":"***","n":1}"#)
+                && t.contains("a-east/gw-a-east")
+                && !t.contains("4111")
+        },
+    );
+    browser.screenshot("2c-live-tail");
+    let files = dir.0.join("schema.json");
+    std::fs::write(
+        &files,
+        r#"{"type":"object","properties":{"id":{"type":"integer"}},"required":["id"]}"#,
+    )
+    .unwrap();
+    ctl(&[
+        "schemas",
+        "register",
+        "warned.x",
+        "-f",
+        files.to_str().unwrap(),
+    ]);
+    ctl(&["schemas", "set-enforcement", "warned.x", "warn"]);
+    browser.wait(Duration::from_secs(20), "logs followed live", |b| {
+        b.attr("#logs-state", "data-live") == "live"
+    });
+    browser.wait(Duration::from_secs(30), "a gateway warning, live", |b| {
+        // Enforcement reaches the gateway within a moment: publish until it warns.
+        publish("warned.x", r#"{"id":"seven"}"#);
+        let t = b.text("#logs");
+        t.contains("a-east/gw-a-east") && t.contains("subject=warned.x")
+    });
+    browser.screenshot("2d-live-logs");
 
     browser.goto(&format!("{base}/routes"));
     browser.wait(Duration::from_secs(10), "routes page again", |b| {

@@ -5,6 +5,11 @@ Two `nexus gateway` processes, regions a-east and b-west, linked over QUIC with 
 client and a TypeScript client in b-west; a Java service in b-west is called by a Python
 client in a-east. Requests with no local responder are forwarded to the region that has one.
 Each call carries an application traceparent, and the services report the trace id they saw.
+The gateways register with a control plane; the TypeScript request is forced-traced
+(`nexus-trace: 1`) and `nexusctl trace` must show it end to end: received in b-west, routed
+to a-east, handed to the Python responder, the reply in both regions, and the two adapters'
+own spans (the TypeScript request's, the Python handler's, with their span ids and the
+handler's duration) that the adapters report in `nexus-span` headers (docs/trace.md §2).
 
 Usage: python run.py --java-classpath CP [--ts-client DIR]
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -24,7 +30,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "python"))
 
 import nexus_client as nx  # noqa: E402
-from harness import Gateway, nexus_bin  # noqa: E402
+from harness import ControlPlane, Gateway, nexus_bin, nexusctl_bin  # noqa: E402
 
 TRACE_ID = "5e1ec7ed0c0ffee0a11ce0b0b0d0e0f0"
 
@@ -33,8 +39,9 @@ def traceparent(span: str) -> str:
     return f"00-{TRACE_ID}-{span}-01"
 
 
-def region_gateway(certs: str, region: str, peers: dict[str, Gateway], log_dir: str) -> Gateway:
+def region_gateway(certs: str, region: str, peers: dict[str, Gateway], log_dir: str, cp: ControlPlane) -> Gateway:
     args = ["--region", region, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--auth", "off",
+            "--gateway-id", f"gw-{region}", "--control-plane", cp.url,
             "--state-dir", os.path.join(log_dir, f"{region}-state"),
             "--federation-listen", "127.0.0.1:0",
             "--federation-cert", os.path.join(certs, f"{region}.pem"),
@@ -73,6 +80,35 @@ async def run_client(cmd: list[str], env: dict | None = None) -> str:
     return out.decode().strip()
 
 
+def trace_of_ts_request(cp: ControlPlane) -> list[dict]:
+    """The records `nexusctl trace` shows for the forced-traced TypeScript request, once
+    complete (records are written as the request moves on)."""
+    env = {**os.environ, "NEXUS_CONTROL_PLANE": cp.url, "NEXUS_ADMIN_KEY": cp.admin_key}
+
+    def ctl(*args: str) -> dict:
+        out = subprocess.run([nexusctl_bin(), *args, "-o", "json"], env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise AssertionError(f"nexusctl {' '.join(args)}: {out.stderr.strip()}")
+        return json.loads(out.stdout)
+
+    def has(records: list[dict], gw: str, event: str) -> bool:
+        return any(r["gateway_id"] == gw and r["event"] == event for r in records)
+
+    deadline = time.monotonic() + 15
+    last: list[dict] = []
+    while time.monotonic() < deadline:
+        for m in ctl("trace", "--subject", "mixed.py.greet")["messages"]:
+            last = ctl("trace", m["message_id"])["records"]
+            spans = [r for r in last if r["event"] == "span"]
+            done = (has(last, "gw-b-west", "request_routed") and has(last, "gw-a-east", "request_routed")
+                    and has(last, "gw-a-east", "reply") and has(last, "gw-b-west", "reply")
+                    and any("typescript" in r["peer"] for r in spans) and any("python" in r["peer"] for r in spans))
+            if done:
+                return last
+        time.sleep(0.2)
+    raise AssertionError(f"the TypeScript request's trace never completed: {json.dumps(last, indent=1)}")
+
+
 def check(label: str, got: str, *want: str) -> None:
     missing = [w for w in want if w not in got]
     if missing:
@@ -89,14 +125,17 @@ async def main() -> int:
     procs: list[subprocess.Popen] = []
     gateways: list[Gateway] = []
     clients: list[nx.Client] = []
+    cp = ControlPlane(os.path.join(work, "cp"))
     try:
+        os.makedirs(cp.dir)
+        cp.start()
         certs = os.path.join(work, "certs")
         subprocess.run([nexus_bin(), "federation-certs", "--out", certs, "--regions", "a-east,b-west"],
                        check=True, capture_output=True)
         # a-east dials b-west (regions dial the ones whose names sort after theirs).
-        b = region_gateway(certs, "b-west", {}, work)
+        b = region_gateway(certs, "b-west", {}, work, cp)
         gateways.append(b)
-        a = region_gateway(certs, "a-east", {"b-west": b}, work)
+        a = region_gateway(certs, "a-east", {"b-west": b}, work, cp)
         gateways.append(a)
 
         # The Python service, in a-east.
@@ -121,11 +160,24 @@ async def main() -> int:
                                 "java", traceparent("00000000000000a1")])
         check("java(b-west) -> python(a-east)", out, "python(a-east) greets java", f"trace={TRACE_ID}")
 
-        # TypeScript client in b-west -> Python service in a-east.
+        # TypeScript client in b-west -> Python service in a-east, forced-traced.
         env = {**os.environ, "NEXUS_TS_CLIENT": args.ts_client} if args.ts_client else dict(os.environ)
         out = await run_client(["node", os.path.join(here, "mixed_client.cjs"), b.url, "mixed.py.greet", "typescript",
-                                traceparent("00000000000000b2")], env)
+                                traceparent("00000000000000b2"), "trace"], env)
         check("typescript(b-west) -> python(a-east)", out, "python(a-east) greets typescript", f"trace={TRACE_ID}")
+
+        # ... and followed end to end through the control plane, adapters' spans included.
+        records = trace_of_ts_request(cp)
+        ts_span = next(r for r in records if r["event"] == "span" and "typescript" in r["peer"])
+        py_span = next(r for r in records if r["event"] == "span" and "python" in r["peer"])
+        check("trace: typescript span", f"{ts_span['gateway_id']} {ts_span['detail']}",
+              "gw-b-west", "request mixed.py.greet", "span 00000000000000b2")
+        check("trace: python span", f"{py_span['gateway_id']} {py_span['detail']}",
+              "gw-a-east", "handle mixed.py.greet", "parent 00000000000000b2")
+        if not all(r["trace_id"] == TRACE_ID for r in records):
+            raise AssertionError(f"records of another trace: {records}")
+        print(f"ok   trace: {len(records)} records across "
+              f"{sorted({r['region'] + '/' + r['gateway_id'] for r in records})}")
 
         # Python client in a-east -> Java service in b-west.
         caller = await nx.Client.connect(a.url, name="mixed-python-caller")
@@ -142,6 +194,9 @@ async def main() -> int:
             p.wait()
         for g in gateways:
             g.kill()
+        if cp.proc is not None:
+            cp.proc.kill()
+            cp.proc.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -309,4 +309,16 @@ impl Admin for AdminService {
         let gateways = regions::gateways(&*self.store, "").await?;
         ok(crate::trace::collect(&gateways, &req).await)
     }
+
+    type TailStream = tokio_stream::wrappers::ReceiverStream<Result<TailEvent, Status>>;
+
+    async fn tail(&self, r: Request<TailRequest>) -> R<Self::TailStream> {
+        ok(crate::tail::start(self.store.clone(), r.into_inner()).await?)
+    }
+
+    type FollowLogsStream = tokio_stream::wrappers::ReceiverStream<Result<LogRecord, Status>>;
+
+    async fn follow_logs(&self, r: Request<FollowLogsRequest>) -> R<Self::FollowLogsStream> {
+        ok(crate::logs::start(self.store.clone(), r.into_inner()).await?)
+    }
 }

@@ -8,7 +8,9 @@
 //!   it makes, in the same transaction.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics`, and the `grpc.health.v1` status.
 //! - [`names`] fixes the key layout under `/nexus/v1/`; [`records`] encodes records.
-//! - [`trace`]: `GetTrace` asks every live gateway for what it recorded about a message.
+//! - [`trace`]: `GetTrace` asks every live gateway for what it recorded about a message;
+//!   [`tail`] (`Tail`) taps live messages on a subject pattern at every gateway, redacting
+//!   payload previews; [`logs`] (`FollowLogs`) follows every gateway's recent warnings.
 
 pub mod admin;
 pub mod admin_auth;
@@ -17,6 +19,7 @@ pub mod dns;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod logs;
 pub mod names;
 pub mod push;
 pub mod records;
@@ -25,6 +28,7 @@ pub mod routes;
 pub mod schemas;
 pub mod server;
 pub mod store;
+pub mod tail;
 pub mod trace;
 
 /// The schema rules (sans-I/O), shared with gateways for enforcement at publish time.

@@ -8,7 +8,7 @@ use nexus_proto::subject::validate_subject;
 use nexus_proto::v1::{
     CheckSchemaRequest, CheckSchemaResponse, Compatibility, Enforcement, Incompatibility,
     ListSchemasResponse, RegisterSchemaRequest, SchemaConfig, SchemaFormat, SchemaSubject,
-    SchemaVersion,
+    SchemaVersion, TailPreview,
 };
 
 use crate::error::AdminError;
@@ -79,9 +79,12 @@ async fn versions(store: &dyn Store, subject: &str) -> Result<Vec<SchemaVersion>
 /// The effective settings for a subject: its own, else the global default compatibility,
 /// and enforcement off.
 pub async fn get_config(store: &dyn Store, subject: &str) -> Result<SchemaConfig, AdminError> {
-    let global = get::<SchemaConfig>(store, DEFAULT_COMPATIBILITY).await?;
+    let global = get::<SchemaConfig>(store, DEFAULT_COMPATIBILITY)
+        .await?
+        .map(|(c, _)| c);
+    let global_tail = global.as_ref().and_then(|c| c.tail_preview.clone());
     let default_mode = global
-        .map(|(c, _)| c.compatibility)
+        .map(|c| c.compatibility)
         .filter(|c| *c != Compatibility::Unspecified as i32)
         .unwrap_or(DEFAULT_MODE as i32);
     if subject.is_empty() {
@@ -89,10 +92,15 @@ pub async fn get_config(store: &dyn Store, subject: &str) -> Result<SchemaConfig
             subject: String::new(),
             compatibility: default_mode,
             enforcement: Enforcement::Unspecified as i32,
+            tail_preview: global_tail,
         });
     }
     check_subject(subject)?;
     let own = get::<SchemaConfig>(store, &schema_config_key(subject)).await?;
+    let tail_preview = own
+        .as_ref()
+        .and_then(|(c, _)| c.tail_preview.clone())
+        .or(global_tail);
     let (compatibility, enforcement) = match own {
         Some((c, _)) => (
             if c.compatibility == Compatibility::Unspecified as i32 {
@@ -112,6 +120,7 @@ pub async fn get_config(store: &dyn Store, subject: &str) -> Result<SchemaConfig
         subject: subject.to_owned(),
         compatibility,
         enforcement,
+        tail_preview,
     })
 }
 
@@ -140,6 +149,9 @@ pub async fn set_config(
             ),
         ));
     }
+    if let Some(t) = &config.tail_preview {
+        check_tail_preview(t)?;
+    }
     if config.subject.is_empty() {
         if config.enforcement != Enforcement::Unspecified as i32 {
             return Err(AdminError::invalid(
@@ -147,7 +159,17 @@ pub async fn set_config(
                 "enforcement is set per subject, not globally",
             ));
         }
-        store.put(DEFAULT_COMPATIBILITY, encode(&config)).await?;
+        let mut merged = get::<SchemaConfig>(store, DEFAULT_COMPATIBILITY)
+            .await?
+            .map(|(c, _)| c)
+            .unwrap_or_default();
+        if config.compatibility != Compatibility::Unspecified as i32 {
+            merged.compatibility = config.compatibility;
+        }
+        if config.tail_preview.is_some() {
+            merged.tail_preview = config.tail_preview;
+        }
+        store.put(DEFAULT_COMPATIBILITY, encode(&merged)).await?;
         return get_config(store, "").await;
     }
     check_subject(&config.subject)?;
@@ -163,8 +185,40 @@ pub async fn set_config(
     if config.enforcement != Enforcement::Unspecified as i32 {
         merged.enforcement = config.enforcement;
     }
+    if config.tail_preview.is_some() {
+        merged.tail_preview = config.tail_preview;
+    }
     store.put(&key, encode(&merged)).await?;
     get_config(store, &config.subject).await
+}
+
+/// The largest payload preview the live tail may show (`TailPreview.max_bytes`).
+pub const MAX_TAIL_PREVIEW: u32 = 4096;
+
+fn check_tail_preview(t: &TailPreview) -> Result<(), AdminError> {
+    if t.max_bytes > MAX_TAIL_PREVIEW {
+        return Err(AdminError::invalid(
+            "tail_preview.max_bytes",
+            format!("{} is above the limit of {MAX_TAIL_PREVIEW}", t.max_bytes),
+        ));
+    }
+    if t.redact_fields.len() > 64 {
+        return Err(AdminError::invalid(
+            "tail_preview.redact_fields",
+            format!("{} fields; at most 64", t.redact_fields.len()),
+        ));
+    }
+    for f in &t.redact_fields {
+        if f.is_empty() || f.len() > 128 || f.chars().any(|c| c.is_control() || c == '"') {
+            return Err(AdminError::invalid(
+                "tail_preview.redact_fields",
+                format!(
+                    "{f:?} is not a JSON field name (1-128 characters, no quote or control character)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a draft against the registered versions without registering it.
@@ -331,7 +385,19 @@ pub async fn delete(store: &dyn Store, subject: &str, version: u32) -> Result<u3
         if count == 0 {
             return Err(AdminError::not_found(format!("schema subject {subject:?}")));
         }
-        txn = txn.then(Op::delete(schema_config_key(subject)));
+        // The live tail's redaction outlives the schema: deleting a schema must not start
+        // showing payloads the operator hid.
+        match get::<SchemaConfig>(store, &schema_config_key(subject)).await? {
+            Some((c, _)) if c.tail_preview.is_some() => {
+                let kept = SchemaConfig {
+                    subject: subject.to_owned(),
+                    tail_preview: c.tail_preview,
+                    ..Default::default()
+                };
+                txn = txn.then(Op::put(schema_config_key(subject), encode(&kept)));
+            }
+            _ => txn = txn.then(Op::delete(schema_config_key(subject))),
+        }
     } else {
         let key = schema_key(subject, version);
         let Some(kv) = store.get(&key).await? else {

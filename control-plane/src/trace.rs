@@ -19,7 +19,7 @@ const GATEWAY_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_BODY: u64 = 32 * 1024 * 1024;
 
 /// Percent-encodes a query parameter value.
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -53,7 +53,7 @@ pub fn query(req: &GetTraceRequest) -> String {
 }
 
 /// A plain HTTP/1.0 GET (so the answer is never chunked): the status and body.
-async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+pub(crate) async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await

@@ -16,7 +16,9 @@
 //!
 //! [`metrics`] holds the Prometheus series, [`http`] serves them and the JSON [`status`], [`trace`] carries W3C
 //! trace context in message headers, [`trace_store`] keeps what happened to sampled messages
-//! at each hop (`nexusctl trace`), [`server`] starts and gracefully stops it all.
+//! at each hop (`nexusctl trace`), [`tap`] shows live messages on a subject pattern
+//! (`nexusctl tail`), [`log_ring`] keeps recent warnings (`nexusctl logs`), [`server`] starts
+//! and gracefully stops it all.
 //! The subject table and balancer are sans-I/O: plain data structures with injected time.
 
 pub mod admission;
@@ -27,6 +29,7 @@ pub mod control;
 pub mod http;
 pub mod key_limits;
 pub mod local_gateway;
+pub mod log_ring;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
@@ -39,6 +42,7 @@ pub mod session;
 pub mod status;
 pub mod streams;
 pub mod subject_table;
+pub mod tap;
 pub mod trace;
 pub mod trace_store;
 pub mod transport;

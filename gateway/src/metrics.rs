@@ -187,6 +187,8 @@ pub struct GatewayMetrics {
     pub config_updates: Counter,
     /// Message trace records kept and evicted, and the bytes they use (`trace_store`).
     pub trace: crate::trace_store::TraceMetrics,
+    /// Live-tail taps (`tap`).
+    pub tap: crate::tap::TapMetrics,
     /// Series other crates own (federation's links and spool), encoded with these.
     attached: Attached,
     /// Pre-resolved (messages, bytes) counters per pattern and direction, so the hot path is
@@ -231,6 +233,7 @@ impl GatewayMetrics {
             config_version: Gauge::default(),
             config_updates: Counter::default(),
             trace: Default::default(),
+            tap: Default::default(),
             attached: Attached::default(),
             registry: Registry::default(),
             traffic_counters: Default::default(),
@@ -379,6 +382,17 @@ impl GatewayMetrics {
             "Memory the message trace records use now (bounded by trace.max_bytes)",
             m.trace.bytes.clone(),
         );
+        registry.register(
+            "tap_messages",
+            "Messages a live-tail tap queued for its viewer",
+            m.tap.sent.clone(),
+        );
+        registry.register(
+            "tap_dropped",
+            "Messages a live-tail tap matched but did not send: over its rate limit, or its viewer too slow (its queue full)",
+            m.tap.dropped.clone(),
+        );
+        registry.register("taps", "Live-tail taps open now", m.tap.open.clone());
         registry.register(
             "config_updates",
             "Config snapshots applied",

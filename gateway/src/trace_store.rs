@@ -57,6 +57,9 @@ pub enum Event {
     RequestRouted,
     /// The request's answer came back (or its error).
     Reply,
+    /// An adapter's own span, as the adapter reported it in a `nexus-span` header (the
+    /// requester's on a forced-traced request, the responder's handler on its reply).
+    Span,
 }
 
 /// Why a message was not delivered (for [`Event::Dropped`]) or how a check ended.

@@ -176,6 +176,38 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+    /// Live tail: messages published on subjects matching PATTERN, as every gateway taps
+    /// them (sampled and rate-limited at each gateway; a slow tail loses messages, counted,
+    /// and never slows publishers). Payload previews follow each subject's tail preview
+    /// setting (`schemas set-tail-preview`); none by default. Counters go to stderr.
+    Tail {
+        /// Subject pattern (`*`, `>`).
+        pattern: String,
+        /// Fraction of matching messages shown (decided at each gateway).
+        #[arg(long, default_value_t = 1.0)]
+        sample: f64,
+        /// At most this many messages a second from each gateway (1-1000).
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        /// Stop after this many messages (0: run until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Stop after this long, e.g. 30s.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Recent WARN and ERROR log events of every gateway, oldest first; --follow keeps
+    /// printing new ones.
+    Logs {
+        #[arg(long, short)]
+        follow: bool,
+        /// Recent events per gateway printed first.
+        #[arg(long, default_value_t = 100)]
+        backlog: u32,
+        /// warn or error.
+        #[arg(long, default_value = "warn")]
+        level: String,
+    },
     /// Show the audit trail: who changed what through the Admin API, when and from where
     /// (the latest records, or those from --since / --since-seq on). Read-only.
     Audit(AuditArgs),
@@ -276,6 +308,22 @@ enum SchemasCmd {
     SetEnforcement {
         subject: String,
         enforcement: String,
+    },
+    /// Set how much of a payload the live tail (`nexusctl tail`, the console) may show for a
+    /// subject, or by default: the first MAX_BYTES (0: none, the default), with the values
+    /// of the --redact JSON fields replaced by "***". Replaces the subject's setting.
+    SetTailPreview {
+        #[arg(long, conflicts_with = "default")]
+        subject: Option<String>,
+        /// The default for subjects without their own setting.
+        #[arg(long)]
+        default: bool,
+        /// Payload bytes shown, 0-4096.
+        #[arg(long)]
+        max_bytes: u32,
+        /// Comma-separated JSON field names whose values are masked.
+        #[arg(long, value_delimiter = ',')]
+        redact: Vec<String>,
     },
 }
 
@@ -534,6 +582,20 @@ async fn command(cli: Cli, tls: &nexus::ctl::ClientTls) -> anyhow::Result<ExitCo
                     let e = admin::enforcement_from(&enforcement)?;
                     admin::schemas_set_config(&mut a, &subject, None, Some(e), out).await?
                 }
+                SchemasCmd::SetTailPreview {
+                    subject,
+                    default,
+                    max_bytes,
+                    redact,
+                } => {
+                    let subject = match (subject, default) {
+                        (Some(s), false) => s,
+                        (None, true) => String::new(),
+                        _ => anyhow::bail!("pass --subject <subject> or --default"),
+                    };
+                    nexus::ctl::live::set_tail_preview(&mut a, &subject, max_bytes, redact, out)
+                        .await?
+                }
             }
         }
         Command::Keys(cmd) => {
@@ -617,6 +679,34 @@ async fn command(cli: Cli, tls: &nexus::ctl::ClientTls) -> anyhow::Result<ExitCo
                 Some(id) => nexus::ctl::trace::by_id(&mut a, &id, out).await?,
                 None => nexus::ctl::trace::search(&mut a, &subject, since, limit, out).await?,
             }
+        }
+        Command::Tail {
+            pattern,
+            sample,
+            rate,
+            count,
+            duration,
+        } => {
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
+            let req = nexus_proto::v1::TailRequest {
+                subject: pattern,
+                sample_rate: sample,
+                max_per_second: rate,
+            };
+            nexus::ctl::live::tail(&mut a, req, count, duration, out).await?
+        }
+        Command::Logs {
+            follow,
+            backlog,
+            level,
+        } => {
+            let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;
+            let req = nexus_proto::v1::FollowLogsRequest {
+                backlog,
+                min_level: level,
+                follow,
+            };
+            nexus::ctl::live::logs(&mut a, req, out).await?
         }
         Command::Audit(args) => {
             let mut a = admin::connect(&cli.control_plane, cli.admin_key.as_deref(), tls).await?;

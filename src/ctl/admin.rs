@@ -599,6 +599,7 @@ pub async fn schemas_set_config(
                 subject: subject.into(),
                 compatibility: compatibility.map_or(0, |c| c as i32),
                 enforcement: enforcement.map_or(0, |e| e as i32),
+                tail_preview: None,
             }),
         })
         .await,

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod audit;
 pub mod links;
+pub mod live;
 pub mod messaging;
 pub mod trace;
 pub mod wait;

@@ -47,6 +47,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/schemas/:subject") view=pages::schemas::SchemaPage ssr=SsrMode::Async/>
                     <Route path=path!("/keys") view=pages::keys::KeysPage ssr=SsrMode::Async/>
                     <Route path=path!("/trace") view=pages::trace::TracePage ssr=SsrMode::Async/>
+                    <Route path=path!("/live") view=pages::live::LivePage ssr=SsrMode::Async/>
                     <Route path=path!("/login") view=pages::login::LoginPage ssr=SsrMode::Async/>
                 </Routes>
             </main>
@@ -72,6 +73,7 @@ fn Nav() -> impl IntoView {
                                     <A href="/schemas">"Schemas"</A>
                                     <A href="/keys">"Keys"</A>
                                     <A href="/trace">"Trace"</A>
+                                    <A href="/live">"Live"</A>
                                     // Rendered by the server, not the router: a full page load.
                                     <a href="/audit" rel="external">"Audit"</a>
                                 </nav>
@@ -156,7 +158,17 @@ pub async fn get_keys() -> Result<KeysPage, ServerFnError> {
     crate::server::api::keys().await
 }
 
+#[server(endpoint = "live")]
+pub async fn get_live() -> Result<LivePage, ServerFnError> {
+    crate::server::api::live().await
+}
+
 #[server(endpoint = "trace")]
-pub async fn get_trace(id: String, subject: String) -> Result<TracePage, ServerFnError> {
-    crate::server::api::trace(id, subject).await
+pub async fn get_trace(
+    id: String,
+    subject: String,
+    since: String,
+    until: String,
+) -> Result<TracePage, ServerFnError> {
+    crate::server::api::trace(id, subject, since, until).await
 }

@@ -431,6 +431,22 @@ pub struct TracePage {
     pub unreachable: Vec<String>,
     /// The sampling rates the gateways reported.
     pub sample_rates: Vec<f64>,
+    /// The time window searched (as typed), and what it meant (UTC), or why not.
+    pub since: String,
+    pub until: String,
+    pub window: String,
+    /// The topology the path is drawn on: every known region (health) and its gateways, and
+    /// the federation links between regions (region, region, health).
+    pub map: Vec<TraceMapRegion>,
+    pub map_links: Vec<(String, String, Health)>,
+}
+
+/// A region of the trace page's map.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceMapRegion {
+    pub name: String,
+    pub health: Health,
+    pub gateways: Vec<String>,
 }
 
 // === session ===
@@ -469,4 +485,65 @@ pub struct SessionInfo {
     /// The control plane's Admin API does not check keys.
     pub open_control_plane: bool,
     pub key_id: Option<String>,
+}
+
+// === live tail and gateway warnings ===
+
+/// One message of the live tail (`/live`), redacted by the control plane.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TailLine {
+    pub message_id: String,
+    pub subject: String,
+    /// When the gateway received it (UTC, milliseconds).
+    pub at: String,
+    pub region: String,
+    pub gateway_id: String,
+    /// publish or request.
+    pub kind: String,
+    pub payload_bytes: u32,
+    pub header_keys: Vec<String>,
+    pub preview: String,
+    pub preview_note: String,
+}
+
+/// The tail's counters over every gateway so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TailCounters {
+    pub gateways: u32,
+    pub matched: u64,
+    pub sent: u64,
+    pub dropped_rate_limit: u64,
+    pub dropped_slow_viewer: u64,
+    /// `region/gateway: why` for gateways that could not be tapped.
+    pub unreachable: Vec<String>,
+}
+
+/// What the tail's event stream (`/events/tail`) sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TailItem {
+    Message(TailLine),
+    Stats(TailCounters),
+    /// The tail could not start or ended (the control plane's words).
+    Error(String),
+}
+
+/// One WARN or ERROR event of a gateway.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub at: String,
+    pub at_us: i64,
+    pub region: String,
+    pub gateway_id: String,
+    pub level: String,
+    pub target: String,
+    pub message: String,
+    /// The other fields, `key=value` space-separated.
+    pub fields: String,
+}
+
+/// The live page's first render: the gateways' recent warnings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LivePage {
+    pub logs: Vec<LogLine>,
+    pub error: Option<String>,
 }

@@ -31,7 +31,17 @@ from .errors import (
     RequestTimeoutError,
     from_error,
 )
-from .headers import HeadersLike, to_pairs, with_traceparent
+from .headers import (
+    SPAN_HEADER,
+    TRACEPARENT,
+    HeadersLike,
+    get_header,
+    is_forced,
+    span_id,
+    span_report,
+    to_pairs,
+    with_traceparent,
+)
 from .message import Message, ServerInfo
 from .options import ClientOptions
 from .session import Session, TlsSettings, as_bytes, new_id, open_session, sub_frame, wire_headers
@@ -678,6 +688,12 @@ class Client:
         self._check_payload(data)
         timeout = self.request_timeout if timeout is None else timeout
         hdrs = with_traceparent(to_pairs(headers))
+        if is_forced(hdrs):
+            # A forced-traced request: this adapter's span (the request's traceparent) is
+            # recorded by the gateway with the message's other hops.
+            tp = get_header(hdrs, TRACEPARENT)
+            report = span_report("client", f"request {subject}", span_id(tp), "", time.time_ns() // 1000, None)
+            hdrs.append((SPAN_HEADER, report))
         deadline = time.monotonic() + timeout
         if not self._accepting and not await self._wait_accepting(timeout):
             raise RequestTimeoutError(subject, timeout) from self._last_error

@@ -69,3 +69,31 @@ def get_header(pairs: Iterable[tuple[str, str]], key: str) -> str | None:
         if k.lower() == low:
             return v
     return None
+
+
+#: The header that makes every gateway record a message's hops (``nexusctl trace``).
+TRACE_FORCE = "nexus-trace"
+#: The header an adapter reports its own span with, on forced-traced requests and their
+#: replies; the gateway records it in its trace store (docs/trace.md §2, "adapter spans").
+SPAN_HEADER = "nexus-span"
+
+
+def is_forced(pairs: Iterable[tuple[str, str]]) -> bool:
+    """True when the headers carry ``nexus-trace: 1`` (or ``true``)."""
+    v = get_header(pairs, TRACE_FORCE)
+    return v is not None and v.strip().lower() in ("1", "true")
+
+
+def span_id(traceparent: str | None) -> str:
+    """The span id of a valid ``traceparent``, else an empty string."""
+    return traceparent.split("-")[2] if traceparent and is_valid_traceparent(traceparent) else ""
+
+
+def span_report(kind: str, name: str, span: str, parent: str, start_us: int, duration_us: int | None) -> str:
+    """The value of a ``nexus-span`` header: ``key=value`` pairs separated by ``;``."""
+    clean = name.replace(";", ",").replace("=", ":")
+    fields = [f"kind={kind}", f"name={clean}", f"span={span}", f"parent={parent}", f"start_us={start_us}"]
+    if duration_us is not None:
+        fields.append(f"duration_us={duration_us}")
+    fields.append("lang=python")
+    return ";".join(fields)

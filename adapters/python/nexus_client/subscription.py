@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from .errors import NexusError, ServiceError
-from .headers import HeadersLike, current_traceparent
+from .headers import (
+    SPAN_HEADER,
+    TRACEPARENT,
+    HeadersLike,
+    current_traceparent,
+    is_forced,
+    is_valid_traceparent,
+    new_traceparent,
+    span_id,
+    span_report,
+    to_pairs,
+)
 from .message import Message
 
 if TYPE_CHECKING:
@@ -116,7 +128,13 @@ class Service:
             t.add_done_callback(self._tasks.discard)
 
     async def _handle(self, msg: Message) -> None:
-        token = current_traceparent.set(msg.traceparent)
+        # A forced-traced request gets a span of its own for the handler, a child of the
+        # request's, reported on the reply (``nexus-span``) for the gateway's trace store.
+        parent = msg.traceparent
+        traced = is_forced(msg.headers) and parent is not None and is_valid_traceparent(parent)
+        own = new_traceparent(parent.split("-")[1]) if traced and parent else parent
+        started_us, t0 = time.time_ns() // 1000, time.monotonic()
+        token = current_traceparent.set(own)
         try:
             try:
                 result = await self._handler(msg)
@@ -134,6 +152,10 @@ class Service:
                 payload, headers = result
             else:
                 payload = result
+            if traced and own:
+                took = int((time.monotonic() - t0) * 1_000_000)
+                report = span_report("server", f"handle {msg.subject}", span_id(own), span_id(parent), started_us, took)
+                headers = [*to_pairs(headers), (TRACEPARENT, own), (SPAN_HEADER, report)]
             await self._client.reply(msg, payload or b"", headers)
         except NexusError:
             pass  # the session broke; the requester is told by the gateway

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import nexus_client as nx
 from nexus_client.discovery import Target, order_srv
-from nexus_client.headers import with_traceparent
+from nexus_client.headers import is_forced, span_id, span_report, with_traceparent
 
 
 class SubjectRules(unittest.TestCase):
@@ -72,6 +72,18 @@ class Traceparent(unittest.TestCase):
             self.assertNotEqual(value.split("-")[2], "00f067aa0ba902b7")
         finally:
             nx.current_traceparent.reset(token)
+
+    def test_span_reports_for_forced_traces(self) -> None:
+        self.assertTrue(is_forced([("Nexus-Trace", " TRUE ")]))
+        self.assertFalse(is_forced([("nexus-trace", "0")]))
+        self.assertFalse(is_forced([]))
+        self.assertEqual(span_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), "00f067aa0ba902b7")
+        self.assertEqual(span_id("garbage"), "")
+        self.assertEqual(
+            span_report("server", "handle a;b=c", "00f067aa0ba902b7", "00000000000000b2", 17, 250),
+            "kind=server;name=handle a,b:c;span=00f067aa0ba902b7;parent=00000000000000b2;start_us=17;"
+            "duration_us=250;lang=python",
+        )
 
 
 @dataclass

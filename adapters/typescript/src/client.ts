@@ -17,7 +17,19 @@ import {
   ClosedError, ConnectError, DeniedError, DisconnectedError, DiscoveryError, InvalidError, InvalidOptionError, LimitError,
   NexusError, NoGatewayError, ProtocolError, TimeoutError, UnavailableError, fromError,
 } from "./errors.js";
-import { type Headers, type HeadersInit, ensureTraceparent, toPairs } from "./headers.js";
+import {
+  type Headers,
+  type HeadersInit,
+  SPAN_HEADER,
+  TRACEPARENT,
+  ensureTraceparent,
+  getHeader,
+  isForced,
+  nowUs,
+  spanId,
+  spanReport,
+  toPairs,
+} from "./headers.js";
 import { Message, type ServerInfo } from "./message.js";
 import { AsyncQueue } from "./queue.js";
 import { BiStream, StreamListener } from "./stream.js";
@@ -802,7 +814,14 @@ export class Client implements AsyncDisposable {
     const data = toBuffer(payload);
     this._checkPayload(data);
     const timeout = options.timeoutMs ?? this.opts.requestTimeoutMs;
-    const headers = wire(ensureTraceparent(toPairs(options.headers)));
+    let pairs = ensureTraceparent(toPairs(options.headers));
+    if (isForced(pairs)) {
+      // A forced-traced request: this adapter's span (the request's traceparent) is recorded
+      // by the gateway with the message's other hops.
+      const report = spanReport("client", `request ${subject}`, spanId(getHeader(pairs, TRACEPARENT)), "", nowUs());
+      pairs = [...pairs, [SPAN_HEADER, report]];
+    }
+    const headers = wire(pairs);
     const deadline = Date.now() + timeout;
     await this.waitConnected(timeout).catch((e) => {
       throw e instanceof ClosedError ? e : new TimeoutError(subject, timeout);

@@ -53,3 +53,36 @@ export function ensureTraceparent(h: Headers): Headers {
   const traceId = parent && isValidTraceparent(parent) ? parent.split("-")[1] : undefined;
   return [...h, [TRACEPARENT, newTraceparent(traceId)]];
 }
+
+/** The header that makes every gateway record a message's hops (`nexusctl trace`). */
+export const TRACE_FORCE = "nexus-trace";
+/**
+ * The header an adapter reports its own span with, on forced-traced requests and their
+ * replies; the gateway records it in its trace store (docs/trace.md §2, "adapter spans").
+ */
+export const SPAN_HEADER = "nexus-span";
+
+/** True when the headers carry `nexus-trace: 1` (or `true`). */
+export function isForced(h: Headers): boolean {
+  const v = getHeader(h, TRACE_FORCE);
+  return v !== undefined && ["1", "true"].includes(v.trim().toLowerCase());
+}
+
+/** The span id of a valid traceparent, else "". */
+export function spanId(traceparent: string | undefined): string {
+  return traceparent && isValidTraceparent(traceparent) ? traceparent.split("-")[2] : "";
+}
+
+/** The value of a `nexus-span` header: `key=value` pairs separated by `;`. */
+export function spanReport(kind: string, name: string, span: string, parent: string, startUs: number, durationUs?: number): string {
+  const clean = name.replace(/;/g, ",").replace(/=/g, ":");
+  const fields = [`kind=${kind}`, `name=${clean}`, `span=${span}`, `parent=${parent}`, `start_us=${startUs}`];
+  if (durationUs !== undefined) fields.push(`duration_us=${durationUs}`);
+  fields.push("lang=typescript");
+  return fields.join(";");
+}
+
+/** Unix microseconds now. */
+export function nowUs(): number {
+  return Math.round((performance.timeOrigin + performance.now()) * 1000);
+}

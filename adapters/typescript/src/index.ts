@@ -10,7 +10,19 @@
 export { Client, type ClientOptions, type Logger, VERSION, drainWindowMs } from "./client.js";
 export { type Handler, type HandlerResult, type Payload, Service, Subscription } from "./subscription.js";
 export * from "./errors.js";
-export { TRACEPARENT, type Headers, type HeadersInit, isValidTraceparent, newTraceparent, traceContext, withTraceparent } from "./headers.js";
+export {
+  SPAN_HEADER,
+  TRACEPARENT,
+  TRACE_FORCE,
+  type Headers,
+  type HeadersInit,
+  isForced,
+  isValidTraceparent,
+  newTraceparent,
+  spanReport,
+  traceContext,
+  withTraceparent,
+} from "./headers.js";
 export { Message, type ServerInfo } from "./message.js";
 export { BiStream, StreamListener } from "./stream.js";
 export { RESERVED_PREFIX, subjectMatches, validatePattern, validatePublishSubject } from "./subject.js";

@@ -1,7 +1,19 @@
 /** Subscriptions (bounded buffers of deliveries) and responders (`Service`). */
 import type { Client } from "./client.js";
 import { ServiceError, TimeoutError } from "./errors.js";
-import { traceContext, type HeadersInit } from "./headers.js";
+import {
+  SPAN_HEADER,
+  TRACEPARENT,
+  type HeadersInit,
+  isForced,
+  isValidTraceparent,
+  newTraceparent,
+  nowUs,
+  spanId,
+  spanReport,
+  toPairs,
+  traceContext,
+} from "./headers.js";
 import type { Message } from "./message.js";
 import { AsyncQueue } from "./queue.js";
 
@@ -121,10 +133,23 @@ export class Service implements AsyncDisposable {
   }
 
   private async handle(msg: Message): Promise<void> {
+    // A forced-traced request gets a span of its own for the handler, a child of the
+    // request's, reported on the reply (`nexus-span`) for the gateway's trace store.
+    const parent = msg.traceparent;
+    const traced = isForced(msg.headers) && parent !== undefined && isValidTraceparent(parent);
+    const own = traced ? newTraceparent(parent.split("-")[1]) : parent;
+    const startedUs = nowUs();
+    const t0 = performance.now();
+    const spanHeaders = (h: HeadersInit): HeadersInit => {
+      if (!traced || !own) return h;
+      const took = Math.round((performance.now() - t0) * 1000);
+      const report = spanReport("server", `handle ${msg.subject}`, spanId(own), spanId(parent), startedUs, took);
+      return [...toPairs(h), [TRACEPARENT, own], [SPAN_HEADER, report]];
+    };
     try {
       let result: HandlerResult;
       try {
-        result = await traceContext.run(msg.traceparent ?? "", () => this.handler(msg));
+        result = await traceContext.run(own ?? "", () => this.handler(msg));
       } catch (e) {
         const text = e instanceof ServiceError ? e.message : `${(e as Error).name}: ${(e as Error).message}`;
         await this.client.replyError(msg, text);
@@ -132,9 +157,9 @@ export class Service implements AsyncDisposable {
       }
       if (!msg.replyTo) return;
       if (result && typeof result === "object" && "payload" in result && !(result instanceof Uint8Array)) {
-        await this.client.reply(msg, result.payload, result.headers);
+        await this.client.reply(msg, result.payload, spanHeaders(result.headers));
       } else {
-        await this.client.reply(msg, result ?? Buffer.alloc(0));
+        await this.client.reply(msg, result ?? Buffer.alloc(0), spanHeaders(undefined));
       }
     } catch {
       // The session broke; the gateway tells the requester.

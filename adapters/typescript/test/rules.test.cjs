@@ -35,6 +35,17 @@ test("traceparent", () => {
   assert.equal(child.split("-")[1], "4bf92f3577b34da6a3ce929d0e0e4736");
 });
 
+test("span reports for forced traces", () => {
+  assert.ok(nx.isForced([["Nexus-Trace", " TRUE "]]));
+  assert.ok(!nx.isForced([["nexus-trace", "0"]]));
+  assert.ok(!nx.isForced([]));
+  assert.equal(
+    nx.spanReport("client", "request a;b=c", "00000000000000b2", "", 17),
+    "kind=client;name=request a,b:c;span=00000000000000b2;parent=;start_us=17;lang=typescript",
+  );
+  assert.equal(nx.SPAN_HEADER, "nexus-span");
+});
+
 test("SRV records: priority first, then weighted random", () => {
   const records = [
     { priority: 20, weight: 1, name: "late" }, { priority: 10, weight: 90, name: "heavy" },

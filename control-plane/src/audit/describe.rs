@@ -316,7 +316,7 @@ fn schema(ops: &[Op], before: &[Option<KeyValue>]) -> String {
     parts.join("; ")
 }
 
-fn config_fields(c: &SchemaConfig) -> [(&'static str, String); 2] {
+fn config_fields(c: &SchemaConfig) -> [(&'static str, String); 3] {
     [
         (
             "compatibility",
@@ -325,6 +325,18 @@ fn config_fields(c: &SchemaConfig) -> [(&'static str, String); 2] {
         (
             "enforcement",
             enum_name::<Enforcement>(c.enforcement, |e| e.as_str_name()),
+        ),
+        (
+            "tail_preview",
+            match &c.tail_preview {
+                None => "inherited".into(),
+                Some(t) if t.redact_fields.is_empty() => format!("{} bytes", t.max_bytes),
+                Some(t) => format!(
+                    "{} bytes, redacting {}",
+                    t.max_bytes,
+                    t.redact_fields.join(",")
+                ),
+            },
         ),
     ]
 }
@@ -452,6 +464,7 @@ mod tests {
             subject: "a.b".into(),
             compatibility: Compatibility::Full as i32,
             enforcement: Enforcement::Reject as i32,
+            tail_preview: None,
         };
         let c = describe(&[Op::put(cfg.clone(), encode(&set))], &[None]);
         assert_eq!(

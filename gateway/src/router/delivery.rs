@@ -66,6 +66,8 @@ impl Router {
         msg: &Delivery,
         scratch: &mut Vec<Arc<Member>>,
     ) -> crate::remote::PublishOutcome {
+        self.taps
+            .offer("publish", &msg.id, &msg.subject, &msg.headers, &msg.payload);
         self.collect_members(&msg.subject, scratch, |_| true);
         let outcome = match self.remote.get() {
             Some(remote) => remote.publish(msg, !scratch.is_empty()),

@@ -145,6 +145,8 @@ pub struct Router {
     pub key_limiters: crate::key_limits::KeyLimiters,
     /// What happened to sampled messages at this gateway (`nexusctl trace`).
     pub traces: Arc<crate::trace_store::TraceStore>,
+    /// Live-tail taps on messages clients hand this gateway (`nexusctl tail`).
+    pub taps: Arc<crate::tap::Taps>,
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>, ref_id: u64) -> v1::Error {
@@ -168,6 +170,7 @@ impl Router {
             cfg.trace.to_settings(),
             metrics.trace.clone(),
         ));
+        let taps = Arc::new(crate::tap::Taps::new(metrics.tap.clone()));
         Self {
             cfg: ArcSwap::new(cfg),
             balancer_cfg,
@@ -187,6 +190,7 @@ impl Router {
             key_sessions: Mutex::new(HashMap::new()),
             remote: std::sync::OnceLock::new(),
             key_limiters: Default::default(),
+            taps,
             traces,
         }
     }

@@ -117,11 +117,21 @@ impl Router {
         allow_remote: bool,
     ) -> Result<u64, (Waiter, RouteError)> {
         let now = Instant::now();
+        if allow_remote {
+            // Requests from a client of this gateway (not from another region).
+            self.taps.offer("request", &id, subject, &headers, &payload);
+        }
         let traced = if self.traces.sampled(&id, &headers) {
             Traced::new(&id, &headers, &ByteString::from(subject))
         } else {
             None
         };
+        if allow_remote && let Some(t) = &traced {
+            // The requesting adapter's own span, at the gateway it sent the request to.
+            if let Some(span) = super::trace_hops::adapter_span(&headers) {
+                self.trace_hop(Some(t), || span);
+            }
+        }
         let remote = if allow_remote {
             self.remote.get()
         } else {
@@ -314,6 +324,12 @@ impl Router {
         }
         self.metrics.request_done(outcome);
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        if let (Some(t), Ok((headers, _))) = (&p.traced, &result)
+            && let Some(span) = super::trace_hops::adapter_span(headers)
+        {
+            // The responding adapter's handler span, at the responder's gateway.
+            self.trace_hop(Some(t), || span);
+        }
         self.trace_hop(p.traced.as_ref(), || reply_hop(&result, elapsed));
         p.waiter.finish(seq, result);
         true

@@ -91,6 +91,43 @@ impl Router {
     }
 }
 
+/// The header adapters report their own span in, on forced-traced requests and replies:
+/// `kind=client|server;name=...;span=<16 hex>;parent=<16 hex>;start_us=<unix µs>;
+/// duration_us=<µs>;lang=...` (docs/trace.md §2).
+pub const SPAN_HEADER: &str = "nexus-span";
+
+/// The span record an adapter's `nexus-span` header describes, if any.
+pub(super) fn adapter_span(headers: &[nexus_proto::v1::Header]) -> Option<Hop> {
+    let value = &headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(SPAN_HEADER))?
+        .value;
+    let field = |k: &str| {
+        value
+            .split(';')
+            .find_map(|kv| kv.split_once('=').filter(|(key, _)| key.trim() == k))
+            .map(|(_, v)| v.trim())
+            .unwrap_or("")
+    };
+    let clip = |s: &str| s.chars().take(200).collect::<String>();
+    let mut detail = format!("{} span {:?}", clip(field("kind")), clip(field("name")));
+    for k in ["span", "parent", "start_us"] {
+        if !field(k).is_empty() {
+            detail.push_str(&format!(" {k} {}", clip(field(k))));
+        }
+    }
+    let lang = field("lang");
+    Some(
+        Hop::new(Event::Span)
+            .peer(format!(
+                "{} adapter",
+                if lang.is_empty() { "an" } else { lang }
+            ))
+            .detail(detail)
+            .latency_us(field("duration_us").parse().unwrap_or(0)),
+    )
+}
+
 /// The trace record of a request's answer.
 pub(super) fn reply_hop(result: &ReplyResult, elapsed: Duration) -> Hop {
     let hop = Hop::new(Event::Reply).latency_us(elapsed.as_micros() as u64);
@@ -100,5 +137,35 @@ pub(super) fn reply_hop(result: &ReplyResult, elapsed: Duration) -> Hop {
             hop.reason(Reason::Timeout).detail(e.message.clone())
         }
         Err(e) => hop.reason(Reason::Error).detail(e.message.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_proto::v1::Header;
+
+    #[test]
+    fn adapter_spans_are_read_from_their_header() {
+        let h = |v: &str| {
+            vec![Header {
+                key: "Nexus-Span".into(),
+                value: v.into(),
+            }]
+        };
+        let hop = adapter_span(&h(
+            "kind=server;name=handle a.b;span=00f067aa0ba902b7;parent=00000000000000b2;start_us=17;duration_us=250;lang=python",
+        ))
+        .unwrap();
+        assert_eq!(hop.event, Event::Span);
+        assert_eq!(&*hop.peer, "python adapter");
+        assert_eq!(
+            &*hop.detail,
+            "server span \"handle a.b\" span 00f067aa0ba902b7 parent 00000000000000b2 start_us 17"
+        );
+        assert_eq!(hop.latency_us, 250);
+        let bare = adapter_span(&h("garbage")).unwrap();
+        assert_eq!((&*bare.peer, bare.latency_us), ("an adapter", 0));
+        assert!(adapter_span(&[]).is_none());
     }
 }

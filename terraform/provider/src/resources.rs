@@ -974,6 +974,7 @@ impl Kind {
                         subject: subject.clone(),
                         compatibility,
                         enforcement,
+                        tail_preview: None,
                     }),
                 })
                 .await)?;

@@ -1,6 +1,7 @@
 //! One module per page of the console.
 
 pub mod keys;
+pub mod live;
 pub mod login;
 pub mod region;
 pub mod routes;

@@ -244,29 +244,68 @@ pub async fn keys() -> Result<KeysPage, ServerFnError> {
 
 /// One message's hops across every gateway (`id`), or the recent traced messages on a
 /// subject pattern, from the control plane's `GetTrace`.
-pub async fn trace(id: String, subject: String) -> Result<TracePage, ServerFnError> {
+pub async fn trace(
+    id: String,
+    subject: String,
+    since: String,
+    until: String,
+) -> Result<TracePage, ServerFnError> {
     let (state, sid) = context().await?;
     let (id, subject) = (id.trim().to_owned(), subject.trim().to_owned());
-    if id.is_empty() && subject.is_empty() {
-        return Ok(TracePage {
-            id,
-            subject,
-            rows: Vec::new(),
-            gateways_asked: 0,
-            unreachable: Vec::new(),
-            sample_rates: Vec::new(),
-        });
+    let (since, until) = (since.trim().to_owned(), until.trim().to_owned());
+    let snapshot = state.monitor.latest().await;
+    let map = snapshot
+        .view
+        .regions
+        .iter()
+        .map(|r| TraceMapRegion {
+            name: r.name.clone(),
+            health: r.health,
+            gateways: r.gateways.iter().map(|g| g.id.clone()).collect(),
+        })
+        .collect();
+    let map_links = snapshot
+        .view
+        .links
+        .iter()
+        .map(|l| (l.a.clone(), l.b.clone(), l.health))
+        .collect();
+    let now = now_ms();
+    let window = super::trace_window::window(&since, &until, now);
+    let mut page = TracePage {
+        id: id.clone(),
+        subject: subject.clone(),
+        rows: Vec::new(),
+        gateways_asked: 0,
+        unreachable: Vec::new(),
+        sample_rates: Vec::new(),
+        since,
+        until,
+        window: match &window {
+            Ok(w) => super::trace_window::describe(*w),
+            Err(e) => format!("time window {e}"),
+        },
+        map,
+        map_links,
+    };
+    let Ok((since_ms, until_ms)) = window else {
+        return Ok(page);
+    };
+    if id.is_empty() && subject.is_empty() && since_ms == 0 && until_ms == 0 {
+        return Ok(page);
     }
+    let searching = id.is_empty();
     let got = admin(&state, &sid)?
         .get_trace(GetTraceRequest {
             message_id: id.clone(),
-            subject: if id.is_empty() {
+            subject: if searching {
                 subject.clone()
             } else {
                 String::new()
             },
+            since_ms: if searching { since_ms } else { 0 },
+            until_ms: if searching { until_ms } else { 0 },
             limit: 200,
-            ..Default::default()
         })
         .await
         .map_err(status_error)?
@@ -289,16 +328,18 @@ pub async fn trace(id: String, subject: String) -> Result<TracePage, ServerFnErr
             latency_us: r.latency_us,
         })
         .collect();
-    Ok(TracePage {
-        id,
-        subject,
-        rows,
-        gateways_asked: got.gateways_asked,
-        unreachable: got
-            .unreachable
-            .iter()
-            .map(|u| format!("{}/{}: {}", u.region, u.gateway_id, u.error))
-            .collect(),
-        sample_rates: got.sample_rates,
-    })
+    page.rows = rows;
+    page.gateways_asked = got.gateways_asked;
+    page.unreachable = got
+        .unreachable
+        .iter()
+        .map(|u| format!("{}/{}: {}", u.region, u.gateway_id, u.error))
+        .collect();
+    page.sample_rates = got.sample_rates;
+    Ok(page)
+}
+
+pub async fn live() -> Result<LivePage, ServerFnError> {
+    let (state, sid) = context().await?;
+    Ok(super::live::logs_backlog(admin(&state, &sid)?).await)
 }

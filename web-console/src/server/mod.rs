@@ -13,10 +13,12 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod bundle;
+pub mod live;
 pub mod monitor;
 pub mod ops;
 pub mod session;
 pub mod time;
+pub mod trace_window;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -278,6 +280,8 @@ fn router(state: AppState, hydrate: bool) -> Router {
         .route("/actions/schemas/check", post(actions::check_schema))
         .route("/audit", get(audit::page))
         .route("/events/topology", get(monitor::events))
+        .route("/events/tail", get(live::tail))
+        .route("/events/logs", get(live::logs))
         .route("/console.css", get(css))
         // No icon; an empty answer keeps browsers from logging a 404 on every page.
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
