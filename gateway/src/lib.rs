@@ -28,6 +28,7 @@ pub mod http;
 pub mod key_limits;
 pub mod metrics;
 pub mod outbound;
+pub mod payload_encoding;
 pub mod policy;
 pub mod provenance;
 pub mod remote;

@@ -187,6 +187,8 @@ pub struct GatewayMetrics {
     pub config_updates: Counter,
     /// Message trace records kept and evicted, and the bytes they use (`trace_store`).
     pub trace: crate::trace_store::TraceMetrics,
+    /// Compressed payloads (`payload_encoding`).
+    pub encoding: crate::payload_encoding::EncodingMetrics,
     /// Series other crates own (federation's links and spool), encoded with these.
     attached: Attached,
     /// Pre-resolved (messages, bytes) counters per pattern and direction, so the hot path is
@@ -231,6 +233,7 @@ impl GatewayMetrics {
             config_version: Gauge::default(),
             config_updates: Counter::default(),
             trace: Default::default(),
+            encoding: Default::default(),
             attached: Attached::default(),
             registry: Registry::default(),
             traffic_counters: Default::default(),
@@ -384,6 +387,7 @@ impl GatewayMetrics {
             "Config snapshots applied",
             m.config_updates.clone(),
         );
+        m.encoding.register(&mut registry);
         registry.register_collector(Box::new(m.attached.clone()));
         let traffic_counters = [
             Pattern::Pub,
