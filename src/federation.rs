@@ -85,6 +85,14 @@ pub struct FederationArgs {
     /// milliseconds; 0 derives it from the link's RTT (3 x RTT + 400 ms, within 500 ms..3 s).
     #[arg(long, env = "NEXUS_LINK_DEAD_AFTER_MS", default_value_t = 0)]
     pub link_dead_after_ms: u64,
+    /// How links to other regions compress their data streams (batches of frames): zstd, lz4
+    /// or off. Used when the peer gateway can read it (docs/federation.md, Compression).
+    #[arg(long, env = "NEXUS_LINK_COMPRESSION", default_value = "zstd", value_parser = nexus_federation::link::compression::parse_codec)]
+    pub link_compression: Option<nexus_proto::encoding::Codec>,
+    /// How cluster links (gateways of this region) compress their data streams: zstd, lz4 or
+    /// off (the default: inside a region CPU is scarcer than bandwidth).
+    #[arg(long, env = "NEXUS_CLUSTER_COMPRESSION", default_value = "off", value_parser = nexus_federation::link::compression::parse_codec)]
+    pub cluster_compression: Option<nexus_proto::encoding::Codec>,
 }
 
 impl FederationArgs {
@@ -115,6 +123,10 @@ impl FederationArgs {
         LinkSettings {
             dead_after: (self.link_dead_after_ms > 0)
                 .then(|| std::time::Duration::from_millis(self.link_dead_after_ms)),
+            compression: nexus_federation::link::compression::LinkCompression {
+                federation: self.link_compression,
+                cluster: self.cluster_compression,
+            },
         }
     }
 }

@@ -354,6 +354,10 @@ mod tests {
         };
         let e = r.error.unwrap();
         assert_eq!(e.code, ErrorCode::ServiceError as i32);
-        assert!(e.message.contains("zstd payload is corrupt"), "{}", e.message);
+        assert!(
+            e.message.contains("zstd payload is corrupt"),
+            "{}",
+            e.message
+        );
     }
 }

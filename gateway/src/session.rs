@@ -706,7 +706,12 @@ impl Session {
 
     /// [`Router::check_schema`] on the plain payload: a compressed payload is decompressed
     /// (bounded) only when the subject has an enforced schema.
-    fn check_schema(&self, subject: &str, codec: Option<Codec>, payload: &Bytes) -> Result<(), String> {
+    fn check_schema(
+        &self,
+        subject: &str,
+        codec: Option<Codec>,
+        payload: &Bytes,
+    ) -> Result<(), String> {
         if codec.is_some() && !self.router.policy().schemas.contains_key(subject) {
             return Ok(());
         }

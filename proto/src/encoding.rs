@@ -185,7 +185,9 @@ pub fn declared_len(codec: Codec, data: &[u8]) -> Result<u64, DecodeError> {
                     "shorter than its 4-byte decompressed size prefix",
                 ));
             };
-            Ok(u64::from(u32::from_le_bytes([len[0], len[1], len[2], len[3]])))
+            Ok(u64::from(u32::from_le_bytes([
+                len[0], len[1], len[2], len[3],
+            ])))
         }
     }
 }
@@ -350,7 +352,10 @@ mod tests {
             let packed = compress(codec, &plain, 3);
             let e = decompress(codec, &packed, 1 << 20).unwrap_err();
             assert!(e.is_limit(), "{e}");
-            assert!(e.to_string().contains("more than the 1048576-byte limit"), "{e}");
+            assert!(
+                e.to_string().contains("more than the 1048576-byte limit"),
+                "{e}"
+            );
         }
         // An lz4 payload lying about its size: the block is bounded by the declared size.
         let mut lying = compress(Codec::Lz4, &plain, 3);
