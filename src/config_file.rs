@@ -566,15 +566,8 @@ impl FederationSettings {
             replica_timeout_ms: self.replica_timeout_ms,
             cluster_grace_ms: self.cluster_grace_ms,
             link_dead_after_ms: self.link_dead_after_ms,
-            // Checked by `validate`.
-            link_compression: nexus_federation::link::compression::parse_codec(
-                &self.link_compression,
-            )
-            .unwrap_or(Some(nexus_proto::encoding::Codec::Zstd)),
-            cluster_compression: nexus_federation::link::compression::parse_codec(
-                &self.cluster_compression,
-            )
-            .unwrap_or(None),
+            link_compression: self.link_compression.clone(),
+            cluster_compression: self.cluster_compression.clone(),
         }
     }
 
@@ -643,13 +636,11 @@ impl FederationSettings {
         if e("link_dead_after_ms") {
             self.link_dead_after_ms = args.link_dead_after_ms;
         }
-        let name =
-            |c: Option<nexus_proto::encoding::Codec>| c.map_or("off", |c| c.name()).to_owned();
         if e("link_compression") {
-            self.link_compression = name(args.link_compression);
+            self.link_compression = args.link_compression.clone();
         }
         if e("cluster_compression") {
-            self.cluster_compression = name(args.cluster_compression);
+            self.cluster_compression = args.cluster_compression.clone();
         }
         Ok(self)
     }

@@ -159,11 +159,11 @@ pub struct Unbatcher {
 
 impl Unbatcher {
     /// The next frame held from an opened batch.
-    pub fn next(&mut self) -> Option<LinkFrame> {
+    pub fn pop(&mut self) -> Option<LinkFrame> {
         self.pending.pop_front()
     }
 
-    /// Opens a batch: its frames become [`Unbatcher::next`]'s. `Err` names the problem.
+    /// Opens a batch: its frames become [`Unbatcher::pop`]'s. `Err` names the problem.
     pub fn open(
         &mut self,
         batch: CompressedFrames,
@@ -246,7 +246,7 @@ mod tests {
             };
             let mut u = Unbatcher::default();
             u.open(batch.clone(), CodecSet::ALL, &counters).unwrap();
-            let got: Vec<LinkFrame> = std::iter::from_fn(|| u.next()).collect();
+            let got: Vec<LinkFrame> = std::iter::from_fn(|| u.pop()).collect();
             assert_eq!(got, frames);
             // A lie about the size, an unoffered codec, a corrupt body: errors.
             let mut lie = batch.clone();

@@ -331,7 +331,7 @@ pub async fn start(
     tokio::spawn(async move {
         let mut unbatcher = Unbatcher::default();
         let reason = loop {
-            let read = match unbatcher.next() {
+            let read = match unbatcher.pop() {
                 Some(frame) => Ok(Some(frame)),
                 None => read_frame(&mut data_recv).await,
             };

@@ -346,6 +346,7 @@ mod tests {
             max_concurrent_handlers: 4,
             publish_retry_timeout: Duration::from_secs(1),
             local_payload_check: true,
+            compression: Default::default(),
             tls: TlsSettings::default(),
         };
         let (out_tx, _out_rx) = mpsc::channel(8);
