@@ -234,7 +234,11 @@ async fn a_compressed_payload_that_lies_or_names_an_unknown_codec_is_refused() {
     }
     answers.sort_by_key(|a| a.0);
     let expect = [
-        (10, ErrorCode::Limit, "more than the 1048576-byte limit"),
+        (
+            10,
+            ErrorCode::Limit,
+            "exceeds limits.max_payload (1048576 bytes)",
+        ),
         (11, ErrorCode::Limit, "limits.max_payload"),
         (12, ErrorCode::Invalid, "\"brotli\""),
         (13, ErrorCode::Invalid, "not a zstd frame"),

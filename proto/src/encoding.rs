@@ -127,7 +127,7 @@ pub enum DecodeError {
     #[error("payload encoding {0:?} (header nexus-encoding) is not supported; known: zstd, lz4")]
     UnknownCodec(String),
     #[error(
-        "{codec} payload declares {declared} decompressed bytes, more than the {max}-byte limit (limits.max_payload)"
+        "{codec} payload declares {declared} decompressed bytes, which exceeds limits.max_payload ({max} bytes)"
     )]
     TooLarge {
         codec: Codec,
@@ -353,7 +353,8 @@ mod tests {
             let e = decompress(codec, &packed, 1 << 20).unwrap_err();
             assert!(e.is_limit(), "{e}");
             assert!(
-                e.to_string().contains("more than the 1048576-byte limit"),
+                e.to_string()
+                    .contains("exceeds limits.max_payload (1048576 bytes)"),
                 "{e}"
             );
         }
