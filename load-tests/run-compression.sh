@@ -2,8 +2,10 @@
 # Compression on the wire (issue 19 item 3): two federated gateways (eu-west publishes,
 # us-east subscribes) whose QUIC link runs through the WAN emulator with a delay AND a
 # bandwidth cap, carrying compressible JSON payloads. Each configuration runs pub/sub 1:1
-# for DURATION seconds and reports msgs/s delivered and the bytes the emulator carried
-# towards us-east (per message):
+# for DURATION seconds twice, as fast as possible (what fits through the link: msgs/s
+# delivered) and paced at PACED_RATE msgs/s (delivered share and latency), and reports the
+# bytes the emulator carried towards us-east per delivered message and the link's batch
+# compression ratio:
 #   off      no payload compression (adapter) and no link compression
 #   link     link batch compression only (--link-compression zstd, the default)
 #   adapter  payload compression by the publishing adapter only (zstd, the client default)
@@ -12,7 +14,8 @@
 # Writes the table into docs/benchmarks.md between the COMPRESSION markers.
 #
 # Knobs: DELAY_MS (one way, default 20), RATE_KBPS (each direction, default 20000 = 20
-# Mbit/s), PAYLOAD (bytes, default 8192), DURATION (s, default 5), PROFILE (debug or
+# Mbit/s), PAYLOAD (bytes, default 8192), DURATION (s, default 5), PACED_RATE (msgs/s,
+# default 1000), PROFILE (debug or
 # release, default debug: the release build is cold and takes ~50 min on 2 cores),
 # OUT (default docs/benchmarks.md).
 set -euo pipefail
@@ -22,6 +25,7 @@ DELAY_MS="${DELAY_MS:-20}"
 RATE_KBPS="${RATE_KBPS:-20000}"
 PAYLOAD="${PAYLOAD:-8192}"
 DURATION="${DURATION:-5}"
+PACED_RATE="${PACED_RATE:-1000}"
 PROFILE="${PROFILE:-debug}"
 OUT="${OUT:-docs/benchmarks.md}"
 export NEXUS_CACHE="${NEXUS_CACHE:-$HOME/.cache/nexus}"
@@ -74,10 +78,11 @@ start_region() {
   GW_FED="$(wait_for "$WORK/$region.out" '^nexus federation' | sed -E 's/.* on ([0-9.:]+) .*/\1/')"
 }
 
-# run NAME ADAPTER_CODEC LINK_CODEC
+# run NAME ADAPTER_CODEC LINK_CODEC MODE (max or paced): a fresh pair of regions each time,
+# so that one run's backlog in the link (seconds of it at a few Mbit/s) cannot delay the next.
 run() {
-  local name=$1 adapter=$2 link=$3
-  step "$name: adapter $adapter, link $link, ${RATE_KBPS} kbit/s, ${DELAY_MS} ms"
+  local name=$1 adapter=$2 link=$3 mode=$4
+  step "$name ($mode): adapter $adapter, link $link, ${RATE_KBPS} kbit/s, ${DELAY_MS} ms"
   rm -rf "$WORK"/state-*
   start_region us-east "$link"
   local east="$GW_ADDR" east_fed="$GW_FED"
@@ -95,36 +100,52 @@ run() {
     [ "$i" = 100 ] && { echo "the federation link did not come up" >&2; cat "$WORK"/*.err >&2; exit 1; }
     sleep 0.1
   done
-  local before
-  before="$(curl -sf "$ctl/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["bytes_to_target"])')"
-  NEXUS_LOAD_FILLER=json NEXUS_LOAD_COMPRESSION="$adapter" "$BIN/nexus-load" pubsub \
-    --target "nexus://$west" --remote "nexus://$east" --duration "$DURATION" \
-    --payload "$PAYLOAD" --json-out "$WORK/$name.json" >"$WORK/$name.md"
-  local after
-  after="$(curl -sf "$ctl/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["bytes_to_target"])')"
-  curl -sf "http://$west_metrics/metrics" >"$WORK/$name.metrics"
-  python3 - "$name" "$adapter" "$link" "$WORK/$name.json" "$before" "$after" "$WORK/$name.metrics" >>"$WORK/rows.md" <<'PY'
+  local extra=() before after
+  {
+    [ "$mode" = paced ] && extra=(--rate "$PACED_RATE")
+    before="$(curl -sf "$ctl/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["bytes_to_target"])')"
+    curl -sf "http://$west_metrics/metrics" >"$WORK/$name-$mode.before"
+    NEXUS_LOAD_FILLER=json NEXUS_LOAD_COMPRESSION="$adapter" "$BIN/nexus-load" pubsub \
+      --target "nexus://$west" --remote "nexus://$east" --duration "$DURATION" \
+      --payload "$PAYLOAD" "${extra[@]}" --json-out "$WORK/$name-$mode.json" >"$WORK/$name-$mode.md"
+    after="$(curl -sf "$ctl/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["bytes_to_target"])')"
+    curl -sf "http://$west_metrics/metrics" >"$WORK/$name-$mode.after"
+    python3 - "$name" "$adapter" "$link" "$mode" "$WORK/$name-$mode.json" "$before" "$after" \
+      "$WORK/$name-$mode.before" "$WORK/$name-$mode.after" >>"$WORK/rows-$mode.md" <<'PY'
 import json, sys
-name, adapter, link, path, before, after, metrics = sys.argv[1:]
+name, adapter, link, mode, path, before, after, m0, m1 = sys.argv[1:]
 r = json.load(open(path))
 r = r[0] if isinstance(r, list) else r
+def link_bytes(path, form):
+    return sum(float(l.split()[-1]) for l in open(path)
+               if l.startswith("nexus_link_bytes_total") and 'direction="sent"' in l and f'form="{form}"' in l)
+raw = link_bytes(m1, "raw") - link_bytes(m0, "raw")
+wire_link = link_bytes(m1, "wire") - link_bytes(m0, "wire")
 wire = int(after) - int(before)
-delivered = r["delivered"] or 1
-raw = sum(float(l.split()[-1]) for l in open(metrics)
-          if l.startswith("nexus_link_bytes_total") and 'direction="sent"' in l and 'form="raw"' in l)
-print(f"| {name} | {adapter} | {link} | {r['msgs_per_s']:.0f} | {r['delivered']} | {r['lost']} "
-      f"| {wire / delivered:.0f} | {raw / max(r['sent'], 1):.0f} | {r['latency']['p50_us'] / 1000:.1f} |")
+delivered = max(r["delivered"], 1)
+ratio = raw / wire_link if wire_link else 0
+if mode == "max":
+    print(f"| {name} | {adapter} | {link} | **{r['msgs_per_s']:.0f}** | {r['mb_per_s'] * 8:.1f} | {wire / delivered:.0f} "
+          f"| {ratio:.2f} | {r['lost']} |")
+else:
+    print(f"| {name} | {adapter} | {link} | {r['sent']} | {r['delivered']} ({100 * r['delivered'] / max(r['sent'], 1):.0f} %) "
+          f"| {wire / delivered:.0f} | {r['latency']['p50_us'] / 1000:.1f} | {r['latency']['p99_us'] / 1000:.1f} |")
 PY
-  tail -n 1 "$WORK/rows.md" >&2
+    tail -n 1 "$WORK/rows-$mode.md" >&2
+  }
   stop_all
 }
 
-: >"$WORK/rows.md"
-run off off off
-run link off zstd
-run adapter zstd off
-run both zstd zstd
-run lz4 lz4 off
+: >"$WORK/rows-max.md"
+: >"$WORK/rows-paced.md"
+for mode in max paced; do
+  run off off off "$mode"
+  run link off zstd "$mode"
+  run adapter zstd off "$mode"
+  run both zstd zstd "$mode"
+  run lz4 lz4 off "$mode"
+  run link-lz4 off lz4 "$mode"
+done
 
 step "writing $OUT"
 {
@@ -134,18 +155,27 @@ step "writing $OUT"
   echo "- Two gateways, eu-west (publisher) and us-east (subscriber), federated over QUIC through"
   echo "  the WAN emulator: ${DELAY_MS} ms one way, **${RATE_KBPS} kbit/s per direction**."
   echo "- ${PAYLOAD}-byte JSON payloads (windows of a 1 MiB corpus of sensor records), pub/sub 1:1"
-  echo "  as fast as possible for ${DURATION} s, best-effort route;"
+  echo "  for ${DURATION} s as fast as possible, then paced at ${PACED_RATE} msgs/s, best-effort route;"
   echo "  nexus $(git describe --always --dirty 2>/dev/null || echo '?'), **${PROFILE} build**, $(nproc) CPUs"
   echo "  shared by both gateways, the emulator and the load generator."
   echo "- adapter: the publishing Rust client's payload codec (\`NEXUS_LOAD_COMPRESSION\`); link:"
   echo "  the gateways' \`--link-compression\` (batches of frames on the link's data stream)."
   echo "- wire B/msg: UDP bytes the emulator carried towards us-east per delivered message (QUIC"
-  echo "  and TLS overhead, acks excluded); frames B/msg: link data-stream bytes before link"
-  echo "  compression per message sent (\`nexus_link_bytes_total{form=\"raw\"}\`)."
+  echo "  and TLS overhead included); link ratio: the link's data-stream bytes before / after batch"
+  echo "  compression (\`nexus_link_bytes_total\`, 1.00 = sent plain); lost: best-effort messages"
+  echo "  dropped when the link's queue was full (the publisher outruns the link)."
   echo
-  echo "| run | adapter | link | msgs/s delivered | delivered | lost | wire B/msg | frames B/msg | p50 ms |"
-  echo "|---|---|---|---:|---:|---:|---:|---:|---:|"
-  cat "$WORK/rows.md"
+  echo "As fast as possible (what fits through the link):"
+  echo
+  echo "| run | adapter | link | msgs/s delivered | Mbit/s of payload | wire B/msg | link ratio | lost |"
+  echo "|---|---|---|---:|---:|---:|---:|---:|"
+  cat "$WORK/rows-max.md"
+  echo
+  echo "Paced at ${PACED_RATE} msgs/s:"
+  echo
+  echo "| run | adapter | link | sent | delivered | wire B/msg | p50 ms | p99 ms |"
+  echo "|---|---|---|---:|---:|---:|---:|---:|"
+  cat "$WORK/rows-paced.md"
   echo "<!-- END COMPRESSION -->"
 } >"$WORK/generated.md"
 
