@@ -23,7 +23,7 @@ fn json(n: usize) -> Bytes {
             i % 5,
             (i * 37) % 1000,
             i % 10,
-            i % 3 != 0
+            !i.is_multiple_of(3)
         ));
         i += 1;
     }

@@ -91,7 +91,7 @@ pub fn json_corpus() -> &'static [u8] {
                 (r >> 42) % 1000,
                 (r >> 50) % 1000,
                 (r >> 4) % 100,
-                r % 7 != 0,
+                !r.is_multiple_of(7),
                 (r >> 12) % 4,
             ));
             i += 1;

@@ -1049,7 +1049,7 @@ impl Runner {
                     None | Some("zstd") => Some(nexus_client::Codec::Zstd),
                     Some("lz4") => Some(nexus_client::Codec::Lz4),
                     Some("off") => None,
-                    Some(other) => return Err(format!("unknown compression {other:?}").into()),
+                    Some(other) => return Err(format!("unknown compression {other:?}")),
                 };
                 let tls = TlsOptions {
                     ca: s

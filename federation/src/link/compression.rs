@@ -286,6 +286,29 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256)
+        ))]
+
+        /// Arbitrary bytes claimed to be a compressed batch, in either codec and with any
+        /// declared size: an error or frames, never a panic or an allocation of the claim.
+        #[test]
+        fn arbitrary_batches_never_panic(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            raw_len in 0u32..(1 << 20),
+            lz4 in proptest::prelude::any::<bool>(),
+        ) {
+            let codec = if lz4 { Codec::Lz4 } else { Codec::Zstd };
+            let mut u = Unbatcher::default();
+            let _ = u.open(
+                CompressedFrames { codec: codec.name().into(), raw_len, data: Bytes::from(data) },
+                CodecSet::ALL,
+                &Counters::default(),
+            );
+        }
+    }
+
     #[test]
     fn payloads_are_decoded_for_a_peer_that_lacks_the_codec() {
         let plain = Bytes::from(r#"{"k":"a fairly repetitive value"}"#.repeat(64));
