@@ -26,6 +26,7 @@ pub mod connection;
 pub mod control;
 pub mod http;
 pub mod key_limits;
+pub mod local_gateway;
 pub mod metrics;
 pub mod outbound;
 pub mod payload_encoding;

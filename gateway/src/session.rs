@@ -191,6 +191,11 @@ impl Session {
                     }
                 }
                 batch = inbound.next() => {
+                    // Frames an adapter sent together are all ready at once and most
+                    // publishes never wait, so a fast publisher could hold this worker for
+                    // thousands of messages: every 128 it yields (tokio's cooperative budget),
+                    // so the tasks it woke (QUIC drivers, writers) and other sessions run.
+                    tokio::task::consume_budget().await;
                     if let Err(outcome) = self.on_input(batch).await {
                         break outcome;
                     }

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use nexus_gateway::router::Router;
-use nexus_gateway::streams::{self, StreamEnd, StreamRelay};
+use nexus_gateway::local_gateway::LocalGateway;
+use nexus_gateway::streams::{StreamEnd, StreamRelay};
 use nexus_proto::v1::{self, ClusterStream, cluster_stream, frame, link_frame};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -32,7 +32,7 @@ struct Route {
 pub(super) struct ClusterStreams {
     me: Weak<ClusterStreams>,
     fed: Arc<Federation>,
-    router: Arc<Router>,
+    gateway: Arc<dyn LocalGateway>,
     next_id: AtomicU64,
     routes: Mutex<HashMap<Key, Route>>,
 }
@@ -45,11 +45,11 @@ struct Relay {
 }
 
 impl ClusterStreams {
-    pub(super) fn new(fed: Arc<Federation>, router: Arc<Router>) -> Arc<Self> {
+    pub(super) fn new(fed: Arc<Federation>, gateway: Arc<dyn LocalGateway>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             fed,
-            router,
+            gateway,
             next_id: AtomicU64::new(1),
             routes: Mutex::new(HashMap::new()),
         })
@@ -79,12 +79,8 @@ impl ClusterStreams {
         let opened_here = !frame.from_opener;
         let kind = match inner {
             cluster_stream::Frame::Open(open) if frame.from_opener => {
-                streams::accept_from_peer(
-                    &self.router,
-                    self.relay(gateway_id, false),
-                    frame.id,
-                    open,
-                );
+                self.gateway
+                    .accept_stream_from_peer(self.relay(gateway_id, false), frame.id, open);
                 return;
             }
             cluster_stream::Frame::Open(_) => {
@@ -113,7 +109,7 @@ impl ClusterStreams {
                         v1::ErrorCode::ServiceError,
                         format!(
                             "the stream is no longer open on gateway {}",
-                            self.router.config().gateway_id
+                            self.gateway.gateway_id()
                         ),
                         frame.id,
                     )),
@@ -140,7 +136,7 @@ impl ClusterStreams {
             tracing::info!(peer = %gateway_id, streams = ends.len(), %reason, "cluster link down: aborting the streams it carried");
         }
         for end in ends {
-            streams::peer_gone(&self.router, &end, reason);
+            self.gateway.stream_peer_gone(&end, reason);
         }
     }
 }
@@ -175,11 +171,11 @@ impl StreamRelay for Relay {
             return;
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let router = streams.router.clone();
+        let gateway = streams.gateway.clone();
         let task_end = end.clone();
         tokio::spawn(async move {
             while let Some(kind) = rx.recv().await {
-                streams::from_peer(&router, &task_end, kind).await;
+                gateway.stream_from_peer(&task_end, kind).await;
             }
         });
         streams.routes.lock().insert(

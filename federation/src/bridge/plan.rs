@@ -115,7 +115,7 @@ impl RegionRouter {
         }
         // Groups with members anywhere in this region (this gateway or a cluster peer) are
         // served here.
-        let mut local_groups = self.router.local_queue_groups(subject);
+        let mut local_groups = self.gateway.local_queue_groups(subject);
         local_groups.extend(self.cluster.groups(subject));
         for group in groups {
             if local_groups.iter().any(|g| g == group) {

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use nexus_gateway::router::{ReplyResult, Router, Waiter, error};
+use nexus_gateway::local_gateway::LocalGateway;
+use nexus_gateway::router::{ReplyResult, Waiter, error};
 use nexus_proto::v1::{ErrorCode, Header, RemoteReply, RemoteRequest, link_frame::Kind};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -231,7 +232,7 @@ impl RemoteRequests {
 }
 
 /// Serves a request from another region with local responders only, within its budget.
-pub(super) async fn serve(router: &Router, request: RemoteRequest) -> RemoteReply {
+pub(super) async fn serve(gateway: &dyn LocalGateway, request: RemoteRequest) -> RemoteReply {
     let deadline = Duration::from_millis(u64::from(request.deadline_ms.max(1)));
     let (tx, rx) = oneshot::channel();
     // The requester's message id, so that the hops here are traced under it.
@@ -240,7 +241,7 @@ pub(super) async fn serve(router: &Router, request: RemoteRequest) -> RemoteRepl
     } else {
         Bytes::copy_from_slice(&rand::random::<[u8; 16]>())
     };
-    let routed = router
+    let routed = gateway
         .request_from_region(
             Waiter::Unary(tx),
             &request.subject,

@@ -156,7 +156,7 @@ impl RegionRouter {
                 "sync_quorum": rule.sync_quorum,
                 "sync_timeout_ms": rule.sync_timeout_ms,
             },
-            "config_version": self.router.policy().version,
+            "config_version": self.gateway.policy_version(),
             "cluster": self.cluster.interested(subject),
             // The region's other gateways that could take a request on the subject, with
             // what the gateway balancer knows of them (docs/cluster.md §5).

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use nexus_gateway::local_gateway::trace_hop;
 use nexus_gateway::router::Delivery;
 use nexus_gateway::trace_store::{Event, Hop, Reason, Traced};
 use nexus_proto::v1::Forward;
@@ -30,7 +31,7 @@ impl RegionRouter {
 
     /// The trace handle of a message that arrived on a link, when it is traced.
     pub(super) fn traced_forward(&self, f: &Forward) -> Option<Traced> {
-        if self.router.traces.sampled(&f.id, &f.headers) {
+        if self.gateway.traces().sampled(&f.id, &f.headers) {
             Traced::new(&f.id, &f.headers, &f.subject.as_str().into())
         } else {
             None
@@ -48,7 +49,7 @@ impl RegionRouter {
         peers: &[String],
         interested: usize,
     ) {
-        self.router.trace_hop(t, || {
+        trace_hop(&*self.gateway, t, || {
             let why = if regions.is_empty() && interested > 0 {
                 format!(
                     "{interested} region(s) want it but the policy sent it to none of them (or their links are down)"
@@ -56,7 +57,11 @@ impl RegionRouter {
             } else if regions.is_empty() {
                 "no other region wants it".to_owned()
             } else {
-                format!("{} chosen by policy {}", regions.join(", "), rule.policy.describe())
+                format!(
+                    "{} chosen by policy {}",
+                    regions.join(", "),
+                    rule.policy.describe()
+                )
             };
             Hop::new(Event::Route)
                 .peer(format!("route {}", rule.name))
@@ -74,7 +79,7 @@ impl RegionRouter {
                 .count(regions.len() as u32)
         });
         if regions.is_empty() && peers.is_empty() && !local_interest {
-            self.router.trace_hop(t, || {
+            trace_hop(&*self.gateway, t, || {
                 Hop::new(Event::Dropped)
                     .reason(Reason::NoInterest)
                     .detail("no subscription in this gateway, the other gateways of its region or any other region matches its subject")
@@ -84,14 +89,14 @@ impl RegionRouter {
 
     /// A hop to cluster peer `gateway` (queued on its link, or not).
     pub(super) fn trace_to_peer(&self, t: Option<&Traced>, gateway: &str, queued: bool) {
-        self.router.trace_hop(t, || {
+        trace_hop(&*self.gateway, t, || {
             self.hop_to(gateway, "cluster", queued, self.fed.rtt_to(gateway))
         });
     }
 
     /// A hop to `region` (queued on its link, or not).
     pub(super) fn trace_to_region(&self, t: Option<&Traced>, region: &str, queued: bool) {
-        self.router.trace_hop(t, || {
+        trace_hop(&*self.gateway, t, || {
             let via = self.fed.via(region).unwrap_or_else(|| "-".into());
             self.hop_to(
                 &format!("{region} via {via}"),
@@ -118,7 +123,7 @@ impl RegionRouter {
 
     /// Written to the spool for `regions` (and cluster peers) on an `async` / `sync` route.
     pub(super) fn trace_spooled(&self, t: Option<&Traced>, rule: &Rule, regions: &[String]) {
-        self.router.trace_hop(t, || {
+        trace_hop(&*self.gateway, t, || {
             Hop::new(Event::Spooled)
                 .peer(regions.join(", "))
                 .detail(format!(
@@ -133,7 +138,7 @@ impl RegionRouter {
     /// A message arrived over `link` (`how`: forwarded or spooled), with the link's RTT.
     pub(super) fn trace_arrived(&self, link: &LinkInfo, f: &Forward, how: &str) {
         let t = self.traced_forward(f);
-        self.router.trace_hop(t.as_ref(), || {
+        trace_hop(&*self.gateway, t.as_ref(), || {
             let kind = if link.region == self.fed.region() {
                 "cluster"
             } else {
@@ -158,7 +163,7 @@ impl RegionRouter {
         rule: Option<&Rule>,
         cheaper: bool,
     ) {
-        self.router.trace_hop(t, || {
+        trace_hop(&*self.gateway, t, || {
             let (peer, rtt, why) = match rule {
                 Some(rule) => (
                     format!(
@@ -195,11 +200,11 @@ impl RegionRouter {
         link: &LinkInfo,
         r: &nexus_proto::v1::RemoteRequest,
     ) -> Option<Traced> {
-        if !self.router.traces.sampled(&r.message_id, &r.headers) {
+        if !self.gateway.traces().sampled(&r.message_id, &r.headers) {
             return None;
         }
         let t = Traced::new(&r.message_id, &r.headers, &r.subject.as_str().into());
-        self.router.trace_hop(t.as_ref(), || {
+        trace_hop(&*self.gateway, t.as_ref(), || {
             Hop::new(Event::Arrived)
                 .peer(format!("{} ({})", link.gateway_id, link.region))
                 .detail(format!(

@@ -140,8 +140,9 @@ impl GatewayBalance {
         let guess = local.map(|l| l.estimate).unwrap_or_default();
         let decay = self.decay;
         for (gw, rtt) in peers {
-            let p = self.entry(gw, subject, now);
-            if p.ewma.is_none() {
+            if let Some(p) = self.entry(gw, subject, now)
+                && p.ewma.is_none()
+            {
                 let mut e = PeakEwma::new(guess + *rtt, decay, now);
                 e.observe(guess + *rtt, now);
                 p.ewma = Some(e);
@@ -158,24 +159,30 @@ impl GatewayBalance {
         self.peers.get(gateway)?.get(subject)
     }
 
-    /// The state of (`gateway`, `subject`), made room for and marked used at `now`.
-    fn entry(&mut self, gateway: &str, subject: &str, now: Instant) -> &mut PeerLoad {
-        let subjects = self.peers.entry(gateway.to_owned()).or_default();
-        if !subjects.contains_key(subject) && subjects.len() >= MAX_SUBJECTS_PER_PEER {
-            let idle = subjects
-                .iter()
-                .filter(|(_, p)| p.pending == 0)
-                .min_by_key(|(_, p)| p.used)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = idle {
-                subjects.remove(&k);
-            }
+    /// The state of (`gateway`, `subject`), made room for and marked used at `now`. Keys are
+    /// allocated only the first time a gateway or a subject is seen (this runs on every
+    /// request routed to a peer). Never `None`.
+    fn entry(&mut self, gateway: &str, subject: &str, now: Instant) -> Option<&mut PeerLoad> {
+        if !self.peers.contains_key(gateway) {
+            self.peers.insert(gateway.to_owned(), HashMap::new());
         }
-        let p = subjects
-            .entry(subject.into())
-            .or_insert_with(|| PeerLoad::new(now));
+        let subjects = self.peers.get_mut(gateway)?;
+        if !subjects.contains_key(subject) {
+            if subjects.len() >= MAX_SUBJECTS_PER_PEER {
+                let idle = subjects
+                    .iter()
+                    .filter(|(_, p)| p.pending == 0)
+                    .min_by_key(|(_, p)| p.used)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = idle {
+                    subjects.remove(&k);
+                }
+            }
+            subjects.insert(subject.into(), PeerLoad::new(now));
+        }
+        let p = subjects.get_mut(subject)?;
         p.used = p.used.max(now);
-        p
+        Some(p)
     }
 
     /// Picks the gateway that takes a queue group's message: this one (when it has a
@@ -192,15 +199,18 @@ impl GatewayBalance {
 
     /// A request on `subject` went to `gateway` at `now`.
     pub fn start(&mut self, gateway: &str, subject: &str, now: Instant) {
-        let p = self.entry(gateway, subject, now);
-        p.pending = p.pending.saturating_add(1);
+        if let Some(p) = self.entry(gateway, subject, now) {
+            p.pending = p.pending.saturating_add(1);
+        }
     }
 
     /// The reply from `gateway` to a request on `subject` came `latency` after sending, at
     /// `now`.
     pub fn success(&mut self, gateway: &str, subject: &str, latency: Duration, now: Instant) {
         let decay = self.decay;
-        let p = self.entry(gateway, subject, now);
+        let Some(p) = self.entry(gateway, subject, now) else {
+            return;
+        };
         p.pending = p.pending.saturating_sub(1);
         match &mut p.ewma {
             Some(e) => e.observe(latency, now),

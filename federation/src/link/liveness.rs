@@ -44,6 +44,8 @@ pub struct Liveness {
     heard_at: Duration,
     /// When the last ping went out.
     pinged_at: Option<Duration>,
+    /// When the watchdog last ticked.
+    ticked_at: Duration,
 }
 
 impl Liveness {
@@ -55,6 +57,7 @@ impl Liveness {
             received: 0,
             heard_at: now,
             pinged_at: None,
+            ticked_at: now,
         }
     }
 
@@ -72,7 +75,18 @@ impl Liveness {
 
     /// A tick at `now`: `received` is the count of datagrams QUIC has received on the
     /// connection so far, `rtt` its current estimate.
+    ///
+    /// Time the watchdog itself did not get to run is not counted as the peer's silence: a
+    /// tick later than two intervals means this process was off the CPU (a loaded host), and
+    /// then QUIC's own driver likely was too, so datagrams the peer sent may still sit
+    /// unread in the socket. Only one interval of such a gap counts.
     pub fn tick(&mut self, now: Duration, received: u64, rtt: Duration) -> Probe {
+        let every = self.tick_every(rtt);
+        let gap = now.saturating_sub(self.ticked_at);
+        self.ticked_at = now;
+        if gap > every * 2 {
+            self.heard_at = (self.heard_at + (gap - every)).min(now);
+        }
         if received != self.received {
             self.received = received;
             self.heard_at = now;
@@ -128,11 +142,38 @@ mod tests {
             "one ping per interval"
         );
         assert_eq!(l.tick(ms(200), 0, rtt), Probe::Ping);
+        for t in [250, 300, 350, 400, 450] {
+            assert_ne!(l.tick(ms(t), 0, rtt), Probe::Dead { silent_for: ms(t) });
+        }
         assert_eq!(
             l.tick(ms(500), 0, rtt),
             Probe::Dead {
                 silent_for: ms(500)
             }
+        );
+    }
+
+    /// A watchdog that did not run for a while (its process off the CPU) does not count
+    /// that time as the peer's silence: QUIC's driver was likely stalled too, with the
+    /// peer's datagrams unread. A peer that stays silent once it runs again is still found.
+    #[test]
+    fn time_the_watchdog_was_stalled_is_not_the_peers_silence() {
+        let rtt = ms(0);
+        let mut l = Liveness::new(None, ms(0));
+        assert_eq!(l.tick(ms(100), 1, rtt), Probe::Quiet);
+        // Stalled for 700 ms (past the 500 ms detection time): only one interval counts.
+        assert_eq!(l.tick(ms(800), 1, rtt), Probe::Ping);
+        let mut t = 800;
+        let dead = loop {
+            t += 100;
+            match l.tick(ms(t), 1, rtt) {
+                Probe::Dead { .. } => break t,
+                _ => assert!(t < 2000, "never declared dead"),
+            }
+        };
+        assert_eq!(
+            dead, 1200,
+            "500 ms of counted silence: 100 before the stall, 100 of it, 300 after"
         );
     }
 
@@ -147,6 +188,9 @@ mod tests {
         }
         // Then it goes silent at 4900 ms.
         assert_eq!(l.tick(ms(5000), received, rtt), Probe::Ping);
+        for t in [5100, 5200, 5300] {
+            l.tick(ms(t), received, rtt);
+        }
         assert_eq!(
             l.tick(ms(5400), received, rtt),
             Probe::Dead {

@@ -22,6 +22,7 @@ pub mod dialer;
 pub mod events;
 pub mod liveness;
 pub mod session;
+mod table;
 pub mod wire;
 
 use std::collections::{BTreeSet, HashMap};
@@ -90,7 +91,7 @@ pub struct Federation {
     /// The owner, set by [`Federation::start`]; links are refused before it.
     handler: OnceLock<Arc<dyn LinkHandler>>,
     /// Live links by peer gateway id.
-    links: Mutex<HashMap<String, Arc<Link>>>,
+    links: table::LinkTable,
     /// This gateway's homes in each other region, best first (by the membership), read on
     /// every send to a region.
     homes: ArcSwap<HashMap<String, Vec<String>>>,
@@ -171,7 +172,7 @@ impl Federation {
             gateway_id: gateway_id.to_owned(),
             client: Mutex::new(client),
             handler: OnceLock::new(),
-            links: Mutex::new(HashMap::new()),
+            links: table::LinkTable::default(),
             homes: ArcSwap::from_pointee(HashMap::new()),
             membership: Mutex::new(Membership::default()),
             static_regions: Mutex::new(BTreeSet::new()),
@@ -515,7 +516,7 @@ impl Federation {
     /// linked, otherwise any link to a gateway of that region (the lowest id).
     fn route(&self, region: &str) -> Option<Arc<Link>> {
         let homes = self.homes.load();
-        let links = self.links.lock();
+        let links = self.links.load();
         let via = crate::cluster::membership::route_via(
             homes.get(region).map_or(&[][..], Vec::as_slice),
             links
@@ -539,12 +540,12 @@ impl Federation {
 
     /// The link to one gateway, if it is up.
     pub fn link_to(&self, gateway_id: &str) -> Option<LinkId> {
-        self.links.lock().get(gateway_id).map(|l| l.info.id)
+        self.links.load().get(gateway_id).map(|l| l.info.id)
     }
 
     /// Queues a data frame on one particular link to one gateway.
     pub fn send_on_to(&self, gateway_id: &str, link: LinkId, kind: Kind) -> Sent {
-        let l = self.links.lock().get(gateway_id).cloned();
+        let l = self.links.get(gateway_id);
         match l {
             Some(l) if l.info.id == link => match l.data.try_send(LinkFrame { kind: Some(kind) }) {
                 Ok(()) => Sent::Queued,
@@ -557,7 +558,7 @@ impl Federation {
     /// Sends an interest update on the link `region`'s messages go through, and on every
     /// other link to that region; false if there is none.
     pub fn send_interest(&self, region: &str, update: InterestUpdate) -> bool {
-        let links = self.links.lock();
+        let links = self.links.load();
         let mut sent = false;
         for l in links.values().filter(|l| l.info.region == region) {
             sent |= l
@@ -578,7 +579,7 @@ impl Federation {
     /// Queues a control frame on every link of `kind` (dropped on a link whose control
     /// queue is full, as interest updates are).
     pub fn broadcast_control(&self, kind: LinkKind, frame: Kind) {
-        for link in self.links.lock().values().filter(|l| l.kind == kind) {
+        for link in self.links.load().values().filter(|l| l.kind == kind) {
             let _ = link.control.try_send(LinkFrame {
                 kind: Some(frame.clone()),
             });
@@ -615,7 +616,7 @@ impl Federation {
 
     /// Queues a best-effort message for one gateway (a cluster peer) without waiting.
     pub fn try_forward_to(&self, gateway_id: &str, forward: Forward) -> bool {
-        let link = self.links.lock().get(gateway_id).cloned();
+        let link = self.links.get(gateway_id);
         match link {
             Some(link) => link.try_forward(LinkFrame {
                 kind: Some(Kind::Forward(forward)),
@@ -634,7 +635,7 @@ impl Federation {
         gateway_id: &str,
         forward: Forward,
     ) -> Result<Option<Backlogged>, ()> {
-        let link = self.links.lock().get(gateway_id).cloned().ok_or(())?;
+        let link = self.links.get(gateway_id).ok_or(())?;
         let frame = LinkFrame {
             kind: Some(Kind::Forward(forward)),
         };
@@ -657,9 +658,7 @@ impl Federation {
     pub async fn send_data_to(&self, gateway_id: &str, kind: Kind) -> Result<(), LinkError> {
         let link = self
             .links
-            .lock()
             .get(gateway_id)
-            .cloned()
             .ok_or_else(|| LinkError::NotConnected(gateway_id.to_owned()))?;
         link.data
             .send(LinkFrame { kind: Some(kind) })
@@ -669,7 +668,7 @@ impl Federation {
 
     /// Queues a data frame for one gateway without waiting; the link it went on.
     pub fn try_send_data_to(&self, gateway_id: &str, kind: Kind) -> Option<LinkId> {
-        let link = self.links.lock().get(gateway_id).cloned()?;
+        let link = self.links.get(gateway_id)?;
         link.data
             .try_send(LinkFrame { kind: Some(kind) })
             .ok()
@@ -697,7 +696,7 @@ impl Federation {
     /// Queues a control frame for one gateway without waiting.
     pub fn try_send_control_to(&self, gateway_id: &str, kind: Kind) -> bool {
         self.links
-            .lock()
+            .load()
             .get(gateway_id)
             .is_some_and(|l| l.control.try_send(LinkFrame { kind: Some(kind) }).is_ok())
     }
@@ -711,7 +710,7 @@ impl Federation {
 
     /// Round-trip time of the link to one gateway.
     pub fn rtt_to(&self, gateway_id: &str) -> Option<Duration> {
-        self.links.lock().get(gateway_id).map(|l| l.conn.rtt())
+        self.links.load().get(gateway_id).map(|l| l.conn.rtt())
     }
 
     /// The detection time of the link to `region` now (configured, or derived from its RTT).
@@ -723,7 +722,7 @@ impl Federation {
     /// A live link with the gateway listening at `addr`, if any.
     fn link_at(&self, addr: SocketAddr) -> Option<quinn::Connection> {
         self.links
-            .lock()
+            .load()
             .values()
             .find(|l| l.conn.remote_address() == addr)
             .map(|l| l.conn.clone())
@@ -746,7 +745,7 @@ impl Federation {
     pub fn connected_regions(&self) -> Vec<String> {
         let r: BTreeSet<String> = self
             .links
-            .lock()
+            .load()
             .values()
             .filter(|l| l.kind == LinkKind::Federation)
             .map(|l| l.info.region.clone())
@@ -758,7 +757,7 @@ impl Federation {
     pub fn cluster_peers(&self) -> Vec<LinkInfo> {
         let mut v: Vec<LinkInfo> = self
             .links
-            .lock()
+            .load()
             .values()
             .filter(|l| l.kind == LinkKind::Cluster)
             .map(|l| l.info.clone())
@@ -769,7 +768,7 @@ impl Federation {
 
     /// Every live link, for status.
     pub fn links(&self) -> Vec<session::LinkSnapshot> {
-        let mut v: Vec<_> = self.links.lock().values().map(|l| l.snapshot()).collect();
+        let mut v: Vec<_> = self.links.load().values().map(|l| l.snapshot()).collect();
         v.sort_by(|a, b| a.info.gateway_id.cmp(&b.info.gateway_id));
         v
     }
@@ -778,7 +777,7 @@ impl Federation {
     pub async fn shutdown(&self) {
         self.stop.cancel();
         self.endpoint.close(0u32.into(), b"shutdown");
-        self.links.lock().clear();
+        self.links.change(|links| links.clear());
         self.endpoint.wait_idle().await;
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::compression::{Unbatcher, WriterCodecs};
 use super::events::LinkInfo;
 use super::liveness::{Liveness, Probe};
-use super::wire::{data_writer, read_frame, write_frame};
+use super::wire::{FrameReader, data_writer, write_frame};
 use super::{Federation, LinkError, LinkKind, link_err};
 use crate::metrics::{DownLabels, DownReason, DropReason, RegionLabels};
 use nexus_proto::encoding::CodecSet;
@@ -150,15 +150,14 @@ impl Link {
         if self.ended.swap(true, Ordering::AcqRel) {
             return;
         }
-        let was_current = {
-            let mut links = fed.links.lock();
-            match links.get(&self.info.gateway_id) {
+        let was_current = fed
+            .links
+            .change(|links| match links.get(&self.info.gateway_id) {
                 Some(l) if l.info.id == self.info.id => {
                     links.remove(&self.info.gateway_id).is_some()
                 }
                 _ => false,
-            }
-        };
+            });
         let code: u32 = match reason {
             DownReason::Silent => 5,
             DownReason::Closed => 0,
@@ -183,7 +182,7 @@ impl Link {
                 reason,
             })
             .inc();
-        fed.metrics.links.set(fed.links.lock().len() as i64);
+        fed.metrics.links.set(fed.links.load().len() as i64);
         match reason {
             DownReason::Replaced => {
                 tracing::info!(region = %self.info.region, peer = %self.info.gateway_id, link = %self.info.id, lost, "link replaced by a newer one")
@@ -279,24 +278,25 @@ pub async fn start(
         conn.close(6u32.into(), b"not ready");
         return Err(link_err(&region, "this gateway is not ready for links yet"));
     };
-    let previous = {
-        let mut links = fed.links.lock();
+    let previous = fed.links.change(|links| {
         if let Some(current) = links.get(&gateway_id)
             && !replaces(fed, &link, current)
         {
-            drop(links);
-            conn.close(7u32.into(), b"duplicate link");
-            return Err(link_err(
-                &gateway_id,
-                "a link with this gateway exists already (the one dialled by the lower gateway id is kept)",
-            ));
+            return Err(());
         }
-        links.insert(gateway_id.clone(), link.clone())
+        Ok(links.insert(gateway_id.clone(), link.clone()))
+    });
+    let Ok(previous) = previous else {
+        conn.close(7u32.into(), b"duplicate link");
+        return Err(link_err(
+            &gateway_id,
+            "a link with this gateway exists already (the one dialled by the lower gateway id is kept)",
+        ));
     };
     if let Some(old) = previous {
         old.end(fed, DownReason::Replaced, "replaced by a newer link");
     }
-    m.links.set(fed.links.lock().len() as i64);
+    m.links.set(fed.links.load().len() as i64);
     tracing::info!(%region, peer = %link.info.gateway_id, link = %link.info.id, ?kind, "link up");
     handler.up(&link.info);
 
@@ -312,7 +312,9 @@ pub async fn start(
     // Control reader: pings and receipts are the link's own; the rest goes to the owner.
     let (l, h) = (link.clone(), handler.clone());
     tokio::spawn(async move {
-        while let Ok(Some(frame)) = read_frame(&mut control_recv).await {
+        let mut frames = FrameReader::default();
+        while let Ok(Some(frame)) = frames.next(&mut control_recv).await {
+            tokio::task::consume_budget().await;
             match frame.kind {
                 Some(Kind::Ping(p)) => {
                     let _ = l.control.try_send(LinkFrame {
@@ -329,11 +331,20 @@ pub async fn start(
     // Data reader: the link ends when its data stream does.
     let (f, l, h) = (fed.clone(), link.clone(), handler);
     tokio::spawn(async move {
+        let mut frames = FrameReader::default();
         let mut unbatcher = Unbatcher::default();
         let reason = loop {
+            // Frames already in the reader's buffer (or in QUIC's) are ready at once, and
+            // delivering them rarely waits, so under a flood this loop could run without
+            // ever yielding: the QUIC driver it wakes waits in this worker's LIFO slot, which
+            // no other worker steals, and the peer's datagrams went unread until the link's
+            // watchdog found the peer "silent" (a cluster flood lost its link within 0.5 s).
+            // Spending tokio's cooperative budget yields every 128 frames.
+            tokio::task::consume_budget().await;
+            // Frames of an opened compressed batch come first, in order.
             let read = match unbatcher.pop() {
                 Some(frame) => Ok(Some(frame)),
-                None => read_frame(&mut data_recv).await,
+                None => frames.next(&mut data_recv).await,
             };
             match read {
                 Ok(Some(LinkFrame {

@@ -13,12 +13,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_gateway::router::{Delivery, Router, error};
+use nexus_gateway::local_gateway::LocalGateway;
+use nexus_gateway::router::{Delivery, error};
 use nexus_proto::v1::{self, ErrorCode, SpoolAck, SpoolNack, Spooled, link_frame::Kind};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{delivery, now_ms};
+use super::inbound::delivery;
+use super::now_ms;
 use crate::link::{Federation, LinkId, LinkInfo, Sent};
 use crate::metrics::{
     FederationMetrics, Outcome, RegionLabels, SpoolLabels, SpoolLoss, SpoolLossLabels,
@@ -558,7 +560,7 @@ impl Replication {
     pub(super) async fn pump(
         self: Arc<Self>,
         fed: Arc<Federation>,
-        router: Arc<Router>,
+        gateway: Arc<dyn LocalGateway>,
         chores: impl Fn(),
     ) {
         let mut last_chores = std::time::Instant::now();
@@ -575,7 +577,7 @@ impl Replication {
                 };
                 blocked |= self.send_batch(&fed, &Spool::Own, &key, link);
             }
-            blocked |= self.send_taken_over(&fed, &router).await;
+            blocked |= self.send_taken_over(&fed, &*gateway).await;
             if last_chores.elapsed() >= HOUSEKEEPING {
                 last_chores = std::time::Instant::now();
                 self.chores();
@@ -747,7 +749,7 @@ impl Replication {
     pub(super) async fn on_spooled(
         self: &Arc<Self>,
         fed: &Arc<Federation>,
-        router: &Router,
+        gateway: &dyn LocalGateway,
         link: &LinkInfo,
         spooled: Spooled,
         relays: Relays<impl Fn(&str) -> bool>,
@@ -847,7 +849,7 @@ impl Replication {
                 if let Some(forward) = spooled.forward.filter(|_| local) {
                     let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
                     if let Some(msg) = delivery(&link.region, forward) {
-                        router.deliver_from_region(msg, plain, &groups).await;
+                        gateway.deliver_from_region(msg, plain, &groups).await;
                     }
                 }
                 let to_record = self.inbox.lock().to_record(&stream);

@@ -12,7 +12,8 @@
 
 use std::sync::Arc;
 
-use nexus_gateway::router::{Router, error};
+use nexus_gateway::local_gateway::LocalGateway;
+use nexus_gateway::router::error;
 use nexus_proto::v1::{ErrorCode, ReplicaAck, ReplicaAppend, SpoolAck, link_frame::Kind};
 
 use super::{Destination, PUMP_BATCH, Replication, Spool, delivery, now_ms};
@@ -283,7 +284,7 @@ impl Replication {
     pub(super) async fn send_taken_over(
         self: &Arc<Self>,
         fed: &Arc<Federation>,
-        router: &Router,
+        gateway: &dyn LocalGateway,
     ) -> bool {
         let streams = self.held.lock().taken_over();
         let mut blocked = false;
@@ -295,7 +296,7 @@ impl Replication {
             for key in keys {
                 let link = match Destination::of(&key) {
                     Destination::Peer(g) if g == self.gateway_id => {
-                        self.deliver_taken_over_here(fed, router, &stream, &key)
+                        self.deliver_taken_over_here(fed, gateway, &stream, &key)
                             .await;
                         continue;
                     }
@@ -315,7 +316,7 @@ impl Replication {
     async fn deliver_taken_over_here(
         self: &Arc<Self>,
         fed: &Arc<Federation>,
-        router: &Router,
+        gateway: &dyn LocalGateway,
         stream: &StreamId,
         key: &str,
     ) {
@@ -344,7 +345,7 @@ impl Replication {
             if let Some(forward) = e.forward.filter(|_| first) {
                 let (plain, groups) = (!forward.skip_plain, forward.queue_groups.clone());
                 if let Some(msg) = delivery(&region, forward) {
-                    router.deliver_from_region(msg, plain, &groups).await;
+                    gateway.deliver_from_region(msg, plain, &groups).await;
                 }
             }
         }
