@@ -463,6 +463,10 @@ pub struct FederationSettings {
     pub replica_timeout_ms: u64,
     pub cluster_grace_ms: u64,
     pub link_dead_after_ms: u64,
+    /// Data-stream compression of links to other regions: `zstd`, `lz4` or `off`.
+    pub link_compression: String,
+    /// Data-stream compression of cluster links: `zstd`, `lz4` or `off`.
+    pub cluster_compression: String,
 }
 
 impl Default for FederationSettings {
@@ -486,12 +490,22 @@ impl Default for FederationSettings {
             replica_timeout_ms: 5000,
             cluster_grace_ms: 1000,
             link_dead_after_ms: 0,
+            link_compression: "zstd".into(),
+            cluster_compression: "off".into(),
         }
     }
 }
 
 impl FederationSettings {
     pub fn validate(&self) -> anyhow::Result<()> {
+        for (key, value) in [
+            ("link_compression", &self.link_compression),
+            ("cluster_compression", &self.cluster_compression),
+        ] {
+            if let Err(e) = nexus_federation::link::compression::parse_codec(value) {
+                bail!("`{key}`: {e}");
+            }
+        }
         if self
             .spool_overflow
             .parse::<nexus_federation::replication::Overflow>()
@@ -552,6 +566,8 @@ impl FederationSettings {
             replica_timeout_ms: self.replica_timeout_ms,
             cluster_grace_ms: self.cluster_grace_ms,
             link_dead_after_ms: self.link_dead_after_ms,
+            link_compression: self.link_compression.clone(),
+            cluster_compression: self.cluster_compression.clone(),
         }
     }
 
@@ -619,6 +635,12 @@ impl FederationSettings {
         }
         if e("link_dead_after_ms") {
             self.link_dead_after_ms = args.link_dead_after_ms;
+        }
+        if e("link_compression") {
+            self.link_compression = args.link_compression.clone();
+        }
+        if e("cluster_compression") {
+            self.cluster_compression = args.cluster_compression.clone();
         }
         Ok(self)
     }

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 use nexus_federation::bridge::{RegionRouter, SpoolConfig};
+use nexus_federation::link::compression::parse_codec;
 use nexus_federation::link::{Federation, LinkSettings};
 use nexus_federation::replication::Limits;
 use nexus_federation::tls::{FederationCa, Identity};
+use nexus_proto::encoding::Codec;
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct FederationArgs {
@@ -85,6 +87,14 @@ pub struct FederationArgs {
     /// milliseconds; 0 derives it from the link's RTT (3 x RTT + 400 ms, within 500 ms..3 s).
     #[arg(long, env = "NEXUS_LINK_DEAD_AFTER_MS", default_value_t = 0)]
     pub link_dead_after_ms: u64,
+    /// How links to other regions compress their data streams (batches of frames): zstd, lz4
+    /// or off. Used when the peer gateway can read it (docs/federation.md, Compression).
+    #[arg(long, env = "NEXUS_LINK_COMPRESSION", default_value = "zstd", value_parser = link_codec)]
+    pub link_compression: String,
+    /// How cluster links (gateways of this region) compress their data streams: zstd, lz4 or
+    /// off (the default: inside a region CPU is scarcer than bandwidth).
+    #[arg(long, env = "NEXUS_CLUSTER_COMPRESSION", default_value = "off", value_parser = link_codec)]
+    pub cluster_compression: String,
 }
 
 impl FederationArgs {
@@ -115,8 +125,18 @@ impl FederationArgs {
         LinkSettings {
             dead_after: (self.link_dead_after_ms > 0)
                 .then(|| std::time::Duration::from_millis(self.link_dead_after_ms)),
+            // Both were checked by `link_codec` (or the config file's validation).
+            compression: nexus_federation::link::compression::LinkCompression {
+                federation: parse_codec(&self.link_compression).unwrap_or(Some(Codec::Zstd)),
+                cluster: parse_codec(&self.cluster_compression).unwrap_or(None),
+            },
         }
     }
+}
+
+/// Checks a `--link-compression` / `--cluster-compression` value.
+fn link_codec(s: &str) -> Result<String, String> {
+    parse_codec(s).map(|_| s.to_owned())
 }
 
 fn parse_peer(s: &str) -> Result<(String, SocketAddr), String> {

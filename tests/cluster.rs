@@ -1571,3 +1571,68 @@ async fn two_regions_of_three_gateways_behind_a_wan_emulator_are_one_region_each
     );
     eprintln!("through the emulators: {forwarded} datagrams forwarded, {dropped} dropped");
 }
+
+/// `--cluster-compression lz4`: the hop between two gateways of a region sends its batches
+/// compressed (docs/federation.md §8.1), and what arrives is what was published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_hop_compresses_its_batches_when_asked() {
+    use nexus_proto::v1::{self, frame::Kind};
+    let r = Regions::start_sized(&[("a", 2)], &["--cluster-compression", "lz4"]).await;
+    let (_a2, mut on_a2) = subscribed(r.gw("a2"), "zip.>").await;
+    wanted(r.gw("a1"), "zip.x", "a").await;
+    const N: u64 = 2000;
+    let s = common::RawSession::connect(&r.gw("a1").url()).await;
+    let body = |n: u64| {
+        format!(
+            r#"{{"n":{n},"site":"fra-1","reading":{},"ok":true}}"#,
+            n % 97
+        )
+    };
+    s.send(
+        (0..N)
+            .map(|n| {
+                common::frame(Kind::Pub(v1::Pub {
+                    subject: "zip.x".into(),
+                    payload: bytes::Bytes::from(body(n)),
+                    ..Default::default()
+                }))
+            })
+            .collect(),
+    )
+    .await;
+    for n in 0..N {
+        let m = tokio::time::timeout(Duration::from_secs(10), on_a2.next_message())
+            .await
+            .unwrap_or_else(|_| panic!("a2 received {n} of {N}"))
+            .expect("subscription ended");
+        assert_eq!(m.payload, body(n).as_bytes());
+    }
+    let a1 = r.gw("a1");
+    let sent = |form: &str| {
+        a1.metric(
+            "nexus_link_bytes_total",
+            &[
+                r#"link="cluster""#,
+                r#"direction="sent""#,
+                &format!(r#"form="{form}""#),
+            ],
+        )
+    };
+    let (raw, wire) = (sent("raw"), sent("wire"));
+    assert!(
+        a1.metric(
+            "nexus_link_compressed_batches_total",
+            &[r#"link="cluster""#, r#"direction="sent""#]
+        ) >= 1.0
+    );
+    assert!(
+        wire * 1.5 < raw,
+        "{wire} bytes on the wire for {raw} of frames"
+    );
+    assert!(
+        r.gw("a2").metric(
+            "nexus_link_compressed_batches_total",
+            &[r#"link="cluster""#, r#"direction="received""#]
+        ) >= 1.0
+    );
+}

@@ -318,6 +318,7 @@ fn write_seeds() {
         language: "rust".into(),
         version: "0.1.0".into(),
         protocol: 1,
+        encodings: vec!["zstd".into(), "lz4".into()],
     });
     let publish = Kind::Pub(Pub {
         subject: "orders.created".into(),

@@ -192,6 +192,10 @@ public final class ConformanceRunner {
                     if (s.has("local_payload_check")) {
                         b.localPayloadCheck(s.get("local_payload_check").getAsBoolean());
                     }
+                    if (s.has("compression")) {
+                        String codec = s.get("compression").getAsString();
+                        b.compression(codec.equals("off") ? null : codec);
+                    }
                     if (s.has("tls_ca")) {
                         b.tlsCaFile(env.tlsFiles(s.get("tls_ca").getAsString())[0]);
                     }

@@ -135,6 +135,7 @@ class Runner:
                     api_key=key, name=f"conformance-{s['client']}", connect_timeout=3.0,
                     reconnect_backoff=(0.05, 0.5), stream_window=s.get("stream_window", 256),
                     local_payload_check=s.get("local_payload_check", True),
+                    compression=None if s.get("compression") == "off" else s.get("compression", "zstd"),
                     publish_retry_timeout=s.get("publish_retry_ms", 30000) / 1000, **tls)
                 return await nx.Client.connect(url, options=opts)
             if "expect_error" in s:

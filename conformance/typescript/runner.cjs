@@ -86,6 +86,7 @@ class Runner {
         const opts = { apiKey: key, name: `conformance-${s.client}`, connectTimeoutMs: 3000, reconnectBackoffMs: [50, 500] };
         if (s.stream_window) opts.streamWindow = s.stream_window;
         if (s.local_payload_check === false) opts.localPayloadCheck = false;
+        if (s.compression === "off") opts.compression = null;
         if ("publish_retry_ms" in s) opts.publishRetryTimeoutMs = s.publish_retry_ms;
         if (s.tls_ca) opts.tlsCaFile = this.env.tlsFiles(s.tls_ca)[0];
         if (s.tls_client_cert) [, opts.tlsClientCertFile, opts.tlsClientKeyFile] = this.env.tlsFiles(s.tls_client_cert);

@@ -121,6 +121,57 @@ pub struct FederationMetrics {
     /// Copies for other gateways of the region that found their cluster link full, so the
     /// publisher waited for room (`backpressure` policy).
     pub cluster_forwards_waited: Counter,
+    /// Data-stream bytes of links before (`raw`) and after (`wire`) batch compression.
+    pub link_bytes: Family<LinkBytesLabels, Counter>,
+    /// Compressed batches sent and received.
+    pub link_compressed_batches: Family<LinkDirectionLabels, Counter>,
+    /// Compressed payloads decoded for a peer that does not accept their codec.
+    pub link_payloads_decoded: Family<LinkDirectionLabels, Counter>,
+}
+
+/// Labels of the link compression series: the link kind (`cluster`, `federation`), the
+/// direction (`sent`, `received`) and, for bytes, `raw` or `wire`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct LinkBytesLabels {
+    pub link: &'static str,
+    pub direction: &'static str,
+    pub form: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct LinkDirectionLabels {
+    pub link: &'static str,
+    pub direction: &'static str,
+}
+
+impl FederationMetrics {
+    /// The compression counters of one direction of a link of `kind`.
+    pub fn link_counters(
+        &self,
+        kind: crate::cluster::membership::LinkKind,
+        direction: &'static str,
+    ) -> crate::link::compression::Counters {
+        let link = match kind {
+            crate::cluster::membership::LinkKind::Cluster => "cluster",
+            crate::cluster::membership::LinkKind::Federation => "federation",
+        };
+        let bytes = |form| {
+            self.link_bytes
+                .get_or_create(&LinkBytesLabels {
+                    link,
+                    direction,
+                    form,
+                })
+                .clone()
+        };
+        let labels = LinkDirectionLabels { link, direction };
+        crate::link::compression::Counters {
+            raw: bytes("raw"),
+            wire: bytes("wire"),
+            batches: self.link_compressed_batches.get_or_create(&labels).clone(),
+            payloads_decoded: self.link_payloads_decoded.get_or_create(&labels).clone(),
+        }
+    }
 }
 
 impl FederationMetrics {
@@ -295,6 +346,24 @@ impl Collector for FederationMetrics {
             "cluster_forwards_waited",
             "Copies of messages published here for other gateways of the region that found the cluster link's queue full, so the publisher waited for room (slow-consumer policy backpressure; those still without room after max_wait_ms are in nexus_federation_dropped_total{reason=\"queue_full\"})",
             &self.cluster_forwards_waited,
+        )?;
+        put(
+            &mut e,
+            "link_bytes",
+            "Bytes of link data streams as frames (form=raw) and as sent after batch compression (form=wire), by link kind and direction",
+            &self.link_bytes,
+        )?;
+        put(
+            &mut e,
+            "link_compressed_batches",
+            "Compressed batches of frames sent and received on link data streams",
+            &self.link_compressed_batches,
+        )?;
+        put(
+            &mut e,
+            "link_payloads_decoded",
+            "Compressed payloads decoded before sending them to a peer gateway that does not accept their codec",
+            &self.link_payloads_decoded,
         )?;
         Ok(())
     }

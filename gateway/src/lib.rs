@@ -32,6 +32,7 @@ pub mod local_gateway;
 pub mod log_ring;
 pub mod metrics;
 pub mod outbound;
+pub mod payload_encoding;
 pub mod policy;
 pub mod provenance;
 pub mod remote;

@@ -189,6 +189,8 @@ pub struct GatewayMetrics {
     pub trace: crate::trace_store::TraceMetrics,
     /// Live-tail taps (`tap`).
     pub tap: crate::tap::TapMetrics,
+    /// Compressed payloads (`payload_encoding`).
+    pub encoding: crate::payload_encoding::EncodingMetrics,
     /// Series other crates own (federation's links and spool), encoded with these.
     attached: Attached,
     /// Pre-resolved (messages, bytes) counters per pattern and direction, so the hot path is
@@ -234,6 +236,7 @@ impl GatewayMetrics {
             config_updates: Counter::default(),
             trace: Default::default(),
             tap: Default::default(),
+            encoding: Default::default(),
             attached: Attached::default(),
             registry: Registry::default(),
             traffic_counters: Default::default(),
@@ -398,6 +401,7 @@ impl GatewayMetrics {
             "Config snapshots applied",
             m.config_updates.clone(),
         );
+        m.encoding.register(&mut registry);
         registry.register_collector(Box::new(m.attached.clone()));
         let traffic_counters = [
             Pattern::Pub,

@@ -33,6 +33,8 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
+use crate::payload_encoding::{Receiver, ReceiverSlot};
+
 /// Fixed per-frame overhead charged against the byte budget besides the payload.
 pub const FRAME_OVERHEAD: u32 = 64;
 /// Most frames coalesced into one outbound batch.
@@ -73,6 +75,8 @@ pub struct Outbound {
     flush_on_close: Arc<std::sync::atomic::AtomicBool>,
     /// Notified whenever the response stream takes frames from the queue.
     drained: Arc<Notify>,
+    /// The codecs the session accepts, set at Hello ([`Outbound::set_receiver`]).
+    receiver: Arc<ReceiverSlot>,
 }
 
 impl Outbound {
@@ -86,7 +90,9 @@ impl Outbound {
         let close_status = Arc::new(Mutex::new(None));
         let flush_on_close = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let drained = Arc::new(Notify::new());
+        let receiver = Arc::new(ReceiverSlot::new());
         let stream = OutboundStream {
+            receiver: receiver.clone(),
             drained: drained.clone(),
             rx,
             budget: budget.clone(),
@@ -108,9 +114,17 @@ impl Outbound {
                 close_status,
                 flush_on_close,
                 drained,
+                receiver,
             },
             stream,
         )
+    }
+
+    /// Says which payload codecs the session decodes itself; from then on its outbound
+    /// stream decodes any other encoded payload before sending it ([`crate::payload_encoding`]).
+    /// Once per session; later calls are ignored.
+    pub fn set_receiver(&self, receiver: Receiver) {
+        let _ = self.receiver.set(receiver);
     }
 
     /// Budget cost of a frame carrying `payload_len` bytes of payload (plus headers and
@@ -265,6 +279,7 @@ pub struct OutboundStream {
     flush_on_close: Arc<std::sync::atomic::AtomicBool>,
     finished: bool,
     drained: Arc<Notify>,
+    receiver: Arc<ReceiverSlot>,
 }
 
 impl OutboundStream {
@@ -279,14 +294,23 @@ impl OutboundStream {
         let mut released = 0usize;
         let mut control = 0u32;
         let mut ended = false;
+        let mut taken = 0u32;
+        let receiver = self.receiver.clone();
+        let receiver = receiver.get();
         while frames.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(q)) => {
+                Poll::Ready(Some(mut q)) => {
+                    taken += 1;
                     if q.cost == 0 {
                         control += 1;
                     }
                     bytes = bytes.saturating_add(q.cost.max(FRAME_OVERHEAD));
                     released += q.cost as usize;
+                    if let Some(r) = receiver
+                        && !r.prepare(&mut q.frame)
+                    {
+                        continue;
+                    }
                     frames.push(q.frame);
                 }
                 Poll::Ready(None) => {
@@ -296,15 +320,19 @@ impl OutboundStream {
                 Poll::Pending => break,
             }
         }
-        if !frames.is_empty() {
-            self.queued_frames
-                .fetch_sub(frames.len() as u32, Ordering::Relaxed);
+        if taken > 0 {
+            self.queued_frames.fetch_sub(taken, Ordering::Relaxed);
             self.queued_control.fetch_sub(control, Ordering::Relaxed);
             // The frames now belong to the transport, which applies HTTP/2 flow control;
             // giving the budget back here keeps at most one batch per session outside
             // the bound.
             self.budget.add_permits(released);
             self.drained.notify_one();
+            if frames.is_empty() && !ended {
+                // Every frame taken was undeliverable and the queue may hold more: poll again
+                // rather than wait for a wake-up that was not registered.
+                cx.waker().wake_by_ref();
+            }
         }
         (frames, ended)
     }

@@ -155,7 +155,8 @@ impl GatewayService {
         client_cert: Option<&Arc<ClientCert>>,
         api_key: &str,
         subject: &str,
-        payload: &[u8],
+        headers: &[v1::Header],
+        payload: &bytes::Bytes,
     ) -> Result<Option<nexus_proto::ByteString>, Status> {
         let mut key_id = None;
         validate_subject(subject).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -188,12 +189,25 @@ impl GatewayService {
                 "payload of {payload_len} bytes exceeds limits.max_payload ({max} bytes)"
             )));
         }
+        let encoding = &self.router.metrics.encoding;
+        let codec = crate::payload_encoding::check_in(headers, payload, max as usize, encoding)
+            .map_err(|(code, message)| {
+                if code == ErrorCode::Limit {
+                    self.router.metrics.limit(Limit::MaxPayload);
+                }
+                status_for(code as i32, message)
+            })?;
         if self.router.is_draining() {
             return Err(Status::unavailable("gateway is shutting down"));
         }
-        self.router
-            .check_schema(subject, payload)
-            .map_err(Status::invalid_argument)?;
+        if codec.is_none() || self.router.policy().schemas.contains_key(subject) {
+            let plain =
+                crate::payload_encoding::plain_for_check(codec, payload, max as usize, encoding)
+                    .map_err(Status::invalid_argument)?;
+            self.router
+                .check_schema(subject, &plain)
+                .map_err(Status::invalid_argument)?;
+        }
         Ok(key_id)
     }
 }
@@ -300,7 +314,13 @@ impl Gateway for GatewayService {
         let _activity = Activity::begin(conn_info(request.extensions()));
         let cert = client_cert(request.extensions());
         let mut p = request.into_inner();
-        let key_id = self.check_unary(cert.as_ref(), &p.api_key, &p.subject, &p.payload)?;
+        let key_id = self.check_unary(
+            cert.as_ref(),
+            &p.api_key,
+            &p.subject,
+            &p.headers,
+            &p.payload,
+        )?;
         self.router
             .metrics
             .traffic(Pattern::Pub, Direction::In, p.payload.len());
@@ -351,7 +371,13 @@ impl Gateway for GatewayService {
         let _activity = Activity::begin(conn_info(request.extensions()));
         let cert = client_cert(request.extensions());
         let mut r = request.into_inner();
-        let key_id = self.check_unary(cert.as_ref(), &r.api_key, &r.subject, &r.payload)?;
+        let key_id = self.check_unary(
+            cert.as_ref(),
+            &r.api_key,
+            &r.subject,
+            &r.headers,
+            &r.payload,
+        )?;
         self.router
             .metrics
             .traffic(Pattern::Request, Direction::In, r.payload.len());
@@ -419,10 +445,20 @@ impl Gateway for GatewayService {
         };
         guard.2 = true;
         match result {
-            Ok((headers, payload)) => {
+            Ok((mut headers, mut payload)) => {
                 self.router
                     .metrics
                     .traffic(Pattern::Reply, Direction::Out, payload.len());
+                // A unary caller names no codecs: it gets the responder's payload plain.
+                nexus_proto::encoding::decode_unless_accepted(
+                    &mut headers,
+                    &mut payload,
+                    nexus_proto::encoding::CodecSet::NONE,
+                    self.router.config().limits.max_payload as usize,
+                )
+                .map_err(|e| {
+                    Status::internal(format!("the reply's payload could not be decoded: {e}"))
+                })?;
                 Ok(Response::new(v1::RequestResponse { headers, payload }))
             }
             Err(e) => Err(status_for(e.code, e.message)),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use nexus_proto::ByteString;
+use nexus_proto::encoding::{Codec, CodecSet};
 use nexus_proto::text::Escaped;
 use nexus_proto::v1::{self, ErrorCode, Frame, frame::Kind};
 use tokio::sync::mpsc;
@@ -457,8 +458,8 @@ impl Session {
                 }
             }
             Kind::StreamData(d) => {
-                let result = match self.check_payload(d.payload.len(), d.stream_id) {
-                    Ok(()) => match self.charge_key(d.payload.len()) {
+                let result = match self.check_payload(&d.headers, &d.payload, d.stream_id) {
+                    Ok(_) => match self.charge_key(d.payload.len()) {
                         Ok(()) => streams::data(&self.router, &self.conn, d).await,
                         Err(message) => Err(error(ErrorCode::Limit, message, d.stream_id)),
                     },
@@ -579,6 +580,14 @@ impl Session {
             "session hello"
         );
         let cfg = self.router.config();
+        self.conn
+            .outbound
+            .set_receiver(crate::payload_encoding::Receiver {
+                accept: CodecSet::from_names(&h.encodings),
+                max: cfg.limits.max_payload as usize,
+                metrics: self.router.metrics.encoding.clone(),
+                session: self.conn.id,
+            });
         self.send_control(Kind::Welcome(v1::Welcome {
             session_id: self.conn.id.to_string(),
             gateway_id: self.gateway_id.to_string(),
@@ -586,6 +595,7 @@ impl Session {
             max_payload: cfg.limits.max_payload,
             max_subscriptions: cfg.limits.max_subscriptions,
             protocol: PROTOCOL_VERSION,
+            encodings: crate::payload_encoding::accepted().names(),
         }));
         Flow::Continue
     }
@@ -666,8 +676,17 @@ impl Session {
         }
     }
 
-    fn check_payload(&self, len: usize, ref_id: u64) -> Result<(), v1::Error> {
+    /// Checks a payload's size and, when it is compressed, its encoding header (codec and
+    /// declared size, without decompressing: [`crate::payload_encoding::check_in`]). `Ok`
+    /// carries the codec of a compressed payload.
+    fn check_payload(
+        &self,
+        headers: &[v1::Header],
+        payload: &[u8],
+        ref_id: u64,
+    ) -> Result<Option<Codec>, v1::Error> {
         let max = self.router.config().limits.max_payload;
+        let len = payload.len();
         if len as u64 > max {
             self.router.metrics.limit(Limit::MaxPayload);
             return Err(error(
@@ -676,20 +695,51 @@ impl Session {
                 ref_id,
             ));
         }
-        Ok(())
+        crate::payload_encoding::check_in(
+            headers,
+            payload,
+            max as usize,
+            &self.router.metrics.encoding,
+        )
+        .map_err(|(code, message)| {
+            if code == ErrorCode::Limit {
+                self.router.metrics.limit(Limit::MaxPayload);
+            }
+            error(code, message, ref_id)
+        })
+    }
+
+    /// [`Router::check_schema`] on the plain payload: a compressed payload is decompressed
+    /// (bounded) only when the subject has an enforced schema.
+    fn check_schema(
+        &self,
+        subject: &str,
+        codec: Option<Codec>,
+        payload: &Bytes,
+    ) -> Result<(), String> {
+        if codec.is_some() && !self.router.policy().schemas.contains_key(subject) {
+            return Ok(());
+        }
+        let plain = crate::payload_encoding::plain_for_check(
+            codec,
+            payload,
+            self.router.config().limits.max_payload as usize,
+            &self.router.metrics.encoding,
+        )?;
+        self.router.check_schema(subject, &plain)
     }
 
     async fn on_pub(&mut self, mut p: v1::Pub) {
         if p.subject.starts_with(crate::router::INBOX_PREFIX) {
             // A responder answering with a plain publish to its reply inbox.
-            if let Err(e) = self.check_payload(p.payload.len(), p.ack_id) {
+            if let Err(e) = self.check_payload(&p.headers, &p.payload, p.ack_id) {
                 let refused = error(
                     ErrorCode::ServiceError,
                     format!("the responder's reply was refused: {}", e.message),
                     0,
                 );
                 self.answer(&p.subject, Err(refused), 0);
-                return self.refuse(ErrorCode::Limit, e.message, p.ack_id, p.ack_id);
+                return self.refuse(e.code(), e.message, p.ack_id, p.ack_id);
             }
             return self.answer(&p.subject, Ok((p.headers, p.payload)), p.ack_id);
         }
@@ -719,10 +769,13 @@ impl Session {
                     .detail(format!("refused: {message}"))
             });
         };
-        if let Err(e) = self.check_payload(p.payload.len(), p.ack_id) {
-            refused(self, Reason::Limit, &e.message);
-            return self.refuse(ErrorCode::Limit, e.message, p.ack_id, p.ack_id);
-        }
+        let codec = match self.check_payload(&p.headers, &p.payload, p.ack_id) {
+            Ok(codec) => codec,
+            Err(e) => {
+                refused(self, Reason::Limit, &e.message);
+                return self.refuse(e.code(), e.message, p.ack_id, p.ack_id);
+            }
+        };
         if let Some(message) = self.may_publish(&p.subject) {
             refused(self, Reason::Denied, &message);
             return self.refuse(ErrorCode::Denied, message, p.ack_id, p.ack_id);
@@ -731,7 +784,7 @@ impl Session {
             refused(self, Reason::Limit, &message);
             return self.refuse(ErrorCode::Limit, message, p.ack_id, p.ack_id);
         }
-        if let Err(message) = self.router.check_schema(&p.subject, &p.payload) {
+        if let Err(message) = self.check_schema(&p.subject, codec, &p.payload) {
             refused(self, Reason::Schema, &message);
             return self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id);
         }
@@ -907,16 +960,17 @@ impl Session {
             });
             this.send_reply(r.req_id, Err(error(code, message, r.req_id)));
         };
-        if let Err(e) = self.check_payload(r.payload.len(), r.req_id) {
-            return refuse(self, ErrorCode::Limit, e.message);
-        }
+        let codec = match self.check_payload(&r.headers, &r.payload, r.req_id) {
+            Ok(codec) => codec,
+            Err(e) => return refuse(self, e.code(), e.message),
+        };
         if let Some(message) = self.may_publish(&r.subject) {
             return refuse(self, ErrorCode::Denied, message);
         }
         if let Err(message) = self.charge_key(r.payload.len()) {
             return refuse(self, ErrorCode::Limit, message);
         }
-        if let Err(message) = self.router.check_schema(&r.subject, &r.payload) {
+        if let Err(message) = self.check_schema(&r.subject, codec, &r.payload) {
             return refuse(self, ErrorCode::Invalid, message);
         }
         if self.req_ids.contains(&r.req_id) {
@@ -1022,7 +1076,7 @@ impl Session {
     }
 
     fn on_reply(&mut self, r: v1::Reply) {
-        if let Err(e) = self.check_payload(r.payload.len(), 0) {
+        if let Err(e) = self.check_payload(&r.headers, &r.payload, 0) {
             let seq_err = error(
                 ErrorCode::ServiceError,
                 format!("the responder's reply was refused: {}", e.message),

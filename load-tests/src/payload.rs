@@ -48,6 +48,58 @@ impl Stamp {
     }
 }
 
+/// Environment variable choosing the filler: `json` for compressible JSON text (a window of
+/// [`json_corpus`] that moves with the sequence number), anything else or unset for `x`s.
+pub const FILLER_ENV: &str = "NEXUS_LOAD_FILLER";
+
+fn json_filler() -> bool {
+    static JSON: OnceLock<bool> = OnceLock::new();
+    *JSON.get_or_init(|| std::env::var(FILLER_ENV).is_ok_and(|v| v == "json"))
+}
+
+/// 1 MiB of JSON records (sensor readings with ids, names, timestamps and numbers from a
+/// fixed pseudo-random sequence): about as compressible as typical JSON traffic (zstd level 3
+/// shrinks a 4-16 KiB window of it 3-5x), unlike a run of one byte.
+pub fn json_corpus() -> &'static [u8] {
+    static CORPUS: OnceLock<Vec<u8>> = OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let sites = ["fra-1", "iad-2", "sin-1", "gru-3", "syd-1", "ams-2"];
+        let kinds = ["temperature", "humidity", "pressure", "vibration"];
+        let mut s = String::with_capacity(1 << 20);
+        s.push('[');
+        let mut i = 0u64;
+        while s.len() < 1 << 20 {
+            let r = next();
+            s.push_str(&format!(
+                r#"{{"id":"{:016x}","seq":{i},"site":"{}","sensor":"{}-{}","kind":"{}","ts":"2026-11-{:02}T{:02}:{:02}:{:02}.{:03}Z","value":{}.{:02},"ok":{},"tags":["edge","v{}"]}},"#,
+                r,
+                sites[(r % 6) as usize],
+                kinds[(r >> 8) as usize % 4],
+                (r >> 16) % 500,
+                kinds[(r >> 8) as usize % 4],
+                1 + (r >> 20) % 28,
+                (r >> 25) % 24,
+                (r >> 30) % 60,
+                (r >> 36) % 60,
+                (r >> 42) % 1000,
+                (r >> 50) % 1000,
+                (r >> 4) % 100,
+                !r.is_multiple_of(7),
+                (r >> 12) % 4,
+            ));
+            i += 1;
+        }
+        s.into_bytes()
+    })
+}
+
 /// Builds a payload of `size` bytes (at least [`HEADER_LEN`]) carrying `stamp`.
 pub fn encode(stamp: Stamp, size: usize) -> Bytes {
     let size = size.max(HEADER_LEN);
@@ -55,8 +107,20 @@ pub fn encode(stamp: Stamp, size: usize) -> Bytes {
     b.put_u32(stamp.publisher);
     b.put_u64(stamp.seq);
     b.put_u64(stamp.sent_ns);
-    b.resize(size, b'x');
+    let fill = size - HEADER_LEN;
+    let corpus = json_corpus_if_wanted();
+    match corpus {
+        Some(c) if fill <= c.len() => {
+            let start = (stamp.seq.wrapping_mul(7919) as usize) % (c.len() - fill + 1);
+            b.put_slice(&c[start..start + fill]);
+        }
+        _ => b.resize(size, b'x'),
+    }
     b.freeze()
+}
+
+fn json_corpus_if_wanted() -> Option<&'static [u8]> {
+    json_filler().then(json_corpus)
 }
 
 /// Reads the header of a payload built by [`encode`].

@@ -69,6 +69,7 @@ impl Target {
                 let client = nexus_client::Client::builder(url)
                     .name(name)
                     .request_timeout(request_timeout)
+                    .compression(compression_from_env()?)
                     .connect()
                     .await
                     .with_context(|| format!("connecting to Nexus at {url}"))?;
@@ -84,6 +85,19 @@ impl Target {
                 Ok(Conn::Nats(client))
             }
         }
+    }
+}
+
+/// Environment variable choosing the Nexus client's payload codec: `zstd` (the client's
+/// default), `lz4` or `off`.
+pub const COMPRESSION_ENV: &str = "NEXUS_LOAD_COMPRESSION";
+
+fn compression_from_env() -> Result<Option<nexus_client::Codec>> {
+    match std::env::var(COMPRESSION_ENV).as_deref() {
+        Err(_) | Ok("zstd") => Ok(Some(nexus_client::Codec::Zstd)),
+        Ok("lz4") => Ok(Some(nexus_client::Codec::Lz4)),
+        Ok("off") => Ok(None),
+        Ok(other) => anyhow::bail!("{COMPRESSION_ENV}={other:?}: use zstd, lz4 or off"),
     }
 }
 

@@ -1,5 +1,5 @@
-//! WAN emulator: a UDP proxy that adds one-way delay, jitter and loss between regions, and
-//! cuts the link on command, so federation tests and demos can shape the network between
+//! WAN emulator: a UDP proxy that adds one-way delay, jitter and loss between regions, caps
+//! each direction's bandwidth, and cuts the link on command, so federation tests and demos can shape the network between
 //! gateways on one machine (QUIC runs over it unchanged).
 //!
 //! [`Impairment`] is the sans-I/O core: given the current time and a random source it
@@ -30,6 +30,38 @@ pub struct Impairment {
     pub loss: f64,
     /// Everything is dropped while cut.
     pub cut: bool,
+    /// Bandwidth of each direction in kilobits per second (1000 bits); 0 = unlimited. A
+    /// datagram leaves once the ones before it in its direction have been sent at this rate
+    /// (then the delay applies); one that would wait more than [`MAX_QUEUE`] is dropped, as
+    /// by a router's full buffer.
+    #[serde(default)]
+    pub rate_kbps: u64,
+}
+
+/// Most queueing a bandwidth-limited direction holds before it drops (its buffer).
+pub const MAX_QUEUE: Duration = Duration::from_millis(100);
+
+/// When datagrams leave a bandwidth-limited direction (sans-I/O).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pacer {
+    busy_until: Option<Instant>,
+}
+
+impl Pacer {
+    /// When a datagram of `len` bytes offered at `now` finishes sending at `rate_kbps`, or
+    /// `None` when the queue ahead of it is longer than [`MAX_QUEUE`] (dropped).
+    pub fn depart(&mut self, now: Instant, len: usize, rate_kbps: u64) -> Option<Instant> {
+        if rate_kbps == 0 {
+            return Some(now);
+        }
+        let start = self.busy_until.filter(|b| *b > now).unwrap_or(now);
+        if start - now > MAX_QUEUE {
+            return None;
+        }
+        let done = start + Duration::from_secs_f64(len as f64 * 8.0 / (rate_kbps as f64 * 1000.0));
+        self.busy_until = Some(done);
+        Some(done)
+    }
 }
 
 impl Default for Impairment {
@@ -39,6 +71,7 @@ impl Default for Impairment {
             jitter: Duration::ZERO,
             loss: 0.0,
             cut: false,
+            rate_kbps: 0,
         }
     }
 }
@@ -65,11 +98,16 @@ impl Impairment {
 pub struct WanStats {
     pub forwarded: u64,
     pub dropped: u64,
+    /// Bytes forwarded towards the target and back towards the clients.
+    pub bytes_to_target: u64,
+    pub bytes_to_clients: u64,
 }
 
 struct Shared {
     impairment: Mutex<Impairment>,
     stats: Mutex<WanStats>,
+    /// Bandwidth pacing per direction: towards the target, towards the clients.
+    pacers: Mutex<[Pacer; 2]>,
 }
 
 /// A running proxy: clients send to `listen_addr`, datagrams reach `target` and back.
@@ -99,6 +137,7 @@ impl WanProxy {
         let shared = Arc::new(Shared {
             impairment: Mutex::new(impairment),
             stats: Mutex::new(WanStats::default()),
+            pacers: Mutex::new([Pacer::default(); 2]),
         });
         let stop = CancellationToken::new();
         let (tx, rx) = mpsc::unbounded_channel::<Delayed>();
@@ -157,22 +196,30 @@ fn enlarge_buffers(socket: &UdpSocket) {
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
 }
 
-/// Schedules a datagram through the impairment (or counts it dropped).
+/// Schedules a datagram through the bandwidth limit and the impairment (or counts it
+/// dropped). `direction`: 0 towards the target, 1 towards the clients.
 fn submit(
     shared: &Shared,
     tx: &mpsc::UnboundedSender<Delayed>,
     data: &[u8],
     to: SocketAddr,
     via: &Arc<UdpSocket>,
+    direction: usize,
 ) {
-    let at = shared
-        .impairment
-        .lock()
-        .schedule(Instant::now(), &mut rand::rng());
+    let impairment = *shared.impairment.lock();
+    let now = Instant::now();
+    let at = shared.pacers.lock()[direction]
+        .depart(now, data.len(), impairment.rate_kbps)
+        .and_then(|left| impairment.schedule(left, &mut rand::rng()));
     let mut stats = shared.stats.lock();
     match at {
         Some(at) => {
             stats.forwarded += 1;
+            if direction == 0 {
+                stats.bytes_to_target += data.len() as u64;
+            } else {
+                stats.bytes_to_clients += data.len() as u64;
+            }
             let _ = tx.send(Delayed {
                 at,
                 data: data.to_vec(),
@@ -234,13 +281,13 @@ async fn relay(
                                 Err(_) => continue,
                             },
                         };
-                        submit(&shared2, &tx2, &buf[..n], client, &front2);
+                        submit(&shared2, &tx2, &buf[..n], client, &front2, 1);
                     }
                 });
                 u
             }
         };
-        submit(&shared, &tx, &buf[..n], target, &upstream);
+        submit(&shared, &tx, &buf[..n], target, &upstream, 0);
     }
 }
 
@@ -288,6 +335,34 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
+
+    #[test]
+    fn the_pacer_caps_bandwidth_and_drops_past_its_buffer() {
+        let now = Instant::now();
+        let mut p = Pacer::default();
+        assert_eq!(p.depart(now, 1000, 0), Some(now), "unlimited");
+        // 8000 kbit/s = 1 MB/s: 1000 bytes take 1 ms, back to back.
+        assert_eq!(
+            p.depart(now, 1000, 8000),
+            Some(now + Duration::from_millis(1))
+        );
+        assert_eq!(
+            p.depart(now, 1000, 8000),
+            Some(now + Duration::from_millis(2))
+        );
+        // 100 ms of backlog fill the buffer; the next is dropped.
+        for _ in 0..98 {
+            p.depart(now, 1000, 8000).unwrap();
+        }
+        assert!(p.depart(now, 1000, 8000).is_some());
+        assert_eq!(p.depart(now, 1000, 8000), None);
+        // Once sent, the link is idle again.
+        let later = now + Duration::from_secs(1);
+        assert_eq!(
+            p.depart(later, 1000, 8000),
+            Some(later + Duration::from_millis(1))
+        );
+    }
 
     #[test]
     fn impairment_schedules_delay_jitter_loss_and_cuts() {

@@ -9,6 +9,7 @@
 
 pub mod build_info;
 pub mod codec;
+pub mod encoding;
 pub mod hot_frames;
 pub mod keys;
 pub mod reflection;

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import grpc.aio
 
+from . import compression
 from ._proto import gateway_pb2 as pb
 from .discovery import Target
 from .errors import (
@@ -136,6 +137,8 @@ class Client:
         max_concurrent_handlers: int = 64,
         publish_retry_timeout: float = 30.0,
         local_payload_check: bool = True,
+        compression: str | None = "zstd",
+        compression_threshold: int = 1024,
         tls: bool = False,
         tls_ca_file: str | None = None,
         tls_client_cert_file: str | None = None,
@@ -166,6 +169,8 @@ class Client:
                 max_concurrent_handlers=max_concurrent_handlers,
                 publish_retry_timeout=publish_retry_timeout,
                 local_payload_check=local_payload_check,
+                compression=compression,
+                compression_threshold=compression_threshold,
                 tls=tls,
                 tls_ca_file=tls_ca_file,
                 tls_client_cert_file=tls_client_cert_file,
@@ -192,7 +197,14 @@ class Client:
         attempts: list[tuple[str, str]] = []
         last: NexusError | None = None
         o = self.options
-        hello = pb.Hello(api_key=o.api_key, client_name=o.name, language="python", version=__version__, protocol=1)
+        hello = pb.Hello(
+            api_key=o.api_key,
+            client_name=o.name,
+            language="python",
+            version=__version__,
+            protocol=1,
+            encodings=compression.available(),
+        )
         tried: set[str] = set()
         while True:
             for ep in endpoints:
@@ -328,6 +340,10 @@ class Client:
                         continue
                     frames.append(nxt.frame)
                     size += nxt.size
+                accepted = list(session.info.encodings)
+                if o.compression is not None and accepted:
+                    for f in frames:
+                        compression.encode_frame(f, o.compression, accepted, o.compression_threshold)
                 await session.call.write(pb.Batch(frames=frames))
                 if end:
                     await session.call.done_writing()
@@ -360,6 +376,11 @@ class Client:
             sub = self._subs.get(m.sid)
             if sub is None or not sub.accepts:
                 return
+            try:
+                compression.decode_in_place(m, session.info.max_payload)
+            except compression.CompressionError as e:
+                log.warning("nexus: dropped a message on %s, undecodable compressed payload: %s", m.subject, e)
+                return
             if m.reply_to and m.deadline_ms:
                 # A request (docs/protocol.md section 7.3): its answer is owed on this session.
                 session.served[m.reply_to] = time.monotonic() + m.deadline_ms / 1000.0
@@ -375,6 +396,18 @@ class Client:
                 except asyncio.TimeoutError:
                     continue
         elif kind == "reply":
+            if not f.reply.HasField("error"):
+                try:
+                    compression.decode_in_place(f.reply, session.info.max_payload)
+                except compression.CompressionError as e:
+                    f.reply.payload = b""
+                    f.reply.error.CopyFrom(
+                        pb.Error(
+                            code=pb.SERVICE_ERROR,
+                            message=f"the reply's compressed payload cannot be decoded: {e}",
+                            ref_id=f.reply.req_id,
+                        )
+                    )
             _settle(self._reqs.pop(f.reply.req_id, None), f.reply)
         elif kind == "ack":
             _settle(self._acks.pop(f.ack.ack_id, None), f.ack.delivered)
@@ -391,6 +424,11 @@ class Client:
         elif kind == "stream_data":
             s = self._streams.get(f.stream_data.stream_id)
             if s is not None:
+                try:
+                    compression.decode_in_place(f.stream_data, session.info.max_payload)
+                except compression.CompressionError as e:
+                    log.warning("nexus: dropped stream data whose compressed payload cannot be decoded: %s", e)
+                    return
                 s._on_data(f.stream_data)
         elif kind == "credit":
             s = self._streams.get(f.credit.stream_id)

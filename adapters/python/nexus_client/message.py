@@ -53,3 +53,5 @@ class ServerInfo:
     max_payload: int
     max_subscriptions: int
     address: str
+    #: Payload codecs the gateway accepts (docs/protocol.md section 9.2).
+    encodings: tuple[str, ...] = ()

@@ -54,6 +54,13 @@ class ClientOptions:
     #: :class:`~nexus_client.LimitError` without a round trip). With ``False`` the gateway's
     #: own check answers, with the same error class.
     local_payload_check: bool = True
+    #: Codec for outgoing payloads of at least ``compression_threshold`` bytes: ``"zstd"``
+    #: (default), ``"lz4"`` or ``None`` (plain). Used when the gateway accepts it and its library
+    #: is installed (``pip install nexus-client[compression]``); received compressed payloads are
+    #: always decoded, so applications only ever see plain payloads.
+    compression: str | None = "zstd"
+    #: Payloads of at least this many bytes are compressed.
+    compression_threshold: int = 1024
     #: Connect to discovered gateways (``nexus+srv://``) over TLS too; an ``https://``
     #: address always uses TLS.
     tls: bool = False
@@ -76,6 +83,10 @@ class ClientOptions:
             "stream_window": self.stream_window,
             "max_concurrent_handlers": self.max_concurrent_handlers,
         }
+        if self.compression not in (None, "zstd", "lz4"):
+            raise InvalidOptionError(f"compression must be 'zstd', 'lz4' or None, not {self.compression!r}")
+        if self.compression_threshold < 0:
+            raise InvalidOptionError(f"compression_threshold must be >= 0, not {self.compression_threshold}")
         for name, value in positive.items():
             if not value > 0:
                 raise InvalidOptionError(f"{name} must be positive, got {value!r}")

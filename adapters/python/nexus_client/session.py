@@ -171,6 +171,7 @@ async def open_session(
         welcome.max_payload,
         welcome.max_subscriptions,
         ep.address,
+        tuple(welcome.encodings),
     )
     return Session(ep, channel, call, info, rest)
 

@@ -118,6 +118,7 @@ pub struct ClientBuilder {
     max_concurrent_handlers: usize,
     publish_retry_timeout: Duration,
     local_payload_check: bool,
+    compression: nexus_proto::encoding::Policy,
     tls: TlsSettings,
 }
 
@@ -140,6 +141,7 @@ impl ClientBuilder {
             max_concurrent_handlers: 1024,
             publish_retry_timeout: DEFAULT_PUBLISH_RETRY_TIMEOUT,
             local_payload_check: true,
+            compression: nexus_proto::encoding::Policy::default(),
             tls: TlsSettings::default(),
         }
     }
@@ -244,6 +246,21 @@ impl ClientBuilder {
     /// ```
     pub fn publish_retry_timeout(mut self, t: Duration) -> Self {
         self.publish_retry_timeout = t;
+        self
+    }
+
+    /// The codec outgoing payloads are compressed with (docs/protocol.md §9.2): `Some(Codec::Zstd)`
+    /// by default, `Some(Codec::Lz4)` for less CPU, `None` to send every payload plain. Only
+    /// used when the gateway accepts it; incoming compressed payloads are always decoded, and
+    /// applications only ever see plain payloads.
+    pub fn compression(mut self, codec: Option<crate::Codec>) -> Self {
+        self.compression.codec = codec;
+        self
+    }
+
+    /// Payloads of at least this many bytes are compressed (default 1024).
+    pub fn compression_threshold(mut self, bytes: usize) -> Self {
+        self.compression.threshold = bytes;
         self
     }
 
@@ -378,6 +395,7 @@ impl ClientBuilder {
             max_concurrent_handlers: self.max_concurrent_handlers,
             publish_retry_timeout: self.publish_retry_timeout,
             local_payload_check: self.local_payload_check,
+            compression: self.compression,
             tls: self.tls,
         };
         let (out_tx, out_rx) = mpsc::channel(self.outbound_capacity);

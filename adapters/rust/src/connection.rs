@@ -82,6 +82,7 @@ pub(crate) struct Config {
     pub(crate) max_concurrent_handlers: usize,
     pub(crate) publish_retry_timeout: Duration,
     pub(crate) local_payload_check: bool,
+    pub(crate) compression: nexus_proto::encoding::Policy,
     pub(crate) tls: TlsSettings,
 }
 
@@ -275,6 +276,8 @@ pub(crate) struct Shared {
     pub(crate) moving: watch::Sender<bool>,
     pub(crate) closed: AtomicBool,
     pub(crate) max_payload: AtomicU64,
+    /// Codecs the current session's gateway accepts.
+    pub(crate) codecs: crate::compression::Negotiated,
     pub(crate) shutdown: watch::Sender<bool>,
     /// The client handle, to give accepted streams a `Client` without a reference cycle.
     pub(crate) handle: Weak<ClientInner>,
@@ -307,6 +310,7 @@ impl Shared {
             moving: watch::Sender::new(false),
             closed: AtomicBool::new(false),
             max_payload: AtomicU64::new(0),
+            codecs: Default::default(),
             shutdown,
             handle,
         }
@@ -576,6 +580,7 @@ async fn establish(shared: &Shared, endpoint: &Endpoint) -> Result<Session> {
             language: "rust".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             protocol: PROTOCOL_VERSION,
+            encodings: crate::compression::hello_encodings(),
         })),
     };
     req_tx
@@ -619,6 +624,7 @@ async fn establish(shared: &Shared, endpoint: &Endpoint) -> Result<Session> {
     shared
         .max_payload
         .store(welcome.max_payload, Ordering::Relaxed);
+    shared.codecs.set(&welcome);
     let resubs: Vec<pb::Frame> = {
         let mut st = shared.state.lock();
         st.welcome = Some(welcome);
@@ -753,7 +759,15 @@ async fn write_loop(
             },
         };
         let epoch = shared.epoch.load(Ordering::Acquire);
-        let keep = |o: Outbound| (o.epoch == 0 || o.epoch == epoch).then_some(o.frame);
+        let policy = &shared.config.compression;
+        let codecs = shared.codecs.get();
+        let keep = |o: Outbound| {
+            (o.epoch == 0 || o.epoch == epoch).then(|| {
+                let mut frame = o.frame;
+                crate::compression::encode_frame(&mut frame, policy, codecs);
+                frame
+            })
+        };
         if let Some(f) = keep(first) {
             co.push(f);
         }

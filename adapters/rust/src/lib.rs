@@ -133,6 +133,7 @@ struct ReadmeDoctests;
 
 mod batch;
 mod client;
+mod compression;
 mod connection;
 mod credit;
 mod discovery;
@@ -150,6 +151,7 @@ pub use bytes::Bytes;
 pub use client::{
     Client, ClientBuilder, DEFAULT_PUBLISH_RETRY_TIMEOUT, PublishOutcome, ServerInfo,
 };
+pub use compression::Codec;
 pub use discovery::DNS_SERVER_ENV;
 pub use error::{Error, GatewayAttempt, Result, ServiceError};
 pub use headers::{Headers, TRACEPARENT, is_valid_traceparent, new_traceparent};

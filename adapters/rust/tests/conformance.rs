@@ -1045,6 +1045,12 @@ impl Runner {
                 let retry_ms = s.num("publish_retry_ms");
                 let name = s.str("client").unwrap_or_default().to_owned();
                 let window = s.num("stream_window");
+                let codec = match s.str("compression") {
+                    None | Some("zstd") => Some(nexus_client::Codec::Zstd),
+                    Some("lz4") => Some(nexus_client::Codec::Lz4),
+                    Some("off") => None,
+                    Some(other) => return Err(format!("unknown compression {other:?}")),
+                };
                 let tls = TlsOptions {
                     ca: s
                         .str("tls_ca")
@@ -1071,7 +1077,8 @@ impl Runner {
                         .api_key(key.clone())
                         .name(format!("conformance-{name}"))
                         .connect_timeout(Duration::from_secs(3))
-                        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500));
+                        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+                        .compression(codec);
                     if let Some(w) = window {
                         b = b.stream_window(w as u32);
                     }

@@ -10,8 +10,10 @@
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { debuglog } from "node:util";
+import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { type Batch, type Frame, asBuffer, batch, decodeBatch, encodeBatch, frame, pb } from "./codec.js";
+import { DEFAULT_THRESHOLD, available, decodeInPlace, encodeFrame } from "./compression.js";
 import { type Endpoint, Target } from "./discovery.js";
 import {
   ClosedError, ConnectError, DeniedError, DisconnectedError, DiscoveryError, InvalidError, InvalidOptionError, LimitError,
@@ -72,6 +74,14 @@ export interface ClientOptions {
   publishRetryTimeoutMs?: number;
   /** Check payloads against the gateway's `max_payload` before sending (default true). */
   localPayloadCheck?: boolean;
+  /**
+   * Codec for outgoing payloads of at least `compressionThreshold` bytes: `"zstd"` (default;
+   * used when this Node.js has it and the gateway accepts it) or `null` (plain). Received
+   * compressed payloads are always decoded (docs/protocol.md section 9.2).
+   */
+  compression?: "zstd" | null;
+  /** Payloads of at least this many bytes are compressed (default 1024). */
+  compressionThreshold?: number;
   /** Connect to discovered gateways (`nexus+srv://`) over TLS too; `https://` always uses TLS. */
   tls?: boolean;
   /** PEM file of the CA(s) to trust for the gateway's certificate (default: Node's roots). */
@@ -134,6 +144,8 @@ function settings(o: ClientOptions): Settings {
     streamWindow: o.streamWindow ?? 256,
     publishRetryTimeoutMs: o.publishRetryTimeoutMs ?? 30000,
     localPayloadCheck: o.localPayloadCheck ?? true,
+    compression: o.compression === undefined ? ("zstd" as const) : o.compression,
+    compressionThreshold: o.compressionThreshold ?? DEFAULT_THRESHOLD,
     logger: o.logger ?? defaultLogger,
   };
   for (const k of ["requestTimeoutMs", "connectTimeoutMs", "maxBatchFrames", "maxBatchBytes", "outboundCapacity", "subscriptionCapacity", "streamWindow"] as const) {
@@ -348,7 +360,7 @@ export class Client implements AsyncDisposable {
     try {
       const call = channel.makeBidiStreamRequest<Batch, Batch>(SESSION_METHOD, encodeBatch, decodeBatch);
       call.on("error", () => undefined); // surfaced through the iterator
-      const frames: Frame[] = [frame({ case: "hello", value: { apiKey: this.opts.apiKey, clientName: this.opts.name, language: "typescript", version: VERSION, protocol: 1 } })];
+      const frames: Frame[] = [frame({ case: "hello", value: { apiKey: this.opts.apiKey, clientName: this.opts.name, language: "typescript", version: VERSION, protocol: 1, encodings: available() } })];
       for (const s of this.subs.values()) frames.push(frame({ case: "sub", value: { sid: s.sid, subject: s.subject, queueGroup: s.queueGroup } }));
       for (const l of this.listeners.values()) frames.push(frame({ case: "sub", value: { sid: l.sid, subject: l.subject, queueGroup: l.queueGroup } }));
       call.write(batch(frames));
@@ -372,6 +384,7 @@ export class Client implements AsyncDisposable {
       const info: ServerInfo = {
         gatewayId: welcome.gatewayId, region: welcome.region, sessionId: welcome.sessionId,
         maxPayload: Number(welcome.maxPayload), maxSubscriptions: welcome.maxSubscriptions, address: ep.address,
+        encodings: [...welcome.encodings],
       };
       return new Session(ep, channel, call, info, iter, rest);
     } catch (e) {
@@ -482,6 +495,10 @@ export class Client implements AsyncDisposable {
           frames.push(nxt.frame);
           size += nxt.size;
         }
+        const accepted = s.info.encodings;
+        if (this.opts.compression && accepted.length > 0) {
+          for (const f of frames) encodeFrame(f, this.opts.compression, accepted, this.opts.compressionThreshold);
+        }
         if (!s.call.write(batch(frames))) {
           await Promise.race([new Promise((r) => s.call.once("drain", r)), s.done]);
         }
@@ -516,6 +533,12 @@ export class Client implements AsyncDisposable {
         const m = k.value;
         const sub = this.subs.get(m.sid);
         if (!sub || !sub.accepts) return;
+        try {
+          decodeInPlace(m, s.info.maxPayload);
+        } catch (e) {
+          this.opts.logger.warn(`nexus: dropped a message on ${m.subject} whose compressed payload cannot be decoded: ${(e as Error).message}`);
+          return;
+        }
         // A request (docs/protocol.md section 7.3): its answer is owed on this session.
         if (m.replyTo && m.deadlineMs) s.served.set(m.replyTo, Date.now() + m.deadlineMs);
         // A full buffer stops this reader (backpressure to the gateway) until the
@@ -524,9 +547,23 @@ export class Client implements AsyncDisposable {
         await Promise.race([sub.queue.push(msg), sub.ended]);
         return;
       }
-      case "reply":
-        this.settle(this.reqs, k.value.reqId, (d) => d.resolve(k.value));
+      case "reply": {
+        const r = k.value;
+        if (!r.error) {
+          try {
+            decodeInPlace(r, s.info.maxPayload);
+          } catch (e) {
+            r.payload = new Uint8Array();
+            r.error = create(pb.ErrorSchema, {
+              code: pb.ErrorCode.SERVICE_ERROR,
+              message: `the reply's compressed payload cannot be decoded: ${(e as Error).message}`,
+              refId: r.reqId,
+            });
+          }
+        }
+        this.settle(this.reqs, r.reqId, (d) => d.resolve(r));
         return;
+      }
       case "ack":
         this.settle(this.acks, k.value.ackId, (d) => d.resolve(k.value.delivered));
         return;
@@ -542,9 +579,18 @@ export class Client implements AsyncDisposable {
       case "streamOpen":
         this.onStreamOpen(k.value);
         return;
-      case "streamData":
-        this.streams.get(k.value.streamId)?._onData(asBuffer(k.value.payload), fromWire(k.value.headers));
+      case "streamData": {
+        const st = this.streams.get(k.value.streamId);
+        if (!st) return;
+        try {
+          decodeInPlace(k.value, s.info.maxPayload);
+        } catch (e) {
+          this.opts.logger.warn(`nexus: dropped stream data whose compressed payload cannot be decoded: ${(e as Error).message}`);
+          return;
+        }
+        st._onData(asBuffer(k.value.payload), fromWire(k.value.headers));
         return;
+      }
       case "credit":
         this.streams.get(k.value.streamId)?._onCredit(k.value.credits);
         return;

@@ -42,4 +42,6 @@ export interface ServerInfo {
   maxPayload: number;
   maxSubscriptions: number;
   address: string;
+  /** Payload codecs the gateway accepts (docs/protocol.md section 9.2). */
+  encodings: string[];
 }

@@ -17,6 +17,7 @@
 //! regions linked by static `--peer` entries, the one whose name sorts first. When both sides
 //! dial anyway (static cluster peers), the connection dialled by the lower gateway id is kept.
 
+pub mod compression;
 pub mod dialer;
 pub mod events;
 pub mod liveness;
@@ -61,6 +62,8 @@ pub struct LinkSettings {
     /// How long a peer may stay silent before its link is declared dead; `None` derives it
     /// from the RTT (see [`liveness`]).
     pub dead_after: Option<Duration>,
+    /// Batch compression per link kind ([`compression`]).
+    pub compression: compression::LinkCompression,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,7 @@ pub struct Federation {
     dialing: Mutex<Dialing>,
     next_link: AtomicU64,
     dead_after: Option<Duration>,
+    compression: compression::LinkCompression,
     metrics: Arc<FederationMetrics>,
     stop: CancellationToken,
 }
@@ -175,6 +179,7 @@ impl Federation {
             dialing: Mutex::new(Dialing::default()),
             next_link: AtomicU64::new(1),
             dead_after: settings.dead_after.filter(|d| !d.is_zero()),
+            compression: settings.compression,
             metrics: Arc::new(FederationMetrics::default()),
             stop: CancellationToken::new(),
         }))
@@ -432,6 +437,8 @@ impl Federation {
                 region: self.region.clone(),
                 gateway_id: self.gateway_id.clone(),
                 protocol: LINK_PROTOCOL,
+                encodings: nexus_proto::encoding::CodecSet::ALL.names(),
+                batch_codecs: nexus_proto::encoding::CodecSet::ALL.names(),
             })),
         }
     }

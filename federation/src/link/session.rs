@@ -11,11 +11,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 
+use super::compression::{Unbatcher, WriterCodecs};
 use super::events::LinkInfo;
 use super::liveness::{Liveness, Probe};
 use super::wire::{FrameReader, data_writer, write_frame};
 use super::{Federation, LinkError, LinkKind, link_err};
 use crate::metrics::{DownLabels, DownReason, DropReason, RegionLabels};
+use nexus_proto::encoding::CodecSet;
 
 /// Frames a link queues for its data stream before best-effort messages are refused.
 pub const DATA_QUEUE: usize = 4096;
@@ -206,13 +208,27 @@ pub async fn start(
     dialed: bool,
 ) -> Result<(), LinkError> {
     let LinkHello {
-        region, gateway_id, ..
+        region,
+        gateway_id,
+        encodings,
+        batch_codecs,
+        ..
     } = hello;
     let kind = if region == fed.region {
         LinkKind::Cluster
     } else {
         LinkKind::Federation
     };
+    let writer_codecs = WriterCodecs {
+        batch: match kind {
+            LinkKind::Cluster => fed.compression.cluster,
+            LinkKind::Federation => fed.compression.federation,
+        }
+        .filter(|c| CodecSet::from_names(&batch_codecs).contains(*c)),
+        peer_payloads: CodecSet::from_names(&encodings),
+        counters: fed.metrics.link_counters(kind, "sent"),
+    };
+    let read_counters = fed.metrics.link_counters(kind, "received");
     let mut data_send = conn.open_uni().await.map_err(|e| link_err(&region, e))?;
     // A QUIC stream becomes visible to the peer with its first bytes: announce ours before
     // waiting for theirs, or both sides would wait forever.
@@ -292,7 +308,7 @@ pub async fn start(
             }
         }
     });
-    tokio::spawn(data_writer(data_rx, data_send));
+    tokio::spawn(data_writer(data_rx, data_send, writer_codecs));
     // Control reader: pings and receipts are the link's own; the rest goes to the owner.
     let (l, h) = (link.clone(), handler.clone());
     tokio::spawn(async move {
@@ -315,8 +331,21 @@ pub async fn start(
     let (f, l, h) = (fed.clone(), link.clone(), handler);
     tokio::spawn(async move {
         let mut frames = FrameReader::default();
+        let mut unbatcher = Unbatcher::default();
         let reason = loop {
-            match frames.next(&mut data_recv).await {
+            // Frames of an opened compressed batch come first, in order.
+            let read = match unbatcher.pop() {
+                Some(frame) => Ok(Some(frame)),
+                None => frames.next(&mut data_recv).await,
+            };
+            match read {
+                Ok(Some(LinkFrame {
+                    kind: Some(Kind::Compressed(batch)),
+                })) => {
+                    if let Err(e) = unbatcher.open(batch, CodecSet::ALL, &read_counters) {
+                        break e;
+                    }
+                }
                 Ok(Some(LinkFrame { kind: Some(kind) })) => {
                     match kind {
                         Kind::Ping(_) | Kind::Pong(_) => continue,

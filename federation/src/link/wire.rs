@@ -13,6 +13,8 @@ use prost::Message;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
+use super::compression::{WriterCodecs, fit_payloads, pack};
+
 /// Largest frame accepted from a peer: room for the largest payload a gateway can be
 /// configured to accept (64 MiB) plus its envelope.
 pub const MAX_FRAME: usize = 80 << 20;
@@ -31,22 +33,34 @@ pub async fn write_frame(send: &mut quinn::SendStream, frame: &LinkFrame) -> Res
 
 /// Writes the data stream: each frame taken from the queue is sent together with whatever
 /// else is queued behind it (up to [`WRITE_BATCH`] bytes), in one write.
-pub async fn data_writer(mut rx: mpsc::Receiver<LinkFrame>, mut send: quinn::SendStream) {
+/// The batch is compressed as one `CompressedFrames` when the link negotiated a codec, and
+/// payloads the peer cannot decode are decoded first ([`super::compression`]).
+pub async fn data_writer(
+    mut rx: mpsc::Receiver<LinkFrame>,
+    mut send: quinn::SendStream,
+    codecs: WriterCodecs,
+) {
     let mut buf = Vec::with_capacity(WRITE_BATCH + 1024);
-    while let Some(frame) = rx.recv().await {
-        frame
-            .encode_length_delimited(&mut buf)
+    let mut packed = Vec::new();
+    let encode = |mut f: LinkFrame, buf: &mut Vec<u8>| {
+        fit_payloads(&mut f, codecs.peer_payloads, &codecs.counters);
+        f.encode_length_delimited(buf)
             .expect("a Vec grows as needed");
+    };
+    while let Some(frame) = rx.recv().await {
+        encode(frame, &mut buf);
         while buf.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(f) => f
-                    .encode_length_delimited(&mut buf)
-                    .expect("a Vec grows as needed"),
+                Ok(f) => encode(f, &mut buf),
                 Err(_) => break,
             }
         }
-        if send.write_all(&buf).await.is_err() {
+        let wire = pack(&buf, codecs.batch, &mut packed, &codecs.counters);
+        if send.write_all(wire).await.is_err() {
             return;
+        }
+        if packed.capacity() > 4 * WRITE_BATCH {
+            packed = Vec::new();
         }
         buf.clear();
         if buf.capacity() > 4 * WRITE_BATCH {

@@ -1,9 +1,9 @@
 //! `nexus-wan`: the WAN emulator as a process. Relays UDP from `--listen` to `--target`
-//! with delay, jitter and loss, and takes commands over a small HTTP API:
+//! with delay, jitter, loss and a bandwidth cap per direction, and takes commands over a small HTTP API:
 //!
 //! ```text
 //! GET  /            current impairment and counters (JSON)
-//! POST /set?delay_ms=40&jitter_ms=5&loss=0.01
+//! POST /set?delay_ms=40&jitter_ms=5&loss=0.01&rate_kbps=20000
 //! POST /cut         drop everything until /heal
 //! POST /heal
 //! ```
@@ -39,6 +39,9 @@ struct Args {
     /// Loss probability, 0..=1.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
+    /// Bandwidth of each direction in kbit/s; 0 = unlimited.
+    #[arg(long, default_value_t = 0)]
+    rate_kbps: u64,
     /// HTTP control address.
     #[arg(long)]
     control: Option<SocketAddr>,
@@ -56,6 +59,7 @@ fn parse_query(q: &str, current: Impairment) -> Result<Impairment, String> {
         };
         match k {
             "delay_ms" => imp.delay = Duration::from_secs_f64(num(v)?.max(0.0) / 1000.0),
+            "rate_kbps" => imp.rate_kbps = num(v)?.max(0.0) as u64,
             "jitter_ms" => imp.jitter = Duration::from_secs_f64(num(v)?.max(0.0) / 1000.0),
             "loss" => {
                 let l = num(v)?;
@@ -66,7 +70,7 @@ fn parse_query(q: &str, current: Impairment) -> Result<Impairment, String> {
             }
             _ => {
                 return Err(format!(
-                    "unknown parameter {k:?} (delay_ms, jitter_ms, loss)"
+                    "unknown parameter {k:?} (delay_ms, jitter_ms, loss, rate_kbps)"
                 ));
             }
         }
@@ -132,8 +136,8 @@ async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let imp = parse_query(
         &format!(
-            "delay_ms={}&jitter_ms={}&loss={}",
-            a.delay_ms, a.jitter_ms, a.loss
+            "delay_ms={}&jitter_ms={}&loss={}&rate_kbps={}",
+            a.delay_ms, a.jitter_ms, a.loss, a.rate_kbps
         ),
         Impairment::default(),
     )

@@ -75,34 +75,38 @@ class Frame(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., sub: _Optional[_Union[Sub, _Mapping]] = ..., unsub: _Optional[_Union[Unsub, _Mapping]] = ..., pub: _Optional[_Union[Pub, _Mapping]] = ..., msg: _Optional[_Union[Msg, _Mapping]] = ..., req: _Optional[_Union[Req, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., stream_open: _Optional[_Union[StreamOpen, _Mapping]] = ..., stream_data: _Optional[_Union[StreamData, _Mapping]] = ..., stream_close: _Optional[_Union[StreamClose, _Mapping]] = ..., go_away: _Optional[_Union[GoAway, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("api_key", "client_name", "language", "version", "protocol")
+    __slots__ = ("api_key", "client_name", "language", "version", "protocol", "encodings")
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     api_key: str
     client_name: str
     language: str
     version: str
     protocol: int
-    def __init__(self, api_key: _Optional[str] = ..., client_name: _Optional[str] = ..., language: _Optional[str] = ..., version: _Optional[str] = ..., protocol: _Optional[int] = ...) -> None: ...
+    encodings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, api_key: _Optional[str] = ..., client_name: _Optional[str] = ..., language: _Optional[str] = ..., version: _Optional[str] = ..., protocol: _Optional[int] = ..., encodings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "gateway_id", "region", "max_payload", "max_subscriptions", "protocol")
+    __slots__ = ("session_id", "gateway_id", "region", "max_payload", "max_subscriptions", "protocol", "encodings")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     MAX_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     MAX_SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     gateway_id: str
     region: str
     max_payload: int
     max_subscriptions: int
     protocol: int
-    def __init__(self, session_id: _Optional[str] = ..., gateway_id: _Optional[str] = ..., region: _Optional[str] = ..., max_payload: _Optional[int] = ..., max_subscriptions: _Optional[int] = ..., protocol: _Optional[int] = ...) -> None: ...
+    encodings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., gateway_id: _Optional[str] = ..., region: _Optional[str] = ..., max_payload: _Optional[int] = ..., max_subscriptions: _Optional[int] = ..., protocol: _Optional[int] = ..., encodings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Sub(_message.Message):
     __slots__ = ("sid", "subject", "queue_group", "ack_id")

@@ -23,8 +23,27 @@ fn on_go_away(shared: &Shared, g: pb::GoAway) {
 /// Routes one inbound frame.
 pub(super) async fn handle_frame(shared: &Arc<Shared>, frame: pb::Frame) {
     match frame.kind {
-        Some(Kind::Msg(m)) => deliver(shared, m).await,
-        Some(Kind::Reply(r)) => {
+        Some(Kind::Msg(mut m)) => {
+            let max = shared.max_payload.load(Ordering::Relaxed);
+            match crate::compression::decode(&mut m.headers, &mut m.payload, max) {
+                Ok(()) => deliver(shared, m).await,
+                Err(e) => {
+                    warn!(sid = m.sid, subject = %m.subject, error = %e, "nexus: dropped a message whose compressed payload cannot be decoded")
+                }
+            }
+        }
+        Some(Kind::Reply(mut r)) => {
+            if r.error.is_none() {
+                let max = shared.max_payload.load(Ordering::Relaxed);
+                if let Err(e) = crate::compression::decode(&mut r.headers, &mut r.payload, max) {
+                    r.payload = bytes::Bytes::new();
+                    r.error = Some(pb::Error {
+                        code: pb::ErrorCode::ServiceError as i32,
+                        message: format!("the reply's compressed payload cannot be decoded: {e}"),
+                        ref_id: r.req_id,
+                    });
+                }
+            }
             let tx = shared.state.lock().requests.remove(&r.req_id);
             match tx {
                 Some(tx) => {
@@ -58,7 +77,12 @@ pub(super) async fn handle_frame(shared: &Arc<Shared>, frame: pb::Frame) {
             }
         }
         Some(Kind::StreamOpen(o)) => accept_stream(shared, o),
-        Some(Kind::StreamData(d)) => {
+        Some(Kind::StreamData(mut d)) => {
+            let max = shared.max_payload.load(Ordering::Relaxed);
+            if let Err(e) = crate::compression::decode(&mut d.headers, &mut d.payload, max) {
+                warn!(stream = d.stream_id, error = %e, "nexus: dropped stream data whose compressed payload cannot be decoded");
+                return;
+            }
             let mut st = shared.state.lock();
             if let Some(e) = st.streams.get_mut(&d.stream_id) {
                 e.resolve_opened(Ok(()));
@@ -322,6 +346,7 @@ mod tests {
             max_concurrent_handlers: 4,
             publish_retry_timeout: Duration::from_secs(1),
             local_payload_check: true,
+            compression: Default::default(),
             tls: TlsSettings::default(),
         };
         let (out_tx, _out_rx) = mpsc::channel(8);

@@ -93,6 +93,8 @@ public final class Client implements AutoCloseable {
         private int streamWindow = 256;
         private Duration publishRetryTimeout = Duration.ofSeconds(30);
         private boolean localPayloadCheck = true;
+        private String compression = "zstd";
+        private int compressionThreshold = Compression.DEFAULT_THRESHOLD;
 
         private Builder(String url) {
             this.url = url;
@@ -236,6 +238,38 @@ public final class Client implements AutoCloseable {
          */
         public Builder localPayloadCheck(boolean on) {
             localPayloadCheck = on;
+            return this;
+        }
+
+        /**
+         * The codec outgoing payloads of at least {@link #compressionThreshold(int)} bytes are
+         * compressed with (docs/protocol.md section 9.2): {@code "zstd"} (default), {@code "lz4"},
+         * or {@code null} for plain payloads. Used when its library (zstd-jni, lz4-java) is on the
+         * classpath and the gateway accepts it; received compressed payloads are always decoded,
+         * so applications only ever see plain payloads.
+         *
+         * @param codec {@code "zstd"}, {@code "lz4"} or {@code null}
+         * @return this builder
+         */
+        public Builder compression(String codec) {
+            if (codec != null && !codec.equals("zstd") && !codec.equals("lz4")) {
+                throw new IllegalArgumentException("compression must be \"zstd\", \"lz4\" or null, not \"" + codec + "\"");
+            }
+            compression = codec;
+            return this;
+        }
+
+        /**
+         * Payloads of at least this many bytes are compressed (default 1024).
+         *
+         * @param bytes the threshold
+         * @return this builder
+         */
+        public Builder compressionThreshold(int bytes) {
+            if (bytes < 0) {
+                throw new IllegalArgumentException("compressionThreshold must be >= 0, got " + bytes);
+            }
+            compressionThreshold = bytes;
             return this;
         }
 
@@ -512,7 +546,8 @@ public final class Client implements AutoCloseable {
         try {
             GatewayGrpc.newStub(channel).session(s);
             Batch.Builder hello = Batch.newBuilder().addFrames(Frame.newBuilder().setHello(Hello.newBuilder()
-                    .setApiKey(opts.apiKey).setClientName(opts.name).setLanguage("java").setVersion(VERSION).setProtocol(1)));
+                    .setApiKey(opts.apiKey).setClientName(opts.name).setLanguage("java").setVersion(VERSION).setProtocol(1)
+                    .addAllEncodings(Compression.available())));
             for (Subscription sub : subs.values()) {
                 hello.addFrames(subFrame(sub.sid(), sub.subject(), sub.queueGroup(), 0));
             }
@@ -544,7 +579,8 @@ public final class Client implements AutoCloseable {
                 throw new ProtocolException("the first frame from the gateway was not Welcome");
             }
             s.info = new ServerInfo(welcome.getGatewayId(), welcome.getRegion(), welcome.getSessionId(),
-                    welcome.getMaxPayload(), welcome.getMaxSubscriptions(), ep.address());
+                    welcome.getMaxPayload(), welcome.getMaxSubscriptions(), ep.address(),
+                    List.copyOf(welcome.getEncodingsList()));
             s.requests.request(1);
             return s;
         } catch (InterruptedException e) {
@@ -676,7 +712,10 @@ public final class Client implements AutoCloseable {
                     out.offerFirst(first); // the next session decides whether it is still wanted
                     return;
                 }
-                Batch.Builder b = Batch.newBuilder().addFrames(first.frame());
+                List<String> accepted = s.info.encodings();
+                String codec = accepted.isEmpty() ? null : opts.compression;
+                Batch.Builder b = Batch.newBuilder()
+                        .addFrames(Compression.encode(first.frame(), codec, accepted, opts.compressionThreshold));
                 int size = first.size();
                 int idle = 0;
                 boolean end = false;
@@ -700,7 +739,7 @@ public final class Client implements AutoCloseable {
                         continue;
                     }
                     idle = 0;
-                    b.addFrames(nxt.frame());
+                    b.addFrames(Compression.encode(nxt.frame(), codec, accepted, opts.compressionThreshold));
                     size += nxt.size();
                 }
                 synchronized (s.readyLock) {
@@ -771,7 +810,15 @@ public final class Client implements AutoCloseable {
         return out;
     }
 
-    private void dispatch(Frame f, Session s) throws InterruptedException {
+    private void dispatch(Frame received, Session s) throws InterruptedException {
+        Frame f;
+        try {
+            f = Compression.decode(received, s.info.maxPayload());
+        } catch (Compression.CompressionException e) {
+            LOG.log(System.Logger.Level.WARNING, "dropped a {0} whose compressed payload cannot be decoded: {1}",
+                    received.getKindCase(), e.getMessage());
+            return;
+        }
         switch (f.getKindCase()) {
             case MSG -> {
                 var m = f.getMsg();
