@@ -21,7 +21,9 @@ BASE_PORT="${BASE_PORT:-17000}"
 OUT="${OUT:-docs/benchmarks.md}"
 export NEXUS_CACHE="${NEXUS_CACHE:-$HOME/.cache/nexus}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$NEXUS_CACHE/target}"
-BIN="$CARGO_TARGET_DIR/release"
+# NEXUS_BIN_DIR: run prebuilt binaries from there (an A/B against another build) instead of
+# building this tree.
+BIN="${NEXUS_BIN_DIR:-$CARGO_TARGET_DIR/release}"
 
 WORK="$(mktemp -d)"
 PIDS=()
@@ -37,7 +39,7 @@ trap 'exit 130' INT TERM
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "building release binaries (nexus, nexus-load)"
-cargo build --release --quiet -p nexus -p nexus-load --bin nexus --bin nexus-load
+[ -n "${NEXUS_BIN_DIR:-}" ] || cargo build --release --quiet -p nexus -p nexus-load --bin nexus --bin nexus-load
 
 step "nexus dev: one region (bench) of two gateways"
 RUST_LOG=warn "$BIN/nexus" dev --regions bench --gateways-per-region 2 \
@@ -87,7 +89,7 @@ step "writing $OUT"
   echo "  one run: everything on gateway 1 (same gateway), and publishers/requesters on gateway 1"
   echo "  with subscribers/responders on gateway 2 (across gateways: one cluster hop)."
   echo "- ${PAYLOAD}-byte payloads, ${DURATION} s per scenario, best-effort route (the default),"
-  echo "  nexus $(git describe --always --dirty 2>/dev/null || echo '?'), $(nproc) CPUs shared by both"
+  echo "  nexus ${NEXUS_BUILD_LABEL:-$(git describe --always --dirty 2>/dev/null || echo "?")}, $(nproc) CPUs shared by both"
   echo "  gateways, the control plane and the load generator."
   echo
   echo "| scenario | target | msgs/s | MB/s | sent | delivered | lost | errors | p50 | p90 | p99 | p99.9 | max |"

@@ -17,7 +17,9 @@ PAYLOAD="${PAYLOAD:-128}"
 RATES="${RATES:-0 0.001 0.01 1}"
 export NEXUS_CACHE="${NEXUS_CACHE:-$HOME/.cache/nexus}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$NEXUS_CACHE/target}"
-BIN="$CARGO_TARGET_DIR/release"
+# NEXUS_BIN_DIR: run prebuilt binaries from there (an A/B against another build) instead of
+# building this tree.
+BIN="${NEXUS_BIN_DIR:-$CARGO_TARGET_DIR/release}"
 
 WORK="$(mktemp -d)"
 GW=""
@@ -29,7 +31,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "==> building release binaries (nexus, nexus-load)" >&2
-cargo build --release --quiet -p nexus -p nexus-load --bin nexus --bin nexus-load
+[ -n "${NEXUS_BIN_DIR:-}" ] || cargo build --release --quiet -p nexus -p nexus-load --bin nexus --bin nexus-load
 
 for rate in $RATES; do
   cat >"$WORK/gw-$rate.toml" <<EOF
