@@ -14,8 +14,10 @@
 //! cluster links: `nexus_federation::cluster::key_activity`), rounded up. So a key whose
 //! sessions all sit on one gateway gets its whole limit there, and a key spread over three
 //! gateways a third on each, and the region admits about the configured rate either way. The
-//! share follows the key's sessions as they come and go (a key's limiter is rebuilt, with a
-//! full burst of the new share, when its share changes). A gateway with no cluster links
+//! share follows the key's sessions as they come and go: a key's limiter is rebuilt when its
+//! share changes, and starts with the part of its burst the old one had left (so sessions
+//! coming and going cannot hand a key a fresh burst each time; a key idle since its last
+//! message may start a little below its full burst, and refills at its rate). A gateway with no cluster links
 //! enforces the whole limit (docs/security.md §8).
 
 use std::collections::HashMap;
@@ -23,6 +25,9 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use nexus_proto::v1::KeyLimits;
 use parking_lot::Mutex;
@@ -32,8 +37,50 @@ pub struct KeyLimiter {
     limits: KeyLimits,
     /// How many gateways share the limits (1: this one enforces all of them).
     share: u32,
-    msgs: Option<DefaultDirectRateLimiter>,
-    bytes: Option<DefaultDirectRateLimiter>,
+    msgs: Option<Bucket>,
+    bytes: Option<Bucket>,
+}
+
+/// One GCRA limiter and how much of its burst it had left after the last message it took.
+struct Bucket {
+    limiter: DefaultDirectRateLimiter<StateInformationMiddleware>,
+    burst: u32,
+    left: AtomicU32,
+}
+
+impl Bucket {
+    /// A limiter for `quota` starting with `left` (a fraction, 0..=1) of its burst.
+    fn new(quota: Quota, left: f64) -> Self {
+        let burst = quota.burst_size().get();
+        let limiter = RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>();
+        let keep = ((f64::from(burst) * left.clamp(0.0, 1.0)).ceil() as u32).min(burst);
+        if let Some(spend) = NonZeroU32::new(burst - keep) {
+            let _ = limiter.check_n(spend);
+        }
+        Bucket {
+            limiter,
+            burst,
+            left: AtomicU32::new(keep),
+        }
+    }
+
+    /// Takes `n`: `Ok(true)` taken, `Ok(false)` over the rate, `Err` more than the burst.
+    fn take(&self, n: NonZeroU32) -> Result<bool, ()> {
+        match self.limiter.check_n(n) {
+            Ok(Ok(state)) => {
+                self.left
+                    .store(state.remaining_burst_capacity(), Ordering::Relaxed);
+                Ok(true)
+            }
+            Ok(Err(_)) => Ok(false),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// The part of its burst left after the last message it took.
+    fn left(&self) -> f64 {
+        f64::from(self.left.load(Ordering::Relaxed)) / f64::from(self.burst.max(1))
+    }
 }
 
 /// `n` divided among `share` gateways, rounded up (a share of a positive limit is never 0).
@@ -52,14 +99,22 @@ impl KeyLimiter {
     /// `None` when `limits` limit nothing. `share`: the number of gateways of the region
     /// that divide the limits among them (this one enforces `1/share` of each).
     pub fn new(limits: &KeyLimits, share: u32) -> Option<Self> {
+        Self::following(limits, share, None)
+    }
+
+    /// As [`KeyLimiter::new`], replacing `previous` (the key's limiter before its share or
+    /// limits changed): each limiter starts with the part of its burst the previous one had
+    /// left, not a full one.
+    fn following(limits: &KeyLimits, share: u32, previous: Option<&KeyLimiter>) -> Option<Self> {
         let share = share.max(1);
         let msgs = quota(limits.msgs_per_sec.into(), limits.burst_msgs.into(), share);
         let bytes = quota(limits.bytes_per_sec, limits.burst_bytes, share);
+        let left = |b: Option<&Bucket>| b.map_or(1.0, Bucket::left);
         (msgs.is_some() || bytes.is_some()).then(|| Self {
             limits: *limits,
             share,
-            msgs: msgs.map(RateLimiter::direct),
-            bytes: bytes.map(RateLimiter::direct),
+            msgs: msgs.map(|q| Bucket::new(q, left(previous.and_then(|p| p.msgs.as_ref())))),
+            bytes: bytes.map(|q| Bucket::new(q, left(previous.and_then(|p| p.bytes.as_ref())))),
         })
     }
 
@@ -81,7 +136,7 @@ impl KeyLimiter {
     pub fn check(&self, key_id: &str, payload_len: usize) -> Result<(), String> {
         let l = &self.limits;
         if let Some(msgs) = &self.msgs
-            && msgs.check().is_err()
+            && msgs.take(NonZeroU32::MIN) != Ok(true)
         {
             let rate = u64::from(l.msgs_per_sec);
             let burst = if l.burst_msgs == 0 {
@@ -100,9 +155,9 @@ impl KeyLimiter {
             } else {
                 l.burst_bytes
             };
-            match bytes.check_n(n) {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
+            match bytes.take(n) {
+                Ok(true) => {}
+                Ok(false) => {
                     return Err(format!(
                         "API key {key_id} is over its rate limit of {} payload bytes/s (burst {burst}{}); slow down",
                         l.bytes_per_sec,
@@ -205,11 +260,13 @@ impl KeyLimiters {
         let mut next = HashMap::new();
         for (id, limits) in &inputs.limits {
             let share = inputs.share(id);
-            let kept = old
-                .get(id)
+            let previous = old.get(id);
+            let kept = previous
                 .filter(|l| l.limits == *limits && l.share == share)
                 .cloned();
-            if let Some(l) = kept.or_else(|| KeyLimiter::new(limits, share).map(Arc::new)) {
+            let made =
+                || KeyLimiter::following(limits, share, previous.map(|p| &**p)).map(Arc::new);
+            if let Some(l) = kept.or_else(made) {
                 next.insert(id.clone(), l);
             }
         }
@@ -298,12 +355,10 @@ mod tests {
             "{e}"
         );
         // The other gateways' sessions of k leave: this one enforces the whole limit (a new
-        // limiter); b, unchanged, keeps its state.
+        // limiter, starting with what the old one had left of its burst: nothing); b,
+        // unchanged, keeps its state.
         limiters.set_peers_active("k", 0);
         assert_eq!(limiters.share("k"), 1);
-        for _ in 0..9 {
-            limiters.check("k", 1).unwrap();
-        }
         assert!(!limiters.check("k", 1).unwrap_err().contains("share"));
         assert!(limiters.check("b", 400).is_err());
         // Limits pushed again keep the shares.
@@ -324,5 +379,36 @@ mod tests {
         limiters.set_peers_active("t", 4);
         limiters.check("t", 1).unwrap();
         assert!(limiters.check("t", 1).is_err());
+    }
+
+    /// Sessions coming and going on other gateways change a key's share again and again;
+    /// none of the changes hands the key a fresh burst (each limiter starts with the part of
+    /// its burst the one before had left), so flapping cannot let a key past its limit. A
+    /// key that sent nothing keeps its whole burst across a change.
+    #[test]
+    fn a_change_of_share_hands_out_no_fresh_burst() {
+        let limits = KeyLimits {
+            msgs_per_sec: 1,
+            burst_msgs: 100,
+            ..Default::default()
+        };
+        let limiters = KeyLimiters::default();
+        limiters.update([("k", &limits), ("idle", &limits)].into_iter());
+        let mut taken = 0;
+        for round in 0..10 {
+            limiters.set_peers_active("k", round % 2);
+            limiters.set_peers_active("idle", round % 2);
+            while limiters.check("k", 1).is_ok() {
+                taken += 1;
+            }
+        }
+        // The burst of 100 (plus at most a message of refill and rounding per change), not
+        // 50 or 100 again at every change.
+        assert!(taken <= 110, "{taken} taken over 10 changes of share");
+        assert!(taken >= 100, "{taken}");
+        limiters.set_peers_active("idle", 0);
+        for _ in 0..100 {
+            limiters.check("idle", 1).unwrap();
+        }
     }
 }
