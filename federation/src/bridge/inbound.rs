@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use nexus_gateway::router::Delivery;
 use nexus_proto::v1::{Forward, InterestUpdate, link_frame::Kind};
 
+use super::forwarded::delivery;
 use super::remote_requests::{self, Via};
 use super::{RegionRouter, now_ms, replication};
 use crate::cluster::balance::Taker;
@@ -331,22 +331,4 @@ impl LinkHandler for RegionRouter {
             }
         })
     }
-}
-
-/// A forwarded message as the local router delivers it; `None` (logged) when its subject is
-/// not valid.
-pub(super) fn delivery(region: &str, forward: Forward) -> Option<Delivery> {
-    if nexus_proto::subject::validate_subject(&forward.subject).is_err() {
-        tracing::warn!(%region, subject = %nexus_proto::text::Escaped(&forward.subject), "dropping a message with an invalid subject from another region");
-        return None;
-    }
-    Some(Delivery {
-        subject: forward.subject.into(),
-        reply_to: forward.reply_to.into(),
-        headers: forward.headers,
-        payload: forward.payload,
-        id: forward.id,
-        // The local router decides (sampling, or the force header) when it delivers.
-        traced: false,
-    })
 }

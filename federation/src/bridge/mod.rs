@@ -25,6 +25,7 @@
 
 mod cluster;
 mod cluster_streams;
+mod forwarded;
 mod inbound;
 mod outbound;
 mod plan;

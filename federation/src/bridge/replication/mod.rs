@@ -19,7 +19,7 @@ use nexus_proto::v1::{self, ErrorCode, SpoolAck, SpoolNack, Spooled, link_frame:
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::inbound::delivery;
+use super::forwarded::delivery;
 use super::now_ms;
 use crate::link::{Federation, LinkId, LinkInfo, Sent};
 use crate::metrics::{
