@@ -27,7 +27,7 @@ use nexus_proto::v1::{CompressedFrames, LinkFrame, link_frame::Kind};
 use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 
-use super::wire::{MAX_FRAME, WRITE_BATCH};
+use super::frame_size::{MAX_FRAME, WRITE_BATCH};
 
 /// Batches smaller than this are sent plain.
 pub const MIN_BATCH: usize = 512;

@@ -20,6 +20,7 @@
 pub mod compression;
 pub mod dialer;
 pub mod events;
+mod frame_size;
 pub mod liveness;
 pub mod session;
 mod table;
