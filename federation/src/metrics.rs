@@ -110,8 +110,15 @@ pub struct FederationMetrics {
     pub replica_takeovers: Counter,
     /// Publishes answered with a timeout because no replica confirmed them in time.
     pub replica_timeouts: Counter,
-    /// Relays of spooled messages given up for a cluster peer unlinked past the grace period.
+    /// Relays of spooled messages given up for a cluster peer: it left the control plane's
+    /// list while they were owed, or this gateway's spool had no room to hold them.
     pub relays_abandoned: Counter,
+    /// Relays written to this gateway's spool for a cluster peer cut off past the grace
+    /// period (held relays), sent when it returns.
+    pub relays_held: Counter,
+    /// Held relays delivered here after newer messages of their stream (the stream's home in
+    /// this region changed while they were held): late, out of order, not lost.
+    pub held_relays_late: Counter,
     /// Requests that a local responder could have taken, sent to a cheaper gateway of the
     /// region by the gateway balancer (`cluster::balance`).
     pub requests_to_peers: Counter,
@@ -326,8 +333,20 @@ impl Collector for FederationMetrics {
         put(
             &mut e,
             "cluster_relays_abandoned",
-            "Spooled messages relayed to a cluster peer that stayed unlinked past the grace period before confirming them: its subscribers may have missed them",
+            "Spooled messages owed to a cluster peer and given up: it left the control plane's list while they were owed, or the spool had no room to hold them for it. Its subscribers may have missed them",
             &self.relays_abandoned,
+        )?;
+        put(
+            &mut e,
+            "cluster_relays_held",
+            "Spooled messages from another region written to this gateway's spool for a cluster peer cut off past the grace period, to be sent when it returns",
+            &self.relays_held,
+        )?;
+        put(
+            &mut e,
+            "cluster_held_relays_late",
+            "Held relays delivered here after newer messages of their stream had arrived by another path (the stream's home in this region changed while they were held): delivered late and out of order rather than lost",
+            &self.held_relays_late,
         )?;
         put(
             &mut e,

@@ -63,8 +63,15 @@ pub(super) struct Cluster {
     marks: Mutex<HashMap<StreamId, u64>>,
     /// Cluster peers whose link is down, since when (Unix ms): their interest is kept, and
     /// relays they have not confirmed stay owed, for a grace period, so a short cut inside
-    /// the region loses nothing.
-    absent: Mutex<HashMap<String, i64>>,
+    /// the region loses nothing; past it, while the control plane still lists them, their
+    /// relays are held (`past_grace`), until they return or are no longer listed.
+    absent: Mutex<HashMap<String, Absence>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Absence {
+    since_ms: i64,
+    past_grace: bool,
 }
 
 /// An update carrying only changes, or `None` when there are none.
@@ -113,12 +120,15 @@ impl Cluster {
     }
 
     /// Cluster peer `gateway`'s link went down at `now_ms`: it counts as absent (its interest
-    /// kept) until it returns or [`Cluster::absent_for`] says it is gone.
+    /// kept) until it returns or it is forgotten ([`Cluster::forget`]).
     pub(super) fn peer_absent(&self, gateway: &str, now_ms: i64) {
         self.absent
             .lock()
             .entry(gateway.to_owned())
-            .or_insert(now_ms);
+            .or_insert(Absence {
+                since_ms: now_ms,
+                past_grace: false,
+            });
     }
 
     /// Cluster peer `gateway` is linked again.
@@ -130,20 +140,38 @@ impl Cluster {
         self.absent.lock().contains_key(gateway)
     }
 
-    /// Peers absent for at least `grace_ms` at `now_ms`: no longer absent but gone (the caller
-    /// forgets them with [`Cluster::peer_gone`]).
-    pub(super) fn absent_for(&self, now_ms: i64, grace_ms: i64) -> Vec<String> {
+    /// Peers that have been absent for `grace_ms` at `now_ms`, each reported once (the
+    /// caller holds their relays, or forgets them when they are no longer listed).
+    pub(super) fn past_grace(&self, now_ms: i64, grace_ms: i64) -> Vec<String> {
         let mut absent = self.absent.lock();
-        let mut gone: Vec<String> = absent
+        let mut out: Vec<String> = Vec::new();
+        for (g, a) in absent.iter_mut() {
+            if !a.past_grace && now_ms - a.since_ms >= grace_ms {
+                a.past_grace = true;
+                out.push(g.clone());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Absent peers already past the grace period.
+    pub(super) fn held(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .absent
+            .lock()
             .iter()
-            .filter(|(_, since)| now_ms - **since >= grace_ms)
+            .filter(|(_, a)| a.past_grace)
             .map(|(g, _)| g.clone())
             .collect();
-        gone.sort();
-        for g in &gone {
-            absent.remove(g);
-        }
-        gone
+        out.sort();
+        out
+    }
+
+    /// No longer absent but gone: `gateway` is dropped from the absent peers (the caller
+    /// also forgets its interest with [`Cluster::peer_gone`]).
+    pub(super) fn forget(&self, gateway: &str) {
+        self.absent.lock().remove(gateway);
     }
 
     /// Cluster peer `gateway` is gone: its interest leaves the region's.
@@ -405,17 +433,22 @@ mod tests {
     }
 
     #[test]
-    fn an_absent_peer_is_gone_only_after_the_grace_period() {
+    fn an_absent_peer_passes_the_grace_period_once_and_stays_absent_until_forgotten() {
         let c = Cluster::default();
         c.peer_absent("gw-2", 1000);
         c.peer_absent("gw-2", 1500); // a second down of the same absence keeps the first time
         assert!(c.is_absent("gw-2"));
-        assert!(c.absent_for(1999, 1000).is_empty());
-        assert_eq!(c.absent_for(2000, 1000), vec!["gw-2".to_string()]);
+        assert!(c.past_grace(1999, 1000).is_empty());
+        assert_eq!(c.past_grace(2000, 1000), vec!["gw-2".to_string()]);
+        assert!(c.past_grace(2500, 1000).is_empty(), "reported once");
+        assert!(c.is_absent("gw-2"));
+        assert_eq!(c.held(), vec!["gw-2".to_string()]);
+        c.forget("gw-2");
         assert!(!c.is_absent("gw-2"));
+        assert!(c.held().is_empty());
         c.peer_absent("gw-3", 0);
         c.peer_present("gw-3");
-        assert!(c.absent_for(10_000, 1000).is_empty());
+        assert!(c.past_grace(10_000, 1000).is_empty());
     }
 
     #[test]

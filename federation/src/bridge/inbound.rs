@@ -166,9 +166,10 @@ impl LinkHandler for RegionRouter {
             let keys = self.keys.lock().local_full();
             self.fed
                 .try_send_control_to(&link.gateway_id, Kind::KeyActivity(keys));
-            // Back within the grace period: the relays it missed go out again.
+            // Back: the relays it missed go out again (those held for it past the grace
+            // period through this gateway's spool, first).
             self.cluster.peer_present(&link.gateway_id);
-            self.replication.peer_back(&self.fed, &link.gateway_id);
+            self.replication.peer_linked(&self.fed, &link.gateway_id);
         } else {
             self.replication.link_up(&self.fed, link);
         }
@@ -250,21 +251,46 @@ impl LinkHandler for RegionRouter {
                 Kind::ReplicaAppend(_) => {
                     tracing::warn!(peer = %link.gateway_id, region = %link.region, "a gateway of another region sent spool copies; only gateways of this region keep replicas here, ignored")
                 }
-                // A cluster peer's own durable publish: its stream, received like another
-                // region's (in order, recorded, confirmed), delivered here only.
+                // A cluster peer's own durable publish, or a relay it held for this gateway
+                // while it was cut off past the grace period: the peer's own stream,
+                // received like another region's (in order, recorded, confirmed), delivered
+                // here only.
                 Kind::Spooled(spooled)
                     if from_cluster
-                        && spooled
-                            .forward
-                            .as_ref()
-                            .is_some_and(|f| f.origin_region == self.fed.region()) =>
+                        && (spooled.relay_of.is_some()
+                            || spooled
+                                .forward
+                                .as_ref()
+                                .is_some_and(|f| f.origin_region == self.fed.region())) =>
                 {
                     // Unless this gateway has its id already: a publisher that retried here
-                    // after the peer died, before the peer sent it on.
+                    // after the peer died, before the peer sent it on. A held relay also
+                    // counts for the stream it came from, so a later home resending that
+                    // stream does not deliver it twice; and when newer messages of that
+                    // stream reached this gateway by another path while it was held (the
+                    // stream's home changed), it is delivered late, out of order, when its id
+                    // is new here, rather than lost.
                     if let Some(f) = &spooled.forward {
-                        self.trace_arrived(link, f, "spooled");
+                        let how = if spooled.relay_of.is_some() {
+                            "spooled, held for this gateway by the stream's home while cut off"
+                        } else {
+                            "spooled"
+                        };
+                        self.trace_arrived(link, f, how);
                     }
-                    let first = |s: &nexus_proto::v1::Spooled| self.first_sight(s);
+                    let first = |s: &nexus_proto::v1::Spooled| {
+                        let Some(r) = s.relay_of.as_ref() else {
+                            return self.first_sight(s);
+                        };
+                        let stream = crate::replication::StreamId::from(r.stream.as_str());
+                        let in_order = self.cluster.first_delivery(&stream, r.seq);
+                        let fresh = self.first_sight(s);
+                        if fresh && !in_order {
+                            self.metrics.held_relays_late.inc();
+                            tracing::info!(peer = %link.gateway_id, %stream, seq = r.seq, "held relay delivered after newer messages of its stream (the stream's home changed while it was held)");
+                        }
+                        fresh
+                    };
                     self.replication
                         .on_spooled(
                             &self.fed,

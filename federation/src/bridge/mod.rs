@@ -158,24 +158,52 @@ impl RegionRouter {
         table
     }
 
-    /// Cluster peers absent (link down) for the grace period are gone: their interest leaves
-    /// the region's, and relays stop waiting for them (counted, and logged with how many they
-    /// had not confirmed).
+    /// Cluster peers absent (link down) for the grace period stop counting for key shares
+    /// and requests. While the control plane still lists them (they may be alive, only cut
+    /// off) their interest is kept and their relays are held in this gateway's spool until
+    /// they return; once it no longer lists them they are gone: their interest leaves the
+    /// region's and what they were owed is given up (counted, and logged).
     fn forget_absent_peers(&self) {
         for gateway in self
             .cluster
-            .absent_for(now_ms(), self.replication.relay_grace_ms())
+            .past_grace(now_ms(), self.replication.relay_grace_ms())
         {
-            let update = self.cluster.peer_gone(&gateway);
-            self.tell_regions(update);
             let shares = self.keys.lock().peer_gone(&gateway);
             self.apply_key_shares(shares);
             self.requests.gateways.lock().forget(&gateway);
-            self.replication.peer_gone(&self.fed, &gateway);
+            if self.lists_peer(&gateway) {
+                self.replication.peer_held(&self.fed, &gateway);
+            } else {
+                self.forget_peer(&gateway);
+            }
+        }
+        for gateway in self.cluster.held() {
+            if self.lists_peer(&gateway) {
+                self.replication.reask(&self.fed, &gateway);
+            } else {
+                self.forget_peer(&gateway);
+            }
         }
         for peer in self.fed.cluster_peers() {
             self.replication.reask(&self.fed, &peer.gateway_id);
         }
+    }
+
+    /// Whether the control plane still lists gateway `gateway` (its registration lives).
+    /// Without a control plane (static `--cluster-peer` lists) nothing says a peer left for
+    /// good, so every peer counts as listed.
+    fn lists_peer(&self, gateway: &str) -> bool {
+        let policy = self.gateway.policy();
+        policy.peers.is_empty() || policy.peers.iter().any(|p| p.gateway_id == gateway)
+    }
+
+    /// Cluster peer `gateway` is gone for good: its interest leaves the region's, and relays
+    /// no longer wait for it.
+    fn forget_peer(&self, gateway: &str) {
+        self.cluster.forget(gateway);
+        let update = self.cluster.peer_gone(gateway);
+        self.tell_regions(update);
+        self.replication.peer_gone(&self.fed, gateway);
     }
 
     /// Keeps links to the peers the control plane pushed with the config, when they change.

@@ -110,6 +110,33 @@ impl Mark {
     }
 }
 
+/// How a relay of a spooled message goes to a cluster peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayTo {
+    /// Over the cluster link, now; the peer confirms it.
+    Now,
+    /// Owed: the peer is cut off within the grace period, or older relays of the stream are
+    /// held back for it. It goes out (or into the held queue) when the stream's sender is
+    /// asked to send again from the oldest owed one and the resends arrive, in order.
+    Owed,
+    /// A held relay: written to this gateway's own spool queue for the peer, which sends it
+    /// when the peer is back; it counts as confirmed once that write is durable, so the
+    /// origin's confirmations (and `sync` publishes) do not wait for the peer.
+    Held,
+}
+
+/// A cluster peer cut off past the grace period while the control plane still lists it, or
+/// back from that with held relays it has not confirmed yet.
+#[derive(Debug, Default, Clone, Copy)]
+struct HeldPeer {
+    /// Still cut off.
+    away: bool,
+    /// Position, in this gateway's own spool queue for the peer, of the newest held relay:
+    /// until the peer confirmed that far, its relays keep going through the queue, so none
+    /// overtakes a held one.
+    last: u64,
+}
+
 /// What to do with an arriving message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -125,6 +152,8 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct Inbox {
     streams: HashMap<StreamId, Mark>,
+    /// Cluster peers whose relays go to the held queue (docs/cluster.md §4).
+    held: HashMap<String, HeldPeer>,
 }
 
 impl Inbox {
@@ -264,19 +293,71 @@ impl Inbox {
             .unwrap_or_default()
     }
 
-    /// Whether message `seq` of `stream`, just delivered, may be relayed to `peer` now:
-    /// not when the peer is unlinked (`linked` false) or its older relays of the stream are
-    /// held back (it must get them first), in which case this one is held back too.
-    pub fn may_relay(&mut self, stream: &StreamId, peer: &str, seq: u64, linked: bool) -> bool {
+    /// How message `seq` of `stream`, just delivered, goes to `peer` ([`RelayTo`]): owed when
+    /// the peer is unlinked within the grace period (`linked` false) or its older relays of
+    /// the stream are held back (it must get them first); held while the peer is cut off
+    /// past the grace, or back with held relays not confirmed through `queue_confirmed` (the
+    /// confirmed position of this gateway's own queue for it); else now.
+    pub fn relay_to(
+        &mut self,
+        stream: &StreamId,
+        peer: &str,
+        seq: u64,
+        linked: bool,
+        queue_confirmed: u64,
+    ) -> RelayTo {
+        let held = self.held.get(peer).copied();
+        let away = held.is_some_and(|h| h.away);
         let Some(mark) = self.streams.get_mut(stream) else {
-            return linked;
+            return if linked { RelayTo::Now } else { RelayTo::Owed };
         };
-        if linked && !mark.blocked.contains_key(peer) {
-            return true;
+        if mark.blocked.contains_key(peer) || (!linked && !away) {
+            let from = mark.blocked.entry(peer.to_owned()).or_insert(seq);
+            *from = (*from).min(seq);
+            return RelayTo::Owed;
         }
-        let from = mark.blocked.entry(peer.to_owned()).or_insert(seq);
-        *from = (*from).min(seq);
-        false
+        match held {
+            Some(h) if h.away || h.last > queue_confirmed => RelayTo::Held,
+            Some(_) => {
+                // Back, and every held relay confirmed: the link again from here.
+                self.held.remove(peer);
+                RelayTo::Now
+            }
+            None => RelayTo::Now,
+        }
+    }
+
+    /// Sending relay `seq` of `stream` to `peer` failed (its link ended): it is owed, and
+    /// held back from here.
+    pub fn relay_failed(&mut self, stream: &StreamId, peer: &str, seq: u64) {
+        if let Some(mark) = self.streams.get_mut(stream) {
+            let from = mark.blocked.entry(peer.to_owned()).or_insert(seq);
+            *from = (*from).min(seq);
+        }
+    }
+
+    /// `peer` passed the grace period cut off, and the control plane still lists it: from now
+    /// on its relays are held ([`RelayTo::Held`]), the owed ones as their resends arrive.
+    pub fn hold(&mut self, peer: &str) {
+        self.held.entry(peer.to_owned()).or_default().away = true;
+    }
+
+    /// Whether `peer` is cut off past the grace period (its relays are held).
+    pub fn is_held(&self, peer: &str) -> bool {
+        self.held.get(peer).is_some_and(|h| h.away)
+    }
+
+    /// `peer` is linked again: relays go over the link again once it confirmed the held ones.
+    pub fn peer_linked(&mut self, peer: &str) {
+        if let Some(h) = self.held.get_mut(peer) {
+            h.away = false;
+        }
+    }
+
+    /// A held relay for `peer` was written at position `at` of this gateway's queue for it.
+    pub fn held_at(&mut self, peer: &str, at: u64) {
+        let h = self.held.entry(peer.to_owned()).or_default();
+        h.last = h.last.max(at);
     }
 
     /// `peer`'s link went down: every relay of every stream it has not confirmed is held
@@ -295,15 +376,18 @@ impl Inbox {
         }
     }
 
-    /// Message `seq` of `stream` arrived again (a resend): the peers, among `linked` ones,
-    /// to relay it to now, those held back at or before it that still owe it. Each moves its
-    /// hold to its next owed message, and is free again past the last one.
+    /// Message `seq` (after `prev`, the newest message its sender still holds before it) of
+    /// `stream` arrived again (a resend): the peers to relay it to now, and how (over the
+    /// link, or into the held queue), among those held back for whom it is the oldest relay
+    /// they still owe, `linked` or held. Each moves its hold to its next owed message, and is
+    /// free again past the last one.
     pub fn resend_to(
         &mut self,
         stream: &StreamId,
         seq: u64,
+        prev: u64,
         linked: impl Fn(&str) -> bool,
-    ) -> Vec<String> {
+    ) -> Vec<(String, RelayTo)> {
         let Some(mark) = self.streams.get_mut(stream) else {
             return Vec::new();
         };
@@ -315,9 +399,34 @@ impl Inbox {
             .unwrap_or_default();
         let mut out = Vec::new();
         for peer in owed {
-            if !linked(&peer) || mark.blocked.get(&peer).is_none_or(|from| *from > seq) {
+            let held = self.held.get(&peer);
+            let away = held.is_some_and(|h| h.away);
+            let Some(&from) = mark.blocked.get(&peer) else {
+                continue;
+            };
+            if !(linked(&peer) || away) {
                 continue;
             }
+            // Only the oldest relay the peer still owes from its hold goes now: resends of an
+            // earlier pass (a link that changed meanwhile) can arrive ahead of the ones
+            // asked for, and relaying a newer one first would skip the older for good.
+            // Unless the sender holds none of the older ones any more (`prev` is the newest
+            // it holds before this one): another home of this region confirmed them, having
+            // relayed them, so they will not come again and are no longer owed.
+            let oldest = mark
+                .relays
+                .iter()
+                .find(|(s, peers)| *s >= from && peers.contains(&peer))
+                .map_or(seq, |(s, _)| *s);
+            if oldest > seq || (oldest < seq && prev >= oldest) {
+                continue;
+            }
+            for (s, peers) in mark.relays.iter_mut() {
+                if *s >= oldest && *s < seq {
+                    peers.retain(|p| *p != peer);
+                }
+            }
+            mark.drop_confirmed_relays();
             let next = mark
                 .relays
                 .iter()
@@ -331,7 +440,13 @@ impl Inbox {
                     mark.blocked.remove(&peer);
                 }
             }
-            out.push(peer);
+            // A peer with held relays gets this one held too, behind them.
+            let how = if held.is_some() {
+                RelayTo::Held
+            } else {
+                RelayTo::Now
+            };
+            out.push((peer, how));
         }
         out
     }
@@ -377,6 +492,7 @@ impl Inbox {
             mark.drop_confirmed_relays();
             touched.push(stream.clone());
         }
+        self.held.remove(peer);
         touched.sort();
         touched
             .into_iter()
@@ -438,7 +554,7 @@ mod tests {
                 i.on_spooled_from("a", "a1", L1, &s(), seq, seq - 1),
                 Verdict::Deliver
             );
-            assert!(i.may_relay(&s(), "b2", seq, true));
+            assert_eq!(i.relay_to(&s(), "b2", seq, true, 0), RelayTo::Now);
             i.relayed(&s(), seq, vec!["b2".into()]);
         }
         assert_eq!(i.relay_confirmed(&s(), "b2", 2), Some(2));
@@ -450,30 +566,129 @@ mod tests {
             i.on_spooled_from("a", "a1", L1, &s(), 5, 4),
             Verdict::Deliver
         );
-        assert!(!i.may_relay(&s(), "b2", 5, true));
+        assert_eq!(i.relay_to(&s(), "b2", 5, true, 0), RelayTo::Owed);
         i.relayed(&s(), 5, vec!["b2".into()]);
         assert_eq!(i.owed_to("b2"), 3);
         assert!(i.owing("b3").is_empty());
         assert_eq!(i.to_record(&s()), None, "nothing past 2 is settled");
-        // The resends from 3: each goes to b2 in order, then b2 is free again.
+        // The resends from 3: each goes to b2 in order, then b2 is free again. A resend of 4
+        // from an earlier pass, ahead of 3, is not relayed (3 would be skipped for good).
         let linked = |_: &str| true;
-        assert!(i.resend_to(&s(), 2, linked).is_empty(), "confirmed already");
-        assert_eq!(i.resend_to(&s(), 3, linked), vec!["b2".to_string()]);
+        assert!(i.resend_to(&s(), 4, 3, linked).is_empty(), "3 first");
+        assert!(
+            i.resend_to(&s(), 2, 1, linked).is_empty(),
+            "confirmed already"
+        );
+        assert_eq!(
+            i.resend_to(&s(), 3, 2, linked),
+            vec![("b2".to_string(), RelayTo::Now)]
+        );
         assert_eq!(i.owing("b2"), vec![(s(), 4, "a1".to_string())]);
         assert!(
-            i.resend_to(&s(), 3, linked).is_empty(),
+            i.resend_to(&s(), 3, 2, linked).is_empty(),
             "sent once per resend pass"
         );
-        assert_eq!(i.resend_to(&s(), 4, linked), vec!["b2".to_string()]);
-        assert_eq!(i.resend_to(&s(), 5, linked), vec!["b2".to_string()]);
+        assert_eq!(
+            i.resend_to(&s(), 4, 3, linked),
+            vec![("b2".to_string(), RelayTo::Now)]
+        );
+        assert_eq!(
+            i.resend_to(&s(), 5, 4, linked),
+            vec![("b2".to_string(), RelayTo::Now)]
+        );
         assert!(i.owing("b2").is_empty());
         assert_eq!(
             i.on_spooled_from("a", "a1", L1, &s(), 6, 5),
             Verdict::Deliver
         );
-        assert!(i.may_relay(&s(), "b2", 6, true));
+        assert_eq!(i.relay_to(&s(), "b2", 6, true, 0), RelayTo::Now);
         i.relayed(&s(), 6, vec!["b2".into()]);
         assert_eq!(i.relay_confirmed(&s(), "b2", 5), Some(5));
+    }
+
+    #[test]
+    fn a_peer_cut_off_past_the_grace_gets_its_relays_held_in_order_and_back_over_the_link_after() {
+        let mut i = Inbox::default();
+        let deliver = |i: &mut Inbox, seq: u64| {
+            assert_eq!(
+                i.on_spooled_from("a", "a1", L1, &s(), seq, seq - 1),
+                Verdict::Deliver
+            );
+        };
+        for seq in 1..=3 {
+            deliver(&mut i, seq);
+            assert_eq!(i.relay_to(&s(), "b2", seq, true, 0), RelayTo::Now);
+            i.relayed(&s(), seq, vec!["b2".into()]);
+        }
+        assert_eq!(i.relay_confirmed(&s(), "b2", 1), Some(1));
+        // Cut with 2 and 3 unconfirmed; 4 arrives within the grace: owed.
+        i.peer_cut("b2");
+        deliver(&mut i, 4);
+        assert_eq!(i.relay_to(&s(), "b2", 4, false, 0), RelayTo::Owed);
+        i.relayed(&s(), 4, vec!["b2".into()]);
+        // Past the grace, still listed: held. 5 waits behind the owed ones; the resends from
+        // 2 go to the held queue in order (the shell confirms each once written).
+        i.hold("b2");
+        assert!(i.is_held("b2"));
+        deliver(&mut i, 5);
+        assert_eq!(i.relay_to(&s(), "b2", 5, false, 0), RelayTo::Owed);
+        i.relayed(&s(), 5, vec!["b2".into()]);
+        let unlinked = |_: &str| false;
+        for (seq, at) in (2..=5).zip(1..) {
+            assert_eq!(
+                i.resend_to(&s(), seq, seq - 1, unlinked),
+                vec![("b2".to_string(), RelayTo::Held)]
+            );
+            i.held_at("b2", at);
+            // Held relays count as settled once written.
+            assert_eq!(i.relay_confirmed(&s(), "b2", seq), Some(seq));
+        }
+        // 6 goes straight to the held queue, at position 5.
+        deliver(&mut i, 6);
+        assert_eq!(i.relay_to(&s(), "b2", 6, false, 0), RelayTo::Held);
+        i.held_at("b2", 5);
+        // Back: held until it confirmed the queue through 5, then over the link.
+        i.peer_linked("b2");
+        assert!(!i.is_held("b2"));
+        deliver(&mut i, 7);
+        assert_eq!(i.relay_to(&s(), "b2", 7, true, 4), RelayTo::Held);
+        i.held_at("b2", 6);
+        deliver(&mut i, 8);
+        assert_eq!(i.relay_to(&s(), "b2", 8, true, 5), RelayTo::Held);
+        deliver(&mut i, 9);
+        assert_eq!(i.relay_to(&s(), "b2", 9, true, 6), RelayTo::Now);
+        assert_eq!(i.relay_to(&s(), "b2", 10, true, 0), RelayTo::Now);
+        // A peer the control plane dropped is gone: nothing is held for it any more.
+        i.hold("b3");
+        i.peer_gone("b3");
+        assert!(!i.is_held("b3"));
+    }
+
+    #[test]
+    fn owed_relays_the_sender_no_longer_holds_are_skipped_and_no_longer_owed() {
+        let mut i = Inbox::default();
+        for seq in 1..=4 {
+            assert_eq!(
+                i.on_spooled_from("a", "a1", L1, &s(), seq, seq - 1),
+                Verdict::Deliver
+            );
+            assert_eq!(i.relay_to(&s(), "b2", seq, false, 0), RelayTo::Owed);
+            i.relayed(&s(), seq, vec!["b2".into()]);
+        }
+        // Another home confirmed 1 and 2 to the origin meanwhile: the resend pass starts at 3
+        // with nothing older held (prev 0). 3 goes, 1 and 2 are no longer owed.
+        let linked = |_: &str| true;
+        assert_eq!(
+            i.resend_to(&s(), 3, 0, linked),
+            vec![("b2".to_string(), RelayTo::Now)]
+        );
+        assert_eq!(i.owed_to("b2"), 2, "3 and 4");
+        assert_eq!(
+            i.to_record(&s()),
+            Some(2),
+            "1 and 2 settle; 3 is not confirmed yet"
+        );
+        assert_eq!(i.relay_confirmed(&s(), "b2", 3), Some(3));
     }
 
     #[test]

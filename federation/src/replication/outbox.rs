@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use nexus_proto::v1::{Forward, Spooled};
+use nexus_proto::v1::{Forward, RelayOf, Spooled};
 use prost::Message;
 
 use super::StreamId;
@@ -276,6 +276,19 @@ impl Outbox {
         forward: Forward,
         now_ms: i64,
     ) -> Result<(Arc<Spooled>, Option<Removed>), SpoolFull> {
+        self.append_relay(region, route, forward, None, now_ms)
+    }
+
+    /// [`Outbox::append`] of a held relay: another region's message kept here for a cluster
+    /// peer cut off past the grace period, with where it came from (docs/cluster.md §4).
+    pub fn append_relay(
+        &mut self,
+        region: &str,
+        route: &str,
+        forward: Forward,
+        relay_of: Option<RelayOf>,
+        now_ms: i64,
+    ) -> Result<(Arc<Spooled>, Option<Removed>), SpoolFull> {
         let mut spooled = Spooled {
             seq: 0,
             route: route.to_owned(),
@@ -283,6 +296,7 @@ impl Outbox {
             spooled_at_ms: now_ms,
             stream: self.stream.to_string(),
             prev_seq: 0,
+            relay_of,
         };
         // Room for the largest seq and prev_seq varints the message will carry.
         let size = charge(&spooled) + 20;
@@ -425,6 +439,17 @@ impl Outbox {
 
     pub fn acked(&self, region: &str) -> u64 {
         self.queues.get(region).map_or(0, |q| q.acked)
+    }
+
+    /// How far `region`'s queue is done with: confirmed, or deleted unsent by the spool's
+    /// age or size limit (counted as lost then); everything before its oldest message.
+    pub fn done_through(&self, region: &str) -> u64 {
+        self.queues
+            .get(region)
+            .map_or(0, |q| match q.entries.front() {
+                Some(e) => e.seq.saturating_sub(1).max(q.acked),
+                None => q.next_seq.saturating_sub(1).max(q.acked),
+            })
     }
 
     /// Deletes committed messages older than the age limit.

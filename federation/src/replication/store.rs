@@ -208,6 +208,7 @@ impl SpoolStore {
                             route: spooled.route.clone(),
                             forward: spooled.forward.clone(),
                             spooled_at_ms: spooled.spooled_at_ms,
+                            relay_of: spooled.relay_of.clone(),
                         }
                         .encode(&mut buf)
                         .map_err(|e| self.err(e))?;
@@ -369,6 +370,7 @@ impl SpoolStore {
                     route: rec.route,
                     forward: rec.forward,
                     spooled_at_ms: rec.spooled_at_ms,
+                    relay_of: rec.relay_of,
                     ..Default::default()
                 });
         }

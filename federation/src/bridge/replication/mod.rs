@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use nexus_gateway::local_gateway::LocalGateway;
 use nexus_gateway::router::{Delivery, error};
-use nexus_proto::v1::{self, ErrorCode, SpoolAck, SpoolNack, Spooled, link_frame::Kind};
+use nexus_proto::v1::{self, ErrorCode, RelayOf, SpoolAck, SpoolNack, Spooled, link_frame::Kind};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -26,7 +26,7 @@ use crate::metrics::{
     FederationMetrics, Outcome, RegionLabels, SpoolLabels, SpoolLoss, SpoolLossLabels,
 };
 use crate::replication::dedup::{Dedup, MessageId, Seen};
-use crate::replication::inbox::{Inbox, Verdict};
+use crate::replication::inbox::{Inbox, RelayTo, Verdict};
 use crate::replication::outbox::{Outbox, Removed};
 use crate::replication::quorum::Quorum;
 use crate::replication::replica::HeldSpools;
@@ -207,11 +207,23 @@ impl Replication {
         } = store.load()?;
         let mut outbox = Outbox::new(stream.clone(), cfg.limits.clone());
         let mut recovered = 0usize;
+        let mut inbox = Inbox::default();
         for (region, q) in queues {
             recovered += q.entries.len();
+            // Held relays still queued for a peer: its relays keep going through the queue
+            // until it confirmed them, so none overtakes a held one.
+            if let Destination::Peer(peer) = Destination::of(&region)
+                && let Some(last) = q
+                    .entries
+                    .iter()
+                    .filter(|e| e.relay_of.is_some())
+                    .map(|e| e.seq)
+                    .max()
+            {
+                inbox.held_at(peer, last);
+            }
             outbox.restore(&region, q.acked, q.deleted_through, q.entries);
         }
-        let mut inbox = Inbox::default();
         for (s, region, seq) in marks {
             inbox.restore(s, &region, seq);
         }
@@ -778,14 +790,27 @@ impl Replication {
         match verdict {
             Verdict::Duplicate { ack } => {
                 self.metrics.outcome(Outcome::Duplicate);
-                // A resend asked for because a cluster peer came back: the relays it missed,
-                // in order.
+                // A resend asked for because a cluster peer came back (or was cut off past
+                // the grace period): the relays it missed, in order.
                 let to = self
                     .inbox
                     .lock()
-                    .resend_to(&stream, spooled.seq, |g| !absent(g));
-                for (gateway, copy) in relays.into_iter().filter(|(g, _)| to.contains(g)) {
-                    let _ = fed.send_data_to(&gateway, Kind::Spooled(copy)).await;
+                    .resend_to(&stream, spooled.seq, spooled.prev_seq, |g| !absent(g));
+                for (gateway, copy) in relays {
+                    match to.iter().find(|(g, _)| *g == gateway).map(|(_, how)| *how) {
+                        Some(RelayTo::Now) => {
+                            let _ = fed.send_data_to(&gateway, Kind::Spooled(copy)).await;
+                        }
+                        Some(RelayTo::Held) => {
+                            self.hold_relay(fed, &gateway, &stream, spooled.seq, copy)
+                        }
+                        Some(RelayTo::Owed) | None => {}
+                    }
+                }
+                // Owed relays the sender no longer holds were dropped: that may settle more.
+                let to_record = self.inbox.lock().to_record(&stream);
+                if let Some(mark) = to_record {
+                    self.record(fed, stream.clone(), mark);
                 }
                 if let Some(up_to) = ack {
                     self.confirm(fed, &link.gateway_id, &stream, up_to);
@@ -822,27 +847,40 @@ impl Replication {
                 // Every peer that wants it owes a confirmation. One whose link is down (within
                 // its grace period), or whose older relays of this stream are held back, gets
                 // it later from the resends asked for when it is back (`peer_back`), in order.
+                // One cut off past the grace gets it through the held queue.
                 let mut peers = Vec::new();
+                let mut held = Vec::new();
                 for (gateway, copy) in relays {
-                    let now = self.inbox.lock().may_relay(
+                    let queue_confirmed = self.outbox.lock().done_through(&peer_key(&gateway));
+                    let how = self.inbox.lock().relay_to(
                         &stream,
                         &gateway,
                         spooled.seq,
                         !absent(&gateway),
+                        queue_confirmed,
                     );
-                    if now
-                        && fed
-                            .send_data_to(&gateway, Kind::Spooled(copy))
-                            .await
-                            .is_err()
-                    {
-                        self.inbox
-                            .lock()
-                            .may_relay(&stream, &gateway, spooled.seq, false);
+                    match how {
+                        RelayTo::Now => {
+                            if fed
+                                .send_data_to(&gateway, Kind::Spooled(copy))
+                                .await
+                                .is_err()
+                            {
+                                self.inbox
+                                    .lock()
+                                    .relay_failed(&stream, &gateway, spooled.seq);
+                            }
+                        }
+                        RelayTo::Held => held.push((gateway.clone(), copy)),
+                        RelayTo::Owed => {}
                     }
                     peers.push(gateway);
                 }
                 self.inbox.lock().relayed(&stream, spooled.seq, peers);
+                // Written once the relay is noted, so its confirmation finds it.
+                for (gateway, copy) in held {
+                    self.hold_relay(fed, &gateway, &stream, spooled.seq, copy);
+                }
                 // Delivered here only if this gateway did not have it already (through a
                 // previous home of the stream in this region).
                 let local = first_delivery(&spooled);
@@ -878,7 +916,7 @@ impl Replication {
     /// A cluster peer is linked again: each stream with relays it has not confirmed is asked
     /// for again, from the oldest, from the gateway that sends it here; the resends arrive as
     /// duplicates and the owed relays go out with them.
-    pub(super) fn peer_back(&self, fed: &Federation, peer: &str) {
+    fn peer_back(&self, fed: &Federation, peer: &str) {
         self.last_ask.lock().insert(peer.to_owned(), now_ms());
         let owing = self.inbox.lock().owing(peer);
         for (stream, first, sender) in owing {
@@ -896,6 +934,92 @@ impl Replication {
     /// `peer`'s cluster link went down: its unconfirmed relays are held back from the oldest.
     pub(super) fn peer_cut(&self, peer: &str) {
         self.inbox.lock().peer_cut(peer);
+    }
+
+    /// `peer` is linked again: its relays go over the link again once it confirmed the
+    /// held ones; the owed ones are asked for again.
+    pub(super) fn peer_linked(&self, fed: &Federation, peer: &str) {
+        self.inbox.lock().peer_linked(peer);
+        self.peer_back(fed, peer);
+    }
+
+    /// `peer` stayed cut off past the grace period and the control plane still lists it (it
+    /// may be alive, its subscribers connected): what it is owed, and every relay for it
+    /// from now on, is written to this gateway's spool for it (held relays) and sent when it
+    /// returns, so neither its subscribers nor the origin's confirmations wait on the cut.
+    pub(super) fn peer_held(&self, fed: &Federation, peer: &str) {
+        let owed = self.inbox.lock().owed_to(peer);
+        tracing::warn!(%peer, owed, grace_ms = self.relay_grace_ms, "cluster peer cut off past the grace period: relays for it are kept in this gateway's spool until it returns");
+        self.inbox.lock().hold(peer);
+        self.peer_back(fed, peer);
+    }
+
+    /// Writes relay `seq` of `stream` for `peer` to this gateway's own spool queue for it (a
+    /// held relay, carrying where it came from); once durable it counts as confirmed by the
+    /// peer. With no room in the spool it is given up, counted and logged.
+    fn hold_relay(
+        self: &Arc<Self>,
+        fed: &Arc<Federation>,
+        peer: &str,
+        stream: &StreamId,
+        seq: u64,
+        copy: Spooled,
+    ) {
+        let key = peer_key(peer);
+        let Spooled { route, forward, .. } = copy;
+        let relay_of = Some(RelayOf {
+            stream: stream.to_string(),
+            seq,
+        });
+        let appended = forward.map(|forward| {
+            self.outbox
+                .lock()
+                .append_relay(&key, &route, forward, relay_of, now_ms())
+        });
+        let (spooled, removed) = match appended {
+            Some(Ok(appended)) => appended,
+            Some(Err(full)) => {
+                tracing::warn!(%peer, %stream, seq, error = %full, "no room in the spool to hold a relay for a cluster peer cut off past the grace period; given up for it");
+                self.metrics.relays_abandoned.inc();
+                self.relay_confirmed(fed, peer, stream.as_str(), seq);
+                return;
+            }
+            None => {
+                self.relay_confirmed(fed, peer, stream.as_str(), seq);
+                return;
+            }
+        };
+        let at = spooled.seq;
+        self.inbox.lock().held_at(peer, at);
+        self.metrics.relays_held.inc();
+        let mut ops = Vec::with_capacity(2);
+        if let Some(r) = removed {
+            self.lost(&r, SpoolLoss::Overflow);
+            ops.push(Op::Delete {
+                region: r.region,
+                seqs: r.seqs,
+            });
+        }
+        ops.push(Op::Append {
+            region: key.clone(),
+            spooled,
+        });
+        let (me, fed, peer, stream) = (self.clone(), fed.clone(), peer.to_owned(), stream.clone());
+        let _ = self.writer.send(WriteBatch {
+            ops,
+            done: Some(Box::new(move |result| {
+                match result {
+                    Ok(()) => me.outbox.lock().committed(&key, at),
+                    Err(e) => {
+                        me.outbox.lock().forget(&key, &[at]);
+                        tracing::error!(%peer, %stream, seq, error = %e, "could not write a held relay; given up for the peer");
+                        me.metrics.relays_abandoned.inc();
+                    }
+                }
+                me.relay_confirmed(&fed, &peer, stream.as_str(), seq);
+                me.wake.notify_one();
+            })),
+        });
     }
 
     /// Asks again, at most once a second, for the relays a linked peer is still owed (the
@@ -916,11 +1040,12 @@ impl Replication {
         self.relay_grace_ms
     }
 
-    /// A cluster peer is gone: relays no longer wait for it.
+    /// A cluster peer is gone (cut off past the grace period, and the control plane no
+    /// longer lists it): relays no longer wait for it.
     pub(super) fn peer_gone(self: &Arc<Self>, fed: &Arc<Federation>, peer: &str) {
         let owed = self.inbox.lock().owed_to(peer);
         if owed > 0 {
-            tracing::warn!(%peer, owed, grace_ms = self.relay_grace_ms, "cluster peer unlinked for the grace period: relayed messages it had not confirmed are given up for it (its subscribers may miss them)");
+            tracing::warn!(%peer, owed, "cluster peer gone (no longer listed): relayed messages it had not confirmed are given up for it");
             self.metrics.relays_abandoned.inc_by(owed as u64);
         }
         let to_record = self.inbox.lock().peer_gone(peer);
