@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# The cost of a hop between two gateways of one region, on this machine: `nexus dev` with one
-# region of two gateways (a cluster linked over QUIC with mutual TLS, found through the
-# embedded control plane), then the same scenarios twice, side by side in one run:
+# The cost of a hop between gateways, on this machine: `nexus dev` with two regions of two
+# gateways each (clusters linked over QUIC with mutual TLS, regions federated over QUIC, all
+# found through the embedded control plane), then the same scenarios three times, side by
+# side in one run:
 #   - "same gateway": publishers and subscribers (requesters and responders) on gateway 1;
-#   - "across gateways": publishers on gateway 1, subscribers on gateway 2 (one cluster hop).
+#   - "across gateways": publishers on gateway 1, subscribers on gateway 2 of the same region
+#     (one cluster hop: issue 18's aim);
+#   - "across regions": publishers on gateway 1, subscribers on gateway 1's home in the other
+#     region (one federation hop, no emulated delay: issue 19's aim).
 # Pub/sub paced at 1000/s and 10000/s (below capacity, so latency is the path's, not a
 # queue's), and request/reply with 1 in flight. Writes the table into docs/benchmarks.md
 # between the CLUSTER-HOP markers (the rest of the file is kept). Everything it starts is
 # stopped on exit; traffic goes only to 127.0.0.1.
 #
-# Knobs (environment): DURATION (s per scenario, default 5), PAYLOAD (bytes, default 128),
+# Knobs (environment): RUNS (default 1: how many times the whole set runs, interleaved, on
+# the same cluster; with more than one a table of the medians over the runs is added, since
+# on a shared VM one run's p99 swings by several times), DURATION (s per scenario, default 5), PAYLOAD (bytes, default 128),
 # BASE_PORT (default 17000: the dev cluster uses ports from there), OUT (default
 # docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+RUNS="${RUNS:-1}"
 DURATION="${DURATION:-5}"
 PAYLOAD="${PAYLOAD:-128}"
 BASE_PORT="${BASE_PORT:-17000}"
@@ -41,8 +48,8 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "building release binaries (nexus, nexus-load)"
 [ -n "${NEXUS_BIN_DIR:-}" ] || cargo build --release --quiet -p nexus -p nexus-load --bin nexus --bin nexus-load
 
-step "nexus dev: one region (bench) of two gateways"
-RUST_LOG=warn "$BIN/nexus" dev --regions bench --gateways-per-region 2 \
+step "nexus dev: two regions (bench, far) of two gateways each"
+RUST_LOG=warn "$BIN/nexus" dev --regions bench,far --gateways-per-region 2 \
   --dev-dir "$WORK/dev" --listen "127.0.0.1:$BASE_PORT" \
   --metrics-listen "127.0.0.1:$((BASE_PORT + 80))" \
   --control-plane-listen "127.0.0.1:$((BASE_PORT + 90))" \
@@ -56,42 +63,96 @@ for i in $(seq 1 300); do
 done
 mapfile -t ADAPTERS < <(grep -E '^  region ' "$WORK/dev.out" | sed -E 's#.*adapters http://([0-9.:]+).*#\1#')
 mapfile -t METRICS < <(grep -E '^  region ' "$WORK/dev.out" | sed -E 's#.*metrics http://([0-9.:]+)/metrics.*#\1#')
-[ "${#ADAPTERS[@]}" = 2 ] || { echo "expected two gateways:" >&2; cat "$WORK/dev.out" >&2; exit 1; }
+mapfile -t IDS < <(grep -E '^  region ' "$WORK/dev.out" | awk '{print $3}')
+[ "${#ADAPTERS[@]}" = 4 ] || { echo "expected four gateways:" >&2; cat "$WORK/dev.out" >&2; exit 1; }
 GW1="${ADAPTERS[0]}"; GW2="${ADAPTERS[1]}"
+# Gateway 1's home in the other region: its federation link there.
+HOME_ID=""
 for i in $(seq 1 200); do
-  curl -sf "http://${METRICS[0]}/v1/status" | grep -q '"cluster":\[{' && break
-  [ "$i" = 200 ] && { echo "the cluster link did not come up" >&2; curl -s "http://${METRICS[0]}/v1/status" >&2; exit 1; }
+  ST="$(curl -sf "http://${METRICS[0]}/v1/status" || true)"
+  HOME_ID="$(printf '%s' "$ST" | python3 -c 'import json,sys
+try:
+    s = json.load(sys.stdin)
+except Exception:
+    sys.exit(0)
+links = [l for l in s.get("links", []) if l.get("region") == "far" and l.get("via")]
+if s.get("cluster") and links:
+    print(links[0]["via"])' 2>/dev/null || true)"
+  [ -n "$HOME_ID" ] && break
+  [ "$i" = 200 ] && { echo "the cluster and federation links did not come up" >&2; printf '%s\n' "$ST" >&2; exit 1; }
   sleep 0.1
 done
-echo "gateway 1 $GW1, gateway 2 $GW2" >&2
+GW3=""
+for j in 2 3; do [ "${IDS[$j]}" = "$HOME_ID" ] && GW3="${ADAPTERS[$j]}"; done
+[ -n "$GW3" ] || { echo "gateway 1's home $HOME_ID is not in the dev cluster:" >&2; cat "$WORK/dev.out" >&2; exit 1; }
+echo "gateway 1 $GW1, gateway 2 $GW2, gateway 1's home in the other region $GW3 ($HOME_ID)" >&2
 
-run() { # NAME SCENARIO [ARGS...]
-  local name=$1; shift
-  "$BIN/nexus-load" "$@" --duration "$DURATION" --payload "$PAYLOAD" --json-out "$WORK/$name.json" \
-    | tail -n +3 | sed -E "s/^\| ([^|]*)\|/| \1 ($name) |/" >>"$WORK/rows.md"
+mkdir -p "$WORK/json"
+run() { # RUN KEY NAME SCENARIO [ARGS...]: the rows of the last run go in the table
+  local r=$1 key=$2 name=$3; shift 3
+  "$BIN/nexus-load" "$@" --duration "$DURATION" --payload "$PAYLOAD" \
+    --json-out "$WORK/json/${key//\//_}|$name|$r.json" >"$WORK/last.md"
+  if [ "$r" = "$RUNS" ]; then
+    tail -n +3 "$WORK/last.md" | sed -E -e 's/ cross-region//' -e "s/^\| ([^|]*)\|/| \1 ($name) |/" >>"$WORK/rows.md"
+  fi
 }
-for rate in 1000 10000; do
-  step "pub/sub 1:1 paced at ${rate}/s: same gateway, then across gateways"
-  run "same gateway" pubsub --target "nexus://$GW1" --rate "$rate"
-  run "across gateways" pubsub --target "nexus://$GW1" --remote "nexus://$GW2" --rate "$rate"
+for r in $(seq 1 "$RUNS"); do
+  for rate in 1000 10000; do
+    step "run $r/$RUNS: pub/sub 1:1 paced at ${rate}/s: same gateway, across gateways, across regions"
+    key="pub/sub 1:1 at ${rate}/s"
+    run "$r" "$key" "same gateway" pubsub --target "nexus://$GW1" --rate "$rate"
+    run "$r" "$key" "across gateways" pubsub --target "nexus://$GW1" --remote "nexus://$GW2" --rate "$rate"
+    run "$r" "$key" "across regions" pubsub --target "nexus://$GW1" --remote "nexus://$GW3" --rate "$rate"
+  done
+  step "run $r/$RUNS: request/reply, 1 in flight: same gateway, across gateways, across regions"
+  key="req/reply closed c=1"
+  run "$r" "$key" "same gateway" request --target "nexus://$GW1" --concurrency 1
+  run "$r" "$key" "across gateways" request --target "nexus://$GW1" --remote "nexus://$GW2" --concurrency 1
+  run "$r" "$key" "across regions" request --target "nexus://$GW1" --remote "nexus://$GW3" --concurrency 1
 done
-step "request/reply, 1 in flight: same gateway, then across gateways"
-run "same gateway" request --target "nexus://$GW1" --concurrency 1
-run "across gateways" request --target "nexus://$GW1" --remote "nexus://$GW2" --concurrency 1
+if [ "$RUNS" -gt 1 ]; then
+  python3 - "$WORK/json" "$RUNS" >"$WORK/medians.md" <<'PY'
+import glob, json, os, statistics, sys
+d, runs = sys.argv[1], sys.argv[2]
+rows = {}
+for f in sorted(glob.glob(os.path.join(d, "*.json"))):
+    key, path, _ = os.path.basename(f)[:-5].split("|")
+    key = key.replace("_", "/")
+    data = json.load(open(f))
+    r = data[0] if isinstance(data, list) else data
+    rows.setdefault((key, path), []).append((r["latency"]["p50_us"], r["latency"]["p99_us"], r["lost"]))
+def fmt(us):
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
+order = {"same gateway": 0, "across gateways": 1, "across regions": 2}
+print(f"Medians over {runs} runs (each run does every row in turn, on the same cluster):")
+print()
+print("| scenario | path | p50 (median) | p99 (median) | p99 (lowest - highest) | lost (all runs) |")
+print("|---|---|---:|---:|---:|---:|")
+for (key, path) in sorted(rows, key=lambda k: (k[0], order.get(k[1], 9))):
+    v = rows[(key, path)]
+    p50 = statistics.median(x[0] for x in v)
+    p99 = statistics.median(x[1] for x in v)
+    lo, hi = min(x[1] for x in v), max(x[1] for x in v)
+    print(f"| {key} | {path} | {fmt(p50)} | {fmt(p99)} | {fmt(lo)} - {fmt(hi)} | {sum(x[2] for x in v)} |")
+PY
+fi
 
 step "writing $OUT"
 {
   echo "<!-- BEGIN CLUSTER-HOP generated by load-tests/run-cluster-hop.sh; edits inside are overwritten -->"
-  echo "## A hop between gateways of one region ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+  echo "## A hop between gateways: of one region, and of two regions ($(date -u '+%Y-%m-%d %H:%M UTC'))"
   echo
-  echo "- \`nexus dev --gateways-per-region 2\` (release build): one region of two gateways linked"
-  echo "  over QUIC with mutual TLS on loopback, no emulated delay. Each scenario runs twice in"
-  echo "  one run: everything on gateway 1 (same gateway), and publishers/requesters on gateway 1"
-  echo "  with subscribers/responders on gateway 2 (across gateways: one cluster hop)."
+  echo "- \`nexus dev --regions bench,far --gateways-per-region 2\` (release build): two regions"
+  echo "  of two gateways, linked over QUIC with mutual TLS on loopback, no emulated delay. Each"
+  echo "  scenario runs three times in one run: everything on gateway 1 (same gateway);"
+  echo "  publishers/requesters on gateway 1 with subscribers/responders on gateway 2 of its"
+  echo "  region (across gateways: one cluster hop); and with them on gateway 1's home in the"
+  echo "  other region (across regions: one federation hop)."
   echo "- ${PAYLOAD}-byte payloads, ${DURATION} s per scenario, best-effort route (the default),"
-  echo "  nexus ${NEXUS_BUILD_LABEL:-$(git describe --always --dirty 2>/dev/null || echo "?")}, $(nproc) CPUs shared by both"
+  echo "  nexus ${NEXUS_BUILD_LABEL:-$(git describe --always --dirty 2>/dev/null || echo "?")}, $(nproc) CPUs shared by the four"
   echo "  gateways, the control plane and the load generator."
   echo
+  if [ -f "$WORK/medians.md" ]; then cat "$WORK/medians.md"; echo; echo "The last run:"; echo; fi
   echo "| scenario | target | msgs/s | MB/s | sent | delivered | lost | errors | p50 | p90 | p99 | p99.9 | max |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   cat "$WORK/rows.md"

@@ -4,8 +4,10 @@
 //! Every scenario opens its own connections (one per publisher, subscriber, worker,
 //! requester or responder), uses a subject no other run uses, and closes everything at the
 //! end. Latency is measured from the send time carried in the payload ([`crate::payload`]);
-//! in rate-limited runs that is the *intended* send time, so a stalled system is charged for
-//! the messages it kept the sender from sending (coordinated omission is corrected).
+//! in rate-limited runs that is the *intended* send time (or the actual one when a sender
+//! woke early: tokio's timers have millisecond resolution, so paced senders wake up to 1 ms
+//! early rather than late), so a stalled system is charged for the messages it kept the
+//! sender from sending (coordinated omission is corrected).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -325,10 +327,16 @@ async fn pubsub(
                         if !until.allows(i, at) {
                             break;
                         }
-                        if at > Instant::now() {
-                            tokio::time::sleep_until(at.into()).await;
+                        // As the open-loop requester does: tokio's timers have millisecond
+                        // resolution, so wake up to 1 ms early and send then rather than up
+                        // to 1 ms late (which charged every message the timer's lateness and
+                        // sent them in bursts); latency counts from the earlier of the
+                        // intended and the actual send time.
+                        let early = at.checked_sub(Duration::from_millis(1));
+                        if let Some(e) = early.filter(|e| *e > Instant::now()) {
+                            tokio::time::sleep_until(e.into()).await;
                         }
-                        payload::instant_ns(at)
+                        payload::instant_ns(at.min(Instant::now()))
                     }
                     None => {
                         if !until.allows(i, Instant::now()) {
