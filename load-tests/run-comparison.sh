@@ -8,7 +8,11 @@
 # Knobs (environment): DURATION (s per scenario, default 5), SUSTAIN (s, default 60),
 # SUSTAIN_RATE (msgs/s of the sustained run, default 0 = as fast as possible), IDLE (idle
 # connections, default 1000), OPEN_RATE (requests/s of the open loop, default 2000),
-# PAYLOAD (bytes, default 128), OUT (default docs/benchmarks.md).
+# PAYLOAD (bytes, default 128), HOP_RUNS (runs of the hop rows, default 3), OUT (default
+# docs/benchmarks.md).
+#
+# The cost of a hop (between gateways of one region, between regions) has no NATS column:
+# it runs load-tests/run-cluster-hop.sh on the same binaries and adds its medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +22,7 @@ SUSTAIN_RATE="${SUSTAIN_RATE:-0}"
 IDLE="${IDLE:-1000}"
 OPEN_RATE="${OPEN_RATE:-2000}"
 PAYLOAD="${PAYLOAD:-128}"
+HOP_RUNS="${HOP_RUNS:-3}"
 OUT="${OUT:-docs/benchmarks.md}"
 export NEXUS_CACHE="${NEXUS_CACHE:-$HOME/.cache/nexus}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$NEXUS_CACHE/target}"
@@ -144,6 +149,13 @@ start_nats nats-idle
 IDLE_NATS="$(idle_memory "$NATS_PID" "nats://$NATS_ADDR")"
 echo "nexus: $IDLE_NEXUS; nats: $IDLE_NATS" >&2
 
+step "the cost of a hop between gateways and between regions ($HOP_RUNS runs)"
+stop "$GW_PID"; stop "$NATS_PID"
+NEXUS_BIN_DIR="$BIN" OUT="$WORK/hop.md" RUNS="$HOP_RUNS" DURATION="$DURATION" PAYLOAD="$PAYLOAD" \
+  bash load-tests/run-cluster-hop.sh >/dev/null
+sed -n '/^| scenario | path /,/^$/p' "$WORK/hop.md" >"$WORK/hop-medians.md"
+[ -s "$WORK/hop-medians.md" ] || { echo "run-cluster-hop.sh wrote no medians table:" >&2; cat "$WORK/hop.md" >&2; exit 1; }
+
 step "writing $OUT"
 CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 MEM="$(awk '/^MemTotal:/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
@@ -183,6 +195,14 @@ NATS_VERSION="$("$NATS_BIN" --version 2>&1 | head -n1)"
   echo
   echo "- Nexus gateway: $IDLE_NEXUS"
   echo "- nats-server: $IDLE_NATS"
+  echo
+  echo "### The cost of a hop (Nexus only; medians of $HOP_RUNS runs of load-tests/run-cluster-hop.sh)"
+  echo
+  echo "The same paths on one gateway, across two gateways of one region (a cluster hop) and"
+  echo "across two regions (a federation hop), QUIC on loopback, no emulated delay. Request/reply"
+  echo "crosses the hop twice (the request and its reply)."
+  echo
+  cat "$WORK/hop-medians.md"
   echo "<!-- END GENERATED -->"
 } >"$WORK/generated.md"
 
