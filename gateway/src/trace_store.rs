@@ -217,6 +217,11 @@ impl Traced {
     }
 }
 
+/// A copy of `s` in an allocation of its own (not a view into a larger buffer).
+fn owned(s: &ByteString) -> ByteString {
+    ByteString::from(&**s)
+}
+
 impl TraceStore {
     pub fn new(settings: TraceSettings, metrics: TraceMetrics) -> Self {
         let rate = settings.sample_rate;
@@ -285,7 +290,15 @@ impl TraceStore {
         &self.shards[(Self::mix(id) as usize) % SHARDS]
     }
 
-    fn push(&self, rec: Record) {
+    fn push(&self, mut rec: Record) {
+        // A record keeps bytes of its own. Messages are decoded without copying, so a subject
+        // (or a peer or detail taken from a message) is a slice of the whole buffer its frame
+        // was read into; a record kept for minutes would pin that buffer, many times its
+        // cost. A sustained run grew the gateway by ~60 bytes per message routed (2.2 GB in
+        // 60 s at 540 k msgs/s): each record of the 0.1 % sampled held a read buffer.
+        rec.subject = owned(&rec.subject);
+        rec.peer = owned(&rec.peer);
+        rec.detail = owned(&rec.detail);
         let cost = rec.cost();
         if cost > self.shard_budget {
             self.metrics.evicted.inc();
@@ -490,6 +503,26 @@ mod tests {
         assert!(s.search(Some("billing.>"), 0, 100, 10).is_empty());
         assert_eq!(s.search(None, 11, 100, 10).len(), 2);
         assert_eq!(s.search(None, 0, 100, 1)[0].at_us, 20);
+    }
+
+    #[test]
+    fn a_record_does_not_keep_the_buffer_its_subject_was_decoded_from() {
+        // A received frame's subject is a view into the buffer the frame was read into.
+        let s = store(1.0, 1 << 20);
+        let mut buf = vec![b'x'; 64 * 1024];
+        buf[..10].copy_from_slice(b"orders.new");
+        let frame = bytes::Bytes::from(buf);
+        let subject = ByteString::try_from(frame.slice(0..10)).expect("utf-8");
+        let t = s.begin(&id(1), &[], &subject).expect("sampled");
+        s.record(&t, 10, Hop::new(Event::Received).peer("conn 1"));
+        let recs = s.by_id(&id(1));
+        let kept = recs[0].subject.as_ptr() as usize;
+        let start = frame.as_ptr() as usize;
+        assert_eq!(&*recs[0].subject, "orders.new");
+        assert!(
+            !(start..start + frame.len()).contains(&kept),
+            "the record's subject points into the 64 KiB frame buffer"
+        );
     }
 
     #[test]
