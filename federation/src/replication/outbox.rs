@@ -75,6 +75,20 @@ pub struct SpoolFull {
 }
 
 /// Bytes a spooled message is charged: its encoded size.
+/// Gives a message kept in the spool bytes of its own. Messages are decoded without copying,
+/// so a payload or header is a view into the whole buffer its frame was read into (a gRPC
+/// read buffer, a link's 64 KiB read); a spooled message may wait for hours, and pinning that
+/// buffer would cost up to hundreds of times what the spool's byte limit counts for it (the
+/// trace store did just that: 2.2 GB in a minute). One copy per spooled message, on a path
+/// that writes it to disk anyway.
+fn detach(f: &mut Forward) {
+    f.payload = bytes::Bytes::copy_from_slice(&f.payload);
+    for h in &mut f.headers {
+        h.key = nexus_proto::ByteString::from(&*h.key);
+        h.value = nexus_proto::ByteString::from(&*h.value);
+    }
+}
+
 pub fn charge(s: &Spooled) -> u64 {
     s.encoded_len() as u64
 }
@@ -289,6 +303,8 @@ impl Outbox {
         relay_of: Option<RelayOf>,
         now_ms: i64,
     ) -> Result<(Arc<Spooled>, Option<Removed>), SpoolFull> {
+        let mut forward = forward;
+        detach(&mut forward);
         let mut spooled = Spooled {
             seq: 0,
             route: route.to_owned(),
@@ -612,7 +628,10 @@ impl Outbox {
             }
             last = e.seq;
         }
-        for e in entries.into_iter().filter(|e| e.seq > held) {
+        for mut e in entries.into_iter().filter(|e| e.seq > held) {
+            if let Some(f) = e.forward.as_mut() {
+                detach(f);
+            }
             let size = charge(&e);
             q.bytes += size;
             self.bytes += size;
@@ -713,6 +732,37 @@ mod tests {
 
     fn seqs(v: &[Spooled]) -> Vec<(u64, u64)> {
         v.iter().map(|e| (e.prev_seq, e.seq)).collect()
+    }
+
+    #[test]
+    fn a_spooled_message_does_not_keep_the_buffer_it_was_read_into() {
+        // A received publish's payload is a view into the buffer its frame was read into.
+        let frame = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+        let start = frame.as_ptr() as usize;
+        let inside = |p: *const u8| (start..start + frame.len()).contains(&(p as usize));
+        let f = Forward {
+            subject: "orders.new".into(),
+            payload: frame.slice(100..228),
+            ..Default::default()
+        };
+        let mut s = outbox(Limits::default());
+        let (spooled, _) = s.append("c", "r", f.clone(), 0).unwrap();
+        let kept = &spooled.forward.as_ref().unwrap().payload;
+        assert_eq!(kept.len(), 128);
+        assert!(
+            !inside(kept.as_ptr()),
+            "the spool pins the 64 KiB read buffer"
+        );
+        // Copies held for another gateway (a replica) too.
+        let mut held = outbox(Limits::default());
+        let copy = Spooled {
+            seq: 1,
+            forward: Some(f),
+            ..Default::default()
+        };
+        held.hold("c", 0, vec![copy]).unwrap();
+        let sent = held.next_to_send("c", L1, 10);
+        assert!(!inside(sent[0].forward.as_ref().unwrap().payload.as_ptr()));
     }
 
     #[test]
