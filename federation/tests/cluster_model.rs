@@ -422,7 +422,7 @@ impl World {
                         let done = self.gws[g].own.done_through(&format!("@{name}"));
                         match self.gws[g]
                             .inbox
-                            .relay_to(&stream, name, s.seq, linked, done)
+                            .relay_to(&stream, name, s.seq, linked, || done)
                         {
                             RelayTo::Now => self.gws[p]
                                 .relays

@@ -296,15 +296,16 @@ impl Inbox {
     /// How message `seq` of `stream`, just delivered, goes to `peer` ([`RelayTo`]): owed when
     /// the peer is unlinked within the grace period (`linked` false) or its older relays of
     /// the stream are held back (it must get them first); held while the peer is cut off
-    /// past the grace, or back with held relays not confirmed through `queue_confirmed` (the
-    /// confirmed position of this gateway's own queue for it); else now.
+    /// past the grace, or back with held relays not confirmed through `queue_done` (how far
+    /// this gateway's own queue for it is done with; asked only then, so the usual relay
+    /// reads no queue); else now.
     pub fn relay_to(
         &mut self,
         stream: &StreamId,
         peer: &str,
         seq: u64,
         linked: bool,
-        queue_confirmed: u64,
+        queue_done: impl FnOnce() -> u64,
     ) -> RelayTo {
         let held = self.held.get(peer).copied();
         let away = held.is_some_and(|h| h.away);
@@ -317,7 +318,7 @@ impl Inbox {
             return RelayTo::Owed;
         }
         match held {
-            Some(h) if h.away || h.last > queue_confirmed => RelayTo::Held,
+            Some(h) if h.away || h.last > queue_done() => RelayTo::Held,
             Some(_) => {
                 // Back, and every held relay confirmed: the link again from here.
                 self.held.remove(peer);
@@ -554,7 +555,7 @@ mod tests {
                 i.on_spooled_from("a", "a1", L1, &s(), seq, seq - 1),
                 Verdict::Deliver
             );
-            assert_eq!(i.relay_to(&s(), "b2", seq, true, 0), RelayTo::Now);
+            assert_eq!(i.relay_to(&s(), "b2", seq, true, || 0), RelayTo::Now);
             i.relayed(&s(), seq, vec!["b2".into()]);
         }
         assert_eq!(i.relay_confirmed(&s(), "b2", 2), Some(2));
@@ -566,7 +567,7 @@ mod tests {
             i.on_spooled_from("a", "a1", L1, &s(), 5, 4),
             Verdict::Deliver
         );
-        assert_eq!(i.relay_to(&s(), "b2", 5, true, 0), RelayTo::Owed);
+        assert_eq!(i.relay_to(&s(), "b2", 5, true, || 0), RelayTo::Owed);
         i.relayed(&s(), 5, vec!["b2".into()]);
         assert_eq!(i.owed_to("b2"), 3);
         assert!(i.owing("b3").is_empty());
@@ -601,7 +602,7 @@ mod tests {
             i.on_spooled_from("a", "a1", L1, &s(), 6, 5),
             Verdict::Deliver
         );
-        assert_eq!(i.relay_to(&s(), "b2", 6, true, 0), RelayTo::Now);
+        assert_eq!(i.relay_to(&s(), "b2", 6, true, || 0), RelayTo::Now);
         i.relayed(&s(), 6, vec!["b2".into()]);
         assert_eq!(i.relay_confirmed(&s(), "b2", 5), Some(5));
     }
@@ -617,21 +618,21 @@ mod tests {
         };
         for seq in 1..=3 {
             deliver(&mut i, seq);
-            assert_eq!(i.relay_to(&s(), "b2", seq, true, 0), RelayTo::Now);
+            assert_eq!(i.relay_to(&s(), "b2", seq, true, || 0), RelayTo::Now);
             i.relayed(&s(), seq, vec!["b2".into()]);
         }
         assert_eq!(i.relay_confirmed(&s(), "b2", 1), Some(1));
         // Cut with 2 and 3 unconfirmed; 4 arrives within the grace: owed.
         i.peer_cut("b2");
         deliver(&mut i, 4);
-        assert_eq!(i.relay_to(&s(), "b2", 4, false, 0), RelayTo::Owed);
+        assert_eq!(i.relay_to(&s(), "b2", 4, false, || 0), RelayTo::Owed);
         i.relayed(&s(), 4, vec!["b2".into()]);
         // Past the grace, still listed: held. 5 waits behind the owed ones; the resends from
         // 2 go to the held queue in order (the shell confirms each once written).
         i.hold("b2");
         assert!(i.is_held("b2"));
         deliver(&mut i, 5);
-        assert_eq!(i.relay_to(&s(), "b2", 5, false, 0), RelayTo::Owed);
+        assert_eq!(i.relay_to(&s(), "b2", 5, false, || 0), RelayTo::Owed);
         i.relayed(&s(), 5, vec!["b2".into()]);
         let unlinked = |_: &str| false;
         for (seq, at) in (2..=5).zip(1..) {
@@ -645,19 +646,19 @@ mod tests {
         }
         // 6 goes straight to the held queue, at position 5.
         deliver(&mut i, 6);
-        assert_eq!(i.relay_to(&s(), "b2", 6, false, 0), RelayTo::Held);
+        assert_eq!(i.relay_to(&s(), "b2", 6, false, || 0), RelayTo::Held);
         i.held_at("b2", 5);
         // Back: held until it confirmed the queue through 5, then over the link.
         i.peer_linked("b2");
         assert!(!i.is_held("b2"));
         deliver(&mut i, 7);
-        assert_eq!(i.relay_to(&s(), "b2", 7, true, 4), RelayTo::Held);
+        assert_eq!(i.relay_to(&s(), "b2", 7, true, || 4), RelayTo::Held);
         i.held_at("b2", 6);
         deliver(&mut i, 8);
-        assert_eq!(i.relay_to(&s(), "b2", 8, true, 5), RelayTo::Held);
+        assert_eq!(i.relay_to(&s(), "b2", 8, true, || 5), RelayTo::Held);
         deliver(&mut i, 9);
-        assert_eq!(i.relay_to(&s(), "b2", 9, true, 6), RelayTo::Now);
-        assert_eq!(i.relay_to(&s(), "b2", 10, true, 0), RelayTo::Now);
+        assert_eq!(i.relay_to(&s(), "b2", 9, true, || 6), RelayTo::Now);
+        assert_eq!(i.relay_to(&s(), "b2", 10, true, || 0), RelayTo::Now);
         // A peer the control plane dropped is gone: nothing is held for it any more.
         i.hold("b3");
         i.peer_gone("b3");
@@ -672,7 +673,7 @@ mod tests {
                 i.on_spooled_from("a", "a1", L1, &s(), seq, seq - 1),
                 Verdict::Deliver
             );
-            assert_eq!(i.relay_to(&s(), "b2", seq, false, 0), RelayTo::Owed);
+            assert_eq!(i.relay_to(&s(), "b2", seq, false, || 0), RelayTo::Owed);
             i.relayed(&s(), seq, vec!["b2".into()]);
         }
         // Another home confirmed 1 and 2 to the origin meanwhile: the resend pass starts at 3

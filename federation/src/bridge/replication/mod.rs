@@ -851,13 +851,12 @@ impl Replication {
                 let mut peers = Vec::new();
                 let mut held = Vec::new();
                 for (gateway, copy) in relays {
-                    let queue_confirmed = self.outbox.lock().done_through(&peer_key(&gateway));
                     let how = self.inbox.lock().relay_to(
                         &stream,
                         &gateway,
                         spooled.seq,
                         !absent(&gateway),
-                        queue_confirmed,
+                        || self.outbox.lock().done_through(&peer_key(&gateway)),
                     );
                     match how {
                         RelayTo::Now => {
