@@ -261,7 +261,7 @@ impl Collector for FederationMetrics {
         put(
             &mut e,
             "federation_dropped",
-            "Best-effort messages for a region that did not reach it, by reason (link_down, queue_full, link_lost)",
+            "Best-effort messages for a region that did not reach it, by reason (link_down, queue_full, link_lost); copies for a gateway of this region are counted under this region",
             &self.dropped,
         )?;
         put(

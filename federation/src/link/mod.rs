@@ -615,28 +615,36 @@ impl Federation {
         }
     }
 
-    /// Queues a best-effort message for one gateway (a cluster peer) without waiting.
+    /// Queues a best-effort message for one gateway (a cluster peer) without waiting; `false`
+    /// when there is no link to it (counted as dropped, `link_down`, under this region) or its
+    /// queue is full (counted as `queue_full`).
     pub fn try_forward_to(&self, gateway_id: &str, forward: Forward) -> bool {
         let link = self.links.get(gateway_id);
         match link {
             Some(link) => link.try_forward(LinkFrame {
                 kind: Some(Kind::Forward(forward)),
             }),
-            None => false,
+            None => {
+                self.metrics.dropped(self.region(), DropReason::LinkDown, 1);
+                false
+            }
         }
     }
 
     /// Queues a best-effort message for one gateway of this region without waiting:
     /// `Ok(None)` when queued; when its link's queue is full the message comes back as a
     /// [`Backlogged`] forward for the caller to wait on (or drop); `Err(())` when there is no
-    /// link to the gateway (as [`Federation::try_forward_to`]).
+    /// link to the gateway (counted as dropped, as by [`Federation::try_forward_to`]).
     #[allow(clippy::result_unit_err)]
     pub fn forward_to_or_backlog(
         &self,
         gateway_id: &str,
         forward: Forward,
     ) -> Result<Option<Backlogged>, ()> {
-        let link = self.links.get(gateway_id).ok_or(())?;
+        let Some(link) = self.links.get(gateway_id) else {
+            self.metrics.dropped(self.region(), DropReason::LinkDown, 1);
+            return Err(());
+        };
         let frame = LinkFrame {
             kind: Some(Kind::Forward(forward)),
         };
