@@ -113,8 +113,9 @@ for size in $LARGE; do
   "$BIN/nexus-load" pubsub --target "nexus://$GW_ADDR" --target "nats://$NATS_ADDR" \
     --duration "$DURATION" --payload "$size" --json-out "$WORK/large-$size.json" \
     >"$WORK/large-$size.md"
+  label="$(awk -v b="$size" 'BEGIN {if (b >= 1048576) printf "%g MiB", b/1048576; else if (b >= 1024) printf "%g KiB", b/1024; else printf "%d B", b}')"
   if [ -s "$WORK/large.md" ]; then tail -n +3 "$WORK/large-$size.md"; else cat "$WORK/large-$size.md"; fi \
-    | grep -v '^$' >>"$WORK/large.md"
+    | grep -v '^$' | sed "s/^| pub\/sub 1:1 |/| pub\/sub 1:1, $label |/" >>"$WORK/large.md"
 done
 cat "$WORK/large.md"
 stop "$GW_PID"; stop "$NATS_PID"
