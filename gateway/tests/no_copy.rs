@@ -62,11 +62,7 @@ fn router() -> Arc<Router> {
 }
 
 /// A session subscribed to `pattern` (in `queue`, or plain when empty).
-fn subscriber(
-    router: &Router,
-    pattern: &str,
-    queue: &str,
-) -> (Arc<Connection>, OutboundStream) {
+fn subscriber(router: &Router, pattern: &str, queue: &str) -> (Arc<Connection>, OutboundStream) {
     let (outbound, stream) = Outbound::new(16 << 20);
     let conn = Arc::new(Connection::new(router.next_id(), outbound));
     router.subscribe(&conn, 1, pattern, queue);

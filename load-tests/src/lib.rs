@@ -11,10 +11,12 @@
 //!   streams.
 //! * [`suite`]: the comparison suite and the smoke run.
 //! * [`report`]: histograms, results, tables and JSON.
+//! * [`background`]: sessions and subscriptions no message matches, for the scale curves.
 //!
 //! The binary `nexus-load` is a thin command line over this library; the smoke test in
 //! `tests/smoke.rs` uses the library directly against a real gateway.
 
+pub mod background;
 pub mod config_push;
 pub mod payload;
 pub mod report;

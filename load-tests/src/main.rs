@@ -152,6 +152,17 @@ struct ScenarioArgs {
     /// For pubsub, fanout, queue and request.
     #[arg(long)]
     remote: Option<Target>,
+    /// Scale runs: background connections held open during the scenario (each target gets
+    /// its own), carrying the --background-patterns.
+    #[arg(long, default_value_t = 0)]
+    background_sessions: usize,
+    /// Scale runs: subscriptions no scenario message matches, spread over the background
+    /// connections (a subject table of this size).
+    #[arg(long, default_value_t = 0)]
+    background_patterns: usize,
+    /// The background patterns have wildcards (`*`, `>`) instead of being literal subjects.
+    #[arg(long)]
+    background_wildcards: bool,
     #[command(flatten)]
     shape: Shape,
 }
@@ -315,8 +326,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         write_json(json_out, &results)?;
         return output(json, &results).map(|()| ExitCode::SUCCESS);
     }
+    let background = nexus_load::background::Shape {
+        sessions: args.background_sessions,
+        patterns: args.background_patterns,
+        wildcards: args.background_wildcards,
+    };
     for t in &args.targets {
-        results.push(scenarios::run(kind, t, &w).await?);
+        let bg = nexus_load::background::Background::open(t, background).await?;
+        let mut r = scenarios::run(kind, t, &w).await;
+        if let Ok(r) = &mut r
+            && !background.is_empty()
+        {
+            r.scenario = format!("{}, {}", r.scenario, background.label());
+        }
+        bg.close().await;
+        results.push(r?);
     }
     let nexus = results.iter().position(|r| r.target == "nexus");
     let nats = results.iter().position(|r| r.target == "nats");

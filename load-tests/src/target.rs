@@ -176,6 +176,15 @@ impl Conn {
         }
     }
 
+    /// Subscribes to `subject` for the background of a scale run: Nexus confirms it as
+    /// usual; on NATS nothing waits for the server (the caller flushes once for many).
+    pub async fn subscribe_unconfirmed(&self, subject: &str) -> Result<Sub> {
+        match self {
+            Conn::Nexus(c) => Ok(Sub::Nexus(c.subscribe(subject).await?)),
+            Conn::Nats(c) => Ok(Sub::Nats(c.subscribe(subject.to_owned()).await?)),
+        }
+    }
+
     /// Sends a request and waits for the reply's payload.
     pub async fn request(&self, subject: &str, payload: Bytes) -> Result<Bytes> {
         match self {
