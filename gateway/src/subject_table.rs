@@ -5,6 +5,13 @@
 //! (the rest is shared through `Arc`) and the router swaps the new root in atomically. Readers
 //! never take a lock and never see a half-applied change.
 //!
+//! A node with many literal children keeps them in a persistent hash map (`imbl`'s hash array
+//! mapped trie), so copying the node on the changed path is O(1) and changing one child copies
+//! O(log n) of the map. With a plain hash map each copy cloned every sibling: a level with
+//! 40 000 children (`sensors.<id>.>` for 40 000 ids) made each subscribe cost ~1 ms and
+//! 40 000 of them 51 s (docs/benchmarks.md, "Scale"). A node with few children (most of
+//! them) keeps a plain FxHash map, the cheapest to look up, and cheap to copy at that size.
+//!
 //! Matching walks the subject's tokens once, following the literal child, the `*` child and
 //! the `>` child at each level; it does not allocate. The wildcard children are kept outside
 //! the map, so a level costs one hash lookup (none when the node has no literal children),
@@ -14,7 +21,83 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use imbl::GenericHashMap;
+use imbl::shared_ptr::DefaultSharedPtr;
+use rustc_hash::{FxBuildHasher, FxHashMap};
+
+/// Literal children by token: a plain map while small, a persistent one once large. Keys are
+/// `Arc<str>` so that copying either (`imbl` clones the entries of the nodes it copies) takes
+/// no allocation per key.
+enum Children<V> {
+    Small(FxHashMap<Arc<str>, Arc<Node<V>>>),
+    Large(GenericHashMap<Arc<str>, Arc<Node<V>>, FxBuildHasher, DefaultSharedPtr>),
+}
+
+/// A small map grows into a persistent one past this many children...
+const LARGE_FROM: usize = 64;
+/// ...and goes back at this many (apart, so one pattern coming and going at the boundary does
+/// not convert the map each time).
+const SMALL_AT: usize = 32;
+
+impl<V> Default for Children<V> {
+    fn default() -> Self {
+        Children::Small(FxHashMap::default())
+    }
+}
+
+impl<V> Clone for Children<V> {
+    fn clone(&self) -> Self {
+        match self {
+            Children::Small(m) => Children::Small(m.clone()),
+            Children::Large(m) => Children::Large(m.clone()),
+        }
+    }
+}
+
+impl<V> Children<V> {
+    fn get(&self, token: &str) -> Option<&Arc<Node<V>>> {
+        match self {
+            Children::Small(m) => m.get(token),
+            Children::Large(m) => m.get(token),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Children::Small(m) => m.is_empty(),
+            Children::Large(m) => m.is_empty(),
+        }
+    }
+
+    fn insert(&mut self, token: &str, child: Arc<Node<V>>) {
+        match self {
+            Children::Small(m) => {
+                m.insert(token.into(), child);
+                if m.len() > LARGE_FROM {
+                    *self = Children::Large(m.drain().collect());
+                }
+            }
+            Children::Large(m) => {
+                m.insert(token.into(), child);
+            }
+        }
+    }
+
+    fn remove(&mut self, token: &str) {
+        match self {
+            Children::Small(m) => {
+                m.remove(token);
+            }
+            Children::Large(m) => {
+                m.remove(token);
+                if m.len() <= SMALL_AT {
+                    *self =
+                        Children::Small(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+                }
+            }
+        }
+    }
+}
 
 /// An immutable trie of patterns; cheap to clone (one `Arc`).
 pub struct SubjectTable<V> {
@@ -24,7 +107,7 @@ pub struct SubjectTable<V> {
 
 struct Node<V> {
     /// Literal tokens.
-    children: FxHashMap<Box<str>, Arc<Node<V>>>,
+    children: Children<V>,
     /// The `*` child.
     star: Option<Arc<Node<V>>>,
     /// The `>` child.
@@ -36,7 +119,7 @@ struct Node<V> {
 impl<V> Default for Node<V> {
     fn default() -> Self {
         Self {
-            children: FxHashMap::default(),
+            children: Children::default(),
             star: None,
             full: None,
             values: Vec::new(),
@@ -68,12 +151,8 @@ impl<V> Node<V> {
         match (token, child) {
             ("*", child) => self.star = child,
             (">", child) => self.full = child,
-            (_, Some(child)) => {
-                self.children.insert(token.into(), child);
-            }
-            (_, None) => {
-                self.children.remove(token);
-            }
+            (_, Some(child)) => self.children.insert(token, child),
+            (_, None) => self.children.remove(token),
         }
     }
 
@@ -247,6 +326,39 @@ mod tests {
         assert_eq!(matches(&t, "a"), Vec::<u32>::new());
         assert_eq!(matches(&t, "a.b"), vec![1, 2]);
         assert_eq!(matches(&t, "a.b.c"), vec![2]);
+    }
+
+    #[test]
+    fn a_level_with_many_children_grows_into_a_persistent_map_and_back() {
+        let mut t = SubjectTable::default().insert("s.*", 0);
+        let mut snapshots = Vec::new();
+        for i in 1..=200u32 {
+            t = t.insert(&format!("s.{i}"), i);
+            if i % 50 == 0 {
+                snapshots.push((i, t.clone()));
+            }
+        }
+        assert!(matches!(
+            t.root.children.get("s").unwrap().children,
+            Children::Large(_)
+        ));
+        assert_eq!(matches(&t, "s.150"), vec![0, 150]);
+        for i in 1..=190u32 {
+            t = t.remove(&format!("s.{i}"), |v| *v == i).0;
+        }
+        assert!(matches!(
+            t.root.children.get("s").unwrap().children,
+            Children::Small(_)
+        ));
+        assert_eq!(matches(&t, "s.150"), vec![0]);
+        assert_eq!(matches(&t, "s.195"), vec![0, 195]);
+        assert_eq!(t.len(), 11);
+        // Snapshots taken on the way are what they were.
+        for (n, snap) in &snapshots {
+            assert_eq!(snap.len(), *n as usize + 1);
+            assert_eq!(matches(snap, &format!("s.{n}")), vec![0, *n]);
+            assert_eq!(matches(snap, &format!("s.{}", n + 1)), vec![0]);
+        }
     }
 
     #[test]
