@@ -13,7 +13,9 @@
 # docs/benchmarks.md).
 #
 # The cost of a hop (between gateways of one region, between regions) has no NATS column:
-# it runs load-tests/run-cluster-hop.sh on the same binaries and adds its medians.
+# it runs load-tests/run-cluster-hop.sh on the same binaries and adds its medians. The scale
+# curves (subject tables and sessions growing) run load-tests/run-scale.sh (SCALE=0 skips
+# them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,7 @@ IDLE="${IDLE:-1000}"
 OPEN_RATE="${OPEN_RATE:-2000}"
 PAYLOAD="${PAYLOAD:-128}"
 LARGE="${LARGE:-16384 262144 1048576}"
+SCALE="${SCALE:-1}"
 HOP_RUNS="${HOP_RUNS:-3}"
 OUT="${OUT:-docs/benchmarks.md}"
 export NEXUS_CACHE="${NEXUS_CACHE:-$HOME/.cache/nexus}"
@@ -181,6 +184,12 @@ NEXUS_BIN_DIR="$BIN" OUT="$WORK/hop.md" RUNS="$HOP_RUNS" DURATION="$DURATION" PA
 sed -n '/^| scenario | path /,/^$/p' "$WORK/hop.md" >"$WORK/hop-medians.md"
 [ -s "$WORK/hop-medians.md" ] || { echo "run-cluster-hop.sh wrote no medians table:" >&2; cat "$WORK/hop.md" >&2; exit 1; }
 
+if [ "$SCALE" != 0 ]; then
+  step "scale curves: subject tables and sessions growing"
+  NEXUS_BIN_DIR="$BIN" OUT="$WORK/scale.md" DURATION="$DURATION" PAYLOAD="$PAYLOAD" \
+    bash load-tests/run-scale.sh >/dev/null
+fi
+
 step "writing $OUT"
 CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 MEM="$(awk '/^MemTotal:/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
@@ -237,6 +246,16 @@ NATS_VERSION="$("$NATS_BIN" --version 2>&1 | head -n1)"
   echo "crosses the hop twice (the request and its reply)."
   echo
   cat "$WORK/hop-medians.md"
+  if [ -s "$WORK/scale.md" ]; then
+    echo
+    echo "### Scale: subject tables and sessions (load-tests/run-scale.sh)"
+    echo
+    echo "Pub/sub 1:1 and request/reply (1 in flight) while each server holds background"
+    echo "sessions and subscriptions that no benchmark message matches (literal subjects, or"
+    echo "wildcard patterns sharing the benchmark subjects' first token); Nexus then NATS per row."
+    echo
+    cat "$WORK/scale.md"
+  fi
   echo "<!-- END GENERATED -->"
 } >"$WORK/generated.md"
 
