@@ -7,6 +7,11 @@
 //! ~3 % of the gateway's instructions on pub/sub). Reserving `encoded_len()` first makes that
 //! one allocation; `encode_raw` then skips the length walk `encode` would repeat.
 //!
+//! Both start with 1 KiB buffers rather than tonic's 8 KiB: tonic allocates them when a call
+//! opens, so on a gateway with thousands of idle sessions they were 16 KiB of each session's
+//! memory (docs/benchmarks.md, "Memory per idle connection"); under load they grow to the
+//! messages' sizes either way (the encoder reserves each message's exact size).
+//!
 //! Decoding first takes the message out of tonic's receive buffer as one `Bytes` (no copy)
 //! and decodes from that: reading a `Bytes` advances a pointer, where reading tonic's
 //! `BytesMut`-backed buffer paid `BytesMut`'s bookkeeping on every field (~5 % of the
@@ -18,6 +23,15 @@ use bytes::Buf;
 use prost::Message;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+/// Initial size of a call's send and receive buffers.
+const INITIAL_BUFFER: usize = 1024;
+/// Bytes of encoded messages gathered before they are handed to HTTP/2 (tonic's default).
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD)
+}
 
 /// [`Codec`] for a prost message pair; the generated clients and servers use it
 /// (`codec_path` in `build.rs`).
@@ -63,6 +77,10 @@ impl<T: Message> Encoder for ExactSizeEncoder<T> {
         encode_reserved(&item, buf);
         Ok(())
     }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
+    }
 }
 
 /// Writes `item` into `buf`, which has room for `item.encoded_len()` more bytes.
@@ -83,7 +101,7 @@ impl<U: Message + Default> Decoder for ExactSizeDecoder<U> {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
+        buffer_settings()
     }
 }
 
