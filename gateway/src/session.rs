@@ -64,6 +64,17 @@ async fn oldest_stored(held: &mut VecDeque<HeldPublish>) -> bool {
     }
 }
 
+/// The next expired request timer; never, while the session has made no request (its timer
+/// wheel is created with the first one: an idle session does not hold one).
+async fn next_expired(
+    timers: &mut Option<DelayQueue<u64>>,
+) -> Option<delay_queue::Expired<u64>> {
+    match timers {
+        Some(t) => t.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 pub struct Session {
     router: Arc<Router>,
     conn: Arc<Connection>,
@@ -74,7 +85,9 @@ pub struct Session {
     requests: HashMap<u64, (u64, delay_queue::Key)>,
     /// Client req_ids outstanding, to refuse a duplicate whose reply would be ambiguous.
     req_ids: std::collections::HashSet<u64>,
-    timers: DelayQueue<u64>,
+    /// Request timeouts; created with the first request (a `DelayQueue` allocates its timer
+    /// wheel, ~6 KiB, up front, which every idle session paid).
+    timers: Option<DelayQueue<u64>>,
     completions_tx: mpsc::UnboundedSender<Completion>,
     completions_rx: mpsc::UnboundedReceiver<Completion>,
     scratch: Vec<Arc<Member>>,
@@ -110,7 +123,7 @@ impl Session {
             subs: HashMap::new(),
             requests: HashMap::new(),
             req_ids: std::collections::HashSet::new(),
-            timers: DelayQueue::new(),
+            timers: None,
             completions_tx,
             completions_rx,
             scratch: Vec::new(),
@@ -183,7 +196,8 @@ impl Session {
                 stored = oldest_stored(&mut self.held), if !self.held.is_empty() => {
                     self.release_oldest(stored).await;
                 }
-                Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
+                Some(expired) = next_expired(&mut self.timers),
+                    if self.timers.as_ref().is_some_and(|t| !t.is_empty()) => {
                     let seq = expired.into_inner();
                     if self.requests.remove(&seq).is_some() {
                         self.router.complete(seq, None, Err(error(ErrorCode::Timeout, "request timed out", 0)));
@@ -1017,7 +1031,10 @@ impl Session {
             .await;
         match routed {
             Ok(seq) => {
-                let key = self.timers.insert(seq, timeout);
+                let key = self
+                    .timers
+                    .get_or_insert_with(DelayQueue::new)
+                    .insert(seq, timeout);
                 self.requests.insert(seq, (r.req_id, key));
                 self.req_ids.insert(r.req_id);
             }
@@ -1031,8 +1048,10 @@ impl Session {
     }
 
     async fn on_completion(&mut self, done: Completion) {
-        if let Some((_, key)) = self.requests.remove(&done.seq) {
-            self.timers.try_remove(&key);
+        if let Some((_, key)) = self.requests.remove(&done.seq)
+            && let Some(timers) = &mut self.timers
+        {
+            timers.try_remove(&key);
         }
         self.req_ids.remove(&done.req_id);
         match done.result {
