@@ -66,9 +66,7 @@ async fn oldest_stored(held: &mut VecDeque<HeldPublish>) -> bool {
 
 /// The next expired request timer; never, while the session has made no request (its timer
 /// wheel is created with the first one: an idle session does not hold one).
-async fn next_expired(
-    timers: &mut Option<DelayQueue<u64>>,
-) -> Option<delay_queue::Expired<u64>> {
+async fn next_expired(timers: &mut Option<DelayQueue<u64>>) -> Option<delay_queue::Expired<u64>> {
     match timers {
         Some(t) => t.next().await,
         None => std::future::pending().await,
