@@ -9,7 +9,7 @@
 # SUSTAIN_RATE (msgs/s of the sustained run, default 0 = as fast as possible), IDLE (idle
 # connections, default 1000), OPEN_RATE (requests/s of the open loop, default 2000),
 # PAYLOAD (bytes, default 128), LARGE (payload sizes of the large-payload rows, default
-# "16384 262144 1048576"), HOP_RUNS (runs of the hop rows, default 3), OUT (default
+# "16384 262144 1048576"), HOP_RUNS (runs of the hop rows, at least 2, default 3), OUT (default
 # docs/benchmarks.md).
 #
 # The cost of a hop (between gateways of one region, between regions) has no NATS column:
@@ -33,23 +33,16 @@ export NEXUS_CACHE="${NEXUS_CACHE:-$HOME/.cache/nexus}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$NEXUS_CACHE/target}"
 BIN="$CARGO_TARGET_DIR/release"
 
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=load-tests/lib.sh
+. load-tests/lib.sh
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+# The hop rows are medians over runs (run-cluster-hop.sh writes them only for RUNS > 1): say
+# so now rather than after the rest of the run.
+[ "$HOP_RUNS" -ge 2 ] || { echo "HOP_RUNS=$HOP_RUNS: the hop rows are medians, give at least 2" >&2; exit 2; }
 
 # Enough file descriptors for the idle-connection measurement (inherited by the servers).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
-find_nats() { command -v nats-server || ls /usr/sbin/nats-server /usr/bin/nats-server 2>/dev/null | head -n1 || true; }
 NATS_BIN="$(find_nats)"
 if [ -z "$NATS_BIN" ]; then
   step "installing nats-server"
@@ -62,16 +55,6 @@ fi
 
 step "building release binaries (nexus, nexus-load)"
 cargo build --release --quiet -p nexus -p nexus-load --bin nexus --bin nexus-load
-
-# wait_for FILE PATTERN: waits up to 15 s for a line matching PATTERN, prints it.
-wait_for() {
-  local i
-  for i in $(seq 1 150); do
-    if grep -m1 -E "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "timed out waiting for '$2' in $1:" >&2; cat "$1" >&2; return 1
-}
 
 # start_gateway NAME [ARGS...]: starts a gateway on free ports; sets GW_PID and GW_ADDR.
 start_gateway() {

@@ -23,36 +23,17 @@ export NEXUS_CACHE="${NEXUS_CACHE:-$HOME/.cache/nexus}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$NEXUS_CACHE/target}"
 BIN="${NEXUS_BIN_DIR:-$CARGO_TARGET_DIR/release}"
 
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-step() { printf '\n==> %s\n' "$*" >&2; }
+# shellcheck source=load-tests/lib.sh
+. load-tests/lib.sh
 
 # 10 000 background sessions and the benchmark's own, on each side of loopback.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
-NATS_BIN="$(command -v nats-server || ls /usr/sbin/nats-server /usr/bin/nats-server 2>/dev/null | head -n1 || true)"
+NATS_BIN="$(find_nats)"
 [ -n "$NATS_BIN" ] || { echo "nats-server not found (load-tests/run-comparison.sh installs it)" >&2; exit 1; }
 
 step "building release binaries (nexus, nexus-load)"
 [ -n "${NEXUS_BIN_DIR:-}" ] || cargo build --release --quiet -p nexus -p nexus-load --bin nexus --bin nexus-load
-
-wait_for() {
-  local i
-  for i in $(seq 1 150); do
-    if grep -m1 -E "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "timed out waiting for '$2' in $1:" >&2; cat "$1" >&2; return 1
-}
 
 cat >"$WORK/gateway.toml" <<'EOF'
 [limits]
