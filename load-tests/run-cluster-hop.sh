@@ -32,18 +32,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$NEXUS_CACHE/target}"
 # building this tree.
 BIN="${NEXUS_BIN_DIR:-$CARGO_TARGET_DIR/release}"
 
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-step() { printf '\n==> %s\n' "$*" >&2; }
+# shellcheck source=load-tests/lib.sh
+. load-tests/lib.sh
 
 step "building release binaries (nexus, nexus-load)"
 [ -n "${NEXUS_BIN_DIR:-}" ] || cargo build --release --quiet -p nexus -p nexus-load --bin nexus --bin nexus-load

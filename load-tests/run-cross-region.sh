@@ -28,30 +28,11 @@ export NEXUS_CACHE="${NEXUS_CACHE:-$HOME/.cache/nexus}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$NEXUS_CACHE/target}"
 BIN="$CARGO_TARGET_DIR/release"
 
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-step() { printf '\n==> %s\n' "$*" >&2; }
+# shellcheck source=load-tests/lib.sh
+. load-tests/lib.sh
 
 step "building release binaries (nexus, nexus-load, nexus-wan)"
 cargo build --release --quiet -p nexus -p nexus-load --bin nexus --bin nexus-load --bin nexus-wan
-
-wait_for() {
-  local i
-  for i in $(seq 1 150); do
-    if grep -m1 -E "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "timed out waiting for '$2' in $1:" >&2; cat "$1" >&2; return 1
-}
 
 "$BIN/nexus" federation-certs --out "$WORK/certs" --regions eu-west,us-east >/dev/null
 
