@@ -74,7 +74,6 @@ pub struct SpoolFull {
     pub size: u64,
 }
 
-/// Bytes a spooled message is charged: its encoded size.
 /// Gives a message kept in the spool bytes of its own. Messages are decoded without copying,
 /// so a payload or header is a view into the whole buffer its frame was read into (a gRPC
 /// read buffer, a link's 64 KiB read); a spooled message may wait for hours, and pinning that
@@ -89,6 +88,7 @@ fn detach(f: &mut Forward) {
     }
 }
 
+/// Bytes a spooled message is charged: its encoded size.
 pub fn charge(s: &Spooled) -> u64 {
     s.encoded_len() as u64
 }
