@@ -89,12 +89,7 @@ async fn raw_session(url: &str, batches: Vec<Bytes>) -> tonic::Status {
 #[tokio::test]
 async fn a_frame_that_is_not_utf8_ends_the_session_with_invalid_argument() {
     let gw = Gateway::start();
-    let hello = Bytes::from(
-        v1::Batch {
-            frames: vec![hello()],
-        }
-        .encode_to_vec(),
-    );
+    let hello = Bytes::from(v1::Batch::of(vec![hello()]).encode_to_vec());
     // Batch.frames[0].pub.subject = 0xff 0xfe (Frame.pub is field 5).
     let bad = Bytes::from_static(&[0x0a, 0x06, 0x2a, 0x04, 0x0a, 0x02, 0xff, 0xfe]);
     let status = raw_session(&gw.url(), vec![hello, bad]).await;
@@ -409,9 +404,10 @@ async fn a_flood_of_sessions_opened_and_dropped_leaves_nothing_behind() {
                         0 | 1 => {
                             if let Ok(s) = keyed_session(&url, &secret).await {
                                 let _ =
-                                    s.tx.send(v1::Batch {
-                                        frames: vec![sub_frame(1, &format!("churn.{w}.{i}"))],
-                                    })
+                                    s.tx.send(v1::Batch::of(vec![sub_frame(
+                                        1,
+                                        &format!("churn.{w}.{i}"),
+                                    )]))
                                     .await;
                             }
                         }

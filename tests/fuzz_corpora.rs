@@ -301,12 +301,12 @@ fn header(k: &str, v: &str) -> Header {
 }
 
 fn batch(frames: Vec<Kind>) -> Vec<u8> {
-    Batch {
-        frames: frames
+    Batch::of(
+        frames
             .into_iter()
             .map(|k| Frame { kind: Some(k) })
             .collect(),
-    }
+    )
     .encode_to_vec()
 }
 

@@ -139,7 +139,7 @@ async fn raw_session(
             })),
         },
     ];
-    tx.send(Batch { frames }).await.unwrap();
+    tx.send(Batch::of(frames)).await.unwrap();
     let mut inbound = gw
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await

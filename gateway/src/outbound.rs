@@ -3,9 +3,18 @@
 //!
 //! The queue is bounded in bytes, not messages, by a semaphore whose permits are bytes: a
 //! frame takes permits when queued and gives them back when it is handed to the transport.
-//! That is what keeps a slow consumer from growing the gateway's memory without bound. The
-//! draining side coalesces every frame that is ready into one `Batch`, so batches grow under
-//! load and stay single-frame (no added latency) when idle.
+//! That is what keeps a slow consumer from growing the gateway's memory without bound.
+//!
+//! A frame is encoded when it is queued, into the batch it will leave in: the queue is a
+//! list of batches being filled, held as bytes (the way nats-server keeps a client's
+//! outbound buffer), and the response stream takes a whole batch at a time. So a delivery
+//! costs one encoding under the queue's lock and no hand-off of the frame itself: no
+//! channel slot, no vector of frames, no second pass to encode them. A batch grows while
+//! frames arrive faster than the transport takes them and is a single frame when the session
+//! is idle (no added latency). A frame whose payload is `WHOLE_FRAME_PAYLOAD` or larger is
+//! queued as a value instead (its payload still shares the buffer it arrived in) and encoded
+//! by the transport, so a large payload is copied once between receive and send, not twice
+//! (`gateway/tests/no_copy.rs`).
 //!
 //! Control frames (acks, errors, pongs, stream credit and close) are never subject to the
 //! slow-consumer policy, since losing one would break the protocol; they bypass the byte
@@ -19,17 +28,20 @@
 //! cloning or boxing on the hot path, hence the allowed large error type.
 #![allow(clippy::result_large_err)]
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures::Stream;
-use nexus_proto::v1::{Batch, Frame};
+use nexus_proto::hot_frames::MsgRef;
+use nexus_proto::v1::{Batch, Frame, frame::Kind};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
@@ -38,7 +50,7 @@ use crate::payload_encoding::{Receiver, ReceiverSlot};
 /// Fixed per-frame overhead charged against the byte budget besides the payload.
 pub const FRAME_OVERHEAD: u32 = 64;
 /// Most frames coalesced into one outbound batch.
-const MAX_BATCH_FRAMES: usize = 512;
+const MAX_BATCH_FRAMES: u32 = 512;
 /// Most payload bytes coalesced into one outbound batch (one frame may exceed it alone).
 const MAX_BATCH_BYTES: u32 = 512 * 1024;
 /// Most control frames queued for one session; see the module docs.
@@ -47,12 +59,11 @@ pub const MAX_CONTROL_FRAMES: u32 = 65_536;
 /// read some of them ([`Outbound::control_room`]), so answering a client that reads never
 /// reaches `MAX_CONTROL_FRAMES`.
 pub const CONTROL_HIGH_WATER: u32 = MAX_CONTROL_FRAMES / 2;
-
-struct Queued {
-    frame: Frame,
-    /// Budget permits taken; 0 for a control frame.
-    cost: u32,
-}
+/// Payloads from this size on are queued whole and encoded by the transport (module docs).
+pub const WHOLE_FRAME_PAYLOAD: usize = 8 * 1024;
+/// An empty queue keeps an encoding buffer up to this size for the next batch; a larger one
+/// (left by a burst) is given back.
+const KEPT_BUFFER: usize = 64 * 1024;
 
 /// Why a frame could not be queued.
 #[derive(Debug)]
@@ -63,16 +74,174 @@ pub enum EnqueueError {
     Closed,
 }
 
+/// Why [`Outbound::try_send_msg`] did not queue a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MsgUnqueued {
+    /// The byte budget is used up.
+    Full,
+    /// The session is closed.
+    Closed,
+    /// Its payload is large enough to be queued whole: send it as a frame.
+    AsFrame,
+}
+
+/// One batch being filled.
+struct Filling {
+    /// Encoded frames (their bytes are the next `len` bytes of [`Queue::encoded`]), or frames
+    /// with large payloads queued whole.
+    body: Body,
+    frames: u32,
+    /// Bytes counted towards `MAX_BATCH_BYTES`.
+    bytes: u32,
+    /// Budget permits to give back when the transport takes the batch.
+    permits: usize,
+    /// Control frames in the batch.
+    control: u32,
+}
+
+enum Body {
+    Encoded { len: usize },
+    Whole(Vec<Frame>),
+}
+
+impl Filling {
+    fn count(&mut self, bytes: u32, permits: u32) {
+        self.frames += 1;
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.permits += permits as usize;
+        self.control += u32::from(permits == 0);
+    }
+
+    fn has_room(&self, whole: bool) -> bool {
+        matches!(self.body, Body::Whole(_)) == whole
+            && self.frames < MAX_BATCH_FRAMES
+            && self.bytes < MAX_BATCH_BYTES
+    }
+}
+
+/// What the senders and the response stream share, behind one lock.
+#[derive(Default)]
+struct Queue {
+    /// Oldest first.
+    batches: VecDeque<Filling>,
+    /// The encoded frames of every `Body::Encoded` batch, in order.
+    encoded: BytesMut,
+    /// The response stream, when it waits for frames.
+    waker: Option<Waker>,
+    /// The `Outbound` is gone: the stream ends once the queue is empty.
+    senders_gone: bool,
+    /// The stream is gone: nothing can be sent any more.
+    stream_gone: bool,
+}
+
+/// A batch taken from the queue, with what it gives back.
+struct Taken {
+    batch: Batch,
+    frames: u32,
+    permits: usize,
+    control: u32,
+}
+
+impl Queue {
+    /// Appends `frame` to the newest batch, or to a new one when that is full or of the
+    /// other kind.
+    fn push(&mut self, frame: Frame, whole: bool, bytes: u32, permits: u32) {
+        if whole {
+            let batch = self.newest(true);
+            if let Body::Whole(frames) = &mut batch.body {
+                frames.push(frame);
+            }
+            batch.count(bytes, permits);
+        } else {
+            let before = self.encoded.len();
+            Batch::encode_frame(&frame, &mut self.encoded);
+            self.add_encoded(self.encoded.len() - before, bytes, permits);
+        }
+    }
+
+    /// Encodes a `Msg` into the newest batch of encoded frames.
+    fn push_msg(&mut self, msg: &MsgRef<'_>, bytes: u32, permits: u32) {
+        let before = self.encoded.len();
+        Batch::encode_msg(msg, &mut self.encoded);
+        self.add_encoded(self.encoded.len() - before, bytes, permits);
+    }
+
+    /// Counts a frame just encoded at the end of `encoded` (`len` bytes) in the newest batch.
+    fn add_encoded(&mut self, len: usize, bytes: u32, permits: u32) {
+        let batch = self.newest(false);
+        if let Body::Encoded { len: total } = &mut batch.body {
+            *total += len;
+        }
+        batch.count(bytes, permits);
+    }
+
+    /// The batch to add a frame to: the newest, or a new one when that is full or of the
+    /// other kind.
+    fn newest(&mut self, whole: bool) -> &mut Filling {
+        let fits = self.batches.back().is_some_and(|b| b.has_room(whole));
+        if !fits {
+            self.batches.push_back(Filling {
+                body: if whole {
+                    Body::Whole(Vec::new())
+                } else {
+                    Body::Encoded { len: 0 }
+                },
+                frames: 0,
+                bytes: 0,
+                permits: 0,
+                control: 0,
+            });
+        }
+        let Some(batch) = self.batches.back_mut() else {
+            unreachable!("a batch was just added");
+        };
+        batch
+    }
+
+    fn take(&mut self) -> Option<Taken> {
+        let filled = self.batches.pop_front()?;
+        let batch = match filled.body {
+            Body::Encoded { len } => {
+                let encoded = self.encoded.split_to(len).freeze();
+                if self.encoded.is_empty() && self.encoded.capacity() > KEPT_BUFFER {
+                    self.encoded = BytesMut::new();
+                }
+                Batch {
+                    frames: Vec::new(),
+                    encoded,
+                }
+            }
+            Body::Whole(frames) => Batch::of(frames),
+        };
+        Some(Taken {
+            batch,
+            frames: filled.frames,
+            permits: filled.permits,
+            control: filled.control,
+        })
+    }
+}
+
+/// The payload a frame carries, for choosing how to queue it.
+fn payload_len(frame: &Frame) -> usize {
+    match &frame.kind {
+        Some(Kind::Msg(m)) => m.payload.len(),
+        Some(Kind::Reply(r)) => r.payload.len(),
+        Some(Kind::StreamData(d)) => d.payload.len(),
+        _ => 0,
+    }
+}
+
 /// The sending half, shared by every task that delivers to this session.
 pub struct Outbound {
-    tx: mpsc::UnboundedSender<Queued>,
+    queue: Arc<Mutex<Queue>>,
     budget: Arc<Semaphore>,
     max_bytes: u32,
     queued_frames: Arc<AtomicU32>,
     queued_control: Arc<AtomicU32>,
     closed: CancellationToken,
     close_status: Arc<Mutex<Option<Status>>>,
-    flush_on_close: Arc<std::sync::atomic::AtomicBool>,
+    flush_on_close: Arc<AtomicBool>,
     /// Notified whenever the response stream takes frames from the queue.
     drained: Arc<Notify>,
     /// The codecs the session accepts, set at Hello ([`Outbound::set_receiver`]).
@@ -82,19 +251,18 @@ pub struct Outbound {
 impl Outbound {
     /// Creates the queue and the response stream that drains it.
     pub fn new(max_bytes: u32) -> (Self, OutboundStream) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Mutex::new(Queue::default()));
         let budget = Arc::new(Semaphore::new(max_bytes as usize));
         let queued_frames = Arc::new(AtomicU32::new(0));
         let queued_control = Arc::new(AtomicU32::new(0));
         let closed = CancellationToken::new();
         let close_status = Arc::new(Mutex::new(None));
-        let flush_on_close = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flush_on_close = Arc::new(AtomicBool::new(false));
         let drained = Arc::new(Notify::new());
         let receiver = Arc::new(ReceiverSlot::new());
         let stream = OutboundStream {
-            receiver: receiver.clone(),
+            queue: queue.clone(),
             drained: drained.clone(),
-            rx,
             budget: budget.clone(),
             queued_frames: queued_frames.clone(),
             queued_control: queued_control.clone(),
@@ -105,7 +273,7 @@ impl Outbound {
         };
         (
             Self {
-                tx,
+                queue,
                 budget,
                 max_bytes,
                 queued_frames,
@@ -120,8 +288,8 @@ impl Outbound {
         )
     }
 
-    /// Says which payload codecs the session decodes itself; from then on its outbound
-    /// stream decodes any other encoded payload before sending it ([`crate::payload_encoding`]).
+    /// Says which payload codecs the session decodes itself; from then on a frame queued for
+    /// it with any other encoded payload is decoded first ([`crate::payload_encoding`]).
     /// Once per session; later calls are ignored.
     pub fn set_receiver(&self, receiver: Receiver) {
         let _ = self.receiver.set(receiver);
@@ -209,6 +377,39 @@ impl Outbound {
         }
     }
 
+    /// Queues a `Msg` encoded from borrowed fields if the budget has room, without waiting
+    /// and without building the frame: the delivery path for a publish. The caller checked
+    /// that its payload is not compressed (a session may need it decoded, which takes the
+    /// frame); one of `WHOLE_FRAME_PAYLOAD` or more is refused with `AsFrame`.
+    pub fn try_send_msg(&self, msg: &MsgRef<'_>, cost: u32) -> Result<(), MsgUnqueued> {
+        if msg.payload.len() >= WHOLE_FRAME_PAYLOAD {
+            return Err(MsgUnqueued::AsFrame);
+        }
+        if self.closed.is_cancelled() {
+            return Err(MsgUnqueued::Closed);
+        }
+        match self.budget.try_acquire_many(cost) {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(MsgUnqueued::Full),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(MsgUnqueued::Closed),
+        }
+        self.queued_frames.fetch_add(1, Ordering::Relaxed);
+        let waker = {
+            let mut queue = self.queue.lock();
+            if queue.stream_gone {
+                drop(queue);
+                self.queued_frames.fetch_sub(1, Ordering::Relaxed);
+                return Err(MsgUnqueued::Closed);
+            }
+            queue.push_msg(msg, cost.max(FRAME_OVERHEAD), cost);
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
     /// Queues `frame`, waiting up to `max_wait` for budget. Returns the frame back on timeout.
     pub async fn send_wait(
         &self,
@@ -230,12 +431,38 @@ impl Outbound {
         }
     }
 
-    fn push(&self, frame: Frame, cost: u32) -> Result<(), EnqueueError> {
+    /// Encodes `frame` into the queue; `cost` budget permits were taken for it (0 for a
+    /// control frame, already counted in `queued_control`).
+    fn push(&self, mut frame: Frame, cost: u32) -> Result<(), EnqueueError> {
+        if let Some(receiver) = self.receiver.get()
+            && !receiver.prepare(&mut frame)
+        {
+            // Its payload could not be decoded for this session (counted and logged by
+            // `prepare`): not delivered, and its place in the queue is given back.
+            if cost == 0 {
+                self.queued_control.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                self.budget.add_permits(cost as usize);
+            }
+            return Ok(());
+        }
+        let whole = payload_len(&frame) >= WHOLE_FRAME_PAYLOAD;
+        // Counted before the stream can see the frame, which subtracts it when taken.
         self.queued_frames.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(Queued { frame, cost }).map_err(|_| {
-            self.queued_frames.fetch_sub(1, Ordering::Relaxed);
-            EnqueueError::Closed
-        })
+        let waker = {
+            let mut queue = self.queue.lock();
+            if queue.stream_gone {
+                drop(queue);
+                self.queued_frames.fetch_sub(1, Ordering::Relaxed);
+                return Err(EnqueueError::Closed);
+            }
+            queue.push(frame, whole, cost.max(FRAME_OVERHEAD), cost);
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
     }
 
     /// Ends the session after the frames already queued have been sent (used at shutdown,
@@ -268,73 +495,69 @@ impl Outbound {
     }
 }
 
-/// The gRPC response stream of a session: drains the queue into batches.
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        let waker = {
+            let mut queue = self.queue.lock();
+            queue.senders_gone = true;
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// The gRPC response stream of a session: hands the queue's batches to the transport.
 pub struct OutboundStream {
-    rx: mpsc::UnboundedReceiver<Queued>,
+    queue: Arc<Mutex<Queue>>,
     budget: Arc<Semaphore>,
     queued_frames: Arc<AtomicU32>,
     queued_control: Arc<AtomicU32>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
     close_status: Arc<Mutex<Option<Status>>>,
-    flush_on_close: Arc<std::sync::atomic::AtomicBool>,
+    flush_on_close: Arc<AtomicBool>,
     finished: bool,
     drained: Arc<Notify>,
-    receiver: Arc<ReceiverSlot>,
 }
 
 impl OutboundStream {
-    /// Takes whatever is queued, up to the batch limits, without waiting.
-    fn collect(&mut self, cx: &mut Context<'_>) -> (Vec<Frame>, bool) {
-        // The batch is handed to tonic by value, so its buffer cannot be reused; size it
-        // from the queue depth instead of growing it 1, 2, 4, … 512 (about ten reallocations
-        // and copies per full batch). The depth may be stale; it is only a hint.
-        let hint = (self.queued_frames.load(Ordering::Relaxed) as usize).clamp(1, MAX_BATCH_FRAMES);
-        let mut frames = Vec::with_capacity(hint);
-        let mut bytes = 0u32;
-        let mut released = 0usize;
-        let mut control = 0u32;
-        let mut ended = false;
-        let mut taken = 0u32;
-        let receiver = self.receiver.clone();
-        let receiver = receiver.get();
-        while frames.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(mut q)) => {
-                    taken += 1;
-                    if q.cost == 0 {
-                        control += 1;
-                    }
-                    bytes = bytes.saturating_add(q.cost.max(FRAME_OVERHEAD));
-                    released += q.cost as usize;
-                    if let Some(r) = receiver
-                        && !r.prepare(&mut q.frame)
+    /// Takes the oldest batch, if any, and gives back what its frames held; `Err(())` when the
+    /// queue is empty and nothing will be queued any more. Without a batch, registers `cx` to
+    /// be woken by the next frame.
+    fn take(&mut self, cx: &mut Context<'_>) -> Result<Option<Batch>, ()> {
+        let taken = {
+            let mut queue = self.queue.lock();
+            match queue.take() {
+                Some(taken) => taken,
+                None if queue.senders_gone => return Err(()),
+                None => {
+                    if !queue
+                        .waker
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker()))
                     {
-                        continue;
+                        queue.waker = Some(cx.waker().clone());
                     }
-                    frames.push(q.frame);
+                    return Ok(None);
                 }
-                Poll::Ready(None) => {
-                    ended = true;
-                    break;
-                }
-                Poll::Pending => break,
             }
-        }
-        if taken > 0 {
-            self.queued_frames.fetch_sub(taken, Ordering::Relaxed);
-            self.queued_control.fetch_sub(control, Ordering::Relaxed);
-            // The frames now belong to the transport, which applies HTTP/2 flow control;
-            // giving the budget back here keeps at most one batch per session outside
-            // the bound.
-            self.budget.add_permits(released);
-            self.drained.notify_one();
-            if frames.is_empty() && !ended {
-                // Every frame taken was undeliverable and the queue may hold more: poll again
-                // rather than wait for a wake-up that was not registered.
-                cx.waker().wake_by_ref();
-            }
-        }
-        (frames, ended)
+        };
+        self.queued_frames
+            .fetch_sub(taken.frames, Ordering::Relaxed);
+        self.queued_control
+            .fetch_sub(taken.control, Ordering::Relaxed);
+        // The frames now belong to the transport, which applies HTTP/2 flow control; giving
+        // the budget back here keeps at most one batch per session outside the bound.
+        self.budget.add_permits(taken.permits);
+        self.drained.notify_one();
+        Ok(Some(taken.batch))
+    }
+}
+
+impl Drop for OutboundStream {
+    fn drop(&mut self) {
+        self.queue.lock().stream_gone = true;
     }
 }
 
@@ -347,24 +570,22 @@ impl Stream for OutboundStream {
             return Poll::Ready(None);
         }
         if this.closed.as_mut().poll(cx).is_ready() {
-            if this.flush_on_close.load(Ordering::Relaxed) {
-                let (frames, _) = this.collect(cx);
-                if !frames.is_empty() {
-                    return Poll::Ready(Some(Ok(Batch { frames })));
-                }
+            if this.flush_on_close.load(Ordering::Relaxed)
+                && let Ok(Some(batch)) = this.take(cx)
+            {
+                return Poll::Ready(Some(Ok(batch)));
             }
             this.finished = true;
             return Poll::Ready(this.close_status.lock().take().map(Err));
         }
-        let (frames, ended) = this.collect(cx);
-        if frames.is_empty() {
-            if ended {
+        match this.take(cx) {
+            Ok(Some(batch)) => Poll::Ready(Some(Ok(batch))),
+            Ok(None) => Poll::Pending,
+            Err(()) => {
                 this.finished = true;
-                return Poll::Ready(None);
+                Poll::Ready(None)
             }
-            return Poll::Pending;
         }
-        Poll::Ready(Some(Ok(Batch { frames })))
     }
 }
 
@@ -392,7 +613,7 @@ mod tests {
         ));
         assert_eq!(out.depth(), 10);
         let batch = stream.next().await.unwrap().unwrap();
-        assert_eq!(batch.frames.len(), 10);
+        assert_eq!(batch.into_frames().unwrap().len(), 10);
         assert_eq!(out.depth(), 0);
         out.try_send(ping(11), 1000).unwrap();
     }
@@ -415,7 +636,7 @@ mod tests {
         out.try_send(ping(0), 100).unwrap();
         assert!(out.send_control(ping(1)));
         let batch = stream.next().await.unwrap().unwrap();
-        assert_eq!(batch.frames.len(), 2);
+        assert_eq!(batch.into_frames().unwrap().len(), 2);
         for i in 0..MAX_CONTROL_FRAMES {
             assert!(out.send_control(ping(i as u64)));
         }
@@ -457,9 +678,108 @@ mod tests {
         assert!(out.send_control(ping(7)));
         out.close_after_flush(Some(Status::unavailable("bye")));
         let batch = stream.next().await.unwrap().unwrap();
-        assert_eq!(batch.frames.len(), 1);
+        assert_eq!(batch.into_frames().unwrap().len(), 1);
         assert_eq!(stream.next().await.unwrap().unwrap_err().message(), "bye");
         assert!(stream.next().await.is_none());
+    }
+
+    fn msg(sid: u64, payload: usize) -> Frame {
+        Frame {
+            kind: Some(Kind::Msg(nexus_proto::v1::Msg {
+                sid,
+                subject: "a.b".into(),
+                payload: bytes::Bytes::from(vec![sid as u8; payload]),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn sids(frames: Vec<Frame>) -> Vec<u64> {
+        frames
+            .into_iter()
+            .map(|f| match f.kind {
+                Some(Kind::Msg(m)) => m.sid,
+                other => panic!("not a Msg: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn small_frames_leave_encoded_and_large_ones_whole_in_queue_order() {
+        let (out, mut stream) = Outbound::new(1 << 20);
+        let large = WHOLE_FRAME_PAYLOAD;
+        for (sid, len) in [(1, 10), (2, 10), (3, large), (4, large), (5, 10)] {
+            out.try_send(msg(sid, len), out.cost(len)).unwrap();
+        }
+        assert_eq!(out.depth(), 5);
+        let mut order = Vec::new();
+        for (encoded, whole) in [(2, 0), (0, 2), (1, 0)] {
+            let batch = stream.next().await.unwrap().unwrap();
+            assert_eq!(batch.frames.len(), whole);
+            assert_eq!(batch.encoded.is_empty(), encoded == 0);
+            let frames = batch.into_frames().unwrap();
+            assert_eq!(frames.len(), encoded + whole);
+            order.extend(sids(frames));
+        }
+        assert_eq!(order, [1, 2, 3, 4, 5]);
+        assert_eq!(out.depth(), 0);
+        // Every permit came back.
+        out.try_send(msg(6, 0), 1 << 20).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_closes_at_its_frame_or_byte_limit() {
+        let (out, mut stream) = Outbound::new(u32::MAX >> 3);
+        for sid in 0..(MAX_BATCH_FRAMES as u64 + 3) {
+            out.try_send(msg(sid, 1), out.cost(1)).unwrap();
+        }
+        let first = stream.next().await.unwrap().unwrap().into_frames().unwrap();
+        assert_eq!(first.len(), MAX_BATCH_FRAMES as usize);
+        let second = stream.next().await.unwrap().unwrap().into_frames().unwrap();
+        assert_eq!(sids(second), [512, 513, 514]);
+        let len = 4 * 1024;
+        let per_batch = (MAX_BATCH_BYTES as usize).div_ceil(len + FRAME_OVERHEAD as usize);
+        for sid in 0..per_batch as u64 + 1 {
+            out.try_send(msg(sid, len), out.cost(len)).unwrap();
+        }
+        let full = stream.next().await.unwrap().unwrap().into_frames().unwrap();
+        assert_eq!(full.len(), per_batch);
+        let rest = stream.next().await.unwrap().unwrap().into_frames().unwrap();
+        assert_eq!(rest.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_after_the_queue_when_the_sender_goes_and_sending_fails_without_a_stream()
+     {
+        let (out, mut stream) = Outbound::new(1000);
+        out.try_send(msg(1, 10), 100).unwrap();
+        drop(out);
+        let batch = stream.next().await.unwrap().unwrap();
+        assert_eq!(sids(batch.into_frames().unwrap()), [1]);
+        assert!(stream.next().await.is_none());
+
+        let (out, stream) = Outbound::new(1000);
+        drop(stream);
+        assert!(matches!(
+            out.try_send(msg(1, 10), 100),
+            Err(EnqueueError::Closed)
+        ));
+        assert!(!out.send_control(ping(1)));
+        assert_eq!(out.depth(), 0);
+        assert_eq!(out.control_queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_stream_is_woken_by_the_next_frame() {
+        let (out, mut stream) = Outbound::new(1000);
+        let reader = tokio::spawn(async move { stream.next().await.unwrap().unwrap() });
+        tokio::task::yield_now().await;
+        out.try_send(msg(9, 10), 100).unwrap();
+        let batch = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(sids(batch.into_frames().unwrap()), [9]);
     }
 
     #[tokio::test]

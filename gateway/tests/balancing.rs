@@ -57,7 +57,7 @@ impl Responders {
         let me = conn.clone();
         tokio::spawn(async move {
             while let Some(Ok(batch)) = stream.next().await {
-                for f in batch.frames {
+                for f in batch.into_frames().unwrap() {
                     let Some(Kind::Msg(m)) = f.kind else { continue };
                     *served.lock().get_mut(name).unwrap() += 1;
                     let seq = Router::inbox_seq(&m.reply_to).unwrap();

@@ -143,6 +143,7 @@ mod tests {
                     })),
                 })
                 .collect(),
+            encoded: Bytes::new(),
         };
         let mut buf = bytes::BytesMut::with_capacity(batch.encoded_len());
         let cap = buf.capacity();

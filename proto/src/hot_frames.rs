@@ -13,9 +13,11 @@
 //!
 //! A string that is not UTF-8 is refused with the same decode error as a generated message.
 //!
-//! [`Batch`] differs from the generated one only in sizing its `frames` vector once, from a
-//! scan of the frame lengths, instead of growing it by doubling (a batch holds up to a few
-//! hundred frames of ~200 bytes each, and every doubling copied them).
+//! [`Batch`] differs from the generated one in sizing its `frames` vector once, from a scan of
+//! the frame lengths, instead of growing it by doubling (a batch holds up to a few hundred
+//! frames of ~200 bytes each, and every doubling copied them), and in carrying frames that
+//! are already encoded ([`Batch::encoded`]): a gateway encodes each frame for a session when
+//! it queues it, and hands the transport whole batches of bytes.
 
 use bytes::{Buf, BufMut, Bytes};
 pub use bytestring::ByteString;
@@ -31,6 +33,56 @@ use super::v1::{Error, Frame};
 #[derive(Clone, PartialEq, Default, Debug)]
 pub struct Batch {
     pub frames: Vec<Frame>,
+    /// More frames, already encoded as `frames` records (field 1, length-delimited, back to
+    /// back): sent after `frames`, byte for byte. Decoding never fills it; a received batch
+    /// has all its frames in `frames`.
+    pub encoded: Bytes,
+}
+
+impl Batch {
+    /// A batch of `frames`.
+    pub fn of(frames: Vec<Frame>) -> Self {
+        Batch {
+            frames,
+            encoded: Bytes::new(),
+        }
+    }
+
+    /// Every frame of the batch, the encoded ones decoded: what a peer receiving it would
+    /// see. For reading a batch built in-process (tests of the outbound queue).
+    pub fn into_frames(self) -> Result<Vec<Frame>, DecodeError> {
+        let mut frames = self.frames;
+        if !self.encoded.is_empty() {
+            let rest = <Batch as prost::Message>::decode(self.encoded)?;
+            frames.extend(rest.frames);
+        }
+        Ok(frames)
+    }
+
+    /// Appends a `Frame` holding `msg` to `buf` as one encoded `frames` record, for
+    /// [`Batch::encoded`]: the same bytes as [`Batch::encode_frame`] of that frame, with the
+    /// `Msg`'s length computed once.
+    pub fn encode_msg(msg: &MsgRef<'_>, buf: &mut bytes::BytesMut) {
+        /// `Frame.msg`.
+        const FRAME_MSG: u32 = 6;
+        let msg_len = msg.encoded_len();
+        let frame_len = key_len(FRAME_MSG) + encoded_len_varint(msg_len as u64) + msg_len;
+        buf.reserve(key_len(1) + encoded_len_varint(frame_len as u64) + frame_len);
+        encode_key(1, WireType::LengthDelimited, buf);
+        encode_varint(frame_len as u64, buf);
+        encode_key(FRAME_MSG, WireType::LengthDelimited, buf);
+        encode_varint(msg_len as u64, buf);
+        msg.encode_raw(buf);
+    }
+
+    /// Appends `frame` to `buf` as one encoded `frames` record, for [`Batch::encoded`].
+    pub fn encode_frame(frame: &Frame, buf: &mut bytes::BytesMut) {
+        let len = prost::Message::encoded_len(frame);
+        buf.reserve(key_len(1) + encoded_len_varint(len as u64) + len);
+        encode_key(1, WireType::LengthDelimited, buf);
+        encode_varint(len as u64, buf);
+        prost::Message::encode_raw(frame, buf);
+    }
 }
 
 /// At most this many frames are reserved up front; a larger batch grows as usual.
@@ -147,17 +199,21 @@ mod text {
     }
 }
 
-fn encode_bytes(tag: u32, value: &Bytes, buf: &mut impl BufMut) {
+/// Written from the slice: prost's `bytes::encode` clones the `Bytes` to write it, two
+/// atomic reference-count updates per field on a buffer other threads share.
+fn encode_bytes(tag: u32, value: &[u8], buf: &mut impl BufMut) {
     if !value.is_empty() {
-        pbytes::encode(tag, value, buf);
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(value.len() as u64, buf);
+        buf.put_slice(value);
     }
 }
 
-fn bytes_len(tag: u32, value: &Bytes) -> usize {
+fn bytes_len(tag: u32, value: &[u8]) -> usize {
     if value.is_empty() {
         0
     } else {
-        pbytes::encoded_len(tag, value)
+        key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
     }
 }
 
@@ -192,6 +248,7 @@ fn u32_len(tag: u32, value: u32) -> usize {
 impl prost::Message for Batch {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         message::encode_repeated(1, &self.frames, buf);
+        buf.put_slice(&self.encoded);
     }
 
     fn merge_field(
@@ -213,11 +270,12 @@ impl prost::Message for Batch {
     }
 
     fn encoded_len(&self) -> usize {
-        message::encoded_len_repeated(1, &self.frames)
+        message::encoded_len_repeated(1, &self.frames) + self.encoded.len()
     }
 
     fn clear(&mut self) {
         self.frames.clear();
+        self.encoded.clear();
     }
 }
 
@@ -292,15 +350,63 @@ impl prost::Message for Pub {
     }
 }
 
+/// A `Msg` whose fields are borrowed, for encoding one without building it: a gateway
+/// delivering a publish to a subscriber writes the `Msg` straight from the publish's fields
+/// ([`Batch::encode_msg`]), with no reference counts taken and no headers vector copied.
+#[derive(Clone, Copy, Debug)]
+pub struct MsgRef<'a> {
+    pub sid: u64,
+    pub subject: &'a str,
+    pub reply_to: &'a str,
+    pub headers: &'a [Header],
+    pub payload: &'a [u8],
+    pub id: &'a [u8],
+    pub deadline_ms: u32,
+}
+
+impl MsgRef<'_> {
+    pub fn encoded_len(&self) -> usize {
+        u64_len(1, self.sid)
+            + str_len(2, self.subject)
+            + str_len(3, self.reply_to)
+            + message::encoded_len_repeated(4, self.headers)
+            + bytes_len(5, self.payload)
+            + bytes_len(6, self.id)
+            + u32_len(7, self.deadline_ms)
+    }
+
+    pub fn encode_raw(&self, buf: &mut impl BufMut) {
+        encode_u64(1, self.sid, buf);
+        encode_bytes(2, self.subject.as_bytes(), buf);
+        encode_bytes(3, self.reply_to.as_bytes(), buf);
+        message::encode_repeated(4, self.headers, buf);
+        encode_bytes(5, self.payload, buf);
+        encode_bytes(6, self.id, buf);
+        encode_u32(7, self.deadline_ms, buf);
+    }
+}
+
+fn str_len(tag: u32, value: &str) -> usize {
+    bytes_len(tag, value.as_bytes())
+}
+
+impl Msg {
+    pub fn as_ref(&self) -> MsgRef<'_> {
+        MsgRef {
+            sid: self.sid,
+            subject: &self.subject,
+            reply_to: &self.reply_to,
+            headers: &self.headers,
+            payload: &self.payload,
+            id: &self.id,
+            deadline_ms: self.deadline_ms,
+        }
+    }
+}
+
 impl prost::Message for Msg {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        encode_u64(1, self.sid, buf);
-        text::encode(2, &self.subject, buf);
-        text::encode(3, &self.reply_to, buf);
-        message::encode_repeated(4, &self.headers, buf);
-        encode_bytes(5, &self.payload, buf);
-        encode_bytes(6, &self.id, buf);
-        encode_u32(7, self.deadline_ms, buf);
+        self.as_ref().encode_raw(buf);
     }
 
     fn merge_field(
@@ -323,13 +429,7 @@ impl prost::Message for Msg {
     }
 
     fn encoded_len(&self) -> usize {
-        u64_len(1, self.sid)
-            + text::encoded_len(2, &self.subject)
-            + text::encoded_len(3, &self.reply_to)
-            + message::encoded_len_repeated(4, &self.headers)
-            + bytes_len(5, &self.payload)
-            + bytes_len(6, &self.id)
-            + u32_len(7, self.deadline_ms)
+        self.as_ref().encoded_len()
     }
 
     fn clear(&mut self) {
@@ -568,12 +668,53 @@ mod tests {
                     })),
                 },
             ],
+            encoded: Bytes::new(),
         };
         let wire = batch.encode_to_vec();
         let d = dynamic("nexus.v1.Batch", &wire);
         assert_eq!(d.encode_to_vec(), wire);
         assert_eq!(crate::v1::Batch::decode(&wire[..]).unwrap(), batch);
         assert_eq!(d.descriptor().full_name(), "nexus.v1.Batch");
+
+        // The same frames, some encoded ahead: the same bytes, and decoded the same.
+        let mut ahead = bytes::BytesMut::new();
+        Batch::encode_frame(&batch.frames[1], &mut ahead);
+        let split = Batch {
+            frames: vec![batch.frames[0].clone()],
+            encoded: ahead.freeze(),
+        };
+        assert_eq!(split.encoded_len(), wire.len());
+        assert_eq!(split.encode_to_vec(), wire);
+        assert_eq!(split.into_frames().unwrap(), batch.frames);
+    }
+
+    #[test]
+    fn a_msg_encoded_from_borrowed_fields_is_the_msg_frame() {
+        for msg in [
+            Msg::default(),
+            Msg {
+                sid: 300,
+                subject: "orders.eu".into(),
+                reply_to: "_INBOX.7".into(),
+                headers: headers(),
+                payload: Bytes::from(vec![9u8; 200]),
+                id: Bytes::from_static(b"0123456789abcdef"),
+                deadline_ms: 1500,
+            },
+        ] {
+            let frame = Frame {
+                kind: Some(Kind::Msg(msg.clone())),
+            };
+            let (mut by_ref, mut by_frame) = (bytes::BytesMut::new(), bytes::BytesMut::new());
+            Batch::encode_msg(&msg.as_ref(), &mut by_ref);
+            Batch::encode_frame(&frame, &mut by_frame);
+            assert_eq!(by_ref, by_frame);
+            let batch = Batch {
+                frames: Vec::new(),
+                encoded: by_ref.freeze(),
+            };
+            assert_eq!(batch.into_frames().unwrap(), [frame]);
+        }
     }
 
     #[test]
@@ -587,18 +728,13 @@ mod tests {
             })),
         };
         for n in [1, 2, 300] {
-            let batch = Batch {
-                frames: (0..n).map(frame).collect(),
-            };
+            let batch = Batch::of((0..n).map(frame).collect());
             let decoded = Batch::decode(Bytes::from(batch.encode_to_vec())).unwrap();
             assert_eq!(decoded, batch);
             assert_eq!(decoded.frames.capacity(), n as usize, "{n} frames");
         }
         // Cut short or followed by garbage: the count is only a size hint, decoding decides.
-        let wire = Batch {
-            frames: (0..10).map(frame).collect(),
-        }
-        .encode_to_vec();
+        let wire = Batch::of((0..10).map(frame).collect()).encode_to_vec();
         for cut in 0..wire.len() {
             let _ = Batch::decode(&wire[..cut]);
         }

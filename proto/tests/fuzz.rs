@@ -193,7 +193,7 @@ proptest! {
         flip in any::<u8>(),
         cut in any::<prop::sample::Index>(),
     ) {
-        let mut wire = Batch { frames }.encode_to_vec();
+        let mut wire = Batch::of(frames).encode_to_vec();
         let i = at.index(wire.len());
         wire[i] ^= flip;
         let _ = Batch::decode(Bytes::from(wire.clone()));
@@ -203,7 +203,7 @@ proptest! {
     /// The hand-written encoding is the `.proto`'s: a generic decoder reads the same frames.
     #[test]
     fn hot_frames_agree_with_the_descriptor(frames in proptest::collection::vec(frame(), 1..6)) {
-        let batch = Batch { frames };
+        let batch = Batch::of(frames);
         let wire = batch.encode_to_vec();
         let desc = pool().get_message_by_name("nexus.v1.Batch").unwrap();
         let dynamic = DynamicMessage::decode(desc, &wire[..]).unwrap();

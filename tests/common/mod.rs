@@ -395,7 +395,7 @@ impl RawSession {
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let (tx, rx) = mpsc::channel(64);
-        tx.send(Batch { frames: first }).await.unwrap();
+        tx.send(Batch::of(first)).await.unwrap();
         let resp = client.session(ReceiverStream::new(rx)).await?;
         Ok(Self {
             tx,
@@ -415,7 +415,7 @@ impl RawSession {
     }
 
     pub async fn send(&self, frames: Vec<Frame>) {
-        self.tx.send(Batch { frames }).await.expect("session open");
+        self.tx.send(Batch::of(frames)).await.expect("session open");
     }
 
     /// Next frame, or `None` when the stream ended or failed. Waits at most 5 s.

@@ -5,9 +5,12 @@
 //! else is *immediately* available until the batch reaches [`BatchLimits`] (frames or encoded
 //! bytes), and sends the batch. A batch is therefore flushed as soon as the queue goes idle
 //! (no added latency) or when it is full (bounded size).
+//!
+//! The writer encodes each frame as it takes it, into the batch's bytes
+//! ([`pb::Batch::encoded`]): one pass over each frame, and no vector of frames to move them
+//! through.
 
 use nexus_proto::v1 as pb;
-use prost::Message as _;
 
 /// A frame waiting in the outbound queue.
 #[derive(Debug)]
@@ -46,8 +49,9 @@ pub(crate) struct BatchLimits {
 #[derive(Debug)]
 pub(crate) struct Coalescer {
     limits: BatchLimits,
-    frames: Vec<pb::Frame>,
-    bytes: usize,
+    /// The batch's frames, encoded.
+    encoded: bytes::BytesMut,
+    frames: usize,
 }
 
 impl Coalescer {
@@ -57,32 +61,33 @@ impl Coalescer {
                 max_frames: limits.max_frames.max(1),
                 max_bytes: limits.max_bytes.max(1),
             },
-            frames: Vec::new(),
-            bytes: 0,
+            encoded: bytes::BytesMut::new(),
+            frames: 0,
         }
     }
 
     /// Adds a frame. A single frame larger than `max_bytes` still forms a batch of its own.
     pub(crate) fn push(&mut self, frame: pb::Frame) {
-        self.bytes += frame.encoded_len() + 4; // + tag/length prefix within Batch
-        self.frames.push(frame);
+        pb::Batch::encode_frame(&frame, &mut self.encoded);
+        self.frames += 1;
     }
 
     /// True when no more frames should be added.
     pub(crate) fn is_full(&self) -> bool {
-        self.frames.len() >= self.limits.max_frames || self.bytes >= self.limits.max_bytes
+        self.frames >= self.limits.max_frames || self.encoded.len() >= self.limits.max_bytes
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.frames == 0
     }
 
-    /// Takes the batch, leaving the coalescer empty (and keeping its allocation size hint).
+    /// Takes the batch, leaving the coalescer empty. Its buffer is used again for the next
+    /// batch once the transport has sent this one.
     pub(crate) fn take(&mut self) -> pb::Batch {
-        self.bytes = 0;
-        let cap = self.frames.len().min(self.limits.max_frames);
+        self.frames = 0;
         pb::Batch {
-            frames: std::mem::replace(&mut self.frames, Vec::with_capacity(cap)),
+            frames: Vec::new(),
+            encoded: self.encoded.split().freeze(),
         }
     }
 
@@ -119,7 +124,7 @@ mod tests {
         while let Some(first) = q.pop_front() {
             c.push(first);
             c.fill(|| q.pop_front());
-            sizes.push(c.take().frames.len());
+            sizes.push(c.take().into_frames().unwrap().len());
             assert!(c.is_empty());
         }
         sizes
@@ -170,7 +175,7 @@ mod tests {
         while let Some(f) = q.pop_front() {
             c.push(f);
             c.fill(|| q.pop_front());
-            for f in c.take().frames {
+            for f in c.take().into_frames().unwrap() {
                 if let Some(pb::frame::Kind::Pub(p)) = f.kind {
                     lens.push(p.payload.len());
                 }

@@ -584,9 +584,7 @@ async fn establish(shared: &Shared, endpoint: &Endpoint) -> Result<Session> {
         })),
     };
     req_tx
-        .try_send(pb::Batch {
-            frames: vec![hello],
-        })
+        .try_send(pb::Batch::of(vec![hello]))
         .map_err(|_| Error::Protocol("request channel full".into()))?;
     let handshake = async {
         let resp = grpc.session(ReceiverStream::new(req_rx)).await?;
@@ -649,7 +647,7 @@ async fn establish(shared: &Shared, endpoint: &Endpoint) -> Result<Session> {
     let mut resubs = resubs.into_iter().peekable();
     while resubs.peek().is_some() {
         let frames: Vec<_> = resubs.by_ref().take(chunk).collect();
-        if req_tx.send(pb::Batch { frames }).await.is_err() {
+        if req_tx.send(pb::Batch::of(frames)).await.is_err() {
             // This epoch's session was live (Unsubs may be queued for it): retire it.
             shared.sweep(Fail::Disconnected, false);
             return Err(Error::Disconnected);
@@ -761,21 +759,31 @@ async fn write_loop(
         let epoch = shared.epoch.load(Ordering::Acquire);
         let policy = &shared.config.compression;
         let codecs = shared.codecs.get();
-        let keep = |o: Outbound| {
+        let mut keep = |o: Outbound| {
             (o.epoch == 0 || o.epoch == epoch).then(|| {
                 let mut frame = o.frame;
+                match &frame.kind {
+                    Some(Kind::Reply(r)) if !r.reply_to.is_empty() => {
+                        replied.push(r.reply_to.clone())
+                    }
+                    Some(Kind::Nack(n)) if !n.reply_to.is_empty() => {
+                        replied.push(n.reply_to.as_str().into())
+                    }
+                    _ => {}
+                }
                 crate::compression::encode_frame(&mut frame, policy, codecs);
                 frame
             })
         };
-        if let Some(f) = keep(first) {
-            co.push(f);
-        }
+        let mut first = Some(first);
         co.fill(|| {
             loop {
-                let o = match ctl_rx.try_recv() {
-                    Ok(o) => o,
-                    Err(_) => out_rx.try_recv().ok()?,
+                let o = match first.take() {
+                    Some(o) => o,
+                    None => match ctl_rx.try_recv() {
+                        Ok(o) => o,
+                        Err(_) => out_rx.try_recv().ok()?,
+                    },
                 };
                 if let Some(f) = keep(o) {
                     return Some(f);
@@ -786,15 +794,6 @@ async fn write_loop(
             continue;
         }
         let batch = co.take();
-        for f in &batch.frames {
-            match &f.kind {
-                Some(Kind::Reply(r)) if !r.reply_to.is_empty() => replied.push(r.reply_to.clone()),
-                Some(Kind::Nack(n)) if !n.reply_to.is_empty() => {
-                    replied.push(n.reply_to.as_str().into())
-                }
-                _ => {}
-            }
-        }
         if req_tx.send(batch).await.is_err() {
             return SessionEnd::Failed("request stream closed".into());
         }

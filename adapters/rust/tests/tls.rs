@@ -365,9 +365,7 @@ async fn a_tls_session_outlives_the_idle_connection_timeout() {
         .unwrap();
     let mut client = nexus_proto::v1::gateway_client::GatewayClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let frame = |k| Batch {
-        frames: vec![Frame { kind: Some(k) }],
-    };
+    let frame = |k| Batch::of(vec![Frame { kind: Some(k) }]);
     tx.send(frame(Kind::Hello(nexus_proto::v1::Hello {
         client_name: "idle".into(),
         protocol: 1,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use nexus_proto::hot_frames::MsgRef;
 use nexus_proto::v1::{self, ErrorCode, Frame, frame::Kind};
 use tokio::time::Instant;
 
@@ -13,7 +14,7 @@ use super::{Delivery, Group, Member, Router, error, frame, message_size};
 use crate::config::SlowConsumerPolicy;
 use crate::connection::Connection;
 use crate::metrics::{Direction, Pattern, SlowConsumerAction, SlowConsumerLabels};
-use crate::outbound::EnqueueError;
+use crate::outbound::{EnqueueError, MsgUnqueued};
 use crate::trace_store::{Event, Hop, Reason, Traced};
 
 /// Whether `group` is not one of the queue groups in `taken` (plain groups never are).
@@ -171,11 +172,42 @@ impl Router {
         } else {
             None
         };
+        // A plain payload is encoded into each subscriber's queue straight from `msg`; a
+        // compressed one may need decoding for some sessions, which takes a frame.
+        let plain = nexus_proto::encoding::find(&msg.headers).is_none();
         let mut msg = Some(msg);
         let mut delivered = 0;
         let mut full: Vec<(Arc<Connection>, u64, Frame, u32)> = Vec::new();
         let count = scratch.len();
         for (i, member) in scratch.drain(..).enumerate() {
+            if plain && let Some(m) = msg.as_ref() {
+                let view = MsgRef {
+                    sid: member.sid,
+                    subject: &m.subject,
+                    reply_to: &m.reply_to,
+                    headers: &m.headers,
+                    payload: &m.payload,
+                    id: &m.id,
+                    deadline_ms: 0,
+                };
+                let cost = member.conn.outbound.cost(size);
+                match member.conn.outbound.try_send_msg(&view, cost) {
+                    Ok(()) => {
+                        self.metrics
+                            .traffic(Pattern::Pub, Direction::Out, payload_len);
+                        delivered += 1;
+                        self.trace_delivery(traced.as_ref(), &member.conn, member.sid, true);
+                        continue;
+                    }
+                    Err(MsgUnqueued::Closed) => {
+                        self.trace_delivery(traced.as_ref(), &member.conn, member.sid, false);
+                        continue;
+                    }
+                    // As a frame: a large payload is queued whole, and a full budget takes
+                    // the slow-consumer policy, which may hand the frame back to wait.
+                    Err(MsgUnqueued::Full | MsgUnqueued::AsFrame) => {}
+                }
+            }
             let m = if i + 1 == count {
                 let Some(m) = msg.take() else { break };
                 v1::Msg {
