@@ -122,7 +122,7 @@ impl Headers {
         if !found {
             self.0.push(pb::Header {
                 key: ByteString::from_static(TRACEPARENT),
-                value: crate::trace::outgoing().into(),
+                value: crate::trace::outgoing(),
             });
         }
     }
@@ -160,33 +160,67 @@ impl From<Vec<pb::Header>> for Headers {
 /// A new W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-01`) with random, non-zero
 /// ids.
 pub fn new_traceparent() -> String {
-    let mut trace: u128 = rand::random();
-    let mut span: u64 = rand::random();
+    let mut b = [0u8; TRACEPARENT_LEN];
+    format_traceparent(&mut b);
+    // Every byte is ASCII.
+    String::from_utf8(b.to_vec()).unwrap_or_default()
+}
+
+const TRACEPARENT_LEN: usize = 55;
+
+/// [`new_traceparent`] for the publish path, which runs it for every message: the value is
+/// cut from a per-thread buffer (a reference count instead of an allocation and a free).
+pub(crate) fn fresh_traceparent() -> ByteString {
+    const CHUNK: usize = TRACEPARENT_LEN * 64;
+    thread_local! {
+        static VALUES: std::cell::RefCell<bytes::BytesMut> =
+            std::cell::RefCell::new(bytes::BytesMut::new());
+    }
+    let mut b = [0u8; TRACEPARENT_LEN];
+    format_traceparent(&mut b);
+    let value = VALUES.with(|values| {
+        let mut values = values.borrow_mut();
+        if values.capacity() < TRACEPARENT_LEN {
+            *values = bytes::BytesMut::with_capacity(CHUNK);
+        }
+        values.extend_from_slice(&b);
+        values.split_to(TRACEPARENT_LEN).freeze()
+    });
+    // Every byte is ASCII.
+    ByteString::try_from(value).unwrap_or_default()
+}
+
+/// Writes a fresh `traceparent` into `b`. The ids come from a fast per-thread generator
+/// (`fastrand`): they must not collide, they are not secrets, and `rand`'s ChaCha cost more
+/// than the rest of a publish's headers.
+fn format_traceparent(b: &mut [u8; TRACEPARENT_LEN]) {
     // All-zero ids are invalid per the spec.
-    if trace == 0 {
-        trace = 1;
-    }
-    if span == 0 {
-        span = 1;
-    }
+    let trace = fastrand::u128(1..);
+    let span = fastrand::u64(1..);
     // Formatted by hand: `format!` with `{:032x}` cost more than the rest of a publish's
-    // header handling, and this runs for every message sent.
-    let mut b = [0u8; 55];
+    // header handling.
     b[..3].copy_from_slice(b"00-");
     put_hex(&mut b[3..35], trace);
     b[35] = b'-';
     put_hex(&mut b[36..52], span.into());
     b[52..].copy_from_slice(b"-01");
-    // Every byte is ASCII.
-    String::from_utf8(b.to_vec()).unwrap_or_default()
 }
 
-/// Writes the low `out.len()` hex digits of `v` (lowercase, zero-padded) into `out`.
-fn put_hex(out: &mut [u8], mut v: u128) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for slot in out.iter_mut().rev() {
-        *slot = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
+/// Writes the low `out.len() / 2` bytes of `v` as hex digits (lowercase, zero-padded) into
+/// `out`, whose length is even: two digits per table lookup.
+fn put_hex(out: &mut [u8], v: u128) {
+    const PAIRS: [[u8; 2]; 256] = {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut pairs = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+            i += 1;
+        }
+        pairs
+    };
+    for (i, pair) in out.chunks_exact_mut(2).rev().enumerate() {
+        pair.copy_from_slice(&PAIRS[usize::from((v >> (8 * i)) as u8)]);
     }
 }
 
@@ -222,6 +256,11 @@ mod tests {
             assert!(t.starts_with("00-") && t.ends_with("-01"));
         }
         assert_ne!(new_traceparent(), new_traceparent());
+        let fresh: Vec<_> = (0..200).map(|_| fresh_traceparent()).collect();
+        for t in &fresh {
+            assert!(is_valid_traceparent(t), "{t}");
+        }
+        assert_ne!(fresh[0], fresh[1]);
         assert!(!is_valid_traceparent(
             "00-00000000000000000000000000000000-0000000000000001-01"
         ));

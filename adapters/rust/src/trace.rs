@@ -27,7 +27,8 @@
 
 use std::future::Future;
 
-use crate::headers::{is_valid_traceparent, new_traceparent};
+use crate::headers::{fresh_traceparent, is_valid_traceparent, new_traceparent};
+use nexus_proto::ByteString;
 
 tokio::task_local! {
     static CURRENT: String;
@@ -51,11 +52,11 @@ pub fn current_traceparent() -> Option<String> {
 }
 
 /// The `traceparent` for an outgoing message that has none (see the module docs).
-pub(crate) fn outgoing() -> String {
+pub(crate) fn outgoing() -> ByteString {
     if let Ok(Some(child)) = CURRENT.try_with(|tp| child_of(tp)) {
-        return child;
+        return child.into();
     }
-    otel::current().unwrap_or_else(new_traceparent)
+    otel::current().map_or_else(fresh_traceparent, ByteString::from)
 }
 
 /// Same trace id and flags as `parent`, a new span id; `None` when `parent` is not valid.
