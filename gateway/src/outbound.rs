@@ -132,6 +132,9 @@ struct Queue {
     senders_gone: bool,
     /// The stream is gone: nothing can be sent any more.
     stream_gone: bool,
+    /// Bytes of the last encoded batch taken: a new batch reserves that much at once, rather
+    /// than growing (and copying) its buffer by doubling.
+    last_len: usize,
 }
 
 /// A batch taken from the queue, with what it gives back.
@@ -145,6 +148,14 @@ struct Taken {
 impl Queue {
     /// Appends `frame` to the newest batch, or to a new one when that is full or of the
     /// other kind.
+    /// Makes room for a batch like the last one when `encoded` starts a new one.
+    fn reserve(&mut self) {
+        if self.encoded.is_empty() {
+            self.encoded
+                .reserve(self.last_len.min(MAX_BATCH_BYTES as usize));
+        }
+    }
+
     fn push(&mut self, frame: Frame, whole: bool, bytes: u32, permits: u32) {
         if whole {
             let batch = self.newest(true);
@@ -153,6 +164,7 @@ impl Queue {
             }
             batch.count(bytes, permits);
         } else {
+            self.reserve();
             let before = self.encoded.len();
             Batch::encode_frame(&frame, &mut self.encoded);
             self.add_encoded(self.encoded.len() - before, bytes, permits);
@@ -161,6 +173,7 @@ impl Queue {
 
     /// Encodes a `Msg` into the newest batch of encoded frames.
     fn push_msg(&mut self, msg: &MsgRef<'_>, bytes: u32, permits: u32) {
+        self.reserve();
         let before = self.encoded.len();
         Batch::encode_msg(msg, &mut self.encoded);
         self.add_encoded(self.encoded.len() - before, bytes, permits);
@@ -202,6 +215,7 @@ impl Queue {
         let filled = self.batches.pop_front()?;
         let batch = match filled.body {
             Body::Encoded { len } => {
+                self.last_len = len;
                 let encoded = self.encoded.split_to(len).freeze();
                 if self.encoded.is_empty() && self.encoded.capacity() > KEPT_BUFFER {
                     self.encoded = BytesMut::new();

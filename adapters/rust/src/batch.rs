@@ -52,6 +52,9 @@ pub(crate) struct Coalescer {
     /// The batch's frames, encoded.
     encoded: bytes::BytesMut,
     frames: usize,
+    /// Bytes of the last batch: a new one reserves that much at once instead of growing (and
+    /// copying) its buffer by doubling.
+    last_len: usize,
 }
 
 impl Coalescer {
@@ -63,11 +66,16 @@ impl Coalescer {
             },
             encoded: bytes::BytesMut::new(),
             frames: 0,
+            last_len: 0,
         }
     }
 
     /// Adds a frame. A single frame larger than `max_bytes` still forms a batch of its own.
     pub(crate) fn push(&mut self, frame: pb::Frame) {
+        if self.encoded.is_empty() {
+            self.encoded
+                .reserve(self.last_len.min(self.limits.max_bytes));
+        }
         pb::Batch::encode_frame(&frame, &mut self.encoded);
         self.frames += 1;
     }
@@ -85,6 +93,7 @@ impl Coalescer {
     /// batch once the transport has sent this one.
     pub(crate) fn take(&mut self) -> pb::Batch {
         self.frames = 0;
+        self.last_len = self.encoded.len();
         pb::Batch {
             frames: Vec::new(),
             encoded: self.encoded.split().freeze(),

@@ -165,6 +165,15 @@ impl Router {
     /// Delivers a message to the local subscribers collected in `scratch` (by
     /// [`Router::offer`] or `collect_members`).
     pub async fn deliver_collected(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
+        let delivered = self.deliver_now(msg, scratch);
+        self.finish_delivery(delivered).await
+    }
+
+    /// The part of [`Router::deliver_collected`] that does not wait: queues the message for
+    /// every member with room, applies the slow-consumer policy to the others, and returns
+    /// those it must wait for under `backpressure` (none, usually: then the delivery is done
+    /// without an `.await`).
+    pub fn deliver_now(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> Delivered {
         let payload_len = msg.payload.len();
         let size = message_size(&msg.subject, &msg.reply_to, &msg.headers, payload_len);
         let traced = if msg.traced {
@@ -246,21 +255,39 @@ impl Router {
                 }
             }
         }
-        if !full.is_empty() {
-            let waits = full.into_iter().map(|(conn, sid, frame, cost)| async move {
-                let queued = self.wait_or_disconnect(&conn, frame, cost).await;
-                (conn, sid, queued)
-            });
-            for (conn, sid, queued) in futures::future::join_all(waits).await {
-                if queued {
-                    self.metrics
-                        .traffic(Pattern::Pub, Direction::Out, payload_len);
-                    delivered += 1;
-                }
-                self.trace_delivery(traced.as_ref(), &conn, sid, queued);
-            }
+        Delivered {
+            count: delivered,
+            full,
+            traced,
+            payload_len,
         }
-        delivered
+    }
+
+    /// Waits, together, for the members [`Router::deliver_now`] found full (module docs of
+    /// `deliver_collected`); returns how many members got the message in all.
+    pub async fn finish_delivery(&self, delivered: Delivered) -> u32 {
+        let Delivered {
+            mut count,
+            full,
+            traced,
+            payload_len,
+        } = delivered;
+        if full.is_empty() {
+            return count;
+        }
+        let waits = full.into_iter().map(|(conn, sid, frame, cost)| async move {
+            let queued = self.wait_or_disconnect(&conn, frame, cost).await;
+            (conn, sid, queued)
+        });
+        for (conn, sid, queued) in futures::future::join_all(waits).await {
+            if queued {
+                self.metrics
+                    .traffic(Pattern::Pub, Direction::Out, payload_len);
+                count += 1;
+            }
+            self.trace_delivery(traced.as_ref(), &conn, sid, queued);
+        }
+        count
     }
 
     /// Queues a message if its receiver's budget has room, else applies the slow-consumer
@@ -378,6 +405,22 @@ impl Router {
             sid,
         )));
         conn.outbound.send_control(f);
+    }
+}
+
+/// A delivery [`Router::deliver_now`] made, and the full members it still waits for.
+pub struct Delivered {
+    count: u32,
+    full: Vec<(Arc<Connection>, u64, Frame, u32)>,
+    traced: Option<Traced>,
+    payload_len: usize,
+}
+
+impl Delivered {
+    /// Members that got the message, when nothing is left to wait for; `None` while some
+    /// wait ([`Router::finish_delivery`]).
+    pub fn done(&self) -> Option<u32> {
+        self.full.is_empty().then_some(self.count)
     }
 }
 

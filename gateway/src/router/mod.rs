@@ -18,6 +18,7 @@
 
 mod access;
 mod delivery;
+pub use delivery::Delivered;
 mod requests;
 mod subscriptions;
 mod trace_hops;

@@ -239,6 +239,18 @@ impl Session {
                     {
                         return Err(None);
                     }
+                    // Most frames are publishes that wait for nothing: applied here without
+                    // building `on_frame`'s future (moving a frame into it, and it into this
+                    // one, cost more than routing the message).
+                    let f = match f.kind {
+                        Some(Kind::Pub(p)) if self.hello => {
+                            if let Some(rest) = self.publish_now(p) {
+                                self.finish_publish(rest).await;
+                            }
+                            continue;
+                        }
+                        kind => Frame { kind },
+                    };
                     if let Flow::Close(status) = self.on_frame(f).await {
                         return Err(Some(status));
                     }
@@ -408,7 +420,11 @@ impl Session {
             ),
             Kind::Sub(s) => self.on_sub(s),
             Kind::Unsub(u) => self.on_unsub(u),
-            Kind::Pub(p) => self.on_pub(p).await,
+            Kind::Pub(p) => {
+                if let Some(rest) = self.publish_now(p) {
+                    self.finish_publish(rest).await;
+                }
+            }
             Kind::Req(r) => self.on_req(r).await,
             Kind::Reply(r) => self.on_reply(r),
             Kind::Nack(n) => self.on_nack(n),

@@ -15,8 +15,8 @@ use tracing::Instrument;
 
 use super::Session;
 use crate::metrics::{Direction, Limit, Pattern};
-use crate::remote::{PublishOutcome, PublishReceipt};
-use crate::router::{Delivery, error, frame};
+use crate::remote::{Backlog, PublishOutcome, PublishReceipt};
+use crate::router::{Delivered, Delivery, error, frame};
 use crate::subject::{self, validate_subject};
 use crate::trace;
 use crate::trace_store::{Event, Hop, Reason, Traced};
@@ -33,6 +33,24 @@ pub(super) struct HeldPublish {
     pub(super) delivery: Delivery,
     pub(super) ack_id: u64,
     pub(super) outcome: PublishOutcome,
+}
+
+/// What is left of a publish that waits (see [`Session::publish_now`]).
+pub(super) enum PublishRest {
+    /// Delivered where there was room; waits for full subscribers and a full cluster link,
+    /// then acknowledges.
+    Delivering {
+        delivered: Delivered,
+        backlog: Option<Backlog>,
+        ack_id: u64,
+        outcome: PublishOutcome,
+        span: tracing::Span,
+    },
+    /// Its local delivery waits for the spool, or behind one that does.
+    Held {
+        held: HeldPublish,
+        backlog: Option<Backlog>,
+    },
 }
 
 /// Counts one Ack in flight until dropped (also when its task ends early).
@@ -118,7 +136,9 @@ impl Session {
         self.router.check_schema(subject, &plain)
     }
 
-    pub(super) async fn on_pub(&mut self, mut p: v1::Pub) {
+    /// Applies a publish as far as it goes without waiting: checks, routes and, when nothing
+    /// is left to wait for, acknowledges it. `Some` is the rest, for [`Session::finish_publish`].
+    pub(super) fn publish_now(&mut self, mut p: v1::Pub) -> Option<PublishRest> {
         if p.subject.starts_with(crate::router::INBOX_PREFIX) {
             // A responder answering with a plain publish to its reply inbox.
             if let Err(e) = self.check_payload(&p.headers, &p.payload, p.ack_id) {
@@ -128,27 +148,40 @@ impl Session {
                     0,
                 );
                 self.answer(&p.subject, Err(refused), 0);
-                return self.refuse(e.code(), e.message, p.ack_id, p.ack_id);
+                {
+                    self.refuse(e.code(), e.message, p.ack_id, p.ack_id);
+                    return None;
+                }
             }
-            return self.answer(&p.subject, Ok((p.headers, p.payload)), p.ack_id);
+            self.answer(&p.subject, Ok((p.headers, p.payload)), p.ack_id);
+            return None;
         }
         if let Err(e) = validate_subject(&p.subject) {
-            return self.refuse(ErrorCode::Invalid, e.to_string(), p.ack_id, p.ack_id);
+            {
+                self.refuse(ErrorCode::Invalid, e.to_string(), p.ack_id, p.ack_id);
+                return None;
+            }
         }
         if !p.reply_to.is_empty()
             && let Err(e) = subject::validate_reply_subject(&p.reply_to)
         {
-            return self.refuse(
-                ErrorCode::Invalid,
-                format!("reply_to: {e}"),
-                p.ack_id,
-                p.ack_id,
-            );
+            {
+                self.refuse(
+                    ErrorCode::Invalid,
+                    format!("reply_to: {e}"),
+                    p.ack_id,
+                    p.ack_id,
+                );
+                return None;
+            }
         }
         // The id first, so that a refused message can be traced too.
         let id = match message_id(std::mem::take(&mut p.id)) {
             Ok(id) => id,
-            Err(message) => return self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id),
+            Err(message) => {
+                self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id);
+                return None;
+            }
         };
         let traced = self.trace_received(&id, &mut p.headers, &p.subject, p.payload.len());
         let refused = |this: &Self, reason: Reason, message: &str| {
@@ -162,20 +195,32 @@ impl Session {
             Ok(codec) => codec,
             Err(e) => {
                 refused(self, Reason::Limit, &e.message);
-                return self.refuse(e.code(), e.message, p.ack_id, p.ack_id);
+                {
+                    self.refuse(e.code(), e.message, p.ack_id, p.ack_id);
+                    return None;
+                }
             }
         };
         if let Some(message) = self.may_publish(&p.subject) {
             refused(self, Reason::Denied, &message);
-            return self.refuse(ErrorCode::Denied, message, p.ack_id, p.ack_id);
+            {
+                self.refuse(ErrorCode::Denied, message, p.ack_id, p.ack_id);
+                return None;
+            }
         }
         if let Err(message) = self.charge_key(p.payload.len()) {
             refused(self, Reason::Limit, &message);
-            return self.refuse(ErrorCode::Limit, message, p.ack_id, p.ack_id);
+            {
+                self.refuse(ErrorCode::Limit, message, p.ack_id, p.ack_id);
+                return None;
+            }
         }
         if let Err(message) = self.check_schema(&p.subject, codec, &p.payload) {
             refused(self, Reason::Schema, &message);
-            return self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id);
+            {
+                self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id);
+                return None;
+            }
         }
         if traced.is_some() {
             self.router
@@ -200,30 +245,62 @@ impl Session {
         let stored = outcome.stored.take();
         let backlog = outcome.backlog.take();
         if stored.is_none() && self.held.is_empty() {
-            let delivered = self
-                .router
-                .deliver_collected(delivery, &mut self.scratch)
-                .instrument(span)
-                .await;
-            // Other gateways of the region with a full cluster link: this session's next
-            // frame waits for room there, as for a full local subscriber.
-            if let Some(backlog) = backlog {
-                backlog.0.await;
+            let delivered = span.in_scope(|| self.router.deliver_now(delivery, &mut self.scratch));
+            if let (Some(count), None) = (delivered.done(), &backlog) {
+                self.acknowledge(ack_id, count, outcome);
+                return None;
             }
-            return self.acknowledge(ack_id, delivered, outcome);
+            return Some(PublishRest::Delivering {
+                delivered,
+                backlog,
+                ack_id,
+                outcome,
+                span,
+            });
         }
-        if let Some(backlog) = backlog {
-            backlog.0.await;
-        }
-        self.held.push_back(HeldPublish {
-            stored,
-            delivery,
-            ack_id,
-            outcome,
-        });
-        while self.held.len() > MAX_HELD_PUBLISHES {
-            let stored = oldest_stored(&mut self.held).await;
-            self.release_oldest(stored).await;
+        Some(PublishRest::Held {
+            held: HeldPublish {
+                stored,
+                delivery,
+                ack_id,
+                outcome,
+            },
+            backlog,
+        })
+    }
+
+    /// The rest of a publish [`Session::publish_now`] could not finish.
+    pub(super) async fn finish_publish(&mut self, rest: PublishRest) {
+        match rest {
+            PublishRest::Delivering {
+                delivered,
+                backlog,
+                ack_id,
+                outcome,
+                span,
+            } => {
+                let delivered = self
+                    .router
+                    .finish_delivery(delivered)
+                    .instrument(span)
+                    .await;
+                // Other gateways of the region with a full cluster link: this session's next
+                // frame waits for room there, as for a full local subscriber.
+                if let Some(backlog) = backlog {
+                    backlog.0.await;
+                }
+                self.acknowledge(ack_id, delivered, outcome);
+            }
+            PublishRest::Held { held, backlog } => {
+                if let Some(backlog) = backlog {
+                    backlog.0.await;
+                }
+                self.held.push_back(held);
+                while self.held.len() > MAX_HELD_PUBLISHES {
+                    let stored = oldest_stored(&mut self.held).await;
+                    self.release_oldest(stored).await;
+                }
+            }
         }
     }
 
