@@ -67,22 +67,41 @@ impl Batch {
         const FRAME_MSG: u32 = 6;
         let msg_len = msg.encoded_len();
         let frame_len = key_len(FRAME_MSG) + encoded_len_varint(msg_len as u64) + msg_len;
-        buf.reserve(key_len(1) + encoded_len_varint(frame_len as u64) + frame_len);
-        encode_key(1, WireType::LengthDelimited, buf);
-        encode_varint(frame_len as u64, buf);
-        encode_key(FRAME_MSG, WireType::LengthDelimited, buf);
-        encode_varint(msg_len as u64, buf);
-        msg.encode_raw(buf);
+        let len = key_len(1) + encoded_len_varint(frame_len as u64) + frame_len;
+        append_exact(buf, len, |dst| {
+            encode_key(1, WireType::LengthDelimited, dst);
+            encode_varint(frame_len as u64, dst);
+            encode_key(FRAME_MSG, WireType::LengthDelimited, dst);
+            encode_varint(msg_len as u64, dst);
+            msg.encode_raw(dst);
+        });
     }
 
     /// Appends `frame` to `buf` as one encoded `frames` record, for [`Batch::encoded`].
     pub fn encode_frame(frame: &Frame, buf: &mut bytes::BytesMut) {
         let len = prost::Message::encoded_len(frame);
-        buf.reserve(key_len(1) + encoded_len_varint(len as u64) + len);
-        encode_key(1, WireType::LengthDelimited, buf);
-        encode_varint(len as u64, buf);
-        prost::Message::encode_raw(frame, buf);
+        let total = key_len(1) + encoded_len_varint(len as u64) + len;
+        append_exact(buf, total, |dst| {
+            encode_key(1, WireType::LengthDelimited, dst);
+            encode_varint(len as u64, dst);
+            prost::Message::encode_raw(frame, dst);
+        });
     }
+}
+
+/// Appends the `len` bytes `write` puts into a slice of exactly that size: each write is a
+/// plain store, where `BytesMut`'s own `BufMut` checks its capacity (and may grow) at every
+/// varint byte and field. `len` comes from `encoded_len`, which prost's encoders agree with
+/// (the tests compare both against the `.proto`'s encoding).
+fn append_exact(buf: &mut bytes::BytesMut, len: usize, write: impl FnOnce(&mut &mut [u8])) {
+    let start = buf.len();
+    buf.resize(start + len, 0);
+    let mut dst = &mut buf[start..];
+    write(&mut dst);
+    debug_assert!(
+        dst.is_empty(),
+        "encoded_len is larger than what was written"
+    );
 }
 
 /// At most this many frames are reserved up front; a larger batch grows as usual.
