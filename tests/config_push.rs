@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{ControlPlane, Gateway, dig_srv, eventually, nexusctl, tempdir};
 use nexus_client::{Client, Error};
+use nexus_proto::v1::{self, frame::Kind};
 
 async fn connect(gw: &Gateway, key: Option<&str>) -> Result<Client, Error> {
     let mut b = Client::builder(&gw.url())
@@ -126,6 +127,36 @@ async fn keys_scopes_revocation_schemas_persistence_registration_and_dns() {
     }
     client.publish("orders.eu.created", "{}").await.unwrap();
     assert!(sub.next_message().await.is_some());
+    // A publish in the same batch as the Hello is checked against the key that Hello
+    // authenticated (the gateway checks a batch against the grant as it was when the batch
+    // arrived, and takes the Hello's grant into it).
+    let mut raw = common::RawSession::open(
+        &gw.url(),
+        vec![
+            common::frame(Kind::Hello(v1::Hello {
+                api_key: secret.clone(),
+                client_name: "raw-scoped".into(),
+                protocol: 1,
+                ..Default::default()
+            })),
+            common::frame(Kind::Pub(v1::Pub {
+                subject: "billing.invoice".into(),
+                ack_id: 7,
+                ..Default::default()
+            })),
+        ],
+    )
+    .await
+    .expect("session opens");
+    assert!(matches!(raw.next_frame().await, Some(Kind::Welcome(_))));
+    match raw.next_frame().await {
+        Some(Kind::Nack(n)) => {
+            assert_eq!(n.ack_id, 7);
+            let message = n.error.map(|e| e.message).unwrap_or_default();
+            assert!(message.contains("may not publish"), "{message}");
+        }
+        other => panic!("expected a Nack for the out-of-scope publish, got {other:?}"),
+    }
 
     // Provenance: the gateway names the publisher's key, whatever the publisher claimed.
     let forged = nexus_client::Headers::new().with("Nexus-Publisher-Key", "someone-else");

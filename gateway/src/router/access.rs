@@ -24,6 +24,11 @@ impl Router {
         self.policy.load()
     }
 
+    /// The policy, to keep beyond a short borrow.
+    pub fn policy_full(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
     /// Installs a new policy and re-checks every authenticated session against it: a
     /// session whose key was revoked, expired or deleted is closed at once; the others
     /// get their (possibly changed) scopes.
@@ -174,7 +179,16 @@ impl Router {
     /// Checks a payload against the subject's enforced schema. `Err` carries the message
     /// for a rejected publisher; violations under `warn` are logged and counted only.
     pub fn check_schema(&self, subject: &str, payload: &[u8]) -> Result<(), String> {
-        let policy = self.policy.load();
+        self.check_schema_in(&self.policy.load(), subject, payload)
+    }
+
+    /// [`Router::check_schema`] against `policy` (a session's snapshot of it).
+    pub fn check_schema_in(
+        &self,
+        policy: &Policy,
+        subject: &str,
+        payload: &[u8],
+    ) -> Result<(), String> {
         let Some(enforced) = policy.schemas.get(subject) else {
             return Ok(());
         };

@@ -217,6 +217,11 @@ impl Router {
         self.cfg.load()
     }
 
+    /// The configuration, to keep beyond a short borrow.
+    pub fn config_full(&self) -> Arc<GatewayConfig> {
+        self.cfg.load_full()
+    }
+
     /// Applies a reloaded configuration (SIGHUP): the settings that can change while running
     /// ([`GatewayConfig::LIVE_SETTINGS`]) take effect at once, for the next session, request
     /// or delivery; the others keep their running values. Returns which settings changed and

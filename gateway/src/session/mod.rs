@@ -34,6 +34,27 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest accepted queue group name.
 const MAX_QUEUE_GROUP_LEN: usize = 256;
 
+/// What the frames of one batch are checked against, loaded once when the batch arrives: the
+/// configuration, the policy and the session's grant, each an `ArcSwap` that another task
+/// may replace. Loading them for every frame cost a publish four `ArcSwap` loads (about 300
+/// instructions, 4 % of the gateway's work for a message); a change now applies from the
+/// next batch. Dropped when the batch is done, so an idle session keeps no old policy alive.
+struct Snapshot {
+    cfg: Arc<crate::config::GatewayConfig>,
+    policy: Arc<crate::policy::Policy>,
+    grant: Option<Arc<crate::policy::Grant>>,
+}
+
+impl Snapshot {
+    fn load(router: &Router, conn: &Connection) -> Self {
+        Snapshot {
+            cfg: router.config_full(),
+            policy: router.policy_full(),
+            grant: conn.grant.load_full(),
+        }
+    }
+}
+
 pub struct Session {
     router: Arc<Router>,
     conn: Arc<Connection>,
@@ -57,6 +78,8 @@ pub struct Session {
     /// The id of the API key the session authenticated with, stamped into what it publishes
     /// (`provenance`); `None` without auth.
     publisher_key: Option<nexus_proto::ByteString>,
+    /// Set while a batch is applied.
+    snap: Option<Snapshot>,
 }
 
 /// What to do after a frame.
@@ -90,6 +113,7 @@ impl Session {
             acks_in_flight: Arc::default(),
             admission,
             publisher_key: None,
+            snap: None,
         }
     }
 
@@ -225,37 +249,10 @@ impl Session {
         match batch {
             Some(Ok(batch)) => {
                 self.router.metrics.batches_received.inc();
-                for f in batch.frames {
-                    // Answers pile up faster than a reading adapter takes them when one batch
-                    // holds many frames that are answered: stop reading until it caught up
-                    // (protocol.md §12.4), rather than cutting it off as a slow consumer.
-                    if conn.outbound.control_queued() >= crate::outbound::CONTROL_HIGH_WATER
-                        && !conn
-                            .outbound
-                            .control_room(Duration::from_millis(
-                                self.router.config().slow_consumer.max_wait_ms,
-                            ))
-                            .await
-                    {
-                        return Err(None);
-                    }
-                    // Most frames are publishes that wait for nothing: applied here without
-                    // building `on_frame`'s future (moving a frame into it, and it into this
-                    // one, cost more than routing the message).
-                    let f = match f.kind {
-                        Some(Kind::Pub(p)) if self.hello => {
-                            if let Some(rest) = self.publish_now(p) {
-                                self.finish_publish(rest).await;
-                            }
-                            continue;
-                        }
-                        kind => Frame { kind },
-                    };
-                    if let Flow::Close(status) = self.on_frame(f).await {
-                        return Err(Some(status));
-                    }
-                }
-                Ok(())
+                self.snap = Some(Snapshot::load(&self.router, &conn));
+                let applied = self.apply_batch(batch).await;
+                self.snap = None;
+                applied
             }
             Some(Err(status)) => {
                 tracing::debug!(conn = conn.id, %status, "session stream failed");
@@ -277,6 +274,42 @@ impl Session {
             }
             None => Err(None),
         }
+    }
+
+    /// Applies a batch's frames in order; `Err` ends the session with that outcome.
+    async fn apply_batch(&mut self, batch: v1::Batch) -> Result<(), Option<Status>> {
+        let conn = self.conn.clone();
+        for f in batch.frames {
+            // Answers pile up faster than a reading adapter takes them when one batch
+            // holds many frames that are answered: stop reading until it caught up
+            // (protocol.md §12.4), rather than cutting it off as a slow consumer.
+            if conn.outbound.control_queued() >= crate::outbound::CONTROL_HIGH_WATER
+                && !conn
+                    .outbound
+                    .control_room(Duration::from_millis(
+                        self.router.config().slow_consumer.max_wait_ms,
+                    ))
+                    .await
+            {
+                return Err(None);
+            }
+            // Most frames are publishes that wait for nothing: applied here without
+            // building `on_frame`'s future (moving a frame into it, and it into this
+            // one, cost more than routing the message).
+            let f = match f.kind {
+                Some(Kind::Pub(p)) if self.hello => {
+                    if let Some(rest) = self.publish_now(p) {
+                        self.finish_publish(rest).await;
+                    }
+                    continue;
+                }
+                kind => Frame { kind },
+            };
+            if let Flow::Close(status) = self.on_frame(f).await {
+                return Err(Some(status));
+            }
+        }
+        Ok(())
     }
 
     fn finish(mut self, outcome: Option<Status>) {
@@ -477,21 +510,45 @@ impl Session {
     /// `Some(reason)` when the session's key may not publish (or request, or open a stream)
     /// on `subject`.
     fn may_publish(&self, subject: &str) -> Option<String> {
-        let grant = self.conn.grant.load();
-        let grant = grant.as_ref()?;
-        (!grant.may_publish(subject)).then(|| {
-            format!(
-                "API key {} may not publish to {subject:?} (its publish scopes: {})",
-                grant.key_id,
-                grant.publish.join(", ")
-            )
+        self.with_grant(|grant| {
+            let grant = grant?;
+            (!grant.may_publish(subject)).then(|| {
+                format!(
+                    "API key {} may not publish to {subject:?} (its publish scopes: {})",
+                    grant.key_id,
+                    grant.publish.join(", ")
+                )
+            })
         })
+    }
+
+    /// `f` of the session's grant: the batch's [`Snapshot`], or loaded now outside a batch.
+    fn with_grant<R>(&self, f: impl FnOnce(Option<&crate::policy::Grant>) -> R) -> R {
+        match &self.snap {
+            Some(snap) => f(snap.grant.as_deref()),
+            None => f(self.conn.grant.load().as_deref()),
+        }
+    }
+
+    /// `f` of the policy: the batch's [`Snapshot`], or loaded now outside a batch.
+    fn with_policy<R>(&self, f: impl FnOnce(&crate::policy::Policy) -> R) -> R {
+        match &self.snap {
+            Some(snap) => f(&snap.policy),
+            None => f(&self.router.policy()),
+        }
+    }
+
+    /// `limits.max_payload`: the batch's [`Snapshot`], or loaded now outside a batch.
+    fn max_payload(&self) -> u64 {
+        match &self.snap {
+            Some(snap) => snap.cfg.limits.max_payload,
+            None => self.router.config().limits.max_payload,
+        }
     }
 
     /// Charges a message to the session key's rate limits ([`crate::key_limits`]).
     fn charge_key(&self, payload_len: usize) -> Result<(), String> {
-        self.router
-            .charge_key(self.conn.grant.load().as_deref(), payload_len)
+        self.with_grant(|grant| self.router.charge_key(grant, payload_len))
     }
 
     fn count_invalid(&self, e: &v1::Error) {
@@ -521,6 +578,10 @@ impl Session {
                 self.admission.client_cert.as_ref(),
             ) {
                 Ok(grant) => {
+                    if let Some(snap) = &mut self.snap {
+                        // The frames after the Hello in this batch are checked against it.
+                        snap.grant = Some(grant.clone());
+                    }
                     self.conn.grant.store(Some(grant));
                     self.router.track_authenticated(&self.conn);
                 }

@@ -92,7 +92,7 @@ impl Session {
         payload: &[u8],
         ref_id: u64,
     ) -> Result<Option<Codec>, v1::Error> {
-        let max = self.router.config().limits.max_payload;
+        let max = self.max_payload();
         let len = payload.len();
         if len as u64 > max {
             self.router.metrics.limit(Limit::MaxPayload);
@@ -124,16 +124,16 @@ impl Session {
         codec: Option<Codec>,
         payload: &Bytes,
     ) -> Result<(), String> {
-        if codec.is_some() && !self.router.policy().schemas.contains_key(subject) {
+        if codec.is_some() && !self.with_policy(|p| p.schemas.contains_key(subject)) {
             return Ok(());
         }
         let plain = crate::payload_encoding::plain_for_check(
             codec,
             payload,
-            self.router.config().limits.max_payload as usize,
+            self.max_payload() as usize,
             &self.router.metrics.encoding,
         )?;
-        self.router.check_schema(subject, &plain)
+        self.with_policy(|policy| self.router.check_schema_in(policy, subject, &plain))
     }
 
     /// Applies a publish as far as it goes without waiting: checks, routes and, when nothing
