@@ -27,7 +27,7 @@ mod request;
 
 pub(crate) use publish::message_id;
 use publish::{HeldPublish, oldest_stored};
-use request::next_expired;
+use request::{next_completion, next_expired};
 
 /// Protocol version this gateway speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -68,8 +68,13 @@ pub struct Session {
     /// Request timeouts; created with the first request (a `DelayQueue` allocates its timer
     /// wheel, ~6 KiB, up front, which every idle session paid).
     timers: Option<DelayQueue<u64>>,
-    completions_tx: mpsc::UnboundedSender<Completion>,
-    completions_rx: mpsc::UnboundedReceiver<Completion>,
+    /// Answers to this session's requests; created with the first request (a tokio channel
+    /// allocates its first block of slots, ~3 KiB here, up front, which every idle session
+    /// paid).
+    completions: Option<(
+        mpsc::UnboundedSender<Completion>,
+        mpsc::UnboundedReceiver<Completion>,
+    )>,
     scratch: Vec<Arc<Member>>,
     held: VecDeque<HeldPublish>,
     /// Durable publishes stored or being stored whose Ack has not been queued yet.
@@ -96,7 +101,6 @@ impl Session {
         gateway_id: Arc<str>,
         admission: SessionAdmission,
     ) -> Self {
-        let (completions_tx, completions_rx) = mpsc::unbounded_channel();
         Self {
             router,
             conn,
@@ -106,8 +110,7 @@ impl Session {
             requests: HashMap::new(),
             req_ids: std::collections::HashSet::new(),
             timers: None,
-            completions_tx,
-            completions_rx,
+            completions: None,
             scratch: Vec::new(),
             held: VecDeque::new(),
             acks_in_flight: Arc::default(),
@@ -175,7 +178,7 @@ impl Session {
                     self.tell_to_go();
                 }
                 _ = conn.grant_changed.notified() => self.drop_disallowed_subscriptions(),
-                Some(done) = self.completions_rx.recv() => self.on_completion(done).await,
+                Some(done) = next_completion(&mut self.completions) => self.on_completion(done).await,
                 stored = oldest_stored(&mut self.held), if !self.held.is_empty() => {
                     self.release_oldest(stored).await;
                 }
@@ -344,7 +347,9 @@ impl Session {
         }
         self.router.metrics.connections.dec();
         // Late completions for requests cancelled above are dropped with the receiver.
-        self.completions_rx.close();
+        if let Some((_, rx)) = &mut self.completions {
+            rx.close();
+        }
         tracing::debug!(conn = self.conn.id, "session ended");
     }
 

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use nexus_proto::ByteString;
 use nexus_proto::v1::{self, ErrorCode, frame::Kind};
+use tokio::sync::mpsc;
 use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::Instrument;
 
@@ -21,6 +22,19 @@ use crate::trace_store::{Event, Hop, Reason};
 
 /// Longest request timeout a client may ask for.
 const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The next answer to one of the session's requests; never, while it has made none.
+pub(super) async fn next_completion(
+    completions: &mut Option<(
+        mpsc::UnboundedSender<Completion>,
+        mpsc::UnboundedReceiver<Completion>,
+    )>,
+) -> Option<Completion> {
+    match completions {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The next expired request timer; never, while the session has made no request (its timer
 /// wheel is created with the first one: an idle session does not hold one).
@@ -112,7 +126,11 @@ impl Session {
         trace::link_span(&span, &mut r.headers);
         crate::provenance::stamp(&mut r.headers, self.publisher_key.as_ref());
         let waiter = Waiter::Session {
-            tx: self.completions_tx.clone(),
+            tx: self
+                .completions
+                .get_or_insert_with(mpsc::unbounded_channel)
+                .0
+                .clone(),
             req_id: r.req_id,
         };
         let routed = self
