@@ -407,21 +407,31 @@ impl Outbound {
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(MsgUnqueued::Full),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(MsgUnqueued::Closed),
         }
+        if !self.enqueue(|queue| queue.push_msg(msg, cost.max(FRAME_OVERHEAD), cost)) {
+            return Err(MsgUnqueued::Closed);
+        }
+        Ok(())
+    }
+
+    /// Counts a frame and appends it with `push` under the queue's lock, then wakes the
+    /// response stream if it waits. False (nothing queued) when the stream is gone.
+    fn enqueue(&self, push: impl FnOnce(&mut Queue)) -> bool {
+        // Counted before the stream can see the frame, which subtracts it when taken.
         self.queued_frames.fetch_add(1, Ordering::Relaxed);
         let waker = {
             let mut queue = self.queue.lock();
             if queue.stream_gone {
                 drop(queue);
                 self.queued_frames.fetch_sub(1, Ordering::Relaxed);
-                return Err(MsgUnqueued::Closed);
+                return false;
             }
-            queue.push_msg(msg, cost.max(FRAME_OVERHEAD), cost);
+            push(&mut queue);
             queue.waker.take()
         };
         if let Some(waker) = waker {
             waker.wake();
         }
-        Ok(())
+        true
     }
 
     /// Queues `frame`, waiting up to `max_wait` for budget. Returns the frame back on timeout.
@@ -461,20 +471,8 @@ impl Outbound {
             return Ok(());
         }
         let whole = payload_len(&frame) >= WHOLE_FRAME_PAYLOAD;
-        // Counted before the stream can see the frame, which subtracts it when taken.
-        self.queued_frames.fetch_add(1, Ordering::Relaxed);
-        let waker = {
-            let mut queue = self.queue.lock();
-            if queue.stream_gone {
-                drop(queue);
-                self.queued_frames.fetch_sub(1, Ordering::Relaxed);
-                return Err(EnqueueError::Closed);
-            }
-            queue.push(frame, whole, cost.max(FRAME_OVERHEAD), cost);
-            queue.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
+        if !self.enqueue(|queue| queue.push(frame, whole, cost.max(FRAME_OVERHEAD), cost)) {
+            return Err(EnqueueError::Closed);
         }
         Ok(())
     }
