@@ -40,7 +40,7 @@ pub const TARGETS: &[(&str, Target)] = &[
 ];
 
 /// A gateway session's input: the `Batch` a gRPC message carries, decoded by the hand-written
-/// hot frames (`proto/src/hot_frames.rs`) and the generated code for the other frames, as
+/// hot frames (`proto/src/hot_frames/mod.rs`) and the generated code for the other frames, as
 /// `ExactSizeCodec` does; then what the gateway checks first in each frame (subjects,
 /// patterns, reply subjects, the client strings it logs).
 pub fn session_batch(data: &[u8]) {

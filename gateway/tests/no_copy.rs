@@ -2,7 +2,7 @@
 //! out (issue 19, large payloads). Per delivery the bytes are copied twice, both at the
 //! edges: tonic assembles a gRPC message from its HTTP/2 DATA frames into one buffer
 //! (receive), and the outbound `Batch` is encoded into the send buffer (send). In between,
-//! decoding (`proto/src/hot_frames.rs`), routing, fan-out to many subscribers and the
+//! decoding (`proto/src/hot_frames/mod.rs`), routing, fan-out to many subscribers and the
 //! outbound queue all share that receive buffer. These tests follow one large payload from
 //! the wire bytes of a `Batch` to the `Msg` frames in each subscriber's outbound queue and
 //! check that every one points into the bytes the `Batch` arrived in.
@@ -10,7 +10,7 @@
 //! This holds for payloads of `outbound::WHOLE_FRAME_PAYLOAD` (8 KiB) and more. A smaller
 //! frame is encoded when it is queued and its batch copied into the send buffer, one more
 //! copy of a few hundred bytes that costs less than handing each frame on as a value
-//! (`gateway/src/outbound.rs`).
+//! (`gateway/src/outbound/mod.rs`).
 
 use std::ops::Range;
 use std::sync::Arc;

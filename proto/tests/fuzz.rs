@@ -77,7 +77,7 @@ fn every_field_survives<M: Message + Default>(name: &str) {
         assert_eq!(
             ours.encode_to_vec(),
             wire,
-            "{name}.{} is not handled by proto/src/hot_frames.rs (dropped or changed)",
+            "{name}.{} is not handled by proto/src/hot_frames/mod.rs (dropped or changed)",
             field.name()
         );
     }

@@ -1,0 +1,205 @@
+//! Unit tests of [`super`]: the outbound queue.
+
+use super::*;
+use futures::StreamExt;
+use nexus_proto::v1::{Ping, frame::Kind};
+
+fn ping(n: u64) -> Frame {
+    Frame {
+        kind: Some(Kind::Ping(Ping { nonce: n })),
+    }
+}
+
+#[tokio::test]
+async fn coalesces_ready_frames_and_bounds_bytes() {
+    let (out, mut stream) = Outbound::new(1000);
+    for i in 0..10 {
+        out.try_send(ping(i), 100).unwrap();
+    }
+    assert!(matches!(
+        out.try_send(ping(99), 100),
+        Err(EnqueueError::Full(_))
+    ));
+    assert_eq!(out.depth(), 10);
+    let batch = stream.next().await.unwrap().unwrap();
+    assert_eq!(batch.into_frames().unwrap().len(), 10);
+    assert_eq!(out.depth(), 0);
+    out.try_send(ping(11), 1000).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn send_wait_times_out_then_succeeds_after_drain() {
+    let (out, mut stream) = Outbound::new(100);
+    out.try_send(ping(1), 100).unwrap();
+    let r = out.send_wait(ping(2), 100, Duration::from_millis(50)).await;
+    assert!(matches!(r, Err(EnqueueError::Full(_))));
+    stream.next().await.unwrap().unwrap();
+    out.send_wait(ping(3), 100, Duration::from_millis(50))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn control_frames_bypass_the_budget_but_are_capped() {
+    let (out, mut stream) = Outbound::new(100);
+    out.try_send(ping(0), 100).unwrap();
+    assert!(out.send_control(ping(1)));
+    let batch = stream.next().await.unwrap().unwrap();
+    assert_eq!(batch.into_frames().unwrap().len(), 2);
+    for i in 0..MAX_CONTROL_FRAMES {
+        assert!(out.send_control(ping(i as u64)));
+    }
+    assert!(
+        !out.send_control(ping(0)),
+        "one past the cap closes the session"
+    );
+    assert!(out.is_closed());
+    let err = stream.next().await.unwrap().unwrap_err();
+    assert!(err.message().contains("slow consumer"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn control_room_waits_while_the_adapter_reads_and_cuts_one_that_does_not() {
+    let (out, mut stream) = Outbound::new(100);
+    for i in 0..CONTROL_HIGH_WATER {
+        assert!(out.send_control(ping(i as u64)));
+    }
+    // The adapter reads: room comes back, the session goes on.
+    let reader = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stream.next().await.unwrap().unwrap();
+        stream
+    });
+    assert!(out.control_room(Duration::from_secs(2)).await);
+    assert!(out.control_queued() < CONTROL_HIGH_WATER);
+    let _stream = reader.await.unwrap();
+    // It stops reading: cut off after max_wait without progress.
+    while out.control_queued() < CONTROL_HIGH_WATER {
+        assert!(out.send_control(ping(0)));
+    }
+    assert!(!out.control_room(Duration::from_secs(2)).await);
+    assert!(out.is_closed());
+}
+
+#[tokio::test]
+async fn close_after_flush_delivers_queued_frames_first() {
+    let (out, mut stream) = Outbound::new(100);
+    assert!(out.send_control(ping(7)));
+    out.close_after_flush(Some(Status::unavailable("bye")));
+    let batch = stream.next().await.unwrap().unwrap();
+    assert_eq!(batch.into_frames().unwrap().len(), 1);
+    assert_eq!(stream.next().await.unwrap().unwrap_err().message(), "bye");
+    assert!(stream.next().await.is_none());
+}
+
+fn msg(sid: u64, payload: usize) -> Frame {
+    Frame {
+        kind: Some(Kind::Msg(nexus_proto::v1::Msg {
+            sid,
+            subject: "a.b".into(),
+            payload: bytes::Bytes::from(vec![sid as u8; payload]),
+            ..Default::default()
+        })),
+    }
+}
+
+fn sids(frames: Vec<Frame>) -> Vec<u64> {
+    frames
+        .into_iter()
+        .map(|f| match f.kind {
+            Some(Kind::Msg(m)) => m.sid,
+            other => panic!("not a Msg: {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn small_frames_leave_encoded_and_large_ones_whole_in_queue_order() {
+    let (out, mut stream) = Outbound::new(1 << 20);
+    let large = WHOLE_FRAME_PAYLOAD;
+    for (sid, len) in [(1, 10), (2, 10), (3, large), (4, large), (5, 10)] {
+        out.try_send(msg(sid, len), out.cost(len)).unwrap();
+    }
+    assert_eq!(out.depth(), 5);
+    let mut order = Vec::new();
+    for (encoded, whole) in [(2, 0), (0, 2), (1, 0)] {
+        let batch = stream.next().await.unwrap().unwrap();
+        assert_eq!(batch.frames.len(), whole);
+        assert_eq!(batch.encoded.is_empty(), encoded == 0);
+        let frames = batch.into_frames().unwrap();
+        assert_eq!(frames.len(), encoded + whole);
+        order.extend(sids(frames));
+    }
+    assert_eq!(order, [1, 2, 3, 4, 5]);
+    assert_eq!(out.depth(), 0);
+    // Every permit came back.
+    out.try_send(msg(6, 0), 1 << 20).unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_closes_at_its_frame_or_byte_limit() {
+    let (out, mut stream) = Outbound::new(u32::MAX >> 3);
+    for sid in 0..(MAX_BATCH_FRAMES as u64 + 3) {
+        out.try_send(msg(sid, 1), out.cost(1)).unwrap();
+    }
+    let first = stream.next().await.unwrap().unwrap().into_frames().unwrap();
+    assert_eq!(first.len(), MAX_BATCH_FRAMES as usize);
+    let second = stream.next().await.unwrap().unwrap().into_frames().unwrap();
+    assert_eq!(sids(second), [512, 513, 514]);
+    let len = 4 * 1024;
+    let per_batch = (MAX_BATCH_BYTES as usize).div_ceil(len + FRAME_OVERHEAD as usize);
+    for sid in 0..per_batch as u64 + 1 {
+        out.try_send(msg(sid, len), out.cost(len)).unwrap();
+    }
+    let full = stream.next().await.unwrap().unwrap().into_frames().unwrap();
+    assert_eq!(full.len(), per_batch);
+    let rest = stream.next().await.unwrap().unwrap().into_frames().unwrap();
+    assert_eq!(rest.len(), 1);
+}
+
+#[tokio::test]
+async fn the_stream_ends_after_the_queue_when_the_sender_goes_and_sending_fails_without_a_stream() {
+    let (out, mut stream) = Outbound::new(1000);
+    out.try_send(msg(1, 10), 100).unwrap();
+    drop(out);
+    let batch = stream.next().await.unwrap().unwrap();
+    assert_eq!(sids(batch.into_frames().unwrap()), [1]);
+    assert!(stream.next().await.is_none());
+
+    let (out, stream) = Outbound::new(1000);
+    drop(stream);
+    assert!(matches!(
+        out.try_send(msg(1, 10), 100),
+        Err(EnqueueError::Closed)
+    ));
+    assert!(!out.send_control(ping(1)));
+    assert_eq!(out.depth(), 0);
+    assert_eq!(out.control_queued(), 0);
+}
+
+#[tokio::test]
+async fn a_waiting_stream_is_woken_by_the_next_frame() {
+    let (out, mut stream) = Outbound::new(1000);
+    let reader = tokio::spawn(async move { stream.next().await.unwrap().unwrap() });
+    tokio::task::yield_now().await;
+    out.try_send(msg(9, 10), 100).unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("woken")
+        .unwrap();
+    assert_eq!(sids(batch.into_frames().unwrap()), [9]);
+}
+
+#[tokio::test]
+async fn close_yields_status_then_ends() {
+    let (out, mut stream) = Outbound::new(100);
+    out.try_send(ping(1), 10).unwrap();
+    out.close(Some(Status::resource_exhausted("slow consumer")));
+    let err = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(err.message(), "slow consumer");
+    assert!(stream.next().await.is_none());
+    assert!(matches!(
+        out.try_send(ping(2), 10),
+        Err(EnqueueError::Closed)
+    ));
+}
