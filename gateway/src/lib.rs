@@ -31,6 +31,7 @@ pub mod key_limits;
 pub mod local_gateway;
 pub mod log_ring;
 pub mod metrics;
+pub mod native;
 pub mod outbound;
 pub mod payload_encoding;
 pub mod policy;

@@ -154,6 +154,8 @@ pub struct GatewayMetrics {
     pub registry: Registry,
     pub connections: Gauge,
     pub connections_total: Counter,
+    /// Sessions opened over the native transport (`crate::native`); the rest are gRPC.
+    pub native_sessions_total: Counter,
     pub subscriptions: Gauge,
     pub messages: Family<TrafficLabels, Counter>,
     pub bytes: Family<TrafficLabels, Counter>,
@@ -210,6 +212,7 @@ impl GatewayMetrics {
         let m = Self {
             connections: Gauge::default(),
             connections_total: Counter::default(),
+            native_sessions_total: Counter::default(),
             subscriptions: Gauge::default(),
             messages: Family::default(),
             bytes: Family::default(),
@@ -250,6 +253,11 @@ impl GatewayMetrics {
             "connections_opened",
             "Adapter sessions opened since start",
             m.connections_total.clone(),
+        );
+        registry.register(
+            "native_sessions_opened",
+            "Adapter sessions opened over the native transport (the rest are gRPC)",
+            m.native_sessions_total.clone(),
         );
         registry.register(
             "subscriptions",

@@ -93,7 +93,7 @@ fn adapter_tls(
                 client_ca: cfg.tls.client_ca.clone(),
                 require_client_cert: true,
             },
-            &[b"h2"],
+            &[b"h2", nexus_proto::native::ALPN],
         )?)),
         _ => {
             nexus_tls::check_plaintext("the gateway's adapter listener", cfg.listen, cfg.insecure)?;
@@ -238,6 +238,11 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
         .saturating_mul(2)
         .max(4 << 20)
         + (64 << 10);
+    let native = crate::native::NativeSessions {
+        service: service.clone(),
+        max_record: max_message,
+        close_all: close_all.clone(),
+    };
     let grpc_service = GatewayServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -275,26 +280,31 @@ pub async fn start(mut cfg: GatewayConfig) -> Result<RunningGateway, ServerError
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha);
-    let grpc_task = match tls {
-        // TLS on top of the transport layer: connections are budgeted and timed out
-        // (transport.rs) before and during the handshake.
-        Some(tls) => {
-            tls.watch(
-                nexus_tls::reload::DEFAULT_RELOAD_INTERVAL,
-                close_all.clone(),
-            );
-            let incoming = nexus_tls::TlsListener::from_incoming(incoming, tls, close_all.clone());
-            tokio::spawn(
-                server.serve_with_incoming_shutdown(incoming.into_stream(), async move {
+    let grpc_task =
+        match tls {
+            // TLS on top of the transport layer: connections are budgeted and timed out
+            // (transport.rs) before and during the handshake.
+            Some(tls) => {
+                tls.watch(
+                    nexus_tls::reload::DEFAULT_RELOAD_INTERVAL,
+                    close_all.clone(),
+                );
+                let incoming =
+                    nexus_tls::TlsListener::from_incoming(incoming, tls, close_all.clone());
+                // Native sessions are told from gRPC ones after the handshake (native.rs).
+                let incoming =
+                    crate::native::dispatch(incoming.into_stream(), native, close_all.clone());
+                tokio::spawn(server.serve_with_incoming_shutdown(incoming, async move {
                     grpc_stop.cancelled().await
-                }),
-            )
-        }
-        None => tokio::spawn(
-            server
-                .serve_with_incoming_shutdown(incoming, async move { grpc_stop.cancelled().await }),
-        ),
-    };
+                }))
+            }
+            None => {
+                let incoming = crate::native::dispatch(incoming, native, close_all.clone());
+                tokio::spawn(server.serve_with_incoming_shutdown(incoming, async move {
+                    grpc_stop.cancelled().await
+                }))
+            }
+        };
 
     let task = {
         let router = router.clone();

@@ -18,7 +18,7 @@ use crate::admission::{
 };
 use crate::connection::Connection;
 use crate::metrics::{AdmissionRefusal, Direction, GatewayMetrics, Limit, Pattern};
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, OutboundStream};
 use crate::policy::ClientCert;
 use crate::router::{Delivery, RouteError, Router, Waiter};
 use crate::session::Session;
@@ -47,6 +47,7 @@ fn client_cert(ext: &tonic::codegen::http::Extensions) -> Option<Arc<ClientCert>
     certs.first().map(|c| Arc::new(ClientCert::from_der(c)))
 }
 
+#[derive(Clone)]
 pub struct GatewayService {
     pub(crate) router: Arc<Router>,
     pub(crate) gateway_id: Arc<str>,
@@ -212,14 +213,16 @@ impl GatewayService {
     }
 }
 
-#[tonic::async_trait]
-impl Gateway for GatewayService {
-    type SessionStream = BatchStream;
-
-    async fn session(
+impl GatewayService {
+    /// Admits a new session (the gateway is not draining, `limits.max_connections` and the
+    /// budgets of sessions waiting for their Hello have room) and creates it with its
+    /// outbound queue, for either transport: gRPC's `Session` call or a native connection
+    /// (`crate::native`). The caller runs the session and drains the stream.
+    pub(crate) fn open_session(
         &self,
-        request: Request<Streaming<v1::Batch>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
+        info: Option<&ConnInfo>,
+        client_cert: Option<Arc<ClientCert>>,
+    ) -> Result<(Session, OutboundStream), Status> {
         if self.router.is_draining() {
             return Err(Status::unavailable("gateway is shutting down"));
         }
@@ -237,9 +240,7 @@ impl Gateway for GatewayService {
             }
             return Err(max_connections_status(max));
         }
-        let info = conn_info(request.extensions()).cloned();
-        let client_cert = client_cert(request.extensions());
-        let remote = info.as_ref().map(|i| i.remote);
+        let remote = info.map(|i| i.remote);
         let ip = remote.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |r| r.ip());
         let pending = match self.unauthenticated.try_acquire(ip) {
             Ok(slot) => slot,
@@ -288,7 +289,7 @@ impl Gateway for GatewayService {
             logs: self.logs.clone(),
             remote,
             client_cert,
-            _activity: Activity::begin(info.as_ref()),
+            _activity: Activity::begin(info),
         };
         let budget = self.router.config().slow_consumer.max_pending_bytes as u32;
         let (outbound, stream) = Outbound::new(budget);
@@ -301,9 +302,23 @@ impl Gateway for GatewayService {
             self.gateway_id.clone(),
             admission,
         );
+        Ok((session, stream))
+    }
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    type SessionStream = BatchStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<v1::Batch>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let info = conn_info(request.extensions()).cloned();
+        let client_cert = client_cert(request.extensions());
+        let (session, stream) = self.open_session(info.as_ref(), client_cert)?;
         let inbound = request.into_inner();
-        let close_all = self.close_all.clone();
-        tokio::spawn(session.run(inbound, close_all));
+        tokio::spawn(session.run(inbound, self.close_all.clone()));
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -1,6 +1,6 @@
 //! `nexus-proto`: the `nexus.v1` protocol, generated from `proto/nexus/v1/*.proto`, plus
 //! the few rules every party must apply identically: subject syntax ([`subject`]) and the
-//! API key token format ([`keys`]), how peer-supplied text is logged ([`text`]), the
+//! API key token format ([`keys`]), the native transport's records ([`native`]), how peer-supplied text is logged ([`text`]), the
 //! gRPC reflection every process serves ([`reflection`]), and the build facts every process
 //! reports ([`build_info`]).
 //!
@@ -12,6 +12,7 @@ pub mod codec;
 pub mod encoding;
 pub mod hot_frames;
 pub mod keys;
+pub mod native;
 pub mod reflection;
 pub mod subject;
 pub mod text;

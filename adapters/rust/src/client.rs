@@ -366,13 +366,13 @@ impl ClientBuilder {
     /// [`Error::Discovery`] (e.g. NXDOMAIN) or [`Error::NoGateway`] listing every gateway
     /// tried and why it failed.
     pub async fn connect(self) -> Result<Client> {
-        let gateways = match parse_target(&self.addr)? {
-            Target::Direct(url) => Gateways::Direct(Box::new(connection::endpoint(
-                url,
-                self.connect_timeout,
-                &self.tls,
-            )?)),
-            Target::Srv(target) => {
+        let native = crate::native::parse(&self.addr).transpose()?;
+        let gateways = match (native, parse_target(&self.addr)?) {
+            (Some(native), _) => Gateways::Direct(connection::Dial::Native(Box::new(native))),
+            (None, Target::Direct(url)) => Gateways::Direct(connection::Dial::Grpc(Box::new(
+                connection::endpoint(url, self.connect_timeout, &self.tls)?,
+            ))),
+            (None, Target::Srv(target)) => {
                 let env = std::env::var(DNS_SERVER_ENV).ok();
                 let dns = choose_dns_server(self.dns_server, target.dns_server, env.as_deref())?;
                 Gateways::Discovered(Arc::new(Discovery::new(target, dns)?))

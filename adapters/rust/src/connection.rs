@@ -50,6 +50,7 @@ use crate::discovery::Discovery;
 use crate::error::{Error, Fail, GatewayAttempt, Result, describe};
 use crate::headers::Headers;
 use crate::message::Message;
+use crate::native::{NativeEndpoint, NativeReader, NativeWriter};
 use crate::stream::{BiStream, StreamEvent};
 use crate::tls::TlsSettings;
 
@@ -62,7 +63,7 @@ use inbound::handle_frame;
 /// Protocol version spoken by this adapter.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
 /// Largest inbound batch accepted from the gateway.
-const MAX_DECODING_BYTES: usize = 64 << 20;
+pub(crate) const MAX_DECODING_BYTES: usize = 64 << 20;
 /// How many sids [`Unsubscribed`] remembers per session (oldest forgotten first).
 const MAX_UNSUBSCRIBED: usize = 16 * 1024;
 
@@ -233,10 +234,59 @@ impl State {
 
 /// Where sessions are opened.
 pub(crate) enum Gateways {
-    /// One gateway (`http://host:port`).
-    Direct(Box<Endpoint>),
+    /// One gateway (`http://host:port`, or `nexus+tcp://`/`nexus+tls://`).
+    Direct(Dial),
     /// The gateways discovered through DNS SRV (`nexus+srv://name`), tried in order.
     Discovered(Arc<Discovery>),
+}
+
+/// How a session reaches a gateway: gRPC over HTTP/2, or the native transport
+/// ([`crate::native`]).
+pub(crate) enum Dial {
+    Grpc(Box<Endpoint>),
+    Native(Box<NativeEndpoint>),
+}
+
+/// The sending half of a session.
+enum SessionTx {
+    /// Batches go through tonic's request stream.
+    Grpc(mpsc::Sender<pb::Batch>),
+    /// Batches are written to the connection by the writer itself.
+    Native(NativeWriter),
+}
+
+impl SessionTx {
+    /// Sends one batch; `false` when the session is gone.
+    async fn send(&mut self, batch: pb::Batch) -> bool {
+        match self {
+            SessionTx::Grpc(tx) => tx.send(batch).await.is_ok(),
+            SessionTx::Native(w) => w.send(&batch).await.is_ok(),
+        }
+    }
+
+    /// Half-closes the session: the gateway sees the end of its input.
+    async fn finish(self) {
+        match self {
+            SessionTx::Grpc(tx) => drop(tx),
+            SessionTx::Native(mut w) => w.finish().await,
+        }
+    }
+}
+
+/// The receiving half of a session.
+enum SessionRx {
+    Grpc(tonic::Streaming<pb::Batch>),
+    Native(NativeReader),
+}
+
+impl SessionRx {
+    /// The gateway's next batch; `Ok(None)` when it ended the session without a status.
+    async fn message(&mut self) -> std::result::Result<Option<pb::Batch>, tonic::Status> {
+        match self {
+            SessionRx::Grpc(s) => s.message().await,
+            SessionRx::Native(r) => r.message().await,
+        }
+    }
 }
 
 /// The transport endpoint for `url` with the adapter's settings (TLS for `https://`).
@@ -398,8 +448,8 @@ impl Shared {
 }
 
 struct Session {
-    req_tx: mpsc::Sender<pb::Batch>,
-    inbound: tonic::Streaming<pb::Batch>,
+    tx: SessionTx,
+    inbound: SessionRx,
     leftover: Vec<pb::Frame>,
 }
 
@@ -488,7 +538,7 @@ pub(crate) async fn run(
 /// address.
 async fn connect_round(shared: &Shared) -> Result<(Session, Option<SocketAddr>)> {
     let discovery = match &shared.gateways {
-        Gateways::Direct(endpoint) => return Ok((establish(shared, endpoint).await?, None)),
+        Gateways::Direct(dial) => return Ok((establish(shared, dial).await?, None)),
         Gateways::Discovered(d) => d,
     };
     let (mut candidates, mut resolved) = discovery.candidates().await?;
@@ -514,7 +564,7 @@ async fn connect_round(shared: &Shared) -> Result<(Session, Option<SocketAddr>)>
             tried.insert(addr);
             let url = format!("{}://{addr}", shared.config.tls.srv_scheme());
             let result = match endpoint(url, shared.config.connect_timeout, &shared.config.tls) {
-                Ok(ep) => establish(shared, &ep).await,
+                Ok(ep) => establish(shared, &Dial::Grpc(Box::new(ep))).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -567,12 +617,8 @@ async fn connect_round(shared: &Shared) -> Result<(Session, Option<SocketAddr>)>
 }
 
 /// Connects, sends Hello, waits for Welcome and re-sends confirmed subscriptions.
-async fn establish(shared: &Shared, endpoint: &Endpoint) -> Result<Session> {
+async fn establish(shared: &Shared, dial: &Dial) -> Result<Session> {
     let cfg = &shared.config;
-    let channel = endpoint.connect().await?;
-    let mut grpc = pb::gateway_client::GatewayClient::new(channel)
-        .max_decoding_message_size(MAX_DECODING_BYTES);
-    let (req_tx, req_rx) = mpsc::channel::<pb::Batch>(2);
     let hello = pb::Frame {
         kind: Some(Kind::Hello(pb::Hello {
             api_key: cfg.api_key.clone(),
@@ -583,25 +629,39 @@ async fn establish(shared: &Shared, endpoint: &Endpoint) -> Result<Session> {
             encodings: crate::compression::hello_encodings(),
         })),
     };
-    req_tx
-        .try_send(pb::Batch::of(vec![hello]))
-        .map_err(|_| Error::Protocol("request channel full".into()))?;
-    let handshake = async {
-        let resp = grpc.session(ReceiverStream::new(req_rx)).await?;
-        let mut inbound = resp.into_inner();
-        let batch = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Error::Protocol("gateway ended the session before Welcome".into()))?;
-        Ok::<_, Error>((inbound, batch))
+    let hello = pb::Batch::of(vec![hello]);
+    let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
+    let timed_out = || Error::Timeout {
+        subject: "<handshake>".into(),
+        after: cfg.connect_timeout,
+        detail: None,
     };
-    let (inbound, batch) = tokio::time::timeout(cfg.connect_timeout, handshake)
+    let (mut tx, mut inbound) = match dial {
+        Dial::Grpc(endpoint) => {
+            let channel = endpoint.connect().await?;
+            let mut grpc = pb::gateway_client::GatewayClient::new(channel)
+                .max_decoding_message_size(MAX_DECODING_BYTES);
+            let (req_tx, req_rx) = mpsc::channel::<pb::Batch>(2);
+            req_tx
+                .try_send(hello)
+                .map_err(|_| Error::Protocol("request channel full".into()))?;
+            let resp = tokio::time::timeout_at(deadline, grpc.session(ReceiverStream::new(req_rx)))
+                .await
+                .map_err(|_| timed_out())??;
+            (SessionTx::Grpc(req_tx), SessionRx::Grpc(resp.into_inner()))
+        }
+        Dial::Native(endpoint) => {
+            let (reader, mut writer) = endpoint.connect(&cfg.tls, cfg.connect_timeout).await?;
+            writer.send(&hello).await.map_err(|e| {
+                crate::native::unavailable(format!("writing to {}: {e}", endpoint.url))
+            })?;
+            (SessionTx::Native(writer), SessionRx::Native(reader))
+        }
+    };
+    let batch = tokio::time::timeout_at(deadline, inbound.message())
         .await
-        .map_err(|_| Error::Timeout {
-            subject: "<handshake>".into(),
-            after: cfg.connect_timeout,
-            detail: None,
-        })??;
+        .map_err(|_| timed_out())??
+        .ok_or_else(|| Error::Protocol("gateway ended the session before Welcome".into()))?;
     let mut frames = batch.frames.into_iter();
     let welcome = match frames.next().and_then(|f| f.kind) {
         Some(Kind::Welcome(w)) => w,
@@ -647,14 +707,14 @@ async fn establish(shared: &Shared, endpoint: &Endpoint) -> Result<Session> {
     let mut resubs = resubs.into_iter().peekable();
     while resubs.peek().is_some() {
         let frames: Vec<_> = resubs.by_ref().take(chunk).collect();
-        if req_tx.send(pb::Batch::of(frames)).await.is_err() {
+        if !tx.send(pb::Batch::of(frames)).await {
             // This epoch's session was live (Unsubs may be queued for it): retire it.
             shared.sweep(Fail::Disconnected, false);
             return Err(Error::Disconnected);
         }
     }
     Ok(Session {
-        req_tx,
+        tx,
         inbound,
         leftover: frames.collect(),
     })
@@ -668,7 +728,7 @@ async fn run_session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
     let Session {
-        req_tx,
+        tx,
         mut inbound,
         leftover,
     } = session;
@@ -691,7 +751,7 @@ async fn run_session(
         }
     };
     let writer = async {
-        match write_loop(shared, out_rx, ctl_rx, req_tx).await {
+        match write_loop(shared, out_rx, ctl_rx, tx).await {
             // Half-closed: the reader takes what the gateway still sends until it ends the
             // session; don't wait for that forever.
             SessionEnd::Moved => {
@@ -739,7 +799,7 @@ async fn write_loop(
     shared: &Shared,
     out_rx: &mut mpsc::Receiver<Outbound>,
     ctl_rx: &mut mpsc::UnboundedReceiver<Outbound>,
-    req_tx: mpsc::Sender<pb::Batch>,
+    mut tx: SessionTx,
 ) -> SessionEnd {
     let mut co = Coalescer::new(shared.config.limits);
     let ready_to_move = moved(shared);
@@ -749,8 +809,11 @@ async fn write_loop(
         let first = tokio::select! {
             biased;
             Some(o) = ctl_rx.recv() => o,
-            // Dropping `req_tx` half-closes the session.
-            end = &mut ready_to_move => return end,
+            // Half-closes the session.
+            end = &mut ready_to_move => {
+                tx.finish().await;
+                return end;
+            }
             o = out_rx.recv() => match o {
                 Some(o) => o,
                 None => return SessionEnd::Shutdown,
@@ -794,7 +857,7 @@ async fn write_loop(
             continue;
         }
         let batch = co.take();
-        if req_tx.send(batch).await.is_err() {
+        if !tx.send(batch).await {
             return SessionEnd::Failed("request stream closed".into());
         }
         if !replied.is_empty() {

@@ -140,6 +140,7 @@ mod discovery;
 mod error;
 mod headers;
 mod message;
+mod native;
 mod service;
 mod stream;
 mod subject;

@@ -64,6 +64,83 @@ impl TlsSettings {
         Ok(endpoint.tls_config(config)?)
     }
 
+    /// Completes TLS on a native connection (`nexus+tls://`) to `host`, verified as for
+    /// `https://`, offering the native transport's ALPN id.
+    #[cfg(feature = "tls")]
+    pub(crate) async fn native_tls(
+        &self,
+        tcp: tokio::net::TcpStream,
+        host: &str,
+        url: &str,
+    ) -> Result<crate::native::NativeStream> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let bad = |reason: String| crate::error::Error::InvalidAddress {
+            addr: url.to_owned(),
+            reason,
+        };
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        match &self.ca_pem {
+            Some(pem) => {
+                for cert in CertificateDer::pem_slice_iter(pem) {
+                    let cert = cert.map_err(|e| bad(format!("the CA certificates: {e}")))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| bad(format!("the CA certificates: {e}")))?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err(bad("no CA certificate to verify the gateway with".into()));
+        }
+        let builder = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots);
+        let mut config = match &self.identity {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| bad(format!("the client certificate: {e}")))?;
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| bad(format!("the client key: {e}")))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| bad(format!("the client certificate: {e}")))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![nexus_proto::native::ALPN.to_vec()];
+        let name = self.domain.as_deref().unwrap_or(host);
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|e| bad(format!("{name:?} is not a name to verify: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| crate::native::unavailable(format!("TLS with {url}: {e}")))?;
+        Ok(crate::native::NativeStream::Tls(Box::new(tls)))
+    }
+
+    /// Without the `tls` feature, `nexus+tls://` is refused.
+    #[cfg(not(feature = "tls"))]
+    pub(crate) async fn native_tls(
+        &self,
+        _tcp: tokio::net::TcpStream,
+        _host: &str,
+        url: &str,
+    ) -> Result<crate::native::NativeStream> {
+        Err(crate::error::Error::InvalidAddress {
+            addr: url.to_owned(),
+            reason: "nexus+tls:// needs TLS: build nexus-client with the `tls` feature".into(),
+        })
+    }
+
     #[cfg(not(feature = "tls"))]
     fn secure(&self, _endpoint: Endpoint, url: &str) -> Result<Endpoint> {
         Err(crate::error::Error::InvalidAddress {

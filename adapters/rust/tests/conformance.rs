@@ -379,8 +379,7 @@ impl Gateway {
         Ok(())
     }
     fn url(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{}", self.grpc)
+        format!("{}://{}", scheme(self.tls), self.grpc)
     }
 }
 
@@ -1875,6 +1874,21 @@ async fn run_case(doc: &Json, case: &Json) -> Result<(), String> {
     result
 }
 
+/// Whether this pass connects over the native transport (docs/protocol.md §1.1) instead of
+/// gRPC: every case runs over both. Discovered gateways (`nexus+srv://`) are always reached
+/// over gRPC.
+static NATIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The scheme of a direct gateway address in the current pass.
+pub(crate) fn scheme(tls: bool) -> &'static str {
+    match (NATIVE.load(std::sync::atomic::Ordering::Relaxed), tls) {
+        (false, false) => "http",
+        (false, true) => "https",
+        (true, false) => "nexus+tcp",
+        (true, true) => "nexus+tls",
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_cases() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/cases.json");
@@ -1899,32 +1913,50 @@ async fn conformance_cases() {
         })
         .collect();
     let mut skipped = 0;
-    for case in cases.iter().copied() {
-        let name = case.str("name").unwrap_or_default();
-        let started = Instant::now();
-        let env_tls = case
-            .str("env")
-            .and_then(|e| doc.get("environments")?.get(e)?.get("gateway")?.get("tls"))
-            .is_some();
-        if env_tls && !cfg!(feature = "tls") {
-            // `cargo test --workspace` builds nexus-client with `tls` (the binaries need it).
-            println!(
-                "SKIP {name}: nexus-client built without its `tls` feature (use --features tls)"
-            );
-            skipped += 1;
-            continue;
-        }
-        match run_case(&doc, case).await {
-            Ok(()) => println!("PASS {name} ({} ms)", started.elapsed().as_millis()),
-            Err(e) => {
-                println!("FAIL {name}: {e}");
-                failures.push(format!("{name}: {e}"));
+    // NEXUS_CONFORMANCE_TRANSPORT=grpc or native runs one pass only.
+    let transports = match std::env::var("NEXUS_CONFORMANCE_TRANSPORT").as_deref() {
+        Ok("grpc") => vec![false],
+        Ok("native") => vec![true],
+        _ => vec![false, true],
+    };
+    for native in transports {
+        NATIVE.store(native, std::sync::atomic::Ordering::Relaxed);
+        let transport = if native { "native" } else { "grpc" };
+        let before = failures.len();
+        for case in cases.iter().copied() {
+            let name = case.str("name").unwrap_or_default();
+            let started = Instant::now();
+            let env_tls = case
+                .str("env")
+                .and_then(|e| doc.get("environments")?.get(e)?.get("gateway")?.get("tls"))
+                .is_some();
+            if env_tls && !cfg!(feature = "tls") {
+                // `cargo test --workspace` builds nexus-client with `tls` (the binaries need it).
+                println!(
+                    "SKIP {name} [{transport}]: nexus-client built without its `tls` feature (use --features tls)"
+                );
+                skipped += 1;
+                continue;
+            }
+            match run_case(&doc, case).await {
+                Ok(()) => println!(
+                    "PASS {name} [{transport}] ({} ms)",
+                    started.elapsed().as_millis()
+                ),
+                Err(e) => {
+                    println!("FAIL {name} [{transport}]: {e}");
+                    failures.push(format!("{name} [{transport}]: {e}"));
+                }
             }
         }
+        println!(
+            "rust conformance over {transport}: {} cases, {} failed",
+            cases.len(),
+            failures.len() - before
+        );
     }
     println!(
-        "rust conformance: {} passed, {} failed, {skipped} skipped",
-        cases.len() - failures.len() - skipped,
+        "rust conformance: {} failed, {skipped} skipped",
         failures.len()
     );
     assert!(

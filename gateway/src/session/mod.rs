@@ -13,7 +13,7 @@ use nexus_proto::v1::{self, ErrorCode, Frame, frame::Kind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::{DelayQueue, delay_queue};
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use crate::connection::Connection;
 use crate::metrics::Limit;
@@ -121,8 +121,12 @@ impl Session {
     }
 
     /// Runs until the adapter goes away, the session is closed (slow consumer), or
-    /// `close_all` fires at shutdown.
-    pub async fn run(mut self, mut inbound: Streaming<v1::Batch>, close_all: CancellationToken) {
+    /// `close_all` fires at shutdown. `inbound` is the adapter's batches: gRPC's request
+    /// stream, or the records of a native connection (`crate::native`).
+    pub async fn run<S>(mut self, mut inbound: S, close_all: CancellationToken)
+    where
+        S: futures::Stream<Item = Result<v1::Batch, Status>> + Unpin,
+    {
         let conn = self.conn.clone();
         let hello_timeout = self.router.config().hello_timeout();
         let hello_deadline = tokio::time::sleep(hello_timeout);
@@ -263,7 +267,7 @@ impl Session {
                 // the transport limit, say) it learns why its session ended.
                 let message = if status.code() == tonic::Code::OutOfRange {
                     format!(
-                        "session input refused: {} (the gateway's gRPC message limit is 2 x limits.max_payload, at least 4 MiB, plus 64 KiB)",
+                        "session input refused: {} (the gateway's limit on one batch is 2 x limits.max_payload, at least 4 MiB, plus 64 KiB)",
                         status.message()
                     )
                 } else {

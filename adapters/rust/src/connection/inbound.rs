@@ -354,7 +354,9 @@ mod tests {
         let (shutdown, _) = watch::channel(false);
         let shared = Shared::new(
             config,
-            Gateways::Direct(Box::new(Endpoint::from_static("http://127.0.0.1:1"))),
+            Gateways::Direct(Dial::Grpc(Box::new(Endpoint::from_static(
+                "http://127.0.0.1:1",
+            )))),
             out_tx,
             ctl_tx,
             shutdown,

@@ -61,7 +61,7 @@ impl Relay {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", crate::scheme(false), self.addr)
     }
 
     pub fn block(&self, on: bool) {
