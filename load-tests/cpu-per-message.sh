@@ -41,17 +41,23 @@ name, ticks, tick, times, path = sys.argv[1:]
 d = json.load(open(path))[0]
 n = d["delivered"]
 load = sum(map(float, times.split()))
-print(f"{name:5} delivered {n} lost {d['lost']} at {d['msgs_per_s']:.0f} msgs/s: "
+print(f"{name:6} delivered {n} lost {d['lost']} at {d['msgs_per_s']:.0f} msgs/s: "
       f"server {int(ticks) / int(tick) * 1e6 / n:.2f} us CPU/msg, "
       f"load generator {load * 1e6 / n:.2f} us CPU/msg")
 PY
 }
 
-RUST_LOG=warn "$BIN/nexus" gateway --auth off --region bench --listen 127.0.0.1:0 \
-  --metrics-listen 127.0.0.1:0 >"$WORK/gw.out" 2>"$WORK/gw.err" &
-SERVER=$!
-addr="$(wait_for "$WORK/gw.out" ' listening on ' | sed -E 's/.* listening on ([^,]+),.*/\1/')"
+gateway() { # starts a gateway; sets SERVER and addr
+  RUST_LOG=warn "$BIN/nexus" gateway --auth off --region bench --listen 127.0.0.1:0 \
+    --metrics-listen 127.0.0.1:0 >"$WORK/gw.out" 2>"$WORK/gw.err" &
+  SERVER=$!
+  addr="$(wait_for "$WORK/gw.out" ' listening on ' | sed -E 's/.* listening on ([^,]+),.*/\1/')"
+}
+# Nexus over gRPC, then over the native transport (docs/protocol.md §1.1).
+gateway
 measure nexus "nexus://$addr"
+gateway
+measure native "nexus+tcp://$addr"
 
 "$NATS_BIN" -a 127.0.0.1 -p -1 >"$WORK/nats.log" 2>&1 &
 SERVER=$!

@@ -3,7 +3,14 @@
 #
 #   WORK   a fresh temporary directory, removed on exit
 #   PIDS   add every process started in the background; each is killed and reaped on exit
+#   NEXUS  the scheme Nexus targets use: `nexus+tcp` (the native transport, the default) or
+#          `nexus` (gRPC); set NEXUS_TRANSPORT=grpc to measure the gRPC path
 
+case "${NEXUS_TRANSPORT:-native}" in
+  native) NEXUS=nexus+tcp ;;
+  grpc) NEXUS=nexus ;;
+  *) echo "NEXUS_TRANSPORT=$NEXUS_TRANSPORT: use native or grpc" >&2; exit 2 ;;
+esac
 WORK="$(mktemp -d)"
 PIDS=()
 cleanup() {

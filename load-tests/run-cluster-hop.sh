@@ -90,15 +90,15 @@ for r in $(seq 1 "$RUNS"); do
   for rate in 1000 10000; do
     step "run $r/$RUNS: pub/sub 1:1 paced at ${rate}/s: same gateway, across gateways, across regions"
     key="pub/sub 1:1 at ${rate}/s"
-    run "$r" "$key" "same gateway" pubsub --target "nexus://$GW1" --rate "$rate"
-    run "$r" "$key" "across gateways" pubsub --target "nexus://$GW1" --remote "nexus://$GW2" --rate "$rate"
-    run "$r" "$key" "across regions" pubsub --target "nexus://$GW1" --remote "nexus://$GW3" --rate "$rate"
+    run "$r" "$key" "same gateway" pubsub --target "$NEXUS://$GW1" --rate "$rate"
+    run "$r" "$key" "across gateways" pubsub --target "$NEXUS://$GW1" --remote "$NEXUS://$GW2" --rate "$rate"
+    run "$r" "$key" "across regions" pubsub --target "$NEXUS://$GW1" --remote "$NEXUS://$GW3" --rate "$rate"
   done
   step "run $r/$RUNS: request/reply, 1 in flight: same gateway, across gateways, across regions"
   key="req/reply closed c=1"
-  run "$r" "$key" "same gateway" request --target "nexus://$GW1" --concurrency 1
-  run "$r" "$key" "across gateways" request --target "nexus://$GW1" --remote "nexus://$GW2" --concurrency 1
-  run "$r" "$key" "across regions" request --target "nexus://$GW1" --remote "nexus://$GW3" --concurrency 1
+  run "$r" "$key" "same gateway" request --target "$NEXUS://$GW1" --concurrency 1
+  run "$r" "$key" "across gateways" request --target "$NEXUS://$GW1" --remote "$NEXUS://$GW2" --concurrency 1
+  run "$r" "$key" "across regions" request --target "$NEXUS://$GW1" --remote "$NEXUS://$GW3" --concurrency 1
 done
 if [ "$RUNS" -gt 1 ]; then
   python3 - "$WORK/json" "$RUNS" >"$WORK/medians.md" <<'PY'

@@ -83,7 +83,7 @@ start_nats nats
 echo "nexus gateway on $GW_ADDR (pid $GW_PID), nats-server on $NATS_ADDR (pid $NATS_PID)" >&2
 
 step "comparison suite: ${DURATION}s per scenario, ${PAYLOAD}-byte payloads"
-"$BIN/nexus-load" compare --nexus "nexus://$GW_ADDR" --nats "nats://$NATS_ADDR" \
+"$BIN/nexus-load" compare --nexus "$NEXUS://$GW_ADDR" --nats "nats://$NATS_ADDR" \
   --duration "$DURATION" --payload "$PAYLOAD" --open-rate "$OPEN_RATE" \
   --json-out "$WORK/compare.json" | tee "$WORK/compare.md"
 
@@ -96,7 +96,7 @@ printf 'max_payload: 4194304\n' >"$WORK/nats-large.conf"
 start_nats nats-large -c "$WORK/nats-large.conf"
 : >"$WORK/large.md"
 for size in $LARGE; do
-  "$BIN/nexus-load" pubsub --target "nexus://$GW_ADDR" --target "nats://$NATS_ADDR" \
+  "$BIN/nexus-load" pubsub --target "$NEXUS://$GW_ADDR" --target "nats://$NATS_ADDR" \
     --duration "$DURATION" --payload "$size" --json-out "$WORK/large-$size.json" \
     >"$WORK/large-$size.md"
   label="$(awk -v b="$size" 'BEGIN {if (b >= 1048576) printf "%g MiB", b/1048576; else if (b >= 1024) printf "%g KiB", b/1024; else printf "%d B", b}')"
@@ -132,7 +132,7 @@ rss_summary() {
 }
 
 step "sustained pub/sub 1:1 for ${SUSTAIN}s against the gateway, RSS each second"
-sustained "$GW_PID" "nexus://$GW_ADDR" sustained-nexus
+sustained "$GW_PID" "$NEXUS://$GW_ADDR" sustained-nexus
 cat "$WORK/sustained-nexus.md"
 step "sustained pub/sub 1:1 for ${SUSTAIN}s against nats-server, RSS each second"
 sustained "$NATS_PID" "nats://$NATS_ADDR" sustained-nats
@@ -155,10 +155,27 @@ idle_memory() {
 step "memory per idle connection ($IDLE connections), on fresh servers"
 stop "$GW_PID"; stop "$NATS_PID"
 start_gateway gw-idle
-IDLE_NEXUS="$(idle_memory "$GW_PID" "nexus://$GW_ADDR")"
+IDLE_NEXUS="$(idle_memory "$GW_PID" "$NEXUS://$GW_ADDR")"
 start_nats nats-idle
 IDLE_NATS="$(idle_memory "$NATS_PID" "nats://$NATS_ADDR")"
 echo "nexus: $IDLE_NEXUS; nats: $IDLE_NATS" >&2
+
+# The same gateway over gRPC, for the transport every adapter speaks (the rows above use
+# $NEXUS://, the native transport unless NEXUS_TRANSPORT=grpc).
+if [ "$NEXUS" != nexus ]; then
+  step "Nexus over gRPC: pub/sub 1:1, request/reply at 1 in flight, idle memory"
+  stop "$GW_PID"; stop "$NATS_PID"
+  start_gateway gw-grpc
+  "$BIN/nexus-load" pubsub --target "nexus://$GW_ADDR" --target "$NEXUS://$GW_ADDR" \
+    --duration "$DURATION" --payload "$PAYLOAD" --json-out "$WORK/grpc-pubsub.json" >"$WORK/grpc.md"
+  "$BIN/nexus-load" request --target "nexus://$GW_ADDR" --target "$NEXUS://$GW_ADDR" \
+    --concurrency 1 --duration "$DURATION" --payload "$PAYLOAD" \
+    --json-out "$WORK/grpc-request.json" | tail -n +3 | grep -v '^$' >>"$WORK/grpc.md"
+  stop "$GW_PID"
+  start_gateway gw-grpc-idle
+  IDLE_GRPC="$(idle_memory "$GW_PID" "nexus://$GW_ADDR")"
+  cat "$WORK/grpc.md"
+fi
 
 step "the cost of a hop between gateways and between regions ($HOP_RUNS runs)"
 stop "$GW_PID"; stop "$NATS_PID"
@@ -184,6 +201,7 @@ NATS_VERSION="$("$NATS_BIN" --version 2>&1 | head -n1)"
   echo "- Machine: $(nproc) CPUs ($CPU), $MEM RAM, $(uname -sr)"
   echo "- Versions: $(rustc --version), nexus $(git describe --always --dirty 2>/dev/null || echo '?'), $NATS_VERSION"
   echo "- Load: ${PAYLOAD}-byte payloads, ${DURATION} s per scenario, one gateway and one nats-server"
+  echo "  (Nexus targets: \`$NEXUS://\`$([ "$NEXUS" = nexus ] && echo ', gRPC' || echo ', the native transport'))"
   echo "  with default settings, load generator on the same machine; open loop at ${OPEN_RATE} requests/s."
   echo
   echo "### Comparison suite"
@@ -222,6 +240,17 @@ NATS_VERSION="$("$NATS_BIN" --version 2>&1 | head -n1)"
   echo "- Nexus gateway: $IDLE_NEXUS"
   echo "- nats-server: $IDLE_NATS"
   echo
+  if [ -s "$WORK/grpc.md" ]; then
+    echo "### Nexus over gRPC and over the native transport (same gateway, ${DURATION} s each)"
+    echo
+    echo "The rows above measure Nexus over the native transport (\`nexus+tcp://\`, docs/protocol.md"
+    echo "§1.1); every adapter also speaks gRPC, which these rows measure beside it (nexus:// is gRPC)."
+    echo
+    cat "$WORK/grpc.md"
+    echo
+    echo "- Memory per idle session over gRPC: $IDLE_GRPC"
+    echo
+  fi
   echo "### The cost of a hop (Nexus only; medians of $HOP_RUNS runs of load-tests/run-cluster-hop.sh)"
   echo
   echo "The same paths on one gateway, across two gateways of one region (a cluster hop) and"

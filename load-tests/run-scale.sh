@@ -72,7 +72,7 @@ for row in $ROWS; do
   for scenario in pubsub request; do
     step "$row: $scenario"
     # shellcheck disable=SC2046
-    "$BIN/nexus-load" "$scenario" --target "nexus://$GW_ADDR" --target "nats://$NATS_ADDR" \
+    "$BIN/nexus-load" "$scenario" --target "$NEXUS://$GW_ADDR" --target "nats://$NATS_ADDR" \
       --duration "$DURATION" --payload "$PAYLOAD" $(background "$row") >"$WORK/$row-$scenario.md"
     if [ -s "$WORK/table.md" ]; then tail -n +3 "$WORK/$row-$scenario.md"; else cat "$WORK/$row-$scenario.md"; fi \
       | grep -v '^$' >>"$WORK/table.md"

@@ -342,7 +342,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         bg.close().await;
         results.push(r?);
     }
-    let nexus = results.iter().position(|r| r.target == "nexus");
+    let nexus = results.iter().position(|r| r.target.starts_with("nexus"));
     let nats = results.iter().position(|r| r.target == "nats");
     match (nexus, nats) {
         (Some(a), Some(b)) if results.len() == 2 => {

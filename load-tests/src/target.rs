@@ -15,7 +15,8 @@ use futures::StreamExt;
 /// Where the load goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// A Nexus gateway; holds the gRPC URL (`http://host:port`).
+    /// A Nexus gateway; holds the client's URL (`http://host:port` for gRPC,
+    /// `nexus+tcp://host:port` for the native transport).
     Nexus(String),
     /// A NATS server; holds the NATS URL (`nats://host:port`).
     Nats(String),
@@ -24,16 +25,22 @@ pub enum Target {
 impl FromStr for Target {
     type Err = anyhow::Error;
 
-    /// `nexus://host:port` (or `http://host:port`) for Nexus, `nats://host:port` for NATS.
+    /// `nexus://host:port` (or `http://host:port`) for Nexus over gRPC,
+    /// `nexus+tcp://host:port` for Nexus over the native transport, `nats://host:port` for
+    /// NATS.
     fn from_str(s: &str) -> Result<Self> {
-        if let Some(rest) = s.strip_prefix("nexus://") {
+        if s.starts_with("nexus+tcp://") {
+            Ok(Target::Nexus(s.to_owned()))
+        } else if let Some(rest) = s.strip_prefix("nexus://") {
             Ok(Target::Nexus(format!("http://{rest}")))
         } else if s.starts_with("http://") {
             Ok(Target::Nexus(s.to_owned()))
         } else if s.starts_with("nats://") {
             Ok(Target::Nats(s.to_owned()))
         } else {
-            bail!("unknown target {s:?}: use nexus://host:port or nats://host:port")
+            bail!(
+                "unknown target {s:?}: use nexus://host:port, nexus+tcp://host:port or nats://host:port"
+            )
         }
     }
 }
@@ -48,9 +55,10 @@ impl fmt::Display for Target {
 }
 
 impl Target {
-    /// `"nexus"` or `"nats"`.
+    /// `"nexus"` (gRPC), `"nexus native"` (the native transport) or `"nats"`.
     pub fn kind(&self) -> &'static str {
         match self {
+            Target::Nexus(url) if url.starts_with("nexus+tcp://") => "nexus native",
             Target::Nexus(_) => "nexus",
             Target::Nats(_) => "nats",
         }
@@ -253,6 +261,9 @@ mod tests {
             Target::Nats("nats://127.0.0.1:4222".into())
         );
         assert!("tcp://x:1".parse::<Target>().is_err());
+        let native = "nexus+tcp://127.0.0.1:7422".parse::<Target>().unwrap();
+        assert_eq!(native, Target::Nexus("nexus+tcp://127.0.0.1:7422".into()));
+        assert_eq!(native.to_string(), "nexus+tcp://127.0.0.1:7422");
         assert_eq!(
             Target::Nexus("http://127.0.0.1:7422".into()).to_string(),
             "nexus://127.0.0.1:7422"

@@ -27,6 +27,7 @@ use crate::subject::{
     validate_subscribe_subject,
 };
 use crate::subscription::Subscription;
+use crate::native::Transport;
 use crate::tls::TlsSettings;
 
 /// Extra time the client waits beyond a request's timeout before giving up on its own (in
@@ -120,6 +121,7 @@ pub struct ClientBuilder {
     local_payload_check: bool,
     compression: nexus_proto::encoding::Policy,
     tls: TlsSettings,
+    transport: Transport,
 }
 
 impl ClientBuilder {
@@ -143,6 +145,7 @@ impl ClientBuilder {
             local_payload_check: true,
             compression: nexus_proto::encoding::Policy::default(),
             tls: TlsSettings::default(),
+            transport: Transport::default(),
         }
     }
 
@@ -272,6 +275,14 @@ impl ClientBuilder {
         self
     }
 
+    /// The transport for discovered gateways (`nexus+srv://`): gRPC (the default) or the
+    /// native transport ([`Transport::Native`], docs/protocol.md §1.1). A direct address names
+    /// its own (`nexus+tcp://`/`nexus+tls://` for the native one) and ignores this.
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
     /// Connects to discovered gateways (`nexus+srv://`) over TLS too. (A `https://` address
     /// always uses TLS.) See the crate docs, [TLS](crate#tls), for what is verified.
     #[cfg(feature = "tls")]
@@ -379,6 +390,7 @@ impl ClientBuilder {
             }
         };
         let config = Config {
+            transport: self.transport,
             name: self.name,
             api_key: self.api_key,
             request_timeout: self.request_timeout,

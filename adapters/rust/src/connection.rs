@@ -50,7 +50,7 @@ use crate::discovery::Discovery;
 use crate::error::{Error, Fail, GatewayAttempt, Result, describe};
 use crate::headers::Headers;
 use crate::message::Message;
-use crate::native::{NativeEndpoint, NativeReader, NativeWriter};
+use crate::native::{NativeEndpoint, NativeReader, NativeWriter, Transport};
 use crate::stream::{BiStream, StreamEvent};
 use crate::tls::TlsSettings;
 
@@ -70,6 +70,8 @@ const MAX_UNSUBSCRIBED: usize = 16 * 1024;
 /// Settings fixed at connect time.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
+    /// How discovered gateways are reached.
+    pub(crate) transport: Transport,
     pub(crate) name: String,
     pub(crate) api_key: String,
     pub(crate) request_timeout: Duration,
@@ -562,9 +564,19 @@ async fn connect_round(shared: &Shared) -> Result<(Session, Option<SocketAddr>)>
                 }
             };
             tried.insert(addr);
-            let url = format!("{}://{addr}", shared.config.tls.srv_scheme());
-            let result = match endpoint(url, shared.config.connect_timeout, &shared.config.tls) {
-                Ok(ep) => establish(shared, &Dial::Grpc(Box::new(ep))).await,
+            let dial = match shared.config.transport {
+                Transport::Native => Ok(Dial::Native(Box::new(NativeEndpoint::discovered(
+                    addr,
+                    shared.config.tls.srv,
+                )))),
+                Transport::Grpc => {
+                    let url = format!("{}://{addr}", shared.config.tls.srv_scheme());
+                    endpoint(url, shared.config.connect_timeout, &shared.config.tls)
+                        .map(|ep| Dial::Grpc(Box::new(ep)))
+                }
+            };
+            let result = match dial {
+                Ok(dial) => establish(shared, &dial).await,
                 Err(e) => Err(e),
             };
             match result {

@@ -157,6 +157,7 @@ pub use discovery::DNS_SERVER_ENV;
 pub use error::{Error, GatewayAttempt, Result, ServiceError};
 pub use headers::{Headers, TRACEPARENT, is_valid_traceparent, new_traceparent};
 pub use message::{Message, OutgoingMessage};
+pub use native::Transport;
 /// The string type of [`Message::subject`] and [`Message::reply_to`]: a UTF-8 slice of the
 /// buffer the message arrived in (it derefs to `&str`).
 pub use nexus_proto::ByteString;

@@ -29,6 +29,19 @@ pub(crate) const TLS_SCHEME: &str = "nexus+tls";
 /// The gateway's port when an address names none.
 const DEFAULT_PORT: u16 = 7422;
 
+/// The transport of a session: what a discovered gateway (`nexus+srv://`) is reached with.
+/// A direct address names its own: `http://`/`https://` is gRPC, `nexus+tcp://`/`nexus+tls://`
+/// the native transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// gRPC over HTTP/2, which every gateway and adapter speaks (the default).
+    #[default]
+    Grpc,
+    /// The native transport (docs/protocol.md §1.1): less CPU per message and less memory
+    /// per session, on the same port.
+    Native,
+}
+
 /// A gateway reached over the native transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NativeEndpoint {
@@ -120,6 +133,17 @@ fn parse_authority(addr: &str, authority: &str, tls: bool) -> Result<NativeEndpo
 }
 
 impl NativeEndpoint {
+    /// A discovered gateway at `addr`, over TLS when `tls`.
+    pub(crate) fn discovered(addr: std::net::SocketAddr, tls: bool) -> Self {
+        let scheme = if tls { TLS_SCHEME } else { TCP_SCHEME };
+        NativeEndpoint {
+            url: format!("{scheme}://{addr}"),
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            tls,
+        }
+    }
+
     /// Connects (and completes TLS) within `timeout`, and sends the preface.
     pub(crate) async fn connect(
         &self,

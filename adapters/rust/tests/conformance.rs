@@ -1073,6 +1073,7 @@ impl Runner {
                 };
                 let connect = || {
                     let mut b = Client::builder(&url)
+                        .transport(transport())
                         .api_key(key.clone())
                         .name(format!("conformance-{name}"))
                         .connect_timeout(Duration::from_secs(3))
@@ -1669,7 +1670,7 @@ impl Runner {
         let connect = |url: String| {
             let key = key.clone();
             async move {
-                let mut b = Client::builder(&url);
+                let mut b = Client::builder(&url).transport(transport());
                 if !key.is_empty() {
                     b = b.api_key(key);
                 }
@@ -1871,13 +1872,42 @@ async fn run_case(doc: &Json, case: &Json) -> Result<(), String> {
     for (_, c) in runner.clients.drain() {
         c.close().await;
     }
+    // Every session the first gateway opened came over the pass's transport (it may have
+    // been restarted, which restarts both counters). Checked before the clients closed
+    // would race their sessions; the counters only grow.
+    if result.is_ok()
+        && let (Ok(all), Ok(native)) = (
+            runner.env.metric("nexus_connections_opened_total", &[]),
+            runner.env.metric("nexus_native_sessions_opened_total", &[]),
+        )
+    {
+        let expected = if NATIVE.load(std::sync::atomic::Ordering::Relaxed) {
+            all
+        } else {
+            0.0
+        };
+        if native != expected {
+            result = Err(format!(
+                "{native} of the first gateway's {all} sessions came over the native transport; expected {expected}"
+            ));
+        }
+    }
     result
 }
 
 /// Whether this pass connects over the native transport (docs/protocol.md §1.1) instead of
-/// gRPC: every case runs over both. Discovered gateways (`nexus+srv://`) are always reached
-/// over gRPC.
+/// gRPC: every case runs over both, with direct addresses (`nexus+tcp://`, `nexus+tls://`)
+/// and discovered gateways (`ClientBuilder::transport`).
 static NATIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The transport for discovered gateways in the current pass.
+fn transport() -> nexus_client::Transport {
+    if NATIVE.load(std::sync::atomic::Ordering::Relaxed) {
+        nexus_client::Transport::Native
+    } else {
+        nexus_client::Transport::Grpc
+    }
+}
 
 /// The scheme of a direct gateway address in the current pass.
 pub(crate) fn scheme(tls: bool) -> &'static str {
