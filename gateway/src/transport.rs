@@ -158,6 +158,13 @@ impl AsyncWrite for GuardedStream {
     }
 }
 
+/// TCP keepalive of adapter connections: first probe after 30 s of silence, then every 10 s,
+/// closed after 3 unanswered probes.
+const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(30))
+    .with_interval(Duration::from_secs(10))
+    .with_retries(3);
+
 /// Settings of [`incoming`].
 pub struct TransportLimits {
     pub budget: Arc<AddressBudget>,
@@ -216,6 +223,10 @@ pub fn incoming(
                 };
                 // Small frames (acks, replies) must not wait on Nagle's algorithm.
                 let _ = io.set_nodelay(true);
+                // A peer that vanished without a FIN (a cable pulled, a host gone) is found
+                // within about a minute even while nothing is sent to it: gRPC connections
+                // also have HTTP/2 pings, native ones (crate::native) only this.
+                let _ = socket2::SockRef::from(&io).set_tcp_keepalive(&KEEPALIVE);
                 let state = Arc::new(ConnState {
                     active: AtomicU32::new(0),
                     idle_since_ms: AtomicU64::new(now_ms()),

@@ -155,6 +155,13 @@ impl NativeEndpoint {
                 .await
                 .map_err(|e| unavailable(format!("connecting to {}: {e}", self.url)))?;
             let _ = tcp.set_nodelay(true);
+            // A gateway that vanished without a FIN is found within about a minute even
+            // while the session is quiet (gRPC sessions have HTTP/2 pings for this).
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(30))
+                .with_interval(Duration::from_secs(10))
+                .with_retries(3);
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
             let mut stream = if self.tls {
                 tls.native_tls(tcp, &self.host, &self.url).await?
             } else {
