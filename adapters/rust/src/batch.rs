@@ -8,14 +8,24 @@
 //!
 //! The writer encodes each frame as it takes it, into the batch's bytes
 //! ([`pb::Batch::encoded`]): one pass over each frame, and no vector of frames to move them
-//! through.
+//! through. A plain publish arrives already encoded ([`Outgoing::Encoded`], written where the
+//! application called `publish`), and the writer only appends its bytes.
 
 use nexus_proto::v1 as pb;
+
+/// What a queued item carries.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Frame(pb::Frame),
+    /// One frame already encoded as a `Batch.frames` record (a publish whose payload is below
+    /// the compression threshold: nothing about it depends on the session).
+    Encoded(bytes::Bytes),
+}
 
 /// A frame waiting in the outbound queue.
 #[derive(Debug)]
 pub(crate) struct Outbound {
-    pub(crate) frame: pb::Frame,
+    pub(crate) frame: Outgoing,
     /// Session epoch the frame belongs to, or 0 if it may go out in any session. Frames of an
     /// older epoch (e.g. a request whose caller was already failed with `Disconnected`) are
     /// dropped by the writer instead of being sent on a new session.
@@ -25,15 +35,32 @@ pub(crate) struct Outbound {
 impl Outbound {
     pub(crate) fn any(kind: pb::frame::Kind) -> Self {
         Outbound {
-            frame: pb::Frame { kind: Some(kind) },
+            frame: Outgoing::Frame(pb::Frame { kind: Some(kind) }),
             epoch: 0,
         }
     }
 
     pub(crate) fn in_epoch(kind: pb::frame::Kind, epoch: u64) -> Self {
         Outbound {
-            frame: pb::Frame { kind: Some(kind) },
+            frame: Outgoing::Frame(pb::Frame { kind: Some(kind) }),
             epoch,
+        }
+    }
+
+    /// An encoded frame that may go out in any session.
+    pub(crate) fn encoded(bytes: bytes::Bytes) -> Self {
+        Outbound {
+            frame: Outgoing::Encoded(bytes),
+            epoch: 0,
+        }
+    }
+
+    /// The frame, when it is not encoded yet.
+    #[cfg(test)]
+    pub(crate) fn kind(&self) -> Option<&pb::frame::Kind> {
+        match &self.frame {
+            Outgoing::Frame(f) => f.kind.as_ref(),
+            Outgoing::Encoded(_) => None,
         }
     }
 }
@@ -71,12 +98,15 @@ impl Coalescer {
     }
 
     /// Adds a frame. A single frame larger than `max_bytes` still forms a batch of its own.
-    pub(crate) fn push(&mut self, frame: pb::Frame) {
+    pub(crate) fn push(&mut self, item: Outgoing) {
         if self.encoded.is_empty() {
             self.encoded
                 .reserve(self.last_len.min(self.limits.max_bytes));
         }
-        pb::Batch::encode_frame(&frame, &mut self.encoded);
+        match item {
+            Outgoing::Frame(frame) => pb::Batch::encode_frame(&frame, &mut self.encoded),
+            Outgoing::Encoded(bytes) => self.encoded.extend_from_slice(&bytes),
+        }
         self.frames += 1;
     }
 
@@ -102,7 +132,7 @@ impl Coalescer {
 
     /// Fills the batch from `next` (which returns immediately available frames) until it is
     /// full or `next` has nothing more.
-    pub(crate) fn fill(&mut self, mut next: impl FnMut() -> Option<pb::Frame>) {
+    pub(crate) fn fill(&mut self, mut next: impl FnMut() -> Option<Outgoing>) {
         while !self.is_full() {
             match next() {
                 Some(f) => self.push(f),
@@ -131,8 +161,8 @@ mod tests {
     fn drain(c: &mut Coalescer, q: &mut VecDeque<pb::Frame>) -> Vec<usize> {
         let mut sizes = Vec::new();
         while let Some(first) = q.pop_front() {
-            c.push(first);
-            c.fill(|| q.pop_front());
+            c.push(Outgoing::Frame(first));
+            c.fill(|| q.pop_front().map(Outgoing::Frame));
             sizes.push(c.take().into_frames().unwrap().len());
             assert!(c.is_empty());
         }
@@ -174,6 +204,21 @@ mod tests {
     }
 
     #[test]
+    fn encoded_frames_go_out_as_they_came() {
+        let mut c = Coalescer::new(BatchLimits {
+            max_frames: 8,
+            max_bytes: 1 << 20,
+        });
+        let mut pre = bytes::BytesMut::new();
+        pb::Batch::encode_frame(&pub_frame(7), &mut pre);
+        c.push(Outgoing::Frame(pub_frame(1)));
+        c.push(Outgoing::Encoded(pre.freeze()));
+        c.push(Outgoing::Frame(pub_frame(3)));
+        let frames = c.take().into_frames().unwrap();
+        assert_eq!(frames, [pub_frame(1), pub_frame(7), pub_frame(3)]);
+    }
+
+    #[test]
     fn order_is_preserved() {
         let mut c = Coalescer::new(BatchLimits {
             max_frames: 3,
@@ -182,8 +227,8 @@ mod tests {
         let mut q: VecDeque<_> = (1..=5).map(pub_frame).collect();
         let mut lens = Vec::new();
         while let Some(f) = q.pop_front() {
-            c.push(f);
-            c.fill(|| q.pop_front());
+            c.push(Outgoing::Frame(f));
+            c.fill(|| q.pop_front().map(Outgoing::Frame));
             for f in c.take().into_frames().unwrap() {
                 if let Some(pb::frame::Kind::Pub(p)) = f.kind {
                     lens.push(p.payload.len());

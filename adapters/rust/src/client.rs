@@ -20,6 +20,7 @@ use crate::discovery::{DNS_SERVER_ENV, Discovery, Target, choose_dns_server, par
 use crate::error::{Error, Result, ServiceError};
 use crate::headers::{Headers, TRACEPARENT};
 use crate::message::{Message, OutgoingMessage};
+use crate::native::Transport;
 use crate::service::Service;
 use crate::stream::{BiStream, StreamListener};
 use crate::subject::{
@@ -27,7 +28,6 @@ use crate::subject::{
     validate_subscribe_subject,
 };
 use crate::subscription::Subscription;
-use crate::native::Transport;
 use crate::tls::TlsSettings;
 
 /// Extra time the client waits beyond a request's timeout before giving up on its own (in
@@ -450,6 +450,42 @@ pub(crate) fn normalize_addr(addr: &str) -> String {
     }
 }
 
+/// Payloads from this size on are queued as frames and encoded by the writer, as before
+/// [`Client::encodes_early`]: copying a large payload into the early encoding and again into
+/// the batch would cost more than it saves.
+const EARLY_ENCODE_MAX: usize = 4 * 1024;
+
+/// Encodes a publish (with a fresh id) as one `Batch.frames` record, into a per-thread 16 KiB
+/// buffer that each record is cut from: the frame is never built, its subject and headers
+/// never allocated, and what moves through the outbound queue is one reference-counted
+/// slice. The writer appends the bytes to its batch.
+fn encode_pub(subject: &str, reply_to: &str, headers: &[pb::Header], payload: &[u8]) -> Bytes {
+    const CHUNK: usize = 16 * 1024;
+    thread_local! {
+        static BUF: std::cell::RefCell<bytes::BytesMut> =
+            std::cell::RefCell::new(bytes::BytesMut::new());
+    }
+    let id = ulid::Ulid::new().to_bytes();
+    let p = nexus_proto::hot_frames::PubRef {
+        subject,
+        reply_to,
+        headers,
+        payload,
+        id: &id,
+        ack_id: 0,
+    };
+    // The record's own key and two lengths take at most 12 bytes.
+    let need = p.encoded_len() + 12;
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.capacity() < need {
+            *buf = bytes::BytesMut::with_capacity(CHUNK.max(need));
+        }
+        pb::Batch::encode_pub(&p, &mut buf);
+        buf.split().freeze()
+    })
+}
+
 /// A fresh ULID as the 16 raw bytes the protocol carries. Ids are cut from a per-thread
 /// 4 KiB buffer, so each costs a reference count instead of an allocation and a free (a
 /// publish runs this for every message).
@@ -575,17 +611,34 @@ impl Client {
         validate_pub_subject(subject)?;
         let payload = payload.into();
         self.check_payload(payload.len())?;
-        let mut headers = Headers::with_capacity(1);
-        headers.ensure_traceparent();
-        self.enqueue(Outbound::any(Kind::Pub(pb::Pub {
-            subject: subject.into(),
-            reply_to: ByteString::new(),
-            headers: headers.into_inner(),
-            payload,
-            id: new_id(),
-            ack_id: 0,
-        })))
-        .await
+        let traceparent = pb::Header {
+            key: ByteString::from_static(crate::headers::TRACEPARENT),
+            value: crate::trace::outgoing(),
+        };
+        let headers = std::slice::from_ref(&traceparent);
+        let o = if self.encodes_early(payload.len()) {
+            Outbound::encoded(encode_pub(subject, "", headers, &payload))
+        } else {
+            Outbound::any(Kind::Pub(pb::Pub {
+                subject: subject.into(),
+                reply_to: ByteString::new(),
+                headers: vec![traceparent],
+                payload,
+                id: new_id(),
+                ack_id: 0,
+            }))
+        };
+        self.enqueue(o).await
+    }
+
+    /// Whether a publish of `len` payload bytes is encoded where it is made
+    /// ([`encode_pub`]) rather than by the writer: when nothing about it depends on the
+    /// session, i.e. its payload is below the compression threshold (compression uses the
+    /// codecs of the session it goes out in), and small enough that copying it twice costs
+    /// less than building the frame.
+    fn encodes_early(&self, len: usize) -> bool {
+        let policy = &self.shared().config.compression;
+        len < EARLY_ENCODE_MAX && (policy.codec.is_none() || len < policy.threshold.max(1))
     }
 
     /// Publishes a message with headers and/or a reply subject.
@@ -600,16 +653,32 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn publish_message(&self, msg: OutgoingMessage) -> Result<()> {
+        if self.encodes_early(msg.payload.len()) {
+            self.check_pub(&msg)?;
+            let mut headers = msg.headers;
+            headers.ensure_traceparent();
+            let bytes = encode_pub(
+                &msg.subject,
+                msg.reply_to.as_deref().unwrap_or_default(),
+                &headers.into_inner(),
+                &msg.payload,
+            );
+            return self.enqueue(Outbound::encoded(bytes)).await;
+        }
         let frame = self.pub_frame(msg, 0)?;
         self.enqueue(Outbound::any(frame)).await
     }
 
-    fn pub_frame(&self, msg: OutgoingMessage, ack_id: u64) -> Result<Kind> {
+    fn check_pub(&self, msg: &OutgoingMessage) -> Result<()> {
         validate_pub_subject(&msg.subject)?;
         if let Some(r) = &msg.reply_to {
             validate_reply_to(r)?;
         }
-        self.check_payload(msg.payload.len())?;
+        self.check_payload(msg.payload.len())
+    }
+
+    fn pub_frame(&self, msg: OutgoingMessage, ack_id: u64) -> Result<Kind> {
+        self.check_pub(&msg)?;
         let mut headers = msg.headers;
         headers.ensure_traceparent();
         Ok(Kind::Pub(pb::Pub {

@@ -43,7 +43,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
-use crate::batch::{BatchLimits, Coalescer, Outbound};
+use crate::batch::{BatchLimits, Coalescer, Outbound, Outgoing};
 use crate::client::{Client, ClientInner};
 use crate::credit::SendCredit;
 use crate::discovery::Discovery;
@@ -836,7 +836,10 @@ async fn write_loop(
         let codecs = shared.codecs.get();
         let mut keep = |o: Outbound| {
             (o.epoch == 0 || o.epoch == epoch).then(|| {
-                let mut frame = o.frame;
+                let mut frame = match o.frame {
+                    Outgoing::Frame(frame) => frame,
+                    encoded @ Outgoing::Encoded(_) => return encoded,
+                };
                 match &frame.kind {
                     Some(Kind::Reply(r)) if !r.reply_to.is_empty() => {
                         replied.push(r.reply_to.clone())
@@ -847,7 +850,7 @@ async fn write_loop(
                     _ => {}
                 }
                 crate::compression::encode_frame(&mut frame, policy, codecs);
-                frame
+                Outgoing::Frame(frame)
             })
         };
         let mut first = Some(first);

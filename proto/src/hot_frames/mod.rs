@@ -77,6 +77,24 @@ impl Batch {
         });
     }
 
+    /// Appends a `Frame` holding the publish `p` to `buf` as one encoded `frames` record: the
+    /// same bytes as [`Batch::encode_frame`] of that frame, written from borrowed fields (an
+    /// adapter encodes a publish this way where the application hands it over).
+    pub fn encode_pub(p: &PubRef<'_>, buf: &mut bytes::BytesMut) {
+        /// `Frame.pub`.
+        const FRAME_PUB: u32 = 5;
+        let pub_len = p.encoded_len();
+        let frame_len = key_len(FRAME_PUB) + encoded_len_varint(pub_len as u64) + pub_len;
+        let len = key_len(1) + encoded_len_varint(frame_len as u64) + frame_len;
+        append_exact(buf, len, |dst| {
+            encode_key(1, WireType::LengthDelimited, dst);
+            encode_varint(frame_len as u64, dst);
+            encode_key(FRAME_PUB, WireType::LengthDelimited, dst);
+            encode_varint(pub_len as u64, dst);
+            p.encode_raw(dst);
+        });
+    }
+
     /// Appends `frame` to `buf` as one encoded `frames` record, for [`Batch::encoded`].
     pub fn encode_frame(frame: &Frame, buf: &mut bytes::BytesMut) {
         let len = prost::Message::encoded_len(frame);
@@ -402,6 +420,38 @@ impl MsgRef<'_> {
         encode_bytes(5, self.payload, buf);
         encode_bytes(6, self.id, buf);
         encode_u32(7, self.deadline_ms, buf);
+    }
+}
+
+/// A `Pub` whose fields are borrowed, for encoding one without building it
+/// ([`Batch::encode_pub`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PubRef<'a> {
+    pub subject: &'a str,
+    pub reply_to: &'a str,
+    pub headers: &'a [Header],
+    pub payload: &'a [u8],
+    pub id: &'a [u8],
+    pub ack_id: u64,
+}
+
+impl PubRef<'_> {
+    pub fn encoded_len(&self) -> usize {
+        str_len(1, self.subject)
+            + str_len(2, self.reply_to)
+            + message::encoded_len_repeated(3, self.headers)
+            + bytes_len(4, self.payload)
+            + bytes_len(5, self.id)
+            + u64_len(6, self.ack_id)
+    }
+
+    pub fn encode_raw(&self, buf: &mut impl BufMut) {
+        encode_bytes(1, self.subject.as_bytes(), buf);
+        encode_bytes(2, self.reply_to.as_bytes(), buf);
+        message::encode_repeated(3, self.headers, buf);
+        encode_bytes(4, self.payload, buf);
+        encode_bytes(5, self.id, buf);
+        encode_u64(6, self.ack_id, buf);
     }
 }
 

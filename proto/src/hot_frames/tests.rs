@@ -188,6 +188,42 @@ fn a_msg_encoded_from_borrowed_fields_is_the_msg_frame() {
 }
 
 #[test]
+fn a_pub_encoded_from_borrowed_fields_is_the_pub_frame() {
+    for p in [
+        Pub::default(),
+        Pub {
+            subject: "orders.eu".into(),
+            reply_to: "_INBOX.7".into(),
+            headers: headers(),
+            payload: Bytes::from(vec![9u8; 300]),
+            id: Bytes::from_static(b"0123456789abcdef"),
+            ack_id: 1 << 40,
+        },
+    ] {
+        let borrowed = PubRef {
+            subject: &p.subject,
+            reply_to: &p.reply_to,
+            headers: &p.headers,
+            payload: &p.payload,
+            id: &p.id,
+            ack_id: p.ack_id,
+        };
+        let frame = Frame {
+            kind: Some(Kind::Pub(p.clone())),
+        };
+        let (mut by_ref, mut by_frame) = (bytes::BytesMut::new(), bytes::BytesMut::new());
+        Batch::encode_pub(&borrowed, &mut by_ref);
+        Batch::encode_frame(&frame, &mut by_frame);
+        assert_eq!(by_ref, by_frame);
+        let batch = Batch {
+            frames: Vec::new(),
+            encoded: by_ref.freeze(),
+        };
+        assert_eq!(batch.into_frames().unwrap(), [frame]);
+    }
+}
+
+#[test]
 fn a_batch_is_sized_once_from_its_frame_lengths() {
     let frame = |i: u64| Frame {
         kind: Some(Kind::Msg(Msg {

@@ -330,6 +330,7 @@ mod tests {
     /// A `Shared` with no connection behind it, and the receiving end of its control queue.
     fn shared() -> (Arc<Shared>, mpsc::UnboundedReceiver<Outbound>) {
         let config = Config {
+            transport: crate::native::Transport::Grpc,
             name: "test".into(),
             api_key: String::new(),
             request_timeout: Duration::from_secs(1),
@@ -394,7 +395,7 @@ mod tests {
     fn unsubs(ctl: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<u64> {
         let mut v = Vec::new();
         while let Ok(o) = ctl.try_recv() {
-            if let Some(Kind::Unsub(u)) = o.frame.kind {
+            if let Some(Kind::Unsub(u)) = o.kind() {
                 v.push(u.sid);
             }
         }
