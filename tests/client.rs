@@ -501,3 +501,31 @@ async fn the_rust_examples_run_against_a_gateway() {
         );
     }
 }
+
+/// A publisher's session caches which subscriptions its subjects match
+/// (gateway/src/router/match_cache.rs): subscriptions made and removed afterwards, by other
+/// sessions and with other patterns, are seen by its very next publish.
+#[tokio::test]
+async fn a_publishers_cached_matches_follow_subscriptions() {
+    let gw = Gateway::start();
+    let publisher = connect(&gw).await;
+    let other = connect(&gw).await;
+    assert_eq!(publisher.publish_acked("cache.x", "1").await.unwrap(), 0);
+    assert_eq!(publisher.publish_acked("cache.x", "2").await.unwrap(), 0);
+    let wide = other.subscribe("cache.*").await.unwrap();
+    assert_eq!(publisher.publish_acked("cache.x", "3").await.unwrap(), 1);
+    let exact = other.subscribe("cache.x").await.unwrap();
+    assert_eq!(publisher.publish_acked("cache.x", "4").await.unwrap(), 2);
+    wide.unsubscribe().await.unwrap();
+    other.flush().await.unwrap();
+    assert_eq!(publisher.publish_acked("cache.x", "5").await.unwrap(), 1);
+    exact.unsubscribe().await.unwrap();
+    other.flush().await.unwrap();
+    assert_eq!(publisher.publish_acked("cache.x", "6").await.unwrap(), 0);
+    // A member joining an existing group changes no table: it is found too.
+    let a = other.subscribe("cache.y").await.unwrap();
+    assert_eq!(publisher.publish_acked("cache.y", "7").await.unwrap(), 1);
+    let b = publisher.subscribe("cache.y").await.unwrap();
+    assert_eq!(publisher.publish_acked("cache.y", "8").await.unwrap(), 2);
+    drop((a, b));
+}

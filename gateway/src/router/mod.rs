@@ -19,6 +19,7 @@
 mod access;
 mod delivery;
 pub use delivery::Delivered;
+pub mod match_cache;
 mod requests;
 mod subscriptions;
 mod trace_hops;
@@ -121,6 +122,8 @@ pub struct Router {
     balancer_cfg: BalancerConfig,
     pub metrics: Arc<GatewayMetrics>,
     table: ArcSwap<SubjectTable<Arc<Group>>>,
+    /// Bumped after every new `table` is stored, for the sessions' [`match_cache`]s.
+    table_generation: AtomicU64,
     groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
     pending: Box<[Mutex<HashMap<u64, Pending>>]>,
     pending_count: AtomicU64,
@@ -177,6 +180,7 @@ impl Router {
             balancer_cfg,
             metrics,
             table: ArcSwap::from_pointee(SubjectTable::default()),
+            table_generation: AtomicU64::new(1),
             groups: Mutex::new(HashMap::new()),
             pending: (0..PENDING_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))

@@ -98,6 +98,8 @@ impl Router {
                 let table = self.table.load();
                 self.table
                     .store(Arc::new(table.insert(pattern, group.clone())));
+                self.table_generation
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 group
             }
         };
@@ -137,6 +139,8 @@ impl Router {
             let table = self.table.load();
             let (table, _) = table.remove(&group.pattern, |g| Arc::ptr_eq(g, group));
             self.table.store(Arc::new(table));
+            self.table_generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 

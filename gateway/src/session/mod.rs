@@ -17,6 +17,7 @@ use tonic::Status;
 
 use crate::connection::Connection;
 use crate::metrics::Limit;
+use crate::router::match_cache::MatchCache;
 use crate::router::{Completion, Member, Router, Subscription, error, frame};
 use crate::service::SessionAdmission;
 use crate::streams;
@@ -76,6 +77,9 @@ pub struct Session {
         mpsc::UnboundedReceiver<Completion>,
     )>,
     scratch: Vec<Arc<Member>>,
+    /// Which groups the subjects this session publishes to match
+    /// ([`crate::router::match_cache`]).
+    match_cache: MatchCache<Arc<crate::router::Group>>,
     held: VecDeque<HeldPublish>,
     /// Durable publishes stored or being stored whose Ack has not been queued yet.
     acks_in_flight: Arc<std::sync::atomic::AtomicUsize>,
@@ -112,6 +116,7 @@ impl Session {
             timers: None,
             completions: None,
             scratch: Vec::new(),
+            match_cache: MatchCache::default(),
             held: VecDeque::new(),
             acks_in_flight: Arc::default(),
             admission,

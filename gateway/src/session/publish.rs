@@ -241,7 +241,9 @@ impl Session {
             traced: traced.is_some(),
         };
         let ack_id = p.ack_id;
-        let mut outcome = self.router.offer(&delivery, &mut self.scratch);
+        let mut outcome =
+            self.router
+                .offer(&delivery, &mut self.scratch, Some(&mut self.match_cache));
         let stored = outcome.stored.take();
         let backlog = outcome.backlog.take();
         if stored.is_none() && self.held.is_empty() {
