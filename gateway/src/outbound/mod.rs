@@ -100,7 +100,12 @@ struct Filling {
 }
 
 enum Body {
-    Encoded { len: usize },
+    /// The newest batch: its frames are the first `len` bytes of [`Queue::encoded`].
+    Encoded {
+        len: usize,
+    },
+    /// An older batch, its bytes split off when the next batch began ([`Queue::seal`]).
+    Sealed(bytes::Bytes),
     Whole(Vec<Frame>),
 }
 
@@ -113,9 +118,12 @@ impl Filling {
     }
 
     fn has_room(&self, whole: bool) -> bool {
-        matches!(self.body, Body::Whole(_)) == whole
-            && self.frames < MAX_BATCH_FRAMES
-            && self.bytes < MAX_BATCH_BYTES
+        let same_kind = match self.body {
+            Body::Whole(_) => whole,
+            Body::Encoded { .. } => !whole,
+            Body::Sealed(_) => false,
+        };
+        same_kind && self.frames < MAX_BATCH_FRAMES && self.bytes < MAX_BATCH_BYTES
     }
 }
 
@@ -124,7 +132,11 @@ impl Filling {
 struct Queue {
     /// Oldest first.
     batches: VecDeque<Filling>,
-    /// The encoded frames of every `Body::Encoded` batch, in order.
+    /// The encoded frames of the newest batch, when it is `Body::Encoded`. Earlier batches
+    /// are sealed off it as the next one begins, so that growing it copies one batch at
+    /// most, never the whole queue: a queue that grew to megabytes in one buffer, and was
+    /// reallocated (and copied) at each doubling, left the allocator holding several times
+    /// the live data.
     encoded: BytesMut,
     /// The response stream, when it waits for frames.
     waker: Option<Waker>,
@@ -181,6 +193,9 @@ impl Queue {
 
     /// Counts a frame just encoded at the end of `encoded` (`len` bytes) in the newest batch.
     fn add_encoded(&mut self, len: usize, bytes: u32, permits: u32) {
+        if !self.batches.back().is_some_and(|b| b.has_room(false)) {
+            self.seal(len);
+        }
         let batch = self.newest(false);
         if let Body::Encoded { len: total } = &mut batch.body {
             *total += len;
@@ -188,11 +203,27 @@ impl Queue {
         batch.count(bytes, permits);
     }
 
+    /// Before a new batch begins: splits the encoded bytes of the newest batch, if it is
+    /// `Encoded`, off `encoded`, all but the `keep` bytes just encoded for the new one.
+    fn seal(&mut self, keep: usize) {
+        if let Some(Filling {
+            body: body @ Body::Encoded { .. },
+            ..
+        }) = self.batches.back_mut()
+        {
+            let len = self.encoded.len() - keep;
+            *body = Body::Sealed(self.encoded.split_to(len).freeze());
+        }
+    }
+
     /// The batch to add a frame to: the newest, or a new one when that is full or of the
     /// other kind.
     fn newest(&mut self, whole: bool) -> &mut Filling {
         let fits = self.batches.back().is_some_and(|b| b.has_room(whole));
         if !fits {
+            if whole {
+                self.seal(0);
+            }
             self.batches.push_back(Filling {
                 body: if whole {
                     Body::Whole(Vec::new())
@@ -214,6 +245,10 @@ impl Queue {
     fn take(&mut self) -> Option<Taken> {
         let filled = self.batches.pop_front()?;
         let batch = match filled.body {
+            Body::Sealed(encoded) => Batch {
+                frames: Vec::new(),
+                encoded,
+            },
             Body::Encoded { len } => {
                 self.last_len = len;
                 let encoded = self.encoded.split_to(len).freeze();

@@ -203,3 +203,55 @@ async fn close_yields_status_then_ends() {
         Err(EnqueueError::Closed)
     ));
 }
+
+/// Many batches queued at once, encoded ones around a frame queued whole: every frame comes
+/// out once, in order, in batches of at most `MAX_BATCH_FRAMES` (the encoded batches before
+/// the newest are sealed off the queue's buffer as the next one begins).
+#[tokio::test]
+async fn a_long_queue_keeps_order_across_sealed_batches() {
+    let (out, mut stream) = Outbound::new(u32::MAX);
+    let msg = |sid: u64, payload: &[u8]| {
+        let m = nexus_proto::v1::Msg {
+            sid,
+            subject: "q.s".into(),
+            payload: bytes::Bytes::copy_from_slice(payload),
+            ..Default::default()
+        };
+        (m.clone(), out.cost(m.payload.len()))
+    };
+    let n = MAX_BATCH_FRAMES as u64 * 3 + 7;
+    for sid in 0..n {
+        let (m, cost) = msg(sid, b"small");
+        out.try_send_msg(&m.as_ref(), cost).unwrap();
+    }
+    let big = vec![7u8; WHOLE_FRAME_PAYLOAD];
+    let (m, cost) = msg(n, &big);
+    assert_eq!(
+        out.try_send_msg(&m.as_ref(), cost),
+        Err(MsgUnqueued::AsFrame)
+    );
+    out.try_send(
+        Frame {
+            kind: Some(Kind::Msg(m)),
+        },
+        cost,
+    )
+    .unwrap();
+    for sid in n + 1..n + 10 {
+        let (m, cost) = msg(sid, b"after");
+        out.try_send_msg(&m.as_ref(), cost).unwrap();
+    }
+    drop(out);
+    let mut sids = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let frames = batch.unwrap().into_frames().unwrap();
+        assert!(frames.len() <= MAX_BATCH_FRAMES as usize);
+        for f in frames {
+            let Some(Kind::Msg(m)) = f.kind else {
+                panic!("only messages were queued")
+            };
+            sids.push(m.sid);
+        }
+    }
+    assert_eq!(sids, (0..n + 10).collect::<Vec<_>>());
+}
