@@ -48,6 +48,7 @@ impl FromStr for Target {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Target::Nexus(url) if url.starts_with("nexus+tcp://") => f.write_str(url),
             Target::Nexus(url) => write!(f, "nexus://{}", url.trim_start_matches("http://")),
             Target::Nats(url) => f.write_str(url),
         }
