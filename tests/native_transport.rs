@@ -33,9 +33,8 @@ async fn raw(gw: &Gateway, preface: bool, bytes: &[u8]) -> (RecordReader<TcpStre
 }
 
 fn clone_std(tcp: &TcpStream) -> std::net::TcpStream {
-    use std::os::fd::{AsFd, FromRawFd, IntoRawFd};
-    let owned = tcp.as_fd().try_clone_to_owned().unwrap();
-    let std = unsafe { std::net::TcpStream::from_raw_fd(owned.into_raw_fd()) };
+    use std::os::fd::AsFd;
+    let std = std::net::TcpStream::from(tcp.as_fd().try_clone_to_owned().unwrap());
     std.set_nonblocking(true).unwrap();
     std
 }

@@ -277,6 +277,14 @@ fn a_string_that_is_not_utf8_is_refused() {
     // Pub.subject (field 1, length-delimited) = 0xff 0xfe.
     let err = Pub::decode(&[0x0a, 0x02, 0xff, 0xfe][..]).unwrap_err();
     assert!(err.to_string().contains("not UTF-8"), "{err}");
+    // ASCII then a byte that is not, and valid text outside ASCII.
+    let err = Pub::decode(&[0x0a, 0x03, b'a', b'b', 0xc3][..]).unwrap_err();
+    assert!(err.to_string().contains("not UTF-8"), "{err}");
+    let p = Pub {
+        subject: "commandes.créées".into(),
+        ..Default::default()
+    };
+    assert_eq!(Pub::decode(&p.encode_to_vec()[..]).unwrap(), p);
     // A length past the end of the buffer.
     assert!(Pub::decode(&[0x0a, 0x09, b'a'][..]).is_err());
     // Unknown fields are skipped, as in generated code.
