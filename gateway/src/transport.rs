@@ -174,12 +174,12 @@ pub(crate) use delegate_async_write;
 
 delegate_async_write!(impl[] GuardedStream);
 
-/// TCP keepalive of adapter connections: first probe after 30 s of silence, then every 10 s,
-/// closed after 3 unanswered probes.
+/// TCP keepalive of adapter connections (the native transport's, which gRPC connections get
+/// too): `nexus_proto::native::KEEPALIVE_*`.
 const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
-    .with_time(Duration::from_secs(30))
-    .with_interval(Duration::from_secs(10))
-    .with_retries(3);
+    .with_time(nexus_proto::native::KEEPALIVE_IDLE)
+    .with_interval(nexus_proto::native::KEEPALIVE_INTERVAL)
+    .with_retries(nexus_proto::native::KEEPALIVE_RETRIES);
 
 /// Settings of [`incoming`].
 pub struct TransportLimits {

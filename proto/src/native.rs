@@ -27,6 +27,13 @@ use crate::v1::Batch;
 
 /// The ALPN protocol id of the native transport over TLS (the gateway offers it beside `h2`).
 pub const ALPN: &[u8] = b"nexus/1";
+/// TCP keepalive on native connections, both ends (docs/protocol.md §1.1; there are no
+/// HTTP/2 pings): the first probe after this much silence...
+pub const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// ...then one this often...
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// ...and the connection is closed after this many go unanswered.
+pub const KEEPALIVE_RETRIES: u32 = 3;
 /// What an adapter sends first on a native connection.
 pub const PREFACE: &[u8; 8] = b"NEXUS/1\n";
 /// The bytes before a record's body.

@@ -158,9 +158,9 @@ impl NativeEndpoint {
             // A gateway that vanished without a FIN is found within about a minute even
             // while the session is quiet (gRPC sessions have HTTP/2 pings for this).
             let keepalive = socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(30))
-                .with_interval(Duration::from_secs(10))
-                .with_retries(3);
+                .with_time(native::KEEPALIVE_IDLE)
+                .with_interval(native::KEEPALIVE_INTERVAL)
+                .with_retries(native::KEEPALIVE_RETRIES);
             let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
             let mut stream = if self.tls {
                 tls.native_tls(tcp, &self.host, &self.url).await?

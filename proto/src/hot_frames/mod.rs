@@ -65,16 +65,7 @@ impl Batch {
     pub fn encode_msg(msg: &MsgRef<'_>, buf: &mut bytes::BytesMut) {
         /// `Frame.msg`.
         const FRAME_MSG: u32 = 6;
-        let msg_len = msg.encoded_len();
-        let frame_len = key_len(FRAME_MSG) + encoded_len_varint(msg_len as u64) + msg_len;
-        let len = key_len(1) + encoded_len_varint(frame_len as u64) + frame_len;
-        append_exact(buf, len, |dst| {
-            encode_key(1, WireType::LengthDelimited, dst);
-            encode_varint(frame_len as u64, dst);
-            encode_key(FRAME_MSG, WireType::LengthDelimited, dst);
-            encode_varint(msg_len as u64, dst);
-            msg.encode_raw(dst);
-        });
+        append_frame_of(buf, FRAME_MSG, msg.encoded_len(), |dst| msg.encode_raw(dst));
     }
 
     /// Appends a `Frame` holding the publish `p` to `buf` as one encoded `frames` record: the
@@ -83,16 +74,7 @@ impl Batch {
     pub fn encode_pub(p: &PubRef<'_>, buf: &mut bytes::BytesMut) {
         /// `Frame.pub`.
         const FRAME_PUB: u32 = 5;
-        let pub_len = p.encoded_len();
-        let frame_len = key_len(FRAME_PUB) + encoded_len_varint(pub_len as u64) + pub_len;
-        let len = key_len(1) + encoded_len_varint(frame_len as u64) + frame_len;
-        append_exact(buf, len, |dst| {
-            encode_key(1, WireType::LengthDelimited, dst);
-            encode_varint(frame_len as u64, dst);
-            encode_key(FRAME_PUB, WireType::LengthDelimited, dst);
-            encode_varint(pub_len as u64, dst);
-            p.encode_raw(dst);
-        });
+        append_frame_of(buf, FRAME_PUB, p.encoded_len(), |dst| p.encode_raw(dst));
     }
 
     /// Appends `frame` to `buf` as one encoded `frames` record, for [`Batch::encoded`].
@@ -105,6 +87,25 @@ impl Batch {
             prost::Message::encode_raw(frame, dst);
         });
     }
+}
+
+/// Appends one `frames` record whose `Frame` holds, in its field `kind`, a message of `len`
+/// bytes that `write` encodes: the record's key and the two lengths, then the message.
+fn append_frame_of(
+    buf: &mut bytes::BytesMut,
+    kind: u32,
+    len: usize,
+    write: impl FnOnce(&mut &mut [u8]),
+) {
+    let frame_len = key_len(kind) + encoded_len_varint(len as u64) + len;
+    let total = key_len(1) + encoded_len_varint(frame_len as u64) + frame_len;
+    append_exact(buf, total, |dst| {
+        encode_key(1, WireType::LengthDelimited, dst);
+        encode_varint(frame_len as u64, dst);
+        encode_key(kind, WireType::LengthDelimited, dst);
+        encode_varint(len as u64, dst);
+        write(dst);
+    });
 }
 
 /// Appends the `len` bytes `write` puts into a slice of exactly that size: each write is a

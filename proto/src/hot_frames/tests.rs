@@ -175,16 +175,22 @@ fn a_msg_encoded_from_borrowed_fields_is_the_msg_frame() {
         let frame = Frame {
             kind: Some(Kind::Msg(msg.clone())),
         };
-        let (mut by_ref, mut by_frame) = (bytes::BytesMut::new(), bytes::BytesMut::new());
-        Batch::encode_msg(&msg.as_ref(), &mut by_ref);
-        Batch::encode_frame(&frame, &mut by_frame);
-        assert_eq!(by_ref, by_frame);
-        let batch = Batch {
-            frames: Vec::new(),
-            encoded: by_ref.freeze(),
-        };
-        assert_eq!(batch.into_frames().unwrap(), [frame]);
+        encodes_as(frame, |buf| Batch::encode_msg(&msg.as_ref(), buf));
     }
+}
+
+/// `encode` (from borrowed fields) writes the same bytes as encoding `frame`, and they decode
+/// back to it.
+fn encodes_as(frame: Frame, encode: impl FnOnce(&mut bytes::BytesMut)) {
+    let (mut by_ref, mut by_frame) = (bytes::BytesMut::new(), bytes::BytesMut::new());
+    encode(&mut by_ref);
+    Batch::encode_frame(&frame, &mut by_frame);
+    assert_eq!(by_ref, by_frame);
+    let batch = Batch {
+        frames: Vec::new(),
+        encoded: by_ref.freeze(),
+    };
+    assert_eq!(batch.into_frames().unwrap(), [frame]);
 }
 
 #[test]
@@ -211,15 +217,7 @@ fn a_pub_encoded_from_borrowed_fields_is_the_pub_frame() {
         let frame = Frame {
             kind: Some(Kind::Pub(p.clone())),
         };
-        let (mut by_ref, mut by_frame) = (bytes::BytesMut::new(), bytes::BytesMut::new());
-        Batch::encode_pub(&borrowed, &mut by_ref);
-        Batch::encode_frame(&frame, &mut by_frame);
-        assert_eq!(by_ref, by_frame);
-        let batch = Batch {
-            frames: Vec::new(),
-            encoded: by_ref.freeze(),
-        };
-        assert_eq!(batch.into_frames().unwrap(), [frame]);
+        encodes_as(frame, |buf| Batch::encode_pub(&borrowed, buf));
     }
 }
 
