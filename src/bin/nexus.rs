@@ -10,7 +10,8 @@ use nexus_gateway::GatewayConfig;
 /// another frees it, and glibc's cross-thread frees (`_int_free`, `malloc_consolidate`) were
 /// ~6 % of the gateway's instructions (docs/benchmarks.md). Built with `no_thp`: with
 /// transparent huge pages mimalloc's arenas fill 2 MiB at a time, and the gateway's resident
-/// memory grew by 25 MiB instead of < 12 MiB in the slow-consumer test (tests/protocol.rs).
+/// memory grew by 25 MiB instead of ~10 MiB over the slow-consumer test's first 20 MiB flood
+/// (tests/protocol.rs).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
