@@ -255,3 +255,35 @@ async fn a_long_queue_keeps_order_across_sealed_batches() {
     }
     assert_eq!(sids, (0..n + 10).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_batch_begun_at_a_seal_is_filled_without_reallocating() {
+    let mut queue = Queue::default();
+    let msg = |payload: usize| nexus_proto::v1::Msg {
+        sid: 1,
+        subject: "q.s".into(),
+        payload: bytes::Bytes::from(vec![7u8; payload]),
+        ..Default::default()
+    };
+    let (first, rest) = (msg(1000), msg(700));
+    // Batches of ~370 KB, larger than the capacity `BytesMut` remembers for a split buffer.
+    // The first batch grows from nothing (one larger frame, so that what is left of its
+    // buffer is less than a batch); the frame after it begins the second batch.
+    queue.push_msg(&first.as_ref(), 1000, 1);
+    for _ in 0..MAX_BATCH_FRAMES {
+        queue.push_msg(&rest.as_ref(), 700, 1);
+    }
+    assert_eq!(queue.batches.len(), 2);
+    assert!(matches!(queue.batches[0].body, Body::Sealed(_)));
+    // The second batch fills the buffer reserved when it began: its bytes never move.
+    let start = queue.encoded.as_ptr();
+    for _ in 1..MAX_BATCH_FRAMES {
+        queue.push_msg(&rest.as_ref(), 700, 1);
+        assert_eq!(
+            queue.encoded.as_ptr(),
+            start,
+            "the batch's buffer was reallocated"
+        );
+    }
+    assert_eq!(queue.batches.len(), 2);
+}
