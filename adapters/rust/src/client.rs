@@ -1,13 +1,12 @@
-//! [`Client`] and [`ClientBuilder`]: connecting, publishing, subscribing, requests and flush.
+//! [`Client`] and [`ClientBuilder`]: connecting, subscribing, flush, drain and close; publishing
+//! (`publish`), requests and replies (`request`) and streams (`streams`) are in the submodules.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use nexus_proto::ByteString;
 use nexus_proto::v1 as pb;
 use nexus_proto::v1::frame::Kind;
 use parking_lot::Mutex;
@@ -17,21 +16,18 @@ use tokio::task::JoinHandle;
 use crate::batch::{BatchLimits, Outbound};
 use crate::connection::{self, AckWaiter, Config, Gateways, Shared, SubEntry, SubKind};
 use crate::discovery::{DNS_SERVER_ENV, Discovery, Target, choose_dns_server, parse_target};
-use crate::error::{Error, Result, ServiceError};
-use crate::headers::{Headers, TRACEPARENT};
-use crate::message::{Message, OutgoingMessage};
+use crate::error::{Error, Result};
 use crate::native::Transport;
-use crate::service::Service;
-use crate::stream::{BiStream, StreamListener};
-use crate::subject::{
-    validate_pub_subject, validate_publish_subject, validate_queue_group, validate_reply_to,
-    validate_subscribe_subject,
-};
+use crate::subject::{validate_queue_group, validate_subscribe_subject};
 use crate::subscription::Subscription;
 use crate::tls::TlsSettings;
 
 mod builder;
+mod publish;
+mod request;
+mod streams;
 pub use builder::ClientBuilder;
+pub(crate) use request::reply_frame;
 
 /// Extra time the client waits beyond a request's timeout before giving up on its own (in
 /// case the gateway vanished without answering).
@@ -44,8 +40,8 @@ pub const DEFAULT_PUBLISH_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection to a Nexus gateway. Cheap to clone (all clones share one session).
 ///
 /// The session is closed by [`close`](Client::close), or when the last `Client` clone and the
-/// last handle created from it ([`Subscription`], [`Service`], [`BiStream`],
-/// [`StreamListener`], which each hold a clone) are dropped.
+/// last handle created from it ([`Subscription`], [`Service`](crate::Service), [`BiStream`](crate::BiStream),
+/// [`StreamListener`](crate::StreamListener), which each hold a clone) are dropped.
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<ClientInner>,
@@ -110,42 +106,6 @@ pub(crate) fn normalize_addr(addr: &str) -> String {
     } else {
         format!("http://{addr}")
     }
-}
-
-/// Payloads from this size on are queued as frames and encoded by the writer, as before
-/// [`Client::encodes_early`]: copying a large payload into the early encoding and again into
-/// the batch would cost more than it saves.
-const EARLY_ENCODE_MAX: usize = 4 * 1024;
-
-/// Encodes a publish (with a fresh id) as one `Batch.frames` record, into a per-thread 16 KiB
-/// buffer that each record is cut from: the frame is never built, its subject and headers
-/// never allocated, and what moves through the outbound queue is one reference-counted
-/// slice. The writer appends the bytes to its batch.
-fn encode_pub(subject: &str, reply_to: &str, headers: &[pb::Header], payload: &[u8]) -> Bytes {
-    const CHUNK: usize = 16 * 1024;
-    thread_local! {
-        static BUF: std::cell::RefCell<bytes::BytesMut> =
-            std::cell::RefCell::new(bytes::BytesMut::new());
-    }
-    let id = ulid::Ulid::new().to_bytes();
-    let p = nexus_proto::hot_frames::PubRef {
-        subject,
-        reply_to,
-        headers,
-        payload,
-        id: &id,
-        ack_id: 0,
-    };
-    // The record's own key and two lengths take at most 12 bytes.
-    let need = p.encoded_len() + 12;
-    BUF.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        if buf.capacity() < need {
-            *buf = bytes::BytesMut::with_capacity(CHUNK.max(need));
-        }
-        pb::Batch::encode_pub(&p, &mut buf);
-        buf.split().freeze()
-    })
 }
 
 /// A fresh ULID as the 16 raw bytes the protocol carries. Ids are cut from a per-thread
@@ -259,197 +219,6 @@ impl Client {
             }
             let _ = moving.wait_for(|m| !*m).await;
         }
-    }
-
-    /// Publishes `payload` on `subject` (fire and forget). Waits only if the outbound queue
-    /// is full. While disconnected, publishes queue up and are sent after reconnecting.
-    ///
-    /// ```no_run
-    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
-    /// client.publish("orders.created", "order #1").await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn publish(&self, subject: &str, payload: impl Into<Bytes>) -> Result<()> {
-        validate_pub_subject(subject)?;
-        let payload = payload.into();
-        self.check_payload(payload.len())?;
-        let traceparent = pb::Header {
-            key: ByteString::from_static(crate::headers::TRACEPARENT),
-            value: crate::trace::outgoing(),
-        };
-        let headers = std::slice::from_ref(&traceparent);
-        let o = if self.encodes_early(payload.len()) {
-            Outbound::encoded(encode_pub(subject, "", headers, &payload))
-        } else {
-            Outbound::any(Kind::Pub(pb::Pub {
-                subject: subject.into(),
-                reply_to: ByteString::new(),
-                headers: vec![traceparent],
-                payload,
-                id: new_id(),
-                ack_id: 0,
-            }))
-        };
-        self.enqueue(o).await
-    }
-
-    /// Whether a publish of `len` payload bytes is encoded where it is made
-    /// ([`encode_pub`]) rather than by the writer: when nothing about it depends on the
-    /// session, i.e. its payload is below the compression threshold (compression uses the
-    /// codecs of the session it goes out in), and small enough that copying it twice costs
-    /// less than building the frame.
-    fn encodes_early(&self, len: usize) -> bool {
-        let policy = &self.shared().config.compression;
-        len < EARLY_ENCODE_MAX && (policy.codec.is_none() || len < policy.threshold.max(1))
-    }
-
-    /// Publishes a message with headers and/or a reply subject.
-    ///
-    /// ```no_run
-    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
-    /// use nexus_client::OutgoingMessage;
-    /// let msg = OutgoingMessage::new("orders.created", "order #1")
-    ///     .with_header("x-tenant", "acme")
-    ///     .with_reply_to("orders.replies");
-    /// client.publish_message(msg).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn publish_message(&self, msg: OutgoingMessage) -> Result<()> {
-        if self.encodes_early(msg.payload.len()) {
-            self.check_pub(&msg)?;
-            let mut headers = msg.headers;
-            headers.ensure_traceparent();
-            let bytes = encode_pub(
-                &msg.subject,
-                msg.reply_to.as_deref().unwrap_or_default(),
-                &headers.into_inner(),
-                &msg.payload,
-            );
-            return self.enqueue(Outbound::encoded(bytes)).await;
-        }
-        let frame = self.pub_frame(msg, 0)?;
-        self.enqueue(Outbound::any(frame)).await
-    }
-
-    fn check_pub(&self, msg: &OutgoingMessage) -> Result<()> {
-        validate_pub_subject(&msg.subject)?;
-        if let Some(r) = &msg.reply_to {
-            validate_reply_to(r)?;
-        }
-        self.check_payload(msg.payload.len())
-    }
-
-    fn pub_frame(&self, msg: OutgoingMessage, ack_id: u64) -> Result<Kind> {
-        self.check_pub(&msg)?;
-        let mut headers = msg.headers;
-        headers.ensure_traceparent();
-        Ok(Kind::Pub(pb::Pub {
-            subject: msg.subject.into(),
-            reply_to: msg.reply_to.map(ByteString::from).unwrap_or_default(),
-            headers: headers.into_inner(),
-            payload: msg.payload,
-            id: new_id(),
-            ack_id,
-        }))
-    }
-
-    /// Publishes and waits until the gateway routed the message; returns how many
-    /// subscriptions received it. Fails with the gateway's refusal (e.g. [`Error::Limit`]).
-    ///
-    /// If the session is lost before the answer came, the publish is sent again on the next
-    /// session with the same message id, for up to
-    /// [`publish_retry_timeout`](ClientBuilder::publish_retry_timeout); the gateway
-    /// de-duplicates it on `async` and `sync` routes. When that time runs out the error is
-    /// [`Error::NotConfirmed`].
-    ///
-    /// ```no_run
-    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
-    /// match client.publish_acked("orders.created", "order #1").await {
-    ///     Ok(n) => println!("delivered to {n} subscriptions"),
-    ///     Err(nexus_client::Error::NotConfirmed { id, .. }) => eprintln!("{id} may not have arrived"),
-    ///     Err(e) => return Err(e),
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn publish_acked(&self, subject: &str, payload: impl Into<Bytes>) -> Result<u32> {
-        self.publish_message_acked(OutgoingMessage::new(subject, payload))
-            .await
-    }
-
-    /// [`publish_acked`](Self::publish_acked) for a full [`OutgoingMessage`].
-    pub async fn publish_message_acked(&self, msg: OutgoingMessage) -> Result<u32> {
-        Ok(self.publish_message_confirmed(msg).await?.delivered)
-    }
-
-    /// Like [`publish_message_acked`](Self::publish_message_acked), with everything the
-    /// gateway said about the message: local deliveries, and the other regions it was
-    /// forwarded to or spooled for.
-    pub async fn publish_message_confirmed(&self, msg: OutgoingMessage) -> Result<PublishOutcome> {
-        let subject = msg.subject.clone();
-        let Kind::Pub(publish) = self.pub_frame(msg, 0)? else {
-            unreachable!("pub_frame builds a Pub")
-        };
-        let budget = self.shared().config.publish_retry_timeout;
-        let started = tokio::time::Instant::now();
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let up = budget.is_zero() || self.is_connected() || {
-                let left = budget.saturating_sub(started.elapsed());
-                tokio::time::timeout(left, self.wait_connected())
-                    .await
-                    .is_ok()
-            };
-            let answer = if up {
-                self.publish_attempt(&publish, &subject).await
-            } else {
-                Err(Error::Disconnected)
-            };
-            match answer {
-                Err(Error::Disconnected) => {
-                    let elapsed = started.elapsed();
-                    if budget.is_zero() || elapsed >= budget {
-                        return Err(Error::NotConfirmed {
-                            subject,
-                            id: ulid::Ulid::from_bytes(
-                                publish.id[..].try_into().unwrap_or_default(),
-                            )
-                            .to_string(),
-                            attempts,
-                            elapsed,
-                            retry_timeout: budget,
-                        });
-                    }
-                }
-                other => {
-                    return other.map(|a| PublishOutcome {
-                        id: ulid::Ulid::from_bytes(publish.id[..].try_into().unwrap_or_default())
-                            .to_string(),
-                        delivered: a.delivered,
-                        forwarded_regions: a.forwarded_regions,
-                        spooled_regions: a.spooled_regions,
-                        duplicate: a.duplicate,
-                    });
-                }
-            }
-        }
-    }
-
-    /// One attempt of a confirmed publish: a fresh ack id, the same message (and id).
-    async fn publish_attempt(&self, publish: &pb::Pub, subject: &str) -> Result<pb::Ack> {
-        let ack_id = self.shared().next_id();
-        let frame = Kind::Pub(pb::Pub {
-            ack_id,
-            ..publish.clone()
-        });
-        let (tx, rx) = oneshot::channel();
-        let ((), epoch) = self
-            .register(|st| {
-                st.acks.insert(ack_id, AckWaiter::new(tx, None));
-            })
-            .await;
-        self.await_ack(ack_id, Outbound::in_epoch(frame, epoch), rx, subject)
-            .await
     }
 
     /// Waits until a session with a gateway is up (at once when it is).
@@ -598,278 +367,6 @@ impl Client {
         ))
     }
 
-    /// Sends a request and waits for one reply, using the default request timeout.
-    ///
-    /// ```no_run
-    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
-    /// match client.request("math.double", "21").await {
-    ///     Ok(reply) => println!("{:?}", reply.payload),
-    ///     Err(nexus_client::Error::NoResponders { .. }) => eprintln!("nobody serves math.double"),
-    ///     Err(e) => return Err(e),
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn request(&self, subject: &str, payload: impl Into<Bytes>) -> Result<Message> {
-        self.request_with(
-            subject,
-            Headers::new(),
-            payload.into(),
-            self.request_timeout(),
-        )
-        .await
-    }
-
-    /// Sends a request with headers and an explicit timeout (zero = the default). The reply's
-    /// `subject` is the request subject.
-    ///
-    /// ```no_run
-    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
-    /// use std::time::Duration;
-    /// use nexus_client::{Bytes, Headers};
-    /// let headers = Headers::new().with("x-tenant", "acme");
-    /// let reply = client
-    ///     .request_with("math.double", headers, Bytes::from("21"), Duration::from_millis(500))
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn request_with(
-        &self,
-        subject: &str,
-        headers: Headers,
-        payload: Bytes,
-        timeout: Duration,
-    ) -> Result<Message> {
-        validate_publish_subject(subject)?;
-        self.check_payload(payload.len())?;
-        let timeout = if timeout.is_zero() {
-            self.request_timeout()
-        } else {
-            timeout
-        };
-        let mut headers = headers;
-        headers.ensure_traceparent();
-        let req_id = self.shared().next_id();
-        let (tx, rx) = oneshot::channel();
-        let ((), epoch) = self
-            .register(|st| {
-                st.requests.insert(req_id, tx);
-            })
-            .await;
-        let frame = Kind::Req(pb::Req {
-            req_id,
-            subject: subject.into(),
-            headers: headers.into_inner(),
-            payload,
-            timeout_ms: duration_ms(timeout).max(1),
-            id: new_id(),
-        });
-        if let Err(e) = self.enqueue(Outbound::in_epoch(frame, epoch)).await {
-            self.shared().state.lock().requests.remove(&req_id);
-            return Err(e);
-        }
-        match tokio::time::timeout(timeout + CLIENT_GRACE, rx).await {
-            Ok(Ok(Ok(reply))) => match reply.error {
-                Some(e) if e.code != 0 || !e.message.is_empty() => {
-                    Err(Error::from_gateway(e, subject, timeout))
-                }
-                _ => Ok(Message::from_parts(
-                    subject.to_owned(),
-                    reply.headers,
-                    reply.payload,
-                )),
-            },
-            Ok(Ok(Err(f))) => Err(f.into_error(subject, timeout)),
-            Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => {
-                self.shared().state.lock().requests.remove(&req_id);
-                Err(Error::Timeout {
-                    subject: subject.to_owned(),
-                    after: timeout,
-                    detail: None,
-                })
-            }
-        }
-    }
-
-    /// Answers a request received on a subscription (a message with `reply_to`). The reply
-    /// carries the request's `traceparent`. [`serve`](Self::serve) does this for you.
-    ///
-    /// ```no_run
-    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
-    /// let mut sub = client.subscribe("time.now").await?;
-    /// while let Some(req) = sub.next_message().await {
-    ///     client.reply(&req, "12:00").await?;
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn reply(&self, request: &Message, payload: impl Into<Bytes>) -> Result<()> {
-        let reply_to = request.reply_to.clone().ok_or_else(|| Error::Invalid {
-            message: "message has no reply_to".into(),
-        })?;
-        let payload = payload.into();
-        self.check_payload(payload.len())?;
-        self.enqueue(Outbound::any(reply_frame(
-            request.traceparent(),
-            reply_to,
-            Ok(payload),
-        )))
-        .await
-    }
-
-    /// Refuses a request received on a subscription; the requester gets
-    /// [`Error::Service`] with `error.message`.
-    pub async fn reply_error(&self, request: &Message, error: ServiceError) -> Result<()> {
-        let reply_to = request.reply_to.clone().ok_or_else(|| Error::Invalid {
-            message: "message has no reply_to".into(),
-        })?;
-        self.enqueue(Outbound::any(reply_frame(
-            request.traceparent(),
-            reply_to,
-            Err(error),
-        )))
-        .await
-    }
-
-    /// Subscribes to `subject` (optionally in a queue group) and answers every request with
-    /// `handler`, running handlers concurrently on spawned tasks (at most
-    /// [`max_concurrent_handlers`](ClientBuilder::max_concurrent_handlers) at once).
-    /// `Ok(payload)` is sent as the reply, `Err(ServiceError)` as a refusal; a panicking
-    /// handler is reported as a refusal too. Messages without `reply_to` run the handler and
-    /// the result is discarded. Runs until [`Service::stop`] or the `Service` is dropped.
-    ///
-    /// ```no_run
-    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
-    /// use nexus_client::ServiceError;
-    /// let svc = client
-    ///     .serve("math.double", Some("math"), |m| async move {
-    ///         let n: u64 = std::str::from_utf8(&m.payload)
-    ///             .ok()
-    ///             .and_then(|s| s.parse().ok())
-    ///             .ok_or_else(|| ServiceError::new("not a number"))?;
-    ///         Ok((n * 2).to_string().into())
-    ///     })
-    ///     .await?;
-    /// // ... later
-    /// svc.stop().await;
-    /// # Ok(()) }
-    /// ```
-    pub async fn serve<F, Fut>(
-        &self,
-        subject: &str,
-        queue_group: Option<&str>,
-        handler: F,
-    ) -> Result<Service>
-    where
-        F: Fn(Message) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = std::result::Result<Bytes, ServiceError>> + Send + 'static,
-    {
-        let group = queue_group.unwrap_or("");
-        if queue_group.is_some() {
-            validate_queue_group(group)?;
-        }
-        let sub = self.subscribe_inner(subject, group).await?;
-        Ok(Service::start(self.clone(), sub, handler))
-    }
-
-    /// Opens a bidirectional stream to one responder listening on `subject`. Returns once the
-    /// responder accepted (first credit, data or close), or fails with
-    /// [`Error::NoResponders`] / [`Error::Timeout`].
-    ///
-    /// ```no_run
-    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
-    /// let (mut tx, mut rx) = client.open_stream("upper").await?.split();
-    /// tx.send("hello").await?;
-    /// tx.finish().await?;
-    /// while let Some(frame) = rx.recv().await {
-    ///     println!("{:?}", frame?.payload);
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn open_stream(&self, subject: &str) -> Result<BiStream> {
-        self.open_stream_with(subject, Headers::new()).await
-    }
-
-    /// [`open_stream`](Self::open_stream) with headers (delivered to the acceptor).
-    pub async fn open_stream_with(&self, subject: &str, headers: Headers) -> Result<BiStream> {
-        validate_publish_subject(subject)?;
-        self.check_open()?;
-        let mut headers = headers;
-        headers.ensure_traceparent();
-        let id = self.shared().next_id();
-        let window = self.shared().config.stream_window;
-        let (opened_tx, opened_rx) = oneshot::channel();
-        let (stream, epoch) = self
-            .register(|st| {
-                let epoch = st.epoch;
-                let (stream, entry) = BiStream::new_parts(
-                    self.clone(),
-                    id,
-                    subject.to_owned(),
-                    headers.clone(),
-                    0,
-                    window,
-                    epoch,
-                    Some(opened_tx),
-                );
-                st.streams.insert(id, entry);
-                stream
-            })
-            .await;
-        let frame = Kind::StreamOpen(pb::StreamOpen {
-            stream_id: id,
-            subject: subject.to_owned(),
-            headers: headers.into_inner(),
-            credits: window,
-            sid: 0,
-        });
-        self.enqueue(Outbound::in_epoch(frame, epoch)).await?;
-        let t = self.request_timeout();
-        match tokio::time::timeout(t, opened_rx).await {
-            Ok(Ok(Ok(()))) => Ok(stream),
-            Ok(Ok(Err(f))) => Err(f.into_error(subject, t)),
-            Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => Err(Error::Timeout {
-                subject: subject.to_owned(),
-                after: t,
-                detail: None,
-            }),
-        }
-    }
-
-    /// Accepts streams opened on `subject` (optionally balanced within a queue group).
-    ///
-    /// ```no_run
-    /// # async fn demo(client: nexus_client::Client) -> nexus_client::Result<()> {
-    /// let mut listener = client.listen_streams("upper", None).await?;
-    /// while let Some(mut stream) = listener.accept().await {
-    ///     tokio::spawn(async move {
-    ///         while let Some(Ok(frame)) = stream.recv().await {
-    ///             let _ = stream.send(frame.payload.to_ascii_uppercase()).await;
-    ///         }
-    ///         let _ = stream.finish().await;
-    ///     });
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn listen_streams(
-        &self,
-        subject: &str,
-        queue_group: Option<&str>,
-    ) -> Result<StreamListener> {
-        let group = queue_group.unwrap_or("");
-        if queue_group.is_some() {
-            validate_queue_group(group)?;
-        }
-        let (tx, rx) = mpsc::channel(self.shared().config.listener_backlog);
-        let (sid, _) = self.add_sub(subject, group, SubKind::Streams(tx)).await?;
-        Ok(StreamListener::new(
-            self.clone(),
-            sid,
-            subject.to_owned(),
-            rx,
-        ))
-    }
-
     /// Waits until everything queued before this call has been handed to the transport and
     /// processed by the gateway (a Ping/Pong round trip behind it). While disconnected it
     /// waits for the reconnect; it has no timeout of its own.
@@ -985,41 +482,6 @@ impl Client {
         if let Some(task) = task {
             let _ = task.await;
         }
-    }
-}
-
-/// Builds the Reply (or Nack) frame answering `request`.
-pub(crate) fn reply_frame(
-    traceparent: Option<&str>,
-    reply_to: ByteString,
-    result: std::result::Result<Bytes, ServiceError>,
-) -> Kind {
-    match result {
-        Ok(payload) => {
-            let headers = match traceparent {
-                Some(tp) => vec![pb::Header {
-                    key: ByteString::from_static(TRACEPARENT),
-                    value: tp.into(),
-                }],
-                None => Vec::new(),
-            };
-            Kind::Reply(pb::Reply {
-                req_id: 0,
-                reply_to,
-                headers,
-                payload,
-                error: None,
-            })
-        }
-        Err(e) => Kind::Nack(pb::Nack {
-            ack_id: 0,
-            reply_to: reply_to.to_string(),
-            error: Some(pb::Error {
-                code: pb::ErrorCode::ServiceError as i32,
-                message: e.message,
-                ref_id: 0,
-            }),
-        }),
     }
 }
 

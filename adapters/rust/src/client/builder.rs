@@ -124,14 +124,14 @@ impl ClientBuilder {
         self
     }
 
-    /// Incoming streams buffered per [`StreamListener`] before new ones are refused
+    /// Incoming streams buffered per [`StreamListener`](crate::StreamListener) before new ones are refused
     /// (default 256).
     pub fn listener_backlog(mut self, n: usize) -> Self {
         self.listener_backlog = n.max(1);
         self
     }
 
-    /// Most handler invocations running at once per [`Service`] (default 1024).
+    /// Most handler invocations running at once per [`Service`](crate::Service) (default 1024).
     pub fn max_concurrent_handlers(mut self, n: usize) -> Self {
         self.max_concurrent_handlers = n.max(1);
         self
