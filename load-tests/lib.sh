@@ -6,11 +6,8 @@
 #   NEXUS  the scheme Nexus targets use: `nexus+tcp` (the native transport, the default) or
 #          `nexus` (gRPC); set NEXUS_TRANSPORT=grpc to measure the gRPC path
 
-case "${NEXUS_TRANSPORT:-native}" in
-  native) NEXUS=nexus+tcp ;;
-  grpc) NEXUS=nexus ;;
-  *) echo "NEXUS_TRANSPORT=$NEXUS_TRANSPORT: use native or grpc" >&2; exit 2 ;;
-esac
+# shellcheck source=load-tests/scheme.sh
+. "$(dirname "${BASH_SOURCE[0]}")/scheme.sh"
 WORK="$(mktemp -d)"
 PIDS=()
 cleanup() {

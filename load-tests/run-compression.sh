@@ -17,9 +17,12 @@
 # Mbit/s), PAYLOAD (bytes, default 8192), DURATION (s, default 5), PACED_RATE (msgs/s,
 # default 1000), PROFILE (debug or
 # release, default debug: the release build is cold and takes ~50 min on 2 cores),
-# OUT (default docs/benchmarks.md).
+# OUT (default docs/benchmarks.md). The adapters connect over the native transport
+# (NEXUS_TRANSPORT=grpc for gRPC).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=load-tests/scheme.sh
+. load-tests/scheme.sh
 
 DELAY_MS="${DELAY_MS:-20}"
 RATE_KBPS="${RATE_KBPS:-20000}"
@@ -106,7 +109,7 @@ run() {
     before="$(curl -sf "$ctl/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["bytes_to_target"])')"
     curl -sf "http://$west_metrics/metrics" >"$WORK/$name-$mode.before"
     NEXUS_LOAD_FILLER=json NEXUS_LOAD_COMPRESSION="$adapter" "$BIN/nexus-load" pubsub \
-      --target "nexus://$west" --remote "nexus://$east" --duration "$DURATION" \
+      --target "$NEXUS://$west" --remote "$NEXUS://$east" --duration "$DURATION" \
       --payload "$PAYLOAD" "${extra[@]}" --json-out "$WORK/$name-$mode.json" >"$WORK/$name-$mode.md"
     after="$(curl -sf "$ctl/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["bytes_to_target"])')"
     curl -sf "http://$west_metrics/metrics" >"$WORK/$name-$mode.after"

@@ -69,7 +69,7 @@ done
 RTT="$(curl -sf "http://$WEST_METRICS/v1/status" | sed -E 's/.*"rtt_ms":([0-9.]+).*/\1/')"
 echo "us-east $EAST, eu-west $WEST, emulator $WAN -> $EAST_FED, link RTT ${RTT} ms" >&2
 
-common=(--target "nexus://$WEST" --remote "nexus://$EAST" --duration "$DURATION" --payload "$PAYLOAD")
+common=(--target "$NEXUS://$WEST" --remote "$NEXUS://$EAST" --duration "$DURATION" --payload "$PAYLOAD")
 step "pub/sub 1:1 eu-west -> us-east, as fast as possible"
 "$BIN/nexus-load" pubsub "${common[@]}" --json-out "$WORK/pubsub.json" | tee "$WORK/pubsub.md"
 step "pub/sub 1:1 eu-west -> us-east, paced at ${PACED_RATE}/s"
