@@ -207,6 +207,9 @@ pub async fn start(cfg: ControlPlaneConfig) -> Result<RunningControlPlane, Serve
         );
         crate::admin_auth::bootstrap(&audited, cfg.admin_key_file.as_deref()).await?;
     }
+    // The trail's bounds hold before the first request: a bound lowered at a restart prunes
+    // the oldest records now, not moments after the API answers.
+    crate::audit::retention::prune_logged(&*store, cfg.audit_retention).await;
     tokio::spawn(crate::audit::retention::run(
         store.clone(),
         cfg.audit_retention,

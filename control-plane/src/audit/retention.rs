@@ -1,7 +1,8 @@
 //! How much of the trail is kept. The count bound is kept exactly at every append (the record
 //! `max_records` older than the new one is deleted in the same transaction); the age bound,
-//! and a count bound lowered since records were written, are applied by [`run`] at start and
-//! every [`PRUNE_INTERVAL`]. Pruning removes only the oldest records, so what remains is
+//! and a count bound lowered since records were written, are applied at start by
+//! [`prune_logged`], before the control plane serves (so no one reads a trail longer than its
+//! bound allows), then every [`PRUNE_INTERVAL`] by [`run`]. Pruning removes only the oldest records, so what remains is
 //! always a gapless run of sequence numbers ending at the newest.
 
 use std::time::Duration;
@@ -81,17 +82,23 @@ pub async fn prune(store: &dyn Store, retention: Retention) -> Result<u64, Admin
     Ok(removed)
 }
 
-/// Prunes at start and every [`PRUNE_INTERVAL`] until `stop`.
+/// [`prune`], logging what it removed or why it failed (the next pass tries again).
+pub async fn prune_logged(store: &dyn Store, retention: Retention) {
+    match prune(store, retention).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "audit trail pruned to its retention bound"),
+        Err(e) => tracing::warn!(error = %e, "audit trail pruning failed; retrying later"),
+    }
+}
+
+/// Prunes every [`PRUNE_INTERVAL`] until `stop`; the first pass is the caller's, at start
+/// ([`prune_logged`]).
 pub async fn run(store: std::sync::Arc<dyn Store>, retention: Retention, stop: CancellationToken) {
     loop {
-        match prune(&*store, retention).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "audit trail pruned to its retention bound"),
-            Err(e) => tracing::warn!(error = %e, "audit trail pruning failed; retrying later"),
-        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
         }
+        prune_logged(&*store, retention).await;
     }
 }
