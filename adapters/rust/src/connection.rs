@@ -61,7 +61,7 @@ mod inbound;
 pub(crate) use backoff::Backoff;
 pub(crate) use establish::{Dial, endpoint};
 use establish::{Session, SessionTx, establish};
-use inbound::handle_frame;
+use inbound::{handle_frame, route_frame};
 
 /// Protocol version spoken by this adapter.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
@@ -587,7 +587,9 @@ async fn run_session(
             match inbound.message().await {
                 Ok(Some(batch)) => {
                     for f in batch.frames {
-                        handle_frame(shared, f).await;
+                        if let Some(full) = route_frame(shared, f) {
+                            full.deliver().await;
+                        }
                     }
                 }
                 // After a GoAway the writer half-closed the session; the gateway ends it.

@@ -20,13 +20,36 @@ fn on_go_away(shared: &Shared, g: pb::GoAway) {
     shared.moving.send_replace(true);
 }
 
-/// Routes one inbound frame.
+/// A delivery whose subscription's buffer was full: the reader waits on it, which
+/// backpressures the gateway.
+pub(super) struct FullSubscription {
+    tx: mpsc::Sender<Message>,
+    msg: Message,
+}
+
+impl FullSubscription {
+    /// Waits for room in the subscription's buffer (or for it to close).
+    pub(super) async fn deliver(self) {
+        let _ = self.tx.send(self.msg).await;
+    }
+}
+
+/// Routes one inbound frame, waiting when its subscription's buffer is full.
 pub(super) async fn handle_frame(shared: &Arc<Shared>, frame: pb::Frame) {
+    if let Some(full) = route_frame(shared, frame) {
+        full.deliver().await;
+    }
+}
+
+/// Routes one inbound frame without waiting; a delivery to a full subscription is handed
+/// back to wait on. Not `async`, so that the frame is matched where it lies rather than
+/// moved into a future first (each move is a copy of ~170 bytes, on every message).
+pub(super) fn route_frame(shared: &Arc<Shared>, frame: pb::Frame) -> Option<FullSubscription> {
     match frame.kind {
         Some(Kind::Msg(mut m)) => {
             let max = shared.max_payload.load(Ordering::Relaxed);
             match crate::compression::decode(&mut m.headers, &mut m.payload, max) {
-                Ok(()) => deliver(shared, m).await,
+                Ok(()) => return deliver(shared, m),
                 Err(e) => {
                     warn!(sid = m.sid, subject = %m.subject, error = %e, "nexus: dropped a message whose compressed payload cannot be decoded")
                 }
@@ -81,7 +104,7 @@ pub(super) async fn handle_frame(shared: &Arc<Shared>, frame: pb::Frame) {
             let max = shared.max_payload.load(Ordering::Relaxed);
             if let Err(e) = crate::compression::decode(&mut d.headers, &mut d.payload, max) {
                 warn!(stream = d.stream_id, error = %e, "nexus: dropped stream data whose compressed payload cannot be decoded");
-                return;
+                return None;
             }
             let mut st = shared.state.lock();
             if let Some(e) = st.streams.get_mut(&d.stream_id) {
@@ -117,42 +140,45 @@ pub(super) async fn handle_frame(shared: &Arc<Shared>, frame: pb::Frame) {
         Some(other) => debug!(frame = ?other, "nexus: ignoring unexpected frame"),
         None => {}
     }
+    None
 }
 
-async fn deliver(shared: &Shared, m: pb::Msg) {
+/// Hands a delivered message to its subscription; `Some` when the subscription's buffer is
+/// full and the message waits for room.
+fn deliver(shared: &Shared, m: pb::Msg) -> Option<FullSubscription> {
     let sid = m.sid;
-    let (tx, msg) = {
-        let mut st = shared.state.lock();
-        if !m.reply_to.is_empty() && m.deadline_ms > 0 {
-            let deadline =
-                tokio::time::Instant::now() + Duration::from_millis(u64::from(m.deadline_ms));
-            st.owed.insert(m.reply_to.clone(), deadline);
+    let mut st = shared.state.lock();
+    if !m.reply_to.is_empty() && m.deadline_ms > 0 {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(u64::from(m.deadline_ms));
+        st.owed.insert(m.reply_to.clone(), deadline);
+    }
+    match st.subs.get(&sid) {
+        Some(SubEntry {
+            kind: SubKind::Messages(tx),
+            ..
+        }) => match tx.try_send(Message::from_msg(m)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+            // The subscription's buffer is full: the reader waits, which backpressures the
+            // gateway.
+            Err(mpsc::error::TrySendError::Full(msg)) => Some(FullSubscription {
+                tx: tx.clone(),
+                msg,
+            }),
+        },
+        Some(_) => {
+            debug!(sid, "nexus: message for a stream listener ignored");
+            None
         }
-        match st.subs.get(&sid) {
-            Some(SubEntry {
-                kind: SubKind::Messages(tx),
-                ..
-            }) => match tx.try_send(Message::from_msg(m)) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(msg)) => (tx.clone(), msg),
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-            },
-            Some(_) => {
-                debug!(sid, "nexus: message for a stream listener ignored");
-                return;
+        None => {
+            let unsub = shared.unknown_sid(&mut st, sid);
+            drop(st);
+            if let Some(o) = unsub {
+                shared.send_ctl(o);
             }
-            None => {
-                let unsub = shared.unknown_sid(&mut st, sid);
-                drop(st);
-                if let Some(o) = unsub {
-                    shared.send_ctl(o);
-                }
-                return;
-            }
+            None
         }
-    };
-    // The subscription's buffer is full: wait, which backpressures the gateway.
-    let _ = tx.send(msg).await;
+    }
 }
 
 fn on_ack(shared: &Shared, a: pb::Ack) {
