@@ -3,8 +3,7 @@
 #
 #   WORK   a fresh temporary directory, removed on exit
 #   PIDS   add every process started in the background; each is killed and reaped on exit
-#   NEXUS  the scheme Nexus targets use: `nexus+tcp` (the native transport, the default) or
-#          `nexus` (gRPC); set NEXUS_TRANSPORT=grpc to measure the gRPC path
+#   NEXUS  the scheme Nexus targets use, from load-tests/scheme.sh (NEXUS_TRANSPORT)
 
 # shellcheck source=load-tests/scheme.sh
 . "$(dirname "${BASH_SOURCE[0]}")/scheme.sh"

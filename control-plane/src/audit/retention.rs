@@ -2,8 +2,8 @@
 //! `max_records` older than the new one is deleted in the same transaction); the age bound,
 //! and a count bound lowered since records were written, are applied at start by
 //! [`prune_logged`], before the control plane serves (so no one reads a trail longer than its
-//! bound allows), then every [`PRUNE_INTERVAL`] by [`run`]. Pruning removes only the oldest records, so what remains is
-//! always a gapless run of sequence numbers ending at the newest.
+//! bound allows), then every [`PRUNE_INTERVAL`] by [`run`]. Pruning removes only the oldest
+//! records, so what remains is always a gapless run of sequence numbers ending at the newest.
 
 use std::time::Duration;
 

@@ -158,8 +158,6 @@ struct Taken {
 }
 
 impl Queue {
-    /// Appends `frame` to the newest batch, or to a new one when that is full or of the
-    /// other kind.
     /// Makes room for a batch like the last one when `encoded` starts a new one.
     fn reserve(&mut self) {
         if self.encoded.is_empty() {
@@ -168,6 +166,8 @@ impl Queue {
         }
     }
 
+    /// Appends `frame` to the newest batch, or to a new one when that is full or of the
+    /// other kind.
     fn push(&mut self, frame: Frame, whole: bool, bytes: u32, permits: u32) {
         if whole {
             let batch = self.newest(true);
@@ -213,12 +213,15 @@ impl Queue {
         {
             let len = self.encoded.len() - keep;
             *body = Body::Sealed(self.encoded.split_to(len).freeze());
-            // The new batch gets a buffer the size of the one just sealed now, copying only
-            // the `keep` bytes, instead of growing by doubling from what was left of the old
-            // allocation and copying itself at every step (at saturation that was ~300
-            // instructions per message in `reserve`).
+            // A new encoded batch gets a buffer the size of the one just sealed now, copying
+            // only the `keep` bytes, instead of growing by doubling from what was left of the
+            // old allocation and copying itself at every step (at saturation that was ~300
+            // instructions per message in `reserve`). When nothing was kept (a batch of
+            // whole frames begins), `reserve` sizes the buffer when an encoded frame comes.
             self.last_len = len;
-            self.encoded.reserve(len.min(MAX_BATCH_BYTES as usize));
+            if keep > 0 {
+                self.encoded.reserve(len.min(MAX_BATCH_BYTES as usize));
+            }
         }
     }
 
