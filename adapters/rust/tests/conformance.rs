@@ -18,14 +18,20 @@ use nexus_client::{Bytes, Client, Error, Headers, Message, OutgoingMessage, Subs
 #[path = "conformance/relay.rs"]
 mod relay;
 
+#[path = "conformance/checks.rs"]
+mod checks;
 #[path = "conformance/environment.rs"]
 mod environment;
+#[path = "conformance/failover.rs"]
+mod failover;
 #[path = "conformance/json.rs"]
 mod json;
 #[path = "conformance/runner.rs"]
 mod runner;
 
+use checks::*;
 use environment::*;
+use failover::*;
 use json::*;
 use runner::*;
 
