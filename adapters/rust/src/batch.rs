@@ -1,33 +1,25 @@
 //! Outbound frame batching.
 //!
-//! Every API call turns into one or more frames pushed onto the bounded outbound queue. A
-//! single writer task drains that queue: it waits for the first frame, then takes whatever
-//! else is *immediately* available until the batch reaches [`BatchLimits`] (frames or encoded
-//! bytes), and sends the batch. A batch is therefore flushed as soon as the queue goes idle
-//! (no added latency) or when it is full (bounded size).
+//! Every API call turns into one or more frames in the outbound queue
+//! ([`crate::queue`]). A single writer task drains it: it waits until something is queued,
+//! then takes whatever is there (control frames first) until the batch reaches
+//! [`BatchLimits`] (frames or encoded bytes), and sends the batch. A batch is therefore
+//! flushed as soon as the queue goes idle (no added latency) or when it is full (bounded
+//! size).
 //!
-//! The writer encodes each frame as it takes it, into the batch's bytes
+//! The [`Coalescer`] encodes each frame as it takes it, into the batch's bytes
 //! ([`pb::Batch::encoded`]): one pass over each frame, and no vector of frames to move them
-//! through. A plain publish arrives already encoded ([`Outgoing::Encoded`], written where the
-//! application called `publish`), and the writer only appends its bytes.
+//! through. Plain publishes arrive already encoded, as chunks of records the queue wrote
+//! them into; a batch that is one chunk is sent as that chunk, without a copy.
 
+use bytes::BytesMut;
 use nexus_proto::v1 as pb;
-
-/// What a queued item carries.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    /// Boxed, so that the queue moves 40 bytes per item rather than a frame's 170: most
-    /// items are publishes, which arrive encoded.
-    Frame(Box<pb::Frame>),
-    /// One frame already encoded as a `Batch.frames` record (a publish whose payload is below
-    /// the compression threshold: nothing about it depends on the session).
-    Encoded(bytes::Bytes),
-}
 
 /// A frame waiting in the outbound queue.
 #[derive(Debug)]
 pub(crate) struct Outbound {
-    pub(crate) frame: Outgoing,
+    /// Boxed, so that moving an item moves a pointer rather than a frame's 170 bytes.
+    pub(crate) frame: Box<pb::Frame>,
     /// Session epoch the frame belongs to, or 0 if it may go out in any session. Frames of an
     /// older epoch (e.g. a request whose caller was already failed with `Disconnected`) are
     /// dropped by the writer instead of being sent on a new session.
@@ -36,39 +28,25 @@ pub(crate) struct Outbound {
 
 impl Outbound {
     pub(crate) fn any(kind: pb::frame::Kind) -> Self {
-        Outbound {
-            frame: Outgoing::Frame(Box::new(pb::Frame { kind: Some(kind) })),
-            epoch: 0,
-        }
+        Self::in_epoch(kind, 0)
     }
 
     pub(crate) fn in_epoch(kind: pb::frame::Kind, epoch: u64) -> Self {
         Outbound {
-            frame: Outgoing::Frame(Box::new(pb::Frame { kind: Some(kind) })),
+            frame: Box::new(pb::Frame { kind: Some(kind) }),
             epoch,
         }
     }
 
-    /// An encoded frame that may go out in any session.
-    pub(crate) fn encoded(bytes: bytes::Bytes) -> Self {
-        Outbound {
-            frame: Outgoing::Encoded(bytes),
-            epoch: 0,
-        }
-    }
-
-    /// The frame, when it is not encoded yet.
+    /// The frame.
     #[cfg(test)]
     pub(crate) fn kind(&self) -> Option<&pb::frame::Kind> {
-        match &self.frame {
-            Outgoing::Frame(f) => f.kind.as_ref(),
-            Outgoing::Encoded(_) => None,
-        }
+        self.frame.kind.as_ref()
     }
 }
 
 /// Maximum size of one outbound batch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BatchLimits {
     pub(crate) max_frames: usize,
     pub(crate) max_bytes: usize,
@@ -79,7 +57,7 @@ pub(crate) struct BatchLimits {
 pub(crate) struct Coalescer {
     limits: BatchLimits,
     /// The batch's frames, encoded.
-    encoded: bytes::BytesMut,
+    encoded: BytesMut,
     frames: usize,
     /// Bytes of the last batch: a new one reserves that much at once instead of growing (and
     /// copying) its buffer by doubling.
@@ -93,23 +71,31 @@ impl Coalescer {
                 max_frames: limits.max_frames.max(1),
                 max_bytes: limits.max_bytes.max(1),
             },
-            encoded: bytes::BytesMut::new(),
+            encoded: BytesMut::new(),
             frames: 0,
             last_len: 0,
         }
     }
 
     /// Adds a frame. A single frame larger than `max_bytes` still forms a batch of its own.
-    pub(crate) fn push(&mut self, item: Outgoing) {
+    pub(crate) fn push_frame(&mut self, frame: &pb::Frame) {
         if self.encoded.is_empty() {
             self.encoded
                 .reserve(self.last_len.min(self.limits.max_bytes));
         }
-        match item {
-            Outgoing::Frame(frame) => pb::Batch::encode_frame(&frame, &mut self.encoded),
-            Outgoing::Encoded(bytes) => self.encoded.extend_from_slice(&bytes),
-        }
+        pb::Batch::encode_frame(frame, &mut self.encoded);
         self.frames += 1;
+    }
+
+    /// Adds `frames` records already encoded in `chunk`; into an empty batch, the chunk
+    /// becomes the batch's buffer as it is.
+    pub(crate) fn push_chunk(&mut self, chunk: BytesMut, frames: usize) {
+        if self.encoded.is_empty() {
+            self.encoded = chunk;
+        } else {
+            self.encoded.extend_from_slice(&chunk);
+        }
+        self.frames += frames;
     }
 
     /// True when no more frames should be added.
@@ -121,25 +107,21 @@ impl Coalescer {
         self.frames == 0
     }
 
-    /// Takes the batch, leaving the coalescer empty. Its buffer is used again for the next
-    /// batch once the transport has sent this one.
+    /// What the batch still takes before it is full.
+    pub(crate) fn room(&self) -> BatchLimits {
+        BatchLimits {
+            max_frames: self.limits.max_frames.saturating_sub(self.frames),
+            max_bytes: self.limits.max_bytes.saturating_sub(self.encoded.len()),
+        }
+    }
+
+    /// Takes the batch, leaving the coalescer empty.
     pub(crate) fn take(&mut self) -> pb::Batch {
         self.frames = 0;
         self.last_len = self.encoded.len();
         pb::Batch {
             frames: Vec::new(),
-            encoded: self.encoded.split().freeze(),
-        }
-    }
-
-    /// Fills the batch from `next` (which returns immediately available frames) until it is
-    /// full or `next` has nothing more.
-    pub(crate) fn fill(&mut self, mut next: impl FnMut() -> Option<Outgoing>) {
-        while !self.is_full() {
-            match next() {
-                Some(f) => self.push(f),
-                None => break,
-            }
+            encoded: std::mem::take(&mut self.encoded).freeze(),
         }
     }
 }
@@ -148,7 +130,6 @@ impl Coalescer {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use std::collections::VecDeque;
 
     fn pub_frame(n: usize) -> pb::Frame {
         pb::Frame {
@@ -160,83 +141,79 @@ mod tests {
         }
     }
 
-    fn drain(c: &mut Coalescer, q: &mut VecDeque<pb::Frame>) -> Vec<usize> {
-        let mut sizes = Vec::new();
-        while let Some(first) = q.pop_front() {
-            c.push(Outgoing::Frame(Box::new(first)));
-            c.fill(|| q.pop_front().map(|f| Outgoing::Frame(Box::new(f))));
-            sizes.push(c.take().into_frames().unwrap().len());
-            assert!(c.is_empty());
+    /// Pushes frames until the batch is full; returns how many went in.
+    fn fill(c: &mut Coalescer, frames: &mut impl Iterator<Item = pb::Frame>) -> usize {
+        let mut n = 0;
+        while !c.is_full() {
+            let Some(f) = frames.next() else { break };
+            c.push_frame(&f);
+            n += 1;
         }
-        sizes
+        n
     }
 
     #[test]
-    fn flushes_when_idle() {
-        let mut c = Coalescer::new(BatchLimits {
-            max_frames: 256,
-            max_bytes: 1 << 20,
-        });
-        let mut q: VecDeque<_> = (0..10).map(|_| pub_frame(10)).collect();
-        assert_eq!(drain(&mut c, &mut q), [10]);
-    }
-
-    #[test]
-    fn splits_on_frame_limit() {
+    fn fills_up_to_the_frame_limit() {
         let mut c = Coalescer::new(BatchLimits {
             max_frames: 4,
             max_bytes: 1 << 20,
         });
-        let mut q: VecDeque<_> = (0..10).map(|_| pub_frame(10)).collect();
-        assert_eq!(drain(&mut c, &mut q), [4, 4, 2]);
+        let mut q = (0..10).map(|_| pub_frame(10));
+        assert_eq!(fill(&mut c, &mut q), 4);
+        assert_eq!(c.take().into_frames().unwrap().len(), 4);
+        assert!(c.is_empty());
+        assert_eq!(fill(&mut c, &mut q), 4);
+        c.take();
+        assert_eq!(fill(&mut c, &mut q), 2);
     }
 
     #[test]
-    fn splits_on_byte_limit() {
+    fn fills_up_to_the_byte_limit() {
         let mut c = Coalescer::new(BatchLimits {
             max_frames: 256,
             max_bytes: 3000,
         });
         // ~1 KiB each: three fit before the limit is reached.
-        let mut q: VecDeque<_> = (0..7).map(|_| pub_frame(1000)).collect();
-        assert_eq!(drain(&mut c, &mut q), [3, 3, 1]);
+        let mut q = (0..7).map(|_| pub_frame(1000));
+        assert_eq!(fill(&mut c, &mut q), 3);
+        assert_eq!(c.room().max_bytes, 0);
+        c.take();
         // An oversized frame still goes out alone.
-        let mut q: VecDeque<_> = [pub_frame(10_000), pub_frame(1)].into();
-        assert_eq!(drain(&mut c, &mut q), [1, 1]);
+        let mut q = [pub_frame(10_000), pub_frame(1)].into_iter();
+        assert_eq!(fill(&mut c, &mut q), 1);
     }
 
     #[test]
-    fn encoded_frames_go_out_as_they_came() {
+    fn a_batch_of_one_chunk_is_that_chunk() {
         let mut c = Coalescer::new(BatchLimits {
             max_frames: 8,
             max_bytes: 1 << 20,
         });
-        let mut pre = bytes::BytesMut::new();
-        pb::Batch::encode_frame(&pub_frame(7), &mut pre);
-        c.push(Outgoing::Frame(Box::new(pub_frame(1))));
-        c.push(Outgoing::Encoded(pre.freeze()));
-        c.push(Outgoing::Frame(Box::new(pub_frame(3))));
-        let frames = c.take().into_frames().unwrap();
-        assert_eq!(frames, [pub_frame(1), pub_frame(7), pub_frame(3)]);
+        let mut chunk = BytesMut::with_capacity(1024);
+        pb::Batch::encode_frame(&pub_frame(7), &mut chunk);
+        pb::Batch::encode_frame(&pub_frame(8), &mut chunk);
+        let at = chunk.as_ptr();
+        c.push_chunk(chunk, 2);
+        assert_eq!(c.room().max_frames, 6);
+        let batch = c.take();
+        assert_eq!(batch.encoded.as_ptr(), at, "the chunk was not copied");
+        assert_eq!(batch.into_frames().unwrap(), [pub_frame(7), pub_frame(8)]);
     }
 
     #[test]
-    fn order_is_preserved() {
+    fn frames_and_chunks_keep_their_order() {
         let mut c = Coalescer::new(BatchLimits {
-            max_frames: 3,
+            max_frames: 8,
             max_bytes: 1 << 20,
         });
-        let mut q: VecDeque<_> = (1..=5).map(pub_frame).collect();
-        let mut lens = Vec::new();
-        while let Some(f) = q.pop_front() {
-            c.push(Outgoing::Frame(Box::new(f)));
-            c.fill(|| q.pop_front().map(|f| Outgoing::Frame(Box::new(f))));
-            for f in c.take().into_frames().unwrap() {
-                if let Some(pb::frame::Kind::Pub(p)) = f.kind {
-                    lens.push(p.payload.len());
-                }
-            }
-        }
-        assert_eq!(lens, [1, 2, 3, 4, 5]);
+        let mut chunk = BytesMut::new();
+        pb::Batch::encode_frame(&pub_frame(2), &mut chunk);
+        pb::Batch::encode_frame(&pub_frame(3), &mut chunk);
+        c.push_frame(&pub_frame(1));
+        c.push_chunk(chunk.clone(), 2);
+        c.push_frame(&pub_frame(4));
+        c.push_chunk(chunk, 2);
+        let frames = c.take().into_frames().unwrap();
+        assert_eq!(frames, [1, 2, 3, 4, 2, 3].map(pub_frame));
     }
 }

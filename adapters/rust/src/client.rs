@@ -196,11 +196,7 @@ impl Client {
     /// Queues a frame, waiting for room in the outbound queue.
     pub(crate) async fn enqueue(&self, o: Outbound) -> Result<()> {
         self.check_open()?;
-        self.shared()
-            .out_tx
-            .send(o)
-            .await
-            .map_err(|_| Error::Closed)
+        self.shared().outbound.push(o).await
     }
 
     /// Registers session work with `f` under the state lock and returns the epoch it belongs

@@ -43,7 +43,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
-use crate::batch::{BatchLimits, Coalescer, Outbound, Outgoing};
+use crate::batch::{BatchLimits, Coalescer, Outbound};
 use crate::client::{Client, ClientInner};
 use crate::credit::SendCredit;
 use crate::discovery::Discovery;
@@ -51,6 +51,7 @@ use crate::error::{Error, Fail, GatewayAttempt, Result, describe};
 use crate::headers::Headers;
 use crate::message::Message;
 use crate::native::{NativeEndpoint, NativeReader, NativeWriter, Transport};
+use crate::queue::{Item, OutboundQueue};
 use crate::stream::{BiStream, StreamEvent};
 use crate::tls::TlsSettings;
 
@@ -254,7 +255,8 @@ pub(crate) enum Gateways {
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) gateways: Gateways,
-    pub(crate) out_tx: mpsc::Sender<Outbound>,
+    /// Frames for the writer, in order (publishes encoded into it).
+    pub(crate) outbound: OutboundQueue,
     /// Unbounded, prioritised queue for small control frames produced where we must not
     /// await (Pong, Credit, Unsub, aborts from `Drop`).
     pub(crate) ctl_tx: mpsc::UnboundedSender<Outbound>,
@@ -285,7 +287,7 @@ impl Shared {
     pub(crate) fn new(
         config: Config,
         gateways: Gateways,
-        out_tx: mpsc::Sender<Outbound>,
+        outbound: OutboundQueue,
         ctl_tx: mpsc::UnboundedSender<Outbound>,
         shutdown: watch::Sender<bool>,
         handle: Weak<ClientInner>,
@@ -293,7 +295,7 @@ impl Shared {
         Shared {
             config,
             gateways,
-            out_tx,
+            outbound,
             ctl_tx,
             state: Mutex::new(State {
                 epoch: 1,
@@ -405,7 +407,6 @@ enum SessionEnd {
 /// if it fails the task ends (the caller's `connect()` returns the error).
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    mut out_rx: mpsc::Receiver<Outbound>,
     mut ctl_rx: mpsc::UnboundedReceiver<Outbound>,
     mut shutdown: watch::Receiver<bool>,
     first: oneshot::Sender<Result<()>>,
@@ -430,8 +431,7 @@ pub(crate) async fn run(
                 } else {
                     info!("nexus: reconnected");
                 }
-                let end =
-                    run_session(&shared, session, &mut out_rx, &mut ctl_rx, &mut shutdown).await;
+                let end = run_session(&shared, session, &mut ctl_rx, &mut shutdown).await;
                 shared.connected.store(false, Ordering::Release);
                 shared.up.send_replace(false);
                 if let (Some(addr), Gateways::Discovered(d), false) =
@@ -468,6 +468,7 @@ pub(crate) async fn run(
         }
     }
     shared.closed.store(true, Ordering::Release);
+    shared.outbound.close();
     shared.connected.store(false, Ordering::Release);
     shared.sweep(Fail::Closed, true);
 }
@@ -570,7 +571,6 @@ async fn connect_round(shared: &Shared) -> Result<(Session, Option<SocketAddr>)>
 async fn run_session(
     shared: &Arc<Shared>,
     session: Session,
-    out_rx: &mut mpsc::Receiver<Outbound>,
     ctl_rx: &mut mpsc::UnboundedReceiver<Outbound>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
@@ -600,7 +600,7 @@ async fn run_session(
         }
     };
     let writer = async {
-        match write_loop(shared, out_rx, ctl_rx, tx).await {
+        match write_loop(shared, ctl_rx, tx).await {
             // Half-closed: the reader takes what the gateway still sends until it ends the
             // session; don't wait for that forever.
             SessionEnd::Moved => {
@@ -646,7 +646,6 @@ async fn moved(shared: &Shared) -> SessionEnd {
 /// Drains the outbound queues into batches (see [`crate::batch`]).
 async fn write_loop(
     shared: &Shared,
-    out_rx: &mut mpsc::Receiver<Outbound>,
     ctl_rx: &mut mpsc::UnboundedReceiver<Outbound>,
     mut tx: SessionTx,
 ) -> SessionEnd {
@@ -654,57 +653,55 @@ async fn write_loop(
     let ready_to_move = moved(shared);
     tokio::pin!(ready_to_move);
     let mut replied: Vec<ByteString> = Vec::new();
+    let mut taken: Vec<Item> = Vec::new();
     loop {
         let first = tokio::select! {
             biased;
-            Some(o) = ctl_rx.recv() => o,
+            Some(o) = ctl_rx.recv() => Some(o),
             // Half-closes the session.
             end = &mut ready_to_move => {
                 tx.finish().await;
                 return end;
             }
-            o = out_rx.recv() => match o {
-                Some(o) => o,
-                None => return SessionEnd::Shutdown,
-            },
+            () = shared.outbound.readable() => None,
         };
         let epoch = shared.epoch.load(Ordering::Acquire);
         let policy = &shared.config.compression;
         let codecs = shared.codecs.get();
-        let mut keep = |o: Outbound| {
-            (o.epoch == 0 || o.epoch == epoch).then(|| {
-                let mut frame = match o.frame {
-                    Outgoing::Frame(frame) => frame,
-                    encoded @ Outgoing::Encoded(_) => return encoded,
-                };
-                match &frame.kind {
-                    Some(Kind::Reply(r)) if !r.reply_to.is_empty() => {
-                        replied.push(r.reply_to.clone())
-                    }
-                    Some(Kind::Nack(n)) if !n.reply_to.is_empty() => {
-                        replied.push(n.reply_to.as_str().into())
-                    }
-                    _ => {}
+        let mut push = |co: &mut Coalescer, o: Outbound| {
+            if o.epoch != 0 && o.epoch != epoch {
+                return;
+            }
+            let mut frame = o.frame;
+            match &frame.kind {
+                Some(Kind::Reply(r)) if !r.reply_to.is_empty() => replied.push(r.reply_to.clone()),
+                Some(Kind::Nack(n)) if !n.reply_to.is_empty() => {
+                    replied.push(n.reply_to.as_str().into())
                 }
-                crate::compression::encode_frame(&mut frame, policy, codecs);
-                Outgoing::Frame(frame)
-            })
+                _ => {}
+            }
+            crate::compression::encode_frame(&mut frame, policy, codecs);
+            co.push_frame(&frame);
         };
-        let mut first = Some(first);
-        co.fill(|| {
-            loop {
-                let o = match first.take() {
-                    Some(o) => o,
-                    None => match ctl_rx.try_recv() {
-                        Ok(o) => o,
-                        Err(_) => out_rx.try_recv().ok()?,
-                    },
-                };
-                if let Some(f) = keep(o) {
-                    return Some(f);
+        // Control frames first, then the queue in order.
+        if let Some(o) = first {
+            push(&mut co, o);
+        }
+        while !co.is_full() {
+            match ctl_rx.try_recv() {
+                Ok(o) => push(&mut co, o),
+                Err(_) => break,
+            }
+        }
+        if !co.is_full() {
+            shared.outbound.take_into(co.room(), &mut taken);
+            for item in taken.drain(..) {
+                match item {
+                    Item::Chunk { bytes, frames } => co.push_chunk(bytes, frames),
+                    Item::Frame(o) => push(&mut co, o),
                 }
             }
-        });
+        }
         if co.is_empty() {
             continue;
         }

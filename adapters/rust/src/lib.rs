@@ -141,6 +141,7 @@ mod error;
 mod headers;
 mod message;
 mod native;
+mod queue;
 mod service;
 mod stream;
 mod subject;

@@ -40,20 +40,7 @@ pub(crate) enum StreamEvent {
 /// Queues a frame from a context that cannot await, keeping it ordered after frames already
 /// queued (so a close never overtakes data).
 fn send_ordered_nowait(client: &Client, o: Outbound) {
-    let shared = client.shared();
-    match shared.out_tx.try_send(o) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(o)) => match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let tx = shared.out_tx.clone();
-                rt.spawn(async move {
-                    let _ = tx.send(o).await;
-                });
-            }
-            Err(_) => shared.send_ctl(o),
-        },
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
-    }
+    client.shared().outbound.push_now(o);
 }
 
 fn close_frame(stream_id: u64, error: Option<&str>) -> Kind {

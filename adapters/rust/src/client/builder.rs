@@ -2,6 +2,7 @@
 //! or discovery name, the transport, TLS, batching and queue sizes, timeouts).
 
 use super::*;
+use crate::queue::OutboundQueue;
 
 /// Configures and connects a [`Client`]; see [`Client::builder`].
 #[derive(Debug, Clone)]
@@ -313,14 +314,14 @@ impl ClientBuilder {
             compression: self.compression,
             tls: self.tls,
         };
-        let (out_tx, out_rx) = mpsc::channel(self.outbound_capacity);
+        let outbound = OutboundQueue::new(self.outbound_capacity, config.limits);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let inner = Arc::new_cyclic(|weak| ClientInner {
             shared: Arc::new(Shared::new(
                 config,
                 gateways,
-                out_tx,
+                outbound,
                 ctl_tx,
                 shutdown_tx,
                 weak.clone(),
@@ -330,7 +331,6 @@ impl ClientBuilder {
         let (first_tx, first_rx) = oneshot::channel();
         let task = tokio::spawn(connection::run(
             inner.shared.clone(),
-            out_rx,
             ctl_rx,
             shutdown_rx,
             first_tx,

@@ -15,41 +15,10 @@ use crate::error::{Error, Result};
 use crate::message::OutgoingMessage;
 use crate::subject::{validate_pub_subject, validate_reply_to};
 
-/// Payloads from this size on are queued as frames and encoded by the writer, as before
-/// [`Client::encodes_early`]: copying a large payload into the early encoding and again into
-/// the batch would cost more than it saves.
+/// Payloads from this size on are queued as frames and encoded by the writer
+/// ([`Client::encodes_early`]): encoding a large payload into the queue, under its lock,
+/// would hold publishers and the writer up for the copy.
 const EARLY_ENCODE_MAX: usize = 4 * 1024;
-
-/// Encodes a publish (with a fresh id) as one `Batch.frames` record, into a per-thread 16 KiB
-/// buffer that each record is cut from: the frame is never built, its subject and headers
-/// never allocated, and what moves through the outbound queue is one reference-counted
-/// slice. The writer appends the bytes to its batch.
-fn encode_pub(subject: &str, reply_to: &str, headers: &[pb::Header], payload: &[u8]) -> Bytes {
-    const CHUNK: usize = 16 * 1024;
-    thread_local! {
-        static BUF: std::cell::RefCell<bytes::BytesMut> =
-            std::cell::RefCell::new(bytes::BytesMut::new());
-    }
-    let id = ulid::Ulid::new().to_bytes();
-    let p = nexus_proto::hot_frames::PubRef {
-        subject,
-        reply_to,
-        headers,
-        payload,
-        id: &id,
-        ack_id: 0,
-    };
-    // The record's own key and two lengths take at most 12 bytes.
-    let need = p.encoded_len() + 12;
-    BUF.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        if buf.capacity() < need {
-            *buf = bytes::BytesMut::with_capacity(CHUNK.max(need));
-        }
-        pb::Batch::encode_pub(&p, &mut buf);
-        buf.split().freeze()
-    })
-}
 
 impl Client {
     /// Publishes `payload` on `subject` (fire and forget). Waits only if the outbound queue
@@ -68,24 +37,46 @@ impl Client {
             key: ByteString::from_static(crate::headers::TRACEPARENT),
             value: crate::trace::outgoing(),
         };
-        let headers = std::slice::from_ref(&traceparent);
-        let o = if self.encodes_early(payload.len()) {
-            Outbound::encoded(encode_pub(subject, "", headers, &payload))
-        } else {
-            Outbound::any(Kind::Pub(pb::Pub {
-                subject: subject.into(),
-                reply_to: ByteString::new(),
-                headers: vec![traceparent],
-                payload,
-                id: new_id(),
-                ack_id: 0,
-            }))
+        if self.encodes_early(payload.len()) {
+            return self
+                .enqueue_pub(subject, "", std::slice::from_ref(&traceparent), &payload)
+                .await;
+        }
+        self.enqueue(Outbound::any(Kind::Pub(pb::Pub {
+            subject: subject.into(),
+            reply_to: ByteString::new(),
+            headers: vec![traceparent],
+            payload,
+            id: new_id(),
+            ack_id: 0,
+        })))
+        .await
+    }
+
+    /// Queues a publish (with a fresh id) encoded where it is made, straight into the
+    /// outbound queue: the frame is never built, its subject and headers never allocated.
+    async fn enqueue_pub(
+        &self,
+        subject: &str,
+        reply_to: &str,
+        headers: &[pb::Header],
+        payload: &[u8],
+    ) -> Result<()> {
+        self.check_open()?;
+        let id = ulid::Ulid::new().to_bytes();
+        let p = nexus_proto::hot_frames::PubRef {
+            subject,
+            reply_to,
+            headers,
+            payload,
+            id: &id,
+            ack_id: 0,
         };
-        self.enqueue(o).await
+        self.shared().outbound.push_pub(&p).await
     }
 
     /// Whether a publish of `len` payload bytes is encoded where it is made
-    /// ([`encode_pub`]) rather than by the writer: when nothing about it depends on the
+    /// ([`Client::enqueue_pub`]) rather than by the writer: when nothing about it depends on the
     /// session, i.e. its payload is below the compression threshold (compression uses the
     /// codecs of the session it goes out in), and small enough that copying it twice costs
     /// less than building the frame.
@@ -110,13 +101,14 @@ impl Client {
             self.check_pub(&msg)?;
             let mut headers = msg.headers;
             headers.ensure_traceparent();
-            let bytes = encode_pub(
-                &msg.subject,
-                msg.reply_to.as_deref().unwrap_or_default(),
-                &headers.into_inner(),
-                &msg.payload,
-            );
-            return self.enqueue(Outbound::encoded(bytes)).await;
+            return self
+                .enqueue_pub(
+                    &msg.subject,
+                    msg.reply_to.as_deref().unwrap_or_default(),
+                    &headers.into_inner(),
+                    &msg.payload,
+                )
+                .await;
         }
         let frame = self.pub_frame(msg, 0)?;
         self.enqueue(Outbound::any(frame)).await

@@ -376,7 +376,7 @@ mod tests {
             compression: Default::default(),
             tls: TlsSettings::default(),
         };
-        let (out_tx, _out_rx) = mpsc::channel(8);
+        let outbound = crate::queue::OutboundQueue::new(8, config.limits);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         let shared = Shared::new(
@@ -384,7 +384,7 @@ mod tests {
             Gateways::Direct(Dial::Grpc(Box::new(Endpoint::from_static(
                 "http://127.0.0.1:1",
             )))),
-            out_tx,
+            outbound,
             ctl_tx,
             shutdown,
             Weak::new(),
