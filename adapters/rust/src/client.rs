@@ -352,7 +352,7 @@ impl Client {
     }
 
     pub(crate) async fn subscribe_inner(&self, subject: &str, group: &str) -> Result<Subscription> {
-        let (tx, rx) = mpsc::channel(self.shared().config.subscription_capacity);
+        let (tx, rx) = crate::inbox::inbox(self.shared().config.subscription_capacity);
         let (sid, dropped) = self.add_sub(subject, group, SubKind::Messages(tx)).await?;
         Ok(Subscription::new(
             self.clone(),

@@ -62,7 +62,7 @@ mod inbound;
 pub(crate) use backoff::Backoff;
 pub(crate) use establish::{Dial, endpoint};
 use establish::{Session, SessionTx, establish};
-use inbound::{handle_frame, route_frame};
+use inbound::{handle_frame, route_frames};
 
 /// Protocol version spoken by this adapter.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
@@ -95,7 +95,7 @@ pub(crate) struct Config {
 
 /// Where deliveries for a subscription go.
 pub(crate) enum SubKind {
-    Messages(mpsc::Sender<Message>),
+    Messages(crate::inbox::Inbox),
     Streams(mpsc::Sender<BiStream>),
 }
 
@@ -580,15 +580,20 @@ async fn run_session(
         leftover,
     } = session;
     let reader = async {
+        let mut wakes = crate::inbox::Wakes::default();
         for f in leftover {
             handle_frame(shared, f).await;
         }
         loop {
             match inbound.message().await {
                 Ok(Some(batch)) => {
-                    for f in batch.frames {
-                        if let Some(full) = route_frame(shared, f) {
-                            full.deliver().await;
+                    let mut frames = batch.frames.into_iter();
+                    loop {
+                        let full = route_frames(shared, &mut frames, &mut wakes);
+                        wakes.wake();
+                        match full {
+                            Some(full) => full.deliver().await,
+                            None => break,
                         }
                     }
                 }

@@ -6,16 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use futures::Stream;
-use tokio::sync::mpsc;
 
 use crate::client::Client;
 use crate::error::Result;
+use crate::inbox::InboxReceiver;
 use crate::message::Message;
 
 /// Messages delivered for one subscription, in order. Implements
 /// [`futures::Stream`]`<Item = Message>`; ends when the client closes.
 ///
-/// Deliveries are buffered in a bounded channel
+/// Deliveries are buffered in a bounded inbox
 /// ([`subscription_capacity`](crate::ClientBuilder::subscription_capacity), default 8192).
 /// If the application does not keep up and the buffer fills, the client stops reading from
 /// the gateway (for *all* subscriptions of the session) until there is room again; HTTP/2
@@ -27,7 +27,7 @@ pub struct Subscription {
     client: Client,
     sid: u64,
     subject: String,
-    rx: mpsc::Receiver<Message>,
+    rx: InboxReceiver,
     dropped: Arc<AtomicU64>,
     active: bool,
 }
@@ -37,7 +37,7 @@ impl Subscription {
         client: Client,
         sid: u64,
         subject: String,
-        rx: mpsc::Receiver<Message>,
+        rx: InboxReceiver,
         dropped: Arc<AtomicU64>,
     ) -> Self {
         Subscription {
@@ -64,12 +64,12 @@ impl Subscription {
     /// # Ok(()) }
     /// ```
     pub async fn next_message(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.rx.poll_recv(cx)).await
     }
 
     /// The next message if one is already buffered.
     pub fn try_next_message(&mut self) -> Option<Message> {
-        self.rx.try_recv().ok()
+        self.rx.try_recv()
     }
 
     /// Stops the subscription. Messages already buffered are discarded.

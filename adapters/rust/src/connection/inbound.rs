@@ -3,6 +3,7 @@
 //! peers, and `GoAway` (the start of a move, see the parent module).
 
 use super::*;
+use crate::inbox::{Full, Inbox, Wakes};
 
 /// The gateway is draining (`GoAway`): stop starting work on this session and plan the move.
 fn on_go_away(shared: &Shared, g: pb::GoAway) {
@@ -20,36 +21,82 @@ fn on_go_away(shared: &Shared, g: pb::GoAway) {
     shared.moving.send_replace(true);
 }
 
-/// A delivery whose subscription's buffer was full: the reader waits on it, which
+/// A delivery whose subscription's inbox was full: the reader waits on it, which
 /// backpressures the gateway.
 pub(super) struct FullSubscription {
-    tx: mpsc::Sender<Message>,
+    inbox: Inbox,
     msg: Message,
 }
 
 impl FullSubscription {
-    /// Waits for room in the subscription's buffer (or for it to close).
+    /// Waits for room in the subscription's inbox (or for it to end).
     pub(super) async fn deliver(self) {
-        let _ = self.tx.send(self.msg).await;
+        self.inbox.push_waiting(self.msg).await;
     }
 }
 
-/// Routes one inbound frame, waiting when its subscription's buffer is full.
+/// Routes one inbound frame, waiting when its subscription's inbox is full.
 pub(super) async fn handle_frame(shared: &Arc<Shared>, frame: pb::Frame) {
-    if let Some(full) = route_frame(shared, frame) {
+    let mut wakes = Wakes::default();
+    let full = route_frame(shared, frame, &mut wakes);
+    wakes.wake();
+    if let Some(full) = full {
         full.deliver().await;
     }
+}
+
+/// Routes a batch's frames, in order, until one is a delivery to a full subscription (handed
+/// back to wait on; the rest stay in `frames`). Deliveries in a row are routed under one hold
+/// of the state lock; the subscriptions they went to are woken through `wakes`, which the
+/// caller wakes before it waits on anything.
+pub(super) fn route_frames(
+    shared: &Arc<Shared>,
+    frames: &mut impl Iterator<Item = pb::Frame>,
+    wakes: &mut Wakes,
+) -> Option<FullSubscription> {
+    let mut st: Option<parking_lot::MutexGuard<'_, State>> = None;
+    for frame in frames {
+        match frame.kind {
+            Some(Kind::Msg(mut m)) => {
+                if nexus_proto::encoding::find(&m.headers).is_some() {
+                    // Decompressing is not done under the lock.
+                    st = None;
+                    let max = shared.max_payload.load(Ordering::Relaxed);
+                    if let Err(e) = crate::compression::decode(&mut m.headers, &mut m.payload, max)
+                    {
+                        warn!(sid = m.sid, subject = %m.subject, error = %e, "nexus: dropped a message whose compressed payload cannot be decoded");
+                        continue;
+                    }
+                }
+                let guard = st.get_or_insert_with(|| shared.state.lock());
+                if let Some(full) = deliver(shared, guard, m, wakes) {
+                    return Some(full);
+                }
+            }
+            kind => {
+                st = None;
+                if let Some(full) = route_frame(shared, pb::Frame { kind }, wakes) {
+                    return Some(full);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Routes one inbound frame without waiting; a delivery to a full subscription is handed
 /// back to wait on. Not `async`, so that the frame is matched where it lies rather than
 /// moved into a future first (each move is a copy of ~170 bytes, on every message).
-pub(super) fn route_frame(shared: &Arc<Shared>, frame: pb::Frame) -> Option<FullSubscription> {
+pub(super) fn route_frame(
+    shared: &Arc<Shared>,
+    frame: pb::Frame,
+    wakes: &mut Wakes,
+) -> Option<FullSubscription> {
     match frame.kind {
         Some(Kind::Msg(mut m)) => {
             let max = shared.max_payload.load(Ordering::Relaxed);
             match crate::compression::decode(&mut m.headers, &mut m.payload, max) {
-                Ok(()) => return deliver(shared, m),
+                Ok(()) => return deliver(shared, &mut shared.state.lock(), m, wakes),
                 Err(e) => {
                     warn!(sid = m.sid, subject = %m.subject, error = %e, "nexus: dropped a message whose compressed payload cannot be decoded")
                 }
@@ -145,9 +192,13 @@ pub(super) fn route_frame(shared: &Arc<Shared>, frame: pb::Frame) -> Option<Full
 
 /// Hands a delivered message to its subscription; `Some` when the subscription's buffer is
 /// full and the message waits for room.
-fn deliver(shared: &Shared, m: pb::Msg) -> Option<FullSubscription> {
+fn deliver(
+    shared: &Shared,
+    st: &mut State,
+    m: pb::Msg,
+    wakes: &mut Wakes,
+) -> Option<FullSubscription> {
     let sid = m.sid;
-    let mut st = shared.state.lock();
     if !m.reply_to.is_empty() && m.deadline_ms > 0 {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(u64::from(m.deadline_ms));
@@ -155,14 +206,14 @@ fn deliver(shared: &Shared, m: pb::Msg) -> Option<FullSubscription> {
     }
     match st.subs.get(&sid) {
         Some(SubEntry {
-            kind: SubKind::Messages(tx),
+            kind: SubKind::Messages(inbox),
             ..
-        }) => match tx.try_send(Message::from_msg(m)) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
-            // The subscription's buffer is full: the reader waits, which backpressures the
+        }) => match inbox.push(Message::from_msg(m), wakes) {
+            Ok(()) => None,
+            // The subscription's inbox is full: the reader waits, which backpressures the
             // gateway.
-            Err(mpsc::error::TrySendError::Full(msg)) => Some(FullSubscription {
-                tx: tx.clone(),
+            Err(Full(msg)) => Some(FullSubscription {
+                inbox: inbox.waiter(),
                 msg,
             }),
         },
@@ -171,9 +222,7 @@ fn deliver(shared: &Shared, m: pb::Msg) -> Option<FullSubscription> {
             None
         }
         None => {
-            let unsub = shared.unknown_sid(&mut st, sid);
-            drop(st);
-            if let Some(o) = unsub {
+            if let Some(o) = shared.unknown_sid(st, sid) {
                 shared.send_ctl(o);
             }
             None
@@ -393,8 +442,8 @@ mod tests {
         (Arc::new(shared), ctl_rx)
     }
 
-    fn add_sub(shared: &Shared, sid: u64) -> mpsc::Receiver<Message> {
-        let (tx, rx) = mpsc::channel(4);
+    fn add_sub(shared: &Shared, sid: u64) -> crate::inbox::InboxReceiver {
+        let (tx, rx) = crate::inbox::inbox(4);
         shared.state.lock().subs.insert(
             sid,
             SubEntry {
@@ -458,12 +507,63 @@ mod tests {
         (credit, rx)
     }
 
+    fn msg_n(sid: u64, n: u8) -> pb::Frame {
+        pb::Frame {
+            kind: Some(Kind::Msg(pb::Msg {
+                sid,
+                subject: "a.b".into(),
+                payload: bytes::Bytes::from(vec![n]),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_routed_in_order_until_a_subscription_is_full() {
+        let (shared, mut ctl) = shared();
+        let mut five = add_sub(&shared, 5);
+        let mut six = add_sub(&shared, 6);
+        // Capacity 4: the fifth message for sid 5 waits; what follows it stays in the batch.
+        let batch = vec![
+            msg_n(5, 0),
+            msg_n(6, 0),
+            msg_n(5, 1),
+            pb::Frame {
+                kind: Some(Kind::Ping(pb::Ping { nonce: 1 })),
+            },
+            msg_n(5, 2),
+            msg_n(5, 3),
+            msg_n(5, 4),
+            msg_n(6, 1),
+        ];
+        let mut frames = batch.into_iter();
+        let mut wakes = Wakes::default();
+        let full = route_frames(&shared, &mut frames, &mut wakes).expect("sid 5 is full");
+        wakes.wake();
+        assert_eq!(
+            frames.len(),
+            1,
+            "the frame after the full delivery is not routed yet"
+        );
+        let pong = ctl.try_recv().expect("the ping in the middle was answered");
+        assert!(matches!(pong.kind(), Some(Kind::Pong(_))));
+        let read = |rx: &mut crate::inbox::InboxReceiver| -> Vec<u8> {
+            std::iter::from_fn(|| rx.try_recv().map(|m| m.payload[0])).collect()
+        };
+        assert_eq!(read(&mut six), [0]);
+        assert_eq!(read(&mut five), [0, 1, 2, 3]);
+        full.deliver().await;
+        assert!(route_frames(&shared, &mut frames, &mut wakes).is_none());
+        assert_eq!(read(&mut five), [4]);
+        assert_eq!(read(&mut six), [1]);
+    }
+
     #[tokio::test]
     async fn late_msg_after_unsubscribe_sends_no_second_unsub() {
         let (shared, mut ctl) = shared();
         let mut rx = add_sub(&shared, 5);
         handle_frame(&shared, msg(5)).await;
-        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_some());
         shared.remove_sub(5);
         assert_eq!(unsubs(&mut ctl), vec![5]);
         // Msgs the gateway queued before it processed the Unsub: dropped, no second Unsub.
