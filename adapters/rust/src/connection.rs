@@ -7,11 +7,12 @@
 //! acks, requests, pings and streams) lives in [`Shared`] behind a `parking_lot` mutex that is
 //! never held across an `.await`.
 //!
-//! **Backpressure.** Deliveries go into a bounded per-subscription channel. When it is full the
-//! reader *awaits*, so it stops reading from the gRPC stream; HTTP/2 flow control then pushes
-//! back on the gateway, which applies its slow-consumer policy. Outbound, `publish()` awaits a
-//! slot in the bounded outbound queue, and the writer feeds the gRPC request stream through a
-//! 2-slot channel, so HTTP/2 backpressure reaches publishers. A consequence: a subscription
+//! **Backpressure.** Deliveries go into a bounded per-subscription inbox ([`crate::inbox`]).
+//! When it is full the reader *awaits*, so it stops reading from the session; TCP (and HTTP/2)
+//! flow control then pushes back on the gateway, which applies its slow-consumer policy.
+//! Outbound, `publish()` awaits room in the bounded outbound queue ([`crate::queue`]), and the
+//! writer awaits each batch's write (over gRPC, through a 2-slot channel into the request
+//! stream), so the transport's backpressure reaches publishers. A consequence: a subscription
 //! handler that publishes while the application stops draining a *full* subscription can stall
 //! both directions; drain subscriptions from their own tasks.
 //!
