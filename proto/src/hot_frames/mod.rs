@@ -89,6 +89,57 @@ impl Batch {
     }
 }
 
+/// The frames of an encoded `Batch`, decoded one at a time from its bytes: no vector of
+/// frames is built (each `Frame` is moved once, to whoever takes it), and each frame's fields
+/// are slices of `buf`, as in [`Batch`]'s decoding. Fields other than `frames` are skipped.
+/// After an error the iterator ends: a batch that fails to decode part way has no more
+/// frames to offer.
+#[derive(Debug, Default)]
+pub struct BatchFrames {
+    buf: Bytes,
+}
+
+impl BatchFrames {
+    /// The frames of the encoded batch `buf`.
+    pub fn new(buf: Bytes) -> Self {
+        BatchFrames { buf }
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        while self.buf.has_remaining() {
+            let (tag, wire_type) = prost::encoding::decode_key(&mut self.buf)?;
+            if tag != 1 {
+                skip_field(wire_type, tag, &mut self.buf, DecodeContext::default())?;
+                continue;
+            }
+            prost::encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+            let len = usize::try_from(decode_varint(&mut self.buf)?).unwrap_or(usize::MAX);
+            if len > self.buf.remaining() {
+                #[allow(deprecated)] // prost keeps its error kinds private
+                return Err(DecodeError::new("buffer underflow"));
+            }
+            let mut frame = Frame::default();
+            prost::Message::merge(&mut frame, (&mut self.buf).take(len))?;
+            return Ok(Some(frame));
+        }
+        Ok(None)
+    }
+}
+
+impl Iterator for BatchFrames {
+    type Item = Result<Frame, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_frame() {
+            Ok(frame) => frame.map(Ok),
+            Err(e) => {
+                self.buf = Bytes::new();
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 /// Appends one `frames` record whose `Frame` holds, in its field `kind`, a message of `len`
 /// bytes that `write` encodes: the record's key and the two lengths, then the message.
 fn append_frame_of(
@@ -235,6 +286,36 @@ mod text {
         })?;
         Ok(())
     }
+
+    /// Header keys every message may carry, decoded as static strings: comparing a dozen
+    /// bytes costs less than the slice of the receive buffer (an atomic increment, and a
+    /// decrement when it is dropped) a decoded key otherwise takes.
+    const KNOWN_KEYS: [&str; 2] = ["traceparent", "nexus-encoding"];
+
+    /// [`merge`] for a header key: a [`KNOWN_KEYS`] key (as written, lower case) becomes a
+    /// static string; any other is taken as [`merge`] takes it.
+    pub(super) fn merge_key(
+        wire_type: WireType,
+        value: &mut ByteString,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        if wire_type == WireType::LengthDelimited {
+            let chunk = buf.chunk();
+            let mut rest = chunk;
+            if let Ok(len) = decode_varint(&mut rest)
+                && let Some(key) = usize::try_from(len)
+                    .ok()
+                    .and_then(|len| rest.get(..len))
+                    .and_then(|raw| KNOWN_KEYS.into_iter().find(|k| k.as_bytes() == raw))
+            {
+                buf.advance(chunk.len() - rest.len() + key.len());
+                *value = ByteString::from_static(key);
+                return Ok(());
+            }
+        }
+        merge(wire_type, value, buf, ctx)
+    }
 }
 
 /// Written from the slice: prost's `bytes::encode` clones the `Bytes` to write it, two
@@ -331,7 +412,7 @@ impl prost::Message for Header {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         match tag {
-            1 => text::merge(wire_type, &mut self.key, buf, ctx),
+            1 => text::merge_key(wire_type, &mut self.key, buf, ctx),
             2 => text::merge(wire_type, &mut self.value, buf, ctx),
             _ => skip_field(wire_type, tag, buf, ctx),
         }

@@ -296,3 +296,130 @@ fn a_string_that_is_not_utf8_is_refused() {
     );
     assert_eq!(Pub::decode(&wire[..]).unwrap().subject, "x");
 }
+
+#[test]
+fn known_header_keys_are_static_and_others_are_slices() {
+    let wire = Bytes::from(
+        Pub {
+            subject: "orders.created".into(),
+            headers: vec![
+                Header {
+                    key: "traceparent".into(),
+                    value: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                },
+                Header {
+                    key: "nexus-encoding".into(),
+                    value: "zstd".into(),
+                },
+                // Prefixes, longer keys and another case are not the known keys.
+                Header {
+                    key: "traceparen".into(),
+                    value: "a".into(),
+                },
+                Header {
+                    key: "traceparent2".into(),
+                    value: "b".into(),
+                },
+                Header {
+                    key: "TraceParent".into(),
+                    value: "c".into(),
+                },
+            ],
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
+    let range = wire.as_ptr_range();
+    let p = Pub::decode(wire.clone()).unwrap();
+    let keys: Vec<(&str, bool)> = p
+        .headers
+        .iter()
+        .map(|h| (&*h.key, range.contains(&h.key.as_ptr())))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("traceparent", false),
+            ("nexus-encoding", false),
+            ("traceparen", true),
+            ("traceparent2", true),
+            ("TraceParent", true),
+        ]
+    );
+    assert_eq!(p.headers[1].value, "zstd");
+    // A known key's length running past the end is still an error.
+    let mut cut = Header {
+        key: "traceparent".into(),
+        value: ByteString::new(),
+    }
+    .encode_to_vec();
+    cut.truncate(cut.len() - 1);
+    assert!(Header::decode(&cut[..]).is_err());
+}
+
+#[test]
+fn batch_frames_decode_one_at_a_time_as_the_batch_does() {
+    let frames = vec![
+        Frame {
+            kind: Some(Kind::Msg(Msg {
+                sid: 7,
+                subject: "orders.created".into(),
+                headers: headers(),
+                payload: Bytes::from_static(b"payload"),
+                ..Default::default()
+            })),
+        },
+        Frame {
+            kind: Some(Kind::Error(crate::v1::Error {
+                code: ErrorCode::Limit as i32,
+                message: "too big".into(),
+                ref_id: 3,
+            })),
+        },
+        Frame::default(),
+    ];
+    let wire = Bytes::from(Batch::of(frames.clone()).encode_to_vec());
+    let decoded: Vec<Frame> = BatchFrames::new(wire.clone())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(decoded, frames);
+    // Fields are slices of the batch, not copies.
+    let range = wire.as_ptr_range();
+    let Some(Kind::Msg(m)) = &decoded[0].kind else {
+        panic!("a Msg")
+    };
+    assert!(range.contains(&m.subject.as_ptr()), "subject was copied");
+    assert!(range.contains(&m.payload.as_ptr()), "payload was copied");
+    // An unknown field between frames is skipped.
+    let mut wire = vec![0x10, 0x01]; // field 2, varint 1
+    wire.extend(Batch::of(frames.clone()).encode_to_vec());
+    assert_eq!(BatchFrames::new(wire.into()).count(), 3);
+    assert_eq!(BatchFrames::new(Bytes::new()).count(), 0);
+}
+
+#[test]
+fn batch_frames_end_at_the_first_bad_record() {
+    let good = Batch::of(vec![Frame {
+        kind: Some(Kind::Ping(crate::v1::Ping { nonce: 1 })),
+    }])
+    .encode_to_vec();
+    // A good frame, then a record whose length runs past the end.
+    let mut wire = good.clone();
+    wire.extend([0x0a, 0x7f, 0x00]);
+    let mut it = BatchFrames::new(wire.into());
+    assert!(matches!(it.next(), Some(Ok(_))));
+    let err = it.next().expect("an error").unwrap_err();
+    assert!(err.to_string().contains("underflow"), "{err}");
+    assert!(it.next().is_none(), "nothing after an error");
+    // A frame whose contents are not a Frame; a `frames` field that is not length-delimited.
+    let mut wire = good.clone();
+    wire.extend([0x0a, 0x02, 0x2a, 0x05]);
+    let results: Vec<_> = BatchFrames::new(wire.into()).collect();
+    assert!(results[0].is_ok() && results[1].is_err() && results.len() == 2);
+    assert!(
+        BatchFrames::new(Bytes::from_static(&[0x08, 0x01]))
+            .next()
+            .unwrap()
+            .is_err()
+    );
+}
