@@ -587,17 +587,15 @@ async fn run_session(
         }
         loop {
             match inbound.message().await {
-                Ok(Some(batch)) => {
-                    let mut frames = batch.frames.into_iter();
-                    loop {
-                        let full = route_frames(shared, &mut frames, &mut wakes);
-                        wakes.wake();
-                        match full {
-                            Some(full) => full.deliver().await,
-                            None => break,
-                        }
+                Ok(Some(mut frames)) => loop {
+                    let routed = route_frames(shared, &mut frames, &mut wakes);
+                    wakes.wake();
+                    match routed {
+                        Ok(Some(full)) => full.deliver().await,
+                        Ok(None) => break,
+                        Err(e) => return SessionEnd::Failed(establish::bad_batch(&e)),
                     }
-                }
+                },
                 // After a GoAway the writer half-closed the session; the gateway ends it.
                 _ if shared.state.lock().moving => return SessionEnd::Moved,
                 Ok(None) => return SessionEnd::Failed("gateway ended the session".into()),

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use nexus_proto::hot_frames::BatchFrames;
 use nexus_proto::native::{self, PREFACE, Record, RecordReader};
 use nexus_proto::v1 as pb;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
@@ -262,19 +263,14 @@ impl AsyncWrite for NativeStream {
 pub(crate) struct NativeReader(RecordReader<ReadHalf<NativeStream>>);
 
 impl NativeReader {
-    /// The gateway's next batch; `Ok(None)` when it closed the connection without a status.
-    /// Its close record comes back as the status it carries, as a gRPC session's would.
+    /// The gateway's next batch, whose frames are decoded as they are taken; `Ok(None)` when
+    /// it closed the connection without a status. Its close record comes back as the status
+    /// it carries, as a gRPC session's would.
     pub(crate) async fn message(
         &mut self,
-    ) -> std::result::Result<Option<pb::Batch>, tonic::Status> {
+    ) -> std::result::Result<Option<BatchFrames>, tonic::Status> {
         match self.0.next_record().await {
-            Ok(Some(Record::Batch(bytes))) => <pb::Batch as prost::Message>::decode(bytes)
-                .map(Some)
-                .map_err(|e| {
-                    tonic::Status::internal(format!(
-                        "the gateway sent a record that is not a valid nexus.v1.Batch: {e}"
-                    ))
-                }),
+            Ok(Some(Record::Batch(bytes))) => Ok(Some(BatchFrames::new(bytes))),
             Ok(Some(Record::Close { code, message })) => {
                 Err(tonic::Status::new(tonic::Code::from_i32(code), message))
             }

@@ -44,15 +44,40 @@ pub(super) enum SessionRx {
 }
 
 impl SessionRx {
-    /// The gateway's next batch; `Ok(None)` when it ended the session without a status.
-    pub(super) async fn message(
-        &mut self,
-    ) -> std::result::Result<Option<pb::Batch>, tonic::Status> {
+    /// The frames of the gateway's next batch; `Ok(None)` when it ended the session without
+    /// a status.
+    pub(super) async fn message(&mut self) -> std::result::Result<Option<Frames>, tonic::Status> {
+        Ok(match self {
+            SessionRx::Grpc(s) => s
+                .message()
+                .await?
+                .map(|b| Frames::Decoded(b.frames.into_iter())),
+            SessionRx::Native(r) => r.message().await?.map(Frames::Encoded),
+        })
+    }
+}
+
+/// The frames of one batch from the gateway: decoded by tonic (gRPC), or decoded one at a
+/// time from the record as they are taken (native), without a vector of frames between.
+pub(super) enum Frames {
+    Decoded(std::vec::IntoIter<pb::Frame>),
+    Encoded(nexus_proto::hot_frames::BatchFrames),
+}
+
+impl Iterator for Frames {
+    type Item = std::result::Result<pb::Frame, prost::DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
         match self {
-            SessionRx::Grpc(s) => s.message().await,
-            SessionRx::Native(r) => r.message().await,
+            Frames::Decoded(frames) => frames.next().map(Ok),
+            Frames::Encoded(frames) => frames.next(),
         }
     }
+}
+
+/// The error a batch that fails to decode part way ends the session with.
+pub(super) fn bad_batch(e: &prost::DecodeError) -> String {
+    format!("the gateway sent a record that is not a valid nexus.v1.Batch: {e}")
 }
 
 /// The transport endpoint for `url` with the adapter's settings (TLS for `https://`).
@@ -118,12 +143,15 @@ pub(super) async fn establish(shared: &Shared, dial: &Dial) -> Result<Session> {
             (SessionTx::Native(writer), SessionRx::Native(reader))
         }
     };
-    let batch = tokio::time::timeout_at(deadline, inbound.message())
+    let mut frames = tokio::time::timeout_at(deadline, inbound.message())
         .await
         .map_err(|_| timed_out())??
         .ok_or_else(|| Error::Protocol("gateway ended the session before Welcome".into()))?;
-    let mut frames = batch.frames.into_iter();
-    let welcome = match frames.next().and_then(|f| f.kind) {
+    let first = frames
+        .next()
+        .transpose()
+        .map_err(|e| Error::Protocol(bad_batch(&e)))?;
+    let welcome = match first.and_then(|f| f.kind) {
         Some(Kind::Welcome(w)) => w,
         Some(Kind::Error(e)) => return Err(Error::from_gateway(e, "", cfg.connect_timeout)),
         other => {
@@ -176,6 +204,8 @@ pub(super) async fn establish(shared: &Shared, dial: &Dial) -> Result<Session> {
     Ok(Session {
         tx,
         inbound,
-        leftover: frames.collect(),
+        leftover: frames
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Protocol(bad_batch(&e)))?,
     })
 }

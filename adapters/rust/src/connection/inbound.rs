@@ -46,17 +46,17 @@ pub(super) async fn handle_frame(shared: &Arc<Shared>, frame: pb::Frame) {
 }
 
 /// Routes a batch's frames, in order, until one is a delivery to a full subscription (handed
-/// back to wait on; the rest stay in `frames`). Deliveries in a row are routed under one hold
-/// of the state lock; the subscriptions they went to are woken through `wakes`, which the
-/// caller wakes before it waits on anything.
+/// back to wait on; the rest stay in `frames`) or fails to decode. Deliveries in a row are
+/// routed under one hold of the state lock; the subscriptions they went to are woken through
+/// `wakes`, which the caller wakes before it waits on anything.
 pub(super) fn route_frames(
     shared: &Arc<Shared>,
-    frames: &mut impl Iterator<Item = pb::Frame>,
+    frames: &mut impl Iterator<Item = std::result::Result<pb::Frame, prost::DecodeError>>,
     wakes: &mut Wakes,
-) -> Option<FullSubscription> {
+) -> std::result::Result<Option<FullSubscription>, prost::DecodeError> {
     let mut st: Option<parking_lot::MutexGuard<'_, State>> = None;
     for frame in frames {
-        match frame.kind {
+        match frame?.kind {
             Some(Kind::Msg(mut m)) => {
                 if nexus_proto::encoding::find(&m.headers).is_some() {
                     // Decompressing is not done under the lock.
@@ -70,18 +70,18 @@ pub(super) fn route_frames(
                 }
                 let guard = st.get_or_insert_with(|| shared.state.lock());
                 if let Some(full) = deliver(shared, guard, m, wakes) {
-                    return Some(full);
+                    return Ok(Some(full));
                 }
             }
             kind => {
                 st = None;
                 if let Some(full) = route_frame(shared, pb::Frame { kind }, wakes) {
-                    return Some(full);
+                    return Ok(Some(full));
                 }
             }
         }
     }
-    None
+    Ok(None)
 }
 
 /// Routes one inbound frame without waiting; a delivery to a full subscription is handed
@@ -536,9 +536,11 @@ mod tests {
             msg_n(5, 4),
             msg_n(6, 1),
         ];
-        let mut frames = batch.into_iter();
+        let mut frames = batch.into_iter().map(Ok);
         let mut wakes = Wakes::default();
-        let full = route_frames(&shared, &mut frames, &mut wakes).expect("sid 5 is full");
+        let full = route_frames(&shared, &mut frames, &mut wakes)
+            .unwrap()
+            .expect("sid 5 is full");
         wakes.wake();
         assert_eq!(
             frames.len(),
@@ -553,7 +555,11 @@ mod tests {
         assert_eq!(read(&mut six), [0]);
         assert_eq!(read(&mut five), [0, 1, 2, 3]);
         full.deliver().await;
-        assert!(route_frames(&shared, &mut frames, &mut wakes).is_none());
+        assert!(
+            route_frames(&shared, &mut frames, &mut wakes)
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(read(&mut five), [4]);
         assert_eq!(read(&mut six), [1]);
     }
