@@ -133,6 +133,36 @@ async fn bad_native_input_gets_a_close_record_naming_it() {
     assert_eq!(code, tonic::Code::InvalidArgument as i32);
     assert!(message.contains("not a valid nexus.v1.Batch"), "{message}");
 
+    // A record whose third frame does not decode: the frames before it are applied (the
+    // gateway decodes a record frame by frame, docs/protocol.md §1.1), so the publish
+    // reaches its subscriber, then the session ends naming the problem.
+    let watcher = Client::connect(&native_url(&gw)).await.unwrap();
+    let mut partial = watcher.subscribe("partial").await.unwrap();
+    watcher.flush().await.unwrap();
+    let mut body = prost::Message::encode_to_vec(&v1::Batch::of(vec![
+        hello(),
+        frame(Kind::Pub(v1::Pub {
+            subject: "partial".into(),
+            payload: Bytes::from_static(b"before the bad frame"),
+            ..Default::default()
+        })),
+    ]));
+    body.extend([0x0a, 0x02, 0x2a, 0x05]); // a Frame whose `pub` runs past its end
+    let mut bytes = BytesMut::new();
+    bytes.put_slice(&native::batch_header(body.len()));
+    bytes.put_slice(&body);
+    let (mut r, _c) = raw(&gw, true, &bytes).await;
+    let (code, message) = close_of(&mut r).await;
+    assert_eq!(code, tonic::Code::InvalidArgument as i32);
+    assert!(message.contains("not a valid nexus.v1.Batch"), "{message}");
+    let m = tokio::time::timeout(Duration::from_secs(5), partial.next_message())
+        .await
+        .expect("the publish before the bad frame was routed")
+        .unwrap();
+    assert_eq!(&m.payload[..], b"before the bad frame");
+    drop(partial);
+    watcher.close().await;
+
     // A close record from the adapter, after a good Hello.
     let mut bytes = BytesMut::from(&batch(vec![hello()])[..]);
     native::encode_close(0, "bye", &mut bytes);

@@ -266,12 +266,13 @@ impl<R: AsyncRead + Unpin> Stream for Inbound<R> {
             Poll::Ready(record) => record,
         };
         let item = match record {
-            Ok(Some(Record::Batch(bytes))) => match <v1::Batch as prost::Message>::decode(bytes) {
-                Ok(batch) => return Poll::Ready(Some(Ok(batch))),
-                Err(e) => {
-                    Status::invalid_argument(format!("a record is not a valid nexus.v1.Batch: {e}"))
-                }
-            },
+            // Decoded frame by frame as the session applies them (`Session::apply_batch`).
+            Ok(Some(Record::Batch(bytes))) => {
+                return Poll::Ready(Some(Ok(v1::Batch {
+                    frames: Vec::new(),
+                    encoded: bytes,
+                })));
+            }
             Ok(Some(Record::Close { .. })) => Status::invalid_argument(
                 "adapters do not send close records; end the session by closing the connection",
             ),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use nexus_proto::encoding::CodecSet;
+use nexus_proto::hot_frames::BatchFrames;
 use nexus_proto::text::Escaped;
 use nexus_proto::v1::{self, ErrorCode, Frame, frame::Kind};
 use tokio::sync::mpsc;
@@ -288,10 +289,23 @@ impl Session {
         }
     }
 
-    /// Applies a batch's frames in order; `Err` ends the session with that outcome.
+    /// Applies a batch's frames in order; `Err` ends the session with that outcome. A native
+    /// record comes undecoded (in `encoded`) and is decoded one frame at a time as it is
+    /// applied, with no vector of frames between: frames before one that fails to decode are
+    /// applied, then the session ends naming the problem (docs/protocol.md §1.1).
     async fn apply_batch(&mut self, batch: v1::Batch) -> Result<(), Option<Status>> {
         let conn = self.conn.clone();
-        for f in batch.frames {
+        let frames = batch
+            .frames
+            .into_iter()
+            .map(Ok)
+            .chain(BatchFrames::new(batch.encoded));
+        for f in frames {
+            let f = f.map_err(|e| {
+                Some(Status::invalid_argument(format!(
+                    "a record is not a valid nexus.v1.Batch: {e}"
+                )))
+            })?;
             // Answers pile up faster than a reading adapter takes them when one batch
             // holds many frames that are answered: stop reading until it caught up
             // (protocol.md §12.4), rather than cutting it off as a slow consumer.

@@ -34,8 +34,8 @@ use super::v1::{Error, Frame};
 pub struct Batch {
     pub frames: Vec<Frame>,
     /// More frames, already encoded as `frames` records (field 1, length-delimited, back to
-    /// back): sent after `frames`, byte for byte. Decoding never fills it; a received batch
-    /// has all its frames in `frames`.
+    /// back): sent after `frames`, byte for byte. Decoding never fills it; a gateway hands a
+    /// native record to its session here undecoded, to be read with [`BatchFrames`].
     pub encoded: Bytes,
 }
 
@@ -112,14 +112,14 @@ impl BatchFrames {
                 skip_field(wire_type, tag, &mut self.buf, DecodeContext::default())?;
                 continue;
             }
-            prost::encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-            let len = usize::try_from(decode_varint(&mut self.buf)?).unwrap_or(usize::MAX);
-            if len > self.buf.remaining() {
-                #[allow(deprecated)] // prost keeps its error kinds private
-                return Err(DecodeError::new("buffer underflow"));
-            }
+            // As `repeated` fields are decoded (the length bounds the merge; no `Take`).
             let mut frame = Frame::default();
-            prost::Message::merge(&mut frame, (&mut self.buf).take(len))?;
+            message::merge(
+                wire_type,
+                &mut frame,
+                &mut self.buf,
+                DecodeContext::default(),
+            )?;
             return Ok(Some(frame));
         }
         Ok(None)
