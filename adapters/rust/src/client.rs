@@ -117,7 +117,7 @@ fn new_id() -> Bytes {
         static IDS: std::cell::RefCell<bytes::BytesMut> =
             std::cell::RefCell::new(bytes::BytesMut::new());
     }
-    let id = ulid::Ulid::new().to_bytes();
+    let id = crate::ids::new_ulid().to_bytes();
     IDS.with(|ids| {
         let mut ids = ids.borrow_mut();
         if ids.capacity() < id.len() {

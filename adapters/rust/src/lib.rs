@@ -139,6 +139,7 @@ mod credit;
 mod discovery;
 mod error;
 mod headers;
+mod ids;
 mod inbox;
 mod message;
 mod native;

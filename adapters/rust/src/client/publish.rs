@@ -63,7 +63,7 @@ impl Client {
         payload: &[u8],
     ) -> Result<()> {
         self.check_open()?;
-        let id = ulid::Ulid::new().to_bytes();
+        let id = crate::ids::new_ulid().to_bytes();
         let p = nexus_proto::hot_frames::PubRef {
             subject,
             reply_to,
