@@ -423,3 +423,32 @@ fn batch_frames_end_at_the_first_bad_record() {
             .is_err()
     );
 }
+
+#[test]
+fn batch_frames_decode_in_place_into_one_slot() {
+    let frames = vec![
+        Frame {
+            kind: Some(Kind::Ping(crate::v1::Ping { nonce: 1 })),
+        },
+        Frame::default(),
+        Frame {
+            kind: Some(Kind::Pub(Pub {
+                subject: "a.b".into(),
+                ..Default::default()
+            })),
+        },
+    ];
+    let mut wire = Batch::of(frames.clone()).encode_to_vec();
+    wire.extend([0x0a, 0x02, 0x2a, 0x05]); // then a bad frame
+    let mut it = BatchFrames::new(wire.into());
+    let mut slot = Frame {
+        kind: Some(Kind::Ping(crate::v1::Ping { nonce: 99 })),
+    };
+    let mut got = Vec::new();
+    while it.next_into(&mut slot).unwrap_or(false) {
+        got.push(slot.clone());
+    }
+    // An empty frame decodes as one with no kind: the slot's old kind does not survive.
+    assert_eq!(got, frames);
+    assert!(!it.next_into(&mut slot).unwrap(), "nothing after the error");
+}

@@ -64,6 +64,22 @@ pub(super) enum Frames {
     Encoded(nexus_proto::hot_frames::BatchFrames),
 }
 
+impl Frames {
+    /// Decodes (or moves) the next frame into `slot`; `false` at the end of the batch. A
+    /// record's frame is decoded in place ([`BatchFrames::next_into`]).
+    ///
+    /// [`BatchFrames::next_into`]: nexus_proto::hot_frames::BatchFrames::next_into
+    pub(super) fn next_into(
+        &mut self,
+        slot: &mut pb::Frame,
+    ) -> std::result::Result<bool, prost::DecodeError> {
+        match self {
+            Frames::Decoded(frames) => Ok(frames.next().map(|f| *slot = f).is_some()),
+            Frames::Encoded(frames) => frames.next_into(slot),
+        }
+    }
+}
+
 impl Iterator for Frames {
     type Item = std::result::Result<pb::Frame, prost::DecodeError>;
 

@@ -2,6 +2,7 @@
 //! the waiters of requests, acks and pings, errors to what they name, streams opened by
 //! peers, and `GoAway` (the start of a move, see the parent module).
 
+use super::establish::Frames;
 use super::*;
 use crate::inbox::{Full, Inbox, Wakes};
 
@@ -51,12 +52,15 @@ pub(super) async fn handle_frame(shared: &Arc<Shared>, frame: pb::Frame) {
 /// `wakes`, which the caller wakes before it waits on anything.
 pub(super) fn route_frames(
     shared: &Arc<Shared>,
-    frames: &mut impl Iterator<Item = std::result::Result<pb::Frame, prost::DecodeError>>,
+    frames: &mut Frames,
     wakes: &mut Wakes,
 ) -> std::result::Result<Option<FullSubscription>, prost::DecodeError> {
     let mut st: Option<parking_lot::MutexGuard<'_, State>> = None;
-    for frame in frames {
-        match frame?.kind {
+    // Frames are decoded into this slot and their kind taken out once: each move of a frame
+    // through an iterator's `Option`s and `Result`s is a ~170-byte copy.
+    let mut slot = pb::Frame::default();
+    while frames.next_into(&mut slot)? {
+        match slot.kind.take() {
             Some(Kind::Msg(mut m)) => {
                 if nexus_proto::encoding::find(&m.headers).is_some() {
                     // Decompressing is not done under the lock.
@@ -536,14 +540,17 @@ mod tests {
             msg_n(5, 4),
             msg_n(6, 1),
         ];
-        let mut frames = batch.into_iter().map(Ok);
+        let mut frames = Frames::Decoded(batch.into_iter());
         let mut wakes = Wakes::default();
         let full = route_frames(&shared, &mut frames, &mut wakes)
             .unwrap()
             .expect("sid 5 is full");
         wakes.wake();
+        let Frames::Decoded(rest) = &frames else {
+            unreachable!("built decoded")
+        };
         assert_eq!(
-            frames.len(),
+            rest.len(),
             1,
             "the frame after the full delivery is not routed yet"
         );
