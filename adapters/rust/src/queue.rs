@@ -199,6 +199,10 @@ impl OutboundQueue {
     }
 
     async fn push_with(&self, mut push: impl FnMut(&mut Pending)) -> Result<()> {
+        // A publisher that never finds the queue full never waits; like a channel's send, it
+        // spends the task's cooperative budget, so that a publishing loop yields now and
+        // then to the writer and the other tasks of its thread instead of filling the queue.
+        tokio::task::coop::consume_budget().await;
         if let Some(done) = self.try_push(&mut push) {
             return done;
         }
@@ -496,6 +500,26 @@ mod tests {
         let mut out = Vec::new();
         q.take_into(LIMITS, &mut out);
         assert_eq!(decode(out), ["ping 2"]);
+    }
+
+    #[tokio::test]
+    async fn a_publishing_loop_yields_to_other_tasks() {
+        // One thread: the other task runs only if the publisher's pushes yield now and then.
+        let q = OutboundQueue::new(100_000, LIMITS);
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn({
+            let ran = ran.clone();
+            async move { ran.store(true, std::sync::atomic::Ordering::Relaxed) }
+        });
+        let mut pushed_before_it_ran = None;
+        for n in 0..10_000 {
+            q.push_pub(&publish("a")).await.unwrap();
+            if pushed_before_it_ran.is_none() && ran.load(std::sync::atomic::Ordering::Relaxed) {
+                pushed_before_it_ran = Some(n);
+            }
+        }
+        let n = pushed_before_it_ran.expect("the other task never ran during 10 000 publishes");
+        assert!(n < 1_000, "it ran only after {n} publishes");
     }
 
     #[tokio::test]
