@@ -167,12 +167,19 @@ impl Drop for Inbox {
 
 impl InboxReceiver {
     /// The next message: at once from what was taken, else everything queued is taken.
+    /// Spends the task's cooperative budget as a channel's receive does, so that a loop
+    /// reading a busy subscription yields to its thread's other tasks now and then.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         if let Some(m) = self.taken.pop_front() {
+            coop.made_progress();
             return Poll::Ready(Some(m));
         }
         match self.refill(Some(cx)) {
-            true => Poll::Ready(self.taken.pop_front()),
+            true => {
+                coop.made_progress();
+                Poll::Ready(self.taken.pop_front())
+            }
             false => Poll::Pending,
         }
     }
@@ -306,6 +313,30 @@ mod tests {
         wakes.wake();
         drop(tx);
         assert_eq!(reader.await.unwrap(), [0, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_reading_loop_yields_to_other_tasks() {
+        // One thread: the other task runs only if reading yields now and then.
+        let (tx, mut rx) = inbox(10_000);
+        let mut wakes = Wakes::default();
+        for _ in 0..5_000 {
+            tx.push(msg(0), &mut wakes).ok().unwrap();
+        }
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn({
+            let ran = ran.clone();
+            async move { ran.store(true, std::sync::atomic::Ordering::Relaxed) }
+        });
+        let mut read_before_it_ran = None;
+        for n in 0..5_000 {
+            poll_fn(|cx| rx.poll_recv(cx)).await.unwrap();
+            if read_before_it_ran.is_none() && ran.load(std::sync::atomic::Ordering::Relaxed) {
+                read_before_it_ran = Some(n);
+            }
+        }
+        let n = read_before_it_ran.expect("the other task never ran while reading 5 000");
+        assert!(n < 1_000, "it ran only after {n} messages");
     }
 
     #[tokio::test]
