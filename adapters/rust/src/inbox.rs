@@ -339,9 +339,9 @@ mod tests {
         assert!(n < 1_000, "it ran only after {n} messages");
     }
 
-    #[tokio::test]
-    async fn a_full_inbox_makes_the_reader_wait_until_the_subscription_reads() {
-        let (tx, mut rx) = inbox(1);
+    /// An inbox of one holding message 0, and message 1 waiting for room in a task.
+    async fn full_with_one_waiting() -> (Inbox, InboxReceiver, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = inbox(1);
         let mut wakes = Wakes::default();
         tx.push(msg(0), &mut wakes).ok().unwrap();
         let Err(Full(m)) = tx.push(msg(1), &mut wakes) else {
@@ -350,6 +350,12 @@ mod tests {
         let waiter = tx.waiter();
         let pushing = tokio::spawn(async move { waiter.push_waiting(m).await });
         settle().await;
+        (tx, rx, pushing)
+    }
+
+    #[tokio::test]
+    async fn a_full_inbox_makes_the_reader_wait_until_the_subscription_reads() {
+        let (tx, mut rx, pushing) = full_with_one_waiting().await;
         assert!(!pushing.is_finished());
         assert_eq!(n(rx.try_recv()), Some(0));
         assert_eq!(n(rx.try_recv()), None, "the second was not queued yet");
@@ -367,15 +373,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_gone_subscription_drops_deliveries_and_frees_a_waiting_reader() {
-        let (tx, rx) = inbox(1);
+        let (tx, rx, pushing) = full_with_one_waiting().await;
         let mut wakes = Wakes::default();
-        tx.push(msg(0), &mut wakes).ok().unwrap();
-        let Err(Full(m)) = tx.push(msg(1), &mut wakes) else {
-            panic!("full")
-        };
-        let waiter = tx.waiter();
-        let pushing = tokio::spawn(async move { waiter.push_waiting(m).await });
-        settle().await;
         drop(rx);
         pushing.await.unwrap();
         assert!(tx.push(msg(2), &mut wakes).is_ok(), "dropped, not refused");
