@@ -9,8 +9,10 @@
 //! large or compressed ones) is queued as a frame with its session epoch, in order with the
 //! chunks around it.
 //!
-//! The queue is bounded in frames (`ClientBuilder::outbound_capacity`): when that many wait,
-//! publishers wait for the writer to take some. The writer is woken when the queue goes from
+//! The queue is bounded in frames (`ClientBuilder::outbound_capacity`) and in bytes
+//! (`ClientBuilder::outbound_max_bytes`, as encoded before compression): when either is
+//! reached, publishers wait for the writer to take some (a single frame larger than the byte
+//! bound still goes, alone). The writer is woken when the queue goes from
 //! empty to non-empty, so under load once per batch rather than once per frame.
 //!
 //! [`Pending`] is the queue's state, without locks or wakes, tested on its own;
@@ -48,6 +50,8 @@ pub(crate) enum Item {
 pub(crate) struct Pending {
     items: VecDeque<Item>,
     frames: usize,
+    /// Encoded bytes queued (a frame's as it stands, before compression).
+    bytes: usize,
     limits: BatchLimits,
     /// Bytes of the chunk taken last: a new chunk reserves twice that at once, so that under
     /// load a chunk is rarely outgrown (when it is, the next one starts, twice as large).
@@ -59,6 +63,7 @@ impl Pending {
         Pending {
             items: VecDeque::new(),
             frames: 0,
+            bytes: 0,
             limits: BatchLimits {
                 max_frames: limits.max_frames.max(1),
                 max_bytes: limits.max_bytes.max(1),
@@ -72,8 +77,14 @@ impl Pending {
         self.frames
     }
 
+    /// Encoded bytes queued.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Queues a frame after everything queued.
     pub(crate) fn push_frame(&mut self, o: Outbound) {
+        self.bytes += prost::Message::encoded_len(&*o.frame);
         self.items.push_back(Item::Frame(o));
         self.frames += 1;
     }
@@ -108,7 +119,9 @@ impl Pending {
         let Some(Item::Chunk { bytes, frames }) = self.items.back_mut() else {
             unreachable!("the tail is a chunk with room")
         };
+        let before = bytes.len();
         pb::Batch::encode_pub(p, bytes);
+        self.bytes += bytes.len() - before;
         *frames += 1;
         self.frames += 1;
     }
@@ -132,6 +145,7 @@ impl Pending {
             frames += n;
             bytes += len;
             self.frames -= n;
+            self.bytes = self.bytes.saturating_sub(len);
             out.push(item);
         }
     }
@@ -146,6 +160,7 @@ impl Pending {
 pub(crate) struct OutboundQueue {
     pending: Mutex<State>,
     capacity: usize,
+    max_bytes: usize,
     /// Notified when the queue goes from empty to non-empty.
     ready: Notify,
     /// Notified when the writer took frames from a full queue, and when the queue closes.
@@ -158,14 +173,16 @@ struct State {
 }
 
 impl OutboundQueue {
-    /// A queue of at most `capacity` frames, whose chunks fill up to `limits`.
-    pub(crate) fn new(capacity: usize, limits: BatchLimits) -> Self {
+    /// A queue of at most `capacity` frames and `max_bytes` bytes, whose chunks fill up to
+    /// `limits`.
+    pub(crate) fn new(capacity: usize, max_bytes: usize, limits: BatchLimits) -> Self {
         OutboundQueue {
             pending: Mutex::new(State {
                 pending: Pending::new(limits),
                 closed: false,
             }),
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
             ready: Notify::new(),
             room: Notify::new(),
         }
@@ -224,7 +241,7 @@ impl OutboundQueue {
         if st.closed {
             return Some(Err(Error::Closed));
         }
-        if st.pending.frames() >= self.capacity {
+        if self.is_full(&st.pending) {
             return None;
         }
         let was_empty = st.pending.is_empty();
@@ -234,6 +251,11 @@ impl OutboundQueue {
             self.ready.notify_one();
         }
         Some(Ok(()))
+    }
+
+    /// No room for another frame: `capacity` frames, or `max_bytes` bytes, are queued.
+    fn is_full(&self, p: &Pending) -> bool {
+        p.frames() >= self.capacity || (p.frames() > 0 && p.bytes() >= self.max_bytes)
     }
 
     /// Completes when something is queued (at once if it already is).
@@ -253,7 +275,7 @@ impl OutboundQueue {
     /// publishers waiting for room.
     pub(crate) fn take_into(&self, room: BatchLimits, out: &mut Vec<Item>) {
         let mut st = self.pending.lock();
-        let was_full = st.pending.frames() >= self.capacity;
+        let was_full = self.is_full(&st.pending);
         st.pending.take_into(room, out);
         drop(st);
         if was_full {
@@ -484,7 +506,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_makes_publishers_wait_until_the_writer_takes() {
-        let q = Arc::new(OutboundQueue::new(2, LIMITS));
+        let q = Arc::new(OutboundQueue::new(2, usize::MAX, LIMITS));
         q.push_pub(&publish("a")).await.unwrap();
         q.push(ping(1)).await.unwrap();
         let waiting = tokio::spawn({
@@ -505,7 +527,7 @@ mod tests {
     #[tokio::test]
     async fn a_publishing_loop_yields_to_other_tasks() {
         // One thread: the other task runs only if the publisher's pushes yield now and then.
-        let q = OutboundQueue::new(100_000, LIMITS);
+        let q = OutboundQueue::new(100_000, usize::MAX, LIMITS);
         let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         tokio::spawn({
             let ran = ran.clone();
@@ -522,9 +544,59 @@ mod tests {
         assert!(n < 1_000, "it ran only after {n} publishes");
     }
 
+    #[test]
+    fn bytes_are_counted_in_and_out() {
+        let mut p = Pending::new(LIMITS);
+        p.push_pub(&publish("a"));
+        let one = p.bytes();
+        assert!(
+            one > 16,
+            "a publish's record, id and payload included: {one}"
+        );
+        p.push_pub(&publish("b"));
+        p.push_frame(ping(1));
+        let ping_len = prost::Message::encoded_len(&*ping(1).frame);
+        assert_eq!(p.bytes(), 2 * one + ping_len);
+        take_all(&mut p);
+        assert_eq!(p.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_makes_publishers_wait_too() {
+        let one = {
+            let mut p = Pending::new(LIMITS);
+            p.push_pub(&publish("a"));
+            p.bytes()
+        };
+        // Room for three publishes' bytes, and frames to spare.
+        let q = Arc::new(OutboundQueue::new(1_000, 3 * one, LIMITS));
+        for s in ["a", "b", "c"] {
+            q.push_pub(&publish(s)).await.unwrap();
+        }
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.push_pub(&publish("d")).await }
+        });
+        settle().await;
+        assert!(
+            !waiting.is_finished(),
+            "the fourth waits for bytes to leave"
+        );
+        let mut out = Vec::new();
+        q.take_into(LIMITS, &mut out);
+        assert_eq!(decode(out), ["a", "b", "c"]);
+        waiting.await.unwrap().unwrap();
+        // A frame larger than the bound still goes, alone.
+        let q = OutboundQueue::new(1_000, 1, LIMITS);
+        q.push_pub(&publish("big")).await.unwrap();
+        let mut out = Vec::new();
+        q.take_into(LIMITS, &mut out);
+        assert_eq!(decode(out), ["big"]);
+    }
+
     #[tokio::test]
     async fn closing_fails_waiting_and_later_publishers() {
-        let q = Arc::new(OutboundQueue::new(1, LIMITS));
+        let q = Arc::new(OutboundQueue::new(1, usize::MAX, LIMITS));
         q.push(ping(1)).await.unwrap();
         let waiting = tokio::spawn({
             let q = q.clone();
@@ -541,7 +613,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_writer_wakes_when_something_is_queued() {
-        let q = Arc::new(OutboundQueue::new(8, LIMITS));
+        let q = Arc::new(OutboundQueue::new(8, usize::MAX, LIMITS));
         let writer = tokio::spawn({
             let q = q.clone();
             async move {

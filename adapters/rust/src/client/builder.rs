@@ -17,6 +17,7 @@ pub struct ClientBuilder {
     max_batch_frames: usize,
     max_batch_bytes: usize,
     outbound_capacity: usize,
+    outbound_max_bytes: usize,
     subscription_capacity: usize,
     stream_window: u32,
     listener_backlog: usize,
@@ -41,6 +42,7 @@ impl ClientBuilder {
             max_batch_frames: 256,
             max_batch_bytes: 256 * 1024,
             outbound_capacity: 8192,
+            outbound_max_bytes: 32 << 20,
             subscription_capacity: 8192,
             stream_window: 256,
             listener_backlog: 256,
@@ -109,6 +111,14 @@ impl ClientBuilder {
     /// Capacity of the outbound queue in frames (default 8192). When full, `publish()` waits.
     pub fn outbound_capacity(mut self, n: usize) -> Self {
         self.outbound_capacity = n.max(1);
+        self
+    }
+
+    /// Capacity of the outbound queue in bytes, as encoded before compression (default 32
+    /// MiB). When that much is queued, `publish()` waits, as when `outbound_capacity` frames
+    /// are; a single message larger than this still goes, alone.
+    pub fn outbound_max_bytes(mut self, n: usize) -> Self {
+        self.outbound_max_bytes = n.max(1);
         self
     }
 
@@ -314,7 +324,11 @@ impl ClientBuilder {
             compression: self.compression,
             tls: self.tls,
         };
-        let outbound = OutboundQueue::new(self.outbound_capacity, config.limits);
+        let outbound = OutboundQueue::new(
+            self.outbound_capacity,
+            self.outbound_max_bytes,
+            config.limits,
+        );
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let inner = Arc::new_cyclic(|weak| ClientInner {

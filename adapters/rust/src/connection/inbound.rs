@@ -429,7 +429,7 @@ mod tests {
             compression: Default::default(),
             tls: TlsSettings::default(),
         };
-        let outbound = crate::queue::OutboundQueue::new(8, config.limits);
+        let outbound = crate::queue::OutboundQueue::new(8, usize::MAX, config.limits);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         let shared = Shared::new(
