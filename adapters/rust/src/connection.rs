@@ -707,7 +707,7 @@ async fn write_loop(
             for item in taken.drain(..) {
                 match item {
                     Item::Chunk { bytes, frames } => co.push_chunk(bytes, frames),
-                    Item::Frame(o) => push(&mut co, o),
+                    Item::Frame { o, .. } => push(&mut co, o),
                 }
             }
         }

@@ -41,8 +41,9 @@ const MIN_CHUNK: usize = 1024;
 pub(crate) enum Item {
     /// Publishes encoded as `Batch.frames` records, for any session.
     Chunk { bytes: BytesMut, frames: usize },
-    /// A frame the writer encodes (and may compress) for the session it goes out in.
-    Frame(Outbound),
+    /// A frame the writer encodes (and may compress) for the session it goes out in, with
+    /// its encoded length as it stands (before compression), counted once when queued.
+    Frame { o: Outbound, len: usize },
 }
 
 /// The queue's state: items in order, and how many frames they hold.
@@ -84,8 +85,9 @@ impl Pending {
 
     /// Queues a frame after everything queued.
     pub(crate) fn push_frame(&mut self, o: Outbound) {
-        self.bytes += prost::Message::encoded_len(&*o.frame);
-        self.items.push_back(Item::Frame(o));
+        let len = prost::Message::encoded_len(&*o.frame);
+        self.bytes += len;
+        self.items.push_back(Item::Frame { o, len });
         self.frames += 1;
     }
 
@@ -128,7 +130,7 @@ impl Pending {
 
     /// Moves items into `out`, oldest first, until they make a batch full by `room` (the
     /// frames and bytes the batch being built still takes); a single item larger than that
-    /// still goes. A frame counts its encoded length, `frame_len`, as it stands.
+    /// still goes. A frame counts its encoded length before compression.
     pub(crate) fn take_into(&mut self, room: BatchLimits, out: &mut Vec<Item>) {
         let (mut frames, mut bytes) = (0usize, 0usize);
         while frames < room.max_frames && bytes < room.max_bytes {
@@ -140,12 +142,12 @@ impl Pending {
                     self.last_chunk = bytes.len();
                     (*frames, bytes.len())
                 }
-                Item::Frame(o) => (1, prost::Message::encoded_len(&*o.frame)),
+                Item::Frame { len, .. } => (1, *len),
             };
             frames += n;
             bytes += len;
             self.frames -= n;
-            self.bytes = self.bytes.saturating_sub(len);
+            self.bytes -= len;
             out.push(item);
         }
     }
@@ -348,7 +350,7 @@ mod tests {
                         }
                     }
                 }
-                Item::Frame(o) => match o.frame.kind {
+                Item::Frame { o, .. } => match o.frame.kind {
                     Some(Kind::Ping(p)) => out.push(format!("ping {}", p.nonce)),
                     other => panic!("unexpected frame {other:?}"),
                 },
@@ -395,7 +397,7 @@ mod tests {
             .iter()
             .map(|i| match i {
                 Item::Chunk { frames, .. } => *frames,
-                Item::Frame(_) => 0,
+                Item::Frame { .. } => 0,
             })
             .collect();
         assert_eq!(sizes, [4, 1]);
@@ -431,7 +433,7 @@ mod tests {
             .iter()
             .filter_map(|i| match i {
                 Item::Chunk { bytes, frames } => Some((*frames, bytes.capacity())),
-                Item::Frame(_) => None,
+                Item::Frame { .. } => None,
             })
             .collect();
         assert_eq!(chunks, [(1, MIN_CHUNK), (2, 2 * MIN_CHUNK)]);
@@ -451,7 +453,7 @@ mod tests {
                 .iter()
                 .filter_map(|i| match i {
                     Item::Chunk { bytes, .. } => Some((bytes.len(), bytes.capacity())),
-                    Item::Frame(_) => None,
+                    Item::Frame { .. } => None,
                 })
                 .collect()
         };

@@ -296,7 +296,7 @@ mod text {
     /// Header keys every message may carry, decoded as static strings: comparing a dozen
     /// bytes costs less than the slice of the receive buffer (an atomic increment, and a
     /// decrement when it is dropped) a decoded key otherwise takes.
-    const KNOWN_KEYS: [&str; 2] = ["traceparent", "nexus-encoding"];
+    const KNOWN_KEYS: [&str; 2] = ["traceparent", crate::encoding::HEADER];
 
     /// [`merge`] for a header key: a [`KNOWN_KEYS`] key (as written, lower case) becomes a
     /// static string; any other is taken as [`merge`] takes it.
