@@ -222,3 +222,106 @@ async fn bad_native_input_gets_a_close_record_naming_it() {
         .unwrap();
     assert_eq!(&m.payload[..], b"ok");
 }
+
+/// Publishes arrive whole when the gateway reads them in place from their record
+/// (`BatchFrames::next_view`): headers, reply subject, a given id and one the gateway makes, a
+/// traceparent the gateway adds, a large payload (queued as a frame of its own, owned slices
+/// of the record), and a publish of another shape (an unknown field: decoded by prost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_read_in_place_arrive_whole() {
+    let gw = Gateway::start();
+    let mut sub = common::RawSession::connect(&gw.url()).await;
+    sub.send(vec![frame(Kind::Sub(v1::Sub {
+        sid: 1,
+        subject: "inplace.>".into(),
+        ..Default::default()
+    }))])
+    .await;
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .metric("nexus_subscriptions", &[])
+            == 1.0)
+        .await,
+        "subscribed"
+    );
+
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let id = Bytes::from_static(b"0123456789abcdef");
+    let big = Bytes::from(vec![b'b'; 20_000]);
+    let publish = |subject: &str, headers: Vec<v1::Header>, payload: Bytes, id: Bytes| {
+        frame(Kind::Pub(v1::Pub {
+            subject: subject.into(),
+            reply_to: "inplace.answers".into(),
+            headers,
+            payload,
+            id,
+            ..Default::default()
+        }))
+    };
+    let header = |key: &str, value: &str| v1::Header {
+        key: key.into(),
+        value: value.into(),
+    };
+    let mut body = prost::Message::encode_to_vec(&v1::Batch::of(vec![
+        hello(),
+        publish(
+            "inplace.a",
+            vec![header("traceparent", traceparent), header("x-order", "42")],
+            Bytes::from_static(b"first"),
+            id.clone(),
+        ),
+        publish(
+            "inplace.b",
+            vec![],
+            Bytes::from_static(b"second"),
+            Bytes::new(),
+        ),
+        publish("inplace.c", vec![], big.clone(), id.clone()),
+    ]));
+    // A publish with a field this gateway does not know (field 15, varint 1).
+    let mut odd = prost::Message::encode_to_vec(&v1::Pub {
+        subject: "inplace.d".into(),
+        payload: Bytes::from_static(b"fourth"),
+        ..Default::default()
+    });
+    odd.extend([0x78, 0x01]);
+    let mut odd_frame = vec![0x2a, odd.len() as u8];
+    odd_frame.extend(&odd);
+    body.extend([0x0a, odd_frame.len() as u8]);
+    body.extend(&odd_frame);
+    let mut bytes = BytesMut::new();
+    bytes.put_slice(&native::batch_header(body.len()));
+    bytes.put_slice(&body);
+    let (_r, _c) = raw(&gw, true, &bytes).await;
+
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        match sub.next_frame().await {
+            Some(Kind::Msg(m)) => got.push(m),
+            Some(_) => {}
+            None => panic!("only {} of 4 messages arrived", got.len()),
+        }
+    }
+    let header_of = |m: &v1::Msg, key: &str| {
+        m.headers
+            .iter()
+            .find(|h| h.key == key)
+            .map(|h| h.value.to_string())
+    };
+    let (a, b, c, d) = (&got[0], &got[1], &got[2], &got[3]);
+    assert_eq!((&*a.subject, &a.payload[..]), ("inplace.a", &b"first"[..]));
+    assert_eq!(&*a.reply_to, "inplace.answers");
+    assert_eq!(a.id, id);
+    assert_eq!(header_of(a, "traceparent").as_deref(), Some(traceparent));
+    assert_eq!(header_of(a, "x-order").as_deref(), Some("42"));
+    assert_eq!((&*b.subject, &b.payload[..]), ("inplace.b", &b"second"[..]));
+    assert_eq!(b.id.len(), 16, "the gateway gave it an id");
+    assert!(
+        header_of(b, "traceparent").is_some_and(|t| t.len() == 55),
+        "the gateway gave it a traceparent: {:?}",
+        b.headers
+    );
+    assert_eq!((&*c.subject, &c.payload), ("inplace.c", &big));
+    assert_eq!(c.id, id);
+    assert_eq!((&*d.subject, &d.payload[..]), ("inplace.d", &b"fourth"[..]));
+}

@@ -189,18 +189,18 @@ pub fn check_in(
 
 /// The plain payload, for a schema check: the payload itself when it is not encoded,
 /// otherwise its bounded decompression.
-pub fn plain_for_check(
+pub fn plain_for_check<'a>(
     codec: Option<Codec>,
-    payload: &Bytes,
+    payload: &'a [u8],
     max: usize,
     metrics: &EncodingMetrics,
-) -> Result<Bytes, String> {
+) -> Result<std::borrow::Cow<'a, [u8]>, String> {
     let Some(codec) = codec else {
-        return Ok(payload.clone());
+        return Ok(std::borrow::Cow::Borrowed(payload));
     };
     metrics.decoded(codec, DecodeReason::Schema);
     encoding::decompress(codec, payload, max)
-        .map(Bytes::from)
+        .map(std::borrow::Cow::Owned)
         .map_err(|e| {
             metrics.error(Some(codec));
             e.to_string()

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::balancer::GroupCost;
-use crate::router::{Delivery, ReplyResult};
+use crate::router::{MessageRef, ReplyResult};
 use crate::streams::StreamRelay;
 
 /// Resolves when a publish's cross-region contract is met: written to the durable spool
@@ -71,7 +71,7 @@ pub trait Remote: Send + Sync + 'static {
     /// A message published in this region, for the regions that want it; `local_interest`
     /// says whether a local subscription matched it. Called before local delivery, so that a
     /// duplicate (see [`PublishOutcome::duplicate`]) is delivered nowhere.
-    fn publish(&self, msg: &Delivery, local_interest: bool) -> PublishOutcome;
+    fn publish(&self, msg: &MessageRef<'_>, local_interest: bool) -> PublishOutcome;
     /// A request on `subject` this gateway may not serve itself: sends it to another
     /// gateway of this region or to another region, and returns the channel its answer (or
     /// an error) arrives on within `timeout`. `local` is what this gateway's own chosen

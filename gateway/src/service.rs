@@ -353,7 +353,7 @@ impl Gateway for GatewayService {
             id: id.clone(),
             traced,
         };
-        self.router.trace(&delivery, || {
+        self.router.trace(&delivery.as_ref(), || {
             crate::trace_store::Hop::new(crate::trace_store::Event::Received)
                 .peer(format!(
                     "unary Publish key {}",

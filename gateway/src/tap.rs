@@ -239,10 +239,10 @@ impl Taps {
     pub fn offer(
         &self,
         kind: &'static str,
-        id: &Bytes,
+        id: &[u8],
         subject: &str,
         headers: &[Header],
-        payload: &Bytes,
+        payload: &[u8],
     ) {
         if self.active.load(Ordering::Relaxed) == 0 {
             return;
@@ -254,10 +254,10 @@ impl Taps {
     fn offer_slow(
         &self,
         kind: &'static str,
-        id: &Bytes,
+        id: &[u8],
         subject: &str,
         headers: &[Header],
-        payload: &Bytes,
+        payload: &[u8],
     ) {
         let taps = self.list.load();
         for tap in taps.iter() {
@@ -276,14 +276,18 @@ impl Taps {
                 continue;
             }
             let event = TapEvent {
-                id: id.clone(),
+                id: Bytes::copy_from_slice(id),
                 subject: ByteString::from(subject),
                 kind,
                 at_us: crate::trace_store::now_us(),
                 payload_bytes: payload.len(),
                 header_keys: headers.iter().map(|h| h.key.clone()).collect(),
                 trace_id: crate::trace_store::trace_id(headers),
-                preview: payload.slice(..payload.len().min(tap.spec.preview_bytes)),
+                // A copy: a slice would keep the whole receive buffer alive in the viewer's
+                // queue.
+                preview: Bytes::copy_from_slice(
+                    &payload[..payload.len().min(tap.spec.preview_bytes)],
+                ),
             };
             match tap.tx.try_send(event) {
                 Ok(()) => {

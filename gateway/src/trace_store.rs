@@ -204,11 +204,11 @@ pub struct Traced {
 
 impl Traced {
     /// A handle for message `id` (16 bytes, else `None`), whether sampled or not.
-    pub fn new(id: &[u8], headers: &[Header], subject: &ByteString) -> Option<Self> {
+    pub fn new(id: &[u8], headers: &[Header], subject: &str) -> Option<Self> {
         Some(Self {
             id: id.try_into().ok()?,
             trace_id: trace_id(headers),
-            subject: subject.clone(),
+            subject: subject.into(),
         })
     }
 

@@ -5,7 +5,8 @@
 //! decoding (`proto/src/hot_frames/mod.rs`), routing, fan-out to many subscribers and the
 //! outbound queue all share that receive buffer. These tests follow one large payload from
 //! the wire bytes of a `Batch` to the `Msg` frames in each subscriber's outbound queue and
-//! check that every one points into the bytes the `Batch` arrived in.
+//! check that every one points into the bytes the `Batch` arrived in, decoded (gRPC) or read
+//! in place (the native transport).
 //!
 //! This holds for payloads of `outbound::WHOLE_FRAME_PAYLOAD` (8 KiB) and more. A smaller
 //! frame is encoded when it is queued and its batch copied into the send buffer, one more
@@ -21,7 +22,8 @@ use nexus_gateway::GatewayConfig;
 use nexus_gateway::connection::Connection;
 use nexus_gateway::metrics::GatewayMetrics;
 use nexus_gateway::outbound::{Outbound, OutboundStream};
-use nexus_gateway::router::{Delivery, Router};
+use nexus_gateway::router::{Delivery, MessageRef, Router};
+use nexus_proto::hot_frames::{BatchFrames, Next};
 use nexus_proto::v1::{Batch, Frame, Pub, frame::Kind};
 use prost::Message;
 
@@ -104,6 +106,40 @@ async fn one_subscriber_gets_the_payload_in_the_buffer_it_arrived_in() {
     let range = wire.as_ptr_range();
     let (delivered, _) = router.publish(delivery(&wire), &mut Vec::new()).await;
     assert_eq!(delivered, 1);
+    let payloads = next_payloads(&mut stream).await;
+    assert_eq!(payloads.len(), 1);
+    assert!(
+        inside(&range, &payloads[0]),
+        "the payload was copied on its way to the subscriber"
+    );
+}
+
+/// Over the native transport a publish is read in place from its record
+/// (`BatchFrames::next_view`) and routed borrowed (`MessageRef`): the frame a large payload is
+/// queued in still points into the record.
+#[tokio::test]
+async fn a_publish_read_in_place_is_delivered_from_its_record() {
+    let router = router();
+    let (_conn, mut stream) = subscriber(&router, "big.>", "");
+    let wire = wire("big.native");
+    let range = wire.as_ptr_range();
+    let mut frames = BatchFrames::new(wire.clone());
+    let (mut slot, mut headers) = (Frame::default(), Vec::new());
+    let Ok(Some(Next::Pub(p))) = frames.next_view(&mut slot, &mut headers) else {
+        panic!("a publish read in place");
+    };
+    let msg = MessageRef::new(
+        [p.buffer; 4],
+        p.subject,
+        p.reply_to,
+        &headers,
+        p.payload,
+        p.id,
+    );
+    let mut scratch = Vec::new();
+    let outcome = router.offer(&msg, &mut scratch, None);
+    assert!(outcome.stored.is_none());
+    assert_eq!(router.deliver_now(&msg, &mut scratch).done(), Some(1));
     let payloads = next_payloads(&mut stream).await;
     assert_eq!(payloads.len(), 1);
     assert!(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use nexus_gateway::balancer::GroupCost;
-use nexus_gateway::router::Delivery;
+use nexus_gateway::router::MessageRef;
 use nexus_proto::v1::{Forward, InterestUpdate};
 use parking_lot::Mutex;
 
@@ -40,13 +40,13 @@ pub(super) struct PeerTarget {
 }
 
 impl PeerTarget {
-    pub(super) fn forward(&self, msg: &Delivery, origin_region: &str) -> Forward {
+    pub(super) fn forward(&self, msg: &MessageRef<'_>, origin_region: &str) -> Forward {
         Forward {
             subject: msg.subject.to_string(),
             reply_to: String::new(),
-            headers: msg.headers.clone(),
-            payload: msg.payload.clone(),
-            id: msg.id.clone(),
+            headers: msg.headers.to_vec(),
+            payload: msg.payload_owned(),
+            id: msg.id_owned(),
             origin_region: origin_region.to_owned(),
             skip_plain: !self.plain,
             queue_groups: self.queue_groups.clone(),

@@ -44,12 +44,12 @@ impl RegionRouter {
         };
         if link.region != self.fed.region() {
             msg.traced = self.gateway.traces().sampled(&msg.id, &msg.headers);
-            let traced = self.traced(&msg);
+            let traced = self.traced(&msg.as_ref());
             let (targets, taken) = self.peer_targets(&msg.subject, plain, Some(&groups));
             for t in targets {
                 let queued = self
                     .fed
-                    .try_forward_to(&t.gateway_id, t.forward(&msg, &link.region));
+                    .try_forward_to(&t.gateway_id, t.forward(&msg.as_ref(), &link.region));
                 self.trace_to_peer(traced.as_ref(), &t.gateway_id, queued);
             }
             groups.retain(|g| !taken.contains(g));

@@ -12,7 +12,7 @@ use nexus_gateway::balancer::GroupCost;
 use nexus_gateway::config::SlowConsumerPolicy;
 use nexus_gateway::local_gateway::trace_hop;
 use nexus_gateway::remote::{Backlog, LinkStatus, PublishOutcome, Remote, SpoolStatus};
-use nexus_gateway::router::{Delivery, ReplyResult};
+use nexus_gateway::router::{MessageRef, ReplyResult};
 use nexus_proto::v1::{self, Header, link_frame::Kind};
 use tokio::sync::oneshot;
 
@@ -97,7 +97,7 @@ impl Remote for RegionRouter {
         local: Option<GroupCost>,
     ) -> Result<oneshot::Receiver<ReplyResult>, (Vec<Header>, Bytes)> {
         let traced = if self.gateway.traces().sampled(id, &headers) {
-            nexus_gateway::trace_store::Traced::new(id, &headers, &subject.into())
+            nexus_gateway::trace_store::Traced::new(id, &headers, subject)
         } else {
             None
         };
@@ -202,15 +202,15 @@ impl Remote for RegionRouter {
         self.tell_regions(for_regions);
     }
 
-    fn publish(&self, msg: &Delivery, local_interest: bool) -> PublishOutcome {
+    fn publish(&self, msg: &MessageRef<'_>, local_interest: bool) -> PublishOutcome {
         let mut outcome = PublishOutcome::default();
         let table = self.route_table();
-        let (rule, _) = table.resolve(&msg.subject);
+        let (rule, _) = table.resolve(msg.subject);
         // The other gateways of this region get it like local subscribers do: one hop, best
         // effort, whatever the route's mode towards other regions.
         let origin = self.fed.region();
         let traced = self.traced(msg);
-        let (targets, taken) = self.peer_targets(&msg.subject, true, None);
+        let (targets, taken) = self.peer_targets(msg.subject, true, None);
         outcome.taken_groups = taken;
         let in_region: Vec<(String, v1::Forward)> = targets
             .into_iter()
@@ -253,11 +253,11 @@ impl Remote for RegionRouter {
                 }
             }
         }
-        let matches = self.remote.load().matches(&msg.subject);
+        let matches = self.remote.load().matches(msg.subject);
         let targets = if matches.is_empty() {
             Vec::new()
         } else {
-            self.targets(rule, &msg.subject, local_interest, &matches)
+            self.targets(rule, msg.subject, local_interest, &matches)
         };
         if traced.is_some() {
             let regions: Vec<String> = targets.iter().map(|t| t.region.clone()).collect();

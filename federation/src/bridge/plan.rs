@@ -3,7 +3,7 @@
 //! sans-I/O, damped), and for a publish the list of [`Target`]s: which regions get a copy,
 //! for their plain subscribers and for which queue groups.
 
-use nexus_gateway::router::Delivery;
+use nexus_gateway::router::MessageRef;
 use nexus_proto::v1::Forward;
 
 use super::RegionRouter;
@@ -164,13 +164,13 @@ pub(super) struct Target {
 }
 
 impl Target {
-    pub(super) fn forward(&self, msg: &Delivery, origin: &str) -> Forward {
+    pub(super) fn forward(&self, msg: &MessageRef<'_>, origin: &str) -> Forward {
         Forward {
             subject: msg.subject.to_string(),
             reply_to: String::new(),
-            headers: msg.headers.clone(),
-            payload: msg.payload.clone(),
-            id: msg.id.clone(),
+            headers: msg.headers.to_vec(),
+            payload: msg.payload_owned(),
+            id: msg.id_owned(),
             origin_region: origin.to_owned(),
             skip_plain: !self.plain,
             queue_groups: self.queue_groups.clone(),

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use nexus_gateway::local_gateway::trace_hop;
-use nexus_gateway::router::Delivery;
+use nexus_gateway::router::MessageRef;
 use nexus_gateway::trace_store::{Event, Hop, Reason, Traced};
 use nexus_proto::v1::Forward;
 
@@ -21,9 +21,9 @@ fn micros(d: Option<Duration>) -> u64 {
 
 impl RegionRouter {
     /// The trace handle of a message published here, when it is traced.
-    pub(super) fn traced(&self, msg: &Delivery) -> Option<Traced> {
+    pub(super) fn traced(&self, msg: &MessageRef<'_>) -> Option<Traced> {
         if msg.traced {
-            Traced::new(&msg.id, &msg.headers, &msg.subject)
+            Traced::new(msg.id, msg.headers, msg.subject)
         } else {
             None
         }
@@ -32,7 +32,7 @@ impl RegionRouter {
     /// The trace handle of a message that arrived on a link, when it is traced.
     pub(super) fn traced_forward(&self, f: &Forward) -> Option<Traced> {
         if self.gateway.traces().sampled(&f.id, &f.headers) {
-            Traced::new(&f.id, &f.headers, &f.subject.as_str().into())
+            Traced::new(&f.id, &f.headers, &f.subject)
         } else {
             None
         }
@@ -203,7 +203,7 @@ impl RegionRouter {
         if !self.gateway.traces().sampled(&r.message_id, &r.headers) {
             return None;
         }
-        let t = Traced::new(&r.message_id, &r.headers, &r.subject.as_str().into());
+        let t = Traced::new(&r.message_id, &r.headers, &r.subject);
         trace_hop(&*self.gateway, t.as_ref(), || {
             Hop::new(Event::Arrived)
                 .peer(format!("{} ({})", link.gateway_id, link.region))

@@ -10,7 +10,7 @@ use nexus_proto::hot_frames::MsgRef;
 use nexus_proto::v1::{self, ErrorCode, Frame, frame::Kind};
 use tokio::time::Instant;
 
-use super::{Delivery, Group, Member, Router, error, frame, message_size};
+use super::{Delivery, Group, Member, MessageRef, Router, error, frame, message_size};
 use crate::config::SlowConsumerPolicy;
 use crate::connection::Connection;
 use crate::metrics::{Direction, Pattern, SlowConsumerAction, SlowConsumerLabels};
@@ -38,7 +38,7 @@ impl Router {
         msg: Delivery,
         scratch: &mut Vec<Arc<Member>>,
     ) -> (u32, crate::remote::PublishOutcome) {
-        let mut outcome = self.offer(&msg, scratch, None);
+        let mut outcome = self.offer(&msg.as_ref(), scratch, None);
         if let Some(stored) = outcome.stored.take() {
             scratch.clear();
             if !matches!(stored.await, Ok(Ok(()))) {
@@ -65,15 +65,15 @@ impl Router {
     /// `cache` is the publishing session's [`MatchCache`](super::match_cache::MatchCache).
     pub fn offer(
         &self,
-        msg: &Delivery,
+        msg: &MessageRef<'_>,
         scratch: &mut Vec<Arc<Member>>,
         cache: Option<&mut super::match_cache::MatchCache<Arc<Group>>>,
     ) -> crate::remote::PublishOutcome {
         self.taps
-            .offer("publish", &msg.id, &msg.subject, &msg.headers, &msg.payload);
+            .offer("publish", msg.id, msg.subject, msg.headers, msg.payload);
         match cache {
-            Some(cache) => self.collect_members_cached(&msg.subject, scratch, cache),
-            None => self.collect_members(&msg.subject, scratch, |_| true),
+            Some(cache) => self.collect_members_cached(msg.subject, scratch, cache),
+            None => self.collect_members(msg.subject, scratch, |_| true),
         }
         let outcome = match self.remote.get() {
             Some(remote) => remote.publish(msg, !scratch.is_empty()),
@@ -93,7 +93,7 @@ impl Router {
         } else if !outcome.taken_groups.is_empty() {
             // A cluster peer takes some of the local queue groups' message: collect again
             // without them (rare enough not to track which member came from which group).
-            self.collect_members(&msg.subject, scratch, |g| {
+            self.collect_members(msg.subject, scratch, |g| {
                 not_taken(g, &outcome.taken_groups)
             });
         }
@@ -154,7 +154,7 @@ impl Router {
     /// matches.
     fn collect_members_cached(
         &self,
-        subject: &nexus_proto::ByteString,
+        subject: &str,
         scratch: &mut Vec<Arc<Member>>,
         cache: &mut super::match_cache::MatchCache<Arc<Group>>,
     ) {
@@ -200,38 +200,37 @@ impl Router {
     /// Delivers a message to the local subscribers collected in `scratch` (by
     /// [`Router::offer`] or `collect_members`).
     pub async fn deliver_collected(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
-        let delivered = self.deliver_now(msg, scratch);
+        let delivered = self.deliver_now(&msg.as_ref(), scratch);
         self.finish_delivery(delivered).await
     }
 
     /// The part of [`Router::deliver_collected`] that does not wait: queues the message for
     /// every member with room, applies the slow-consumer policy to the others, and returns
     /// those it must wait for under `backpressure` (none, usually: then the delivery is done
-    /// without an `.await`).
-    pub fn deliver_now(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> Delivered {
+    /// without an `.await`). A member that takes the message as a frame of its own gets
+    /// owned slices of its buffers (`MessageRef::to_delivery`), not copies.
+    pub fn deliver_now(&self, msg: &MessageRef<'_>, scratch: &mut Vec<Arc<Member>>) -> Delivered {
         let payload_len = msg.payload.len();
-        let size = message_size(&msg.subject, &msg.reply_to, &msg.headers, payload_len);
+        let size = message_size(msg.subject, msg.reply_to, msg.headers, payload_len);
         let traced = if msg.traced {
-            Traced::new(&msg.id, &msg.headers, &msg.subject)
+            Traced::new(msg.id, msg.headers, msg.subject)
         } else {
             None
         };
         // A plain payload is encoded into each subscriber's queue straight from `msg`; a
         // compressed one may need decoding for some sessions, which takes a frame.
-        let plain = nexus_proto::encoding::find(&msg.headers).is_none();
-        let mut msg = Some(msg);
+        let plain = nexus_proto::encoding::find(msg.headers).is_none();
         let mut delivered = 0;
         let mut full: Vec<(Arc<Connection>, u64, Frame, u32)> = Vec::new();
-        let count = scratch.len();
-        for (i, member) in scratch.drain(..).enumerate() {
-            if plain && let Some(m) = msg.as_ref() {
+        for member in scratch.drain(..) {
+            if plain {
                 let view = MsgRef {
                     sid: member.sid,
-                    subject: &m.subject,
-                    reply_to: &m.reply_to,
-                    headers: &m.headers,
-                    payload: &m.payload,
-                    id: &m.id,
+                    subject: msg.subject,
+                    reply_to: msg.reply_to,
+                    headers: msg.headers,
+                    payload: msg.payload,
+                    id: msg.id,
                     deadline_ms: 0,
                 };
                 let cost = member.conn.outbound.cost(size);
@@ -252,28 +251,14 @@ impl Router {
                     Err(MsgUnqueued::Full | MsgUnqueued::AsFrame) => {}
                 }
             }
-            let m = if i + 1 == count {
-                let Some(m) = msg.take() else { break };
-                v1::Msg {
-                    sid: member.sid,
-                    subject: m.subject,
-                    reply_to: m.reply_to,
-                    headers: m.headers,
-                    payload: m.payload,
-                    id: m.id,
-                    deadline_ms: 0,
-                }
-            } else {
-                let Some(m) = msg.as_ref() else { break };
-                v1::Msg {
-                    sid: member.sid,
-                    subject: m.subject.clone(),
-                    reply_to: m.reply_to.clone(),
-                    headers: m.headers.clone(),
-                    payload: m.payload.clone(),
-                    id: m.id.clone(),
-                    deadline_ms: 0,
-                }
+            let m = v1::Msg {
+                sid: member.sid,
+                subject: msg.subject_owned(),
+                reply_to: msg.reply_to_owned(),
+                headers: msg.headers.to_vec(),
+                payload: msg.payload_owned(),
+                id: msg.id_owned(),
+                deadline_ms: 0,
             };
             match self.offer_frame(&member.conn, frame(Kind::Msg(m)), size, Some(member.sid)) {
                 Offer::Queued => {

@@ -57,7 +57,7 @@ impl<V: Clone> MatchCache<V> {
     pub fn lookup(
         &mut self,
         generation: u64,
-        subject: &ByteString,
+        subject: &str,
         walk: impl FnOnce(&mut dyn FnMut(&V)),
         mut each: impl FnMut(&V),
     ) -> Lookup {
@@ -90,7 +90,7 @@ impl<V: Clone> MatchCache<V> {
         });
         // A copy: the subject usually shares the buffer its batch arrived in, which a key
         // would keep alive for as long as the entry lives.
-        let key = ByteString::from(&**subject);
+        let key = ByteString::from(subject);
         self.entries.insert(key, found.into_boxed_slice());
         Lookup::Miss
     }

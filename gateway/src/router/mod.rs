@@ -11,6 +11,8 @@
 //! - [`requests`]: a request goes to one member of one matching group; its latency or failure
 //!   feeds the balancer. Pending requests live in a sharded map keyed by a gateway sequence
 //!   number, which is also the responder's reply inbox (`$nexus.inbox.<seq>`).
+//! - [`message`]: a published message, owned ([`Delivery`]) or read in place from the batch it
+//!   arrived in ([`MessageRef`]).
 //! - [`access`]: keys, scopes, per-key rate limits and schemas from the control plane's policy.
 //! - [`trace_hops`]: what the gateway records of traced messages (`crate::trace_store`).
 //!
@@ -19,6 +21,8 @@
 mod access;
 mod delivery;
 pub use delivery::Delivered;
+mod message;
+pub use message::{Delivery, MessageRef, owned_slice};
 pub mod match_cache;
 mod requests;
 mod subscriptions;
@@ -33,8 +37,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use nexus_proto::ByteString;
 use nexus_proto::v1::{self, ErrorCode, Frame, Header, frame::Kind};
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -71,18 +73,6 @@ pub struct Member {
 pub struct Subscription {
     pub group: Arc<Group>,
     pub member: MemberId,
-}
-
-/// A message being published, shared by all its deliveries.
-pub struct Delivery {
-    pub subject: ByteString,
-    pub reply_to: ByteString,
-    pub headers: Vec<Header>,
-    pub payload: Bytes,
-    pub id: Bytes,
-    /// Whether its hops are recorded in the trace store (sampled, or forced by the
-    /// `nexus-trace` header; [`crate::trace_store`]).
-    pub traced: bool,
 }
 
 /// Why a request could not be routed.

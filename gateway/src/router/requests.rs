@@ -22,7 +22,6 @@ use crate::balancer::{EjectReason, Ejection, MemberId};
 use crate::connection::Connection;
 use crate::metrics::{Direction, EjectionLabels, EjectionReason, Pattern, RequestOutcome};
 use crate::trace_store::{Event, Hop, Reason, Traced};
-use nexus_proto::ByteString;
 
 /// The answer a requester gets.
 pub type ReplyResult = Result<(Vec<Header>, Bytes), v1::Error>;
@@ -122,7 +121,7 @@ impl Router {
             self.taps.offer("request", &id, subject, &headers, &payload);
         }
         let traced = if self.traces.sampled(&id, &headers) {
-            Traced::new(&id, &headers, &ByteString::from(subject))
+            Traced::new(&id, &headers, subject)
         } else {
             None
         };

@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use nexus_proto::v1::ErrorCode;
 
-use super::{Delivery, ReplyResult, Router};
+use super::{MessageRef, ReplyResult, Router};
 use crate::connection::Connection;
 use crate::trace_store::{Event, Hop, Reason, Traced};
 
 impl Router {
     /// Records a hop of `msg` in the trace store when the message is traced; `hop` is only
     /// built then.
-    pub fn trace(&self, msg: &Delivery, hop: impl FnOnce() -> Hop) {
+    pub fn trace(&self, msg: &MessageRef<'_>, hop: impl FnOnce() -> Hop) {
         if msg.traced
-            && let Some(t) = Traced::new(&msg.id, &msg.headers, &msg.subject)
+            && let Some(t) = Traced::new(msg.id, msg.headers, msg.subject)
         {
             self.traces.record(&t, crate::trace_store::now_us(), hop());
         }

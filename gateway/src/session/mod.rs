@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use nexus_proto::encoding::CodecSet;
-use nexus_proto::hot_frames::BatchFrames;
+use nexus_proto::hot_frames::{BatchFrames, Next};
 use nexus_proto::text::Escaped;
 use nexus_proto::v1::{self, ErrorCode, Frame, frame::Kind};
 use tokio::sync::mpsc;
@@ -28,7 +28,7 @@ mod publish;
 mod request;
 
 pub(crate) use publish::message_id;
-use publish::{HeldPublish, oldest_stored};
+use publish::{HeldPublish, IncomingPub, oldest_stored};
 use request::{next_completion, next_expired};
 
 /// Protocol version this gateway speaks.
@@ -90,6 +90,8 @@ pub struct Session {
     publisher_key: Option<nexus_proto::ByteString>,
     /// Set while a batch is applied.
     snap: Option<Snapshot>,
+    /// The headers of the publish being applied, decoded into one vector per session.
+    pub_headers: Vec<v1::Header>,
 }
 
 /// What to do after a frame.
@@ -123,6 +125,7 @@ impl Session {
             admission,
             publisher_key: None,
             snap: None,
+            pub_headers: Vec::new(),
         }
     }
 
@@ -294,18 +297,43 @@ impl Session {
     /// applied, with no vector of frames between: frames before one that fails to decode are
     /// applied, then the session ends naming the problem (docs/protocol.md §1.1).
     async fn apply_batch(&mut self, batch: v1::Batch) -> Result<(), Option<Status>> {
+        // The decoded publishes' headers, in one vector the session keeps.
+        let mut headers = std::mem::take(&mut self.pub_headers);
+        let applied = self.apply_frames(batch, &mut headers).await;
+        headers.clear();
+        self.pub_headers = headers;
+        applied
+    }
+
+    /// [`Session::apply_batch`], publishes' headers decoded into `headers`. A native
+    /// record's publishes are read in place ([`BatchFrames::next_view`]) and routed
+    /// borrowed from it; other frames are decoded into one slot, their kind taken out once
+    /// (each move of a frame through an iterator's `Option`s and `Result`s is a ~170-byte
+    /// copy).
+    async fn apply_frames(
+        &mut self,
+        batch: v1::Batch,
+        headers: &mut Vec<v1::Header>,
+    ) -> Result<(), Option<Status>> {
         let conn = self.conn.clone();
         let mut decoded = batch.frames.into_iter();
         let mut records = BatchFrames::new(batch.encoded);
-        // Records are decoded into this slot and their kind taken out once: each move of a
-        // frame through an iterator's `Option`s and `Result`s is a ~170-byte copy.
         let mut slot = Frame::default();
         loop {
             let kind = match decoded.next() {
                 Some(f) => f.kind,
-                None => match records.next_into(&mut slot) {
-                    Ok(true) => slot.kind.take(),
-                    Ok(false) => break,
+                None => match records.next_view(&mut slot, headers) {
+                    Ok(Some(Next::Frame)) => slot.kind.take(),
+                    Ok(Some(Next::Pub(p))) if self.hello => {
+                        Self::wait_for_control_room(&self.router, &conn).await?;
+                        if let Some(rest) = self.publish_now(IncomingPub::in_batch(p), headers) {
+                            self.finish_publish(rest).await;
+                        }
+                        continue;
+                    }
+                    // Before Hello: the session ends, as for any frame but Hello.
+                    Ok(Some(Next::Pub(_))) => Some(Kind::Pub(v1::Pub::default())),
+                    Ok(None) => break,
                     Err(e) => {
                         return Err(Some(Status::invalid_argument(format!(
                             "a record is not a valid nexus.v1.Batch: {e}"
@@ -313,25 +341,14 @@ impl Session {
                     }
                 },
             };
-            // Answers pile up faster than a reading adapter takes them when one batch
-            // holds many frames that are answered: stop reading until it caught up
-            // (protocol.md §12.4), rather than cutting it off as a slow consumer.
-            if conn.outbound.control_queued() >= crate::outbound::CONTROL_HIGH_WATER
-                && !conn
-                    .outbound
-                    .control_room(Duration::from_millis(
-                        self.router.config().slow_consumer.max_wait_ms,
-                    ))
-                    .await
-            {
-                return Err(None);
-            }
+            Self::wait_for_control_room(&self.router, &conn).await?;
             // Most frames are publishes that wait for nothing: applied here without
             // building `on_frame`'s future (moving a frame into it, and it into this
             // one, cost more than routing the message).
             let f = match kind {
-                Some(Kind::Pub(p)) if self.hello => {
-                    if let Some(rest) = self.publish_now(p) {
+                Some(Kind::Pub(mut p)) if self.hello => {
+                    let mut headers = std::mem::take(&mut p.headers);
+                    if let Some(rest) = self.publish_now(IncomingPub::decoded(&p), &mut headers) {
                         self.finish_publish(rest).await;
                     }
                     continue;
@@ -341,6 +358,26 @@ impl Session {
             if let Flow::Close(status) = self.on_frame(f).await {
                 return Err(Some(status));
             }
+        }
+        Ok(())
+    }
+
+    /// Answers pile up faster than a reading adapter takes them when one batch holds many
+    /// frames that are answered: stop reading until it caught up (protocol.md §12.4), rather
+    /// than cutting it off as a slow consumer. `Err` ends the session.
+    async fn wait_for_control_room(
+        router: &Router,
+        conn: &Connection,
+    ) -> Result<(), Option<Status>> {
+        if conn.outbound.control_queued() >= crate::outbound::CONTROL_HIGH_WATER
+            && !conn
+                .outbound
+                .control_room(Duration::from_millis(
+                    router.config().slow_consumer.max_wait_ms,
+                ))
+                .await
+        {
+            return Err(None);
         }
         Ok(())
     }
@@ -488,8 +525,9 @@ impl Session {
             ),
             Kind::Sub(s) => self.on_sub(s),
             Kind::Unsub(u) => self.on_unsub(u),
-            Kind::Pub(p) => {
-                if let Some(rest) = self.publish_now(p) {
+            Kind::Pub(mut p) => {
+                let mut headers = std::mem::take(&mut p.headers);
+                if let Some(rest) = self.publish_now(IncomingPub::decoded(&p), &mut headers) {
                     self.finish_publish(rest).await;
                 }
             }

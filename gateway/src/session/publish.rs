@@ -8,15 +8,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use nexus_proto::ByteString;
 use nexus_proto::encoding::Codec;
+use nexus_proto::hot_frames::PubView;
 use nexus_proto::v1::{self, ErrorCode, frame::Kind};
 use tracing::Instrument;
 
 use super::Session;
 use crate::metrics::{Direction, Limit, Pattern};
 use crate::remote::{Backlog, PublishOutcome, PublishReceipt};
-use crate::router::{Delivered, Delivery, error, frame};
+use crate::router::{Delivered, Delivery, MessageRef, error, frame, owned_slice};
 use crate::subject::{self, validate_subject};
 use crate::trace;
 use crate::trace_store::{Event, Hop, Reason, Traced};
@@ -33,6 +33,50 @@ pub(super) struct HeldPublish {
     pub(super) delivery: Delivery,
     pub(super) ack_id: u64,
     pub(super) outcome: PublishOutcome,
+}
+
+/// A publish as [`Session::publish_now`] takes it, borrowed: from the batch it arrived in
+/// (the native transport's [`PubView`]), or from a decoded `Pub` (gRPC). Its headers go
+/// beside it, in a vector the checks may change (a traceparent, the publisher's key).
+pub(super) struct IncomingPub<'a> {
+    subject: &'a str,
+    reply_to: &'a str,
+    payload: &'a [u8],
+    id: &'a [u8],
+    ack_id: u64,
+    /// The buffers the fields are slices of ([`MessageRef`]).
+    sources: [&'a Bytes; 4],
+}
+
+impl<'a> IncomingPub<'a> {
+    /// A publish read in place from its batch.
+    pub(super) fn in_batch(p: PubView<'a>) -> Self {
+        IncomingPub {
+            subject: p.subject,
+            reply_to: p.reply_to,
+            payload: p.payload,
+            id: p.id,
+            ack_id: p.ack_id,
+            sources: [p.buffer; 4],
+        }
+    }
+
+    /// A decoded publish (its headers taken out).
+    pub(super) fn decoded(p: &'a v1::Pub) -> Self {
+        IncomingPub {
+            subject: &p.subject,
+            reply_to: &p.reply_to,
+            payload: &p.payload,
+            id: &p.id,
+            ack_id: p.ack_id,
+            sources: [
+                p.subject.as_bytes(),
+                p.reply_to.as_bytes(),
+                &p.payload,
+                &p.id,
+            ],
+        }
+    }
 }
 
 /// What is left of a publish that waits (see [`Session::publish_now`]).
@@ -76,10 +120,24 @@ pub(crate) fn message_id(id: Bytes) -> Result<Bytes, String> {
     match id.len() {
         16 => Ok(id),
         0 => Ok(Bytes::copy_from_slice(&ulid::Ulid::new().to_bytes())),
-        n => Err(format!(
-            "message id must be 16 bytes (a ULID) or empty, not {n} bytes"
-        )),
+        n => Err(bad_id(n)),
     }
+}
+
+/// [`message_id`] for a borrowed id: a new one is made in `made`.
+fn message_id_in<'a>(id: &'a [u8], made: &'a mut [u8; 16]) -> Result<&'a [u8], String> {
+    match id.len() {
+        16 => Ok(id),
+        0 => {
+            *made = ulid::Ulid::new().to_bytes();
+            Ok(made)
+        }
+        n => Err(bad_id(n)),
+    }
+}
+
+fn bad_id(len: usize) -> String {
+    format!("message id must be 16 bytes (a ULID) or empty, not {len} bytes")
 }
 
 impl Session {
@@ -122,7 +180,7 @@ impl Session {
         &self,
         subject: &str,
         codec: Option<Codec>,
-        payload: &Bytes,
+        payload: &[u8],
     ) -> Result<(), String> {
         if codec.is_some() && !self.with_policy(|p| p.schemas.contains_key(subject)) {
             return Ok(());
@@ -138,52 +196,50 @@ impl Session {
 
     /// Applies a publish as far as it goes without waiting: checks, routes and, when nothing
     /// is left to wait for, acknowledges it. `Some` is the rest, for [`Session::finish_publish`].
-    pub(super) fn publish_now(&mut self, mut p: v1::Pub) -> Option<PublishRest> {
+    /// The message is routed borrowed ([`MessageRef`]); it is owned only where it outlives
+    /// this call (held for the spool, a frame of its own for a subscriber).
+    pub(super) fn publish_now(
+        &mut self,
+        p: IncomingPub<'_>,
+        headers: &mut Vec<v1::Header>,
+    ) -> Option<PublishRest> {
+        let ack_id = p.ack_id;
         if p.subject.starts_with(crate::router::INBOX_PREFIX) {
             // A responder answering with a plain publish to its reply inbox.
-            if let Err(e) = self.check_payload(&p.headers, &p.payload, p.ack_id) {
+            if let Err(e) = self.check_payload(headers, p.payload, ack_id) {
                 let refused = error(
                     ErrorCode::ServiceError,
                     format!("the responder's reply was refused: {}", e.message),
                     0,
                 );
-                self.answer(&p.subject, Err(refused), 0);
-                {
-                    self.refuse(e.code(), e.message, p.ack_id, p.ack_id);
-                    return None;
-                }
+                self.answer(p.subject, Err(refused), 0);
+                self.refuse(e.code(), e.message, ack_id, ack_id);
+                return None;
             }
-            self.answer(&p.subject, Ok((p.headers, p.payload)), p.ack_id);
+            let payload = owned_slice(&p.sources, p.payload);
+            self.answer(p.subject, Ok((std::mem::take(headers), payload)), ack_id);
             return None;
         }
-        if let Err(e) = validate_subject(&p.subject) {
-            {
-                self.refuse(ErrorCode::Invalid, e.to_string(), p.ack_id, p.ack_id);
-                return None;
-            }
+        if let Err(e) = validate_subject(p.subject) {
+            self.refuse(ErrorCode::Invalid, e.to_string(), ack_id, ack_id);
+            return None;
         }
         if !p.reply_to.is_empty()
-            && let Err(e) = subject::validate_reply_subject(&p.reply_to)
+            && let Err(e) = subject::validate_reply_subject(p.reply_to)
         {
-            {
-                self.refuse(
-                    ErrorCode::Invalid,
-                    format!("reply_to: {e}"),
-                    p.ack_id,
-                    p.ack_id,
-                );
-                return None;
-            }
+            self.refuse(ErrorCode::Invalid, format!("reply_to: {e}"), ack_id, ack_id);
+            return None;
         }
         // The id first, so that a refused message can be traced too.
-        let id = match message_id(std::mem::take(&mut p.id)) {
+        let mut made = [0; 16];
+        let id = match message_id_in(p.id, &mut made) {
             Ok(id) => id,
             Err(message) => {
-                self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id);
+                self.refuse(ErrorCode::Invalid, message, ack_id, ack_id);
                 return None;
             }
         };
-        let traced = self.trace_received(&id, &mut p.headers, &p.subject, p.payload.len());
+        let traced = self.trace_received(id, headers, p.subject, p.payload.len());
         let refused = |this: &Self, reason: Reason, message: &str| {
             this.router.trace_hop(traced.as_ref(), || {
                 Hop::new(Event::Dropped)
@@ -191,63 +247,48 @@ impl Session {
                     .detail(format!("refused: {message}"))
             });
         };
-        let codec = match self.check_payload(&p.headers, &p.payload, p.ack_id) {
+        let codec = match self.check_payload(headers, p.payload, ack_id) {
             Ok(codec) => codec,
             Err(e) => {
                 refused(self, Reason::Limit, &e.message);
-                {
-                    self.refuse(e.code(), e.message, p.ack_id, p.ack_id);
-                    return None;
-                }
-            }
-        };
-        if let Some(message) = self.may_publish(&p.subject) {
-            refused(self, Reason::Denied, &message);
-            {
-                self.refuse(ErrorCode::Denied, message, p.ack_id, p.ack_id);
+                self.refuse(e.code(), e.message, ack_id, ack_id);
                 return None;
             }
+        };
+        if let Some(message) = self.may_publish(p.subject) {
+            refused(self, Reason::Denied, &message);
+            self.refuse(ErrorCode::Denied, message, ack_id, ack_id);
+            return None;
         }
         if let Err(message) = self.charge_key(p.payload.len()) {
             refused(self, Reason::Limit, &message);
-            {
-                self.refuse(ErrorCode::Limit, message, p.ack_id, p.ack_id);
-                return None;
-            }
+            self.refuse(ErrorCode::Limit, message, ack_id, ack_id);
+            return None;
         }
-        if let Err(message) = self.check_schema(&p.subject, codec, &p.payload) {
+        if let Err(message) = self.check_schema(p.subject, codec, p.payload) {
             refused(self, Reason::Schema, &message);
-            {
-                self.refuse(ErrorCode::Invalid, message, p.ack_id, p.ack_id);
-                return None;
-            }
+            self.refuse(ErrorCode::Invalid, message, ack_id, ack_id);
+            return None;
         }
         if traced.is_some() {
             self.router
-                .trace_schema_passed(traced.as_ref(), &p.subject, &p.payload);
+                .trace_schema_passed(traced.as_ref(), p.subject, p.payload);
         }
         self.router
             .metrics
             .traffic(Pattern::Pub, Direction::In, p.payload.len());
         let span = tracing::debug_span!("nexus.publish", subject = %p.subject, conn = self.conn.id);
-        trace::link_span(&span, &mut p.headers);
-        crate::provenance::stamp(&mut p.headers, self.publisher_key.as_ref());
-        let delivery = Delivery {
-            id,
-            subject: p.subject,
-            reply_to: p.reply_to,
-            headers: p.headers,
-            payload: p.payload,
-            traced: traced.is_some(),
-        };
-        let ack_id = p.ack_id;
-        let mut outcome =
-            self.router
-                .offer(&delivery, &mut self.scratch, Some(&mut self.match_cache));
+        trace::link_span(&span, headers);
+        crate::provenance::stamp(headers, self.publisher_key.as_ref());
+        let msg = MessageRef::new(p.sources, p.subject, p.reply_to, headers, p.payload, id)
+            .traced(traced.is_some());
+        let mut outcome = self
+            .router
+            .offer(&msg, &mut self.scratch, Some(&mut self.match_cache));
         let stored = outcome.stored.take();
         let backlog = outcome.backlog.take();
         if stored.is_none() && self.held.is_empty() {
-            let delivered = span.in_scope(|| self.router.deliver_now(delivery, &mut self.scratch));
+            let delivered = span.in_scope(|| self.router.deliver_now(&msg, &mut self.scratch));
             if let (Some(count), None) = (delivered.done(), &backlog) {
                 self.acknowledge(ack_id, count, outcome);
                 return None;
@@ -263,7 +304,7 @@ impl Session {
         Some(PublishRest::Held {
             held: HeldPublish {
                 stored,
-                delivery,
+                delivery: msg.to_delivery(),
                 ack_id,
                 outcome,
             },
@@ -310,7 +351,7 @@ impl Session {
     /// or forced); the handle to record its other hops with.
     pub(super) fn trace_received(
         &self,
-        id: &Bytes,
+        id: &[u8],
         headers: &mut Vec<v1::Header>,
         subject: &str,
         len: usize,
@@ -320,7 +361,7 @@ impl Session {
         }
         // A traced message gets its traceparent now, so every record carries its trace id.
         trace::ensure_traceparent(headers);
-        let traced = Traced::new(id, headers, &ByteString::from(subject))?;
+        let traced = Traced::new(id, headers, subject)?;
         self.router.trace_hop(Some(&traced), || {
             let key = self.publisher_key.as_deref().unwrap_or("-");
             Hop::new(Event::Received)

@@ -29,6 +29,9 @@ use prost::encoding::{
 
 use super::v1::{Error, Frame};
 
+mod pub_view;
+pub use pub_view::{Next, PubView, share, share_str};
+
 /// A batch of frames (`nexus.v1.Batch`); frames in a batch are processed in order.
 #[derive(Clone, PartialEq, Default, Debug)]
 pub struct Batch {
@@ -96,13 +99,19 @@ impl Batch {
 /// frames to offer.
 #[derive(Debug, Default)]
 pub struct BatchFrames {
+    /// The frames not read yet: a suffix of `whole`.
     buf: Bytes,
+    /// The whole batch, which publishes read in place ([`BatchFrames::next_view`]) borrow.
+    whole: Bytes,
 }
 
 impl BatchFrames {
     /// The frames of the encoded batch `buf`.
     pub fn new(buf: Bytes) -> Self {
-        BatchFrames { buf }
+        BatchFrames {
+            whole: buf.clone(),
+            buf,
+        }
     }
 
     /// Decodes the next frame into `frame` (whatever it held is dropped); `false` at the end
@@ -110,27 +119,32 @@ impl BatchFrames {
     /// `Option`s and `Result`s that [`Iterator::next`] costs, on every message. After an
     /// error the batch has no more frames.
     pub fn next_into(&mut self, frame: &mut Frame) -> Result<bool, DecodeError> {
-        frame.kind = None;
-        let decoded = self.decode_into(frame);
-        if decoded.is_err() {
-            self.buf = Bytes::new();
-        }
-        decoded
+        next_frame(&mut self.buf, frame)
     }
+}
 
-    fn decode_into(&mut self, frame: &mut Frame) -> Result<bool, DecodeError> {
-        while self.buf.has_remaining() {
-            let (tag, wire_type) = prost::encoding::decode_key(&mut self.buf)?;
-            if tag != 1 {
-                skip_field(wire_type, tag, &mut self.buf, DecodeContext::default())?;
-                continue;
-            }
-            // As `repeated` fields are decoded (the length bounds the merge; no `Take`).
-            message::merge(wire_type, frame, &mut self.buf, DecodeContext::default())?;
-            return Ok(true);
-        }
-        Ok(false)
+/// [`BatchFrames::next_into`] on the unread frames `buf`; empties `buf` after an error.
+fn next_frame(buf: &mut Bytes, frame: &mut Frame) -> Result<bool, DecodeError> {
+    frame.kind = None;
+    let decoded = decode_frame(buf, frame);
+    if decoded.is_err() {
+        *buf = Bytes::new();
     }
+    decoded
+}
+
+fn decode_frame(buf: &mut Bytes, frame: &mut Frame) -> Result<bool, DecodeError> {
+    while buf.has_remaining() {
+        let (tag, wire_type) = prost::encoding::decode_key(buf)?;
+        if tag != 1 {
+            skip_field(wire_type, tag, buf, DecodeContext::default())?;
+            continue;
+        }
+        // As `repeated` fields are decoded (the length bounds the merge; no `Take`).
+        message::merge(wire_type, frame, buf, DecodeContext::default())?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 impl Iterator for BatchFrames {
@@ -296,7 +310,7 @@ mod text {
     /// Header keys every message may carry, decoded as static strings: comparing a dozen
     /// bytes costs less than the slice of the receive buffer (an atomic increment, and a
     /// decrement when it is dropped) a decoded key otherwise takes.
-    const KNOWN_KEYS: [&str; 2] = ["traceparent", crate::encoding::HEADER];
+    pub(super) const KNOWN_KEYS: [&str; 2] = ["traceparent", crate::encoding::HEADER];
 
     /// [`merge`] for a header key: a [`KNOWN_KEYS`] key (as written, lower case) becomes a
     /// static string; any other is taken as [`merge`] takes it.

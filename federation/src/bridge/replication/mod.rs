@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_gateway::local_gateway::LocalGateway;
-use nexus_gateway::router::{Delivery, error};
+use nexus_gateway::router::{MessageRef, error};
 use nexus_proto::v1::{self, ErrorCode, RelayOf, SpoolAck, SpoolNack, Spooled, link_frame::Kind};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -1128,7 +1128,7 @@ fn start_writer(store: SpoolStore) -> mpsc::UnboundedSender<WriteBatch> {
 
 /// The dedup key of a message published here: its 16-byte id (the session checked the
 /// length; anything shorter is padded with zeros).
-pub(super) fn message_id(msg: &Delivery) -> MessageId {
+pub(super) fn message_id(msg: &MessageRef<'_>) -> MessageId {
     let mut id = [0u8; 16];
     let n = msg.id.len().min(16);
     id[..n].copy_from_slice(&msg.id[..n]);
