@@ -23,8 +23,8 @@ use bytes::{Buf, BufMut, Bytes};
 pub use bytestring::ByteString;
 use prost::DecodeError;
 use prost::encoding::{
-    DecodeContext, WireType, bytes as pbytes, decode_varint, encode_key, encode_varint,
-    encoded_len_varint, key_len, message, skip_field, uint32, uint64,
+    DecodeContext, WireType, bytes as pbytes, decode_varint, encode_varint, encoded_len_varint,
+    key_len, message, skip_field, uint32, uint64,
 };
 
 use super::v1::{Error, Frame};
@@ -85,8 +85,8 @@ impl Batch {
         let len = prost::Message::encoded_len(frame);
         let total = key_len(1) + encoded_len_varint(len as u64) + len;
         append_exact(buf, total, |dst| {
-            encode_key(1, WireType::LengthDelimited, dst);
-            encode_varint(len as u64, dst);
+            put_key_ld(1, dst);
+            put_varint(len as u64, dst);
             prost::Message::encode_raw(frame, dst);
         });
     }
@@ -171,10 +171,10 @@ fn append_frame_of(
     let frame_len = key_len(kind) + encoded_len_varint(len as u64) + len;
     let total = key_len(1) + encoded_len_varint(frame_len as u64) + frame_len;
     append_exact(buf, total, |dst| {
-        encode_key(1, WireType::LengthDelimited, dst);
-        encode_varint(frame_len as u64, dst);
-        encode_key(kind, WireType::LengthDelimited, dst);
-        encode_varint(len as u64, dst);
+        put_key_ld(1, dst);
+        put_varint(frame_len as u64, dst);
+        put_key_ld(kind, dst);
+        put_varint(len as u64, dst);
         write(dst);
     });
 }
@@ -276,8 +276,8 @@ mod text {
 
     pub(super) fn encode(tag: u32, value: &ByteString, buf: &mut impl BufMut) {
         if !value.is_empty() {
-            encode_key(tag, WireType::LengthDelimited, buf);
-            encode_varint(value.len() as u64, buf);
+            put_key_ld(tag, buf);
+            put_varint(value.len() as u64, buf);
             buf.put_slice(value.as_bytes());
         }
     }
@@ -338,12 +338,31 @@ mod text {
     }
 }
 
+/// A varint, the one- and two-byte ones (keys, most lengths) written inline: prost's
+/// `encode_varint` loops over the bytes with a capacity check at each.
+#[inline(always)]
+fn put_varint(value: u64, buf: &mut impl BufMut) {
+    if value < 0x80 {
+        buf.put_u8(value as u8);
+    } else if value < 0x4000 {
+        buf.put_slice(&[(value as u8) | 0x80, (value >> 7) as u8]);
+    } else {
+        encode_varint(value, buf);
+    }
+}
+
+/// The key of length-delimited field `tag`.
+#[inline(always)]
+fn put_key_ld(tag: u32, buf: &mut impl BufMut) {
+    put_varint(u64::from(tag) << 3 | WireType::LengthDelimited as u64, buf);
+}
+
 /// Written from the slice: prost's `bytes::encode` clones the `Bytes` to write it, two
 /// atomic reference-count updates per field on a buffer other threads share.
 fn encode_bytes(tag: u32, value: &[u8], buf: &mut impl BufMut) {
     if !value.is_empty() {
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(value.len() as u64, buf);
+        put_key_ld(tag, buf);
+        put_varint(value.len() as u64, buf);
         buf.put_slice(value);
     }
 }
@@ -358,7 +377,8 @@ fn bytes_len(tag: u32, value: &[u8]) -> usize {
 
 fn encode_u64(tag: u32, value: u64, buf: &mut impl BufMut) {
     if value != 0 {
-        uint64::encode(tag, &value, buf);
+        put_varint(u64::from(tag) << 3 | WireType::Varint as u64, buf);
+        put_varint(value, buf);
     }
 }
 
@@ -371,9 +391,7 @@ fn u64_len(tag: u32, value: u64) -> usize {
 }
 
 fn encode_u32(tag: u32, value: u32, buf: &mut impl BufMut) {
-    if value != 0 {
-        uint32::encode(tag, &value, buf);
-    }
+    encode_u64(tag, u64::from(value), buf);
 }
 
 fn u32_len(tag: u32, value: u32) -> usize {

@@ -452,3 +452,35 @@ fn batch_frames_decode_in_place_into_one_slot() {
     assert_eq!(got, frames);
     assert!(!it.next_into(&mut slot).unwrap(), "nothing after the error");
 }
+
+#[test]
+fn varints_of_every_length_encode_as_the_proto_says() {
+    // One, two and more bytes, at each boundary: field lengths and a varint field.
+    for n in [
+        0u64,
+        1,
+        127,
+        128,
+        16_383,
+        16_384,
+        70_000,
+        u64::from(u32::MAX),
+        u64::MAX,
+    ] {
+        let len = usize::try_from(n.min(70_000)).unwrap();
+        let msg = Msg {
+            sid: n,
+            subject: "s".repeat(len.min(20_000)).into(),
+            payload: Bytes::from(vec![1u8; len]),
+            deadline_ms: u32::try_from(n).unwrap_or(u32::MAX),
+            ..Default::default()
+        };
+        round_trip("nexus.v1.Msg", &msg);
+        let mut buf = bytes::BytesMut::new();
+        Batch::encode_msg(&msg.as_ref(), &mut buf);
+        let frame = Frame {
+            kind: Some(Kind::Msg(msg)),
+        };
+        assert_eq!(buf.to_vec(), Batch::of(vec![frame]).encode_to_vec(), "{n}");
+    }
+}
