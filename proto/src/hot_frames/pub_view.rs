@@ -144,14 +144,19 @@ fn read_header(whole: &Bytes, mut body: &[u8]) -> Option<Header> {
     Some(header)
 }
 
-/// A varint: one byte inline (keys and short lengths, most of what a publish holds), longer
-/// ones by prost's decoder.
+/// A varint: one or two bytes inline (keys, and lengths up to 16 KiB: most of what a publish
+/// holds), longer ones by prost's decoder.
 #[inline(always)]
 fn varint(cur: &mut &[u8]) -> Option<u64> {
-    match cur.split_first() {
-        Some((&byte, rest)) if byte < 0x80 => {
+    let bytes: &[u8] = cur;
+    match bytes {
+        [byte, rest @ ..] if *byte < 0x80 => {
             *cur = rest;
-            Some(u64::from(byte))
+            Some(u64::from(*byte))
+        }
+        [low, high, rest @ ..] if *high < 0x80 => {
+            *cur = rest;
+            Some(u64::from(low & 0x7f) | u64::from(*high) << 7)
         }
         _ => decode_varint(cur).ok(),
     }
@@ -169,6 +174,7 @@ fn key(cur: &mut &[u8]) -> Option<(u32, WireType)> {
 
 /// The next length-delimited field's contents (its key already read), advancing `cur` past
 /// it; `None` when its length runs past the end.
+#[inline(always)]
 fn length_delimited<'a>(cur: &mut &'a [u8]) -> Option<&'a [u8]> {
     let len = usize::try_from(varint(cur)?).ok()?;
     let field = cur.get(..len)?;
@@ -374,7 +380,7 @@ mod tests {
                 "[a-z.]{0,12}",
                 "[a-z_.]{0,6}",
                 proptest::collection::vec(header(), 0..3),
-                proptest::collection::vec(any::<u8>(), 0..40),
+                proptest::collection::vec(any::<u8>(), 0..300),
                 proptest::collection::vec(any::<u8>(), 0..17),
                 any::<u64>(),
             )
