@@ -22,10 +22,20 @@ use prost::encoding::{WireType, decode_varint};
 use super::{BatchFrames, ByteString, Header, next_frame, text};
 use crate::v1::Frame;
 
-/// `Batch.frames`.
-const BATCH_FRAMES: u32 = 1;
-/// `Frame.pub`.
-const FRAME_PUB: u32 = 5;
+/// The one-byte keys (field number << 3 | wire type) of the fields read here: `Batch.frames`,
+/// `Frame.pub`, `Pub`'s six fields (length-delimited but `ack_id`, a varint) and `Header`'s
+/// two.
+const BATCH_FRAMES: u8 = 1 << 3 | LENGTH_DELIMITED;
+const FRAME_PUB: u8 = 5 << 3 | LENGTH_DELIMITED;
+const PUB_SUBJECT: u8 = 1 << 3 | LENGTH_DELIMITED;
+const PUB_REPLY_TO: u8 = 2 << 3 | LENGTH_DELIMITED;
+const PUB_HEADERS: u8 = 3 << 3 | LENGTH_DELIMITED;
+const PUB_PAYLOAD: u8 = 4 << 3 | LENGTH_DELIMITED;
+const PUB_ID: u8 = 5 << 3 | LENGTH_DELIMITED;
+const PUB_ACK_ID: u8 = 6 << 3;
+const HEADER_KEY: u8 = 1 << 3 | LENGTH_DELIMITED;
+const HEADER_VALUE: u8 = 2 << 3 | LENGTH_DELIMITED;
+const LENGTH_DELIMITED: u8 = WireType::LengthDelimited as u8;
 
 /// A `Pub` read in place from an encoded batch: every field is a slice of `buffer`. Its
 /// headers are decoded into the vector the caller passed to [`BatchFrames::next_view`].
@@ -79,12 +89,12 @@ fn read_pub<'a>(
 ) -> Option<(PubView<'a>, usize)> {
     let all: &'a [u8] = whole;
     let mut cur = all.get(start..)?;
-    if key(&mut cur)? != (BATCH_FRAMES, WireType::LengthDelimited) {
+    if next_key(&mut cur)? != BATCH_FRAMES {
         return None;
     }
     let mut frame = length_delimited(&mut cur)?;
     let end = all.len() - cur.len();
-    if key(&mut frame)? != (FRAME_PUB, WireType::LengthDelimited) {
+    if next_key(&mut frame)? != FRAME_PUB {
         return None;
     }
     let mut body = length_delimited(&mut frame)?;
@@ -102,19 +112,19 @@ fn read_pub<'a>(
     };
     // As prost merges a message: a field seen twice keeps its last value; headers append.
     while !body.is_empty() {
-        match key(&mut body)? {
-            (6, WireType::Varint) => view.ack_id = varint(&mut body)?,
-            (tag @ 1..=5, WireType::LengthDelimited) => {
+        match next_key(&mut body)? {
+            PUB_ACK_ID => view.ack_id = varint(&mut body)?,
+            key => {
                 let field = length_delimited(&mut body)?;
-                match tag {
-                    1 => view.subject = std::str::from_utf8(field).ok()?,
-                    2 => view.reply_to = std::str::from_utf8(field).ok()?,
-                    3 => headers.push(read_header(whole, field)?),
-                    4 => view.payload = field,
-                    _ => view.id = field,
+                match key {
+                    PUB_SUBJECT => view.subject = std::str::from_utf8(field).ok()?,
+                    PUB_REPLY_TO => view.reply_to = std::str::from_utf8(field).ok()?,
+                    PUB_HEADERS => headers.push(read_header(whole, field)?),
+                    PUB_PAYLOAD => view.payload = field,
+                    PUB_ID => view.id = field,
+                    _ => return None,
                 }
             }
-            _ => return None,
         }
     }
     Some((view, end))
@@ -125,23 +135,30 @@ fn read_pub<'a>(
 fn read_header(whole: &Bytes, mut body: &[u8]) -> Option<Header> {
     let mut header = Header::default();
     while !body.is_empty() {
-        let (tag, wire_type) = key(&mut body)?;
-        if wire_type != WireType::LengthDelimited {
-            return None;
-        }
+        let key = next_key(&mut body)?;
         let field = length_delimited(&mut body)?;
-        match tag {
-            1 => {
+        match key {
+            HEADER_KEY => {
                 header.key = match text::KNOWN_KEYS.into_iter().find(|k| k.as_bytes() == field) {
                     Some(key) => ByteString::from_static(key),
                     None => ByteString::try_from(share(whole, field)).ok()?,
                 }
             }
-            2 => header.value = ByteString::try_from(share(whole, field)).ok()?,
+            HEADER_VALUE => header.value = ByteString::try_from(share(whole, field)).ok()?,
             _ => return None,
         }
     }
     Some(header)
+}
+
+/// The next field key, as the one byte it is for every field read here; `None` at the end.
+/// (A key written in more bytes than it needs is valid protobuf, but not the plain shape:
+/// it matches none of the keys above, and the frame goes to prost.)
+#[inline(always)]
+fn next_key(cur: &mut &[u8]) -> Option<u8> {
+    let (&key, rest) = cur.split_first()?;
+    *cur = rest;
+    Some(key)
 }
 
 /// A varint: one or two bytes inline (keys, and lengths up to 16 KiB: most of what a publish
@@ -160,16 +177,6 @@ fn varint(cur: &mut &[u8]) -> Option<u64> {
         }
         _ => decode_varint(cur).ok(),
     }
-}
-
-/// A field key as (tag, wire type); `None` for a key prost would refuse, or that no field
-/// here has (a tag beyond `u32`), which then goes to prost.
-#[inline(always)]
-fn key(cur: &mut &[u8]) -> Option<(u32, WireType)> {
-    let key = varint(cur)?;
-    let tag = u32::try_from(key >> 3).ok().filter(|&t| t != 0)?;
-    let wire_type = WireType::try_from(key & 7).ok()?;
-    Some((tag, wire_type))
 }
 
 /// The next length-delimited field's contents (its key already read), advancing `cur` past
