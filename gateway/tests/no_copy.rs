@@ -21,7 +21,7 @@ use futures::StreamExt;
 use nexus_gateway::GatewayConfig;
 use nexus_gateway::connection::Connection;
 use nexus_gateway::metrics::GatewayMetrics;
-use nexus_gateway::outbound::{Outbound, OutboundStream};
+use nexus_gateway::outbound::{DeferredWakes, Outbound, OutboundStream};
 use nexus_gateway::router::{Delivery, MessageRef, Router};
 use nexus_proto::hot_frames::{BatchFrames, Next};
 use nexus_proto::v1::{Batch, Frame, Pub, frame::Kind};
@@ -139,7 +139,12 @@ async fn a_publish_read_in_place_is_delivered_from_its_record() {
     let mut scratch = Vec::new();
     let outcome = router.offer(&msg, &mut scratch, None);
     assert!(outcome.stored.is_none());
-    assert_eq!(router.deliver_now(&msg, &mut scratch).done(), Some(1));
+    let mut wakes = DeferredWakes::default();
+    assert_eq!(
+        router.deliver_now(&msg, &mut scratch, &mut wakes).done(),
+        Some(1)
+    );
+    drop(wakes);
     let payloads = next_payloads(&mut stream).await;
     assert_eq!(payloads.len(), 1);
     assert!(

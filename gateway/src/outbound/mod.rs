@@ -11,7 +11,8 @@
 //! costs one encoding under the queue's lock and no hand-off of the frame itself: no
 //! channel slot, no vector of frames, no second pass to encode them. A batch grows while
 //! frames arrive faster than the transport takes them and is a single frame when the session
-//! is idle (no added latency). A frame whose payload is `WHOLE_FRAME_PAYLOAD` or larger is
+//! is idle (no added latency). A publishing session wakes the streams it delivered to once per
+//! input batch, not per message ([`DeferredWakes`]). A frame whose payload is `WHOLE_FRAME_PAYLOAD` or larger is
 //! queued as a value instead (its payload still shares the buffer it arrived in) and encoded
 //! by the transport, so a large payload is copied once between receive and send, not twice
 //! (`gateway/tests/no_copy.rs`).
@@ -72,6 +73,31 @@ pub enum EnqueueError {
     Full(Frame),
     /// The session is closed.
     Closed,
+}
+
+/// Response streams to wake later. A session routing a batch of publishes collects the wakers
+/// of the outbound streams it queued deliveries for ([`Outbound::try_send_msg`]) and wakes
+/// each once when the batch is applied, or before it waits for anything, as nats-server
+/// flushes the clients a read touched at the end of that read. Woken at each delivery, a
+/// subscriber's writer ran (on the other worker thread) for a few messages at a time: one
+/// write and one wake-up per handful of messages. Dropping it wakes what it holds, so no wake
+/// is lost on an early return.
+#[derive(Default)]
+pub struct DeferredWakes(Vec<Waker>);
+
+impl DeferredWakes {
+    /// Wakes every stream collected so far.
+    pub fn wake_all(&mut self) {
+        for waker in self.0.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for DeferredWakes {
+    fn drop(&mut self) {
+        self.wake_all();
+    }
 }
 
 /// Why [`Outbound::try_send_msg`] did not queue a message.
@@ -438,8 +464,14 @@ impl Outbound {
     /// Queues a `Msg` encoded from borrowed fields if the budget has room, without waiting
     /// and without building the frame: the delivery path for a publish. The caller checked
     /// that its payload is not compressed (a session may need it decoded, which takes the
-    /// frame); one of `WHOLE_FRAME_PAYLOAD` or more is refused with `AsFrame`.
-    pub fn try_send_msg(&self, msg: &MsgRef<'_>, cost: u32) -> Result<(), MsgUnqueued> {
+    /// frame); one of `WHOLE_FRAME_PAYLOAD` or more is refused with `AsFrame`. The response
+    /// stream, when it waits, is not woken here: its waker goes into `wakes`.
+    pub fn try_send_msg(
+        &self,
+        msg: &MsgRef<'_>,
+        cost: u32,
+        wakes: &mut DeferredWakes,
+    ) -> Result<(), MsgUnqueued> {
         if msg.payload.len() >= WHOLE_FRAME_PAYLOAD {
             return Err(MsgUnqueued::AsFrame);
         }
@@ -451,31 +483,42 @@ impl Outbound {
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(MsgUnqueued::Full),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(MsgUnqueued::Closed),
         }
-        if !self.enqueue(|queue| queue.push_msg(msg, cost.max(FRAME_OVERHEAD), cost)) {
-            return Err(MsgUnqueued::Closed);
+        match self.enqueue_quietly(|queue| queue.push_msg(msg, cost.max(FRAME_OVERHEAD), cost)) {
+            None => Err(MsgUnqueued::Closed),
+            Some(waker) => {
+                wakes.0.extend(waker);
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Counts a frame and appends it with `push` under the queue's lock, then wakes the
     /// response stream if it waits. False (nothing queued) when the stream is gone.
     fn enqueue(&self, push: impl FnOnce(&mut Queue)) -> bool {
+        match self.enqueue_quietly(push) {
+            None => false,
+            Some(waker) => {
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                true
+            }
+        }
+    }
+
+    /// [`Outbound::enqueue`] without the wake: the response stream's waker, when it waits
+    /// (`Some(None)` when it does not); `None` (nothing queued) when the stream is gone.
+    fn enqueue_quietly(&self, push: impl FnOnce(&mut Queue)) -> Option<Option<Waker>> {
         // Counted before the stream can see the frame, which subtracts it when taken.
         self.queued_frames.fetch_add(1, Ordering::Relaxed);
-        let waker = {
-            let mut queue = self.queue.lock();
-            if queue.stream_gone {
-                drop(queue);
-                self.queued_frames.fetch_sub(1, Ordering::Relaxed);
-                return false;
-            }
-            push(&mut queue);
-            queue.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
+        let mut queue = self.queue.lock();
+        if queue.stream_gone {
+            drop(queue);
+            self.queued_frames.fetch_sub(1, Ordering::Relaxed);
+            return None;
         }
-        true
+        push(&mut queue);
+        Some(queue.waker.take())
     }
 
     /// Queues `frame`, waiting up to `max_wait` for budget. Returns the frame back on timeout.

@@ -222,12 +222,13 @@ async fn a_long_queue_keeps_order_across_sealed_batches() {
     let n = MAX_BATCH_FRAMES as u64 * 3 + 7;
     for sid in 0..n {
         let (m, cost) = msg(sid, b"small");
-        out.try_send_msg(&m.as_ref(), cost).unwrap();
+        out.try_send_msg(&m.as_ref(), cost, &mut DeferredWakes::default())
+            .unwrap();
     }
     let big = vec![7u8; WHOLE_FRAME_PAYLOAD];
     let (m, cost) = msg(n, &big);
     assert_eq!(
-        out.try_send_msg(&m.as_ref(), cost),
+        out.try_send_msg(&m.as_ref(), cost, &mut DeferredWakes::default()),
         Err(MsgUnqueued::AsFrame)
     );
     out.try_send(
@@ -239,7 +240,8 @@ async fn a_long_queue_keeps_order_across_sealed_batches() {
     .unwrap();
     for sid in n + 1..n + 10 {
         let (m, cost) = msg(sid, b"after");
-        out.try_send_msg(&m.as_ref(), cost).unwrap();
+        out.try_send_msg(&m.as_ref(), cost, &mut DeferredWakes::default())
+            .unwrap();
     }
     drop(out);
     let mut sids = Vec::new();
@@ -286,4 +288,50 @@ fn a_batch_begun_at_a_seal_is_filled_without_reallocating() {
         );
     }
     assert_eq!(queue.batches.len(), 2);
+}
+
+/// A delivery leaves the waiting stream's wake to its caller ([`DeferredWakes`]): one wake
+/// for all the deliveries of a batch, and none lost when the collection is dropped.
+#[test]
+fn deliveries_leave_the_wake_to_the_batch() {
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let count = Arc::new(Count(Default::default()));
+    let woken = || count.0.load(Ordering::SeqCst);
+    let waker = Waker::from(count.clone());
+    let mut cx = Context::from_waker(&waker);
+    let (out, mut stream) = Outbound::new(1 << 20);
+    let m = nexus_proto::v1::Msg {
+        sid: 1,
+        subject: "a".into(),
+        ..Default::default()
+    };
+    assert!(stream.poll_next_unpin(&mut cx).is_pending());
+    let mut wakes = DeferredWakes::default();
+    for _ in 0..3 {
+        out.try_send_msg(&m.as_ref(), out.cost(0), &mut wakes)
+            .unwrap();
+    }
+    assert_eq!(woken(), 0, "not woken by each delivery");
+    wakes.wake_all();
+    assert_eq!(woken(), 1, "woken once for the three");
+    match stream.poll_next_unpin(&mut cx) {
+        Poll::Ready(Some(Ok(batch))) => assert_eq!(batch.into_frames().unwrap().len(), 3),
+        other => panic!("expected the batch, got {other:?}"),
+    }
+    assert!(stream.poll_next_unpin(&mut cx).is_pending());
+    let mut wakes = DeferredWakes::default();
+    out.try_send_msg(&m.as_ref(), out.cost(0), &mut wakes)
+        .unwrap();
+    drop(wakes);
+    assert_eq!(woken(), 2, "a dropped collection wakes what it holds");
+    // A frame queued by value still wakes at once.
+    assert!(stream.poll_next_unpin(&mut cx).is_ready());
+    assert!(stream.poll_next_unpin(&mut cx).is_pending());
+    out.try_send(ping(1), 100).unwrap();
+    assert_eq!(woken(), 3);
 }

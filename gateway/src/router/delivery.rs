@@ -14,7 +14,7 @@ use super::{Delivery, Group, Member, MessageRef, Router, error, frame, message_s
 use crate::config::SlowConsumerPolicy;
 use crate::connection::Connection;
 use crate::metrics::{Direction, Pattern, SlowConsumerAction, SlowConsumerLabels};
-use crate::outbound::{EnqueueError, MsgUnqueued};
+use crate::outbound::{DeferredWakes, EnqueueError, MsgUnqueued};
 use crate::trace_store::{Event, Hop, Reason, Traced};
 
 /// Whether `group` is not one of the queue groups in `taken` (plain groups never are).
@@ -200,7 +200,7 @@ impl Router {
     /// Delivers a message to the local subscribers collected in `scratch` (by
     /// [`Router::offer`] or `collect_members`).
     pub async fn deliver_collected(&self, msg: Delivery, scratch: &mut Vec<Arc<Member>>) -> u32 {
-        let delivered = self.deliver_now(&msg.as_ref(), scratch);
+        let delivered = self.deliver_now(&msg.as_ref(), scratch, &mut DeferredWakes::default());
         self.finish_delivery(delivered).await
     }
 
@@ -208,8 +208,15 @@ impl Router {
     /// every member with room, applies the slow-consumer policy to the others, and returns
     /// those it must wait for under `backpressure` (none, usually: then the delivery is done
     /// without an `.await`). A member that takes the message as a frame of its own gets
-    /// owned slices of its buffers (`MessageRef::to_delivery`), not copies.
-    pub fn deliver_now(&self, msg: &MessageRef<'_>, scratch: &mut Vec<Arc<Member>>) -> Delivered {
+    /// owned slices of its buffers (`MessageRef::to_delivery`), not copies. The subscribers'
+    /// outbound streams are left for the caller to wake (`wakes`, woken when dropped): a
+    /// session wakes them once per batch of publishes.
+    pub fn deliver_now(
+        &self,
+        msg: &MessageRef<'_>,
+        scratch: &mut Vec<Arc<Member>>,
+        wakes: &mut DeferredWakes,
+    ) -> Delivered {
         let payload_len = msg.payload.len();
         let size = message_size(msg.subject, msg.reply_to, msg.headers, payload_len);
         let traced = if msg.traced {
@@ -234,7 +241,7 @@ impl Router {
                     deadline_ms: 0,
                 };
                 let cost = member.conn.outbound.cost(size);
-                match member.conn.outbound.try_send_msg(&view, cost) {
+                match member.conn.outbound.try_send_msg(&view, cost, wakes) {
                     Ok(()) => {
                         self.metrics
                             .traffic(Pattern::Pub, Direction::Out, payload_len);

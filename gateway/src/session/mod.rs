@@ -18,6 +18,7 @@ use tonic::Status;
 
 use crate::connection::Connection;
 use crate::metrics::Limit;
+use crate::outbound::DeferredWakes;
 use crate::router::match_cache::MatchCache;
 use crate::router::{Completion, Member, Router, Subscription, error, frame};
 use crate::service::SessionAdmission;
@@ -92,6 +93,9 @@ pub struct Session {
     snap: Option<Snapshot>,
     /// The headers of the publish being applied, decoded into one vector per session.
     pub_headers: Vec<v1::Header>,
+    /// The outbound streams deliveries of the batch being applied were queued for, woken
+    /// when it is applied or before the session waits for anything (`DeferredWakes`).
+    wakes: DeferredWakes,
 }
 
 /// What to do after a frame.
@@ -126,6 +130,7 @@ impl Session {
             publisher_key: None,
             snap: None,
             pub_headers: Vec::new(),
+            wakes: DeferredWakes::default(),
         }
     }
 
@@ -300,6 +305,7 @@ impl Session {
         // The decoded publishes' headers, in one vector the session keeps.
         let mut headers = std::mem::take(&mut self.pub_headers);
         let applied = self.apply_frames(batch, &mut headers).await;
+        self.wakes.wake_all();
         headers.clear();
         self.pub_headers = headers;
         applied
@@ -325,7 +331,7 @@ impl Session {
                 None => match records.next_view(&mut slot, headers) {
                     Ok(Some(Next::Frame)) => slot.kind.take(),
                     Ok(Some(Next::Pub(p))) if self.hello => {
-                        Self::wait_for_control_room(&self.router, &conn).await?;
+                        Self::wait_for_control_room(&self.router, &conn, &mut self.wakes).await?;
                         if let Some(rest) = self.publish_now(IncomingPub::in_batch(p), headers) {
                             self.finish_publish(rest).await;
                         }
@@ -341,7 +347,7 @@ impl Session {
                     }
                 },
             };
-            Self::wait_for_control_room(&self.router, &conn).await?;
+            Self::wait_for_control_room(&self.router, &conn, &mut self.wakes).await?;
             // Most frames are publishes that wait for nothing: applied here without
             // building `on_frame`'s future (moving a frame into it, and it into this
             // one, cost more than routing the message).
@@ -355,6 +361,7 @@ impl Session {
                 }
                 kind => Frame { kind },
             };
+            self.wakes.wake_all();
             if let Flow::Close(status) = self.on_frame(f).await {
                 return Err(Some(status));
             }
@@ -368,14 +375,18 @@ impl Session {
     async fn wait_for_control_room(
         router: &Router,
         conn: &Connection,
+        wakes: &mut DeferredWakes,
     ) -> Result<(), Option<Status>> {
-        if conn.outbound.control_queued() >= crate::outbound::CONTROL_HIGH_WATER
-            && !conn
-                .outbound
-                .control_room(Duration::from_millis(
-                    router.config().slow_consumer.max_wait_ms,
-                ))
-                .await
+        if conn.outbound.control_queued() < crate::outbound::CONTROL_HIGH_WATER {
+            return Ok(());
+        }
+        wakes.wake_all();
+        if !conn
+            .outbound
+            .control_room(Duration::from_millis(
+                router.config().slow_consumer.max_wait_ms,
+            ))
+            .await
         {
             return Err(None);
         }

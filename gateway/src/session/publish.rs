@@ -288,7 +288,10 @@ impl Session {
         let stored = outcome.stored.take();
         let backlog = outcome.backlog.take();
         if stored.is_none() && self.held.is_empty() {
-            let delivered = span.in_scope(|| self.router.deliver_now(&msg, &mut self.scratch));
+            let delivered = span.in_scope(|| {
+                self.router
+                    .deliver_now(&msg, &mut self.scratch, &mut self.wakes)
+            });
             if let (Some(count), None) = (delivered.done(), &backlog) {
                 self.acknowledge(ack_id, count, outcome);
                 return None;
@@ -312,8 +315,11 @@ impl Session {
         })
     }
 
-    /// The rest of a publish [`Session::publish_now`] could not finish.
+    /// The rest of a publish [`Session::publish_now`] could not finish. Wakes the streams
+    /// deliveries were queued for first: it waits (for a full subscriber's stream, among
+    /// others).
     pub(super) async fn finish_publish(&mut self, rest: PublishRest) {
+        self.wakes.wake_all();
         match rest {
             PublishRest::Delivering {
                 delivered,
