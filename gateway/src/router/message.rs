@@ -35,14 +35,20 @@ impl Delivery {
             payload: &self.payload,
             id: &self.id,
             traced: self.traced,
-            sources: [
-                self.subject.as_bytes(),
-                self.reply_to.as_bytes(),
-                &self.payload,
-                &self.id,
-            ],
+            sources: sources(&self.subject, &self.reply_to, &self.payload, &self.id),
         }
     }
+}
+
+/// The buffers of a message whose fields each have their own (an owned `Delivery`, a decoded
+/// `Pub`), as [`MessageRef::new`] takes them.
+pub fn sources<'a>(
+    subject: &'a ByteString,
+    reply_to: &'a ByteString,
+    payload: &'a Bytes,
+    id: &'a Bytes,
+) -> [&'a Bytes; 4] {
+    [subject.as_bytes(), reply_to.as_bytes(), payload, id]
 }
 
 /// A message being published, borrowed: all a delivery to a local subscriber reads.

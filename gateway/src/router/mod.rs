@@ -22,7 +22,7 @@ mod access;
 mod delivery;
 pub use delivery::Delivered;
 mod message;
-pub use message::{Delivery, MessageRef, owned_slice};
+pub use message::{Delivery, MessageRef, owned_slice, sources};
 pub mod match_cache;
 mod requests;
 mod subscriptions;

@@ -69,12 +69,7 @@ impl<'a> IncomingPub<'a> {
             payload: &p.payload,
             id: &p.id,
             ack_id: p.ack_id,
-            sources: [
-                p.subject.as_bytes(),
-                p.reply_to.as_bytes(),
-                &p.payload,
-                &p.id,
-            ],
+            sources: crate::router::sources(&p.subject, &p.reply_to, &p.payload, &p.id),
         }
     }
 }
