@@ -180,22 +180,10 @@ async fn a_flood_of_sessions_opened_and_dropped_leaves_nothing_behind() {
     const CHURN: usize = 2000;
     let (cp, gw, secret, _dir) = keyed_gateway("").await;
     let (_, healthy) = create_key(&cp, "healthy", &["healthy.>"], &["healthy.>"]);
-    let open_keyed = |secret: String, url: String| async move {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match keyed_session(&url, &secret).await {
-                Ok(s) => return s,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                Err(e) => panic!("key never accepted: {e}"),
-            }
-        }
-    };
-    let mut sub = open_keyed(healthy.clone(), gw.url()).await;
+    let mut sub = keyed_session_once_accepted(&gw.url(), &healthy).await;
     sub.send(vec![sub_frame(1, "healthy.ticks")]).await;
     assert!(matches!(sub.next_frame().await, Some(Kind::Ack(a)) if a.ack_id == 1));
-    let publisher = open_keyed(healthy, gw.url()).await;
+    let publisher = keyed_session_once_accepted(&gw.url(), &healthy).await;
     let rss_before = gw.rss_kib();
     let connections_before = gw.metric("nexus_connections", &[]);
 

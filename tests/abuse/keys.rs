@@ -198,20 +198,8 @@ async fn a_key_over_its_rate_limit_is_refused_and_other_keys_are_unaffected() {
             > version)
         .await
     );
-    let open = |secret: String, url: String| async move {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match keyed_session(&url, &secret).await {
-                Ok(s) => return s,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                Err(e) => panic!("key never accepted: {e}"),
-            }
-        }
-    };
-    let a = open(limited, gw.url()).await;
-    let b = open(free, gw.url()).await;
+    let a = keyed_session_once_accepted(&gw.url(), &limited).await;
+    let b = keyed_session_once_accepted(&gw.url(), &free).await;
     let started = Instant::now();
     let (ra, rb) = tokio::join!(
         publish_acked(a, "load.a", 5000),

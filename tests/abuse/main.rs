@@ -64,6 +64,21 @@ async fn keyed_gateway(limits: &str) -> (ControlPlane, Gateway, String, tempdir:
     (cp, gw, secret, data)
 }
 
+/// [`keyed_session`], retried for up to 10 s while the gateway does not know the key yet (a
+/// key just created reaches it with the next config push).
+async fn keyed_session_once_accepted(url: &str, secret: &str) -> RawSession {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match keyed_session(url, secret).await {
+            Ok(s) => return s,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("key never accepted: {e}"),
+        }
+    }
+}
+
 /// Opens a session from 127.0.0.1 with `secret` and waits for its Welcome.
 async fn keyed_session(url: &str, secret: &str) -> Result<RawSession, String> {
     let hello = frame(Kind::Hello(v1::Hello {
