@@ -15,7 +15,10 @@
 #
 # Knobs (environment): RUNS (default 1: how many times the whole set runs, interleaved, on
 # the same cluster; with more than one a table of the medians over the runs is added, since
-# on a shared VM one run's p99 swings by several times), DURATION (s per scenario, default 5), PAYLOAD (bytes, default 128),
+# on a shared VM one run's p99 swings by several times), DURATION (s per scenario, default 5),
+# SAMPLES (default 20000: a paced row runs long enough to send at least this many messages,
+# so its p99 is the 200th slowest, not the 50th: at 1000/s for 5 s one slow wake-up of the
+# VM moved a p99 by more than the hop costs), PAYLOAD (bytes, default 128),
 # BASE_PORT (default 17000: the dev cluster uses ports from there), OUT (default
 # docs/benchmarks.md).
 set -euo pipefail
@@ -23,6 +26,7 @@ cd "$(dirname "$0")/.."
 
 RUNS="${RUNS:-1}"
 DURATION="${DURATION:-5}"
+SAMPLES="${SAMPLES:-20000}"
 PAYLOAD="${PAYLOAD:-128}"
 BASE_PORT="${BASE_PORT:-17000}"
 OUT="${OUT:-docs/benchmarks.md}"
@@ -78,9 +82,9 @@ for j in 2 3; do [ "${IDS[$j]}" = "$HOME_ID" ] && GW3="${ADAPTERS[$j]}"; done
 echo "gateway 1 $GW1, gateway 2 $GW2, gateway 1's home in the other region $GW3 ($HOME_ID)" >&2
 
 mkdir -p "$WORK/json"
-run() { # RUN KEY NAME SCENARIO [ARGS...]: the rows of the last run go in the table
-  local r=$1 key=$2 name=$3; shift 3
-  "$BIN/nexus-load" "$@" --duration "$DURATION" --payload "$PAYLOAD" \
+run() { # RUN KEY NAME SECONDS SCENARIO [ARGS...]: the rows of the last run go in the table
+  local r=$1 key=$2 name=$3 seconds=$4; shift 4
+  "$BIN/nexus-load" "$@" --duration "$seconds" --payload "$PAYLOAD" \
     --json-out "$WORK/json/${key//\//_}|$name|$r.json" >"$WORK/last.md"
   if [ "$r" = "$RUNS" ]; then
     tail -n +3 "$WORK/last.md" | sed -E -e 's/ cross-region//' -e "s/^\| ([^|]*)\|/| \1 ($name) |/" >>"$WORK/rows.md"
@@ -88,17 +92,18 @@ run() { # RUN KEY NAME SCENARIO [ARGS...]: the rows of the last run go in the ta
 }
 for r in $(seq 1 "$RUNS"); do
   for rate in 1000 10000; do
-    step "run $r/$RUNS: pub/sub 1:1 paced at ${rate}/s: same gateway, across gateways, across regions"
+    secs=$(( (SAMPLES + rate - 1) / rate )); [ "$secs" -ge "$DURATION" ] || secs=$DURATION
+    step "run $r/$RUNS: pub/sub 1:1 paced at ${rate}/s for ${secs}s: same gateway, across gateways, across regions"
     key="pub/sub 1:1 at ${rate}/s"
-    run "$r" "$key" "same gateway" pubsub --target "$NEXUS://$GW1" --rate "$rate"
-    run "$r" "$key" "across gateways" pubsub --target "$NEXUS://$GW1" --remote "$NEXUS://$GW2" --rate "$rate"
-    run "$r" "$key" "across regions" pubsub --target "$NEXUS://$GW1" --remote "$NEXUS://$GW3" --rate "$rate"
+    run "$r" "$key" "same gateway" "$secs" pubsub --target "$NEXUS://$GW1" --rate "$rate"
+    run "$r" "$key" "across gateways" "$secs" pubsub --target "$NEXUS://$GW1" --remote "$NEXUS://$GW2" --rate "$rate"
+    run "$r" "$key" "across regions" "$secs" pubsub --target "$NEXUS://$GW1" --remote "$NEXUS://$GW3" --rate "$rate"
   done
   step "run $r/$RUNS: request/reply, 1 in flight: same gateway, across gateways, across regions"
   key="req/reply closed c=1"
-  run "$r" "$key" "same gateway" request --target "$NEXUS://$GW1" --concurrency 1
-  run "$r" "$key" "across gateways" request --target "$NEXUS://$GW1" --remote "$NEXUS://$GW2" --concurrency 1
-  run "$r" "$key" "across regions" request --target "$NEXUS://$GW1" --remote "$NEXUS://$GW3" --concurrency 1
+  run "$r" "$key" "same gateway" "$DURATION" request --target "$NEXUS://$GW1" --concurrency 1
+  run "$r" "$key" "across gateways" "$DURATION" request --target "$NEXUS://$GW1" --remote "$NEXUS://$GW2" --concurrency 1
+  run "$r" "$key" "across regions" "$DURATION" request --target "$NEXUS://$GW1" --remote "$NEXUS://$GW3" --concurrency 1
 done
 if [ "$RUNS" -gt 1 ]; then
   python3 - "$WORK/json" "$RUNS" >"$WORK/medians.md" <<'PY'
@@ -138,7 +143,8 @@ step "writing $OUT"
   echo "  publishers/requesters on gateway 1 with subscribers/responders on gateway 2 of its"
   echo "  region (across gateways: one cluster hop); and with them on gateway 1's home in the"
   echo "  other region (across regions: one federation hop)."
-  echo "- ${PAYLOAD}-byte payloads, ${DURATION} s per scenario, best-effort route (the default),"
+  echo "- ${PAYLOAD}-byte payloads, ${DURATION} s per scenario (a paced row at least ${SAMPLES} messages),"
+  echo "  best-effort route (the default),"
   echo "  nexus ${NEXUS_BUILD_LABEL:-$(git describe --always --dirty 2>/dev/null || echo "?")}, $(nproc) CPUs shared by the four"
   echo "  gateways, the control plane and the load generator."
   echo

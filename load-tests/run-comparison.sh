@@ -62,7 +62,9 @@ start_gateway() {
   RUST_LOG=warn "$BIN/nexus" gateway --auth off --region bench --listen 127.0.0.1:0 \
     --metrics-listen 127.0.0.1:0 "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
   GW_PID=$!; PIDS+=("$GW_PID")
-  GW_ADDR="$(wait_for "$WORK/$name.out" ' listening on ' | sed -E 's/.* listening on ([^,]+),.*/\1/')"
+  local line; line="$(wait_for "$WORK/$name.out" ' listening on ')"
+  GW_ADDR="$(printf '%s' "$line" | sed -E 's/.* listening on ([^,]+),.*/\1/')"
+  GW_METRICS="$(printf '%s' "$line" | sed -E 's/.*, metrics on ([0-9.:]+).*/\1/')"
 }
 
 # start_nats NAME [ARGS...]: starts nats-server on a free port; sets NATS_PID and NATS_ADDR.
@@ -108,31 +110,46 @@ stop "$GW_PID"; stop "$NATS_PID"
 start_gateway gw
 start_nats nats
 
-# sustained SERVER_PID TARGET NAME: pub/sub 1:1 for SUSTAIN seconds, RSS sampled each second.
+# sustained SERVER_PID TARGET NAME [METRICS]: pub/sub 1:1 for SUSTAIN seconds, RSS sampled
+# each second (and, given the gateway's metrics address, its trace store's bytes: the one
+# store that fills while messages flow, up to trace.max_bytes).
 sustained() {
-  local pid=$1 target=$2 name=$3 rate_args=()
+  local pid=$1 target=$2 name=$3 metrics=${4:-} rate_args=()
   [ "$SUSTAIN_RATE" != 0 ] && rate_args=(--rate "$SUSTAIN_RATE")
-  : >"$WORK/$name.rss"
+  : >"$WORK/$name.rss"; : >"$WORK/$name.trace"
   "$BIN/nexus-load" pubsub --target "$target" --duration "$SUSTAIN" --payload "$PAYLOAD" \
     "${rate_args[@]}" --json-out "$WORK/$name.json" >"$WORK/$name.md" &
   local load=$!
   while kill -0 "$load" 2>/dev/null; do
     rss_kb "$pid" >>"$WORK/$name.rss"
+    if [ -n "$metrics" ]; then
+      curl -sf "http://$metrics/metrics" | awk '/^nexus_trace_bytes / {printf "%d\n", $2/1024; f=1} END {if (!f) print 0}' >>"$WORK/$name.trace" || echo 0 >>"$WORK/$name.trace"
+    fi
     sleep 1
   done
   wait "$load"
 }
 
-# summary of an RSS series (kB): first, 10 s in, min, max, last, last-minus-10s-in
+# summary of a memory series (kB, one sample per second): first, 10 s in, min, max, last,
+# and the drift after warm-up: the median of the last 10 samples minus the median of
+# samples 11-20 (single samples swing by ~10 MB as the allocator returns and reuses pages).
 rss_summary() {
   awk '{v[NR]=$1; if (NR==1||$1<mn) mn=$1; if ($1>mx) mx=$1}
+       function med(a, b,   n, i, j, t, w) {
+         n = 0; for (i = a; i <= b; i++) w[++n] = v[i]
+         for (i = 2; i <= n; i++) { t = w[i]; for (j = i - 1; j >= 1 && w[j] > t; j--) w[j+1] = w[j]; w[j+1] = t }
+         return (n % 2) ? w[(n+1)/2] : (w[n/2] + w[n/2+1]) / 2 }
        END {w = (NR > 10) ? v[11] : v[1];
-            printf "samples %d; first %.1f MB, after 10 s %.1f MB, min %.1f MB, max %.1f MB, last %.1f MB; drift after warm-up %+.1f MB",
-              NR, v[1]/1024, w/1024, mn/1024, mx/1024, v[NR]/1024, (v[NR]-w)/1024}' "$1"
+            early = (NR >= 30) ? med(11, 20) : w; late = (NR >= 30) ? med(NR - 9, NR) : v[NR];
+            printf "samples %d; first %.1f MB, after 10 s %.1f MB, min %.1f MB, max %.1f MB, last %.1f MB; drift after warm-up (median of the last 10 s minus median of s 11-20) %+.1f MB",
+              NR, v[1]/1024, w/1024, mn/1024, mx/1024, v[NR]/1024, (late-early)/1024}' "$1"
 }
 
+# the same drift for RSS less the trace store's bytes (kB series of equal length)
+rss_less_trace() { paste "$1" "$2" | awk '{print $1 - $2}'; }
+
 step "sustained pub/sub 1:1 for ${SUSTAIN}s against the gateway, RSS each second"
-sustained "$GW_PID" "$NEXUS://$GW_ADDR" sustained-nexus
+sustained "$GW_PID" "$NEXUS://$GW_ADDR" sustained-nexus "$GW_METRICS"
 cat "$WORK/sustained-nexus.md"
 step "sustained pub/sub 1:1 for ${SUSTAIN}s against nats-server, RSS each second"
 sustained "$NATS_PID" "nats://$NATS_ADDR" sustained-nats
@@ -224,6 +241,10 @@ NATS_VERSION="$("$NATS_BIN" --version 2>&1 | head -n1)"
   echo "### Sustained pub/sub 1:1 (${SUSTAIN} s), server RSS sampled every second"
   echo
   echo "- Nexus gateway: $(rss_summary "$WORK/sustained-nexus.rss")"
+  echo "- its message trace store (\\`nexus_trace_bytes\\`, bounded by \\`trace.max_bytes\\`, 16 MiB by"
+  echo "  default; 1 in 1000 messages recorded): $(rss_summary "$WORK/sustained-nexus.trace")"
+  rss_less_trace "$WORK/sustained-nexus.rss" "$WORK/sustained-nexus.trace" >"$WORK/sustained-nexus.rest"
+  echo "- the gateway's RSS less its trace store: $(rss_summary "$WORK/sustained-nexus.rest")"
   echo "- nats-server: $(rss_summary "$WORK/sustained-nats.rss")"
   echo
   cat "$WORK/sustained-nexus.md"
@@ -233,6 +254,12 @@ NATS_VERSION="$("$NATS_BIN" --version 2>&1 | head -n1)"
   echo
   echo '```'
   awk '{printf "%.1f ", $1/1024} END {print ""}' "$WORK/sustained-nexus.rss" | fold -s -w 96
+  echo '```'
+  echo
+  echo "Its trace store (MB, the same seconds):"
+  echo
+  echo '```'
+  awk '{printf "%.1f ", $1/1024} END {print ""}' "$WORK/sustained-nexus.trace" | fold -s -w 96
   echo '```'
   echo
   echo "### Memory per idle connection ($IDLE connections, fresh server)"
