@@ -11,19 +11,17 @@
 //! - **Which messages**: head sampling decided from the message id alone
 //!   ([`TraceStore::sampled`]), so every gateway on the path makes the same choice without
 //!   telling the next one; a message whose headers carry `nexus-trace: 1` is always recorded.
-//! - **How much**: a ring per shard, evicting the oldest records when the shard's share of
-//!   `trace.max_bytes` is used. What counts is the memory the shard holds: every slot of its
-//!   ring (a record's fixed size each, used or not: a ring that doubled holds up to twice the
-//!   slots it has records for) and the bytes of its records' strings (copied out of the
-//!   message, so a record never pins the buffer a message arrived in). A full ring evicts
-//!   rather than grow past the budget, so the store's memory stops growing once it is full
-//!   (a sustained run at 1.6 M msgs/s, 1 in 1000 sampled, fills 16 MiB in under 20 s).
+//! - **How much**: per shard, a ring of fixed-size slots and a ring of their text (`ring`),
+//!   evicting the oldest records when the shard's share of `trace.max_bytes` is used. What
+//!   counts is the memory the rings hold, every slot used or not, so the store's memory rises
+//!   to the budget and stays there, and once the rings have their size the store allocates
+//!   nothing to record (no small allocations to fragment the heap while messages flow).
 //! - **Hot path**: deciding costs a multiply and a scan of the headers for the force header;
 //!   an unsampled message records nothing and allocates nothing. Records of one message go
 //!   to one shard (chosen by its id), so there is no global lock, and lookups by id read one
 //!   shard.
 
-use std::collections::VecDeque;
+mod ring;
 
 use nexus_proto::ByteString;
 use nexus_proto::v1::Header;
@@ -35,6 +33,8 @@ use serde::Serialize;
 /// The header that forces recording of one message (value `1` or `true`).
 pub const FORCE_HEADER: &str = "nexus-trace";
 const SHARDS: usize = 16;
+
+use ring::{Ring, SLOT};
 
 /// What happened at a hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -92,7 +92,8 @@ pub enum Reason {
     Warned,
 }
 
-/// One hop event. Fixed size: strings are reference-counted handles.
+/// One hop event, as callers give it and readers get it back (the store keeps its text in
+/// a ring of bytes, `ring`).
 #[derive(Clone, Debug)]
 pub struct Record {
     pub id: [u8; 16],
@@ -113,16 +114,6 @@ pub struct Record {
     pub latency_us: u64,
     /// How many (subscriptions delivered to, regions forwarded to).
     pub count: u32,
-}
-
-/// Bytes of one ring slot, used or not.
-const SLOT: usize = std::mem::size_of::<Record>();
-
-impl Record {
-    /// Bytes the record's strings hold outside its slot.
-    fn string_bytes(&self) -> usize {
-        self.subject.len() + self.peer.len() + self.detail.len()
-    }
 }
 
 /// What a caller says about a hop; the store adds id, trace id, subject and time.
@@ -186,54 +177,8 @@ pub struct TraceMetrics {
     pub bytes: Gauge,
 }
 
-#[derive(Default)]
-struct Shard {
-    ring: VecDeque<Record>,
-    /// Bytes of the held records' strings.
-    strings: usize,
-}
-
-impl Shard {
-    /// Memory the shard holds: every slot of the ring and the records' strings.
-    fn bytes(&self) -> usize {
-        self.ring.capacity() * SLOT + self.strings
-    }
-
-    /// Makes room for one more record with `strings` bytes of strings within `budget`:
-    /// grows a full ring while the budget allows (doubling, at most to what it allows),
-    /// otherwise evicts the oldest records (and gives back the slots of an emptied ring whose
-    /// slots alone leave too little for the record's strings). Returns how many were
-    /// evicted, and whether the record fits.
-    fn make_room(&mut self, strings: usize, budget: usize) -> (u64, bool) {
-        if self.ring.len() == self.ring.capacity() {
-            let cap = self.ring.capacity();
-            let allowed = budget.saturating_sub(self.strings + strings) / SLOT;
-            let want = (cap * 2).max(16).min(allowed);
-            if want > cap {
-                self.ring.reserve_exact(want - self.ring.len());
-            }
-        }
-        let (mut evicted, mut shrunk) = (0, false);
-        while self.ring.len() == self.ring.capacity() || self.bytes() + strings > budget {
-            let Some(old) = self.ring.pop_front() else {
-                // Empty, and its slots leave too little for this record's strings: give the
-                // slots back and start again from one.
-                if !shrunk {
-                    self.ring = VecDeque::with_capacity(1);
-                    shrunk = true;
-                    continue;
-                }
-                return (evicted, false);
-            };
-            self.strings -= old.string_bytes();
-            evicted += 1;
-        }
-        (evicted, true)
-    }
-}
-
 pub struct TraceStore {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Mutex<Ring>]>,
     shard_budget: usize,
     /// Record one message in this many; 0: none without the force header.
     sample_every: u64,
@@ -263,11 +208,6 @@ impl Traced {
     }
 }
 
-/// A copy of `s` in an allocation of its own (not a view into a larger buffer).
-fn owned(s: &ByteString) -> ByteString {
-    ByteString::from(&**s)
-}
-
 impl TraceStore {
     pub fn new(settings: TraceSettings, metrics: TraceMetrics) -> Self {
         let rate = settings.sample_rate;
@@ -279,7 +219,7 @@ impl TraceStore {
             (1.0 / rate).round() as u64
         };
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Ring::default())).collect(),
             shard_budget: settings.max_bytes / SHARDS,
             sample_every,
             metrics,
@@ -332,38 +272,29 @@ impl TraceStore {
         });
     }
 
-    fn shard(&self, id: &[u8; 16]) -> &Mutex<Shard> {
+    fn shard(&self, id: &[u8; 16]) -> &Mutex<Ring> {
         &self.shards[(Self::mix(id) as usize) % SHARDS]
     }
 
-    fn push(&self, mut rec: Record) {
-        // A record keeps bytes of its own. Messages are decoded without copying, so a subject
-        // (or a peer or detail taken from a message) is a slice of the whole buffer its frame
-        // was read into; a record kept for minutes would pin that buffer, many times its
-        // cost. A sustained run grew the gateway by ~60 bytes per message routed (2.2 GB in
-        // 60 s at 540 k msgs/s): each record of the 0.1 % sampled held a read buffer.
-        rec.subject = owned(&rec.subject);
-        rec.peer = owned(&rec.peer);
-        rec.detail = owned(&rec.detail);
-        let strings = rec.string_bytes();
-        if SLOT + strings > self.shard_budget {
+    fn push(&self, rec: Record) {
+        // The ring copies the record's text in: messages are decoded without copying, so a
+        // subject (or a peer or detail taken from a message) is a slice of the whole buffer
+        // its frame was read into, and a record kept for minutes would pin that buffer, many
+        // times its cost (a sustained run once grew the gateway by ~60 bytes per message
+        // routed: each record of the 0.1 % sampled held a read buffer).
+        if SLOT + ring::text_len(&rec) > self.shard_budget {
             self.metrics.evicted.inc();
             return;
         }
         let mut shard = self.shard(&rec.id).lock();
         let before = shard.bytes();
-        let (mut evicted, fits) = shard.make_room(strings, self.shard_budget);
-        if fits {
-            shard.strings += strings;
-            shard.ring.push_back(rec);
-        }
+        let pushed = shard.push(&rec, self.shard_budget);
         let after = shard.bytes();
         drop(shard);
-        if fits {
+        // A record that does not fit is counted as evicted, like one over the whole budget.
+        let evicted = pushed.evicted + u64::from(!pushed.kept);
+        if pushed.kept {
             self.metrics.kept.inc();
-        } else {
-            // Counted as evicted, like a record larger than the whole budget.
-            evicted += 1;
         }
         if evicted > 0 {
             self.metrics.evicted.inc_by(evicted);
@@ -374,7 +305,7 @@ impl TraceStore {
     /// Every record of message `id`, oldest first.
     pub fn by_id(&self, id: &[u8; 16]) -> Vec<Record> {
         let shard = self.shard(id).lock();
-        shard.ring.iter().filter(|r| r.id == *id).cloned().collect()
+        shard.records(|rid, _| rid == id).collect()
     }
 
     /// Records of messages on subjects matching `pattern` (any subject when `None`), within
@@ -391,13 +322,10 @@ impl TraceStore {
             let shard = shard.lock();
             out.extend(
                 shard
-                    .ring
-                    .iter()
-                    .filter(|r| r.at_us >= since_us && r.at_us <= until_us)
+                    .records(|_, at| at >= since_us && at <= until_us)
                     .filter(|r| {
                         pattern.is_none_or(|p| nexus_proto::subject::matches(p, &r.subject))
-                    })
-                    .cloned(),
+                    }),
             );
         }
         out.sort_by_key(|r| r.at_us);
@@ -414,7 +342,7 @@ impl TraceStore {
 
     /// Records held now (all shards).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().ring.len()).sum()
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -620,13 +548,13 @@ mod tests {
         // The newest survive, the oldest are gone.
         assert_eq!(s.by_id(&id(19_999)).len(), 1);
         assert!(s.by_id(&id(0)).is_empty());
-        // Bounded by records as well: a record's fixed part is small.
-        assert!(std::mem::size_of::<Record>() <= 160);
+        // Bounded by records as well: a record's fixed part (its slot) is small.
+        assert!(SLOT <= 80, "a slot is {SLOT} bytes");
     }
 
     #[test]
     fn a_full_ring_evicts_rather_than_grow_past_the_budget() {
-        let budget = 16 * 40 * SLOT; // 40 slots' worth per shard, strings included
+        let budget = 16 * 40 * SLOT; // 40 slots' worth per shard, text included
         let metrics = TraceMetrics::default();
         let s = TraceStore::new(
             TraceSettings {
@@ -643,36 +571,37 @@ mod tests {
             }
         };
         fill(0, 5_000, "x");
-        let capacities: Vec<usize> = s
-            .shards
-            .iter()
-            .map(|sh| sh.lock().ring.capacity())
-            .collect();
+        let sizes = || {
+            s.shards
+                .iter()
+                .map(|sh| sh.lock().bytes())
+                .collect::<Vec<_>>()
+        };
+        let full = sizes();
         for sh in s.shards.iter() {
             let sh = sh.lock();
-            // Every slot counts, used or not: a doubled ring would hold 64 slots here.
+            // Every slot counts, used or not: a ring that doubled would hold 64 slots here.
             assert!(
                 sh.bytes() <= budget / SHARDS,
                 "shard holds {} bytes",
                 sh.bytes()
             );
-            assert!(sh.ring.len() > 20, "ring barely used: {}", sh.ring.len());
+            assert!(sh.len() > 20, "ring barely used: {}", sh.len());
         }
         // Full: more records evict old ones, the rings keep their size.
         fill(5_000, 10_000, "x");
-        let after: Vec<usize> = s
-            .shards
-            .iter()
-            .map(|sh| sh.lock().ring.capacity())
-            .collect();
-        assert_eq!(capacities, after);
+        assert_eq!(full, sizes());
         assert_eq!(metrics.bytes.get() as usize, s.bytes());
-        // Records with longer strings evict more of the old ones and still fit.
-        fill(10_000, 11_000, &"y".repeat(SLOT * 4));
+        // Records with longer text evict more of the old ones and still fit, whole.
+        let long = "y".repeat(SLOT * 4);
+        fill(10_000, 11_000, &long);
         assert!(s.bytes() <= budget, "{} bytes over {budget}", s.bytes());
-        assert_eq!(s.by_id(&id(10_999)).len(), 1);
+        let last = s.by_id(&id(10_999));
+        assert_eq!(last.len(), 1);
+        assert_eq!(&*last[0].detail, long.as_str());
+        assert_eq!(&*last[0].subject, "orders.created");
         assert_eq!(metrics.bytes.get() as usize, s.bytes());
-        // One whose strings leave no room for even one slot is not kept, and is counted.
+        // One whose text leaves no room for even one slot is not kept, and is counted.
         let evicted = metrics.evicted.get();
         fill(11_000, 11_001, &"z".repeat(budget / SHARDS));
         assert!(s.by_id(&id(11_000)).is_empty());
@@ -680,6 +609,40 @@ mod tests {
         // Every record offered was kept or counted: 11 000 kept, the held ones not evicted.
         assert_eq!(metrics.kept.get(), 11_000);
         assert_eq!(metrics.evicted.get(), 11_000 - s.len() as u64 + 1);
+    }
+
+    #[test]
+    fn records_come_back_whole_after_their_text_wrapped_around() {
+        let budget = 16 * 64 * 1024;
+        let s = store(1.0, budget);
+        let subjects = ["a", "orders.eu.created", "é.ü", "x.y.z.w"];
+        for n in 0..50_000u64 {
+            let subject = ByteString::from(subjects[n as usize % 4]);
+            let t = s.begin(&id(n), &[], &subject).expect("sampled");
+            let hop = Hop::new(Event::Forwarded)
+                .peer(format!("peer {n}"))
+                .detail("d".repeat(n as usize % 97))
+                .latency_us(n)
+                .count(n as u32);
+            s.record(&t, n as i64, hop);
+        }
+        assert!(s.bytes() <= budget);
+        let held = s.search(None, 0, i64::MAX, usize::MAX);
+        assert_eq!(held.len(), s.len());
+        assert!(held.len() > 1000, "{} held", held.len());
+        for r in &held {
+            let n = r.at_us as u64;
+            assert_eq!(r.id, id(n));
+            assert_eq!(&*r.subject, subjects[n as usize % 4]);
+            assert_eq!(&*r.peer, format!("peer {n}"));
+            assert_eq!(r.detail.len(), n as usize % 97);
+            assert_eq!((r.latency_us, r.count), (n, n as u32));
+        }
+        // The newest are held, in order.
+        assert_eq!(held.last().map(|r| r.at_us), Some(49_999));
+        let matching = s.search(Some("orders.>"), 0, i64::MAX, usize::MAX);
+        assert!(!matching.is_empty());
+        assert!(matching.iter().all(|r| &*r.subject == "orders.eu.created"));
     }
 
     /// What tracing costs per message, in-process: the sampling decision every message pays,
