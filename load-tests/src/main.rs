@@ -152,6 +152,11 @@ struct ScenarioArgs {
     /// For pubsub, fanout, queue and request.
     #[arg(long)]
     remote: Option<Target>,
+    /// With --remote, pub/sub 1:1 only: one subscriber on --target and one on --remote take
+    /// every message, and the two paths are reported as two rows ("via target", "via
+    /// remote") measured on the same messages at the same moments: the cost of a hop.
+    #[arg(long, requires = "remote")]
+    paired: bool,
     /// Scale runs: background connections held open during the scenario (each target gets
     /// its own), carrying the --background-patterns.
     #[arg(long, default_value_t = 0)]
@@ -311,6 +316,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     };
     let w = args.shape.workload(pubs, subs);
     let mut results = Vec::new();
+    if let Some(remote) = args.remote.as_ref().filter(|_| args.paired) {
+        if args.targets.len() != 1
+            || kind != Kind::Pubsub
+            || w.publishers != 1
+            || w.subscribers != 1
+        {
+            bail!("--paired takes one --target and --remote, with pubsub (1:1)");
+        }
+        let rate = w.rate.map_or(String::new(), |r| format!(" at {r:.0}/s"));
+        let rows = scenarios::run_paired(&args.targets[0], remote, &w).await?;
+        let [mut local, mut far] = rows;
+        local.scenario = format!("{}{rate} via target", local.scenario);
+        far.scenario = format!("{}{rate} via remote", far.scenario);
+        results.extend([local, far]);
+        write_json(json_out, &results)?;
+        return output(json, &results).map(|()| ExitCode::SUCCESS);
+    }
     if let Some(remote) = &args.remote {
         if args.targets.len() != 1 || !matches!(kind, Kind::Pubsub | Kind::Queue | Kind::Request) {
             bail!("--remote takes one --target, with pubsub, fanout, queue or request");

@@ -108,8 +108,8 @@ pub async fn run_between(
     payload::epoch();
     let name = scenario_name(kind, w);
     let mut result = match kind {
-        Kind::Pubsub => pubsub(target, remote, w, false).await,
-        Kind::Queue => pubsub(target, remote, w, true).await,
+        Kind::Pubsub => pubsub(target, &[remote], w, false).await.map(one),
+        Kind::Queue => pubsub(target, &[remote], w, true).await.map(one),
         Kind::Request => request_closed(target, remote, w).await,
         Kind::RequestOpen => request_open(target, w).await,
         Kind::Stream if !target.supports_streams() => {
@@ -128,6 +128,39 @@ pub async fn run_between(
     result.lost = result.lost_per_subscriber.iter().sum();
     result.compute_rates();
     Ok(result)
+}
+
+/// Pub/sub 1:1 paced or not, with the publishers on `target` and, for every message, one
+/// subscriber on `target` and one on `remote`: the same messages over both paths in the same
+/// moments, so a slow wake-up of the machine lands on both and the difference between the
+/// two rows is what the hop costs (two runs one after the other differ by more than a hop
+/// at p99 on a shared VM). Returns the row via `target`, then the row via `remote`.
+pub async fn run_paired(
+    target: &Target,
+    remote: &Target,
+    w: &Workload,
+) -> Result<[ScenarioResult; 2]> {
+    payload::epoch();
+    let name = scenario_name(Kind::Pubsub, w);
+    let results = pubsub(target, &[target, remote], w, false)
+        .await
+        .with_context(|| format!("scenario {name} against {target} and {remote}"))?;
+    let [mut local, mut far]: [ScenarioResult; 2] = results
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("a paired run gives two rows"))?;
+    for r in [&mut local, &mut far] {
+        r.scenario = name.clone();
+        r.target = target.kind().to_owned();
+        r.payload_bytes = w.payload.max(payload::HEADER_LEN);
+        r.lost = r.lost_per_subscriber.iter().sum();
+        r.compute_rates();
+    }
+    Ok([local, far])
+}
+
+/// The only row of a run with one group of subscribers.
+fn one(mut rows: Vec<ScenarioResult>) -> ScenarioResult {
+    rows.swap_remove(0)
 }
 
 static RUN: AtomicU64 = AtomicU64::new(0);
@@ -230,20 +263,27 @@ struct PubOutcome {
     errors: Errors,
 }
 
+/// Publishers on `target`; `w.subscribers` subscribers on each of `sub_targets`, one row of
+/// results per sub target (in that order).
 async fn pubsub(
     target: &Target,
-    sub_target: &Target,
+    sub_targets: &[&Target],
     w: &Workload,
     queue: bool,
-) -> Result<ScenarioResult> {
+) -> Result<Vec<ScenarioResult>> {
     let subject = unique_subject(if queue { "queue" } else { "pubsub" });
-    let sub_conns = connect_all(sub_target, "sub", w.subscribers, w).await?;
-    let mut subs = Vec::with_capacity(w.subscribers);
-    for c in &sub_conns {
-        subs.push(c.subscribe(&subject, queue.then_some("workers")).await?);
+    let mut sub_conns = Vec::new();
+    let mut groups = Vec::new();
+    let mut subs = Vec::new();
+    for (g, t) in sub_targets.iter().enumerate() {
+        for c in connect_all(t, "sub", w.subscribers, w).await? {
+            subs.push(c.subscribe(&subject, queue.then_some("workers")).await?);
+            groups.push(g);
+            sub_conns.push(c);
+        }
     }
     let pub_conns = connect_all(target, "pub", w.publishers, w).await?;
-    if target != sub_target {
+    if sub_targets.iter().any(|t| *t != target) {
         wait_for_interest(&pub_conns[0], &subject, &mut subs, queue, w.request_timeout).await?;
     }
     let progress = Arc::new(Progress {
@@ -254,7 +294,7 @@ async fn pubsub(
     });
 
     let mut sub_tasks = JoinSet::new();
-    for mut sub in subs {
+    for (mut sub, group) in subs.into_iter().zip(groups) {
         let progress = progress.clone();
         let (drain, publishers) = (w.drain, w.publishers);
         sub_tasks.spawn(async move {
@@ -303,7 +343,7 @@ async fn pubsub(
                     }
                 }
             }
-            out
+            (group, out)
         });
     }
 
@@ -379,46 +419,54 @@ async fn pubsub(
     progress.published.store(published, Ordering::Relaxed);
     progress.done.store(true, Ordering::Release);
 
-    let mut result = ScenarioResult {
-        sent: published,
-        ..Default::default()
-    };
-    let mut hist = report::new_histogram();
-    let mut last = publish_end;
-    let mut delivered_total = 0;
-    let mut per_sub = Vec::new();
+    let mut outcomes: Vec<Vec<SubOutcome>> = sub_targets.iter().map(|_| Vec::new()).collect();
     while let Some(r) = sub_tasks.join_next().await {
-        let r = r?;
-        hist.add(&r.hist)?;
-        if let Some(t) = r.last_at {
-            last = last.max(t);
+        let (group, out) = r?;
+        outcomes[group].push(out);
+    }
+    let mut rows = Vec::with_capacity(outcomes.len());
+    for outs in outcomes {
+        let mut result = ScenarioResult {
+            sent: published,
+            ..Default::default()
+        };
+        let mut hist = report::new_histogram();
+        let mut last = publish_end;
+        let mut delivered_total = 0;
+        let mut per_sub = Vec::new();
+        for r in outs {
+            hist.add(&r.hist)?;
+            if let Some(t) = r.last_at {
+                last = last.max(t);
+            }
+            delivered_total += r.delivered;
+            result.duplicates_or_reordered += r.disorder;
+            per_sub.push(r.delivered);
         }
-        delivered_total += r.delivered;
-        result.duplicates_or_reordered += r.disorder;
-        per_sub.push(r.delivered);
+        result.delivered = delivered_total;
+        result.lost_per_subscriber = if queue {
+            vec![published.saturating_sub(delivered_total)]
+        } else {
+            per_sub
+                .iter()
+                .map(|d| published.saturating_sub(*d))
+                .collect()
+        };
+        if !queue {
+            result.duplicates_or_reordered += per_sub
+                .iter()
+                .map(|d| d.saturating_sub(published))
+                .sum::<u64>();
+        }
+        result.errors = errors.count;
+        result.first_error = errors.first.clone();
+        result.elapsed_s = last.duration_since(start).as_secs_f64();
+        result.latency = Latency::from_histogram(&hist);
+        rows.push(result);
     }
-    result.delivered = delivered_total;
-    result.lost_per_subscriber = if queue {
-        vec![published.saturating_sub(delivered_total)]
-    } else {
-        per_sub
-            .iter()
-            .map(|d| published.saturating_sub(*d))
-            .collect()
-    };
-    if !queue {
-        result.duplicates_or_reordered += per_sub
-            .iter()
-            .map(|d| d.saturating_sub(published))
-            .sum::<u64>();
-    }
-    result.errors = errors.count;
-    result.first_error = errors.first;
-    result.elapsed_s = last.duration_since(start).as_secs_f64();
-    result.latency = Latency::from_histogram(&hist);
     close_all(pub_conns).await;
     close_all(sub_conns).await;
-    Ok(result)
+    Ok(rows)
 }
 
 /// Publishes short probes (which carry no stamp) until every subscriber has one, so that a

@@ -109,3 +109,32 @@ async fn smoke_scenarios_pass_against_a_real_gateway() {
     assert_eq!(report.results.len(), suite::smoke_suite().len());
     drop(gateway);
 }
+
+/// A paired run (`nexus-load pubsub --remote ... --paired`) reports one row per path, each
+/// from its own subscriber, both over every message sent. Here both paths end at the same
+/// gateway (the hop script points `--remote` at another gateway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paired_run_reports_each_path_over_the_same_messages() {
+    let gateway = start_gateway();
+    let target: Target = gateway.grpc.parse().expect("gateway address");
+    let w = nexus_load::scenarios::Workload {
+        count: Some(500),
+        rate: Some(2000.0),
+        ..Default::default()
+    };
+    let rows = tokio::time::timeout(
+        Duration::from_secs(60),
+        nexus_load::scenarios::run_paired(&target, &target, &w),
+    )
+    .await
+    .expect("paired run finished")
+    .expect("paired run");
+    for r in &rows {
+        assert_eq!((r.sent, r.delivered, r.lost), (500, 500, 0), "{r:?}");
+        assert_eq!(r.lost_per_subscriber, vec![0]);
+        assert_eq!(r.duplicates_or_reordered, 0);
+        assert_eq!(r.latency.samples, 500, "{r:?}");
+        assert!(r.latency.p50_us > 0.0, "{r:?}");
+    }
+    drop(gateway);
+}
