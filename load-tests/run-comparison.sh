@@ -241,7 +241,7 @@ NATS_VERSION="$("$NATS_BIN" --version 2>&1 | head -n1)"
   echo "### Sustained pub/sub 1:1 (${SUSTAIN} s), server RSS sampled every second"
   echo
   echo "- Nexus gateway: $(rss_summary "$WORK/sustained-nexus.rss")"
-  echo "- its message trace store (\\`nexus_trace_bytes\\`, bounded by \\`trace.max_bytes\\`, 16 MiB by"
+  echo "- its message trace store (\`nexus_trace_bytes\`, bounded by \`trace.max_bytes\`, 16 MiB by"
   echo "  default; 1 in 1000 messages recorded): $(rss_summary "$WORK/sustained-nexus.trace")"
   rss_less_trace "$WORK/sustained-nexus.rss" "$WORK/sustained-nexus.trace" >"$WORK/sustained-nexus.rest"
   echo "- the gateway's RSS less its trace store: $(rss_summary "$WORK/sustained-nexus.rest")"
