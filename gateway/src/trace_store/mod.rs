@@ -427,6 +427,16 @@ pub fn parse_message_id(s: &str) -> Result<[u8; 16], String> {
 mod tests {
     use super::*;
 
+    /// A store that records every message within `max_bytes`, and its metrics.
+    fn recording_all(max_bytes: usize) -> (TraceStore, TraceMetrics) {
+        let metrics = TraceMetrics::default();
+        let settings = TraceSettings {
+            sample_rate: 1.0,
+            max_bytes,
+        };
+        (TraceStore::new(settings, metrics.clone()), metrics)
+    }
+
     fn store(rate: f64, max_bytes: usize) -> TraceStore {
         TraceStore::new(
             TraceSettings {
@@ -522,14 +532,7 @@ mod tests {
     #[test]
     fn the_ring_evicts_the_oldest_and_memory_stays_within_the_budget() {
         let budget = 64 * 1024;
-        let metrics = TraceMetrics::default();
-        let s = TraceStore::new(
-            TraceSettings {
-                sample_rate: 1.0,
-                max_bytes: budget,
-            },
-            metrics.clone(),
-        );
+        let (s, metrics) = recording_all(budget);
         let subject = ByteString::from("telemetry.sensor.42");
         for n in 0..20_000u64 {
             let t = s.begin(&id(n), &[], &subject).expect("sampled");
@@ -555,14 +558,7 @@ mod tests {
     #[test]
     fn a_full_ring_evicts_rather_than_grow_past_the_budget() {
         let budget = 16 * 40 * SLOT; // 40 slots' worth per shard, text included
-        let metrics = TraceMetrics::default();
-        let s = TraceStore::new(
-            TraceSettings {
-                sample_rate: 1.0,
-                max_bytes: budget,
-            },
-            metrics.clone(),
-        );
+        let (s, metrics) = recording_all(budget);
         let subject = ByteString::from("orders.created");
         let fill = |from: u64, to: u64, detail: &str| {
             for n in from..to {
