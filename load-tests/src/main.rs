@@ -154,7 +154,8 @@ struct ScenarioArgs {
     remote: Option<Target>,
     /// With --remote, pub/sub 1:1 only: one subscriber on --target and one on --remote take
     /// every message, and the two paths are reported as two rows ("via target", "via
-    /// remote") measured on the same messages at the same moments: the cost of a hop.
+    /// remote") measured on the same messages at the same moments (both subscribers are in
+    /// this process: copies arriving within one of its wake-ups are recorded together).
     #[arg(long, requires = "remote")]
     paired: bool,
     /// Scale runs: background connections held open during the scenario (each target gets

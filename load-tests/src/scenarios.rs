@@ -131,10 +131,11 @@ pub async fn run_between(
 }
 
 /// Pub/sub 1:1 paced or not, with the publishers on `target` and, for every message, one
-/// subscriber on `target` and one on `remote`: the same messages over both paths in the same
-/// moments, so a slow wake-up of the machine lands on both and the difference between the
-/// two rows is what the hop costs (two runs one after the other differ by more than a hop
-/// at p99 on a shared VM). Returns the row via `target`, then the row via `remote`.
+/// subscriber on `target` and one on `remote`: the same messages over both paths at the same
+/// moments, so a slow wake-up of the machine lands on both. Both subscribers live in this
+/// process, so copies that arrive within one of its wake-ups are recorded together: on a
+/// 2-CPU VM the two rows came out equal, and the difference is not the hop's own cost
+/// (docs/benchmarks.md, round 9). Returns the row via `target`, then the row via `remote`.
 pub async fn run_paired(
     target: &Target,
     remote: &Target,
