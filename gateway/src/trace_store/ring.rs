@@ -29,6 +29,9 @@ struct Slot {
 /// Bytes of one slot, used or not.
 pub(super) const SLOT: usize = std::mem::size_of::<Slot>();
 
+// A record's fixed part stays small (docs/trace.md §4 says 80 bytes).
+const _: () = assert!(SLOT <= 80, "a trace slot grew past 80 bytes");
+
 /// The records of one shard, oldest first.
 #[derive(Default)]
 pub(super) struct Ring {
