@@ -19,6 +19,7 @@
 //! problem, never an allocation of the claimed size or a panic.
 
 use bytes::Bytes;
+use std::cell::RefCell;
 
 use crate::v1::Header;
 
@@ -206,15 +207,58 @@ pub fn check(codec: Codec, data: &[u8], max: usize) -> Result<u64, DecodeError> 
     Ok(declared)
 }
 
+thread_local! {
+    /// This thread's zstd compression context and its level. Making a context allocates and
+    /// clears some hundreds of KiB of tables: once per payload it was ~70 % of a Rust
+    /// client's CPU with 16 KiB payloads (docs/benchmarks.md, round 9).
+    static ZSTD_COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    /// This thread's zstd decompression context.
+    static ZSTD_DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
 /// Compresses `plain` with `codec` (zstd at `zstd_level`).
 pub fn compress(codec: Codec, plain: &[u8], zstd_level: i32) -> Vec<u8> {
     match codec {
         // Compressing into memory fails only on an invalid level, which clamping rules out;
         // fall back to lz4 rather than panic if libzstd ever says otherwise.
-        Codec::Zstd => zstd::bulk::compress(plain, zstd_level.clamp(1, 19))
+        Codec::Zstd => zstd_compress(plain, zstd_level.clamp(1, 19))
             .unwrap_or_else(|_| lz4_flex::block::compress_prepend_size(plain)),
         Codec::Lz4 => lz4_flex::block::compress_prepend_size(plain),
     }
+}
+
+/// One zstd frame (with its content size) for `plain`, made with this thread's context.
+fn zstd_compress(plain: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    ZSTD_COMPRESSOR.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return zstd::bulk::compress(plain, level);
+        };
+        if !matches!(&*slot, Some((l, _)) if *l == level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let Some((_, c)) = slot.as_mut() else {
+            return zstd::bulk::compress(plain, level);
+        };
+        c.compress(plain)
+    })
+}
+
+/// Decompresses one zstd frame into `out` (with room for it), with this thread's context.
+fn zstd_decompress(data: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
+    ZSTD_DECOMPRESSOR.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return zstd::bulk::Decompressor::new()?.decompress_to_buffer(data, out);
+        };
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress_to_buffer(data, out),
+            None => zstd::bulk::Decompressor::new()?.decompress_to_buffer(data, out),
+        }
+    })
 }
 
 /// Decompresses `data`, refusing anything that declares or produces more than `max` bytes.
@@ -223,9 +267,7 @@ pub fn decompress(codec: Codec, data: &[u8], max: usize) -> Result<Vec<u8>, Deco
     let out = match codec {
         Codec::Zstd => {
             let mut out = Vec::with_capacity(declared);
-            zstd::bulk::Decompressor::new()
-                .and_then(|mut d| d.decompress_to_buffer(data, &mut out))
-                .map_err(|e| corrupt(codec, e))?;
+            zstd_decompress(data, &mut out).map_err(|e| corrupt(codec, e))?;
             out
         }
         Codec::Lz4 => {
@@ -319,6 +361,33 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threads_zstd_contexts_serve_many_payloads_levels_and_a_corrupt_one() {
+        for round in 0..50usize {
+            let plain = json(1024 + round * 97);
+            let level = [1, 3, 19][round % 3];
+            let packed = compress(Codec::Zstd, &plain, level);
+            assert!(packed.len() < plain.len());
+            assert_eq!(decompress(Codec::Zstd, &packed, 1 << 20).unwrap(), plain);
+            if round % 10 == 0 {
+                // A corrupt frame fails, and the context still decodes the next one.
+                let mut bad = packed.clone();
+                let mid = bad.len() / 2;
+                bad[mid..].iter_mut().for_each(|b| *b ^= 0x5a);
+                assert!(
+                    decompress(Codec::Zstd, &bad, 1 << 20)
+                        .is_err_and(|e| e.to_string().contains("zstd"))
+                );
+            }
+        }
+        // The same bytes whichever way the context was made.
+        let plain = json(4096);
+        assert_eq!(
+            compress(Codec::Zstd, &plain, 3),
+            zstd::bulk::compress(&plain, 3).unwrap()
+        );
+    }
 
     fn json(n: usize) -> Vec<u8> {
         let mut s = String::from("[");
