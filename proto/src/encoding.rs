@@ -235,11 +235,9 @@ fn zstd_compress(plain: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
         let Ok(mut slot) = cell.try_borrow_mut() else {
             return zstd::bulk::compress(plain, level);
         };
-        if !matches!(&*slot, Some((l, _)) if *l == level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        let Some((_, c)) = slot.as_mut() else {
-            return zstd::bulk::compress(plain, level);
+        let c = match &mut *slot {
+            Some((l, c)) if *l == level => c,
+            _ => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
         };
         c.compress(plain)
     })
@@ -251,13 +249,11 @@ fn zstd_decompress(data: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
         let Ok(mut slot) = cell.try_borrow_mut() else {
             return zstd::bulk::Decompressor::new()?.decompress_to_buffer(data, out);
         };
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new()?);
-        }
-        match slot.as_mut() {
-            Some(d) => d.decompress_to_buffer(data, out),
-            None => zstd::bulk::Decompressor::new()?.decompress_to_buffer(data, out),
-        }
+        let d = match &mut *slot {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        d.decompress_to_buffer(data, out)
     })
 }
 
